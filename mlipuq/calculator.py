@@ -1,0 +1,89 @@
+"""ASE calculator for base MLIPs and UQ wrappers.
+
+>>> atoms.calc = mlipuq.Calculator(model)
+>>> atoms.get_potential_energy(), atoms.get_forces()
+>>> atoms.calc.results["energy_std"]          # with a UQ wrapper
+
+Results (eV, Å): ``energy``, ``free_energy``, ``forces``, ``stress`` (periodic
+cells, Voigt order, eV/Å^3); with a UQ wrapper also ``energy_std`` (eV),
+``forces_std`` ((N, 3), eV/Å) and, where the wrapper has a committee,
+``energies`` ((K,), eV) and ``forces_committee`` ((K, N, 3), eV/Å).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from ase.calculators.calculator import BaseCalculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from mlipuq.models.base import MLIP
+
+
+class Calculator(BaseCalculator):
+    """ASE calculator evaluating an mlipuq model (in float64 by default).
+
+    Parameters
+    ----------
+    model
+        A base :class:`~mlipuq.models.MLIP` or a UQ wrapper (anything with a
+        ``predict`` method returning a :class:`~mlipuq.Prediction`).
+    dtype
+        Precision of the evaluation; float64 makes finite differences of the
+        energy agree with the forces. The model is copied, never modified.
+    """
+
+    implemented_properties = [
+        "energy",
+        "free_energy",
+        "forces",
+        "stress",
+        "energy_std",
+        "forces_std",
+        "energies",
+        "forces_committee",
+    ]
+
+    def __init__(self, model, *, dtype: torch.dtype = torch.float64):
+        super().__init__()
+        if isinstance(model, MLIP):
+            self.model = copy.deepcopy(model).to(dtype)
+            self.model.eval()
+            self._uq = False
+        elif hasattr(model, "predict"):
+            self.model = model.to(dtype) if hasattr(model, "to") else model
+            self._uq = True
+        else:
+            raise TypeError(
+                f"Calculator needs an mlipuq MLIP or UQ wrapper, got {type(model).__name__}"
+            )
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        if atoms is None:
+            atoms = self.atoms
+        if atoms is None:
+            raise ValueError("Calculator.calculate needs an Atoms object")
+        periodic = bool(np.all(atoms.pbc))
+        results = {}
+        if self._uq:
+            pred = self.model.predict(atoms)
+            results["energy"] = float(pred.energy[0])
+            results["forces"] = pred.forces.copy()
+            results["energy_std"] = float(pred.energy_std[0])
+            results["forces_std"] = pred.forces_std.copy()
+            if pred.energy_members is not None:
+                results["energies"] = pred.energy_members[:, 0].copy()
+            if pred.forces_members is not None:
+                results["forces_committee"] = pred.forces_members.copy()
+            if periodic and hasattr(self.model, "compute_stress"):
+                results["stress"] = full_3x3_to_voigt_6_stress(self.model.compute_stress(atoms))
+        else:
+            out = self.model.compute(atoms, stress=periodic)
+            results["energy"] = float(out["energy"][0])
+            results["forces"] = out["forces"]
+            if periodic:
+                results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0])
+        results["free_energy"] = results["energy"]
+        self.results = results

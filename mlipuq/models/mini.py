@@ -1,0 +1,183 @@
+"""MiniMLIP: the built-in message-passing potential.
+
+A compact PaiNN-style network (Schütt et al., ICML 2021): every atom carries
+scalar features ``s`` (F,) and vector features ``v`` (3, F); messages use a
+sine radial basis with a smooth cosine cutoff, and updates mix scalars with
+the norms and inner products of vectors, so the energy is invariant and the
+forces equivariant. Per-atom energies come out of the final linear layer
+``readout``: ``eps_i = readout(phi_i)`` with ``phi_i = silu(W s_i)``, so
+MiniMLIP satisfies the base-MLIP contract natively.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from mlipuq.data import Batch
+from mlipuq.models.base import MLIP, register
+
+
+class RadialBasis(nn.Module):
+    """``sin(n pi r / rc) / r`` for n = 1..n_rbf, times a cosine cutoff (1/Å)."""
+
+    def __init__(self, n_rbf: int, cutoff: float):
+        super().__init__()
+        self.cutoff = float(cutoff)
+        self.register_buffer("freqs", torch.arange(1, n_rbf + 1) * math.pi / cutoff)
+
+    def envelope(self, r: torch.Tensor) -> torch.Tensor:
+        inside = r < self.cutoff
+        return torch.where(inside, 0.5 * (torch.cos(math.pi * r / self.cutoff) + 1.0), 0.0 * r)
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        r = r.unsqueeze(-1)
+        return torch.sin(self.freqs.to(r.dtype) * r) / r
+
+
+class Interaction(nn.Module):
+    """PaiNN message block: continuous filters on scalars, vectors and directions."""
+
+    def __init__(self, n_features: int, n_rbf: int):
+        super().__init__()
+        f = n_features
+        self.phi = nn.Sequential(nn.Linear(f, f), nn.SiLU(), nn.Linear(f, 3 * f))
+        self.filter = nn.Linear(n_rbf, 3 * f)
+
+    def forward(self, s, v, edge_index, rbf, envelope, unit, norm):
+        i, j = edge_index
+        x = self.phi(s)[j] * self.filter(rbf) * envelope.unsqueeze(-1)
+        ds, dvv, dvs = torch.split(x, s.shape[-1], dim=-1)
+        dv = v[j] * dvv.unsqueeze(1) + dvs.unsqueeze(1) * unit.unsqueeze(-1)
+        s = s + torch.zeros_like(s).index_add(0, i, ds) * norm
+        v = v + torch.zeros_like(v).index_add(0, i, dv) * norm
+        return s, v
+
+
+class Update(nn.Module):
+    """PaiNN update block: gated mixing of scalars with vector norms and products."""
+
+    def __init__(self, n_features: int):
+        super().__init__()
+        f = n_features
+        self.U = nn.Linear(f, f, bias=False)
+        self.V = nn.Linear(f, f, bias=False)
+        self.mlp = nn.Sequential(nn.Linear(2 * f, f), nn.SiLU(), nn.Linear(f, 3 * f))
+
+    def forward(self, s, v):
+        uv, vv = self.U(v), self.V(v)
+        vnorm = torch.sqrt((vv * vv).sum(dim=1) + 1e-8)
+        a = self.mlp(torch.cat([s, vnorm], dim=-1))
+        avv, asv, ass = torch.split(a, s.shape[-1], dim=-1)
+        s = s + ass + asv * (uv * vv).sum(dim=1)
+        v = v + avv.unsqueeze(1) * uv
+        return s, v
+
+
+@register
+class MiniMLIP(MLIP):
+    """Built-in invariant message-passing potential (PaiNN-style).
+
+    Parameters
+    ----------
+    species
+        Elements (symbols or atomic numbers) the model knows.
+    cutoff
+        Interaction cutoff (Å).
+    n_features
+        Width of the scalar and vector features.
+    n_interactions
+        Number of message/update blocks (2-3 is typical).
+    n_rbf
+        Number of radial basis functions.
+    n_readout_features
+        Dimension F of the last-layer features ``phi_i`` that the UQ
+        wrappers work with.
+    avg_num_neighbors
+        Messages are divided by this number (typical neighbours within the
+        cutoff); :func:`mlipuq.train` sets it from the training data if None.
+    atomic_energies
+        Per-species reference energies (eV); fitted by the trainer if None.
+    seed
+        Seed for the weight initialisation (None: torch's global RNG).
+    """
+
+    def __init__(
+        self,
+        species: Iterable[Union[int, str]],
+        cutoff: float = 5.0,
+        *,
+        n_features: int = 64,
+        n_interactions: int = 3,
+        n_rbf: int = 20,
+        n_readout_features: int = 32,
+        avg_num_neighbors: Optional[float] = None,
+        atomic_energies: Optional[Mapping[Union[int, str], float]] = None,
+        seed: Optional[int] = None,
+    ):
+        super().__init__(species, cutoff)
+        for name, value in (
+            ("n_features", n_features),
+            ("n_interactions", n_interactions),
+            ("n_rbf", n_rbf),
+            ("n_readout_features", n_readout_features),
+        ):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self._config = {
+            "species": list(self.species),
+            "cutoff": self.cutoff,
+            "n_features": int(n_features),
+            "n_interactions": int(n_interactions),
+            "n_rbf": int(n_rbf),
+            "n_readout_features": int(n_readout_features),
+        }
+        self.avg_num_neighbors = None if avg_num_neighbors is None else float(avg_num_neighbors)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            f = int(n_features)
+            self.embedding = nn.Embedding(len(self.species), f)
+            self.rbf = RadialBasis(int(n_rbf), self.cutoff)
+            self.interactions = nn.ModuleList(
+                Interaction(f, int(n_rbf)) for _ in range(int(n_interactions))
+            )
+            self.updates = nn.ModuleList(Update(f) for _ in range(int(n_interactions)))
+            self.hidden = nn.Linear(f, int(n_readout_features))
+            self.activation = nn.SiLU()
+            self.readout = nn.Linear(int(n_readout_features), 1)
+            nn.init.normal_(self.readout.weight, std=0.01)
+            nn.init.zeros_(self.readout.bias)
+        if atomic_energies is not None:
+            self.set_atomic_energies(atomic_energies)
+
+    def config(self) -> dict:
+        return dict(self._config)
+
+    def get_extra_state(self):
+        state = super().get_extra_state()
+        state["avg_num_neighbors"] = self.avg_num_neighbors
+        return state
+
+    def set_extra_state(self, state) -> None:
+        super().set_extra_state(state)
+        self.avg_num_neighbors = state["avg_num_neighbors"]
+
+    def per_atom_energy(self, batch: Batch) -> torch.Tensor:
+        species = self.species_index(batch)
+        vectors = batch.edge_vectors()
+        r = torch.linalg.norm(vectors, dim=-1)
+        unit = vectors / r.unsqueeze(-1)
+        rbf = self.rbf(r)
+        envelope = self.rbf.envelope(r)
+        norm = 1.0 / (self.avg_num_neighbors or 1.0)
+        s = self.embedding(species)
+        v = torch.zeros(s.shape[0], 3, s.shape[1], dtype=s.dtype, device=s.device)
+        for interaction, update in zip(self.interactions, self.updates):
+            s, v = interaction(s, v, batch.edge_index, rbf, envelope, unit, norm)
+            s, v = update(s, v)
+        phi = self.activation(self.hidden(s))
+        return self.readout(phi).squeeze(-1)
