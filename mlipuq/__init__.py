@@ -13,10 +13,19 @@ __version__ = "0.1.0"
 __all__ = ["AtomsDataset", "History", "Prediction", "data", "load", "models", "train"]
 
 
-def __getattr__(name):
-    # Lazily import heavier pieces so `import mlipuq` stays light.
-    if name == "Calculator":
-        from mlipuq.calculator import Calculator
+_LAZY = {
+    "Calculator": "mlipuq.calculator",
+    "LastLayerLaplace": "mlipuq.uq",
+    "EvidentialHead": "mlipuq.uq",
+    "DeepEnsemble": "mlipuq.uq",
+    "ShallowEnsemble": "mlipuq.uq",
+}
 
-        return Calculator
+
+def __getattr__(name):
+    # Heavier pieces are imported on first use so `import mlipuq` stays light.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'mlipuq' has no attribute {name!r}")

@@ -13,6 +13,7 @@ field                     shape        unit
 ``forces_members``        (K, N, 3)    eV/Å
 ``energy_aleatoric_var``  (B,)         eV^2 (evidential)
 ``energy_epistemic_var``  (B,)         eV^2 (evidential)
+``atom_energy_var``       (N,)         eV^2, local (per-atom) energy variance (LLPR)
 ``n_atoms``               (B,)         atoms per structure
 ``batch``                 (N,)         index of each atom's structure
 ========================  ===========  ==========================================
@@ -33,6 +34,7 @@ _OPTIONAL = (
     "forces_members",
     "energy_aleatoric_var",
     "energy_epistemic_var",
+    "atom_energy_var",
 )
 
 
@@ -50,6 +52,7 @@ class Prediction:
     forces_members: Optional[np.ndarray] = None
     energy_aleatoric_var: Optional[np.ndarray] = None
     energy_epistemic_var: Optional[np.ndarray] = None
+    atom_energy_var: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -69,6 +72,7 @@ class Prediction:
             "batch": (n,),
             "energy_aleatoric_var": b,
             "energy_epistemic_var": b,
+            "atom_energy_var": (n,),
         }
         if self.energy.ndim != 1:
             raise ValueError(f"Prediction.energy must have shape (B,), got {self.energy.shape}")
@@ -88,7 +92,13 @@ class Prediction:
                     f"Prediction.forces_members must have shape (K, {n}, 3), "
                     f"got {self.forces_members.shape}"
                 )
-        for name in ("energy_var", "forces_var", "energy_aleatoric_var", "energy_epistemic_var"):
+        for name in (
+            "energy_var",
+            "forces_var",
+            "energy_aleatoric_var",
+            "energy_epistemic_var",
+            "atom_energy_var",
+        ):
             value = getattr(self, name)
             if value is not None and np.any(value < 0):
                 raise ValueError(f"Prediction.{name} has negative variances")
@@ -141,6 +151,8 @@ class Prediction:
             kwargs["energy_members"] = self.energy_members[:, index : index + 1]
         if self.forces_members is not None:
             kwargs["forces_members"] = self.forces_members[:, atoms]
+        if self.atom_energy_var is not None:
+            kwargs["atom_energy_var"] = self.atom_energy_var[atoms]
         for name in ("energy_aleatoric_var", "energy_epistemic_var"):
             value = getattr(self, name)
             if value is not None:

@@ -1,0 +1,348 @@
+"""What every UQ wrapper shares: batched ``predict``, ``calibrate``, save/load.
+
+A wrapper subclasses :class:`UQWrapper` and implements
+
+* ``fit(train, ...)`` (returns ``self`` and sets ``fitted_ = True``),
+* ``_predict_batch(batch) -> dict`` with torch or NumPy arrays for the
+  :class:`~mlipuq.uq.prediction.Prediction` fields (``energy``, ``energy_var``,
+  ``forces``, ``forces_var`` and optionally members / evidential parts),
+* ``config()`` (constructor keyword arguments) and ``_get_state()`` /
+  ``_set_state(state)`` (fitted tensors; plain Python, NumPy or torch values),
+* ``_models()`` listing the base models it holds (one for most wrappers,
+  K for a deep ensemble), so that save/load and dtype changes work generically.
+
+Recalibration (``calibrate``) is applied on top of the raw prediction, with one
+recalibrator for energies and one for forces; committee members are rescaled
+around their mean by the same factor as the std.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from mlipuq import data as mdata
+from mlipuq.errors import FileFormatError, MissingReferenceError, NotFittedError
+from mlipuq.models.base import MLIP, model_from_payload, save_payload
+from mlipuq.uq.prediction import Prediction
+
+log = logging.getLogger(__name__)
+
+FORMAT = "mlipuq.uq"
+FORMAT_VERSION = 1
+_REGISTRY: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    """Make a wrapper class loadable by :func:`load` (by class name)."""
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def _to_numpy(x) -> Optional[np.ndarray]:
+    if x is None:
+        return None
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().to(torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _check_model(model) -> MLIP:
+    if not isinstance(model, MLIP):
+        raise TypeError(
+            f"expected an mlipuq MLIP (MiniMLIP or mlipuq.models.wrap(...)), got "
+            f"{type(model).__name__}"
+        )
+    return model
+
+
+class UQWrapper:
+    """Base class of the UQ wrappers (see the module docstring)."""
+
+    fitted_: bool = False
+
+    # ------------------------------------------------------------- subclass API
+    def _models(self) -> list[MLIP]:
+        return [self.model]
+
+    def _set_models(self, models: list[MLIP]) -> None:
+        (self.model,) = models
+
+    def config(self) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def _from_config(cls, models: list[MLIP], config: dict) -> "UQWrapper":
+        return cls(models[0], **config)
+
+    def _get_state(self) -> dict:
+        return {}
+
+    def _set_state(self, state: dict) -> None:
+        pass
+
+    def _predict_batch(self, batch: mdata.Batch) -> dict:
+        raise NotImplementedError
+
+    # --------------------------------------------------------------- properties
+    @property
+    def base_model(self) -> MLIP:
+        """The first (or only) base model; defines species, cutoff and dtype."""
+        return self._models()[0]
+
+    @property
+    def species(self) -> list[int]:
+        return self.base_model.species
+
+    @property
+    def cutoff(self) -> float:
+        return self.base_model.cutoff
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base_model.dtype
+
+    def _check_fitted(self) -> None:
+        if not self.fitted_:
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet: call fit() before predict()"
+            )
+
+    def to(self, dtype: torch.dtype) -> "UQWrapper":
+        """Cast the base model(s) to ``dtype`` (float64 fitted state stays float64)."""
+        for m in self._models():
+            m.to(dtype)
+        return self
+
+    # ------------------------------------------------------------------ predict
+    def predict(
+        self,
+        structures,
+        *,
+        batch_size: int = 32,
+        calibrated: bool = True,
+        progress: bool = False,
+    ) -> Prediction:
+        """Energies and forces with uncertainties for structures.
+
+        Parameters
+        ----------
+        structures
+            An :class:`~mlipuq.data.AtomsDataset`, a list of ``ase.Atoms`` or one
+            ``Atoms``.
+        batch_size
+            Structures evaluated together.
+        calibrated
+            Apply the recalibration fitted by :meth:`calibrate` (if any).
+
+        Returns
+        -------
+        Prediction
+            Energies (eV), forces (eV/Å) and their variances, float64.
+        """
+        self._check_fitted()
+        dataset = mdata.as_dataset(structures)
+        dataset.validate(self.species)
+        parts = []
+        batches = mdata.iter_batches(
+            dataset, self.cutoff, batch_size, species=self.species, dtype=self.dtype
+        )
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, total=-(-len(dataset) // batch_size), desc="predict")
+        device = self.base_model.device
+        for _, batch in batches:
+            raw = self._predict_batch(batch.to(device=device))
+            fields = {k: _to_numpy(v) for k, v in raw.items()}
+            fields["n_atoms"] = batch.n_atoms.cpu().numpy()
+            fields["batch"] = batch.batch.cpu().numpy()
+            prediction = Prediction(**fields)
+            self._check_finite(prediction)
+            parts.append(prediction)
+        prediction = Prediction.concatenate(parts)
+        if calibrated:
+            prediction = self._apply_calibration(prediction)
+        return prediction
+
+    def _check_finite(self, prediction: Prediction) -> None:
+        for name in ("energy", "energy_var", "forces", "forces_var"):
+            if not np.all(np.isfinite(getattr(prediction, name))):
+                raise FloatingPointError(
+                    f"{type(self).__name__} produced non-finite {name}; the model or its "
+                    "fitted state is broken"
+                )
+
+    def compute_stress(self, atoms) -> np.ndarray:
+        """(3, 3) stress of the mean model (eV/Å^3), used by the ASE calculator."""
+        return self.base_model.compute(atoms, stress=True)["stress"][0]
+
+    # -------------------------------------------------------------- calibration
+    def calibrate(self, val, method: str = "scalar") -> "UQWrapper":
+        """Fit recalibrators of the energy and force std on validation data.
+
+        ``method`` is ``"scalar"`` (NLL-optimal global factor), ``"power"``
+        (σ' = aσ^b) or ``"isotonic"`` (Kuleshov et al. 2018); energies and
+        forces get separate recalibrators. Returns ``self``.
+        """
+        from mlipuq.calibration.recalibrate import get_recalibrator
+
+        dataset = mdata.as_dataset(val)
+        if not dataset.has_reference.all() or not dataset.has_forces.all():
+            raise MissingReferenceError(
+                "calibrate() needs reference energies and forces for every validation structure"
+            )
+        pred = self.predict(dataset, calibrated=False)
+        self.energy_recalibrator_ = get_recalibrator(method).fit(
+            pred.energy, pred.energy_std, dataset.energies
+        )
+        self.forces_recalibrator_ = get_recalibrator(method).fit(
+            pred.forces, pred.forces_std, dataset.forces
+        )
+        return self
+
+    @property
+    def calibrated_(self) -> bool:
+        return getattr(self, "energy_recalibrator_", None) is not None
+
+    def _apply_calibration(self, prediction: Prediction) -> Prediction:
+        if not self.calibrated_:
+            return prediction
+        e_std = self.energy_recalibrator_.transform(prediction.energy_std)
+        f_std = self.forces_recalibrator_.transform(prediction.forces_std)
+        fields = {
+            "energy": prediction.energy,
+            "energy_var": e_std**2,
+            "forces": prediction.forces,
+            "forces_var": f_std**2,
+            "n_atoms": prediction.n_atoms,
+            "batch": prediction.batch,
+        }
+        e_ratio = np.divide(e_std, prediction.energy_std, out=np.ones_like(e_std),
+                            where=prediction.energy_std > 0)
+        f_ratio = np.divide(f_std, prediction.forces_std, out=np.ones_like(f_std),
+                            where=prediction.forces_std > 0)
+        if prediction.energy_members is not None:
+            fields["energy_members"] = prediction.energy + e_ratio * (
+                prediction.energy_members - prediction.energy
+            )
+        if prediction.forces_members is not None:
+            fields["forces_members"] = prediction.forces + f_ratio * (
+                prediction.forces_members - prediction.forces
+            )
+        for name in ("energy_aleatoric_var", "energy_epistemic_var"):
+            value = getattr(prediction, name)
+            if value is not None:
+                fields[name] = value * e_ratio**2
+        if prediction.atom_energy_var is not None:
+            fields["atom_energy_var"] = prediction.atom_energy_var * e_ratio[prediction.batch] ** 2
+        return Prediction(**fields)
+
+    # ---------------------------------------------------------- persistence
+    def save(self, path: Union[str, os.PathLike], *, overwrite: bool = False) -> None:
+        """Save the wrapper (base models, fitted state, recalibrators) with a format version.
+
+        Refuses to replace an existing file unless ``overwrite=True``.
+        """
+        self._check_fitted()
+        payload = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "class": type(self).__name__,
+            "config": self.config(),
+            "models": [m._payload() for m in self._models()],
+            "state": _encode(self._get_state()),
+            "recalibrators": {
+                key: _encode_recalibrator(getattr(self, f"{key}_recalibrator_", None))
+                for key in ("energy", "forces")
+            },
+        }
+        save_payload(payload, path, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike], *, weights_only: bool = True) -> "UQWrapper":
+        """Load a wrapper saved by :meth:`save` (any wrapper class)."""
+        return load(path, weights_only=weights_only)
+
+    def copy(self) -> "UQWrapper":
+        return copy.deepcopy(self)
+
+
+def _encode(value: Any) -> Any:
+    """Turn NumPy arrays into tensors so files load with ``weights_only=True``."""
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(value))}
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__ndarray__"}:
+            return value["__ndarray__"].numpy()
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def _encode_recalibrator(recalibrator) -> Optional[dict]:
+    if recalibrator is None:
+        return None
+    return {"class": type(recalibrator).__name__, "state": _encode(dict(vars(recalibrator)))}
+
+
+def _decode_recalibrator(payload):
+    if payload is None:
+        return None
+    from mlipuq.calibration import recalibrate
+
+    cls = getattr(recalibrate, payload["class"], None)
+    if cls is None:
+        raise FileFormatError(f"unknown recalibrator class {payload['class']!r}")
+    obj = cls.__new__(cls)
+    obj.__dict__.update(_decode(payload["state"]))
+    return obj
+
+
+def load(path: Union[str, os.PathLike], *, weights_only: bool = True) -> UQWrapper:
+    """Load any UQ wrapper saved with ``save``."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as exc:
+        raise FileFormatError(
+            f"{path}: cannot be loaded ({exc.__class__.__name__}); files holding models made "
+            "by wrap() need weights_only=False (only for files you trust)"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise FileFormatError(f"{path}: not an mlipuq UQ-wrapper file")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise FileFormatError(
+            f"{path}: UQ format version {payload.get('format_version')} is not supported "
+            f"(this mlipuq reads version {FORMAT_VERSION})"
+        )
+    name = payload["class"]
+    if name not in _REGISTRY:
+        import mlipuq.uq  # noqa: F401  (registers the built-in wrappers)
+    if name not in _REGISTRY:
+        raise FileFormatError(f"{path}: unknown UQ wrapper class {name!r}")
+    models = [model_from_payload(p, path) for p in payload["models"]]
+    wrapper = _REGISTRY[name]._from_config(models, payload["config"])
+    wrapper._set_state(_decode(payload["state"]))
+    for key in ("energy", "forces"):
+        setattr(wrapper, f"{key}_recalibrator_", _decode_recalibrator(payload["recalibrators"][key]))
+    wrapper.fitted_ = True
+    return wrapper

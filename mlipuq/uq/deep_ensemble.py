@@ -1,0 +1,317 @@
+"""Deep ensemble: K independently trained models (Lakshminarayanan et al. 2017).
+
+Every member is a complete MLIP trained from its own random initialisation
+(and optionally its own bootstrap resample of the training set). For a
+structure with member energies :math:`E_k` (eV) and forces :math:`F_k` (eV/Å),
+
+.. math:: \\bar E = \\frac1K \\sum_k E_k, \\qquad
+          \\sigma_E^2 = \\frac1K \\sum_k (E_k - \\bar E)^2,
+
+and the same per atom and Cartesian component for the forces. The variance
+is the population variance over members (``ddof=0``), computed in float64;
+multiply by ``K / (K - 1)`` for the unbiased estimate (recalibration with
+:meth:`~mlipuq.uq.base.UQWrapper.calibrate` absorbs any such constant).
+
+Cost: training and prediction are K times those of one model.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from mlipuq import data as mdata
+from mlipuq.models.base import MLIP
+from mlipuq.training import History
+from mlipuq.training import train as train_model
+from mlipuq.uq.base import UQWrapper, _check_model, register
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MEMBERS = 5
+
+
+def member_statistics(members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population variance (``ddof=0``) over the first axis, in float64.
+
+    Parameters
+    ----------
+    members
+        (K, ...) member predictions (eV or eV/Å).
+
+    Returns
+    -------
+    mean, var
+        Detached float64 tensors of shape ``members.shape[1:]`` (eV and eV²,
+        or eV/Å and eV²/Å²).
+    """
+    values = members.detach().to(torch.float64)
+    mean = values.mean(dim=0)
+    var = ((values - mean) ** 2).mean(dim=0)
+    return mean, var
+
+
+def _check_members(models: Sequence[MLIP]) -> list[MLIP]:
+    if isinstance(models, MLIP) or not isinstance(models, (list, tuple)):
+        raise TypeError(
+            f"DeepEnsemble needs a list of models, got {type(models).__name__}"
+        )
+    models = [_check_model(m) for m in models]
+    if len(models) < 2:
+        raise ValueError(f"a deep ensemble needs at least 2 members, got {len(models)}")
+    if len({id(m) for m in models}) != len(models):
+        raise ValueError("the same model object appears more than once among the members")
+    first = models[0]
+    for k, m in enumerate(models[1:], start=1):
+        if list(m.species) != list(first.species):
+            raise ValueError(
+                f"member {k} knows species {m.species}, member 0 knows {first.species}: "
+                "all members must share species"
+            )
+        if m.cutoff != first.cutoff:
+            raise ValueError(
+                f"member {k} has cutoff {m.cutoff} Å, member 0 has {first.cutoff} Å: "
+                "all members must share the cutoff"
+            )
+    return models
+
+
+def _resolve_seeds(n_members: Optional[int], seeds: Optional[Sequence[int]]) -> list[int]:
+    if seeds is None:
+        n = DEFAULT_MEMBERS if n_members is None else n_members
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+            raise ValueError(f"n_members must be an integer >= 2, got {n_members!r}")
+        return list(range(int(n)))
+    seeds = [int(s) for s in seeds]
+    if n_members is not None and len(seeds) != n_members:
+        raise ValueError(f"got {len(seeds)} seeds for n_members={n_members}")
+    if len(seeds) < 2:
+        raise ValueError(f"a deep ensemble needs at least 2 members, got {len(seeds)} seeds")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
+    if any(s < 0 for s in seeds):
+        raise ValueError(f"seeds must be non-negative, got {seeds}")
+    return seeds
+
+
+def bootstrap_indices(n: int, seed: int) -> np.ndarray:
+    """Indices of a bootstrap resample (n draws with replacement) for one seed."""
+    # SeedSequence([seed, 1]): a stream independent of the trainer's shuffling RNG.
+    return np.random.default_rng([int(seed), 1]).integers(0, n, size=n)
+
+
+@register
+class DeepEnsemble(UQWrapper):
+    """Committee of independently trained MLIPs.
+
+    Parameters
+    ----------
+    models
+        Two or more trained :class:`~mlipuq.models.MLIP` with the same species
+        and cutoff (Å). The ensemble stores its own copies (``copy.deepcopy``),
+        so later changes to the wrapper never touch the caller's models. An
+        ensemble built from models is ready to predict (``fitted_`` is True);
+        use :meth:`train` to build and train the members in one call.
+
+    Attributes
+    ----------
+    models : list of MLIP
+        The members.
+    seeds_ : list of int or None
+        Seeds the members were trained with (None when built from models).
+    bootstrap_indices_ : list of numpy.ndarray or None
+        Training-set indices each member saw when trained with ``bootstrap=True``.
+    histories_ : list of History or None
+        Training histories of the last :meth:`fit` (not saved).
+
+    Notes
+    -----
+    ``predict`` returns the member mean, the population variance over members
+    (``ddof=0``, float64) and the members themselves as ``energy_members``
+    (K, B) in eV and ``forces_members`` (K, N, 3) in eV/Å.
+    """
+
+    def __init__(self, models: Sequence[MLIP]):
+        self._setup([copy.deepcopy(m) for m in _check_members(models)])
+
+    def _setup(self, models: list[MLIP]) -> None:
+        self.models = _check_members(models)
+        self.seeds_: Optional[list[int]] = None
+        self.bootstrap_indices_: Optional[list[np.ndarray]] = None
+        self.histories_: Optional[list[History]] = None
+        self.fitted_ = True
+
+    @classmethod
+    def _adopt(cls, models: list[MLIP]) -> "DeepEnsemble":
+        """An ensemble that takes ownership of ``models`` (no copy)."""
+        ensemble = cls.__new__(cls)
+        ensemble._setup(list(models))
+        return ensemble
+
+    @property
+    def n_members(self) -> int:
+        return len(self.models)
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    def __repr__(self) -> str:
+        return f"DeepEnsemble({self.n_members} x {type(self.models[0]).__name__})"
+
+    # ------------------------------------------------------------------ training
+    @classmethod
+    def train(
+        cls,
+        make_model: Callable[[int], MLIP],
+        train,
+        val=None,
+        *,
+        n_members: Optional[int] = None,
+        seeds: Optional[Sequence[int]] = None,
+        bootstrap: bool = False,
+        **train_options,
+    ) -> "DeepEnsemble":
+        """Build K models with ``make_model(seed)`` and train each with :func:`mlipuq.train`.
+
+        Parameters
+        ----------
+        make_model
+            Called once per member with that member's seed; must return a new,
+            untrained :class:`~mlipuq.models.MLIP` initialised from the seed,
+            e.g. ``lambda s: MiniMLIP(["H", "C", "O"], seed=s)``.
+        train, val
+            Training and validation data (energies in eV, forces in eV/Å).
+        n_members
+            Number of members (default 5, or ``len(seeds)``).
+        seeds
+            One distinct non-negative seed per member (default ``0 .. K-1``);
+            each is passed to ``make_model`` and as ``seed`` to the trainer.
+        bootstrap
+            Train each member on a bootstrap resample of ``train`` (drawn with
+            its seed) instead of the full set.
+        **train_options
+            Passed to :func:`mlipuq.train` (``epochs``, ``lr``, ``batch_size``,
+            ``forces_weight``, ``patience``, ``progress``, ...).
+
+        Returns
+        -------
+        DeepEnsemble
+            The trained ensemble.
+        """
+        seeds = _resolve_seeds(n_members, seeds)
+        if not callable(make_model):
+            raise TypeError("make_model must be a callable taking a seed and returning a model")
+        models = [make_model(s) for s in seeds]
+        ensemble = cls._adopt(models)
+        return ensemble.fit(train, val, seeds=seeds, bootstrap=bootstrap, **train_options)
+
+    def fit(
+        self,
+        train,
+        val=None,
+        *,
+        seeds: Optional[Sequence[int]] = None,
+        bootstrap: bool = False,
+        **train_options,
+    ) -> "DeepEnsemble":
+        """(Re)train every member, independently, with :func:`mlipuq.train`.
+
+        Training continues from the members' current weights (the ensemble's
+        own copies). Members are trained one after the other.
+
+        Parameters
+        ----------
+        train, val
+            Training and validation data.
+        seeds
+            One distinct seed per member for the trainer (shuffling) and the
+            bootstrap; default: the seeds of the previous fit, else ``0 .. K-1``.
+        bootstrap
+            Train each member on its own bootstrap resample of ``train``.
+        **train_options
+            Passed to :func:`mlipuq.train`; ``checkpoint`` is not supported
+            (save the ensemble instead).
+
+        Returns
+        -------
+        DeepEnsemble
+            ``self``.
+        """
+        if "checkpoint" in train_options:
+            raise ValueError(
+                "DeepEnsemble.fit does not support checkpoint=; save the ensemble after fit"
+            )
+        if "seed" in train_options:
+            raise ValueError("pass seeds=[...] (one per member), not seed=")
+        if seeds is None:
+            seeds = self.seeds_ if self.seeds_ is not None else list(range(self.n_members))
+        seeds = _resolve_seeds(self.n_members, seeds)
+        dataset = mdata.as_dataset(train)
+        if len(dataset) == 0:
+            raise ValueError("the training set holds no structures")
+        histories, indices = [], []
+        for k, (model, seed) in enumerate(zip(self.models, seeds)):
+            member_train = dataset
+            if bootstrap:
+                idx = bootstrap_indices(len(dataset), seed)
+                indices.append(idx)
+                member_train = dataset.subset(idx)
+            log.info("training deep-ensemble member %d/%d (seed %d)", k + 1, self.n_members, seed)
+            histories.append(train_model(model, member_train, val, seed=seed, **train_options))
+        self.seeds_ = seeds
+        self.bootstrap_indices_ = indices if bootstrap else None
+        self.histories_ = histories
+        self.fitted_ = True
+        return self
+
+    # ---------------------------------------------------------------- predict
+    def _predict_batch(self, batch: mdata.Batch) -> dict:
+        energies, forces = [], []
+        for model in self.models:
+            out = model(batch.to(device=model.device, dtype=model.dtype), forces=True)
+            energies.append(out["energy"].detach().to(torch.float64).cpu())
+            forces.append(out["forces"].detach().to(torch.float64).cpu())
+        energy_members = torch.stack(energies)
+        forces_members = torch.stack(forces)
+        energy, energy_var = member_statistics(energy_members)
+        force, forces_var = member_statistics(forces_members)
+        return {
+            "energy": energy,
+            "energy_var": energy_var,
+            "forces": force,
+            "forces_var": forces_var,
+            "energy_members": energy_members,
+            "forces_members": forces_members,
+        }
+
+    # ------------------------------------------------------------ persistence
+    def _models(self) -> list[MLIP]:
+        return list(self.models)
+
+    def _set_models(self, models: list[MLIP]) -> None:
+        self.models = _check_members(list(models))
+
+    def config(self) -> dict:
+        return {}
+
+    @classmethod
+    def _from_config(cls, models: list[MLIP], config: dict) -> "DeepEnsemble":
+        return cls._adopt(models)
+
+    def _get_state(self) -> dict:
+        return {
+            "seeds": self.seeds_,
+            "bootstrap_indices": self.bootstrap_indices_,
+        }
+
+    def _set_state(self, state: dict) -> None:
+        seeds = state.get("seeds")
+        self.seeds_ = None if seeds is None else [int(s) for s in seeds]
+        indices = state.get("bootstrap_indices")
+        self.bootstrap_indices_ = (
+            None if indices is None else [np.asarray(i, dtype=np.int64) for i in indices]
+        )

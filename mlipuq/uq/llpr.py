@@ -1,0 +1,425 @@
+"""Last-layer Laplace / LLPR (Bigi, Chong, Ceriotti, Grasselli 2024).
+
+The readout ``eps_i = w·phi_i + b`` is treated as Bayesian linear regression
+on fixed features. For a structure, the energy is linear in the parameters
+``theta = (w, b)`` with the feature vector ``f = (sum_i phi_i, n_atoms)``; a
+force component ``F_ac`` is linear with ``g_ac = -(d/dr_ac sum_i phi_i, 0)``.
+``fit`` accumulates, in float64 and in one pass over the training set,
+
+.. math:: G_E = \\sum_s f_s f_s^T, \\qquad G_F = \\sum_{a,c} g_{ac} g_{ac}^T,
+
+and the posterior precision (Gauss-Newton Laplace) is
+
+.. math:: P = G_E / \\sigma_E^2 + G_F / \\sigma_F^2 + \\lambda I, \\qquad \\Sigma = P^{-1}.
+
+Predictions: :math:`\\mathrm{Var}\\,E = f^T \\Sigma f` exactly, local (per-atom)
+variances :math:`\\phi_i^T \\Sigma \\phi_i`, force variances either exactly as the
+diagonal of :math:`J \\Sigma J^T` (``force_variance="exact"``, feature
+Jacobians in vectorised chunks) or from ``n_samples`` last-layer weights drawn
+from :math:`N(\\theta^*, \\Sigma)` once at fit time (``"samples"``); the sampled
+members are always exposed for the energies (and for the forces with
+``"samples"``) so that they can be propagated.
+
+``prior_precision="auto"`` maximises the Laplace approximation of the
+marginal likelihood over ``lambda`` and the noise levels ``sigma_E`` (eV),
+``sigma_F`` (eV/Å) (MacKay 1992; Immer et al. 2021).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from mlipuq import data as mdata
+from mlipuq.models.base import MLIP
+from mlipuq.uq.base import UQWrapper, _check_model, register
+
+log = logging.getLogger(__name__)
+
+_FORCE_VARIANCE = ("exact", "samples")
+
+
+def cholesky_with_jitter(matrix: np.ndarray, *, max_tries: int = 12) -> tuple[np.ndarray, float]:
+    """Cholesky factor of a symmetric matrix, adding growing diagonal jitter on failure.
+
+    Returns ``(L, jitter)``; the jitter used (0 when none was needed) is logged.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    matrix = 0.5 * (matrix + matrix.T)
+    scale = float(np.mean(np.abs(np.diag(matrix)))) or 1.0
+    jitter = 0.0
+    for attempt in range(max_tries):
+        try:
+            factor = np.linalg.cholesky(matrix + jitter * np.eye(len(matrix)))
+            if jitter > 0:
+                log.warning("Cholesky needed jitter %.3g (%d tries)", jitter, attempt)
+            return factor, jitter
+        except np.linalg.LinAlgError:
+            jitter = scale * 1e-10 if jitter == 0 else jitter * 10
+    raise np.linalg.LinAlgError(f"matrix is not positive definite even with jitter {jitter:.3g}")
+
+
+def feature_jacobian(features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(F, N, 3) derivatives of the batch-summed features with respect to positions.
+
+    Since atoms of different structures do not interact, row ``k`` holds, for
+    each atom, the derivative of its own structure's summed feature ``k``.
+    One vector-Jacobian product per feature dimension, reusing the graph: on
+    CPU this is faster than ``is_grads_batched`` (vmap over the backward pass),
+    and memory stays at one gradient at a time.
+    """
+    total = features.sum(dim=0)
+    rows = []
+    for k in range(total.shape[0]):
+        (g,) = torch.autograd.grad(total[k], positions, retain_graph=True, allow_unused=True)
+        rows.append(torch.zeros_like(positions) if g is None else g)
+    return torch.stack(rows)
+
+
+def _sum_per_structure(x: torch.Tensor, batch: mdata.Batch) -> torch.Tensor:
+    out = torch.zeros(batch.n_structures, x.shape[1], dtype=x.dtype, device=x.device)
+    return out.index_add_(0, batch.batch, x)
+
+
+def log_marginal_likelihood(
+    log_params: torch.Tensor,
+    eig_stats: dict,
+    theta: torch.Tensor,
+) -> torch.Tensor:
+    """Laplace log marginal likelihood for ``log_params = (log lambda, log sigma_E, log sigma_F)``.
+
+    .. math:: \\log p(D) \\approx -\\tfrac{1}{2}\\big(N_E \\log 2\\pi\\sigma_E^2
+       + R_E/\\sigma_E^2 + N_F \\log 2\\pi\\sigma_F^2 + R_F/\\sigma_F^2\\big)
+       - \\tfrac{\\lambda}{2}\\lVert\\theta\\rVert^2
+       - \\tfrac{1}{2}\\log\\det P + \\tfrac{d}{2}\\log\\lambda
+
+    with residual sums of squares ``R`` of the trained model and counts ``N``.
+    """
+    lam = torch.exp(log_params[0])
+    var_e = torch.exp(2 * log_params[1])
+    var_f = torch.exp(2 * log_params[2])
+    d = theta.shape[0]
+    precision = eig_stats["G_E"] / var_e + lam * torch.eye(d, dtype=torch.float64)
+    loglik = -0.5 * (
+        eig_stats["N_E"] * torch.log(2 * math.pi * var_e) + eig_stats["R_E"] / var_e
+    )
+    if eig_stats["N_F"] > 0:
+        precision = precision + eig_stats["G_F"] / var_f
+        loglik = loglik - 0.5 * (
+            eig_stats["N_F"] * torch.log(2 * math.pi * var_f) + eig_stats["R_F"] / var_f
+        )
+    logdet = torch.linalg.slogdet(precision)[1]
+    return loglik - 0.5 * lam * (theta @ theta) - 0.5 * logdet + 0.5 * d * torch.log(lam)
+
+
+@register
+class LastLayerLaplace(UQWrapper):
+    """Last-layer Laplace approximation / LLPR for energies and forces.
+
+    Parameters
+    ----------
+    model
+        A base :class:`~mlipuq.models.MLIP` (trained). It is used as is and
+        not modified.
+    prior_precision
+        ``"auto"`` (maximise the marginal likelihood over the prior precision
+        and the noise levels) or a fixed positive float λ.
+    include_forces
+        Use force Jacobians in the Gauss-Newton matrix (the training data must
+        have forces). Without them only structure energies inform the posterior.
+    n_samples
+        Number of last-layer weight vectors drawn from the posterior at fit
+        time and held fixed; they are the committee members of the prediction.
+    force_variance
+        ``"exact"``: diag(J Σ Jᵀ); ``"samples"``: variance over the members.
+    energy_noise, forces_noise
+        Fix the noise std (eV per structure, eV/Å per component) instead of
+        fitting it by marginal likelihood.
+    seed
+        Seed of the posterior samples.
+    """
+
+    def __init__(
+        self,
+        model: MLIP,
+        *,
+        prior_precision: Union[str, float] = "auto",
+        include_forces: bool = True,
+        n_samples: int = 16,
+        force_variance: str = "exact",
+        energy_noise: Optional[float] = None,
+        forces_noise: Optional[float] = None,
+        seed: int = 0,
+    ):
+        self.model = _check_model(model)
+        if isinstance(prior_precision, str):
+            if prior_precision != "auto":
+                raise ValueError(
+                    f"prior_precision must be 'auto' or a positive float, got {prior_precision!r}"
+                )
+        elif not float(prior_precision) > 0:
+            raise ValueError(f"prior_precision must be positive, got {prior_precision}")
+        if force_variance not in _FORCE_VARIANCE:
+            raise ValueError(f"force_variance must be one of {_FORCE_VARIANCE}, got {force_variance!r}")
+        if int(n_samples) < 0 or (force_variance == "samples" and int(n_samples) < 2):
+            raise ValueError(
+                f"n_samples must be >= 0 (>= 2 with force_variance='samples'), got {n_samples}"
+            )
+        for name, value in (("energy_noise", energy_noise), ("forces_noise", forces_noise)):
+            if value is not None and not float(value) > 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        self.prior_precision = prior_precision
+        self.include_forces = bool(include_forces)
+        self.n_samples = int(n_samples)
+        self.force_variance = force_variance
+        self.energy_noise = energy_noise
+        self.forces_noise = forces_noise
+        self.seed = int(seed)
+
+    def config(self) -> dict:
+        return {
+            "prior_precision": self.prior_precision,
+            "include_forces": self.include_forces,
+            "n_samples": self.n_samples,
+            "force_variance": self.force_variance,
+            "energy_noise": self.energy_noise,
+            "forces_noise": self.forces_noise,
+            "seed": self.seed,
+        }
+
+    # ------------------------------------------------------------ parameters
+    @property
+    def _has_bias(self) -> bool:
+        return self.model.readout_layer.bias is not None
+
+    def _theta(self) -> np.ndarray:
+        w = self.model.readout_weight.cpu().double().numpy()
+        if self._has_bias:
+            w = np.concatenate([w, [self.model.readout_bias]])
+        return w
+
+    def _structure_features(self, phi: torch.Tensor, batch: mdata.Batch) -> torch.Tensor:
+        f = _sum_per_structure(phi.to(torch.float64), batch)
+        if self._has_bias:
+            f = torch.cat([f, batch.n_atoms.to(torch.float64)[:, None]], dim=1)
+        return f
+
+    def _atom_features(self, phi: torch.Tensor) -> torch.Tensor:
+        phi = phi.to(torch.float64)
+        if self._has_bias:
+            phi = torch.cat([phi, torch.ones(len(phi), 1, dtype=torch.float64)], dim=1)
+        return phi
+
+    def _force_features(self, phi, positions) -> torch.Tensor:
+        """(N*3, D) rows g_ac = -(d sum phi / d r_ac, 0)."""
+        jac = feature_jacobian(phi, positions)
+        g = -jac.to(torch.float64).reshape(jac.shape[0], -1).T
+        if self._has_bias:
+            g = torch.cat([g, torch.zeros(len(g), 1, dtype=torch.float64)], dim=1)
+        return g
+
+    # ------------------------------------------------------------------- fit
+    def fit(self, train, *, batch_size: int = 16, progress: bool = False) -> "LastLayerLaplace":
+        """One pass over ``train``: accumulate G_E (and G_F), fit λ and the noise, factorise.
+
+        ``train`` needs reference energies (and forces with ``include_forces``).
+        Returns ``self``.
+        """
+        dataset = mdata.as_dataset(train)
+        dataset.validate(self.species, require_energy=True, require_forces=self.include_forces)
+        d = self.model.n_features + int(self._has_bias)
+        stats = {
+            "G_E": np.zeros((d, d)),
+            "G_F": np.zeros((d, d)),
+            "R_E": 0.0,
+            "R_F": 0.0,
+            "N_E": 0,
+            "N_F": 0,
+        }
+        batches = mdata.iter_batches(
+            dataset, self.cutoff, batch_size, species=self.species, dtype=self.dtype
+        )
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, total=-(-len(dataset) // batch_size), desc="LLPR fit")
+        device = self.model.device
+        self.model.eval()
+        for _, batch in batches:
+            batch = batch.to(device=device)
+            out = self.model(batch, forces=True, features=True)
+            f = self._structure_features(out["features"].detach(), batch)
+            stats["G_E"] += (f.T @ f).cpu().numpy()
+            residual = out["energy"].detach() - batch.energy.to(torch.float64)
+            stats["R_E"] += float((residual**2).sum())
+            stats["N_E"] += batch.n_structures
+            if self.include_forces:
+                g = self._force_features(out["features"], out["positions"])
+                stats["G_F"] += (g.T @ g).cpu().numpy()
+                df = out["forces"].detach().to(torch.float64) - batch.forces.to(torch.float64)
+                stats["R_F"] += float((df**2).sum())
+                stats["N_F"] += int(df.numel())
+        self.gn_energy_ = stats["G_E"]
+        self.gn_forces_ = stats["G_F"]
+        self.n_train_ = len(dataset)
+        self._fit_hyperparameters(stats)
+        self._factorise()
+        self.fitted_ = True
+        return self
+
+    def _fit_hyperparameters(self, stats: dict) -> None:
+        theta = torch.as_tensor(self._theta(), dtype=torch.float64)
+        t = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in stats.items()}
+        t["N_E"], t["N_F"] = stats["N_E"], stats["N_F"]
+        rms_e = math.sqrt(stats["R_E"] / max(stats["N_E"], 1)) or 1e-3
+        rms_f = math.sqrt(stats["R_F"] / max(stats["N_F"], 1)) if stats["N_F"] else 1.0
+        lam0 = 1.0 if self.prior_precision == "auto" else float(self.prior_precision)
+        init = [math.log(lam0), math.log(self.energy_noise or rms_e), math.log(self.forces_noise or rms_f or 1e-3)]
+        free = [
+            self.prior_precision == "auto",
+            self.energy_noise is None,
+            self.forces_noise is None and stats["N_F"] > 0,
+        ]
+        if any(free):
+            from scipy.optimize import minimize
+
+            fixed = torch.tensor(init, dtype=torch.float64)
+            mask = torch.tensor(free)
+
+            def objective(x):
+                params = fixed.clone()
+                xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+                params = params.masked_scatter(mask, xt)
+                value = -log_marginal_likelihood(params, t, theta)
+                (grad,) = torch.autograd.grad(value, xt)
+                return float(value.detach()), grad.numpy()
+
+            x0 = np.array([v for v, f in zip(init, free) if f])
+            result = minimize(objective, x0, jac=True, method="L-BFGS-B",
+                              bounds=[(-30.0, 30.0)] * len(x0))
+            values = iter(result.x)
+            init = [next(values) if f else v for v, f in zip(init, free)]
+            log.info("LLPR marginal likelihood optimisation: %s", result.message)
+        self.prior_precision_ = float(math.exp(init[0]))
+        self.energy_noise_ = float(math.exp(init[1]))
+        self.forces_noise_ = float(math.exp(init[2])) if stats["N_F"] else None
+        params = torch.tensor(init, dtype=torch.float64)
+        self.log_marginal_likelihood_ = float(log_marginal_likelihood(params, t, theta))
+
+    def _factorise(self) -> None:
+        d = self.gn_energy_.shape[0]
+        precision = self.gn_energy_ / self.energy_noise_**2 + self.prior_precision_ * np.eye(d)
+        if self.include_forces and self.forces_noise_ is not None:
+            precision = precision + self.gn_forces_ / self.forces_noise_**2
+        factor, jitter = cholesky_with_jitter(precision)
+        self.jitter_ = jitter
+        self.precision_ = precision
+        identity = np.eye(d)
+        inv_factor = np.linalg.solve(factor, identity)  # L^{-1}
+        self.covariance_ = inv_factor.T @ inv_factor  # P^{-1}
+        rng = np.random.default_rng(self.seed)
+        z = rng.standard_normal((d, self.n_samples))
+        # theta_s = theta* + L^{-T} z has covariance P^{-1}
+        self.samples_ = (self._theta()[:, None] + np.linalg.solve(factor.T, z)).T  # (K, d)
+
+    # --------------------------------------------------------------- predict
+    def _predict_batch(self, batch: mdata.Batch) -> dict:
+        out = self.model(batch, forces=True, features=True)
+        phi = out["features"]
+        cov = torch.as_tensor(self.covariance_, dtype=torch.float64, device=phi.device)
+        f = self._structure_features(phi.detach(), batch)
+        atom = self._atom_features(phi.detach())
+        result = {
+            "energy": out["energy"].detach(),
+            "energy_var": torch.einsum("bi,ij,bj->b", f, cov, f),
+            "forces": out["forces"].detach(),
+            "atom_energy_var": torch.einsum("ni,ij,nj->n", atom, cov, atom),
+        }
+        if self.n_samples > 0:
+            samples = torch.as_tensor(self.samples_, dtype=torch.float64, device=phi.device)
+            theta = torch.as_tensor(self._theta(), dtype=torch.float64, device=phi.device)
+            # E_k = E* + f·(theta_k - theta*): exact for a model linear in theta
+            result["energy_members"] = result["energy"][None, :] + (samples - theta) @ f.T
+        if self.force_variance == "exact":
+            g = self._force_features(phi, out["positions"])
+            var = torch.einsum("ri,ij,rj->r", g, cov, g)
+            result["forces_var"] = var.reshape(-1, 3)
+        else:
+            result.update(self._sampled_forces(phi, out, batch))
+        return result
+
+    def _sampled_forces(self, phi, out, batch) -> dict:
+        """Forces of the posterior samples: F_k = F* - d(sum_i dw_k . phi_i)/dr.
+
+        One vector-Jacobian product per sample on the retained graph. On CPU a
+        loop is faster than ``is_grads_batched`` (vmap) for these small graphs
+        and bitwise reproducible; see ``benchmarks/uq_overhead.py``.
+        """
+        samples = torch.as_tensor(self.samples_, dtype=phi.dtype, device=phi.device)
+        theta = torch.as_tensor(self._theta(), dtype=phi.dtype, device=phi.device)
+        delta_w = (samples - theta)[:, : phi.shape[1]]  # (K, F); the bias has no force
+        total = phi.sum(dim=0)  # (F,)
+        positions = out["positions"]
+        grads = []
+        for w in delta_w:
+            (g,) = torch.autograd.grad(total, positions, grad_outputs=w.clone(), retain_graph=True,
+                                       allow_unused=True)
+            grads.append(torch.zeros_like(positions) if g is None else g)
+        members = out["forces"].detach()[None].to(torch.float64) - torch.stack(grads).to(
+            torch.float64
+        )
+        return {
+            "forces_members": members,
+            "forces_var": members.var(dim=0, unbiased=False),
+        }
+
+    def predict_energy(self, structures, *, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """Energies (B,) eV and their variance (B,) eV² only: no force pass, no Jacobian.
+
+        The cheapest LLPR query (one forward pass of the base model); the
+        energy recalibrator of :meth:`calibrate` is applied.
+        """
+        self._check_fitted()
+        dataset = mdata.as_dataset(structures)
+        dataset.validate(self.species)
+        energies, variances = [], []
+        cov = torch.as_tensor(self.covariance_, dtype=torch.float64)
+        with torch.no_grad():
+            for _, batch in mdata.iter_batches(
+                dataset, self.cutoff, batch_size, species=self.species, dtype=self.dtype
+            ):
+                out = self.model(batch.to(device=self.model.device), forces=False, features=True)
+                f = self._structure_features(out["features"], batch)
+                energies.append(out["energy"].cpu().numpy())
+                variances.append(torch.einsum("bi,ij,bj->b", f, cov.to(f.device), f).cpu().numpy())
+        energy, var = np.concatenate(energies), np.concatenate(variances)
+        if self.calibrated_:
+            var = self.energy_recalibrator_.transform(np.sqrt(var)) ** 2
+        return energy, var
+
+    # ------------------------------------------------------------ persistence
+    _STATE = (
+        "gn_energy_",
+        "gn_forces_",
+        "n_train_",
+        "prior_precision_",
+        "energy_noise_",
+        "forces_noise_",
+        "log_marginal_likelihood_",
+        "jitter_",
+        "precision_",
+        "covariance_",
+        "samples_",
+    )
+
+    def _get_state(self) -> dict:
+        return {name: getattr(self, name) for name in self._STATE}
+
+    def _set_state(self, state: dict) -> None:
+        for name in self._STATE:
+            setattr(self, name, state[name])
+
