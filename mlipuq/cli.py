@@ -77,7 +77,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    import os
+
     from mlipuq import data as mdata
+
+    if os.path.exists(args.out) and not args.overwrite:
+        raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
     from mlipuq.models import MiniMLIP
     from mlipuq.training import errors, train
 

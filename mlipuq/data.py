@@ -73,6 +73,12 @@ def check_structure(atoms: ase.Atoms, index: int, species: Optional[Sequence[int
             raise InvalidStructureError(
                 f"structure {index}: periodic cell has zero volume"
             )
+        periodic = cell[np.asarray(atoms.pbc, dtype=bool)]
+        gram = periodic @ periodic.T
+        if abs(np.linalg.det(gram)) < 1e-8 * max(float(np.max(np.abs(gram))), 1.0) ** len(gram):
+            raise InvalidStructureError(
+                f"structure {index}: periodic cell vectors are linearly dependent (zero volume)"
+            )
     if species is not None:
         known = set(int(z) for z in species)
         unknown = sorted(set(int(z) for z in atoms.numbers) - known)
@@ -86,10 +92,21 @@ def check_structure(atoms: ase.Atoms, index: int, species: Optional[Sequence[int
 
 def _reference(atoms: ase.Atoms, name: str):
     calc = atoms.calc
-    if calc is None:
+    if calc is None or _stale(atoms, calc):
         return None
     value = calc.results.get(name)
     return None if value is None else np.asarray(value, dtype=np.float64)
+
+
+def _stale(atoms: ase.Atoms, calc) -> bool:
+    """True when the calculator's results belong to another state of ``atoms``
+    (the structure was edited after they were computed)."""
+    if getattr(calc, "atoms", None) is None or not hasattr(calc, "check_state"):
+        return False
+    try:
+        return bool(calc.check_state(atoms))
+    except Exception:  # a calculator that cannot compare states: trust its results
+        return False
 
 
 def _check_reference(atoms: ase.Atoms, index: int) -> None:
@@ -317,7 +334,7 @@ def _attach_reference(atoms: ase.Atoms, energy_key: str, forces_key: str) -> ase
     """Copy of ``atoms`` whose calculator holds the reference energy and forces."""
     results = {}
     calc = atoms.calc
-    if calc is not None and getattr(calc, "results", None):
+    if calc is not None and getattr(calc, "results", None) and not _stale(atoms, calc):
         for key in ("energy", "forces", "stress"):
             if key in calc.results:
                 results[key] = np.array(calc.results[key], dtype=np.float64)
@@ -478,6 +495,15 @@ def to_graph(atoms: ase.Atoms, cutoff: float, index: int = 0, species=None) -> G
     """Check one structure and compute its neighbour list."""
     check_structure(atoms, index, species)
     i, j, s = neighbour_list(atoms, cutoff)
+    if len(i):
+        d = atoms.positions[j] - atoms.positions[i] + s @ np.asarray(atoms.cell)
+        close = np.einsum("ij,ij->i", d, d) < 1e-12
+        if close.any():
+            k = int(np.argmax(close))
+            raise InvalidStructureError(
+                f"structure {index}: atoms {int(i[k])} and {int(j[k])} overlap "
+                "(distance below 1e-6 Å)"
+            )
     energy = _reference(atoms, "energy")
     forces = _reference(atoms, "forces")
     return Graph(

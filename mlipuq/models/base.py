@@ -438,6 +438,8 @@ def load(path: Union[str, os.PathLike], *, weights_only: bool = True) -> MLIP:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path}")
+    if not is_torch_file(path):
+        raise FileFormatError(f"{path}: not an mlipuq model file (not a torch archive)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as exc:  # torch raises UnpicklingError and friends
@@ -449,6 +451,13 @@ def load(path: Union[str, os.PathLike], *, weights_only: bool = True) -> MLIP:
             ) from None
         raise FileFormatError(f"{path}: not a readable mlipuq model file ({exc})") from None
     return model_from_payload(payload, path)
+
+
+def is_torch_file(path: str) -> bool:
+    """Whether ``path`` looks like a file written by ``torch.save`` (a zip archive)."""
+    import zipfile
+
+    return zipfile.is_zipfile(path)
 
 
 def model_from_payload(payload, path: str = "<memory>") -> MLIP:

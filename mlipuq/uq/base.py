@@ -28,7 +28,7 @@ import torch
 
 from mlipuq import data as mdata
 from mlipuq.errors import FileFormatError, MissingReferenceError, NotFittedError
-from mlipuq.models.base import MLIP, model_from_payload, save_payload
+from mlipuq.models.base import MLIP, is_torch_file, model_from_payload, save_payload
 from mlipuq.uq.prediction import Prediction
 
 log = logging.getLogger(__name__)
@@ -320,6 +320,8 @@ def load(path: Union[str, os.PathLike], *, weights_only: bool = True) -> UQWrapp
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path}")
+    if not is_torch_file(path):
+        raise FileFormatError(f"{path}: not an mlipuq UQ-wrapper file (not a torch archive)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as exc:

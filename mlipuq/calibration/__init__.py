@@ -1,0 +1,47 @@
+"""Judge uncertainties: calibration metrics, recalibration and plots.
+
+* :mod:`mlipuq.calibration.metrics` — pure metric functions
+  ``metric(y_pred, y_std, y_true, *, reduce="none", ...)`` and
+  :func:`~mlipuq.calibration.metrics.all_metrics`;
+* :func:`evaluate` — every metric for energies (total and per atom), force
+  components and per-atom force norms, as a :class:`CalibrationReport`;
+* :mod:`mlipuq.calibration.recalibrate` — scalar, power-law and isotonic
+  recalibrators (:func:`get_recalibrator`, :class:`PredictionRecalibrator`);
+* :mod:`mlipuq.calibration.plots` — matplotlib plots (imported lazily);
+* :mod:`mlipuq.calibration.cli` — the ``mlipuq evaluate`` subcommand.
+
+Units are eV and Å throughout.
+"""
+
+from mlipuq.calibration import metrics, recalibrate
+from mlipuq.calibration.recalibrate import (
+    IsotonicRecalibrator,
+    PowerLawRecalibrator,
+    PredictionRecalibrator,
+    ScalarRecalibrator,
+    get_recalibrator,
+)
+from mlipuq.calibration.report import CalibrationReport, evaluate, load_prediction
+
+__all__ = [
+    "CalibrationReport",
+    "IsotonicRecalibrator",
+    "PowerLawRecalibrator",
+    "PredictionRecalibrator",
+    "ScalarRecalibrator",
+    "evaluate",
+    "get_recalibrator",
+    "load_prediction",
+    "metrics",
+    "plots",
+    "recalibrate",
+]
+
+
+def __getattr__(name):
+    # plots import matplotlib lazily; keep `import mlipuq.calibration` light
+    if name == "plots":
+        import importlib
+
+        return importlib.import_module("mlipuq.calibration.plots")
+    raise AttributeError(f"module 'mlipuq.calibration' has no attribute {name!r}")

@@ -1,0 +1,425 @@
+"""``evaluate(prediction, reference)``: every calibration metric in one report.
+
+Four targets are scored:
+
+==================  ==========  ==============================================
+target              unit        what is scored
+==================  ==========  ==============================================
+``energy``          eV          total energy per structure
+``energy_per_atom`` eV/atom     energy / n_atoms (σ / n_atoms)
+``forces``          eV/Å        every Cartesian force component
+``forces_norm``     eV/Å        per-atom force magnitude, σ propagated to the
+                                norm to first order (``reduce="norm"``)
+==================  ==========  ==============================================
+
+:class:`CalibrationReport` serialises to a dict, JSON (with a format version)
+and Markdown; it also keeps the arrays it was computed from so that
+:func:`mlipuq.calibration.plots.summary_figure` can draw them.
+:func:`load_prediction` turns an extxyz written by
+:meth:`mlipuq.data.AtomsDataset.write` back into ``(Prediction, reference)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from mlipuq.calibration.metrics import DEFAULT_LEVELS, all_metrics, coverage_key, rmse_rmv_bins
+from mlipuq.calibration.metrics_common import reduce_norm
+from mlipuq.errors import FileFormatError, MissingReferenceError
+
+FORMAT = "mlipuq-calibration-report"
+FORMAT_VERSION = 1
+
+TARGETS = ("energy", "energy_per_atom", "forces", "forces_norm")
+UNITS = {"energy": "eV", "energy_per_atom": "eV/atom", "forces": "eV/Å", "forces_norm": "eV/Å"}
+TITLES = {
+    "energy": "Energy (total, per structure)",
+    "energy_per_atom": "Energy per atom",
+    "forces": "Forces (per Cartesian component)",
+    "forces_norm": "Forces (per-atom norm)",
+}
+
+# metric -> (description, unit kind: "y" = unit of the target, "nats", "" = none, target)
+METRIC_INFO: Dict[str, Tuple[str, str, str]] = {
+    "n": ("predictions scored", "", ""),
+    "mae": ("mean absolute error", "y", "lower"),
+    "rmse": ("root mean squared error", "y", "lower"),
+    "sharpness": ("root mean predicted variance", "y", "lower, = RMSE if calibrated"),
+    "nll": ("Gaussian negative log-likelihood", "nats", "lower"),
+    "crps": ("continuous ranked probability score", "y", "lower"),
+    "check_score": ("check (pinball) score, 99 quantiles", "y", "lower"),
+    "interval_score": ("interval score, 99 central intervals", "y", "lower"),
+    "miscalibration_area": ("area between calibration curve and diagonal", "", "0"),
+    "rms_calibration_error": ("RMS calibration error", "", "0"),
+    "mean_absolute_calibration_error": ("mean absolute calibration error", "", "0"),
+    "ence": ("expected normalised calibration error (σ bins)", "", "0"),
+    "z_mean": ("mean of z = (ref - pred)/σ", "", "0"),
+    "z_std": ("standard deviation of z", "", "1"),
+    "z_rms": ("RMS of z (> 1: over-confident)", "", "1"),
+    "spearman": ("Spearman rank correlation of |error| and σ", "", "higher"),
+    "auroc": ("AUROC of σ flagging |error| > threshold", "", "1 (0.5 = chance)"),
+    "auprc": ("AUPRC of σ flagging |error| > threshold", "", "1"),
+    "detection_threshold": ("|error| threshold for AUROC/AUPRC", "y", ""),
+    "detection_positive_fraction": ("fraction above threshold (chance AUPRC)", "", ""),
+}
+
+
+# ------------------------------------------------------------------ inputs
+def reference_arrays(prediction, reference) -> Tuple[np.ndarray, np.ndarray]:
+    """Reference energies (B,) in eV and forces (N, 3) in eV/Å matching ``prediction``.
+
+    Parameters
+    ----------
+    prediction : Prediction
+        Predictions for B structures, N atoms.
+    reference
+        An ``AtomsDataset`` or anything :func:`mlipuq.data.as_dataset` accepts
+        (path, list of ``ase.Atoms``), with reference energies and forces.
+
+    Raises
+    ------
+    ValueError
+        Different structure or atom counts; ``MissingReferenceError`` (a
+        ``ValueError``) when a structure lacks a reference energy or forces.
+    """
+    from mlipuq.data import as_dataset
+
+    dataset = as_dataset(reference)
+    if len(dataset) != prediction.n_structures:
+        raise ValueError(
+            f"the prediction covers {prediction.n_structures} structures, "
+            f"the reference {len(dataset)}"
+        )
+    n_atoms = dataset.n_atoms
+    if not np.array_equal(n_atoms, prediction.n_atoms):
+        k = int(np.flatnonzero(n_atoms != prediction.n_atoms)[0])
+        raise ValueError(
+            f"structure {k}: the prediction has {int(prediction.n_atoms[k])} atoms, "
+            f"the reference {int(n_atoms[k])}"
+        )
+    energy = dataset.energies
+    missing = np.flatnonzero(~np.isfinite(energy))
+    if missing.size:
+        raise MissingReferenceError(
+            f"{missing.size} structure(s) lack a reference energy (first: structure "
+            f"{int(missing[0])})"
+        )
+    forces = dataset.forces
+    bad_atoms = np.flatnonzero(~np.isfinite(forces).all(axis=1))
+    if bad_atoms.size:
+        k = int(prediction.batch[bad_atoms[0]])
+        raise MissingReferenceError(
+            f"{np.unique(prediction.batch[bad_atoms]).size} structure(s) lack reference "
+            f"forces (first: structure {k})"
+        )
+    return energy, forces
+
+
+def target_arrays(prediction, reference) -> Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(y_pred, y_std, y_true)`` for each of :data:`TARGETS` (units in :data:`UNITS`)."""
+    energy, forces = reference_arrays(prediction, reference)
+    n = prediction.n_atoms.astype(np.float64)
+    return {
+        "energy": (prediction.energy, prediction.energy_std, energy),
+        "energy_per_atom": (prediction.energy / n, prediction.energy_std / n, energy / n),
+        "forces": (prediction.forces, prediction.forces_std, forces),
+        "forces_norm": reduce_norm(prediction.forces, prediction.forces_std, forces),
+    }
+
+
+# ------------------------------------------------------------------ report
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return f"{value:.4g}"
+
+
+@dataclass
+class CalibrationReport:
+    """Calibration metrics for energies and forces.
+
+    Attributes
+    ----------
+    metrics : dict
+        ``metrics[target][name]``; targets in :data:`TARGETS`, names as
+        returned by :func:`mlipuq.calibration.metrics.all_metrics`. Values
+        in the unit of the target (:attr:`units`), nats (``nll``) or
+        dimensionless; None where undefined for the data.
+    binned : dict
+        ``binned[target]`` = ``{"rmv", "rmse", "count"}`` lists of the
+        equal-count σ bins (unit of the target); absent for targets with
+        fewer predictions than bins.
+    units : dict
+        Unit of each target.
+    n_structures, n_atoms : int
+        Size of the evaluated set.
+    settings : dict
+        Options used (bins, coverage levels, detection quantile).
+    data : dict or None
+        ``data[target] = (y_pred, y_std, y_true)`` arrays, for plotting; not
+        serialised (None for a report read from JSON).
+    """
+
+    metrics: Dict[str, Dict[str, Optional[float]]]
+    binned: Dict[str, Dict[str, list]]
+    units: Dict[str, str]
+    n_structures: int
+    n_atoms: int
+    settings: Dict[str, Any] = field(default_factory=dict)
+    data: Optional[Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]]] = field(
+        default=None, repr=False, compare=False
+    )
+
+    # ------------------------------------------------------------ access
+    def __getitem__(self, target: str) -> Dict[str, Optional[float]]:
+        return self.metrics[target]
+
+    # ------------------------------------------------------- serialisation
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain-Python dict (JSON-ready) with a format tag and version."""
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "n_structures": int(self.n_structures),
+            "n_atoms": int(self.n_atoms),
+            "units": dict(self.units),
+            "settings": json.loads(json.dumps(self.settings)),
+            "metrics": {t: dict(m) for t, m in self.metrics.items()},
+            "binned": {t: {k: list(v) for k, v in b.items()} for t, b in self.binned.items()},
+        }
+
+    def to_json(self, indent: Optional[int] = 2) -> str:
+        """The :meth:`to_dict` content as JSON text (``None`` for undefined metrics)."""
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "CalibrationReport":
+        """Rebuild a report (without :attr:`data`) from :meth:`to_dict` output."""
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise FileFormatError("not an mlipuq calibration report")
+        version = d.get("version")
+        if version != FORMAT_VERSION:
+            raise FileFormatError(
+                f"calibration report format version {version!r} is not supported "
+                f"(this mlipuq reads version {FORMAT_VERSION})"
+            )
+        return cls(
+            metrics={t: dict(m) for t, m in d["metrics"].items()},
+            binned={t: dict(b) for t, b in d.get("binned", {}).items()},
+            units=dict(d["units"]),
+            n_structures=int(d["n_structures"]),
+            n_atoms=int(d["n_atoms"]),
+            settings=dict(d.get("settings", {})),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "CalibrationReport":
+        """Rebuild a report from :meth:`to_json` text."""
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise FileFormatError(f"calibration report is not valid JSON: {exc}") from None
+        return cls.from_dict(d)
+
+    def to_markdown(self) -> str:
+        """A Markdown summary: one table per target with units and ideal values."""
+        lines = [
+            "# Calibration report",
+            "",
+            f"{self.n_structures} structures, {self.n_atoms} atoms. "
+            "z = (reference - prediction) / σ. Coverage: observed fraction of "
+            "references inside the central interval of the given nominal coverage.",
+        ]
+        for target, metrics in self.metrics.items():
+            unit = self.units.get(target, "")
+            lines += [
+                "",
+                f"## {TITLES.get(target, target)} ({unit})",
+                "",
+                "| metric | value | unit | ideal | description |",
+                "|---|---:|---|---|---|",
+            ]
+            for name, value in metrics.items():
+                if name.startswith("coverage_"):
+                    level = float(name.split("_", 1)[1]) / 100.0
+                    desc, kind, ideal = (f"coverage of the {name[9:]}% interval", "", f"{level:g}")
+                else:
+                    desc, kind, ideal = METRIC_INFO.get(name, ("", "", ""))
+                unit_text = {"y": unit, "nats": "nats", "": ""}[kind]
+                desc = desc.replace("|", "\\|")  # keep the table intact
+                lines.append(f"| {name} | {_fmt(value)} | {unit_text} | {ideal} | {desc} |")
+        lines.append("")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+
+def evaluate(
+    prediction,
+    reference,
+    *,
+    num_bins: int = 100,
+    levels: Sequence[float] = DEFAULT_LEVELS,
+    num_bins_ence: int = 10,
+    detection_quantile: float = 0.9,
+    keep_data: bool = True,
+) -> CalibrationReport:
+    """Score a prediction against reference energies and forces.
+
+    Parameters
+    ----------
+    prediction : Prediction
+        What a UQ wrapper's ``predict()`` returned (eV, eV/Å).
+    reference
+        ``AtomsDataset`` (or anything ``mlipuq.data.as_dataset`` accepts)
+        with reference energies and forces for the same structures, in the
+        same order.
+    num_bins, levels, num_bins_ence, detection_quantile
+        Passed to :func:`mlipuq.calibration.metrics.all_metrics`.
+    keep_data
+        Keep the arrays in the report (needed for plotting).
+
+    Returns
+    -------
+    CalibrationReport
+
+    Raises
+    ------
+    ValueError
+        Mismatched counts, missing reference energies/forces, non-finite
+        values, or zero std (the message names the target).
+    """
+    arrays = target_arrays(prediction, reference)
+    metrics: Dict[str, Dict[str, Optional[float]]] = {}
+    binned: Dict[str, Dict[str, list]] = {}
+    for target, (pred, std, true) in arrays.items():
+        try:
+            metrics[target] = all_metrics(
+                pred,
+                std,
+                true,
+                num_bins=num_bins,
+                levels=levels,
+                num_bins_ence=num_bins_ence,
+                detection_quantile=detection_quantile,
+            )
+        except ValueError as exc:
+            raise ValueError(f"{target}: {exc}") from exc
+        if np.size(pred) >= num_bins_ence:
+            bins = rmse_rmv_bins(pred, std, true, num_bins=num_bins_ence)
+            binned[target] = {
+                "rmv": bins.rmv.tolist(),
+                "rmse": bins.rmse.tolist(),
+                "count": bins.count.tolist(),
+            }
+    return CalibrationReport(
+        metrics=metrics,
+        binned=binned,
+        units={t: UNITS[t] for t in arrays},
+        n_structures=prediction.n_structures,
+        n_atoms=int(prediction.n_atoms.sum()),
+        settings={
+            "num_bins": int(num_bins),
+            "levels": [float(v) for v in np.asarray(levels).reshape(-1)],
+            "coverage_keys": [coverage_key(v) for v in np.asarray(levels).reshape(-1)],
+            "num_bins_ence": int(num_bins_ence),
+            "detection_quantile": float(detection_quantile),
+        },
+        data=arrays if keep_data else None,
+    )
+
+
+# ------------------------------------------------------------ extxyz input
+def load_prediction(
+    path: Union[str, os.PathLike], reference: Optional[Any] = None
+) -> Tuple[Any, Any]:
+    """Read ``(Prediction, reference dataset)`` from a prediction extxyz.
+
+    The file is what :meth:`mlipuq.data.AtomsDataset.write` writes with a
+    prediction: ``mlipuq_energy`` and ``mlipuq_energy_std`` (eV) in
+    ``atoms.info``, ``mlipuq_forces`` and ``mlipuq_forces_std`` (eV/Å) in
+    ``atoms.arrays``, optional ``mlipuq_energy_members``.
+
+    Parameters
+    ----------
+    path
+        The prediction file.
+    reference
+        Reference data (path, ``AtomsDataset``, list of Atoms). Default: the
+        reference ``energy``/``forces`` columns of the prediction file.
+
+    Returns
+    -------
+    (Prediction, AtomsDataset)
+
+    Raises
+    ------
+    ValueError
+        A structure lacks prediction columns, or the reference does not
+        match the predicted structures (counts, elements) or lacks energies
+        or forces.
+    """
+    from mlipuq.data import PRED_ENERGY, PRED_ENERGY_MEMBERS, PRED_ENERGY_STD, PRED_FORCES
+    from mlipuq.data import PRED_FORCES_STD, as_dataset, load
+    from mlipuq.uq.prediction import Prediction
+
+    structures = load(path)
+    if len(structures) == 0:
+        raise ValueError(f"{os.fspath(path)}: no structures")
+    energy, energy_std, forces, forces_std, members = [], [], [], [], []
+    for k, atoms in enumerate(structures):
+        missing = [key for key in (PRED_ENERGY, PRED_ENERGY_STD) if key not in atoms.info]
+        missing += [key for key in (PRED_FORCES, PRED_FORCES_STD) if key not in atoms.arrays]
+        if missing:
+            raise ValueError(
+                f"{os.fspath(path)}: structure {k} lacks prediction column(s) {missing}"
+            )
+        energy.append(float(atoms.info[PRED_ENERGY]))
+        energy_std.append(float(atoms.info[PRED_ENERGY_STD]))
+        shape = (len(atoms), 3)
+        forces.append(np.asarray(atoms.arrays[PRED_FORCES], np.float64).reshape(shape))
+        forces_std.append(np.asarray(atoms.arrays[PRED_FORCES_STD], np.float64).reshape(shape))
+        if PRED_ENERGY_MEMBERS in atoms.info:
+            members.append(np.atleast_1d(np.asarray(atoms.info[PRED_ENERGY_MEMBERS], np.float64)))
+    n_atoms = structures.n_atoms
+    energy_members = None
+    if len(members) == len(structures) and len({m.shape for m in members}) == 1:
+        energy_members = np.stack(members, axis=1)
+    energy_std = np.asarray(energy_std)
+    forces_std = np.concatenate(forces_std)
+    for name, values in (("energy", energy_std), ("forces", forces_std)):
+        if not np.isfinite(values).all() or (values < 0).any():
+            raise ValueError(f"{os.fspath(path)}: predicted {name} std must be finite and >= 0")
+    prediction = Prediction(
+        energy=np.asarray(energy),
+        energy_var=energy_std**2,
+        forces=np.concatenate(forces),
+        forces_var=forces_std**2,
+        n_atoms=n_atoms,
+        batch=np.repeat(np.arange(len(structures)), n_atoms),
+        energy_members=energy_members,
+    )
+    if reference is None:
+        ref = structures
+    else:
+        ref = as_dataset(reference)
+        if len(ref) != len(structures):
+            raise ValueError(
+                f"the prediction file holds {len(structures)} structures, the reference {len(ref)}"
+            )
+        for k, (a, b) in enumerate(zip(structures, ref)):
+            if len(a) != len(b) or not np.array_equal(a.numbers, b.numbers):
+                raise ValueError(
+                    f"structure {k}: the reference holds {b.get_chemical_formula()}, "
+                    f"the prediction file {a.get_chemical_formula()} (same order needed)"
+                )
+    reference_arrays(prediction, ref)  # raise early if energies/forces are missing
+    return prediction, ref

@@ -1,0 +1,103 @@
+"""The `mlipuq evaluate` subcommand, run through the parser it registers."""
+
+import argparse
+import json
+
+import ase
+import matplotlib
+import numpy as np
+import pytest
+from ase.calculators.singlepoint import SinglePointCalculator
+
+import mlipuq.data as mdata
+from mlipuq.calibration import cli, evaluate
+from mlipuq.uq.prediction import Prediction
+
+matplotlib.use("Agg")
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(prog="mlipuq")
+    subparsers = parser.add_subparsers(dest="command")
+    cli.add_parser(subparsers)
+    return parser.parse_args(argv)
+
+
+def make_case(n_structures=25, seed=0):
+    rng = np.random.default_rng(seed)
+    structures = []
+    for _ in range(n_structures):
+        n = int(rng.integers(3, 8))
+        numbers = rng.choice([1, 6, 8], size=n)
+        atoms = ase.Atoms(numbers=numbers, positions=rng.uniform(0, 4, (n, 3)))
+        atoms.calc = SinglePointCalculator(atoms, energy=float(rng.normal(-100, 3)),
+                                           forces=rng.normal(size=(n, 3)))
+        structures.append(atoms)
+    ref = mdata.load(structures)
+    e_std = np.exp(rng.normal(-2, 0.5, size=len(ref)))
+    f_std = np.exp(rng.normal(-2, 0.5, size=(int(ref.n_atoms.sum()), 3)))
+    pred = Prediction(
+        energy=ref.energies + 2 * e_std * rng.standard_normal(len(ref)), energy_var=e_std**2,
+        forces=ref.forces + 2 * f_std * rng.standard_normal(f_std.shape), forces_var=f_std**2,
+        n_atoms=ref.n_atoms, batch=np.repeat(np.arange(len(ref)), ref.n_atoms),
+    )
+    return pred, ref
+
+
+def test_parser_registers_evaluate():
+    args = parse(["evaluate", "pred.extxyz", "--out", "dir"])
+    assert args.command == "evaluate" and args.func is cli.run
+    assert args.prediction == "pred.extxyz" and args.reference is None and args.out == "dir"
+    assert args.num_bins == 100 and args.ence_bins == 10 and not args.no_plots
+    with pytest.raises(SystemExit):
+        parse(["evaluate", "pred.extxyz"])  # --out is required
+
+
+def test_evaluate_writes_reports_and_pngs(tmp_path, capsys):
+    pred, ref = make_case()
+    path = tmp_path / "pred.extxyz"
+    ref.write(path, pred)
+    out = tmp_path / "out"
+    args = parse(["evaluate", str(path), "--out", str(out), "--max-points", "200"])
+    assert args.func(args) == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    expected = evaluate(pred, ref)
+    for target in ("energy", "energy_per_atom", "forces", "forces_norm"):
+        assert report["metrics"][target] == pytest.approx(expected[target], rel=1e-5, abs=1e-9)
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert md.startswith("# Calibration report") and "(eV/Å)" in md
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert "summary.png" in pngs and len(pngs) == 1 + len(cli.PLOTS) * len(cli.PLOT_TARGETS)
+    for name in pngs:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "wrote 13 files" in capsys.readouterr().out
+
+
+def test_evaluate_with_separate_reference_and_no_plots(tmp_path):
+    pred, ref = make_case(12, seed=1)
+    bare = mdata.AtomsDataset([ase.Atoms(a.numbers, a.positions) for a in ref])
+    bare.write(tmp_path / "pred.extxyz", pred)
+    ref.write(tmp_path / "ref.extxyz")
+    out = tmp_path / "out"
+    args = parse(["evaluate", str(tmp_path / "pred.extxyz"), "--reference",
+                  str(tmp_path / "ref.extxyz"), "--out", str(out), "--no-plots",
+                  "--ence-bins", "5"])
+    assert cli.run(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md"]
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["settings"]["num_bins_ence"] == 5
+    assert len(report["binned"]["energy"]["rmse"]) == 5
+
+
+def test_evaluate_reports_bad_input_and_returns_1(tmp_path, capsys):
+    pred, ref = make_case(5, seed=2)
+    bare = mdata.AtomsDataset([ase.Atoms(a.numbers, a.positions) for a in ref])
+    bare.write(tmp_path / "pred.extxyz", pred)
+    args = parse(["evaluate", str(tmp_path / "pred.extxyz"), "--out", str(tmp_path / "out")])
+    assert cli.run(args) == 1
+    err = capsys.readouterr().err
+    assert "mlipuq evaluate: error" in err and "reference energ" in err
+    assert not (tmp_path / "out").exists()
+    args = parse(["evaluate", str(tmp_path / "missing.extxyz"), "--out", str(tmp_path / "out")])
+    assert cli.run(args) == 1
+    assert "no such file" in capsys.readouterr().err

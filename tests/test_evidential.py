@@ -1,0 +1,297 @@
+"""Tests of mlipuq.uq.evidential: NIG maths, the EvidentialHead wrapper, its invariances."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import mlipuq
+from mlipuq.errors import NotFittedError
+from mlipuq.models.mini import MiniMLIP
+from mlipuq.uq import base as uq_base
+from mlipuq.uq.evidential import (
+    EvidentialHead,
+    aggregate_energy_nig,
+    nig_nll,
+    nig_regularizer,
+    nig_variances,
+)
+
+HERE = os.path.dirname(__file__)
+SMALL = os.path.join(HERE, "data", "ethanol_small.xyz")
+ETHANOL = "/work/shared/data/ethanol/train.xyz"
+
+
+# ----------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny models on a shared 2-core machine: threads only fight each other
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data():
+    path = SMALL if os.path.exists(SMALL) else ETHANOL
+    if not os.path.exists(path):
+        pytest.skip(f"no ethanol data at {path}")
+    dataset = mlipuq.data.load(path, index=":20")
+    if len(dataset) < 20:
+        pytest.skip("not enough structures for the evidential tests")
+    return {"train": dataset[:12], "val": dataset[12:16], "test": dataset[16:20]}
+
+
+@pytest.fixture(scope="module")
+def base_model(data):
+    model = MiniMLIP(
+        data["train"].species, cutoff=4.0, n_features=16, n_interactions=2, n_rbf=8, seed=0
+    )
+    mlipuq.train(model, data["train"], epochs=4, lr=5e-3, batch_size=10, progress=False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def snapshot(base_model):
+    return {k: v.clone() for k, v in base_model.state_dict().items() if torch.is_tensor(v)}
+
+
+@pytest.fixture(scope="module")
+def fitted(base_model, snapshot, data):
+    return EvidentialHead(base_model, reg_weight=0.01).fit(
+        data["train"], data["val"], epochs=8, lr=2e-2, batch_size=20, seed=0, progress=False
+    )
+
+
+def _nig_draws():
+    y = torch.tensor([0.3, -1.2, 2.5, 0.0, 10.0], dtype=torch.float64)
+    gamma = torch.tensor([0.1, -1.0, 0.5, 0.0, 9.0], dtype=torch.float64)
+    nu = torch.tensor([0.5, 2.0, 0.1, 1.0, 7.0], dtype=torch.float64)
+    alpha = torch.tensor([1.5, 3.0, 1.1, 2.0, 10.0], dtype=torch.float64)
+    beta = torch.tensor([0.2, 1.0, 3.0, 0.01, 4.0], dtype=torch.float64)
+    return y, gamma, nu, alpha, beta
+
+
+# -------------------------------------------------------------- NIG maths
+def test_nig_nll_is_student_t_log_density():
+    y, gamma, nu, alpha, beta = _nig_draws()
+    nll = nig_nll(y, gamma, nu, alpha, beta).numpy()
+    scale = np.sqrt((beta * (1 + nu) / (nu * alpha)).numpy())
+    expected = -stats.t.logpdf(y.numpy(), df=2 * alpha.numpy(), loc=gamma.numpy(), scale=scale)
+    np.testing.assert_allclose(nll, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_nig_nll_rescales_exactly_to_per_atom():
+    # y/n is NIG(gamma/n, nu, alpha, beta/n^2): the NLL only shifts by log n
+    y, gamma, nu, alpha, beta = _nig_draws()
+    n = 9.0
+    per_atom = nig_nll(y / n, gamma / n, nu, alpha, beta / n**2)
+    whole = nig_nll(y, gamma, nu, alpha, beta) - math.log(n)
+    np.testing.assert_allclose(per_atom.numpy(), whole.numpy(), rtol=1e-12)
+
+
+def test_regularizer_and_variance_formulas():
+    y, gamma, nu, alpha, beta = _nig_draws()
+    reg = nig_regularizer(y, gamma, nu, alpha)
+    np.testing.assert_allclose(reg.numpy(), (torch.abs(y - gamma) * (2 * nu + alpha)).numpy())
+    alea, epi = nig_variances(nu, alpha, beta)
+    np.testing.assert_allclose(alea.numpy(), (beta / (alpha - 1)).numpy())
+    np.testing.assert_allclose(epi.numpy(), (beta / (nu * (alpha - 1))).numpy())
+    # aleatoric + epistemic is the Student-t marginal's variance
+    scale = np.sqrt((beta * (1 + nu) / (nu * alpha)).numpy())
+    t_var = stats.t.var(df=2 * alpha.numpy(), scale=scale)
+    np.testing.assert_allclose((alea + epi).numpy(), t_var, rtol=1e-12)
+
+
+def test_aggregation_matches_moments_and_is_extensive():
+    _, _, nu, alpha, beta = _nig_draws()
+    batch = torch.tensor([0, 0, 0, 1, 1])
+    nu_s, alpha_s, beta_s = aggregate_energy_nig(nu, alpha, beta, batch, 2)
+    alea, epi = nig_variances(nu, alpha, beta)
+    alea_s, epi_s = nig_variances(nu_s, alpha_s, beta_s)
+    np.testing.assert_allclose(alea_s.numpy(), [alea[:3].sum(), alea[3:].sum()], rtol=1e-12)
+    np.testing.assert_allclose(epi_s.numpy(), [epi[:3].sum(), epi[3:].sum()], rtol=1e-12)
+    np.testing.assert_allclose(alpha_s.numpy(), [alpha[:3].mean(), alpha[3:].mean()])
+    # one structure made of two copies of structure 0: variances double, nu and alpha stay
+    doubled = aggregate_energy_nig(
+        torch.cat([nu[:3], nu[:3]]), torch.cat([alpha[:3], alpha[:3]]),
+        torch.cat([beta[:3], beta[:3]]), torch.zeros(6, dtype=torch.long), 1,
+    )
+    np.testing.assert_allclose(doubled[0].numpy(), nu_s[:1].numpy(), rtol=1e-12)
+    np.testing.assert_allclose(doubled[1].numpy(), alpha_s[:1].numpy(), rtol=1e-12)
+    np.testing.assert_allclose(
+        nig_variances(*doubled)[0].numpy(), 2 * alea_s[:1].numpy(), rtol=1e-12
+    )
+    # one atom: the structure NIG is the atom's
+    single = aggregate_energy_nig(nu[:1], alpha[:1], beta[:1], torch.zeros(1, dtype=torch.long), 1)
+    for got, want in zip(single, (nu[:1], alpha[:1], beta[:1])):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12)
+
+
+# ------------------------------------------------------------- the wrapper
+def test_bad_options_and_unfitted(base_model, data):
+    with pytest.raises(ValueError, match="reg_weight"):
+        EvidentialHead(base_model, reg_weight=-0.1)
+    with pytest.raises(ValueError, match="hidden"):
+        EvidentialHead(base_model, hidden=0)
+    with pytest.raises(TypeError):
+        EvidentialHead(torch.nn.Linear(3, 1))
+    unfitted = EvidentialHead(base_model)
+    with pytest.raises(ValueError, match="both be 0"):
+        unfitted.fit(data["train"], energy_weight=0.0, forces_weight=0.0, progress=False)
+    with pytest.raises(ValueError, match="loss_fn"):
+        unfitted.fit(data["train"], loss_fn=None, progress=False)
+    with pytest.raises(NotFittedError):
+        unfitted.predict(data["test"][:2])
+
+
+def test_variance_decomposition(fitted, data):
+    pred = fitted.predict(data["test"])
+    for name in ("energy_var", "energy_aleatoric_var", "energy_epistemic_var", "forces_var"):
+        value = getattr(pred, name)
+        assert value.dtype == np.float64 and np.all(np.isfinite(value)) and np.all(value > 0)
+    np.testing.assert_allclose(
+        pred.energy_var, pred.energy_aleatoric_var + pred.energy_epistemic_var, rtol=1e-12
+    )
+    params = fitted.evidential_parameters(data["test"])
+    nu, alpha, beta = params["energy_nu"], params["energy_alpha"], params["energy_beta"]
+    assert np.all(alpha > 1) and np.all(nu > 0) and np.all(beta > 0)
+    np.testing.assert_allclose(pred.energy_aleatoric_var, beta / (alpha - 1), rtol=1e-12)
+    np.testing.assert_allclose(pred.energy_epistemic_var, beta / (nu * (alpha - 1)), rtol=1e-12)
+    nu_f, alpha_f, beta_f = params["forces_nu"], params["forces_alpha"], params["forces_beta"]
+    expected = beta_f * (1 + nu_f) / (nu_f * (alpha_f - 1))
+    np.testing.assert_allclose(pred.forces_var, np.repeat(expected[:, None], 3, axis=1), rtol=1e-12)
+
+
+def test_mean_is_the_base_model(fitted, base_model, data):
+    pred = fitted.predict(data["test"])
+    ref = base_model.compute(data["test"])
+    np.testing.assert_array_equal(pred.forces, ref["forces"])
+    np.testing.assert_array_equal(pred.energy, ref["energy"])
+
+
+def test_training_reduces_loss_and_user_model_unchanged(fitted, base_model, snapshot):
+    losses = fitted.history_["train_loss"]
+    assert losses[-1] < losses[0]
+    assert fitted.history_.best_val_loss < fitted.history_["val_loss"][0]
+    assert fitted.model is not base_model
+    for key, value in base_model.state_dict().items():
+        if torch.is_tensor(value):
+            assert torch.equal(value, snapshot[key]), key
+    assert all(p.requires_grad for p in base_model.parameters())
+
+
+def test_same_seed_same_predictions(fitted, base_model, data):
+    again = EvidentialHead(base_model, reg_weight=0.01).fit(
+        data["train"], data["val"], epochs=8, lr=2e-2, batch_size=20, seed=0, progress=False
+    )
+    a, b = fitted.predict(data["test"]), again.predict(data["test"])
+    np.testing.assert_array_equal(a.energy_var, b.energy_var)
+    np.testing.assert_array_equal(a.forces_var, b.forces_var)
+
+
+def test_save_load_roundtrip(fitted, data, tmp_path):
+    path = tmp_path / "evidential.pt"
+    fitted.save(path)
+    loaded = uq_base.load(path)
+    assert isinstance(loaded, EvidentialHead)
+    assert loaded.config() == fitted.config()
+    a, b = fitted.predict(data["test"]), loaded.predict(data["test"])
+    for name in ("energy", "energy_var", "energy_aleatoric_var", "energy_epistemic_var",
+                 "forces", "forces_var"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    with pytest.raises(FileExistsError):
+        fitted.save(path)
+
+
+def _rotation(seed=0):
+    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    return q * np.sign(np.linalg.det(q))
+
+
+def test_permutation_rotation_translation_invariance(fitted, data):
+    atoms = data["test"][0]
+    perm = np.random.default_rng(1).permutation(len(atoms))
+    moved = atoms.copy()
+    moved.positions = atoms.positions @ _rotation().T + np.array([1.5, -2.0, 0.7])
+    shuffled = atoms[perm]
+    ref = fitted.predict(atoms)
+    rot = fitted.predict(moved)
+    per = fitted.predict(shuffled)
+    for other, order in ((rot, np.arange(len(atoms))), (per, perm)):
+        np.testing.assert_allclose(other.energy_var, ref.energy_var, rtol=1e-5)
+        np.testing.assert_allclose(other.energy_epistemic_var, ref.energy_epistemic_var, rtol=1e-5)
+        np.testing.assert_allclose(
+            np.linalg.norm(other.forces_var, axis=1),
+            np.linalg.norm(ref.forces_var[order], axis=1),
+            rtol=1e-5,
+        )
+    # the force mean rotates with the structure
+    np.testing.assert_allclose(rot.forces, ref.forces @ _rotation().T, atol=1e-4)
+
+
+def test_non_interacting_copies_have_larger_energy_variance(fitted, data):
+    atoms = data["test"][1].copy()
+    atoms.pbc = False
+    far = atoms.copy()
+    far.positions += np.array([30.0, 0.0, 0.0])  # well beyond the 4 Å cutoff
+    pair = atoms + far
+    one = fitted.predict(atoms)
+    two = fitted.predict(pair)
+    np.testing.assert_allclose(two.energy_var, 2 * one.energy_var, rtol=1e-5)
+    np.testing.assert_allclose(two.energy_aleatoric_var, 2 * one.energy_aleatoric_var, rtol=1e-5)
+
+
+def test_batch_equals_one_by_one(fitted, data):
+    together = fitted.predict(data["test"][:4], batch_size=4)
+    for k in range(4):
+        alone = fitted.predict(data["test"][k])
+        np.testing.assert_allclose(together.structure(k).energy_var, alone.energy_var, rtol=1e-6)
+        np.testing.assert_allclose(together.structure(k).forces_var, alone.forces_var, rtol=1e-6)
+
+
+def test_train_backbone_changes_only_the_copy(base_model, snapshot, data):
+    wrapper = EvidentialHead(base_model, train_backbone=True, hidden=4).fit(
+        data["train"][:10], epochs=1, lr=1e-3, batch_size=10, progress=False
+    )
+    pred = wrapper.predict(data["test"][:2])
+    assert np.all(np.isfinite(pred.energy_var))
+    changed = any(
+        not torch.equal(p, q) for p, q in zip(wrapper.model.parameters(), base_model.parameters())
+    )
+    assert changed
+    for key, value in base_model.state_dict().items():
+        if torch.is_tensor(value):
+            assert torch.equal(value, snapshot[key]), key
+
+
+def test_common_check_suite(fitted, data):
+    testing = pytest.importorskip("mlipuq.testing")
+    check = getattr(testing, "check_uq_wrapper", None)
+    if check is None:
+        pytest.skip("mlipuq.testing.check_uq_wrapper not available yet")
+    check(fitted, data["test"])
+
+
+def test_energy_only_training_needs_no_forces(base_model, data):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    structures = []
+    for atoms in data["train"][:10]:
+        copy = atoms.copy()
+        copy.calc = SinglePointCalculator(copy, energy=atoms.get_potential_energy())
+        structures.append(copy)
+    wrapper = EvidentialHead(base_model).fit(
+        structures, epochs=2, batch_size=5, forces_weight=0.0, progress=False
+    )
+    assert all(p.requires_grad for p in wrapper.model.parameters())
+    pred = wrapper.predict(data["test"][:2])
+    assert np.all(pred.energy_var > 0) and np.all(pred.forces_var > 0)
+    with pytest.raises(ValueError, match="forces"):
+        EvidentialHead(base_model).fit(structures, epochs=1, progress=False)
