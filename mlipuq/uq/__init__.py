@@ -1,8 +1,18 @@
 """UQ wrappers: one file each. Every wrapper's ``predict()`` returns a :class:`Prediction`."""
 
 from mlipuq.uq.base import UQWrapper, load
+from mlipuq.uq.deep_ensemble import DeepEnsemble
 from mlipuq.uq.evidential import EvidentialHead
 from mlipuq.uq.llpr import LastLayerLaplace
 from mlipuq.uq.prediction import Prediction
+from mlipuq.uq.shallow_ensemble import ShallowEnsemble
 
-__all__ = ["EvidentialHead", "LastLayerLaplace", "Prediction", "UQWrapper", "load"]
+__all__ = [
+    "DeepEnsemble",
+    "EvidentialHead",
+    "LastLayerLaplace",
+    "Prediction",
+    "ShallowEnsemble",
+    "UQWrapper",
+    "load",
+]

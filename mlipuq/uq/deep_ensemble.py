@@ -7,7 +7,9 @@ structure with member energies :math:`E_k` (eV) and forces :math:`F_k` (eV/Å),
 .. math:: \\bar E = \\frac1K \\sum_k E_k, \\qquad
           \\sigma_E^2 = \\frac1K \\sum_k (E_k - \\bar E)^2,
 
-and the same per atom and Cartesian component for the forces. The variance
+and the same per atom and Cartesian component for the forces, and per atom
+for the local energies :math:`\varepsilon_{ik} + e_{Z_i}` (``atom_energy_var``,
+eV², members' species reference energies included). The variance
 is the population variance over members (``ddof=0``), computed in float64;
 multiply by ``K / (K - 1)`` for the unbiased estimate (recalibration with
 :meth:`~mlipuq.uq.base.UQWrapper.calibrate` absorbs any such constant).
@@ -55,11 +57,25 @@ def member_statistics(members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return mean, var
 
 
+def _atom_energies(model: MLIP, batch: mdata.Batch, eps: torch.Tensor) -> torch.Tensor:
+    """(N,) float64 per-atom energies including each atom's species reference energy (eV).
+
+    Members may have different reference energies (fitted on their own
+    bootstrap sample), so they are part of the local energy of a member.
+    """
+    table = torch.zeros(119, dtype=torch.float64)
+    for z, e in model.atomic_energies.items():
+        table[z] = e
+    return eps.detach().to(torch.float64).cpu().reshape(-1) + table[batch.numbers.cpu()]
+
+
 def _check_members(models: Sequence[MLIP]) -> list[MLIP]:
-    if isinstance(models, MLIP) or not isinstance(models, (list, tuple)):
-        raise TypeError(
-            f"DeepEnsemble needs a list of models, got {type(models).__name__}"
-        )
+    if isinstance(models, torch.nn.Module):
+        raise TypeError(f"DeepEnsemble needs a list of models, got one {type(models).__name__}")
+    try:
+        models = list(models)
+    except TypeError:
+        raise TypeError(f"DeepEnsemble needs a list of models, got {type(models).__name__}") from None
     models = [_check_model(m) for m in models]
     if len(models) < 2:
         raise ValueError(f"a deep ensemble needs at least 2 members, got {len(models)}")
@@ -270,15 +286,17 @@ class DeepEnsemble(UQWrapper):
 
     # ---------------------------------------------------------------- predict
     def _predict_batch(self, batch: mdata.Batch) -> dict:
-        energies, forces = [], []
+        energies, forces, atom_energies = [], [], []
         for model in self.models:
             out = model(batch.to(device=model.device, dtype=model.dtype), forces=True)
             energies.append(out["energy"].detach().to(torch.float64).cpu())
             forces.append(out["forces"].detach().to(torch.float64).cpu())
+            atom_energies.append(_atom_energies(model, batch, out["per_atom_energy"]))
         energy_members = torch.stack(energies)
         forces_members = torch.stack(forces)
         energy, energy_var = member_statistics(energy_members)
         force, forces_var = member_statistics(forces_members)
+        _, atom_energy_var = member_statistics(torch.stack(atom_energies))
         return {
             "energy": energy,
             "energy_var": energy_var,
@@ -286,7 +304,12 @@ class DeepEnsemble(UQWrapper):
             "forces_var": forces_var,
             "energy_members": energy_members,
             "forces_members": forces_members,
+            "atom_energy_var": atom_energy_var,
         }
+
+    def compute_stress(self, atoms) -> np.ndarray:
+        """(3, 3) stress of the ensemble mean (eV/Å^3): the mean of the members' stresses."""
+        return np.mean([m.compute(atoms, stress=True)["stress"][0] for m in self.models], axis=0)
 
     # ------------------------------------------------------------ persistence
     def _models(self) -> list[MLIP]:

@@ -14,7 +14,8 @@ with :math:`J_i = \\partial \\phi_i / \\partial r`. All K force sets come from
 one vectorised vector-Jacobian product (``is_grads_batched``), so a
 prediction costs one forward pass plus one batched backward pass, not K.
 Mean and variance are taken over heads (population variance, ``ddof=0``,
-float64).
+float64); the variance of the per-atom energies :math:`\varepsilon_{ik}` is
+reported as the local uncertainty ``atom_energy_var`` (eV²).
 
 Training minimises the Gaussian negative log-likelihood of the per-atom
 energies and of the force components under the ensemble mean and variance
@@ -62,7 +63,6 @@ INITS = ("laplace", "random")
 #: Relative std of the noise added to the readout weights by ``init="random"``.
 RANDOM_INIT_SCALE = 0.1
 #: Prior precision of the Laplace init, relative to the mean diagonal of X^T X / sigma^2.
-LAPLACE_RELATIVE_PRIOR = 1e-4
 _HEADS_ATTR = "_shallow_ensemble_heads"
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -87,7 +87,7 @@ def head_members(
     *,
     forces: bool = True,
     create_graph: bool = False,
-) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+) -> dict[str, Optional[torch.Tensor]]:
     """Energies and forces of K linear heads on ``model``'s per-atom features.
 
     Parameters
@@ -105,9 +105,11 @@ def head_members(
 
     Returns
     -------
-    energies, forces
-        (K, B) float64 energies including the species offsets (eV) and
-        (K, N, 3) float64 forces (eV/Å), or None without ``forces``.
+    dict
+        ``"energy"``: (K, B) float64 energies including the species offsets
+        (eV); ``"atom_energy"``: (K, N) float64 per-atom energies without
+        offsets (eV); ``"forces"``: (K, N, 3) float64 forces (eV/Å), or None
+        without ``forces``.
     """
     positions = batch.positions.detach().requires_grad_(forces)
     work = dataclasses.replace(batch, positions=positions)
@@ -128,9 +130,10 @@ def head_members(
         energies = torch.zeros(
             batch.n_structures, w.shape[0], dtype=torch.float64, device=phi.device
         ).index_add(0, batch.batch, eps)
-        energies = (energies + model.offsets(batch)[:, None]).T
+        out = {"energy": (energies + model.offsets(batch)[:, None]).T,
+               "atom_energy": eps.T, "forces": None}
         if not forces:
-            return energies, None
+            return out
         k = w.shape[0]
         grad = None
         if phi.requires_grad:
@@ -146,7 +149,8 @@ def head_members(
             )
         if grad is None:  # features independent of positions (e.g. isolated atoms)
             grad = torch.zeros(k, n_atoms, 3, dtype=phi.dtype, device=phi.device)
-        return energies, -grad.to(torch.float64)
+        out["forces"] = -grad.to(torch.float64)
+        return out
 
 
 def _mean_var(members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,145 +165,43 @@ def gaussian_nll(mean, var, target, floor: float) -> torch.Tensor:
     return 0.5 * (_LOG_2PI + torch.log(var) + (target - mean) ** 2 / var)
 
 
-def feature_jacobian(phi: torch.Tensor, positions: torch.Tensor, chunk: int = 32) -> torch.Tensor:
-    """(F, N, 3) derivatives of the batch-summed features ``sum_i phi_i`` w.r.t. positions.
-
-    Atoms of different structures do not interact, so each atom's rows are the
-    derivatives of its own structure's summed features (1/Å per feature unit).
-    Batched VJPs, ``chunk`` features at a time.
-    """
-    n, f = phi.shape
-    if not phi.requires_grad:
-        return torch.zeros(f, n, 3, dtype=phi.dtype, device=phi.device)
-    eye = torch.eye(f, dtype=phi.dtype, device=phi.device)
-    parts = []
-    for start in range(0, f, chunk):
-        rows = eye[start : start + chunk]
-        (grad,) = torch.autograd.grad(
-            phi, positions, grad_outputs=rows[:, None, :].expand(len(rows), n, f),
-            is_grads_batched=True, retain_graph=start + chunk < f, allow_unused=True,
-        )
-        parts.append(torch.zeros(len(rows), n, 3, dtype=phi.dtype, device=phi.device)
-                     if grad is None else grad)
-    return torch.cat(parts)
-
-
-def _design_batches(model: MLIP, dataset, theta: np.ndarray, with_bias: bool,
-                    include_forces: bool, batch_size: int = 16):
-    """Per batch, the last-layer design rows and residuals of the model, float64.
-
-    Yields ``(x_e, r_e, x_f, r_f)``: energy rows ``(sum_i phi_i[, n_s])`` (B, P)
-    with residuals (B,) in eV, and force-component rows ``-d(sum_i phi_i)/dr``
-    (3N, P) with residuals (3N,) in eV/Å (None without ``include_forces``).
-    """
-    theta_t = torch.as_tensor(theta, dtype=torch.float64)
-    for _, batch in mdata.iter_batches(
-        dataset, model.cutoff, batch_size, species=model.species, dtype=model.dtype
-    ):
-        batch = batch.to(device=model.device)
-        positions = batch.positions.detach().requires_grad_(include_forces)
-        work = dataclasses.replace(batch, positions=positions)
-        with torch.enable_grad() if include_forces else torch.no_grad():
-            with model.capture_features() as store:
-                model.per_atom_energy(work)
-            phi = store["features"].reshape(batch.numbers.shape[0], -1)
-            jac = feature_jacobian(phi, positions) if include_forces else None
-        phi = phi.detach().to(torch.float64).cpu()
-        x_e = torch.zeros(batch.n_structures, phi.shape[1], dtype=torch.float64).index_add(
-            0, batch.batch.cpu(), phi)
-        if with_bias:
-            x_e = torch.cat([x_e, batch.n_atoms.cpu().to(x_e)[:, None]], dim=1)
-        energy = x_e @ theta_t + model.offsets(batch).cpu()
-        r_e = (energy - batch.energy.cpu().to(torch.float64)).numpy()
-        if not include_forces:
-            yield x_e.numpy(), r_e, None, None
-            continue
-        x_f = -jac.detach().to(torch.float64).cpu().reshape(jac.shape[0], -1).T  # (3N, F)
-        if with_bias:
-            x_f = torch.cat([x_f, torch.zeros(len(x_f), 1, dtype=torch.float64)], dim=1)
-        r_f = (x_f @ theta_t - batch.forces.cpu().to(torch.float64).reshape(-1)).numpy()
-        yield x_e.numpy(), r_e, x_f.numpy(), r_f
-
-
-def _cholesky(matrix: np.ndarray) -> np.ndarray:
-    """Cholesky factor with growing diagonal jitter on failure (logged)."""
-    matrix = 0.5 * (matrix + matrix.T)
-    scale = float(np.mean(np.abs(np.diag(matrix)))) or 1.0
-    jitter = 0.0
-    for _ in range(12):
-        try:
-            factor = np.linalg.cholesky(matrix + jitter * np.eye(len(matrix)))
-            if jitter > 0:
-                log.warning("Laplace init: Cholesky needed jitter %.3g", jitter)
-            return factor
-        except np.linalg.LinAlgError:
-            jitter = scale * 1e-10 if jitter == 0 else jitter * 10
-    raise np.linalg.LinAlgError(f"matrix not positive definite even with jitter {jitter:.3g}")
-
-
 def laplace_heads(
     model: MLIP,
     train,
     calibration,
-    theta: np.ndarray,
     n_heads: int,
     generator: torch.Generator,
     *,
-    with_bias: bool = True,
     include_forces: bool = True,
     energy_weight: float = 1.0,
     forces_weight: float = 1.0,
 ) -> np.ndarray:
     """(K, P) head parameters drawn from the calibrated last-layer Laplace posterior.
 
-    Parameters
-    ----------
-    theta
-        (P,) readout weights (and the bias, last, with ``with_bias``).
-    train, calibration
-        Data for the posterior and for the scale ``alpha`` (``train`` if None).
-    include_forces
-        Add the force Gram matrix ``G_F / sigma_F^2`` to the precision.
-    energy_weight, forces_weight
-        Weights of the energy and force NLL in the choice of ``alpha``.
-
-    Notes
-    -----
-    Precision ``P = X_E^T X_E / sigma_E^2 [+ X_F^T X_F / sigma_F^2] + lambda I``
-    with ``sigma`` the RMS residuals of the model (eV, eV/Å) and ``lambda`` a
-    fraction ``LAPLACE_RELATIVE_PRIOR`` of the mean diagonal. ``alpha^2``
-    minimises the weighted mean NLL of ``alpha^2 x^T P^-1 x`` on the
-    calibration data. The K samples are centred on ``theta`` (head mean = base
-    model) and scaled so that their population covariance is unbiased.
+    The posterior is :class:`~mlipuq.uq.llpr.LastLayerLaplace` fitted on
+    ``train`` (prior precision and noise by marginal likelihood; force rows
+    with ``include_forces``). Its spread is then rescaled by ``alpha^2``, the
+    NLL-optimal factor ``mean(residual^2 / variance)`` on ``calibration``
+    (``train`` if None), weighted between energies and forces by
+    ``energy_weight`` and ``forces_weight``. The K samples are centred on the
+    readout parameters (head mean = base model) and scaled so that their
+    population covariance is unbiased. P is F (+1 for the readout bias).
     """
-    parts = list(_design_batches(model, train, theta, with_bias, include_forces))
-    x_e = np.concatenate([p[0] for p in parts])
-    r_e = np.concatenate([p[1] for p in parts])
-    sigma2_e = max(float(np.mean(r_e**2)), 1e-12)  # eV^2
-    precision = x_e.T @ x_e / sigma2_e
-    sigma2_f = None
-    if include_forces:
-        r_f = np.concatenate([p[3] for p in parts])
-        sigma2_f = max(float(np.mean(r_f**2)), 1e-12)  # eV^2/Å^2
-        precision += sum(p[2].T @ p[2] for p in parts) / sigma2_f
-    prior = LAPLACE_RELATIVE_PRIOR * (float(np.mean(np.diag(precision))) or 1.0)
-    factor = _cholesky(precision + prior * np.eye(len(precision)))  # P = L L^T
-    if calibration is not None:
-        parts = list(_design_batches(model, calibration, theta, with_bias, include_forces))
+    from mlipuq.uq.llpr import LastLayerLaplace, cholesky_with_jitter
 
-    def ratio(rows, residuals):  # residual^2 / (x^T P^-1 x) with x^T P^-1 x = |L^-1 x|^2
-        variance = np.sum(np.linalg.solve(factor, rows.T) ** 2, axis=0)
-        return residuals**2 / np.maximum(variance, 1e-300)
-
-    alpha2 = energy_weight * float(np.mean(np.concatenate([ratio(p[0], p[1]) for p in parts])))
-    total = energy_weight
+    llpr = LastLayerLaplace(model, include_forces=include_forces, n_samples=0).fit(train)
+    reference = mdata.as_dataset(calibration if calibration is not None else train)
+    pred = llpr.predict(reference, calibrated=False)
+    ratios = (pred.energy - reference.energies) ** 2 / np.maximum(pred.energy_var, 1e-300)
+    alpha2, total = energy_weight * float(np.mean(ratios)), energy_weight
     if include_forces and forces_weight > 0:
-        alpha2 += forces_weight * float(np.mean(np.concatenate([ratio(p[2], p[3]) for p in parts])))
+        ratios = (pred.forces - reference.forces) ** 2 / np.maximum(pred.forces_var, 1e-300)
+        alpha2 += forces_weight * float(np.mean(ratios))
         total += forces_weight
     alpha2 /= total
-    log.info("Laplace init: sigma_E = %.3g eV, sigma_F = %s eV/Å, alpha^2 = %.3g",
-             math.sqrt(sigma2_e), "-" if sigma2_f is None else f"{math.sqrt(sigma2_f):.3g}",
-             alpha2)
+    log.info("Laplace init: prior precision %.3g, alpha^2 = %.3g", llpr.prior_precision_, alpha2)
+    theta = llpr._theta()
+    factor, _ = cholesky_with_jitter(llpr.precision_)  # P = L L^T
     z = torch.randn(n_heads, len(theta), generator=generator, dtype=torch.float64).numpy()
     z = (z - z.mean(axis=0)) * math.sqrt(n_heads / (n_heads - 1))
     # theta + alpha L^-T z has covariance alpha^2 (L L^T)^-1 = alpha^2 P^-1.
@@ -349,15 +251,21 @@ class ShallowEnsemble(UQWrapper):
         init: str = "laplace",
         train_backbone: bool = False,
     ):
-        self._setup(copy.deepcopy(_check_model(model)), n_heads, init, train_backbone)
+        _check_model(model)
+        self._check_config(n_heads, init, train_backbone)
+        self._setup(copy.deepcopy(model), n_heads, init, train_backbone)
 
-    def _setup(self, model: MLIP, n_heads, init, train_backbone) -> None:
+    @staticmethod
+    def _check_config(n_heads, init, train_backbone) -> None:
         if isinstance(n_heads, bool) or not isinstance(n_heads, (int, np.integer)) or n_heads < 2:
             raise ValueError(f"n_heads must be an integer >= 2, got {n_heads!r}")
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         if not isinstance(train_backbone, (bool, np.bool_)):
             raise TypeError(f"train_backbone must be a bool, got {type(train_backbone).__name__}")
+
+    def _setup(self, model: MLIP, n_heads, init, train_backbone) -> None:
+        self._check_config(n_heads, init, train_backbone)
         self.model = model
         self.n_heads = int(n_heads)
         self.init = init
@@ -389,9 +297,8 @@ class ShallowEnsemble(UQWrapper):
             scale = RANDOM_INIT_SCALE * (float(w.pow(2).mean().sqrt()) or 1e-2)
             noise = torch.randn(self.n_heads, len(w), generator=generator, dtype=torch.float64)
             return w[None, :] + scale * noise, b.expand(self.n_heads).clone()
-        theta = torch.cat([w, b]).numpy() if has_bias else w.numpy()
-        heads = laplace_heads(self.model, train, val, theta, self.n_heads, generator,
-                              with_bias=has_bias, include_forces=forces_weight > 0,
+        heads = laplace_heads(self.model, train, val, self.n_heads, generator,
+                              include_forces=forces_weight > 0,
                               energy_weight=energy_weight, forces_weight=forces_weight)
         heads = torch.from_numpy(heads)
         if has_bias:
@@ -455,6 +362,7 @@ class ShallowEnsemble(UQWrapper):
         if energy_weight < 0 or forces_weight < 0 or energy_weight + forces_weight == 0:
             raise ValueError("loss weights must be non-negative and not both zero")
         model = self.model
+        self.fitted_ = False
         train = mdata.as_dataset(train)
         val = None if val is None else mdata.as_dataset(val)
         need_forces = forces_weight > 0
@@ -469,17 +377,17 @@ class ShallowEnsemble(UQWrapper):
                        self._readout_bias is not None).to(model.device)
 
         def loss_fn(m, batch, create_graph):
-            energies, forces = head_members(m, batch, heads.weight, heads.bias,
-                                            forces=need_forces, create_graph=create_graph)
+            out = head_members(m, batch, heads.weight, heads.bias,
+                               forces=need_forces, create_graph=create_graph)
             n = batch.n_atoms.to(torch.float64)
-            mean, var = _mean_var(energies / n)
+            mean, var = _mean_var(out["energy"] / n)
             target = batch.energy.to(torch.float64) / n
             loss = energy_weight * gaussian_nll(mean, var, target, var_floor).mean()
             de = (mean - target).detach()
             stats = {"n_structures": float(len(n)), "energy_abs": float(de.abs().sum()),
                      "energy_sq": float((de**2).sum())}
             if need_forces:
-                mean, var = _mean_var(forces)
+                mean, var = _mean_var(out["forces"])
                 target = batch.forces.to(torch.float64)
                 loss = loss + forces_weight * gaussian_nll(mean, var, target, var_floor).mean()
                 df = (mean - target).detach()
@@ -519,13 +427,12 @@ class ShallowEnsemble(UQWrapper):
 
     # ---------------------------------------------------------------- predict
     def _predict_batch(self, batch: mdata.Batch) -> dict:
-        energy_members, forces_members = head_members(
-            self.model, batch, self.head_weight_, self.head_bias_, forces=True
-        )
-        energy_members = energy_members.detach().cpu()
-        forces_members = forces_members.detach().cpu()
+        out = head_members(self.model, batch, self.head_weight_, self.head_bias_, forces=True)
+        energy_members = out["energy"].detach().cpu()
+        forces_members = out["forces"].detach().cpu()
         energy, energy_var = member_statistics(energy_members)
         forces, forces_var = member_statistics(forces_members)
+        _, atom_energy_var = member_statistics(out["atom_energy"].cpu())
         return {
             "energy": energy,
             "energy_var": energy_var,
@@ -533,6 +440,7 @@ class ShallowEnsemble(UQWrapper):
             "forces_var": forces_var,
             "energy_members": energy_members,
             "forces_members": forces_members,
+            "atom_energy_var": atom_energy_var,
         }
 
     # ------------------------------------------------------------ persistence
