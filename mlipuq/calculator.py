@@ -53,6 +53,7 @@ class Calculator(BaseCalculator):
             self.model.eval()
             self._uq = False
         elif hasattr(model, "predict"):
+            model = copy.deepcopy(model)
             self.model = model.to(dtype) if hasattr(model, "to") else model
             self._uq = True
         else:

@@ -11,9 +11,9 @@ A wrapper subclasses :class:`UQWrapper` and implements
 * ``_models()`` listing the base models it holds (one for most wrappers,
   K for a deep ensemble), so that save/load and dtype changes work generically.
 
-Recalibration (``calibrate``) is applied on top of the raw prediction, with one
-recalibrator for energies and one for forces; committee members are rescaled
-around their mean by the same factor as the std.
+Recalibration (``calibrate``) is applied on top of the raw prediction by a
+:class:`~mlipuq.calibration.recalibrate.PredictionRecalibrator` (one
+recalibrator for energies, one for forces).
 """
 
 from __future__ import annotations
@@ -183,14 +183,17 @@ class UQWrapper:
         return self.base_model.compute(atoms, stress=True)["stress"][0]
 
     # -------------------------------------------------------------- calibration
-    def calibrate(self, val, method: str = "scalar") -> "UQWrapper":
+    def calibrate(self, val, method: str = "scalar", **options) -> "UQWrapper":
         """Fit recalibrators of the energy and force std on validation data.
 
         ``method`` is ``"scalar"`` (NLL-optimal global factor), ``"power"``
         (σ' = aσ^b) or ``"isotonic"`` (Kuleshov et al. 2018); energies and
-        forces get separate recalibrators. Returns ``self``.
+        forces get separate recalibrators (a
+        :class:`~mlipuq.calibration.recalibrate.PredictionRecalibrator`,
+        stored as ``recalibrator_``). Later ``predict`` calls apply it;
+        committee members are stretched about their mean to match. Returns ``self``.
         """
-        from mlipuq.calibration.recalibrate import get_recalibrator
+        from mlipuq.calibration.recalibrate import PredictionRecalibrator
 
         dataset = mdata.as_dataset(val)
         if not dataset.has_reference.all() or not dataset.has_forces.all():
@@ -198,50 +201,17 @@ class UQWrapper:
                 "calibrate() needs reference energies and forces for every validation structure"
             )
         pred = self.predict(dataset, calibrated=False)
-        self.energy_recalibrator_ = get_recalibrator(method).fit(
-            pred.energy, pred.energy_std, dataset.energies
-        )
-        self.forces_recalibrator_ = get_recalibrator(method).fit(
-            pred.forces, pred.forces_std, dataset.forces
-        )
+        self.recalibrator_ = PredictionRecalibrator(method, **options).fit(pred, dataset)
         return self
 
     @property
     def calibrated_(self) -> bool:
-        return getattr(self, "energy_recalibrator_", None) is not None
+        return getattr(self, "recalibrator_", None) is not None
 
     def _apply_calibration(self, prediction: Prediction) -> Prediction:
         if not self.calibrated_:
             return prediction
-        e_std = self.energy_recalibrator_.transform(prediction.energy_std)
-        f_std = self.forces_recalibrator_.transform(prediction.forces_std)
-        fields = {
-            "energy": prediction.energy,
-            "energy_var": e_std**2,
-            "forces": prediction.forces,
-            "forces_var": f_std**2,
-            "n_atoms": prediction.n_atoms,
-            "batch": prediction.batch,
-        }
-        e_ratio = np.divide(e_std, prediction.energy_std, out=np.ones_like(e_std),
-                            where=prediction.energy_std > 0)
-        f_ratio = np.divide(f_std, prediction.forces_std, out=np.ones_like(f_std),
-                            where=prediction.forces_std > 0)
-        if prediction.energy_members is not None:
-            fields["energy_members"] = prediction.energy + e_ratio * (
-                prediction.energy_members - prediction.energy
-            )
-        if prediction.forces_members is not None:
-            fields["forces_members"] = prediction.forces + f_ratio * (
-                prediction.forces_members - prediction.forces
-            )
-        for name in ("energy_aleatoric_var", "energy_epistemic_var"):
-            value = getattr(prediction, name)
-            if value is not None:
-                fields[name] = value * e_ratio**2
-        if prediction.atom_energy_var is not None:
-            fields["atom_energy_var"] = prediction.atom_energy_var * e_ratio[prediction.batch] ** 2
-        return Prediction(**fields)
+        return self.recalibrator_.transform(prediction)
 
     # ---------------------------------------------------------- persistence
     def save(self, path: Union[str, os.PathLike], *, overwrite: bool = False) -> None:
@@ -257,10 +227,7 @@ class UQWrapper:
             "config": self.config(),
             "models": [m._payload() for m in self._models()],
             "state": _encode(self._get_state()),
-            "recalibrators": {
-                key: _encode_recalibrator(getattr(self, f"{key}_recalibrator_", None))
-                for key in ("energy", "forces")
-            },
+            "recalibrator": _encode_recalibrator(getattr(self, "recalibrator_", None)),
         }
         save_payload(payload, path, overwrite=overwrite)
 
@@ -297,9 +264,17 @@ def _decode(value: Any) -> Any:
 
 
 def _encode_recalibrator(recalibrator) -> Optional[dict]:
+    """Plain-data form of a PredictionRecalibrator (loads with ``weights_only=True``)."""
     if recalibrator is None:
         return None
-    return {"class": type(recalibrator).__name__, "state": _encode(dict(vars(recalibrator)))}
+    return {
+        "method": recalibrator.method,
+        "options": _encode(dict(recalibrator.options)),
+        "parts": {
+            key: {"class": type(part).__name__, "state": _encode(dict(vars(part)))}
+            for key, part in (("energy", recalibrator.energy_), ("forces", recalibrator.forces_))
+        },
+    }
 
 
 def _decode_recalibrator(payload):
@@ -307,12 +282,15 @@ def _decode_recalibrator(payload):
         return None
     from mlipuq.calibration import recalibrate
 
-    cls = getattr(recalibrate, payload["class"], None)
-    if cls is None:
-        raise FileFormatError(f"unknown recalibrator class {payload['class']!r}")
-    obj = cls.__new__(cls)
-    obj.__dict__.update(_decode(payload["state"]))
-    return obj
+    outer = recalibrate.PredictionRecalibrator(payload["method"], **_decode(payload["options"]))
+    for key, part in payload["parts"].items():
+        cls = getattr(recalibrate, part["class"], None)
+        if cls is None:
+            raise FileFormatError(f"unknown recalibrator class {part['class']!r}")
+        obj = cls.__new__(cls)
+        obj.__dict__.update(_decode(part["state"]))
+        setattr(outer, f"{key}_", obj)
+    return outer
 
 
 def load(path: Union[str, os.PathLike], *, weights_only: bool = True) -> UQWrapper:
@@ -344,7 +322,6 @@ def load(path: Union[str, os.PathLike], *, weights_only: bool = True) -> UQWrapp
     models = [model_from_payload(p, path) for p in payload["models"]]
     wrapper = _REGISTRY[name]._from_config(models, payload["config"])
     wrapper._set_state(_decode(payload["state"]))
-    for key in ("energy", "forces"):
-        setattr(wrapper, f"{key}_recalibrator_", _decode_recalibrator(payload["recalibrators"][key]))
+    wrapper.recalibrator_ = _decode_recalibrator(payload["recalibrator"])
     wrapper.fitted_ = True
     return wrapper

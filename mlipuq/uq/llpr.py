@@ -398,7 +398,7 @@ class LastLayerLaplace(UQWrapper):
                 variances.append(torch.einsum("bi,ij,bj->b", f, cov.to(f.device), f).cpu().numpy())
         energy, var = np.concatenate(energies), np.concatenate(variances)
         if self.calibrated_:
-            var = self.energy_recalibrator_.transform(np.sqrt(var)) ** 2
+            var = self.recalibrator_.energy_.transform(np.sqrt(var)) ** 2
         return energy, var
 
     # ------------------------------------------------------------ persistence
