@@ -31,48 +31,85 @@ def _format_errors(errors: dict[str, float]) -> str:
     return _table(rows)
 
 
+def _uq_table(rows: list[tuple[str, dict]]) -> str:
+    header = (f"  {'wrapper':<26}{'E NLL':>8}{'F NLL':>8}{'F miscal.':>11}"
+              f"{'F Spearman':>12}{'F cov. 95%':>12}")
+    lines = [header, "  " + "-" * (len(header) - 2)]
+
+    def fmt(value, width, spec):
+        return f"{'n/a':>{width}}" if value is None else f"{value:>{width}{spec}}"
+
+    for name, report in rows:
+        e, f = report["energy"], report["forces"]
+        lines.append(
+            f"  {name:<26}{fmt(e['nll'], 8, '.2f')}{fmt(f['nll'], 8, '.2f')}"
+            f"{fmt(f['miscalibration_area'], 11, '.3f')}{fmt(f['spearman'], 12, '.3f')}"
+            f"{fmt(f['coverage_95'], 12, '.3f')}"
+        )
+    return "\n".join(lines)
+
+
 def run_demo(args: argparse.Namespace) -> int:
-    import torch
+    import time
 
     from mlipuq import datasets
+    from mlipuq.calibration import evaluate
     from mlipuq.models import MiniMLIP
     from mlipuq.training import errors, train
+    from mlipuq.uq import DeepEnsemble, EvidentialHead, LastLayerLaplace, ShallowEnsemble
 
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
-    print(f"1/3 building built-in EMT Cu data ({args.structures} structures) ...", flush=True)
-    data = datasets.emt(
-        ("Cu",),
-        n_structures=args.structures,
-        temperatures=(300, 600),
-        seed=args.seed,
-    )
-    train_set, val_set, test_set = data.split([0.8, 0.1, 0.1], seed=args.seed)
-    print(
-        f"    {len(train_set)} train / {len(val_set)} val / {len(test_set)} test structures",
-        flush=True,
-    )
-    print("2/3 training the built-in MLIP (MiniMLIP) ...", flush=True)
-    model = MiniMLIP(["Cu"], cutoff=4.5, n_features=32, n_interactions=2, seed=args.seed)
-    history = train(
-        model,
-        train_set,
-        val_set,
-        epochs=args.epochs,
-        batch_size=8,
-        lr=2e-3,
-        forces_weight=100.0,
-        seed=args.seed,
-        patience=30,
-        max_time=args.max_time,
-        progress=not args.no_progress,
-    )
+    progress = not args.no_progress
+    steps = 3 if args.no_uq else 4
+    print(f"1/{steps} building built-in EMT Cu data ({args.structures} structures) ...", flush=True)
+    data = datasets.emt(("Cu",), n_structures=args.structures, temperatures=(300, 600),
+                        seed=args.seed)
+    train_set, val_set, test_set = data.split([0.7, 0.1, 0.2], seed=args.seed)
+    print(f"    {len(train_set)} train / {len(val_set)} val / {len(test_set)} test structures",
+          flush=True)
+
+    def make_model(seed):
+        return MiniMLIP(["Cu"], cutoff=4.5, n_features=32, n_interactions=2, n_rbf=12, seed=seed)
+
+    def fit_model(model, seed, budget):
+        return train(model, train_set, val_set, epochs=args.epochs, batch_size=8, lr=2e-3,
+                     forces_weight=100.0, seed=seed, patience=30, max_time=budget,
+                     progress=progress)
+
+    print(f"2/{steps} training the built-in MLIP (MiniMLIP) ...", flush=True)
+    model = make_model(args.seed)
+    history = fit_model(model, args.seed, args.max_time)
     print(f"    {len(history)} epochs in {history.wall_time:.0f} s", flush=True)
-    print("3/3 test-set errors of the built-in MLIP (evaluated in float64):", flush=True)
-    model.double()
+    print(f"3/{steps} test-set errors of the built-in MLIP:", flush=True)
     print(_format_errors(errors(model, test_set)), flush=True)
     if args.save:
         model.save(args.save, overwrite=args.overwrite)
-        print(f"model saved to {args.save}")
+        print(f"    model saved to {args.save}")
+    if args.no_uq:
+        return 0
+
+    print(f"4/{steps} fitting, calibrating and comparing the UQ wrappers ...", flush=True)
+    start = time.perf_counter()
+    wrappers = {
+        "LastLayerLaplace": LastLayerLaplace(model).fit(train_set, progress=progress),
+        "ShallowEnsemble (8 heads)": ShallowEnsemble(model, n_heads=8).fit(
+            train_set, val_set, epochs=15, lr=1e-2, seed=args.seed, progress=progress),
+        "EvidentialHead": EvidentialHead(model).fit(
+            train_set, val_set, epochs=30, lr=1e-2, seed=args.seed, progress=progress),
+    }
+    members = [model]
+    for k in range(1, args.members):
+        member = make_model(args.seed + k)
+        fit_model(member, args.seed + k, args.max_time / 2)
+        members.append(member)
+    if len(members) > 1:
+        wrappers[f"DeepEnsemble ({len(members)})"] = DeepEnsemble(members)
+    rows = []
+    for name, wrapper in wrappers.items():
+        wrapper.calibrate(val_set)
+        rows.append((name, evaluate(wrapper.predict(test_set), test_set)))
+    print(f"    done in {time.perf_counter() - start:.0f} s; test set after calibrate(val), "
+          "NLL per structure (E) and per force component (F):", flush=True)
+    print(_uq_table(rows), flush=True)
     return 0
 
 
@@ -124,10 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="build built-in data, train the built-in MLIP, report")
+    demo = sub.add_parser(
+        "demo", help="built-in data, train the built-in MLIP, compare all UQ wrappers"
+    )
     demo.add_argument("--structures", type=int, default=200, help="EMT structures to generate")
     demo.add_argument("--epochs", type=int, default=200)
-    demo.add_argument("--max-time", type=float, default=180.0, help="training time budget (s)")
+    demo.add_argument("--max-time", type=float, default=120.0,
+                      help="training time budget of the base model (s)")
+    demo.add_argument("--members", type=int, default=3,
+                      help="deep-ensemble members (each trained for half of --max-time)")
+    demo.add_argument("--no-uq", action="store_true", help="stop after training the base model")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--save", help="save the trained model to this path")
     demo.add_argument("--overwrite", action="store_true", help="replace an existing --save file")

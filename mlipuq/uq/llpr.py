@@ -37,6 +37,7 @@ import torch
 from mlipuq import data as mdata
 from mlipuq.models.base import MLIP
 from mlipuq.uq.base import UQWrapper, _check_model, register
+from mlipuq.uq.jacobians import feature_vjps
 
 log = logging.getLogger(__name__)
 
@@ -61,23 +62,6 @@ def cholesky_with_jitter(matrix: np.ndarray, *, max_tries: int = 12) -> tuple[np
         except np.linalg.LinAlgError:
             jitter = scale * 1e-10 if jitter == 0 else jitter * 10
     raise np.linalg.LinAlgError(f"matrix is not positive definite even with jitter {jitter:.3g}")
-
-
-def feature_jacobian(features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """(F, N, 3) derivatives of the batch-summed features with respect to positions.
-
-    Since atoms of different structures do not interact, row ``k`` holds, for
-    each atom, the derivative of its own structure's summed feature ``k``.
-    One vector-Jacobian product per feature dimension, reusing the graph: on
-    CPU this is faster than ``is_grads_batched`` (vmap over the backward pass),
-    and memory stays at one gradient at a time.
-    """
-    total = features.sum(dim=0)
-    rows = []
-    for k in range(total.shape[0]):
-        (g,) = torch.autograd.grad(total[k], positions, retain_graph=True, allow_unused=True)
-        rows.append(torch.zeros_like(positions) if g is None else g)
-    return torch.stack(rows)
 
 
 def _sum_per_structure(x: torch.Tensor, batch: mdata.Batch) -> torch.Tensor:
@@ -141,6 +125,9 @@ class LastLayerLaplace(UQWrapper):
         fitting it by marginal likelihood.
     seed
         Seed of the posterior samples.
+    vectorize
+        How feature Jacobians are computed (see :func:`mlipuq.uq.jacobians.feature_vjps`):
+        ``"auto"`` batches the backward passes on GPU and loops on CPU.
     """
 
     def __init__(
@@ -154,6 +141,7 @@ class LastLayerLaplace(UQWrapper):
         energy_noise: Optional[float] = None,
         forces_noise: Optional[float] = None,
         seed: int = 0,
+        vectorize="auto",
     ):
         self.model = _check_model(model)
         if isinstance(prior_precision, str):
@@ -179,6 +167,7 @@ class LastLayerLaplace(UQWrapper):
         self.energy_noise = energy_noise
         self.forces_noise = forces_noise
         self.seed = int(seed)
+        self.vectorize = vectorize
 
     def config(self) -> dict:
         return {
@@ -189,6 +178,7 @@ class LastLayerLaplace(UQWrapper):
             "energy_noise": self.energy_noise,
             "forces_noise": self.forces_noise,
             "seed": self.seed,
+            "vectorize": self.vectorize,
         }
 
     # ------------------------------------------------------------ parameters
@@ -216,7 +206,8 @@ class LastLayerLaplace(UQWrapper):
 
     def _force_features(self, phi, positions) -> torch.Tensor:
         """(N*3, D) rows g_ac = -(d sum phi / d r_ac, 0)."""
-        jac = feature_jacobian(phi, positions)
+        eye = torch.eye(phi.shape[1], dtype=phi.dtype, device=phi.device)
+        jac = feature_vjps(phi, positions, eye, vectorize=self.vectorize)  # (F, N, 3)
         g = -jac.to(torch.float64).reshape(jac.shape[0], -1).T
         if self._has_bias:
             g = torch.cat([g, torch.zeros(len(g), 1, dtype=torch.float64)], dim=1)
@@ -353,23 +344,12 @@ class LastLayerLaplace(UQWrapper):
         return result
 
     def _sampled_forces(self, phi, out, batch) -> dict:
-        """Forces of the posterior samples: F_k = F* - d(sum_i dw_k . phi_i)/dr.
-
-        One vector-Jacobian product per sample on the retained graph. On CPU a
-        loop is faster than ``is_grads_batched`` (vmap) for these small graphs
-        and bitwise reproducible; see ``benchmarks/uq_overhead.py``.
-        """
+        """Forces of the posterior samples: F_k = F* - d(sum_i dw_k . phi_i)/dr."""
         samples = torch.as_tensor(self.samples_, dtype=phi.dtype, device=phi.device)
         theta = torch.as_tensor(self._theta(), dtype=phi.dtype, device=phi.device)
         delta_w = (samples - theta)[:, : phi.shape[1]]  # (K, F); the bias has no force
-        total = phi.sum(dim=0)  # (F,)
-        positions = out["positions"]
-        grads = []
-        for w in delta_w:
-            (g,) = torch.autograd.grad(total, positions, grad_outputs=w.clone(), retain_graph=True,
-                                       allow_unused=True)
-            grads.append(torch.zeros_like(positions) if g is None else g)
-        members = out["forces"].detach()[None].to(torch.float64) - torch.stack(grads).to(
+        grads = feature_vjps(phi, out["positions"], delta_w, vectorize=self.vectorize)
+        members = out["forces"].detach()[None].to(torch.float64) - grads.detach().to(
             torch.float64
         )
         return {

@@ -1,0 +1,95 @@
+"""Cost of uncertainties: each wrapper's ``predict`` over the base model's energy+forces.
+
+    python benchmarks/uq_overhead.py [--threads 2] [--repeats 5]
+
+For ethanol batches and 108-atom EMT Cu cells, every case is timed in the same
+run, interleaved with the base model, and reported as a ratio of the best of
+``--repeats`` timings:
+
+* base: ``model.compute`` (energies + forces), the denominator;
+* LLPR, energy uncertainty only: ``predict_energy`` (energies + energy std);
+* LLPR with sampled force uncertainties (8 samples) and with exact ones;
+* ShallowEnsemble (8 heads), EvidentialHead, DeepEnsemble (5 members);
+* LLPR ``fit`` with ``include_forces=False`` over one inference pass on the
+  same training structures.
+
+Timings only: the models are untrained (costs do not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from mlipuq import datasets
+from mlipuq.models import MiniMLIP
+from mlipuq.uq import DeepEnsemble, EvidentialHead, LastLayerLaplace, ShallowEnsemble
+
+MODEL = dict(cutoff=5.0, n_features=64, n_interactions=3, n_rbf=20, n_readout_features=32)
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def run_system(name, species, structures, fit_set, batch_size, repeats) -> list[tuple[str, float]]:
+    make = lambda s: MiniMLIP(species, seed=s, avg_num_neighbors=20.0, **MODEL)  # noqa: E731
+    model = make(0)
+    model.set_atomic_energies({z: 0.0 for z in model.species})
+    quick = dict(epochs=1, batch_size=batch_size, progress=False)
+    wrappers = {
+        "LLPR, energy uncertainty only (predict_energy)": LastLayerLaplace(
+            model, include_forces=False, n_samples=0).fit(fit_set),
+        "LLPR, sampled force variances (n_samples=8)": LastLayerLaplace(
+            model, include_forces=False, force_variance="samples", n_samples=8).fit(fit_set),
+        "LLPR, exact force variances": LastLayerLaplace(model, include_forces=False).fit(fit_set),
+        "ShallowEnsemble (8 heads)": ShallowEnsemble(model, n_heads=8, init="random").fit(
+            fit_set, **quick),
+        "EvidentialHead": EvidentialHead(model).fit(fit_set, **quick),
+        "DeepEnsemble (5 members)": DeepEnsemble([make(s) for s in range(5)]),
+    }
+    base = best_time(lambda: model.compute(structures, batch_size=batch_size), repeats)
+    rows = [("base model, energies + forces (s)", base)]
+    for label, wrapper in wrappers.items():
+        if label.startswith("LLPR, energy"):
+            fn = lambda w=wrapper: w.predict_energy(structures, batch_size=batch_size)  # noqa: E731
+        else:
+            fn = lambda w=wrapper: w.predict(structures, batch_size=batch_size)  # noqa: E731
+        t = best_time(fn, repeats)
+        rows.append((label, t / base))
+    inference = best_time(lambda: model.compute(fit_set, batch_size=batch_size), repeats)
+    fit = best_time(
+        lambda: LastLayerLaplace(model, include_forces=False, n_samples=0).fit(
+            fit_set, batch_size=batch_size), repeats)
+    rows.append(("LLPR fit (include_forces=False) / inference pass", fit / inference))
+    print(f"\n{name}: {len(structures)} structures, batch {batch_size}")
+    for label, value in rows:
+        unit = "" if label.endswith("(s)") else "x"
+        print(f"  {label:<52}{value:>8.3f}{unit}")
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads; ratios are wrapper time / base time")
+    ethanol = datasets.ethanol("train")
+    run_system("ethanol (9 atoms)", ["H", "C", "O"], list(ethanol[:256]), ethanol[256:512], 32,
+               args.repeats)
+    cu = datasets.emt(("Cu",), n_structures=24, size=3, kinds=("bulk",), seed=1)
+    run_system("Cu fcc (108 atoms)", ["Cu"], list(cu[:8]), cu[8:24], 4, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
