@@ -140,3 +140,43 @@ def fd_stress():
         return out
 
     return compute
+
+
+def synthetic_prediction(n_structures=30, seed=0, miscal=1.5, members=False):
+    """Random molecules with reference data and a Gaussian prediction whose errors are
+    ``miscal`` times its predicted std (used by the calibration tests)."""
+    import ase
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from mlipuq import data as mdata
+    from mlipuq.uq.prediction import Prediction
+
+    rng = np.random.default_rng(seed)
+    structures = []
+    for _ in range(n_structures):
+        n = int(rng.integers(3, 8))
+        atoms = ase.Atoms(
+            numbers=rng.choice([1, 6, 8], size=n), positions=rng.uniform(0, 4, size=(n, 3))
+        )
+        atoms.calc = SinglePointCalculator(
+            atoms, energy=float(rng.normal(-100, 3)), forces=rng.normal(size=(n, 3))
+        )
+        structures.append(atoms)
+    ref = mdata.load(structures)
+    n_atoms = ref.n_atoms
+    e_std = np.exp(rng.normal(-2, 0.5, size=len(ref)))
+    f_std = np.exp(rng.normal(-2, 0.5, size=(int(n_atoms.sum()), 3)))
+    kwargs = {}
+    energy = ref.energies + miscal * e_std * rng.standard_normal(len(ref))
+    if members:
+        kwargs["energy_members"] = energy + e_std * rng.standard_normal((4, len(ref)))
+    pred = Prediction(
+        energy=energy,
+        energy_var=e_std**2,
+        forces=ref.forces + miscal * f_std * rng.standard_normal(f_std.shape),
+        forces_var=f_std**2,
+        n_atoms=n_atoms,
+        batch=np.repeat(np.arange(len(ref)), n_atoms),
+        **kwargs,
+    )
+    return pred, ref

@@ -5,13 +5,11 @@ import json
 
 import ase
 import matplotlib
-import numpy as np
 import pytest
-from ase.calculators.singlepoint import SinglePointCalculator
 
 import mlipuq.data as mdata
+from conftest import synthetic_prediction
 from mlipuq.calibration import cli, evaluate
-from mlipuq.uq.prediction import Prediction
 
 matplotlib.use("Agg")
 
@@ -24,24 +22,7 @@ def parse(argv):
 
 
 def make_case(n_structures=25, seed=0):
-    rng = np.random.default_rng(seed)
-    structures = []
-    for _ in range(n_structures):
-        n = int(rng.integers(3, 8))
-        numbers = rng.choice([1, 6, 8], size=n)
-        atoms = ase.Atoms(numbers=numbers, positions=rng.uniform(0, 4, (n, 3)))
-        atoms.calc = SinglePointCalculator(atoms, energy=float(rng.normal(-100, 3)),
-                                           forces=rng.normal(size=(n, 3)))
-        structures.append(atoms)
-    ref = mdata.load(structures)
-    e_std = np.exp(rng.normal(-2, 0.5, size=len(ref)))
-    f_std = np.exp(rng.normal(-2, 0.5, size=(int(ref.n_atoms.sum()), 3)))
-    pred = Prediction(
-        energy=ref.energies + 2 * e_std * rng.standard_normal(len(ref)), energy_var=e_std**2,
-        forces=ref.forces + 2 * f_std * rng.standard_normal(f_std.shape), forces_var=f_std**2,
-        n_atoms=ref.n_atoms, batch=np.repeat(np.arange(len(ref)), ref.n_atoms),
-    )
-    return pred, ref
+    return synthetic_prediction(n_structures, seed, miscal=2.0)
 
 
 def test_parser_registers_evaluate():

@@ -10,6 +10,7 @@ import pytest  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from conftest import synthetic_prediction  # noqa: E402
 from mlipuq.calibration import CalibrationReport, evaluate, plots  # noqa: E402
 from mlipuq.calibration.metrics import miscalibration_area  # noqa: E402
 
@@ -25,30 +26,7 @@ def _close_figures():
 
 def make_case(n_structures=40, seed=0):
     """Reference dataset and a mis-scaled Gaussian prediction for it."""
-    import ase
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    import mlipuq.data as mdata
-    from mlipuq.uq.prediction import Prediction
-
-    rng = np.random.default_rng(seed)
-    structures = []
-    for _ in range(n_structures):
-        n = int(rng.integers(3, 8))
-        numbers = rng.choice([1, 6, 8], size=n)
-        atoms = ase.Atoms(numbers=numbers, positions=rng.uniform(0, 4, (n, 3)))
-        atoms.calc = SinglePointCalculator(atoms, energy=float(rng.normal(-100, 3)),
-                                           forces=rng.normal(size=(n, 3)))
-        structures.append(atoms)
-    ref = mdata.load(structures)
-    e_std = np.exp(rng.normal(-2, 0.5, size=len(ref)))
-    f_std = np.exp(rng.normal(-2, 0.5, size=(int(ref.n_atoms.sum()), 3)))
-    pred = Prediction(
-        energy=ref.energies + 1.5 * e_std * rng.standard_normal(len(ref)), energy_var=e_std**2,
-        forces=ref.forces + 1.5 * f_std * rng.standard_normal(f_std.shape), forces_var=f_std**2,
-        n_atoms=ref.n_atoms, batch=np.repeat(np.arange(len(ref)), ref.n_atoms),
-    )
-    return pred, ref
+    return synthetic_prediction(n_structures, seed, miscal=1.5)
 
 
 def data(n=600, seed=0, miscal=1.5):

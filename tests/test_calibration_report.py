@@ -8,6 +8,7 @@ import pytest
 from ase.calculators.singlepoint import SinglePointCalculator
 
 import mlipuq.data as mdata
+from conftest import synthetic_prediction
 from mlipuq.calibration import CalibrationReport, evaluate, load_prediction
 from mlipuq.calibration import metrics as m
 from mlipuq.errors import FileFormatError
@@ -15,36 +16,7 @@ from mlipuq.uq.prediction import Prediction
 
 
 def make_case(n_structures=30, seed=0, miscal=1.5, members=False):
-    """Random molecules with reference data and a Gaussian, mis-scaled prediction."""
-    rng = np.random.default_rng(seed)
-    structures = []
-    for _ in range(n_structures):
-        n = int(rng.integers(3, 8))
-        atoms = ase.Atoms(
-            numbers=rng.choice([1, 6, 8], size=n), positions=rng.uniform(0, 4, size=(n, 3))
-        )
-        atoms.calc = SinglePointCalculator(
-            atoms, energy=float(rng.normal(-100, 3)), forces=rng.normal(size=(n, 3))
-        )
-        structures.append(atoms)
-    ref = mdata.load(structures)
-    n_atoms = ref.n_atoms
-    e_std = np.exp(rng.normal(-2, 0.5, size=len(ref)))
-    f_std = np.exp(rng.normal(-2, 0.5, size=(int(n_atoms.sum()), 3)))
-    kwargs = {}
-    energy = ref.energies + miscal * e_std * rng.standard_normal(len(ref))
-    if members:
-        kwargs["energy_members"] = energy + e_std * rng.standard_normal((4, len(ref)))
-    pred = Prediction(
-        energy=energy,
-        energy_var=e_std**2,
-        forces=ref.forces + miscal * f_std * rng.standard_normal(f_std.shape),
-        forces_var=f_std**2,
-        n_atoms=n_atoms,
-        batch=np.repeat(np.arange(len(ref)), n_atoms),
-        **kwargs,
-    )
-    return pred, ref
+    return synthetic_prediction(n_structures, seed, miscal, members)
 
 
 def test_evaluate_scores_all_targets_like_the_metrics():

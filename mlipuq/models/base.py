@@ -436,12 +436,18 @@ def load(path: Union[str, os.PathLike], *, weights_only: bool = True) -> MLIP:
     ``weights_only=False``; only do that for files you trust.
     """
     path = os.fspath(path)
+    payload = load_payload(path, weights_only=weights_only, what="model")
+    return model_from_payload(payload, path)
+
+
+def load_payload(path: str, *, weights_only: bool, what: str):
+    """``torch.load`` a saved mlipuq file with clear errors (missing, not torch, pickled code)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path}")
     if not is_torch_file(path):
-        raise FileFormatError(f"{path}: not an mlipuq model file (not a torch archive)")
+        raise FileFormatError(f"{path}: not an mlipuq {what} file (not a torch archive)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=weights_only)
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as exc:  # torch raises UnpicklingError and friends
         if weights_only:
             raise FileFormatError(
@@ -449,8 +455,7 @@ def load(path: Union[str, os.PathLike], *, weights_only: bool = True) -> MLIP:
                 "Models made by wrap() contain pickled code: pass weights_only=False if you "
                 "trust the file"
             ) from None
-        raise FileFormatError(f"{path}: not a readable mlipuq model file ({exc})") from None
-    return model_from_payload(payload, path)
+        raise FileFormatError(f"{path}: not a readable mlipuq {what} file ({exc})") from None
 
 
 def is_torch_file(path: str) -> bool:

@@ -28,7 +28,7 @@ import torch
 
 from mlipuq import data as mdata
 from mlipuq.errors import FileFormatError, MissingReferenceError, NotFittedError
-from mlipuq.models.base import MLIP, is_torch_file, model_from_payload, save_payload
+from mlipuq.models.base import MLIP, load_payload, model_from_payload, save_payload
 from mlipuq.uq.prediction import Prediction
 
 log = logging.getLogger(__name__)
@@ -296,17 +296,7 @@ def _decode_recalibrator(payload):
 def load(path: Union[str, os.PathLike], *, weights_only: bool = True) -> UQWrapper:
     """Load any UQ wrapper saved with ``save``."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file: {path}")
-    if not is_torch_file(path):
-        raise FileFormatError(f"{path}: not an mlipuq UQ-wrapper file (not a torch archive)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as exc:
-        raise FileFormatError(
-            f"{path}: cannot be loaded ({exc.__class__.__name__}); files holding models made "
-            "by wrap() need weights_only=False (only for files you trust)"
-        ) from None
+    payload = load_payload(path, weights_only=weights_only, what="UQ-wrapper")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise FileFormatError(f"{path}: not an mlipuq UQ-wrapper file")
     if payload.get("format_version") != FORMAT_VERSION:
