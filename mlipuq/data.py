@@ -6,25 +6,39 @@ energies (eV) and forces (eV/Å) live on each structure as an ASE
 ``SinglePointCalculator``, so ``atoms.get_potential_energy()`` and
 ``atoms.get_forces()`` return them, as ASE users expect.
 
-``collate`` turns structures into a :class:`Batch` of torch tensors with a
-full neighbour list (both i→j and j→i) from vesin, including the integer cell
-shifts of periodic images: the vector from atom i to neighbour j is
-``r_j - r_i + shift @ cell``.
+``collate`` (from :mod:`mlipuq.batching`, re-exported here) turns structures
+into a :class:`Batch` of torch tensors with vesin neighbour lists; the input
+checks live in :mod:`mlipuq.checks`.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
 from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import ase
 import ase.io
 import numpy as np
-import torch
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.data import atomic_numbers, chemical_symbols
+from ase.data import chemical_symbols
 
+from mlipuq.batching import (  # noqa: F401  (re-exported: part of mlipuq.data's API)
+    Batch,
+    Graph,
+    collate,
+    collate_graphs,
+    iter_batches,
+    neighbour_list,
+    species_index_table,
+    to_graph,
+)
+from mlipuq.checks import (  # noqa: F401  (re-exported)
+    _as_species,
+    _check_reference,
+    _reference,
+    _stale,
+    check_structure,
+)
 from mlipuq.errors import InvalidStructureError, MissingReferenceError
 
 #: extxyz column names used by :meth:`AtomsDataset.write` for predictions.
@@ -37,106 +51,7 @@ PRED_ENERGY_MEMBERS = "mlipuq_energy_members"
 Source = Union[str, os.PathLike, ase.Atoms, Iterable[ase.Atoms]]
 
 
-# --------------------------------------------------------------------- checks
-def check_structure(atoms: ase.Atoms, index: int, species: Optional[Sequence[int]] = None) -> None:
-    """Raise a ``ValueError`` naming structure ``index`` if it cannot be used.
-
-    Checks: at least one atom, finite positions, array shapes, a non-degenerate
-    cell under periodic boundary conditions, and (if ``species`` is given) that
-    every element is known to the model.
-    """
-    if not isinstance(atoms, ase.Atoms):
-        raise TypeError(f"structure {index}: expected ase.Atoms, got {type(atoms).__name__}")
-    n = len(atoms)
-    if n == 0:
-        raise InvalidStructureError(f"structure {index}: empty structure (no atoms)")
-    positions = atoms.positions
-    if positions.shape != (n, 3):
-        raise InvalidStructureError(
-            f"structure {index}: positions have shape {positions.shape}, expected ({n}, 3)"
-        )
-    if not np.all(np.isfinite(positions)):
-        bad = np.where(~np.all(np.isfinite(positions), axis=1))[0]
-        raise InvalidStructureError(
-            f"structure {index}: non-finite (NaN/inf) positions for atoms {bad.tolist()}"
-        )
-    if np.any(atoms.pbc):
-        cell = np.asarray(atoms.cell)
-        if not np.all(np.isfinite(cell)):
-            raise InvalidStructureError(f"structure {index}: non-finite cell")
-        for axis in np.where(atoms.pbc)[0]:
-            if np.linalg.norm(cell[axis]) < 1e-8:
-                raise InvalidStructureError(
-                    f"structure {index}: periodic along axis {axis} but the cell vector is zero"
-                )
-        if atoms.pbc.all() and abs(np.linalg.det(cell)) < 1e-8:
-            raise InvalidStructureError(
-                f"structure {index}: periodic cell has zero volume"
-            )
-        periodic = cell[np.asarray(atoms.pbc, dtype=bool)]
-        gram = periodic @ periodic.T
-        if abs(np.linalg.det(gram)) < 1e-8 * max(float(np.max(np.abs(gram))), 1.0) ** len(gram):
-            raise InvalidStructureError(
-                f"structure {index}: periodic cell vectors are linearly dependent (zero volume)"
-            )
-    if species is not None:
-        known = set(int(z) for z in species)
-        unknown = sorted(set(int(z) for z in atoms.numbers) - known)
-        if unknown:
-            names = [chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in unknown]
-            allowed = [chemical_symbols[z] for z in sorted(known)]
-            raise InvalidStructureError(
-                f"structure {index}: element(s) {names} unknown to the model (it knows {allowed})"
-            )
-
-
-def _reference(atoms: ase.Atoms, name: str):
-    calc = atoms.calc
-    if calc is None or _stale(atoms, calc):
-        return None
-    value = calc.results.get(name)
-    return None if value is None else np.asarray(value, dtype=np.float64)
-
-
-def _stale(atoms: ase.Atoms, calc) -> bool:
-    """True when the calculator's results belong to another state of ``atoms``
-    (the structure was edited after they were computed)."""
-    if getattr(calc, "atoms", None) is None or not hasattr(calc, "check_state"):
-        return False
-    try:
-        return bool(calc.check_state(atoms))
-    except Exception:  # a calculator that cannot compare states: trust its results
-        return False
-
-
-def _check_reference(atoms: ase.Atoms, index: int) -> None:
-    energy = _reference(atoms, "energy")
-    if energy is not None and not np.all(np.isfinite(energy)):
-        raise InvalidStructureError(f"structure {index}: reference energy is not finite")
-    forces = _reference(atoms, "forces")
-    if forces is not None:
-        if forces.shape != (len(atoms), 3):
-            raise InvalidStructureError(
-                f"structure {index}: reference forces have shape {forces.shape}, "
-                f"expected ({len(atoms)}, 3)"
-            )
-        if not np.all(np.isfinite(forces)):
-            raise InvalidStructureError(f"structure {index}: reference forces are not finite")
-
-
 # -------------------------------------------------------------------- dataset
-def _as_species(species: Iterable[Union[int, str]]) -> list[int]:
-    out = []
-    for s in species:
-        if isinstance(s, str):
-            if s not in atomic_numbers:
-                raise ValueError(f"unknown element symbol {s!r}")
-            out.append(atomic_numbers[s])
-        else:
-            out.append(int(s))
-    return sorted(set(out))
-
-
 class AtomsDataset(Sequence):
     """An indexable collection of ``ase.Atoms`` with optional reference data.
 
@@ -454,192 +369,6 @@ def atomic_energies_from(source: Source) -> dict[int, float]:
     return out
 
 
-# ---------------------------------------------------------- neighbour lists
-@dataclass
-class Graph:
-    """One structure's arrays and neighbour list, ready to be collated."""
-
-    numbers: np.ndarray  # (n,) int64
-    positions: np.ndarray  # (n, 3) float64
-    cell: np.ndarray  # (3, 3)
-    pbc: np.ndarray  # (3,) bool
-    edge_index: np.ndarray  # (2, e) int64, i then j
-    shifts: np.ndarray  # (e, 3) integer cell shifts (as float64)
-    energy: Optional[float]
-    forces: Optional[np.ndarray]
-
-
-def neighbour_list(atoms: ase.Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Full neighbour list ``(i, j, shifts)`` within ``cutoff`` (Å), from vesin.
-
-    Each pair appears in both directions; ``shifts`` are integer cell shifts
-    so that ``d_ij = r_j - r_i + shifts @ cell``.
-    """
-    from vesin import NeighborList
-
-    pbc = np.asarray(atoms.pbc, dtype=bool)
-    cell = np.asarray(atoms.cell, dtype=np.float64)
-    if not pbc.any():
-        cell = np.zeros((3, 3))
-    calculator = NeighborList(cutoff=float(cutoff), full_list=True)
-    i, j, s = calculator.compute(
-        points=np.asarray(atoms.positions, dtype=np.float64),
-        box=cell,
-        periodic=pbc if pbc.any() else False,
-        quantities="ijS",
-    )
-    return i.astype(np.int64), j.astype(np.int64), s.astype(np.int64)
-
-
-def to_graph(atoms: ase.Atoms, cutoff: float, index: int = 0, species=None) -> Graph:
-    """Check one structure and compute its neighbour list."""
-    check_structure(atoms, index, species)
-    i, j, s = neighbour_list(atoms, cutoff)
-    if len(i):
-        d = atoms.positions[j] - atoms.positions[i] + s @ np.asarray(atoms.cell)
-        close = np.einsum("ij,ij->i", d, d) < 1e-12
-        if close.any():
-            k = int(np.argmax(close))
-            raise InvalidStructureError(
-                f"structure {index}: atoms {int(i[k])} and {int(j[k])} overlap "
-                "(distance below 1e-6 Å)"
-            )
-    energy = _reference(atoms, "energy")
-    forces = _reference(atoms, "forces")
-    return Graph(
-        numbers=np.asarray(atoms.numbers, dtype=np.int64),
-        positions=np.asarray(atoms.positions, dtype=np.float64),
-        cell=np.asarray(atoms.cell, dtype=np.float64),
-        pbc=np.asarray(atoms.pbc, dtype=bool),
-        edge_index=np.stack([i, j]),
-        shifts=s.astype(np.float64),
-        energy=None if energy is None else float(energy),
-        forces=forces,
-    )
-
-
-# -------------------------------------------------------------------- batches
-@dataclass
-class Batch:
-    """Several structures concatenated, as torch tensors.
-
-    ``edge_index[0]`` are the centres i, ``edge_index[1]`` the neighbours j;
-    ``edge_vectors()`` gives ``r_j - r_i + shift @ cell`` and is what models
-    must use, so that forces and stresses come out of autograd.
-    """
-
-    numbers: torch.Tensor  # (N,) long
-    positions: torch.Tensor  # (N, 3)
-    cell: torch.Tensor  # (B, 3, 3)
-    pbc: torch.Tensor  # (B, 3) bool
-    batch: torch.Tensor  # (N,) long, structure of each atom
-    n_atoms: torch.Tensor  # (B,) long
-    edge_index: torch.Tensor  # (2, E) long
-    shifts: torch.Tensor  # (E, 3), integer shifts in the positions' dtype
-    energy: Optional[torch.Tensor] = None  # (B,) reference, NaN where absent
-    forces: Optional[torch.Tensor] = None  # (N, 3) reference, NaN where absent
-
-    @property
-    def n_structures(self) -> int:
-        return int(self.n_atoms.shape[0])
-
-    def edge_vectors(self) -> torch.Tensor:
-        """(E, 3) vectors from each centre to its neighbour (Å)."""
-        i, j = self.edge_index
-        cell_of_edge = self.cell[self.batch[i]]
-        offsets = torch.einsum("ek,ekl->el", self.shifts, cell_of_edge)
-        return self.positions[j] - self.positions[i] + offsets
-
-    def to(self, device=None, dtype=None) -> "Batch":
-        """Copy with floating tensors in ``dtype`` and everything on ``device``."""
-        changes = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, torch.Tensor):
-                if value.is_floating_point() and dtype is not None:
-                    value = value.to(device=device, dtype=dtype)
-                else:
-                    value = value.to(device=device)
-                changes[f.name] = value
-        return replace(self, **changes)
-
-
-def collate_graphs(graphs: Sequence[Graph], dtype: torch.dtype = torch.float64) -> Batch:
-    """Concatenate graphs into one :class:`Batch`."""
-    if len(graphs) == 0:
-        raise ValueError("cannot collate an empty list of structures")
-    n_atoms = np.array([len(g.numbers) for g in graphs], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(n_atoms)[:-1]])
-    edge_index = np.concatenate(
-        [g.edge_index + o for g, o in zip(graphs, offsets)], axis=1
-    )
-    energy = np.array([np.nan if g.energy is None else g.energy for g in graphs])
-    forces = np.concatenate(
-        [g.forces if g.forces is not None else np.full((len(g.numbers), 3), np.nan) for g in graphs]
-    )
-
-    def t(x, dt=dtype):
-        return torch.as_tensor(np.ascontiguousarray(x), dtype=dt)
-
-    return Batch(
-        numbers=t(np.concatenate([g.numbers for g in graphs]), torch.long),
-        positions=t(np.concatenate([g.positions for g in graphs])),
-        cell=t(np.stack([g.cell for g in graphs])),
-        pbc=t(np.stack([g.pbc for g in graphs]), torch.bool),
-        batch=t(np.repeat(np.arange(len(graphs)), n_atoms), torch.long),
-        n_atoms=t(n_atoms, torch.long),
-        edge_index=t(edge_index, torch.long),
-        shifts=t(np.concatenate([g.shifts for g in graphs])),
-        energy=t(energy),
-        forces=t(forces),
-    )
-
-
-def collate(
-    structures: Union[ase.Atoms, Sequence[ase.Atoms]],
-    cutoff: float,
-    *,
-    species: Optional[Iterable[Union[int, str]]] = None,
-    dtype: torch.dtype = torch.float64,
-    start_index: int = 0,
-) -> Batch:
-    """Check structures, build their neighbour lists and collate a :class:`Batch`.
-
-    ``species`` (atomic numbers or symbols) makes unknown elements an error;
-    ``start_index`` offsets the structure indices named in error messages.
-    """
-    if isinstance(structures, ase.Atoms):
-        structures = [structures]
-    known = None if species is None else _as_species(species)
-    graphs = [to_graph(a, cutoff, start_index + k, known) for k, a in enumerate(structures)]
-    return collate_graphs(graphs, dtype=dtype)
-
-
 def as_dataset(x: Union[Source, AtomsDataset]) -> AtomsDataset:
     """An ``AtomsDataset`` from a dataset, a list of Atoms, one Atoms or a path."""
     return x if isinstance(x, AtomsDataset) else load(x)
-
-
-def iter_batches(
-    structures: Sequence[ase.Atoms],
-    cutoff: float,
-    batch_size: int,
-    *,
-    species=None,
-    dtype: torch.dtype = torch.float64,
-) -> Iterator[tuple[int, Batch]]:
-    """Yield ``(start, Batch)`` over consecutive chunks of ``structures``."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for start in range(0, len(structures), batch_size):
-        chunk = [structures[k] for k in range(start, min(start + batch_size, len(structures)))]
-        yield start, collate(chunk, cutoff, species=species, dtype=dtype, start_index=start)
-
-
-def species_index_table(species: Sequence[int]) -> torch.Tensor:
-    """Lookup table mapping atomic number to position in ``species`` (-1 if absent)."""
-    table = torch.full((119,), -1, dtype=torch.long)
-    for k, z in enumerate(species):
-        table[int(z)] = k
-    return table
-
