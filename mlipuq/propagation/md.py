@@ -1,0 +1,478 @@
+"""Molecular dynamics driven by a UQ wrapper's mean potential, logging its uncertainty.
+
+>>> run = run_md(atoms, wrapper, ensemble="nvt", temperature_K=300, timestep_fs=2,
+...              steps=2000, seed=0, log_every=10, trajectory="md.traj")
+>>> run.energies            # (n_frames, K) committee energies (eV) for reweighting
+>>> run.max_force_std       # (n_frames,) largest per-atom force std (eV/Å)
+
+Every logged frame holds the positions, momenta and cell, the mean energy and
+its std, the committee energies and the largest per-atom force std
+:math:`\\max_i \\sqrt{\\sum_c \\sigma^2_{F,ic}}`, plus the virial stress of the
+mean potential for periodic cells. For LLPR the committee are the posterior
+samples drawn once at fit time, so they are the same K potentials for the
+whole run (and across resumed runs).
+
+Frames are appended to ``trajectory`` (``.traj``: ASE trajectory, binary
+float64; ``.xyz``/``.extxyz``: extended XYZ, 8 decimals) as they are produced;
+calling ``run_md`` again with the same file continues from its last frame up
+to ``steps`` in total. The Langevin noise is reseeded from ``(seed, step)`` at
+every logged frame, so an interrupted and resumed NVT or NVE run reproduces the
+uninterrupted one (exactly with ``.traj``; to the stored precision with
+extxyz). NPT (isotropic MTK barostat with Nosé-Hoover chains) resumes from the
+particles and the cell; its thermostat and barostat variables restart from zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import ase.io
+import numpy as np
+from ase import units
+from ase.calculators.calculator import Calculator as _ASECalculator
+from ase.calculators.calculator import all_changes
+from ase.stress import full_3x3_to_voigt_6_stress, voigt_6_to_full_3x3_stress
+
+log = logging.getLogger(__name__)
+
+ENSEMBLES = ("nvt", "nve", "npt")
+ON_THRESHOLD = ("stop", "flag")
+THRESHOLD_ON = ("max_force_std", "energy_std", "energy_std_per_atom")
+_FORMATS = {".traj": "traj", ".xyz": "extxyz", ".extxyz": "extxyz"}
+_P = "mlipuq_"
+
+
+@dataclass
+class MDTrajectory:
+    """Logged frames of :func:`run_md` as arrays (eV, Å, fs).
+
+    Attributes
+    ----------
+    frames : list of ase.Atoms
+        Positions (Å), momenta and cell of each frame; the per-frame data below
+        is also in each frame's ``info`` under ``mlipuq_*`` keys.
+    step : (n,) int
+        MD step of each frame.
+    time_fs : (n,) float
+        Simulated time (fs).
+    energy, energy_std : (n,) float
+        Mean potential energy and its std (eV).
+    energies : (n, K) float
+        Committee member energies (eV); K = 0 for a base model.
+    max_force_std : (n,) float
+        Largest per-atom force std (eV/Å).
+    stress : (n, 3, 3) float or None
+        Virial stress of the mean potential (eV/Å³), periodic cells only.
+    flagged : (n,) bool
+        The frame's uncertainty exceeded ``uncertainty_threshold``.
+    temperature_K : float
+        Target temperature of the run (K).
+    stopped : bool
+        The run stopped early at the uncertainty threshold.
+    n_flagged_steps : int
+        Steps whose uncertainty exceeded the threshold in this call (logged or not).
+    """
+
+    frames: list
+    step: np.ndarray
+    time_fs: np.ndarray
+    energy: np.ndarray
+    energy_std: np.ndarray
+    energies: np.ndarray
+    max_force_std: np.ndarray
+    stress: Optional[np.ndarray]
+    flagged: np.ndarray
+    temperature_K: float
+    stopped: bool = False
+    n_flagged_steps: int = 0
+    path: Optional[str] = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def n_members(self) -> int:
+        return int(self.energies.shape[1])
+
+    @classmethod
+    def from_frames(cls, frames, **extra) -> "MDTrajectory":
+        """Collect the ``mlipuq_*`` info of frames written by :func:`run_md`."""
+        frames = list(frames)
+        if not frames:
+            raise ValueError("no frames")
+        missing = [i for i, a in enumerate(frames) if _P + "energy" not in a.info]
+        if missing:
+            raise ValueError(
+                f"frames {missing[:5]} lack mlipuq_* data: they were not written by run_md"
+            )
+
+        def col(key, dtype=np.float64):
+            return np.array([a.info[_P + key] for a in frames], dtype=dtype)
+
+        energies = [np.atleast_1d(np.asarray(a.info.get(_P + "energies", []), float))
+                    for a in frames]
+        stress = None
+        if all(_P + "stress" in a.info for a in frames):
+            stress = np.array([np.reshape(a.info[_P + "stress"], (3, 3)) for a in frames], float)
+        return cls(
+            frames=frames,
+            step=col("step", np.int64),
+            time_fs=col("time_fs"),
+            energy=col("energy"),
+            energy_std=col("energy_std"),
+            energies=np.array(energies, dtype=np.float64).reshape(len(frames), -1),
+            max_force_std=col("max_force_std"),
+            stress=stress,
+            flagged=col("flagged", bool),
+            temperature_K=float(frames[-1].info.get(_P + "temperature_K", np.nan)),
+            **extra,
+        )
+
+    @classmethod
+    def read(cls, path) -> "MDTrajectory":
+        """Read a trajectory written by :func:`run_md` (``.traj``, ``.xyz`` or ``.extxyz``)."""
+        path = os.fspath(path)
+        return cls.from_frames(ase.io.read(path, ":", format=_format(path)), path=path)
+
+
+def _format(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in _FORMATS:
+        raise ValueError(
+            f"trajectory {path!r}: unknown extension {ext!r}; use .traj (ASE trajectory) "
+            "or .xyz/.extxyz (extended XYZ)"
+        )
+    return _FORMATS[ext]
+
+
+def _positive(name: str, value, *, integer: bool = False, allow_zero: bool = False):
+    try:
+        x = int(value) if integer else float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if integer and (isinstance(value, bool) or x != value):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not np.isfinite(x) or x < 0 or (x == 0 and not allow_zero):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return x
+
+
+def _rng(seed: int, step: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(step), 7])
+
+
+def _thermalize(atoms, temperature_K: float, rng: np.random.Generator) -> None:
+    """Maxwell-Boltzmann momenta at ``temperature_K`` (K), centre of mass at rest."""
+    from ase.md import velocitydistribution as vd
+
+    if hasattr(vd, "thermalize_momenta"):  # ASE >= 3.29
+        vd.thermalize_momenta(atoms, temperature_K, rng=rng)
+    else:
+        vd.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    vd.Stationary(atoms)
+
+
+def _uncertainty(results: dict, n_atoms: int) -> tuple[float, float]:
+    """(energy std in eV, max per-atom force std in eV/Å) from calculator results."""
+    e_std = float(results.get("energy_std", 0.0))
+    f_std = results.get("forces_std")
+    f_max = 0.0 if f_std is None else float(np.sqrt((np.asarray(f_std) ** 2).sum(axis=1)).max())
+    return e_std, f_max
+
+
+def _dynamics(atoms, ensemble, dt_fs, temperature_K, seed, step, friction, pressure_GPa,
+              tdamp_fs, pdamp_fs):
+    dt = dt_fs * units.fs
+    if ensemble == "nve":
+        from ase.md.verlet import VelocityVerlet
+
+        return VelocityVerlet(atoms, timestep=dt)
+    if ensemble == "nvt":
+        from ase.md.langevin import Langevin
+
+        return Langevin(atoms, dt, temperature_K=temperature_K, friction=friction / units.fs,
+                        fixcm=False, rng=_rng(seed, step))
+    from ase.md.nose_hoover_chain import IsotropicMTKNPT
+
+    return IsotropicMTKNPT(
+        atoms, dt, temperature_K=temperature_K, pressure_au=pressure_GPa * units.GPa,
+        tdamp=(tdamp_fs or 100 * dt_fs) * units.fs, pdamp=(pdamp_fs or 1000 * dt_fs) * units.fs,
+    )
+
+
+def _frame(atoms, results, step, dt_fs, temperature_K, flagged) -> "ase.Atoms":
+    if np.all(atoms.pbc):
+        atoms.get_stress(include_ideal_gas=False)  # lazily, at logged frames only
+        results = atoms.calc.results
+    frame = atoms.copy()
+    frame.calc = None
+    frame.constraints = []
+    frame.info = {}
+    e_std, f_max = _uncertainty(results, len(atoms))
+    info = {
+        "step": int(step),
+        "time_fs": float(step * dt_fs),
+        "energy": float(results["energy"]),
+        "energy_std": e_std,
+        "max_force_std": f_max,
+        "flagged": bool(flagged),
+        "temperature_K": float(temperature_K),
+    }
+    if "energies" in results:
+        info["energies"] = np.asarray(results["energies"], dtype=np.float64).copy()
+    if "stress" in results:
+        info["stress"] = voigt_6_to_full_3x3_stress(np.asarray(results["stress"]))
+    frame.info.update({_P + k: v for k, v in info.items()})
+    return frame
+
+
+class _MDCalculator(_ASECalculator):
+    """Like :class:`mlipuq.Calculator`, but the stress is computed only when asked.
+
+    MD at constant volume needs forces only; the stress (a second pass, K
+    passes for a deep ensemble) is then evaluated at logged frames alone.
+    Results: ``energy``, ``forces``, ``stress`` (eV/Å³), and with a UQ
+    wrapper ``energy_std``, ``forces_std``, ``energies`` (committee).
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, model):
+        super().__init__()
+        import copy
+
+        import torch
+
+        from mlipuq.models.base import MLIP
+
+        self._uq = not isinstance(model, MLIP)
+        if self._uq and not hasattr(model, "predict"):
+            raise TypeError(f"run_md needs a UQ wrapper or an MLIP, got {type(model).__name__}")
+        self.model = copy.deepcopy(model).to(torch.float64)
+        if not self._uq:
+            self.model.eval()
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        if "energy" not in self.results:
+            if self._uq:
+                pred = self.model.predict(atoms)
+                self.results["energy"] = float(pred.energy[0])
+                self.results["forces"] = pred.forces.copy()
+                self.results["energy_std"] = float(pred.energy_std[0])
+                self.results["forces_std"] = pred.forces_std.copy()
+                if pred.energy_members is not None:
+                    self.results["energies"] = pred.energy_members[:, 0].copy()
+            else:
+                out = self.model.compute(atoms)
+                self.results["energy"] = float(out["energy"][0])
+                self.results["forces"] = out["forces"]
+            self.results["free_energy"] = self.results["energy"]
+        if "stress" in properties and "stress" not in self.results:
+            if not np.all(atoms.pbc):
+                raise ValueError("the stress needs a cell periodic in all three directions")
+            if self._uq:
+                stress = self.model.compute_stress(atoms)
+            else:
+                stress = self.model.compute(atoms, stress=True)["stress"][0]
+            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+
+
+class _Writer:
+    def __init__(self, path: Optional[str]):
+        self.path = path
+        self.fmt = None if path is None else _format(path)
+        self._traj = None
+
+    def write(self, frame) -> None:
+        if self.path is None:
+            return
+        if self.fmt == "traj":
+            if self._traj is None:
+                from ase.io.trajectory import Trajectory
+
+                self._traj = Trajectory(self.path, "a")
+            self._traj.write(frame)
+        else:
+            ase.io.write(self.path, frame, format="extxyz", append=True)
+
+    def close(self) -> None:
+        if self._traj is not None:
+            self._traj.close()
+
+
+def run_md(
+    atoms,
+    uq_model,
+    *,
+    ensemble: str = "nvt",
+    temperature_K: float,
+    timestep_fs: float,
+    steps: int,
+    seed: int = 0,
+    log_every: int = 10,
+    trajectory=None,
+    uncertainty_threshold: Optional[float] = None,
+    on_threshold: str = "stop",
+    threshold_on: str = "max_force_std",
+    friction: float = 0.01,
+    pressure_GPa: float = 0.0,
+    tdamp_fs: Optional[float] = None,
+    pdamp_fs: Optional[float] = None,
+    progress: bool = True,
+) -> MDTrajectory:
+    """Run MD with the mean potential of ``uq_model`` and log its uncertainty.
+
+    Parameters
+    ----------
+    atoms
+        Starting structure (not modified). Momenta already set are kept;
+        otherwise Maxwell-Boltzmann velocities at ``temperature_K`` are drawn
+        (from ``seed``) and the centre-of-mass motion removed.
+    uq_model
+        A fitted UQ wrapper (or a base MLIP, then without uncertainties),
+        evaluated in float64 on a copy (as :class:`mlipuq.Calculator` does;
+        the stress only at logged frames and for NPT).
+    ensemble
+        ``"nvt"`` (Langevin, ``friction`` in 1/fs), ``"nve"`` (velocity
+        Verlet) or ``"npt"`` (isotropic MTK barostat at ``pressure_GPa``,
+        damping times ``tdamp_fs``/``pdamp_fs``, default 100 and 1000 time
+        steps; periodic cells only).
+    temperature_K
+        Target (nvt, npt) or initial (nve) temperature (K).
+    timestep_fs
+        Time step (fs).
+    steps
+        Total number of MD steps, counting those of a run being resumed.
+    seed
+        Seeds the initial velocities and the Langevin noise.
+    log_every
+        Log (and write) a frame every this many steps; step 0 is logged too.
+    trajectory
+        ``None`` (frames kept in memory only) or a ``.traj``/``.xyz``/``.extxyz``
+        path. An existing file written by ``run_md`` is resumed: the run
+        continues from its last frame and appends.
+    uncertainty_threshold
+        Checked after every step against ``threshold_on``: ``"max_force_std"``
+        (eV/Å, default), ``"energy_std"`` (eV) or ``"energy_std_per_atom"``
+        (eV/atom).
+    on_threshold
+        ``"stop"``: log the offending frame (flagged) and stop, for active
+        learning; ``"flag"``: keep going, mark logged frames above the
+        threshold and count all such steps.
+    progress
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    MDTrajectory
+        All logged frames (those of a resumed file included).
+    """
+    from mlipuq.models.base import MLIP
+
+    if ensemble not in ENSEMBLES:
+        raise ValueError(f"unknown ensemble {ensemble!r}; choose from {', '.join(ENSEMBLES)}")
+    if on_threshold not in ON_THRESHOLD:
+        raise ValueError(f"on_threshold must be one of {ON_THRESHOLD}, got {on_threshold!r}")
+    if threshold_on not in THRESHOLD_ON:
+        raise ValueError(f"threshold_on must be one of {THRESHOLD_ON}, got {threshold_on!r}")
+    temperature_K = _positive("temperature_K", temperature_K)
+    timestep_fs = _positive("timestep_fs", timestep_fs)
+    steps = _positive("steps", steps, integer=True, allow_zero=True)
+    log_every = _positive("log_every", log_every, integer=True)
+    seed = _positive("seed", seed, integer=True, allow_zero=True)
+    friction = _positive("friction", friction)
+    if uncertainty_threshold is not None:
+        uncertainty_threshold = _positive("uncertainty_threshold", uncertainty_threshold)
+        if isinstance(uq_model, MLIP):
+            raise ValueError("uncertainty_threshold needs a UQ wrapper, not a bare base model")
+    if len(atoms) == 0:
+        raise ValueError("atoms is empty")
+    if ensemble == "npt" and not np.all(atoms.pbc):
+        raise ValueError("ensemble='npt' needs a periodic cell in all three directions")
+    path = None if trajectory is None else os.fspath(trajectory)
+    if path is not None:
+        _format(path)
+
+    previous: list = []
+    if path is not None and os.path.exists(path) and os.path.getsize(path) > 0:
+        previous = ase.io.read(path, ":", format=_format(path))
+    if previous:
+        last = previous[-1]
+        if _P + "step" not in last.info:
+            raise ValueError(f"{path} was not written by run_md; cannot resume from it")
+        if list(last.numbers) != list(atoms.numbers):
+            raise ValueError(f"{path} holds a different system than atoms; cannot resume")
+        start = int(last.info[_P + "step"])
+        md_atoms = last.copy()
+        md_atoms.info = {}
+        log.info("resuming %s from step %d of %d", path, start, steps)
+    else:
+        start = 0
+        md_atoms = atoms.copy()
+        md_atoms.info = {}
+        if not np.any(md_atoms.get_momenta()):
+            _thermalize(md_atoms, temperature_K, np.random.default_rng(seed))
+    md_atoms.calc = _MDCalculator(uq_model)
+    frames = list(previous)
+    writer = _Writer(path)
+    n_atoms = len(md_atoms)
+
+    def exceeded(results) -> bool:
+        if uncertainty_threshold is None:
+            return False
+        e_std, f_max = _uncertainty(results, n_atoms)
+        value = {"max_force_std": f_max, "energy_std": e_std,
+                 "energy_std_per_atom": e_std / n_atoms}[threshold_on]
+        return value > uncertainty_threshold
+
+    stopped, n_flagged = False, 0
+    try:
+        if start == 0:
+            md_atoms.get_potential_energy()
+            flag = exceeded(md_atoms.calc.results)
+            n_flagged += int(flag)
+            frames.append(_frame(md_atoms, md_atoms.calc.results, 0, timestep_fs,
+                                 temperature_K, flag))
+            writer.write(frames[-1])
+            stopped = flag and on_threshold == "stop"
+        dyn = _dynamics(md_atoms, ensemble, timestep_fs, temperature_K, seed, start, friction,
+                        pressure_GPa, tdamp_fs, pdamp_fs)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=min(start, steps), desc=f"MD {ensemble}",
+                   disable=not progress, unit="step")
+        step = start
+        while step < steps and not stopped:
+            dyn.step()
+            step += 1
+            bar.update(1)
+            results = md_atoms.calc.results
+            if "energy" not in results:
+                md_atoms.get_potential_energy()
+                results = md_atoms.calc.results
+            flag = exceeded(results)
+            n_flagged += int(flag)
+            stopped = flag and on_threshold == "stop"
+            if step % log_every == 0 or stopped:
+                frames.append(_frame(md_atoms, results, step, timestep_fs, temperature_K, flag))
+                writer.write(frames[-1])
+                if hasattr(dyn, "rng"):
+                    dyn.rng = _rng(seed, step)
+                info = frames[-1].info
+                bar.set_postfix(E_std=f"{info[_P + 'energy_std']:.3g}",
+                                F_std_max=f"{info[_P + 'max_force_std']:.3g}")
+        bar.close()
+    finally:
+        writer.close()
+    if stopped:
+        log.warning("MD stopped at step %d: %s above the threshold %g",
+                    int(frames[-1].info[_P + "step"]), threshold_on, uncertainty_threshold)
+    if not frames:
+        raise ValueError("no frames were logged")
+    return MDTrajectory.from_frames(frames, stopped=stopped, n_flagged_steps=n_flagged, path=path)
