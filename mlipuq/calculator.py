@@ -5,7 +5,7 @@
 >>> atoms.calc.results["energy_std"]          # with a UQ wrapper
 
 Results (eV, Å): ``energy``, ``free_energy``, ``forces``, ``stress`` (periodic
-cells, Voigt order, eV/Å^3); with a UQ wrapper also ``energy_std`` (eV),
+cells, Voigt order, eV/Å^3, computed only when asked for); with a UQ wrapper also ``energy_std`` (eV),
 ``forces_std`` ((N, 3), eV/Å) and, where the wrapper has a committee,
 ``energies`` ((K,), eV) and ``forces_committee`` ((K, N, 3), eV/Å).
 """
@@ -61,30 +61,36 @@ class Calculator(BaseCalculator):
                 f"Calculator needs an mlipuq MLIP or UQ wrapper, got {type(model).__name__}"
             )
 
-    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        """Fill ``self.results``: energy and forces (and the uncertainty keys) once
+        per structure; the stress only when asked (an extra pass, K passes for a
+        deep ensemble), so MD at constant volume never pays for it."""
         if atoms is None:
             atoms = self.atoms
         if atoms is None:
             raise ValueError("Calculator.calculate needs an Atoms object")
-        periodic = bool(np.all(atoms.pbc))
-        results = {}
-        if self._uq:
-            pred = self.model.predict(atoms)
-            results["energy"] = float(pred.energy[0])
-            results["forces"] = pred.forces.copy()
-            results["energy_std"] = float(pred.energy_std[0])
-            results["forces_std"] = pred.forces_std.copy()
-            if pred.energy_members is not None:
-                results["energies"] = pred.energy_members[:, 0].copy()
-            if pred.forces_members is not None:
-                results["forces_committee"] = pred.forces_members.copy()
-            if periodic and hasattr(self.model, "compute_stress"):
-                results["stress"] = full_3x3_to_voigt_6_stress(self.model.compute_stress(atoms))
-        else:
-            out = self.model.compute(atoms, stress=periodic)
-            results["energy"] = float(out["energy"][0])
-            results["forces"] = out["forces"]
-            if periodic:
-                results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0])
-        results["free_energy"] = results["energy"]
-        self.results = results
+        if system_changes:
+            self.results = {}
+        results = self.results
+        if "energy" not in results:
+            if self._uq:
+                pred = self.model.predict(atoms)
+                results["energy"] = float(pred.energy[0])
+                results["forces"] = pred.forces.copy()
+                results["energy_std"] = float(pred.energy_std[0])
+                results["forces_std"] = pred.forces_std.copy()
+                if pred.energy_members is not None:
+                    results["energies"] = pred.energy_members[:, 0].copy()
+                if pred.forces_members is not None:
+                    results["forces_committee"] = pred.forces_members.copy()
+            else:
+                out = self.model.compute(atoms)
+                results["energy"] = float(out["energy"][0])
+                results["forces"] = out["forces"]
+            results["free_energy"] = results["energy"]
+        if "stress" in properties and "stress" not in results and np.all(atoms.pbc):
+            if self._uq:
+                stress = self.model.compute_stress(atoms)
+            else:
+                stress = self.model.compute(atoms, stress=True)["stress"][0]
+            results["stress"] = full_3x3_to_voigt_6_stress(stress)

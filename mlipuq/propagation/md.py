@@ -32,9 +32,7 @@ from typing import Optional
 import ase.io
 import numpy as np
 from ase import units
-from ase.calculators.calculator import Calculator as _ASECalculator
-from ase.calculators.calculator import all_changes
-from ase.stress import full_3x3_to_voigt_6_stress, voigt_6_to_full_3x3_stress
+from ase.stress import voigt_6_to_full_3x3_stress
 
 log = logging.getLogger(__name__)
 
@@ -230,59 +228,6 @@ def _frame(atoms, results, step, dt_fs, temperature_K, flagged) -> "ase.Atoms":
     return frame
 
 
-class _MDCalculator(_ASECalculator):
-    """Like :class:`mlipuq.Calculator`, but the stress is computed only when asked.
-
-    MD at constant volume needs forces only; the stress (a second pass, K
-    passes for a deep ensemble) is then evaluated at logged frames alone.
-    Results: ``energy``, ``forces``, ``stress`` (eV/Å³), and with a UQ
-    wrapper ``energy_std``, ``forces_std``, ``energies`` (committee).
-    """
-
-    implemented_properties = ["energy", "free_energy", "forces", "stress"]
-
-    def __init__(self, model):
-        super().__init__()
-        import copy
-
-        import torch
-
-        from mlipuq.models.base import MLIP
-
-        self._uq = not isinstance(model, MLIP)
-        if self._uq and not hasattr(model, "predict"):
-            raise TypeError(f"run_md needs a UQ wrapper or an MLIP, got {type(model).__name__}")
-        self.model = copy.deepcopy(model).to(torch.float64)
-        if not self._uq:
-            self.model.eval()
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        atoms = self.atoms
-        if "energy" not in self.results:
-            if self._uq:
-                pred = self.model.predict(atoms)
-                self.results["energy"] = float(pred.energy[0])
-                self.results["forces"] = pred.forces.copy()
-                self.results["energy_std"] = float(pred.energy_std[0])
-                self.results["forces_std"] = pred.forces_std.copy()
-                if pred.energy_members is not None:
-                    self.results["energies"] = pred.energy_members[:, 0].copy()
-            else:
-                out = self.model.compute(atoms)
-                self.results["energy"] = float(out["energy"][0])
-                self.results["forces"] = out["forces"]
-            self.results["free_energy"] = self.results["energy"]
-        if "stress" in properties and "stress" not in self.results:
-            if not np.all(atoms.pbc):
-                raise ValueError("the stress needs a cell periodic in all three directions")
-            if self._uq:
-                stress = self.model.compute_stress(atoms)
-            else:
-                stress = self.model.compute(atoms, stress=True)["stress"][0]
-            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
-
-
 class _Writer:
     def __init__(self, path: Optional[str]):
         self.path = path
@@ -373,6 +318,7 @@ def run_md(
     MDTrajectory
         All logged frames (those of a resumed file included).
     """
+    from mlipuq.calculator import Calculator
     from mlipuq.models.base import MLIP
 
     if ensemble not in ENSEMBLES:
@@ -418,7 +364,7 @@ def run_md(
         md_atoms.info = {}
         if not np.any(md_atoms.get_momenta()):
             _thermalize(md_atoms, temperature_K, np.random.default_rng(seed))
-    md_atoms.calc = _MDCalculator(uq_model)
+    md_atoms.calc = Calculator(uq_model)  # the stress is computed only when asked
     frames = list(previous)
     writer = _Writer(path)
     n_atoms = len(md_atoms)
