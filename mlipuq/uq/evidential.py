@@ -240,8 +240,10 @@ class EvidentialHead(UQWrapper):
         loss. Default False: backbone and readout frozen, so the mean is exactly
         the base model's.
     hidden
-        None for a linear head on :math:`\\phi_i`, or the width of one hidden
-        SiLU layer.
+        Width of the head's hidden SiLU layer (default 32), or None for a
+        linear head on :math:`\\phi_i`. On the packaged ethanol data the
+        one-hidden-layer head ranks force errors far better (Spearman 0.41
+        against 0.28 for the linear head, ``benchmarks/uq_evidence.py``).
 
     Attributes
     ----------
@@ -271,7 +273,7 @@ class EvidentialHead(UQWrapper):
         *,
         reg_weight: float = 0.01,
         train_backbone: bool = False,
-        hidden: Optional[int] = None,
+        hidden: Optional[int] = 32,
     ):
         model = _check_model(model)
         if isinstance(reg_weight, bool) or not isinstance(reg_weight, (int, float, np.number)):
