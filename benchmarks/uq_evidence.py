@@ -2,6 +2,8 @@
 
     python benchmarks/uq_evidence.py --readme README.md      # ~45 min on 2 cores
     python benchmarks/uq_evidence.py --model ethanol.pt      # reuse a trained base model
+    python benchmarks/uq_evidence.py --model ethanol.pt --only EvidentialHead --readme README.md
+                                               # re-measure one wrapper, keep the other rows
 
 Ethanol (packaged DFT data, MiniMLIP base): every wrapper is fitted, then
 ``calibrate(val)``; on the 1000-structure test set we report the Spearman rank
@@ -21,6 +23,8 @@ test structures. Target: >= 3.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import time
 
@@ -53,20 +57,29 @@ def force_scores(pred, reference) -> dict:
     }
 
 
-def wrappers_for(model, make_model, train, val, member_time, seed=0) -> dict:
+WRAPPERS = ("LastLayerLaplace", "ShallowEnsemble (8 heads)", "EvidentialHead", "DeepEnsemble (5)")
+
+
+def wrappers_for(model, make_model, train, val, member_time, seed=0, only=WRAPPERS) -> dict:
     t0 = time.perf_counter()
     out = {}
-    out["LastLayerLaplace"] = LastLayerLaplace(model).fit(train)
-    out["ShallowEnsemble (8 heads)"] = ShallowEnsemble(model, n_heads=8).fit(
-        train, val, epochs=30, lr=1e-2, batch_size=16, seed=seed, patience=8, progress=False)
-    out["EvidentialHead"] = EvidentialHead(model).fit(
-        train, val, epochs=60, lr=1e-2, batch_size=16, seed=seed, patience=10, progress=False)
-    members = [model]
-    for s in range(1, 5):
-        member = make_model(seed + s)
-        mlipuq.train(member, train, val, seed=seed + s, max_time=member_time, **TRAIN)
-        members.append(member)
-    out["DeepEnsemble (5)"] = DeepEnsemble(members)
+    if "LastLayerLaplace" in only:
+        out["LastLayerLaplace"] = LastLayerLaplace(model).fit(train)
+    if "ShallowEnsemble (8 heads)" in only:
+        out["ShallowEnsemble (8 heads)"] = ShallowEnsemble(model, n_heads=8).fit(
+            train, val, epochs=30, lr=1e-2, batch_size=16, seed=seed, patience=8,
+            progress=False)
+    if "EvidentialHead" in only:
+        out["EvidentialHead"] = EvidentialHead(model).fit(
+            train, val, epochs=60, lr=1e-2, batch_size=16, seed=seed, patience=10,
+            progress=False)
+    if "DeepEnsemble (5)" in only:
+        members = [model]
+        for s in range(1, 5):
+            member = make_model(seed + s)
+            mlipuq.train(member, train, val, seed=seed + s, max_time=member_time, **TRAIN)
+            members.append(member)
+        out["DeepEnsemble (5)"] = DeepEnsemble(members)
     for name, wrapper in out.items():
         wrapper.calibrate(val)
     print(f"  wrappers fitted and calibrated in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -84,7 +97,7 @@ def ethanol_part(args) -> list[dict]:
     print("ethanol:", flush=True)
     rows = []
     for name, wrapper in wrappers_for(model, make, train, val, args.member_time,
-                                      args.seed).items():
+                                      args.seed, args.only).items():
         scores = force_scores(wrapper.predict(test), test)
         rows.append({"system": "ethanol (DFT)", "wrapper": name, **scores})
         print(f"  {name:<28} spearman {scores['spearman']:.3f}  "
@@ -106,7 +119,7 @@ def copper_part(args) -> list[dict]:
     print("EMT Cu:", flush=True)
     rows = []
     for name, wrapper in wrappers_for(model, make, train, val, args.cu_member_time,
-                                      args.seed).items():
+                                      args.seed, args.only).items():
         base = np.mean(wrapper.predict(test300).energy_per_atom_std)
         r_hot = np.mean(wrapper.predict(hot).energy_per_atom_std) / base
         r_cluster = np.mean(wrapper.predict(cluster).energy_per_atom_std) / base
@@ -116,6 +129,13 @@ def copper_part(args) -> list[dict]:
         print(f"  {name:<28} 1500 K / 300 K {r_hot:.2f}   vacancy cluster / 300 K "
               f"{r_cluster:.2f}", flush=True)
     return rows
+
+
+def _merge(old: list[dict], new: list[dict]) -> list[dict]:
+    """Rows of ``old`` with those re-measured in ``new`` replaced, in WRAPPERS order."""
+    rows = {r["wrapper"]: r for r in old}
+    rows.update({r["wrapper"]: r for r in new})
+    return [rows[name] for name in WRAPPERS if name in rows]
 
 
 def markdown(eth_rows, cu_rows) -> str:
@@ -146,10 +166,22 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--readme", help="update the uq-evidence table in this file")
+    parser.add_argument("--json", default="benchmarks/results/uq_evidence.json",
+                        help="rows are written (and, with --only, merged) here")
+    parser.add_argument("--only", nargs="+", choices=WRAPPERS, default=list(WRAPPERS),
+                        help="re-measure only these wrappers, keeping the other rows of --json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     eth_rows = ethanol_part(args)
     cu_rows = copper_part(args)
+    if set(args.only) != set(WRAPPERS) and os.path.exists(args.json):
+        with open(args.json) as fh:
+            previous = json.load(fh)
+        eth_rows = _merge(previous["ethanol"], eth_rows)
+        cu_rows = _merge(previous["copper"], cu_rows)
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as fh:
+        json.dump({"ethanol": eth_rows, "copper": cu_rows}, fh, indent=2)
     table = markdown(eth_rows, cu_rows)
     print("\n" + table)
     if args.readme:
