@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Iterator, Optional, Sequence
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -89,14 +89,14 @@ class Selection:
     indices: np.ndarray
     scores: np.ndarray
     strategy: str
-    pool_scores: Optional[np.ndarray] = None
+    pool_scores: np.ndarray | None = None
 
     @property
     def unit(self) -> str:
         return SCORE_UNITS[self.strategy]
 
     def __len__(self) -> int:
-        return int(len(self.indices))
+        return len(self.indices)
 
 
 # --------------------------------------------------------------------- scoring
@@ -269,7 +269,7 @@ def greedy_llpr(
 
 
 def farthest_points(
-    features: np.ndarray, k: int, *, reference: Optional[np.ndarray] = None, seed: int = 0
+    features: np.ndarray, k: int, *, reference: np.ndarray | None = None, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Farthest-point sampling; returns (k,) indices and the min distance at each pick.
 
@@ -332,8 +332,8 @@ def select(
     *,
     strategy: str = "batch_llpr",
     seed: int = 0,
-    lo: Optional[float] = None,
-    hi: Optional[float] = None,
+    lo: float | None = None,
+    hi: float | None = None,
     calibration=None,
     labelled=None,
     batch_size: int = 32,
@@ -450,7 +450,7 @@ def harvest(
     threshold: float,
     *,
     quantity: str = "max_force_std",
-    info_key: Optional[str] = None,
+    info_key: str | None = None,
     batch_size: int = 32,
     progress: bool = False,
 ) -> mdata.AtomsDataset:
@@ -520,17 +520,17 @@ def __getattr__(name):
 __all__ = [
     "INFO_KEYS",
     "STRATEGIES",
-    "LabelledPoolOracle",
-    "LearningCurve",
-    "Loop",
+    "LabelledPoolOracle",  # noqa: F822 (lazy, see __getattr__)
+    "LearningCurve",  # noqa: F822 (lazy, see __getattr__)
+    "Loop",  # noqa: F822 (lazy, see __getattr__)
     "Selection",
     "energy_std_per_atom",
     "farthest_points",
     "force_deviation",
     "greedy_llpr",
     "harvest",
-    "label",
-    "plot_learning_curves",
+    "label",  # noqa: F822 (lazy, see __getattr__)
+    "plot_learning_curves",  # noqa: F822 (lazy, see __getattr__)
     "pool_features",
     "score_pool",
     "select",

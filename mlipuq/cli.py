@@ -1,8 +1,9 @@
 """The ``mlipuq`` command.
 
-Subcommands: ``demo`` (the main job: built-in data, training, test errors),
-``train`` (train the built-in MLIP on an extxyz file), and those registered by
-other modules (``evaluate`` from :mod:`mlipuq.calibration`).
+Subcommands: ``demo`` (the main job: built-in data, training, every UQ
+wrapper compared), ``train`` (train the built-in MLIP on an extxyz file), and
+those registered by other modules: ``evaluate`` (:mod:`mlipuq.calibration.cli`)
+and ``select`` (:mod:`mlipuq.active_cli`).
 """
 
 from __future__ import annotations
@@ -197,12 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.set_defaults(func=run_train)
 
-    try:
-        from mlipuq.calibration import cli as calibration_cli
-    except ImportError:  # the calibration package is optional at this stage
-        calibration_cli = None
-    if calibration_cli is not None and hasattr(calibration_cli, "add_parser"):
-        calibration_cli.add_parser(sub)
+    from mlipuq import active_cli
+    from mlipuq.calibration import cli as calibration_cli
+
+    calibration_cli.add_parser(sub)
+    active_cli.add_parser(sub)
     return parser
 
 

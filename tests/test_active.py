@@ -1,0 +1,236 @@
+"""Active-learning selection: strategies, pool scoring, harvesting and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+
+import ase.io
+import numpy as np
+import pytest
+from conftest import make_model
+
+import mlipuq
+from mlipuq import active, active_cli
+from mlipuq.uq import DeepEnsemble, LastLayerLaplace
+
+
+@pytest.fixture(scope="module")
+def data():
+    from conftest import ETHANOL_SMALL
+
+    return mlipuq.load(ETHANOL_SMALL)
+
+
+@pytest.fixture(scope="module")
+def llpr(data):
+    # fixed small noise so that labelling a structure visibly shrinks its variance
+    return LastLayerLaplace(make_model(), prior_precision=1.0, energy_noise=0.01,
+                            forces_noise=0.1, n_samples=4).fit(data[:8])
+
+
+def _unlabelled(dataset):
+    out = []
+    for a in dataset:
+        b = a.copy()
+        b.calc = None
+        out.append(b)
+    return mlipuq.AtomsDataset(out)
+
+
+# ------------------------------------------------------------------ batch_llpr
+def test_rank_one_updates_equal_explicit_bayesian_update():
+    rng = np.random.default_rng(0)
+    n, d, noise = 40, 6, 0.3
+    feats = rng.normal(size=(n, d)) * rng.uniform(0.2, 3.0, size=(n, 1))
+    a = rng.normal(size=(d, d))
+    precision = a @ a.T + 0.5 * np.eye(d)
+    idx, var, initial = active.greedy_llpr(feats, np.linalg.inv(precision), noise, 8)
+    p = precision.copy()
+    np.testing.assert_allclose(initial, np.einsum("ij,jk,ik->i", feats, np.linalg.inv(p), feats))
+    taken = []
+    for j, v in zip(idx, var):
+        cov = np.linalg.inv(p)  # re-invert the Gauss-Newton precision from scratch
+        scores = np.einsum("ij,jk,ik->i", feats, cov, feats)
+        scores[taken] = -np.inf
+        assert j == int(np.argmax(scores))
+        np.testing.assert_allclose(v, scores[j], rtol=1e-9)
+        p = p + np.outer(feats[j], feats[j]) / noise
+        taken.append(j)
+    assert len(set(idx.tolist())) == len(idx)
+
+
+def test_batch_llpr_scores_are_the_llpr_energy_std(llpr, data):
+    pool = _unlabelled(data[8:])
+    sel = active.select(llpr, pool, 3, strategy="batch_llpr", batch_size=5)
+    pred = llpr.predict(pool, calibrated=False)
+    np.testing.assert_allclose(sel.pool_scores, pred.energy_std, rtol=1e-8)
+    assert sel.indices[0] == np.argmax(pred.energy_std)
+    np.testing.assert_allclose(sel.scores[0], pred.energy_std.max(), rtol=1e-8)
+    assert np.all(np.diff(sel.scores) <= 1e-12)  # a greedy pick never has a larger variance
+    assert sel.scores.dtype == np.float64 and sel.unit == "eV"
+
+
+def test_batch_llpr_avoids_duplicates_where_max_std_does_not(llpr, data):
+    pool = _unlabelled(data[8:])
+    top = int(np.argmax(llpr.predict(pool).energy_std))
+    copies = _unlabelled([pool[top]] * 10)
+    pool = copies + pool
+    greedy = active.select(llpr, pool, 4, strategy="batch_llpr")
+    naive = active.select(llpr, pool, 4, strategy="max_energy_std")
+    same = set(range(10)) | {10 + top}  # the copies and the original
+    assert sum(int(i) in same for i in greedy.indices) == 1
+    assert all(int(i) in same for i in naive.indices)
+
+
+def test_batch_llpr_needs_llpr(data):
+    ens = DeepEnsemble([make_model(seed=0), make_model(seed=1)])
+    with pytest.raises(ValueError, match="LastLayerLaplace"):
+        active.select(ens, data, 2, strategy="batch_llpr")
+
+
+# ---------------------------------------------------------------------- scores
+def test_max_force_std_is_the_dpgen_model_deviation(data):
+    ens = DeepEnsemble([make_model(seed=s) for s in range(3)])
+    pool = data[:6]
+    pred = ens.predict(pool)
+    members = pred.forces_members  # (K, N, 3)
+    hand = []
+    for b in range(len(pool)):
+        f = members[:, pred.batch == b]
+        dev = np.sqrt(np.mean(np.sum((f - f.mean(axis=0)) ** 2, axis=2), axis=0))  # per atom
+        hand.append(dev.max())
+    np.testing.assert_allclose(active.force_deviation(pred), hand, rtol=1e-10)
+    sel = active.select(ens, pool, 2, strategy="max_force_std", chunk_size=4, batch_size=3)
+    np.testing.assert_allclose(sel.pool_scores, hand, rtol=1e-10)
+    assert list(sel.indices) == list(np.argsort(hand)[::-1][:2])
+
+
+def test_streaming_chunks_do_not_change_scores(llpr, data):
+    a = active.score_pool(llpr, data, "energy_std_per_atom", chunk_size=3, batch_size=2)
+    b = active.score_pool(llpr, data, "energy_std_per_atom", chunk_size=512)
+    np.testing.assert_allclose(a, b, rtol=1e-8)  # batching only changes rounding
+    np.testing.assert_allclose(b, llpr.predict(data).energy_std / data.n_atoms, rtol=1e-8)
+
+
+def test_random_is_reproducible(data):
+    a = active.select(None, data, 7, strategy="random", seed=3)
+    b = active.select(None, data, 7, strategy="random", seed=3)
+    c = active.select(None, data, 7, strategy="random", seed=4)
+    assert list(a.indices) == list(b.indices) != list(c.indices)
+    assert len(set(a.indices.tolist())) == 7 and a.indices.dtype == np.int64
+
+
+# ------------------------------------------------------------------------- fps
+def test_farthest_points_by_hand():
+    x = np.array([[0.0], [1.0], [10.0], [4.0], [6.0]])
+    idx, d = active.farthest_points(x, 4, reference=np.array([[0.0]]))
+    assert list(idx) == [2, 4, 3, 1] or list(idx) == [2, 3, 4, 1]
+    np.testing.assert_allclose(d[:2], [10.0, 4.0])
+
+
+def test_farthest_points_maximise_the_min_distance():
+    x = np.random.default_rng(1).normal(size=(60, 3))
+    idx, d = active.farthest_points(x, 10, seed=2)
+    assert np.isinf(d[0]) and len(set(idx.tolist())) == 10
+    for m in range(1, 10):
+        dist = np.linalg.norm(x[:, None] - x[idx[:m]][None], axis=2).min(axis=1)
+        assert np.isclose(d[m], dist.max()) and np.isclose(dist[idx[m]], dist.max())
+    assert list(active.farthest_points(x, 10, seed=2)[0]) == list(idx)
+
+
+def test_fps_on_a_pool_starts_from_the_labelled_set(llpr, data):
+    sel = active.select(llpr, data[8:], 4, strategy="fps", labelled=data[:8])
+    feats = active.pool_features(llpr, data, "mean")
+    first = np.linalg.norm(feats[8:, None] - feats[None, :8], axis=2).min(axis=1)
+    assert sel.indices[0] == np.argmax(first)
+    np.testing.assert_allclose(sel.scores[0], first.max())
+
+
+# ---------------------------------------------------------------- trust window
+def test_trust_window_bounds(llpr, data):
+    dev = active.score_pool(llpr, data, "max_force_std")
+    lo, hi = np.quantile(dev, 0.25), np.quantile(dev, 0.75)
+    sel = active.select(llpr, data, 5, strategy="trust_window", lo=lo, hi=hi, seed=1)
+    inside = np.where((dev >= lo) & (dev < hi))[0]
+    assert set(sel.indices.tolist()) <= set(inside.tolist()) and len(sel) == 5
+    assert np.all((sel.scores >= lo) & (sel.scores < hi))
+    few = active.select(llpr, data, 15, strategy="trust_window", lo=lo, hi=hi)
+    assert sorted(few.indices.tolist()) == sorted(inside.tolist())  # fewer than k in window
+
+
+def test_trust_levels_from_calibration(llpr, data):
+    lo, hi = active.trust_levels(llpr, data[:8])
+    np.testing.assert_allclose(lo, np.quantile(active.score_pool(llpr, data[:8]), 0.95))
+    assert hi == pytest.approx(4 * lo)
+    sel = active.select(llpr, data[8:], 2, strategy="trust_window", calibration=data[:8])
+    assert np.all((sel.scores >= lo) & (sel.scores < hi))
+    with pytest.raises(ValueError, match="calibration"):
+        active.select(llpr, data, 2, strategy="trust_window")
+    with pytest.raises(ValueError, match="lo < hi"):
+        active.select(llpr, data, 2, strategy="trust_window", lo=0.5, hi=0.1)
+
+
+# ------------------------------------------------------------------ validation
+@pytest.mark.parametrize("k", [0, -1, 21, 2.5, True])
+def test_bad_k(llpr, data, k):
+    with pytest.raises(ValueError, match="k must be"):
+        active.select(llpr, data, k, strategy="max_force_std")
+
+
+def test_bad_strategy_and_unfitted(data):
+    with pytest.raises(ValueError, match="unknown strategy"):
+        active.select(None, data, 2, strategy="best")
+    with pytest.raises(ValueError, match="fitted"):
+        active.select(LastLayerLaplace(make_model()), data, 2, strategy="max_force_std")
+    with pytest.raises(ValueError, match="quantity"):
+        active.score_pool(None, data, "nonsense")
+
+
+# ------------------------------------------------------------------ harvesting
+def test_harvest_with_stored_and_computed_scores(llpr, data, tmp_path):
+    frames = [a.copy() for a in data]
+    dev = active.score_pool(llpr, frames)
+    threshold = float(np.median(dev))
+    got = active.harvest(frames, llpr, threshold)
+    assert [a.info["mlipuq_frame"] for a in got] == list(np.where(dev > threshold)[0])
+    assert all(a.calc is None for a in got)
+    for i, a in enumerate(frames):
+        a.info[active.INFO_KEYS["max_force_std"]] = float(i)
+    stored = active.harvest(frames, None, 14.5)  # no wrapper needed
+    assert [a.info["mlipuq_frame"] for a in stored] == list(range(15, 20))
+    path = tmp_path / "md.extxyz"
+    ase.io.write(path, frames)
+    assert len(active.harvest(path, None, 14.5)) == 5
+    with pytest.raises(ValueError, match="threshold"):
+        active.harvest(frames, llpr, -1.0)
+
+
+# ------------------------------------------------------------------------- CLI
+def test_cli_writes_and_refuses_to_clobber(llpr, data, tmp_path, capsys):
+    model, pool, out = tmp_path / "llpr.pt", tmp_path / "pool.extxyz", tmp_path / "sel.extxyz"
+    llpr.save(model)
+    _unlabelled(data[8:]).write(pool)
+    parser = argparse.ArgumentParser()
+    active_cli.add_parser(parser.add_subparsers(dest="command"))
+    argv = ["select", "--model", str(model), "--pool", str(pool), "-k", "3",
+            "--strategy", "batch_llpr", "--out", str(out)]
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    expected = active.select(llpr, _unlabelled(data[8:]), 3, strategy="batch_llpr")
+    written = ase.io.read(out, ":")
+    assert [a.info["mlipuq_pool_index"] for a in written] == list(expected.indices)
+    assert str(expected.indices[0]) in capsys.readouterr().out
+    args = parser.parse_args(argv)
+    assert args.func(args) == 1
+    assert "exists" in capsys.readouterr().err
+    args = parser.parse_args(argv + ["--overwrite", "--strategy", "random"])
+    assert args.func(args) == 0
+
+
+def test_mlipuq_command_has_select():
+    from mlipuq import cli as main_cli
+
+    args = main_cli.build_parser().parse_args(
+        ["select", "--model", "m.pt", "--pool", "p.extxyz", "-k", "5", "--strategy",
+         "batch_llpr", "--out", "s.extxyz"])
+    assert args.command == "select" and args.k == 5 and args.strategy == "batch_llpr"

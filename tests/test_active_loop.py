@@ -1,0 +1,119 @@
+"""Active-learning loop, learning curves, oracles and the plot."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from conftest import ETHANOL_SMALL, make_model
+
+import mlipuq
+from mlipuq import active
+from mlipuq.active import LabelledPoolOracle, LearningCurve, Loop, plot_learning_curves
+from mlipuq.active_loop import label
+from mlipuq.uq import LastLayerLaplace
+
+
+@pytest.fixture(scope="module")
+def data():
+    return mlipuq.load(ETHANOL_SMALL)
+
+
+def _unlabelled(dataset):
+    out = []
+    for a in dataset:
+        b = a.copy()
+        b.calc = None
+        out.append(b)
+    return mlipuq.AtomsDataset(out)
+
+
+def _refit(model):
+    # refit only the LLPR on a fixed base model: cheap and deterministic
+    return lambda train: LastLayerLaplace(model, n_samples=4, force_variance="samples").fit(train)
+
+
+@pytest.mark.parametrize("strategy", ["batch_llpr", "random"])
+def test_loop_two_rounds_grows_labels_by_k(data, strategy):
+    pool, initial, test = _unlabelled(data[5:17]), data[:5], data[17:]
+    loop = Loop(_refit(make_model()), LabelledPoolOracle(data), pool, initial, k=3, rounds=2,
+                test=test, strategy=strategy)
+    curve = loop.run()
+    assert curve.n_labels == [5, 8, 11]
+    for name in LearningCurve.METRICS:
+        values = getattr(curve, name)
+        assert len(values) == 3 and np.all(np.isfinite(values))
+    picked = [i for r in curve.selected for i in r]
+    assert len(curve.selected) == 2 and len(set(picked)) == 6
+    # the oracle attached the known labels of the picked pool structures
+    np.testing.assert_allclose(loop.labelled_[5:].energies, data[5:17][picked].energies)
+    np.testing.assert_allclose(loop.labelled_[5:].forces, data[5:17][picked].forces)
+    assert len(initial) == 5  # the user's initial set is not modified
+
+
+def test_loop_with_an_ase_calculator_oracle():
+    cells = []
+    for seed in range(8):
+        a = bulk("Cu", "fcc", a=3.6, cubic=True)
+        a.rattle(stdev=0.05 + 0.02 * seed, seed=seed)
+        cells.append(a)
+    initial = label(cells[:3], EMT())
+    pool = mlipuq.AtomsDataset(cells[3:])
+    reference = EMT()
+    loop = Loop(_refit(make_model()), EMT(), pool, initial, k=2, rounds=1, test=initial,
+                strategy="max_force_std")
+    curve = loop.run()
+    assert curve.n_labels == [3, 5]
+    for a in loop.labelled_[3:]:
+        b = a.copy()
+        b.calc = reference
+        np.testing.assert_allclose(a.get_forces(), b.get_forces())
+    assert all(a.calc is None for a in pool)  # the pool is not labelled in place
+
+
+def test_loop_validation(data):
+    make = _refit(make_model())
+    with pytest.raises(ValueError, match="exceeds the pool"):
+        Loop(make, LabelledPoolOracle(data), data[5:10], data[:5], k=3, rounds=2)
+    with pytest.raises(ValueError, match="k must be"):
+        Loop(make, LabelledPoolOracle(data), data[5:10], data[:5], k=0, rounds=2)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        Loop(make, LabelledPoolOracle(data), data[5:10], data[:5], k=1, rounds=1, strategy="x")
+    with pytest.raises(ValueError, match="not found"):
+        LabelledPoolOracle(data[:3])(data[4])
+    with pytest.raises(ValueError, match="reference"):
+        LabelledPoolOracle(_unlabelled(data[:3]))
+
+
+def test_learning_curve_interpolation_and_average():
+    c = LearningCurve("x", n_labels=[10, 20, 30], forces_rmse=[0.4, 0.2, 0.1],
+                      energy_rmse=[1, 1, 1], forces_miscal_area=[0, 0, 0], forces_nll=[0, 0, 0],
+                      seconds=[1, 1, 1])
+    assert c.labels_to_reach(0.3) == pytest.approx(15.0)
+    assert c.labels_to_reach(0.5) == 10.0
+    assert c.labels_to_reach(0.05) == float("inf")
+    d = LearningCurve("x", n_labels=[10, 20, 30], forces_rmse=[0.2, 0.2, 0.3],
+                      energy_rmse=[1, 1, 1], forces_miscal_area=[0, 0, 0], forces_nll=[0, 0, 0],
+                      seconds=[1, 1, 1])
+    np.testing.assert_allclose(LearningCurve.average([c, d]).forces_rmse, [0.3, 0.2, 0.2])
+
+
+def test_plot_learning_curves_returns_axes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = LearningCurve("random", n_labels=[5, 10], forces_rmse=[0.3, 0.2], energy_rmse=[1, 1],
+                      forces_miscal_area=[0.1, 0.1], forces_nll=[1, 1], seconds=[1, 1])
+    fig, ax = plt.subplots()
+    assert plot_learning_curves({"random": c}, ax=ax) is ax
+    assert len(ax.get_lines()) == 1
+    with pytest.raises(ValueError, match="metric"):
+        plot_learning_curves({"random": c}, metric="accuracy")
+    plt.close(fig)
+
+
+def test_reexports():
+    assert active.Loop is Loop and active.plot_learning_curves is plot_learning_curves
