@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 import mlipuq
-from mlipuq import datasets
 from mlipuq.models import MiniMLIP
 from mlipuq.uq import LastLayerLaplace
+from uq_evidence import copper_sets  # benchmarks/ is on sys.path when run as a script
 
 
 def main(argv=None):
@@ -29,13 +29,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    kinds = ("bulk", "vacancy", "surface", "strained")
-    data300 = datasets.emt(("Cu",), n_structures=240, temperatures=(300,), kinds=kinds, seed=11)
-    train, val, test300 = data300.split([0.7, 0.1, 0.2], seed=0)
-    hot = datasets.emt(("Cu",), n_structures=40, temperatures=(1500,), kinds=("bulk", "vacancy"),
-                       seed=12)
-    cluster = datasets.emt(("Cu",), n_structures=40, temperatures=(300,),
-                           kinds=("vacancy_cluster",), seed=13)
+    train, val, test300, hot, cluster = copper_sets()  # the sets of uq_evidence.py
     model = MiniMLIP(["Cu"], seed=0, cutoff=4.5, n_features=32, n_interactions=2, n_rbf=12)
     mlipuq.train(model, train, val, batch_size=8, lr=2e-3, forces_weight=100.0, patience=60,
                  epochs=10000, max_time=args.train_time, progress=False)

@@ -105,7 +105,9 @@ def ethanol_part(args) -> list[dict]:
     return rows
 
 
-def copper_part(args) -> list[dict]:
+def copper_sets():
+    """EMT Cu: 300 K train/val/test (bulk, vacancy, surface, strained), 1500 K bulk and
+    vacancy structures, and 300 K vacancy clusters."""
     kinds = ("bulk", "vacancy", "surface", "strained")
     data300 = datasets.emt(("Cu",), n_structures=240, temperatures=(300,), kinds=kinds, seed=11)
     train, val, test300 = data300.split([0.7, 0.1, 0.2], seed=0)
@@ -113,6 +115,11 @@ def copper_part(args) -> list[dict]:
                        seed=12)
     cluster = datasets.emt(("Cu",), n_structures=40, temperatures=(300,),
                            kinds=("vacancy_cluster",), seed=13)
+    return train, val, test300, hot, cluster
+
+
+def copper_part(args) -> list[dict]:
+    train, val, test300, hot, cluster = copper_sets()
     make = lambda s: MiniMLIP(["Cu"], seed=s, **CU_MODEL)  # noqa: E731
     model = make(args.seed)
     mlipuq.train(model, train, val, seed=args.seed, max_time=args.cu_time, **TRAIN)

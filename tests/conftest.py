@@ -180,3 +180,13 @@ def synthetic_prediction(n_structures=30, seed=0, miscal=1.5, members=False):
         **kwargs,
     )
     return pred, ref
+
+
+def unlabelled(dataset):
+    """Copies of the structures without reference data (an unlabelled pool)."""
+    out = []
+    for a in dataset:
+        b = a.copy()
+        b.calc = None
+        out.append(b)
+    return mlipuq.AtomsDataset(out)

@@ -7,7 +7,7 @@ import argparse
 import ase.io
 import numpy as np
 import pytest
-from conftest import make_model
+from conftest import make_model, unlabelled
 
 import mlipuq
 from mlipuq import active, active_cli
@@ -26,15 +26,6 @@ def llpr(data):
     # fixed small noise so that labelling a structure visibly shrinks its variance
     return LastLayerLaplace(make_model(), prior_precision=1.0, energy_noise=0.01,
                             forces_noise=0.1, n_samples=4).fit(data[:8])
-
-
-def _unlabelled(dataset):
-    out = []
-    for a in dataset:
-        b = a.copy()
-        b.calc = None
-        out.append(b)
-    return mlipuq.AtomsDataset(out)
 
 
 # ------------------------------------------------------------------ batch_llpr
@@ -60,7 +51,7 @@ def test_rank_one_updates_equal_explicit_bayesian_update():
 
 
 def test_batch_llpr_scores_are_the_llpr_energy_std(llpr, data):
-    pool = _unlabelled(data[8:])
+    pool = unlabelled(data[8:])
     sel = active.select(llpr, pool, 3, strategy="batch_llpr", batch_size=5)
     pred = llpr.predict(pool, calibrated=False)
     np.testing.assert_allclose(sel.pool_scores, pred.energy_std, rtol=1e-8)
@@ -71,9 +62,9 @@ def test_batch_llpr_scores_are_the_llpr_energy_std(llpr, data):
 
 
 def test_batch_llpr_avoids_duplicates_where_max_std_does_not(llpr, data):
-    pool = _unlabelled(data[8:])
+    pool = unlabelled(data[8:])
     top = int(np.argmax(llpr.predict(pool).energy_std))
-    copies = _unlabelled([pool[top]] * 10)
+    copies = unlabelled([pool[top]] * 10)
     pool = copies + pool
     greedy = active.select(llpr, pool, 4, strategy="batch_llpr")
     naive = active.select(llpr, pool, 4, strategy="max_energy_std")
@@ -209,14 +200,14 @@ def test_harvest_with_stored_and_computed_scores(llpr, data, tmp_path):
 def test_cli_writes_and_refuses_to_clobber(llpr, data, tmp_path, capsys):
     model, pool, out = tmp_path / "llpr.pt", tmp_path / "pool.extxyz", tmp_path / "sel.extxyz"
     llpr.save(model)
-    _unlabelled(data[8:]).write(pool)
+    unlabelled(data[8:]).write(pool)
     parser = argparse.ArgumentParser()
     active_cli.add_parser(parser.add_subparsers(dest="command"))
     argv = ["select", "--model", str(model), "--pool", str(pool), "-k", "3",
             "--strategy", "batch_llpr", "--out", str(out)]
     args = parser.parse_args(argv)
     assert args.func(args) == 0
-    expected = active.select(llpr, _unlabelled(data[8:]), 3, strategy="batch_llpr")
+    expected = active.select(llpr, unlabelled(data[8:]), 3, strategy="batch_llpr")
     written = ase.io.read(out, ":")
     assert [a.info["mlipuq_pool_index"] for a in written] == list(expected.indices)
     assert str(expected.indices[0]) in capsys.readouterr().out

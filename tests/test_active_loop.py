@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
-from conftest import ETHANOL_SMALL, make_model
+from conftest import ETHANOL_SMALL, make_model, unlabelled
 
 import mlipuq
 from mlipuq import active
@@ -20,15 +20,6 @@ def data():
     return mlipuq.load(ETHANOL_SMALL)
 
 
-def _unlabelled(dataset):
-    out = []
-    for a in dataset:
-        b = a.copy()
-        b.calc = None
-        out.append(b)
-    return mlipuq.AtomsDataset(out)
-
-
 def _refit(model):
     # refit only the LLPR on a fixed base model: cheap and deterministic
     return lambda train: LastLayerLaplace(model, n_samples=4, force_variance="samples").fit(train)
@@ -36,7 +27,7 @@ def _refit(model):
 
 @pytest.mark.parametrize("strategy", ["batch_llpr", "random"])
 def test_loop_two_rounds_grows_labels_by_k(data, strategy):
-    pool, initial, test = _unlabelled(data[5:17]), data[:5], data[17:]
+    pool, initial, test = unlabelled(data[5:17]), data[:5], data[17:]
     loop = Loop(_refit(make_model()), LabelledPoolOracle(data), pool, initial, k=3, rounds=2,
                 test=test, strategy=strategy)
     curve = loop.run()
@@ -83,7 +74,7 @@ def test_loop_validation(data):
     with pytest.raises(ValueError, match="not found"):
         LabelledPoolOracle(data[:3])(data[4])
     with pytest.raises(ValueError, match="reference"):
-        LabelledPoolOracle(_unlabelled(data[:3]))
+        LabelledPoolOracle(unlabelled(data[:3]))
 
 
 def test_learning_curve_interpolation_and_average():
