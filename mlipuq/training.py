@@ -48,7 +48,7 @@ class History:
         return len(self.epochs)
 
 
-def prepare_graphs(dataset: mdata.AtomsDataset, model: MLIP, *, need_forces: bool, name: str):
+def prepare_graphs(dataset: mdata.AtomsDataset, model: MLIP, *, need_forces: bool):
     """Validate ``dataset`` for training and build its neighbour lists once."""
     dataset.validate(model.species, require_energy=True, require_forces=need_forces)
     return [mdata.to_graph(a, model.cutoff, k, model.species) for k, a in enumerate(dataset)]
@@ -175,11 +175,11 @@ def train(
         raise FileExistsError(f"{checkpoint} exists; pass overwrite=True to replace it")
     train = mdata.as_dataset(train)
     need_forces = forces_weight > 0
-    train_graphs = prepare_graphs(train, model, need_forces=need_forces, name="train")
+    train_graphs = prepare_graphs(train, model, need_forces=need_forces)
     val_graphs = None
     if val is not None:
         val = mdata.as_dataset(val)
-        val_graphs = prepare_graphs(val, model, need_forces=need_forces, name="val")
+        val_graphs = prepare_graphs(val, model, need_forces=need_forces)
     fit_scales(model, train, train_graphs)
 
     torch.manual_seed(seed)

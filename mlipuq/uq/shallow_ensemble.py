@@ -364,8 +364,7 @@ class ShallowEnsemble(UQWrapper):
         val = None if val is None else mdata.as_dataset(val)
         need_forces = forces_weight > 0
         if not model.atomic_energies_set or getattr(model, "avg_num_neighbors", 0) is None:
-            fit_scales(model, train, prepare_graphs(train, model, need_forces=need_forces,
-                                                    name="train"))
+            fit_scales(model, train, prepare_graphs(train, model, need_forces=need_forces))
         else:
             train.validate(model.species, require_energy=True, require_forces=need_forces)
         self._set_readout(self._readout_weight, self._readout_bias)
