@@ -22,10 +22,15 @@ _LAZY = {
 }
 
 
+_SUBMODULES = ("active", "calibration", "datasets", "propagation", "testing", "uq")
+
+
 def __getattr__(name):
     # Heavier pieces are imported on first use so `import mlipuq` stays light.
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"mlipuq.{name}")
     raise AttributeError(f"module 'mlipuq' has no attribute {name!r}")

@@ -150,3 +150,10 @@ def test_demo_runs_end_to_end_and_compares_every_wrapper(tmp_path, monkeypatch, 
         assert 0.0 <= values[4] <= 1.0  # a coverage
     assert "forces MAE" in out
     assert mlipuq.models.load(model_path).species == [29]
+
+
+def test_subpackages_reachable_from_the_top_level():
+    code = ("import mlipuq; mlipuq.calibration.evaluate; mlipuq.active.select; "
+            "mlipuq.propagation.run_md; mlipuq.datasets.emt; mlipuq.LastLayerLaplace; "
+            "mlipuq.ShallowEnsemble; mlipuq.DeepEnsemble; mlipuq.EvidentialHead; mlipuq.Calculator")
+    subprocess.run([sys.executable, "-c", code], check=True)
