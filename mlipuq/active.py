@@ -115,15 +115,12 @@ def force_deviation(prediction) -> np.ndarray:
     numpy.ndarray
         (B,) float64 in eV/Å.
     """
-    per_atom = np.sqrt(np.sum(np.asarray(prediction.forces_var, dtype=np.float64), axis=1))
-    out = np.full(prediction.n_structures, -np.inf)
-    np.maximum.at(out, prediction.batch, per_atom)
-    return out
+    return prediction.max_force_std
 
 
 def energy_std_per_atom(prediction) -> np.ndarray:
     """(B,) predicted energy std per atom (eV/atom), float64."""
-    return np.asarray(prediction.energy_std / prediction.n_atoms, dtype=np.float64)
+    return prediction.energy_per_atom_std
 
 
 _QUANTITIES = {"max_force_std": force_deviation, "energy_std_per_atom": energy_std_per_atom}

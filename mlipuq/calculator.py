@@ -6,7 +6,8 @@
 
 Results (eV, Å): ``energy``, ``free_energy``, ``forces``, ``stress`` (periodic
 cells, Voigt order, eV/Å^3, computed only when asked for); with a UQ wrapper also ``energy_std`` (eV),
-``forces_std`` ((N, 3), eV/Å) and, where the wrapper has a committee,
+``forces_std`` ((N, 3), eV/Å), ``max_force_std`` (eV/Å, the DP-GEN model
+deviation) and, where the wrapper has a committee,
 ``energies`` ((K,), eV) and ``forces_committee`` ((K, N, 3), eV/Å).
 """
 
@@ -42,6 +43,7 @@ class Calculator(BaseCalculator):
         "stress",
         "energy_std",
         "forces_std",
+        "max_force_std",
         "energies",
         "forces_committee",
     ]
@@ -79,6 +81,7 @@ class Calculator(BaseCalculator):
                 results["forces"] = pred.forces.copy()
                 results["energy_std"] = float(pred.energy_std[0])
                 results["forces_std"] = pred.forces_std.copy()
+                results["max_force_std"] = float(pred.max_force_std[0])
                 if pred.energy_members is not None:
                     results["energies"] = pred.energy_members[:, 0].copy()
                 if pred.forces_members is not None:

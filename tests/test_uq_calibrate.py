@@ -107,6 +107,8 @@ def test_calculator_publishes_uncertainties(model, splits):
         assert energy == pytest.approx(pred.energy[0], rel=1e-6, abs=1e-6), name
         np.testing.assert_allclose(calc.results["energy_std"], pred.energy_std[0], rtol=1e-4)
         assert calc.results["forces_std"].shape == (len(atoms), 3)
+        assert calc.results["max_force_std"] == pytest.approx(
+            np.linalg.norm(calc.results["forces_std"], axis=1).max(), rel=1e-12)
         assert calc.results["energies"].shape == (pred.n_members,)
         assert calc.results["forces_committee"].shape == (pred.n_members, len(atoms), 3)
         # the calculator copies the wrapper: the user's wrapper keeps its dtype

@@ -125,6 +125,15 @@ class Prediction:
         return self.energy_std / self.n_atoms
 
     @property
+    def max_force_std(self) -> np.ndarray:
+        """(B,) DP-GEN model deviation: the largest per-atom norm of the force std
+        vector, ``max_i sqrt(sum_c Var F_ic)`` (eV/Å)."""
+        per_atom = np.sqrt(self.forces_var.sum(axis=1))
+        out = np.zeros(self.n_structures)
+        np.maximum.at(out, self.batch, per_atom)
+        return out
+
+    @property
     def n_structures(self) -> int:
         return int(self.energy.shape[0])
 
