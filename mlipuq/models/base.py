@@ -319,6 +319,8 @@ class WrappedMLIP(MLIP):
     not modified (hooks live only for the duration of a call).
     """
 
+    pickles_module = True  # saved files carry the user's code (load with weights_only=False)
+
     def __init__(
         self,
         module: nn.Module,
@@ -452,7 +454,8 @@ def load_payload(path: str, *, weights_only: bool, what: str):
         if weights_only:
             raise FileFormatError(
                 f"{path}: cannot be loaded with weights_only=True ({exc.__class__.__name__}). "
-                "Models made by wrap() contain pickled code: pass weights_only=False if you "
+                "Models made by wrap() or from a user's MACE model contain pickled code: pass "
+                "weights_only=False if you "
                 "trust the file"
             ) from None
         raise FileFormatError(f"{path}: not a readable mlipuq {what} file ({exc})") from None
@@ -483,7 +486,9 @@ def model_from_payload(payload, path: str = "<memory>") -> MLIP:
     else:
         if name not in _REGISTRY:
             raise FileFormatError(f"{path}: unknown model class {name!r}")
-        model = _REGISTRY[name](**payload["config"])
+        cls = _REGISTRY[name]
+        rebuild = getattr(cls, "from_payload", None)
+        model = rebuild(payload) if rebuild is not None else cls(**payload["config"])
     model.to(dtype)
     model.load_state_dict(payload["state_dict"])
     return model
