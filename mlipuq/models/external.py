@@ -85,11 +85,11 @@ class ExternalMLIP(MLIP):
         atomic_energies: Optional[Mapping[int, float]] = None,
     ) -> None:
         """Install the folded readout ``eps_i = weight . phi_i + bias`` (eV)."""
-        weight = torch.as_tensor(weight).detach().reshape(-1)
+        weight = torch.as_tensor(weight, dtype=torch.float64).detach().reshape(-1)
         layer = nn.Linear(weight.numel(), 1, bias=True, dtype=self.module_dtype())
         with torch.no_grad():
             layer.weight.copy_(weight.reshape(1, -1))
-            layer.bias.fill_(float(torch.as_tensor(bias)))
+            layer.bias.fill_(float(torch.as_tensor(bias, dtype=torch.float64)))
         layer.to(self.module_device())
         self.readout = layer
         if atomic_energies is not None:
