@@ -4,8 +4,11 @@
     python benchmarks/active_learning.py --data ethanol --out al_eth.png  # packaged DFT ethanol
 
 EMT Cu: the pool mixes 300/900/1500 K bulk, vacancy and surface structures
-(size=2, 31-32 atoms); the initial set is 300 K bulk only; EMT labels the
-picks. Ethanol: the pool is the packaged training split (labels known, looked
+(size=2, 31-32 atoms), uniformly (``--pool-design uniform``) or, as candidate
+pools harvested from MD at an operating point are, dominated by near-duplicate
+300 K bulk frames (``--pool-design md``: a fraction ``--common-fraction`` of
+them plus the uniform mix); the test set is always the uniform mix; the initial
+set is 300 K bulk only; EMT labels the picks. Ethanol: the pool is the packaged training split (labels known, looked
 up by :class:`mlipuq.active.LabelledPoolOracle`), the test set a subset of the
 MD test split. Each round a small MiniMLIP is retrained from scratch (same
 seed, fixed number of epochs) on the labelled set and LastLayerLaplace is fitted
@@ -47,7 +50,12 @@ def make_uq_factory(species, model_kwargs, epochs, seed, max_time):
 def emt_setup(args, rep):
     kinds = ("bulk", "vacancy", "surface")
     temps = (300, 900, 1500)
-    pool = datasets.emt("Cu", args.pool, temps, seed=1, kinds=kinds)
+    if args.pool_design == "uniform":
+        pool = datasets.emt("Cu", args.pool, temps, seed=1, kinds=kinds)
+    else:  # "md": most candidates are near-duplicates of the already-known region
+        n_rare = int(round(args.pool * (1.0 - args.common_fraction)))
+        common = datasets.emt("Cu", args.pool - n_rare, (300,), seed=3, kinds=("bulk",))
+        pool = common + datasets.emt("Cu", n_rare, temps, seed=1, kinds=kinds)
     test = datasets.emt("Cu", args.test, temps, seed=2, kinds=kinds)
     initial = datasets.emt("Cu", args.initial, (300,), seed=10 + rep, kinds=("bulk",))
     from ase.calculators.emt import EMT
@@ -74,6 +82,11 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write the curves as JSON")
     p.add_argument("--strategies", default="random,max_force_std,batch_llpr,fps")
     p.add_argument("--pool", type=int, default=240)
+    p.add_argument("--pool-design", choices=("uniform", "md"), default="uniform",
+                   help="EMT pool: uniform over kinds x temperatures, or 'md': a fraction "
+                        "--common-fraction of 300 K bulk frames (what MD at the operating "
+                        "point mostly yields) plus the uniform mix")
+    p.add_argument("--common-fraction", type=float, default=0.75)
     p.add_argument("--test", type=int, default=45)
     p.add_argument("--initial", type=int, default=10)
     p.add_argument("-k", type=int, default=10)
@@ -99,7 +112,8 @@ def main(argv=None) -> int:
             print(f"seed {rep} {s:>14}: RMSE_F " + " ".join(f"{v:.4f}" for v in curve.forces_rmse)
                   + f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
     curves = {s: LearningCurve.average(c) for s, c in runs.items()}
-    print(f"\n{args.data}: pool {args.pool}, initial {args.initial}, k {args.k}, rounds "
+    design = f" ({args.pool_design})" if args.data == "emt" else ""
+    print(f"\n{args.data}: pool {args.pool}{design}, initial {args.initial}, k {args.k}, rounds "
           f"{args.rounds}, epochs {args.epochs}, seeds {args.seeds}; "
           f"{time.perf_counter() - t_start:.0f} s")
     print(f"{'strategy':>14} " + " ".join(f"{n:>7d}" for n in curves[strategies[0]].n_labels))
