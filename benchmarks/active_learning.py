@@ -1,6 +1,6 @@
 """Evidence that uncertainty-driven selection beats random selection.
 
-    python benchmarks/active_learning.py --out al_emt.png                 # EMT Cu, EMT oracle
+    python benchmarks/active_learning.py --seeds 4 --out al_emt.png       # EMT Cu, EMT oracle
     python benchmarks/active_learning.py --data ethanol --out al_eth.png  # packaged DFT ethanol
 
 EMT Cu: the pool mixes 300/900/1500 K bulk, vacancy and surface structures
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write the curves as JSON")
     p.add_argument("--strategies", default="random,max_force_std,batch_llpr,fps")
     p.add_argument("--pool", type=int, default=240)
-    p.add_argument("--pool-design", choices=("uniform", "md"), default="uniform",
+    p.add_argument("--pool-design", choices=("uniform", "md"), default="md",
                    help="EMT pool: uniform over kinds x temperatures, or 'md': a fraction "
                         "--common-fraction of 300 K bulk frames (what MD at the operating "
                         "point mostly yields) plus the uniform mix")
