@@ -108,12 +108,16 @@ class Batch:
     def n_structures(self) -> int:
         return int(self.n_atoms.shape[0])
 
+    def cartesian_shifts(self) -> torch.Tensor:
+        """(E, 3) Cartesian periodic shift of each edge, ``shifts @ cell`` (Å), a
+        differentiable function of ``cell`` (so strains reach it)."""
+        cell_of_edge = self.cell[self.batch[self.edge_index[0]]]
+        return torch.einsum("ek,ekl->el", self.shifts, cell_of_edge)
+
     def edge_vectors(self) -> torch.Tensor:
         """(E, 3) vectors from each centre to its neighbour (Å)."""
         i, j = self.edge_index
-        cell_of_edge = self.cell[self.batch[i]]
-        offsets = torch.einsum("ek,ekl->el", self.shifts, cell_of_edge)
-        return self.positions[j] - self.positions[i] + offsets
+        return self.positions[j] - self.positions[i] + self.cartesian_shifts()
 
     def to(self, device=None, dtype=None) -> "Batch":
         """Copy with floating tensors in ``dtype`` and everything on ``device``."""

@@ -36,7 +36,7 @@ import torch
 
 from mlipuq import data as mdata
 from mlipuq.models.base import register
-from mlipuq.models.external import ExternalMLIP, require
+from mlipuq.models.external import ExternalMLIP, check_dtype, require
 
 #: Pretrained CHGNet versions whose weights ship inside the chgnet wheel.
 VERSIONS = ("0.3.0", "0.2.0")
@@ -227,7 +227,6 @@ def from_chgnet(version: str = "0.3.0", *, dtype: Optional[Union[str, torch.dtyp
         dtype = torch.float32
     if isinstance(dtype, str):
         dtype = _DTYPES.get(dtype.replace("torch.", ""), dtype)
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    check_dtype(dtype)
     model = CHGNetMLIP(_load_chgnet(version), version)
     return model.to(dtype)

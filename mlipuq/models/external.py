@@ -21,6 +21,7 @@ its forward pass; their output is discarded.
 
 from __future__ import annotations
 
+import copy
 import importlib
 from typing import Iterable, Mapping, Optional, Union
 
@@ -41,6 +42,31 @@ def require(module: str, extra: str, package: str):
             f"-c constraints.txt (the constraints file keeps torch at its installed version); "
             f"importing {module} failed: {exc}"
         ) from exc
+
+
+def check_dtype(dtype) -> Optional[torch.dtype]:
+    """``None``, ``torch.float32`` or ``torch.float64``; anything else is a ValueError."""
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    return dtype
+
+
+def linear_response(layer: nn.Module, n_in: int, columns: Optional[list[int]] = None):
+    """Effective weights of a map that is linear (plus a constant) in its input.
+
+    Applies a float64 copy of ``layer`` to zero and to the unit vectors of
+    ``columns`` (default: all ``n_in`` inputs), so the result includes whatever
+    normalisation the layer applies internally (e3nn's path normalisation).
+    Returns ``(weights (len(columns), n_out), bias (n_out,))`` in float64.
+    """
+    columns = list(range(n_in)) if columns is None else list(columns)
+    probe = copy.deepcopy(layer).to(device="cpu", dtype=torch.float64)
+    units = torch.zeros(len(columns), n_in, dtype=torch.float64)
+    units[torch.arange(len(columns)), torch.tensor(columns, dtype=torch.long)] = 1.0
+    with torch.no_grad():
+        zero = probe(torch.zeros(1, n_in, dtype=torch.float64)).reshape(1, -1)
+        response = probe(units).reshape(len(columns), -1) - zero
+    return response, zero[0]
 
 
 class ExternalMLIP(MLIP):
@@ -117,9 +143,3 @@ class ExternalMLIP(MLIP):
             payload["module"] = self.module
         return payload
 
-
-def cartesian_shifts(batch: mdata.Batch) -> torch.Tensor:
-    """(E, 3) Cartesian periodic shift of each edge, ``shifts @ cell`` (Å), a
-    differentiable function of ``batch.cell`` (so strains reach it)."""
-    i = batch.edge_index[0]
-    return torch.einsum("ek,ekl->el", batch.shifts, batch.cell[batch.batch[i]])

@@ -49,7 +49,7 @@ from torch import nn
 
 from mlipuq import data as mdata
 from mlipuq.models.base import register
-from mlipuq.models.external import ExternalMLIP, cartesian_shifts, require
+from mlipuq.models.external import ExternalMLIP, check_dtype, linear_response, require
 
 __all__ = ["MACEMLIP", "from_mace"]
 
@@ -91,14 +91,8 @@ def _scalar_columns(layer: nn.Module) -> list[int]:
 def _effective_weights(layer: nn.Module, columns: list[int], head: int):
     """(len(columns),) weights and the bias of output ``head`` of an e3nn linear,
     read off in float64 from its response to zero and to unit vectors."""
-    probe = copy.deepcopy(layer).to(device="cpu", dtype=torch.float64)
-    n_in = int(layer.irreps_in.dim)
-    with torch.no_grad():
-        zero = probe(torch.zeros(1, n_in, dtype=torch.float64))
-        units = torch.zeros(len(columns), n_in, dtype=torch.float64)
-        units[torch.arange(len(columns)), torch.tensor(columns, dtype=torch.long)] = 1.0
-        response = probe(units) - zero
-    return response[:, head], zero[0, head]
+    response, zero = linear_response(layer, int(layer.irreps_in.dim), columns)
+    return response[:, head], zero[head]
 
 
 @register
@@ -193,7 +187,7 @@ class MACEMLIP(ExternalMLIP):
             "positions": positions,
             "node_attrs": node_attrs,
             "edge_index": batch.edge_index,  # (sender i, receiver j): see module docstring
-            "shifts": cartesian_shifts(batch).to(dtype),
+            "shifts": batch.cartesian_shifts().to(dtype),
             "unit_shifts": batch.shifts.to(dtype),
             "cell": batch.cell.to(dtype).reshape(-1, 3),
             "batch": batch.batch,
@@ -326,8 +320,7 @@ def from_mace(
         inner layers, the hidden scalars of the final nonlinear readout).
     """
     _mace_modules()
-    if dtype is not None and dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    check_dtype(dtype)
     if isinstance(model_or_path, (str, os.PathLike)):
         module = _load_mace_file(os.fspath(model_or_path))
     elif isinstance(model_or_path, nn.Module):

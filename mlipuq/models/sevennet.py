@@ -25,7 +25,6 @@ stresses.
 
 from __future__ import annotations
 
-import copy
 import os
 from typing import Optional, Union
 
@@ -33,7 +32,7 @@ import torch
 
 from mlipuq import data as mdata
 from mlipuq.models.base import register
-from mlipuq.models.external import ExternalMLIP, require
+from mlipuq.models.external import ExternalMLIP, check_dtype, linear_response, require
 
 # Pretrained names -> the ``sevenn._const`` attribute of a checkpoint shipped in
 # the wheel (the names sevenn itself accepts for these files, lower case).
@@ -134,11 +133,8 @@ class SevenNetMLIP(ExternalMLIP):
 
         # -- fold e3nn's Linear (path normalisation included) by probing it in float64
         linear = module._modules[_ENERGY_LINEAR].linear
-        n = int(module._modules[_ENERGY_LINEAR].irreps_in.dim)
-        probe = torch.cat([torch.zeros(1, n), torch.eye(n)]).double()
-        with torch.no_grad():
-            out = copy.deepcopy(linear).double()(probe).reshape(-1)
-        bias, weight = out[0], out[1:] - out[0]
+        response, zero = linear_response(linear, int(module._modules[_ENERGY_LINEAR].irreps_in.dim))
+        bias, weight = zero[0], response[:, 0]
         # -- the rescale: species-wise (index = SevenNet type) or global
         rescale = module._modules[_RESCALE]
         if getattr(rescale, "use_modal_wise_shift", False) or getattr(rescale, "use_modal_wise_scale", False):
@@ -252,6 +248,4 @@ def from_sevennet(
         raise TypeError(
             f"from_sevennet() needs a model name or a checkpoint path, got {type(model).__name__}"
         )
-    if dtype is not None and dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    return SevenNetMLIP(model, dtype)
+    return SevenNetMLIP(model, check_dtype(dtype))
