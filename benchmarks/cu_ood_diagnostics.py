@@ -1,6 +1,7 @@
 """Why energy uncertainty barely rises on hot EMT Cu: errors and stds per set and kind.
 
     python benchmarks/cu_ood_diagnostics.py [--train-time 150] [--threads 1]
+        [--train-kinds bulk vacancy surface strained]
 
 Trains MiniMLIP on 300 K EMT Cu (bulk, vacancy, surface, strained), then for
 LLPR fitted with and without force rows prints, on 300 K test, 1500 K (bulk,
@@ -27,9 +28,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-time", type=float, default=150.0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--train-kinds", nargs="+",
+                        default=["bulk", "vacancy", "surface", "strained"],
+                        help="300 K kinds to train on (uq_evidence.py now uses bulk only)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    train, val, test300, hot, cluster = copper_sets()  # the sets of uq_evidence.py
+    train, val, test300, hot, cluster = copper_sets(args.train_kinds)  # uq_evidence.py's sets
     model = MiniMLIP(["Cu"], seed=0, cutoff=4.5, n_features=32, n_interactions=2, n_rbf=12)
     mlipuq.train(model, train, val, batch_size=8, lr=2e-3, forces_weight=100.0, patience=60,
                  epochs=10000, max_time=args.train_time, progress=False)

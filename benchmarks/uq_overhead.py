@@ -10,6 +10,9 @@ run, interleaved with the base model, and reported as a ratio of the best of
 * LLPR, energy uncertainty only: ``predict_energy`` (energies + energy std);
 * LLPR with sampled force uncertainties (8 samples) and with exact ones;
 * ShallowEnsemble (8 heads), EvidentialHead, DeepEnsemble (5 members);
+* one vector-Jacobian product of the features (the cost of one member's force
+  set on top of the shared forward pass): K of them bound any K-member force
+  uncertainty from below on this device;
 * LLPR ``fit`` with ``include_forces=False`` over one inference pass on the
   same training structures.
 
@@ -24,8 +27,10 @@ import time
 import torch
 
 from mlipuq import datasets
+from mlipuq.data import as_dataset, iter_batches
 from mlipuq.models import MiniMLIP
 from mlipuq.uq import DeepEnsemble, EvidentialHead, LastLayerLaplace, ShallowEnsemble
+from mlipuq.uq.jacobians import feature_vjps
 
 MODEL = dict(cutoff=5.0, n_features=64, n_interactions=3, n_rbf=20, n_readout_features=32)
 
@@ -65,6 +70,15 @@ def run_system(name, species, structures, fit_set, batch_size, repeats) -> list[
             fn = lambda w=wrapper: w.predict(structures, batch_size=batch_size)  # noqa: E731
         t = best_time(fn, repeats)
         rows.append((label, t / base))
+    # The floor of any K-member force estimate on this device: K vector-Jacobian
+    # products through the backbone, each at least this fraction of the base time.
+    batches = [b for _, b in iter_batches(as_dataset(structures), model.cutoff, batch_size,
+                                          species=model.species, dtype=model.dtype)]
+    graphs = [model(b, forces=True, features=True) for b in batches]
+    cotangent = torch.ones(1, model.n_features, dtype=model.dtype)
+    vjp = best_time(lambda: [feature_vjps(g["features"], g["positions"], cotangent,
+                                          vectorize=False) for g in graphs], repeats)
+    rows.append(("one feature VJP (per member force set) / base", vjp / base))
     inference = best_time(lambda: model.compute(fit_set, batch_size=batch_size), repeats)
     fit = best_time(
         lambda: LastLayerLaplace(model, include_forces=False, n_samples=0).fit(

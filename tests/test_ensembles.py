@@ -276,6 +276,33 @@ def test_shallow_frozen_backbone_keeps_features(shallow, base_model):
             assert torch.equal(before[key], after[key]), key
 
 
+def test_shallow_heads_on_centred_features(base_model, data):
+    """Head weights act on phi - mean(phi): moving a weight cannot shift the mean
+    training energy per atom (which the offsets own), and the raw-feature bias
+    they imply gives the same per-atom energies."""
+    from mlipuq.uq.shallow_ensemble import _Heads, head_members, mean_feature
+
+    train, _ = data
+    center = mean_feature(base_model, train)
+    (_, batch), = list(mdata.iter_batches(train, base_model.cutoff, len(train),
+                                          species=base_model.species, dtype=base_model.dtype))
+    phi = base_model.per_atom_features(batch).detach().to(torch.float64)
+    assert torch.allclose(center, phi.mean(0), rtol=1e-10, atol=1e-12)
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(4, phi.shape[1], generator=g, dtype=torch.float64)
+    bias = torch.randn(4, generator=g, dtype=torch.float64)
+    heads = _Heads(weight, bias, True, center)
+    assert torch.allclose(heads.bias, bias, atol=1e-12)  # same heads, new parameters
+    model64 = copy.deepcopy(base_model).double()
+    out = head_members(model64, batch.to(dtype=torch.float64), heads.weight, heads.bias,
+                       forces=False)
+    assert torch.allclose(out["atom_energy"], (phi @ weight.T + bias).T, atol=1e-10)
+    out["atom_energy"].mean().backward()
+    # uncentred heads would get center / 4 here; float32 features leave ~1e-8
+    assert heads.weight.grad.abs().max() < 1e-6 * center.abs().max()
+    assert torch.allclose(heads.offset.grad, torch.full((4,), 0.25, dtype=torch.float64))
+
+
 def test_shallow_save_load_exact(shallow, data, tmp_path):
     _, val = data
     path = tmp_path / "shallow.pt"

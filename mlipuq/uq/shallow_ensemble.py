@@ -10,8 +10,15 @@ The base model's readout ``eps_i = w·phi_i + b`` is replaced by K heads
           E_k = \\sum_i \\varepsilon_{ik} + \\sum_i e_{Z_i}, \\qquad
           F_k = -\\partial E_k / \\partial r = -\\sum_i J_i^T W_k,
 
-with :math:`J_i = \\partial \\phi_i / \\partial r`. The K force sets are K
-vector-Jacobian products of one retained feature graph: one batched backward
+with :math:`J_i = \\partial \\phi_i / \\partial r`. During training the heads are
+parameterised on centred features, :math:`\\varepsilon_{ik} = W_k \\cdot (\\phi_i -
+\\bar\\phi) + o_k` with :math:`\\bar\\phi` the mean training feature (so
+:math:`b_k = o_k - W_k \\cdot \\bar\\phi`): otherwise a weight step that improves
+the forces also shifts every atom's energy by :math:`\\delta W_k \\cdot \\bar\\phi`,
+and on EMT Cu the ensemble's mean energy drifted 148 meV/atom away from the
+base model while its heads spread by a structure-independent offset.
+
+The K force sets are K vector-Jacobian products of one retained feature graph: one batched backward
 pass (``is_grads_batched``) on GPU; on CPU a loop over the retained graph,
 which was measured 2-4x faster than vmap there (``vectorize``; see
 :mod:`mlipuq.uq.jacobians`).
@@ -71,15 +78,44 @@ _LOG_2PI = math.log(2 * math.pi)
 
 
 class _Heads(nn.Module):
-    """K linear heads, (K, F) weights and (K,) biases (biases frozen at 0 if absent)."""
+    """K linear heads on centred features: (K, F) weights and (K,) offsets.
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, train_bias: bool):
+    ``eps_ik = W_k . (phi_i - c) + o_k`` with ``c`` the mean training feature,
+    i.e. the bias ``b_k = o_k - W_k . c`` of a head on raw features. Centring
+    decouples the weights from the mean energy level: a weight update that
+    improves the forces no longer shifts every atom's energy by ``dW . c``.
+    The offsets are frozen when the readout has no bias.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, train_bias: bool,
+                 center: torch.Tensor):
         super().__init__()
         self.weight = nn.Parameter(weight.clone())
+        self.register_buffer("center", center.clone())
+        offset = (bias + weight @ center).detach()
         if train_bias:
-            self.bias = nn.Parameter(bias.clone())
+            self.offset = nn.Parameter(offset)
         else:
-            self.register_buffer("bias", bias.clone())
+            self.register_buffer("offset", offset)
+
+    @property
+    def bias(self) -> torch.Tensor:
+        """(K,) biases of the heads on raw features (eV per atom)."""
+        return self.offset - self.weight @ self.center
+
+
+def mean_feature(model: MLIP, dataset, batch_size: int = 32) -> torch.Tensor:
+    """(F,) float64 mean of the readout features over all atoms of ``dataset``."""
+    total, count = None, 0
+    model.eval()
+    with torch.no_grad():
+        for _, batch in mdata.iter_batches(dataset, model.cutoff, batch_size,
+                                           species=model.species, dtype=model.dtype):
+            phi = model.per_atom_features(batch.to(device=model.device)).to(torch.float64)
+            part = phi.sum(dim=0).cpu()
+            total = part if total is None else total + part
+            count += phi.shape[0]
+    return total / count
 
 
 def head_members(
@@ -369,8 +405,9 @@ class ShallowEnsemble(UQWrapper):
             train.validate(model.species, require_energy=True, require_forces=need_forces)
         self._set_readout(self._readout_weight, self._readout_bias)
         weight, bias = self._initial_heads(train, val, seed, energy_weight, forces_weight)
+        center = mean_feature(model, train, batch_size)
         heads = _Heads(weight.to(model.dtype), bias.to(model.dtype),
-                       self._readout_bias is not None).to(model.device)
+                       self._readout_bias is not None, center.to(model.dtype)).to(model.device)
 
         def loss_fn(m, batch, create_graph):
             out = head_members(m, batch, heads.weight, heads.bias, vectorize=self.vectorize,
