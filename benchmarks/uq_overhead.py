@@ -11,8 +11,9 @@ run, interleaved with the base model, and reported as a ratio of the best of
 * LLPR with sampled force uncertainties (8 samples) and with exact ones;
 * ShallowEnsemble (8 heads), EvidentialHead, DeepEnsemble (5 members);
 * one vector-Jacobian product of the features (the cost of one member's force
-  set on top of the shared forward pass): K of them bound any K-member force
-  uncertainty from below on this device;
+  set on top of the shared forward pass): K of them set the scale of any
+  K-member force uncertainty on this device (an isolated product; in a loop on
+  one retained graph they were measured somewhat cheaper);
 * LLPR ``fit`` with ``include_forces=False`` over one inference pass on the
   same training structures.
 
@@ -70,8 +71,8 @@ def run_system(name, species, structures, fit_set, batch_size, repeats) -> list[
             fn = lambda w=wrapper: w.predict(structures, batch_size=batch_size)  # noqa: E731
         t = best_time(fn, repeats)
         rows.append((label, t / base))
-    # The floor of any K-member force estimate on this device: K vector-Jacobian
-    # products through the backbone, each at least this fraction of the base time.
+    # The scale of any K-member force estimate on this device: K vector-Jacobian
+    # products through the backbone, each about this fraction of the base time.
     batches = [b for _, b in iter_batches(as_dataset(structures), model.cutoff, batch_size,
                                           species=model.species, dtype=model.dtype)]
     graphs = [model(b, forces=True, features=True) for b in batches]
