@@ -144,18 +144,19 @@ def copper_part(args) -> list[dict]:
             p = wrapper.predict(ds)
             std[label] = float(np.mean(p.energy_per_atom_std))
             err[label] = float(np.mean(np.abs(p.energy - ds.energies) / p.n_atoms))
-        rows.append({"system": "EMT Cu", "wrapper": name,
-                     "train_kinds": list(args.cu_train_kinds),
-                     "ratio_1500K": std["1500K"] / std["300K"],
-                     "ratio_vacancy_cluster": std["cluster"] / std["300K"],
-                     "error_ratio_1500K": err["1500K"] / err["300K"],
-                     "error_ratio_vacancy_cluster": err["cluster"] / err["300K"],
-                     "std_per_atom_300K_meV": 1000 * std["300K"],
-                     "error_per_atom_300K_meV": 1000 * err["300K"]})
-        print(f"  {name:<40} std 1500 K / 300 K {std['1500K'] / std['300K']:.2f}   "
-              f"vacancy cluster / 300 K {std['cluster'] / std['300K']:.2f}   "
-              f"(|error|: {err['1500K'] / err['300K']:.1f}, {err['cluster'] / err['300K']:.1f})",
-              flush=True)
+        row = {"system": "EMT Cu", "wrapper": name,
+               "train_kinds": list(args.cu_train_kinds),
+               "ratio_1500K": std["1500K"] / std["300K"],
+               "ratio_vacancy_cluster": std["cluster"] / std["300K"],
+               "error_ratio_1500K": err["1500K"] / err["300K"],
+               "error_ratio_vacancy_cluster": err["cluster"] / err["300K"],
+               "std_per_atom_300K_meV": 1000 * std["300K"],
+               "error_per_atom_300K_meV": 1000 * err["300K"]}
+        rows.append(row)
+        print(f"  {name:<40} std 1500 K / 300 K {row['ratio_1500K']:.2f}   "
+              f"vacancy cluster / 300 K {row['ratio_vacancy_cluster']:.2f}   "
+              f"(|error|: {row['error_ratio_1500K']:.1f}, "
+              f"{row['error_ratio_vacancy_cluster']:.1f})", flush=True)
     return rows
 
 
