@@ -2,6 +2,9 @@
 
     python benchmarks/active_learning.py --seeds 4 --out al_emt.png       # EMT Cu, EMT oracle
     python benchmarks/active_learning.py --data ethanol --out al_eth.png  # packaged DFT ethanol
+    python benchmarks/active_learning.py --seeds 4 --strategies batch_llpr --out al.png \
+        --reuse benchmarks/results/active_learning_emt_md_pool.json --json al.json
+                                    # re-measure one strategy, keep the others' curves
 
 EMT Cu: the pool mixes 300/900/1500 K bulk, vacancy and surface structures
 (size=2, 31-32 atoms), uniformly (``--pool-design uniform``) or, as candidate
@@ -95,6 +98,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-time", type=float, default=None, help="training time cap per fit (s)")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reuse", default=None,
+                   help="JSON of an earlier run with the same settings: its per-seed curves "
+                        "stand in for the strategies not given to --strategies")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     setup = emt_setup if args.data == "emt" else ethanol_setup
@@ -111,6 +117,18 @@ def main(argv=None) -> int:
             runs[s].append(curve)
             print(f"seed {rep} {s:>14}: RMSE_F " + " ".join(f"{v:.4f}" for v in curve.forces_rmse)
                   + f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    if args.reuse:
+        with open(args.reuse) as fh:
+            earlier = json.load(fh)
+        for s, cs in earlier.items():
+            if s in runs:
+                continue
+            if len(cs) != args.seeds:
+                raise SystemExit(f"{args.reuse}: {s} has {len(cs)} seeds, not {args.seeds}")
+            runs[s] = [LearningCurve(**c) for c in cs]
+        order = list(earlier) + [s for s in strategies if s not in earlier]
+        runs = {s: runs[s] for s in order}
+        strategies = order
     curves = {s: LearningCurve.average(c) for s, c in runs.items()}
     design = f" ({args.pool_design})" if args.data == "emt" else ""
     print(f"\n{args.data}: pool {args.pool}{design}, initial {args.initial}, k {args.k}, rounds "

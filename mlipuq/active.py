@@ -436,7 +436,10 @@ def select(
             "fit one on its base model: LastLayerLaplace(w.base_model).fit(train)"
         )
     feats = pool_features(uq_model, pool, "llpr", batch_size=batch_size, progress=progress)
-    idx, var, initial = greedy_llpr(feats, uq_model.covariance_, uq_model.energy_noise_**2, k)
+    # the posterior of the energy variances that predict() reports (energy rows only by
+    # default): labelling a structure adds its energy row f f^T / sigma_E^2
+    noise_var = uq_model.energy_posterior_["energy_noise"] ** 2
+    idx, var, initial = greedy_llpr(feats, uq_model.energy_covariance_, noise_var, k)
     return Selection(idx, np.sqrt(var), strategy, np.sqrt(initial))
 
 

@@ -93,7 +93,7 @@ def run_demo(args: argparse.Namespace) -> int:
     wrappers = {
         "LastLayerLaplace": LastLayerLaplace(model).fit(train_set, progress=progress),
         "ShallowEnsemble (8 heads)": ShallowEnsemble(model, n_heads=8).fit(
-            train_set, val_set, epochs=15, lr=1e-2, seed=args.seed, progress=progress),
+            train_set, val_set, epochs=15, lr=1e-3, seed=args.seed, progress=progress),
         "EvidentialHead": EvidentialHead(model).fit(
             train_set, val_set, epochs=30, lr=1e-2, seed=args.seed, progress=progress),
     }

@@ -107,6 +107,49 @@ def test_force_rows_enter_the_posterior_and_exact_force_variance(linear_model, e
     np.testing.assert_allclose(llpr.predict(test).forces_var, expected, rtol=1e-5)
 
 
+def test_energy_posterior_from_energy_rows_forces_from_joint(linear_model, ethanol):
+    train, test = ethanol[:6], ethanol[18:]
+    lam, s_e, s_f = 2.0, 0.1, 0.2
+    kw = dict(prior_precision=lam, energy_noise=s_e, forces_noise=s_f, n_samples=5, seed=2)
+    split = LastLayerLaplace(linear_model, **kw).fit(train)  # energy_posterior="energy"
+    joint = LastLayerLaplace(linear_model, energy_posterior="joint", **kw).fit(train)
+    X, G = _design(linear_model, train)
+    Xt, Gt = _design(linear_model, test)
+    eye = lam * np.eye(X.shape[1])
+    cov_e = np.linalg.inv(X.T @ X / s_e**2 + eye)
+    cov = np.linalg.inv(X.T @ X / s_e**2 + G.T @ G / s_f**2 + eye)
+    p_split, p_joint = split.predict(test), joint.predict(test)
+    np.testing.assert_allclose(p_split.energy_var, np.einsum("bi,ij,bj->b", Xt, cov_e, Xt),
+                               rtol=1e-6)
+    np.testing.assert_allclose(p_joint.energy_var, np.einsum("bi,ij,bj->b", Xt, cov, Xt),
+                               rtol=1e-6)
+    assert np.all(p_joint.energy_var < p_split.energy_var)  # force rows only add precision
+    np.testing.assert_allclose(p_split.forces_var, p_joint.forces_var, rtol=1e-10)
+    np.testing.assert_allclose(p_split.forces_var, np.einsum("ri,ij,rj->r", Gt, cov, Gt).reshape(-1, 3),
+                               rtol=1e-5)
+    # with auto hyperparameters the energy posterior is the include_forces=False one
+    auto = LastLayerLaplace(linear_model, n_samples=5, seed=2).fit(train)
+    energy_only = LastLayerLaplace(linear_model, include_forces=False, n_samples=5,
+                                   seed=2).fit(train)
+    a, e = auto.predict(test), energy_only.predict(test)
+    np.testing.assert_allclose(a.energy_var, e.energy_var, rtol=1e-8)
+    np.testing.assert_allclose(a.atom_energy_var, e.atom_energy_var, rtol=1e-8)
+    np.testing.assert_allclose(a.energy_members, e.energy_members, rtol=1e-10)
+    assert auto.energy_posterior_["prior_precision"] == pytest.approx(
+        energy_only.prior_precision_, rel=1e-8)
+    # a file saved before energy_posterior existed loads as the joint posterior
+    state = joint._get_state()
+    for name in ("energy_covariance_", "energy_samples_", "energy_posterior_"):
+        del state[name]
+    old = LastLayerLaplace(linear_model, **kw)
+    old._set_state(state)
+    old.fitted_ = True
+    assert old.energy_posterior == "joint"
+    np.testing.assert_allclose(old.predict(test).energy_var, p_joint.energy_var, rtol=1e-12)
+    with pytest.raises(ValueError, match="energy_posterior"):
+        LastLayerLaplace(linear_model, energy_posterior="forces")
+
+
 def test_sampled_force_variance_converges_to_exact(linear_model, ethanol):
     exact = LastLayerLaplace(linear_model).fit(ethanol[:10]).predict(ethanol[10:13]).forces_var
     errors = []

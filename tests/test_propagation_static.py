@@ -123,8 +123,8 @@ def test_vibrational_frequencies_match_ase_vibrations(shaped, tmp_path):
 def test_wrappers_without_members_are_refused(model64, ethanol):
     cu = bulk("Cu", "fcc", a=3.6, cubic=True)
     exact = LastLayerLaplace(model64, n_samples=4).fit(ethanol)  # force_variance="exact"
-    with pytest.warns(UserWarning):  # an untrained model has no minimum in range
-        static.equation_of_state(cu, exact)  # energies only: fine
+    # energies only: fine (the untrained model has no usable EOS; the evaluator is the point)
+    assert CommitteeEvaluator(exact, forces=False).predict(cu).energy_members.shape == (4, 1)
     with pytest.raises(ValueError, match="force_variance='samples'"):
         static.vibrational_frequencies(cu, exact)
     with pytest.raises(ValueError, match="force_variance='samples'"):
@@ -136,3 +136,40 @@ def test_wrappers_without_members_are_refused(model64, ethanol):
         CommitteeEvaluator(no_samples, forces=False).predict(cu)
     assert isinstance(mlipuq.propagation.static.PropertyEstimate.from_members([1.0, 3.0]).std,
                       np.ndarray)
+
+
+def test_eos_fit_failure_names_the_member(model64, ethanol, monkeypatch):
+    import ase.eos
+
+    def fail(self):
+        raise RuntimeError("Optimal parameters not found")
+
+    monkeypatch.setattr(ase.eos.EquationOfState, "fit", fail)
+    wrapper = LastLayerLaplace(model64, n_samples=3).fit(ethanol)
+    with pytest.raises(ValueError, match="member 0: the birchmurnaghan fit"):
+        static.equation_of_state(bulk("Cu", "fcc", a=3.6, cubic=True), wrapper)
+
+
+def test_member_forces_need_gradient_consistent_members(model64, ethanol):
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True)
+    split = LastLayerLaplace(model64, n_samples=3, force_variance="samples").fit(ethanol)
+    assert not split.consistent_members
+    with pytest.raises(ValueError, match="energy_posterior='joint'"):
+        member_calculators(split, atoms=cu)
+    member_calculators(split, atoms=cu, forces=False)  # energies alone are fine
+    joint = LastLayerLaplace(model64, n_samples=3, force_variance="samples",
+                             energy_posterior="joint").fit(ethanol)
+    calc = member_calculators(joint, atoms=cu)[1]
+    atoms = cu.copy()
+    atoms.rattle(0.05, seed=0)
+    atoms.calc = calc
+    forces = atoms.get_forces()
+    # member forces are minus the gradient of the member energy (central differences)
+    h, (a, c) = 1e-4, (3, 1)
+    shifted = []
+    for sign in (1, -1):
+        moved = atoms.copy()
+        moved.positions[a, c] += sign * h
+        moved.calc = calc
+        shifted.append(moved.get_potential_energy())
+    assert forces[a, c] == pytest.approx(-(shifted[0] - shifted[1]) / (2 * h), rel=1e-4, abs=1e-6)

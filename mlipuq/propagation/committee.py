@@ -45,6 +45,12 @@ def check_members(prediction: Prediction, wrapper, *, forces: bool) -> None:
         raise ValueError(_no_members_message(wrapper, "committee energies (energy_members)"))
     if forces and prediction.forces_members is None:
         raise ValueError(_no_members_message(wrapper, "committee forces (forces_members)"))
+    if forces and not getattr(wrapper, "consistent_members", True):
+        raise ValueError(
+            f"{type(wrapper).__name__}: its member forces are not the gradients of its member "
+            "energies (energy_posterior='energy' draws them from two posteriors); relaxing or "
+            "running MD with members needs LastLayerLaplace(..., energy_posterior='joint')"
+        )
 
 
 class CommitteeEvaluator:

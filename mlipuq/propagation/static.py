@@ -159,7 +159,13 @@ def equation_of_state(
     v0, e0, b0 = [], [], []
     for k, e_k in enumerate(energies):
         fit = EquationOfState(volumes, e_k, eos=eos)
-        v, e, b = fit.fit()
+        try:
+            v, e, b = fit.fit()
+        except RuntimeError as err:  # scipy's curve_fit gave up
+            raise ValueError(
+                f"member {k}: the {eos} fit of its energies did not converge ({err}); "
+                "does the member have an energy minimum near the input cell?"
+            ) from err
         if not volumes.min() <= v <= volumes.max():
             log.warning("member %d: equilibrium volume %.3f Å³ outside the sampled range", k, v)
         v0.append(v)

@@ -12,13 +12,29 @@ and the posterior precision (Gauss-Newton Laplace) is
 
 .. math:: P = G_E / \\sigma_E^2 + G_F / \\sigma_F^2 + \\lambda I, \\qquad \\Sigma = P^{-1}.
 
-Predictions: :math:`\\mathrm{Var}\\,E = f^T \\Sigma f` exactly, local (per-atom)
-variances :math:`\\phi_i^T \\Sigma \\phi_i`, force variances either exactly as the
+Predictions: :math:`\\mathrm{Var}\\,E = f^T \\Sigma_E f` exactly, local (per-atom)
+variances :math:`\\phi_i^T \\Sigma_E \\phi_i`, force variances either exactly as the
 diagonal of :math:`J \\Sigma J^T` (``force_variance="exact"``, feature
 Jacobians in vectorised chunks) or from ``n_samples`` last-layer weights drawn
 from :math:`N(\\theta^*, \\Sigma)` once at fit time (``"samples"``); the sampled
 members are always exposed for the energies (and for the forces with
 ``"samples"``) so that they can be propagated.
+
+Energy variances use :math:`\\Sigma_E`: by default (``energy_posterior="energy"``)
+the posterior of the energy rows alone, :math:`(G_E/\\sigma_E^2 + \\lambda_E I)^{-1}`
+with its own marginal-likelihood hyperparameters, as metatrain's LLPR does;
+``energy_posterior="joint"`` uses the joint :math:`\\Sigma`. Force variances
+always use the joint :math:`\\Sigma`. Why not the joint posterior for
+energies too: force rows pin the readout down along exactly the feature
+directions that thermal displacements move (to first order
+:math:`\\phi(r+\\delta r) - \\phi(r) = J\\,\\delta r`, and the rows of
+:math:`J` are the force data), so the joint energy variance hardly grows on
+hotter structures. On EMT Cu trained on 300 K bulk frames, where the base
+model's energy error per atom is 70x larger at 1500 K, the joint energy std
+grew 3.1x and the energy-row std 38x (``benchmarks/uq_evidence.py``). With
+``"energy"`` the energy members and the force members are drawn with the same
+standard normals from the two posteriors, so a member's forces are not the
+gradient of its energy.
 
 ``prior_precision="auto"`` maximises the Laplace approximation of the
 marginal likelihood over ``lambda`` and the noise levels ``sigma_E`` (eV),
@@ -42,6 +58,7 @@ from mlipuq.uq.jacobians import feature_vjps
 log = logging.getLogger(__name__)
 
 _FORCE_VARIANCE = ("exact", "samples")
+_ENERGY_POSTERIOR = ("energy", "joint")
 
 
 def cholesky_with_jitter(matrix: np.ndarray, *, max_tries: int = 12) -> tuple[np.ndarray, float]:
@@ -120,6 +137,11 @@ class LastLayerLaplace(UQWrapper):
         time and held fixed; they are the committee members of the prediction.
     force_variance
         ``"exact"``: diag(J Σ Jᵀ); ``"samples"``: variance over the members.
+    energy_posterior
+        Posterior of the energy variances (and energy members): ``"energy"``
+        (default) the energy rows alone, with their own prior precision and
+        noise; ``"joint"`` the energy and force rows (identical without
+        ``include_forces``). See the module notes for why.
     energy_noise, forces_noise
         Fix the noise std (eV per structure, eV/Å per component) instead of
         fitting it by marginal likelihood.
@@ -138,6 +160,7 @@ class LastLayerLaplace(UQWrapper):
         include_forces: bool = True,
         n_samples: int = 16,
         force_variance: str = "exact",
+        energy_posterior: str = "energy",
         energy_noise: Optional[float] = None,
         forces_noise: Optional[float] = None,
         seed: int = 0,
@@ -153,6 +176,10 @@ class LastLayerLaplace(UQWrapper):
             raise ValueError(f"prior_precision must be positive, got {prior_precision}")
         if force_variance not in _FORCE_VARIANCE:
             raise ValueError(f"force_variance must be one of {_FORCE_VARIANCE}, got {force_variance!r}")
+        if energy_posterior not in _ENERGY_POSTERIOR:
+            raise ValueError(
+                f"energy_posterior must be one of {_ENERGY_POSTERIOR}, got {energy_posterior!r}"
+            )
         if int(n_samples) < 0 or (force_variance == "samples" and int(n_samples) < 2):
             raise ValueError(
                 f"n_samples must be >= 0 (>= 2 with force_variance='samples'), got {n_samples}"
@@ -164,6 +191,7 @@ class LastLayerLaplace(UQWrapper):
         self.include_forces = bool(include_forces)
         self.n_samples = int(n_samples)
         self.force_variance = force_variance
+        self.energy_posterior = energy_posterior
         self.energy_noise = energy_noise
         self.forces_noise = forces_noise
         self.seed = int(seed)
@@ -175,6 +203,7 @@ class LastLayerLaplace(UQWrapper):
             "include_forces": self.include_forces,
             "n_samples": self.n_samples,
             "force_variance": self.force_variance,
+            "energy_posterior": self.energy_posterior,
             "energy_noise": self.energy_noise,
             "forces_noise": self.forces_noise,
             "seed": self.seed,
@@ -263,6 +292,34 @@ class LastLayerLaplace(UQWrapper):
         return self
 
     def _fit_hyperparameters(self, stats: dict) -> None:
+        lam, s_e, s_f, lml = self._maximise_evidence(stats)
+        self.prior_precision_, self.energy_noise_ = lam, s_e
+        self.forces_noise_ = s_f if stats["N_F"] else None
+        self.log_marginal_likelihood_ = lml
+        if self._separate_energy_posterior:
+            lam, s_e, _, lml = self._maximise_evidence({**stats, "N_F": 0})
+        self.energy_posterior_ = {"prior_precision": lam, "energy_noise": s_e,
+                                  "log_marginal_likelihood": lml}
+
+    @property
+    def _separate_energy_posterior(self) -> bool:
+        return self.energy_posterior == "energy" and self.include_forces
+
+    @property
+    def consistent_members(self) -> bool:
+        """Whether each member's forces are minus the gradient of its energy.
+
+        False with ``energy_posterior="energy"`` and force rows: the energy and
+        force members then come from two posteriors, and member-wise
+        relaxations or MD (:mod:`mlipuq.propagation`) refuse them.
+        """
+        return not self._separate_energy_posterior
+
+    def _maximise_evidence(self, stats: dict) -> tuple[float, float, float, float]:
+        """(lambda, sigma_E, sigma_F, log evidence): the free ones maximise the evidence.
+
+        Force rows enter when ``stats["N_F"] > 0``.
+        """
         theta = torch.as_tensor(self._theta(), dtype=torch.float64)
         t = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in stats.items()}
         t["N_E"], t["N_F"] = stats["N_E"], stats["N_F"]
@@ -295,43 +352,50 @@ class LastLayerLaplace(UQWrapper):
             values = iter(result.x)
             init = [next(values) if f else v for v, f in zip(init, free)]
             log.info("LLPR marginal likelihood optimisation: %s", result.message)
-        self.prior_precision_ = float(math.exp(init[0]))
-        self.energy_noise_ = float(math.exp(init[1]))
-        self.forces_noise_ = float(math.exp(init[2])) if stats["N_F"] else None
-        params = torch.tensor(init, dtype=torch.float64)
-        self.log_marginal_likelihood_ = float(log_marginal_likelihood(params, t, theta))
+        lml = float(log_marginal_likelihood(torch.tensor(init, dtype=torch.float64), t, theta))
+        return (float(math.exp(init[0])), float(math.exp(init[1])), float(math.exp(init[2])), lml)
+
+    def _posterior(self, precision: np.ndarray, z: np.ndarray) -> tuple:
+        """(covariance, samples (K, d), jitter) of N(theta*, precision^-1); ``z`` is (d, K)."""
+        factor, jitter = cholesky_with_jitter(precision)
+        inv_factor = np.linalg.solve(factor, np.eye(len(precision)))  # L^{-1}
+        # theta_s = theta* + L^{-T} z has covariance P^{-1}
+        samples = (self._theta()[:, None] + np.linalg.solve(factor.T, z)).T
+        return inv_factor.T @ inv_factor, samples, jitter
 
     def _factorise(self) -> None:
         d = self.gn_energy_.shape[0]
         precision = self.gn_energy_ / self.energy_noise_**2 + self.prior_precision_ * np.eye(d)
         if self.include_forces and self.forces_noise_ is not None:
             precision = precision + self.gn_forces_ / self.forces_noise_**2
-        factor, jitter = cholesky_with_jitter(precision)
-        self.jitter_ = jitter
+        z = np.random.default_rng(self.seed).standard_normal((d, self.n_samples))
         self.precision_ = precision
-        identity = np.eye(d)
-        inv_factor = np.linalg.solve(factor, identity)  # L^{-1}
-        self.covariance_ = inv_factor.T @ inv_factor  # P^{-1}
-        rng = np.random.default_rng(self.seed)
-        z = rng.standard_normal((d, self.n_samples))
-        # theta_s = theta* + L^{-T} z has covariance P^{-1}
-        self.samples_ = (self._theta()[:, None] + np.linalg.solve(factor.T, z)).T  # (K, d)
+        self.covariance_, self.samples_, self.jitter_ = self._posterior(precision, z)
+        if self._separate_energy_posterior:
+            post = self.energy_posterior_
+            energy_precision = (self.gn_energy_ / post["energy_noise"] ** 2
+                                + post["prior_precision"] * np.eye(d))
+            self.energy_covariance_, self.energy_samples_, _ = self._posterior(energy_precision, z)
+        else:
+            self.energy_covariance_, self.energy_samples_ = self.covariance_, self.samples_
 
     # --------------------------------------------------------------- predict
     def _predict_batch(self, batch: mdata.Batch) -> dict:
         out = self.model(batch, forces=True, features=True)
         phi = out["features"]
         cov = torch.as_tensor(self.covariance_, dtype=torch.float64, device=phi.device)
+        cov_e = torch.as_tensor(self.energy_covariance_, dtype=torch.float64, device=phi.device)
         f = self._structure_features(phi.detach(), batch)
         atom = self._atom_features(phi.detach())
         result = {
             "energy": out["energy"].detach(),
-            "energy_var": torch.einsum("bi,ij,bj->b", f, cov, f),
+            "energy_var": torch.einsum("bi,ij,bj->b", f, cov_e, f),
             "forces": out["forces"].detach(),
-            "atom_energy_var": torch.einsum("ni,ij,nj->n", atom, cov, atom),
+            "atom_energy_var": torch.einsum("ni,ij,nj->n", atom, cov_e, atom),
         }
         if self.n_samples > 0:
-            samples = torch.as_tensor(self.samples_, dtype=torch.float64, device=phi.device)
+            samples = torch.as_tensor(self.energy_samples_, dtype=torch.float64,
+                                      device=phi.device)
             theta = torch.as_tensor(self._theta(), dtype=torch.float64, device=phi.device)
             # E_k = E* + f·(theta_k - theta*): exact for a model linear in theta
             result["energy_members"] = result["energy"][None, :] + (samples - theta) @ f.T
@@ -367,7 +431,7 @@ class LastLayerLaplace(UQWrapper):
         dataset = mdata.as_dataset(structures)
         dataset.validate(self.species)
         energies, variances = [], []
-        cov = torch.as_tensor(self.covariance_, dtype=torch.float64)
+        cov = torch.as_tensor(self.energy_covariance_, dtype=torch.float64)
         with torch.no_grad():
             for _, batch in mdata.iter_batches(
                 dataset, self.cutoff, batch_size, species=self.species, dtype=self.dtype
@@ -394,12 +458,23 @@ class LastLayerLaplace(UQWrapper):
         "precision_",
         "covariance_",
         "samples_",
+        "energy_posterior_",
+        "energy_covariance_",
+        "energy_samples_",
     )
 
     def _get_state(self) -> dict:
         return {name: getattr(self, name) for name in self._STATE}
 
     def _set_state(self, state: dict) -> None:
+        if "energy_covariance_" not in state:  # saved before energy_posterior existed
+            self.energy_posterior = "joint"
+            state = {**state, "energy_covariance_": state["covariance_"],
+                     "energy_samples_": state["samples_"],
+                     "energy_posterior_": {
+                         "prior_precision": state["prior_precision_"],
+                         "energy_noise": state["energy_noise_"],
+                         "log_marginal_likelihood": state["log_marginal_likelihood_"]}}
         for name in self._STATE:
             setattr(self, name, state[name])
 

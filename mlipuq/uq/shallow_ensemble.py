@@ -219,7 +219,9 @@ def laplace_heads(
     """
     from mlipuq.uq.llpr import LastLayerLaplace, cholesky_with_jitter
 
-    llpr = LastLayerLaplace(model, include_forces=include_forces, n_samples=0).fit(train)
+    # the heads are drawn from the joint posterior, so alpha^2 must scale its energy variances
+    llpr = LastLayerLaplace(model, include_forces=include_forces, n_samples=0,
+                            energy_posterior="joint").fit(train)
     reference = mdata.as_dataset(calibration if calibration is not None else train)
     pred = llpr.predict(reference, calibrated=False)
     ratios = (pred.energy - reference.energies) ** 2 / np.maximum(pred.energy_var, 1e-300)
