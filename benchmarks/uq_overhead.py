@@ -1,6 +1,6 @@
 """Cost of uncertainties: each wrapper's ``predict`` over the base model's energy+forces.
 
-    python benchmarks/uq_overhead.py [--threads 2] [--repeats 5]
+    python benchmarks/uq_overhead.py [--threads 2] [--repeats 5] [--device cuda]
 
 For ethanol batches and 108-atom EMT Cu cells, every case is timed in the same
 run, interleaved with the base model, and reported as a ratio of the best of
@@ -18,6 +18,8 @@ run, interleaved with the base model, and reported as a ratio of the best of
   same training structures.
 
 Timings only: the models are untrained (costs do not depend on the weights).
+With ``--device cuda`` the models run on the GPU, member forces are batched
+(``vectorize="auto"``), and every timing waits for the device to finish.
 """
 
 from __future__ import annotations
@@ -36,18 +38,26 @@ from mlipuq.uq.jacobians import feature_vjps
 MODEL = dict(cutoff=5.0, n_features=64, n_interactions=3, n_rbf=20, n_readout_features=32)
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def best_time(fn, repeats: int) -> float:
     fn()  # warm-up
     best = float("inf")
     for _ in range(repeats):
+        _sync()
         start = time.perf_counter()
         fn()
+        _sync()
         best = min(best, time.perf_counter() - start)
     return best
 
 
-def run_system(name, species, structures, fit_set, batch_size, repeats) -> list[tuple[str, float]]:
-    make = lambda s: MiniMLIP(species, seed=s, avg_num_neighbors=20.0, **MODEL)  # noqa: E731
+def run_system(name, species, structures, fit_set, batch_size, repeats,
+               device="cpu") -> list[tuple[str, float]]:
+    make = lambda s: MiniMLIP(species, seed=s, avg_num_neighbors=20.0, **MODEL).to(device)  # noqa: E731
     model = make(0)
     model.set_atomic_energies({z: 0.0 for z in model.species})
     quick = dict(epochs=1, batch_size=batch_size, progress=False)
@@ -75,7 +85,7 @@ def run_system(name, species, structures, fit_set, batch_size, repeats) -> list[
     # products through the backbone, each about this fraction of the base time.
     batches = [b for _, b in iter_batches(as_dataset(structures), model.cutoff, batch_size,
                                           species=model.species, dtype=model.dtype)]
-    graphs = [model(b, forces=True, features=True) for b in batches]
+    graphs = [model(b.to(device=model.device), forces=True, features=True) for b in batches]
     cotangent = torch.ones(1, model.n_features, dtype=model.dtype)
     vjp = best_time(lambda: [feature_vjps(g["features"], g["positions"], cotangent,
                                           vectorize=False) for g in graphs], repeats)
@@ -85,7 +95,7 @@ def run_system(name, species, structures, fit_set, batch_size, repeats) -> list[
         lambda: LastLayerLaplace(model, include_forces=False, n_samples=0).fit(
             fit_set, batch_size=batch_size), repeats)
     rows.append(("LLPR fit (include_forces=False) / inference pass", fit / inference))
-    print(f"\n{name}: {len(structures)} structures, batch {batch_size}")
+    print(f"\n{name}: {len(structures)} structures, batch {batch_size}, {model.device}")
     for label, value in rows:
         unit = "" if label.endswith("(s)") else "x"
         print(f"  {label:<52}{value:>8.3f}{unit}")
@@ -96,14 +106,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="torch device of the models")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads; ratios are wrapper time / base time")
     ethanol = datasets.ethanol("train")
     run_system("ethanol (9 atoms)", ["H", "C", "O"], list(ethanol[:256]), ethanol[256:512], 32,
-               args.repeats)
+               args.repeats, args.device)
     cu = datasets.emt(("Cu",), n_structures=24, size=3, kinds=("bulk",), seed=1)
-    run_system("Cu fcc (108 atoms)", ["Cu"], list(cu[:8]), cu[8:24], 4, args.repeats)
+    run_system("Cu fcc (108 atoms)", ["Cu"], list(cu[:8]), cu[8:24], 4, args.repeats, args.device)
 
 
 if __name__ == "__main__":
