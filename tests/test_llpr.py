@@ -107,7 +107,7 @@ def test_force_rows_enter_the_posterior_and_exact_force_variance(linear_model, e
     np.testing.assert_allclose(llpr.predict(test).forces_var, expected, rtol=1e-5)
 
 
-def test_energy_posterior_from_energy_rows_forces_from_joint(linear_model, ethanol):
+def test_energy_posterior_from_energy_rows_forces_from_joint(linear_model, ethanol, tmp_path):
     train, test = ethanol[:6], ethanol[18:]
     lam, s_e, s_f = 2.0, 0.1, 0.2
     kw = dict(prior_precision=lam, energy_noise=s_e, forces_noise=s_f, n_samples=5, seed=2)
@@ -137,10 +137,19 @@ def test_energy_posterior_from_energy_rows_forces_from_joint(linear_model, ethan
     np.testing.assert_allclose(a.energy_members, e.energy_members, rtol=1e-10)
     assert auto.energy_posterior_["prior_precision"] == pytest.approx(
         energy_only.prior_precision_, rel=1e-8)
+    # save/load is exact for both; the joint posterior is stored once
+    for wrapper, pred in ((split, p_split), (joint, p_joint)):
+        path = tmp_path / f"{wrapper.energy_posterior}.pt"
+        wrapper.save(path)
+        again = mlipuq.uq.load(path, weights_only=False).predict(test)  # wrap() pickles code
+        np.testing.assert_array_equal(again.energy_var, pred.energy_var)
+        np.testing.assert_array_equal(again.energy_members, pred.energy_members)
+        np.testing.assert_array_equal(again.forces_var, pred.forces_var)
+    assert "energy_covariance_" not in joint._get_state()
     # a file saved before energy_posterior existed loads as the joint posterior
     state = joint._get_state()
     for name in ("energy_covariance_", "energy_samples_", "energy_posterior_"):
-        del state[name]
+        state.pop(name, None)
     old = LastLayerLaplace(linear_model, **kw)
     old._set_state(state)
     old.fitted_ = True

@@ -125,7 +125,7 @@ def test_wrappers_without_members_are_refused(model64, ethanol):
     exact = LastLayerLaplace(model64, n_samples=4).fit(ethanol)  # force_variance="exact"
     # energies only: fine (the untrained model has no usable EOS; the evaluator is the point)
     assert CommitteeEvaluator(exact, forces=False).predict(cu).energy_members.shape == (4, 1)
-    with pytest.raises(ValueError, match="force_variance='samples'"):
+    with pytest.raises(ValueError, match="force_variance='samples', energy_posterior='joint'"):
         static.vibrational_frequencies(cu, exact)
     with pytest.raises(ValueError, match="force_variance='samples'"):
         member_calculators(exact, atoms=cu)[0]

@@ -31,7 +31,8 @@ from mlipuq.uq.prediction import Prediction
 def _no_members_message(wrapper, what: str) -> str:
     name = type(wrapper).__name__
     hint = (
-        "LastLayerLaplace(..., n_samples=16, force_variance='samples')"
+        "LastLayerLaplace(..., n_samples=16, force_variance='samples'"
+        + (", energy_posterior='joint')" if "forces" in what else ")")
         if name == "LastLayerLaplace"
         else "a committee wrapper (DeepEnsemble, ShallowEnsemble) or LastLayerLaplace with "
         "force_variance='samples'"

@@ -464,17 +464,21 @@ class LastLayerLaplace(UQWrapper):
     )
 
     def _get_state(self) -> dict:
-        return {name: getattr(self, name) for name in self._STATE}
+        state = {name: getattr(self, name) for name in self._STATE}
+        if not self._separate_energy_posterior:  # the joint posterior, stored once
+            del state["energy_covariance_"], state["energy_samples_"]
+        return state
 
     def _set_state(self, state: dict) -> None:
-        if "energy_covariance_" not in state:  # saved before energy_posterior existed
+        if "energy_posterior_" not in state:  # saved before energy_posterior existed
             self.energy_posterior = "joint"
+            state = {**state, "energy_posterior_": {
+                "prior_precision": state["prior_precision_"],
+                "energy_noise": state["energy_noise_"],
+                "log_marginal_likelihood": state["log_marginal_likelihood_"]}}
+        if "energy_covariance_" not in state:
             state = {**state, "energy_covariance_": state["covariance_"],
-                     "energy_samples_": state["samples_"],
-                     "energy_posterior_": {
-                         "prior_precision": state["prior_precision_"],
-                         "energy_noise": state["energy_noise_"],
-                         "log_marginal_likelihood": state["log_marginal_likelihood_"]}}
+                     "energy_samples_": state["samples_"]}
         for name in self._STATE:
             setattr(self, name, state[name])
 
