@@ -87,9 +87,11 @@ def wrappers_for(model, make_model, train, val, member_options, seed=0, only=WRA
             train, val, epochs=30, lr=1e-3, batch_size=16, seed=seed, patience=8,
             progress=False)  # lr=1e-2 diverged on ethanol after epoch 0 (best epoch 0)
     if "EvidentialHead" in only:
+        # the head learns the frozen model's residuals: fit it on held-out data
+        # (halves of val), not on the base model's own training set
         out["EvidentialHead"] = EvidentialHead(model).fit(
-            train, val, epochs=60, lr=1e-2, batch_size=16, seed=seed, patience=10,
-            progress=False)
+            *val.split([0.5, 0.5], seed=seed), epochs=60, lr=1e-2, batch_size=16, seed=seed,
+            patience=10, progress=False)
     if "DeepEnsemble (5)" in only:
         members = [model]
         for s in range(1, 5):

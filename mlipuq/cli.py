@@ -94,8 +94,10 @@ def run_demo(args: argparse.Namespace) -> int:
         "LastLayerLaplace": LastLayerLaplace(model).fit(train_set, progress=progress),
         "ShallowEnsemble (8 heads)": ShallowEnsemble(model, n_heads=8).fit(
             train_set, val_set, epochs=15, lr=1e-3, seed=args.seed, progress=progress),
+        # a frozen-backbone head learns residuals: fit it on data the MLIP did not see
         "EvidentialHead": EvidentialHead(model).fit(
-            train_set, val_set, epochs=30, lr=1e-2, seed=args.seed, progress=progress),
+            *val_set.split([0.5, 0.5], seed=args.seed), epochs=30, lr=1e-2, seed=args.seed,
+            progress=progress),
     }
     members = [model]
     for k in range(1, args.members):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -62,9 +63,9 @@ def snapshot(base_model):
     return {k: v.clone() for k, v in base_model.state_dict().items() if torch.is_tensor(v)}
 
 
-@pytest.fixture(scope="module")
-def fitted(base_model, snapshot, data):
-    return EvidentialHead(base_model, reg_weight=0.01).fit(
+@pytest.fixture(scope="module", params=["shared", "separate"])
+def fitted(request, base_model, snapshot, data):
+    return EvidentialHead(base_model, reg_weight=0.01, energy_evidence=request.param).fit(
         data["train"], data["val"], epochs=8, lr=2e-2, batch_size=20, seed=0, progress=False
     )
 
@@ -140,6 +141,8 @@ def test_bad_options_and_unfitted(base_model, data):
         EvidentialHead(base_model, reg_weight=-0.1)
     with pytest.raises(ValueError, match="hidden"):
         EvidentialHead(base_model, hidden=0)
+    with pytest.raises(ValueError, match="energy_evidence"):
+        EvidentialHead(base_model, energy_evidence="joint")
     with pytest.raises(TypeError):
         EvidentialHead(torch.nn.Linear(3, 1))
     unfitted = EvidentialHead(base_model)
@@ -188,7 +191,9 @@ def test_training_reduces_loss_and_user_model_unchanged(fitted, base_model, snap
 
 
 def test_same_seed_same_predictions(fitted, base_model, data):
-    again = EvidentialHead(base_model, reg_weight=0.01).fit(
+    again = EvidentialHead(
+        base_model, reg_weight=0.01, energy_evidence=fitted.energy_evidence
+    ).fit(
         data["train"], data["val"], epochs=8, lr=2e-2, batch_size=20, seed=0, progress=False
     )
     a, b = fitted.predict(data["test"]), again.predict(data["test"])
@@ -287,7 +292,9 @@ def test_energy_only_training_needs_no_forces(base_model, data):
         copy = atoms.copy()
         copy.calc = SinglePointCalculator(copy, energy=atoms.get_potential_energy())
         structures.append(copy)
-    wrapper = EvidentialHead(base_model).fit(
+    with pytest.raises(ValueError, match="energy_evidence='separate'"):
+        EvidentialHead(base_model).fit(structures, forces_weight=0.0, progress=False)
+    wrapper = EvidentialHead(base_model, energy_evidence="separate").fit(
         structures, epochs=2, batch_size=5, forces_weight=0.0, progress=False
     )
     assert all(p.requires_grad for p in wrapper.model.parameters())
@@ -295,3 +302,80 @@ def test_energy_only_training_needs_no_forces(base_model, data):
     assert np.all(pred.energy_var > 0) and np.all(pred.forces_var > 0)
     with pytest.raises(ValueError, match="forces"):
         EvidentialHead(base_model).fit(structures, epochs=1, progress=False)
+
+
+def test_shared_energy_evidence_is_the_force_evidence_rescaled(fitted, data):
+    """energy_evidence='shared': each atom's energy NIG has its force NIG's nu and
+    alpha and beta times one ratio; the structure NIG aggregates those."""
+    if fitted.energy_evidence != "shared":
+        pytest.skip("separate energy outputs")
+    test = data["test"]
+    params = fitted.evidential_parameters(test)
+    head = fitted.head_
+    with torch.no_grad():
+        ratio = float(head.energy_scale * torch.exp(head.log_energy_ratio) / head.forces_scale)
+    counts = [len(atoms) for atoms in test]
+    batch = torch.as_tensor(np.repeat(np.arange(len(test)), counts))
+    per_atom = [torch.as_tensor(params[k]) for k in ("forces_nu", "forces_alpha", "forces_beta")]
+    nu, alpha, beta = aggregate_energy_nig(
+        per_atom[0], per_atom[1], ratio * per_atom[2], batch, len(test)
+    )
+    np.testing.assert_allclose(params["energy_nu"], nu.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(params["energy_alpha"], alpha.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(params["energy_beta"], beta.numpy(), rtol=1e-10)
+    # training moved the ratio away from its start (energy_scale / forces_scale)
+    assert float(head.log_energy_ratio.detach()) != 0.0
+
+
+def test_shared_energy_loss_trains_only_the_ratio():
+    from mlipuq.uq.evidential import _NIGHead
+
+    torch.manual_seed(0)
+    head = _NIGHead(5, hidden=4, shared=True)
+    for param in head.net.parameters():  # away from the zero start
+        torch.nn.init.normal_(param)
+    out = head(torch.randn(7, 5, dtype=torch.float64))
+    energy = (out["energy_nu"] + out["energy_alpha"] + out["energy_beta"]).sum()
+    grads = torch.autograd.grad(energy, [head.log_energy_ratio, *head.net.parameters()],
+                                allow_unused=True)
+    assert grads[0] is not None and float(grads[0].abs()) > 0
+    assert all(g is None or float(g.abs().max()) == 0 for g in grads[1:])
+    forces = (out["forces_nu"] + out["forces_alpha"] + out["forces_beta"]).sum()
+    grads = torch.autograd.grad(forces, list(head.net.parameters()))
+    assert all(float(g.abs().max()) > 0 for g in grads)
+
+
+def test_warns_when_fitted_on_in_sample_residuals(base_model, data):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(0)
+    noisy = []  # the same structures, reference forces off by 3 eV/Å noise
+    for atoms in data["train"][:4]:
+        copy = atoms.copy()
+        copy.calc = SinglePointCalculator(
+            copy, energy=atoms.get_potential_energy(),
+            forces=atoms.get_forces() + rng.normal(0, 3.0, size=(len(atoms), 3)),
+        )
+        noisy.append(copy)
+    options = dict(epochs=1, batch_size=10, progress=False)
+    with pytest.warns(UserWarning, match="larger on val than on the training data"):
+        EvidentialHead(base_model).fit(data["train"][:8], noisy, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        EvidentialHead(base_model).fit(data["train"][:8], data["train"][8:], **options)
+
+
+def test_files_without_energy_evidence_load_as_separate(base_model, data, tmp_path):
+    separate = EvidentialHead(base_model, energy_evidence="separate").fit(
+        data["train"], epochs=2, batch_size=20, progress=False
+    )
+    path = tmp_path / "old.pt"
+    separate.save(path)
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["energy_evidence"], payload["state"]["energy_evidence"]
+    torch.save(payload, path)
+    old = uq_base.load(path)
+    assert old.energy_evidence == "separate"
+    a, b = separate.predict(data["test"]), old.predict(data["test"])
+    np.testing.assert_array_equal(a.energy_var, b.energy_var)
+    np.testing.assert_array_equal(a.forces_var, b.forces_var)
