@@ -28,11 +28,11 @@ from ase.calculators.calculator import all_changes
 from mlipuq.uq.prediction import Prediction
 
 
-def _no_members_message(wrapper, what: str) -> str:
+def _no_members_message(wrapper, what: str, *, forces: bool = False) -> str:
     name = type(wrapper).__name__
     hint = (
         "LastLayerLaplace(..., n_samples=16, force_variance='samples'"
-        + (", energy_posterior='joint')" if "forces" in what else ")")
+        + (", energy_posterior='joint')" if forces else ")")
         if name == "LastLayerLaplace"
         else "a committee wrapper (DeepEnsemble, ShallowEnsemble) or LastLayerLaplace with "
         "force_variance='samples'"
@@ -45,7 +45,8 @@ def check_members(prediction: Prediction, wrapper, *, forces: bool) -> None:
     if prediction.energy_members is None or prediction.n_members < 1:
         raise ValueError(_no_members_message(wrapper, "committee energies (energy_members)"))
     if forces and prediction.forces_members is None:
-        raise ValueError(_no_members_message(wrapper, "committee forces (forces_members)"))
+        raise ValueError(_no_members_message(wrapper, "committee forces (forces_members)",
+                                             forces=True))
     if forces and not getattr(wrapper, "consistent_members", True):
         raise ValueError(
             f"{type(wrapper).__name__}: its member forces are not the gradients of its member "
