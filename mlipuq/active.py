@@ -44,6 +44,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from mlipuq.params import positive
 from mlipuq import data as mdata
 
 log = logging.getLogger(__name__)
@@ -244,8 +245,7 @@ def greedy_llpr(
     cov = np.array(covariance, dtype=np.float64)
     if feats.ndim != 2 or cov.shape != (feats.shape[1], feats.shape[1]):
         raise ValueError(f"features {feats.shape} and covariance {cov.shape} do not match")
-    if not noise_var > 0:
-        raise ValueError(f"noise_var must be positive, got {noise_var}")
+    noise_var = positive("noise_var", noise_var)
     scores = np.einsum("ij,jk,ik->i", feats, cov, feats)
     initial = scores.copy()
     available = np.ones(len(feats), dtype=bool)

@@ -7,14 +7,16 @@ structures with :func:`mlipuq.active.select`, writes them to ``--out``
 an existing file is replaced only with ``--overwrite``) and prints the pool
 indices and scores in pick order.
 
+``--model`` is needed by every strategy but ``random``; a ``--model`` that is
+given must exist and load whatever the strategy. Errors are raised and
+reported by :func:`mlipuq.cli.main` (one line, exit status 2).
+
 ``mlipuq/cli.py`` calls :func:`add_parser` to register the subcommand.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -27,11 +29,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Score a pool of candidate structures with a saved UQ wrapper and "
         "write the k structures to label next.",
     )
-    parser.add_argument("--model", "-m", required=True, help="UQ wrapper saved with .save()")
+    parser.add_argument(
+        "--model", "-m", default=None,
+        help="UQ wrapper saved with .save() (needed by every strategy but random)",
+    )
     parser.add_argument("--pool", required=True, metavar="POOL.extxyz", help="candidate structures")
     parser.add_argument("-k", type=int, required=True, help="number of structures to select")
-    parser.add_argument("--strategy", "-s", choices=STRATEGIES, default="batch_llpr")
-    parser.add_argument("--out", "-o", required=True, metavar="OUT.extxyz")
+    parser.add_argument("--strategy", "-s", choices=STRATEGIES, default="batch_llpr",
+                        help="selection strategy")
+    parser.add_argument("--out", "-o", required=True, metavar="OUT.extxyz",
+                        help="where to write the selected structures")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--seed", type=int, default=0, help="seed of random / trust_window / fps")
     parser.add_argument("--lo", type=float, default=None, help="trust_window lower level (eV/Å)")
@@ -44,32 +51,32 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--labelled", metavar="TRAIN.extxyz", default=None,
         help="already labelled structures (fps starts from their features)",
     )
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="structures per forward pass")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``mlipuq select``; returns the exit status (0 success, 1 bad input)."""
+    """Run ``mlipuq select``; returns 0. Bad input raises (``FileExistsError``
+    for an existing ``--out`` without ``--overwrite``, ``FileNotFoundError``,
+    ``ValueError``); :func:`mlipuq.cli.main` reports it."""
     import mlipuq
     from mlipuq import active
+    from mlipuq.cli import refuse_existing
     from mlipuq.uq import load as load_wrapper
 
-    try:
-        if os.path.exists(args.out) and not args.overwrite:
-            raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
-        pool = mlipuq.load(args.pool)
-        model = None if args.strategy == "random" else load_wrapper(args.model)
-        selection = active.select(
-            model, pool, args.k, strategy=args.strategy, seed=args.seed, lo=args.lo,
-            hi=args.hi, batch_size=args.batch_size, progress=args.progress,
-            calibration=None if args.calibration is None else mlipuq.load(args.calibration),
-            labelled=None if args.labelled is None else mlipuq.load(args.labelled),
-        )
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
-        print(f"mlipuq select: error: {exc}", file=sys.stderr)
-        return 1
+    refuse_existing(args.out, args.overwrite)
+    if args.model is None and args.strategy != "random":
+        raise ValueError(f"strategy {args.strategy!r} needs --model (a saved UQ wrapper)")
+    model = None if args.model is None else load_wrapper(args.model)
+    pool = mlipuq.load(args.pool)
+    selection = active.select(
+        model, pool, args.k, strategy=args.strategy, seed=args.seed, lo=args.lo,
+        hi=args.hi, batch_size=args.batch_size, progress=args.progress,
+        calibration=None if args.calibration is None else mlipuq.load(args.calibration),
+        labelled=None if args.labelled is None else mlipuq.load(args.labelled),
+    )
     chosen = []
     for index, score in zip(selection.indices, selection.scores):
         atoms = pool[int(index)].copy()

@@ -15,7 +15,7 @@ import ase
 import numpy as np
 import torch
 
-from mlipuq.checks import _as_species, _reference, check_structure
+from mlipuq.checks import _as_species, _reference, check_resources, check_structure
 from mlipuq.errors import InvalidStructureError
 
 
@@ -34,13 +34,20 @@ class Graph:
     forces: Optional[np.ndarray]
 
 
-def neighbour_list(atoms: ase.Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def neighbour_list(
+    atoms: ase.Atoms, cutoff: float, *, index: Optional[int] = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Full neighbour list ``(i, j, shifts)`` within ``cutoff`` (Å), from vesin.
 
     Each pair appears in both directions; ``shifts`` are integer cell shifts
-    so that ``d_ij = r_j - r_i + shifts @ cell``.
+    so that ``d_ij = r_j - r_i + shifts @ cell``. A periodic cell far smaller
+    than the cutoff raises :class:`~mlipuq.errors.ResourceError` first (see
+    :func:`mlipuq.checks.check_resources`); ``index`` names the structure in
+    that message.
     """
     from vesin import NeighborList
+
+    check_resources(atoms, cutoff, index)
 
     pbc = np.asarray(atoms.pbc, dtype=bool)
     cell = np.asarray(atoms.cell, dtype=np.float64)
@@ -57,9 +64,9 @@ def neighbour_list(atoms: ase.Atoms, cutoff: float) -> tuple[np.ndarray, np.ndar
 
 
 def to_graph(atoms: ase.Atoms, cutoff: float, index: int = 0, species=None) -> Graph:
-    """Check one structure and compute its neighbour list."""
+    """Check one structure (including the resource guard) and compute its neighbour list."""
     check_structure(atoms, index, species)
-    i, j, s = neighbour_list(atoms, cutoff)
+    i, j, s = neighbour_list(atoms, cutoff, index=index)
     if len(i):
         d = atoms.positions[j] - atoms.positions[i] + s @ np.asarray(atoms.cell)
         close = np.einsum("ij,ij->i", d, d) < 1e-12

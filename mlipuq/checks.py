@@ -1,15 +1,35 @@
 """Input checks shared by the data layer and the models: every bad structure
-raises a ``ValueError`` naming its index and the problem."""
+raises a ``ValueError`` naming its index and the problem.
+
+Besides the structure checks this module holds the reference-value checks
+used by the loader (:func:`reference_problem`) and the resource guard run
+before any neighbour-list work (:func:`check_resources`).
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Iterable, Optional, Sequence, Union
 
 import ase
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
-from mlipuq.errors import InvalidStructureError
+from mlipuq.errors import InvalidStructureError, ResourceError
+
+#: Most neighbours per atom (within the cutoff) the resource guard accepts.
+#: Dense metals have about 80-200 neighbours at a 6 Å cutoff, diamond (the
+#: densest solid) about 1300 at 12 Å; a structure above this limit is a cell
+#: far smaller than the cutoff (or atoms packed far denser than any material),
+#: not a real system. Raise it for cutoffs well above 12 Å.
+MAX_NEIGHBOURS = 2000
+
+#: Most periodic image cells (the product over periodic axes of
+#: ``2 * ceil(cutoff / width) + 1``) the resource guard accepts before it
+#: counts anything; ``width`` is the cell's perpendicular width. A one-atom
+#: primitive metal cell at a 6 Å cutoff needs 343, at 12 Å about 2 000.
+MAX_IMAGE_CELLS = 200_000
+
 
 def check_structure(atoms: ase.Atoms, index: int, species: Optional[Sequence[int]] = None) -> None:
     """Raise a ``ValueError`` naming structure ``index`` if it cannot be used.
@@ -56,11 +76,157 @@ def check_structure(atoms: ase.Atoms, index: int, species: Optional[Sequence[int
         known = set(int(z) for z in species)
         unknown = sorted(set(int(z) for z in atoms.numbers) - known)
         if unknown:
-            names = [chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in unknown]
+            names = [
+                chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in unknown
+            ]
             allowed = [chemical_symbols[z] for z in sorted(known)]
             raise InvalidStructureError(
                 f"structure {index}: element(s) {names} unknown to the model (it knows {allowed})"
             )
+
+
+def origin(atoms: ase.Atoms) -> Optional[tuple[str, int]]:
+    """``(file, frame)`` a structure was read from by :func:`mlipuq.data.load`, if known."""
+    value = getattr(atoms, "_mlipuq_origin", None)
+    return value if isinstance(value, tuple) and len(value) == 2 else None
+
+
+def set_origin(atoms: ase.Atoms, file: str, frame: int) -> None:
+    """Record where ``atoms`` was read from (named in later error messages)."""
+    atoms._mlipuq_origin = (str(file), int(frame))
+
+
+def describe(atoms: ase.Atoms, index: Optional[int]) -> str:
+    """``"structure 3 (frame 7 of data.xyz)"``: how error messages name a structure."""
+    name = "structure" if index is None else f"structure {index}"
+    where = origin(atoms)
+    return name if where is None else f"{name} (frame {where[1]} of {where[0]})"
+
+
+# ---------------------------------------------------------- reference values
+def reference_problem(value, name: str, n_atoms: int) -> Optional[str]:
+    """What is wrong with a raw reference value, or ``None`` if it is usable.
+
+    ``name`` is ``"energy"`` (a real scalar, eV), ``"forces"`` (``(n_atoms, 3)``
+    reals, eV/Å) or ``"stress"`` (6 Voigt or 3x3 reals, eV/Å³). Booleans and
+    strings are refused (ASE parses ``energy=True`` in an extxyz comment line
+    as a bool, which ``float()`` would silently turn into 1.0 eV).
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return f"reference {name} is a boolean ({value}), not a number"
+    if isinstance(value, (str, bytes)):
+        return f"reference {name} {value!r} is not a number"
+    try:
+        array = np.asarray(value)
+    except Exception:  # ragged sequences and the like
+        return f"reference {name} is not an array of numbers"
+    if array.dtype == bool:
+        return f"reference {name} holds booleans, not numbers"
+    if array.dtype.kind not in "iuf":
+        if array.dtype.kind in "USO" and array.size:
+            try:
+                array = array.astype(np.float64)
+            except (TypeError, ValueError):
+                return f"reference {name} {_short(value)} is not numeric"
+        else:
+            return f"reference {name} has non-numeric type {array.dtype}"
+    if name == "energy":
+        if array.size != 1:
+            return f"reference energy has shape {array.shape}, expected a scalar"
+    elif name == "forces":
+        if array.shape != (n_atoms, 3):
+            return f"reference forces have shape {array.shape}, expected ({n_atoms}, 3)"
+    elif name == "stress":
+        if array.shape not in ((6,), (3, 3)):
+            return f"reference stress has shape {array.shape}, expected (6,) or (3, 3)"
+    if not np.all(np.isfinite(array.astype(np.float64))):
+        verb = "are" if name == "forces" else "is"
+        return f"reference {name} {verb} not finite (NaN/inf)"
+    return None
+
+
+def _short(value) -> str:
+    text = repr(value if not isinstance(value, np.ndarray) else value.tolist())
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# ------------------------------------------------------------ resource guard
+def estimate_neighbours(atoms: ase.Atoms, cutoff: float) -> tuple[float, float]:
+    """``(neighbours per atom, periodic image cells)`` a neighbour list within
+    ``cutoff`` (Å) would need; ``(0, 1)`` for a non-periodic structure.
+
+    Neighbours are the larger of the number density estimate
+    ``N / V * 4/3 pi rc^3`` (fully periodic cells only) and the number of an
+    atom's own periodic images within the cutoff (every periodic structure;
+    this catches cells thin along one axis only). Image cells are
+    ``prod_i (2 ceil(rc / w_i) + 1)`` over the periodic axes, with ``w_i`` the
+    cell's perpendicular width along axis ``i``. The images are counted
+    exactly when there are at most :data:`MAX_IMAGE_CELLS` image cells, else
+    estimated as the volume (area, length) of the cutoff ball over that of the
+    periodic cell.
+    """
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    if not pbc.any():
+        return 0.0, 1.0
+    periodic = np.asarray(atoms.cell, dtype=np.float64)[pbc]
+    gram = periodic @ periodic.T
+    det = float(np.linalg.det(gram)) if np.all(np.isfinite(gram)) else 0.0
+    if det <= 0:
+        return 0.0, 1.0  # degenerate: check_structure reports it
+    rc = float(cutoff)
+    measure = math.sqrt(det)  # volume, area or length of the periodic cell
+    ball = {1: 2.0 * rc, 2: math.pi * rc**2, 3: 4.0 / 3.0 * math.pi * rc**3}[len(periodic)]
+    density = len(atoms) * ball / measure if pbc.all() else 0.0
+    # rows of ``dual`` are the reciprocal vectors within the periodic subspace
+    dual = np.linalg.solve(gram, periodic)
+    widths = 1.0 / np.linalg.norm(dual, axis=1)
+    reach = np.ceil(rc / widths)
+    image_cells = float(np.prod(2 * reach + 1))
+    if image_cells > MAX_IMAGE_CELLS:
+        return max(density, ball / measure), image_cells
+    if widths.min() >= rc:
+        # a lattice vector with n_i != 0 is at least w_i long: no image within the cutoff
+        return density, image_cells
+    axes = [np.arange(-r, r + 1) for r in reach.astype(int)]
+    shifts = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(axes))
+    vectors = shifts @ periodic
+    self_images = float(np.count_nonzero(np.einsum("ij,ij->i", vectors, vectors) < rc * rc) - 1)
+    return max(density, self_images), image_cells
+
+
+def check_resources(
+    atoms: ase.Atoms,
+    cutoff: float,
+    index: Optional[int] = None,
+    *,
+    max_neighbours: Optional[float] = None,
+) -> None:
+    """Raise :class:`~mlipuq.errors.ResourceError` before a neighbour list
+    within ``cutoff`` (Å) would need absurd memory or time.
+
+    Refuses a periodic structure whose estimated neighbours per atom
+    (:func:`estimate_neighbours`) exceed ``max_neighbours`` (default: the
+    module constant :data:`MAX_NEIGHBOURS`, read at call time, so setting
+    ``mlipuq.checks.MAX_NEIGHBOURS`` changes it everywhere) or whose periodic
+    image cells exceed :data:`MAX_IMAGE_CELLS`: a cell far smaller than the
+    cutoff. Non-periodic structures always pass. The message names the
+    structure (index, and file and frame when it was loaded from a file), the
+    estimate and the cell.
+    """
+    limit = MAX_NEIGHBOURS if max_neighbours is None else float(max_neighbours)
+    neighbours, image_cells = estimate_neighbours(atoms, cutoff)
+    if neighbours <= limit and image_cells <= MAX_IMAGE_CELLS:
+        return
+    cell = np.round(np.asarray(atoms.cell, dtype=np.float64), 4).tolist()
+    images = ""
+    if image_cells > MAX_IMAGE_CELLS:
+        images = f" and {image_cells:.3g} periodic image cells (limit {MAX_IMAGE_CELLS})"
+    raise ResourceError(
+        f"{describe(atoms, index)}: about {neighbours:.3g} neighbours per atom within the "
+        f"cutoff {float(cutoff):g} Å (limit {limit:g}){images} for {len(atoms)} atom(s) in "
+        f"the periodic cell {cell} (pbc {np.asarray(atoms.pbc, dtype=bool).tolist()}); the "
+        "cell is far smaller than the cutoff: refusing before building the neighbour list"
+    )
 
 
 def _reference(atoms: ase.Atoms, name: str):
@@ -83,18 +249,14 @@ def _stale(atoms: ase.Atoms, calc) -> bool:
 
 
 def _check_reference(atoms: ase.Atoms, index: int) -> None:
-    energy = _reference(atoms, "energy")
-    if energy is not None and not np.all(np.isfinite(energy)):
-        raise InvalidStructureError(f"structure {index}: reference energy is not finite")
-    forces = _reference(atoms, "forces")
-    if forces is not None:
-        if forces.shape != (len(atoms), 3):
-            raise InvalidStructureError(
-                f"structure {index}: reference forces have shape {forces.shape}, "
-                f"expected ({len(atoms)}, 3)"
-            )
-        if not np.all(np.isfinite(forces)):
-            raise InvalidStructureError(f"structure {index}: reference forces are not finite")
+    calc = atoms.calc
+    if calc is None or _stale(atoms, calc):
+        return
+    for name in ("energy", "forces", "stress"):
+        value = calc.results.get(name)
+        problem = None if value is None else reference_problem(value, name, len(atoms))
+        if problem is not None:
+            raise InvalidStructureError(f"{describe(atoms, index)}: {problem}")
 
 
 def _as_species(species: Iterable[Union[int, str]]) -> list[int]:

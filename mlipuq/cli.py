@@ -4,6 +4,19 @@ Subcommands: ``demo`` (the main job: built-in data, training, every UQ
 wrapper compared), ``train`` (train the built-in MLIP on an extxyz file), and
 those registered by other modules: ``evaluate`` (:mod:`mlipuq.calibration.cli`)
 and ``select`` (:mod:`mlipuq.active_cli`).
+
+One convention for every subcommand, applied here in :func:`main`:
+
+* a user error (:data:`USER_ERRORS`: any :class:`~mlipuq.errors.MLIPUQError`,
+  ``ValueError``, or a missing, existing or unreadable file) prints one line
+  ``mlipuq: error: <message>`` on stderr and exits with status 2, argparse's
+  status for bad usage; ``mlipuq --debug ...`` (or ``--debug`` after the
+  subcommand) re-raises it with its traceback instead;
+* a subcommand that writes refuses an existing output unless ``--overwrite``;
+* every option's help shows its default.
+
+Subcommand functions (``args.func``) therefore just raise; they do not print
+errors or choose exit statuses themselves.
 """
 
 from __future__ import annotations
@@ -12,6 +25,8 @@ import argparse
 import logging
 import sys
 from typing import Optional, Sequence
+
+from mlipuq.errors import MLIPUQError
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -59,6 +74,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from mlipuq.training import errors, train
     from mlipuq.uq import DeepEnsemble, EvidentialHead, LastLayerLaplace, ShallowEnsemble
 
+    refuse_existing(args.save, args.overwrite, "--save")
     progress = not args.no_progress
     steps = 3 if args.no_uq else 4
     print(f"1/{steps} building built-in EMT Cu data ({args.structures} structures) ...", flush=True)
@@ -116,13 +132,21 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_train(args: argparse.Namespace) -> int:
+def refuse_existing(path, overwrite: bool, option: str = "--out") -> None:
+    """Raise ``FileExistsError`` if ``path`` exists and ``overwrite`` is false.
+
+    Subcommands call this before any work, so a refused run costs nothing.
+    """
     import os
 
+    if path is not None and os.path.lexists(path) and not overwrite:
+        raise FileExistsError(f"{option} {path} exists; pass --overwrite to replace it")
+
+
+def run_train(args: argparse.Namespace) -> int:
     from mlipuq import data as mdata
 
-    if os.path.exists(args.out) and not args.overwrite:
-        raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
+    refuse_existing(args.out, args.overwrite)
     from mlipuq.models import MiniMLIP
     from mlipuq.training import errors, train
 
@@ -156,25 +180,53 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except for required options and for flags
+    and options whose default is "not given" (``None``/``False``)."""
+
+    def _get_help_string(self, action):
+        if action.required or action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+#: Exceptions that are the user's doing (bad input, a missing, existing or
+#: unreadable file): :func:`main` prints them as one line and exits with 2.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    MLIPUQError,
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlipuq",
         description="Uncertainty quantification for machine-learned interatomic potentials.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument(
+        "--debug", action="store_true",
+        help="show the full traceback of an error instead of one line",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser(
         "demo", help="built-in data, train the built-in MLIP, compare all UQ wrappers"
     )
     demo.add_argument("--structures", type=int, default=200, help="EMT structures to generate")
-    demo.add_argument("--epochs", type=int, default=200)
+    demo.add_argument("--epochs", type=int, default=200, help="most training epochs")
     demo.add_argument("--max-time", type=float, default=120.0,
                       help="training time budget of the base model (s)")
     demo.add_argument("--members", type=int, default=3,
                       help="deep-ensemble members (each trained for half of --max-time)")
     demo.add_argument("--no-uq", action="store_true", help="stop after training the base model")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.add_argument("--save", help="save the trained model to this path")
     demo.add_argument("--overwrite", action="store_true", help="replace an existing --save file")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -184,20 +236,24 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("data", help="training structures with reference energies and forces")
     tr.add_argument("--out", required=True, help="where to save the model")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    tr.add_argument("--energy-key", default="energy")
-    tr.add_argument("--forces-key", default="forces")
+    tr.add_argument("--energy-key", default="energy", help="extxyz key of reference energies (eV)")
+    tr.add_argument("--forces-key", default="forces",
+                    help="extxyz key of reference forces (eV/Å)")
     tr.add_argument("--atomic-energies", help="extxyz of isolated atoms (species offsets)")
-    tr.add_argument("--val-fraction", type=float, default=0.1)
+    tr.add_argument("--val-fraction", type=float, default=0.1,
+                    help="fraction of structures held out for validation")
     tr.add_argument("--cutoff", type=float, default=5.0, help="cutoff radius (Å)")
-    tr.add_argument("--features", type=int, default=64)
-    tr.add_argument("--interactions", type=int, default=3)
-    tr.add_argument("--epochs", type=int, default=500)
-    tr.add_argument("--batch-size", type=int, default=16)
-    tr.add_argument("--lr", type=float, default=2e-3)
-    tr.add_argument("--forces-weight", type=float, default=100.0)
-    tr.add_argument("--patience", type=int, default=50)
+    tr.add_argument("--features", type=int, default=64, help="features per atom")
+    tr.add_argument("--interactions", type=int, default=3, help="message-passing layers")
+    tr.add_argument("--epochs", type=int, default=500, help="most training epochs")
+    tr.add_argument("--batch-size", type=int, default=16, help="structures per batch")
+    tr.add_argument("--lr", type=float, default=2e-3, help="learning rate")
+    tr.add_argument("--forces-weight", type=float, default=100.0,
+                    help="weight of the force loss relative to the energy loss")
+    tr.add_argument("--patience", type=int, default=50,
+                    help="stop after this many epochs without validation improvement")
     tr.add_argument("--max-time", type=float, default=None, help="time budget (s)")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=int, default=0, help="random seed")
     tr.set_defaults(func=run_train)
 
     from mlipuq import active_cli
@@ -205,10 +261,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     calibration_cli.add_parser(sub)
     active_cli.add_parser(sub)
+    for subparser in sub.choices.values():  # the same conventions for every subcommand
+        subparser.formatter_class = HelpFormatter
+        subparser.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS,
+            help="show the full traceback of an error instead of one line",
+        )
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``mlipuq`` command; returns the exit status.
+
+    0 on success; 2 on a user error (:data:`USER_ERRORS`), printed as one line
+    ``mlipuq: error: <message>`` on stderr (with ``--debug`` the error is
+    re-raised with its traceback); 130 on Ctrl-C. Usage errors are argparse's
+    (status 2, its usage message).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
@@ -217,9 +291,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
-        print(f"mlipuq {args.command}: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        print(f"mlipuq: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("mlipuq: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,9 +6,16 @@ energies (eV) and forces (eV/Å) live on each structure as an ASE
 ``SinglePointCalculator``, so ``atoms.get_potential_energy()`` and
 ``atoms.get_forces()`` return them, as ASE users expect.
 
+Files are read frame by frame by :mod:`mlipuq.data_io`: a file that cannot
+be used (empty, binary, truncated, malformed, unknown element, a reference
+value that is not a finite number of the right shape) raises
+:class:`~mlipuq.errors.InputFileError` naming the file, the 0-based frame and
+the key.
+
 ``collate`` (from :mod:`mlipuq.batching`, re-exported here) turns structures
 into a :class:`Batch` of torch tensors with vesin neighbour lists; the input
-checks live in :mod:`mlipuq.checks`.
+checks, including the resource guard against cells far smaller than the
+cutoff, live in :mod:`mlipuq.checks`.
 """
 
 from __future__ import annotations
@@ -33,12 +40,19 @@ from mlipuq.batching import (  # noqa: F401  (re-exported: part of mlipuq.data's
     to_graph,
 )
 from mlipuq.checks import (  # noqa: F401  (re-exported)
+    MAX_NEIGHBOURS,
     _as_species,
     _check_reference,
     _reference,
     _stale,
+    check_resources,
     check_structure,
+    describe,
+    reference_problem,
+    set_origin,
 )
+from mlipuq.checks import origin as origin_of
+from mlipuq.data_io import file_error, read_frames, read_structures  # noqa: F401  (re-exported)
 from mlipuq.errors import InvalidStructureError, MissingReferenceError
 
 #: extxyz column names used by :meth:`AtomsDataset.write` for predictions.
@@ -245,22 +259,46 @@ def concatenate(datasets: Sequence[AtomsDataset]) -> AtomsDataset:
     return AtomsDataset(structures)
 
 
-def _attach_reference(atoms: ase.Atoms, energy_key: str, forces_key: str) -> ase.Atoms:
-    """Copy of ``atoms`` whose calculator holds the reference energy and forces."""
-    results = {}
+def _raw_references(atoms: ase.Atoms, energy_key: str, forces_key: str) -> dict:
+    """Reference values of ``atoms`` as found (unconverted), by result name,
+    with the key each came from: ``{"energy": (key, value), ...}``."""
+    found = {}
     calc = atoms.calc
     if calc is not None and getattr(calc, "results", None) and not _stale(atoms, calc):
-        for key in ("energy", "forces", "stress"):
-            if key in calc.results:
-                results[key] = np.array(calc.results[key], dtype=np.float64)
+        for name in ("energy", "forces", "stress"):
+            if name in calc.results:
+                found[name] = (name, calc.results[name])
         if energy_key != "energy":
-            results.pop("energy", None)
+            found.pop("energy", None)
         if forces_key != "forces":
-            results.pop("forces", None)
+            found.pop("forces", None)
     if energy_key in atoms.info:
-        results["energy"] = float(atoms.info[energy_key])
+        found["energy"] = (energy_key, atoms.info[energy_key])
     if forces_key in atoms.arrays:
-        results["forces"] = np.array(atoms.arrays[forces_key], dtype=np.float64)
+        found["forces"] = (forces_key, atoms.arrays[forces_key])
+    return found
+
+
+def _attach_reference(
+    atoms: ase.Atoms, energy_key: str, forces_key: str, index: int, origin=None
+) -> ase.Atoms:
+    """Copy of ``atoms`` whose calculator holds the reference energy and forces.
+
+    Every value is checked first (numeric, not boolean, right shape, finite):
+    a bad one raises :class:`InputFileError` naming file, frame and key when
+    ``origin = (file, frame)`` is given, else :class:`InvalidStructureError`.
+    """
+    found = _raw_references(atoms, energy_key, forces_key)
+    for name, (key, value) in found.items():
+        problem = reference_problem(value, name, len(atoms))
+        if problem is not None:
+            if origin is None:
+                raise InvalidStructureError(f"{describe(atoms, index)}: {problem} (key {key!r})")
+            raise file_error(origin[0], origin[1], problem, key=key)
+    origin = origin or origin_of(atoms)  # a structure loaded before keeps its file and frame
+    results = {name: np.array(value, dtype=np.float64) for name, (_, value) in found.items()}
+    if "energy" in results:
+        results["energy"] = float(results["energy"].reshape(()))
     new = atoms.copy()  # Atoms.copy drops the calculator
     new.info.pop(energy_key, None)
     if forces_key in new.arrays:
@@ -269,6 +307,8 @@ def _attach_reference(atoms: ase.Atoms, energy_key: str, forces_key: str) -> ase
         results["free_energy"] = results["energy"]
     if results:
         new.calc = SinglePointCalculator(new, **results)
+    if origin is not None:
+        set_origin(new, *origin)
     return new
 
 
@@ -297,7 +337,23 @@ def load(
     AtomsDataset
         Copies of the structures; the originals are left untouched. Structures
         without reference data are kept (``has_reference`` is False for them).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``source`` is a path that does not exist.
+    InputFileError
+        (a ``ValueError``) the file cannot be used: empty, binary or not
+        UTF-8, an unknown format, a truncated or malformed frame, an unknown
+        element symbol, non-finite positions, or a reference energy, forces or
+        stress that is not numeric, is a boolean, has the wrong shape or is
+        NaN/inf. The message names the file, the 0-based frame and the key;
+        the same are the ``file``, ``frame`` and ``key`` attributes.
+    InvalidStructureError
+        The same reference-value problems in in-memory ``Atoms``, naming the
+        structure index.
     """
+    origins = None
     if isinstance(source, AtomsDataset):
         structures = list(source)
     elif isinstance(source, ase.Atoms):
@@ -306,8 +362,9 @@ def load(
         path = os.fspath(source)
         if not os.path.exists(path):
             raise FileNotFoundError(f"no such file: {path}")
-        read = ase.io.read(path, index=index)
-        structures = [read] if isinstance(read, ase.Atoms) else list(read)
+        frames = read_frames(path, index)
+        structures = [atoms for _, atoms in frames]
+        origins = [(path, frame) for frame, _ in frames]
     else:
         try:
             structures = list(source)
@@ -319,10 +376,10 @@ def load(
     for k, atoms in enumerate(structures):
         if not isinstance(atoms, ase.Atoms):
             raise TypeError(f"structure {k}: expected ase.Atoms, got {type(atoms).__name__}")
-    dataset = AtomsDataset([_attach_reference(a, energy_key, forces_key) for a in structures])
-    for k, atoms in enumerate(dataset):
-        _check_reference(atoms, k)
-    return dataset
+    return AtomsDataset([  # _attach_reference checks every reference value
+        _attach_reference(a, energy_key, forces_key, k, None if origins is None else origins[k])
+        for k, a in enumerate(structures)
+    ])
 
 
 # ------------------------------------------------------------ species offsets

@@ -407,8 +407,8 @@ def emt(
                 dataset = load(path)
                 if len(dataset) == n_structures:
                     return dataset
-            except Exception as err:  # unreadable cache: regenerate
-                warnings.warn(f"ignoring unreadable cache file {path}: {err}")
+            except (ValueError, OSError) as err:  # damaged cache (InputFileError): regenerate
+                warnings.warn(f"ignoring unreadable cache file: {err}")
 
     structures = _generate(symbols, fractions, n_structures, temps, seed, kinds, size)
     buffer = io.StringIO()

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mlipuq import data as mdata
-from mlipuq.errors import NotFittedError
+from mlipuq.errors import FileFormatError, NotFittedError, ResumeError
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -123,9 +123,7 @@ def check_save_load(fitted, structures) -> None:
             pass
         else:
             raise AssertionError("save() overwrote an existing file without overwrite=True")
-        # models carrying pickled code (wrap(), a user's MACE model) need it
-        code = any(getattr(m, "pickles_module", False) for m in fitted._models())
-        loaded = load(path, weights_only=not code)
+        loaded = load(path, module=_modules_of(fitted))
     a, b = fitted.predict(structures), loaded.predict(structures)
     for name in ("energy", "energy_var", "forces", "forces_var", "energy_members", "forces_members"):
         x, y = getattr(a, name), getattr(b, name)
@@ -181,19 +179,25 @@ def check_uq_wrapper(
     *,
     fit_kwargs: Optional[dict] = None,
     checks: Optional[list[Callable]] = None,
+    md_resume: bool = True,
+    informative: bool = True,
 ) -> None:
     """Run every common check on ``wrapper`` with structures from ``data``.
 
-    ``wrapper`` may be unfitted (then it is fitted on ``data`` with
-    ``fit_kwargs``, and the not-fitted and reproducibility checks run) or
-    already fitted (e.g. a DeepEnsemble built from trained models).
-    ``data`` needs reference energies and forces and at least 4 structures.
+    ``wrapper`` should be unfitted (then it is fitted on ``data`` with
+    ``fit_kwargs``, and the not-fitted, fit-input and reproducibility checks
+    run); an already fitted one (e.g. a DeepEnsemble built from trained
+    models) skips those. ``data`` needs reference energies and forces and at
+    least 4 structures. ``md_resume=False`` skips the (slower) MD-resume check;
+    ``informative=False`` skips :func:`check_std_informative`, which needs a
+    base model and heads trained to fit ``data`` (not a one-epoch smoke fit).
     """
     dataset = mdata.as_dataset(data)
     if len(dataset) < 4:
         raise ValueError("check_uq_wrapper needs at least 4 structures")
     fit_kwargs = dict(fit_kwargs or {})
     check_not_fitted(wrapper, dataset)
+    check_fit_inputs(wrapper, dataset, fit_kwargs)
     check_reproducible(wrapper, dataset, fit_kwargs)
     fitted = wrapper if wrapper.fitted_ else _fit(wrapper, dataset, fit_kwargs)
     sample = list(dataset[:3])
@@ -202,6 +206,14 @@ def check_uq_wrapper(
     check_save_load(fitted, sample)
     check_bad_inputs(fitted, sample[0])
     check_single_atoms(fitted, sample[0])
+    check_calibrate_inputs(fitted, dataset)
+    check_corrupted_files(fitted, sample)
+    check_crafted_files(fitted)
+    check_dtype_round_trip(fitted, sample)
+    if informative:
+        check_std_informative(fitted, dataset)
+    if md_resume:
+        check_md_resume(fitted, sample[0])
     for extra in checks or []:
         extra(fitted, dataset)
 
@@ -241,3 +253,218 @@ def check_matches_calculator(model, calculator, structures, *, rtol: float = 1e-
                 f"largest component (> {rtol})"
             )
     return worst
+
+
+# ------------------------------------------------- checks of user input and files
+def _expect_error(what: str, call, error=ValueError, names: Optional[str] = None) -> None:
+    """``call()`` raises ``error``; its message contains ``names`` when given."""
+    try:
+        call()
+    except error as exc:
+        if names is not None and names not in str(exc):
+            raise AssertionError(f"{what}: the error does not name {names!r}: {exc}")
+        return
+    except Exception as exc:  # noqa: BLE001 - any other error type is a failure
+        raise AssertionError(f"{what}: raised {type(exc).__name__} ({exc}), not {error.__name__}")
+    raise AssertionError(f"{what}: no {error.__name__} was raised")
+
+
+def _without_reference(atoms: ase.Atoms) -> ase.Atoms:
+    bare = atoms.copy()
+    bare.calc = None
+    return bare
+
+
+def _with_forces(atoms: ase.Atoms, forces: np.ndarray) -> ase.Atoms:
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    out = atoms.copy()
+    energy = atoms.get_potential_energy() if atoms.calc is not None else 0.0
+    out.calc = SinglePointCalculator(out, energy=energy, forces=forces)
+    return out
+
+
+def check_fit_inputs(wrapper, data, fit_kwargs) -> None:
+    """fit() refuses structures without reference data or with wrongly shaped
+    reference forces, with a ValueError naming the structure."""
+    structures = list(data)
+    bad = structures[:3] + [_without_reference(structures[3])]
+    _expect_error("fit() on a structure without references",
+                  lambda: _fit(wrapper, bad, fit_kwargs), names="structure 3")
+    wrong = _with_forces(structures[1], np.zeros((len(structures[1]) + 1, 3)))
+    bad = [structures[0], wrong] + structures[2:4]
+    _expect_error("fit() on wrongly shaped reference forces",
+                  lambda: _fit(wrapper, bad, fit_kwargs), names="structure 1")
+
+
+def check_calibrate_inputs(fitted, data) -> None:
+    """calibrate() refuses missing and wrongly shaped references naming the
+    structure, and excludes exact targets (a lone atom's forces) instead of failing."""
+    structures = list(data)
+    bad = structures[:2] + [_without_reference(structures[2])]
+    _expect_error("calibrate() without references",
+                  lambda: copy.deepcopy(fitted).calibrate(bad), names="structure 2")
+    wrong = _with_forces(structures[0], np.zeros((len(structures[0]), 2)))
+    _expect_error("calibrate() with wrongly shaped forces",
+                  lambda: copy.deepcopy(fitted).calibrate([structures[1], wrong]),
+                  names="structure 1")
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    lone = ase.Atoms(numbers=[fitted.species[0]], positions=[[0.0, 0.0, 0.0]])
+    lone.calc = SinglePointCalculator(lone, energy=float(fitted.predict(lone).energy[0]) + 0.1,
+                                      forces=np.zeros((1, 3)))
+    exact = int(np.count_nonzero(fitted.predict(lone, calibrated=False).forces_std == 0))
+    calibrated = copy.deepcopy(fitted).calibrate(structures + [lone])
+    excluded = calibrated.recalibrator_.excluded_
+    if excluded["forces"] != exact or excluded["energy"] != 0:
+        raise AssertionError(
+            f"a lone atom's {exact} zero-std force components should be excluded: {excluded}"
+        )
+
+
+def _modules_of(fitted):
+    """Copies of the networks that models saved as weights only (wrap(), MACE) load
+    into (``mlipuq.uq.load(path, module=...)``); None if no base model needs one."""
+    modules = [
+        copy.deepcopy(m.module) for m in fitted._models() if getattr(m, "needs_module", False)
+    ]
+    return modules or None
+
+
+def _saved(fitted, directory: str) -> str:
+    path = os.path.join(directory, "wrapper.pt")
+    fitted.save(path)
+    return path
+
+
+def _largest_record(path: str) -> tuple[int, int]:
+    """(offset, size) of the data of the largest record in a torch zip archive."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset + 26)
+        name_len, extra_len = np.frombuffer(fh.read(4), dtype="<u2")
+    return info.header_offset + 30 + int(name_len) + int(extra_len), info.file_size
+
+
+def check_corrupted_files(fitted, structures) -> None:
+    """A saved file with flipped bytes or cut short raises FileFormatError on load;
+    it never loads with other predictions."""
+    from mlipuq.uq.base import load
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _saved(fitted, tmp)
+        raw = bytearray(open(path, "rb").read())
+        offset, size = _largest_record(path)
+        rng = np.random.default_rng(0)
+        flipped = bytearray(raw)
+        for k in rng.choice(size, size=min(200, size), replace=False):
+            flipped[offset + int(k)] ^= 0xFF
+        for what, content in (("flipped bytes", flipped), ("truncated", raw[: len(raw) // 2])):
+            with open(path, "wb") as fh:
+                fh.write(content)
+            _expect_error(f"loading a file with {what}", lambda: load(path), FileFormatError,
+                          names=path)
+
+
+class _Marker:
+    """A pickled object whose unpickling would create a file (the attack)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def check_crafted_files(fitted) -> None:
+    """A file carrying pickled code is refused with FileFormatError and its code
+    never runs; a payload naming an unknown class is refused too."""
+    from mlipuq.uq.base import load
+
+    with tempfile.TemporaryDirectory() as tmp:
+        marker = os.path.join(tmp, "marker")
+        path = os.path.join(tmp, "evil.pt")
+        payload = fitted.payload()
+        payload["state"] = {"evil": _Marker(marker)}
+        torch.save(payload, path)
+        _expect_error("loading a file with pickled code", lambda: load(path), FileFormatError)
+        if os.path.exists(marker):
+            raise AssertionError("loading a crafted file executed its code")
+        payload = fitted.payload()
+        payload["class"] = "os.system"
+        torch.save(payload, path)
+        _expect_error("loading a file naming an unknown class", lambda: load(path),
+                      FileFormatError)
+
+
+def check_dtype_round_trip(fitted, structures) -> None:
+    """A wrapper cast to float32 (and back to float64) saves and loads in that dtype
+    with identical predictions."""
+    from mlipuq.uq.base import load
+
+    for dtype in (torch.float32, torch.float64):
+        cast = copy.deepcopy(fitted).to(dtype)
+        with tempfile.TemporaryDirectory() as tmp:
+            loaded = load(_saved(cast, tmp), module=_modules_of(cast))
+        if loaded.dtype != dtype:
+            raise AssertionError(f"a {dtype} wrapper loaded as {loaded.dtype}")
+        a, b = cast.predict(structures), loaded.predict(structures)
+        for name in ("energy", "energy_var", "forces", "forces_var"):
+            _close(getattr(b, name), getattr(a, name), 1e-12, f"{name} after a {dtype} round trip")
+
+
+def _compressed(structures, factor: float) -> list:
+    out = []
+    for atoms in structures:
+        a = _without_reference(atoms)
+        if np.any(a.pbc):
+            a.set_cell(np.asarray(a.cell) * factor, scale_atoms=True)
+        else:
+            centre = a.positions.mean(axis=0)
+            a.positions = centre + factor * (a.positions - centre)
+        out.append(a)
+    return out
+
+
+def check_std_informative(fitted, data) -> None:
+    """The energy std varies between structures, and both stds grow for
+    structures compressed by 20 % (bonds far shorter than in the data)."""
+    near = fitted.predict(data)
+    per_atom = near.energy_std / near.n_atoms
+    if np.ptp(per_atom) <= 1e-6 * np.max(per_atom):
+        raise AssertionError("the energy std is the same for every structure")
+    far = fitted.predict(_compressed(data, 0.8))
+    if not np.median(far.energy_std / far.n_atoms) > np.median(per_atom):
+        raise AssertionError("the energy std does not grow away from the training data")
+    if not np.mean(far.forces_std) > np.mean(near.forces_std):
+        raise AssertionError("the force std does not grow away from the training data")
+
+
+def check_md_resume(fitted, structure: ase.Atoms) -> None:
+    """An MD resume with another wrapper or time step raises ResumeError before
+    writing anything (the trajectory file is left byte-identical)."""
+    from mlipuq.propagation.md import run_md
+
+    settings = dict(ensemble="nvt", temperature_K=300.0, timestep_fs=0.5, log_every=1,
+                    progress=False)
+    atoms = _without_reference(structure)
+    other = copy.deepcopy(fitted)
+    with torch.no_grad():
+        next(iter(other.base_model.parameters())).add_(1e-3)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "md.extxyz")
+        run_md(atoms, fitted, steps=2, trajectory=path, **settings)
+        before = open(path, "rb").read()
+        for what, model, change in (
+            ("another wrapper", other, {}),
+            ("another time step", fitted, {"timestep_fs": 1.0}),
+        ):
+            kwargs = {**settings, **change}
+            _expect_error(f"resuming MD with {what}",
+                          lambda: run_md(atoms, model, steps=4, trajectory=path, **kwargs),
+                          ResumeError)
+            if open(path, "rb").read() != before:
+                raise AssertionError(f"a refused resume with {what} changed the trajectory")

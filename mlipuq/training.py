@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from mlipuq import data as mdata
 from mlipuq.errors import MissingReferenceError
 from mlipuq.models.base import MLIP
+from mlipuq.params import non_negative, positive
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +170,9 @@ def train(
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
-    if lr <= 0 or energy_weight < 0 or forces_weight < 0:
-        raise ValueError("lr must be positive and the loss weights non-negative")
+    lr = positive("lr", lr)
+    energy_weight = non_negative("energy_weight", energy_weight)
+    forces_weight = non_negative("forces_weight", forces_weight)
     if checkpoint is not None and os.path.exists(checkpoint) and not overwrite:
         raise FileExistsError(f"{checkpoint} exists; pass overwrite=True to replace it")
     train = mdata.as_dataset(train)

@@ -212,8 +212,8 @@ def test_cli_writes_and_refuses_to_clobber(llpr, data, tmp_path, capsys):
     assert [a.info["mlipuq_pool_index"] for a in written] == list(expected.indices)
     assert str(expected.indices[0]) in capsys.readouterr().out
     args = parser.parse_args(argv)
-    assert args.func(args) == 1
-    assert "exists" in capsys.readouterr().err
+    with pytest.raises(FileExistsError, match="exists"):
+        args.func(args)
     args = parser.parse_args(argv + ["--overwrite", "--strategy", "random"])
     assert args.func(args) == 0
 

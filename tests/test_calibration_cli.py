@@ -70,15 +70,19 @@ def test_evaluate_with_separate_reference_and_no_plots(tmp_path):
     assert len(report["binned"]["energy"]["rmse"]) == 5
 
 
-def test_evaluate_reports_bad_input_and_returns_1(tmp_path, capsys):
+def test_evaluate_reports_bad_input_and_returns_2(tmp_path, capsys):
+    from mlipuq import cli as main_cli
+
     pred, ref = make_case(5, seed=2)
     bare = mdata.AtomsDataset([ase.Atoms(a.numbers, a.positions) for a in ref])
     bare.write(tmp_path / "pred.extxyz", pred)
-    args = parse(["evaluate", str(tmp_path / "pred.extxyz"), "--out", str(tmp_path / "out")])
-    assert cli.run(args) == 1
+    argv = ["evaluate", str(tmp_path / "pred.extxyz"), "--out", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match="reference energ"):
+        cli.run(parse(argv))  # the subcommand raises; mlipuq.cli.main reports
+    assert main_cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert "mlipuq evaluate: error" in err and "reference energ" in err
+    assert err.startswith("mlipuq: error:") and "reference energ" in err
     assert not (tmp_path / "out").exists()
-    args = parse(["evaluate", str(tmp_path / "missing.extxyz"), "--out", str(tmp_path / "out")])
-    assert cli.run(args) == 1
+    argv = ["evaluate", str(tmp_path / "missing.extxyz"), "--out", str(tmp_path / "out")]
+    assert main_cli.main(argv) == 2
     assert "no such file" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import mlipuq.data as mdata
 from conftest import synthetic_prediction
 from mlipuq.calibration import CalibrationReport, evaluate, load_prediction
 from mlipuq.calibration import metrics as m
-from mlipuq.errors import FileFormatError
+from mlipuq.errors import FileFormatError, ZeroUncertaintyError
 from mlipuq.uq.prediction import Prediction
 
 
@@ -72,7 +72,7 @@ def test_evaluate_rejects_mismatches_and_missing_references():
         forces_var=np.where(np.arange(pred.forces.size).reshape(-1, 3) == 4, 0.0, pred.forces_var),
         n_atoms=pred.n_atoms, batch=pred.batch,
     )
-    with pytest.raises(ValueError, match="forces: .*zero"):
+    with pytest.raises(ZeroUncertaintyError, match="forces of structure 0: predicted std is 0"):
         evaluate(zero, ref)
 
 

@@ -117,7 +117,7 @@ def test_train_custom_keys_and_atomic_energies(tmp_path, ethanol, capsys):
 
 
 def test_train_reports_bad_data(tmp_path, ethanol, capsys):
-    assert cli.main(["train", str(tmp_path / "missing.xyz"), "--out", str(tmp_path / "m.pt")]) != 0
+    assert cli.main(["train", str(tmp_path / "missing.xyz"), "--out", str(tmp_path / "m.pt")]) == 2
     assert "no such file" in capsys.readouterr().err
 
     no_forces = tmp_path / "no_forces.xyz"
@@ -128,9 +128,10 @@ def test_train_reports_bad_data(tmp_path, ethanol, capsys):
         frames.append(a)
     ase.io.write(no_forces, frames, format="extxyz")
     out = tmp_path / "m.pt"
-    assert cli.main(["train", str(no_forces), "--out", str(out), *SMALL]) != 0
+    assert cli.main(["train", str(no_forces), "--out", str(out), *SMALL]) == 2
     err = capsys.readouterr().err
-    assert "mlipuq train: error:" in err and "no reference forces" in err
+    assert err.startswith("mlipuq: error:") and "no reference forces" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()
     assert mlipuq.load(no_forces).has_reference.all()
 
@@ -139,8 +140,8 @@ def test_demo_runs_end_to_end_and_compares_every_wrapper(tmp_path, monkeypatch, 
     """The main job, shrunk: built-in data, training, every wrapper calibrated and scored."""
     monkeypatch.setenv("MLIPUQ_CACHE", str(tmp_path / "cache"))
     model_path = tmp_path / "demo.pt"
-    rc = cli.main(["demo", "--structures", "24", "--max-time", "4", "--epochs", "3", "--members", "2",
-               "--no-progress", "--save", str(model_path)])
+    rc = cli.main(["demo", "--structures", "24", "--max-time", "4", "--epochs", "3",
+                   "--members", "2", "--no-progress", "--save", str(model_path)])
     out = capsys.readouterr().out
     assert rc == 0
     for name in ("LastLayerLaplace", "ShallowEnsemble", "EvidentialHead", "DeepEnsemble (2)"):
@@ -157,3 +158,151 @@ def test_subpackages_reachable_from_the_top_level():
             "mlipuq.propagation.run_md; mlipuq.datasets.emt; mlipuq.LastLayerLaplace; "
             "mlipuq.ShallowEnsemble; mlipuq.DeepEnsemble; mlipuq.EvidentialHead; mlipuq.Calculator")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------ one convention for every subcommand
+def _prediction_file(tmp_path):
+    from conftest import synthetic_prediction
+
+    pred, ref = synthetic_prediction(6, seed=3)
+    path = tmp_path / "pred.extxyz"
+    ref.write(path, pred)
+    return path
+
+
+def _subcommand_argvs(tmp_path):
+    missing = str(tmp_path / "missing.extxyz")
+    return {
+        "train": ["train", missing, "--out", str(tmp_path / "m.pt")],
+        "evaluate": ["evaluate", missing, "--out", str(tmp_path / "report")],
+        "select": ["select", "--strategy", "random", "--pool", missing, "-k", "1",
+                   "--out", str(tmp_path / "sel.extxyz")],
+        "select-model": ["select", "--model", str(tmp_path / "missing.pt"), "--pool", missing,
+                         "-k", "1", "--out", str(tmp_path / "sel.extxyz")],
+    }
+
+
+@pytest.mark.parametrize("name", ["train", "evaluate", "select", "select-model"])
+def test_user_error_is_one_line_and_exit_2_for_every_subcommand(tmp_path, capsys, name):
+    argv = _subcommand_argvs(tmp_path)[name]
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("mlipuq: error: ") and captured.err.count("\n") == 1
+    assert "missing" in captured.err and "Traceback" not in captured.err
+    with pytest.raises((FileNotFoundError, ValueError)):
+        cli.main(["--debug", *argv])
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_multi_line_messages_are_joined_into_one_line(monkeypatch, capsys):
+    def fail(args):
+        raise ValueError("first line\nsecond line")
+
+    monkeypatch.setattr(cli, "run_train", fail)
+    assert cli.main(["train", "x.xyz", "--out", "y.pt"]) == 2
+    assert capsys.readouterr().err == "mlipuq: error: first line second line\n"
+
+
+def test_programming_errors_keep_their_traceback(monkeypatch):
+    def bug(args):
+        raise RuntimeError("a bug, not a user error")
+
+    monkeypatch.setattr(cli, "run_train", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["train", "x.xyz", "--out", "y.pt"])
+
+
+def test_interrupt_exits_130(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_train", interrupted)
+    assert cli.main(["train", "x.xyz", "--out", "y.pt"]) == 130
+    assert capsys.readouterr().err == "mlipuq: interrupted\n"
+
+
+@pytest.mark.parametrize("name", ["demo", "train", "evaluate", "select"])
+def test_every_writing_subcommand_has_overwrite_debug_and_shows_defaults(capsys, name):
+    with pytest.raises(SystemExit):
+        cli.main([name, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--overwrite" in out and "--debug" in out
+    assert "(default: " in out
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("(default: 500)", "(default: 5.0)", "(default: energy)", "(default: 0.1)"):
+        assert text in out
+
+
+def test_evaluate_refuses_existing_report_unless_overwrite(tmp_path, capsys):
+    pred = _prediction_file(tmp_path)
+    out = tmp_path / "report"
+    argv = ["evaluate", str(pred), "--out", str(out), "--no-plots"]
+    assert cli.main(argv) == 0
+    first = (out / "report.json").read_bytes()
+    (out / "report.json").write_text("my edited report")
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlipuq: error: ") and "report.json" in err and "--overwrite" in err
+    assert (out / "report.json").read_text() == "my edited report"
+    assert cli.main([*argv, "--overwrite"]) == 0
+    assert (out / "report.json").read_bytes() == first
+    # an existing folder without reports is fine; a file in place of the folder is not
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["evaluate", str(pred), "--out", str(empty), "--no-plots"]) == 0
+    (tmp_path / "afile").write_text("x")
+    assert cli.main(["evaluate", str(pred), "--out", str(tmp_path / "afile"), "--no-plots"]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_demo_refuses_existing_save_before_training(tmp_path, capsys):
+    save = tmp_path / "demo.pt"
+    save.write_bytes(b"precious")
+    assert cli.main(["demo", "--save", str(save), "--structures", "4"]) == 2
+    captured = capsys.readouterr()
+    assert "exists" in captured.err and "--overwrite" in captured.err
+    assert "building" not in captured.out  # refused before any work
+    assert save.read_bytes() == b"precious"
+
+
+@pytest.fixture
+def pool_file(tmp_path, ethanol):
+    path = tmp_path / "pool.extxyz"
+    mlipuq.AtomsDataset([ase.Atoms(a.numbers, a.positions) for a in ethanol[:6]]).write(path)
+    return path
+
+
+def test_select_random_with_missing_model_fails(tmp_path, pool_file, capsys):
+    out = tmp_path / "sel.extxyz"
+    argv = ["select", "--strategy", "random", "--model", str(tmp_path / "missing.pt"),
+            "--pool", str(pool_file), "-k", "2", "--out", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlipuq: error: ") and "missing.pt" in err
+    assert not out.exists()
+    # a file that is not a saved wrapper is refused too
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a model")
+    argv[4] = str(junk)
+    assert cli.main(argv) == 2
+    assert "junk.pt" in capsys.readouterr().err and not out.exists()
+
+
+def test_select_random_without_model_and_model_strategies_need_one(tmp_path, pool_file, capsys):
+    out = tmp_path / "sel.extxyz"
+    argv = ["select", "--strategy", "random", "--pool", str(pool_file), "-k", "2",
+            "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert len(ase.io.read(out, ":")) == 2
+    capsys.readouterr()
+    assert cli.main(argv) == 2  # refuses to overwrite
+    assert "exists" in capsys.readouterr().err
+    assert cli.main(["select", "--pool", str(pool_file), "-k", "2",
+                     "--out", str(tmp_path / "other.extxyz")]) == 2
+    assert "needs --model" in capsys.readouterr().err

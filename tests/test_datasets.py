@@ -145,6 +145,22 @@ def test_cache_written_reused_and_identical(tmp_path, monkeypatch):
         datasets.emt(**{**kwargs, "seed": 6}, cache_dir=tmp_path)
 
 
+@pytest.mark.parametrize("damage", ["truncate", "binary", "empty"])
+def test_damaged_cache_is_regenerated_with_a_warning_naming_it(tmp_path, damage):
+    kwargs = dict(n_structures=2, kinds=("bulk",), temperatures=(300,), seed=2)
+    fresh = datasets.emt(**kwargs, cache_dir=tmp_path)
+    (path,) = tmp_path.iterdir()
+    text = path.read_bytes()
+    damaged = {"truncate": text[: len(text) * 3 // 4], "binary": b"\xff\xfe" + text,
+               "empty": b""}[damage]
+    path.write_bytes(damaged)
+    with pytest.warns(UserWarning, match="ignoring unreadable cache file") as record:
+        again = datasets.emt(**kwargs, cache_dir=tmp_path)
+    assert str(path) in str(record[0].message)
+    assert_identical(fresh, again)
+    assert path.read_bytes() == text  # rewritten
+
+
 def test_alloys():
     ds = datasets.emt(("Cu", "Au"), n_structures=2, kinds="bulk", cache=False)
     a_mix = 0.5 * (A_CU + datasets._emt_lattice_constant("Au"))  # Vegard

@@ -328,18 +328,6 @@ def test_uncertainty_grows_far_from_training_data(name, request, data):
     assert np.mean(far.forces_std) > np.mean(near.forces_std)
 
 
-def test_common_checks_deep(deep, data):
-    testing = pytest.importorskip("mlipuq.testing")
-    testing.check_uq_wrapper(deep, data[1][:4])
-
-
-def test_common_checks_shallow(base_model, data):
-    testing = pytest.importorskip("mlipuq.testing")
-    # unfitted: the suite also checks NotFittedError and seeded reproducibility
-    testing.check_uq_wrapper(ShallowEnsemble(base_model, n_heads=4), data[1][:4],
-                             fit_kwargs=dict(epochs=1, seed=0, **FAST))
-
-
 def test_shallow_on_periodic_emt_copper():
     datasets = pytest.importorskip("mlipuq.datasets")
     cu = datasets.emt("Cu", n_structures=6, kinds="bulk", cache=False)

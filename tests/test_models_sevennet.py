@@ -170,7 +170,9 @@ def test_names_paths_and_errors(tmp_path, model):
     for name in ("7net-0", "SevenNet-0", "7net-0_11Jul2024", "sevennet-0_11july2024"):
         assert _checkpoint_path(name) == pretrained_name_to_path(name) == const.SEVENNET_0_11Jul2024
     from_path = from_sevennet(const.SEVENNET_0_11Jul2024)  # a user's checkpoint file
-    assert from_path.config()["model"] == const.SEVENNET_0_11Jul2024
+    # the saved config names no file: a label and the architecture as plain data
+    assert from_path.config()["model"] == "checkpoint_sevennet_0.pth"
+    assert from_path.config()["architecture"] == model.config()["architecture"]
     assert from_path.atomic_energies == model.atomic_energies
     with pytest.raises(ValueError, match="7net-0"):
         from_sevennet("7net-42")
@@ -188,10 +190,16 @@ def test_names_paths_and_errors(tmp_path, model):
         model.compute([mlipuq.datasets.acac("test")[0], atoms])
 
 
-def test_save_load_rebuilds_from_the_wheel(tmp_path, model):
+def test_save_load_is_self_contained(tmp_path, model, monkeypatch):
     path = tmp_path / "7net.pt"
     model.save(path)
-    loaded = load(path)  # weights_only=True
+    import sevenn.util
+
+    def no_checkpoint(*args, **kwargs):
+        raise AssertionError("loading a saved model read a SevenNet checkpoint")
+
+    monkeypatch.setattr(sevenn.util, "load_checkpoint", no_checkpoint)
+    loaded = load(path)
     assert isinstance(loaded, SevenNetMLIP) and loaded.atomic_energies == model.atomic_energies
     atoms = mlipuq.datasets.acac("test")[:2]
     a, b = model.compute(atoms), loaded.compute(atoms)
@@ -199,17 +207,35 @@ def test_save_load_rebuilds_from_the_wheel(tmp_path, model):
     np.testing.assert_array_equal(a["forces"], b["forces"])
 
 
-def test_uq_suite_llpr(model, acac):
-    # energies only and sampled force variances keep this fast; the exact
-    # force-variance path is exercised by the slow test below
-    check_uq_wrapper(LastLayerLaplace(model, n_samples=4, include_forces=False,
-                                      force_variance="samples"),
-                     acac, fit_kwargs=dict(batch_size=4))
+def test_format1_files_naming_a_wheel_checkpoint_upgrade_and_paths_are_refused(tmp_path, model):
+    """Format 1 saved only the checkpoint's name and rebuilt from it. A name shipped in
+    the sevenn wheel is upgraded (package data); a path would be a file the saved file
+    names, and is refused before anything reads it."""
+    import sevenn._const as const
+
+    payload = model._payload()
+    payload.update(format_version=1, config={"model": "7net-0"})
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    upgraded = load(old)
+    assert upgraded.config() == model.config()
+    atoms = mlipuq.datasets.acac("test")[:1]
+    np.testing.assert_array_equal(upgraded.compute(atoms)["energy"], model.compute(atoms)["energy"])
+    payload["config"] = {"model": const.SEVENNET_0_11Jul2024}
+    torch.save(payload, old)
+    with pytest.raises(mlipuq.errors.FileFormatError, match="names the checkpoint file") as info:
+        load(old)
+    assert str(old) in str(info.value)
+
+
+# LLPR on SevenNet runs the common check suite in tests/test_check_suite.py.
 
 
 def test_uq_suite_shallow_ensemble(model, acac):
+    # a one-epoch smoke fit of random heads: its std need not grow out of distribution
     check_uq_wrapper(ShallowEnsemble(model, n_heads=4, init="random"), acac,
-                     fit_kwargs=dict(epochs=1, seed=0, batch_size=4, progress=False))
+                     fit_kwargs=dict(epochs=1, seed=0, batch_size=4, progress=False),
+                     informative=False)
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from ase.build import bulk
 
 import mlipuq
 from mlipuq import datasets
+from mlipuq.errors import ResumeError
 from mlipuq.models import MiniMLIP, wrap
 from mlipuq.propagation import (
     MDTrajectory,
@@ -132,8 +133,10 @@ def test_resume_reproduces_uninterrupted_run(committee, cu4, tmp_path, suffix, a
 def test_resume_refuses_another_system(committee, cu4, tmp_path):
     path = tmp_path / "md.traj"
     run_md(cu4, committee, steps=2, log_every=1, trajectory=path, **QUICK)
-    with pytest.raises(ValueError, match="different system"):
+    before = path.read_bytes()
+    with pytest.raises(ResumeError, match="different system"):
         run_md(cu4.repeat((2, 1, 1)), committee, steps=4, log_every=1, trajectory=path, **QUICK)
+    assert path.read_bytes() == before  # refused before writing (more in test_md_resume.py)
 
 
 # --------------------------------------------------------------- threshold

@@ -13,6 +13,10 @@ into DIR:
   ``forces`` and plot ``calibration_curve``, ``rmse_vs_rmv``, ``parity``,
   ``error_vs_std``, ``z_histogram``.
 
+DIR may exist, but if it already holds any of these files the command
+refuses (before reading anything) unless ``--overwrite`` is given. Errors are
+raised and reported by :func:`mlipuq.cli.main` (one line, exit status 2).
+
 ``mlipuq/cli.py`` calls :func:`add_parser` to register the subcommand.
 """
 
@@ -20,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 PLOTS = ("calibration_curve", "rmse_vs_rmv", "parity", "error_vs_std", "z_histogram")
 PLOT_TARGETS = ("energy", "forces")
@@ -46,16 +49,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", "-o", metavar="DIR", required=True, help="output folder")
     parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace report and plot files already in --out",
+    )
+    parser.add_argument(
         "--num-bins", type=int, default=100,
-        help="expected coverages of the calibration curve (default 100)",
+        help="expected coverages of the calibration curve",
     )
     parser.add_argument(
         "--ence-bins", type=int, default=10,
-        help="equal-count σ bins for ENCE and RMSE vs RMV (default 10)",
+        help="equal-count σ bins for ENCE and RMSE vs RMV",
     )
     parser.add_argument(
         "--max-points", type=int, default=20000,
-        help="most points drawn in scatter plots (default 20000)",
+        help="most points drawn in scatter plots",
     )
     parser.add_argument("--no-plots", action="store_true", help="write the reports only")
     parser.set_defaults(func=run)
@@ -100,20 +107,35 @@ def _write_plots(report, out: str, max_points: int) -> list:
     return written
 
 
+def output_files(out: str, plots: bool = True) -> list:
+    """Paths ``mlipuq evaluate --out`` writes (reports, then plots if ``plots``)."""
+    names = ["report.json", "report.md"]
+    if plots:
+        names += ["summary.png"] + [f"{p}_{t}.png" for t in PLOT_TARGETS for p in PLOTS]
+    return [os.path.join(out, name) for name in names]
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run ``mlipuq evaluate``; returns the exit status (0 success, 1 bad input)."""
+    """Run ``mlipuq evaluate``; returns 0. Bad input raises (``ValueError``,
+    ``FileNotFoundError``, ``FileExistsError`` for existing outputs without
+    ``--overwrite``); :func:`mlipuq.cli.main` reports it."""
     from mlipuq.calibration.report import evaluate, load_prediction
 
-    try:
-        if args.max_points < 1:
-            raise ValueError(f"--max-points must be >= 1, got {args.max_points}")
-        prediction, reference = load_prediction(args.prediction, args.reference)
-        report = evaluate(
-            prediction, reference, num_bins=args.num_bins, num_bins_ence=args.ence_bins
+    if args.max_points < 1:
+        raise ValueError(f"--max-points must be >= 1, got {args.max_points}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise FileExistsError(f"--out {args.out} exists and is not a folder")
+    existing = [p for p in output_files(args.out, not args.no_plots) if os.path.lexists(p)]
+    if existing and not args.overwrite:
+        more = f" and {len(existing) - 1} more output files" if len(existing) > 1 else ""
+        raise FileExistsError(
+            f"--out {args.out} already holds {os.path.basename(existing[0])}{more}; "
+            "pass --overwrite to replace them"
         )
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"mlipuq evaluate: error: {exc}", file=sys.stderr)
-        return 1
+    prediction, reference = load_prediction(args.prediction, args.reference)
+    report = evaluate(
+        prediction, reference, num_bins=args.num_bins, num_bins_ence=args.ence_bins
+    )
     os.makedirs(args.out, exist_ok=True)
     written = []
     for name, text in (("report.json", report.to_json()), ("report.md", report.to_markdown())):

@@ -155,7 +155,32 @@ def prepare(
     std = std.reshape(-1)
     if true is not None:
         true = true.reshape(-1)
+    _check_range(pred, std, true, positive_std)
     return pred, std, true
+
+
+def _check_range(pred, std, true, positive_std: bool) -> None:
+    """Refuse values whose squares or z-scores leave float64 (e.g. σ = 1e±300).
+
+    Every metric then stays finite, or this raises naming the first index.
+    """
+    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+        bad = ~np.isfinite(std * std)
+        if positive_std:
+            bad |= std * std == 0
+        if true is not None:
+            err = true - pred
+            bad |= ~np.isfinite(err * err)
+            if positive_std:
+                bad |= ~np.isfinite(err / std) | ~np.isfinite((err / std) ** 2)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{int(bad.sum())} value(s) out of float64 range for the metrics (first: index {k}, "
+            f"y_std={std[k]:.3g}"
+            + ("" if true is None else f", error={true[k] - pred[k]:.3g}")
+            + "): the squared std or error, or z = error/σ, overflows or underflows"
+        )
 
 
 def check_int(name: str, value, minimum: int = 1) -> int:

@@ -31,6 +31,7 @@ wrappers use in ``calibrate(val, method=...)``.
 
 from __future__ import annotations
 
+import logging
 from typing import Dict, Optional, Sequence, Tuple, Type
 
 import numpy as np
@@ -39,6 +40,8 @@ from scipy.special import ndtr, ndtri
 
 from mlipuq.calibration.metrics_common import prepare
 from mlipuq.errors import NotFittedError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "RECALIBRATORS",
@@ -434,15 +437,22 @@ class PredictionRecalibrator:
             accepts) with reference energies (eV) and forces (eV/Å), in the
             order of ``prediction``.
         """
-        from mlipuq.calibration.report import reference_arrays
+        from mlipuq.calibration.targets import reference_arrays, scored_mask
 
         energy, forces = reference_arrays(prediction, reference)
-        self.energy_ = get_recalibrator(self.method, **self.options).fit(
-            prediction.energy, prediction.energy_std, energy
-        )
-        self.forces_ = get_recalibrator(self.method, **self.options).fit(
-            prediction.forces, prediction.forces_std, forces
-        )
+        structures = np.arange(prediction.n_structures)
+        self.excluded_ = {}
+        for key, pred, std, true, owner in (
+            ("energy", prediction.energy, prediction.energy_std, energy, structures),
+            ("forces", prediction.forces, prediction.forces_std, forces, prediction.batch),
+        ):
+            keep = scored_mask(pred, std, true, owner, key)
+            self.excluded_[key] = int(keep.size - np.count_nonzero(keep))
+            if self.excluded_[key]:
+                log.info("calibration: %d exact %s target(s) excluded (zero std and error)",
+                         self.excluded_[key], key)
+            part = get_recalibrator(self.method, **self.options)
+            setattr(self, f"{key}_", part.fit(pred[keep], std[keep], true[keep]))
         return self
 
     def transform(self, prediction):

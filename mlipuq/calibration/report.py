@@ -28,6 +28,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from mlipuq.calibration.targets import reference_arrays, scored_mask
 from mlipuq.calibration.metrics import DEFAULT_LEVELS, all_metrics, coverage_key, rmse_rmv_bins
 from mlipuq.calibration.metrics_common import reduce_norm
 from mlipuq.errors import FileFormatError, MissingReferenceError
@@ -70,66 +71,33 @@ METRIC_INFO: Dict[str, Tuple[str, str, str]] = {
 
 
 # ------------------------------------------------------------------ inputs
-def reference_arrays(prediction, reference) -> Tuple[np.ndarray, np.ndarray]:
-    """Reference energies (B,) in eV and forces (N, 3) in eV/Å matching ``prediction``.
-
-    Parameters
-    ----------
-    prediction : Prediction
-        Predictions for B structures, N atoms.
-    reference
-        An ``AtomsDataset`` or anything :func:`mlipuq.data.as_dataset` accepts
-        (path, list of ``ase.Atoms``), with reference energies and forces.
-
-    Raises
-    ------
-    ValueError
-        Different structure or atom counts; ``MissingReferenceError`` (a
-        ``ValueError``) when a structure lacks a reference energy or forces.
-    """
-    from mlipuq.data import as_dataset
-
-    dataset = as_dataset(reference)
-    if len(dataset) != prediction.n_structures:
-        raise ValueError(
-            f"the prediction covers {prediction.n_structures} structures, "
-            f"the reference {len(dataset)}"
-        )
-    n_atoms = dataset.n_atoms
-    if not np.array_equal(n_atoms, prediction.n_atoms):
-        k = int(np.flatnonzero(n_atoms != prediction.n_atoms)[0])
-        raise ValueError(
-            f"structure {k}: the prediction has {int(prediction.n_atoms[k])} atoms, "
-            f"the reference {int(n_atoms[k])}"
-        )
-    energy = dataset.energies
-    missing = np.flatnonzero(~np.isfinite(energy))
-    if missing.size:
-        raise MissingReferenceError(
-            f"{missing.size} structure(s) lack a reference energy (first: structure "
-            f"{int(missing[0])})"
-        )
-    forces = dataset.forces
-    bad_atoms = np.flatnonzero(~np.isfinite(forces).all(axis=1))
-    if bad_atoms.size:
-        k = int(prediction.batch[bad_atoms[0]])
-        raise MissingReferenceError(
-            f"{np.unique(prediction.batch[bad_atoms]).size} structure(s) lack reference "
-            f"forces (first: structure {k})"
-        )
-    return energy, forces
-
-
 def target_arrays(prediction, reference) -> Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``(y_pred, y_std, y_true)`` for each of :data:`TARGETS` (units in :data:`UNITS`)."""
+    arrays, _ = scored_targets(prediction, reference)
+    return arrays
+
+
+def scored_targets(prediction, reference):
+    """``(arrays, excluded)``: the :func:`target_arrays` left after dropping exact
+    targets (zero std and zero error, e.g. a lone atom's forces; see
+    :mod:`mlipuq.calibration.targets`) and how many each target lost."""
     energy, forces = reference_arrays(prediction, reference)
     n = prediction.n_atoms.astype(np.float64)
-    return {
-        "energy": (prediction.energy, prediction.energy_std, energy),
-        "energy_per_atom": (prediction.energy / n, prediction.energy_std / n, energy / n),
-        "forces": (prediction.forces, prediction.forces_std, forces),
-        "forces_norm": reduce_norm(prediction.forces, prediction.forces_std, forces),
+    structures = np.arange(prediction.n_structures)
+    full = {
+        "energy": (prediction.energy, prediction.energy_std, energy, structures),
+        "energy_per_atom": (prediction.energy / n, prediction.energy_std / n, energy / n,
+                            structures),
+        "forces": (prediction.forces, prediction.forces_std, forces, prediction.batch),
+        "forces_norm": (*reduce_norm(prediction.forces, prediction.forces_std, forces),
+                        prediction.batch),
     }
+    arrays, excluded = {}, {}
+    for target, (pred, std, true, owner) in full.items():
+        keep = scored_mask(pred, std, true, owner, target)
+        excluded[target] = int(keep.size - np.count_nonzero(keep))
+        arrays[target] = (pred, std, true) if keep.all() else (pred[keep], std[keep], true[keep])
+    return arrays, excluded
 
 
 # ------------------------------------------------------------------ report
@@ -237,6 +205,10 @@ class CalibrationReport:
             "z = (reference - prediction) / σ. Coverage: observed fraction of "
             "references inside the central interval of the given nominal coverage.",
         ]
+        excluded = {t: n for t, n in self.settings.get("excluded", {}).items() if n}
+        if excluded:
+            counts = ", ".join(f"{n} {t}" for t, n in excluded.items())
+            lines += ["", f"Excluded as exact (zero std and zero error, e.g. lone atoms): {counts}."]
         for target, metrics in self.metrics.items():
             unit = self.units.get(target, "")
             lines += [
@@ -297,7 +269,7 @@ def evaluate(
         Mismatched counts, missing reference energies/forces, non-finite
         values, or zero std (the message names the target).
     """
-    arrays = target_arrays(prediction, reference)
+    arrays, excluded = scored_targets(prediction, reference)
     metrics: Dict[str, Dict[str, Optional[float]]] = {}
     binned: Dict[str, Dict[str, list]] = {}
     for target, (pred, std, true) in arrays.items():
@@ -332,6 +304,7 @@ def evaluate(
             "coverage_keys": [coverage_key(v) for v in np.asarray(levels).reshape(-1)],
             "num_bins_ence": int(num_bins_ence),
             "detection_quantile": float(detection_quantile),
+            "excluded": excluded,
         },
         data=arrays if keep_data else None,
     )

@@ -26,9 +26,10 @@ from torch import nn
 
 from mlipuq import data as mdata
 from mlipuq.errors import FileFormatError, InvalidStructureError
+from mlipuq.fileio import check_plain, check_weights_only, read_payload, save_payload  # noqa: F401
 
 FORMAT = "mlipuq.model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: checksum, no pickled modules, adapters self-contained
 
 
 def _get_submodule(module: nn.Module, name: str) -> nn.Module:
@@ -282,7 +283,12 @@ class MLIP(nn.Module):
         return result
 
     # ------------------------------------------------------------ persistence
+    #: Whether a saved file of this class needs the network built in code to load
+    #: (``load(path, module=...)``): models made by :func:`wrap` and MACE models.
+    needs_module: bool = False
+
     def _payload(self) -> dict:
+        """Plain data (config) and weights (``state_dict`` tensors): no code, no file paths."""
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -292,24 +298,29 @@ class MLIP(nn.Module):
             "dtype": str(self.dtype).replace("torch.", ""),
         }
 
-    def save(self, path: Union[str, os.PathLike], *, overwrite: bool = False) -> None:
-        """Save to ``path`` (a torch file with a format version).
+    @classmethod
+    def from_payload(cls, payload: dict, *, module: Optional[nn.Module] = None,
+                     path: str = "<memory>") -> "MLIP":
+        """Rebuild the (not yet loaded) model from a saved payload; weights load afterwards.
 
-        Refuses to replace an existing file unless ``overwrite=True``.
+        ``payload["config"]`` is plain data, checked before this is called. The
+        default calls the constructor with it; classes with ``needs_module`` get
+        the network the user built in code as ``module``.
+        """
+        try:
+            return cls(**payload["config"])
+        except (TypeError, ValueError) as exc:
+            raise FileFormatError(f"{path}: cannot rebuild a {cls.__name__} from its config ({exc})") from None
+
+    def save(self, path: Union[str, os.PathLike], *, overwrite: bool = False) -> None:
+        """Save to ``path``: a torch file of plain data and weights with a format
+        version and a checksum, written atomically.
+
+        Refuses to replace an existing file unless ``overwrite=True``. A model
+        made by :func:`wrap` saves its module's weights (``state_dict``), not its
+        code: load it with ``mlipuq.models.load(path, module=...)``.
         """
         save_payload(self._payload(), path, overwrite=overwrite)
-
-
-def save_payload(payload: dict, path, *, overwrite: bool = False) -> None:
-    """Write a payload with ``torch.save``, refusing to clobber; atomic replace."""
-    path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
 
 
 class WrappedMLIP(MLIP):
@@ -319,7 +330,7 @@ class WrappedMLIP(MLIP):
     not modified (hooks live only for the duration of a call).
     """
 
-    pickles_module = True  # saved files carry the user's code (load with weights_only=False)
+    needs_module = True  # saved files hold the module's weights, not its code
 
     def __init__(
         self,
@@ -380,12 +391,48 @@ class WrappedMLIP(MLIP):
         return out
 
     def config(self) -> dict:
-        return {"readout": self._readout_path, "species": self.species, "cutoff": self.cutoff}
+        cls = type(self.module)
+        return {
+            "readout": self._readout_path,
+            "species": self.species,
+            "cutoff": self.cutoff,
+            "module_class": f"{cls.__module__}.{cls.__qualname__}",  # for messages only
+        }
 
-    def _payload(self) -> dict:
-        payload = super()._payload()
-        payload["module"] = self.module  # the user's code travels with the weights
-        return payload
+    @classmethod
+    def from_payload(cls, payload: dict, *, module: Optional[nn.Module] = None,
+                     path: str = "<memory>") -> "WrappedMLIP":
+        config = payload["config"]
+        expected = config.get("module_class", "the wrapped module")
+        if module is None:
+            raise ValueError(
+                f"{path}: holds a model made by wrap() around a {expected}; mlipuq saves its "
+                "weights, not its code: build the module in code and pass it, "
+                "e.g. mlipuq.models.load(path, module=MyNetwork(...))"
+            )
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+        try:
+            readout, species, cutoff = config["readout"], config["species"], config["cutoff"]
+        except KeyError as exc:
+            raise FileFormatError(f"{path}: wrap() model config without {exc}") from None
+        load_module_state(module, payload["state_dict"], path, expected)
+        return cls(module, readout, species, cutoff)
+
+
+def load_module_state(module: nn.Module, state_dict: Mapping, path: str, expected: str = "",
+                      prefix: str = "module.") -> None:
+    """Load the ``prefix`` entries of a saved model's state dict into ``module`` (strict),
+    before the adapter is built around it (so it folds the saved weights)."""
+    sub = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    try:
+        module.load_state_dict(sub, strict=True)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ValueError(
+            f"{path}: the saved weights do not fit the {type(module).__name__} passed as module"
+            f"{f' (the file was saved from a {expected})' if expected else ''}: {first}"
+        ) from None
 
 
 def wrap(
@@ -414,7 +461,9 @@ def wrap(
         omitted, :func:`mlipuq.train` fits them by least squares.
 
     Returns an :class:`MLIP` whose ``module`` attribute is ``module`` itself;
-    an :class:`MLIP` passed in is returned unchanged.
+    an :class:`MLIP` passed in is returned unchanged. Saving it stores the
+    module's weights and these settings, not its code: load the file with
+    ``mlipuq.models.load(path, module=MyNetwork(...))``.
     """
     if isinstance(module, MLIP):
         return module
@@ -430,35 +479,46 @@ def register(cls: type) -> type:
     return cls
 
 
-def load(path: Union[str, os.PathLike], *, weights_only: bool = True) -> MLIP:
+register(WrappedMLIP)
+
+
+def load(
+    path: Union[str, os.PathLike],
+    *,
+    module: Optional[nn.Module] = None,
+    weights_only: Optional[bool] = None,
+) -> MLIP:
     """Load a model saved with :meth:`MLIP.save`.
 
-    Built-in models load with ``weights_only=True`` (no code is unpickled).
-    Models made by :func:`wrap` pickle the user's module and need
-    ``weights_only=False``; only do that for files you trust.
+    Files hold plain data and weights only and are read with torch's
+    ``weights_only=True``: loading never executes code, nor reads another file
+    that the saved file names. The checksum is verified (a damaged file raises
+    :class:`~mlipuq.errors.FileFormatError` naming it); format-1 files (older
+    mlipuq, no checksum) are accepted unchecked and upgraded.
+
+    Parameters
+    ----------
+    path
+        The saved file.
+    module
+        For a model made by :func:`wrap` (or :func:`~mlipuq.models.from_mace`):
+        the network, built in code with the same architecture (e.g.
+        ``MyNetwork(...)``, a MACE model); the saved weights are loaded into it
+        and it becomes the model's ``module``. Not needed (ignored) otherwise.
+    weights_only
+        Deprecated, kept for old calls: ``True`` is what always happens;
+        ``False`` (which used to unpickle code) raises a ``ValueError``.
     """
+    check_weights_only(weights_only, "mlipuq.models.load")
     path = os.fspath(path)
-    payload = load_payload(path, weights_only=weights_only, what="model")
-    return model_from_payload(payload, path)
+    payload = read_payload(path, format=FORMAT, what="model")
+    return model_from_payload(payload, path, module=module)
 
 
-def load_payload(path: str, *, weights_only: bool, what: str):
-    """``torch.load`` a saved mlipuq file with clear errors (missing, not torch, pickled code)."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file: {path}")
-    if not is_torch_file(path):
-        raise FileFormatError(f"{path}: not an mlipuq {what} file (not a torch archive)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as exc:  # torch raises UnpicklingError and friends
-        if weights_only:
-            raise FileFormatError(
-                f"{path}: cannot be loaded with weights_only=True ({exc.__class__.__name__}). "
-                "Models made by wrap() or from a user's MACE model contain pickled code: pass "
-                "weights_only=False if you "
-                "trust the file"
-            ) from None
-        raise FileFormatError(f"{path}: not a readable mlipuq {what} file ({exc})") from None
+def load_payload(path: str, *, what: str, format: str = FORMAT, weights_only: Optional[bool] = None):
+    """Read, verify (checksum) and upgrade a saved mlipuq file (see :func:`mlipuq.fileio.read_payload`)."""
+    check_weights_only(weights_only, "load_payload")
+    return read_payload(path, format=format, what=what)
 
 
 def is_torch_file(path: str) -> bool:
@@ -468,29 +528,40 @@ def is_torch_file(path: str) -> bool:
     return zipfile.is_zipfile(path)
 
 
-def model_from_payload(payload, path: str = "<memory>") -> MLIP:
-    """Rebuild a model from the dictionary :meth:`MLIP.save` writes."""
+def model_from_payload(payload, path: str = "<memory>", *, module: Optional[nn.Module] = None) -> MLIP:
+    """Rebuild a model from the dictionary :meth:`MLIP._payload` returns (current format).
+
+    ``module``: the network built in code, for classes with ``needs_module``.
+    """
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise FileFormatError(f"{path}: not an mlipuq model file")
     version = payload.get("format_version")
     if version != FORMAT_VERSION:
         raise FileFormatError(
-            f"{path}: model format version {version} is not supported "
-            f"(this mlipuq reads version {FORMAT_VERSION})"
+            f"{path}: model format version {version!r} is not supported here "
+            f"(expected {FORMAT_VERSION}; mlipuq.fileio.read_payload upgrades older files)"
         )
-    name = payload["class"]
-    dtype = getattr(torch, payload.get("dtype", "float32"))
-    if name == "WrappedMLIP":
-        config = payload["config"]
-        model = WrappedMLIP(payload["module"], config["readout"], config["species"], config["cutoff"])
-    else:
-        if name not in _REGISTRY:
-            raise FileFormatError(f"{path}: unknown model class {name!r}")
-        cls = _REGISTRY[name]
-        rebuild = getattr(cls, "from_payload", None)
-        model = rebuild(payload) if rebuild is not None else cls(**payload["config"])
+    name = payload.get("class")
+    config, state_dict = payload.get("config"), payload.get("state_dict")
+    if not isinstance(config, dict) or not isinstance(state_dict, dict):
+        raise FileFormatError(f"{path}: model without config or weights")
+    check_plain(config, path)
+    if not all(isinstance(k, str) for k in state_dict):
+        raise FileFormatError(f"{path}: model weights with non-string names")
+    dtype_name = payload.get("dtype", "float32")
+    if dtype_name not in ("float32", "float64"):
+        raise FileFormatError(f"{path}: unsupported model dtype {dtype_name!r}")
+    dtype = getattr(torch, dtype_name)
+    if name not in _REGISTRY:
+        import mlipuq.models  # noqa: F401  (registers the built-in models and adapters)
+    if name not in _REGISTRY:
+        raise FileFormatError(f"{path}: unknown model class {name!r}")
+    cls = _REGISTRY[name]
+    model = cls.from_payload(payload, module=module, path=path)
     model.to(dtype)
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(state_dict)
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise FileFormatError(f"{path}: the saved weights do not fit a {name} ({first})") from None
     return model
-
-

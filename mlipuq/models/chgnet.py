@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from mlipuq import data as mdata
-from mlipuq.models.base import register
+from mlipuq.errors import FileFormatError
+from mlipuq.models.base import load_module_state, register
 from mlipuq.models.external import ExternalMLIP, check_dtype, require
 
 #: Pretrained CHGNet versions whose weights ship inside the chgnet wheel.
@@ -54,6 +55,54 @@ def _load_chgnet(version: str):
     # then has the energy of its embedding alone); do not print warnings for them.
     module.graph_converter.set_isolated_atom_response("ignore")
     return module
+
+
+def _model_args(module) -> dict:
+    """CHGNet's constructor arguments (``model_args``) as plain data; the composition
+    model is saved by its weights (a name would make CHGNet read a reference file)."""
+    args = {}
+    for key, value in module.model_args.items():
+        if key == "composition_model":
+            value = None if value is None else "AtomRef"
+        elif not (value is None or isinstance(value, (bool, int, float, str, list, tuple, dict))):
+            raise ValueError(
+                f"CHGNet argument {key}={type(value).__name__} cannot be saved as plain data"
+            )
+        args[key] = list(value) if isinstance(value, tuple) else value
+    return args
+
+
+def _build_chgnet(model_args: dict, path: str):
+    """A CHGNet network (random weights) from saved ``model_args``; reads no file."""
+    model_mod = require("chgnet.model", "chgnet", "chgnet")
+    from chgnet.model.composition_model import AtomRef
+
+    args = dict(model_args)
+    # only the composition model could make CHGNet read a file (a reference-energy
+    # table by name); every other argument is a size, a flag or a name of a layer
+    composition = args.get("composition_model")
+    if composition not in (None, "AtomRef"):
+        raise FileFormatError(
+            f"{path}: CHGNet composition model {composition!r}: only saved weights are read"
+        )
+    if composition is not None:  # weights come with the state dict, not from a file
+        args["composition_model"] = AtomRef(is_intensive=bool(args.get("is_intensive", True)))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # CHGNet prints its parameter count
+            module = model_mod.CHGNet(**args)
+    except Exception as exc:
+        raise FileFormatError(
+            f"{path}: cannot rebuild CHGNet from the saved arguments ({type(exc).__name__}: {exc})"
+        ) from None
+    module.eval()
+    module.graph_converter.set_isolated_atom_response("ignore")
+    return module
+
+
+def pretrained_config(version: str) -> dict:
+    """``config()`` of a CHGNet version shipped in the chgnet wheel (upgrades
+    format-1 files, which named the version; package data, never a user's file)."""
+    return {"version": version, "model_args": _model_args(_load_chgnet(version))}
 
 
 def _final_linear(module) -> torch.nn.Linear:
@@ -86,11 +135,23 @@ class CHGNetMLIP(ExternalMLIP):
         self._set_readout_from(last.weight, last.bias, energies)
 
     def config(self) -> dict:
-        return {"version": self.version}
+        """The version (a label) and CHGNet's constructor arguments as plain data:
+        a saved file rebuilds the network from them and its own weights, reading
+        no file (not even the wheel's)."""
+        return {"version": self.version, "model_args": _model_args(self.module)}
 
     @classmethod
-    def from_payload(cls, payload: dict) -> "CHGNetMLIP":
-        return cls(_load_chgnet(payload["config"]["version"]), payload["config"]["version"])
+    def from_payload(cls, payload: dict, *, module=None, path: str = "<memory>") -> "CHGNetMLIP":
+        config = payload["config"]
+        if set(config) != {"version", "model_args"} or not isinstance(config["model_args"], dict):
+            raise FileFormatError(
+                f"{path}: CHGNet model config {sorted(config)} is not self-contained "
+                "(expected 'version' and 'model_args')"
+            )
+        network = _build_chgnet(config["model_args"], path)
+        network.to(getattr(torch, payload.get("dtype", "float32")))
+        load_module_state(network, payload["state_dict"], path, "CHGNet network")
+        return cls(network, str(config["version"]))
 
     # ------------------------------------------------------------------ graphs
     def _topology(self, batch: mdata.Batch) -> tuple[dict, torch.Tensor]:

@@ -75,13 +75,14 @@ class ExternalMLIP(MLIP):
 
     Subclasses implement :meth:`features` and :meth:`from_payload` (how a saved
     file is rebuilt) and call :meth:`_set_readout_from` in their constructor.
-    ``pickles_module = True`` stores the package's module itself in saved files
-    (needs ``weights_only=False`` to load); otherwise ``config()`` must be enough
-    to rebuild it (e.g. weights shipped inside the package's wheel).
+    Saved files are self-contained and hold no code: the package's weights are
+    part of the ``state_dict`` and ``config()`` is plain data from which
+    :meth:`from_payload` rebuilds the architecture without reading any file.
+    An adapter that cannot do so sets ``needs_module = True``: its files are
+    loaded with ``load(path, module=...)``, the network built by the user.
     """
 
     readout_name = "readout"
-    pickles_module = False
 
     def __init__(
         self,
@@ -99,8 +100,10 @@ class ExternalMLIP(MLIP):
         raise NotImplementedError
 
     @classmethod
-    def from_payload(cls, payload: dict) -> "ExternalMLIP":
-        """Rebuild the (unloaded) model from a saved payload; weights load afterwards."""
+    def from_payload(cls, payload: dict, *, module: Optional[nn.Module] = None,
+                     path: str = "<memory>") -> "ExternalMLIP":
+        """Rebuild the model from a saved payload (plain config, no file read);
+        the weights are loaded afterwards."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------- helpers
@@ -136,10 +139,3 @@ class ExternalMLIP(MLIP):
             raise RuntimeError(f"{type(self).__name__} was built without its readout")
         phi = self.features(batch)
         return self.readout(phi.to(self.readout.weight.dtype)).squeeze(-1)
-
-    def _payload(self) -> dict:
-        payload = super()._payload()
-        if self.pickles_module:
-            payload["module"] = self.module
-        return payload
-

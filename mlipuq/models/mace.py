@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from mlipuq import data as mdata
-from mlipuq.models.base import register
+from mlipuq.models.base import load_module_state, register
 from mlipuq.models.external import ExternalMLIP, check_dtype, linear_response, require
 
 __all__ = ["MACEMLIP", "from_mace"]
@@ -101,11 +101,14 @@ class MACEMLIP(ExternalMLIP):
 
     Built by :func:`from_mace`. Energies in eV, lengths in Å; the features are
     the inputs of MACE's readout linears (see the module docstring).
-    Saved files carry the MACE module (``pickles_module``): load them with
-    ``mlipuq.models.load(path, weights_only=False)``, only if you trust them.
+    Saved files hold the weights and the head, not the MACE code (``needs_module``):
+    load them with ``mlipuq.models.load(path, module=mace_model)`` (or
+    ``mlipuq.uq.load(path, module=mace_model)``), where ``mace_model`` is a MACE
+    model of the same architecture that you build or load yourself; the saved
+    weights replace its own.
     """
 
-    pickles_module = True
+    needs_module = True
 
     def __init__(self, module: nn.Module, head: Optional[str] = None):
         modules = _mace_modules()
@@ -264,11 +267,19 @@ class MACEMLIP(ExternalMLIP):
         return {"head": self.head}
 
     @classmethod
-    def from_payload(cls, payload: dict) -> "MACEMLIP":
-        module = payload.get("module")
+    def from_payload(cls, payload: dict, *, module=None, path: str = "<memory>") -> "MACEMLIP":
+        """Rebuild around ``module`` (a MACE model of the saved architecture, built by
+        the user): the saved weights are loaded into it; no file is read."""
         if module is None:
-            raise ValueError("a saved MACE model must carry its module (pickles_module)")
-        return cls(module, head=payload["config"]["head"])
+            raise ValueError(
+                f"{path}: holds a MACE model's weights, not its code: pass a MACE model of the "
+                "same architecture as module=, e.g. mlipuq.models.load(path, module=mace_model)"
+            )
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"module must be a MACE model, got {type(module).__name__}")
+        module.to(getattr(torch, payload.get("dtype", "float32")))
+        load_module_state(module, payload["state_dict"], path, "MACE model")
+        return cls(module, head=payload["config"].get("head"))
 
 
 def _load_mace_file(path: str) -> nn.Module:

@@ -25,13 +25,15 @@ stresses.
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Optional, Union
 
 import torch
 
 from mlipuq import data as mdata
-from mlipuq.models.base import register
+from mlipuq.errors import FileFormatError
+from mlipuq.models.base import load_module_state, register
 from mlipuq.models.external import ExternalMLIP, check_dtype, linear_response, require
 
 # Pretrained names -> the ``sevenn._const`` attribute of a checkpoint shipped in
@@ -93,6 +95,95 @@ def _build(path: str):
     return module, checkpoint.config
 
 
+class _Recorder(dict):
+    """A config dictionary that records which keys sevenn's model builder reads."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.used: set = set()
+
+    def __getitem__(self, key):
+        self.used.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        if super().__contains__(key):
+            self.used.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key):
+        found = super().__contains__(key)
+        if found:
+            self.used.add(key)
+        return found
+
+
+def _plain(value):
+    """NumPy/torch values of a sevenn config as plain Python data (lists, numbers)."""
+    if isinstance(value, dict):
+        return {(k.item() if hasattr(k, "item") else k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return value.tolist()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)  # torch.device / dtype: not read by the builder
+
+
+def _architecture(config: dict) -> dict:
+    """The part of a checkpoint's config that sevenn's builder reads, as plain data.
+
+    Found by building once from a recording dictionary: training settings
+    (data-set paths, optimiser, ...) are left out, so a saved file names no file.
+    """
+    from sevenn.model_build import build_E3_equivariant_model
+
+    import warnings
+
+    recorder = _Recorder(copy.deepcopy(dict(config)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        build_E3_equivariant_model(recorder)
+    return {key: _plain(config[key]) for key in sorted(recorder.used, key=str)}
+
+
+def _build_from_architecture(architecture: dict, path: str):
+    """SevenNet's network (random weights) from a saved architecture; reads no file."""
+    _sevenn()
+    import warnings
+
+    from sevenn.model_build import build_E3_equivariant_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            module = build_E3_equivariant_model(copy.deepcopy(architecture))
+        except Exception as exc:  # a key this sevenn needs but the file lacks, ...
+            raise FileFormatError(
+                f"{path}: cannot rebuild the SevenNet network from the saved architecture "
+                f"with the installed sevenn ({type(exc).__name__}: {exc})"
+            ) from None
+    if isinstance(module, list):
+        raise FileFormatError(f"{path}: a parallel SevenNet model is not supported")
+    module.eval()
+    return module
+
+
+def is_pretrained(model: str) -> bool:
+    """Whether ``model`` names a checkpoint shipped in the sevenn wheel."""
+    return isinstance(model, str) and model.strip().lower() in _PRETRAINED
+
+
+def pretrained_config(model: str) -> dict:
+    """``config()`` of the adapter of a checkpoint shipped in the sevenn wheel
+    (upgrades format-1 files, which named it; package data, never a user's file)."""
+    if not is_pretrained(model):
+        raise ValueError(f"{model!r} is not a SevenNet checkpoint shipped in the sevenn wheel")
+    _, config = _build(_checkpoint_path(model))
+    return {"model": model, "architecture": _architecture(config)}
+
+
 def _is_codegen_constant(key: str) -> bool:
     return "._tensor_constant" in key
 
@@ -110,11 +201,8 @@ class SevenNetMLIP(ExternalMLIP):
     see :mod:`mlipuq.models.sevennet`).
     """
 
-    def __init__(self, model: str = "7net-0", dtype: Optional[torch.dtype] = None):
-        path = _checkpoint_path(model)
-        module, _ = _build(path)
-        if dtype is not None:  # before folding, so the folded readout is exact in float64
-            module.to(dtype)
+    def __init__(self, module, model: str = "7net-0", architecture: Optional[dict] = None):
+        path = model
         for name in (_ENERGY_LINEAR, _RESCALE):
             if name not in module._modules:
                 raise ValueError(f"{path}: SevenNet model without a {name!r} module is not supported")
@@ -125,6 +213,7 @@ class SevenNetMLIP(ExternalMLIP):
         type_map = {int(z): int(k) for z, k in module.type_map.items()}
         super().__init__(module, sorted(type_map), float(module.cutoff))
         self.model_name = model
+        self.architecture = architecture
         self._stop = list(module._modules).index(_ENERGY_LINEAR)
         table = torch.full((119,), -1, dtype=torch.long)
         for z, k in type_map.items():
@@ -190,15 +279,10 @@ class SevenNetMLIP(ExternalMLIP):
 
     # -------------------------------------------------------------- persistence
     # e3nn's generated code keeps constants as plain attributes, which a deepcopy
-    # turns into buffers ("..._tensor_constant0"): they are no weights, and a fresh
-    # build lacks them, so they are neither saved nor required when loading.
-    def _payload(self) -> dict:
-        payload = super()._payload()
-        payload["state_dict"] = {
-            k: v for k, v in payload["state_dict"].items() if not _is_codegen_constant(k)
-        }
-        return payload
-
+    # turns into buffers ("..._tensor_constant0") that then follow ``.to(dtype)``.
+    # A fresh build lacks them: they are saved when present (the model was copied)
+    # and restored by copying the rebuilt network the same way, so that a loaded
+    # model computes with the constants of the saved one (float32 or cast).
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         state_dict = {k: v for k, v in state_dict.items() if not _is_codegen_constant(k)}
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
@@ -211,11 +295,31 @@ class SevenNetMLIP(ExternalMLIP):
         return result._replace(missing_keys=missing)
 
     def config(self) -> dict:
-        return {"model": self.model_name}
+        """The model's name (a label, never used to find a file) and the plain-data
+        architecture sevenn's builder rebuilds the network from."""
+        if self.architecture is None:
+            raise ValueError(
+                "this SevenNetMLIP was built without its architecture; build it with "
+                "from_sevennet() to save it"
+            )
+        return {"model": self.model_name, "architecture": self.architecture}
 
     @classmethod
-    def from_payload(cls, payload: dict) -> "SevenNetMLIP":
-        return cls(**payload["config"])
+    def from_payload(cls, payload: dict, *, module=None, path: str = "<memory>") -> "SevenNetMLIP":
+        """Rebuild from the saved architecture and weights; no checkpoint file is read."""
+        config = payload["config"]
+        if set(config) != {"model", "architecture"} or not isinstance(config["architecture"], dict):
+            raise FileFormatError(
+                f"{path}: SevenNet model config {sorted(config)} is not self-contained "
+                "(expected 'model' and 'architecture'); mlipuq reads no file a saved file names"
+            )
+        network = _build_from_architecture(config["architecture"], path)
+        state = payload["state_dict"]
+        if any(_is_codegen_constant(k) for k in state):
+            network = copy.deepcopy(network)  # the constants become buffers, as saved
+        network.to(getattr(torch, payload.get("dtype", "float32")))
+        load_module_state(network, state, path, "SevenNet network")
+        return cls(network, str(config["model"]), config["architecture"])
 
 
 def from_sevennet(
@@ -238,9 +342,9 @@ def from_sevennet(
     SevenNetMLIP
         ``species`` are all elements the model knows, ``cutoff`` its radius (Å);
         per-atom features are the 64 scalar inputs of SevenNet's last linear layer,
-        and the species shifts are the ``atomic_energies`` (eV). Saved files
-        rebuild the network from the same checkpoint (``weights_only=True``), so a
-        user's checkpoint file must still exist where it was when loading.
+        and the species shifts are the ``atomic_energies`` (eV). Saved files are
+        self-contained (the builder's architecture settings as plain data and
+        the weights): loading never reads the checkpoint again.
     """
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
@@ -248,4 +352,11 @@ def from_sevennet(
         raise TypeError(
             f"from_sevennet() needs a model name or a checkpoint path, got {type(model).__name__}"
         )
-    return SevenNetMLIP(model, check_dtype(dtype))
+    dtype = check_dtype(dtype)
+    path = _checkpoint_path(model)
+    module, config = _build(path)
+    if dtype is not None:  # before folding, so the folded readout is exact in float64
+        module.to(dtype)
+    # a name, never a path, in the saved config: a saved file must not name a file
+    label = model if is_pretrained(model) else os.path.basename(path)
+    return SevenNetMLIP(module, label, _architecture(config))

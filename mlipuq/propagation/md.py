@@ -20,12 +20,21 @@ every logged frame, so an interrupted and resumed NVT or NVE run reproduces the
 uninterrupted one (exactly with ``.traj``; to the stored precision with
 extxyz). NPT (isotropic MTK barostat with Nosé-Hoover chains) resumes from the
 particles and the cell; its thermostat and barostat variables restart from zero.
+
+A resume cannot spoil the file: every frame records the wrapper's
+``fingerprint()`` and the ensemble, time step, temperature and
+thermostat/barostat settings (:data:`RECORD_KEYS`, checked by
+:mod:`mlipuq.propagation.trajectory`), and any difference, a damaged last frame
+or another system raises :class:`~mlipuq.errors.ResumeError` before a byte is
+written. ``repair=True`` moves a damaged last frame to a side file first;
+``allow_unrecorded=True`` resumes a file written before the records existed.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -34,12 +43,29 @@ import numpy as np
 from ase import units
 from ase.stress import voigt_6_to_full_3x3_stress
 
+from mlipuq.errors import ResumeError
+from mlipuq.propagation.trajectory import (  # noqa: F401  (record keys re-exported)
+    ENSEMBLE_KEY,
+    FRICTION_KEY,
+    PDAMP_KEY,
+    PRESSURE_KEY,
+    RECORD_KEYS,
+    SEED_KEY,
+    TDAMP_KEY,
+    TEMPERATURE_KEY,
+    TIMESTEP_KEY,
+    WRAPPER_KEY,
+    check_records,
+    drop_damaged_tail,
+    scan,
+    trajectory_format,
+)
+
 log = logging.getLogger(__name__)
 
 ENSEMBLES = ("nvt", "nve", "npt")
 ON_THRESHOLD = ("stop", "flag")
 THRESHOLD_ON = ("max_force_std", "energy_std", "energy_std_per_atom")
-_FORMATS = {".traj": "traj", ".xyz": "extxyz", ".extxyz": "extxyz"}
 _P = "mlipuq_"
 
 
@@ -130,20 +156,24 @@ class MDTrajectory:
         )
 
     @classmethod
-    def read(cls, path) -> "MDTrajectory":
-        """Read a trajectory written by :func:`run_md` (``.traj``, ``.xyz`` or ``.extxyz``)."""
+    def read(cls, path, *, complete_only: bool = False) -> "MDTrajectory":
+        """Read a trajectory written by :func:`run_md` (``.traj``, ``.xyz`` or ``.extxyz``).
+
+        A damaged last frame (a run that crashed while writing it) raises
+        :class:`~mlipuq.errors.ResumeError` naming the file and the frame;
+        with ``complete_only=True`` the complete frames are returned with a
+        warning instead (the file is not modified).
+        """
         path = os.fspath(path)
-        return cls.from_frames(ase.io.read(path, ":", format=_format(path)), path=path)
-
-
-def _format(path: str) -> str:
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in _FORMATS:
-        raise ValueError(
-            f"trajectory {path!r}: unknown extension {ext!r}; use .traj (ASE trajectory) "
-            "or .xyz/.extxyz (extended XYZ)"
-        )
-    return _FORMATS[ext]
+        found = scan(path)
+        if found.damaged is not None:
+            if not complete_only:
+                raise found.error()
+            warnings.warn(f"{found.describe()}; reading the complete frames only",
+                          stacklevel=2)
+        if not found.frames and not os.path.exists(path):
+            raise FileNotFoundError(path)
+        return cls.from_frames(found.frames, path=path)
 
 
 def _positive(name: str, value, *, integer: bool = False, allow_zero: bool = False):
@@ -199,7 +229,7 @@ def _dynamics(atoms, ensemble, dt_fs, temperature_K, seed, step, friction, press
     )
 
 
-def _frame(atoms, results, step, dt_fs, temperature_K, flagged) -> "ase.Atoms":
+def _frame(atoms, results, step, dt_fs, records, flagged) -> "ase.Atoms":
     if np.all(atoms.pbc):
         atoms.get_stress(include_ideal_gas=False)  # lazily, at logged frames only
         results = atoms.calc.results
@@ -215,20 +245,104 @@ def _frame(atoms, results, step, dt_fs, temperature_K, flagged) -> "ase.Atoms":
         "energy_std": e_std,
         "max_force_std": f_max,
         "flagged": bool(flagged),
-        "temperature_K": float(temperature_K),
     }
     if "energies" in results:
         info["energies"] = np.asarray(results["energies"], dtype=np.float64).copy()
     if "stress" in results:
         info["stress"] = voigt_6_to_full_3x3_stress(np.asarray(results["stress"]))
     frame.info.update({_P + k: v for k, v in info.items()})
+    frame.info.update(records)
     return frame
+
+
+def _wrapper_id(model) -> Optional[str]:
+    """``"sha256:<hex>"`` identity of the model: ``fingerprint()`` of a UQ wrapper, the
+    digest of the parameters for another torch module, ``None`` for anything else."""
+    fingerprint = getattr(model, "fingerprint", None)
+    if callable(fingerprint):
+        return "sha256:" + str(fingerprint())
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        from mlipuq.fileio import payload_digest
+
+        state = {k: v for k, v in model.state_dict().items()}
+        try:
+            return "sha256:" + payload_digest({"class": type(model).__name__, "state": state})
+        except TypeError:  # extra state that is not plain data: no identity to record
+            return None
+    return None
+
+
+def _records(model_id, ensemble, temperature_K, timestep_fs, seed, friction, pressure_GPa,
+             tdamp_fs, pdamp_fs) -> dict:
+    """The settings every frame records and a resume must match, in checking order."""
+    records = {WRAPPER_KEY: model_id} if model_id is not None else {}
+    records.update({ENSEMBLE_KEY: ensemble, TIMESTEP_KEY: float(timestep_fs),
+                    TEMPERATURE_KEY: float(temperature_K)})
+    if ensemble == "nvt":  # the seed matters after a resume only through the Langevin noise
+        records.update({FRICTION_KEY: float(friction), SEED_KEY: int(seed)})
+    if ensemble == "npt":
+        records.update({PRESSURE_KEY: float(pressure_GPa),
+                        TDAMP_KEY: float(tdamp_fs or 100 * timestep_fs),
+                        PDAMP_KEY: float(pdamp_fs or 1000 * timestep_fs)})
+    return records
+
+
+def _check_previous(path: str, frames: list, atoms, records: dict, allow_unrecorded: bool):
+    """Refuse (``ResumeError``) frames that ``run_md`` cannot continue with these settings."""
+    foreign = [i for i, a in enumerate(frames)
+               if _P + "step" not in a.info or _P + "energy" not in a.info]
+    if foreign:
+        raise ResumeError(f"{path}: frames {foreign[:5]} lack mlipuq_* data: the file was not "
+                          "written by run_md; cannot resume from it")
+    if list(frames[-1].numbers) != list(atoms.numbers):
+        raise ResumeError(f"{path} holds a different system than atoms ({len(frames[-1])} vs "
+                          f"{len(atoms)} atoms); cannot resume")
+    unrecorded = [k[len(_P):] for k in check_records(path, frames, records)]
+    if unrecorded and not allow_unrecorded:
+        raise ResumeError(
+            f"{path}: its frames do not record {', '.join(unrecorded)} (written by an older "
+            "mlipuq), so a resume cannot check them; pass allow_unrecorded=True to resume "
+            "anyway, or start a new trajectory file"
+        )
+    if unrecorded:
+        warnings.warn(f"{path}: resuming without checking {', '.join(unrecorded)} "
+                      "(not recorded in the file); new frames record them", stacklevel=4)
+
+
+def _scan_for_resume(path, atoms, records, *, repair: bool, allow_unrecorded: bool):
+    """The existing trajectory, checked for a resume (read only)."""
+    found = scan(path)
+    if found.frames:
+        _check_previous(path, found.frames, atoms, records, allow_unrecorded)
+    if found.damaged is not None and not repair:
+        raise found.error()
+    return found
+
+
+def _repair(found) -> None:
+    """Drop a damaged tail (every check has passed), keeping its bytes in a side file."""
+    if found is None or found.damaged is None:
+        return
+    side = drop_damaged_tail(found)
+    log.warning("%s: dropped damaged frame %d (%s); its %d bytes are kept in %s",
+                found.path, found.damaged, found.reason, found.size - found.cut, side)
+
+
+def _check_members(path: str, last, results: dict) -> None:
+    """The resumed model has as many committee members as the file's frames."""
+    recorded = int(np.size(last.info.get(_P + "energies", [])))
+    now = int(np.size(results.get("energies", [])))
+    if recorded != now:
+        raise ResumeError(f"{path}: cannot resume: committee size differs: recorded "
+                          f"{recorded}, requested model has {now}")
 
 
 class _Writer:
     def __init__(self, path: Optional[str]):
         self.path = path
-        self.fmt = None if path is None else _format(path)
+        self.fmt = None if path is None else trajectory_format(path)
         self._traj = None
 
     def write(self, frame) -> None:
@@ -267,6 +381,8 @@ def run_md(
     tdamp_fs: Optional[float] = None,
     pdamp_fs: Optional[float] = None,
     progress: bool = True,
+    repair: bool = False,
+    allow_unrecorded: bool = False,
 ) -> MDTrajectory:
     """Run MD with the mean potential of ``uq_model`` and log its uncertainty.
 
@@ -298,7 +414,10 @@ def run_md(
     trajectory
         ``None`` (frames kept in memory only) or a ``.traj``/``.xyz``/``.extxyz``
         path. An existing file written by ``run_md`` is resumed: the run
-        continues from its last frame and appends.
+        continues from its last frame and appends. Every frame records the
+        wrapper's ``fingerprint()``, the ensemble, time step, temperature and
+        thermostat/barostat settings (:data:`RECORD_KEYS`); a resume with any
+        other value raises :class:`~mlipuq.errors.ResumeError` before writing.
     uncertainty_threshold
         Checked after every step against ``threshold_on``: ``"max_force_std"``
         (eV/Å, default), ``"energy_std"`` (eV) or ``"energy_std_per_atom"``
@@ -309,6 +428,15 @@ def run_md(
         threshold and count all such steps.
     progress
         Show a tqdm progress bar.
+    repair
+        Resume a file whose last frame is damaged (a crash while writing it):
+        its bytes are moved to a new side file ``<trajectory>.partial-<frame>``
+        and the run continues from the last complete frame. Without it such a
+        file raises ``ResumeError`` naming the file and the frame.
+    allow_unrecorded
+        Resume a file written before the frames recorded their settings: what
+        the old frames hold (temperature, time step) is still checked, the rest
+        (wrapper, ensemble, thermostat) only warned about.
 
     Returns
     -------
@@ -340,20 +468,23 @@ def run_md(
         raise ValueError("ensemble='npt' needs a periodic cell in all three directions")
     path = None if trajectory is None else os.fspath(trajectory)
     if path is not None:
-        _format(path)
-
-    previous: list = []
-    if path is not None and os.path.exists(path) and os.path.getsize(path) > 0:
-        previous = ase.io.read(path, ":", format=_format(path))
+        trajectory_format(path)
+    records = _records(_wrapper_id(uq_model), ensemble, temperature_K, timestep_fs, seed,
+                       friction, pressure_GPa, tdamp_fs, pdamp_fs)
+    found = None  # every check comes before the first byte is written
+    if path is not None:
+        found = _scan_for_resume(path, atoms, records, repair=repair,
+                                 allow_unrecorded=allow_unrecorded)
+    previous = [] if found is None else found.frames
     if previous:
-        last = previous[-1]
-        if _P + "step" not in last.info:
-            raise ValueError(f"{path} was not written by run_md; cannot resume from it")
-        if list(last.numbers) != list(atoms.numbers):
-            raise ValueError(f"{path} holds a different system than atoms; cannot resume")
-        start = int(last.info[_P + "step"])
-        md_atoms = last.copy()
+        start = int(previous[-1].info[_P + "step"])
+        if start >= steps:
+            _repair(found)
+            log.info("%s already holds step %d of %d; nothing to run", path, start, steps)
+            return MDTrajectory.from_frames(previous, path=path)
+        md_atoms = previous[-1].copy()
         md_atoms.info = {}
+        md_atoms.set_constraint([c.copy() for c in atoms.constraints])
         log.info("resuming %s from step %d of %d", path, start, steps)
     else:
         start = 0
@@ -362,6 +493,10 @@ def run_md(
         if not np.any(md_atoms.get_momenta()):
             _thermalize(md_atoms, temperature_K, np.random.default_rng(seed))
     md_atoms.calc = Calculator(uq_model)  # the stress is computed only when asked
+    if previous:
+        md_atoms.get_potential_energy()
+        _check_members(path, previous[-1], md_atoms.calc.results)
+    _repair(found)
     frames = list(previous)
     writer = _Writer(path)
     n_atoms = len(md_atoms)
@@ -376,12 +511,12 @@ def run_md(
 
     stopped, n_flagged = False, 0
     try:
-        if start == 0:
+        if not previous:
             md_atoms.get_potential_energy()
             flag = exceeded(md_atoms.calc.results)
             n_flagged += int(flag)
-            frames.append(_frame(md_atoms, md_atoms.calc.results, 0, timestep_fs,
-                                 temperature_K, flag))
+            frames.append(_frame(md_atoms, md_atoms.calc.results, 0, timestep_fs, records,
+                                 flag))
             writer.write(frames[-1])
             stopped = flag and on_threshold == "stop"
         dyn = _dynamics(md_atoms, ensemble, timestep_fs, temperature_K, seed, start, friction,
@@ -403,7 +538,7 @@ def run_md(
             n_flagged += int(flag)
             stopped = flag and on_threshold == "stop"
             if step % log_every == 0 or stopped:
-                frames.append(_frame(md_atoms, results, step, timestep_fs, temperature_K, flag))
+                frames.append(_frame(md_atoms, results, step, timestep_fs, records, flag))
                 writer.write(frames[-1])
                 if hasattr(dyn, "rng"):
                     dyn.rng = _rng(seed, step)

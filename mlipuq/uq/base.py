@@ -28,13 +28,14 @@ import torch
 
 from mlipuq import data as mdata
 from mlipuq.errors import FileFormatError, MissingReferenceError, NotFittedError
-from mlipuq.models.base import MLIP, load_payload, model_from_payload, save_payload
+from mlipuq.fileio import check_plain, check_weights_only, read_payload, save_payload
+from mlipuq.models.base import MLIP, model_from_payload
 from mlipuq.uq.prediction import Prediction
 
 log = logging.getLogger(__name__)
 
 FORMAT = "mlipuq.uq"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: checksum; base models at model format 2
 _REGISTRY: dict[str, type] = {}
 
 
@@ -196,9 +197,13 @@ class UQWrapper:
         from mlipuq.calibration.recalibrate import PredictionRecalibrator
 
         dataset = mdata.as_dataset(val)
-        if not dataset.has_reference.all() or not dataset.has_forces.all():
+        lone = np.array([len(a) == 1 and not np.any(a.pbc) for a in dataset], dtype=bool)
+        missing = ~dataset.has_reference | ~(dataset.has_forces | lone)
+        if missing.any():
             raise MissingReferenceError(
-                "calibrate() needs reference energies and forces for every validation structure"
+                f"structure {int(np.flatnonzero(missing)[0])}: calibrate() needs reference "
+                f"energies and forces for every validation structure ({int(missing.sum())} "
+                "lack them)"
             )
         pred = self.predict(dataset, calibrated=False)
         self.recalibrator_ = PredictionRecalibrator(method, **options).fit(pred, dataset)
@@ -215,12 +220,21 @@ class UQWrapper:
 
     # ---------------------------------------------------------- persistence
     def save(self, path: Union[str, os.PathLike], *, overwrite: bool = False) -> None:
-        """Save the wrapper (base models, fitted state, recalibrators) with a format version.
+        """Save the wrapper (base models, fitted state, recalibrators): plain data and
+        weights with a format version and a checksum, written atomically.
 
-        Refuses to replace an existing file unless ``overwrite=True``.
+        Refuses to replace an existing file unless ``overwrite=True``; a symbolic
+        link at ``path`` is replaced, never written through. Base models made by
+        :func:`~mlipuq.models.wrap` are saved as weights, not code: load the file
+        with ``mlipuq.uq.load(path, module=...)``.
         """
+        save_payload(self.payload(), path, overwrite=overwrite)
+
+    def payload(self) -> dict:
+        """The plain-data dictionary :meth:`save` writes (tensors, numbers, strings),
+        without the checksum :meth:`save` adds."""
         self._check_fitted()
-        payload = {
+        return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "class": type(self).__name__,
@@ -229,12 +243,23 @@ class UQWrapper:
             "state": _encode(self._get_state()),
             "recalibrator": _encode_recalibrator(getattr(self, "recalibrator_", None)),
         }
-        save_payload(payload, path, overwrite=overwrite)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the saved payload: the wrapper's identity (e.g. in MD trajectories).
+
+        Equal for a wrapper and its ``save`` → ``load`` copy; changes when any
+        weight, fitted state or recalibration changes.
+        """
+        from mlipuq.fileio import payload_digest
+
+        return payload_digest(self.payload())
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], *, weights_only: bool = True) -> "UQWrapper":
-        """Load a wrapper saved by :meth:`save` (any wrapper class)."""
-        return load(path, weights_only=weights_only)
+    def load(cls, path: Union[str, os.PathLike], *, module=None,
+             weights_only: Optional[bool] = None) -> "UQWrapper":
+        """Load a wrapper saved by :meth:`save` (any wrapper class; see :func:`load`)."""
+        check_weights_only(weights_only, f"{cls.__name__}.load")
+        return load(path, module=module)
 
     def copy(self) -> "UQWrapper":
         return copy.deepcopy(self)
@@ -253,13 +278,19 @@ def _encode(value: Any) -> Any:
     return value
 
 
-def _decode(value: Any) -> Any:
+def _decode(value: Any, path: str = "<memory>") -> Any:
     if isinstance(value, dict):
         if set(value) == {"__ndarray__"}:
+            if not isinstance(value["__ndarray__"], torch.Tensor):
+                raise FileFormatError(f"{path}: an encoded array that is not a tensor")
             return value["__ndarray__"].numpy()
-        return {k: _decode(v) for k, v in value.items()}
+        return {k: _decode(v, path) for k, v in value.items()}
     if isinstance(value, list):
-        return [_decode(v) for v in value]
+        return [_decode(v, path) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_decode(v, path) for v in value)
+    if not (value is None or isinstance(value, (bool, int, float, str, torch.Tensor))):
+        raise FileFormatError(f"{path}: fitted state holds a {type(value).__name__}, not plain data")
     return value
 
 
@@ -277,41 +308,105 @@ def _encode_recalibrator(recalibrator) -> Optional[dict]:
     }
 
 
-def _decode_recalibrator(payload):
+def _decode_recalibrator(payload, path: str = "<memory>"):
     if payload is None:
         return None
     from mlipuq.calibration import recalibrate
 
-    outer = recalibrate.PredictionRecalibrator(payload["method"], **_decode(payload["options"]))
-    for key, part in payload["parts"].items():
-        cls = getattr(recalibrate, part["class"], None)
-        if cls is None:
-            raise FileFormatError(f"unknown recalibrator class {part['class']!r}")
+    try:
+        outer = recalibrate.PredictionRecalibrator(
+            payload["method"], **_decode(payload["options"], path)
+        )
+        parts = payload["parts"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FileFormatError(f"{path}: damaged recalibrator ({exc})") from None
+    for key, part in parts.items():
+        if key not in ("energy", "forces"):
+            raise FileFormatError(f"{path}: unknown recalibrator part {key!r}")
+        cls = getattr(recalibrate, str(part.get("class")), None)
+        if not (isinstance(cls, type) and issubclass(cls, recalibrate.Recalibrator)):
+            raise FileFormatError(f"{path}: unknown recalibrator class {part.get('class')!r}")
         obj = cls.__new__(cls)
-        obj.__dict__.update(_decode(part["state"]))
+        obj.__dict__.update(_decode(part["state"], path))
         setattr(outer, f"{key}_", obj)
     return outer
 
 
-def load(path: Union[str, os.PathLike], *, weights_only: bool = True) -> UQWrapper:
-    """Load any UQ wrapper saved with ``save``."""
+def load(
+    path: Union[str, os.PathLike],
+    *,
+    module=None,
+    weights_only: Optional[bool] = None,
+) -> UQWrapper:
+    """Load any UQ wrapper saved with ``save``.
+
+    Files hold plain data and weights only and are read with torch's
+    ``weights_only=True``: loading never executes code, nor reads another file
+    that the saved file names (a file that would make a model adapter do so is
+    refused). The checksum is verified: a damaged file raises
+    :class:`~mlipuq.errors.FileFormatError` naming it. Format-1 files (older
+    mlipuq) carry no checksum: they are accepted unchecked and upgraded.
+
+    Parameters
+    ----------
+    path
+        The saved file.
+    module
+        Only for wrappers around models made by :func:`~mlipuq.models.wrap`
+        (or MACE models): the network built in code with the saved
+        architecture, e.g. ``MyNetwork(...)``. One module serves every such
+        base model (each gets its own copy); a list gives one per base model
+        that needs it, in order. The saved weights are loaded into them.
+    weights_only
+        Deprecated, kept for old calls: ``True`` is what always happens;
+        ``False`` (which used to unpickle code) raises a ``ValueError``.
+    """
+    check_weights_only(weights_only, "mlipuq.uq.load")
     path = os.fspath(path)
-    payload = load_payload(path, weights_only=weights_only, what="UQ-wrapper")
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise FileFormatError(f"{path}: not an mlipuq UQ-wrapper file")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise FileFormatError(
-            f"{path}: UQ format version {payload.get('format_version')} is not supported "
-            f"(this mlipuq reads version {FORMAT_VERSION})"
-        )
-    name = payload["class"]
+    payload = read_payload(path, format=FORMAT, what="UQ-wrapper")
+    name = payload.get("class")
     if name not in _REGISTRY:
         import mlipuq.uq  # noqa: F401  (registers the built-in wrappers)
     if name not in _REGISTRY:
         raise FileFormatError(f"{path}: unknown UQ wrapper class {name!r}")
-    models = [model_from_payload(p, path) for p in payload["models"]]
-    wrapper = _REGISTRY[name]._from_config(models, payload["config"])
-    wrapper._set_state(_decode(payload["state"]))
-    wrapper.recalibrator_ = _decode_recalibrator(payload["recalibrator"])
+    config, model_payloads = payload.get("config"), payload.get("models")
+    if not isinstance(config, dict) or not isinstance(model_payloads, list) or not model_payloads:
+        raise FileFormatError(f"{path}: UQ-wrapper file without config or models")
+    check_plain(config, path)
+    modules = _modules_for(model_payloads, module, path)
+    models = [model_from_payload(p, path, module=m) for p, m in zip(model_payloads, modules)]
+    try:
+        wrapper = _REGISTRY[name]._from_config(models, config)
+        wrapper._set_state(_decode(payload.get("state", {}), path))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, FileFormatError):
+            raise
+        raise FileFormatError(f"{path}: cannot rebuild the {name} ({type(exc).__name__}: {exc})") from None
+    wrapper.recalibrator_ = _decode_recalibrator(payload.get("recalibrator"), path)
     wrapper.fitted_ = True
     return wrapper
+
+
+def _modules_for(model_payloads: list, module, path: str) -> list:
+    """The ``module`` argument of :func:`load` spread over the base models needing one."""
+    from mlipuq.models.base import _REGISTRY as MODELS
+
+    needs = [
+        isinstance(p, dict) and getattr(MODELS.get(p.get("class")), "needs_module", False)
+        for p in model_payloads
+    ]
+    if module is None:
+        return [None] * len(model_payloads)
+    if isinstance(module, torch.nn.Module):
+        given = [copy.deepcopy(module) for _ in range(sum(needs))]
+    elif isinstance(module, (list, tuple)):
+        given = list(module)
+        if len(given) != sum(needs):
+            raise ValueError(
+                f"{path}: {sum(needs)} base model(s) need a module built in code; "
+                f"{len(given)} given"
+            )
+    else:
+        raise TypeError(f"module must be a torch.nn.Module or a list of them, got {type(module).__name__}")
+    it = iter(given)
+    return [next(it) if need else None for need in needs]

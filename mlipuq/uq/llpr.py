@@ -52,6 +52,7 @@ import torch
 
 from mlipuq import data as mdata
 from mlipuq.models.base import MLIP
+from mlipuq.params import positive
 from mlipuq.uq.base import UQWrapper, _check_model, register
 from mlipuq.uq.jacobians import feature_vjps
 
@@ -69,6 +70,11 @@ def cholesky_with_jitter(matrix: np.ndarray, *, max_tries: int = 12) -> tuple[np
     matrix = np.asarray(matrix, dtype=np.float64)
     matrix = 0.5 * (matrix + matrix.T)
     scale = float(np.mean(np.abs(np.diag(matrix)))) or 1.0
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError(
+            "the posterior precision holds non-finite values (check the model's features "
+            "and the noise and prior parameters)"
+        )
     jitter = 0.0
     for attempt in range(max_tries):
         try:
@@ -150,6 +156,16 @@ class LastLayerLaplace(UQWrapper):
     vectorize
         How feature Jacobians are computed (see :func:`mlipuq.uq.jacobians.feature_vjps`):
         ``"auto"`` batches the backward passes on GPU and loops on CPU.
+
+    Attributes
+    ----------
+    prior_precision_, energy_noise_, forces_noise_
+        Hyperparameters used (fitted or given); eV⁻² per unit weight, eV, eV/Å.
+    precision_, covariance_
+        (d, d) float64 posterior precision and covariance of the readout weights.
+    jitter_
+        The largest diagonal jitter added to make a posterior precision
+        positive definite (joint or energy-row posterior); 0 when none was needed.
     """
 
     def __init__(
@@ -172,8 +188,8 @@ class LastLayerLaplace(UQWrapper):
                 raise ValueError(
                     f"prior_precision must be 'auto' or a positive float, got {prior_precision!r}"
                 )
-        elif not float(prior_precision) > 0:
-            raise ValueError(f"prior_precision must be positive, got {prior_precision}")
+        else:
+            prior_precision = positive("prior_precision", prior_precision)
         if force_variance not in _FORCE_VARIANCE:
             raise ValueError(f"force_variance must be one of {_FORCE_VARIANCE}, got {force_variance!r}")
         if energy_posterior not in _ENERGY_POSTERIOR:
@@ -184,9 +200,8 @@ class LastLayerLaplace(UQWrapper):
             raise ValueError(
                 f"n_samples must be >= 0 (>= 2 with force_variance='samples'), got {n_samples}"
             )
-        for name, value in (("energy_noise", energy_noise), ("forces_noise", forces_noise)):
-            if value is not None and not float(value) > 0:
-                raise ValueError(f"{name} must be positive, got {value}")
+        energy_noise = None if energy_noise is None else positive("energy_noise", energy_noise)
+        forces_noise = None if forces_noise is None else positive("forces_noise", forces_noise)
         self.prior_precision = prior_precision
         self.include_forces = bool(include_forces)
         self.n_samples = int(n_samples)
@@ -375,7 +390,10 @@ class LastLayerLaplace(UQWrapper):
             post = self.energy_posterior_
             energy_precision = (self.gn_energy_ / post["energy_noise"] ** 2
                                 + post["prior_precision"] * np.eye(d))
-            self.energy_covariance_, self.energy_samples_, _ = self._posterior(energy_precision, z)
+            self.energy_covariance_, self.energy_samples_, energy_jitter = self._posterior(
+                energy_precision, z
+            )
+            self.jitter_ = max(self.jitter_, energy_jitter)  # the largest jitter used
         else:
             self.energy_covariance_, self.energy_samples_ = self.covariance_, self.samples_
 

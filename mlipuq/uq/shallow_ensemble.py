@@ -61,6 +61,7 @@ from torch import nn
 
 from mlipuq import data as mdata
 from mlipuq.models.base import MLIP
+from mlipuq.params import positive
 from mlipuq.training import History, fit_scales, prepare_graphs
 from mlipuq.training import train as train_model
 from mlipuq.uq.base import UQWrapper, _check_model, register
@@ -392,8 +393,7 @@ class ShallowEnsemble(UQWrapper):
         for name in ("checkpoint", "parameters", "loss_fn"):
             if name in train_options:
                 raise ValueError(f"ShallowEnsemble.fit does not accept {name}=")
-        if not (var_floor > 0):
-            raise ValueError(f"var_floor must be positive, got {var_floor}")
+        var_floor = positive("var_floor", var_floor)
         if energy_weight < 0 or forces_weight < 0 or energy_weight + forces_weight == 0:
             raise ValueError("loss weights must be non-negative and not both zero")
         model = self.model

@@ -1,0 +1,103 @@
+"""The common check suite (``mlipuq.testing.check_uq_wrapper``) on every wrapper.
+
+Each wrapper starts unfitted (the deep ensemble is built from trained members,
+so it starts fitted) and must pass every check: not-fitted errors, bad fit and
+calibrate inputs, reproducibility, invariances, batching, save/load, corrupted
+and crafted files, dtype round trips, informative stds and safe MD resumes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+import mlipuq
+from mlipuq.models import MiniMLIP
+from mlipuq.testing import check_std_informative, check_uq_wrapper
+from mlipuq.uq import DeepEnsemble, EvidentialHead, LastLayerLaplace, ShallowEnsemble
+
+from conftest import ETHANOL_SMALL
+
+FAST = dict(batch_size=8, progress=False)
+
+
+def _tiny(species, seed: int) -> MiniMLIP:
+    return MiniMLIP(species, cutoff=4.0, n_features=16, n_interactions=2, n_rbf=8,
+                    n_readout_features=16, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def ethanol():
+    return mlipuq.load(ETHANOL_SMALL)
+
+
+@pytest.fixture(scope="module")
+def members(ethanol):
+    """Three base models trained well enough that the training structures are
+    fitted (barely trained models have a spread that is the same everywhere)."""
+    models = []
+    for seed in range(3):
+        model = _tiny(ethanol.species, seed)
+        mlipuq.train(model, ethanol[:14], epochs=60, lr=1e-2, seed=seed, **FAST)
+        models.append(model)
+    return models
+
+
+def _mini_cases(members):
+    base = members[0]
+    return {
+        "llpr": (LastLayerLaplace(base, n_samples=8), {}),
+        "llpr-samples": (LastLayerLaplace(base, n_samples=8, force_variance="samples"), {}),
+        "shallow": (ShallowEnsemble(base, n_heads=8), dict(epochs=20, seed=0, **FAST)),
+        "evidential": (EvidentialHead(base), dict(epochs=4, lr=2e-2, seed=0, **FAST)),
+        "evidential-separate": (EvidentialHead(base, energy_evidence="separate"),
+                                dict(epochs=4, lr=2e-2, seed=0, **FAST)),
+        "deep": (DeepEnsemble(members), dict(epochs=1, lr=1e-3, **FAST)),
+    }
+
+
+@pytest.mark.parametrize(
+    "name", ["llpr", "llpr-samples", "shallow", "evidential", "evidential-separate", "deep"]
+)
+def test_every_wrapper_passes_the_check_suite(name, members, ethanol):
+    wrapper, fit_kwargs = _mini_cases(members)[name]
+    # the separate energy outputs are not distance-aware: see the xfail below
+    informative = name != "evidential-separate"
+    check_uq_wrapper(wrapper, ethanol[:14], fit_kwargs=fit_kwargs, informative=informative)
+
+
+@pytest.mark.xfail(
+    strict=True, raises=AssertionError,
+    reason="energy_evidence='separate' leaves the energy outputs unconstrained away from the "
+    "data, so its energy std need not grow there (docs/evidential.md); the default passes",
+)
+def test_separate_evidential_energy_std_grows_away_from_data(members, ethanol):
+    wrapper, fit_kwargs = _mini_cases(members)["evidential-separate"]
+    check_std_informative(wrapper.fit(ethanol[:14], **fit_kwargs), ethanol[:14])
+
+
+ADAPTERS = [
+    pytest.param(name, marks=pytest.mark.skipif(
+        importlib.util.find_spec(package) is None, reason=f"{package} is not installed"))
+    for name, package in (("sevennet", "sevenn"), ("chgnet", "chgnet"), ("mace", "mace"))
+]
+
+
+def _adapter(name: str):
+    from mlipuq import models
+
+    if name == "sevennet":
+        return models.from_sevennet("7net-0")
+    if name == "chgnet":
+        return models.from_chgnet()
+    pytest.skip("the MACE adapter needs a user's model file; its tests run in docs' setup")
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_every_installed_adapter_passes_the_check_suite(name):
+    model = _adapter(name)
+    acac = mlipuq.datasets.acac("test")[:4]
+    llpr = LastLayerLaplace(model, n_samples=4, include_forces=False, force_variance="samples")
+    check_uq_wrapper(llpr, acac, fit_kwargs=dict(batch_size=4), md_resume=False)
