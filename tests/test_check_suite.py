@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-import torch
 
 import mlipuq
 from mlipuq.models import MiniMLIP

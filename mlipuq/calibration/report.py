@@ -31,7 +31,7 @@ import numpy as np
 from mlipuq.calibration.targets import reference_arrays, scored_mask
 from mlipuq.calibration.metrics import DEFAULT_LEVELS, all_metrics, coverage_key, rmse_rmv_bins
 from mlipuq.calibration.metrics_common import reduce_norm
-from mlipuq.errors import FileFormatError, MissingReferenceError
+from mlipuq.errors import FileFormatError
 
 FORMAT = "mlipuq-calibration-report"
 FORMAT_VERSION = 1

@@ -37,7 +37,7 @@ import torch
 from mlipuq import data as mdata
 from mlipuq.errors import FileFormatError
 from mlipuq.models.base import load_module_state, register
-from mlipuq.models.external import ExternalMLIP, check_dtype, require
+from mlipuq.models.external import ExternalMLIP, check_dtype, require, saved_config
 
 #: Pretrained CHGNet versions whose weights ship inside the chgnet wheel.
 VERSIONS = ("0.3.0", "0.2.0")
@@ -142,12 +142,7 @@ class CHGNetMLIP(ExternalMLIP):
 
     @classmethod
     def from_payload(cls, payload: dict, *, module=None, path: str = "<memory>") -> "CHGNetMLIP":
-        config = payload["config"]
-        if set(config) != {"version", "model_args"} or not isinstance(config["model_args"], dict):
-            raise FileFormatError(
-                f"{path}: CHGNet model config {sorted(config)} is not self-contained "
-                "(expected 'version' and 'model_args')"
-            )
+        config = saved_config(payload, "version", "model_args", "CHGNet", path)
         network = _build_chgnet(config["model_args"], path)
         network.to(getattr(torch, payload.get("dtype", "float32")))
         load_module_state(network, payload["state_dict"], path, "CHGNet network")

@@ -32,6 +32,20 @@ from mlipuq import data as mdata
 from mlipuq.models.base import MLIP
 
 
+def saved_config(payload: dict, name_key: str, spec_key: str, what: str, path: str) -> dict:
+    """The ``config`` of an adapter's saved payload, checked to be self-contained:
+    exactly a name (``name_key``) and a plain-data architecture dict (``spec_key``)."""
+    from mlipuq.errors import FileFormatError
+
+    config = payload["config"]
+    if set(config) != {name_key, spec_key} or not isinstance(config[spec_key], dict):
+        raise FileFormatError(
+            f"{path}: {what} model config {sorted(config)} is not self-contained "
+            f"(expected {name_key!r} and {spec_key!r}); mlipuq reads no file a saved file names"
+        )
+    return config
+
+
 def require(module: str, extra: str, package: str):
     """Import an optional dependency, or raise an ImportError naming the extra to install."""
     try:

@@ -34,7 +34,13 @@ import torch
 from mlipuq import data as mdata
 from mlipuq.errors import FileFormatError
 from mlipuq.models.base import load_module_state, register
-from mlipuq.models.external import ExternalMLIP, check_dtype, linear_response, require
+from mlipuq.models.external import (
+    ExternalMLIP,
+    check_dtype,
+    linear_response,
+    require,
+    saved_config,
+)
 
 # Pretrained names -> the ``sevenn._const`` attribute of a checkpoint shipped in
 # the wheel (the names sevenn itself accepts for these files, lower case).
@@ -307,12 +313,7 @@ class SevenNetMLIP(ExternalMLIP):
     @classmethod
     def from_payload(cls, payload: dict, *, module=None, path: str = "<memory>") -> "SevenNetMLIP":
         """Rebuild from the saved architecture and weights; no checkpoint file is read."""
-        config = payload["config"]
-        if set(config) != {"model", "architecture"} or not isinstance(config["architecture"], dict):
-            raise FileFormatError(
-                f"{path}: SevenNet model config {sorted(config)} is not self-contained "
-                "(expected 'model' and 'architecture'); mlipuq reads no file a saved file names"
-            )
+        config = saved_config(payload, "model", "architecture", "SevenNet", path)
         network = _build_from_architecture(config["architecture"], path)
         state = payload["state_dict"]
         if any(_is_codegen_constant(k) for k in state):
