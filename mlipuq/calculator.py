@@ -20,6 +20,7 @@ import torch
 from ase.calculators.calculator import BaseCalculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from mlipuq import schema
 from mlipuq.models.base import MLIP
 
 
@@ -41,11 +42,11 @@ class Calculator(BaseCalculator):
         "free_energy",
         "forces",
         "stress",
-        "energy_std",
-        "forces_std",
-        "max_force_std",
-        "energies",
-        "forces_committee",
+        schema.RESULT_ENERGY_STD,
+        schema.RESULT_FORCES_STD,
+        schema.RESULT_MAX_FORCE_STD,
+        schema.RESULT_ENERGIES,
+        schema.RESULT_FORCES_COMMITTEE,
     ]
 
     def __init__(self, model, *, dtype: torch.dtype = torch.float64):
@@ -79,13 +80,13 @@ class Calculator(BaseCalculator):
                 pred = self.model.predict(atoms)
                 results["energy"] = float(pred.energy[0])
                 results["forces"] = pred.forces.copy()
-                results["energy_std"] = float(pred.energy_std[0])
-                results["forces_std"] = pred.forces_std.copy()
-                results["max_force_std"] = float(pred.max_force_std[0])
+                results[schema.RESULT_ENERGY_STD] = float(pred.energy_std[0])
+                results[schema.RESULT_FORCES_STD] = pred.forces_std.copy()
+                results[schema.RESULT_MAX_FORCE_STD] = float(pred.max_force_std[0])
                 if pred.energy_members is not None:
-                    results["energies"] = pred.energy_members[:, 0].copy()
+                    results[schema.RESULT_ENERGIES] = pred.energy_members[:, 0].copy()
                 if pred.forces_members is not None:
-                    results["forces_committee"] = pred.forces_members.copy()
+                    results[schema.RESULT_FORCES_COMMITTEE] = pred.forces_members.copy()
             else:
                 out = self.model.compute(atoms)
                 results["energy"] = float(out["energy"][0])

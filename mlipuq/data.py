@@ -52,15 +52,16 @@ from mlipuq.checks import (  # noqa: F401  (re-exported)
     set_origin,
 )
 from mlipuq.checks import origin as origin_of
+from mlipuq import schema
 from mlipuq.data_io import file_error, read_frames, read_structures  # noqa: F401  (re-exported)
 from mlipuq.errors import InvalidStructureError, MissingReferenceError
 
 #: extxyz column names used by :meth:`AtomsDataset.write` for predictions.
-PRED_ENERGY = "mlipuq_energy"
-PRED_ENERGY_STD = "mlipuq_energy_std"
-PRED_FORCES = "mlipuq_forces"
-PRED_FORCES_STD = "mlipuq_forces_std"
-PRED_ENERGY_MEMBERS = "mlipuq_energy_members"
+PRED_ENERGY = schema.ENERGY
+PRED_ENERGY_STD = schema.ENERGY_STD
+PRED_FORCES = schema.FORCES
+PRED_FORCES_STD = schema.FORCES_STD
+PRED_ENERGY_MEMBERS = schema.ENERGY_MEMBERS
 
 Source = Union[str, os.PathLike, ase.Atoms, Iterable[ase.Atoms]]
 

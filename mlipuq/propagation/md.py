@@ -43,6 +43,7 @@ import numpy as np
 from ase import units
 from ase.stress import voigt_6_to_full_3x3_stress
 
+from mlipuq import schema
 from mlipuq.errors import ResumeError
 from mlipuq.propagation.trajectory import (  # noqa: F401  (record keys re-exported)
     ENSEMBLE_KEY,
@@ -66,7 +67,7 @@ log = logging.getLogger(__name__)
 ENSEMBLES = ("nvt", "nve", "npt")
 ON_THRESHOLD = ("stop", "flag")
 THRESHOLD_ON = ("max_force_std", "energy_std", "energy_std_per_atom")
-_P = "mlipuq_"
+_P = schema.PREFIX
 
 
 @dataclass
@@ -206,7 +207,8 @@ def _thermalize(atoms, temperature_K: float, rng: np.random.Generator) -> None:
 
 def _uncertainty(results: dict) -> tuple[float, float]:
     """(energy std in eV, max per-atom force std in eV/Å) from calculator results."""
-    return float(results.get("energy_std", 0.0)), float(results.get("max_force_std", 0.0))
+    return (float(results.get(schema.RESULT_ENERGY_STD, 0.0)),
+            float(results.get(schema.RESULT_MAX_FORCE_STD, 0.0)))
 
 
 def _dynamics(atoms, ensemble, dt_fs, temperature_K, seed, step, friction, pressure_GPa,
@@ -239,18 +241,19 @@ def _frame(atoms, results, step, dt_fs, records, flagged) -> "ase.Atoms":
     frame.info = {}
     e_std, f_max = _uncertainty(results)
     info = {
-        "step": int(step),
-        "time_fs": float(step * dt_fs),
-        "energy": float(results["energy"]),
-        "energy_std": e_std,
-        "max_force_std": f_max,
-        "flagged": bool(flagged),
+        schema.STEP: int(step),
+        schema.TIME_FS: float(step * dt_fs),
+        schema.ENERGY: float(results["energy"]),
+        schema.ENERGY_STD: e_std,
+        schema.ENERGY_STD_PER_ATOM: e_std / len(atoms),
+        schema.MAX_FORCE_STD: f_max,
+        schema.FLAGGED: bool(flagged),
     }
-    if "energies" in results:
-        info["energies"] = np.asarray(results["energies"], dtype=np.float64).copy()
+    if schema.RESULT_ENERGIES in results:
+        info[schema.ENERGIES] = np.asarray(results[schema.RESULT_ENERGIES], np.float64).copy()
     if "stress" in results:
-        info["stress"] = voigt_6_to_full_3x3_stress(np.asarray(results["stress"]))
-    frame.info.update({_P + k: v for k, v in info.items()})
+        info[schema.STRESS] = voigt_6_to_full_3x3_stress(np.asarray(results["stress"]))
+    frame.info.update(info)
     frame.info.update(records)
     return frame
 

@@ -24,20 +24,22 @@ from typing import Optional
 import ase.io
 import numpy as np
 
+from mlipuq import schema
 from mlipuq.errors import ResumeError
 
 FORMATS = {".traj": "traj", ".xyz": "extxyz", ".extxyz": "extxyz"}
 
-# Settings every frame of a run_md trajectory records (``atoms.info`` keys).
-WRAPPER_KEY = "mlipuq_wrapper"  # "sha256:<hex>" of wrapper.fingerprint()
-ENSEMBLE_KEY = "mlipuq_ensemble"
-TIMESTEP_KEY = "mlipuq_timestep_fs"
-TEMPERATURE_KEY = "mlipuq_temperature_K"
-SEED_KEY = "mlipuq_seed"
-FRICTION_KEY = "mlipuq_friction"  # 1/fs, nvt only
-PRESSURE_KEY = "mlipuq_pressure_GPa"  # npt only
-TDAMP_KEY = "mlipuq_tdamp_fs"  # npt only, the default resolved
-PDAMP_KEY = "mlipuq_pdamp_fs"  # npt only, the default resolved
+# Settings every frame of a run_md trajectory records (``atoms.info`` keys, see
+# mlipuq.schema).
+WRAPPER_KEY = schema.WRAPPER
+ENSEMBLE_KEY = schema.ENSEMBLE
+TIMESTEP_KEY = schema.TIMESTEP_FS
+TEMPERATURE_KEY = schema.TEMPERATURE_K
+SEED_KEY = schema.SEED
+FRICTION_KEY = schema.FRICTION
+PRESSURE_KEY = schema.PRESSURE_GPA
+TDAMP_KEY = schema.TDAMP_FS
+PDAMP_KEY = schema.PDAMP_FS
 RECORD_KEYS = (WRAPPER_KEY, ENSEMBLE_KEY, TIMESTEP_KEY, TEMPERATURE_KEY, FRICTION_KEY,
                PRESSURE_KEY, TDAMP_KEY, PDAMP_KEY, SEED_KEY)
 
@@ -297,8 +299,8 @@ def _recorded(frame, key):
     """The frame's record of ``key``; the timestep of pre-record files from time/step."""
     if key in frame.info:
         return frame.info[key]
-    if key == TIMESTEP_KEY and frame.info.get("mlipuq_step", 0) > 0:
-        return float(frame.info["mlipuq_time_fs"]) / int(frame.info["mlipuq_step"])
+    if key == TIMESTEP_KEY and frame.info.get(schema.STEP, 0) > 0:
+        return float(frame.info[schema.TIME_FS]) / int(frame.info[schema.STEP])
     return None
 
 
@@ -313,7 +315,7 @@ def check_records(path: str, frames: list, requested: dict) -> list:
         for i, frame in enumerate(frames):
             have = _recorded(frame, key)
             if have is not None and not _same(have, want):
-                name = key[len("mlipuq_"):]
+                name = key[len(schema.PREFIX):]
                 raise ResumeError(
                     f"{path}: cannot resume: {name} differs: recorded {_show(have)} "
                     f"(frame {i}), requested {_show(want)}. Use a new trajectory file for "

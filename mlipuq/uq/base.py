@@ -114,6 +114,46 @@ class UQWrapper:
                 f"this {type(self).__name__} is not fitted yet: call fit() before predict()"
             )
 
+    # ------------------------------------------------- committee protocol
+    @property
+    def n_members(self) -> int:
+        """Committee size K of ``predict``'s ``energy_members``; 0 for no members."""
+        return 0
+
+    @property
+    def has_consistent_members(self) -> bool:
+        """Whether each member's forces are minus the gradient of its energy
+        (needed for member-wise relaxations and MD)."""
+        return True
+
+    def members_hint(self, *, forces: bool = False) -> str:
+        """What to configure for committee members (used in error messages)."""
+        return ("a committee wrapper (DeepEnsemble, ShallowEnsemble) or LastLayerLaplace with "
+                "force_variance='samples'")
+
+    def members(self, structures, *, forces: bool = True, calibrated: bool = True,
+                batch_size: int = 32) -> Prediction:
+        """A prediction with committee members, checked to be usable member-wise.
+
+        Raises ``ValueError`` (saying what to configure) when the wrapper has
+        no energy members, no force members (``forces=True``), or member
+        forces that are not gradients of the member energies.
+        """
+        pred = self.predict(structures, calibrated=calibrated, batch_size=batch_size)
+        name = type(self).__name__
+        if pred.energy_members is None or pred.n_members < 1:
+            raise ValueError(f"{name} predictions carry no committee energies (energy_members): "
+                             f"member-wise propagation needs {self.members_hint()}")
+        if forces and pred.forces_members is None:
+            raise ValueError(f"{name} predictions carry no committee forces (forces_members): "
+                             f"member-wise propagation needs {self.members_hint(forces=True)}")
+        if forces and not self.has_consistent_members:
+            raise ValueError(
+                f"{name}: its member forces are not the gradients of its member energies; "
+                f"relaxing or running MD with members needs {self.members_hint(forces=True)}"
+            )
+        return pred
+
     def to(self, dtype: torch.dtype) -> "UQWrapper":
         """Cast the base model(s) to ``dtype`` (float64 fitted state stays float64)."""
         for m in self._models():

@@ -321,6 +321,18 @@ class LastLayerLaplace(UQWrapper):
         return self.energy_posterior == "energy" and self.include_forces
 
     @property
+    def n_members(self) -> int:
+        return self.n_samples
+
+    def members_hint(self, *, forces: bool = False) -> str:
+        return ("LastLayerLaplace(..., n_samples=16, force_variance='samples'"
+                + (", energy_posterior='joint')" if forces else ")"))
+
+    @property
+    def has_consistent_members(self) -> bool:
+        return self.consistent_members
+
+    @property
     def consistent_members(self) -> bool:
         """Whether each member's forces are minus the gradient of its energy.
 
@@ -438,6 +450,41 @@ class LastLayerLaplace(UQWrapper):
             "forces_members": members,
             "forces_var": members.var(dim=0, unbiased=False),
         }
+
+    # ------------------------------------------------ selection protocol
+    def design_matrix(self, structures, *, batch_size: int = 32,
+                      progress: bool = False) -> np.ndarray:
+        """(B, D) float64 energy rows ``f`` of the structures: the energy is ``θ·f``.
+
+        ``f`` is the sum of the last-layer features over the structure's atoms,
+        with the atom count appended when the readout has a bias. Computed
+        without forces, in batches (memory bounded by one batch).
+        """
+        self._check_fitted()
+        dataset = mdata.as_dataset(structures)
+        dataset.validate(self.species)
+        batches = mdata.iter_batches(dataset, self.cutoff, batch_size, species=self.species,
+                                     dtype=self.dtype)
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, total=-(-len(dataset) // batch_size),
+                           desc="LLPR design rows", unit="batch")
+        rows = []
+        self.model.eval()
+        with torch.no_grad():
+            for _, batch in batches:
+                batch = batch.to(device=self.model.device)
+                phi = self.model(batch, forces=False, features=True)["features"]
+                rows.append(self._structure_features(phi, batch).cpu().numpy())
+        return np.concatenate(rows).astype(np.float64)
+
+    def energy_posterior(self) -> tuple[np.ndarray, float]:
+        """``(Σ, σ²)``: the (D, D) posterior covariance of the readout weights behind
+        the energy variances ``predict`` reports (``Var E = f·Σ f``, eV²) and the
+        fitted energy noise variance σ² (eV² per structure)."""
+        self._check_fitted()
+        return self.energy_covariance_, float(self.energy_posterior_["energy_noise"]) ** 2
 
     def predict_energy(self, structures, *, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """Energies (B,) eV and their variance (B,) eV² only: no force pass, no Jacobian.

@@ -318,6 +318,10 @@ class ShallowEnsemble(UQWrapper):
         self.vectorize = "auto"
         self.fitted_ = False
 
+    @property
+    def n_members(self) -> int:
+        return self.n_heads
+
     def __repr__(self) -> str:
         return (f"ShallowEnsemble({type(self.model).__name__}, n_heads={self.n_heads}, "
                 f"init={self.init!r}, train_backbone={self.train_backbone})")

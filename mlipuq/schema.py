@@ -1,0 +1,55 @@
+"""Names of every key mlipuq writes into ``atoms.info``, ``atoms.arrays`` and
+calculator results — one schema that writers and readers import.
+
+Frames written by :func:`mlipuq.propagation.run_md`, prediction files written by
+:meth:`mlipuq.data.AtomsDataset.write`, pools written by ``mlipuq select`` and
+candidates returned by :func:`mlipuq.active.harvest` all use these constants;
+nothing spells a key by hand. Units: eV, Å, fs, K, GPa.
+"""
+
+from __future__ import annotations
+
+PREFIX = "mlipuq_"
+
+# ---------------------------------------------------------------- MD frames (info)
+STEP = "mlipuq_step"  #: MD step index (int)
+TIME_FS = "mlipuq_time_fs"  #: simulated time (fs)
+ENERGY = "mlipuq_energy"  #: predicted (mean) energy (eV); also in prediction files
+ENERGY_STD = "mlipuq_energy_std"  #: predicted energy std (eV); also in prediction files
+ENERGY_STD_PER_ATOM = "mlipuq_energy_std_per_atom"  #: energy std / n_atoms (eV/atom)
+MAX_FORCE_STD = "mlipuq_max_force_std"  #: DP-GEN force deviation, max_i |σ_F,i| (eV/Å)
+FLAGGED = "mlipuq_flagged"  #: the frame crossed the uncertainty threshold (bool)
+ENERGIES = "mlipuq_energies"  #: (K,) committee member energies (eV)
+STRESS = "mlipuq_stress"  #: (3, 3) predicted stress (eV/Å³)
+
+# ------------------------------------- MD run records (info; checked on resume)
+WRAPPER = "mlipuq_wrapper"  #: "sha256:<hex>" of the wrapper's fingerprint()
+ENSEMBLE = "mlipuq_ensemble"
+TIMESTEP_FS = "mlipuq_timestep_fs"
+TEMPERATURE_K = "mlipuq_temperature_K"
+SEED = "mlipuq_seed"
+FRICTION = "mlipuq_friction"  #: 1/fs, nvt only
+PRESSURE_GPA = "mlipuq_pressure_GPa"  #: npt only
+TDAMP_FS = "mlipuq_tdamp_fs"  #: npt only, the default resolved
+PDAMP_FS = "mlipuq_pdamp_fs"  #: npt only, the default resolved
+
+# ------------------------------------------------------- prediction files
+FORCES = "mlipuq_forces"  #: (N, 3) predicted forces (eV/Å), per-atom array
+FORCES_STD = "mlipuq_forces_std"  #: (N, 3) predicted force std (eV/Å), per-atom array
+ENERGY_MEMBERS = "mlipuq_energy_members"  #: (K,) member energies (eV)
+
+# ------------------------------------------------------------ active learning
+POOL_INDEX = "mlipuq_pool_index"  #: index of a selected structure in its pool
+SCORE = "mlipuq_score"  #: selection score (unit of the strategy)
+HARVEST_FRAME = "mlipuq_frame"  #: index of a harvested frame in its trajectory
+HARVEST_SCORE = "mlipuq_harvest_score"  #: the uncertainty that made it a candidate
+
+#: Per-frame uncertainties that ``harvest`` reads instead of re-scoring, by quantity.
+FRAME_UNCERTAINTY = {"max_force_std": MAX_FORCE_STD, "energy_std_per_atom": ENERGY_STD_PER_ATOM}
+
+# ------------------------------------------ ASE calculator results (not info)
+RESULT_ENERGY_STD = "energy_std"  #: eV
+RESULT_FORCES_STD = "forces_std"  #: (N, 3) eV/Å
+RESULT_MAX_FORCE_STD = "max_force_std"  #: eV/Å
+RESULT_ENERGIES = "energies"  #: (K,) member energies (eV)
+RESULT_FORCES_COMMITTEE = "forces_committee"  #: (K, N, 3) member forces (eV/Å)
