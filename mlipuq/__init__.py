@@ -6,7 +6,7 @@ Energies are in eV, lengths in Å, forces in eV/Å everywhere.
 from mlipuq import data, models
 from mlipuq.data import AtomsDataset, load
 from mlipuq.training import History, train
-from mlipuq.uq.prediction import Prediction
+from mlipuq.prediction import Prediction
 
 __version__ = "0.1.0"
 

@@ -206,7 +206,7 @@ class AtomsDataset(Sequence):
         """Write the structures as extended XYZ, with predictions if given.
 
         Reference data are written as the standard ``energy`` / ``forces``
-        columns. A :class:`~mlipuq.uq.prediction.Prediction` adds, per structure,
+        columns. A :class:`~mlipuq.prediction.Prediction` adds, per structure,
         ``mlipuq_energy`` and ``mlipuq_energy_std`` (eV) and, per atom,
         ``mlipuq_forces`` and ``mlipuq_forces_std`` (eV/Å, per component);
         committee members add ``mlipuq_energy_members``. Refuses to overwrite
@@ -225,7 +225,6 @@ class AtomsDataset(Sequence):
                     f"{len(self)} / {int(self.n_atoms.sum())}"
                 )
         out = []
-        offsets = np.concatenate([[0], np.cumsum(self.n_atoms)])
         for k, atoms in enumerate(self._structures):
             a = atoms.copy()
             for key in (PRED_ENERGY, PRED_ENERGY_STD, PRED_ENERGY_MEMBERS):
@@ -241,13 +240,9 @@ class AtomsDataset(Sequence):
                 }
                 a.calc = SinglePointCalculator(a, **results)
             if prediction is not None:
-                s = slice(offsets[k], offsets[k + 1])
-                a.info[PRED_ENERGY] = float(prediction.energy[k])
-                a.info[PRED_ENERGY_STD] = float(prediction.energy_std[k])
-                if prediction.energy_members is not None:
-                    a.info[PRED_ENERGY_MEMBERS] = np.asarray(prediction.energy_members[:, k])
-                a.arrays[PRED_FORCES] = np.asarray(prediction.forces[s])
-                a.arrays[PRED_FORCES_STD] = np.asarray(prediction.forces_std[s])
+                info, arrays = prediction.columns(k)
+                a.info.update(info)
+                a.arrays.update(arrays)
             out.append(a)
         ase.io.write(path, out, format="extxyz")
 

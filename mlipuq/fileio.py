@@ -77,7 +77,7 @@ CHECKSUM = "checksum"
 #: Current format version of each file kind (``payload["format"]``).
 CURRENT = {"mlipuq.model": 2, "mlipuq.uq": 2}
 
-_CODE_HINT = (
+CODE_HINT = (
     "mlipuq never unpickles code from a file. A model made by wrap() (or from_mace) is "
     "saved as weights plus plain configuration: build the module in code and pass it, e.g. "
     "mlipuq.models.load(path, module=MyNetwork(...)) or mlipuq.uq.load(path, module=...)"
@@ -90,7 +90,7 @@ def check_weights_only(weights_only, where: str) -> None:
         return
     raise ValueError(
         f"{where}(weights_only={weights_only!r}) is no longer supported: every mlipuq file "
-        f"loads as plain data (torch weights_only=True). {_CODE_HINT}"
+        f"loads as plain data (torch weights_only=True). {CODE_HINT}"
     )
 
 
@@ -180,7 +180,7 @@ def read_payload(path, *, format: str, what: str) -> dict:
                 f"{path}: holds pickled Python objects (code), not plain data; it cannot be "
                 f"loaded. Files written by older mlipuq versions from models made by wrap() or "
                 f"from_mace carried the module's code: save the model again with this version. "
-                f"{_CODE_HINT}"
+                f"{CODE_HINT}"
             ) from None
         raise FileFormatError(f"{path}: damaged or not an mlipuq {what} file ({exc})") from None
     except Exception as exc:  # a damaged archive: zip, record or storage errors
@@ -249,43 +249,6 @@ def check_plain(value: Any, path: str, where: str = "config") -> None:
 # into a version-(v + 1) one (a new dict; the input may be modified).
 # --------------------------------------------------------------------------
 
-def _model_1_to_2(payload: dict, path: str) -> dict:
-    """Format 1 -> 2 of a model: configs that made an adapter read a file are replaced.
-
-    * ``WrappedMLIP``/``MACEMLIP`` files pickled the module: they never get here
-      (``torch.load(weights_only=True)`` refuses them).
-    * ``SevenNetMLIP`` named a checkpoint (a name shipped in the sevenn wheel, or a
-      path). Names shipped in the wheel are upgraded from the wheel's own
-      architecture description (package data, as trusted as sevenn itself); a
-      path is refused: loading never reads a file that a saved file names.
-    * ``CHGNetMLIP`` named a version shipped in the chgnet wheel: upgraded the
-      same way.
-    """
-    if "module" in payload:
-        raise FileFormatError(f"{path}: a format-1 model carrying a pickled module. {_CODE_HINT}")
-    name, config = payload.get("class"), payload.get("config")
-    if name == "SevenNetMLIP":
-        from mlipuq.models import sevennet
-
-        model = config.get("model") if isinstance(config, dict) else None
-        if not isinstance(model, str) or not sevennet.is_pretrained(model):
-            raise FileFormatError(
-                f"{path}: a format-1 SevenNet model that names the checkpoint file {model!r}; "
-                "mlipuq no longer reads files that a saved file names. Rebuild the model with "
-                "from_sevennet(<a checkpoint you trust>) and save it again"
-            )
-        payload["config"] = sevennet.pretrained_config(model)
-    elif name == "CHGNetMLIP":
-        from mlipuq.models import chgnet
-
-        version = config.get("version") if isinstance(config, dict) else None
-        if version not in chgnet.VERSIONS:
-            raise FileFormatError(f"{path}: unknown CHGNet version {version!r} in a format-1 file")
-        payload["config"] = chgnet.pretrained_config(version)
-    payload["format_version"] = 2
-    return payload
-
-
 def _uq_1_to_2(payload: dict, path: str) -> dict:
     """Format 1 -> 2 of a UQ wrapper: its base models are upgraded (models 1 -> 2)."""
     models = payload.get("models")
@@ -299,7 +262,14 @@ def _uq_1_to_2(payload: dict, path: str) -> dict:
     return payload
 
 
+#: ``(format, version) -> upgrade(payload, path)`` to the next version: the one
+#: place where old formats are translated. ``mlipuq.models.base`` registers the
+#: model upgrade (it dispatches to each model class's ``upgrade_config``).
 UPGRADES = {
-    ("mlipuq.model", 1): _model_1_to_2,
     ("mlipuq.uq", 1): _uq_1_to_2,
 }
+
+
+def register_upgrade(format: str, version: int, step) -> None:
+    """Add ``step(payload, path)`` upgrading ``format`` files from ``version``."""
+    UPGRADES[(format, version)] = step

@@ -149,7 +149,7 @@ def synthetic_prediction(n_structures=30, seed=0, miscal=1.5, members=False):
     from ase.calculators.singlepoint import SinglePointCalculator
 
     from mlipuq import data as mdata
-    from mlipuq.uq.prediction import Prediction
+    from mlipuq.prediction import Prediction
 
     rng = np.random.default_rng(seed)
     structures = []

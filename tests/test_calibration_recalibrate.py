@@ -19,7 +19,7 @@ from mlipuq.calibration.recalibrate import (
     get_recalibrator,
 )
 from mlipuq.errors import NotFittedError
-from mlipuq.uq.prediction import Prediction
+from mlipuq.prediction import Prediction
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "ethanol_300.xyz.gz")
 METHODS = sorted(RECALIBRATORS)

@@ -12,7 +12,7 @@ from conftest import synthetic_prediction
 from mlipuq.calibration import CalibrationReport, evaluate, load_prediction
 from mlipuq.calibration import metrics as m
 from mlipuq.errors import FileFormatError, ZeroUncertaintyError
-from mlipuq.uq.prediction import Prediction
+from mlipuq.prediction import Prediction
 
 
 def make_case(n_structures=30, seed=0, miscal=1.5, members=False):

@@ -13,7 +13,7 @@ import mlipuq
 from mlipuq.calibration import evaluate
 from mlipuq.errors import ZeroUncertaintyError
 from mlipuq.uq import LastLayerLaplace
-from mlipuq.uq.prediction import Prediction
+from mlipuq.prediction import Prediction
 
 from conftest import make_model
 

@@ -25,7 +25,7 @@ Methods (``get_recalibrator(method)``):
     the recalibrated ones (see the class).
 
 Energies and forces are recalibrated separately; :class:`PredictionRecalibrator`
-does both for a :class:`~mlipuq.uq.prediction.Prediction` and is what UQ
+does both for a :class:`~mlipuq.prediction.Prediction` and is what UQ
 wrappers use in ``calibrate(val, method=...)``.
 """
 
@@ -402,7 +402,7 @@ class PredictionRecalibrator:
 
     Energies are recalibrated on total energies (eV), forces per Cartesian
     component (eV/Å). :meth:`transform` returns a new
-    :class:`~mlipuq.uq.prediction.Prediction` whose variances are replaced;
+    :class:`~mlipuq.prediction.Prediction` whose variances are replaced;
     committee members are stretched about the mean by σ'/σ so that their
     spread follows, and aleatoric/epistemic parts (and per-atom energy
     variances) are scaled by (σ'/σ)² so that they still add up.
@@ -457,7 +457,7 @@ class PredictionRecalibrator:
 
     def transform(self, prediction):
         """A recalibrated copy of ``prediction`` (energies and forces)."""
-        from mlipuq.uq.prediction import Prediction
+        from mlipuq.prediction import Prediction
 
         if not hasattr(self, "forces_"):
             raise NotFittedError(

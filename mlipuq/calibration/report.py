@@ -340,46 +340,10 @@ def load_prediction(
         match the predicted structures (counts, elements) or lacks energies
         or forces.
     """
-    from mlipuq.data import PRED_ENERGY, PRED_ENERGY_MEMBERS, PRED_ENERGY_STD, PRED_FORCES
-    from mlipuq.data import PRED_FORCES_STD, as_dataset, load
-    from mlipuq.uq.prediction import Prediction
+    from mlipuq.data import as_dataset
+    from mlipuq.prediction import read_prediction
 
-    structures = load(path)
-    if len(structures) == 0:
-        raise ValueError(f"{os.fspath(path)}: no structures")
-    energy, energy_std, forces, forces_std, members = [], [], [], [], []
-    for k, atoms in enumerate(structures):
-        missing = [key for key in (PRED_ENERGY, PRED_ENERGY_STD) if key not in atoms.info]
-        missing += [key for key in (PRED_FORCES, PRED_FORCES_STD) if key not in atoms.arrays]
-        if missing:
-            raise ValueError(
-                f"{os.fspath(path)}: structure {k} lacks prediction column(s) {missing}"
-            )
-        energy.append(float(atoms.info[PRED_ENERGY]))
-        energy_std.append(float(atoms.info[PRED_ENERGY_STD]))
-        shape = (len(atoms), 3)
-        forces.append(np.asarray(atoms.arrays[PRED_FORCES], np.float64).reshape(shape))
-        forces_std.append(np.asarray(atoms.arrays[PRED_FORCES_STD], np.float64).reshape(shape))
-        if PRED_ENERGY_MEMBERS in atoms.info:
-            members.append(np.atleast_1d(np.asarray(atoms.info[PRED_ENERGY_MEMBERS], np.float64)))
-    n_atoms = structures.n_atoms
-    energy_members = None
-    if len(members) == len(structures) and len({m.shape for m in members}) == 1:
-        energy_members = np.stack(members, axis=1)
-    energy_std = np.asarray(energy_std)
-    forces_std = np.concatenate(forces_std)
-    for name, values in (("energy", energy_std), ("forces", forces_std)):
-        if not np.isfinite(values).all() or (values < 0).any():
-            raise ValueError(f"{os.fspath(path)}: predicted {name} std must be finite and >= 0")
-    prediction = Prediction(
-        energy=np.asarray(energy),
-        energy_var=energy_std**2,
-        forces=np.concatenate(forces),
-        forces_var=forces_std**2,
-        n_atoms=n_atoms,
-        batch=np.repeat(np.arange(len(structures)), n_atoms),
-        energy_members=energy_members,
-    )
+    prediction, structures = read_prediction(path)
     if reference is None:
         ref = structures
     else:

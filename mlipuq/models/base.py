@@ -26,7 +26,14 @@ from torch import nn
 
 from mlipuq import data as mdata
 from mlipuq.errors import FileFormatError, InvalidStructureError
-from mlipuq.fileio import check_plain, check_weights_only, read_payload, save_payload  # noqa: F401
+from mlipuq.fileio import (  # noqa: F401  (save_payload re-exported)
+    CODE_HINT,
+    check_plain,
+    check_weights_only,
+    read_payload,
+    register_upgrade,
+    save_payload,
+)
 
 FORMAT = "mlipuq.model"
 FORMAT_VERSION = 2  # 2: checksum, no pickled modules, adapters self-contained
@@ -299,6 +306,12 @@ class MLIP(nn.Module):
         }
 
     @classmethod
+    def upgrade_config(cls, config: dict, version: int, path: str) -> dict:
+        """The ``config`` of a format-``version`` file in the current format
+        (override where a class's config changed; the default keeps it)."""
+        return config
+
+    @classmethod
     def from_payload(cls, payload: dict, *, module: Optional[nn.Module] = None,
                      path: str = "<memory>") -> "MLIP":
         """Rebuild the (not yet loaded) model from a saved payload; weights load afterwards.
@@ -565,3 +578,26 @@ def model_from_payload(payload, path: str = "<memory>", *, module: Optional[nn.M
         first = str(exc).strip().splitlines()[0]
         raise FileFormatError(f"{path}: the saved weights do not fit a {name} ({first})") from None
     return model
+
+
+def _model_1_to_2(payload: dict, path: str) -> dict:
+    """Format 1 -> 2 of a saved model (registered in :data:`mlipuq.fileio.UPGRADES`).
+
+    Format-1 ``wrap()``/MACE files pickled the module: they are refused.
+    Configs that made an adapter read a file are replaced by the class's
+    :meth:`MLIP.upgrade_config` (SevenNet and CHGNet: from the names shipped
+    in their wheels; a path is refused).
+    """
+    if "module" in payload:
+        raise FileFormatError(f"{path}: a format-1 model carrying a pickled module. {CODE_HINT}")
+    name = payload.get("class")
+    if name not in _REGISTRY:
+        import mlipuq.models  # noqa: F401  (registers the built-in models and adapters)
+    cls = _REGISTRY.get(name)
+    if cls is not None and isinstance(payload.get("config"), dict):
+        payload["config"] = cls.upgrade_config(payload["config"], 1, path)
+    payload["format_version"] = 2
+    return payload
+
+
+register_upgrade(FORMAT, 1, _model_1_to_2)

@@ -141,6 +141,18 @@ class CHGNetMLIP(ExternalMLIP):
         return {"version": self.version, "model_args": _model_args(self.module)}
 
     @classmethod
+    def upgrade_config(cls, config: dict, version: int, path: str) -> dict:
+        """Format 1 named a CHGNet version shipped in the wheel: it becomes that
+        version's architecture (package data)."""
+        if version != 1:
+            return config
+        if config.get("version") not in VERSIONS:
+            raise FileFormatError(
+                f"{path}: unknown CHGNet version {config.get('version')!r} in a format-1 file"
+            )
+        return pretrained_config(config["version"])
+
+    @classmethod
     def from_payload(cls, payload: dict, *, module=None, path: str = "<memory>") -> "CHGNetMLIP":
         config = saved_config(payload, "version", "model_args", "CHGNet", path)
         network = _build_chgnet(config["model_args"], path)

@@ -311,6 +311,21 @@ class SevenNetMLIP(ExternalMLIP):
         return {"model": self.model_name, "architecture": self.architecture}
 
     @classmethod
+    def upgrade_config(cls, config: dict, version: int, path: str) -> dict:
+        """Format 1 named a checkpoint: names shipped in the sevenn wheel become their
+        architecture (package data); a path is refused (never read)."""
+        if version != 1:
+            return config
+        model = config.get("model")
+        if not is_pretrained(model):
+            raise FileFormatError(
+                f"{path}: a format-1 SevenNet model that names the checkpoint file {model!r}; "
+                "mlipuq no longer reads files that a saved file names. Rebuild the model with "
+                "from_sevennet(<a checkpoint you trust>) and save it again"
+            )
+        return pretrained_config(model)
+
+    @classmethod
     def from_payload(cls, payload: dict, *, module=None, path: str = "<memory>") -> "SevenNetMLIP":
         """Rebuild from the saved architecture and weights; no checkpoint file is read."""
         config = saved_config(payload, "model", "architecture", "SevenNet", path)

@@ -2,7 +2,7 @@
 
 Static properties are propagated by evaluating them once per member
 (relaxations, equations of state, finite differences). Every wrapper whose
-:class:`~mlipuq.uq.prediction.Prediction` carries ``energy_members`` (and,
+:class:`~mlipuq.prediction.Prediction` carries ``energy_members`` (and,
 where forces are needed, ``forces_members``) exposes its members through
 ``predict``; this module turns member k into an ordinary ASE calculator.
 
@@ -25,34 +25,13 @@ import numpy as np
 from ase.calculators.calculator import Calculator as _ASECalculator
 from ase.calculators.calculator import all_changes
 
-from mlipuq.uq.prediction import Prediction
-
-
-def _no_members_message(wrapper, what: str, *, forces: bool = False) -> str:
-    name = type(wrapper).__name__
-    hint = (
-        "LastLayerLaplace(..., n_samples=16, force_variance='samples'"
-        + (", energy_posterior='joint')" if forces else ")")
-        if name == "LastLayerLaplace"
-        else "a committee wrapper (DeepEnsemble, ShallowEnsemble) or LastLayerLaplace with "
-        "force_variance='samples'"
-    )
-    return f"{name} predictions carry no {what}: member-wise propagation needs {hint}"
+from mlipuq.prediction import Prediction
 
 
 def check_members(prediction: Prediction, wrapper, *, forces: bool) -> None:
-    """ValueError unless ``prediction`` has energy (and force) members."""
-    if prediction.energy_members is None or prediction.n_members < 1:
-        raise ValueError(_no_members_message(wrapper, "committee energies (energy_members)"))
-    if forces and prediction.forces_members is None:
-        raise ValueError(_no_members_message(wrapper, "committee forces (forces_members)",
-                                             forces=True))
-    if forces and not getattr(wrapper, "consistent_members", True):
-        raise ValueError(
-            f"{type(wrapper).__name__}: its member forces are not the gradients of its member "
-            "energies (energy_posterior='energy' draws them from two posteriors); relaxing or "
-            "running MD with members needs LastLayerLaplace(..., energy_posterior='joint')"
-        )
+    """ValueError unless ``prediction`` has energy (and force) members usable
+    member-wise (the wrapper's :meth:`~mlipuq.uq.base.UQWrapper.check_members`)."""
+    wrapper.check_members(prediction, forces=forces)
 
 
 class CommitteeEvaluator:
@@ -149,9 +128,8 @@ def member_calculators(wrapper, *, forces: bool = True, calibrated: bool = True,
     calibrated
         Use recalibrated members.
     atoms
-        A structure evaluated once to count the members and check that they
-        exist (recommended; without it the count comes from the wrapper's
-        ``n_members``, ``n_heads`` or ``n_samples`` attribute).
+        A structure evaluated once to check that the members exist
+        (recommended; without it the count is the wrapper's ``n_members``).
 
     Returns
     -------
@@ -162,15 +140,8 @@ def member_calculators(wrapper, *, forces: bool = True, calibrated: bool = True,
     if atoms is not None:
         k = evaluator.predict(atoms).n_members
     else:
-        k = None
-        for attr in ("n_members", "n_heads", "n_samples"):
-            value = getattr(wrapper, attr, None)
-            if isinstance(value, (int, np.integer)):
-                k = int(value)
-                break
-        if not k:
-            raise ValueError(
-                _no_members_message(wrapper, "known number of members")
-                + " (or pass atoms= to probe it)"
-            )
+        k = int(wrapper.n_members)
+        if k < 1:
+            raise ValueError(f"{type(wrapper).__name__} has no committee members: member-wise "
+                             f"propagation needs {wrapper.members_hint(forces=forces)}")
     return [MemberCalculator(evaluator, i) for i in range(k)]

@@ -4,7 +4,7 @@ from mlipuq.uq.base import UQWrapper, load
 from mlipuq.uq.deep_ensemble import DeepEnsemble
 from mlipuq.uq.evidential import EvidentialHead
 from mlipuq.uq.llpr import LastLayerLaplace
-from mlipuq.uq.prediction import Prediction
+from mlipuq.prediction import Prediction
 from mlipuq.uq.shallow_ensemble import ShallowEnsemble
 
 __all__ = [

@@ -4,7 +4,7 @@ A wrapper subclasses :class:`UQWrapper` and implements
 
 * ``fit(train, ...)`` (returns ``self`` and sets ``fitted_ = True``),
 * ``_predict_batch(batch) -> dict`` with torch or NumPy arrays for the
-  :class:`~mlipuq.uq.prediction.Prediction` fields (``energy``, ``energy_var``,
+  :class:`~mlipuq.prediction.Prediction` fields (``energy``, ``energy_var``,
   ``forces``, ``forces_var`` and optionally members / evidential parts),
 * ``config()`` (constructor keyword arguments) and ``_get_state()`` /
   ``_set_state(state)`` (fitted tensors; plain Python, NumPy or torch values),
@@ -30,7 +30,7 @@ from mlipuq import data as mdata
 from mlipuq.errors import FileFormatError, MissingReferenceError, NotFittedError
 from mlipuq.fileio import check_plain, check_weights_only, read_payload, save_payload
 from mlipuq.models.base import MLIP, model_from_payload
-from mlipuq.uq.prediction import Prediction
+from mlipuq.prediction import Prediction
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,13 @@ class UQWrapper:
         forces that are not gradients of the member energies.
         """
         pred = self.predict(structures, calibrated=calibrated, batch_size=batch_size)
-        name = type(self).__name__
+        self.check_members(pred, forces=forces)
+        return pred
+
+    def check_members(self, prediction: Prediction, *, forces: bool) -> None:
+        """``ValueError`` unless ``prediction`` (of this wrapper) has energy members
+        and, with ``forces``, force members that are gradients of the energies."""
+        name, pred = type(self).__name__, prediction
         if pred.energy_members is None or pred.n_members < 1:
             raise ValueError(f"{name} predictions carry no committee energies (energy_members): "
                              f"member-wise propagation needs {self.members_hint()}")
@@ -152,7 +158,6 @@ class UQWrapper:
                 f"{name}: its member forces are not the gradients of its member energies; "
                 f"relaxing or running MD with members needs {self.members_hint(forces=True)}"
             )
-        return pred
 
     def to(self, dtype: torch.dtype) -> "UQWrapper":
         """Cast the base model(s) to ``dtype`` (float64 fitted state stays float64)."""

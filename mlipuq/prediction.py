@@ -1,0 +1,274 @@
+"""The :class:`Prediction` every UQ wrapper's ``predict()`` returns.
+
+Fields, shapes and units (B structures, N atoms in total, K committee members):
+
+========================  ===========  ==========================================
+field                     shape        unit
+========================  ===========  ==========================================
+``energy``                (B,)         eV
+``energy_var``            (B,)         eV^2
+``forces``                (N, 3)       eV/Å
+``forces_var``            (N, 3)       eV^2/Å^2, per Cartesian component
+``energy_members``        (K, B)       eV (committee-type wrappers, LLPR samples)
+``forces_members``        (K, N, 3)    eV/Å
+``energy_aleatoric_var``  (B,)         eV^2 (evidential)
+``energy_epistemic_var``  (B,)         eV^2 (evidential)
+``atom_energy_var``       (N,)         eV^2, local (per-atom) energy variance (LLPR)
+``n_atoms``               (B,)         atoms per structure
+``batch``                 (N,)         index of each atom's structure
+========================  ===========  ==========================================
+
+All arrays are NumPy float64 (``n_atoms`` and ``batch`` are int64). Standard
+deviations are properties computed from the stored variances.
+
+This module is neutral ground: the UQ wrappers (``mlipuq.uq``) produce
+predictions, calibration, propagation and active learning consume them, and
+this module imports none of them. Its file I/O: :meth:`Prediction.columns`
+gives the extxyz columns :meth:`mlipuq.data.AtomsDataset.write` writes, and
+:func:`read_prediction` reads them back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Optional, Sequence
+
+import numpy as np
+
+from mlipuq import schema
+
+_OPTIONAL = (
+    "energy_members",
+    "forces_members",
+    "energy_aleatoric_var",
+    "energy_epistemic_var",
+    "atom_energy_var",
+)
+
+
+@dataclass
+class Prediction:
+    """Energies and forces with their uncertainties (eV, Å)."""
+
+    energy: np.ndarray
+    energy_var: np.ndarray
+    forces: np.ndarray
+    forces_var: np.ndarray
+    n_atoms: np.ndarray
+    batch: np.ndarray
+    energy_members: Optional[np.ndarray] = None
+    forces_members: Optional[np.ndarray] = None
+    energy_aleatoric_var: Optional[np.ndarray] = None
+    energy_epistemic_var: Optional[np.ndarray] = None
+    atom_energy_var: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            dtype = np.int64 if f.name in ("n_atoms", "batch") else np.float64
+            setattr(self, f.name, np.asarray(value, dtype=dtype))
+        b = self.energy.shape
+        n = int(self.n_atoms.sum())
+        expected = {
+            "energy": b,
+            "energy_var": b,
+            "n_atoms": b,
+            "forces": (n, 3),
+            "forces_var": (n, 3),
+            "batch": (n,),
+            "energy_aleatoric_var": b,
+            "energy_epistemic_var": b,
+            "atom_energy_var": (n,),
+        }
+        if self.energy.ndim != 1:
+            raise ValueError(f"Prediction.energy must have shape (B,), got {self.energy.shape}")
+        for name, shape in expected.items():
+            value = getattr(self, name)
+            if value is not None and value.shape != shape:
+                raise ValueError(f"Prediction.{name} must have shape {shape}, got {value.shape}")
+        if self.energy_members is not None:
+            if self.energy_members.ndim != 2 or self.energy_members.shape[1] != b[0]:
+                raise ValueError(
+                    f"Prediction.energy_members must have shape (K, {b[0]}), "
+                    f"got {self.energy_members.shape}"
+                )
+        if self.forces_members is not None:
+            if self.forces_members.ndim != 3 or self.forces_members.shape[1:] != (n, 3):
+                raise ValueError(
+                    f"Prediction.forces_members must have shape (K, {n}, 3), "
+                    f"got {self.forces_members.shape}"
+                )
+        for name in (
+            "energy_var",
+            "forces_var",
+            "energy_aleatoric_var",
+            "energy_epistemic_var",
+            "atom_energy_var",
+        ):
+            value = getattr(self, name)
+            if value is not None and np.any(value < 0):
+                raise ValueError(f"Prediction.{name} has negative variances")
+
+    # ------------------------------------------------------------------ views
+    @property
+    def energy_std(self) -> np.ndarray:
+        """Energy standard deviation per structure (eV)."""
+        return np.sqrt(self.energy_var)
+
+    @property
+    def forces_std(self) -> np.ndarray:
+        """Force standard deviation per atom and Cartesian component (eV/Å)."""
+        return np.sqrt(self.forces_var)
+
+    @property
+    def energy_per_atom(self) -> np.ndarray:
+        """Energy per atom (eV/atom)."""
+        return self.energy / self.n_atoms
+
+    @property
+    def energy_per_atom_std(self) -> np.ndarray:
+        """Energy standard deviation per atom (eV/atom)."""
+        return self.energy_std / self.n_atoms
+
+    @property
+    def max_force_std(self) -> np.ndarray:
+        """(B,) DP-GEN model deviation: the largest per-atom norm of the force std
+        vector, ``max_i sqrt(sum_c Var F_ic)`` (eV/Å)."""
+        per_atom = np.sqrt(self.forces_var.sum(axis=1))
+        out = np.zeros(self.n_structures)
+        np.maximum.at(out, self.batch, per_atom)
+        return out
+
+    @property
+    def n_structures(self) -> int:
+        return int(self.energy.shape[0])
+
+    @property
+    def n_members(self) -> int:
+        """Number of committee members (0 when the wrapper exposes none)."""
+        return 0 if self.energy_members is None else int(self.energy_members.shape[0])
+
+    def structure(self, index: int) -> "Prediction":
+        """The prediction of one structure, as a Prediction with B = 1."""
+        if not -self.n_structures <= index < self.n_structures:
+            raise IndexError(f"structure index {index} out of range for {self.n_structures}")
+        index %= self.n_structures
+        atoms = self.batch == index
+        kwargs = {
+            "energy": self.energy[index : index + 1],
+            "energy_var": self.energy_var[index : index + 1],
+            "forces": self.forces[atoms],
+            "forces_var": self.forces_var[atoms],
+            "n_atoms": self.n_atoms[index : index + 1],
+            "batch": np.zeros(int(atoms.sum()), dtype=np.int64),
+        }
+        if self.energy_members is not None:
+            kwargs["energy_members"] = self.energy_members[:, index : index + 1]
+        if self.forces_members is not None:
+            kwargs["forces_members"] = self.forces_members[:, atoms]
+        if self.atom_energy_var is not None:
+            kwargs["atom_energy_var"] = self.atom_energy_var[atoms]
+        for name in ("energy_aleatoric_var", "energy_epistemic_var"):
+            value = getattr(self, name)
+            if value is not None:
+                kwargs[name] = value[index : index + 1]
+        return Prediction(**kwargs)
+
+    @classmethod
+    def concatenate(cls, predictions: Sequence["Prediction"]) -> "Prediction":
+        """Join predictions of consecutive batches into one."""
+        predictions = list(predictions)
+        if not predictions:
+            raise ValueError("cannot concatenate an empty list of predictions")
+        offsets = np.cumsum([0] + [p.n_structures for p in predictions[:-1]])
+        kwargs = {
+            "energy": np.concatenate([p.energy for p in predictions]),
+            "energy_var": np.concatenate([p.energy_var for p in predictions]),
+            "forces": np.concatenate([p.forces for p in predictions]),
+            "forces_var": np.concatenate([p.forces_var for p in predictions]),
+            "n_atoms": np.concatenate([p.n_atoms for p in predictions]),
+            "batch": np.concatenate([p.batch + o for p, o in zip(predictions, offsets)]),
+        }
+        for name in _OPTIONAL:
+            values = [getattr(p, name) for p in predictions]
+            present = [v is not None for v in values]
+            if all(present):
+                axis = 1 if name.endswith("members") else 0
+                kwargs[name] = np.concatenate(values, axis=axis)
+            elif any(present):
+                raise ValueError(f"cannot concatenate predictions where only some have {name}")
+        return cls(**kwargs)
+
+    # -------------------------------------------------------------- file I/O
+    def columns(self, index: int) -> tuple[dict, dict]:
+        """``(info, arrays)`` extxyz columns of structure ``index``: predicted energy
+        and std (eV) and committee energies per structure, predicted forces and
+        their std (eV/Å, per component) per atom (keys in :mod:`mlipuq.schema`)."""
+        one = self.structure(index)
+        info = {schema.ENERGY: float(one.energy[0]), schema.ENERGY_STD: float(one.energy_std[0])}
+        if one.energy_members is not None:
+            info[schema.ENERGY_MEMBERS] = np.asarray(one.energy_members[:, 0])
+        arrays = {schema.FORCES: np.asarray(one.forces), schema.FORCES_STD: one.forces_std}
+        return info, arrays
+
+
+def _number(value, path: str, k: int, key: str) -> float:
+    if isinstance(value, (bool, np.bool_, str, bytes)) or np.ndim(value) != 0:
+        raise _column_error(path, k, key, f"{value!r} is not a number")
+    return float(value)
+
+
+def _column_error(path: str, k: int, key: str, problem: str):
+    from mlipuq.errors import InputFileError
+
+    return InputFileError(f"{path}: frame {k}: {key}: {problem}", file=path, frame=k, key=key)
+
+
+def read_prediction(path) -> tuple["Prediction", object]:
+    """``(Prediction, AtomsDataset)`` from an extxyz written by
+    :meth:`mlipuq.data.AtomsDataset.write` with a prediction.
+
+    Raises :class:`~mlipuq.errors.InputFileError` (a ``ValueError``) naming the
+    file, frame and key when a prediction column is missing or malformed.
+    """
+    import os
+
+    from mlipuq.data import load
+
+    path = os.fspath(path)
+    structures = load(path)
+    if len(structures) == 0:
+        raise ValueError(f"{path}: no structures")
+    energy, energy_std, forces, forces_std, members = [], [], [], [], []
+    for k, atoms in enumerate(structures):
+        for key in (schema.ENERGY, schema.ENERGY_STD):
+            if key not in atoms.info:
+                raise _column_error(path, k, key, "missing prediction column")
+        for key in (schema.FORCES, schema.FORCES_STD):
+            if key not in atoms.arrays:
+                raise _column_error(path, k, key, "missing prediction column")
+        energy.append(_number(atoms.info[schema.ENERGY], path, k, schema.ENERGY))
+        energy_std.append(_number(atoms.info[schema.ENERGY_STD], path, k, schema.ENERGY_STD))
+        shape = (len(atoms), 3)
+        forces.append(np.asarray(atoms.arrays[schema.FORCES], np.float64).reshape(shape))
+        forces_std.append(np.asarray(atoms.arrays[schema.FORCES_STD], np.float64).reshape(shape))
+        if schema.ENERGY_MEMBERS in atoms.info:
+            members.append(np.atleast_1d(np.asarray(atoms.info[schema.ENERGY_MEMBERS],
+                                                    np.float64)))
+    energy_members = None
+    if len(members) == len(structures) and len({m.shape for m in members}) == 1:
+        energy_members = np.stack(members, axis=1)
+    energy_std, forces_std = np.asarray(energy_std), np.concatenate(forces_std)
+    for name, values in (("energy", energy_std), ("forces", forces_std)):
+        if not np.isfinite(values).all() or (values < 0).any():
+            raise ValueError(f"{path}: predicted {name} std must be finite and >= 0")
+    n_atoms = structures.n_atoms
+    prediction = Prediction(
+        energy=np.asarray(energy), energy_var=energy_std**2,
+        forces=np.concatenate(forces), forces_var=forces_std**2,
+        n_atoms=n_atoms, batch=np.repeat(np.arange(len(structures)), n_atoms),
+        energy_members=energy_members,
+    )
+    return prediction, structures
