@@ -22,7 +22,7 @@ from mlipuq import datasets
 from mlipuq.models import MiniMLIP
 from mlipuq.training import errors, train
 
-ETHANOL_MODEL = dict(cutoff=5.0, n_features=64, n_interactions=3, n_rbf=20, n_readout_features=32)
+ETHANOL_MODEL = dict(cutoff=5.0, width=64, n_interactions=3, n_rbf=20, n_readout_features=32)
 
 
 def throughput(model, structures, *, batch_size: int, repeats: int = 3) -> dict:

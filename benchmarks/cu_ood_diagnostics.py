@@ -34,7 +34,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     train, val, test300, hot, cluster = copper_sets(args.train_kinds)  # uq_evidence.py's sets
-    model = MiniMLIP(["Cu"], seed=0, cutoff=4.5, n_features=32, n_interactions=2, n_rbf=12)
+    model = MiniMLIP(["Cu"], seed=0, cutoff=4.5, width=32, n_interactions=2, n_rbf=12)
     mlipuq.train(model, train, val, batch_size=8, lr=2e-3, forces_weight=100.0, patience=60,
                  epochs=10000, max_time=args.train_time, progress=False)
     print(f"{'LLPR':<22}{'set':<10}{'E std/atom':>11}{'|E err|/atom':>13}{'F std':>8}"

@@ -46,8 +46,8 @@ from mlipuq.calibration import metrics
 from mlipuq.models import MiniMLIP
 from mlipuq.uq import DeepEnsemble, EvidentialHead, LastLayerLaplace, ShallowEnsemble
 
-ETHANOL_MODEL = dict(cutoff=5.0, n_features=64, n_interactions=3, n_rbf=20, n_readout_features=32)
-CU_MODEL = dict(cutoff=4.5, n_features=32, n_interactions=2, n_rbf=12, n_readout_features=32)
+ETHANOL_MODEL = dict(cutoff=5.0, width=64, n_interactions=3, n_rbf=20, n_readout_features=32)
+CU_MODEL = dict(cutoff=4.5, width=32, n_interactions=2, n_rbf=12, n_readout_features=32)
 TRAIN = dict(batch_size=8, lr=2e-3, forces_weight=100.0, patience=60, lr_patience=12,
              epochs=100000, progress=False)
 

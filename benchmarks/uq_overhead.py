@@ -35,7 +35,7 @@ from mlipuq.models import MiniMLIP
 from mlipuq.uq import DeepEnsemble, EvidentialHead, LastLayerLaplace, ShallowEnsemble
 from mlipuq.uq.jacobians import feature_vjps
 
-MODEL = dict(cutoff=5.0, n_features=64, n_interactions=3, n_rbf=20, n_readout_features=32)
+MODEL = dict(cutoff=5.0, width=64, n_interactions=3, n_rbf=20, n_readout_features=32)
 
 
 def _sync() -> None:

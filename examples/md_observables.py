@@ -68,7 +68,7 @@ def main() -> None:
     data = datasets.emt(("Cu",), 120, (300, 600), seed=0,
                                kinds=("bulk", "vacancy", "strained"))
     train, val, test = data.split([0.7, 0.15, 0.15], seed=0)
-    model = MiniMLIP(["Cu"], cutoff=4.5, n_features=32, n_interactions=2, n_rbf=12,
+    model = MiniMLIP(["Cu"], cutoff=4.5, width=32, n_interactions=2, n_rbf=12,
                      n_readout_features=16, seed=0)
     mlipuq.train(model, train, val, epochs=args.epochs, batch_size=8, lr=3e-3,
                  forces_weight=50.0, patience=20, max_time=60, progress=False)

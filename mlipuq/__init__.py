@@ -19,6 +19,7 @@ _LAZY = {
     "EvidentialHead": "mlipuq.uq",
     "DeepEnsemble": "mlipuq.uq",
     "ShallowEnsemble": "mlipuq.uq",
+    "LatentDistance": "mlipuq.uq",
 }
 
 

@@ -85,7 +85,7 @@ def run_demo(args: argparse.Namespace) -> int:
           flush=True)
 
     def make_model(seed):
-        return MiniMLIP(["Cu"], cutoff=4.5, n_features=32, n_interactions=2, n_rbf=12, seed=seed)
+        return MiniMLIP(["Cu"], cutoff=4.5, width=32, n_interactions=2, n_rbf=12, seed=seed)
 
     def fit_model(model, seed, budget):
         return train(model, train_set, val_set, epochs=args.epochs, batch_size=8, lr=2e-3,
@@ -155,7 +155,7 @@ def run_train(args: argparse.Namespace) -> int:
     model = MiniMLIP(
         dataset.species,
         cutoff=args.cutoff,
-        n_features=args.features,
+        width=args.features,
         n_interactions=args.interactions,
         seed=args.seed,
     )
@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0, help="random seed")
     tr.set_defaults(func=run_train)
 
-    from mlipuq import active_cli
+    from mlipuq.active import cli as active_cli
     from mlipuq.calibration import cli as calibration_cli
 
     calibration_cli.add_parser(sub)

@@ -407,6 +407,40 @@ def fit_atomic_energies(
     return {z: float(solution[column[z]]) for z in zs}
 
 
+def composition_matrix(dataset: AtomsDataset, species: Sequence[int]) -> np.ndarray:
+    """(B, S) float64 count of each species (in ``species`` order) per structure."""
+    column = {int(z): c for c, z in enumerate(species)}
+    out = np.zeros((len(dataset), len(species)))
+    for row, atoms in enumerate(dataset):
+        for z in atoms.numbers:
+            out[row, column[int(z)]] += 1
+    return out
+
+
+def undetermined_offsets(counts: np.ndarray, *, rtol: float = 1e-10) -> np.ndarray:
+    """(S, k) orthonormal basis of the per-species offset combinations that the
+    training compositions ``counts`` (B, S) do not determine (their null space).
+
+    Shifting the per-species reference energies along these directions leaves
+    every training energy unchanged; k = 0 when the compositions determine all
+    offsets (e.g. several stoichiometries, or one species).
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    _, singular, vt = np.linalg.svd(counts, full_matrices=True)
+    rank = int(np.sum(singular > rtol * (singular[0] if singular.size else 0.0)))
+    return vt[rank:].T.copy()
+
+
+def describe_offsets(basis: np.ndarray, species: Sequence[int]) -> str:
+    """Readable combinations, e.g. ``"+0.89 C -0.45 O"`` for each basis column."""
+    out = []
+    for col in np.asarray(basis).T:
+        terms = [f"{v:+.2f} {chemical_symbols[int(z)]}" for v, z in zip(col, species)
+                 if abs(v) > 1e-3]
+        out.append(" ".join(terms))
+    return "; ".join(out)
+
+
 def atomic_energies_from(source: Source) -> dict[int, float]:
     """Per-species energies read from isolated-atom calculations (one atom each)."""
     out = {}

@@ -16,6 +16,7 @@ field                     shape        unit
 ``atom_energy_var``       (N,)         eV^2, local (per-atom) energy variance (LLPR)
 ``n_atoms``               (B,)         atoms per structure
 ``batch``                 (N,)         index of each atom's structure
+``numbers``               (N,)         atomic number of each atom (set by ``predict``)
 ========================  ===========  ==========================================
 
 All arrays are NumPy float64 (``n_atoms`` and ``batch`` are int64). Standard
@@ -43,6 +44,7 @@ _OPTIONAL = (
     "energy_aleatoric_var",
     "energy_epistemic_var",
     "atom_energy_var",
+    "numbers",
 )
 
 
@@ -61,13 +63,14 @@ class Prediction:
     energy_aleatoric_var: Optional[np.ndarray] = None
     energy_epistemic_var: Optional[np.ndarray] = None
     atom_energy_var: Optional[np.ndarray] = None
+    numbers: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
             if value is None:
                 continue
-            dtype = np.int64 if f.name in ("n_atoms", "batch") else np.float64
+            dtype = np.int64 if f.name in ("n_atoms", "batch", "numbers") else np.float64
             setattr(self, f.name, np.asarray(value, dtype=dtype))
         b = self.energy.shape
         n = int(self.n_atoms.sum())
@@ -81,6 +84,7 @@ class Prediction:
             "energy_aleatoric_var": b,
             "energy_epistemic_var": b,
             "atom_energy_var": (n,),
+            "numbers": (n,),
         }
         if self.energy.ndim != 1:
             raise ValueError(f"Prediction.energy must have shape (B,), got {self.energy.shape}")
@@ -168,8 +172,10 @@ class Prediction:
             kwargs["energy_members"] = self.energy_members[:, index : index + 1]
         if self.forces_members is not None:
             kwargs["forces_members"] = self.forces_members[:, atoms]
-        if self.atom_energy_var is not None:
-            kwargs["atom_energy_var"] = self.atom_energy_var[atoms]
+        for name in ("atom_energy_var", "numbers"):
+            value = getattr(self, name)
+            if value is not None:
+                kwargs[name] = value[atoms]
         for name in ("energy_aleatoric_var", "energy_epistemic_var"):
             value = getattr(self, name)
             if value is not None:
@@ -269,6 +275,7 @@ def read_prediction(path) -> tuple["Prediction", object]:
         energy=np.asarray(energy), energy_var=energy_std**2,
         forces=np.concatenate(forces), forces_var=forces_std**2,
         n_atoms=n_atoms, batch=np.repeat(np.arange(len(structures)), n_atoms),
+        numbers=np.concatenate([a.numbers for a in structures]),
         energy_members=energy_members,
     )
     return prediction, structures

@@ -1,24 +1,30 @@
-"""Energy + force training loop shared by base models, ensembles and heads.
+"""One training loop for anything :class:`Trainable`: base models, ensemble heads, evidential heads.
 
-The loss is
+:func:`train` optimises a :class:`Trainable` with Adam, halves the learning
+rate on validation plateaus, stops early and restores the best weights. A
+plain :class:`~mlipuq.models.MLIP` is trained through :class:`EnergyForceMSE`,
+whose loss is
 
 .. math:: L = w_E \\langle ((E - E^{ref}) / n)^2 \\rangle
             + w_F \\langle (F - F^{ref})^2 \\rangle
 
 (per-atom energy MSE in eV^2/atom^2 plus force-component MSE in eV^2/Å^2).
-Adam, learning rate halved on validation plateaus, early stopping, best
-weights restored at the end.
+The UQ heads (:class:`~mlipuq.uq.ShallowEnsemble`,
+:class:`~mlipuq.uq.EvidentialHead`) subclass :class:`HeadTrainable` and only
+supply their loss.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
 import torch
@@ -59,12 +65,72 @@ def fit_scales(model: MLIP, train: mdata.AtomsDataset, graphs: Sequence[mdata.Gr
     """Give the model what it needs from the data before training starts:
     species reference energies (least squares) and the mean neighbour count."""
     if not model.atomic_energies_set:
-        model.set_atomic_energies(mdata.fit_atomic_energies(train, model.species))
-        log.info("fitted atomic energies %s", model.atomic_energies)
+        fit_reference_energies(model, train)
     if hasattr(model, "avg_num_neighbors") and model.avg_num_neighbors is None:
         edges = sum(g.edge_index.shape[1] for g in graphs)
         atoms = sum(len(g.numbers) for g in graphs)
         model.avg_num_neighbors = max(edges / max(atoms, 1), 1.0)
+
+
+class UndeterminedReferenceWarning(UserWarning):
+    """The training compositions do not determine every per-species reference energy."""
+
+
+def fit_reference_energies(model: MLIP, train: mdata.AtomsDataset) -> None:
+    """Per-species reference energies by least squares, with the combinations the
+    training compositions leave undetermined recorded on the model.
+
+    One molecule (or any fixed stoichiometry) determines only one combination
+    of its species' reference energies: another stoichiometry would then get a
+    confident wrong energy. Here the undetermined directions (null space of the
+    composition matrix) are stored with a prior std τ and every wrapper adds
+    ``model.composition_variance`` to its energy variance. τ is the empirical-
+    Bayes (type-II maximum-likelihood) scale of independent N(0, τ²) priors on
+    the reference energies: a structure's energy E = c·e then has variance
+    τ²|c|², so τ² = mean over the training structures of E²/|c|² (eV²).
+    A warning names the undetermined combinations; isolated-atom energies
+    (``model.set_atomic_energies(mlipuq.data.atomic_energies_from(path))``
+    before training) fix them.
+    """
+    labelled = train[np.flatnonzero(train.has_reference)]
+    counts = mdata.composition_matrix(labelled, model.species)
+    basis = mdata.undetermined_offsets(counts)
+    energies = mdata.fit_atomic_energies(train, model.species)
+    tau = float(np.sqrt(np.mean(labelled.energies**2 / np.einsum("bs,bs->b", counts, counts))))
+    if basis.shape[1]:
+        warnings.warn(
+            f"the training compositions determine only {len(model.species) - basis.shape[1]} "
+            f"of the {len(model.species)} per-species reference energies; undetermined "
+            f"combinations: {mdata.describe_offsets(basis, model.species)}. Energies of other "
+            f"stoichiometries get a composition variance (prior std {tau:.3g} eV per "
+            "direction); give isolated-atom energies (model.set_atomic_energies("
+            "mlipuq.data.atomic_energies_from(path))) to determine them",
+            UndeterminedReferenceWarning, stacklevel=3,
+        )
+    model.set_atomic_energies(energies, undetermined=basis, prior_std=max(tau, 1e-12))
+    log.info("fitted atomic energies %s", model.atomic_energies)
+
+
+def error_statistics(de: torch.Tensor, df: Optional[torch.Tensor] = None) -> dict[str, float]:
+    """Error sums of one batch that :func:`train` turns into per-epoch MAE and RMSE.
+
+    ``de`` (B,) per-atom energy errors (eV/atom), ``df`` force-component errors
+    (eV/Å) or None. Every :meth:`Trainable.loss` returns these keys.
+    """
+    de = de.detach()
+    stats = {
+        "n_structures": float(len(de)),
+        "energy_abs": float(de.abs().sum()),
+        "energy_sq": float((de**2).sum()),
+    }
+    if df is not None:
+        df = df.detach()
+        stats.update(
+            n_components=float(df.numel()),
+            forces_abs=float(df.abs().sum()),
+            forces_sq=float((df**2).sum()),
+        )
+    return stats
 
 
 def batch_loss(
@@ -75,25 +141,16 @@ def batch_loss(
     *,
     create_graph: bool,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted loss of one batch and its error sums (for epoch metrics)."""
+    """Weighted energy + force MSE of one batch and its :func:`error_statistics`."""
     out = model(batch, forces=forces_weight > 0, create_graph=create_graph)
     n = batch.n_atoms.to(torch.float64)
     de = (out["energy"] - batch.energy.to(torch.float64)) / n
     loss = energy_weight * (de**2).mean()
-    stats = {
-        "n_structures": float(len(n)),
-        "energy_abs": float(de.detach().abs().sum()),
-        "energy_sq": float((de.detach() ** 2).sum()),
-    }
-    if forces_weight > 0:
-        df = out["forces"] - batch.forces.to(out["forces"].dtype)
-        loss = loss + forces_weight * (df.to(torch.float64) ** 2).mean()
-        stats.update(
-            n_components=float(df.numel()),
-            forces_abs=float(df.detach().abs().sum()),
-            forces_sq=float((df.detach() ** 2).sum()),
-        )
-    return loss, stats
+    if forces_weight <= 0:
+        return loss, error_statistics(de)
+    df = out["forces"] - batch.forces.to(out["forces"].dtype)
+    loss = loss + forces_weight * (df.to(torch.float64) ** 2).mean()
+    return loss, error_statistics(de, df)
 
 
 def _summarise(stats: list[dict], prefix: str) -> dict[str, float]:
@@ -108,8 +165,252 @@ def _summarise(stats: list[dict], prefix: str) -> dict[str, float]:
     return out
 
 
+# ------------------------------------------------------------------ protocol
+@runtime_checkable
+class Trainable(Protocol):
+    """What :func:`train` optimises.
+
+    ``dtype`` and ``device`` are those batches are built in. Optionally, a
+    ``save(path, *, overwrite)`` method enables ``train(..., checkpoint=...)``.
+    """
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def prepare(
+        self, train: mdata.AtomsDataset, val: Optional[mdata.AtomsDataset]
+    ) -> tuple[list, Optional[list]]:
+        """Validate the data, set anything fitted from it, return the graphs of both sets."""
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The tensors the optimiser updates (called once, after :meth:`prepare`)."""
+
+    def loss(self, batch: mdata.Batch, *, create_graph: bool) -> tuple[torch.Tensor, dict]:
+        """Scalar loss of one batch and its :func:`error_statistics`."""
+
+    def train_mode(self, mode: bool) -> None:
+        """Switch the modules to training (True) or evaluation (False) mode."""
+
+    def snapshot(self) -> Any:
+        """A copy of the trained state (the best epoch's is kept)."""
+
+    def restore(self, state: Any) -> None:
+        """Load a :meth:`snapshot`."""
+
+
+class EnergyForceMSE:
+    """A base :class:`~mlipuq.models.MLIP` as a :class:`Trainable`: energy + force MSE.
+
+    :meth:`prepare` also fits what the model needs from the training data
+    (species reference energies, MiniMLIP's neighbour normalisation), see
+    :func:`fit_scales`. ``parameters`` restricts training to those tensors;
+    ``loss_fn(model, batch, create_graph) -> (loss, stats)`` replaces the MSE.
+    """
+
+    def __init__(self, model: MLIP, *, energy_weight: float = 1.0, forces_weight: float = 100.0,
+                 parameters: Optional[Iterable[torch.nn.Parameter]] = None,
+                 loss_fn: Optional[Callable] = None):
+        self.model = model
+        self.energy_weight = non_negative("energy_weight", energy_weight)
+        self.forces_weight = non_negative("forces_weight", forces_weight)
+        self.parameters = None if parameters is None else list(parameters)
+        self.loss_fn = loss_fn
+
+    dtype = property(lambda self: self.model.dtype)
+    device = property(lambda self: self.model.device)
+
+    def prepare(self, train, val):
+        need_forces = self.forces_weight > 0
+        train_graphs = prepare_graphs(train, self.model, need_forces=need_forces)
+        val_graphs = None
+        if val is not None:
+            val_graphs = prepare_graphs(val, self.model, need_forces=need_forces)
+        fit_scales(self.model, train, train_graphs)
+        return train_graphs, val_graphs
+
+    def trainable_parameters(self):
+        if self.parameters is not None:
+            return list(self.parameters)
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def loss(self, batch, *, create_graph):
+        if self.loss_fn is not None:
+            return self.loss_fn(self.model, batch, create_graph)
+        return batch_loss(self.model, batch, self.energy_weight, self.forces_weight,
+                          create_graph=create_graph)
+
+    def train_mode(self, mode: bool) -> None:
+        self.model.train(mode)
+
+    def snapshot(self):
+        return copy.deepcopy(self.model.state_dict())
+
+    def restore(self, state) -> None:
+        self.model.load_state_dict(state)
+
+    def save(self, path, *, overwrite: bool = False) -> None:
+        self.model.save(path, overwrite=overwrite)
+
+
+class HeadTrainable:
+    """A head (``torch.nn.Module``) on a backbone MLIP, as a :class:`Trainable`.
+
+    Subclasses define :meth:`loss`. ``backbone`` lists backbone tensors trained
+    with the head (empty: frozen backbone); ``frozen`` lists tensors whose
+    ``requires_grad`` is off while :meth:`fit` runs (restored afterwards).
+    The backbone is snapshotted with the head only when it is trained.
+    """
+
+    def __init__(self, model: MLIP, head: torch.nn.Module, *, need_forces: bool,
+                 backbone: Iterable[torch.nn.Parameter] = (),
+                 frozen: Iterable[torch.nn.Parameter] = ()):
+        self.model = model
+        self.head = head
+        self.need_forces = bool(need_forces)
+        self.backbone = list(backbone)
+        self.frozen = list(frozen)
+
+    dtype = property(lambda self: self.model.dtype)
+    device = property(lambda self: self.model.device)
+
+    def prepare(self, train, val):
+        graphs = prepare_graphs(train, self.model, need_forces=self.need_forces)
+        if val is None:
+            return graphs, None
+        return graphs, prepare_graphs(val, self.model, need_forces=self.need_forces)
+
+    def trainable_parameters(self):
+        return list(self.head.parameters()) + self.backbone
+
+    def loss(self, batch, *, create_graph):
+        raise NotImplementedError
+
+    def train_mode(self, mode: bool) -> None:
+        self.model.train(mode)
+        self.head.train(mode)
+
+    def snapshot(self):
+        state = {"head": copy.deepcopy(self.head.state_dict())}
+        if self.backbone:
+            state["model"] = copy.deepcopy(self.model.state_dict())
+        return state
+
+    def restore(self, state) -> None:
+        self.head.load_state_dict(state["head"])
+        if "model" in state:
+            self.model.load_state_dict(state["model"])
+
+    def fit(self, train_set, val_set, *, seed: int, progress: bool, **trainer_options) -> History:
+        """:func:`train` with the ``frozen`` tensors frozen; returns the :class:`History`."""
+        with _frozen(self.frozen):
+            return train(self, train_set, val_set, seed=seed, progress=progress, **trainer_options)
+
+
+@contextlib.contextmanager
+def _frozen(params: Sequence[torch.nn.Parameter]):
+    saved = [(p, p.requires_grad) for p in params]
+    try:
+        for p, _ in saved:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
+
+
+#: The :func:`train` options a UQ head's ``fit(**method_options)`` passes on.
+TRAINER_OPTIONS = ("epochs", "lr", "batch_size", "patience", "lr_factor", "lr_patience",
+                   "min_lr", "max_time", "weight_decay")
+
+
+def split_fit_options(owner: str, defaults: dict, options: dict) -> tuple[dict, dict]:
+    """``(method_options, trainer_options)`` of a head's ``fit``: ``options`` over ``defaults``.
+
+    Rejects :func:`train` options a wrapper sets itself (``ValueError``) and
+    unknown names (``TypeError``); checks ``energy_weight``/``forces_weight``.
+    """
+    for name in ("checkpoint", "overwrite", "parameters", "loss_fn"):
+        if name in options:
+            raise ValueError(f"{owner}.fit does not accept {name}=")
+    unknown = sorted(set(options) - set(defaults) - set(TRAINER_OPTIONS))
+    if unknown:
+        valid = ", ".join(sorted(set(defaults) | set(TRAINER_OPTIONS)))
+        raise TypeError(f"{owner}.fit got unexpected option(s) {unknown}; valid: {valid}")
+    merged = {**defaults, **options}
+    method = {k: v for k, v in merged.items() if k not in TRAINER_OPTIONS}
+    trainer = {k: v for k, v in merged.items() if k in TRAINER_OPTIONS}
+    if "energy_weight" in method:
+        for name in ("energy_weight", "forces_weight"):
+            method[name] = non_negative(name, method[name])
+        if method["energy_weight"] == 0 and method["forces_weight"] == 0:
+            raise ValueError("energy_weight and forces_weight cannot both be 0")
+    return method, trainer
+
+
+# ---------------------------------------------------------------------- loop
+def _as_trainable(model, energy_weight, forces_weight, parameters, loss_fn) -> Trainable:
+    if isinstance(model, MLIP):
+        if loss_fn is not None:
+            warnings.warn("train(loss_fn=...) is deprecated and will be removed in the next "
+                          "release: pass a mlipuq.training.Trainable with its own loss()",
+                          DeprecationWarning, stacklevel=3)
+        return EnergyForceMSE(model, energy_weight=energy_weight, forces_weight=forces_weight,
+                              parameters=parameters, loss_fn=loss_fn)
+    if not isinstance(model, Trainable):
+        raise TypeError(f"train() needs an MLIP or a Trainable, got {type(model).__name__}")
+    if (energy_weight, forces_weight, parameters, loss_fn) != (1.0, 100.0, None, None):
+        raise ValueError("energy_weight, forces_weight, parameters and loss_fn apply to MLIPs "
+                         f"only; {type(model).__name__} defines its own loss and parameters")
+    return model
+
+
+def _batches(graphs, order, batch_size, trainable):
+    for start in range(0, len(order), batch_size):
+        chunk = [graphs[k] for k in order[start : start + batch_size]]
+        yield len(chunk), mdata.collate_graphs(chunk, trainable.dtype).to(device=trainable.device)
+
+
+def _train_epoch(trainable, graphs, order, batch_size, optimizer, epoch) -> tuple[float, list]:
+    """One pass of optimiser steps; mean loss per structure and the batches' statistics."""
+    trainable.train_mode(True)
+    total, stats = 0.0, []
+    for n, batch in _batches(graphs, order, batch_size, trainable):
+        optimizer.zero_grad(set_to_none=True)
+        loss, s = trainable.loss(batch, create_graph=True)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {float(loss)} at epoch {epoch}; lower lr"
+            )
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * n
+        stats.append(s)
+    return total / len(graphs), stats
+
+
+def _evaluate(trainable, graphs, batch_size) -> tuple[float, list]:
+    trainable.train_mode(False)
+    total, stats = 0.0, []
+    for n, batch in _batches(graphs, range(len(graphs)), batch_size, trainable):
+        loss, s = trainable.loss(batch, create_graph=False)
+        total += float(loss.detach()) * n
+        stats.append(s)
+    return total / len(graphs), stats
+
+
+def _postfix(row: dict, monitor: float) -> dict:
+    shown = {"loss": f"{monitor:.3g}"}
+    for key in ("val_energy_mae", "val_forces_mae", "train_forces_mae"):
+        if key in row:
+            shown[key.replace("_mae", "")] = f"{row[key]:.3g}"
+    return shown
+
+
 def train(
-    model: MLIP,
+    model: Union[MLIP, Trainable],
     train: Union[mdata.AtomsDataset, Sequence],
     val: Optional[Union[mdata.AtomsDataset, Sequence]] = None,
     *,
@@ -137,8 +438,9 @@ def train(
     ----------
     model
         Any :class:`~mlipuq.models.MLIP` (trained in its own dtype, float32 for
-        speed). Species reference energies and, for MiniMLIP, the neighbour
-        normalisation are set from ``train`` if they are not set yet.
+        speed; species reference energies and, for MiniMLIP, the neighbour
+        normalisation are set from ``train`` if not set yet), or any
+        :class:`Trainable`, which brings its own loss and parameters.
     train, val
         Datasets with reference energies and forces. Without ``val`` the
         training loss drives the scheduler, early stopping and best weights.
@@ -147,48 +449,43 @@ def train(
     energy_weight, forces_weight
         Weights of the per-atom energy MSE (eV^2) and force MSE (eV^2/Å^2).
         ``forces_weight=0`` trains on energies alone (no reference forces needed).
+        MLIPs only.
     seed
         Seeds the shuffling and torch's RNG: a run is reproducible on CPU.
     patience
         Stop after this many epochs without validation improvement.
     checkpoint
         Path where the best model is saved whenever validation improves
-        (an existing file is refused unless ``overwrite=True``).
+        (an existing file is refused unless ``overwrite=True``); needs a
+        ``save`` method on a :class:`Trainable`.
     lr_factor, lr_patience, min_lr
         Learning-rate decay on plateau (``lr_patience`` defaults to
         ``max(patience // 4, 1)``).
     max_time
         Stop after this many seconds of wall time (the best weights are kept).
     parameters
-        Train only these parameters (default: all); used by the UQ heads.
+        Train only these parameters of an MLIP (default: all that require grad).
     loss_fn
-        ``loss_fn(model, batch, create_graph) -> (loss, stats)`` replacing the
-        default energy+force MSE (used by the UQ heads); stats needs the keys
-        of :func:`batch_loss`.
+        Deprecated: ``loss_fn(model, batch, create_graph) -> (loss, stats)``
+        replacing the MSE of an MLIP; implement a :class:`Trainable` instead.
     progress
         Show a tqdm progress bar with running metrics.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
     lr = positive("lr", lr)
-    energy_weight = non_negative("energy_weight", energy_weight)
-    forces_weight = non_negative("forces_weight", forces_weight)
-    if checkpoint is not None and os.path.exists(checkpoint) and not overwrite:
-        raise FileExistsError(f"{checkpoint} exists; pass overwrite=True to replace it")
-    train = mdata.as_dataset(train)
-    need_forces = forces_weight > 0
-    train_graphs = prepare_graphs(train, model, need_forces=need_forces)
-    val_graphs = None
-    if val is not None:
-        val = mdata.as_dataset(val)
-        val_graphs = prepare_graphs(val, model, need_forces=need_forces)
-    fit_scales(model, train, train_graphs)
-
+    trainable = _as_trainable(model, energy_weight, forces_weight, parameters, loss_fn)
+    if checkpoint is not None:
+        if not callable(getattr(trainable, "save", None)):
+            raise ValueError(f"{type(trainable).__name__} has no save(); checkpoint= needs one")
+        if os.path.exists(checkpoint) and not overwrite:
+            raise FileExistsError(f"{checkpoint} exists; pass overwrite=True to replace it")
+    train_graphs, val_graphs = trainable.prepare(
+        mdata.as_dataset(train), None if val is None else mdata.as_dataset(val)
+    )
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    params = list(parameters) if parameters is not None else [
-        p for p in model.parameters() if p.requires_grad
-    ]
+    params = list(trainable.trainable_parameters())
     if not params:
         raise ValueError("no trainable parameters")
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -198,72 +495,33 @@ def train(
         patience=lr_patience if lr_patience is not None else max(patience // 4, 1),
         min_lr=min_lr,
     )
-    dtype = model.dtype
-    device = model.device
-
-    def compute(b, create_graph):
-        if loss_fn is not None:
-            return loss_fn(model, b, create_graph)
-        return batch_loss(model, b, energy_weight, forces_weight, create_graph=create_graph)
-
-    def evaluate(graphs) -> tuple[float, list[dict]]:
-        model.eval()
-        total, stats = 0.0, []
-        for start in range(0, len(graphs), batch_size):
-            b = mdata.collate_graphs(graphs[start : start + batch_size], dtype).to(device=device)
-            loss, s = compute(b, False)
-            total += float(loss.detach()) * len(b.n_atoms)
-            stats.append(s)
-        return total / len(graphs), stats
-
     history = History()
-    best_state = copy.deepcopy(model.state_dict())
+    best_state = trainable.snapshot()
     epochs_since_best = 0
     t0 = time.perf_counter()
     bar = tqdm(range(epochs), desc="training", disable=not progress, unit="epoch")
     for epoch in bar:
-        model.train()
         order = rng.permutation(len(train_graphs))
-        train_stats, train_total = [], 0.0
-        for start in range(0, len(order), batch_size):
-            chunk = [train_graphs[k] for k in order[start : start + batch_size]]
-            b = mdata.collate_graphs(chunk, dtype).to(device=device)
-            optimizer.zero_grad(set_to_none=True)
-            loss, s = compute(b, True)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"training loss became {float(loss)} at epoch {epoch}; lower lr"
-                )
-            loss.backward()
-            optimizer.step()
-            train_total += float(loss.detach()) * len(chunk)
-            train_stats.append(s)
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-        row["train_loss"] = train_total / len(train_graphs)
-        row.update(_summarise(train_stats, "train"))
+        loss, stats = _train_epoch(trainable, train_graphs, order, batch_size, optimizer, epoch)
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss}
+        row.update(_summarise(stats, "train"))
+        monitor = row["train_loss"]
         if val_graphs is not None:
-            row["val_loss"], vstats = evaluate(val_graphs)
+            row["val_loss"], vstats = _evaluate(trainable, val_graphs, batch_size)
             row.update(_summarise(vstats, "val"))
             monitor = row["val_loss"]
-        else:
-            monitor = row["train_loss"]
         row["time"] = time.perf_counter() - t0
         history.epochs.append(row)
         scheduler.step(monitor)
         if monitor < history.best_val_loss:
-            history.best_val_loss = monitor
-            history.best_epoch = epoch
-            best_state = copy.deepcopy(model.state_dict())
+            history.best_val_loss, history.best_epoch = monitor, epoch
+            best_state = trainable.snapshot()
             epochs_since_best = 0
             if checkpoint is not None:
-                model.save(checkpoint, overwrite=True)
+                trainable.save(checkpoint, overwrite=True)
         else:
             epochs_since_best += 1
-        shown = {"loss": f"{monitor:.3g}"}
-        for key in ("val_energy_mae", "val_forces_mae", "train_forces_mae"):
-            if key in row:
-                shown[key.replace("_mae", "")] = f"{row[key]:.3g}"
-        bar.set_postfix(shown)
+        bar.set_postfix(_postfix(row, monitor))
         if epochs_since_best >= patience:
             history.stopped_early = True
             log.info("early stopping at epoch %d", epoch)
@@ -272,8 +530,8 @@ def train(
             log.info("time budget of %.0f s reached at epoch %d", max_time, epoch)
             break
     bar.close()
-    model.load_state_dict(best_state)
-    model.eval()
+    trainable.restore(best_state)
+    trainable.train_mode(False)
     history.wall_time = time.perf_counter() - t0
     return history
 

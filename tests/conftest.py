@@ -35,7 +35,7 @@ def make_model(dtype: torch.dtype = torch.float64, *, seed: int = 0) -> MiniMLIP
     model = MiniMLIP(
         SPECIES,
         cutoff=4.0,
-        n_features=16,
+        width=16,
         n_interactions=2,
         n_rbf=8,
         avg_num_neighbors=6.0,

@@ -15,7 +15,13 @@ import pytest
 import mlipuq
 from mlipuq.models import MiniMLIP
 from mlipuq.testing import check_std_informative, check_uq_wrapper
-from mlipuq.uq import DeepEnsemble, EvidentialHead, LastLayerLaplace, ShallowEnsemble
+from mlipuq.uq import (
+    DeepEnsemble,
+    EvidentialHead,
+    LastLayerLaplace,
+    LatentDistance,
+    ShallowEnsemble,
+)
 
 from conftest import ETHANOL_SMALL
 
@@ -23,7 +29,7 @@ FAST = dict(batch_size=8, progress=False)
 
 
 def _tiny(species, seed: int) -> MiniMLIP:
-    return MiniMLIP(species, cutoff=4.0, n_features=16, n_interactions=2, n_rbf=8,
+    return MiniMLIP(species, cutoff=4.0, width=16, n_interactions=2, n_rbf=8,
                     n_readout_features=16, seed=seed)
 
 
@@ -54,11 +60,13 @@ def _mini_cases(members):
         "evidential-separate": (EvidentialHead(base, energy_evidence="separate"),
                                 dict(epochs=4, lr=2e-2, seed=0, **FAST)),
         "deep": (DeepEnsemble(members), dict(epochs=1, lr=1e-3, **FAST)),
+        "latent": (LatentDistance(base), dict(seed=0)),
     }
 
 
 @pytest.mark.parametrize(
-    "name", ["llpr", "llpr-samples", "shallow", "evidential", "evidential-separate", "deep"]
+    "name",
+    ["llpr", "llpr-samples", "shallow", "evidential", "evidential-separate", "deep", "latent"],
 )
 def test_every_wrapper_passes_the_check_suite(name, members, ethanol):
     wrapper, fit_kwargs = _mini_cases(members)[name]

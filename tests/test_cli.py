@@ -68,7 +68,7 @@ def test_train_saves_loadable_model_and_refuses_overwrite(tiny_xyz, tmp_path, ca
     model = load(out)
     assert isinstance(model, MiniMLIP)
     assert model.species == [1, 6, 8]
-    assert model.cutoff == 3.0 and model.config()["n_features"] == 8
+    assert model.cutoff == 3.0 and model.config()["width"] == 8
     assert model.atomic_energies_set
     prediction = model.compute(ethanol[10:12])
     assert np.all(np.isfinite(prediction["energy"])) and np.all(np.isfinite(prediction["forces"]))

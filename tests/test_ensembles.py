@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 
 import numpy as np
@@ -14,6 +15,7 @@ from mlipuq import data as mdata
 from mlipuq.errors import NotFittedError
 from mlipuq.models import MiniMLIP
 from mlipuq.uq.base import load as load_wrapper
+from mlipuq.uq import EvidentialHead, LastLayerLaplace
 from mlipuq.uq.ensembles import DeepEnsemble, ShallowEnsemble
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -36,7 +38,7 @@ def _ethanol(n: int) -> mdata.AtomsDataset:
 
 
 def _tiny(species, seed: int = 0, dtype=torch.float32) -> MiniMLIP:
-    model = MiniMLIP(species, cutoff=4.0, n_features=16, n_interactions=2, n_rbf=8,
+    model = MiniMLIP(species, cutoff=4.0, width=16, n_interactions=2, n_rbf=8,
                      n_readout_features=16, seed=seed)
     return model.to(dtype)
 
@@ -125,7 +127,7 @@ def test_deep_members_must_match():
     a = _tiny(["H", "C", "O"])
     with pytest.raises(ValueError, match="species"):
         DeepEnsemble([a, _tiny(["H", "C"])])
-    b = MiniMLIP(["H", "C", "O"], cutoff=5.0, n_features=8, n_interactions=1, n_rbf=4)
+    b = MiniMLIP(["H", "C", "O"], cutoff=5.0, width=8, n_interactions=1, n_rbf=4)
     with pytest.raises(ValueError, match="cutoff"):
         DeepEnsemble([a, b])
     with pytest.raises(ValueError, match="at least 2"):
@@ -331,7 +333,7 @@ def test_uncertainty_grows_far_from_training_data(name, request, data):
 def test_shallow_on_periodic_emt_copper():
     datasets = pytest.importorskip("mlipuq.datasets")
     cu = datasets.emt("Cu", n_structures=6, kinds="bulk", cache=False)
-    model = MiniMLIP(["Cu"], cutoff=4.0, n_features=8, n_interactions=1, n_rbf=6,
+    model = MiniMLIP(["Cu"], cutoff=4.0, width=8, n_interactions=1, n_rbf=6,
                      n_readout_features=8, seed=0)
     wrapper = ShallowEnsemble(model, n_heads=4).fit(cu[:4], epochs=1, seed=0, **FAST)
     assert not model.atomic_energies_set  # the user's model got nothing from fit
@@ -354,3 +356,56 @@ def test_shallow_on_periodic_emt_copper():
         stresses.append(head.compute(cu[4], stress=True)["stress"][0])
     np.testing.assert_allclose(wrapper.compute_stress(cu[4]), np.mean(stresses, axis=0),
                                rtol=1e-6, atol=1e-12)
+
+
+# ------------------------------------------------------------- one fit signature
+@pytest.mark.parametrize("wrapper", [ShallowEnsemble, EvidentialHead, DeepEnsemble,
+                                     LastLayerLaplace])
+def test_every_wrapper_fit_has_one_signature(wrapper):
+    params = inspect.signature(wrapper.fit).parameters
+    assert [(p.name, p.kind) for p in params.values()] == [
+        ("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        ("train", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        ("val", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        ("seed", inspect.Parameter.KEYWORD_ONLY),
+        ("progress", inspect.Parameter.KEYWORD_ONLY),
+        ("method_options", inspect.Parameter.VAR_KEYWORD),
+    ]
+    assert params["val"].default is None and params["progress"].default is False
+
+
+@pytest.mark.parametrize("wrapper", [ShallowEnsemble, EvidentialHead])
+def test_head_fit_options_are_checked(base_model, data, wrapper):
+    train, _ = data
+    unfitted = wrapper(base_model)
+    with pytest.raises(TypeError, match="unexpected option"):
+        unfitted.fit(train[:4], epoch=1)
+    for name in ("checkpoint", "parameters", "loss_fn"):
+        with pytest.raises(ValueError, match=name):
+            unfitted.fit(train[:4], **{name: None})
+    with pytest.raises(ValueError, match="both be 0"):
+        unfitted.fit(train[:4], energy_weight=0.0, forces_weight=0.0)
+    assert wrapper.fit_defaults["epochs"] == {ShallowEnsemble: 50, EvidentialHead: 100}[wrapper]
+
+
+def test_shallow_fit_attaches_nothing_to_the_model(base_model, data):
+    train, val = data
+    wrapper = ShallowEnsemble(base_model, n_heads=3)
+    modules = [name for name, _ in wrapper.model.named_modules()]
+    grads = [p.requires_grad for p in wrapper.model.parameters()]
+    wrapper.fit(train[:8], val[:3], epochs=1, seed=0, **FAST)
+    assert [name for name, _ in wrapper.model.named_modules()] == modules
+    assert [p.requires_grad for p in wrapper.model.parameters()] == grads
+    assert "_shallow_ensemble_heads" not in wrapper.model.state_dict()
+
+
+def test_deep_fit_seed_offsets_member_seeds(data):
+    train, _ = data
+    ensemble = DeepEnsemble([_tiny(train.species, seed=s) for s in range(2)])
+    ensemble.fit(train[:4], seed=3, epochs=1, **FAST)
+    assert ensemble.seeds_ == [3, 4]
+    with pytest.raises(ValueError, match="not both"):
+        ensemble.fit(train[:4], seed=3, seeds=[1, 2], epochs=1, **FAST)
+    built = DeepEnsemble.train(lambda s: _tiny(train.species, seed=s), train[:4], seed=7,
+                               n_members=2, epochs=1, **FAST)
+    assert built.seeds_ == [7, 8]

@@ -53,7 +53,7 @@ def data():
 @pytest.fixture(scope="module")
 def base_model(data):
     model = MiniMLIP(
-        data["train"].species, cutoff=4.0, n_features=16, n_interactions=2, n_rbf=8, seed=0
+        data["train"].species, cutoff=4.0, width=16, n_interactions=2, n_rbf=8, seed=0
     )
     mlipuq.train(model, data["train"], epochs=4, lr=5e-3, batch_size=10, progress=False)
     return model

@@ -34,7 +34,7 @@ FAST = dict(batch_size=4, progress=False)
 # ------------------------------------------------------------------ fixtures
 def _tiny(seed: int = 0) -> MiniMLIP:
     return MiniMLIP(
-        ("H", "C", "O"), cutoff=3.5, n_features=4, n_interactions=1, n_rbf=4,
+        ("H", "C", "O"), cutoff=3.5, width=4, n_interactions=1, n_rbf=4,
         n_readout_features=4, avg_num_neighbors=6.0,
         atomic_energies={"H": -13.6, "C": -1029.0, "O": -2041.0}, seed=seed,
     ).double()

@@ -215,7 +215,7 @@ def test_cholesky_jitter_is_logged(caplog):
 
 @pytest.fixture(scope="module")
 def trained_mini(ethanol):
-    model = MiniMLIP(["H", "C", "O"], cutoff=4.0, n_features=16, n_interactions=2, n_rbf=8, seed=0)
+    model = MiniMLIP(["H", "C", "O"], cutoff=4.0, width=16, n_interactions=2, n_rbf=8, seed=0)
     mlipuq.train(model, ethanol[:16], epochs=15, lr=5e-3, seed=0, progress=False)
     return model
 
@@ -263,3 +263,19 @@ def test_predict_energy_matches_predict(trained_mini, ethanol):
     pred = llpr.predict(ethanol[10:])
     np.testing.assert_allclose(energy, pred.energy, rtol=1e-12)
     np.testing.assert_allclose(var, pred.energy_var, rtol=1e-10)
+
+
+def test_fit_seed_takes_precedence_over_constructor_seed(linear_model, ethanol):
+    train = ethanol[:10]
+    by_constructor = LastLayerLaplace(linear_model, n_samples=4, seed=5).fit(train)
+    by_fit = LastLayerLaplace(linear_model, n_samples=4).fit(train, ethanol[10:], seed=5)
+    np.testing.assert_array_equal(by_constructor.samples_, by_fit.samples_)
+    assert by_fit.config()["seed"] == 5  # recorded, so saved files say which seed was used
+    overridden = LastLayerLaplace(linear_model, n_samples=4, seed=5).fit(train, seed=6)
+    assert overridden.seed == 6
+    assert not np.array_equal(overridden.samples_, by_fit.samples_)
+    default = LastLayerLaplace(linear_model, n_samples=4).fit(train)
+    np.testing.assert_array_equal(default.samples_,
+                                  LastLayerLaplace(linear_model, n_samples=4).fit(train, seed=0).samples_)
+    with pytest.raises(TypeError, match="epochs"):
+        LastLayerLaplace(linear_model).fit(train, epochs=3)

@@ -268,7 +268,7 @@ def test_reweighted_energy_matches_md_on_trained_emt_member():
     torch.set_num_threads(1)
     data = datasets.emt(("Cu",), 60, (300, 600), seed=0, kinds=("bulk", "strained"))
     ensemble = DeepEnsemble.train(
-        lambda s: MiniMLIP(["Cu"], cutoff=4.5, n_features=16, n_interactions=1, n_rbf=8, seed=s),
+        lambda s: MiniMLIP(["Cu"], cutoff=4.5, width=16, n_interactions=1, n_rbf=8, seed=s),
         data, n_members=3, epochs=40, batch_size=8, lr=3e-3, progress=False,
     ).to(torch.float64)
     atoms = data[0].copy()

@@ -23,7 +23,7 @@ SETTINGS = dict(epochs=6, batch_size=4, lr=1e-2, seed=1, progress=False)
 
 def fresh_model(seed: int = 0) -> MiniMLIP:
     return MiniMLIP(
-        ["H", "C", "O"], cutoff=4.0, n_features=16, n_interactions=2, n_rbf=8, seed=seed
+        ["H", "C", "O"], cutoff=4.0, width=16, n_interactions=2, n_rbf=8, seed=seed
     )
 
 
@@ -277,3 +277,81 @@ def test_errors_match_manual_computation(run, splits):
     assert result["forces_rmse"] == pytest.approx(np.sqrt(np.mean(df**2)))
     with pytest.raises(MissingReferenceError):
         errors(model, val_set[:1] + mlipuq.load(ase.Atoms("H", positions=[[0, 0, 0]])))
+
+
+# ------------------------------------------------------------- Trainable protocol
+class OffsetOnly:
+    """A minimal Trainable: one energy shift per atom on top of a frozen model."""
+
+    def __init__(self, model):
+        self.model = model
+        self.shift = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+        self.saved = []
+
+    dtype = property(lambda self: self.model.dtype)
+    device = property(lambda self: self.model.device)
+
+    def prepare(self, train, val):
+        graphs = [mdata.to_graph(a, self.model.cutoff, k, self.model.species)
+                  for k, a in enumerate(train)]
+        return graphs, None if val is None else graphs[:1]
+
+    def trainable_parameters(self):
+        return [self.shift]
+
+    def loss(self, batch, *, create_graph):
+        n = batch.n_atoms.to(torch.float64)
+        with torch.no_grad():
+            energy = self.model(batch, forces=False)["energy"]
+        de = (energy - batch.energy.to(torch.float64)) / n + self.shift
+        return (de**2).mean(), mlipuq.training.error_statistics(de)
+
+    def train_mode(self, mode):
+        self.model.train(mode)
+
+    def snapshot(self):
+        return self.shift.detach().clone()
+
+    def restore(self, state):
+        with torch.no_grad():
+            self.shift.copy_(state)
+
+
+def test_train_accepts_any_trainable(run, splits):
+    model = copy.deepcopy(run[0])
+    trainable = OffsetOnly(model)
+    assert isinstance(trainable, mlipuq.training.Trainable)
+    assert not isinstance(model, mlipuq.training.Trainable)  # MLIPs go through EnergyForceMSE
+    history = mlipuq.train(trainable, splits[0], epochs=30, lr=0.05, progress=False)
+    assert history["train_loss"][-1] < history["train_loss"][0]
+    assert float(trainable.shift.detach()) == pytest.approx(
+        -float(np.mean((model.compute(splits[0])["energy"] - splits[0].energies)
+                       / splits[0].n_atoms)), abs=0.05)
+    for kw in (dict(forces_weight=1.0), dict(parameters=[trainable.shift])):
+        with pytest.raises(ValueError, match="MLIPs only"):
+            mlipuq.train(trainable, splits[0], epochs=1, progress=False, **kw)
+    with pytest.raises(ValueError, match="save"):
+        mlipuq.train(trainable, splits[0], epochs=1, progress=False, checkpoint="x.pt")
+    with pytest.raises(TypeError, match="Trainable"):
+        mlipuq.train(object(), splits[0], epochs=1, progress=False)
+
+
+def test_energy_force_mse_is_what_train_runs_for_a_model(splits):
+    a, b = fresh_model(), fresh_model()
+    ha = mlipuq.train(a, *splits, **SETTINGS)
+    hb = mlipuq.train(mlipuq.training.EnergyForceMSE(b, forces_weight=100.0), *splits, **SETTINGS)
+    assert _rows_without_time(ha) == _rows_without_time(hb)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values())
+               if torch.is_tensor(x))
+
+
+def test_loss_fn_is_deprecated_but_works(splits):
+    model = fresh_model()
+
+    def loss_fn(m, batch, create_graph):
+        return batch_loss(m, batch, 1.0, 0.0, create_graph=create_graph)
+
+    with pytest.warns(DeprecationWarning, match="Trainable"):
+        history = mlipuq.train(model, splits[0], epochs=2, batch_size=4, progress=False,
+                               loss_fn=loss_fn)
+    assert "train_forces_mae" not in history.epochs[0]

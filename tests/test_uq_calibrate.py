@@ -27,7 +27,7 @@ def splits():
 @pytest.fixture(scope="module")
 def model(splits):
     train, val, _ = splits
-    m = MiniMLIP(["H", "C", "O"], cutoff=4.0, n_features=16, n_interactions=2, n_rbf=8, seed=0)
+    m = MiniMLIP(["H", "C", "O"], cutoff=4.0, width=16, n_interactions=2, n_rbf=8, seed=0)
     mlipuq.train(m, train, val, epochs=12, lr=5e-3, batch_size=10, seed=0, progress=False)
     return m
 
@@ -95,7 +95,7 @@ def test_calculator_publishes_uncertainties(model, splits):
     wrappers = {
         "llpr": LastLayerLaplace(model, force_variance="samples", n_samples=4).fit(train[:30]),
         "shallow": ShallowEnsemble(model, n_heads=3).fit(train[:30], epochs=1, progress=False),
-        "deep": DeepEnsemble([model, MiniMLIP(["H", "C", "O"], cutoff=4.0, n_features=16,
+        "deep": DeepEnsemble([model, MiniMLIP(["H", "C", "O"], cutoff=4.0, width=16,
                                               n_interactions=2, n_rbf=8, seed=1)]),
     }
     atoms = test[0].copy()

@@ -5,16 +5,18 @@
   :func:`~mlipuq.calibration.metrics.all_metrics`;
 * :func:`evaluate` — every metric for energies (total and per atom), force
   components and per-atom force norms, as a :class:`CalibrationReport`;
-* :mod:`mlipuq.calibration.recalibrate` — scalar, power-law and isotonic
-  recalibrators (:func:`get_recalibrator`, :class:`PredictionRecalibrator`);
+* :mod:`mlipuq.calibration.recalibrate` — scalar, power-law, isotonic and
+  split-conformal (:mod:`mlipuq.calibration.conformal`) recalibrators
+  (:func:`get_recalibrator`, :class:`PredictionRecalibrator`);
 * :mod:`mlipuq.calibration.plots` — matplotlib plots (imported lazily);
 * :mod:`mlipuq.calibration.cli` — the ``mlipuq evaluate`` subcommand.
 
 Units are eV and Å throughout.
 """
 
-from mlipuq.calibration import metrics, recalibrate
+from mlipuq.calibration import conformal, metrics, recalibrate
 from mlipuq.calibration.recalibrate import (
+    ConformalRecalibrator,
     IsotonicRecalibrator,
     PowerLawRecalibrator,
     PredictionRecalibrator,
@@ -25,10 +27,12 @@ from mlipuq.calibration.report import CalibrationReport, evaluate, load_predicti
 
 __all__ = [
     "CalibrationReport",
+    "ConformalRecalibrator",
     "IsotonicRecalibrator",
     "PowerLawRecalibrator",
     "PredictionRecalibrator",
     "ScalarRecalibrator",
+    "conformal",
     "evaluate",
     "get_recalibrator",
     "load_prediction",

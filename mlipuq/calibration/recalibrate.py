@@ -23,6 +23,15 @@ Methods (``get_recalibrator(method)``):
     levels. It gives recalibrated CDFs, quantiles and intervals; its
     ``transform`` returns the Gaussian std whose central intervals best match
     the recalibrated ones (see the class).
+``"conformal"`` — :class:`~mlipuq.calibration.conformal.ConformalRecalibrator`
+    Split-conformal intervals ŷ ± q̂σ at a target ``coverage`` (finite-sample
+    guarantee on exchangeable data), optionally one q̂ per element for forces
+    (``per_species=True``); ``transform`` returns σ' = q̂σ/Φ⁻¹((1+c)/2), whose
+    Gaussian interval at that coverage is the conformal one (see
+    :mod:`mlipuq.calibration.conformal`).
+
+A recalibrator whose ``needs_numbers`` is True also takes ``numbers=`` (the
+atomic number of each target) in ``fit`` and ``transform``.
 
 Energies and forces are recalibrated separately; :class:`PredictionRecalibrator`
 does both for a :class:`~mlipuq.prediction.Prediction` and is what UQ
@@ -38,13 +47,18 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import ndtr, ndtri
 
+# recalibrators in their own modules; saved wrappers name every class through this module
+from mlipuq.calibration.conformal import ConformalRecalibrator
 from mlipuq.calibration.metrics_common import prepare
+from mlipuq.calibration.recalibrate_base import Recalibrator
+from mlipuq.calibration.recalibrate_base import check_std as _check_std
 from mlipuq.errors import NotFittedError
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "RECALIBRATORS",
+    "ConformalRecalibrator",
     "IsotonicRecalibrator",
     "PowerLawRecalibrator",
     "PredictionRecalibrator",
@@ -52,46 +66,6 @@ __all__ = [
     "ScalarRecalibrator",
     "get_recalibrator",
 ]
-
-
-def _check_std(y_std) -> np.ndarray:
-    std = np.asarray(y_std, dtype=np.float64)
-    if not np.isfinite(std).all():
-        raise ValueError("y_std holds non-finite (NaN/inf) values")
-    if (std < 0).any():
-        raise ValueError(f"y_std holds {int((std < 0).sum())} negative value(s)")
-    return std
-
-
-class Recalibrator:
-    """Base class: fit on validation predictions, then map std to std."""
-
-    #: attribute whose presence marks a fitted recalibrator
-    _fitted_attr = "scale_"
-
-    def fit(self, y_pred, y_std, y_true) -> "Recalibrator":  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def transform(self, y_std) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def fit_transform(self, y_pred, y_std, y_true) -> np.ndarray:
-        """``fit(y_pred, y_std, y_true)`` then ``transform(y_std)``."""
-        return self.fit(y_pred, y_std, y_true).transform(y_std)
-
-    @property
-    def is_fitted(self) -> bool:
-        return hasattr(self, self._fitted_attr)
-
-    def _check_fitted(self) -> None:
-        if not self.is_fitted:
-            raise NotFittedError(
-                f"{type(self).__name__} is not fitted; call fit(y_pred, y_std, y_true) first"
-            )
-
-    def __repr__(self) -> str:
-        options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.endswith("_"))
-        return f"{type(self).__name__}({options})"
 
 
 class ScalarRecalibrator(Recalibrator):
@@ -376,13 +350,16 @@ RECALIBRATORS: Dict[str, Type[Recalibrator]] = {
     "scalar": ScalarRecalibrator,
     "power": PowerLawRecalibrator,
     "isotonic": IsotonicRecalibrator,
+    "conformal": ConformalRecalibrator,
 }
 
 
 def get_recalibrator(method: str, **options) -> Recalibrator:
-    """A new, unfitted recalibrator: ``"scalar"``, ``"power"`` or ``"isotonic"``.
+    """A new, unfitted recalibrator: ``"scalar"``, ``"power"``, ``"isotonic"`` or
+    ``"conformal"``.
 
-    ``options`` go to the constructor (e.g. ``b_bounds`` for ``"power"``).
+    ``options`` go to the constructor (e.g. ``b_bounds`` for ``"power"``,
+    ``coverage`` and ``per_species`` for ``"conformal"``).
     """
     if method not in RECALIBRATORS:
         raise ValueError(
@@ -395,6 +372,18 @@ def _rescale_members(members: Optional[np.ndarray], mean: np.ndarray, factor: np
     if members is None:
         return None
     return mean[None] + factor[None] * (members - mean[None])
+
+
+def _atom_numbers(prediction, what: str) -> np.ndarray:
+    """(N,) atomic numbers of a Prediction, for recalibrators that need them."""
+    numbers = getattr(prediction, "numbers", None)
+    if numbers is None:
+        raise ValueError(
+            f"the {what} recalibrator is per species and needs the atomic number of every "
+            "atom, but this Prediction has no `numbers` (predict() fills them; set "
+            "Prediction(numbers=...) for hand-made predictions)"
+        )
+    return np.asarray(numbers, dtype=np.int64)
 
 
 class PredictionRecalibrator:
@@ -410,9 +399,13 @@ class PredictionRecalibrator:
     Parameters
     ----------
     method
-        ``"scalar"``, ``"power"`` or ``"isotonic"``.
+        ``"scalar"``, ``"power"``, ``"isotonic"`` or ``"conformal"``.
     **options
-        Passed to both recalibrators' constructors.
+        Passed to both recalibrators' constructors, except options that apply
+        only to per-atom targets (the recalibrator's ``per_atom_options``,
+        e.g. the conformal ``per_species``), which go to the force
+        recalibrator alone. A recalibrator that ``needs_numbers`` gets
+        ``prediction.numbers`` (atomic numbers) in ``fit`` and ``transform``.
 
     Attributes
     ----------
@@ -441,6 +434,7 @@ class PredictionRecalibrator:
 
         energy, forces = reference_arrays(prediction, reference)
         structures = np.arange(prediction.n_structures)
+        per_atom = RECALIBRATORS[self.method].per_atom_options
         self.excluded_ = {}
         for key, pred, std, true, owner in (
             ("energy", prediction.energy, prediction.energy_std, energy, structures),
@@ -451,8 +445,19 @@ class PredictionRecalibrator:
             if self.excluded_[key]:
                 log.info("calibration: %d exact %s target(s) excluded (zero std and error)",
                          self.excluded_[key], key)
-            part = get_recalibrator(self.method, **self.options)
-            setattr(self, f"{key}_", part.fit(pred[keep], std[keep], true[keep]))
+            options = {k: v for k, v in self.options.items()
+                       if key == "forces" or k not in per_atom}
+            part = get_recalibrator(self.method, **options)
+            extra = {}
+            if part.needs_numbers:
+                if key != "forces":
+                    raise ValueError(
+                        f"{type(part).__name__} needs atomic numbers, which per-structure "
+                        f"{key} targets do not have"
+                    )
+                numbers = _atom_numbers(prediction, key)
+                extra["numbers"] = np.broadcast_to(numbers[:, None], pred.shape)[keep]
+            setattr(self, f"{key}_", part.fit(pred[keep], std[keep], true[keep], **extra))
         return self
 
     def transform(self, prediction):
@@ -465,7 +470,12 @@ class PredictionRecalibrator:
             )
         e_std, f_std = prediction.energy_std, prediction.forces_std
         new_e_std = self.energy_.transform(e_std)
-        new_f_std = self.forces_.transform(f_std)
+        if self.forces_.needs_numbers:
+            new_f_std = self.forces_.transform(
+                f_std, numbers=_atom_numbers(prediction, "forces")
+            )
+        else:
+            new_f_std = self.forces_.transform(f_std)
         with np.errstate(divide="ignore", invalid="ignore"):
             e_factor = np.where(e_std > 0, new_e_std / e_std, 1.0)
             f_factor = np.where(f_std > 0, new_f_std / f_std, 1.0)
@@ -476,6 +486,7 @@ class PredictionRecalibrator:
             forces_var=new_f_std**2,
             n_atoms=prediction.n_atoms,
             batch=prediction.batch,
+            numbers=prediction.numbers,
             energy_members=_rescale_members(prediction.energy_members, prediction.energy, e_factor),
             forces_members=_rescale_members(prediction.forces_members, prediction.forces, f_factor),
         )

@@ -26,6 +26,7 @@ from torch import nn
 
 from mlipuq import data as mdata
 from mlipuq.errors import FileFormatError, InvalidStructureError
+from mlipuq.params import positive
 from mlipuq.fileio import (  # noqa: F401  (save_payload re-exported)
     CODE_HINT,
     check_plain,
@@ -75,6 +76,8 @@ class MLIP(nn.Module):
         )
         self._atomic_energies = {z: 0.0 for z in species}
         self.atomic_energies_set = False
+        self._offset_basis: Optional[np.ndarray] = None  # (S, k), see composition_variance
+        self.offset_prior_std: Optional[float] = None
 
     # ----------------------------------------------------------- subclass API
     def per_atom_energy(self, batch: mdata.Batch) -> torch.Tensor:
@@ -96,24 +99,67 @@ class MLIP(nn.Module):
         """Per-species reference energies (eV), keyed by atomic number."""
         return dict(self._atomic_energies)
 
-    def set_atomic_energies(self, energies: Mapping[Union[int, str], float]) -> None:
-        """Set per-species reference energies (eV); missing species raise."""
+    def set_atomic_energies(
+        self,
+        energies: Mapping[Union[int, str], float],
+        *,
+        undetermined: Optional[np.ndarray] = None,
+        prior_std: Optional[float] = None,
+    ) -> None:
+        """Set per-species reference energies (eV); missing species raise.
+
+        ``undetermined`` (S, k), in the order of ``species``, and ``prior_std``
+        (eV) describe offset combinations the data that gave ``energies`` did
+        not determine (see :meth:`composition_variance`); energies given
+        without them (e.g. isolated-atom energies) are taken as exact.
+        """
         given = {mdata._as_species([k])[0]: float(v) for k, v in energies.items()}
         missing = [z for z in self.species if z not in given]
         if missing:
             raise ValueError(f"atomic energies missing for atomic numbers {missing}")
         self._atomic_energies = {z: given[z] for z in self.species}
         self.atomic_energies_set = True
+        self._offset_basis, self.offset_prior_std = None, None
+        if undetermined is not None and np.size(undetermined):
+            basis = np.asarray(undetermined, dtype=np.float64)
+            if basis.ndim != 2 or basis.shape[0] != len(self.species):
+                raise ValueError(f"undetermined must have shape ({len(self.species)}, k), "
+                                 f"got {basis.shape}")
+            self._offset_basis = basis
+            self.offset_prior_std = positive("prior_std", prior_std)
+
+    def composition_variance(self, counts: np.ndarray) -> np.ndarray:
+        """(B,) variance (eV²) of the structures' energies from reference energies
+        the training compositions left undetermined.
+
+        ``counts`` (B, S) are species counts (order of ``species``). The offsets
+        along the undetermined directions N (S, k) get a prior N(0, τ²) per
+        direction, τ = ``offset_prior_std``: Var = τ² |Nᵀc|². It is 0 for every
+        composition the training data spans (the training compositions
+        themselves included) and grows for other stoichiometries.
+        """
+        counts = np.asarray(counts, dtype=np.float64)
+        if self._offset_basis is None:
+            return np.zeros(len(counts))
+        projected = counts @ self._offset_basis
+        return self.offset_prior_std**2 * np.einsum("bk,bk->b", projected, projected)
 
     def get_extra_state(self):
-        return {
+        state = {
             "atomic_energies": dict(self._atomic_energies),
             "atomic_energies_set": self.atomic_energies_set,
         }
+        if self._offset_basis is not None:
+            state["offset_basis"] = torch.from_numpy(self._offset_basis.copy())
+            state["offset_prior_std"] = float(self.offset_prior_std)
+        return state
 
     def set_extra_state(self, state) -> None:
         self._atomic_energies = {int(k): float(v) for k, v in state["atomic_energies"].items()}
         self.atomic_energies_set = bool(state["atomic_energies_set"])
+        basis = state.get("offset_basis")  # absent in files saved before it existed
+        self._offset_basis = None if basis is None else basis.detach().double().numpy().copy()
+        self.offset_prior_std = state.get("offset_prior_std")
 
     def offsets(self, batch: mdata.Batch) -> torch.Tensor:
         """(B,) float64 sum of species reference energies per structure (eV)."""

@@ -12,6 +12,7 @@ MiniMLIP satisfies the base-MLIP contract natively.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Iterable, Mapping, Optional, Union
 
 import torch
@@ -87,15 +88,17 @@ class MiniMLIP(MLIP):
         Elements (symbols or atomic numbers) the model knows.
     cutoff
         Interaction cutoff (Å).
-    n_features
-        Width of the scalar and vector features.
+    width
+        Width of the scalar and vector features of the message passing
+        (default 64; ``n_features=`` before, a deprecated keyword now).
     n_interactions
         Number of message/update blocks (2-3 is typical).
     n_rbf
         Number of radial basis functions.
     n_readout_features
         Dimension F of the last-layer features ``phi_i`` that the UQ
-        wrappers work with.
+        wrappers work with: the model's ``n_features`` attribute, as for
+        every :class:`~mlipuq.models.MLIP`.
     avg_num_neighbors
         Messages are divided by this number (typical neighbours within the
         cutoff); :func:`mlipuq.train` sets it from the training data if None.
@@ -110,17 +113,19 @@ class MiniMLIP(MLIP):
         species: Iterable[Union[int, str]],
         cutoff: float = 5.0,
         *,
-        n_features: int = 64,
+        width: Optional[int] = None,
         n_interactions: int = 3,
         n_rbf: int = 20,
         n_readout_features: int = 32,
         avg_num_neighbors: Optional[float] = None,
         atomic_energies: Optional[Mapping[Union[int, str], float]] = None,
         seed: Optional[int] = None,
+        n_features: Optional[int] = None,
     ):
         super().__init__(species, cutoff)
+        width, width_name = _width(width, n_features)
         for name, value in (
-            ("n_features", n_features),
+            (width_name, width),
             ("n_interactions", n_interactions),
             ("n_rbf", n_rbf),
             ("n_readout_features", n_readout_features),
@@ -130,7 +135,7 @@ class MiniMLIP(MLIP):
         self._config = {
             "species": list(self.species),
             "cutoff": self.cutoff,
-            "n_features": int(n_features),
+            "width": int(width),
             "n_interactions": int(n_interactions),
             "n_rbf": int(n_rbf),
             "n_readout_features": int(n_readout_features),
@@ -139,7 +144,7 @@ class MiniMLIP(MLIP):
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(int(seed))
-            f = int(n_features)
+            f = int(width)
             self.embedding = nn.Embedding(len(self.species), f)
             self.rbf = RadialBasis(int(n_rbf), self.cutoff)
             self.interactions = nn.ModuleList(
@@ -154,8 +159,20 @@ class MiniMLIP(MLIP):
         if atomic_energies is not None:
             self.set_atomic_energies(atomic_energies)
 
+    @property
+    def width(self) -> int:
+        """Width of the message-passing features (the ``width`` argument)."""
+        return self._config["width"]
+
     def config(self) -> dict:
         return dict(self._config)
+
+    @classmethod
+    def from_payload(cls, payload: dict, **kwargs) -> "MiniMLIP":
+        config = dict(payload["config"])
+        if "n_features" in config and "width" not in config:  # files saved before the rename
+            config["width"] = config.pop("n_features")
+        return super().from_payload({**payload, "config": config}, **kwargs)
 
     def get_extra_state(self):
         state = super().get_extra_state()
@@ -181,3 +198,18 @@ class MiniMLIP(MLIP):
             s, v = update(s, v)
         phi = self.activation(self.hidden(s))
         return self.readout(phi).squeeze(-1)
+
+
+def _width(width: Optional[int], n_features: Optional[int]) -> tuple[int, str]:
+    """The message-passing width and the keyword it came from (``n_features`` is deprecated)."""
+    if n_features is None:
+        return (64 if width is None else width), "width"
+    if width is not None:
+        raise TypeError("pass width= only (n_features= is its deprecated name)")
+    warnings.warn(
+        "MiniMLIP(n_features=...) is deprecated and will be removed in the next release: "
+        "it sets the message-passing width, so pass width=...; the model's n_features "
+        "attribute is the readout feature dimension (n_readout_features)",
+        DeprecationWarning, stacklevel=3,
+    )
+    return n_features, "n_features"

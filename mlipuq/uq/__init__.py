@@ -3,6 +3,7 @@
 from mlipuq.uq.base import UQWrapper, load
 from mlipuq.uq.deep_ensemble import DeepEnsemble
 from mlipuq.uq.evidential import EvidentialHead
+from mlipuq.uq.latent_distance import LatentDistance
 from mlipuq.uq.llpr import LastLayerLaplace
 from mlipuq.prediction import Prediction
 from mlipuq.uq.shallow_ensemble import ShallowEnsemble
@@ -11,6 +12,7 @@ __all__ = [
     "DeepEnsemble",
     "EvidentialHead",
     "LastLayerLaplace",
+    "LatentDistance",
     "Prediction",
     "ShallowEnsemble",
     "UQWrapper",

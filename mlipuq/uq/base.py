@@ -19,6 +19,7 @@ recalibrator for energies, one for forces).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 from typing import Any, Optional, Union
@@ -43,6 +44,13 @@ def register(cls: type) -> type:
     """Make a wrapper class loadable by :func:`load` (by class name)."""
     _REGISTRY[cls.__name__] = cls
     return cls
+
+
+def wrapper_class(name: str) -> Optional[type]:
+    """The registered wrapper class called ``name`` (None if there is none)."""
+    if name not in _REGISTRY:
+        import mlipuq.uq  # noqa: F401  (registers the built-in wrappers)
+    return _REGISTRY.get(name)
 
 
 def _to_numpy(x) -> Optional[np.ndarray]:
@@ -173,6 +181,7 @@ class UQWrapper:
         batch_size: int = 32,
         calibrated: bool = True,
         progress: bool = False,
+        composition: bool = True,
     ) -> Prediction:
         """Energies and forces with uncertainties for structures.
 
@@ -185,6 +194,13 @@ class UQWrapper:
             Structures evaluated together.
         calibrated
             Apply the recalibration fitted by :meth:`calibrate` (if any).
+        composition
+            Add the variance of the per-species reference energies that the
+            training compositions left undetermined
+            (:meth:`~mlipuq.models.MLIP.composition_variance`; 0 for every
+            composition the training data spans). It is added after the
+            recalibration, to ``energy_var`` only (committee members keep
+            their spread).
 
         Returns
         -------
@@ -208,13 +224,28 @@ class UQWrapper:
             fields = {k: _to_numpy(v) for k, v in raw.items()}
             fields["n_atoms"] = batch.n_atoms.cpu().numpy()
             fields["batch"] = batch.batch.cpu().numpy()
+            fields["numbers"] = batch.numbers.cpu().numpy()
             prediction = Prediction(**fields)
             self._check_finite(prediction)
             parts.append(prediction)
         prediction = Prediction.concatenate(parts)
         if calibrated:
             prediction = self._apply_calibration(prediction)
+        if composition:
+            prediction = self._add_composition_variance(prediction)
         return prediction
+
+    def _add_composition_variance(self, prediction: Prediction) -> Prediction:
+        species = self.species
+        table = np.zeros(119, dtype=np.int64)
+        table[np.asarray(species)] = np.arange(len(species))
+        column = table[prediction.numbers]
+        counts = np.zeros((prediction.n_structures, len(species)))
+        np.add.at(counts, (prediction.batch, column), 1.0)
+        extra = self.base_model.composition_variance(counts)
+        if not np.any(extra):
+            return prediction
+        return dataclasses.replace(prediction, energy_var=prediction.energy_var + extra)
 
     def _check_finite(self, prediction: Prediction) -> None:
         for name in ("energy", "energy_var", "forces", "forces_var"):
@@ -233,7 +264,10 @@ class UQWrapper:
         """Fit recalibrators of the energy and force std on validation data.
 
         ``method`` is ``"scalar"`` (NLL-optimal global factor), ``"power"``
-        (σ' = aσ^b) or ``"isotonic"`` (Kuleshov et al. 2018); energies and
+        (σ' = aσ^b), ``"isotonic"`` (Kuleshov et al. 2018) or ``"conformal"``
+        (split-conformal intervals with a finite-sample guarantee on
+        exchangeable data; options ``coverage=0.9``, ``per_species=False``;
+        see :mod:`mlipuq.calibration.conformal`); energies and
         forces get separate recalibrators (a
         :class:`~mlipuq.calibration.recalibrate.PredictionRecalibrator`,
         stored as ``recalibrator_``). Later ``predict`` calls apply it;
@@ -250,7 +284,7 @@ class UQWrapper:
                 f"energies and forces for every validation structure ({int(missing.sum())} "
                 "lack them)"
             )
-        pred = self.predict(dataset, calibrated=False)
+        pred = self.predict(dataset, calibrated=False, composition=False)
         self.recalibrator_ = PredictionRecalibrator(method, **options).fit(pred, dataset)
         return self
 

@@ -204,20 +204,26 @@ class DeepEnsemble(UQWrapper):
         n_members
             Number of members (default 5, or ``len(seeds)``).
         seeds
-            One distinct non-negative seed per member (default ``0 .. K-1``);
-            each is passed to ``make_model`` and as ``seed`` to the trainer.
+            One distinct non-negative seed per member (default ``0 .. K-1``,
+            or ``seed .. seed+K-1`` with ``seed=``); each is passed to
+            ``make_model`` and as ``seed`` to the trainer.
         bootstrap
             Train each member on a bootstrap resample of ``train`` (drawn with
             its seed) instead of the full set.
         **train_options
-            Passed to :func:`mlipuq.train` (``epochs``, ``lr``, ``batch_size``,
-            ``forces_weight``, ``patience``, ``progress``, ...).
+            ``seed``, ``progress`` and the :meth:`fit` options: :func:`mlipuq.train`
+            options (``epochs``, ``lr``, ``batch_size``, ``forces_weight``,
+            ``patience``, ...).
 
         Returns
         -------
         DeepEnsemble
             The trained ensemble.
         """
+        seed = train_options.pop("seed", None)
+        if seed is not None and seeds is None:
+            n = DEFAULT_MEMBERS if n_members is None else n_members
+            seeds = [int(seed) + k for k in range(int(n))]
         seeds = _resolve_seeds(n_members, seeds)
         if not callable(make_model):
             raise TypeError("make_model must be a callable taking a seed and returning a model")
@@ -225,15 +231,8 @@ class DeepEnsemble(UQWrapper):
         ensemble = cls._adopt(models)
         return ensemble.fit(train, val, seeds=seeds, bootstrap=bootstrap, **train_options)
 
-    def fit(
-        self,
-        train,
-        val=None,
-        *,
-        seeds: Optional[Sequence[int]] = None,
-        bootstrap: bool = False,
-        **train_options,
-    ) -> "DeepEnsemble":
+    def fit(self, train, val=None, *, seed: Optional[int] = None, progress: bool = False,
+            **method_options) -> "DeepEnsemble":
         """(Re)train every member, independently, with :func:`mlipuq.train`.
 
         Training continues from the members' current weights (the ensemble's
@@ -242,47 +241,59 @@ class DeepEnsemble(UQWrapper):
         Parameters
         ----------
         train, val
-            Training and validation data.
-        seeds
-            One distinct seed per member for the trainer (shuffling) and the
-            bootstrap; default: the seeds of the previous fit, else ``0 .. K-1``.
-        bootstrap
-            Train each member on its own bootstrap resample of ``train``.
-        **train_options
-            Passed to :func:`mlipuq.train`; ``checkpoint`` is not supported
-            (save the ensemble instead).
+            Training and validation data (energies in eV, forces in eV/Å).
+        seed
+            Member k is trained with seed ``seed + k`` (shuffling and
+            bootstrap). None: the seeds of the previous fit, else ``0 .. K-1``.
+        progress
+            Show a progress bar per member.
+        **method_options
+            ``seeds`` (one distinct seed per member, instead of ``seed``),
+            ``bootstrap`` (False: train each member on its own bootstrap
+            resample of ``train``), and :func:`mlipuq.train` options
+            (``epochs``, ``lr``, ``batch_size``, ``forces_weight``,
+            ``patience``...); ``checkpoint`` is not supported (save the
+            ensemble instead).
 
         Returns
         -------
         DeepEnsemble
             ``self``.
         """
-        if "checkpoint" in train_options:
+        seeds, bootstrap = method_options.pop("seeds", None), method_options.pop("bootstrap", False)
+        if "checkpoint" in method_options:
             raise ValueError(
                 "DeepEnsemble.fit does not support checkpoint=; save the ensemble after fit"
             )
-        if "seed" in train_options:
-            raise ValueError("pass seeds=[...] (one per member), not seed=")
-        if seeds is None:
-            seeds = self.seeds_ if self.seeds_ is not None else list(range(self.n_members))
-        seeds = _resolve_seeds(self.n_members, seeds)
+        seeds = self._fit_seeds(seed, seeds)
         dataset = mdata.as_dataset(train)
         if len(dataset) == 0:
             raise ValueError("the training set holds no structures")
         histories, indices = [], []
-        for k, (model, seed) in enumerate(zip(self.models, seeds)):
+        for k, (model, member_seed) in enumerate(zip(self.models, seeds)):
             member_train = dataset
             if bootstrap:
-                idx = bootstrap_indices(len(dataset), seed)
+                idx = bootstrap_indices(len(dataset), member_seed)
                 indices.append(idx)
                 member_train = dataset.subset(idx)
-            log.info("training deep-ensemble member %d/%d (seed %d)", k + 1, self.n_members, seed)
-            histories.append(train_model(model, member_train, val, seed=seed, **train_options))
+            log.info("training deep-ensemble member %d/%d (seed %d)", k + 1, self.n_members,
+                     member_seed)
+            histories.append(train_model(model, member_train, val, seed=member_seed,
+                                         progress=progress, **method_options))
         self.seeds_ = seeds
         self.bootstrap_indices_ = indices if bootstrap else None
         self.histories_ = histories
         self.fitted_ = True
         return self
+
+    def _fit_seeds(self, seed: Optional[int], seeds: Optional[Sequence[int]]) -> list[int]:
+        if seed is not None and seeds is not None:
+            raise ValueError("pass seed= (member k gets seed + k) or seeds=[...], not both")
+        if seed is not None:
+            seeds = [int(seed) + k for k in range(self.n_members)]
+        elif seeds is None:
+            seeds = self.seeds_ if self.seeds_ is not None else list(range(self.n_members))
+        return _resolve_seeds(self.n_members, seeds)
 
     # ---------------------------------------------------------------- predict
     def _predict_batch(self, batch: mdata.Batch) -> dict:

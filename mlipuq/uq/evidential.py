@@ -30,6 +30,7 @@ import copy
 import logging
 import math
 import warnings
+from types import MappingProxyType
 from typing import Optional
 
 import numpy as np
@@ -39,6 +40,7 @@ from torch.nn import functional as F
 
 from mlipuq import data as mdata
 from mlipuq.models.base import MLIP
+from mlipuq.training import HeadTrainable, error_statistics, split_fit_options
 from mlipuq.uq.base import UQWrapper, _check_model, register
 from mlipuq.uq.nig import aggregate_energy_nig, nig_nll, nig_regularizer, nig_variances
 
@@ -120,26 +122,57 @@ class _NIGHead(nn.Module):
         }
 
 
-class _Trainable(nn.Module):
-    """Base model + head as one module for :func:`mlipuq.train` (its state_dict
-    holds both, so the trainer's best-weight restore covers the head)."""
+class EvidentialNLL(HeadTrainable):
+    """An evidential head on its base model as a :class:`~mlipuq.training.Trainable`.
 
-    atomic_energies_set = True  # the wrapper never refits the mean's offsets
+    The loss is the one in :class:`EvidentialHead`'s notes. With
+    ``train_backbone`` the whole base model is trained with the head;
+    otherwise it is frozen and the mean is exactly the base model's.
+    """
 
-    def __init__(self, model: MLIP, head: _NIGHead):
-        super().__init__()
-        self.model = model
-        self.head = head
-        self.species = model.species
-        self.cutoff = model.cutoff
+    def __init__(self, model: MLIP, head: _NIGHead, *, reg_weight: float, train_backbone: bool,
+                 energy_weight: float = 1.0, forces_weight: float = 1.0):
+        params = list(model.parameters())
+        super().__init__(
+            model, head, need_forces=forces_weight > 0,
+            backbone=[p for p in params if p.requires_grad] if train_backbone else [],
+            frozen=[] if train_backbone else params,
+        )
+        self.reg_weight = reg_weight
+        self.train_backbone = train_backbone
+        self.energy_weight, self.forces_weight = energy_weight, forces_weight
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
+    def loss(self, batch: mdata.Batch, *, create_graph: bool):
+        backbone = self.train_backbone
+        out = self.model(batch, forces=self.need_forces, features=True,
+                         create_graph=create_graph and backbone)
+        params = self.head(out["features"] if backbone else out["features"].detach())
+        n = batch.n_atoms.to(torch.float64)
+        energy = out["energy"] if backbone else out["energy"].detach()
+        nu, alpha, beta = aggregate_energy_nig(
+            params["energy_nu"], params["energy_alpha"], params["energy_beta"],
+            batch.batch, batch.n_structures,
+        )
+        y = batch.energy.to(torch.float64) / n
+        gamma = energy / n
+        energy_term = nig_nll(y, gamma, nu, alpha, beta / n**2) + self.reg_weight * (
+            nig_regularizer(y, gamma, nu, alpha)
+        )
+        loss = self.energy_weight * energy_term.mean()
+        if not self.need_forces:
+            return loss, error_statistics(gamma - y)
+        forces = out["forces"].to(torch.float64)
+        if not backbone:
+            forces = forces.detach()
+        yf = batch.forces.to(torch.float64)
+        nu_f = params["forces_nu"].unsqueeze(1)
+        alpha_f = params["forces_alpha"].unsqueeze(1)
+        beta_f = params["forces_beta"].unsqueeze(1)
+        forces_term = nig_nll(yf, forces, nu_f, alpha_f, beta_f) + self.reg_weight * (
+            nig_regularizer(yf, forces, nu_f, alpha_f)
+        )
+        loss = loss + self.forces_weight * forces_term.mean()
+        return loss, error_statistics(gamma - y, forces - yf)
 
 
 # ---------------------------------------------------------------------- wrapper
@@ -158,9 +191,8 @@ class EvidentialHead(UQWrapper):
     With the default frozen backbone the head learns the base model's
     residuals, so fit it on structures the base model was **not** trained on
     (for example ``fit(*val.split([0.5, 0.5]))``): training-set residuals of a
-    fitted model are smaller and differently ranked than on new data (on the
-    packaged ethanol the force Spearman varied from -0.05 to 0.42 over three
-    seeds when fitted on the training set, 0.43-0.46 on held-out data).
+    fitted model are smaller and differently ranked than on new data
+    (measurements in ``docs/evidential.md``).
     :meth:`fit` warns when its ``val`` errors are over twice its ``train`` errors.
 
     Parameters
@@ -177,9 +209,8 @@ class EvidentialHead(UQWrapper):
         the base model's.
     hidden
         Width of the head's hidden SiLU layer (default 32), or None for a
-        linear head on :math:`\\phi_i`. On the packaged ethanol data the
-        head fitted on held-out residuals ranks force errors as well as the
-        linear one (test-set Spearman 0.43-0.46 against 0.43-0.44, three seeds).
+        linear head on :math:`\\phi_i` (the two are compared in
+        ``docs/evidential.md``).
     energy_evidence
         ``"shared"`` (default): one NIG per atom, learned from the force
         components; the atom's energy NIG shares its ``nu`` and ``alpha`` and
@@ -187,9 +218,8 @@ class EvidentialHead(UQWrapper):
         parameter the energy loss trains). ``"separate"``: the head has its
         own energy outputs, trained on the energies alone. A structure has
         3n force components for one energy, so the shared evidence is learned
-        from far more data; on EMT Cu the separate energy outputs, fitted on
-        training residuals, did not rise out of distribution (0.98x at 1500 K)
-        while the shared ones did (106x). ``"shared"`` needs force training.
+        from far more data (how the two behave out of distribution is
+        measured in ``docs/evidential.md``). ``"shared"`` needs force training.
 
     Attributes
     ----------
@@ -281,21 +311,13 @@ class EvidentialHead(UQWrapper):
         self.head_ = head
 
     # --------------------------------------------------------------------- fit
-    def fit(
-        self,
-        train,
-        val=None,
-        *,
-        epochs: int = 100,
-        lr: float = 1e-2,
-        batch_size: int = 16,
-        seed: int = 0,
-        energy_weight: float = 1.0,
-        forces_weight: float = 1.0,
-        patience: int = 20,
-        progress: bool = True,
-        **train_options,
-    ) -> "EvidentialHead":
+    #: Defaults of ``fit(**method_options)``; the other :data:`mlipuq.training.TRAINER_OPTIONS`
+    #: (``lr_factor``, ``max_time``, ``weight_decay``...) take :func:`mlipuq.train`'s defaults.
+    fit_defaults = MappingProxyType({"epochs": 100, "lr": 1e-2, "batch_size": 16, "patience": 20,
+                    "energy_weight": 1.0, "forces_weight": 1.0})
+
+    def fit(self, train, val=None, *, seed: int = 0, progress: bool = False,
+            **method_options) -> "EvidentialHead":
         """Train the evidential head (and the backbone if ``train_backbone``).
 
         Parameters
@@ -307,88 +329,48 @@ class EvidentialHead(UQWrapper):
             With a frozen backbone, ``train`` should be data the base model was
             not trained on (a UserWarning says so when the base model's error
             variance on ``val`` is over twice that on ``train``).
-        epochs, lr, batch_size, patience
-            As in :func:`mlipuq.train` (Adam, plateau decay, best weights kept).
         seed
             Seeds the head's initialisation and the trainer: equal seeds give
             identical heads on CPU.
-        energy_weight, forces_weight
-            Weights of the per-structure energy term and of the per-component
-            force term of the loss (>= 0, not both 0; both are NLLs, so 1 and 1
-            is a neutral choice). With ``forces_weight=0`` the force outputs
-            keep their initial values.
         progress
             Show a progress bar.
-        **train_options
-            Other :func:`mlipuq.train` options (``max_time``, ``weight_decay``,
-            ``lr_factor``...); ``checkpoint``, ``parameters`` and ``loss_fn``
-            are not accepted.
+        **method_options
+            ``epochs`` (100), ``lr`` (1e-2), ``batch_size`` (16), ``patience``
+            (20) and the other :func:`mlipuq.train` options (``max_time``,
+            ``weight_decay``, ``lr_factor``...; not ``checkpoint``);
+            ``energy_weight``, ``forces_weight`` (1, 1): weights of the
+            per-structure energy term and of the per-component force term of
+            the loss (>= 0, not both 0; both are NLLs, so 1 and 1 is a neutral
+            choice). With ``forces_weight=0`` the force outputs keep their
+            initial values.
 
         Returns
         -------
         EvidentialHead
             ``self``, fitted.
         """
-        from mlipuq.training import train as run_training
-
-        for name in ("checkpoint", "parameters", "loss_fn"):
-            if name in train_options:
-                raise ValueError(f"EvidentialHead.fit does not accept {name}=")
-        for name, value in (("energy_weight", energy_weight), ("forces_weight", forces_weight)):
-            if not (math.isfinite(float(value)) and float(value) >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        if float(energy_weight) == 0 and float(forces_weight) == 0:
-            raise ValueError("energy_weight and forces_weight cannot both be 0")
-        if self.energy_evidence == "shared" and float(forces_weight) == 0:
+        options, trainer = split_fit_options("EvidentialHead", self.fit_defaults, method_options)
+        need_forces = options["forces_weight"] > 0
+        if self.energy_evidence == "shared" and not need_forces:
             raise ValueError(
                 "energy_evidence='shared' learns each atom's evidence from the force "
                 "components, so it needs forces_weight > 0 and reference forces; "
                 "use EvidentialHead(..., energy_evidence='separate') to train on energies only"
             )
-        weights = (float(energy_weight), float(forces_weight))
-        need_forces = weights[1] > 0
         train = mdata.as_dataset(train)
         train.validate(self.species, require_energy=True, require_forces=need_forces)
         if val is not None:
             val = mdata.as_dataset(val)
             val.validate(self.species, require_energy=True, require_forces=need_forces)
-
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
             head = _NIGHead(self.model.n_features, self.hidden,
                             shared=self.energy_evidence == "shared")
-        self._init_scales(head, train, val, batch_size)
+        self._init_scales(head, train, val, trainer["batch_size"])
         head.to(device=self.model.device)
-        trainable = _Trainable(self.model, head)
-        params = list(head.parameters())
-        saved = [(p, p.requires_grad) for p in self.model.parameters()]
-        try:
-            if self.train_backbone:
-                params += [p for p, flag in saved if flag]
-            else:
-                for p, _ in saved:
-                    p.requires_grad_(False)
-            self.history_ = run_training(
-                trainable,
-                train,
-                val,
-                epochs=epochs,
-                batch_size=batch_size,
-                lr=lr,
-                energy_weight=weights[0],
-                forces_weight=weights[1],
-                seed=seed,
-                patience=patience,
-                parameters=params,
-                loss_fn=lambda m, b, g: self._loss(m, b, g, weights),
-                progress=progress,
-                **train_options,
-            )
-        finally:
-            for p, flag in saved:
-                p.requires_grad_(flag)
-        self.model.eval()
-        head.eval()
+        trainable = EvidentialNLL(self.model, head, reg_weight=self.reg_weight,
+                                  train_backbone=self.train_backbone, **options)
+        self.history_ = trainable.fit(train, val, seed=seed, progress=progress, **trainer)
         self.head_ = head
         self.fitted_ = True
         return self
@@ -458,54 +440,6 @@ class EvidentialHead(UQWrapper):
                 UserWarning,
                 stacklevel=3,
             )
-
-    def _loss(self, trainable: _Trainable, batch: mdata.Batch, create_graph: bool, weights):
-        """Evidential loss of one batch, ``(loss, stats)`` for :func:`mlipuq.train`."""
-        energy_weight, forces_weight = weights
-        use_forces = forces_weight > 0
-        backbone = self.train_backbone
-        out = trainable.model(
-            batch, forces=use_forces, features=True, create_graph=create_graph and backbone
-        )
-        phi = out["features"] if backbone else out["features"].detach()
-        params = trainable.head(phi)
-        n = batch.n_atoms.to(torch.float64)
-        energy = out["energy"] if backbone else out["energy"].detach()
-        nu, alpha, beta = aggregate_energy_nig(
-            params["energy_nu"], params["energy_alpha"], params["energy_beta"],
-            batch.batch, batch.n_structures,
-        )
-        y = batch.energy.to(torch.float64) / n
-        gamma = energy / n
-        energy_term = nig_nll(y, gamma, nu, alpha, beta / n**2) + self.reg_weight * (
-            nig_regularizer(y, gamma, nu, alpha)
-        )
-        loss = energy_weight * energy_term.mean()
-        de = (gamma - y).detach()
-        stats = {
-            "n_structures": float(len(n)),
-            "energy_abs": float(de.abs().sum()),
-            "energy_sq": float((de**2).sum()),
-        }
-        if use_forces:
-            forces = out["forces"].to(torch.float64)
-            if not backbone:
-                forces = forces.detach()
-            yf = batch.forces.to(torch.float64)
-            nu_f = params["forces_nu"].unsqueeze(1)
-            alpha_f = params["forces_alpha"].unsqueeze(1)
-            beta_f = params["forces_beta"].unsqueeze(1)
-            forces_term = nig_nll(yf, forces, nu_f, alpha_f, beta_f) + self.reg_weight * (
-                nig_regularizer(yf, forces, nu_f, alpha_f)
-            )
-            loss = loss + forces_weight * forces_term.mean()
-            df = (forces - yf).detach()
-            stats.update(
-                n_components=float(df.numel()),
-                forces_abs=float(df.abs().sum()),
-                forces_sq=float((df**2).sum()),
-            )
-        return loss, stats
 
     # ----------------------------------------------------------------- predict
     def _predict_batch(self, batch: mdata.Batch) -> dict:

@@ -29,9 +29,8 @@ energies too: force rows pin the readout down along exactly the feature
 directions that thermal displacements move (to first order
 :math:`\\phi(r+\\delta r) - \\phi(r) = J\\,\\delta r`, and the rows of
 :math:`J` are the force data), so the joint energy variance hardly grows on
-hotter structures. On EMT Cu trained on 300 K bulk frames, where the base
-model's energy error per atom is 70x larger at 1500 K, the joint energy std
-grew 3.1x and the energy-row std 38x (``benchmarks/uq_evidence.py``). With
+hotter structures, while the energy-row variance does (measured in
+``docs/llpr.md`` with ``benchmarks/uq_evidence.py``). With
 ``"energy"`` the energy members and the force members are drawn with the same
 standard normals from the two posteriors, so a member's forces are not the
 gradient of its energy.
@@ -152,7 +151,7 @@ class LastLayerLaplace(UQWrapper):
         Fix the noise std (eV per structure, eV/Å per component) instead of
         fitting it by marginal likelihood.
     seed
-        Seed of the posterior samples.
+        Seed of the posterior samples; ``fit(seed=...)`` takes precedence.
     vectorize
         How feature Jacobians are computed (see :func:`mlipuq.uq.jacobians.feature_vjps`):
         ``"auto"`` batches the backward passes on GPU and loops on CPU.
@@ -258,12 +257,40 @@ class LastLayerLaplace(UQWrapper):
         return g
 
     # ------------------------------------------------------------------- fit
-    def fit(self, train, *, batch_size: int = 16, progress: bool = False) -> "LastLayerLaplace":
+    def fit(self, train, val=None, *, seed: Optional[int] = None, progress: bool = False,
+            **method_options) -> "LastLayerLaplace":
         """One pass over ``train``: accumulate G_E (and G_F), fit λ and the noise, factorise.
 
-        ``train`` needs reference energies (and forces with ``include_forces``).
-        Returns ``self``.
+        Parameters
+        ----------
+        train
+            Data with reference energies (eV), and forces (eV/Å) with
+            ``include_forces``.
+        val
+            Not used: the prior precision and noise levels come from the
+            marginal likelihood on ``train``. Calibrate on held-out data with
+            :meth:`calibrate` (``fit(train).calibrate(val)``).
+        seed
+            Seed of the posterior samples. None: the constructor's ``seed``
+            (default 0). A given seed takes precedence and replaces the
+            constructor's, so :meth:`config` and saved files record the seed
+            the samples were drawn with.
+        progress
+            Show a progress bar.
+        **method_options
+            ``batch_size`` (16): structures per pass.
+
+        Returns
+        -------
+        LastLayerLaplace
+            ``self``, fitted.
         """
+        batch_size = method_options.pop("batch_size", 16)
+        if method_options:
+            raise TypeError(f"LastLayerLaplace.fit got unexpected option(s) "
+                            f"{sorted(method_options)}; valid: batch_size")
+        if seed is not None:
+            self.seed = int(seed)
         dataset = mdata.as_dataset(train)
         dataset.validate(self.species, require_energy=True, require_forces=self.include_forces)
         d = self.model.n_features + int(self._has_bias)

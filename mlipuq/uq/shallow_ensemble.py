@@ -15,13 +15,13 @@ parameterised on centred features, :math:`\\varepsilon_{ik} = W_k \\cdot (\\phi_
 \\bar\\phi) + o_k` with :math:`\\bar\\phi` the mean training feature (so
 :math:`b_k = o_k - W_k \\cdot \\bar\\phi`): otherwise a weight step that improves
 the forces also shifts every atom's energy by :math:`\\delta W_k \\cdot \\bar\\phi`,
-and on EMT Cu the ensemble's mean energy drifted 148 meV/atom away from the
-base model while its heads spread by a structure-independent offset.
+so the ensemble's mean energy drifts away from the base model while its heads
+spread by a structure-independent offset (measured in ``docs/ensembles.md``).
 
 The K force sets are K vector-Jacobian products of one retained feature graph: one batched backward
 pass (``is_grads_batched``) on GPU; on CPU a loop over the retained graph,
-which was measured 2-4x faster than vmap there (``vectorize``; see
-:mod:`mlipuq.uq.jacobians`).
+which is faster than vmap there (``vectorize``; see
+:mod:`mlipuq.uq.jacobians` and the README's overhead notes).
 Mean and variance are taken over heads (population variance, ``ddof=0``,
 float64); the variance of the per-atom energies :math:`\varepsilon_{ik}` is
 reported as the local uncertainty ``atom_energy_var`` (eV²).
@@ -53,6 +53,7 @@ import copy
 import dataclasses
 import logging
 import math
+from types import MappingProxyType
 from typing import Optional
 
 import numpy as np
@@ -62,8 +63,14 @@ from torch import nn
 from mlipuq import data as mdata
 from mlipuq.models.base import MLIP
 from mlipuq.params import positive
-from mlipuq.training import History, fit_scales, prepare_graphs
-from mlipuq.training import train as train_model
+from mlipuq.training import (
+    HeadTrainable,
+    History,
+    error_statistics,
+    fit_scales,
+    prepare_graphs,
+    split_fit_options,
+)
 from mlipuq.uq.base import UQWrapper, _check_model, register
 from mlipuq.uq.jacobians import feature_vjps
 from mlipuq.uq.deep_ensemble import member_statistics
@@ -73,8 +80,6 @@ log = logging.getLogger(__name__)
 INITS = ("laplace", "random")
 #: Relative std of the noise added to the readout weights by ``init="random"``.
 RANDOM_INIT_SCALE = 0.1
-#: Prior precision of the Laplace init, relative to the mean diagonal of X^T X / sigma^2.
-_HEADS_ATTR = "_shallow_ensemble_heads"
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -194,6 +199,44 @@ def gaussian_nll(mean, var, target, floor: float) -> torch.Tensor:
     """Element-wise Gaussian negative log-likelihood with variance ``var + floor``."""
     var = var + floor
     return 0.5 * (_LOG_2PI + torch.log(var) + (target - mean) ** 2 / var)
+
+
+class HeadsNLL(HeadTrainable):
+    """The heads of a shallow ensemble as a :class:`~mlipuq.training.Trainable`.
+
+    Loss: ``energy_weight`` times the mean Gaussian NLL of the per-atom
+    energies plus ``forces_weight`` times that of the force components, under
+    the heads' mean and population variance (+ ``var_floor``). The readout is
+    frozen; the rest of the backbone is trained only with ``train_backbone``.
+    """
+
+    def __init__(self, model: MLIP, heads: nn.Module, *, train_backbone: bool, vectorize="auto",
+                 energy_weight: float = 1.0, forces_weight: float = 1.0,
+                 var_floor: float = 1e-8):
+        readout = list(model.readout_layer.parameters())
+        backbone = [p for p in model.parameters() if all(p is not r for r in readout)]
+        trained = [p for p in backbone if p.requires_grad] if train_backbone else []
+        super().__init__(model, heads, need_forces=forces_weight > 0, backbone=trained,
+                         frozen=readout + ([] if train_backbone else backbone))
+        self.vectorize = vectorize
+        self.energy_weight, self.forces_weight = energy_weight, forces_weight
+        self.var_floor = var_floor
+
+    def loss(self, batch: mdata.Batch, *, create_graph: bool):
+        out = head_members(self.model, batch, self.head.weight, self.head.bias,
+                           vectorize=self.vectorize, forces=self.need_forces,
+                           create_graph=create_graph)
+        n = batch.n_atoms.to(torch.float64)
+        mean, var = _mean_var(out["energy"] / n)
+        target = batch.energy.to(torch.float64) / n
+        loss = self.energy_weight * gaussian_nll(mean, var, target, self.var_floor).mean()
+        de = mean - target
+        if not self.need_forces:
+            return loss, error_statistics(de)
+        mean, var = _mean_var(out["forces"])
+        target = batch.forces.to(torch.float64)
+        loss = loss + self.forces_weight * gaussian_nll(mean, var, target, self.var_floor).mean()
+        return loss, error_statistics(de, mean - target)
 
 
 def laplace_heads(
@@ -352,22 +395,13 @@ class ShallowEnsemble(UQWrapper):
             if layer.bias is not None and bias is not None:
                 layer.bias.copy_(bias.reshape(layer.bias.shape).to(layer.bias))
 
-    def fit(
-        self,
-        train,
-        val=None,
-        *,
-        epochs: int = 50,
-        lr: float = 1e-3,
-        batch_size: int = 16,
-        seed: int = 0,
-        energy_weight: float = 1.0,
-        forces_weight: float = 1.0,
-        patience: int = 20,
-        var_floor: float = 1e-8,
-        progress: bool = True,
-        **train_options,
-    ) -> "ShallowEnsemble":
+    #: Defaults of ``fit(**method_options)``; the other :data:`mlipuq.training.TRAINER_OPTIONS`
+    #: (``lr_factor``, ``max_time``, ``weight_decay``...) take :func:`mlipuq.train`'s defaults.
+    fit_defaults = MappingProxyType({"epochs": 50, "lr": 1e-3, "batch_size": 16, "patience": 20,
+                    "energy_weight": 1.0, "forces_weight": 1.0, "var_floor": 1e-8})
+
+    def fit(self, train, val=None, *, seed: int = 0, progress: bool = False,
+            **method_options) -> "ShallowEnsemble":
         """Initialise the heads and train them (and the backbone if asked) by Gaussian NLL.
 
         Parameters
@@ -376,91 +410,48 @@ class ShallowEnsemble(UQWrapper):
             Data with reference energies (eV) and, if ``forces_weight > 0``,
             forces (eV/Å). ``val`` drives early stopping and the best-epoch
             selection, and calibrates the Laplace init.
-        epochs, lr, batch_size, patience
-            As in :func:`mlipuq.train`.
         seed
             Seeds the head initialisation and the trainer: a fit is reproducible.
-        energy_weight, forces_weight
-            Weights of the mean NLL of per-atom energies and of force components.
-        var_floor
-            Added to the variances in the loss: (eV/atom)² for energies, (eV/Å)²
-            for forces.
-        **train_options
-            Other :func:`mlipuq.train` options (``lr_factor``, ``max_time``,
-            ``weight_decay``...); ``checkpoint`` is not supported.
+        progress
+            Show a progress bar.
+        **method_options
+            ``epochs`` (50), ``lr`` (1e-3), ``batch_size`` (16), ``patience``
+            (20) and the other :func:`mlipuq.train` options (``lr_factor``,
+            ``max_time``, ``weight_decay``...; not ``checkpoint``);
+            ``energy_weight``, ``forces_weight`` (1, 1): weights of the mean
+            NLL of per-atom energies and of force components;
+            ``var_floor`` (1e-8): added to the variances in the loss,
+            (eV/atom)² for energies, (eV/Å)² for forces.
 
         Returns
         -------
         ShallowEnsemble
             ``self``, fitted.
         """
-        for name in ("checkpoint", "parameters", "loss_fn"):
-            if name in train_options:
-                raise ValueError(f"ShallowEnsemble.fit does not accept {name}=")
-        var_floor = positive("var_floor", var_floor)
-        if energy_weight < 0 or forces_weight < 0 or energy_weight + forces_weight == 0:
-            raise ValueError("loss weights must be non-negative and not both zero")
+        options, trainer = split_fit_options("ShallowEnsemble", self.fit_defaults, method_options)
+        options["var_floor"] = positive("var_floor", options["var_floor"])
         model = self.model
         self.fitted_ = False
         train = mdata.as_dataset(train)
         val = None if val is None else mdata.as_dataset(val)
-        need_forces = forces_weight > 0
+        need_forces = options["forces_weight"] > 0
         if not model.atomic_energies_set or getattr(model, "avg_num_neighbors", 0) is None:
             fit_scales(model, train, prepare_graphs(train, model, need_forces=need_forces))
         else:
             train.validate(model.species, require_energy=True, require_forces=need_forces)
         self._set_readout(self._readout_weight, self._readout_bias)
-        weight, bias = self._initial_heads(train, val, seed, energy_weight, forces_weight)
-        center = mean_feature(model, train, batch_size)
+        weight, bias = self._initial_heads(train, val, seed, options["energy_weight"],
+                                           options["forces_weight"])
+        center = mean_feature(model, train, trainer["batch_size"])
         heads = _Heads(weight.to(model.dtype), bias.to(model.dtype),
                        self._readout_bias is not None, center.to(model.dtype)).to(model.device)
-
-        def loss_fn(m, batch, create_graph):
-            out = head_members(m, batch, heads.weight, heads.bias, vectorize=self.vectorize,
-                               forces=need_forces, create_graph=create_graph)
-            n = batch.n_atoms.to(torch.float64)
-            mean, var = _mean_var(out["energy"] / n)
-            target = batch.energy.to(torch.float64) / n
-            loss = energy_weight * gaussian_nll(mean, var, target, var_floor).mean()
-            de = (mean - target).detach()
-            stats = {"n_structures": float(len(n)), "energy_abs": float(de.abs().sum()),
-                     "energy_sq": float((de**2).sum())}
-            if need_forces:
-                mean, var = _mean_var(out["forces"])
-                target = batch.forces.to(torch.float64)
-                loss = loss + forces_weight * gaussian_nll(mean, var, target, var_floor).mean()
-                df = (mean - target).detach()
-                stats.update(n_components=float(df.numel()), forces_abs=float(df.abs().sum()),
-                             forces_sq=float((df**2).sum()))
-            return loss, stats
-
-        readout = {id(p) for p in model.readout_layer.parameters()}
-        backbone = [p for p in model.parameters() if id(p) not in readout]
-        saved = {id(p): p.requires_grad for p in model.parameters()}
-        params = list(heads.parameters())
-        if self.train_backbone:
-            params += [p for p in backbone if p.requires_grad]
-        # Attached so that the trainer's best-epoch restore covers the heads too.
-        model.add_module(_HEADS_ATTR, heads)
-        try:
-            for p in ([] if self.train_backbone else backbone):
-                p.requires_grad_(False)
-            for p in model.readout_layer.parameters():
-                p.requires_grad_(False)
-            history = train_model(
-                model, train, val, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                energy_weight=energy_weight, forces_weight=forces_weight, patience=patience,
-                parameters=params, loss_fn=loss_fn, progress=progress, **train_options,
-            )
-        finally:
-            delattr(model, _HEADS_ATTR)
-            for p in model.parameters():
-                p.requires_grad_(saved[id(p)])
+        trainable = HeadsNLL(model, heads, train_backbone=self.train_backbone,
+                             vectorize=self.vectorize, **options)
+        self.history_ = trainable.fit(train, val, seed=seed, progress=progress, **trainer)
         self.head_weight_ = heads.weight.detach().clone()
         self.head_bias_ = heads.bias.detach().clone()
         self._set_readout(self.head_weight_.to(torch.float64).mean(0),
                           self.head_bias_.to(torch.float64).mean(0))
-        self.history_ = history
         self.fitted_ = True
         return self
 

@@ -1,0 +1,577 @@
+"""Distance-aware uncertainty from the base model's last-layer (readout) features.
+
+An atom whose readout features :math:`\\phi_i` lie far from every training
+atom of its element is outside the data the model learned from, and its
+prediction deserves less trust (latent-space k-nearest-neighbour and Gaussian
+mixture uncertainties: Hu et al., Mach. Learn.: Sci. Technol. 3, 045028, 2022;
+Zhu et al., J. Chem. Phys. 158, 164111, 2023). One forward pass gives the
+energy, the forces and :math:`\\phi_i`; the features are standardised (float64,
+per feature, with the training atoms' mean and std) and scored against the
+stored training atoms of the same species:
+
+* ``score="knn"`` (default): the mean Euclidean distance to the ``n_neighbors``
+  nearest training atoms (:class:`sklearn.neighbors.NearestNeighbors`);
+* ``score="gmm"``: a Gaussian mixture per species
+  (:class:`sklearn.mixture.GaussianMixture`), raw score
+  :math:`\\sqrt{2\\max(0, -\\log p(\\phi_i) + \\log p_{\\max})}`, a
+  Mahalanobis-like distance (:math:`\\log p_{\\max}`: the largest training
+  log-density).
+
+Each species' raw scores are divided by that species' typical training score
+(the median over training atoms, leave-one-out for the kNN score), so the
+per-atom score :math:`u_i \\ge 0` is dimensionless: ``u ≈ 1`` is as far as
+training atoms lie from each other, ``u ≫ 1`` is out of distribution.
+
+Scores become variances with four parameters fitted by Gaussian NLL on held-out
+data (``val``, or a hold-out fraction of ``train``):
+
+.. math:: \\sigma^2_{F,ic} = a_F + b_F u_i^2, \\qquad
+          \\sigma^2_E = a_E n + b_E \\textstyle\\sum_i u_i^2,
+
+:math:`a, b \\ge 0` (eV²/Å², eV²), i.e. independent per-atom errors whose
+variance grows with distance without bound. ``a/b`` is capped by
+``min_distance_share`` so that the distance term is never dropped (a handful
+of held-out structures cannot tell the two terms apart). Atoms without a
+neighbour within the cutoff feel no force: their force variance is 0.
+
+``combine=other`` adds the latent variance to another fitted wrapper's:
+mean = the other's (uncalibrated) mean, and
+:math:`\\sigma^2 = \\lambda\\,\\sigma^2_{\\rm other} + a + b u^2` with
+:math:`\\lambda, a, b \\ge 0` fitted jointly by NLL on the held-out data, so
+that the two do not double-count the error they both explain.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+
+from mlipuq import data as mdata
+from mlipuq.models.base import MLIP
+from mlipuq.prediction import Prediction
+from mlipuq.uq import base as uq_base
+from mlipuq.uq.base import UQWrapper, _check_model, register
+
+log = logging.getLogger(__name__)
+
+_SCORES = ("knn", "gmm")
+_C_MIN = 1e-3  # smallest a/b (at u = 1): keeps variances positive on exact training atoms
+_LOG_S_BOUNDS = (-80.0, 40.0)
+_LAMBDA_MAX = 1e6
+
+__all__ = ["LatentDistance", "fit_variance_map", "knn_scores"]
+
+
+# ------------------------------------------------------------------- scoring
+def knn_scores(reference: np.ndarray, query: np.ndarray, n_neighbors: int, *,
+               leave_one_out: bool = False) -> np.ndarray:
+    """Mean Euclidean distance of each ``query`` row to its ``n_neighbors`` nearest
+    ``reference`` rows (float64; fewer neighbours when ``reference`` is smaller).
+
+    ``leave_one_out=True`` scores ``reference`` against itself without each
+    point's own zero distance (``query`` is then ignored). A ball tree computes
+    each distance exactly, so a row's score does not depend on the other rows.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    reference = np.asarray(reference, dtype=np.float64)
+    index = NearestNeighbors(algorithm="ball_tree").fit(reference)
+    if leave_one_out:
+        k = min(int(n_neighbors), len(reference) - 1)
+        if k < 1:
+            return np.zeros(len(reference))
+        dist, _ = index.kneighbors(reference, n_neighbors=k + 1)
+        return np.sort(dist, axis=1)[:, 1:].mean(axis=1)
+    k = min(int(n_neighbors), len(reference))
+    dist, _ = index.kneighbors(np.asarray(query, dtype=np.float64), n_neighbors=k)
+    return dist.mean(axis=1)
+
+
+def _gmm_log_density(x: np.ndarray, weights, means, precisions_cholesky) -> np.ndarray:
+    """log p(x) of a full-covariance Gaussian mixture, from its precision Cholesky factors.
+
+    ``precisions_cholesky[k]`` is ``L_k`` with precision ``L_k L_k^T``:
+    ``log N(x) = -d/2 log 2π + Σ log diag L_k - |(x - μ_k) L_k|²/2``.
+    """
+    d = x.shape[1]
+    parts = []
+    for w, mu, chol in zip(weights, means, precisions_cholesky):
+        y = (x - mu) @ chol
+        parts.append(math.log(w) - 0.5 * d * math.log(2 * math.pi)
+                     + np.sum(np.log(np.diag(chol))) - 0.5 * np.sum(y * y, axis=1))
+    parts = np.stack(parts, axis=1)
+    top = parts.max(axis=1, keepdims=True)
+    return (top + np.log(np.exp(parts - top).sum(axis=1, keepdims=True)))[:, 0]
+
+
+# ------------------------------------------------------------- variance map
+def fit_variance_map(sq_error: np.ndarray, count: np.ndarray, score_sq: np.ndarray,
+                     other_var: Optional[np.ndarray] = None, *,
+                     c_max: float = 9.0) -> dict:
+    """Gaussian-NLL fit of ``var = s (c count + score_sq) [+ λ other_var]``.
+
+    Parameters
+    ----------
+    sq_error
+        Squared errors of the held-out targets (eV² or eV²/Å²).
+    count
+        Per target: the atom count for energies, 1 for force components.
+    score_sq
+        Per target: ``Σ_i u_i²`` over the structure, or ``u_i²`` of the atom.
+    other_var
+        Another wrapper's variance of the same targets (``combine``), or None.
+    c_max
+        Upper bound of ``c = a/b`` (``c >= 1e-3``).
+
+    Returns
+    -------
+    dict
+        ``a = s c`` and ``b = s`` (the units of ``sq_error``), ``other_scale``
+        (λ, 0 without ``other_var``) and the mean NLL per target.
+    """
+    from scipy.optimize import minimize
+
+    r2 = np.asarray(sq_error, dtype=np.float64)
+    n = np.asarray(count, dtype=np.float64)
+    q = np.asarray(score_sq, dtype=np.float64)
+    o = None if other_var is None else np.asarray(other_var, dtype=np.float64)
+    if r2.size == 0:
+        raise ValueError("no held-out targets to fit the variance map on")
+
+    def nll(x):
+        s, c = math.exp(x[0]), x[1]
+        lam = x[2] if o is not None else 0.0
+        var = s * (c * n + q) + (lam * o if o is not None else 0.0)
+        var = np.maximum(var, 1e-300)
+        value = 0.5 * np.mean(np.log(2 * math.pi * var) + r2 / var)
+        dv = 0.5 * (1.0 / var - r2 / var**2) / r2.size
+        grad = [float(np.sum(dv * s * (c * n + q))), float(np.sum(dv * s * n))]
+        if o is not None:
+            grad.append(float(np.sum(dv * o)))
+        return float(value), np.array(grad)
+
+    mean_r2 = max(float(np.mean(r2)), 1e-300)
+    best = None
+    for c0 in (_C_MIN, 1.0, c_max):  # a few starts: the NLL need not be convex in c
+        c0 = min(max(c0, _C_MIN), c_max)
+        s0 = mean_r2 / max(float(np.mean(c0 * n + q)), 1e-300)
+        x0 = [math.log(s0), c0]
+        bounds = [_LOG_S_BOUNDS, (_C_MIN, c_max)]
+        if o is not None:
+            x0[0] -= math.log(2.0)
+            x0.append(0.5 * mean_r2 / max(float(np.mean(o)), 1e-300))
+            x0[2] = min(x0[2], _LAMBDA_MAX)
+            bounds.append((0.0, _LAMBDA_MAX))
+        x0[0] = min(max(x0[0], _LOG_S_BOUNDS[0]), _LOG_S_BOUNDS[1])
+        result = minimize(nll, np.array(x0), jac=True, method="L-BFGS-B", bounds=bounds)
+        if best is None or result.fun < best.fun:
+            best = result
+    s, c = math.exp(best.x[0]), float(best.x[1])
+    return {"a": s * c, "b": s, "other_scale": float(best.x[2]) if o is not None else 0.0,
+            "nll": float(best.fun)}
+
+
+# ------------------------------------------------------------------- wrapper
+@register
+class LatentDistance(UQWrapper):
+    """Uncertainty from the distance of each atom's readout features to the training atoms.
+
+    Parameters
+    ----------
+    model
+        A trained :class:`~mlipuq.models.MLIP`, used as is (not modified).
+    score
+        ``"knn"`` (mean distance to the ``n_neighbors`` nearest training atoms
+        of the same species) or ``"gmm"`` (Gaussian-mixture negative
+        log-likelihood per species, as a distance).
+    n_neighbors
+        k of the kNN score.
+    n_components
+        Mixture components per species for ``"gmm"`` (fewer for species with
+        under ``4 n_components`` training atoms); full covariances.
+    max_points
+        At most this many training atoms per species are stored (kNN) or
+        fitted (GMM), drawn at random with ``fit``'s seed: memory and predict
+        time stay bounded (float64, ``max_points × n_features × 8`` bytes per
+        species).
+    min_distance_share
+        Smallest share of the distance term in the variance at ``u = 1``
+        (the training data's own spacing): ``a <= b (1 - share) / share``.
+    combine
+        Another fitted wrapper (any class) whose variance the latent variance
+        is added to; its mean becomes the mean. See the module notes.
+
+    Attributes
+    ----------
+    energy_a_, energy_b_
+        eV² per atom and per unit ``u²`` (energy variance map).
+    forces_a_, forces_b_
+        eV²/Å² (force-component variance map).
+    energy_other_scale_, forces_other_scale_
+        λ multiplying ``combine``'s variances (0 without ``combine``).
+    score_scale_
+        Per species (atomic number): the raw score that maps to ``u = 1``.
+    """
+
+    def __init__(
+        self,
+        model: MLIP,
+        *,
+        score: str = "knn",
+        n_neighbors: int = 5,
+        n_components: int = 4,
+        max_points: int = 10000,
+        min_distance_share: float = 0.1,
+        combine: Optional[UQWrapper] = None,
+    ):
+        self.model = _check_model(model)
+        if score not in _SCORES:
+            raise ValueError(f"score must be one of {_SCORES}, got {score!r}")
+        for name, value in (("n_neighbors", n_neighbors), ("n_components", n_components),
+                            ("max_points", max_points)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if (isinstance(min_distance_share, bool)
+                or not isinstance(min_distance_share, (int, float, np.number))
+                or not 0 < float(min_distance_share) <= 1):
+            raise ValueError(f"min_distance_share must be in (0, 1], got {min_distance_share!r}")
+        if combine is not None and not isinstance(combine, UQWrapper):
+            raise TypeError(f"combine must be a fitted UQ wrapper, got {type(combine).__name__}")
+        self.score = score
+        self.n_neighbors = int(n_neighbors)
+        self.n_components = int(n_components)
+        self.max_points = int(max_points)
+        self.min_distance_share = float(min_distance_share)
+        self.combine = combine
+        self._index: dict = {}
+
+    def __repr__(self) -> str:
+        other = "" if self.combine is None else f", combine={type(self.combine).__name__}"
+        return (f"LatentDistance({type(self.model).__name__}, score={self.score!r}, "
+                f"n_neighbors={self.n_neighbors}{other})")
+
+    # ------------------------------------------------------------ UQWrapper API
+    def _models(self) -> list[MLIP]:
+        return [self.model] + (self.combine._models() if self.combine is not None else [])
+
+    def _set_models(self, models: list[MLIP]) -> None:
+        self.model = models[0]
+        if self.combine is not None:
+            self.combine._set_models(models[1:])
+
+    def config(self) -> dict:
+        combine = None
+        if self.combine is not None:
+            combine = {"class": type(self.combine).__name__, "config": self.combine.config(),
+                       "n_models": len(self.combine._models())}
+        return {"score": self.score, "n_neighbors": self.n_neighbors,
+                "n_components": self.n_components, "max_points": self.max_points,
+                "min_distance_share": self.min_distance_share, "combine": combine}
+
+    @classmethod
+    def _from_config(cls, models: list[MLIP], config: dict) -> "LatentDistance":
+        config = dict(config)
+        spec = config.pop("combine", None)
+        other = None
+        if spec is not None:
+            other_cls = uq_base.wrapper_class(spec["class"])
+            if other_cls is None:
+                raise ValueError(f"unknown combined wrapper class {spec['class']!r}")
+            n = int(spec["n_models"])
+            if len(models) != 1 + n:
+                raise ValueError(f"{len(models)} base models for a combination needing {1 + n}")
+            other = other_cls._from_config(models[1:], spec["config"])
+        return cls(models[0], combine=other, **config)
+
+    _STATE = ("feature_mean_", "feature_scale_", "species_", "points_", "score_scale_",
+              "gmm_", "energy_a_", "energy_b_", "forces_a_", "forces_b_",
+              "energy_other_scale_", "forces_other_scale_", "n_train_")
+
+    def _get_state(self) -> dict:
+        state = {name: getattr(self, name) for name in self._STATE}
+        # dictionaries keyed by atomic number: string keys for plain storage
+        for name in ("points_", "score_scale_", "gmm_"):
+            state[name] = {str(z): v for z, v in state[name].items()}
+        if self.combine is not None:
+            state["combine_state"] = self.combine._get_state()
+        return state
+
+    def _set_state(self, state: dict) -> None:
+        for name in self._STATE:
+            value = state[name]
+            if name in ("points_", "score_scale_", "gmm_"):
+                value = {int(z): v for z, v in value.items()}
+            setattr(self, name, value)
+        self.species_ = [int(z) for z in self.species_]
+        if self.combine is not None:
+            self.combine._set_state(state["combine_state"])
+            self.combine.fitted_ = True
+        self._index = {}
+
+    @property
+    def n_members(self) -> int:
+        return 0
+
+    def members_hint(self, *, forces: bool = False) -> str:
+        return ("a committee wrapper (DeepEnsemble, ShallowEnsemble, LastLayerLaplace); "
+                "LatentDistance, also with combine=, reports a mean and a variance only")
+
+    # --------------------------------------------------------------- features
+    def _passes(self, dataset, batch_size: int, forces: bool, progress: bool = False,
+                desc: str = "latent"):
+        """Per batch: (batch, model output, float64 NumPy features)."""
+        batches = mdata.iter_batches(dataset, self.cutoff, batch_size, species=self.species,
+                                     dtype=self.dtype)
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, total=-(-len(dataset) // batch_size), desc=desc)
+        self.model.eval()
+        for _, batch in batches:
+            batch = batch.to(device=self.model.device)
+            if forces:
+                out = self.model(batch, forces=True, features=True)
+            else:
+                with torch.no_grad():
+                    out = self.model(batch, forces=False, features=True)
+            phi = out["features"].detach().cpu().to(torch.float64).numpy()
+            yield batch, out, phi
+
+    def _standardise(self, phi: np.ndarray) -> np.ndarray:
+        return (np.asarray(phi, dtype=np.float64) - self.feature_mean_) / self.feature_scale_
+
+    def _raw_scores(self, z: int, x: np.ndarray) -> np.ndarray:
+        """Raw (unnormalised) scores of standardised features ``x`` under species ``z``."""
+        if self.score == "knn":
+            index = self._index.get(z)
+            if index is None:
+                from sklearn.neighbors import NearestNeighbors
+
+                index = NearestNeighbors(algorithm="ball_tree").fit(self.points_[z])
+                self._index[z] = index
+            k = min(self.n_neighbors, len(self.points_[z]))
+            return index.kneighbors(x, n_neighbors=k)[0].mean(axis=1)
+        g = self.gmm_[z]
+        log_p = _gmm_log_density(x, g["weights"], g["means"], g["precisions_cholesky"])
+        return np.sqrt(2.0 * np.maximum(g["max_log_density"] - log_p, 0.0))
+
+    def scores(self, phi: np.ndarray, numbers: np.ndarray) -> np.ndarray:
+        """Per-atom scores ``u >= 0`` (dimensionless) of raw features ``phi`` (N, F).
+
+        Atoms of an element absent from the training data get the smallest
+        score over the training elements (their distance to the nearest
+        training distribution).
+        """
+        x = self._standardise(phi)
+        numbers = np.asarray(numbers)
+        u = np.zeros(len(x))
+        for z in np.unique(numbers):
+            rows = numbers == z
+            if int(z) in self.score_scale_:
+                u[rows] = self._raw_scores(int(z), x[rows]) / self.score_scale_[int(z)]
+            else:
+                u[rows] = np.min([self._raw_scores(s, x[rows]) / self.score_scale_[s]
+                                  for s in self.species_], axis=0)
+        return u
+
+    # -------------------------------------------------------------------- fit
+    def fit(self, train, val=None, *, seed: int = 0, progress: bool = False,
+            **method_options) -> "LatentDistance":
+        """Store the training atoms' features, then fit the variance map on held-out data.
+
+        Parameters
+        ----------
+        train
+            Structures with reference energies (eV) and forces (eV/Å); their
+            atoms' features are the reference the distances are measured to.
+        val
+            Held-out structures (references needed) on which the variance map
+            is fitted by Gaussian NLL, best data the base model was not trained
+            on. None: a random ``val_fraction`` of ``train``'s structures (at
+            least one) is held out and left out of the reference.
+        seed
+            Seeds the hold-out split, the stored-point subsample and the GMMs.
+        progress
+            Show progress bars.
+        **method_options
+            ``batch_size`` (16): structures per pass; ``val_fraction`` (0.2).
+
+        Returns
+        -------
+        LatentDistance
+            ``self``, fitted.
+        """
+        batch_size = int(method_options.pop("batch_size", 16))
+        val_fraction = float(method_options.pop("val_fraction", 0.2))
+        if method_options:
+            raise TypeError(f"LatentDistance.fit got unexpected option(s) "
+                            f"{sorted(method_options)}; valid: batch_size, val_fraction")
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        if self.combine is not None:
+            self.combine._check_fitted()
+        dataset = mdata.as_dataset(train)
+        dataset.validate(self.species, require_energy=True, require_forces=True)
+        if val is None:
+            if len(dataset) < 2:
+                raise ValueError("LatentDistance.fit needs val or at least 2 training structures "
+                                 "(one is held out to fit the variance map)")
+            n_held = min(max(1, round(val_fraction * len(dataset))), len(dataset) - 1)
+            order = np.random.default_rng(seed).permutation(len(dataset))
+            held_out = dataset.subset(np.sort(order[:n_held]))
+            reference = dataset.subset(np.sort(order[n_held:]))
+        else:
+            held_out = mdata.as_dataset(val)
+            held_out.validate(self.species, require_energy=True, require_forces=True)
+            reference = dataset
+        self._fit_reference(reference, batch_size, seed, progress)
+        self._fit_map(held_out, batch_size, progress)
+        self.n_train_ = len(reference)
+        self.fitted_ = True
+        return self
+
+    def _fit_reference(self, reference, batch_size: int, seed: int, progress: bool) -> None:
+        phis, numbers = [], []
+        for batch, _, phi in self._passes(reference, batch_size, False, progress, "latent reference"):
+            phis.append(phi)
+            numbers.append(batch.numbers.cpu().numpy())
+        phi, numbers = np.concatenate(phis), np.concatenate(numbers)
+        mean, std = phi.mean(axis=0), phi.std(axis=0)
+        self.feature_mean_ = mean
+        self.feature_scale_ = np.where(std > 1e-12 * max(float(std.max()), 1e-300), std, 1.0)
+        x = self._standardise(phi)
+        rng = np.random.default_rng(seed)
+        self.species_ = sorted(int(z) for z in np.unique(numbers))
+        missing = sorted(set(self.species) - set(self.species_))
+        if missing:
+            log.warning("LatentDistance: no training atoms of atomic numbers %s; their atoms "
+                        "are scored against the nearest training element", missing)
+        self.points_, self.gmm_, self.score_scale_ = {}, {}, {}
+        self._index = {}
+        for z in self.species_:
+            rows = np.flatnonzero(numbers == z)
+            if len(rows) > self.max_points:
+                rows = np.sort(rng.choice(rows, size=self.max_points, replace=False))
+            points = np.ascontiguousarray(x[rows])
+            if self.score == "knn":
+                self.points_[z] = points
+                typical = knn_scores(points, None, self.n_neighbors, leave_one_out=True)
+            else:
+                self.gmm_[z] = self._fit_gmm(points, seed)
+                typical = self._raw_scores(z, points)
+            scale = float(np.median(typical)) if len(typical) else 0.0
+            self.score_scale_[z] = scale
+        positive = [v for v in self.score_scale_.values() if v > 0]
+        fallback = float(np.median(positive)) if positive else 1.0
+        for z, v in self.score_scale_.items():
+            if not v > 0:
+                log.warning("LatentDistance: atomic number %d has too few distinct training "
+                            "atoms for its own score scale; using %.3g", z, fallback)
+                self.score_scale_[z] = fallback
+
+    def _fit_gmm(self, points: np.ndarray, seed: int) -> dict:
+        from sklearn.mixture import GaussianMixture
+
+        k = max(1, min(self.n_components, len(points) // 4))
+        gmm = GaussianMixture(n_components=k, covariance_type="full", reg_covar=1e-4,
+                              random_state=seed).fit(points) if len(points) > 1 else None
+        if gmm is None:  # one atom: a unit Gaussian at it
+            model = {"weights": np.ones(1), "means": points.copy(),
+                     "precisions_cholesky": np.eye(points.shape[1])[None]}
+        else:
+            model = {"weights": np.asarray(gmm.weights_, dtype=np.float64),
+                     "means": np.asarray(gmm.means_, dtype=np.float64),
+                     "precisions_cholesky": np.asarray(gmm.precisions_cholesky_, dtype=np.float64)}
+        log_p = _gmm_log_density(points, model["weights"], model["means"],
+                                 model["precisions_cholesky"])
+        model["max_log_density"] = float(log_p.max())
+        return model
+
+    def _fit_map(self, held_out, batch_size: int, progress: bool) -> None:
+        parts: dict[str, list] = {k: [] for k in ("e", "e_ref", "n", "q", "f", "f_ref", "fq")}
+        for batch, out, phi in self._passes(held_out, batch_size, True, progress, "latent fit"):
+            u2 = self.scores(phi, batch.numbers.cpu().numpy()) ** 2
+            n_atoms = batch.n_atoms.cpu().numpy()
+            parts["e"].append(out["energy"].detach().cpu().double().numpy())
+            parts["e_ref"].append(batch.energy.cpu().double().numpy())
+            parts["n"].append(n_atoms.astype(np.float64))
+            parts["q"].append(np.bincount(batch.batch.cpu().numpy(), weights=u2,
+                                          minlength=len(n_atoms)))
+            parts["f"].append(out["forces"].detach().cpu().double().numpy().reshape(-1))
+            parts["f_ref"].append(batch.forces.cpu().double().numpy().reshape(-1))
+            # atoms without neighbours feel no force (variance 0): left out of the fit
+            parts["fq"].append(np.repeat(np.where(self._has_neighbours(batch), u2, np.nan), 3))
+        v = {k: np.concatenate(x) for k, x in parts.items()}
+        e_other = f_other = None
+        if self.combine is not None:
+            other = self.combine.predict(held_out, batch_size=batch_size, calibrated=False)
+            v["e"], v["f"] = other.energy, other.forces.reshape(-1)
+            e_other, f_other = other.energy_var, other.forces_var.reshape(-1)
+        keep = np.isfinite(v["fq"]) & np.isfinite(v["f_ref"])
+        c_max = max((1.0 - self.min_distance_share) / self.min_distance_share, 2 * _C_MIN)
+        energy = fit_variance_map((v["e"] - v["e_ref"]) ** 2, v["n"], v["q"], e_other,
+                                  c_max=c_max)
+        forces = fit_variance_map(((v["f"] - v["f_ref"]) ** 2)[keep], np.ones(int(keep.sum())),
+                                  v["fq"][keep], None if f_other is None else f_other[keep],
+                                  c_max=c_max)
+        self.energy_a_, self.energy_b_ = energy["a"], energy["b"]
+        self.forces_a_, self.forces_b_ = forces["a"], forces["b"]
+        self.energy_other_scale_ = energy["other_scale"]
+        self.forces_other_scale_ = forces["other_scale"]
+        log.info("LatentDistance map: energy a=%.3g b=%.3g eV^2, forces a=%.3g b=%.3g eV^2/A^2"
+                 " (combine scales %.3g, %.3g)", self.energy_a_, self.energy_b_, self.forces_a_,
+                 self.forces_b_, self.energy_other_scale_, self.forces_other_scale_)
+
+    @staticmethod
+    def _has_neighbours(batch: mdata.Batch) -> np.ndarray:
+        centres = batch.edge_index[0].cpu().numpy()
+        return np.bincount(centres, minlength=len(batch.numbers)) > 0
+
+    # ---------------------------------------------------------------- predict
+    def _predict_batch(self, batch: mdata.Batch) -> dict:
+        out = self.model(batch, forces=True, features=True)
+        phi = out["features"].detach().cpu().to(torch.float64).numpy()
+        u2 = self.scores(phi, batch.numbers.cpu().numpy()) ** 2
+        atom_var = self.energy_a_ + self.energy_b_ * u2
+        n_struct = batch.n_structures
+        force_var = np.where(self._has_neighbours(batch), self.forces_a_ + self.forces_b_ * u2, 0.0)
+        return {
+            "energy": out["energy"].detach(),
+            "energy_var": np.bincount(batch.batch.cpu().numpy(), weights=atom_var,
+                                      minlength=n_struct),
+            "forces": out["forces"].detach(),
+            "forces_var": np.repeat(force_var[:, None], 3, axis=1),
+            "atom_energy_var": atom_var,
+        }
+
+    def compute_stress(self, atoms) -> np.ndarray:
+        """(3, 3) stress (eV/Å^3) of the mean model: ``combine``'s when combined."""
+        if self.combine is not None:
+            return self.combine.compute_stress(atoms)
+        return super().compute_stress(atoms)
+
+    def predict(self, structures, *, calibrated: bool = True, **options) -> Prediction:
+        """Energies (eV), forces (eV/Å) and their variances (see the class notes).
+
+        ``options`` are :meth:`UQWrapper.predict`'s (``batch_size``, ``progress``).
+        With ``combine``, the other wrapper's uncalibrated mean and variance are
+        combined with the latent variance; ``calibrated`` applies this
+        wrapper's own recalibration (:meth:`calibrate`).
+        """
+        own = super().predict(structures, calibrated=False, **options)
+        if self.combine is not None:
+            options.pop("progress", None)
+            other = self.combine.predict(structures, calibrated=False, **options)
+            own = Prediction(
+                energy=other.energy,
+                energy_var=self.energy_other_scale_ * other.energy_var + own.energy_var,
+                forces=other.forces,
+                forces_var=self.forces_other_scale_ * other.forces_var + own.forces_var,
+                n_atoms=own.n_atoms, batch=own.batch, numbers=own.numbers,
+            )
+            self._check_finite(own)
+        return self._apply_calibration(own) if calibrated else own

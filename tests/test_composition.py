@@ -1,0 +1,110 @@
+"""Composition as a source of uncertainty: reference energies a one-stoichiometry
+training set leaves undetermined give other stoichiometries a large energy std."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import mlipuq
+from mlipuq import datasets
+from mlipuq.data import composition_matrix, undetermined_offsets
+from mlipuq.models import MiniMLIP
+from mlipuq.training import UndeterminedReferenceWarning
+from mlipuq.uq import (
+    DeepEnsemble,
+    EvidentialHead,
+    LastLayerLaplace,
+    LatentDistance,
+    ShallowEnsemble,
+)
+
+FAST = dict(batch_size=8, progress=False)
+
+
+def _model(seed: int = 0) -> MiniMLIP:
+    return MiniMLIP(["H", "C", "O"], cutoff=4.0, width=16, n_interactions=2, n_rbf=8, seed=seed)
+
+
+def test_null_space_of_one_stoichiometry():
+    ethanol = np.array([[6.0, 2.0, 1.0], [6.0, 2.0, 1.0]])  # H, C, O counts
+    basis = undetermined_offsets(ethanol)
+    assert basis.shape == (3, 2)
+    np.testing.assert_allclose(ethanol @ basis, 0.0, atol=1e-12)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(2), atol=1e-12)
+    several = np.array([[6.0, 2.0, 1.0], [4.0, 1.0, 1.0], [8.0, 5.0, 2.0]])
+    assert undetermined_offsets(several).shape == (3, 0)
+
+
+@pytest.fixture(scope="module")
+def ethanol_model():
+    train = datasets.ethanol("train")[:60]
+    model = _model()
+    with pytest.warns(UndeterminedReferenceWarning, match="determine only 1 of the 3"):
+        mlipuq.train(model, train, epochs=15, lr=5e-3, seed=0, **FAST)
+    return model, train
+
+
+def test_prior_scale_and_variance_by_hand(ethanol_model):
+    model, train = ethanol_model
+    counts = composition_matrix(train, model.species)
+    tau2 = np.mean(train.energies**2 / (counts**2).sum(axis=1))
+    assert model.offset_prior_std == pytest.approx(np.sqrt(tau2), rel=1e-12)
+    methanol = np.array([[4.0, 1.0, 1.0]])
+    c = methanol[0]
+    u = counts[0] / np.linalg.norm(counts[0])
+    expected = tau2 * (c @ c - (c @ u) ** 2)  # |c|² minus its part along ethanol's composition
+    assert model.composition_variance(methanol)[0] == pytest.approx(expected, rel=1e-9)
+    assert model.composition_variance(counts[:3]) == pytest.approx(0.0, abs=1e-12 * tau2)
+
+
+def test_isolated_atom_energies_determine_the_offsets():
+    train = datasets.ethanol("train")[:20]
+    model = _model()
+    model.set_atomic_energies(datasets.isolated_atom_energies("ethanol"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UndeterminedReferenceWarning)
+        mlipuq.train(model, train, epochs=1, seed=0, **FAST)
+    assert not np.any(model.composition_variance(np.array([[4.0, 1.0, 1.0]])))
+
+
+def test_composition_variance_survives_save_and_load(ethanol_model, tmp_path):
+    model, _ = ethanol_model
+    model.save(tmp_path / "m.pt")
+    loaded = mlipuq.models.load(tmp_path / "m.pt")
+    counts = np.array([[8.0, 5.0, 2.0], [4.0, 1.0, 1.0]])
+    np.testing.assert_array_equal(loaded.composition_variance(counts),
+                                  model.composition_variance(counts))
+
+
+def _wrappers(model, train, val):
+    other = _model(seed=1)
+    with pytest.warns(UndeterminedReferenceWarning):
+        mlipuq.train(other, train, epochs=15, lr=5e-3, seed=1, **FAST)
+    return {
+        "llpr": LastLayerLaplace(model).fit(train),
+        "shallow": ShallowEnsemble(model, n_heads=4).fit(train, val, epochs=3, **FAST),
+        "evidential": EvidentialHead(model).fit(*val.split([0.5, 0.5]), epochs=5, **FAST),
+        "deep": DeepEnsemble([model, other]),
+        "latent": LatentDistance(model).fit(train, val),
+    }
+
+
+def test_a_new_stoichiometry_gets_an_honest_energy_std(ethanol_model):
+    """Ethanol-trained, asked about acetylacetone (same elements, C5H8O2): every
+    wrapper's energy std is at least a third of its error, after calibration on
+    ethanol; in distribution the composition adds nothing."""
+    model, train = ethanol_model
+    val = datasets.ethanol("val")[:20]
+    acac = datasets.acac("test")[:10]
+    for name, wrapper in _wrappers(model, train, val).items():
+        wrapper.calibrate(val)
+        pred = wrapper.predict(acac)
+        error = np.abs(pred.energy - acac.energies)
+        assert np.all(pred.energy_std >= error / 3), (name, np.min(pred.energy_std / error))
+        inside = wrapper.predict(val)
+        np.testing.assert_array_equal(inside.energy_var,
+                                      wrapper.predict(val, composition=False).energy_var)

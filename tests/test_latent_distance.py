@@ -1,0 +1,193 @@
+"""LatentDistance: the common check suite, distance-awareness on hotter Cu, the kNN
+score and the variance map checked by hand, and the combination with another wrapper."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import ETHANOL_SMALL
+
+import mlipuq
+from mlipuq import datasets
+from mlipuq.errors import NotFittedError
+from mlipuq.models import MiniMLIP
+from mlipuq.testing import check_uq_wrapper
+from mlipuq.uq import LastLayerLaplace, LatentDistance, load
+from mlipuq.uq.latent_distance import fit_variance_map, knn_scores
+
+FAST = {"batch_size": 8, "progress": False}
+
+
+def _tiny(species, seed: int = 0) -> MiniMLIP:
+    return MiniMLIP(species, cutoff=4.0, width=16, n_interactions=2, n_rbf=8,
+                    n_readout_features=16, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def ethanol():
+    return mlipuq.load(ETHANOL_SMALL)
+
+
+@pytest.fixture(scope="module")
+def base(ethanol):
+    """Trained well enough that the training structures are fitted (as in test_check_suite)."""
+    model = _tiny(ethanol.species)
+    mlipuq.train(model, ethanol[:14], epochs=60, lr=1e-2, seed=0, **FAST)
+    return model
+
+
+@pytest.fixture(scope="module")
+def copper():
+    """A MiniMLIP trained on 300 K EMT Cu bulk frames, and test frames at 300, 900, 1500 K."""
+    train = datasets.emt("Cu", 20, (300,), seed=0, kinds="bulk", cache=False)
+    test = datasets.emt("Cu", 12, (300, 900, 1500), seed=1, kinds="bulk", cache=False)
+    model = _tiny(train.species)
+    mlipuq.train(model, train[:14], epochs=30, lr=1e-2, seed=0, **FAST)
+    return model, train, test
+
+
+# ------------------------------------------------------------- check suite
+@pytest.mark.parametrize("options", [{}, {"score": "gmm"}], ids=["knn", "gmm"])
+def test_passes_the_check_suite(options, base, ethanol):
+    check_uq_wrapper(LatentDistance(base, **options), ethanol[:14], fit_kwargs={})
+
+
+def test_combined_with_llpr_passes_the_check_suite(base, ethanol):
+    llpr = LastLayerLaplace(base, n_samples=0).fit(ethanol[:14])
+    check_uq_wrapper(LatentDistance(base, combine=llpr), ethanol[:14], fit_kwargs={})
+
+
+# ------------------------------------------------------- distance awareness
+@pytest.mark.parametrize("score", ["knn", "gmm"])
+def test_energy_std_grows_with_temperature_on_copper(score, copper):
+    model, train, test = copper
+    wrapper = LatentDistance(model, score=score).fit(train[:14], train[14:])
+    pred = wrapper.predict(test)
+    temperature = np.array([a.info["temperature"] for a in test])
+    per_atom = pred.energy_std / pred.n_atoms
+    medians = [np.median(per_atom[temperature == t]) for t in (300, 900, 1500)]
+    assert medians[0] < medians[1] < medians[2], medians
+    forces = [np.median(pred.forces_std[temperature[pred.batch] == t]) for t in (300, 900, 1500)]
+    assert forces[0] < forces[1] < forces[2], forces
+
+
+def test_variances_grow_without_bound_but_stay_finite(base, ethanol):
+    wrapper = LatentDistance(base).fit(ethanol[:14])
+    stds = []
+    for factor in (1.0, 0.8, 0.6):
+        atoms = ethanol[15].copy()
+        atoms.positions = atoms.positions.mean(0) + factor * (atoms.positions - atoms.positions.mean(0))
+        pred = wrapper.predict(atoms)
+        assert np.all(np.isfinite(pred.energy_var)) and np.all(np.isfinite(pred.forces_var))
+        stds.append(float(pred.energy_std[0]))
+    assert stds[0] < stds[1] < stds[2]
+    # the floor: u = 0 (a stored training atom itself) still has a positive variance
+    assert wrapper.energy_a_ > 0 and wrapper.forces_a_ > 0
+    assert wrapper.energy_b_ > 0 and wrapper.forces_b_ > 0
+
+
+# ---------------------------------------------------------------- by hand
+def test_knn_score_by_hand():
+    reference = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]])
+    query = np.array([[0.0, 0.0], [3.0, 4.0]])
+    # k = 2: (0 + 3)/2 and (3 + 4)/2; k = 1: 0 and 3; k = 5 falls back to all 3 points
+    np.testing.assert_allclose(knn_scores(reference, query, 2), [1.5, 3.5])
+    np.testing.assert_allclose(knn_scores(reference, query, 1), [0.0, 3.0])
+    np.testing.assert_allclose(knn_scores(reference, query, 5), [7 / 3, 12 / 3])
+    # leave one out: each point's own zero distance is skipped
+    np.testing.assert_allclose(knn_scores(reference, None, 1, leave_one_out=True), [3, 3, 4])
+    np.testing.assert_allclose(knn_scores(reference, None, 2, leave_one_out=True),
+                               [3.5, 4.0, 4.5])
+
+
+def test_per_species_scores_by_hand(base):
+    """Scores use only the atom's own species and its scale; an element without
+    training atoms gets its distance to the nearest training element."""
+    wrapper = LatentDistance(base, n_neighbors=1)
+    wrapper.feature_mean_, wrapper.feature_scale_ = np.zeros(2), np.array([1.0, 2.0])
+    wrapper.species_ = [1, 6]
+    wrapper.points_ = {1: np.array([[0.0, 0.0], [1.0, 0.0]]), 6: np.array([[10.0, 0.0]])}
+    wrapper.score_scale_ = {1: 0.5, 6: 2.0}
+    phi = np.array([[0.0, 0.0], [0.0, 2.0], [10.0, 0.0], [13.0, 8.0], [0.0, 0.0]])
+    numbers = np.array([1, 1, 6, 6, 8])
+    # standardised: feature 2 halved; H: 0, 1 -> /0.5; C: 0, |(3, 4)| = 5 -> /2;
+    # O (no training atoms): min over H (0 / 0.5) and C (10 / 2) = 0
+    np.testing.assert_allclose(wrapper.scores(phi, numbers), [0.0, 2.0, 0.0, 2.5, 0.0])
+
+
+def test_variance_map_recovers_known_parameters():
+    rng = np.random.default_rng(0)
+    u2 = rng.uniform(0, 9, size=20000)
+    a, b = 0.02, 0.005
+    errors = rng.normal(size=u2.size) * np.sqrt(a + b * u2)
+    fitted = fit_variance_map(errors**2, np.ones(u2.size), u2)
+    assert fitted["a"] == pytest.approx(a, rel=0.1)
+    assert fitted["b"] == pytest.approx(b, rel=0.1)
+    # a cap on a/b holds (c_max = 1): the distance term keeps at least half at u = 1
+    capped = fit_variance_map(errors**2, np.ones(u2.size), u2, c_max=1.0)
+    assert capped["a"] <= capped["b"] * (1 + 1e-9)
+    # with another wrapper's variance that already explains the errors, λ ≈ 1
+    other = a + b * u2
+    combined = fit_variance_map(errors**2, np.ones(u2.size), u2, other)
+    assert combined["other_scale"] == pytest.approx(1.0, abs=0.15)
+    assert combined["b"] < 0.2 * b
+
+
+# ------------------------------------------------------------------ physics
+def test_lone_atom_has_zero_force_variance(base, ethanol):
+    import ase
+
+    wrapper = LatentDistance(base).fit(ethanol[:14])
+    pred = wrapper.predict(ase.Atoms("H", positions=[[0.0, 0.0, 0.0]]))
+    assert np.all(pred.forces_var == 0) and pred.energy_var[0] > 0
+
+
+def test_does_not_modify_the_model_and_is_reproducible(base, ethanol):
+    before = [p.detach().clone() for p in base.parameters()]
+    a = LatentDistance(base).fit(ethanol[:14], seed=3).predict(ethanol[14:])
+    b = LatentDistance(base).fit(ethanol[:14], seed=3).predict(ethanol[14:])
+    np.testing.assert_array_equal(a.energy_var, b.energy_var)
+    assert all(torch.equal(p, q) for p, q in zip(base.parameters(), before))
+
+
+def test_max_points_bounds_the_stored_features(base, ethanol):
+    wrapper = LatentDistance(base, max_points=10).fit(ethanol[:14])
+    assert all(len(p) <= 10 for p in wrapper.points_.values())
+    assert all(p.dtype == np.float64 for p in wrapper.points_.values())
+
+
+def test_combined_save_load_keeps_the_other_wrapper(base, ethanol, tmp_path):
+    llpr = LastLayerLaplace(base, n_samples=0).fit(ethanol[:14])
+    combined = LatentDistance(base, combine=llpr).fit(ethanol[:10], ethanol[10:14])
+    pred, other = combined.predict(ethanol[14:]), llpr.predict(ethanol[14:], calibrated=False)
+    np.testing.assert_array_equal(pred.energy, other.energy)
+    assert np.all(pred.forces_var >= combined.forces_other_scale_ * other.forces_var)
+    combined.save(tmp_path / "c.pt")
+    loaded = load(tmp_path / "c.pt")
+    assert type(loaded.combine).__name__ == "LastLayerLaplace"
+    np.testing.assert_allclose(loaded.predict(ethanol[14:]).forces_var, pred.forces_var,
+                               rtol=1e-12)
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize("options", [
+    {"score": "mahalanobis"}, {"n_neighbors": 0}, {"max_points": 2.5},
+    {"min_distance_share": 0.0}, {"min_distance_share": 1.5},
+])
+def test_constructor_refuses_bad_options(options, base):
+    with pytest.raises(ValueError):
+        LatentDistance(base, **options)
+
+
+def test_fit_refuses_bad_options(base, ethanol):
+    with pytest.raises(TypeError, match="unexpected option"):
+        LatentDistance(base).fit(ethanol[:4], epochs=3)
+    with pytest.raises(ValueError, match="val_fraction"):
+        LatentDistance(base).fit(ethanol[:4], val_fraction=1.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        LatentDistance(base).fit(ethanol[:1])
+    with pytest.raises(TypeError, match="combine"):
+        LatentDistance(base, combine=base)
+    with pytest.raises(NotFittedError):
+        LatentDistance(base, combine=LastLayerLaplace(base)).fit(ethanol[:4])
