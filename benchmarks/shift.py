@@ -44,7 +44,13 @@ from mlipuq import datasets
 from mlipuq.calibration import metrics
 from mlipuq.data import AtomsDataset, concatenate
 from mlipuq.models import MiniMLIP
-from mlipuq.uq import DeepEnsemble, EvidentialHead, LastLayerLaplace, ShallowEnsemble
+from mlipuq.uq import (
+    DeepEnsemble,
+    EvidentialHead,
+    LastLayerLaplace,
+    LatentDistance,
+    ShallowEnsemble,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL = {
@@ -126,15 +132,29 @@ def fit_wrappers(models, train, val) -> dict:
     """Each wrapper fitted as its docs prescribe (the evidential head on held-out
     halves of val); calibration happens per method afterwards."""
     base = models[0]
+    llpr = LastLayerLaplace(base).fit(train)
+    evidential = EvidentialHead(base).fit(*val.split([0.5, 0.5], seed=0), epochs=60, lr=1e-2,
+                                          batch_size=16, seed=0, patience=10, progress=False)
+    unbounded = evidential.copy()
+    unbounded.std_cap_ = None  # as before the bound: the raw NIG variance
     return {
-        "LastLayerLaplace": LastLayerLaplace(base).fit(train),
+        "LastLayerLaplace": llpr,
+        "LatentDistance": LatentDistance(base).fit(train, val),
+        "LatentDistance + LLPR": LatentDistance(base, combine=llpr).fit(train, val),
         "ShallowEnsemble": ShallowEnsemble(base, n_heads=8).fit(
             train, val, epochs=30, lr=1e-3, batch_size=16, seed=0, patience=8, progress=False),
-        "EvidentialHead": EvidentialHead(base).fit(
-            *val.split([0.5, 0.5], seed=0), epochs=60, lr=1e-2, batch_size=16, seed=0,
-            patience=10, progress=False),
+        "EvidentialHead": evidential,
+        "EvidentialHead (unbounded, before)": unbounded,
         f"DeepEnsemble ({len(models)})": DeepEnsemble(models),
+        f"DeepEnsemble ({len(models)}, not recentred, before)": NotRecentred(models),
     }
+
+
+class NotRecentred(DeepEnsemble):
+    """The deep ensemble as calibrated before recentring existed."""
+
+    def calibrate(self, val, method="scalar", **options):
+        return super().calibrate(val, method, recentre=False, **options)
 
 
 # ------------------------------------------------------------------ scores
@@ -163,6 +183,7 @@ def run_part(part: str, args) -> list[dict]:
     models = base_models(part, train, val, args.epochs, args.members)
     rows = []
     for wrapper_name, wrapper in fit_wrappers(models, train, val).items():
+        wrapper.calibrate(val)  # what calibrate does besides recalibrating (deep: recentring)
         raw = {name: wrapper.predict(test, calibrated=False) for name, test in tests.items()}
         for method in args.methods:
             try:

@@ -3,7 +3,7 @@
 Subcommands: ``demo`` (the main job: built-in data, training, every UQ
 wrapper compared), ``train`` (train the built-in MLIP on an extxyz file), and
 those registered by other modules: ``evaluate`` (:mod:`mlipuq.calibration.cli`)
-and ``select`` (:mod:`mlipuq.active_cli`).
+and ``select`` (:mod:`mlipuq.active.cli`).
 
 One convention for every subcommand, applied here in :func:`main`:
 

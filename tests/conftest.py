@@ -190,3 +190,24 @@ def unlabelled(dataset):
         b.calc = None
         out.append(b)
     return mlipuq.AtomsDataset(out)
+
+
+def tiny_model(species, seed: int = 0) -> MiniMLIP:
+    """A small MiniMLIP (width 16, 2 interactions, 4 Å) for wrapper tests."""
+    return MiniMLIP(species, cutoff=4.0, width=16, n_interactions=2, n_rbf=8,
+                    n_readout_features=16, seed=seed)
+
+
+@pytest.fixture(scope="session")
+def fitted_members():
+    """Three tiny models trained (60 epochs) on the first 14 small-ethanol frames,
+    well enough that those frames are fitted (barely trained models have a
+    spread that is the same everywhere). Shared: never modify them."""
+    data = mlipuq.load(ETHANOL_SMALL)
+    models = []
+    for seed in range(3):
+        model = tiny_model(data.species, seed)
+        mlipuq.train(model, data[:14], epochs=60, lr=1e-2, seed=seed, batch_size=8,
+                     progress=False)
+        models.append(model)
+    return models

@@ -10,7 +10,8 @@ import pytest
 from conftest import make_model, unlabelled
 
 import mlipuq
-from mlipuq import active, active_cli
+from mlipuq import active, schema
+from mlipuq.active import cli as active_cli
 from mlipuq.uq import DeepEnsemble, LastLayerLaplace
 
 
@@ -73,10 +74,89 @@ def test_batch_llpr_avoids_duplicates_where_max_std_does_not(llpr, data):
     assert all(int(i) in same for i in naive.indices)
 
 
-def test_batch_llpr_needs_llpr(data):
-    ens = DeepEnsemble([make_model(seed=0), make_model(seed=1)])
-    with pytest.raises(ValueError, match="LastLayerLaplace"):
-        active.select(ens, data, 2, strategy="batch_llpr")
+def _copies_picked(sel, same) -> int:
+    return sum(int(i) in same for i in sel.indices)
+
+
+def test_noise_free_conditioning_drops_copies_to_zero():
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(12, 5))
+    feats = np.concatenate([np.repeat(base[:1], 6, axis=0), base[1:]])  # 6 copies of row 0
+    cov = np.eye(5)
+    scale = np.einsum("ij,jk,ik->i", feats, cov, feats).max()
+    idx, var, initial = active.greedy_llpr(feats, cov, 1e-8 * scale, 5)
+    assert var[0] == pytest.approx(initial.max()) and np.all(np.diff(var) <= 1e-12)
+    remaining = initial.copy()
+    # by hand: after conditioning on row j without noise, copies of j have no variance
+    f = feats[idx[0]]
+    post = cov - np.outer(cov @ f, cov @ f) / (f @ cov @ f + 1e-8 * scale)
+    assert f @ post @ f <= 1e-6 * remaining[idx[0]]
+    assert sum(int(i) < 6 for i in idx) <= 1 and len(set(idx.tolist())) == 5
+    # more picks than distinct rows (12): never a second copy, fewer picks returned
+    idx, _, _ = active.greedy_llpr(feats, cov, 1e-8 * scale, 14)
+    assert len(idx) == 12 and sum(int(i) < 6 for i in idx) == 1
+
+
+@pytest.fixture(scope="module")
+def emt_pool():
+    """The issue's set-up: 40 EMT Cu structures scored by an LLPR on a MiniMLIP
+    trained 3 epochs on 60 structures; returns (llpr, pool, most uncertain index)."""
+    from mlipuq import datasets
+    from mlipuq.models import MiniMLIP
+
+    train = datasets.emt("Cu", 60, (300, 900), seed=5, kinds=("bulk", "vacancy"))
+    model = MiniMLIP(["Cu"], seed=0, cutoff=4.5, width=8, n_interactions=1, n_rbf=6,
+                     n_readout_features=8)
+    mlipuq.train(model, train, None, epochs=3, batch_size=8, lr=3e-3, seed=0, progress=False)
+    llpr = LastLayerLaplace(model.double().eval(), n_samples=4).fit(train)
+    pool = unlabelled(datasets.emt("Cu", 40, (300, 900, 1500), seed=6,
+                                   kinds=("bulk", "vacancy", "surface")))
+    return llpr, pool, int(np.argmax(llpr.predict(pool).energy_std))
+
+
+def _with_copies(pool, top, rattle=0.0):
+    copies = []
+    for seed in range(9):
+        atoms = pool[top].copy()
+        if rattle:
+            atoms.rattle(rattle, seed=seed)
+        copies.append(atoms)
+    return pool + unlabelled(copies), {top} | set(range(len(pool), len(pool) + 9))
+
+
+def test_batch_llpr_never_picks_two_copies(emt_pool):
+    llpr, pool, top = emt_pool
+    pool, same = _with_copies(pool, top)
+    for noise in ("none", "fitted"):  # exact copies are excluded in both modes
+        sel = active.select(llpr, pool, 10, strategy="batch_llpr", label_noise=noise)
+        assert _copies_picked(sel, same) == 1 and len(set(sel.indices.tolist())) == 10
+    # conditioned on the first pick's noise-free label, its copies have ~0 variance
+    rows, cov = llpr.design_matrix(pool), llpr.energy_covariance_
+    f = rows[top]
+    s0 = f @ cov @ f
+    post = cov - np.outer(cov @ f, cov @ f) / (s0 * (1 + 1e-8))
+    assert all(rows[i] @ post @ rows[i] <= 1e-6 * s0 for i in same)
+
+
+def test_noise_free_labels_skip_near_copies_fitted_noise_does_not(emt_pool):
+    llpr, pool, top = emt_pool
+    pool, same = _with_copies(pool, top, rattle=1e-3)  # near-duplicates, as MD frames are
+    sel = active.select(llpr, pool, 10, strategy="batch_llpr")
+    assert _copies_picked(sel, same) == 1 and sel.indices[0] in same
+    noisy = active.select(llpr, pool, 10, strategy="batch_llpr", label_noise="fitted")
+    assert _copies_picked(noisy, same) >= 5  # each copy keeps s σ²/(σ² + s) with σ² >> s
+
+
+def test_fitted_label_noise_is_the_noisy_update(emt_pool):
+    llpr, pool, _ = emt_pool
+    rows = llpr.design_matrix(pool)
+    cov, sigma2 = llpr.energy_covariance_, float(llpr.energy_posterior_["energy_noise"]) ** 2
+    idx, var, _ = active.greedy_llpr(rows, cov, sigma2, 10)
+    sel = active.select(llpr, pool, 10, strategy="batch_llpr", label_noise="fitted")
+    assert list(sel.indices) == list(idx)
+    np.testing.assert_allclose(sel.scores, np.sqrt(var))
+    with pytest.raises(ValueError, match="label_noise"):
+        active.select(llpr, pool, 2, strategy="batch_llpr", label_noise="dft")
 
 
 # ---------------------------------------------------------------------- scores
@@ -132,6 +212,7 @@ def test_farthest_points_maximise_the_min_distance():
 def test_fps_on_a_pool_starts_from_the_labelled_set(llpr, data):
     sel = active.select(llpr, data[8:], 4, strategy="fps", labelled=data[:8])
     feats = active.pool_features(llpr, data, "mean")
+    np.testing.assert_allclose(active.pool_features(llpr, data, "llpr"), llpr.design_matrix(data))
     first = np.linalg.norm(feats[8:, None] - feats[None, :8], axis=2).min(axis=1)
     assert sel.indices[0] == np.argmax(first)
     np.testing.assert_allclose(sel.scores[0], first.max())
@@ -177,23 +258,7 @@ def test_bad_strategy_and_unfitted(data):
         active.score_pool(None, data, "nonsense")
 
 
-# ------------------------------------------------------------------ harvesting
-def test_harvest_with_stored_and_computed_scores(llpr, data, tmp_path):
-    frames = [a.copy() for a in data]
-    dev = active.score_pool(llpr, frames)
-    threshold = float(np.median(dev))
-    got = active.harvest(frames, llpr, threshold)
-    assert [a.info["mlipuq_frame"] for a in got] == list(np.where(dev > threshold)[0])
-    assert all(a.calc is None for a in got)
-    for i, a in enumerate(frames):
-        a.info[active.INFO_KEYS["max_force_std"]] = float(i)
-    stored = active.harvest(frames, None, 14.5)  # no wrapper needed
-    assert [a.info["mlipuq_frame"] for a in stored] == list(range(15, 20))
-    path = tmp_path / "md.extxyz"
-    ase.io.write(path, frames)
-    assert len(active.harvest(path, None, 14.5)) == 5
-    with pytest.raises(ValueError, match="threshold"):
-        active.harvest(frames, llpr, -1.0)
+# harvesting: tests/test_active_harvest.py (on real run_md frames)
 
 
 # ------------------------------------------------------------------------- CLI
@@ -209,7 +274,8 @@ def test_cli_writes_and_refuses_to_clobber(llpr, data, tmp_path, capsys):
     assert args.func(args) == 0
     expected = active.select(llpr, unlabelled(data[8:]), 3, strategy="batch_llpr")
     written = ase.io.read(out, ":")
-    assert [a.info["mlipuq_pool_index"] for a in written] == list(expected.indices)
+    assert [a.info[schema.POOL_INDEX] for a in written] == list(expected.indices)
+    np.testing.assert_allclose([a.info[schema.SCORE] for a in written], expected.scores)
     assert str(expected.indices[0]) in capsys.readouterr().out
     args = parser.parse_args(argv)
     with pytest.raises(FileExistsError, match="exists"):

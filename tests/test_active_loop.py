@@ -10,8 +10,14 @@ from conftest import ETHANOL_SMALL, make_model, unlabelled
 
 import mlipuq
 from mlipuq import active
-from mlipuq.active import LabelledPoolOracle, LearningCurve, Loop, plot_learning_curves
-from mlipuq.active_loop import label
+from mlipuq.active import (
+    LabelledPoolOracle,
+    LearningCurve,
+    Loop,
+    label,
+    plot_learning_curves,
+)
+from mlipuq.calibration import metrics
 from mlipuq.uq import LastLayerLaplace
 
 
@@ -41,6 +47,56 @@ def test_loop_two_rounds_grows_labels_by_k(data, strategy):
     np.testing.assert_allclose(loop.labelled_[5:].energies, data[5:17][picked].energies)
     np.testing.assert_allclose(loop.labelled_[5:].forces, data[5:17][picked].forces)
     assert len(initial) == 5  # the user's initial set is not modified
+
+
+def _spying(make, sizes):
+    """make_uq whose wrappers record the size of every calibration set."""
+    def make_uq(train):
+        uq = make(train)
+        calibrate = uq.calibrate
+
+        def spy(val, **options):
+            sizes.append(len(val))
+            return calibrate(val, **options)
+
+        uq.calibrate = spy
+        return uq
+    return make_uq
+
+
+def test_loop_calibrates_every_round_on_val(data):
+    pool, initial, val, test = unlabelled(data[5:14]), data[:5], data[14:17], data[17:]
+    sizes = []
+    loop = Loop(_spying(_refit(make_model()), sizes), LabelledPoolOracle(data), pool, initial,
+                k=2, rounds=2, test=test, val=val, strategy="max_force_std")
+    curve = loop.run()
+    assert sizes == [3, 3, 3] and loop.uq_.calibrated_
+    # the curve reports the calibrated wrapper's metrics, and the raw ones beside them
+    pred = loop.uq_.predict(test)
+    std = np.maximum(pred.forces_std, 1e-12)
+    assert curve.forces_miscal_area[-1] == pytest.approx(
+        metrics.miscalibration_area(pred.forces, std, test.forces))
+    assert curve.forces_nll[-1] == pytest.approx(metrics.nll_gaussian(pred.forces, std, test.forces))
+    raw = loop.uq_.predict(test, calibrated=False)
+    assert curve.forces_miscal_area_uncalibrated[-1] == pytest.approx(
+        metrics.miscalibration_area(raw.forces, np.maximum(raw.forces_std, 1e-12), test.forces))
+    assert curve.forces_miscal_area != curve.forces_miscal_area_uncalibrated
+
+
+def test_loop_can_also_calibrate_on_the_new_labels(data):
+    pool, initial, val, test = unlabelled(data[5:14]), data[:5], data[14:17], data[17:]
+    sizes = []
+    Loop(_spying(_refit(make_model()), sizes), LabelledPoolOracle(data), pool, initial, k=2,
+         rounds=2, test=test, val=val, calibrate_on_selected=True, strategy="random").run()
+    assert sizes == [3, 5, 3, 5, 3]  # val, then val + the round's 2 picks; none in the last
+
+
+def test_loop_without_val_does_not_calibrate(data):
+    loop = Loop(_refit(make_model()), LabelledPoolOracle(data), unlabelled(data[5:9]), data[:5],
+                k=2, rounds=1, test=data[17:], strategy="random")
+    curve = loop.run()
+    assert not loop.uq_.calibrated_
+    assert curve.forces_miscal_area == curve.forces_miscal_area_uncalibrated
 
 
 def test_loop_with_an_ase_calculator_oracle():
@@ -75,6 +131,12 @@ def test_loop_validation(data):
         LabelledPoolOracle(data[:3])(data[4])
     with pytest.raises(ValueError, match="reference"):
         LabelledPoolOracle(unlabelled(data[:3]))
+    with pytest.raises(ValueError):
+        Loop(make, LabelledPoolOracle(data), data[5:10], data[:5], k=1, rounds=1,
+             val=unlabelled(data[10:12]))
+    with pytest.raises(ValueError):
+        Loop(make, LabelledPoolOracle(data), data[5:10], data[:5], k=1, rounds=1,
+             val=data[10:12], calibration="magic")
 
 
 def test_learning_curve_interpolation_and_average():

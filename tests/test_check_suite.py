@@ -13,7 +13,6 @@ import importlib.util
 import pytest
 
 import mlipuq
-from mlipuq.models import MiniMLIP
 from mlipuq.testing import check_std_informative, check_uq_wrapper
 from mlipuq.uq import (
     DeepEnsemble,
@@ -28,26 +27,14 @@ from conftest import ETHANOL_SMALL
 FAST = dict(batch_size=8, progress=False)
 
 
-def _tiny(species, seed: int) -> MiniMLIP:
-    return MiniMLIP(species, cutoff=4.0, width=16, n_interactions=2, n_rbf=8,
-                    n_readout_features=16, seed=seed)
-
-
 @pytest.fixture(scope="module")
 def ethanol():
     return mlipuq.load(ETHANOL_SMALL)
 
 
 @pytest.fixture(scope="module")
-def members(ethanol):
-    """Three base models trained well enough that the training structures are
-    fitted (barely trained models have a spread that is the same everywhere)."""
-    models = []
-    for seed in range(3):
-        model = _tiny(ethanol.species, seed)
-        mlipuq.train(model, ethanol[:14], epochs=60, lr=1e-2, seed=seed, **FAST)
-        models.append(model)
-    return models
+def members(fitted_members):
+    return fitted_members
 
 
 def _mini_cases(members):

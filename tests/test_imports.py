@@ -149,3 +149,17 @@ if __name__ == "__main__":
     skip = _aggregators()
     graph = {m: {t for t in e if t not in skip} for m, e in import_graph().items() if m not in skip}
     print("module cycles:", cycles(graph) or "none")
+
+
+def test_old_prediction_location_still_works():
+    import importlib
+    import sys
+
+    import pytest
+
+    sys.modules.pop("mlipuq.uq.prediction", None)
+    with pytest.warns(DeprecationWarning, match="mlipuq.prediction"):
+        old = importlib.import_module("mlipuq.uq.prediction")
+    from mlipuq.prediction import Prediction
+
+    assert old.Prediction is Prediction

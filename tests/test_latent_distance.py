@@ -6,22 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import ETHANOL_SMALL
+from conftest import ETHANOL_SMALL, tiny_model
 
 import mlipuq
 from mlipuq import datasets
 from mlipuq.errors import NotFittedError
-from mlipuq.models import MiniMLIP
 from mlipuq.testing import check_uq_wrapper
 from mlipuq.uq import LastLayerLaplace, LatentDistance, load
 from mlipuq.uq.latent_distance import fit_variance_map, knn_scores
 
 FAST = {"batch_size": 8, "progress": False}
-
-
-def _tiny(species, seed: int = 0) -> MiniMLIP:
-    return MiniMLIP(species, cutoff=4.0, width=16, n_interactions=2, n_rbf=8,
-                    n_readout_features=16, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +24,9 @@ def ethanol():
 
 
 @pytest.fixture(scope="module")
-def base(ethanol):
-    """Trained well enough that the training structures are fitted (as in test_check_suite)."""
-    model = _tiny(ethanol.species)
-    mlipuq.train(model, ethanol[:14], epochs=60, lr=1e-2, seed=0, **FAST)
-    return model
+def base(fitted_members):
+    """Trained well enough that the training structures are fitted (shared, unmodified)."""
+    return fitted_members[0]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +34,7 @@ def copper():
     """A MiniMLIP trained on 300 K EMT Cu bulk frames, and test frames at 300, 900, 1500 K."""
     train = datasets.emt("Cu", 20, (300,), seed=0, kinds="bulk", cache=False)
     test = datasets.emt("Cu", 12, (300, 900, 1500), seed=1, kinds="bulk", cache=False)
-    model = _tiny(train.species)
+    model = tiny_model(train.species)
     mlipuq.train(model, train[:14], epochs=30, lr=1e-2, seed=0, **FAST)
     return model, train, test
 

@@ -70,6 +70,21 @@ def _check_model(model) -> MLIP:
     return model
 
 
+def calibration_data(val) -> mdata.AtomsDataset:
+    """``val`` as a dataset, checked to have reference energies and forces
+    (lone atoms may lack forces: they are zero); the error names the structure."""
+    dataset = mdata.as_dataset(val)
+    lone = np.array([len(a) == 1 and not np.any(a.pbc) for a in dataset], dtype=bool)
+    missing = ~dataset.has_reference | ~(dataset.has_forces | lone)
+    if missing.any():
+        raise MissingReferenceError(
+            f"structure {int(np.flatnonzero(missing)[0])}: calibrate() needs reference "
+            f"energies and forces for every validation structure ({int(missing.sum())} "
+            "lack them)"
+        )
+    return dataset
+
+
 class UQWrapper:
     """Base class of the UQ wrappers (see the module docstring)."""
 
@@ -275,15 +290,7 @@ class UQWrapper:
         """
         from mlipuq.calibration.recalibrate import PredictionRecalibrator
 
-        dataset = mdata.as_dataset(val)
-        lone = np.array([len(a) == 1 and not np.any(a.pbc) for a in dataset], dtype=bool)
-        missing = ~dataset.has_reference | ~(dataset.has_forces | lone)
-        if missing.any():
-            raise MissingReferenceError(
-                f"structure {int(np.flatnonzero(missing)[0])}: calibrate() needs reference "
-                f"energies and forces for every validation structure ({int(missing.sum())} "
-                "lack them)"
-            )
+        dataset = calibration_data(val)
         pred = self.predict(dataset, calibrated=False, composition=False)
         self.recalibrator_ = PredictionRecalibrator(method, **options).fit(pred, dataset)
         return self

@@ -52,6 +52,17 @@ _FLOOR = 1e-8  # keeps nu, alpha - 1 and beta strictly positive in float64
 # training-set value: the head would then learn in-sample residuals
 _HELD_OUT_RATIO = 2.0
 
+#: The reported std stays below this many times the largest error plausible for
+#: the data the head was fitted on (see ``EvidentialHead._std_caps``).
+STD_CAP_FACTOR = 10.0
+
+
+def soft_cap(var: torch.Tensor, cap_var, power: int = 8) -> torch.Tensor:
+    """Factor f = (1 + (var/cap)^p)^(-1/p): ``var·f < cap``, ``var·f`` increasing in
+    ``var``, and equal to ``var`` up to (var/cap)^p/p while ``var ≪ cap``
+    (a saturating bound that keeps the order of the variances)."""
+    return (1.0 + (var / cap_var) ** power) ** (-1.0 / power)
+
 __all__ = [
     "EvidentialHead",
     "aggregate_energy_nig",
@@ -294,15 +305,20 @@ class EvidentialHead(UQWrapper):
         }
 
     def _get_state(self) -> dict:
-        return {
+        state = {
             "n_features": int(self.head_.feature_mean.shape[0]),
             "energy_evidence": self.energy_evidence,
             "head": {k: v.detach().clone() for k, v in self.head_.state_dict().items()},
         }
+        if getattr(self, "std_cap_", None) is not None:
+            state["std_cap"] = dict(self.std_cap_)
+        return state
 
     def _set_state(self, state: dict) -> None:
         # files written before energy_evidence existed hold a separate energy NIG
         self.energy_evidence = state.get("energy_evidence", "separate")
+        cap = state.get("std_cap")  # absent in files saved before the bound existed
+        self.std_cap_ = None if cap is None else {k: float(v) for k, v in cap.items()}
         head = _NIGHead(int(state["n_features"]), self.hidden,
                         shared=self.energy_evidence == "shared")
         head.load_state_dict(state["head"])
@@ -372,8 +388,28 @@ class EvidentialHead(UQWrapper):
                                   train_backbone=self.train_backbone, **options)
         self.history_ = trainable.fit(train, val, seed=seed, progress=progress, **trainer)
         self.head_ = head
+        self.std_cap_ = self._std_caps(train if val is None else mdata.concatenate([train, val]))
         self.fitted_ = True
         return self
+
+    def _std_caps(self, dataset: mdata.AtomsDataset) -> dict:
+        """Bounds of the reported std: ``STD_CAP_FACTOR`` times the largest error
+        plausible for the data — the spread of the per-atom energies (about the
+        species offsets, eV/atom) and the largest reference force component
+        (eV/Å). NIG variances grow without bound as the evidence vanishes
+        (93 eV/atom was seen on a torsion scan); :func:`soft_cap` keeps them
+        below these bounds while keeping their order."""
+        offsets = np.array([sum(self.model.atomic_energies[int(z)] for z in a.numbers)
+                            for a in dataset])
+        per_atom = (dataset.energies - offsets) / dataset.n_atoms
+        spread = float(np.max(np.abs(per_atom - np.median(per_atom))))
+        forces = dataset.forces
+        f_max = float(np.nanmax(np.abs(forces))) if np.isfinite(forces).any() else 0.0
+        scales = (float(self.head_.energy_scale), float(self.head_.forces_scale))
+        return {
+            "energy_per_atom": STD_CAP_FACTOR * max(spread, np.sqrt(scales[0]), 1e-6),
+            "forces": STD_CAP_FACTOR * max(f_max, np.sqrt(scales[1]), 1e-6),
+        }
 
     @torch.no_grad()
     def _base_pass(self, dataset: mdata.AtomsDataset, batch_size: int, n_features: int) -> dict:
@@ -454,6 +490,13 @@ class EvidentialHead(UQWrapper):
             f_alea, f_epi = nig_variances(
                 params["forces_nu"], params["forces_alpha"], params["forces_beta"]
             )
+            caps = getattr(self, "std_cap_", None)  # None: files saved before the bound
+            if caps is not None:
+                n = batch.n_atoms.to(e_alea.dtype)
+                factor = soft_cap(e_alea + e_epi, (caps["energy_per_atom"] * n) ** 2)
+                e_alea, e_epi = e_alea * factor, e_epi * factor
+                f_factor = soft_cap(f_alea + f_epi, caps["forces"] ** 2)
+                f_alea, f_epi = f_alea * f_factor, f_epi * f_factor
             forces_var = (f_alea + f_epi).unsqueeze(1).expand(-1, 3)
         return {
             "energy": out["energy"].detach(),

@@ -506,7 +506,7 @@ class LastLayerLaplace(UQWrapper):
                 rows.append(self._structure_features(phi, batch).cpu().numpy())
         return np.concatenate(rows).astype(np.float64)
 
-    def energy_posterior(self) -> tuple[np.ndarray, float]:
+    def energy_posterior_covariance(self) -> tuple[np.ndarray, float]:
         """``(Σ, σ²)``: the (D, D) posterior covariance of the readout weights behind
         the energy variances ``predict`` reports (``Var E = f·Σ f``, eV²) and the
         fitted energy noise variance σ² (eV² per structure)."""

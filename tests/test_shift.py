@@ -1,0 +1,109 @@
+"""Uncertainty under distribution shift: properties users rely on.
+
+* every wrapper's energy and force std grow monotonically along an EMT Cu
+  temperature series the model was not trained on (300 K training);
+* the evidential head's std stays bounded on far-away structures (at most
+  ``STD_CAP_FACTOR`` times the largest error plausible for its data) while
+  keeping the order of the uncertainties.
+
+(Composition shifts are in tests/test_composition.py, conformal coverage in
+tests/test_conformal.py, the measured tables in benchmarks/shift.py.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mlipuq
+from mlipuq import datasets
+from mlipuq.models import MiniMLIP
+from mlipuq.uq import (
+    DeepEnsemble,
+    EvidentialHead,
+    LastLayerLaplace,
+    LatentDistance,
+    ShallowEnsemble,
+)
+from mlipuq.uq.evidential import STD_CAP_FACTOR
+
+FAST = dict(batch_size=8, progress=False)
+TEMPERATURES = (300, 900, 1500)
+
+
+def _cu_model(seed: int) -> MiniMLIP:
+    return MiniMLIP(["Cu"], cutoff=4.0, width=16, n_interactions=2, n_rbf=8,
+                    n_readout_features=16, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def copper():
+    data = datasets.emt("Cu", n_structures=60, temperatures=(300,), kinds="bulk", seed=3)
+    train, val = data[:45], data[45:]
+    series = {t: datasets.emt("Cu", n_structures=8, temperatures=(t,), kinds="bulk", seed=4)
+              for t in TEMPERATURES}
+    models = []
+    for seed in range(3):
+        model = _cu_model(seed)
+        mlipuq.train(model, train, val, epochs=40, lr=5e-3, seed=seed, **FAST)
+        models.append(model)
+    return train, val, series, models
+
+
+def _wrappers(train, val, models) -> dict:
+    base = models[0]
+    return {
+        "LastLayerLaplace": LastLayerLaplace(base).fit(train),
+        "ShallowEnsemble": ShallowEnsemble(base, n_heads=8).fit(train, val, epochs=20, **FAST),
+        "EvidentialHead": EvidentialHead(base).fit(*val.split([0.5, 0.5]), epochs=30, **FAST),
+        "DeepEnsemble": DeepEnsemble(models),
+        "LatentDistance": LatentDistance(base).fit(train, val),
+    }
+
+
+def test_std_grows_monotonically_with_temperature(copper):
+    train, val, series, models = copper
+    for name, wrapper in _wrappers(train, val, models).items():
+        wrapper.calibrate(val)
+        energy, force = [], []
+        for t in TEMPERATURES:
+            pred = wrapper.predict(series[t])
+            energy.append(np.median(pred.energy_std / pred.n_atoms))
+            force.append(np.median(pred.forces_std))
+        assert np.all(np.diff(energy) > 0), (name, "energy", energy)
+        assert np.all(np.diff(force) > 0), (name, "forces", force)
+
+
+def _pulled_apart(structures, factor: float) -> list:
+    out = []
+    for atoms in structures:
+        a = atoms.copy()
+        a.calc = None
+        a.set_cell(np.asarray(a.cell) * factor, scale_atoms=True)
+        out.append(a)
+    return out
+
+
+def test_evidential_std_is_bounded_far_from_the_data(copper):
+    train, val, series, models = copper
+    fit_data = val.split([0.5, 0.5])
+    head = EvidentialHead(models[0]).fit(*fit_data, epochs=30, **FAST)
+    seen = mlipuq.data.concatenate(list(fit_data))
+    # the largest error plausible for the data, from the references alone
+    per_atom = seen.energies / seen.n_atoms
+    plausible_e = max(np.max(np.abs(per_atom - np.median(per_atom))),
+                      np.sqrt(float(head.head_.energy_scale)))
+    plausible_f = max(np.max(np.abs(seen.forces)), np.sqrt(float(head.head_.forces_scale)))
+    near = head.predict(series[300])
+    previous = None
+    for factor in (0.9, 0.8, 0.7, 0.6):  # ever shorter bonds
+        far = head.predict(_pulled_apart(series[300], factor))
+        e_std = far.energy_std / far.n_atoms
+        bound = 1 + 1e-9  # the saturated std reaches the bound up to rounding
+        assert np.all(e_std <= STD_CAP_FACTOR * plausible_e * bound)
+        assert np.all(far.forces_std <= STD_CAP_FACTOR * plausible_f * bound)
+        assert np.all(np.isfinite(far.energy_std)) and np.all(far.energy_std > 0)
+        if previous is not None:  # the bound saturates but never reverses the order
+            assert np.median(e_std) >= previous
+        previous = np.median(e_std)
+    assert previous > np.median(near.energy_std / near.n_atoms)
