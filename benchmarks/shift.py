@@ -60,6 +60,8 @@ MODEL = {
 TRAIN = dict(batch_size=8, lr=2e-3, forces_weight=100.0, patience=1000, lr_patience=12,
              progress=False)
 METHODS = ("scalar", "power", "isotonic", "conformal")
+#: The shift whose first structures join the calibration data with --frontier.
+FRONTIER = {"copper": "bulk 600 K", "ethanol": "largest forces"}
 #: Options per recalibration method: conformal intervals are exact at the 95 % we score.
 METHOD_OPTIONS = {"conformal": {"coverage": 0.95}}
 TAIL = 0.12
@@ -180,6 +182,14 @@ def scores(pred, ref) -> dict:
 def run_part(part: str, args) -> list[dict]:
     print(f"{part}:", flush=True)
     train, val, tests = (copper_sets if part == "copper" else ethanol_sets)(args.quick)
+    suffix = ""
+    if args.frontier:
+        # labelled structures from one shift (what active learning or MD harvesting
+        # would flag) join the calibration data; that shift leaves the test sets
+        name = FRONTIER[part]
+        frontier = tests.pop(name)
+        val = concatenate([val, frontier[: args.frontier]])
+        suffix = f" + {args.frontier} frontier ({name})"
     models = base_models(part, train, val, args.epochs, args.members)
     rows = []
     for wrapper_name, wrapper in fit_wrappers(models, train, val).items():
@@ -193,7 +203,7 @@ def run_part(part: str, args) -> list[dict]:
                 continue
             for split, test in tests.items():
                 pred = wrapper._apply_calibration(raw[split])
-                row = {"system": part, "wrapper": wrapper_name, "method": method,
+                row = {"system": part, "wrapper": wrapper_name, "method": method + suffix,
                        "split": split, **scores(pred, test)}
                 rows.append(row)
             shifted = [r for r in rows[-len(tests):] if not r["split"].startswith("in dist")]
@@ -204,13 +214,22 @@ def run_part(part: str, args) -> list[dict]:
 
 
 # ------------------------------------------------------------------ report
-def table(rows: list[dict]) -> str:
+def _method_order(method: str) -> tuple:
+    base = method.split(" + ")[0]
+    return (" + " in method, METHODS.index(base) if base in METHODS else len(METHODS), method)
+
+
+def table(rows: list[dict], methods=None) -> str:
+    """Markdown table, one row per system × wrapper × method (only ``methods``'
+    base methods if given)."""
+    if methods is not None:
+        rows = [r for r in rows if r["method"].split(" + ")[0] in methods]
     lines = [
         "| system | wrapper | recalibration | in-dist F cover / miscal. / F NLL | shifts: F cover (min–mean) | shifts: E cover (min–mean) | shift Spearman (mean) | in-dist mean F std (eV/Å) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     keys = sorted({(r["system"], r["wrapper"], r["method"]) for r in rows},
-                  key=lambda k: (k[0], k[1], METHODS.index(k[2]) if k[2] in METHODS else 9))
+                  key=lambda k: (k[0], k[1], _method_order(k[2])))
     for system, wrapper, method in keys:
         group = [r for r in rows if (r["system"], r["wrapper"], r["method"]) == (system, wrapper, method)]
         ind = next(r for r in group if r["split"].startswith("in dist"))
@@ -226,7 +245,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_readme(path: str, text: str) -> None:
+def write_between_markers(path: str, text: str) -> None:
     with open(path) as fh:
         content = fh.read()
     pattern = re.compile(r"(<!-- shift:start -->\n).*?(<!-- shift:end -->)", re.S)
@@ -244,21 +263,34 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=80, help="base-model epochs (default 80)")
     parser.add_argument("--members", type=int, default=3, help="deep-ensemble size (default 3)")
     parser.add_argument("--quick", action="store_true", help="smaller data sets (smoke run)")
+    parser.add_argument("--frontier", type=int, default=0,
+                        help="calibrate also on this many structures of one shift, which "
+                        "then leaves the tests (default 0: in-distribution calibration only)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=os.path.join(HERE, "results", "shift.json"))
-    parser.add_argument("--readme", default=None)
+    parser.add_argument("--readme", default=None,
+                        help="write the scalar (default) and conformal rows between the "
+                        "shift markers of this file")
+    parser.add_argument("--docs", default=None,
+                        help="write every row between the shift markers of this file")
+    parser.add_argument("--from-json", nargs="+", default=None,
+                        help="rebuild the tables from saved result files (no run)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    rows = [row for part in args.parts for row in run_part(part, args)]
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-        json.dump({"args": vars(args), "rows": rows}, fh, indent=1)
-    text = table(rows)
-    print(text)
+    if args.from_json:
+        rows = [r for path in args.from_json for r in json.load(open(path))["rows"]]
+    else:
+        rows = [row for part in args.parts for row in run_part(part, args)]
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        with open(args.out, "w") as fh:
+            json.dump({"args": vars(args), "rows": rows}, fh, indent=1)
+    print(table(rows))
     print(f"total {time.perf_counter() - t0:.0f} s")
     if args.readme:
-        write_readme(args.readme, text)
+        write_between_markers(args.readme, table(rows, ("scalar", "conformal")))
+    if args.docs:
+        write_between_markers(args.docs, table(rows))
 
 
 if __name__ == "__main__":

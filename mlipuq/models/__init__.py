@@ -3,7 +3,8 @@
 :func:`from_sevennet`, :func:`from_chgnet`; each needs its pip extra only when
 called) and :func:`load` for saved models."""
 
-from mlipuq.models.base import MLIP, WrappedMLIP, load, register, wrap
+from mlipuq.models.base import MLIP, load, register
+from mlipuq.models.wrapped import WrappedMLIP, wrap
 from mlipuq.models.chgnet import from_chgnet
 from mlipuq.models.external import ExternalMLIP
 from mlipuq.models.mace import from_mace
