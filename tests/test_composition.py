@@ -107,3 +107,13 @@ def test_a_new_stoichiometry_gets_an_honest_energy_std(ethanol_model):
         inside = wrapper.predict(val)
         np.testing.assert_array_equal(inside.energy_var,
                                       wrapper.predict(val, composition=False).energy_var)
+
+
+def test_llpr_energy_only_path_includes_the_composition_variance(ethanol_model):
+    model, train = ethanol_model
+    llpr = LastLayerLaplace(model).fit(train)
+    acac = datasets.acac("test")[:3]
+    energy, var = llpr.predict_energy(acac)
+    pred = llpr.predict(acac)
+    np.testing.assert_allclose(energy, pred.energy, rtol=1e-10)
+    np.testing.assert_allclose(var, pred.energy_var, rtol=1e-8)

@@ -517,7 +517,8 @@ class LastLayerLaplace(UQWrapper):
         """Energies (B,) eV and their variance (B,) eV² only: no force pass, no Jacobian.
 
         The cheapest LLPR query (one forward pass of the base model); the
-        energy recalibrator of :meth:`calibrate` is applied.
+        energy recalibrator of :meth:`calibrate` is applied, then the
+        composition variance (as in :meth:`predict`).
         """
         self._check_fitted()
         dataset = mdata.as_dataset(structures)
@@ -535,7 +536,8 @@ class LastLayerLaplace(UQWrapper):
         energy, var = np.concatenate(energies), np.concatenate(variances)
         if self.calibrated_:
             var = self.recalibrator_.energy_.transform(np.sqrt(var)) ** 2
-        return energy, var
+        counts = mdata.composition_matrix(dataset, self.species)
+        return energy, var + self.model.composition_variance(counts)
 
     # ------------------------------------------------------------ persistence
     _STATE = (
