@@ -23,7 +23,7 @@ import numpy as np
 from mlipuq.errors import MissingReferenceError, ZeroUncertaintyError
 
 
-def _lone_atoms(dataset) -> np.ndarray:
+def lone_atoms(dataset) -> np.ndarray:
     """(B,) bool: non-periodic one-atom structures."""
     return np.array([len(a) == 1 and not np.any(a.pbc) for a in dataset], dtype=bool)
 
@@ -69,7 +69,7 @@ def reference_arrays(prediction, reference) -> Tuple[np.ndarray, np.ndarray]:
             f"{int(missing[0])})"
         )
     forces = np.array(dataset.forces, dtype=np.float64)
-    lone = _lone_atoms(dataset)[prediction.batch]
+    lone = lone_atoms(dataset)[prediction.batch]
     forces[lone & ~np.isfinite(forces).all(axis=1)] = 0.0
     bad_atoms = np.flatnonzero(~np.isfinite(forces).all(axis=1))
     if bad_atoms.size:

@@ -407,6 +407,13 @@ def register(cls: type) -> type:
     return cls
 
 
+def model_class(name) -> Optional[type]:
+    """The registered model class called ``name`` (None if there is none)."""
+    if name not in _REGISTRY:
+        import mlipuq.models  # noqa: F401  (registers the built-in models and adapters)
+    return _REGISTRY.get(name)
+
+
 
 
 def load(
@@ -479,11 +486,9 @@ def model_from_payload(payload, path: str = "<memory>", *, module: Optional[nn.M
     if dtype_name not in ("float32", "float64"):
         raise FileFormatError(f"{path}: unsupported model dtype {dtype_name!r}")
     dtype = getattr(torch, dtype_name)
-    if name not in _REGISTRY:
-        import mlipuq.models  # noqa: F401  (registers the built-in models and adapters)
-    if name not in _REGISTRY:
+    cls = model_class(name)
+    if cls is None:
         raise FileFormatError(f"{path}: unknown model class {name!r}")
-    cls = _REGISTRY[name]
     model = cls.from_payload(payload, module=module, path=path)
     model.to(dtype)
     try:
@@ -504,10 +509,7 @@ def _model_1_to_2(payload: dict, path: str) -> dict:
     """
     if "module" in payload:
         raise FileFormatError(f"{path}: a format-1 model carrying a pickled module. {CODE_HINT}")
-    name = payload.get("class")
-    if name not in _REGISTRY:
-        import mlipuq.models  # noqa: F401  (registers the built-in models and adapters)
-    cls = _REGISTRY.get(name)
+    cls = model_class(payload.get("class"))
     if cls is not None and isinstance(payload.get("config"), dict):
         payload["config"] = cls.upgrade_config(payload["config"], 1, path)
     payload["format_version"] = 2

@@ -30,7 +30,7 @@ import torch
 from mlipuq import data as mdata
 from mlipuq.errors import FileFormatError, MissingReferenceError, NotFittedError
 from mlipuq.fileio import check_plain, check_weights_only, read_payload, save_payload
-from mlipuq.models.base import MLIP, model_from_payload
+from mlipuq.models.base import MLIP, model_class, model_from_payload
 from mlipuq.prediction import Prediction
 
 log = logging.getLogger(__name__)
@@ -73,9 +73,10 @@ def _check_model(model) -> MLIP:
 def calibration_data(val) -> mdata.AtomsDataset:
     """``val`` as a dataset, checked to have reference energies and forces
     (lone atoms may lack forces: they are zero); the error names the structure."""
+    from mlipuq.calibration.targets import lone_atoms
+
     dataset = mdata.as_dataset(val)
-    lone = np.array([len(a) == 1 and not np.any(a.pbc) for a in dataset], dtype=bool)
-    missing = ~dataset.has_reference | ~(dataset.has_forces | lone)
+    missing = ~dataset.has_reference | ~(dataset.has_forces | lone_atoms(dataset))
     if missing.any():
         raise MissingReferenceError(
             f"structure {int(np.flatnonzero(missing)[0])}: calibrate() needs reference "
@@ -451,9 +452,8 @@ def load(
     path = os.fspath(path)
     payload = read_payload(path, format=FORMAT, what="UQ-wrapper")
     name = payload.get("class")
-    if name not in _REGISTRY:
-        import mlipuq.uq  # noqa: F401  (registers the built-in wrappers)
-    if name not in _REGISTRY:
+    cls = wrapper_class(name)
+    if cls is None:
         raise FileFormatError(f"{path}: unknown UQ wrapper class {name!r}")
     config, model_payloads = payload.get("config"), payload.get("models")
     if not isinstance(config, dict) or not isinstance(model_payloads, list) or not model_payloads:
@@ -462,7 +462,7 @@ def load(
     modules = _modules_for(model_payloads, module, path)
     models = [model_from_payload(p, path, module=m) for p, m in zip(model_payloads, modules)]
     try:
-        wrapper = _REGISTRY[name]._from_config(models, config)
+        wrapper = cls._from_config(models, config)
         wrapper._set_state(_decode(payload.get("state", {}), path))
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         if isinstance(exc, FileFormatError):
@@ -475,10 +475,8 @@ def load(
 
 def _modules_for(model_payloads: list, module, path: str) -> list:
     """The ``module`` argument of :func:`load` spread over the base models needing one."""
-    from mlipuq.models.base import _REGISTRY as MODELS
-
     needs = [
-        isinstance(p, dict) and getattr(MODELS.get(p.get("class")), "needs_module", False)
+        isinstance(p, dict) and getattr(model_class(p.get("class")), "needs_module", False)
         for p in model_payloads
     ]
     if module is None:
