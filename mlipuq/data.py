@@ -393,27 +393,31 @@ def fit_atomic_energies(
     mask = dataset.has_reference
     if not mask.any():
         raise MissingReferenceError("no structure has a reference energy to fit atomic energies")
-    column = {z: c for c, z in enumerate(zs)}
-    counts = np.zeros((int(mask.sum()), len(zs)))
-    energies = dataset.energies[mask]
-    for row, atoms in enumerate(a for a, m in zip(dataset, mask) if m):
-        for z in atoms.numbers:
-            if int(z) not in column:
-                raise InvalidStructureError(
-                    f"element {chemical_symbols[int(z)]} is not among the species {zs}"
-                )
-            counts[row, column[int(z)]] += 1
-    solution, *_ = np.linalg.lstsq(counts, energies, rcond=None)
-    return {z: float(solution[column[z]]) for z in zs}
+    counts = composition_matrix(dataset[np.flatnonzero(mask)], zs)
+    solution, *_ = np.linalg.lstsq(counts, dataset.energies[mask], rcond=None)
+    return {z: float(e) for z, e in zip(zs, solution)}
 
 
 def composition_matrix(dataset: AtomsDataset, species: Sequence[int]) -> np.ndarray:
     """(B, S) float64 count of each species (in ``species`` order) per structure."""
-    column = {int(z): c for c, z in enumerate(species)}
-    out = np.zeros((len(dataset), len(species)))
-    for row, atoms in enumerate(dataset):
-        for z in atoms.numbers:
-            out[row, column[int(z)]] += 1
+    numbers = [np.asarray(a.numbers) for a in dataset]
+    batch = np.repeat(np.arange(len(numbers)), [len(n) for n in numbers])
+    flat = np.concatenate(numbers) if numbers else np.zeros(0, dtype=np.int64)
+    return composition_counts(flat, batch, len(numbers), species)
+
+
+def composition_counts(numbers, batch, n_structures: int, species: Sequence[int]) -> np.ndarray:
+    """(B, S) float64 species counts from per-atom atomic ``numbers`` (N,) and the
+    structure index of each atom ``batch`` (N,), species in ``species`` order."""
+    numbers = np.asarray(numbers, dtype=np.int64)
+    column = species_index_table(species).numpy()[numbers]
+    if (column < 0).any():
+        z = int(numbers[np.flatnonzero(column < 0)[0]])
+        raise InvalidStructureError(
+            f"element {chemical_symbols[z]} is not among the species {list(species)}"
+        )
+    out = np.zeros((int(n_structures), len(species)))
+    np.add.at(out, (np.asarray(batch, dtype=np.int64), column), 1.0)
     return out
 
 

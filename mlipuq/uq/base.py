@@ -252,12 +252,8 @@ class UQWrapper:
         return prediction
 
     def _add_composition_variance(self, prediction: Prediction) -> Prediction:
-        species = self.species
-        table = np.zeros(119, dtype=np.int64)
-        table[np.asarray(species)] = np.arange(len(species))
-        column = table[prediction.numbers]
-        counts = np.zeros((prediction.n_structures, len(species)))
-        np.add.at(counts, (prediction.batch, column), 1.0)
+        counts = mdata.composition_counts(prediction.numbers, prediction.batch,
+                                          prediction.n_structures, self.species)
         extra = self.base_model.composition_variance(counts)
         if not np.any(extra):
             return prediction

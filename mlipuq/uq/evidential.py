@@ -399,8 +399,9 @@ class EvidentialHead(UQWrapper):
         (eV/Å). NIG variances grow without bound as the evidence vanishes
         (93 eV/atom was seen on a torsion scan); :func:`soft_cap` keeps them
         below these bounds while keeping their order."""
-        offsets = np.array([sum(self.model.atomic_energies[int(z)] for z in a.numbers)
-                            for a in dataset])
+        reference = self.model.atomic_energies
+        offsets = mdata.composition_matrix(dataset, self.species) @ np.array(
+            [reference[z] for z in self.species])
         per_atom = (dataset.energies - offsets) / dataset.n_atoms
         spread = float(np.max(np.abs(per_atom - np.median(per_atom))))
         forces = dataset.forces

@@ -489,6 +489,12 @@ class LastLayerLaplace(UQWrapper):
         """
         self._check_fitted()
         dataset = mdata.as_dataset(structures)
+        rows = [f.cpu().numpy() for _, f in self._energy_rows(dataset, batch_size, progress)]
+        return np.concatenate(rows).astype(np.float64)
+
+    @torch.no_grad()
+    def _energy_rows(self, dataset: mdata.AtomsDataset, batch_size: int, progress: bool = False):
+        """Per batch, without forces: (energies (b,) eV, energy rows f (b, D) float64)."""
         dataset.validate(self.species)
         batches = mdata.iter_batches(dataset, self.cutoff, batch_size, species=self.species,
                                      dtype=self.dtype)
@@ -496,15 +502,11 @@ class LastLayerLaplace(UQWrapper):
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, total=-(-len(dataset) // batch_size),
-                           desc="LLPR design rows", unit="batch")
-        rows = []
+                           desc="LLPR energy rows", unit="batch")
         self.model.eval()
-        with torch.no_grad():
-            for _, batch in batches:
-                batch = batch.to(device=self.model.device)
-                phi = self.model(batch, forces=False, features=True)["features"]
-                rows.append(self._structure_features(phi, batch).cpu().numpy())
-        return np.concatenate(rows).astype(np.float64)
+        for _, batch in batches:
+            out = self.model(batch.to(device=self.model.device), forces=False, features=True)
+            yield out["energy"], self._structure_features(out["features"], batch)
 
     def energy_posterior_covariance(self) -> tuple[np.ndarray, float]:
         """``(Σ, σ²)``: the (D, D) posterior covariance of the readout weights behind
@@ -522,17 +524,11 @@ class LastLayerLaplace(UQWrapper):
         """
         self._check_fitted()
         dataset = mdata.as_dataset(structures)
-        dataset.validate(self.species)
         energies, variances = [], []
         cov = torch.as_tensor(self.energy_covariance_, dtype=torch.float64)
-        with torch.no_grad():
-            for _, batch in mdata.iter_batches(
-                dataset, self.cutoff, batch_size, species=self.species, dtype=self.dtype
-            ):
-                out = self.model(batch.to(device=self.model.device), forces=False, features=True)
-                f = self._structure_features(out["features"], batch)
-                energies.append(out["energy"].cpu().numpy())
-                variances.append(torch.einsum("bi,ij,bj->b", f, cov.to(f.device), f).cpu().numpy())
+        for energy, f in self._energy_rows(dataset, batch_size):
+            energies.append(energy.cpu().numpy())
+            variances.append(torch.einsum("bi,ij,bj->b", f, cov.to(f.device), f).cpu().numpy())
         energy, var = np.concatenate(energies), np.concatenate(variances)
         if self.calibrated_:
             var = self.recalibrator_.energy_.transform(np.sqrt(var)) ** 2
