@@ -338,16 +338,20 @@ def _saved(fitted, directory: str) -> str:
     return path
 
 
-def _largest_record(path: str) -> tuple[int, int]:
-    """(offset, size) of the data of the largest record in a torch zip archive."""
+def tensor_record_span(path) -> tuple[int, int]:
+    """``(start, stop)`` byte range of the largest tensor record (``*/data/*``) in a
+    saved file (a torch zip archive, stored uncompressed): where flipped bytes
+    change weights."""
     import zipfile
 
     with zipfile.ZipFile(path) as archive:
-        info = max(archive.infolist(), key=lambda i: i.file_size)
+        info = max((i for i in archive.infolist() if "/data/" in i.filename),
+                   key=lambda i: i.file_size)
     with open(path, "rb") as fh:
-        fh.seek(info.header_offset + 26)
+        fh.seek(info.header_offset + 26)  # local header: name and extra-field lengths
         name_len, extra_len = np.frombuffer(fh.read(4), dtype="<u2")
-    return info.header_offset + 30 + int(name_len) + int(extra_len), info.file_size
+    start = info.header_offset + 30 + int(name_len) + int(extra_len)
+    return start, start + info.file_size
 
 
 def check_corrupted_files(fitted, structures) -> None:
@@ -358,11 +362,11 @@ def check_corrupted_files(fitted, structures) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = _saved(fitted, tmp)
         raw = bytearray(open(path, "rb").read())
-        offset, size = _largest_record(path)
+        start, stop = tensor_record_span(path)
         rng = np.random.default_rng(0)
         flipped = bytearray(raw)
-        for k in rng.choice(size, size=min(200, size), replace=False):
-            flipped[offset + int(k)] ^= 0xFF
+        for k in rng.choice(stop - start, size=min(200, stop - start), replace=False):
+            flipped[start + int(k)] ^= 0xFF
         for what, content in (("flipped bytes", flipped), ("truncated", raw[: len(raw) // 2])):
             with open(path, "wb") as fh:
                 fh.write(content)

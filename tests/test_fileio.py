@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from mlipuq import fileio
 from mlipuq.errors import FileFormatError
 from mlipuq.fileio import UPGRADES, payload_digest, save_payload
 from mlipuq.models import MiniMLIP, WrappedMLIP, wrap
+from mlipuq.testing import tensor_record_span
 from mlipuq.uq import DeepEnsemble, EvidentialHead, LastLayerLaplace, ShallowEnsemble
 
 FORMATS = Path(__file__).parent / "data" / "formats"
@@ -233,23 +233,12 @@ def _flip(path: Path, positions) -> None:
     path.write_bytes(bytes(raw))
 
 
-def _data_span(path: Path) -> tuple[int, int]:
-    """Byte range of the largest tensor record inside the (uncompressed) torch archive."""
-    raw = path.read_bytes()
-    with zipfile.ZipFile(path) as archive:
-        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
-        content = archive.read(info)
-    start = raw.find(content)
-    assert start > 0
-    return start, start + len(content)
-
-
 @pytest.mark.parametrize("name", ["llpr", "evidential"])
 def test_flipped_bytes_in_weights_are_detected(tmp_path, wrappers, name):
     """Finding 2: flipped bytes inside tensor data load silently without a checksum."""
     path = tmp_path / f"{name}.pt"
     wrappers[name].save(path)
-    start, stop = _data_span(path)
+    start, stop = tensor_record_span(path)
     rng = np.random.default_rng(0)
     _flip(path, rng.choice(np.arange(start, stop), size=min(200, stop - start), replace=False))
     torch.load(path, weights_only=True)  # the archive itself is still readable
@@ -273,7 +262,7 @@ def test_model_corruption_and_truncation_are_detected(tmp_path):
     path = tmp_path / "model.pt"
     _tiny(0).save(path)
     good = path.read_bytes()
-    start, stop = _data_span(path)
+    start, stop = tensor_record_span(path)
     _flip(path, range(start, min(stop, start + 200)))
     with pytest.raises(FileFormatError, match="checksum"):
         mlipuq.models.load(path)
