@@ -128,7 +128,7 @@ class MDTrajectory:
         frames = list(frames)
         if not frames:
             raise ValueError("no frames")
-        missing = [i for i, a in enumerate(frames) if _P + "energy" not in a.info]
+        missing = [i for i, a in enumerate(frames) if schema.ENERGY not in a.info]
         if missing:
             raise ValueError(
                 f"frames {missing[:5]} lack mlipuq_* data: they were not written by run_md"
@@ -137,11 +137,11 @@ class MDTrajectory:
         def col(key, dtype=np.float64):
             return np.array([a.info[_P + key] for a in frames], dtype=dtype)
 
-        energies = [np.atleast_1d(np.asarray(a.info.get(_P + "energies", []), float))
+        energies = [np.atleast_1d(np.asarray(a.info.get(schema.ENERGIES, []), float))
                     for a in frames]
         stress = None
-        if all(_P + "stress" in a.info for a in frames):
-            stress = np.array([np.reshape(a.info[_P + "stress"], (3, 3)) for a in frames], float)
+        if all(schema.STRESS in a.info for a in frames):
+            stress = np.array([np.reshape(a.info[schema.STRESS], (3, 3)) for a in frames], float)
         return cls(
             frames=frames,
             step=col("step", np.int64),
@@ -152,7 +152,7 @@ class MDTrajectory:
             max_force_std=col("max_force_std"),
             stress=stress,
             flagged=col("flagged", bool),
-            temperature_K=float(frames[-1].info.get(_P + "temperature_K", np.nan)),
+            temperature_K=float(frames[-1].info.get(schema.TEMPERATURE_K, np.nan)),
             **extra,
         )
 
@@ -295,7 +295,7 @@ def _records(model_id, ensemble, temperature_K, timestep_fs, seed, friction, pre
 def _check_previous(path: str, frames: list, atoms, records: dict, allow_unrecorded: bool):
     """Refuse (``ResumeError``) frames that ``run_md`` cannot continue with these settings."""
     foreign = [i for i, a in enumerate(frames)
-               if _P + "step" not in a.info or _P + "energy" not in a.info]
+               if schema.STEP not in a.info or schema.ENERGY not in a.info]
     if foreign:
         raise ResumeError(f"{path}: frames {foreign[:5]} lack mlipuq_* data: the file was not "
                           "written by run_md; cannot resume from it")
@@ -335,8 +335,8 @@ def _repair(found) -> None:
 
 def _check_members(path: str, last, results: dict) -> None:
     """The resumed model has as many committee members as the file's frames."""
-    recorded = int(np.size(last.info.get(_P + "energies", [])))
-    now = int(np.size(results.get("energies", [])))
+    recorded = int(np.size(last.info.get(schema.ENERGIES, [])))
+    now = int(np.size(results.get(schema.RESULT_ENERGIES, [])))
     if recorded != now:
         raise ResumeError(f"{path}: cannot resume: committee size differs: recorded "
                           f"{recorded}, requested model has {now}")
@@ -480,7 +480,7 @@ def run_md(
                                  allow_unrecorded=allow_unrecorded)
     previous = [] if found is None else found.frames
     if previous:
-        start = int(previous[-1].info[_P + "step"])
+        start = int(previous[-1].info[schema.STEP])
         if start >= steps:
             _repair(found)
             log.info("%s already holds step %d of %d; nothing to run", path, start, steps)
@@ -546,14 +546,14 @@ def run_md(
                 if hasattr(dyn, "rng"):
                     dyn.rng = _rng(seed, step)
                 info = frames[-1].info
-                bar.set_postfix(E_std=f"{info[_P + 'energy_std']:.3g}",
-                                F_std_max=f"{info[_P + 'max_force_std']:.3g}")
+                bar.set_postfix(E_std=f"{info[schema.ENERGY_STD]:.3g}",
+                                F_std_max=f"{info[schema.MAX_FORCE_STD]:.3g}")
         bar.close()
     finally:
         writer.close()
     if stopped:
         log.warning("MD stopped at step %d: %s above the threshold %g",
-                    int(frames[-1].info[_P + "step"]), threshold_on, uncertainty_threshold)
+                    int(frames[-1].info[schema.STEP]), threshold_on, uncertainty_threshold)
     if not frames:
         raise ValueError("no frames were logged")
     return MDTrajectory.from_frames(frames, stopped=stopped, n_flagged_steps=n_flagged, path=path)
