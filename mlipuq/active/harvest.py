@@ -20,9 +20,7 @@ INFO_KEYS = schema.FRAME_UNCERTAINTY
 
 def _read_frames(frames) -> list:
     if isinstance(frames, (str, os.PathLike)):
-        import ase.io
-
-        frames = ase.io.read(os.fspath(frames), index=":")
+        frames = mdata.read_structures(frames)  # bad files name the file and frame
     frames = list(frames)
     if not frames:
         raise ValueError("no frames to harvest from")
