@@ -117,3 +117,15 @@ def test_llpr_energy_only_path_includes_the_composition_variance(ethanol_model):
     pred = llpr.predict(acac)
     np.testing.assert_allclose(energy, pred.energy, rtol=1e-10)
     np.testing.assert_allclose(var, pred.energy_var, rtol=1e-8)
+
+
+def test_combined_latent_distance_adds_the_composition_variance_once(ethanol_model):
+    model, train = ethanol_model
+    val = datasets.ethanol("val")[:20]
+    llpr = LastLayerLaplace(model).fit(train)
+    combined = LatentDistance(model, combine=llpr).fit(train, val)
+    acac = datasets.acac("test")[:3]
+    counts = composition_matrix(acac, model.species)
+    with_it = combined.predict(acac).energy_var
+    without = combined.predict(acac, composition=False).energy_var
+    np.testing.assert_allclose(with_it - without, model.composition_variance(counts), rtol=1e-9)

@@ -557,15 +557,18 @@ class LatentDistance(UQWrapper):
     def predict(self, structures, *, calibrated: bool = True, **options) -> Prediction:
         """Energies (eV), forces (eV/Å) and their variances (see the class notes).
 
-        ``options`` are :meth:`UQWrapper.predict`'s (``batch_size``, ``progress``).
-        With ``combine``, the other wrapper's uncalibrated mean and variance are
-        combined with the latent variance; ``calibrated`` applies this
-        wrapper's own recalibration (:meth:`calibrate`).
+        ``options`` are :meth:`UQWrapper.predict`'s (``batch_size``, ``progress``,
+        ``composition``). With ``combine``, the other wrapper's uncalibrated mean
+        and variance are combined with the latent variance; ``calibrated``
+        applies this wrapper's own recalibration (:meth:`calibrate`); the
+        composition variance is added once, after it.
         """
-        own = super().predict(structures, calibrated=False, **options)
+        composition = options.pop("composition", True)
+        own = super().predict(structures, calibrated=False, composition=False, **options)
         if self.combine is not None:
             options.pop("progress", None)
-            other = self.combine.predict(structures, calibrated=False, **options)
+            other = self.combine.predict(structures, calibrated=False, composition=False,
+                                         **options)
             own = Prediction(
                 energy=other.energy,
                 energy_var=self.energy_other_scale_ * other.energy_var + own.energy_var,
@@ -574,4 +577,6 @@ class LatentDistance(UQWrapper):
                 n_atoms=own.n_atoms, batch=own.batch, numbers=own.numbers,
             )
             self._check_finite(own)
-        return self._apply_calibration(own) if calibrated else own
+        if calibrated:
+            own = self._apply_calibration(own)
+        return self._add_composition_variance(own) if composition else own
