@@ -449,19 +449,6 @@ def load(
     return model_from_payload(payload, path, module=module)
 
 
-def load_payload(path: str, *, what: str, format: str = FORMAT, weights_only: Optional[bool] = None):
-    """Read, verify (checksum) and upgrade a saved mlipuq file (see :func:`mlipuq.fileio.read_payload`)."""
-    check_weights_only(weights_only, "load_payload")
-    return read_payload(path, format=format, what=what)
-
-
-def is_torch_file(path: str) -> bool:
-    """Whether ``path`` looks like a file written by ``torch.save`` (a zip archive)."""
-    import zipfile
-
-    return zipfile.is_zipfile(path)
-
-
 def model_from_payload(payload, path: str = "<memory>", *, module: Optional[nn.Module] = None) -> MLIP:
     """Rebuild a model from the dictionary :meth:`MLIP._payload` returns (current format).
 
