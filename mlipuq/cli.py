@@ -27,6 +27,7 @@ import sys
 from typing import Optional, Sequence
 
 from mlipuq.errors import MLIPUQError
+from mlipuq.fileio import refuse_existing
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -132,21 +133,10 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def refuse_existing(path, overwrite: bool, option: str = "--out") -> None:
-    """Raise ``FileExistsError`` if ``path`` exists and ``overwrite`` is false.
-
-    Subcommands call this before any work, so a refused run costs nothing.
-    """
-    import os
-
-    if path is not None and os.path.lexists(path) and not overwrite:
-        raise FileExistsError(f"{option} {path} exists; pass --overwrite to replace it")
-
-
 def run_train(args: argparse.Namespace) -> int:
     from mlipuq import data as mdata
 
-    refuse_existing(args.out, args.overwrite)
+    refuse_existing(args.out, args.overwrite, "--out")
     from mlipuq.models import MiniMLIP
     from mlipuq.training import errors, train
 

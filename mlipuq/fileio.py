@@ -94,6 +94,15 @@ def check_weights_only(weights_only, where: str) -> None:
     )
 
 
+def refuse_existing(path, overwrite: bool, what: str = "") -> None:
+    """``FileExistsError`` if something (a file, or a link even dangling) is at
+    ``path`` and ``overwrite`` is false; ``what`` names it (e.g. ``"--out"``)."""
+    if path is not None and os.path.lexists(path) and not overwrite:
+        name = f"{what} {path}" if what else str(path)
+        hint = "--overwrite" if what.startswith("--") else "overwrite=True"
+        raise FileExistsError(f"{name} exists; pass {hint} to replace it")
+
+
 def save_payload(payload: dict, path, *, overwrite: bool = False) -> None:
     """Write ``payload`` with ``torch.save`` plus its checksum, atomically.
 
@@ -104,9 +113,8 @@ def save_payload(payload: dict, path, *, overwrite: bool = False) -> None:
     written through.
     """
     path = os.fspath(path)
+    refuse_existing(path, overwrite)
     if os.path.lexists(path):
-        if not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
         if os.path.isdir(path) and not os.path.islink(path):
             raise IsADirectoryError(f"{path} is a folder, not a file")
     directory = os.path.dirname(os.path.abspath(path))

@@ -18,7 +18,8 @@ Imports only what ``--help`` needs; torch-heavy modules load in :func:`run`.
 from __future__ import annotations
 
 import argparse
-import os
+
+from mlipuq.fileio import refuse_existing
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -71,8 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from mlipuq.active.select import select
     from mlipuq.uq import load as load_wrapper
 
-    if os.path.lexists(args.out) and not args.overwrite:  # before any work
-        raise FileExistsError(f"--out {args.out} exists; pass --overwrite to replace it")
+    refuse_existing(args.out, args.overwrite, "--out")  # before any work
     if args.model is None and args.strategy != "random":
         raise ValueError(f"strategy {args.strategy!r} needs --model (a saved UQ wrapper)")
     model = None if args.model is None else load_wrapper(args.model)
