@@ -202,7 +202,7 @@ def run_part(part: str, args) -> list[dict]:
                 print(f"  {wrapper_name} / {method}: skipped ({exc})", flush=True)
                 continue
             for split, test in tests.items():
-                pred = wrapper._apply_calibration(raw[split])
+                pred = wrapper.recalibrator_.transform(raw[split])
                 row = {"system": part, "wrapper": wrapper_name, "method": method + suffix,
                        "split": split, **scores(pred, test)}
                 rows.append(row)
