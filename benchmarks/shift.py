@@ -245,12 +245,14 @@ def table(rows: list[dict], methods=None) -> str:
     return "\n".join(lines)
 
 
-def write_between_markers(path: str, text: str) -> None:
+def write_between_markers(path: str, text: str, name: str = "shift") -> None:
+    """Replace the text between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``."""
     with open(path) as fh:
         content = fh.read()
-    pattern = re.compile(r"(<!-- shift:start -->\n).*?(<!-- shift:end -->)", re.S)
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    pattern = re.compile(f"({re.escape(start)}\n).*?({re.escape(end)})", re.S)
     if not pattern.search(content):
-        raise SystemExit(f"{path} has no <!-- shift:start --> / <!-- shift:end --> markers")
+        raise SystemExit(f"{path} has no {start} / {end} markers")
     with open(path, "w") as fh:
         fh.write(pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), content))
 

@@ -2,8 +2,9 @@
 
 Subcommands: ``demo`` (the main job: built-in data, training, every UQ
 wrapper compared), ``train`` (train the built-in MLIP on an extxyz file), and
-those registered by other modules: ``evaluate`` (:mod:`mlipuq.calibration.cli`)
-and ``select`` (:mod:`mlipuq.active.cli`).
+those registered by other modules: ``fit`` and ``predict``
+(:mod:`mlipuq.fit_cli`), ``evaluate`` (:mod:`mlipuq.calibration.cli`) and
+``select`` (:mod:`mlipuq.active.cli`). ``python -m mlipuq`` is the same command.
 
 One convention for every subcommand, applied here in :func:`main`:
 
@@ -15,6 +16,16 @@ One convention for every subcommand, applied here in :func:`main`:
 * a subcommand that writes refuses an existing output unless ``--overwrite``;
 * every option's help shows its default.
 
+Several processes (``torchrun --nproc-per-node N -m mlipuq ...``): when the
+environment says ``WORLD_SIZE`` > 1, :func:`main` joins the process group
+(:func:`mlipuq.distributed.init` with the subcommand's ``--device``) before
+running the subcommand and leaves it afterwards. Every rank runs the same
+subcommand; only rank 0 prints to stdout and writes files. A user error
+is printed by rank 0 and by any other rank where it arose (tagged with the
+rank); ranks that only learnt of another rank's failure
+(:class:`~mlipuq.errors.RankFailedError`) stay quiet. Errors in the shared
+(collective) steps and in rank 0's writing reach every rank, so all exit with 2.
+
 Subcommand functions (``args.func``) therefore just raise; they do not print
 errors or choose exit statuses themselves.
 """
@@ -22,12 +33,15 @@ errors or choose exit statuses themselves.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
-from mlipuq.errors import MLIPUQError
+from mlipuq.errors import MLIPUQError, RankFailedError
 from mlipuq.fileio import refuse_existing
+from mlipuq.devices import add_device_option
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -73,10 +87,13 @@ def run_demo(args: argparse.Namespace) -> int:
     from mlipuq.calibration import evaluate
     from mlipuq.models import MiniMLIP
     from mlipuq.training import errors, train
+    from mlipuq import distributed as mdist
+    from mlipuq.devices import resolve_device
     from mlipuq.uq import DeepEnsemble, EvidentialHead, LastLayerLaplace, ShallowEnsemble
 
     refuse_existing(args.save, args.overwrite, "--save")
-    progress = not args.no_progress
+    device = resolve_device(args.device)
+    progress = not args.no_progress and mdist.is_main()
     steps = 3 if args.no_uq else 4
     print(f"1/{steps} building built-in EMT Cu data ({args.structures} structures) ...", flush=True)
     data = datasets.emt(("Cu",), n_structures=args.structures, temperatures=(300, 600),
@@ -86,7 +103,8 @@ def run_demo(args: argparse.Namespace) -> int:
           flush=True)
 
     def make_model(seed):
-        return MiniMLIP(["Cu"], cutoff=4.5, width=32, n_interactions=2, n_rbf=12, seed=seed)
+        return MiniMLIP(["Cu"], cutoff=4.5, width=32, n_interactions=2, n_rbf=12,
+                        seed=seed).to(device=device)
 
     def fit_model(model, seed, budget):
         return train(model, train_set, val_set, epochs=args.epochs, batch_size=8, lr=2e-3,
@@ -100,7 +118,8 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"3/{steps} test-set errors of the built-in MLIP:", flush=True)
     print(_format_errors(errors(model, test_set)), flush=True)
     if args.save:
-        model.save(args.save, overwrite=args.overwrite)
+        mdist.run_local(lambda: model.save(args.save, overwrite=args.overwrite)
+                        if mdist.is_main() else None)
         print(f"    model saved to {args.save}")
     if args.no_uq:
         return 0
@@ -135,10 +154,14 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from mlipuq import data as mdata
+    from mlipuq import distributed as mdist
 
     refuse_existing(args.out, args.overwrite, "--out")
+    from mlipuq.devices import resolve_device
     from mlipuq.models import MiniMLIP
     from mlipuq.training import errors, train
+
+    device = resolve_device(args.device)
 
     dataset = mdata.load(args.data, energy_key=args.energy_key, forces_key=args.forces_key)
     train_set, val_set = dataset.split([1 - args.val_fraction, args.val_fraction], seed=args.seed)
@@ -148,7 +171,7 @@ def run_train(args: argparse.Namespace) -> int:
         width=args.features,
         n_interactions=args.interactions,
         seed=args.seed,
-    )
+    ).to(device=device)
     if args.atomic_energies:
         model.set_atomic_energies(mdata.atomic_energies_from(args.atomic_energies))
     history = train(
@@ -162,10 +185,12 @@ def run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         patience=args.patience,
         max_time=args.max_time,
+        progress=mdist.is_main(),
     )
     print(f"{len(history)} epochs in {history.wall_time:.0f} s; validation errors:")
     print(_format_errors(errors(model, val_set)))
-    model.save(args.out, overwrite=args.overwrite)
+    mdist.run_local(lambda: model.save(args.out, overwrite=args.overwrite)
+                    if mdist.is_main() else None)
     print(f"model saved to {args.out}")
     return 0
 
@@ -220,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--save", help="save the trained model to this path")
     demo.add_argument("--overwrite", action="store_true", help="replace an existing --save file")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_device_option(demo)
     demo.set_defaults(func=run_demo)
 
     tr = sub.add_parser("train", help="train the built-in MLIP on an extxyz file")
@@ -244,11 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop after this many epochs without validation improvement")
     tr.add_argument("--max-time", type=float, default=None, help="time budget (s)")
     tr.add_argument("--seed", type=int, default=0, help="random seed")
+    add_device_option(tr)
     tr.set_defaults(func=run_train)
 
+    from mlipuq import fit_cli
     from mlipuq.active import cli as active_cli
     from mlipuq.calibration import cli as calibration_cli
 
+    fit_cli.add_parsers(sub)
     calibration_cli.add_parser(sub)
     active_cli.add_parser(sub)
     for subparser in sub.choices.values():  # the same conventions for every subcommand
@@ -265,13 +294,38 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def _world_size() -> int:
+    """``WORLD_SIZE`` of the environment (torchrun sets it); 1 when absent."""
+    value = os.environ.get("WORLD_SIZE", "").strip()
+    try:
+        return int(value) if value else 1
+    except ValueError:
+        raise ValueError(f"environment variable WORLD_SIZE={value!r} is not an integer") from None
+
+
+def _start_distributed(args: argparse.Namespace) -> bool:
+    """Join the process group when launched with WORLD_SIZE > 1; True if joined."""
+    if _world_size() <= 1:
+        return False
+    from mlipuq import distributed as mdist
+
+    return mdist.init(device=getattr(args, "device", "cpu"))
+
+
+def _rank() -> int:
+    from mlipuq import distributed as mdist
+
+    return mdist.rank()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``mlipuq`` command; returns the exit status.
 
     0 on success; 2 on a user error (:data:`USER_ERRORS`), printed as one line
     ``mlipuq: error: <message>`` on stderr (with ``--debug`` the error is
     re-raised with its traceback); 130 on Ctrl-C. Usage errors are argparse's
-    (status 2, its usage message).
+    (status 2, its usage message). Under torchrun (``WORLD_SIZE`` > 1) it
+    joins the process group first; only rank 0 prints to stdout.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -279,18 +333,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    joined = False
     try:
-        return int(args.func(args) or 0)
+        joined = _start_distributed(args)
+        rank = _rank() if joined else 0
+        with contextlib.ExitStack() as stack:
+            if rank != 0:  # only rank 0 prints
+                stack.enter_context(contextlib.redirect_stdout(
+                    stack.enter_context(open(os.devnull, "w", encoding="utf-8"))))
+            return int(args.func(args) or 0)
     except USER_ERRORS as exc:
         if args.debug:
             raise
-        print(f"mlipuq: error: {_one_line(exc)}", file=sys.stderr)
+        rank = _rank() if joined else 0
+        if rank == 0:
+            print(f"mlipuq: error: {_one_line(exc)}", file=sys.stderr)
+        elif not isinstance(exc, RankFailedError):
+            print(f"mlipuq: error: rank {rank}: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if args.debug:
             raise
         print("mlipuq: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if joined:
+            from mlipuq import distributed as mdist
+
+            mdist.finalize()
 
 
 if __name__ == "__main__":  # pragma: no cover

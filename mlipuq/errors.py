@@ -50,3 +50,11 @@ class ResourceError(InvalidStructureError):
 
 class ZeroUncertaintyError(MLIPUQError, ValueError):
     """A prediction has zero std where its error is not zero (the structure is named)."""
+
+
+class RankFailedError(MLIPUQError, RuntimeError):
+    """Another rank of a distributed run failed; its message is quoted (``rank``: which)."""
+
+    def __init__(self, message: str, *, rank=None):
+        super().__init__(message)
+        self.rank = rank

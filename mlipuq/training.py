@@ -12,6 +12,13 @@ whose loss is
 The UQ heads (:class:`~mlipuq.uq.ShallowEnsemble`,
 :class:`~mlipuq.uq.EvidentialHead`) subclass :class:`HeadTrainable` and only
 supply their loss.
+
+Data parallel (``train(..., data_parallel=True)`` after
+:func:`mlipuq.distributed.init`; the heads' ``fit`` switch it on by
+themselves): every rank trains on its contiguous shard of ``train`` with
+gradients averaged over ranks, ``batch_size`` structures per rank and step;
+the sharding, the global-batch loss normalisation and the lock-step schedule
+are in :mod:`mlipuq.training_parallel`.
 """
 
 from __future__ import annotations
@@ -31,9 +38,19 @@ import torch
 from tqdm.auto import tqdm
 
 from mlipuq import data as mdata
+from mlipuq import distributed as mdist
 from mlipuq.errors import MissingReferenceError
 from mlipuq.models.base import MLIP
 from mlipuq.params import non_negative, positive
+from mlipuq.training_parallel import (
+    _accepts_denominators,
+    _batches,
+    _evaluate_sharded,
+    _train_epoch_sharded,
+    ddp_head,
+)
+from mlipuq.training_parallel import _shard_schedule as _shard_schedule  # re-exported
+from mlipuq.training_parallel import reduce_terms as reduce_terms  # re-exported
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +188,14 @@ class Trainable(Protocol):
     """What :func:`train` optimises.
 
     ``dtype`` and ``device`` are those batches are built in. Optionally, a
-    ``save(path, *, overwrite)`` method enables ``train(..., checkpoint=...)``.
+    ``save(path, *, overwrite)`` method enables ``train(..., checkpoint=...)``,
+    and a ``data_parallel()`` context manager (the optimised module's forward
+    goes through a :class:`~torch.nn.parallel.DistributedDataParallel` wrapper
+    while it is open, see :meth:`HeadTrainable.data_parallel`) enables
+    ``train(..., data_parallel=True)``. A ``loss`` that accepts
+    ``denominators=`` (see :func:`reduce_terms`) is normalised exactly over
+    a data-parallel step; other losses are rescaled by their share of the
+    step's structures.
     """
 
     @property
@@ -189,7 +213,10 @@ class Trainable(Protocol):
         """The tensors the optimiser updates (called once, after :meth:`prepare`)."""
 
     def loss(self, batch: mdata.Batch, *, create_graph: bool) -> tuple[torch.Tensor, dict]:
-        """Scalar loss of one batch and its :func:`error_statistics`."""
+        """Scalar loss of one batch and its :func:`error_statistics`.
+
+        May accept ``denominators=None`` (see :func:`reduce_terms`).
+        """
 
     def train_mode(self, mode: bool) -> None:
         """Switch the modules to training (True) or evaluation (False) mode."""
@@ -258,10 +285,12 @@ class EnergyForceMSE:
 class HeadTrainable:
     """A head (``torch.nn.Module``) on a backbone MLIP, as a :class:`Trainable`.
 
-    Subclasses define :meth:`loss`. ``backbone`` lists backbone tensors trained
-    with the head (empty: frozen backbone); ``frozen`` lists tensors whose
-    ``requires_grad`` is off while :meth:`fit` runs (restored afterwards).
-    The backbone is snapshotted with the head only when it is trained.
+    Subclasses define :meth:`loss`, which calls the head through
+    :meth:`run_head` (the DistributedDataParallel wrapper while training data
+    parallel). ``backbone`` lists backbone tensors trained with the head
+    (empty: frozen backbone); ``frozen`` lists tensors whose ``requires_grad``
+    is off while :meth:`fit` runs (restored afterwards). The backbone is
+    snapshotted with the head only when it is trained.
     """
 
     def __init__(self, model: MLIP, head: torch.nn.Module, *, need_forces: bool,
@@ -272,6 +301,8 @@ class HeadTrainable:
         self.need_forces = bool(need_forces)
         self.backbone = list(backbone)
         self.frozen = list(frozen)
+        self._ddp: Optional[torch.nn.Module] = None
+        self._training = False
 
     dtype = property(lambda self: self.model.dtype)
     device = property(lambda self: self.model.device)
@@ -291,6 +322,32 @@ class HeadTrainable:
     def train_mode(self, mode: bool) -> None:
         self.model.train(mode)
         self.head.train(mode)
+        self._training = bool(mode)
+
+    def run_head(self, *args, **kwargs):
+        """The head's forward: through the DistributedDataParallel wrapper while
+        training data parallel (evaluation calls the head itself: the ranks
+        hold the same weights)."""
+        if self._ddp is not None and self._training:
+            return self._ddp(*args, **kwargs)
+        return self.head(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def data_parallel(self):
+        """Wrap the optimised module in DistributedDataParallel while open.
+
+        The module is the head, or, with a trained ``backbone``, the head plus
+        those tensors (their forward is the head's; the backbone's gradients
+        reach the same reducer). DistributedDataParallel broadcasts rank 0's
+        parameters at construction, so every rank starts from the same head.
+        Collective: every rank enters it.
+        """
+        ddp = ddp_head(self.head, self.backbone)
+        self._ddp = ddp
+        try:
+            yield ddp
+        finally:
+            self._ddp = None
 
     def snapshot(self):
         state = {"head": copy.deepcopy(self.head.state_dict())}
@@ -303,10 +360,18 @@ class HeadTrainable:
         if "model" in state:
             self.model.load_state_dict(state["model"])
 
-    def fit(self, train_set, val_set, *, seed: int, progress: bool, **trainer_options) -> History:
-        """:func:`train` with the ``frozen`` tensors frozen; returns the :class:`History`."""
+    def fit(self, train_set, val_set, *, seed: int, progress: bool,
+            data_parallel: Optional[bool] = None, **trainer_options) -> History:
+        """:func:`train` with the ``frozen`` tensors frozen; returns the :class:`History`.
+
+        ``data_parallel`` (default: :func:`mlipuq.distributed.active`) trains
+        on this rank's shard with gradients averaged over ranks.
+        """
+        if data_parallel is None:
+            data_parallel = mdist.active()
         with _frozen(self.frozen):
-            return train(self, train_set, val_set, seed=seed, progress=progress, **trainer_options)
+            return train(self, train_set, val_set, seed=seed, progress=progress,
+                         data_parallel=data_parallel, **trainer_options)
 
 
 @contextlib.contextmanager
@@ -367,12 +432,6 @@ def _as_trainable(model, energy_weight, forces_weight, parameters, loss_fn) -> T
     return model
 
 
-def _batches(graphs, order, batch_size, trainable):
-    for start in range(0, len(order), batch_size):
-        chunk = [graphs[k] for k in order[start : start + batch_size]]
-        yield len(chunk), mdata.collate_graphs(chunk, trainable.dtype).to(device=trainable.device)
-
-
 def _train_epoch(trainable, graphs, order, batch_size, optimizer, epoch) -> tuple[float, list]:
     """One pass of optimiser steps; mean loss per structure and the batches' statistics."""
     trainable.train_mode(True)
@@ -431,6 +490,7 @@ def train(
     parameters: Optional[Sequence[torch.nn.Parameter]] = None,
     loss_fn: Optional[Callable] = None,
     progress: bool = True,
+    data_parallel: bool = False,
 ) -> History:
     """Train ``model`` on energies and forces; returns a :class:`History`.
 
@@ -469,16 +529,34 @@ def train(
         Deprecated: ``loss_fn(model, batch, create_graph) -> (loss, stats)``
         replacing the MSE of an MLIP; implement a :class:`Trainable` instead.
     progress
-        Show a tqdm progress bar with running metrics.
+        Show a tqdm progress bar with running metrics (rank 0 only when data parallel).
+    data_parallel
+        After :func:`mlipuq.distributed.init` with two or more processes:
+        a collective call (every rank passes the same data and options); each
+        rank trains on its contiguous shard of ``train`` with gradients
+        averaged by DistributedDataParallel and ``batch_size`` structures per
+        rank and step (global batch ``batch_size × world_size``); the
+        validation loss is that of the whole ``val``; the checkpoint is written
+        by rank 0. Every rank ends with the same weights. Needs a
+        :class:`Trainable` with ``data_parallel()`` (the UQ heads; not yet a
+        plain MLIP). Ignored in a single process.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
     lr = positive("lr", lr)
     trainable = _as_trainable(model, energy_weight, forces_weight, parameters, loss_fn)
+    parallel = bool(data_parallel) and mdist.active()
+    if parallel and not callable(getattr(trainable, "data_parallel", None)):
+        raise TypeError(f"train(data_parallel=True) needs a Trainable with data_parallel(); "
+                        f"{type(trainable).__name__} has none")
+    main = mdist.is_main() if parallel else True
     if checkpoint is not None:
         if not callable(getattr(trainable, "save", None)):
             raise ValueError(f"{type(trainable).__name__} has no save(); checkpoint= needs one")
-        if os.path.exists(checkpoint) and not overwrite:
+        exists = os.path.exists(checkpoint)
+        if parallel:  # rank 0 writes it: its answer holds for every rank
+            exists = mdist.broadcast_object(exists)
+        if exists and not overwrite:
             raise FileExistsError(f"{checkpoint} exists; pass overwrite=True to replace it")
     train_graphs, val_graphs = trainable.prepare(
         mdata.as_dataset(train), None if val is None else mdata.as_dataset(val)
@@ -498,37 +576,54 @@ def train(
     history = History()
     best_state = trainable.snapshot()
     epochs_since_best = 0
+    if parallel:
+        exact = _accepts_denominators(trainable)
+        train_atoms = np.array([len(g.numbers) for g in train_graphs])
+        val_atoms = None if val_graphs is None else np.array([len(g.numbers) for g in val_graphs])
     t0 = time.perf_counter()
-    bar = tqdm(range(epochs), desc="training", disable=not progress, unit="epoch")
-    for epoch in bar:
-        order = rng.permutation(len(train_graphs))
-        loss, stats = _train_epoch(trainable, train_graphs, order, batch_size, optimizer, epoch)
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss}
-        row.update(_summarise(stats, "train"))
-        monitor = row["train_loss"]
-        if val_graphs is not None:
-            row["val_loss"], vstats = _evaluate(trainable, val_graphs, batch_size)
-            row.update(_summarise(vstats, "val"))
-            monitor = row["val_loss"]
-        row["time"] = time.perf_counter() - t0
-        history.epochs.append(row)
-        scheduler.step(monitor)
-        if monitor < history.best_val_loss:
-            history.best_val_loss, history.best_epoch = monitor, epoch
-            best_state = trainable.snapshot()
-            epochs_since_best = 0
-            if checkpoint is not None:
-                trainable.save(checkpoint, overwrite=True)
-        else:
-            epochs_since_best += 1
-        bar.set_postfix(_postfix(row, monitor))
-        if epochs_since_best >= patience:
-            history.stopped_early = True
-            log.info("early stopping at epoch %d", epoch)
-            break
-        if max_time is not None and row["time"] > max_time:
-            log.info("time budget of %.0f s reached at epoch %d", max_time, epoch)
-            break
+    bar = tqdm(range(epochs), desc="training", disable=not (progress and main), unit="epoch")
+    sharding = trainable.data_parallel() if parallel else contextlib.nullcontext()
+    with sharding:
+        for epoch in bar:
+            if parallel:
+                loss, stats = _train_epoch_sharded(trainable, train_graphs, train_atoms,
+                                                   batch_size, optimizer, epoch, seed, exact)
+            else:
+                order = rng.permutation(len(train_graphs))
+                loss, stats = _train_epoch(trainable, train_graphs, order, batch_size,
+                                           optimizer, epoch)
+            row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss}
+            row.update(_summarise(stats, "train"))
+            monitor = row["train_loss"]
+            if val_graphs is not None:
+                if parallel:
+                    row["val_loss"], vstats = _evaluate_sharded(trainable, val_graphs, val_atoms,
+                                                                batch_size, exact)
+                else:
+                    row["val_loss"], vstats = _evaluate(trainable, val_graphs, batch_size)
+                row.update(_summarise(vstats, "val"))
+                monitor = row["val_loss"]
+            row["time"] = time.perf_counter() - t0
+            if parallel:  # rank 0's clock decides max_time for everyone
+                row["time"] = mdist.broadcast_object(row["time"])
+            history.epochs.append(row)
+            scheduler.step(monitor)
+            if monitor < history.best_val_loss:
+                history.best_val_loss, history.best_epoch = monitor, epoch
+                best_state = trainable.snapshot()
+                epochs_since_best = 0
+                if checkpoint is not None and main:
+                    trainable.save(checkpoint, overwrite=True)
+            else:
+                epochs_since_best += 1
+            bar.set_postfix(_postfix(row, monitor))
+            if epochs_since_best >= patience:
+                history.stopped_early = True
+                log.info("early stopping at epoch %d", epoch)
+                break
+            if max_time is not None and row["time"] > max_time:
+                log.info("time budget of %.0f s reached at epoch %d", max_time, epoch)
+                break
     bar.close()
     trainable.restore(best_state)
     trainable.train_mode(False)

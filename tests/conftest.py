@@ -211,3 +211,98 @@ def fitted_members():
                      progress=False)
         models.append(model)
     return models
+
+
+# ------------------------------------------------------------------ PostgreSQL
+def _postgres_bin() -> "Path | None":
+    """Folder holding ``initdb`` and ``pg_ctl`` (PATH, then /usr/lib/postgresql/*/bin)."""
+    import glob
+    import shutil
+
+    found = shutil.which("initdb")
+    candidates = [str(Path(found).resolve().parent)] if found else []
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    for folder in candidates:
+        if (Path(folder) / "initdb").is_file() and (Path(folder) / "pg_ctl").is_file():
+            return Path(folder)
+    return None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """URL of an empty PostgreSQL database for this test session.
+
+    ``MLIPUQ_TEST_POSTGRES_URL`` if set (``.ci/run`` starts a server and sets
+    it); else a throw-away server started here (``initdb`` + ``pg_ctl`` on a
+    free localhost port, socket and data in a temporary folder; as root it
+    runs as the ``postgres`` user) and stopped at the end of the session. The
+    tests using it are skipped, with the reason, only when no server can be
+    started.
+    """
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    url = os.environ.get("MLIPUQ_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl): apt-get install postgresql")
+    as_user: list[str] = []
+    base = Path(tempfile.mkdtemp(prefix="mlipuq-pg-"))
+    if os.geteuid() == 0:  # the server refuses to run as root
+        import pwd
+
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            shutil.rmtree(base, ignore_errors=True)
+            pytest.skip("running as root and no 'postgres' user to run the server as")
+        os.chown(base, user.pw_uid, user.pw_gid)
+        runuser = shutil.which("runuser")
+        as_user = [runuser, "-u", "postgres", "--"] if runuser else ["su", "postgres", "-c"]
+    data, log, port = base / "data", base / "server.log", _free_port()
+
+    def run(*command: str) -> subprocess.CompletedProcess:
+        argv = list(command)
+        if as_user[-1:] == ["-c"]:  # su -c takes one shell string
+            import shlex
+
+            argv = as_user + [shlex.join(argv)]
+        else:
+            argv = as_user + argv
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+    try:
+        steps = [
+            (str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "mlipuq",
+             "--no-sync", "-E", "UTF8"),
+            (str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
+             "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -F", "start"),
+        ]
+        for step in steps:
+            done = run(*step)
+            if done.returncode != 0:
+                server_log = log.read_text()[-2000:] if log.exists() else ""
+                pytest.skip(f"cannot start a PostgreSQL server: {Path(step[0]).name} failed: "
+                            f"{(done.stderr or done.stdout).strip()[-500:]} {server_log}")
+        created = run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U",
+                      "mlipuq", "mlipuq_test")
+        if created.returncode != 0:
+            pytest.skip(f"cannot create a PostgreSQL database: {created.stderr.strip()[-500:]}")
+        yield f"postgresql://mlipuq:mlipuq@127.0.0.1:{port}/mlipuq_test"
+    finally:
+        if (data / "postmaster.pid").exists():
+            run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(base, ignore_errors=True)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from mlipuq import data as mdata
+from mlipuq import distributed as mdist
 from mlipuq.params import positive
 
 log = logging.getLogger(__name__)
@@ -153,15 +154,15 @@ def pool_features(
     raise ValueError(f"kind must be 'mean' or 'llpr', got {kind!r}")
 
 
-def _same_rows(feats: np.ndarray, j: int, rtol: float = 1e-9) -> np.ndarray:
-    """(n,) bool: rows equal to row ``j`` (copies of one structure)."""
-    ref = feats[j]
+def _same_rows(feats: np.ndarray, ref: np.ndarray, rtol: float = 1e-9) -> np.ndarray:
+    """(n,) bool: rows equal to the row ``ref`` (copies of one structure)."""
     tol = rtol * max(float(np.linalg.norm(ref)), np.finfo(np.float64).tiny)
     return np.linalg.norm(feats - ref, axis=1) <= tol
 
 
 def greedy_llpr(
-    features: np.ndarray, covariance: np.ndarray, noise_var: float, k: int
+    features: np.ndarray, covariance: np.ndarray, noise_var: float, k: int, *,
+    offset: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Greedy batch selection by posterior variance with rank-one updates.
 
@@ -180,10 +181,16 @@ def greedy_llpr(
     score order without updates. Fewer than ``k`` picks are returned when the
     pool holds fewer than ``k`` distinct rows.
 
+    Distributed (after :func:`mlipuq.distributed.init`, called on every
+    rank): ``features`` are this rank's rows, the pool's rows ``offset`` on;
+    per pick one global argmax (ties to the lowest index, as one process) and
+    one broadcast of the chosen row; Σ is updated identically everywhere.
+
     Returns
     -------
     indices, scores, initial_scores
-        (k,) picks, (k,) variance at pick time (eV²), (n,) variances before any pick.
+        (k,) global picks, (k,) variance at pick time (eV²), and this rank's
+        (n,) variances before any pick.
     """
     feats = np.asarray(features, dtype=np.float64)
     cov = np.array(covariance, dtype=np.float64)
@@ -194,15 +201,18 @@ def greedy_llpr(
     initial = scores.copy()
     available = np.ones(len(feats), dtype=bool)
     picks, picked_scores = [], []
-    while len(picks) < k and available.any():
-        j = int(np.argmax(np.where(available, scores, -np.inf)))
+    while len(picks) < k:
+        j, best = mdist.global_argmax(scores, available, offset)
+        if j < 0:
+            break
+        row = mdist.broadcast_row(feats, j, offset, feats.shape[1])
         picks.append(j)
-        picked_scores.append(max(float(scores[j]), 0.0))
-        available &= ~_same_rows(feats, j)
-        if scores[j] <= noise_var:  # nothing left to learn from this row
+        picked_scores.append(max(best, 0.0))
+        available &= ~_same_rows(feats, row)
+        if best <= noise_var:  # nothing left to learn from this row
             continue
-        sigma_f = cov @ feats[j]  # Σ f_j
-        denom = noise_var + float(feats[j] @ sigma_f)
+        sigma_f = cov @ row  # Σ f_j
+        denom = noise_var + float(row @ sigma_f)
         scores -= (feats @ sigma_f) ** 2 / denom
         np.maximum(scores, 0.0, out=scores)
         cov -= np.outer(sigma_f, sigma_f) / denom
@@ -211,35 +221,49 @@ def greedy_llpr(
     return np.array(picks, dtype=np.int64), np.array(picked_scores, dtype=np.float64), initial
 
 
+def _reference_distances(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    ref = np.asarray(reference, dtype=np.float64)
+    dist = np.full(len(x), np.inf)
+    for start in range(0, len(ref), 1024):
+        d = np.linalg.norm(x[:, None, :] - ref[None, start : start + 1024], axis=2)
+        dist = np.minimum(dist, d.min(axis=1))
+    return dist
+
+
 def farthest_points(
-    features: np.ndarray, k: int, *, reference: np.ndarray | None = None, seed: int = 0
+    features: np.ndarray, k: int, *, reference: np.ndarray | None = None, seed: int = 0,
+    offset: int = 0, n_total: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Farthest-point sampling; returns (k,) indices and the min distance at each pick.
 
     Starts from the distances to ``reference`` rows if given, else from a
     random point (``seed``; its score is ``inf``). Distances are Euclidean,
-    in feature units.
+    in feature units. Distributed as :func:`greedy_llpr`: ``features`` are
+    this rank's rows from ``offset`` on, ``n_total`` the pool size.
     """
     x = np.asarray(features, dtype=np.float64)
+    n_total = len(x) if n_total is None else int(n_total)
     picks, scores = [], []
+    local = np.zeros(len(x), dtype=bool)  # picked rows of this rank
     if reference is not None and len(reference):
-        ref = np.asarray(reference, dtype=np.float64)
-        dist = np.full(len(x), np.inf)
-        for start in range(0, len(ref), 1024):
-            d = np.linalg.norm(x[:, None, :] - ref[None, start : start + 1024], axis=2)
-            dist = np.minimum(dist, d.min(axis=1))
+        dist = _reference_distances(x, reference)
     else:
-        first = int(np.random.default_rng(seed).integers(len(x)))
+        first = int(np.random.default_rng(seed).integers(n_total))
         picks.append(first)
         scores.append(np.inf)
-        dist = np.linalg.norm(x - x[first], axis=1)
-        dist[first] = -np.inf
+        dist = np.linalg.norm(x - mdist.broadcast_row(x, first, offset, x.shape[1]), axis=1)
+        if 0 <= first - offset < len(x):
+            local[first - offset] = True
+            dist[first - offset] = -np.inf
     while len(picks) < k:
-        j = int(np.argmax(dist))
+        j, best = mdist.global_argmax(dist, None, offset)
         picks.append(j)
-        scores.append(float(dist[j]))
-        dist = np.minimum(dist, np.linalg.norm(x - x[j], axis=1))
-        dist[picks] = -np.inf
+        scores.append(best)
+        row = mdist.broadcast_row(x, j, offset, x.shape[1])
+        dist = np.minimum(dist, np.linalg.norm(x - row, axis=1))
+        if 0 <= j - offset < len(x):
+            local[j - offset] = True
+        dist[local] = -np.inf
     return np.array(picks, dtype=np.int64), np.array(scores, dtype=np.float64)
 
 

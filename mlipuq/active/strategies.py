@@ -17,6 +17,7 @@ import logging
 import numpy as np
 
 from mlipuq import data as mdata
+from mlipuq import distributed as mdist
 from mlipuq.active import scoring
 
 log = logging.getLogger(__name__)
@@ -189,11 +190,16 @@ class FarthestPoints(Strategy):
 
     def pick(self, uq_model, pool, k, *, rng, seed, stream, options):
         bs, progress = stream["batch_size"], stream["progress"]
-        feats = scoring.mean_features(uq_model, pool, batch_size=bs, progress=progress)
+        start, stop = mdist.shard_bounds(len(pool))
+        width = uq_model.base_model.n_features
+        feats = _local_rows(lambda shard: scoring.mean_features(
+            uq_model, shard, batch_size=bs, progress=progress and mdist.is_main()),
+            pool[start:stop], width)
         labelled, reference = options.get("labelled"), None
         if labelled is not None and len(mdata.as_dataset(labelled)):
             reference = scoring.mean_features(uq_model, labelled, batch_size=bs)
-        idx, scores = scoring.farthest_points(feats, k, reference=reference, seed=seed)
+        idx, scores = scoring.farthest_points(feats, k, reference=reference, seed=seed,
+                                              offset=start, n_total=len(pool))
         return Picks(idx, scores)
 
 
@@ -217,17 +223,28 @@ class BatchLLPR(Strategy):
 
     def pick(self, uq_model, pool, k, *, rng, seed, stream, options):
         noise = LabelNoise(options.get("label_noise") or LabelNoise.NONE)
-        feats = np.asarray(uq_model.design_matrix(
-            pool, batch_size=stream["batch_size"], progress=stream["progress"]),
-            dtype=np.float64)
         cov, fitted_noise = uq_model.energy_posterior_covariance()
+        cov = np.asarray(cov, dtype=np.float64)
+        start, stop = mdist.shard_bounds(len(pool))
+        feats = _local_rows(lambda shard: uq_model.design_matrix(
+            shard, batch_size=stream["batch_size"],
+            progress=stream["progress"] and mdist.is_main()), pool[start:stop], len(cov))
+        initial = np.einsum("ij,jk,ik->i", feats, cov, feats)
         if noise is LabelNoise.FITTED:
             noise_var = float(fitted_noise)
         else:
-            initial = np.einsum("ij,jk,ik->i", feats, np.asarray(cov, dtype=np.float64), feats)
-            noise_var = LABEL_JITTER * max(float(initial.max()), np.finfo(np.float64).tiny)
-        idx, var, initial = scoring.greedy_llpr(feats, cov, noise_var, k)
+            largest = mdist.global_argmax(initial, offset=start)[1]
+            noise_var = LABEL_JITTER * max(largest, np.finfo(np.float64).tiny)
+        idx, var, initial = scoring.greedy_llpr(feats, cov, noise_var, k, offset=start)
+        initial = np.concatenate(mdist.all_gather_objects(initial))
         return Picks(idx, np.sqrt(var), np.sqrt(np.maximum(initial, 0.0)))
+
+
+def _local_rows(rows_of, shard, width: int) -> np.ndarray:
+    """This rank's (n_shard, width) float64 feature rows; collective error check."""
+    if len(shard) == 0:  # more ranks than structures
+        return mdist.run_local(lambda: np.zeros((0, width)))
+    return np.asarray(mdist.run_local(rows_of, shard), dtype=np.float64)
 
 
 #: Names of the registered strategies, in registration order.

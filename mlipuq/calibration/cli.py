@@ -17,6 +17,11 @@ DIR may exist, but if it already holds any of these files the command
 refuses (before reading anything) unless ``--overwrite`` is given. Errors are
 raised and reported by :func:`mlipuq.cli.main` (one line, exit status 2).
 
+Under ``torchrun`` every rank checks the arguments and the outputs, and rank 0
+alone reads the prediction, scores it and writes the files (an error there is
+reported on every rank). ``--device`` only chooses the process group's
+backend there (``nccl`` for CUDA): scoring runs in NumPy.
+
 ``mlipuq/cli.py`` calls :func:`add_parser` to register the subcommand.
 """
 
@@ -65,6 +70,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="most points drawn in scatter plots",
     )
     parser.add_argument("--no-plots", action="store_true", help="write the reports only")
+    parser.add_argument(
+        "--device", default="cpu", choices=("cpu", "cuda"),
+        help="device of the process group under torchrun (scoring itself runs on the CPU)",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -119,8 +128,6 @@ def run(args: argparse.Namespace) -> int:
     """Run ``mlipuq evaluate``; returns 0. Bad input raises (``ValueError``,
     ``FileNotFoundError``, ``FileExistsError`` for existing outputs without
     ``--overwrite``); :func:`mlipuq.cli.main` reports it."""
-    from mlipuq.calibration.report import evaluate, load_prediction
-
     if args.max_points < 1:
         raise ValueError(f"--max-points must be >= 1, got {args.max_points}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -132,6 +139,28 @@ def run(args: argparse.Namespace) -> int:
             f"--out {args.out} already holds {os.path.basename(existing[0])}{more}; "
             "pass --overwrite to replace them"
         )
+    from mlipuq import distributed as mdist
+
+    result = mdist.run_local(lambda: _score_and_write(args) if mdist.is_main() else None)
+    if result is None:  # another rank's job
+        return 0
+    report, written = result
+    e, f = report.metrics["energy"], report.metrics["forces"]
+    print(
+        f"{report.n_structures} structures, {report.n_atoms} atoms\n"
+        f"energy: RMSE {e['rmse']:.4g} eV, NLL {e['nll']:.4g}, "
+        f"miscalibration area {e['miscalibration_area']:.3f}\n"
+        f"forces: RMSE {f['rmse']:.4g} eV/Å, NLL {f['nll']:.4g}, "
+        f"miscalibration area {f['miscalibration_area']:.3f}\n"
+        f"wrote {len(written)} files to {args.out}"
+    )
+    return 0
+
+
+def _score_and_write(args: argparse.Namespace):
+    """Read, score and write the report and plots; returns ``(report, written paths)``."""
+    from mlipuq.calibration.report import evaluate, load_prediction
+
     prediction, reference = load_prediction(args.prediction, args.reference)
     report = evaluate(
         prediction, reference, num_bins=args.num_bins, num_bins_ence=args.ence_bins
@@ -145,13 +174,4 @@ def run(args: argparse.Namespace) -> int:
         written.append(path)
     if not args.no_plots:
         written += _write_plots(report, args.out, args.max_points)
-    e, f = report.metrics["energy"], report.metrics["forces"]
-    print(
-        f"{report.n_structures} structures, {report.n_atoms} atoms\n"
-        f"energy: RMSE {e['rmse']:.4g} eV, NLL {e['nll']:.4g}, "
-        f"miscalibration area {e['miscalibration_area']:.3f}\n"
-        f"forces: RMSE {f['rmse']:.4g} eV/Å, NLL {f['nll']:.4g}, "
-        f"miscalibration area {f['miscalibration_area']:.3f}\n"
-        f"wrote {len(written)} files to {args.out}"
-    )
-    return 0
+    return report, written

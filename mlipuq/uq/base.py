@@ -24,11 +24,14 @@ import logging
 import os
 from typing import Any, Optional, Union
 
+import ase
 import numpy as np
 import torch
 
 from mlipuq import data as mdata
-from mlipuq.errors import FileFormatError, MissingReferenceError, NotFittedError
+from mlipuq import distributed as mdist
+from mlipuq.errors import (FileFormatError, InvalidStructureError, MissingReferenceError,
+                           NotFittedError)
 from mlipuq.fileio import check_plain, check_weights_only, read_payload, save_payload
 from mlipuq.models.base import MLIP, model_class, model_from_payload
 from mlipuq.prediction import Prediction
@@ -183,10 +186,22 @@ class UQWrapper:
                 f"relaxing or running MD with members needs {self.members_hint(forces=True)}"
             )
 
-    def to(self, dtype: torch.dtype) -> "UQWrapper":
-        """Cast the base model(s) to ``dtype`` (float64 fitted state stays float64)."""
+    def to(self, dtype: Optional[torch.dtype] = None, *, device=None) -> "UQWrapper":
+        """Cast the base model(s) to ``dtype`` and/or move them, and every other
+        torch module the wrapper holds (e.g. an evidential head), to ``device``.
+
+        Fitted NumPy state stays float64 on the host; it meets the model's
+        outputs batch by batch. Returns ``self``.
+        """
         for m in self._models():
-            m.to(dtype)
+            if dtype is not None:
+                m.to(dtype)
+            if device is not None:
+                m.to(device=device)
+        if device is not None:
+            for value in vars(self).values():
+                if isinstance(value, torch.nn.Module) and value not in self._models():
+                    value.to(device=device)
         return self
 
     # ------------------------------------------------------------------ predict
@@ -198,6 +213,7 @@ class UQWrapper:
         calibrated: bool = True,
         progress: bool = False,
         composition: bool = True,
+        distributed: Optional[bool] = None,
     ) -> Prediction:
         """Energies and forces with uncertainties for structures.
 
@@ -217,6 +233,13 @@ class UQWrapper:
             composition the training data spans). It is added after the
             recalibration, to ``energy_var`` only (committee members keep
             their spread).
+        distributed
+            After :func:`mlipuq.distributed.init` with two or more processes
+            (None: then, and for anything but a single ``Atoms``), the call is
+            collective: every rank passes the same structures, predicts its
+            contiguous shard, and gets the whole prediction, equal to one
+            process's. False: predict everything here (e.g. each rank its own
+            MD structure).
 
         Returns
         -------
@@ -225,6 +248,29 @@ class UQWrapper:
         """
         self._check_fitted()
         dataset = mdata.as_dataset(structures)
+        if distributed is None:
+            distributed = mdist.active() and not isinstance(structures, ase.Atoms)
+        if distributed and mdist.active():
+            if len(dataset) == 0:
+                raise InvalidStructureError("the dataset holds no structures")
+            start, stop = mdist.shard_bounds(len(dataset))
+            local = mdist.run_local(self._predict_raw, dataset[start:stop], batch_size,
+                                    progress and mdist.is_main(), allow_empty=True)
+            parts = [p for p in mdist.all_gather_objects(local) if p is not None]
+            prediction = Prediction.concatenate(parts)
+        else:
+            prediction = self._predict_raw(dataset, batch_size, progress)
+        if calibrated:
+            prediction = self._apply_calibration(prediction)
+        if composition:
+            prediction = self._add_composition_variance(prediction)
+        return prediction
+
+    def _predict_raw(self, dataset, batch_size: int, progress: bool,
+                     allow_empty: bool = False) -> Optional[Prediction]:
+        """The uncalibrated prediction of ``dataset`` in this process (None: empty shard)."""
+        if allow_empty and len(dataset) == 0:
+            return None
         dataset.validate(self.species)
         parts = []
         batches = mdata.iter_batches(
@@ -244,12 +290,7 @@ class UQWrapper:
             prediction = Prediction(**fields)
             self._check_finite(prediction)
             parts.append(prediction)
-        prediction = Prediction.concatenate(parts)
-        if calibrated:
-            prediction = self._apply_calibration(prediction)
-        if composition:
-            prediction = self._add_composition_variance(prediction)
-        return prediction
+        return Prediction.concatenate(parts)
 
     def _add_composition_variance(self, prediction: Prediction) -> Prediction:
         counts = mdata.composition_counts(prediction.numbers, prediction.batch,

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from mlipuq import data as mdata
+from mlipuq import distributed as mdist
 from mlipuq.models.base import MLIP
 from mlipuq.training import History
 from mlipuq.training import train as train_model
@@ -237,7 +238,13 @@ class DeepEnsemble(UQWrapper):
         """(Re)train every member, independently, with :func:`mlipuq.train`.
 
         Training continues from the members' current weights (the ensemble's
-        own copies). Members are trained one after the other.
+        own copies). Members are trained one after the other; after
+        :func:`mlipuq.distributed.init` (a collective call: every rank passes
+        the same data and options) member k is trained on rank
+        ``k % world_size`` and then sent to every rank, so that every rank
+        holds the whole ensemble, each member identical to the one a single
+        process trains with the same seed. Save it from rank 0 only
+        (``if mlipuq.distributed.is_main(): ensemble.save(path)``).
 
         Parameters
         ----------
@@ -270,23 +277,69 @@ class DeepEnsemble(UQWrapper):
         dataset = mdata.as_dataset(train)
         if len(dataset) == 0:
             raise ValueError("the training set holds no structures")
-        histories, indices = [], []
+        world, here = mdist.world_size(), mdist.rank()
+        histories, indices, failure = [], [], None
         for k, (model, member_seed) in enumerate(zip(self.models, seeds)):
             member_train = dataset
             if bootstrap:
                 idx = bootstrap_indices(len(dataset), member_seed)
                 indices.append(idx)
                 member_train = dataset.subset(idx)
+            if k % world != here or failure is not None:
+                histories.append(None)  # trained on rank k % world, received below
+                continue
             log.info("training deep-ensemble member %d/%d (seed %d)", k + 1, self.n_members,
                      member_seed)
-            histories.append(train_model(model, member_train, val, seed=member_seed,
-                                         progress=progress, **method_options))
+            if world == 1:
+                histories.append(train_model(model, member_train, val, seed=member_seed,
+                                             progress=progress, **method_options))
+                continue
+            try:  # an error on one rank must reach every rank (or the others wait forever)
+                histories.append(train_model(model, member_train, val, seed=member_seed,
+                                             progress=progress, **method_options))
+            except Exception as exc:  # noqa: BLE001  (re-raised below, on every rank)
+                failure = (k, exc)
+                histories.append(None)
+        if world > 1:
+            histories = self._exchange_members(histories, failure)
         self.seeds_ = seeds
         self.bootstrap_indices_ = indices if bootstrap else None
         self.histories_ = histories
         self.member_offsets_ = None  # retrained members: recentre again in calibrate
         self.fitted_ = True
         return self
+
+    def _exchange_members(self, histories: list, failure) -> list:
+        """Give every rank the members trained elsewhere (collective).
+
+        Member k was trained on rank ``k % world``; that rank broadcasts its
+        weights (the ``state_dict``, which holds the fitted reference energies
+        and scales too, as CPU tensors) and history, and every other rank
+        loads them into its own copy: afterwards every rank holds the same
+        ensemble, bit for bit. A member that failed raises on every rank.
+        """
+        world, here = mdist.world_size(), mdist.rank()
+        errors = [e for e in mdist.all_gather_objects(
+            None if failure is None else (failure[0], f"{type(failure[1]).__name__}: {failure[1]}"))
+            if e is not None]
+        if errors:
+            if failure is not None:
+                raise failure[1]
+            member, message = min(errors)
+            raise RuntimeError(f"training deep-ensemble member {member} failed on rank "
+                               f"{member % world}: {message}")
+        for k, model in enumerate(self.models):
+            owner = k % world
+            payload = None
+            if owner == here:
+                payload = {"state": {name: value.detach().cpu() if torch.is_tensor(value)
+                                     else value for name, value in model.state_dict().items()},
+                           "history": histories[k]}
+            payload = mdist.broadcast_object(payload, src=owner)
+            if owner != here:
+                model.load_state_dict(payload["state"])
+                histories[k] = payload["history"]
+        return histories
 
     # ------------------------------------------------------------ calibration
     def calibrate(self, val, method: str = "scalar", *, recentre: bool = True,

@@ -39,8 +39,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from mlipuq import data as mdata
+from mlipuq import distributed as mdist
 from mlipuq.models.base import MLIP
-from mlipuq.training import HeadTrainable, error_statistics, split_fit_options
+from mlipuq.training import HeadTrainable, error_statistics, reduce_terms, split_fit_options
 from mlipuq.uq.base import UQWrapper, _check_model, register
 from mlipuq.uq.nig import aggregate_energy_nig, nig_nll, nig_regularizer, nig_variances
 
@@ -153,11 +154,11 @@ class EvidentialNLL(HeadTrainable):
         self.train_backbone = train_backbone
         self.energy_weight, self.forces_weight = energy_weight, forces_weight
 
-    def loss(self, batch: mdata.Batch, *, create_graph: bool):
+    def loss(self, batch: mdata.Batch, *, create_graph: bool, denominators=None):
         backbone = self.train_backbone
         out = self.model(batch, forces=self.need_forces, features=True,
                          create_graph=create_graph and backbone)
-        params = self.head(out["features"] if backbone else out["features"].detach())
+        params = self.run_head(out["features"] if backbone else out["features"].detach())
         n = batch.n_atoms.to(torch.float64)
         energy = out["energy"] if backbone else out["energy"].detach()
         nu, alpha, beta = aggregate_energy_nig(
@@ -169,7 +170,7 @@ class EvidentialNLL(HeadTrainable):
         energy_term = nig_nll(y, gamma, nu, alpha, beta / n**2) + self.reg_weight * (
             nig_regularizer(y, gamma, nu, alpha)
         )
-        loss = self.energy_weight * energy_term.mean()
+        loss = self.energy_weight * reduce_terms(energy_term, denominators, "structures")
         if not self.need_forces:
             return loss, error_statistics(gamma - y)
         forces = out["forces"].to(torch.float64)
@@ -182,7 +183,7 @@ class EvidentialNLL(HeadTrainable):
         forces_term = nig_nll(yf, forces, nu_f, alpha_f, beta_f) + self.reg_weight * (
             nig_regularizer(yf, forces, nu_f, alpha_f)
         )
-        loss = loss + self.forces_weight * forces_term.mean()
+        loss = loss + self.forces_weight * reduce_terms(forces_term, denominators, "components")
         return loss, error_statistics(gamma - y, forces - yf)
 
 
@@ -364,6 +365,17 @@ class EvidentialHead(UQWrapper):
         -------
         EvidentialHead
             ``self``, fitted.
+
+        Notes
+        -----
+        After :func:`mlipuq.distributed.init` with two or more processes this
+        is collective (every rank passes the same data and options): the
+        feature and error scales are summed over shards, and the head (with
+        ``train_backbone``, also the base model) is trained data parallel with
+        :class:`torch.nn.parallel.DistributedDataParallel`, each rank on its
+        contiguous shard of ``train`` with ``batch_size`` structures per step
+        (global batch ``batch_size × world_size``; see :func:`mlipuq.train`).
+        Every rank ends with the same head.
         """
         options, trainer = split_fit_options("EvidentialHead", self.fit_defaults, method_options)
         need_forces = options["forces_weight"] > 0
@@ -414,7 +426,15 @@ class EvidentialHead(UQWrapper):
 
     @torch.no_grad()
     def _base_pass(self, dataset: mdata.AtomsDataset, batch_size: int, n_features: int) -> dict:
-        """One pass of the base model: feature moments and its error variances."""
+        """One pass of the base model: feature moments and its error variances.
+
+        After :func:`mlipuq.distributed.init` (collective) each rank passes its
+        shard and the float64 sums are all-reduced.
+        """
+        n_structures = len(dataset)
+        if mdist.active():
+            start, stop = mdist.shard_bounds(n_structures)
+            dataset = dataset[start:stop]
         s1 = torch.zeros(n_features, dtype=torch.float64)
         s2 = torch.zeros(n_features, dtype=torch.float64)
         n_atoms = 0
@@ -436,11 +456,18 @@ class EvidentialHead(UQWrapper):
                 df = df[torch.isfinite(df).all(dim=1)]  # atoms without reference forces
                 f_sq += float((df**2).sum())
                 f_n += df.numel()
+        if mdist.active():
+            summed = mdist.all_reduce_sum(np.concatenate([
+                s1.numpy(), s2.numpy(), [n_atoms, e_sq, f_sq, f_n]]))
+            s1 = torch.from_numpy(summed[:n_features].copy())
+            s2 = torch.from_numpy(summed[n_features : 2 * n_features].copy())
+            n_atoms, e_sq, f_sq, f_n = summed[2 * n_features :].tolist()
+            n_atoms, f_n = int(round(n_atoms)), int(round(f_n))
         mean = s1 / n_atoms
         return {
             "feature_mean": mean,
             "feature_std": torch.sqrt(torch.clamp(s2 / n_atoms - mean**2, min=0.0)),
-            "energy_mse": e_sq / len(dataset),  # (E - E_ref)^2 / n, eV^2 per atom
+            "energy_mse": e_sq / n_structures,  # (E - E_ref)^2 / n, eV^2 per atom
             "forces_mse": f_sq / f_n if f_n else None,  # eV^2/Å^2
         }
 

@@ -50,6 +50,8 @@ import numpy as np
 import torch
 
 from mlipuq import data as mdata
+from mlipuq import distributed as mdist
+from mlipuq.errors import InvalidStructureError
 from mlipuq.models.base import MLIP
 from mlipuq.params import positive
 from mlipuq.uq.base import UQWrapper, _check_model, register
@@ -120,6 +122,20 @@ def log_marginal_likelihood(
         )
     logdet = torch.linalg.slogdet(precision)[1]
     return loglik - 0.5 * lam * (theta @ theta) - 0.5 * logdet + 0.5 * d * torch.log(lam)
+
+
+def _pack_stats(stats: dict) -> np.ndarray:
+    """The fit's sufficient statistics as one float64 vector (for one all-reduce)."""
+    return np.concatenate([stats["G_E"].ravel(), stats["G_F"].ravel(),
+                           [stats["R_E"], stats["R_F"], stats["N_E"], stats["N_F"]]])
+
+
+def _unpack_stats(vector: np.ndarray, d: int) -> dict:
+    g_e, g_f = vector[: d * d].reshape(d, d), vector[d * d: 2 * d * d].reshape(d, d)
+    r_e, r_f, n_e, n_f = vector[2 * d * d:]
+    # counts are sums of integers below 2**53: exact in float64
+    return {"G_E": g_e, "G_F": g_f, "R_E": float(r_e), "R_F": float(r_f),
+            "N_E": int(round(n_e)), "N_F": int(round(n_f))}
 
 
 @register
@@ -284,6 +300,14 @@ class LastLayerLaplace(UQWrapper):
         -------
         LastLayerLaplace
             ``self``, fitted.
+
+        Notes
+        -----
+        After :func:`mlipuq.distributed.init` with two or more processes the
+        call is collective: each rank accumulates ``G_E``, ``G_F`` and the
+        squared residuals of its contiguous shard in float64, one all-reduce
+        sums them, and every rank then holds the covariance one process would
+        compute (equal to rounding, ~1e-15 relative).
         """
         batch_size = method_options.pop("batch_size", 16)
         if method_options:
@@ -292,16 +316,29 @@ class LastLayerLaplace(UQWrapper):
         if seed is not None:
             self.seed = int(seed)
         dataset = mdata.as_dataset(train)
-        dataset.validate(self.species, require_energy=True, require_forces=self.include_forces)
+        if len(dataset) == 0:
+            raise InvalidStructureError("the dataset holds no structures")
+        start, stop = mdist.shard_bounds(len(dataset)) if mdist.active() else (0, len(dataset))
+        stats = mdist.run_local(self._accumulate, dataset[start:stop], batch_size,
+                                progress and mdist.is_main())
+        if mdist.active():  # one all-reduce of everything, in float64
+            stats = _unpack_stats(mdist.all_reduce_sum(_pack_stats(stats)), len(stats["G_E"]))
+        self.gn_energy_ = stats["G_E"]
+        self.gn_forces_ = stats["G_F"]
+        self.n_train_ = len(dataset)
+        self._fit_hyperparameters(stats)
+        self._factorise()
+        self.fitted_ = True
+        return self
+
+    def _accumulate(self, dataset, batch_size: int, progress: bool) -> dict:
+        """Gram matrices, squared residuals and counts of ``dataset`` (float64)."""
         d = self.model.n_features + int(self._has_bias)
-        stats = {
-            "G_E": np.zeros((d, d)),
-            "G_F": np.zeros((d, d)),
-            "R_E": 0.0,
-            "R_F": 0.0,
-            "N_E": 0,
-            "N_F": 0,
-        }
+        stats = {"G_E": np.zeros((d, d)), "G_F": np.zeros((d, d)),
+                 "R_E": 0.0, "R_F": 0.0, "N_E": 0, "N_F": 0}
+        if len(dataset) == 0:  # an empty shard (fewer structures than ranks)
+            return stats
+        dataset.validate(self.species, require_energy=True, require_forces=self.include_forces)
         batches = mdata.iter_batches(
             dataset, self.cutoff, batch_size, species=self.species, dtype=self.dtype
         )
@@ -325,13 +362,7 @@ class LastLayerLaplace(UQWrapper):
                 df = out["forces"].detach().to(torch.float64) - batch.forces.to(torch.float64)
                 stats["R_F"] += float((df**2).sum())
                 stats["N_F"] += int(df.numel())
-        self.gn_energy_ = stats["G_E"]
-        self.gn_forces_ = stats["G_F"]
-        self.n_train_ = len(dataset)
-        self._fit_hyperparameters(stats)
-        self._factorise()
-        self.fitted_ = True
-        return self
+        return stats
 
     def _fit_hyperparameters(self, stats: dict) -> None:
         lam, s_e, s_f, lml = self._maximise_evidence(stats)

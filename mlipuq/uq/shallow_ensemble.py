@@ -61,6 +61,7 @@ import torch
 from torch import nn
 
 from mlipuq import data as mdata
+from mlipuq import distributed as mdist
 from mlipuq.models.base import MLIP
 from mlipuq.params import positive
 from mlipuq.training import (
@@ -69,6 +70,7 @@ from mlipuq.training import (
     error_statistics,
     fit_scales,
     prepare_graphs,
+    reduce_terms,
     split_fit_options,
 )
 from mlipuq.uq.base import UQWrapper, _check_model, register
@@ -109,9 +111,32 @@ class _Heads(nn.Module):
         """(K,) biases of the heads on raw features (eV per atom)."""
         return self.offset - self.weight @ self.center
 
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, F) weights and (K,) raw-feature biases (the trainer calls the heads
+        through this, so that DistributedDataParallel sees every step)."""
+        return self.weight, self.bias
 
-def mean_feature(model: MLIP, dataset, batch_size: int = 32) -> torch.Tensor:
-    """(F,) float64 mean of the readout features over all atoms of ``dataset``."""
+
+def mean_feature(model: MLIP, dataset, batch_size: int = 32, *,
+                 sharded: bool = False) -> torch.Tensor:
+    """(F,) float64 mean of the readout features over all atoms of ``dataset``.
+
+    ``sharded`` (collective, after :func:`mlipuq.distributed.init`): each rank
+    sums the features of its shard and the sums are all-reduced in float64.
+    """
+    if sharded and mdist.active():
+        dataset = mdata.as_dataset(dataset)
+        start, stop = mdist.shard_bounds(len(dataset))
+        total, count = _feature_sum(model, dataset[start:stop], batch_size)
+        if total is None:
+            total = torch.zeros(model.n_features, dtype=torch.float64)
+        summed = mdist.all_reduce_sum(np.concatenate([total.numpy(), [count]]))
+        return torch.from_numpy(summed[:-1] / summed[-1])
+    total, count = _feature_sum(model, dataset, batch_size)
+    return total / count
+
+
+def _feature_sum(model: MLIP, dataset, batch_size: int) -> tuple[Optional[torch.Tensor], int]:
     total, count = None, 0
     model.eval()
     with torch.no_grad():
@@ -121,7 +146,7 @@ def mean_feature(model: MLIP, dataset, batch_size: int = 32) -> torch.Tensor:
             part = phi.sum(dim=0).cpu()
             total = part if total is None else total + part
             count += phi.shape[0]
-    return total / count
+    return total, count
 
 
 def head_members(
@@ -222,20 +247,23 @@ class HeadsNLL(HeadTrainable):
         self.energy_weight, self.forces_weight = energy_weight, forces_weight
         self.var_floor = var_floor
 
-    def loss(self, batch: mdata.Batch, *, create_graph: bool):
-        out = head_members(self.model, batch, self.head.weight, self.head.bias,
+    def loss(self, batch: mdata.Batch, *, create_graph: bool, denominators=None):
+        weight, bias = self.run_head()
+        out = head_members(self.model, batch, weight, bias,
                            vectorize=self.vectorize, forces=self.need_forces,
                            create_graph=create_graph)
         n = batch.n_atoms.to(torch.float64)
         mean, var = _mean_var(out["energy"] / n)
         target = batch.energy.to(torch.float64) / n
-        loss = self.energy_weight * gaussian_nll(mean, var, target, self.var_floor).mean()
+        nll = gaussian_nll(mean, var, target, self.var_floor)
+        loss = self.energy_weight * reduce_terms(nll, denominators, "structures")
         de = mean - target
         if not self.need_forces:
             return loss, error_statistics(de)
         mean, var = _mean_var(out["forces"])
         target = batch.forces.to(torch.float64)
-        loss = loss + self.forces_weight * gaussian_nll(mean, var, target, self.var_floor).mean()
+        nll = gaussian_nll(mean, var, target, self.var_floor)
+        loss = loss + self.forces_weight * reduce_terms(nll, denominators, "components")
         return loss, error_statistics(de, mean - target)
 
 
@@ -427,6 +455,17 @@ class ShallowEnsemble(UQWrapper):
         -------
         ShallowEnsemble
             ``self``, fitted.
+
+        Notes
+        -----
+        After :func:`mlipuq.distributed.init` with two or more processes this
+        is collective (every rank passes the same data and options): the
+        Laplace init and the feature centre are computed over shards, and the
+        heads (with ``train_backbone``, also the backbone) are trained data
+        parallel with :class:`torch.nn.parallel.DistributedDataParallel`,
+        each rank on its contiguous shard of ``train`` with ``batch_size``
+        structures per step (global batch ``batch_size × world_size``; see
+        :func:`mlipuq.train`). Every rank ends with the same heads.
         """
         options, trainer = split_fit_options("ShallowEnsemble", self.fit_defaults, method_options)
         options["var_floor"] = positive("var_floor", options["var_floor"])
@@ -442,7 +481,7 @@ class ShallowEnsemble(UQWrapper):
         self._set_readout(self._readout_weight, self._readout_bias)
         weight, bias = self._initial_heads(train, val, seed, options["energy_weight"],
                                            options["forces_weight"])
-        center = mean_feature(model, train, trainer["batch_size"])
+        center = mean_feature(model, train, trainer["batch_size"], sharded=True)
         heads = _Heads(weight.to(model.dtype), bias.to(model.dtype),
                        self._readout_bias is not None, center.to(model.dtype)).to(model.device)
         trainable = HeadsNLL(model, heads, train_backbone=self.train_backbone,

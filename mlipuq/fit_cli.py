@@ -1,0 +1,382 @@
+"""The ``mlipuq fit`` and ``mlipuq predict`` subcommands.
+
+``mlipuq fit {llpr,shallow,evidential,deep} --model M.pt --train T.extxyz
+[--val V.extxyz] --out W.pt`` wraps a base model saved by ``mlipuq train``
+(:func:`mlipuq.models.load`) in a UQ wrapper, fits it on ``--train``,
+calibrates it on ``--val`` when given, and saves it (:meth:`UQWrapper.save`):
+
+* ``llpr``: :class:`~mlipuq.uq.LastLayerLaplace` (one pass over the data);
+* ``shallow``: :class:`~mlipuq.uq.ShallowEnsemble` (``--heads`` heads trained
+  by Gaussian NLL on a frozen backbone);
+* ``evidential``: :class:`~mlipuq.uq.EvidentialHead` (fit it on data the base
+  model was not trained on: a frozen backbone learns residuals);
+* ``deep``: :class:`~mlipuq.uq.DeepEnsemble`. With one ``--model``,
+  ``--members`` new models of the same architecture (class and config, each
+  initialised from its own seed) are trained on ``--train`` as ``mlipuq train``
+  does; with ``--model`` given two or more times, the ensemble is made of
+  those (already trained) models and nothing is retrained.
+
+``mlipuq predict --model W.pt --data D --out P.extxyz`` loads a saved wrapper
+(:func:`mlipuq.uq.load`), predicts ``D`` chunk by chunk and writes the
+structures with their predictions in the columns of
+:meth:`mlipuq.data.AtomsDataset.write` (``mlipuq_energy``,
+``mlipuq_energy_std``, ``mlipuq_forces``, ``mlipuq_forces_std``, committee
+energies). The chunks go to a temporary file in the folder of ``P`` that is
+renamed to ``P`` at the end (``os.replace``): an interrupted run never leaves a
+partial file under the final name.
+
+Both refuse an existing ``--out`` (before any work) unless ``--overwrite``.
+Under ``torchrun`` (:func:`mlipuq.cli.main` joins the process group) every
+rank runs the same command: the collective parts share the work
+(``LastLayerLaplace.fit``, ``predict`` and ``calibrate``; the heads of
+``ShallowEnsemble.fit`` and ``EvidentialHead.fit`` train data parallel; deep
+members are spread over the ranks), and only rank 0 writes files and prints. A file
+error on rank 0 is reported on every rank (no rank is left waiting).
+
+``mlipuq/cli.py`` calls :func:`add_parsers` to register the subcommands.
+Imports only what ``--help`` needs; torch-heavy modules load in the ``run_*``
+functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import os
+import shutil
+import tempfile
+
+from mlipuq.devices import add_device_option, resolve_device  # noqa: F401  (re-exported)
+from mlipuq.fileio import refuse_existing
+
+KINDS = ("llpr", "shallow", "evidential", "deep")
+CALIBRATIONS = ("scalar", "power", "isotonic", "conformal")
+#: Training defaults of the deep-ensemble members: those of ``mlipuq train``.
+DEEP_DEFAULTS = {"epochs": 500, "lr": 2e-3, "patience": 50}
+DEFAULT_MEMBERS = 4
+LAZY_SUFFIXES = (".extxyz", ".xyz", ".db")
+
+
+# ------------------------------------------------------------------- parsers
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def add_parsers(subparsers) -> None:
+    """Register ``fit`` and ``predict`` on an ``argparse`` subparsers object."""
+    fit = subparsers.add_parser(
+        "fit", help="wrap a trained model in a UQ method, fit, calibrate and save it",
+        description="Fit a UQ wrapper (llpr, shallow, evidential, deep) around a model saved "
+        "by `mlipuq train`, calibrate it on --val and save it to --out.",
+    )
+    fit.add_argument("method", choices=KINDS, help="UQ method")
+    fit.add_argument(
+        "--model", "-m", required=True, action="append", metavar="M.pt",
+        help="base model saved by `mlipuq train`; for deep, give it two or more times to "
+             "ensemble trained models instead of training --members new ones",
+    )
+    fit.add_argument("--train", required=True, metavar="T.extxyz",
+                     help="training structures with reference energies and forces")
+    fit.add_argument("--val", metavar="V.extxyz", default=None,
+                     help="validation structures: early stopping and calibration "
+                          "(without it the wrapper is not calibrated)")
+    fit.add_argument("--out", "-o", required=True, metavar="W.pt", help="where to save the wrapper")
+    fit.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    fit.add_argument("--calibration", choices=CALIBRATIONS, default="scalar",
+                     help="recalibration fitted on --val")
+    fit.add_argument("--coverage", type=float, default=None,
+                     help="conformal: target coverage of the intervals (0.9 if not given)")
+    fit.add_argument("--seed", type=int, default=0, help="random seed")
+    fit.add_argument("--batch-size", type=_positive_int, default=16,
+                     help="structures per batch")
+    fit.add_argument("--epochs", type=_positive_int, default=None,
+                     help="most training epochs (default: shallow 50, evidential 100, "
+                          "deep 500 per member; llpr does not train)")
+    fit.add_argument("--lr", type=float, default=None,
+                     help="learning rate (default: shallow 1e-3, evidential 1e-2, deep 2e-3)")
+    fit.add_argument("--patience", type=_positive_int, default=None,
+                     help="stop after this many epochs without validation improvement "
+                          "(default: shallow and evidential 20, deep 50)")
+    fit.add_argument("--max-time", type=float, default=None,
+                     help="training time budget in s (deep: per member)")
+    fit.add_argument("--heads", type=int, default=8, help="shallow: number of heads")
+    fit.add_argument("--members", type=int, default=None,
+                     help=f"deep: number of members trained from --model's architecture "
+                          f"(default {DEFAULT_MEMBERS}; with several --model: their number)")
+    fit.add_argument("--progress", action="store_true", help="show progress bars")
+    add_device_option(fit)
+    fit.set_defaults(func=run_fit)
+
+    pr = subparsers.add_parser(
+        "predict", help="predict energies, forces and their uncertainties with a saved wrapper",
+        description="Predict every structure of --data with a saved UQ wrapper and write them "
+        "with mlipuq_energy(_std) and mlipuq_forces(_std) columns to an extxyz file.",
+    )
+    pr.add_argument("--model", "-m", required=True, metavar="W.pt",
+                    help="UQ wrapper saved by `mlipuq fit` (or .save())")
+    pr.add_argument("--data", "-d", required=True, metavar="D",
+                    help="structures to predict (extxyz, or anything mlipuq.load reads)")
+    pr.add_argument("--out", "-o", required=True, metavar="P.extxyz",
+                    help="where to write the structures with their predictions")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    pr.add_argument("--batch-size", type=_positive_int, default=32,
+                    help="structures per forward pass")
+    pr.add_argument("--chunk-size", type=_positive_int, default=1000,
+                    help="structures predicted and written at a time: bounds the memory")
+    pr.add_argument("--no-calibration", action="store_true",
+                    help="write the raw uncertainties, without the wrapper's recalibration")
+    pr.add_argument("--progress", action="store_true", help="show a progress bar per chunk")
+    add_device_option(pr)
+    pr.set_defaults(func=run_predict)
+
+
+# ----------------------------------------------------------------------- fit
+def _member_factory(base):
+    """``make_model(seed)``: a new, untrained model of ``base``'s class and config."""
+    cls = type(base)
+    if "seed" not in inspect.signature(cls).parameters:
+        raise ValueError(
+            f"fit deep: a {cls.__name__} cannot be re-initialised from a seed; train the "
+            "members yourself and give --model once per member"
+        )
+    config = base.config()
+    exact_offsets = base.atomic_energies_set and base.offset_prior_std is None
+
+    def make_model(seed: int):
+        model = cls(**config, seed=seed).to(dtype=base.dtype, device=base.device)
+        if exact_offsets:  # e.g. isolated-atom energies given to `mlipuq train`
+            model.set_atomic_energies(base.atomic_energies)
+        return model
+
+    return make_model
+
+
+def _trainer_options(args, defaults: dict) -> dict:
+    options = dict(defaults)
+    for name in ("epochs", "lr", "patience", "max_time"):
+        value = getattr(args, name)
+        if value is not None:
+            options[name] = value
+    options["batch_size"] = args.batch_size
+    return options
+
+
+def _check_fit_args(args) -> None:
+    if args.lr is not None and not args.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {args.lr}")
+    if args.max_time is not None and not args.max_time > 0:
+        raise ValueError(f"--max-time must be > 0, got {args.max_time}")
+    if args.coverage is not None:
+        if args.calibration != "conformal":
+            raise ValueError("--coverage applies to --calibration conformal only")
+        if not 0 < args.coverage < 1:
+            raise ValueError(f"--coverage must be between 0 and 1, got {args.coverage}")
+    if args.method == "shallow" and args.heads < 2:
+        raise ValueError(f"--heads must be >= 2, got {args.heads}")
+    if len(args.model) > 1 and args.method != "deep":
+        raise ValueError(f"fit {args.method} takes one --model, got {len(args.model)}")
+    if args.method == "deep":
+        if args.members is not None and args.members < 2:
+            raise ValueError(f"--members must be >= 2, got {args.members}")
+        if len(args.model) > 1 and args.members not in (None, len(args.model)):
+            raise ValueError(f"--members {args.members} but {len(args.model)} --model files; "
+                             "give one or the other")
+
+
+def build_wrapper(args, models, train, val, progress: bool):
+    """The fitted (not yet calibrated) wrapper of ``args.method``."""
+    from mlipuq.uq import DeepEnsemble, EvidentialHead, LastLayerLaplace, ShallowEnsemble
+
+    model = models[0]
+    common = {"seed": args.seed, "progress": progress}
+    if args.method == "llpr":
+        return LastLayerLaplace(model).fit(train, val, batch_size=args.batch_size, **common)
+    if args.method == "shallow":
+        return ShallowEnsemble(model, n_heads=args.heads).fit(
+            train, val, **common, **_trainer_options(args, {}))
+    if args.method == "evidential":
+        return EvidentialHead(model).fit(train, val, **common, **_trainer_options(args, {}))
+    if len(models) > 1:
+        return DeepEnsemble(models)
+    return DeepEnsemble.train(
+        _member_factory(model), train, val,
+        n_members=args.members or DEFAULT_MEMBERS, **common,
+        **_trainer_options(args, DEEP_DEFAULTS),
+    )
+
+
+def _summary(wrapper, args, n_train: int, n_val: int) -> str:
+    rows = [("method", f"{type(wrapper).__name__} ({args.method})"),
+            ("training set", f"{n_train} structures ({args.train})")]
+    if args.method == "llpr":
+        rows.append(("prior precision", f"{wrapper.prior_precision_:.4g}"))
+        rows.append(("energy noise", f"{wrapper.energy_noise_:.4g} eV"))
+        if wrapper.forces_noise_ is not None:
+            rows.append(("forces noise", f"{wrapper.forces_noise_:.4g} eV/Å"))
+    elif args.method in ("shallow", "evidential"):
+        if args.method == "shallow":
+            rows.append(("heads", str(wrapper.n_heads)))
+        history = wrapper.history_
+        rows.append(("training", f"{len(history)} epochs in {history.wall_time:.1f} s"))
+    else:
+        rows.append(("members", str(wrapper.n_members)))
+        if wrapper.histories_ is not None:
+            epochs = ", ".join(str(len(h)) for h in wrapper.histories_)
+            seconds = sum(h.wall_time for h in wrapper.histories_)
+            rows.append(("training", f"{epochs} epochs (seeds {wrapper.seeds_}) in "
+                                     f"{seconds:.1f} s"))
+        else:
+            rows.append(("training", "none (trained --model files)"))
+    recalibrator = getattr(wrapper, "recalibrator_", None)
+    if recalibrator is None:
+        rows.append(("calibration", "none (no --val)"))
+    else:
+        text = f"{recalibrator.method} on {n_val} structures"
+        scales = [f"{key} std x {getattr(recalibrator, key + '_').scale_:.4g}"
+                  for key in ("energy", "forces")
+                  if hasattr(getattr(recalibrator, key + "_", None), "scale_")]
+        rows.append(("calibration", text + (": " + ", ".join(scales) if scales else "")))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    """Run ``mlipuq fit``; returns 0. Bad input raises; :func:`mlipuq.cli.main` reports it."""
+    import mlipuq
+    from mlipuq import distributed as mdist
+    from mlipuq.models import load as load_model
+
+    refuse_existing(args.out, args.overwrite, "--out")  # before any work
+    _check_fit_args(args)
+    device = resolve_device(args.device)
+    models = [load_model(path).to(device=device) for path in args.model]
+    train = mlipuq.load(args.train)
+    val = None if args.val is None else mlipuq.load(args.val)
+    progress = args.progress and mdist.is_main()
+    wrapper = build_wrapper(args, models, train, val, progress)
+    if val is not None:
+        options = {} if args.coverage is None else {"coverage": args.coverage}
+        wrapper.calibrate(val, method=args.calibration, **options)
+
+    def save():
+        if mdist.is_main():
+            wrapper.save(args.out, overwrite=args.overwrite)
+
+    mdist.run_local(save)
+    print(_summary(wrapper, args, len(train), 0 if val is None else len(val)))
+    print(f"wrapper saved to {args.out}")
+    return 0
+
+
+# ------------------------------------------------------------------- predict
+def open_data(path: str):
+    """``mlipuq.load(path)``, lazily (``lazy=True``) for extxyz and ``.db`` files
+    when this mlipuq's ``load`` can."""
+    import mlipuq
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    lazy = "lazy" in inspect.signature(mlipuq.load).parameters
+    if lazy and os.path.splitext(path)[1].lower() in LAZY_SUFFIXES:
+        return mlipuq.load(path, lazy=True)
+    return mlipuq.load(path)
+
+
+def _chunk(data, start: int, stop: int):
+    """Structures ``start:stop`` in memory (a lazy source is read once per chunk,
+    for both the prediction and the output)."""
+    from mlipuq.data import AtomsDataset
+
+    return AtomsDataset(list(data[start:stop]))
+
+
+def _new_temporary(folder: str, name: str) -> str:
+    """A new empty file in ``folder`` (created exclusively), with the
+    permissions ``open()`` would give; returns its path."""
+    fd, path = tempfile.mkstemp(dir=folder, prefix="." + name[:100] + ".", suffix=".tmp")
+    try:
+        if hasattr(os, "fchmod"):
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
+    finally:
+        os.close(fd)
+    return path
+
+
+class _PredictionFile:
+    """The output of ``predict``, built in a temporary file next to it (rank 0)."""
+
+    def __init__(self, path: str, overwrite: bool):
+        self.path, self.overwrite = os.fspath(path), overwrite
+        self.folder = os.path.dirname(os.path.abspath(self.path))
+        self.name = os.path.basename(self.path)
+        os.makedirs(self.folder, exist_ok=True)
+        self.tmp = _new_temporary(self.folder, self.name)
+
+    def append(self, chunk, prediction) -> None:
+        """Append ``chunk`` with its predictions (:meth:`AtomsDataset.write`'s columns)."""
+        part = _new_temporary(self.folder, self.name + ".chunk")
+        try:
+            chunk.write(part, prediction, overwrite=True)
+            with open(part, "rb") as src, open(self.tmp, "ab") as dst:
+                shutil.copyfileobj(src, dst)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(part)
+
+    def commit(self) -> None:
+        """Move the finished file to its name (atomically; an existing file is
+        replaced only with ``overwrite``)."""
+        from mlipuq.fileio import _link_new
+
+        with open(self.tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        if self.overwrite:
+            os.replace(self.tmp, self.path)
+        else:
+            _link_new(self.tmp, self.path)
+
+    def discard(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Run ``mlipuq predict``; returns 0. Bad input raises; :func:`mlipuq.cli.main` reports it."""
+    from mlipuq import distributed as mdist
+    from mlipuq.uq import load as load_wrapper
+
+    refuse_existing(args.out, args.overwrite, "--out")  # before any work
+    if os.path.isdir(args.out):
+        raise IsADirectoryError(f"--out {args.out} is a folder, not a file")
+    device = resolve_device(args.device)
+    wrapper = load_wrapper(args.model).to(device=device)
+    data = open_data(args.data)
+    n = len(data)
+    if n == 0:
+        raise ValueError(f"{args.data} holds no structures")
+    out = mdist.run_local(lambda: _PredictionFile(args.out, args.overwrite)
+                          if mdist.is_main() else None)
+    try:
+        for start in range(0, n, args.chunk_size):
+            chunk = _chunk(data, start, min(start + args.chunk_size, n))
+            prediction = wrapper.predict(chunk, batch_size=args.batch_size,
+                                         calibrated=not args.no_calibration,
+                                         progress=args.progress and mdist.is_main())
+            mdist.run_local(lambda: out.append(chunk, prediction) if out else None)
+        mdist.run_local(lambda: out.commit() if out else None)
+    finally:
+        if out is not None:
+            out.discard()
+    calibration = "raw" if args.no_calibration or not wrapper.calibrated_ else "calibrated"
+    print(f"{n} structures predicted with {type(wrapper).__name__} ({calibration} "
+          f"uncertainties); wrote {args.out}")
+    return 0

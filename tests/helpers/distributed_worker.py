@@ -1,0 +1,75 @@
+"""One run of fit / calibrate / predict / evaluate / select, for tests/test_distributed.py.
+
+Run as a single process (``python distributed_worker.py DIR``) or under
+``torchrun --nproc-per-node 2``: the results must agree. Every rank writes
+``DIR/out_<world>_<rank>.npz`` (NumPy arrays only, no pickles) and
+``DIR/metrics_<world>_<rank>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import mlipuq
+from mlipuq import distributed
+from mlipuq.active import select
+from mlipuq.calibration import evaluate
+from mlipuq.models import load as load_model
+from mlipuq.uq import LastLayerLaplace
+
+STRATEGIES = {
+    "random": {},
+    "max_energy_std": {},
+    "max_force_std": {},
+    "trust_window": {"calibration": "val"},
+    "fps": {},
+    "fps_labelled": {"strategy": "fps", "labelled": "train"},
+    "batch_llpr": {},
+    "batch_llpr_fitted": {"strategy": "batch_llpr", "label_noise": "fitted"},
+}
+
+
+def main(folder: Path) -> None:
+    torch.set_num_threads(1)
+    distributed.init()
+    world, rank = distributed.world_size(), distributed.rank()
+    model = load_model(folder / "model.pt")
+    train = mlipuq.load(folder / "train.xyz")
+    val = mlipuq.load(folder / "val.xyz")
+    pool = mlipuq.load(folder / "pool.xyz")  # unlabelled
+    llpr = LastLayerLaplace(model, n_samples=4).fit(train, batch_size=4)
+    llpr.calibrate(val)
+    test = mlipuq.load(folder / "test.xyz")
+    pred = llpr.predict(test, batch_size=5)
+    report = evaluate(pred, test)
+    out = {
+        "covariance": llpr.covariance_, "precision": llpr.precision_,
+        "gn_energy": llpr.gn_energy_, "gn_forces": llpr.gn_forces_,
+        "hyper": np.array([llpr.prior_precision_, llpr.energy_noise_, llpr.forces_noise_]),
+        "energy_hyper": np.array([llpr.energy_posterior_["prior_precision"],
+                                  llpr.energy_posterior_["energy_noise"]]),
+        "energy_covariance": llpr.energy_covariance_,
+        "energy": pred.energy, "energy_var": pred.energy_var,
+        "forces": pred.forces, "forces_var": pred.forces_var,
+    }
+    data = {"train": train, "val": val}
+    for name, options in STRATEGIES.items():
+        options = dict(options)
+        strategy = options.pop("strategy", name)
+        options = {k: data.get(v, v) for k, v in options.items()}
+        picked = select(llpr, pool, 6, strategy=strategy, seed=3, chunk_size=7,
+                        batch_size=3, **options)
+        out[f"select_{name}"] = picked.indices
+        out[f"scores_{name}"] = picked.scores
+    np.savez(folder / f"out_{world}_{rank}.npz", **out)
+    (folder / f"metrics_{world}_{rank}.json").write_text(json.dumps(report.to_dict()["metrics"]))
+    distributed.finalize()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,324 @@
+"""``mlipuq fit`` and ``mlipuq predict``: the workflow from the command line, one
+process and under torchrun."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+
+import mlipuq
+from mlipuq import cli, schema
+from mlipuq.uq import DeepEnsemble, EvidentialHead, LastLayerLaplace, ShallowEnsemble
+from mlipuq.uq import load as load_wrapper
+
+from conftest import ETHANOL_SMALL, tiny_model
+
+WRAPPERS = {"llpr": LastLayerLaplace, "shallow": ShallowEnsemble,
+            "evidential": EvidentialHead, "deep": DeepEnsemble}
+#: the fastest settings of each method (the fit must only work, not be good)
+#: isolated-atom-like reference energies (eV): ethanol alone determines one combination
+ATOMIC_ENERGIES = {"H": -13.5, "C": -1025.0, "O": -2035.5}
+QUICK = {"llpr": [], "shallow": ["--epochs", "2", "--heads", "2"],
+         "evidential": ["--epochs", "2"], "deep": ["--members", "2", "--epochs", "2"]}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """train/val/test extxyz files of the small ethanol set and a base model
+    trained briefly on the training part (saved as ``mlipuq train`` does)."""
+    folder = tmp_path_factory.mktemp("workflow")
+    data = mlipuq.load(ETHANOL_SMALL)
+    paths = {name: folder / f"{name}.extxyz" for name in ("train", "val", "test")}
+    data[:10].write(paths["train"])
+    data[10:15].write(paths["val"])
+    data[15:].write(paths["test"])
+    model = tiny_model(data.species, seed=0)
+    model.set_atomic_energies(ATOMIC_ENERGIES)
+    mlipuq.train(model, data[:10], epochs=15, lr=1e-2, batch_size=5, seed=0, progress=False)
+    paths["model"] = folder / "model.pt"
+    model.save(paths["model"])
+    paths["llpr"] = folder / "llpr.pt"
+    assert cli.main(["fit", "llpr", "--model", str(paths["model"]), "--train",
+                     str(paths["train"]), "--val", str(paths["val"]),
+                     "--out", str(paths["llpr"])]) == 0
+    return paths
+
+
+def _fit(files, method, out, *extra):
+    return cli.main(["fit", method, "--model", str(files["model"]), "--train",
+                     str(files["train"]), "--val", str(files["val"]), "--out", str(out),
+                     *QUICK[method], *extra])
+
+
+def _read(path):
+    frames = ase.io.read(path, ":")
+    energy = np.array([a.info[schema.ENERGY] for a in frames])
+    energy_std = np.array([a.info[schema.ENERGY_STD] for a in frames])
+    forces = np.concatenate([a.arrays[schema.FORCES] for a in frames])
+    forces_std = np.concatenate([a.arrays[schema.FORCES_STD] for a in frames])
+    return frames, energy, energy_std, forces, forces_std
+
+
+def test_python_m_mlipuq_is_the_command():
+    result = subprocess.run([sys.executable, "-m", "mlipuq", "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "usage: mlipuq" in result.stdout
+    for command in ("demo", "train", "fit", "predict", "evaluate", "select"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("name", ["fit", "predict"])
+def test_help_shows_defaults_overwrite_device(capsys, name):
+    with pytest.raises(SystemExit) as info:
+        cli.main([name, "--help"])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("--overwrite", "--debug", "--device", "(default: cpu)", "--batch-size"):
+        assert text in out
+
+
+def test_fit_llpr_then_predict_round_trip(files, tmp_path, capsys):
+    out = tmp_path / "sub" / "pred.extxyz"  # the folder is created
+    argv = ["predict", "--model", str(files["llpr"]), "--data", str(files["test"]),
+            "--out", str(out), "--chunk-size", "2", "--batch-size", "1"]
+    assert cli.main(argv) == 0
+    assert "5 structures predicted with LastLayerLaplace (calibrated" in capsys.readouterr().out
+    assert sorted(os.listdir(out.parent)) == ["pred.extxyz"]  # no temporary file left
+
+    wrapper = load_wrapper(files["llpr"])
+    assert wrapper.calibrated_
+    test = mlipuq.load(files["test"])
+    expected = wrapper.predict(test, batch_size=1)
+    frames, energy, energy_std, forces, forces_std = _read(out)
+    assert len(frames) == len(test) == 5  # three chunks, in order
+    for got, ref in zip(frames, test):
+        np.testing.assert_allclose(got.positions, ref.positions, atol=1e-8)
+        assert got.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-8)
+    np.testing.assert_allclose(energy, expected.energy, rtol=1e-10, atol=0)
+    np.testing.assert_allclose(energy_std, expected.energy_std, rtol=1e-10, atol=0)
+    np.testing.assert_allclose(forces, expected.forces, atol=1e-7)  # written with 8 decimals
+    np.testing.assert_allclose(forces_std, expected.forces_std, atol=1e-7)
+    assert all(schema.ENERGY_MEMBERS in a.info for a in frames) == (
+        expected.energy_members is not None)
+
+    raw = tmp_path / "raw.extxyz"
+    assert cli.main([*argv[:-5], str(raw), "--no-calibration", "--batch-size", "1"]) == 0
+    assert "(raw uncertainties)" in capsys.readouterr().out
+    np.testing.assert_allclose(_read(raw)[2], wrapper.predict(test, batch_size=1,
+                               calibrated=False).energy_std, rtol=1e-10, atol=0)
+
+
+def test_fit_llpr_summary(files, tmp_path, capsys):
+    out = tmp_path / "llpr.pt"
+    assert _fit(files, "llpr", out, "--calibration", "power") == 0
+    printed = capsys.readouterr().out
+    for text in ("LastLayerLaplace (llpr)", "prior precision", "energy noise", "forces noise",
+                 "power on 5 structures", "energy std x", f"wrapper saved to {out}"):
+        assert text in printed
+    wrapper = load_wrapper(out)
+    assert wrapper.recalibrator_.method == "power"
+
+
+@pytest.mark.parametrize("method", ["llpr", "shallow", "evidential", "deep"])
+def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsys, method):
+    out = tmp_path / f"{method}.pt"
+    assert _fit(files, method, out) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "scalar on 5 structures" in printed and "wrapper saved to" in printed
+    wrapper = load_wrapper(out)
+    assert type(wrapper) is WRAPPERS[method]
+    assert wrapper.calibrated_
+    if method == "deep":
+        assert wrapper.n_members == 2 and wrapper.seeds_ == [0, 1]
+        assert "members" in printed and "seeds [0, 1]" in printed
+    if method == "shallow":
+        assert wrapper.n_heads == 2
+    prediction = wrapper.predict(mlipuq.load(files["test"]))
+    assert np.all(np.isfinite(prediction.energy_std)) and np.all(prediction.forces_std > 0)
+
+
+def test_fit_without_val_is_not_calibrated(files, tmp_path, capsys):
+    out = tmp_path / "llpr.pt"
+    assert cli.main(["fit", "llpr", "-m", str(files["model"]), "--train", str(files["train"]),
+                     "--out", str(out)]) == 0
+    assert "none (no --val)" in capsys.readouterr().out
+    assert not load_wrapper(out).calibrated_
+
+
+def test_fit_deep_from_several_trained_models(files, tmp_path, capsys):
+    second = tmp_path / "second.pt"
+    data = mlipuq.load(files["train"])
+    model = tiny_model(data.species, seed=1)
+    model.set_atomic_energies(ATOMIC_ENERGIES)
+    mlipuq.train(model, data, epochs=2, lr=1e-2, batch_size=5, seed=1, progress=False)
+    model.save(second)
+    out = tmp_path / "deep.pt"
+    assert cli.main(["fit", "deep", "-m", str(files["model"]), "-m", str(second),
+                     "--train", str(files["train"]), "--val", str(files["val"]),
+                     "--out", str(out)]) == 0
+    assert "none (trained --model files)" in capsys.readouterr().out
+    wrapper = load_wrapper(out)
+    assert wrapper.n_members == 2 and wrapper.calibrated_
+    base = mlipuq.models.load(files["model"])
+    for p, q in zip(wrapper.models[0].state_dict().values(), base.state_dict().values()):
+        if isinstance(p, torch.Tensor):
+            assert torch.equal(p, q)  # not retrained
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["llpr", "--coverage", "0.9"], "--coverage applies to --calibration conformal"),
+    (["deep", "--members", "1"], "--members must be >= 2"),
+    (["llpr", "-m", "{model}"], "fit llpr takes one --model"),
+    (["shallow", "--heads", "1"], "--heads must be >= 2"),
+    (["llpr", "--device", "cuda"], "CUDA is not available"),
+])
+def test_fit_user_errors(files, tmp_path, capsys, argv, message):
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    argv = [a.format(model=files["model"]) for a in argv]
+    out = tmp_path / "w.pt"
+    code = cli.main(["fit", argv[0], "-m", str(files["model"]), "--train", str(files["train"]),
+                     "--out", str(out), *argv[1:]])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlipuq: error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_bad_device_is_a_usage_error(files, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["predict", "-m", str(files["llpr"]), "-d", str(files["test"]),
+                  "-o", str(tmp_path / "p.extxyz"), "--device", "gpu"])
+    assert info.value.code == 2
+    assert "expected cpu, cuda or cuda:N" in capsys.readouterr().err
+
+
+def test_existing_outputs_are_refused_and_left_identical(files, tmp_path, capsys):
+    wrapper_out, pred_out = tmp_path / "w.pt", tmp_path / "p.extxyz"
+    wrapper_out.write_bytes(b"precious wrapper")
+    pred_out.write_bytes(b"precious prediction")
+    assert _fit(files, "llpr", wrapper_out) == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and "--overwrite" in err
+    argv = ["predict", "-m", str(files["llpr"]), "-d", str(files["test"]), "-o", str(pred_out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlipuq: error: --out") and "--overwrite" in err
+    assert wrapper_out.read_bytes() == b"precious wrapper"
+    assert pred_out.read_bytes() == b"precious prediction"
+    assert sorted(os.listdir(tmp_path)) == ["p.extxyz", "w.pt"]
+
+    assert _fit(files, "llpr", wrapper_out, "--overwrite") == 0
+    assert isinstance(load_wrapper(wrapper_out), LastLayerLaplace)
+    assert cli.main([*argv, "--overwrite"]) == 0
+    assert len(ase.io.read(pred_out, ":")) == 5
+
+
+def test_interrupted_predict_leaves_no_partial_file(files, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "p.extxyz"
+    out.write_bytes(b"the previous result")
+    calls = []
+    original = LastLayerLaplace.predict
+
+    def predict_then_interrupt(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LastLayerLaplace, "predict", predict_then_interrupt)
+    argv = ["predict", "-m", str(files["llpr"]), "-d", str(files["test"]), "-o", str(out),
+            "--chunk-size", "2", "--overwrite"]
+    assert cli.main(argv) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert out.read_bytes() == b"the previous result"
+    assert os.listdir(tmp_path) == ["p.extxyz"]  # the temporary files are gone
+    out.unlink()
+    calls.clear()
+    assert cli.main(argv[:-1]) == 130
+    assert os.listdir(tmp_path) == []
+
+
+def test_predict_reports_bad_input(files, tmp_path, capsys):
+    out = tmp_path / "p.extxyz"
+    base = ["predict", "-m", str(files["llpr"]), "-o", str(out)]
+    assert cli.main([*base, "-d", str(tmp_path / "missing.extxyz")]) == 2
+    assert "missing.extxyz" in capsys.readouterr().err
+    assert cli.main(["predict", "-m", str(files["model"]), "-d", str(files["test"]),
+                     "-o", str(out)]) == 2  # a base model, not a wrapper
+    assert "UQ-wrapper" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------- torchrun
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(argv, cwd, timeout=240):
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+           "OMP_NUM_THREADS": "1"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(name, None)
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-addr", "127.0.0.1", "--master-port", env["MASTER_PORT"], "-m", "mlipuq",
+         *argv],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_torchrun_predict_writes_the_single_process_file(files, tmp_path, capsys):
+    """Two ranks share each chunk (predict is collective); rank 0 alone prints and
+    writes, and the file equals the one-process file. ``--batch-size 1`` makes the
+    float results independent of how the structures are split into batches; the last
+    chunk (one structure) leaves rank 0 an empty share."""
+    one, two = tmp_path / "one.extxyz", tmp_path / "two.extxyz"
+    common = ["-m", str(files["llpr"]), "-d", str(files["test"]), "--chunk-size", "2",
+              "--batch-size", "1"]
+    assert cli.main(["predict", *common, "-o", str(one)]) == 0
+    result = _torchrun(["predict", *common, "-o", str(two)], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("structures predicted") == 1  # rank 0 only
+    assert sorted(os.listdir(tmp_path)) == ["one.extxyz", "two.extxyz"]
+    frames_1, *values_1 = _read(one)
+    frames_2, *values_2 = _read(two)
+    assert len(frames_2) == len(frames_1) == 5
+    for a, b in zip(values_1, values_2):
+        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
+
+    # an existing output is refused on every rank, and left as it is
+    before = two.read_bytes()
+    result = _torchrun(["predict", *common, "-o", str(two)], tmp_path)
+    assert result.returncode != 0
+    assert "mlipuq: error: --out" in result.stderr and "fit_cli.py" not in result.stderr
+    assert two.read_bytes() == before
+
+
+def test_torchrun_fit_llpr_equals_one_process(files, tmp_path):
+    """``LastLayerLaplace.fit`` sums its statistics over the ranks' shards."""
+    out = tmp_path / "llpr2.pt"
+    argv = ["fit", "llpr", "-m", str(files["model"]), "--train", str(files["train"]),
+            "--val", str(files["val"]), "--out", str(out)]
+    result = _torchrun(argv, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("wrapper saved to") == 1
+    one, two = load_wrapper(files["llpr"]), load_wrapper(out)
+    for name in ("prior_precision_", "energy_noise_", "forces_noise_"):
+        assert getattr(two, name) == pytest.approx(getattr(one, name), rel=1e-8)
+    test = mlipuq.load(files["test"])
+    p1, p2 = one.predict(test, batch_size=1), two.predict(test, batch_size=1)
+    np.testing.assert_allclose(p2.energy_std, p1.energy_std, rtol=1e-6)
+    np.testing.assert_allclose(p2.forces_std, p1.forces_std, rtol=1e-6)
+    assert two.recalibrator_.energy_.scale_ == pytest.approx(one.recalibrator_.energy_.scale_,
+                                                             rel=1e-6)
