@@ -204,7 +204,8 @@ class AtomsDataset(Sequence):
         out = []
         for k, atoms in enumerate(self._structures):
             a = atoms.copy()
-            for key in (PRED_ENERGY, PRED_ENERGY_STD, PRED_ENERGY_MEMBERS):
+            for key in (PRED_ENERGY, PRED_ENERGY_STD, PRED_ENERGY_MEMBERS, schema.STRESS,
+                        schema.STRESS_STD):
                 a.info.pop(key, None)
             for key in (PRED_FORCES, PRED_FORCES_STD):
                 if key in a.arrays:

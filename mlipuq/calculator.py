@@ -9,6 +9,11 @@ cells, Voigt order, eV/Å^3, computed only when asked for); with a UQ wrapper al
 ``forces_std`` ((N, 3), eV/Å), ``max_force_std`` (eV/Å, the DP-GEN model
 deviation) and, where the wrapper has a committee,
 ``energies`` ((K,), eV) and ``forces_committee`` ((K, N, 3), eV/Å).
+
+With the stress, wrappers with a stress uncertainty (``has_stress_uncertainty``:
+LastLayerLaplace, ShallowEnsemble, DeepEnsemble) also give ``stress_std``
+((6,), Voigt order xx yy zz yz xz xy, eV/Å^3, the std of each element, not
+recalibrated) and, with members, ``stress_committee`` ((K, 6), eV/Å^3).
 """
 
 from __future__ import annotations
@@ -35,6 +40,12 @@ class Calculator(BaseCalculator):
     dtype
         Precision of the evaluation; float64 makes finite differences of the
         energy agree with the forces. The model is copied, never modified.
+    stress_uncertainty
+        With a wrapper that has one, compute ``stress_std`` (and
+        ``stress_committee``) with the stress. Its pass costs about what an
+        energy-and-forces prediction does (LastLayerLaplace with
+        ``force_variance="exact"``: D backward passes); False computes the
+        mean-model stress alone (one backward pass, K for a deep ensemble).
     """
 
     implemented_properties = [
@@ -47,9 +58,12 @@ class Calculator(BaseCalculator):
         schema.RESULT_MAX_FORCE_STD,
         schema.RESULT_ENERGIES,
         schema.RESULT_FORCES_COMMITTEE,
+        schema.RESULT_STRESS_STD,
+        schema.RESULT_STRESS_COMMITTEE,
     ]
 
-    def __init__(self, model, *, dtype: torch.dtype = torch.float64):
+    def __init__(self, model, *, dtype: torch.dtype = torch.float64,
+                 stress_uncertainty: bool = True):
         super().__init__()
         if isinstance(model, MLIP):
             self.model = copy.deepcopy(model).to(dtype)
@@ -63,11 +77,20 @@ class Calculator(BaseCalculator):
             raise TypeError(
                 f"Calculator needs an mlipuq MLIP or UQ wrapper, got {type(model).__name__}"
             )
+        self.stress_uncertainty = bool(stress_uncertainty)
+
+    @property
+    def _stress_with_uncertainty(self) -> bool:
+        return (self._uq and self.stress_uncertainty
+                and bool(getattr(self.model, "has_stress_uncertainty", False)))
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         """Fill ``self.results``: energy and forces (and the uncertainty keys) once
         per structure; the stress only when asked (an extra pass, K passes for a
-        deep ensemble), so MD at constant volume never pays for it."""
+        deep ensemble), so MD at constant volume never pays for it. With a
+        stress uncertainty, a stress asked before the energy comes from one
+        ``predict(..., stress=True)`` pass that fills every key (its energies
+        and forces equal those of ``predict`` without stress)."""
         if atoms is None:
             atoms = self.atoms
         if atoms is None:
@@ -75,26 +98,58 @@ class Calculator(BaseCalculator):
         if system_changes:
             self.results = {}
         results = self.results
+        stress_keys = ("stress", schema.RESULT_STRESS_STD, schema.RESULT_STRESS_COMMITTEE)
+        want_stress = (any(key in properties for key in stress_keys)
+                       and "stress" not in results and bool(np.all(atoms.pbc)))
+        if want_stress and "energy" not in results and self._stress_with_uncertainty:
+            pred = self.model.predict(atoms, stress=True)
+            self._fill(results, pred)
+            self._fill_stress(results, pred, atoms)
+            return
         if "energy" not in results:
             if self._uq:
-                pred = self.model.predict(atoms)
-                results["energy"] = float(pred.energy[0])
-                results["forces"] = pred.forces.copy()
-                results[schema.RESULT_ENERGY_STD] = float(pred.energy_std[0])
-                results[schema.RESULT_FORCES_STD] = pred.forces_std.copy()
-                results[schema.RESULT_MAX_FORCE_STD] = float(pred.max_force_std[0])
-                if pred.energy_members is not None:
-                    results[schema.RESULT_ENERGIES] = pred.energy_members[:, 0].copy()
-                if pred.forces_members is not None:
-                    results[schema.RESULT_FORCES_COMMITTEE] = pred.forces_members.copy()
+                self._fill(results, self.model.predict(atoms))
             else:
                 out = self.model.compute(atoms)
                 results["energy"] = float(out["energy"][0])
                 results["forces"] = out["forces"]
-            results["free_energy"] = results["energy"]
-        if "stress" in properties and "stress" not in results and np.all(atoms.pbc):
-            if self._uq:
-                stress = self.model.compute_stress(atoms)
+                results["free_energy"] = results["energy"]
+        if want_stress:
+            if self._stress_with_uncertainty:
+                self._fill_stress(results, self.model.predict(atoms, stress=True), atoms)
+            elif self._uq:
+                results["stress"] = full_3x3_to_voigt_6_stress(self.model.compute_stress(atoms))
             else:
                 stress = self.model.compute(atoms, stress=True)["stress"][0]
-            results["stress"] = full_3x3_to_voigt_6_stress(stress)
+                results["stress"] = full_3x3_to_voigt_6_stress(stress)
+
+    @staticmethod
+    def _fill(results: dict, pred) -> None:
+        """Energy, forces and their uncertainties from a one-structure prediction."""
+        results["energy"] = float(pred.energy[0])
+        results["forces"] = pred.forces.copy()
+        results[schema.RESULT_ENERGY_STD] = float(pred.energy_std[0])
+        results[schema.RESULT_FORCES_STD] = pred.forces_std.copy()
+        results[schema.RESULT_MAX_FORCE_STD] = float(pred.max_force_std[0])
+        if pred.energy_members is not None:
+            results[schema.RESULT_ENERGIES] = pred.energy_members[:, 0].copy()
+        if pred.forces_members is not None:
+            results[schema.RESULT_FORCES_COMMITTEE] = pred.forces_members.copy()
+        results["free_energy"] = results["energy"]
+
+    def _fill_stress(self, results: dict, pred, atoms) -> None:
+        """Stress (Voigt) and, where the prediction has them, its std and members."""
+        if pred.stress is None:  # a wrapper that drops it: the mean model's
+            results["stress"] = full_3x3_to_voigt_6_stress(self.model.compute_stress(atoms))
+            return
+        results["stress"] = full_3x3_to_voigt_6_stress(pred.stress[0])
+        if pred.stress_var is not None:
+            results[schema.RESULT_STRESS_STD] = _voigt(pred.stress_std[0])
+        if pred.stress_members is not None:
+            results[schema.RESULT_STRESS_COMMITTEE] = _voigt(pred.stress_members[:, 0])
+
+
+def _voigt(matrices: np.ndarray) -> np.ndarray:
+    """(..., 6) Voigt elements xx yy zz yz xz xy of symmetric (..., 3, 3) matrices
+    (taken, not averaged: the std of an element is not the mean of two stds)."""
+    return np.array(matrices[..., [0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]])

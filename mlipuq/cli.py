@@ -4,7 +4,9 @@ Subcommands: ``demo`` (the main job: built-in data, training, every UQ
 wrapper compared), ``train`` (train the built-in MLIP on an extxyz file), and
 those registered by other modules: ``fit`` and ``predict``
 (:mod:`mlipuq.fit_cli`), ``evaluate`` (:mod:`mlipuq.calibration.cli`) and
-``select`` (:mod:`mlipuq.active.cli`). ``python -m mlipuq`` is the same command.
+``select`` (:mod:`mlipuq.active.cli`), ``md`` (:mod:`mlipuq.md_cli`) and
+``ipi-driver`` (:mod:`mlipuq.engines.ipi_cli`). ``python -m mlipuq`` is the
+same command.
 
 One convention for every subcommand, applied here in :func:`main`:
 
@@ -273,13 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_option(tr)
     tr.set_defaults(func=run_train)
 
-    from mlipuq import fit_cli
+    from mlipuq import fit_cli, md_cli
     from mlipuq.active import cli as active_cli
     from mlipuq.calibration import cli as calibration_cli
+    from mlipuq.engines import ipi_cli
 
     fit_cli.add_parsers(sub)
     calibration_cli.add_parser(sub)
     active_cli.add_parser(sub)
+    md_cli.add_parser(sub)
+    ipi_cli.add_parser(sub)
     for subparser in sub.choices.values():  # the same conventions for every subcommand
         subparser.formatter_class = HelpFormatter
         subparser.add_argument(

@@ -14,6 +14,9 @@ field                     shape        unit
 ``energy_aleatoric_var``  (B,)         eV^2 (evidential)
 ``energy_epistemic_var``  (B,)         eV^2 (evidential)
 ``atom_energy_var``       (N,)         eV^2, local (per-atom) energy variance (LLPR)
+``stress``                (B, 3, 3)    eV/Å^3, ``predict(..., stress=True)`` only
+``stress_var``            (B, 3, 3)    eV^2/Å^6, element-wise (``has_stress_uncertainty``)
+``stress_members``        (K, B, 3, 3) eV/Å^3 (committee-type wrappers, LLPR samples)
 ``n_atoms``               (B,)         atoms per structure
 ``batch``                 (N,)         index of each atom's structure
 ``numbers``               (N,)         atomic number of each atom (set by ``predict``)
@@ -21,6 +24,12 @@ field                     shape        unit
 
 All arrays are NumPy float64 (``n_atoms`` and ``batch`` are int64). Standard
 deviations are properties computed from the stored variances.
+
+Stresses follow ASE's convention, :math:`\\sigma = V^{-1}\\,\\partial E/\\partial
+\\varepsilon` (the sign of ``MLIP.compute(..., stress=True)`` and of
+``atoms.get_stress()``), as full symmetric 3 x 3 matrices; ``stress_var`` is
+the variance of each element (None where a wrapper has no stress
+uncertainty, see ``docs/stress.md``).
 
 This module is neutral ground: the UQ wrappers (``mlipuq.uq``) produce
 predictions, calibration, propagation and active learning consume them, and
@@ -45,6 +54,9 @@ _OPTIONAL = (
     "energy_epistemic_var",
     "atom_energy_var",
     "numbers",
+    "stress",
+    "stress_var",
+    "stress_members",
 )
 
 
@@ -64,6 +76,9 @@ class Prediction:
     energy_epistemic_var: Optional[np.ndarray] = None
     atom_energy_var: Optional[np.ndarray] = None
     numbers: Optional[np.ndarray] = None
+    stress: Optional[np.ndarray] = None
+    stress_var: Optional[np.ndarray] = None
+    stress_members: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -85,6 +100,8 @@ class Prediction:
             "energy_epistemic_var": b,
             "atom_energy_var": (n,),
             "numbers": (n,),
+            "stress": b + (3, 3),
+            "stress_var": b + (3, 3),
         }
         if self.energy.ndim != 1:
             raise ValueError(f"Prediction.energy must have shape (B,), got {self.energy.shape}")
@@ -104,12 +121,21 @@ class Prediction:
                     f"Prediction.forces_members must have shape (K, {n}, 3), "
                     f"got {self.forces_members.shape}"
                 )
+        if self.stress_members is not None:
+            if self.stress_members.ndim != 4 or self.stress_members.shape[1:] != b + (3, 3):
+                raise ValueError(
+                    f"Prediction.stress_members must have shape (K, {b[0]}, 3, 3), "
+                    f"got {self.stress_members.shape}"
+                )
+        if self.stress_var is not None and self.stress is None:
+            raise ValueError("Prediction.stress_var is given without stress")
         for name in (
             "energy_var",
             "forces_var",
             "energy_aleatoric_var",
             "energy_epistemic_var",
             "atom_energy_var",
+            "stress_var",
         ):
             value = getattr(self, name)
             if value is not None and np.any(value < 0):
@@ -125,6 +151,12 @@ class Prediction:
     def forces_std(self) -> np.ndarray:
         """Force standard deviation per atom and Cartesian component (eV/Å)."""
         return np.sqrt(self.forces_var)
+
+    @property
+    def stress_std(self) -> Optional[np.ndarray]:
+        """(B, 3, 3) stress standard deviation per element (eV/Å^3); None without
+        ``stress_var``."""
+        return None if self.stress_var is None else np.sqrt(self.stress_var)
 
     @property
     def energy_per_atom(self) -> np.ndarray:
@@ -172,11 +204,13 @@ class Prediction:
             kwargs["energy_members"] = self.energy_members[:, index : index + 1]
         if self.forces_members is not None:
             kwargs["forces_members"] = self.forces_members[:, atoms]
+        if self.stress_members is not None:
+            kwargs["stress_members"] = self.stress_members[:, index : index + 1]
         for name in ("atom_energy_var", "numbers"):
             value = getattr(self, name)
             if value is not None:
                 kwargs[name] = value[atoms]
-        for name in ("energy_aleatoric_var", "energy_epistemic_var"):
+        for name in ("energy_aleatoric_var", "energy_epistemic_var", "stress", "stress_var"):
             value = getattr(self, name)
             if value is not None:
                 kwargs[name] = value[index : index + 1]
@@ -211,11 +245,21 @@ class Prediction:
     def columns(self, index: int) -> tuple[dict, dict]:
         """``(info, arrays)`` extxyz columns of structure ``index``: predicted energy
         and std (eV) and committee energies per structure, predicted forces and
-        their std (eV/Å, per component) per atom (keys in :mod:`mlipuq.schema`)."""
+        their std (eV/Å, per component) per atom (keys in :mod:`mlipuq.schema`).
+
+        With a stress, ``mlipuq_stress`` and (where there is a variance)
+        ``mlipuq_stress_std`` per structure: full 3 x 3 matrices (eV/Å^3), the
+        form MD frames use for ``mlipuq_stress``; ASE's extxyz writes them as
+        a nested JSON list and reads them back as (3, 3) arrays.
+        """
         one = self.structure(index)
         info = {schema.ENERGY: float(one.energy[0]), schema.ENERGY_STD: float(one.energy_std[0])}
         if one.energy_members is not None:
             info[schema.ENERGY_MEMBERS] = np.asarray(one.energy_members[:, 0])
+        if one.stress is not None:
+            info[schema.STRESS] = np.array(one.stress[0])
+        if one.stress_var is not None:
+            info[schema.STRESS_STD] = np.array(one.stress_std[0])
         arrays = {schema.FORCES: np.asarray(one.forces), schema.FORCES_STD: one.forces_std}
         return info, arrays
 
@@ -232,9 +276,33 @@ def _column_error(path: str, k: int, key: str, problem: str):
     return InputFileError(f"{path}: frame {k}: {key}: {problem}", file=path, frame=k, key=key)
 
 
+def _stress_matrix(value, path: str, k: int, key: str) -> np.ndarray:
+    """A (3, 3) stress from a (3, 3), 9-value or Voigt-6 (xx yy zz yz xz xy) column."""
+    try:
+        if isinstance(value, (bool, np.bool_, str, bytes)):
+            raise TypeError
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise _column_error(path, k, key, f"{value!r} is not numeric") from None
+    if array.size == 6:
+        xx, yy, zz, yz, xz, xy = array.reshape(6)
+        array = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    elif array.size == 9:
+        array = array.reshape(3, 3)
+    else:
+        raise _column_error(path, k, key, f"{array.size} values; expected a 3x3 matrix "
+                            "(9 values) or Voigt 6")
+    if not np.isfinite(array).all():
+        raise _column_error(path, k, key, "non-finite values")
+    return array
+
+
 def read_prediction(path) -> tuple["Prediction", object]:
     """``(Prediction, AtomsDataset)`` from an extxyz written by
     :meth:`mlipuq.data.AtomsDataset.write` with a prediction.
+
+    Stresses (``mlipuq_stress``, ``mlipuq_stress_std``: 3 x 3, 9 values or
+    Voigt 6, eV/Å^3) are read when every frame has them.
 
     Raises :class:`~mlipuq.errors.InputFileError` (a ``ValueError``) naming the
     file, frame and key when a prediction column is missing or malformed.
@@ -266,6 +334,17 @@ def read_prediction(path) -> tuple["Prediction", object]:
     energy_members = None
     if len(members) == len(structures) and len({m.shape for m in members}) == 1:
         energy_members = np.stack(members, axis=1)
+    stress = stress_var = None
+    if all(schema.STRESS in a.info for a in structures):
+        stress = np.stack([_stress_matrix(a.info[schema.STRESS], path, k, schema.STRESS)
+                           for k, a in enumerate(structures)])
+        if all(schema.STRESS_STD in a.info for a in structures):
+            std = [_stress_matrix(a.info[schema.STRESS_STD], path, k, schema.STRESS_STD)
+                   for k, a in enumerate(structures)]
+            for k, one in enumerate(std):
+                if (one < 0).any():
+                    raise _column_error(path, k, schema.STRESS_STD, "negative std")
+            stress_var = np.stack(std) ** 2
     energy_std, forces_std = np.asarray(energy_std), np.concatenate(forces_std)
     for name, values in (("energy", energy_std), ("forces", forces_std)):
         if not np.isfinite(values).all() or (values < 0).any():
@@ -277,5 +356,6 @@ def read_prediction(path) -> tuple["Prediction", object]:
         n_atoms=n_atoms, batch=np.repeat(np.arange(len(structures)), n_atoms),
         numbers=np.concatenate([a.numbers for a in structures]),
         energy_members=energy_members,
+        stress=stress, stress_var=stress_var,
     )
     return prediction, structures

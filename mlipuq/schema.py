@@ -20,7 +20,8 @@ ENERGY_STD_PER_ATOM = "mlipuq_energy_std_per_atom"  #: energy std / n_atoms (eV/
 MAX_FORCE_STD = "mlipuq_max_force_std"  #: DP-GEN force deviation, max_i |σ_F,i| (eV/Å)
 FLAGGED = "mlipuq_flagged"  #: the frame crossed the uncertainty threshold (bool)
 ENERGIES = "mlipuq_energies"  #: (K,) committee member energies (eV)
-STRESS = "mlipuq_stress"  #: (3, 3) predicted stress (eV/Å³)
+#: (3, 3) predicted (mean-model) stress (eV/Å³); also in prediction files
+STRESS = "mlipuq_stress"
 
 # ------------------------------------- MD run records (info; checked on resume)
 WRAPPER = "mlipuq_wrapper"  #: "sha256:<hex>" of the wrapper's fingerprint()
@@ -36,7 +37,11 @@ PDAMP_FS = "mlipuq_pdamp_fs"  #: npt only, the default resolved
 # ------------------------------------------------------- prediction files
 FORCES = "mlipuq_forces"  #: (N, 3) predicted forces (eV/Å), per-atom array
 FORCES_STD = "mlipuq_forces_std"  #: (N, 3) predicted force std (eV/Å), per-atom array
+#: (N,) per-atom force std sqrt(sum_c σ²_F,ic) (eV/Å): one scalar per atom to colour by
+FORCES_STD_NORM = "mlipuq_forces_std_norm"
 ENERGY_MEMBERS = "mlipuq_energy_members"  #: (K,) member energies (eV)
+#: (3, 3) std of each predicted stress element (eV/Å³), per structure
+STRESS_STD = "mlipuq_stress_std"
 
 # ------------------------------------------------------------ active learning
 POOL_INDEX = "mlipuq_pool_index"  #: index of a selected structure in its pool
@@ -53,3 +58,5 @@ RESULT_FORCES_STD = "forces_std"  #: (N, 3) eV/Å
 RESULT_MAX_FORCE_STD = "max_force_std"  #: eV/Å
 RESULT_ENERGIES = "energies"  #: (K,) member energies (eV)
 RESULT_FORCES_COMMITTEE = "forces_committee"  #: (K, N, 3) member forces (eV/Å)
+RESULT_STRESS_STD = "stress_std"  #: (6,) Voigt std of the stress elements (eV/Å³)
+RESULT_STRESS_COMMITTEE = "stress_committee"  #: (K, 6) Voigt member stresses (eV/Å³)

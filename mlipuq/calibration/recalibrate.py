@@ -496,6 +496,8 @@ class PredictionRecalibrator:
         atom_var = getattr(prediction, "atom_energy_var", None)
         if atom_var is not None:  # local energy variances follow their structure's factor
             kwargs["atom_energy_var"] = atom_var * e_factor[prediction.batch] ** 2
+        for name in ("stress", "stress_var", "stress_members"):  # not recalibrated
+            kwargs[name] = getattr(prediction, name, None)
         return Prediction(**kwargs)
 
     def __repr__(self) -> str:

@@ -52,6 +52,37 @@ def _get_submodule(module: nn.Module, name: str) -> nn.Module:
         ) from None
 
 
+def strained(batch: mdata.Batch, *, positions_grad: bool, stress: bool):
+    """``(work, positions, strain)``: the batch a model evaluates, with its leaves.
+
+    ``positions`` is a detached copy of ``batch.positions`` (requiring grad with
+    ``positions_grad``). With ``stress``, ``strain`` is a (B, 3, 3) zero leaf
+    requiring grad and ``work`` holds positions and cell deformed by
+    :math:`1 + \\mathrm{sym}(\\varepsilon)`, so that
+    :math:`\\partial E / \\partial \\varepsilon / V` is the stress (eV/Å^3, ASE
+    sign convention) and the values equal those of the undeformed batch;
+    otherwise ``strain`` is None and ``work`` holds ``positions``.
+    """
+    positions = batch.positions
+    cell = batch.cell
+    strain = None
+    if positions_grad:
+        positions = positions.detach().requires_grad_(True)
+    if stress:
+        strain = torch.zeros_like(cell, requires_grad=True)
+        sym = 0.5 * (strain + strain.transpose(1, 2))
+        positions_in = positions + torch.einsum("ni,nij->nj", positions, sym[batch.batch])
+        cell = cell + torch.bmm(cell, sym)
+    else:
+        positions_in = positions
+    return dataclasses.replace(batch, positions=positions_in, cell=cell), positions, strain
+
+
+def structure_volumes(batch: mdata.Batch) -> torch.Tensor:
+    """(B,) cell volumes |det(cell)| (Å^3) of the batch's structures, in its dtype."""
+    return torch.abs(torch.linalg.det(batch.cell))
+
+
 class MLIP(nn.Module):
     """Base class of every model mlipuq can wrap (energies in eV, lengths in Å).
 
@@ -232,21 +263,15 @@ class MLIP(nn.Module):
         features (N, F) feeding the readout.
 
         ``create_graph=True`` keeps the graph of the forces (training).
+        With ``features``, ``out["positions"]`` is the (N, 3) leaf the
+        features were computed from and, with ``stress`` too,
+        ``out["strain"]`` the (B, 3, 3) zero strain leaf (see
+        :func:`strained`): derivatives of functions of the features with
+        respect to it, divided by the volume, are stresses (the UQ wrappers'
+        stress uncertainties use it).
         """
-        positions = batch.positions
-        cell = batch.cell
-        strain = None
         need_grad = forces or stress
-        if need_grad:
-            positions = positions.detach().requires_grad_(True)
-        if stress:
-            strain = torch.zeros_like(cell, requires_grad=True)
-            sym = 0.5 * (strain + strain.transpose(1, 2))
-            positions_in = positions + torch.einsum("ni,nij->nj", positions, sym[batch.batch])
-            cell = cell + torch.bmm(cell, sym)
-        else:
-            positions_in = positions
-        work = dataclasses.replace(batch, positions=positions_in, cell=cell)
+        work, positions, strain = strained(batch, positions_grad=need_grad, stress=stress)
         with torch.enable_grad() if need_grad else contextlib.nullcontext():
             with self.capture_features() if features else contextlib.nullcontext() as store:
                 eps = self.per_atom_energy(work)
@@ -276,8 +301,8 @@ class MLIP(nn.Module):
                     g = grads[0] if grads[0] is not None else torch.zeros_like(positions)
                     out["forces"] = -g
                 if stress:
-                    g = grads[1] if grads[1] is not None else torch.zeros_like(cell)
-                    volume = torch.abs(torch.linalg.det(batch.cell))
+                    g = grads[1] if grads[1] is not None else torch.zeros_like(batch.cell)
+                    volume = structure_volumes(batch)
                     periodic = batch.pbc.all(dim=1)
                     volume = torch.where(periodic, volume, torch.ones_like(volume))
                     out["stress"] = torch.where(
@@ -286,6 +311,8 @@ class MLIP(nn.Module):
             if features:
                 out["features"] = store["features"]
                 out["positions"] = positions
+                if stress:
+                    out["strain"] = strain
         return out
 
     def per_atom_features(self, batch: mdata.Batch) -> torch.Tensor:

@@ -44,7 +44,6 @@ from ase import units
 from ase.stress import voigt_6_to_full_3x3_stress
 
 from mlipuq import schema
-from mlipuq.errors import ResumeError
 from mlipuq.propagation.trajectory import (  # noqa: F401  (record keys re-exported)
     ENSEMBLE_KEY,
     FRICTION_KEY,
@@ -56,9 +55,12 @@ from mlipuq.propagation.trajectory import (  # noqa: F401  (record keys re-expor
     TEMPERATURE_KEY,
     TIMESTEP_KEY,
     WRAPPER_KEY,
-    check_records,
-    drop_damaged_tail,
+    TrajectoryWriter as _Writer,
+    check_members as _check_members,
+    frame_records as _records,
+    repair_tail as _repair,
     scan,
+    scan_for_resume as _scan_for_resume,
     trajectory_format,
 )
 
@@ -78,7 +80,10 @@ class MDTrajectory:
     ----------
     frames : list of ase.Atoms
         Positions (Å), momenta and cell of each frame; the per-frame data below
-        is also in each frame's ``info`` under ``mlipuq_*`` keys.
+        is also in each frame's ``info`` under ``mlipuq_*`` keys, and per atom
+        (``arrays``; extxyz columns) the mean forces ``mlipuq_forces``, their
+        std ``mlipuq_forces_std`` (N, 3) and its norm ``mlipuq_forces_std_norm``
+        (N,) (eV/Å), the per-atom scalar OVITO colours by.
     step : (n,) int
         MD step of each frame.
     time_fs : (n,) float
@@ -235,6 +240,12 @@ def _frame(atoms, results, step, dt_fs, records, flagged) -> "ase.Atoms":
     if np.all(atoms.pbc):
         atoms.get_stress(include_ideal_gas=False)  # lazily, at logged frames only
         results = atoms.calc.results
+    return frame_from_results(atoms, results, step, dt_fs, records, flagged)
+
+
+def frame_from_results(atoms, results, step, dt_fs, records, flagged) -> "ase.Atoms":
+    """A logged frame: a copy of ``atoms`` with the ``mlipuq_*`` per-frame keys
+    and per-atom columns from calculator-style ``results`` (any engine)."""
     frame = atoms.copy()
     frame.calc = None
     frame.constraints = []
@@ -253,6 +264,11 @@ def _frame(atoms, results, step, dt_fs, records, flagged) -> "ase.Atoms":
         info[schema.ENERGIES] = np.asarray(results[schema.RESULT_ENERGIES], np.float64).copy()
     if "stress" in results:
         info[schema.STRESS] = voigt_6_to_full_3x3_stress(np.asarray(results["stress"]))
+    frame.arrays[schema.FORCES] = np.asarray(results["forces"], np.float64).copy()
+    if schema.RESULT_FORCES_STD in results:  # per-atom columns (OVITO colours by them)
+        f_std = np.asarray(results[schema.RESULT_FORCES_STD], np.float64)
+        frame.arrays[schema.FORCES_STD] = f_std.copy()
+        frame.arrays[schema.FORCES_STD_NORM] = np.sqrt((f_std**2).sum(axis=1))
     frame.info.update(info)
     frame.info.update(records)
     return frame
@@ -277,92 +293,85 @@ def _wrapper_id(model) -> Optional[str]:
     return None
 
 
-def _records(model_id, ensemble, temperature_K, timestep_fs, seed, friction, pressure_GPa,
-             tdamp_fs, pdamp_fs) -> dict:
-    """The settings every frame records and a resume must match, in checking order."""
-    records = {WRAPPER_KEY: model_id} if model_id is not None else {}
-    records.update({ENSEMBLE_KEY: ensemble, TIMESTEP_KEY: float(timestep_fs),
-                    TEMPERATURE_KEY: float(temperature_K)})
-    if ensemble == "nvt":  # the seed matters after a resume only through the Langevin noise
-        records.update({FRICTION_KEY: float(friction), SEED_KEY: int(seed)})
-    if ensemble == "npt":
-        records.update({PRESSURE_KEY: float(pressure_GPa),
-                        TDAMP_KEY: float(tdamp_fs or 100 * timestep_fs),
-                        PDAMP_KEY: float(pdamp_fs or 1000 * timestep_fs)})
-    return records
+@dataclass
+class RunSetup:
+    """A checked MD run, ready for any engine (:func:`prepare_run`)."""
+
+    path: Optional[str]
+    records: dict
+    found: object  # the scanned trajectory (None without a file)
+    previous: list  # frames already in the file
+    start: int  # the step to continue from
+    atoms: object  # the state to start from (None when ``done``)
+    temperature_K: float
+    timestep_fs: float
+    steps: int
+    log_every: int
+    seed: int
+    friction: float
+    uncertainty_threshold: Optional[float]
+    done: bool = False  # the file already holds ``steps``
 
 
-def _check_previous(path: str, frames: list, atoms, records: dict, allow_unrecorded: bool):
-    """Refuse (``ResumeError``) frames that ``run_md`` cannot continue with these settings."""
-    foreign = [i for i, a in enumerate(frames)
-               if schema.STEP not in a.info or schema.ENERGY not in a.info]
-    if foreign:
-        raise ResumeError(f"{path}: frames {foreign[:5]} lack mlipuq_* data: the file was not "
-                          "written by run_md; cannot resume from it")
-    if list(frames[-1].numbers) != list(atoms.numbers):
-        raise ResumeError(f"{path} holds a different system than atoms ({len(frames[-1])} vs "
-                          f"{len(atoms)} atoms); cannot resume")
-    unrecorded = [k[len(_P):] for k in check_records(path, frames, records)]
-    if unrecorded and not allow_unrecorded:
-        raise ResumeError(
-            f"{path}: its frames do not record {', '.join(unrecorded)} (written by an older "
-            "mlipuq), so a resume cannot check them; pass allow_unrecorded=True to resume "
-            "anyway, or start a new trajectory file"
-        )
-    if unrecorded:
-        warnings.warn(f"{path}: resuming without checking {', '.join(unrecorded)} "
-                      "(not recorded in the file); new frames record them", stacklevel=4)
+def prepare_run(atoms, uq_model, *, ensemble, temperature_K, timestep_fs, steps, seed,
+                log_every, trajectory, uncertainty_threshold, on_threshold, threshold_on,
+                friction, pressure_GPa, tdamp_fs, pdamp_fs, repair,
+                allow_unrecorded) -> RunSetup:
+    """Check :func:`run_md`'s arguments and any file to resume (before a byte is
+    written); the starting state, thermalised at ``temperature_K`` from ``seed``
+    unless it has momenta or continues a file."""
+    from mlipuq.models.base import MLIP
 
-
-def _scan_for_resume(path, atoms, records, *, repair: bool, allow_unrecorded: bool):
-    """The existing trajectory, checked for a resume (read only)."""
-    found = scan(path)
-    if found.frames:
-        _check_previous(path, found.frames, atoms, records, allow_unrecorded)
-    if found.damaged is not None and not repair:
-        raise found.error()
-    return found
-
-
-def _repair(found) -> None:
-    """Drop a damaged tail (every check has passed), keeping its bytes in a side file."""
-    if found is None or found.damaged is None:
-        return
-    side = drop_damaged_tail(found)
-    log.warning("%s: dropped damaged frame %d (%s); its %d bytes are kept in %s",
-                found.path, found.damaged, found.reason, found.size - found.cut, side)
-
-
-def _check_members(path: str, last, results: dict) -> None:
-    """The resumed model has as many committee members as the file's frames."""
-    recorded = int(np.size(last.info.get(schema.ENERGIES, [])))
-    now = int(np.size(results.get(schema.RESULT_ENERGIES, [])))
-    if recorded != now:
-        raise ResumeError(f"{path}: cannot resume: committee size differs: recorded "
-                          f"{recorded}, requested model has {now}")
-
-
-class _Writer:
-    def __init__(self, path: Optional[str]):
-        self.path = path
-        self.fmt = None if path is None else trajectory_format(path)
-        self._traj = None
-
-    def write(self, frame) -> None:
-        if self.path is None:
-            return
-        if self.fmt == "traj":
-            if self._traj is None:
-                from ase.io.trajectory import Trajectory
-
-                self._traj = Trajectory(self.path, "a")
-            self._traj.write(frame)
-        else:
-            ase.io.write(self.path, frame, format="extxyz", append=True)
-
-    def close(self) -> None:
-        if self._traj is not None:
-            self._traj.close()
+    if ensemble not in ENSEMBLES:
+        raise ValueError(f"unknown ensemble {ensemble!r}; choose from {', '.join(ENSEMBLES)}")
+    if on_threshold not in ON_THRESHOLD:
+        raise ValueError(f"on_threshold must be one of {ON_THRESHOLD}, got {on_threshold!r}")
+    if threshold_on not in THRESHOLD_ON:
+        raise ValueError(f"threshold_on must be one of {THRESHOLD_ON}, got {threshold_on!r}")
+    temperature_K = _positive("temperature_K", temperature_K)
+    timestep_fs = _positive("timestep_fs", timestep_fs)
+    steps = _positive("steps", steps, integer=True, allow_zero=True)
+    log_every = _positive("log_every", log_every, integer=True)
+    seed = _positive("seed", seed, integer=True, allow_zero=True)
+    friction = _positive("friction", friction)
+    if uncertainty_threshold is not None:
+        uncertainty_threshold = _positive("uncertainty_threshold", uncertainty_threshold)
+        if isinstance(uq_model, MLIP):
+            raise ValueError("uncertainty_threshold needs a UQ wrapper, not a bare base model")
+    if len(atoms) == 0:
+        raise ValueError("atoms is empty")
+    if ensemble == "npt" and not np.all(atoms.pbc):
+        raise ValueError("ensemble='npt' needs a periodic cell in all three directions")
+    path = None if trajectory is None else os.fspath(trajectory)
+    if path is not None:
+        trajectory_format(path)
+    records = _records(_wrapper_id(uq_model), ensemble, temperature_K, timestep_fs, seed,
+                       friction, pressure_GPa, tdamp_fs, pdamp_fs)
+    found = None  # every check comes before the first byte is written
+    if path is not None:
+        found = _scan_for_resume(path, atoms, records, repair=repair,
+                                 allow_unrecorded=allow_unrecorded)
+    previous = [] if found is None else found.frames
+    if previous:
+        start = int(previous[-1].info[schema.STEP])
+        if start >= steps:
+            _repair(found)
+            log.info("%s already holds step %d of %d; nothing to run", path, start, steps)
+            return RunSetup(path, records, found, previous, start, None, temperature_K,
+                            timestep_fs, steps, log_every, seed, friction,
+                            uncertainty_threshold, done=True)
+        md_atoms = previous[-1].copy()
+        md_atoms.info = {}
+        md_atoms.set_constraint([c.copy() for c in atoms.constraints])
+        log.info("resuming %s from step %d of %d", path, start, steps)
+    else:
+        start = 0
+        md_atoms = atoms.copy()
+        md_atoms.info = {}
+        if not np.any(md_atoms.get_momenta()):
+            _thermalize(md_atoms, temperature_K, np.random.default_rng(seed))
+    return RunSetup(path, records, found, previous, start, md_atoms, temperature_K, timestep_fs,
+                    steps, log_every, seed, friction, uncertainty_threshold)
 
 
 def run_md(
@@ -447,54 +456,20 @@ def run_md(
         All logged frames (those of a resumed file included).
     """
     from mlipuq.calculator import Calculator
-    from mlipuq.models.base import MLIP
 
-    if ensemble not in ENSEMBLES:
-        raise ValueError(f"unknown ensemble {ensemble!r}; choose from {', '.join(ENSEMBLES)}")
-    if on_threshold not in ON_THRESHOLD:
-        raise ValueError(f"on_threshold must be one of {ON_THRESHOLD}, got {on_threshold!r}")
-    if threshold_on not in THRESHOLD_ON:
-        raise ValueError(f"threshold_on must be one of {THRESHOLD_ON}, got {threshold_on!r}")
-    temperature_K = _positive("temperature_K", temperature_K)
-    timestep_fs = _positive("timestep_fs", timestep_fs)
-    steps = _positive("steps", steps, integer=True, allow_zero=True)
-    log_every = _positive("log_every", log_every, integer=True)
-    seed = _positive("seed", seed, integer=True, allow_zero=True)
-    friction = _positive("friction", friction)
-    if uncertainty_threshold is not None:
-        uncertainty_threshold = _positive("uncertainty_threshold", uncertainty_threshold)
-        if isinstance(uq_model, MLIP):
-            raise ValueError("uncertainty_threshold needs a UQ wrapper, not a bare base model")
-    if len(atoms) == 0:
-        raise ValueError("atoms is empty")
-    if ensemble == "npt" and not np.all(atoms.pbc):
-        raise ValueError("ensemble='npt' needs a periodic cell in all three directions")
-    path = None if trajectory is None else os.fspath(trajectory)
-    if path is not None:
-        trajectory_format(path)
-    records = _records(_wrapper_id(uq_model), ensemble, temperature_K, timestep_fs, seed,
-                       friction, pressure_GPa, tdamp_fs, pdamp_fs)
-    found = None  # every check comes before the first byte is written
-    if path is not None:
-        found = _scan_for_resume(path, atoms, records, repair=repair,
-                                 allow_unrecorded=allow_unrecorded)
-    previous = [] if found is None else found.frames
-    if previous:
-        start = int(previous[-1].info[schema.STEP])
-        if start >= steps:
-            _repair(found)
-            log.info("%s already holds step %d of %d; nothing to run", path, start, steps)
-            return MDTrajectory.from_frames(previous, path=path)
-        md_atoms = previous[-1].copy()
-        md_atoms.info = {}
-        md_atoms.set_constraint([c.copy() for c in atoms.constraints])
-        log.info("resuming %s from step %d of %d", path, start, steps)
-    else:
-        start = 0
-        md_atoms = atoms.copy()
-        md_atoms.info = {}
-        if not np.any(md_atoms.get_momenta()):
-            _thermalize(md_atoms, temperature_K, np.random.default_rng(seed))
+    run = prepare_run(atoms, uq_model, ensemble=ensemble, temperature_K=temperature_K,
+                      timestep_fs=timestep_fs, steps=steps, seed=seed, log_every=log_every,
+                      trajectory=trajectory, uncertainty_threshold=uncertainty_threshold,
+                      on_threshold=on_threshold, threshold_on=threshold_on, friction=friction,
+                      pressure_GPa=pressure_GPa, tdamp_fs=tdamp_fs, pdamp_fs=pdamp_fs,
+                      repair=repair, allow_unrecorded=allow_unrecorded)
+    if run.done:  # (a damaged tail was already dropped, with repair=True)
+        return MDTrajectory.from_frames(run.previous, path=run.path)
+    path, records, found, previous, start, md_atoms = (
+        run.path, run.records, run.found, run.previous, run.start, run.atoms)
+    temperature_K, timestep_fs, steps, log_every = (
+        run.temperature_K, run.timestep_fs, run.steps, run.log_every)
+    seed, friction, uncertainty_threshold = run.seed, run.friction, run.uncertainty_threshold
     md_atoms.calc = Calculator(uq_model)  # the stress is computed only when asked
     if previous:
         md_atoms.get_potential_energy()

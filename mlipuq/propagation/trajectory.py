@@ -16,8 +16,10 @@ readable one is corruption that no repair here undoes.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import struct
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -26,6 +28,8 @@ import numpy as np
 
 from mlipuq import schema
 from mlipuq.errors import ResumeError
+
+log = logging.getLogger(__name__)
 
 FORMATS = {".traj": "traj", ".xyz": "extxyz", ".extxyz": "extxyz"}
 
@@ -322,3 +326,92 @@ def check_records(path: str, frames: list, requested: dict) -> list:
                     "a new setting"
                 )
     return [key for key in requested if _recorded(frames[-1], key) is None]
+
+
+# ------------------------------------------------ run_md: records, resume, writing
+def frame_records(model_id, ensemble, temperature_K, timestep_fs, seed, friction, pressure_GPa,
+             tdamp_fs, pdamp_fs) -> dict:
+    """The settings every frame records and a resume must match, in checking order."""
+    records = {WRAPPER_KEY: model_id} if model_id is not None else {}
+    records.update({ENSEMBLE_KEY: ensemble, TIMESTEP_KEY: float(timestep_fs),
+                    TEMPERATURE_KEY: float(temperature_K)})
+    if ensemble == "nvt":  # the seed matters after a resume only through the Langevin noise
+        records.update({FRICTION_KEY: float(friction), SEED_KEY: int(seed)})
+    if ensemble == "npt":
+        records.update({PRESSURE_KEY: float(pressure_GPa),
+                        TDAMP_KEY: float(tdamp_fs or 100 * timestep_fs),
+                        PDAMP_KEY: float(pdamp_fs or 1000 * timestep_fs)})
+    return records
+
+
+def check_previous(path: str, frames: list, atoms, records: dict, allow_unrecorded: bool):
+    """Refuse (``ResumeError``) frames that ``run_md`` cannot continue with these settings."""
+    foreign = [i for i, a in enumerate(frames)
+               if schema.STEP not in a.info or schema.ENERGY not in a.info]
+    if foreign:
+        raise ResumeError(f"{path}: frames {foreign[:5]} lack mlipuq_* data: the file was not "
+                          "written by run_md; cannot resume from it")
+    if list(frames[-1].numbers) != list(atoms.numbers):
+        raise ResumeError(f"{path} holds a different system than atoms ({len(frames[-1])} vs "
+                          f"{len(atoms)} atoms); cannot resume")
+    unrecorded = [k[len(schema.PREFIX):] for k in check_records(path, frames, records)]
+    if unrecorded and not allow_unrecorded:
+        raise ResumeError(
+            f"{path}: its frames do not record {', '.join(unrecorded)} (written by an older "
+            "mlipuq), so a resume cannot check them; pass allow_unrecorded=True to resume "
+            "anyway, or start a new trajectory file"
+        )
+    if unrecorded:
+        warnings.warn(f"{path}: resuming without checking {', '.join(unrecorded)} "
+                      "(not recorded in the file); new frames record them", stacklevel=5)
+
+
+def scan_for_resume(path, atoms, records, *, repair: bool, allow_unrecorded: bool):
+    """The existing trajectory, checked for a resume (read only)."""
+    found = scan(path)
+    if found.frames:
+        check_previous(path, found.frames, atoms, records, allow_unrecorded)
+    if found.damaged is not None and not repair:
+        raise found.error()
+    return found
+
+
+def repair_tail(found) -> None:
+    """Drop a damaged tail (every check has passed), keeping its bytes in a side file."""
+    if found is None or found.damaged is None:
+        return
+    side = drop_damaged_tail(found)
+    log.warning("%s: dropped damaged frame %d (%s); its %d bytes are kept in %s",
+                found.path, found.damaged, found.reason, found.size - found.cut, side)
+
+
+def check_members(path: str, last, results: dict) -> None:
+    """The resumed model has as many committee members as the file's frames."""
+    recorded = int(np.size(last.info.get(schema.ENERGIES, [])))
+    now = int(np.size(results.get(schema.RESULT_ENERGIES, [])))
+    if recorded != now:
+        raise ResumeError(f"{path}: cannot resume: committee size differs: recorded "
+                          f"{recorded}, requested model has {now}")
+
+
+class TrajectoryWriter:
+    def __init__(self, path: Optional[str]):
+        self.path = path
+        self.fmt = None if path is None else trajectory_format(path)
+        self._traj = None
+
+    def write(self, frame) -> None:
+        if self.path is None:
+            return
+        if self.fmt == "traj":
+            if self._traj is None:
+                from ase.io.trajectory import Trajectory
+
+                self._traj = Trajectory(self.path, "a")
+            self._traj.write(frame)
+        else:
+            ase.io.write(self.path, frame, format="extxyz", append=True)
+
+    def close(self) -> None:
+        if self._traj is not None:
+            self._traj.close()

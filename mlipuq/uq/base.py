@@ -5,7 +5,12 @@ A wrapper subclasses :class:`UQWrapper` and implements
 * ``fit(train, ...)`` (returns ``self`` and sets ``fitted_ = True``),
 * ``_predict_batch(batch) -> dict`` with torch or NumPy arrays for the
   :class:`~mlipuq.prediction.Prediction` fields (``energy``, ``energy_var``,
-  ``forces``, ``forces_var`` and optionally members / evidential parts),
+  ``forces``, ``forces_var`` and optionally members / evidential parts);
+  wrappers with a stress uncertainty set ``has_stress_uncertainty = True``
+  and take ``_predict_batch(batch, stress=True)`` to add ``stress``,
+  ``stress_var`` (and ``stress_members``); for the others ``predict(...,
+  stress=True)`` adds the mean model's stress (:meth:`UQWrapper._mean_stress`)
+  without a variance,
 * ``config()`` (constructor keyword arguments) and ``_get_state()`` /
   ``_set_state(state)`` (fitted tensors; plain Python, NumPy or torch values),
 * ``_models()`` listing the base models it holds (one for most wrappers,
@@ -13,7 +18,8 @@ A wrapper subclasses :class:`UQWrapper` and implements
 
 Recalibration (``calibrate``) is applied on top of the raw prediction by a
 :class:`~mlipuq.calibration.recalibrate.PredictionRecalibrator` (one
-recalibrator for energies, one for forces).
+recalibrator for energies, one for forces). There is no stress recalibrator:
+``stress``, ``stress_var`` and ``stress_members`` are passed through unchanged.
 """
 
 from __future__ import annotations
@@ -93,6 +99,11 @@ class UQWrapper:
     """Base class of the UQ wrappers (see the module docstring)."""
 
     fitted_: bool = False
+
+    #: Whether ``predict(..., stress=True)`` gives a stress variance (``stress_var``):
+    #: True for wrappers whose ``_predict_batch`` takes ``stress=`` (committee
+    #: members or a last-layer posterior); the others give the mean stress only.
+    has_stress_uncertainty: bool = False
 
     # ------------------------------------------------------------- subclass API
     def _models(self) -> list[MLIP]:
@@ -214,6 +225,7 @@ class UQWrapper:
         progress: bool = False,
         composition: bool = True,
         distributed: Optional[bool] = None,
+        stress: bool = False,
     ) -> Prediction:
         """Energies and forces with uncertainties for structures.
 
@@ -240,6 +252,15 @@ class UQWrapper:
             contiguous shard, and gets the whole prediction, equal to one
             process's. False: predict everything here (e.g. each rank its own
             MD structure).
+        stress
+            Also predict the stress (eV/Å^3, ASE sign convention
+            :math:`\\sigma = V^{-1} \\partial E / \\partial \\varepsilon`): every
+            structure must be periodic in all three directions (else an
+            :class:`~mlipuq.errors.InvalidStructureError`, a ``ValueError``,
+            naming it). Wrappers with ``has_stress_uncertainty`` add
+            ``stress_var`` (eV^2/Å^6, per element) and, with members,
+            ``stress_members``; the others give the mean model's stress with
+            ``stress_var`` None. The recalibration is not applied to stresses.
 
         Returns
         -------
@@ -255,11 +276,12 @@ class UQWrapper:
                 raise InvalidStructureError("the dataset holds no structures")
             start, stop = mdist.shard_bounds(len(dataset))
             local = mdist.run_local(self._predict_raw, dataset[start:stop], batch_size,
-                                    progress and mdist.is_main(), allow_empty=True)
+                                    progress and mdist.is_main(), allow_empty=True,
+                                    stress=stress, offset=start)
             parts = [p for p in mdist.all_gather_objects(local) if p is not None]
             prediction = Prediction.concatenate(parts)
         else:
-            prediction = self._predict_raw(dataset, batch_size, progress)
+            prediction = self._predict_raw(dataset, batch_size, progress, stress=stress)
         if calibrated:
             prediction = self._apply_calibration(prediction)
         if composition:
@@ -267,8 +289,12 @@ class UQWrapper:
         return prediction
 
     def _predict_raw(self, dataset, batch_size: int, progress: bool,
-                     allow_empty: bool = False) -> Optional[Prediction]:
-        """The uncalibrated prediction of ``dataset`` in this process (None: empty shard)."""
+                     allow_empty: bool = False, *, stress: bool = False,
+                     offset: int = 0) -> Optional[Prediction]:
+        """The uncalibrated prediction of ``dataset`` in this process (None: empty shard).
+
+        ``offset``: index of ``dataset``'s first structure in the caller's
+        structures (a shard's start), for error messages."""
         if allow_empty and len(dataset) == 0:
             return None
         dataset.validate(self.species)
@@ -281,8 +307,16 @@ class UQWrapper:
 
             batches = tqdm(batches, total=-(-len(dataset) // batch_size), desc="predict")
         device = self.base_model.device
-        for _, batch in batches:
-            raw = self._predict_batch(batch.to(device=device))
+        for start, batch in batches:
+            batch = batch.to(device=device)
+            if not stress:
+                raw = self._predict_batch(batch)
+            else:
+                self._check_periodic(batch, offset + start)
+                if self.has_stress_uncertainty:
+                    raw = self._predict_batch(batch, stress=True)
+                else:
+                    raw = {**self._predict_batch(batch), "stress": self._mean_stress(batch)}
             fields = {k: _to_numpy(v) for k, v in raw.items()}
             fields["n_atoms"] = batch.n_atoms.cpu().numpy()
             fields["batch"] = batch.batch.cpu().numpy()
@@ -300,16 +334,38 @@ class UQWrapper:
             return prediction
         return dataclasses.replace(prediction, energy_var=prediction.energy_var + extra)
 
+    @staticmethod
+    def _check_periodic(batch: mdata.Batch, first: int) -> None:
+        """InvalidStructureError naming the first structure (``first`` + its index
+        in the batch) not periodic in all three directions."""
+        periodic = batch.pbc.all(dim=1).cpu()
+        if not bool(periodic.all()):
+            k = int(torch.nonzero(~periodic)[0, 0])
+            raise InvalidStructureError(
+                f"structure {first + k}: predict(..., stress=True) needs a cell periodic in "
+                f"all three directions (pbc={batch.pbc[k].cpu().tolist()}); a stress is "
+                "defined for 3D-periodic structures only"
+            )
+
+    def _mean_stress(self, batch: mdata.Batch) -> torch.Tensor:
+        """(B, 3, 3) stress (eV/Å^3) of the mean model, for wrappers without a stress
+        uncertainty: the base model's (override where the mean is another model's)."""
+        model = self.base_model
+        return model(batch.to(device=model.device), forces=False, stress=True)["stress"].detach()
+
     def _check_finite(self, prediction: Prediction) -> None:
-        for name in ("energy", "energy_var", "forces", "forces_var"):
-            if not np.all(np.isfinite(getattr(prediction, name))):
+        for name in ("energy", "energy_var", "forces", "forces_var", "stress", "stress_var",
+                     "stress_members"):
+            value = getattr(prediction, name)
+            if value is not None and not np.all(np.isfinite(value)):
                 raise FloatingPointError(
                     f"{type(self).__name__} produced non-finite {name}; the model or its "
                     "fitted state is broken"
                 )
 
     def compute_stress(self, atoms) -> np.ndarray:
-        """(3, 3) stress of the mean model (eV/Å^3), used by the ASE calculator."""
+        """(3, 3) stress of the mean model (eV/Å^3), used by the ASE calculator
+        (``predict(atoms, stress=True)`` also gives its uncertainty)."""
         return self.base_model.compute(atoms, stress=True)["stress"][0]
 
     # -------------------------------------------------------------- calibration
@@ -324,7 +380,9 @@ class UQWrapper:
         forces get separate recalibrators (a
         :class:`~mlipuq.calibration.recalibrate.PredictionRecalibrator`,
         stored as ``recalibrator_``). Later ``predict`` calls apply it;
-        committee members are stretched about their mean to match. Returns ``self``.
+        committee members are stretched about their mean to match. Stresses
+        (``predict(..., stress=True)``) are not recalibrated: their variance
+        and members stay the raw ones. Returns ``self``.
         """
         from mlipuq.calibration.recalibrate import PredictionRecalibrator
 
@@ -340,7 +398,13 @@ class UQWrapper:
     def _apply_calibration(self, prediction: Prediction) -> Prediction:
         if not self.calibrated_:
             return prediction
-        return self.recalibrator_.transform(prediction)
+        calibrated = self.recalibrator_.transform(prediction)
+        if prediction.stress is None:
+            return calibrated
+        # no stress recalibrator: the stress and its uncertainty pass through unchanged
+        return dataclasses.replace(calibrated, stress=prediction.stress,
+                                   stress_var=prediction.stress_var,
+                                   stress_members=prediction.stress_members)
 
     # ---------------------------------------------------------- persistence
     def save(self, path: Union[str, os.PathLike], *, overwrite: bool = False) -> None:

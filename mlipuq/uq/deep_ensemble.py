@@ -8,11 +8,17 @@ structure with member energies :math:`E_k` (eV) and forces :math:`F_k` (eV/Å),
           \\sigma_E^2 = \\frac1K \\sum_k (E_k - \\bar E)^2,
 
 and the same per atom and Cartesian component for the forces, and per atom
-for the local energies :math:`\varepsilon_{ik} + e_{Z_i}` (``atom_energy_var``,
+for the local energies :math:`\\varepsilon_{ik} + e_{Z_i}` (``atom_energy_var``,
 eV², members' species reference energies included). The variance
 is the population variance over members (``ddof=0``), computed in float64;
 multiply by ``K / (K - 1)`` for the unbiased estimate (recalibration with
 :meth:`~mlipuq.uq.base.UQWrapper.calibrate` absorbs any such constant).
+
+Stresses (``predict(..., stress=True)``, periodic cells): each member's own
+stress, the strain derivative of its energy (:meth:`mlipuq.models.MLIP.forward`
+with ``stress=True``, in the same pass as its forces); ``stress`` is their
+mean, ``stress_var`` their population variance and ``stress_members`` (K, B, 3,
+3) the members (recentring offsets are constant per atom and do not move them).
 
 Cost: training and prediction are K times those of one model.
 """
@@ -374,11 +380,18 @@ class DeepEnsemble(UQWrapper):
         return _resolve_seeds(self.n_members, seeds)
 
     # ---------------------------------------------------------------- predict
-    def _predict_batch(self, batch: mdata.Batch) -> dict:
-        energies, forces, atom_energies = [], [], []
+    has_stress_uncertainty = True
+
+    def _predict_batch(self, batch: mdata.Batch, stress: bool = False) -> dict:
+        energies, forces, atom_energies, stresses = [], [], [], []
         shifts = self._member_shifts(batch)
         for k, model in enumerate(self.models):
-            out = model(batch.to(device=model.device, dtype=model.dtype), forces=True)
+            member_batch = batch.to(device=model.device, dtype=model.dtype)
+            if stress:
+                out = model(member_batch, forces=True, stress=True)
+                stresses.append(out["stress"].detach().to(torch.float64).cpu())
+            else:
+                out = model(member_batch, forces=True)
             atom = _atom_energies(model, batch, out["per_atom_energy"]) + shifts[k]
             shift = torch.zeros(batch.n_structures, dtype=torch.float64)
             shift.index_add_(0, batch.batch.cpu(), shifts[k])
@@ -390,7 +403,7 @@ class DeepEnsemble(UQWrapper):
         energy, energy_var = member_statistics(energy_members)
         force, forces_var = member_statistics(forces_members)
         _, atom_energy_var = member_statistics(torch.stack(atom_energies))
-        return {
+        result = {
             "energy": energy,
             "energy_var": energy_var,
             "forces": force,
@@ -399,6 +412,11 @@ class DeepEnsemble(UQWrapper):
             "forces_members": forces_members,
             "atom_energy_var": atom_energy_var,
         }
+        if stress:
+            stress_members = torch.stack(stresses)
+            result["stress"], result["stress_var"] = member_statistics(stress_members)
+            result["stress_members"] = stress_members
+        return result
 
     def _member_shifts(self, batch: mdata.Batch) -> torch.Tensor:
         """(K, N) float64 per-atom energy shift of each member (0 before recentring)."""

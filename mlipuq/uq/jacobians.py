@@ -15,6 +15,13 @@ Measured on CPU (torch 2.13, 1 thread, MiniMLIP 64 features x 3 layers,
 ethanol molecules and 3.5 s on four 108-atom Cu cells, the loop 0.11 s and
 1.7 s. vmap's batching overhead dominates these small graphs on CPU, so
 ``vectorize="auto"`` batches on CUDA devices and loops on CPU.
+
+Stresses of last-layer variations need the same products with respect to the
+strain: :func:`feature_vjps_strain` differentiates ``sum_i c_k . phi_i`` with
+respect to the positions and to the (B, 3, 3) strain leaf of
+:func:`mlipuq.models.base.strained` in the same backward passes (the strain
+adds one more leaf to each pass, not more passes); the strain derivatives
+divided by the cell volume are stresses (eV/Å^3 per unit of ``c_k``).
 """
 
 from __future__ import annotations
@@ -64,34 +71,69 @@ def feature_vjps(
     Atoms of different structures do not interact, so summing over all atoms
     of a batch gives each atom the derivative of its own structure's sum.
     """
+    return _vjps(features, (positions,), cotangents, create_graph=create_graph,
+                 retain_graph=retain_graph, vectorize=vectorize)[0]
+
+
+def feature_vjps_strain(
+    features: torch.Tensor,
+    positions: torch.Tensor,
+    strain: torch.Tensor,
+    cotangents: torch.Tensor,
+    *,
+    create_graph: bool = False,
+    retain_graph: bool = True,
+    vectorize: Vectorize = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(K, N, 3)`` position and ``(K, B, 3, 3)`` strain derivatives of
+    ``sum_i c_k . phi_i``, from the same K backward passes.
+
+    ``strain`` is the (B, 3, 3) leaf of :func:`mlipuq.models.base.strained`
+    the features were computed with (``MLIP.forward(..., stress=True,
+    features=True)["strain"]``); the other arguments are those of
+    :func:`feature_vjps`. Each structure's strain derivative only involves its
+    own atoms; divided by the structure's volume it is a stress.
+    """
+    grads = _vjps(features, (positions, strain), cotangents, create_graph=create_graph,
+                  retain_graph=retain_graph, vectorize=vectorize)
+    return grads[0], grads[1]
+
+
+def _vjps(features, inputs, cotangents, *, create_graph, retain_graph, vectorize) -> list:
+    """Per input, the (K, *input.shape) derivatives of ``sum_i c_k . phi_i``."""
     c = cotangents.to(device=features.device, dtype=features.dtype)
     n, k = features.shape[0], c.shape[0]
+
+    def zeros(x):
+        return torch.zeros((k,) + tuple(x.shape), dtype=features.dtype, device=features.device)
+
     if not features.requires_grad:
-        return torch.zeros(k, n, 3, dtype=features.dtype, device=features.device)
+        return [zeros(x) for x in inputs]
     if _use_batched(vectorize, features.device):
-        (grad,) = torch.autograd.grad(
+        grads = torch.autograd.grad(
             features,
-            positions,
+            inputs,
             grad_outputs=c[:, None, :].expand(k, n, c.shape[1]),
             is_grads_batched=True,
             create_graph=create_graph,
             retain_graph=retain_graph or create_graph,
             allow_unused=True,
         )
-        return torch.zeros(k, n, 3, dtype=features.dtype, device=features.device) if grad is None else grad
-    rows = []
+        return [zeros(x) if g is None else g for x, g in zip(inputs, grads)]
+    rows = [[] for _ in inputs]
     for index in range(k):
         last = index == k - 1
         # a fresh contiguous cotangent: BLAS results must not depend on the
         # memory alignment of a row view (bitwise-reproducible predictions)
         weight = c[index][None, :].expand(n, c.shape[1]).contiguous()
-        (grad,) = torch.autograd.grad(
+        grads = torch.autograd.grad(
             features,
-            positions,
+            inputs,
             grad_outputs=weight,
             create_graph=create_graph,
             retain_graph=retain_graph or create_graph or not last,
             allow_unused=True,
         )
-        rows.append(torch.zeros_like(positions) if grad is None else grad)
-    return torch.stack(rows)
+        for out, x, g in zip(rows, inputs, grads):
+            out.append(torch.zeros_like(x) if g is None else g)
+    return [torch.stack(out) for out in rows]

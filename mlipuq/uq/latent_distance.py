@@ -575,6 +575,9 @@ class LatentDistance(UQWrapper):
                 forces=other.forces,
                 forces_var=self.forces_other_scale_ * other.forces_var + own.forces_var,
                 n_atoms=own.n_atoms, batch=own.batch, numbers=own.numbers,
+                # the stress and its spread are the combined wrapper's (no latent part)
+                stress=other.stress, stress_var=other.stress_var,
+                stress_members=other.stress_members,
             )
             self._check_finite(own)
         if calibrated:

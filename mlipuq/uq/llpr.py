@@ -35,6 +35,26 @@ hotter structures, while the energy-row variance does (measured in
 standard normals from the two posteriors, so a member's forces are not the
 gradient of its energy.
 
+Stresses (``predict(..., stress=True)``, periodic cells): the energy is
+:math:`\\theta \\cdot f` with :math:`f = (\\sum_i \\phi_i, n)`, so a member's stress
+is :math:`\\sigma_k = \\sigma^* + (\\theta_k - \\theta^*) \\cdot s` with the strain rows
+:math:`s_{ab} = V^{-1}\\,\\partial f / \\partial \\varepsilon_{ab}` (the atom count,
+hence the bias, has none). With ``force_variance="exact"`` the (9, D) strain
+Jacobian of each structure comes out of the same D backward passes as the
+force Jacobian (the strain is one more leaf of each pass) and
+:math:`\\mathrm{Var}\\,\\sigma_{ab} = s_{ab}^T \\Sigma s_{ab}` exactly; with
+``"samples"`` the K passes that give the member forces give the member
+stresses too and ``stress_var`` is their variance. Stresses use the posterior
+the forces use, the joint :math:`\\Sigma` (and its samples), whatever
+``energy_posterior``: the stress, like the forces, is a derivative of the
+energy with respect to the geometry, and the virial is a sum of interatomic
+force terms (:math:`W = -\\sum r_{ij} \\otimes f_{ij}` for pair terms), the
+directions the force rows pin down, so the energy-row posterior would
+overstate it just as it would the force variances. The stress members
+(whenever ``n_samples > 0``) are therefore strain derivatives of the joint
+posterior's member energies: with ``energy_posterior="joint"`` of the reported
+``energy_members``.
+
 ``prior_precision="auto"`` maximises the Laplace approximation of the
 marginal likelihood over ``lambda`` and the noise levels ``sigma_E`` (eV),
 ``sigma_F`` (eV/Å) (MacKay 1992; Immer et al. 2021).
@@ -52,10 +72,10 @@ import torch
 from mlipuq import data as mdata
 from mlipuq import distributed as mdist
 from mlipuq.errors import InvalidStructureError
-from mlipuq.models.base import MLIP
+from mlipuq.models.base import MLIP, structure_volumes
 from mlipuq.params import positive
 from mlipuq.uq.base import UQWrapper, _check_model, register
-from mlipuq.uq.jacobians import feature_vjps
+from mlipuq.uq.jacobians import feature_vjps, feature_vjps_strain
 
 log = logging.getLogger(__name__)
 
@@ -260,17 +280,35 @@ class LastLayerLaplace(UQWrapper):
     def _atom_features(self, phi: torch.Tensor) -> torch.Tensor:
         phi = phi.to(torch.float64)
         if self._has_bias:
-            phi = torch.cat([phi, torch.ones(len(phi), 1, dtype=torch.float64)], dim=1)
+            ones = torch.ones(len(phi), 1, dtype=torch.float64, device=phi.device)
+            phi = torch.cat([phi, ones], dim=1)
         return phi
 
     def _force_features(self, phi, positions) -> torch.Tensor:
         """(N*3, D) rows g_ac = -(d sum phi / d r_ac, 0)."""
         eye = torch.eye(phi.shape[1], dtype=phi.dtype, device=phi.device)
         jac = feature_vjps(phi, positions, eye, vectorize=self.vectorize)  # (F, N, 3)
+        return self._force_rows(jac)
+
+    def _force_rows(self, jac: torch.Tensor) -> torch.Tensor:
         g = -jac.to(torch.float64).reshape(jac.shape[0], -1).T
         if self._has_bias:
-            g = torch.cat([g, torch.zeros(len(g), 1, dtype=torch.float64)], dim=1)
+            g = torch.cat([g, torch.zeros(len(g), 1, dtype=torch.float64, device=g.device)], dim=1)
         return g
+
+    def _force_and_strain_features(self, phi, out, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N*3, D) force rows (as :meth:`_force_features`) and (B, 9, D) strain rows
+        s_ab = (d sum phi / d eps_ab / V, 0), from the same D backward passes."""
+        eye = torch.eye(phi.shape[1], dtype=phi.dtype, device=phi.device)
+        jac, jac_strain = feature_vjps_strain(phi, out["positions"], out["strain"], eye,
+                                              vectorize=self.vectorize)  # (F, N, 3), (F, B, 3, 3)
+        volume = structure_volumes(batch).to(torch.float64)
+        s = jac_strain.to(torch.float64).reshape(jac_strain.shape[0], -1, 9).permute(1, 2, 0)
+        s = s / volume[:, None, None]
+        if self._has_bias:
+            s = torch.cat([s, torch.zeros(s.shape[0], 9, 1, dtype=torch.float64,
+                                          device=s.device)], dim=2)
+        return self._force_rows(jac), s
 
     # ------------------------------------------------------------------- fit
     def fit(self, train, val=None, *, seed: Optional[int] = None, progress: bool = False,
@@ -468,8 +506,10 @@ class LastLayerLaplace(UQWrapper):
             self.energy_covariance_, self.energy_samples_ = self.covariance_, self.samples_
 
     # --------------------------------------------------------------- predict
-    def _predict_batch(self, batch: mdata.Batch) -> dict:
-        out = self.model(batch, forces=True, features=True)
+    has_stress_uncertainty = True
+
+    def _predict_batch(self, batch: mdata.Batch, stress: bool = False) -> dict:
+        out = self.model(batch, forces=True, stress=stress, features=True)
         phi = out["features"]
         cov = torch.as_tensor(self.covariance_, dtype=torch.float64, device=phi.device)
         cov_e = torch.as_tensor(self.energy_covariance_, dtype=torch.float64, device=phi.device)
@@ -487,7 +527,9 @@ class LastLayerLaplace(UQWrapper):
             theta = torch.as_tensor(self._theta(), dtype=torch.float64, device=phi.device)
             # E_k = E* + f·(theta_k - theta*): exact for a model linear in theta
             result["energy_members"] = result["energy"][None, :] + (samples - theta) @ f.T
-        if self.force_variance == "exact":
+        if stress:
+            result.update(self._forces_and_stress(phi, out, batch, cov))
+        elif self.force_variance == "exact":
             g = self._force_features(phi, out["positions"])
             var = torch.einsum("ri,ij,rj->r", g, cov, g)
             result["forces_var"] = var.reshape(-1, 3)
@@ -508,6 +550,41 @@ class LastLayerLaplace(UQWrapper):
             "forces_members": members,
             "forces_var": members.var(dim=0, unbiased=False),
         }
+
+    def _forces_and_stress(self, phi, out, batch, cov) -> dict:
+        """Force variance (and members) as without stress, plus ``stress``,
+        ``stress_var`` and ``stress_members`` from the joint posterior (module notes):
+        the strain derivatives come out of the same backward passes as the forces'."""
+        n, dev = batch.n_structures, phi.device
+        stress = out["stress"].detach().to(torch.float64)
+        theta = torch.as_tensor(self._theta(), dtype=torch.float64, device=dev)
+        result = {"stress": stress}
+        if self.force_variance == "exact":
+            g, s = self._force_and_strain_features(phi, out, batch)
+            result["forces_var"] = torch.einsum("ri,ij,rj->r", g, cov, g).reshape(-1, 3)
+            result["stress_var"] = torch.einsum("bri,ij,brj->br", s, cov, s).reshape(n, 3, 3)
+            if self.n_samples > 0:  # sigma_k = sigma* + s (theta_k - theta*): linear in theta
+                delta = torch.as_tensor(self.samples_, dtype=torch.float64, device=dev) - theta
+                result["stress_members"] = (
+                    stress[None] + torch.einsum("brd,kd->kbr", s, delta).reshape(-1, n, 3, 3)
+                )
+            return result
+        samples = torch.as_tensor(self.samples_, dtype=phi.dtype, device=dev)
+        delta_w = (samples - theta.to(phi.dtype))[:, : phi.shape[1]]  # the bias has no force
+        grads, grads_strain = feature_vjps_strain(phi, out["positions"], out["strain"], delta_w,
+                                                  vectorize=self.vectorize)
+        members = out["forces"].detach()[None].to(torch.float64) - grads.detach().to(
+            torch.float64)
+        volume = structure_volumes(batch).to(torch.float64)
+        stress_members = stress[None] + (grads_strain.detach().to(torch.float64)
+                                         / volume[None, :, None, None])
+        result.update({
+            "forces_members": members,
+            "forces_var": members.var(dim=0, unbiased=False),
+            "stress_members": stress_members,
+            "stress_var": stress_members.var(dim=0, unbiased=False),
+        })
+        return result
 
     # ------------------------------------------------ selection protocol
     def design_matrix(self, structures, *, batch_size: int = 32,

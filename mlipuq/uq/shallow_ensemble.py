@@ -23,8 +23,19 @@ pass (``is_grads_batched``) on GPU; on CPU a loop over the retained graph,
 which is faster than vmap there (``vectorize``; see
 :mod:`mlipuq.uq.jacobians` and the README's overhead notes).
 Mean and variance are taken over heads (population variance, ``ddof=0``,
-float64); the variance of the per-atom energies :math:`\varepsilon_{ik}` is
+float64); the variance of the per-atom energies :math:`\\varepsilon_{ik}` is
 reported as the local uncertainty ``atom_energy_var`` (eV²).
+
+Stresses (``predict(..., stress=True)``, periodic cells): the heads are linear
+in the features (centring only moves the biases, which do not depend on the
+geometry), so head k's stress is
+:math:`\\sigma_k = V^{-1} \\sum_i W_k \\cdot \\partial\\phi_i / \\partial\\varepsilon`.
+The K vector-Jacobian products that give the head forces are taken with
+respect to the positions and the strain together
+(:func:`~mlipuq.uq.jacobians.feature_vjps_strain`), so the member stresses
+cost no extra backward pass; ``stress`` and ``stress_var`` are their mean and
+population variance (the mean is the stress of the mean head, i.e. of
+``base_model``).
 
 Training minimises the Gaussian negative log-likelihood of the per-atom
 energies and of the force components under the ensemble mean and variance
@@ -62,7 +73,7 @@ from torch import nn
 
 from mlipuq import data as mdata
 from mlipuq import distributed as mdist
-from mlipuq.models.base import MLIP
+from mlipuq.models.base import MLIP, strained, structure_volumes
 from mlipuq.params import positive
 from mlipuq.training import (
     HeadTrainable,
@@ -74,7 +85,7 @@ from mlipuq.training import (
     split_fit_options,
 )
 from mlipuq.uq.base import UQWrapper, _check_model, register
-from mlipuq.uq.jacobians import feature_vjps
+from mlipuq.uq.jacobians import feature_vjps, feature_vjps_strain
 from mlipuq.uq.deep_ensemble import member_statistics
 
 log = logging.getLogger(__name__)
@@ -158,6 +169,7 @@ def head_members(
     forces: bool = True,
     create_graph: bool = False,
     vectorize="auto",
+    stress: bool = False,
 ) -> dict[str, Optional[torch.Tensor]]:
     """Energies and forces of K linear heads on ``model``'s per-atom features.
 
@@ -175,6 +187,10 @@ def head_members(
         :func:`mlipuq.uq.jacobians.feature_vjps`).
     create_graph
         Keep the graph of the forces (needed to train on them).
+    stress
+        Also compute the (K, B, 3, 3) stresses (eV/Å^3; periodic structures,
+        ``1/V dE_k/d(strain)``) from the same backward passes as the forces
+        (implies ``forces``).
 
     Returns
     -------
@@ -182,10 +198,15 @@ def head_members(
         ``"energy"``: (K, B) float64 energies including the species offsets
         (eV); ``"atom_energy"``: (K, N) float64 per-atom energies without
         offsets (eV); ``"forces"``: (K, N, 3) float64 forces (eV/Å), or None
-        without ``forces``.
+        without ``forces``; with ``stress``, ``"stress"``: (K, B, 3, 3)
+        float64 stresses (eV/Å^3).
     """
-    positions = batch.positions.detach().requires_grad_(forces)
-    work = dataclasses.replace(batch, positions=positions)
+    forces = forces or stress
+    if stress:
+        work, positions, strain = strained(batch, positions_grad=True, stress=True)
+    else:
+        positions = batch.positions.detach().requires_grad_(forces)
+        work = dataclasses.replace(batch, positions=positions)
     n_atoms = batch.numbers.shape[0]
     with torch.enable_grad() if forces else contextlib.nullcontext():
         with model.capture_features() as store:
@@ -208,8 +229,16 @@ def head_members(
         if not forces:
             return out
         # dE_k/dr = sum_i J_i^T W_k: one VJP per head (batched on GPU, see feature_vjps)
-        grad = feature_vjps(phi, positions, w, create_graph=create_graph,
-                            retain_graph=create_graph, vectorize=vectorize)
+        if stress:
+            grad, grad_strain = feature_vjps_strain(phi, positions, strain, w,
+                                                    create_graph=create_graph,
+                                                    retain_graph=create_graph,
+                                                    vectorize=vectorize)
+            volume = structure_volumes(batch).to(torch.float64)
+            out["stress"] = grad_strain.to(torch.float64) / volume[None, :, None, None]
+        else:
+            grad = feature_vjps(phi, positions, w, create_graph=create_graph,
+                                retain_graph=create_graph, vectorize=vectorize)
         out["forces"] = -grad.to(torch.float64)
         return out
 
@@ -495,15 +524,17 @@ class ShallowEnsemble(UQWrapper):
         return self
 
     # ---------------------------------------------------------------- predict
-    def _predict_batch(self, batch: mdata.Batch) -> dict:
+    has_stress_uncertainty = True
+
+    def _predict_batch(self, batch: mdata.Batch, stress: bool = False) -> dict:
         out = head_members(self.model, batch, self.head_weight_, self.head_bias_, forces=True,
-                           vectorize=self.vectorize)
+                           vectorize=self.vectorize, stress=stress)
         energy_members = out["energy"].detach().cpu()
         forces_members = out["forces"].detach().cpu()
         energy, energy_var = member_statistics(energy_members)
         forces, forces_var = member_statistics(forces_members)
         _, atom_energy_var = member_statistics(out["atom_energy"].cpu())
-        return {
+        result = {
             "energy": energy,
             "energy_var": energy_var,
             "forces": forces,
@@ -512,6 +543,11 @@ class ShallowEnsemble(UQWrapper):
             "forces_members": forces_members,
             "atom_energy_var": atom_energy_var,
         }
+        if stress:
+            stress_members = out["stress"].detach().cpu()
+            result["stress"], result["stress_var"] = member_statistics(stress_members)
+            result["stress_members"] = stress_members
+        return result
 
     # ------------------------------------------------------------ persistence
     def config(self) -> dict:
