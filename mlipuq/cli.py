@@ -5,8 +5,8 @@ wrapper compared), ``train`` (train the built-in MLIP on an extxyz file), and
 those registered by other modules: ``fit`` and ``predict``
 (:mod:`mlipuq.fit_cli`), ``evaluate`` (:mod:`mlipuq.calibration.cli`) and
 ``select`` (:mod:`mlipuq.active.cli`), ``md`` (:mod:`mlipuq.md_cli`) and
-``ipi-driver`` (:mod:`mlipuq.engines.ipi_cli`). ``python -m mlipuq`` is the
-same command.
+``ipi-driver`` (:mod:`mlipuq.engines.ipi_cli`) and ``check`` (the trust checks,
+:mod:`mlipuq.trust.cli`). ``python -m mlipuq`` is the same command.
 
 One convention for every subcommand, applied here in :func:`main`:
 
@@ -279,12 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     from mlipuq.active import cli as active_cli
     from mlipuq.calibration import cli as calibration_cli
     from mlipuq.engines import ipi_cli
+    from mlipuq.trust import cli as trust_cli
 
     fit_cli.add_parsers(sub)
     calibration_cli.add_parser(sub)
     active_cli.add_parser(sub)
     md_cli.add_parser(sub)
     ipi_cli.add_parser(sub)
+    trust_cli.add_parser(sub)
     for subparser in sub.choices.values():  # the same conventions for every subcommand
         subparser.formatter_class = HelpFormatter
         subparser.add_argument(

@@ -274,6 +274,16 @@ def test_bond_scan_flags_a_kink(dimer):
     assert all(c["refined_score"] > c["score"] for c in result.candidates if c["confirmed"])
 
 
+@pytest.mark.parametrize("r_kink", [0.82, 1.0, 1.3, 1.55, 1.77])
+def test_bond_scan_finds_small_kinks_on_the_default_grid(r_kink):
+    dimer = ase.Atoms("H2", positions=[[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    result = trust.bond_scan(MorseMLIP(kink=0.02, r_kink=r_kink), dimer, (0, 1))
+    assert len(result.coordinate) == 51  # 0.8 to 1.8 Å
+    assert result.discontinuities == [pytest.approx(r_kink, abs=0.01)]
+    (found,) = [c for c in result.candidates if c["confirmed"]]
+    assert found["force_jump"] == pytest.approx(0.04, rel=0.15)
+
+
 def test_bond_scan_flags_a_spurious_minimum(dimer):
     result = trust.bond_scan(MorseMLIP(dip=0.2, r_dip=2.0), dimer, (0, 1),
                              np.linspace(0.7, 2.5, 121))

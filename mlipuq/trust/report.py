@@ -140,15 +140,6 @@ class Evaluation:
     energy_var: Optional[np.ndarray] = None
     forces_var: Optional[np.ndarray] = None
 
-    @property
-    def offsets(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.n_atoms)])
-
-    def atoms_of(self, b: int) -> slice:
-        """Rows of ``forces`` that belong to structure ``b``."""
-        o = self.offsets
-        return slice(int(o[b]), int(o[b + 1]))
-
 
 class Target:
     """A base MLIP, a UQ wrapper or an ASE calculator, evaluated in float64.
@@ -387,8 +378,8 @@ def report_markdown(results, *, model: str = "", structures: str = "",
     if structures:
         lines.append(f"- structures: {structures}")
     lines += [f"- overall verdict: **{worst([r.verdict for r in results]).upper()}**", "",
-              "What each check measures and where its thresholds come from: "
-              "docs/trust.md in the mlipuq sources.", "",
+              ("What each check measures and where its thresholds come from: "
+               "docs/trust.md in the mlipuq sources."), "",
               "| check | verdict | measured (threshold) |", "|---|---|---|"]
     for r in results:
         lines.append(f"| {r.name} | {r.verdict.upper()} | {r.summary()} |")

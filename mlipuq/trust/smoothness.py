@@ -15,10 +15,10 @@ Discontinuities
     count); the departure in units of the local scale (the larger of the
     trend's magnitude and the median :math:`|c|` of the path) is the point's
     ``score``, and a score above :data:`DISCONTINUITY_SCORE` (0.5) is a
-    candidate. (2) The path force :math:`dE/ds = -F \\cdot dx/ds` from the forces
-    is extrapolated from both sides to the middle of each interval; a
-    difference (a force jump, eV/Å or eV/rad) above :data:`MIN_FORCE_JUMP` is
-    a candidate. On a smooth curve both signals shrink as :math:`h^3` when the
+    candidate. (2) The change of the path force :math:`dE/ds = -F \\cdot dx/ds`
+    over each interval, less the change the neighbouring intervals' trend
+    predicts, is a force jump (eV/Å or eV/rad); one above
+    :data:`MIN_FORCE_JUMP` is a candidate. On a smooth curve both signals shrink as :math:`h^3` when the
     grid spacing h is refined; at a kink the score grows as :math:`1/h` and the
     force jump stays. So each candidate is re-evaluated on a grid :data:`REFINE` (4) times finer around
     it: it is a discontinuity when the signal persists there (score growing or
@@ -116,8 +116,8 @@ class ScanResult(Result):
     _skip = ("forces", "forces_std")
 
     def summary(self) -> str:
-        parts = [f"{len(self.discontinuities)} discontinuities ({len(self.candidates)} "
-                 "candidates checked)"]
+        parts = [(f"{len(self.discontinuities)} discontinuities ({len(self.candidates)} "
+                  "candidates checked)")]
         if self.kind == "bond_scan":
             parts.append(f"{len(self.spurious_minima)} spurious minima")
         parts.append(f"force/energy mismatch {self.mismatch:.1e}")
@@ -178,22 +178,25 @@ def discontinuity_scores(s, energy) -> np.ndarray:
 
 def force_jumps(s, slope) -> np.ndarray:
     """(P-1,) jump of the path force ``slope`` (dE/ds from the forces) across each
-    interval: the difference at its midpoint of quadratics extrapolated from the
-    three points on either side (0 where a side has fewer than two)."""
+    interval: its change over the interval minus the change its neighbours'
+    trend predicts (the median slope of the slope over the two intervals on
+    either side; 0 for the two end intervals), added to the next interval's when
+    both depart the same way (a kink on a grid point splits its jump between
+    them)."""
     s, g = np.asarray(s, np.float64), np.asarray(slope, np.float64)
-    out = np.zeros(len(s) - 1)
-    for m in range(len(s) - 1):
-        left, right = range(max(m - 2, 0), m + 1), range(m + 1, min(m + 4, len(s)))
-        if len(left) < 2 or len(right) < 2:
-            continue
-        mid = 0.5 * (s[m] + s[m + 1])
-        out[m] = abs(_value_at(s, g, right, mid) - _value_at(s, g, left, mid))
-    return out
-
-
-def _value_at(x: np.ndarray, y: np.ndarray, points: range, at: float) -> float:
-    near = list(points)
-    return float(np.polyval(np.polyfit(x[near] - at, y[near], len(near) - 1), 0.0))
+    h, dg = np.diff(s), np.diff(g)
+    rate = dg / h
+    excess = np.zeros(len(h))
+    for m in range(len(h)):
+        near = [j for j in (m - 2, m - 1, m + 1, m + 2) if 0 <= j < len(h)]
+        if 0 < m < len(h) - 1:  # neighbours on both sides
+            excess[m] = dg[m] - h[m] * float(np.median(rate[near]))
+    jumps = np.abs(excess)
+    for m in range(len(h) - 1):  # the pair's sum goes to the larger of the two
+        pair = abs(excess[m] + excess[m + 1])
+        larger = m if abs(excess[m]) >= abs(excess[m + 1]) else m + 1
+        jumps[larger] = max(jumps[larger], pair)
+    return jumps
 
 
 def force_energy_mismatch(s, energy, slope) -> tuple[np.ndarray, float]:
@@ -227,7 +230,7 @@ def _refine(path, s, k, target) -> dict:
     forces = evaluation.forces.reshape(len(fine), -1, 3)
     scores = discontinuity_scores(fine, evaluation.energy)
     jumps = force_jumps(fine, -np.einsum("pnc,pnc->p", forces, tangents))
-    reach = s[min(k + 1, hi)] - s[max(k - 1, lo)]
+    reach = 2 * float(np.max(np.diff(s[lo:hi + 1])))
     inner = np.abs(fine - s[k]) <= reach
     best = int(np.flatnonzero(inner)[np.argmax(scores[inner])])
     mids = 0.5 * (fine[1:] + fine[:-1])
@@ -261,7 +264,6 @@ def _analyse(kind: str, name: str, indices, coordinate: np.ndarray, s: np.ndarra
     jumps = force_jumps(s, slope)
     point_jumps = np.maximum(np.concatenate([[0.0], jumps]), np.concatenate([jumps, [0.0]]))
     rank = np.maximum(scores / discontinuity_score, point_jumps / min_force_jump)
-    to_coordinate = dict(zip(s.tolist(), coordinate.tolist()))
     candidates = []
     for k in np.argsort(-rank):
         if rank[k] <= 1 or len(candidates) == MAX_CANDIDATES:
@@ -278,7 +280,7 @@ def _analyse(kind: str, name: str, indices, coordinate: np.ndarray, s: np.ndarra
         fine_s = record.pop("s")
         record["coordinate"] = (float(np.degrees(fine_s)) if kind == "torsion_scan"
                                 else fine_s)
-        record["grid_coordinate"] = float(to_coordinate[float(s[k])])
+        record["grid_coordinate"] = float(coordinate[k])
         candidates.append(record)
     for c in candidates:
         c.pop("index")
