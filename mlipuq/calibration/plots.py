@@ -5,22 +5,37 @@ metrics' argument order and returns the ``matplotlib.axes.Axes`` it drew on,
 so plots compose into any figure. ``quantity`` and ``unit`` label the axes
 (e.g. ``quantity="Force component", unit="eV/Å"``).
 
-==========================  ====================================================
-:func:`calibration_curve`   observed vs expected coverage, miscalibration area shaded
-:func:`rmse_vs_rmv`         error-based calibration: RMSE vs RMV in σ bins, identity line
-:func:`parity`              predicted vs reference with ±σ error bars
-:func:`error_vs_std`        |error| vs σ (log-log) with the band a calibrated σ implies
-:func:`z_histogram`         histogram of z = (ref − pred)/σ with the N(0, 1) density
-:func:`summary_figure`      all of them for energies and forces of a report
-==========================  ====================================================
+===============================  ================================================
+:func:`calibration_curve`        observed vs expected coverage, miscalibration area shaded
+:func:`rmse_vs_rmv`              error-based calibration: RMSE vs RMV in σ bins, identity line
+:func:`parity`                   predicted vs reference (±σ bars, markers or a density)
+:func:`error_vs_std`             |error| vs σ (log-log) with the band a calibrated σ implies
+:func:`z_histogram`              histogram of z = (ref − pred)/σ with the N(0, 1) density
+:func:`compare_calibration`      calibration curves of several predictions, overlaid
+:func:`compare_rmse_vs_rmv`      RMSE vs RMV of several predictions, overlaid
+:func:`summary_figure`           all five single plots for energies and forces of a report
+===============================  ================================================
 
-Scatter-type plots draw at most ``max_points`` randomly chosen points (fixed
-seed); the statistics they print always use all points.
+**How many points are drawn (one rule for every panel).** A point panel
+(:func:`parity`, :func:`error_vs_std`) with at most ``max_points`` points draws
+every point; with more it draws a hexagonal-bin density of *all* of them
+(``density=None``, the default; log colour scale of counts). Only with
+``density=False`` is a larger set cut down, to the subset
+:func:`subsample` picks: the same ``max_points`` indices (seed 0) for every
+panel of a target, whatever the panel. ``parity`` draws ±1σ bars only up to
+``error_bars`` points (default 200; more bars make a solid band). Statistics
+printed in the panels always use all points.
+
+Log axes get ticks at 1, 2, 5 × 10^k (or denser, or every few decades) so
+that at least three are labelled, as plain numbers between 0.001 and 10⁴.
+:func:`style` is the rc context of the figures ``mlipuq evaluate`` writes:
+single-column width (:data:`COLUMN_WIDTH` inches) with no text smaller than
+:data:`MIN_FONT_SIZE` points; :func:`panel_figure` makes such a figure.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy.special import ndtri
@@ -40,6 +55,42 @@ _PLOT_TITLES = {
     "forces_norm": ("Force norm", "eV/Å"),
 }
 
+#: Width (inches) of one journal column; the figures ``mlipuq evaluate`` writes.
+COLUMN_WIDTH = 3.3
+#: Smallest font size (points) in those figures, at their true size.
+MIN_FONT_SIZE = 7.0
+#: Default most points drawn one by one in a point panel (more: a density).
+MAX_POINTS = 2000
+#: rc settings of :func:`style`: sizes in points, legible at :data:`COLUMN_WIDTH`.
+STYLE = {
+    "font.size": 8.5,
+    "axes.titlesize": 8.5,
+    "axes.labelsize": 8.0,
+    "xtick.labelsize": 7.5,
+    "ytick.labelsize": 7.5,
+    "legend.fontsize": 7.0,
+    "legend.title_fontsize": 7.0,
+    "figure.titlesize": 8.5,
+    "axes.linewidth": 0.8,
+    "lines.linewidth": 1.3,
+}
+
+
+def style():
+    """``matplotlib.rc_context`` with :data:`STYLE` (use as ``with style(): ...``)."""
+    import matplotlib
+
+    return matplotlib.rc_context(STYLE)
+
+
+def panel_figure(height: Optional[float] = None):
+    """``(fig, ax)``: one panel :data:`COLUMN_WIDTH` inches wide, constrained layout.
+    Draw inside ``with style():`` for fonts sized for that width."""
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(COLUMN_WIDTH, height or COLUMN_WIDTH + 0.2),
+                        layout="constrained")
+
 
 def _axes(ax):
     if ax is None:
@@ -49,10 +100,31 @@ def _axes(ax):
     return ax
 
 
-def _subsample(n: int, max_points: Optional[int], seed: int = 0) -> np.ndarray:
+def _text_size() -> float:
+    import matplotlib
+
+    from matplotlib.font_manager import FontProperties
+
+    return FontProperties(size=matplotlib.rcParams["legend.fontsize"]).get_size_in_points()
+
+
+def subsample(n: int, max_points: Optional[int], seed: int = 0) -> np.ndarray:
+    """The points a panel draws one by one: all ``n`` indices if ``n <= max_points``
+    (or ``max_points`` is None), else ``max_points`` distinct indices drawn with
+    ``numpy.random.default_rng(seed)``, sorted. The same ``(n, max_points)``
+    gives the same subset in every panel."""
     if max_points is None or n <= max_points:
         return np.arange(n)
+    if max_points < 1:
+        raise ValueError(f"max_points must be >= 1, got {max_points}")
     return np.sort(np.random.default_rng(seed).choice(n, size=int(max_points), replace=False))
+
+
+def draws_density(n: int, max_points: Optional[int], density: Optional[bool] = None) -> bool:
+    """Whether a point panel of ``n`` points draws a density (see the module docs)."""
+    if density is not None:
+        return bool(density)
+    return max_points is not None and n > max_points
 
 
 def _label(quantity: str, unit: str, what: str = "") -> str:
@@ -60,19 +132,50 @@ def _label(quantity: str, unit: str, what: str = "") -> str:
     return f"{text} ({unit})" if unit else text
 
 
+def _tick_label(value: float, _pos=None) -> str:
+    if value <= 0:
+        return ""
+    if 1e-3 <= value < 1e4:
+        return f"{value:g}"
+    exponent = int(np.floor(np.log10(value) + 1e-9))
+    mantissa = round(value / 10.0**exponent, 6)
+    if abs(mantissa - 1.0) < 1e-6:
+        return f"$10^{{{exponent}}}$"
+    return f"${mantissa:g}\\times10^{{{exponent}}}$"
+
+
+_LOG_SUBS = ((1.0,), (1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0), tuple(float(s) for s in range(1, 10)))
+
+
+def log_ticks(lo: float, hi: float, min_ticks: int = 3, max_ticks: int = 8) -> np.ndarray:
+    """Major tick values in ``[lo, hi]`` for a log axis: decades, or 1-2-5 steps,
+    or finer, the sparsest of these giving at least ``min_ticks``; for spans of
+    more than ``max_ticks`` decades, every few decades."""
+    lo, hi = float(min(lo, hi)), float(max(lo, hi))
+    first, last = int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi)))
+    step = max(1, int(np.ceil((last - first + 1) / max_ticks)))
+    if step > 1:
+        return 10.0 ** np.arange(first - first % step, last + 1, step)
+    ticks = np.array([])
+    for subs in _LOG_SUBS:
+        values = np.array([s * 10.0**k for k in range(first, last + 1) for s in subs])
+        ticks = values[(values >= lo * (1 - 1e-9)) & (values <= hi * (1 + 1e-9))]
+        if ticks.size >= min_ticks:
+            break
+    return ticks
+
+
 def _tidy_log_axes(ax) -> None:
-    """Readable log axes: ticks at 1, 2, 5 × 10^k as plain numbers over a few decades;
-    no minor tick labels (they overlap)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    """Readable log axes: :func:`log_ticks` as labelled major ticks (plain numbers
+    from 0.001 to 10⁴), unlabelled minor ticks."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
     for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
         if axis.get_scale() != "log":
             continue
-        if hi / lo < 1e3:
-            span = hi / lo
-            subs = (1, 2, 5) if span > 6 else (1, 2, 3, 5) if span > 2 else tuple(range(1, 10))
-            axis.set_major_locator(LogLocator(base=10.0, subs=subs))
-            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_major_locator(FixedLocator(log_ticks(lo, hi)))
+        axis.set_major_formatter(FuncFormatter(_tick_label))
+        axis.set_minor_locator(LogLocator(base=10.0, subs=tuple(range(2, 10)), numticks=100))
         axis.set_minor_formatter(NullFormatter())
 
 
@@ -84,9 +187,20 @@ def _textbox(ax, text: str, loc: str = "upper left") -> None:
     x, ha = (0.03, "left") if "left" in loc else (0.97, "right")
     y, va = (0.97, "top") if "upper" in loc else (0.03, "bottom")
     ax.text(
-        x, y, text, transform=ax.transAxes, ha=ha, va=va, fontsize=9,
+        x, y, text, transform=ax.transAxes, ha=ha, va=va, fontsize=_text_size(),
         bbox=dict(boxstyle="round", facecolor="white", alpha=0.85, edgecolor="0.7"),
     )
+
+
+def _density(ax, x, y, *, log_xy: bool = False, gridsize: int = 45):
+    """Hexbin of all points, log colour scale of counts, with a colour bar."""
+    kwargs = {"xscale": "log", "yscale": "log"} if log_xy else {}
+    hb = ax.hexbin(x, y, gridsize=gridsize, bins="log", mincnt=1, cmap="viridis",
+                   linewidths=0.0, rasterized=True, **kwargs)
+    bar = ax.figure.colorbar(hb, ax=ax, shrink=0.8, pad=0.02)
+    bar.set_label("points per bin")
+    bar.ax.tick_params(labelsize=_text_size())
+    return hb
 
 
 # ------------------------------------------------------------------ plots
@@ -127,27 +241,34 @@ def calibration_curve(
     matplotlib.axes.Axes
     """
     ax = _axes(ax)
-    pred, std, true = prepare(y_pred, y_std, y_true, reduce=reduce)
-    expected, observed = proportions_from_sorted(
-        np.sort(np.abs((true - pred) / std)), int(num_bins), "interval"
-    )
+    expected, observed = _curve(y_pred, y_std, y_true, reduce, num_bins)
     area = area_between(expected, observed)
     ax.plot([0, 1], [0, 1], ls="--", color="0.4", lw=1, label="ideal")
     ax.fill_between(expected, expected, observed, color="C0", alpha=0.25,
                     label=f"miscal. area = {area:.3f}")
     ax.plot(expected, observed, color="C0", lw=2, label=label or "model")
+    _coverage_axes(ax, quantity, "calibration curve")
+    ax.legend(loc="upper left")
+    return ax
+
+
+def _curve(y_pred, y_std, y_true, reduce, num_bins):
+    pred, std, true = prepare(y_pred, y_std, y_true, reduce=reduce)
+    return proportions_from_sorted(np.sort(np.abs((true - pred) / std)), int(num_bins), "interval")
+
+
+def _coverage_axes(ax, quantity: str, what: str) -> None:
+    size = _text_size()
     ax.text(0.72, 0.28, "over-confident", transform=ax.transAxes, color="0.45",
-            fontsize=8, ha="center", va="center", rotation=45)
+            fontsize=size, ha="center", va="center", rotation=45)
     ax.text(0.3, 0.7, "under-confident", transform=ax.transAxes, color="0.45",
-            fontsize=8, ha="center", va="center", rotation=45)
+            fontsize=size, ha="center", va="center", rotation=45)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_aspect("equal")
-    ax.set_xlabel("Expected coverage of central interval")
+    ax.set_xlabel("Expected coverage")
     ax.set_ylabel("Observed coverage")
-    _title(ax, quantity, "calibration curve")
-    ax.legend(loc="upper left", fontsize=8)
-    return ax
+    _title(ax, quantity, what)
 
 
 def rmse_vs_rmv(
@@ -181,26 +302,8 @@ def rmse_vs_rmv(
     -------
     matplotlib.axes.Axes
     """
-    ax = _axes(ax)
-    pred, std, true = prepare(y_pred, y_std, y_true, reduce=reduce)
-    bins = binned_errors(true - pred, std, min(int(num_bins), std.size))
-    rmse = np.maximum(bins.rmse, np.finfo(float).tiny)
-    lo = min(bins.rmv.min(), rmse.min()) / 1.5
-    hi = max(bins.rmv.max(), rmse.max()) * 1.5
-    ax.plot([lo, hi], [lo, hi], ls="--", color="0.4", lw=1, label="ideal (RMSE = RMV)")
-    ax.plot(bins.rmv, rmse, "o-", color="C1", ms=6,
-            label=f"{bins.rmv.size} equal-count σ bins\n(ENCE = {ence_from_bins(bins):.3g})")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(lo, hi)
-    ax.set_aspect("equal")
-    _tidy_log_axes(ax)
-    ax.set_xlabel(_label("", unit, "RMV = √⟨σ²⟩"))
-    ax.set_ylabel(_label("", unit, "RMSE"))
-    _title(ax, quantity, "RMSE vs RMV")
-    ax.legend(loc="best", fontsize=8)
-    return ax
+    return compare_rmse_vs_rmv({"": (y_pred, y_std, y_true)}, ax=ax, reduce=reduce,
+                               num_bins=num_bins, quantity=quantity, unit=unit)
 
 
 def parity(
@@ -213,9 +316,12 @@ def parity(
     quantity: str = "",
     unit: str = "",
     center: bool = False,
-    max_points: Optional[int] = 2000,
+    max_points: Optional[int] = MAX_POINTS,
+    density: Optional[bool] = None,
+    error_bars: int = 200,
 ):
-    """Predicted vs reference values with ±1σ error bars.
+    """Predicted vs reference values: markers (with ±1σ bars up to
+    ``error_bars`` points) or, for more than ``max_points`` points, a density.
 
     Parameters
     ----------
@@ -226,8 +332,11 @@ def parity(
     center
         Subtract the mean reference value from both axes (useful for total
         energies, which are large and nearly constant).
-    max_points
-        Most points drawn (random subset; None draws all).
+    max_points, density
+        See the module docs: a density of all points above ``max_points``
+        unless ``density=False`` (then the :func:`subsample` subset).
+    error_bars
+        Most points drawn with ±1σ bars (0: none).
 
     Returns
     -------
@@ -236,13 +345,22 @@ def parity(
     ax = _axes(ax)
     pred, std, true = prepare(y_pred, y_std, y_true, reduce=reduce, positive_std=False)
     shift = float(true.mean()) if center else 0.0
-    idx = _subsample(pred.size, max_points)
+    dense = draws_density(pred.size, max_points, density)
+    idx = np.arange(pred.size) if dense else subsample(pred.size, max_points)
     x, y = true[idx] - shift, pred[idx] - shift
-    ax.errorbar(x, y, yerr=std[idx], fmt="o", ms=2.5, color="C0", ecolor="C0",
-                elinewidth=0.6, alpha=0.5, label="prediction ± 1σ", rasterized=True)
-    lo = min(x.min(), (y - std[idx]).min())
-    hi = max(x.max(), (y + std[idx]).max())
+    bars = not dense and idx.size <= error_bars
+    lo, hi = min(x.min(), y.min()), max(x.max(), y.max())
+    if bars:
+        lo, hi = min(lo, (y - std[idx]).min()), max(hi, (y + std[idx]).max())
     pad = 0.05 * (hi - lo if hi > lo else 1.0)
+    if dense:
+        _density(ax, x, y)
+    elif bars:
+        ax.errorbar(x, y, yerr=std[idx], fmt="o", ms=2.5, color="C0", ecolor="C0",
+                    elinewidth=0.6, alpha=0.6, label="prediction ± 1σ", rasterized=True)
+    else:
+        ax.scatter(x, y, s=4, alpha=0.5, color="C0", lw=0, rasterized=True,
+                   label="prediction")
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], ls="--", color="0.3", lw=1, label="y = x")
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_ylim(lo - pad, hi + pad)
@@ -251,10 +369,12 @@ def parity(
     ax.set_xlabel(_label(quantity + suffix, unit, "Reference"))
     ax.set_ylabel(_label(quantity + suffix, unit, "Predicted"))
     _title(ax, quantity, "parity")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper left")
     err = pred - true
     text = f"MAE = {np.mean(np.abs(err)):.3g} {unit}\nRMSE = {np.sqrt(np.mean(err**2)):.3g} {unit}"
-    if idx.size < pred.size:
+    if dense:
+        text += f"\ndensity of all {pred.size}"
+    elif idx.size < pred.size:
         text += f"\n({idx.size} of {pred.size} shown)"
     _textbox(ax, text, loc="lower right")
     return ax
@@ -269,7 +389,8 @@ def error_vs_std(
     reduce: str = "none",
     quantity: str = "",
     unit: str = "",
-    max_points: Optional[int] = 20000,
+    max_points: Optional[int] = MAX_POINTS,
+    density: Optional[bool] = None,
 ):
     """|error| vs σ on log-log axes with the band a calibrated σ implies.
 
@@ -283,8 +404,8 @@ def error_vs_std(
         Predicted mean, std (> 0) and reference (unit of the quantity).
     ax, reduce, quantity, unit
         As in :func:`rmse_vs_rmv`.
-    max_points
-        Most points drawn (random subset; None draws all).
+    max_points, density
+        As in :func:`parity`.
 
     Returns
     -------
@@ -295,14 +416,19 @@ def error_vs_std(
     abs_err = np.abs(true - pred)
     q05, q50, q95 = ndtri(0.5 + np.array([0.05, 0.5, 0.95]) / 2.0)
     inside = float(np.mean((abs_err >= q05 * std) & (abs_err <= q95 * std)))
-    idx = _subsample(std.size, max_points)
+    dense = draws_density(std.size, max_points, density)
+    idx = np.arange(std.size) if dense else subsample(std.size, max_points)
     positive = abs_err[abs_err > 0]
     floor = positive.min() / 2.0 if positive.size else std.min() * 1e-3
     y = np.maximum(abs_err[idx], floor)
-    ax.scatter(std[idx], y, s=4, alpha=0.35, color="C0", lw=0, rasterized=True, label="predictions")
+    if dense:
+        _density(ax, std[idx], y, log_xy=True)
+    else:
+        ax.scatter(std[idx], y, s=4, alpha=0.4, color="C0", lw=0, rasterized=True,
+                   label="predictions")
     s = np.geomspace(std.min() / 1.5, std.max() * 1.5, 100)
     ax.fill_between(s, q05 * s, q95 * s, color="C2", alpha=0.2, label="calibrated 90 % band")
-    ax.plot(s, q50 * s, color="C2", lw=1.5, label="calibrated median (0.67σ)")
+    ax.plot(s, q50 * s, color="C2", lw=1.5, label="calibrated median")
     ax.plot(s, s, color="0.4", ls="--", lw=1, label="|error| = σ")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -313,9 +439,11 @@ def error_vs_std(
     ax.set_ylabel(_label("", unit, "|error|"))
     _title(ax, quantity, "|error| vs σ")
     title = f"inside band: {100 * inside:.1f} % (ideal 90 %)"
-    if idx.size < std.size:
+    if dense:
+        title += f"\ndensity of all {std.size}"
+    elif idx.size < std.size:
         title += f"\n{idx.size} of {std.size} points shown"
-    ax.legend(loc="best", fontsize=8, title=title, title_fontsize=8)
+    ax.legend(loc="lower right", title=title)
     return ax
 
 
@@ -360,7 +488,7 @@ def z_histogram(
     ax.set_xlabel("z = (reference − predicted) / σ")
     ax.set_ylabel("Probability density")
     _title(ax, quantity, "z-scores")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper left")
     outside = float(np.mean(np.abs(z) > z_max))
     _textbox(
         ax,
@@ -371,11 +499,107 @@ def z_histogram(
     return ax
 
 
+def compare_calibration(
+    curves: Mapping[str, Tuple],
+    *,
+    ax=None,
+    reduce: str = "none",
+    num_bins: int = 100,
+    quantity: str = "",
+):
+    """Calibration curves of several predictions on one axes.
+
+    Parameters
+    ----------
+    curves
+        ``{label: (y_pred, y_std, y_true)}``, drawn in order (colours C0, C1, ...);
+        the legend gives each miscalibration area.
+    ax, reduce, num_bins, quantity
+        As in :func:`calibration_curve`.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    ax = _axes(ax)
+    ax.plot([0, 1], [0, 1], ls="--", color="0.4", lw=1, label="ideal")
+    for k, (label, (pred, std, true)) in enumerate(curves.items()):
+        expected, observed = _curve(pred, std, true, reduce, num_bins)
+        area = area_between(expected, observed)
+        ax.fill_between(expected, expected, observed, color=f"C{k}", alpha=0.12)
+        ax.plot(expected, observed, color=f"C{k}", lw=1.8, label=f"{label} (area {area:.3f})")
+    _coverage_axes(ax, quantity, "calibration curves")
+    ax.legend(loc="upper left")
+    return ax
+
+
+def compare_rmse_vs_rmv(
+    curves: Mapping[str, Tuple],
+    *,
+    ax=None,
+    reduce: str = "none",
+    num_bins: int = 10,
+    quantity: str = "",
+    unit: str = "",
+):
+    """RMSE vs RMV in equal-count σ bins of several predictions on one axes
+    (log-log, identity line). ``curves`` as in :func:`compare_calibration`;
+    other arguments as in :func:`rmse_vs_rmv`."""
+    ax = _axes(ax)
+    drawn = []
+    for label, (pred, std, true) in curves.items():
+        pred, std, true = prepare(pred, std, true, reduce=reduce)
+        bins = binned_errors(true - pred, std, min(int(num_bins), std.size))
+        drawn.append((label, bins.rmv, np.maximum(bins.rmse, np.finfo(float).tiny),
+                      ence_from_bins(bins)))
+    lo = min(min(rmv.min(), rmse.min()) for _, rmv, rmse, _ in drawn) / 1.5
+    hi = max(max(rmv.max(), rmse.max()) for _, rmv, rmse, _ in drawn) * 1.5
+    ax.plot([lo, hi], [lo, hi], ls="--", color="0.4", lw=1, label="ideal (RMSE = RMV)")
+    for k, (label, rmv, rmse, ence) in enumerate(drawn):
+        text = (f"{label} (ENCE = {ence:.3g})" if label else
+                f"{rmv.size} equal-count σ bins\n(ENCE = {ence:.3g})")
+        ax.plot(rmv, rmse, "o-", color=f"C{k + 1}" if not label else f"C{k}", ms=4, label=text)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+    _tidy_log_axes(ax)
+    ax.set_xlabel(_label("", unit, "RMV = √⟨σ²⟩"))
+    ax.set_ylabel(_label("", unit, "RMSE"))
+    _title(ax, quantity, "RMSE vs RMV")
+    ax.legend(loc="upper left")
+    return ax
+
+
+def draw(name: str, pred, std, true, *, ax, target: str = "forces", unit: str = "",
+         num_bins_ence: int = 10, max_points: Optional[int] = MAX_POINTS):
+    """Draw plot ``name`` (a function of this module) for ``target`` with the
+    arguments :func:`summary_figure` and ``mlipuq evaluate`` use."""
+    quantity, default_unit = _PLOT_TITLES.get(target, (target, unit))
+    unit = unit or default_unit
+    kwargs = {"ax": ax, "quantity": quantity}
+    if name in ("rmse_vs_rmv", "parity", "error_vs_std"):
+        kwargs["unit"] = unit
+    if name == "rmse_vs_rmv":
+        kwargs["num_bins"] = num_bins_ence
+    if name == "parity":
+        kwargs["center"] = target.startswith("energy")
+    if name in ("parity", "error_vs_std"):
+        kwargs["max_points"] = max_points
+    return globals()[name](pred, std, true, **kwargs)
+
+
+#: The single plots :func:`summary_figure` draws per target, left to right.
+PLOTS = ("calibration_curve", "rmse_vs_rmv", "parity", "error_vs_std", "z_histogram")
+
+
 def summary_figure(
     report,
     *,
     targets: Sequence[str] = ("energy", "forces"),
-    max_points: Optional[int] = 20000,
+    max_points: Optional[int] = MAX_POINTS,
+    title: Optional[str] = None,
 ):
     """All plots for energies and forces of a :class:`CalibrationReport`.
 
@@ -390,7 +614,11 @@ def summary_figure(
         Rows to draw, from ``energy``, ``energy_per_atom``, ``forces``,
         ``forces_norm``.
     max_points
-        Most points drawn in the scatter plots.
+        Most points drawn one by one in the point panels (parity, |error| vs σ);
+        above it those panels draw a density of all points (module docs).
+    title
+        Figure title (default: the size of the set; ``mlipuq evaluate`` adds the
+        wrapper and data names).
 
     Returns
     -------
@@ -407,24 +635,15 @@ def summary_figure(
         if t not in report.data:
             raise ValueError(f"unknown target {t!r}; the report has {sorted(report.data)}")
     num_bins_ence = int(report.settings.get("num_bins_ence", 10))
-    fig, axes = plt.subplots(len(targets), 5, figsize=(26, 5.4 * len(targets)), squeeze=False)
-    for row, target in zip(axes, targets):
-        pred, std, true = report.data[target]
-        quantity, unit = _PLOT_TITLES.get(target, (target, report.units.get(target, "")))
-        calibration_curve(pred, std, true, ax=row[0], quantity=quantity)
-        rmse_vs_rmv(pred, std, true, ax=row[1], quantity=quantity, unit=unit,
-                    num_bins=num_bins_ence)
-        parity(pred, std, true, ax=row[2], quantity=quantity, unit=unit,
-               center=target.startswith("energy"), max_points=min(max_points or 2000, 2000))
-        error_vs_std(pred, std, true, ax=row[3], quantity=quantity, unit=unit,
+    with style():
+        fig, axes = plt.subplots(len(targets), len(PLOTS), squeeze=False, layout="constrained",
+                                 figsize=(COLUMN_WIDTH * len(PLOTS), 3.6 * len(targets)))
+        for row, target in zip(axes, targets):
+            pred, std, true = report.data[target]
+            for ax, name in zip(row, PLOTS):
+                draw(name, pred, std, true, ax=ax, target=target,
+                     unit=report.units.get(target, ""), num_bins_ence=num_bins_ence,
                      max_points=max_points)
-        z_histogram(pred, std, true, ax=row[4], quantity=quantity)
-    fig.suptitle(
-        f"Calibration summary: {report.n_structures} structures, {report.n_atoms} atoms",
-        fontsize=14,
-    )
-    # fixed margins: as readable as tight_layout here, and several times faster
-    rows = len(targets)
-    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.1 / rows, top=1 - 0.16 / rows,
-                        wspace=0.32, hspace=0.3)
+        size = f"{report.n_structures} structures, {report.n_atoms} atoms"
+        fig.suptitle(f"{title}: {size}" if title else f"Calibration summary: {size}")
     return fig

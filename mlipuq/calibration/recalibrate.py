@@ -411,6 +411,11 @@ class PredictionRecalibrator:
     ----------
     energy_, forces_ : Recalibrator
         The fitted recalibrators.
+    offsets_ : dict
+        z-mean, z-std and count of the validation errors per target
+        (:func:`mlipuq.calibration.bias.offset_report`); when the mean offset
+        dominates, ``fit`` warns (:class:`~mlipuq.calibration.bias.OffsetWarning`)
+        that recalibration would only widen the stds to cover it.
     """
 
     def __init__(self, method: str = "scalar", **options):
@@ -430,9 +435,12 @@ class PredictionRecalibrator:
             accepts) with reference energies (eV) and forces (eV/Å), in the
             order of ``prediction``.
         """
+        from mlipuq.calibration.bias import offset_report, warn_offsets
         from mlipuq.calibration.targets import reference_arrays, scored_mask
 
         energy, forces = reference_arrays(prediction, reference)
+        self.offsets_ = offset_report(prediction, energy, forces)
+        warn_offsets(self.offsets_, where="calibrate", stacklevel=4)
         structures = np.arange(prediction.n_structures)
         per_atom = RECALIBRATORS[self.method].per_atom_options
         self.excluded_ = {}

@@ -12,6 +12,23 @@ the readout's input :math:`\\phi_i` (a forward hook, registered only for the
 duration of a call) on top of one method, :meth:`MLIP.per_atom_energy`.
 :func:`mlipuq.models.wrap` (in :mod:`mlipuq.models.wrapped`) makes any such
 torch module an :class:`MLIP` without editing it.
+
+Direct (non-conservative) forces, optional: a model with a *direct force head*
+(``has_direct_forces``) also computes, during :meth:`MLIP.per_atom_energy`, a
+linear readout without bias of per-atom vector features :math:`v_{ic}` (C of
+them per atom, each a Cartesian vector),
+
+.. math:: F^\\mathrm{direct}_i = \\sum_c w_c\\, v_{ic},
+
+captured by a forward hook on its ``force_readout_name`` layer (a
+``torch.nn.Linear(C, 1, bias=False)`` applied to (N, 3, C) tensors).
+``forward(..., direct_forces=True)`` returns them; ``force_mode = "direct"``
+makes them *the* forces of ``forward(forces=True)`` (and of everything built on
+it: :meth:`MLIP.compute`, training, calculators, MD) with no backward pass.
+Such forces need not be the gradient of any energy: check them with
+:func:`mlipuq.trust.jacobian_asymmetry` and :func:`mlipuq.trust.nve_drift`
+(``docs/direct-forces.md``). The default ``force_mode = "conservative"``
+leaves every result exactly as without the head.
 """
 
 from __future__ import annotations
@@ -78,6 +95,10 @@ def strained(batch: mdata.Batch, *, positions_grad: bool, stress: bool):
     return dataclasses.replace(batch, positions=positions_in, cell=cell), positions, strain
 
 
+#: Values of :attr:`MLIP.force_mode`.
+FORCE_MODES = ("conservative", "direct")
+
+
 def structure_volumes(batch: mdata.Batch) -> torch.Tensor:
     """(B,) cell volumes |det(cell)| (Å^3) of the batch's structures, in its dtype."""
     return torch.abs(torch.linalg.det(batch.cell))
@@ -93,6 +114,9 @@ class MLIP(nn.Module):
     """
 
     readout_name: str = "readout"
+    #: Dotted name of the direct force readout (``torch.nn.Linear(C, 1, bias=False)``
+    #: applied to the (N, 3, C) vector features), None for models without one.
+    force_readout_name: Optional[str] = None
 
     def __init__(self, species: Iterable[Union[int, str]], cutoff: float):
         super().__init__()
@@ -110,6 +134,7 @@ class MLIP(nn.Module):
         self.atomic_energies_set = False
         self._offset_basis: Optional[np.ndarray] = None  # (S, k), see composition_variance
         self.offset_prior_std: Optional[float] = None
+        self._force_mode = "conservative"
 
     # ----------------------------------------------------------- subclass API
     def per_atom_energy(self, batch: mdata.Batch) -> torch.Tensor:
@@ -124,6 +149,50 @@ class MLIP(nn.Module):
     def config(self) -> dict:
         """Constructor arguments needed to rebuild the model (see :meth:`save`)."""
         raise NotImplementedError
+
+    # ------------------------------------------------------- direct forces
+    @property
+    def has_direct_forces(self) -> bool:
+        """Whether the model has a direct force head (``force_readout_name``)."""
+        return self.force_readout_name is not None
+
+    @property
+    def force_readout_layer(self) -> nn.Linear:
+        """The direct force readout: ``Linear(C, 1, bias=False)`` on (N, 3, C) vector features."""
+        if not self.has_direct_forces:
+            raise ValueError(f"this {type(self).__name__} has no direct force head")
+        return _get_submodule(self, self.force_readout_name)
+
+    @property
+    def force_mode(self) -> str:
+        """Which forces ``forward(forces=True)`` returns: ``"conservative"`` (default,
+        :math:`-\\partial E/\\partial r` by autograd) or ``"direct"`` (the direct head's,
+        no backward pass; models with ``has_direct_forces`` only). Settable."""
+        return getattr(self, "_force_mode", "conservative")
+
+    @force_mode.setter
+    def force_mode(self, mode: str) -> None:
+        self._force_mode = check_force_mode(mode, self)
+
+    @contextlib.contextmanager
+    def using_force_mode(self, mode: str):
+        """Context in which :attr:`force_mode` is ``mode`` (restored on exit)."""
+        previous = self.force_mode
+        self.force_mode = mode
+        try:
+            yield self
+        finally:
+            self._force_mode = previous
+
+    @property
+    def direct_readout_weight(self) -> torch.Tensor:
+        """(C,) weights ``w_c`` of the direct force readout (per vector feature)."""
+        return self.force_readout_layer.weight.detach().reshape(-1)
+
+    @property
+    def n_vector_features(self) -> int:
+        """Number C of per-atom vector features feeding the direct force readout."""
+        return int(self.force_readout_layer.in_features)
 
     # ------------------------------------------------------ species offsets
     @property
@@ -234,19 +303,47 @@ class MLIP(nn.Module):
         ).to(device=self.device)
 
     @contextlib.contextmanager
-    def capture_features(self):
-        """Context in which forward passes record the readout's input in ``store["features"]``."""
+    def capture_features(self, *, direct: bool = False):
+        """Context in which forward passes record the readout's input in ``store["features"]``.
+
+        With ``direct`` (models with a direct force head), the direct force
+        readout's input (N, 3, C) and output (N, 3, 1) are recorded too, in
+        ``store["vector_input"]`` and ``store["direct_output"]``.
+        """
         store: dict[str, torch.Tensor] = {}
 
         def hook(module, inputs, output):
             store["features"] = inputs[0]
             store["readout_output"] = output
 
-        handle = self.readout_layer.register_forward_hook(hook)
+        def direct_hook(module, inputs, output):
+            store["vector_input"] = inputs[0]
+            store["direct_output"] = output
+
+        handles = [self.readout_layer.register_forward_hook(hook)]
+        if direct:
+            handles.append(self.force_readout_layer.register_forward_hook(direct_hook))
         try:
             yield store
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
+
+    def _direct_outputs(self, store: dict, n_atoms: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 3) direct forces and (N, C, 3) vector features from a ``capture_features(direct=True)``."""
+        if "direct_output" not in store:
+            raise ValueError(
+                f"the direct force readout {self.force_readout_name!r} of {type(self).__name__} "
+                "was not called during the forward pass"
+            )
+        vectors, forces = store["vector_input"], store["direct_output"]
+        if vectors.dim() != 3 or vectors.shape[:2] != (n_atoms, 3) or forces.numel() != 3 * n_atoms:
+            raise ValueError(
+                f"the direct force readout {self.force_readout_name!r} got input of shape "
+                f"{tuple(vectors.shape)} and gave {tuple(forces.shape)}; expected per-atom vector "
+                f"features ({n_atoms}, 3, C) and forces ({n_atoms}, 3, 1)"
+            )
+        return forces.reshape(n_atoms, 3), vectors.transpose(1, 2)
 
     # ---------------------------------------------------------------- forward
     def forward(
@@ -257,6 +354,7 @@ class MLIP(nn.Module):
         stress: bool = False,
         features: bool = False,
         create_graph: bool = False,
+        direct_forces: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Energies (B,) in eV (float64, offsets included), and on request
         forces (N, 3) in eV/Å, stress (B, 3, 3) in eV/Å^3 and the per-atom
@@ -269,11 +367,34 @@ class MLIP(nn.Module):
         :func:`strained`): derivatives of functions of the features with
         respect to it, divided by the volume, are stresses (the UQ wrappers'
         stress uncertainties use it).
+
+        Direct forces (models with ``has_direct_forces``): ``direct_forces=True``
+        adds ``out["direct_forces"]`` (N, 3) eV/Å, the direct head's
+        :math:`\\sum_c w_c v_{ic}`, and with ``features``
+        ``out["vector_features"]`` (N, C, 3), its input. With ``force_mode ==
+        "direct"``, ``forces=True`` returns the direct forces as
+        ``out["forces"]`` (and as ``out["direct_forces"]``) without a backward
+        pass; ``stress`` stays the strain derivative of the energy, and
+        ``create_graph`` makes ``out["positions"]`` a leaf the direct forces
+        can be differentiated with respect to (force Jacobians).
         """
-        need_grad = forces or stress
-        work, positions, strain = strained(batch, positions_grad=need_grad, stress=stress)
-        with torch.enable_grad() if need_grad else contextlib.nullcontext():
-            with self.capture_features() if features else contextlib.nullcontext() as store:
+        if direct_forces and not self.has_direct_forces:
+            raise ValueError(
+                f"{type(self).__name__} has no direct force head: build it with one "
+                "(MiniMLIP(..., direct_forces=True), wrap(..., force_readout=...))"
+            )
+        direct_mode = self.has_direct_forces and self.force_mode == "direct"
+        want_direct = direct_forces or (forces and direct_mode)
+        autograd_forces = forces and not direct_mode
+        need_grad = autograd_forces or stress
+        if direct_mode:  # positions are differentiated only for force Jacobians
+            positions_grad = create_graph and want_direct
+        else:
+            positions_grad = need_grad
+        work, positions, strain = strained(batch, positions_grad=positions_grad, stress=stress)
+        with torch.enable_grad() if need_grad or positions_grad else contextlib.nullcontext():
+            with (self.capture_features(direct=want_direct) if features or want_direct
+                  else contextlib.nullcontext()) as store:
                 eps = self.per_atom_energy(work)
             if eps.dim() == 2 and eps.shape[1] == 1:
                 eps = eps.squeeze(1)
@@ -288,20 +409,26 @@ class MLIP(nn.Module):
                 "energy": interaction.to(torch.float64) + self.offsets(batch),
                 "per_atom_energy": eps,
             }
+            if want_direct:
+                direct, vectors = self._direct_outputs(store, batch.numbers.shape[0])
+                out["direct_forces"] = direct
+                if forces and direct_mode:
+                    out["forces"] = direct
             if need_grad:
-                inputs = [positions] + ([strain] if stress else [])
+                grad_positions = not direct_mode
+                inputs = ([positions] if grad_positions else []) + ([strain] if stress else [])
                 grads = torch.autograd.grad(
                     interaction.sum(),
                     inputs,
                     create_graph=create_graph,
-                    retain_graph=create_graph or features,
+                    retain_graph=create_graph or features or want_direct,
                     allow_unused=True,
                 )
-                if forces:
+                if autograd_forces:
                     g = grads[0] if grads[0] is not None else torch.zeros_like(positions)
                     out["forces"] = -g
                 if stress:
-                    g = grads[1] if grads[1] is not None else torch.zeros_like(batch.cell)
+                    g = grads[-1] if grads[-1] is not None else torch.zeros_like(batch.cell)
                     volume = structure_volumes(batch)
                     periodic = batch.pbc.all(dim=1)
                     volume = torch.where(periodic, volume, torch.ones_like(volume))
@@ -311,6 +438,8 @@ class MLIP(nn.Module):
             if features:
                 out["features"] = store["features"]
                 out["positions"] = positions
+                if want_direct:
+                    out["vector_features"] = vectors
                 if stress:
                     out["strain"] = strain
         return out
@@ -408,6 +537,19 @@ class MLIP(nn.Module):
         code: load it with ``mlipuq.models.load(path, module=...)``.
         """
         save_payload(self._payload(), path, overwrite=overwrite)
+
+
+def check_force_mode(mode: str, model: Optional["MLIP"] = None) -> str:
+    """``mode`` if it is one of :data:`FORCE_MODES` (and ``"direct"`` only for a
+    ``model`` with a direct force head), else a ``ValueError``."""
+    if mode not in FORCE_MODES:
+        raise ValueError(f"force_mode must be one of {FORCE_MODES}, got {mode!r}")
+    if mode == "direct" and model is not None and not model.has_direct_forces:
+        raise ValueError(
+            f"force_mode='direct' needs a direct force head, which this {type(model).__name__} "
+            "lacks (MiniMLIP(..., direct_forces=True), wrap(..., force_readout=...))"
+        )
+    return mode
 
 
 def load_module_state(module: nn.Module, state_dict: Mapping, path: str, expected: str = "",

@@ -7,6 +7,14 @@ the norms and inner products of vectors, so the energy is invariant and the
 forces equivariant. Per-atom energies come out of the final linear layer
 ``readout``: ``eps_i = readout(phi_i)`` with ``phi_i = silu(W s_i)``, so
 MiniMLIP satisfies the base-MLIP contract natively.
+
+``MiniMLIP(..., direct_forces=True)`` adds a direct (non-conservative) force
+head, like PET's non-conservative variant: ``force_readout``, a linear layer
+without bias on the last block's vector features, ``F_i = sum_c w_c v_ic``
+(equivariant: the ``v_ic`` rotate with the structure and a bias would not).
+Both heads share the backbone; ``force_mode`` picks the one
+``forward(forces=True)`` returns (see :mod:`mlipuq.models.base` and
+``docs/direct-forces.md``).
 """
 
 from __future__ import annotations
@@ -105,7 +113,19 @@ class MiniMLIP(MLIP):
     atomic_energies
         Per-species reference energies (eV); fitted by the trainer if None.
     seed
-        Seed for the weight initialisation (None: torch's global RNG).
+        Seed for the weight initialisation (None: torch's global RNG). The
+        direct force head is drawn after every other weight, so a model with it
+        has the same backbone and energy readout as one without (same seed).
+    direct_forces
+        Add the direct force head ``force_readout`` (``Linear(width, 1,
+        bias=False)`` on the (N, 3, width) vector features of the last block):
+        ``has_direct_forces`` is then True and ``forward(direct_forces=True)``
+        returns its forces. Default False: no head, the model of before.
+    force_mode
+        ``"conservative"`` (default: forces are −∂E/∂r by autograd) or
+        ``"direct"`` (``forward(forces=True)``, :meth:`compute`, training and
+        calculators use the direct head, with no backward pass; needs
+        ``direct_forces=True``). Settable later (``model.force_mode = ...``).
     """
 
     def __init__(
@@ -121,8 +141,12 @@ class MiniMLIP(MLIP):
         atomic_energies: Optional[Mapping[Union[int, str], float]] = None,
         seed: Optional[int] = None,
         n_features: Optional[int] = None,
+        direct_forces: bool = False,
+        force_mode: str = "conservative",
     ):
         super().__init__(species, cutoff)
+        if not isinstance(direct_forces, bool):
+            raise TypeError(f"direct_forces must be a bool, got {type(direct_forces).__name__}")
         width, width_name = _width(width, n_features)
         for name, value in (
             (width_name, width),
@@ -140,6 +164,8 @@ class MiniMLIP(MLIP):
             "n_rbf": int(n_rbf),
             "n_readout_features": int(n_readout_features),
         }
+        if direct_forces:  # only then: configs (and files) of models without the head unchanged
+            self._config["direct_forces"] = True
         self.avg_num_neighbors = None if avg_num_neighbors is None else float(avg_num_neighbors)
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
@@ -156,6 +182,11 @@ class MiniMLIP(MLIP):
             self.readout = nn.Linear(int(n_readout_features), 1)
             nn.init.normal_(self.readout.weight, std=0.01)
             nn.init.zeros_(self.readout.bias)
+            if direct_forces:  # drawn last: the other weights are those of a model without it
+                self.force_readout = nn.Linear(f, 1, bias=False)
+                nn.init.normal_(self.force_readout.weight, std=0.01)
+                self.force_readout_name = "force_readout"
+        self.force_mode = force_mode
         if atomic_energies is not None:
             self.set_atomic_energies(atomic_energies)
 
@@ -165,7 +196,10 @@ class MiniMLIP(MLIP):
         return self._config["width"]
 
     def config(self) -> dict:
-        return dict(self._config)
+        config = dict(self._config)
+        if self.has_direct_forces:
+            config["force_mode"] = self.force_mode
+        return config
 
     @classmethod
     def from_payload(cls, payload: dict, **kwargs) -> "MiniMLIP":
@@ -196,6 +230,8 @@ class MiniMLIP(MLIP):
         for interaction, update in zip(self.interactions, self.updates):
             s, v = interaction(s, v, batch.edge_index, rbf, envelope, unit, norm)
             s, v = update(s, v)
+        if self.has_direct_forces:  # (N, 3, width) -> (N, 3, 1), captured by MLIP.forward
+            self.force_readout(v)
         phi = self.activation(self.hidden(s))
         return self.readout(phi).squeeze(-1)
 
