@@ -15,7 +15,14 @@ run, interleaved with the base model, and reported as a ratio of the best of
   K-member force uncertainty on this device (an isolated product; in a loop on
   one retained graph they were measured somewhat cheaper);
 * LLPR ``fit`` with ``include_forces=False`` over one inference pass on the
-  same training structures.
+  same training structures;
+* direct (non-conservative) forces: the same network with a direct force head
+  (``MiniMLIP(direct_forces=True, force_mode="direct")``, identical backbone
+  and energy readout), its energies + direct forces (no backward pass) as the
+  denominator, and "LLPR, direct-head force variances" (``predict`` with the
+  direct head's own posterior: ``diag(V Σ_w Vᵀ)``, no vector-Jacobian
+  product; target <= 1.1x) printed next to the conservative LLPR case, with
+  the direct base time over the conservative base time.
 
 Timings only: the models are untrained (costs do not depend on the weights).
 With ``--device cuda`` the models run on the GPU, member forces are batched
@@ -72,6 +79,10 @@ def run_system(name, species, structures, fit_set, batch_size, repeats,
         "EvidentialHead": EvidentialHead(model).fit(fit_set, **quick),
         "DeepEnsemble (5 members)": DeepEnsemble([make(s) for s in range(5)]),
     }
+    direct_model = MiniMLIP(species, seed=0, avg_num_neighbors=20.0, direct_forces=True,
+                             force_mode="direct", **MODEL).to(device)
+    direct_model.set_atomic_energies({z: 0.0 for z in direct_model.species})
+    direct_llpr = LastLayerLaplace(direct_model).fit(fit_set)  # force rows: vector features
     base = best_time(lambda: model.compute(structures, batch_size=batch_size), repeats)
     rows = [("base model, energies + forces (s)", base)]
     for label, wrapper in wrappers.items():
@@ -95,10 +106,22 @@ def run_system(name, species, structures, fit_set, batch_size, repeats,
         lambda: LastLayerLaplace(model, include_forces=False, n_samples=0).fit(
             fit_set, batch_size=batch_size), repeats)
     rows.append(("LLPR fit (include_forces=False) / inference pass", fit / inference))
+    # direct head: both timed against the direct model's own energies + direct forces
+    direct_base = best_time(lambda: direct_model.compute(structures, batch_size=batch_size),
+                            repeats)
+    direct_predict = best_time(
+        lambda: direct_llpr.predict(structures, batch_size=batch_size), repeats)
+    rows.append(("base model, direct head: energies + forces (s)", direct_base))
+    rows.append(("direct base / conservative base", direct_base / base))
+    rows.append(("LLPR, direct-head force variances", direct_predict / direct_base))
     print(f"\n{name}: {len(structures)} structures, batch {batch_size}, {model.device}")
     for label, value in rows:
         unit = "" if label.endswith("(s)") else "x"
         print(f"  {label:<52}{value:>8.3f}{unit}")
+    exact = dict(rows)["LLPR, exact force variances"]
+    print(f"  force variances, LLPR predict / its base:  conservative (exact, {model.n_features} "
+          f"VJPs) {exact:.3f}x   direct head (no VJP) {direct_predict / direct_base:.3f}x "
+          "(target <= 1.1x)")
     return rows
 
 

@@ -311,6 +311,12 @@ def _new_temporary(folder: str, name: str) -> str:
     return path
 
 
+def _copy_with_calc(atoms):
+    copy = atoms.copy()
+    copy.calc = atoms.calc  # the reference energy and forces travel with it
+    return copy
+
+
 class _PredictionFile:
     """The output of ``predict``, built in a temporary file next to it (rank 0)."""
 
@@ -321,11 +327,19 @@ class _PredictionFile:
         os.makedirs(self.folder, exist_ok=True)
         self.tmp = _new_temporary(self.folder, self.name)
 
-    def append(self, chunk, prediction) -> None:
-        """Append ``chunk`` with its predictions (:meth:`AtomsDataset.write`'s columns)."""
+    def append(self, chunk, prediction, labels: dict) -> None:
+        """Append ``chunk`` with its predictions (:meth:`AtomsDataset.write`'s columns)
+        and, per structure, ``labels`` (which wrapper predicted, how calibrated)."""
+        from mlipuq.data import AtomsDataset
+
         part = _new_temporary(self.folder, self.name + ".chunk")
+        labelled = []
+        for atoms in chunk:
+            atoms = atoms.copy() if atoms.calc is None else _copy_with_calc(atoms)
+            atoms.info.update(labels)
+            labelled.append(atoms)
         try:
-            chunk.write(part, prediction, overwrite=True)
+            AtomsDataset(labelled).write(part, prediction, overwrite=True)
             with open(part, "rb") as src, open(self.tmp, "ab") as dst:
                 shutil.copyfileobj(src, dst)
         finally:
@@ -349,6 +363,17 @@ class _PredictionFile:
             os.unlink(self.tmp)
 
 
+def _wrapper_labels(wrapper, *, calibrated: bool) -> dict:
+    """Per-structure keys naming the wrapper (class, fingerprint) and its calibration."""
+    from mlipuq import schema
+
+    recalibrator = getattr(wrapper, "recalibrator_", None)
+    method = getattr(recalibrator, "method", None) if calibrated else None
+    return {schema.WRAPPER_CLASS: type(wrapper).__name__,
+            schema.WRAPPER: "sha256:" + str(wrapper.fingerprint()),
+            schema.CALIBRATION: method or "raw"}
+
+
 def run_predict(args: argparse.Namespace) -> int:
     """Run ``mlipuq predict``; returns 0. Bad input raises; :func:`mlipuq.cli.main` reports it."""
     from mlipuq import distributed as mdist
@@ -365,13 +390,14 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.data} holds no structures")
     out = mdist.run_local(lambda: _PredictionFile(args.out, args.overwrite)
                           if mdist.is_main() else None)
+    labels = _wrapper_labels(wrapper, calibrated=not args.no_calibration)
     try:
         for start in range(0, n, args.chunk_size):
             chunk = _chunk(data, start, min(start + args.chunk_size, n))
             prediction = wrapper.predict(chunk, batch_size=args.batch_size,
                                          calibrated=not args.no_calibration,
                                          progress=args.progress and mdist.is_main())
-            mdist.run_local(lambda: out.append(chunk, prediction) if out else None)
+            mdist.run_local(lambda: out.append(chunk, prediction, labels) if out else None)
         mdist.run_local(lambda: out.commit() if out else None)
     finally:
         if out is not None:

@@ -251,6 +251,12 @@ class Prediction:
         ``mlipuq_stress_std`` per structure: full 3 x 3 matrices (eV/Å^3), the
         form MD frames use for ``mlipuq_stress``; ASE's extxyz writes them as
         a nested JSON list and reads them back as (3, 3) arrays.
+
+        Per atom, for colouring structures in a viewer: ``mlipuq_forces_std_norm``
+        (N,) = sqrt(sum_c σ²_F,ic) (eV/Å; the key MD frames use), and, where the
+        prediction has local energy variances (``atom_energy_var``: LLPR,
+        shallow and deep ensembles, latent distance; not the evidential head),
+        ``mlipuq_atom_energy_std`` (N,) = their square root (eV).
         """
         one = self.structure(index)
         info = {schema.ENERGY: float(one.energy[0]), schema.ENERGY_STD: float(one.energy_std[0])}
@@ -260,7 +266,10 @@ class Prediction:
             info[schema.STRESS] = np.array(one.stress[0])
         if one.stress_var is not None:
             info[schema.STRESS_STD] = np.array(one.stress_std[0])
-        arrays = {schema.FORCES: np.asarray(one.forces), schema.FORCES_STD: one.forces_std}
+        arrays = {schema.FORCES: np.asarray(one.forces), schema.FORCES_STD: one.forces_std,
+                  schema.FORCES_STD_NORM: np.sqrt(one.forces_var.sum(axis=1))}
+        if one.atom_energy_var is not None:
+            arrays[schema.ATOM_ENERGY_STD] = np.sqrt(one.atom_energy_var)
         return info, arrays
 
 
@@ -302,7 +311,10 @@ def read_prediction(path) -> tuple["Prediction", object]:
     :meth:`mlipuq.data.AtomsDataset.write` with a prediction.
 
     Stresses (``mlipuq_stress``, ``mlipuq_stress_std``: 3 x 3, 9 values or
-    Voigt 6, eV/Å^3) are read when every frame has them.
+    Voigt 6, eV/Å^3) are read when every frame has them, and so are local
+    energy stds (``mlipuq_atom_energy_std``, eV, into ``atom_energy_var``).
+    ``mlipuq_forces_std_norm`` is not read: it follows from ``mlipuq_forces_std``.
+    Files without these optional columns (older ones) read as before.
 
     Raises :class:`~mlipuq.errors.InputFileError` (a ``ValueError``) naming the
     file, frame and key when a prediction column is missing or malformed.
@@ -345,6 +357,20 @@ def read_prediction(path) -> tuple["Prediction", object]:
                 if (one < 0).any():
                     raise _column_error(path, k, schema.STRESS_STD, "negative std")
             stress_var = np.stack(std) ** 2
+    atom_energy_var = None
+    if all(schema.ATOM_ENERGY_STD in a.arrays for a in structures):
+        stds = []
+        for k, a in enumerate(structures):
+            try:
+                std = np.asarray(a.arrays[schema.ATOM_ENERGY_STD], np.float64).reshape(len(a))
+            except (TypeError, ValueError):
+                raise _column_error(path, k, schema.ATOM_ENERGY_STD,
+                                    f"expected {len(a)} numbers, one per atom") from None
+            if not np.isfinite(std).all() or (std < 0).any():
+                raise _column_error(path, k, schema.ATOM_ENERGY_STD,
+                                    "std must be finite and >= 0")
+            stds.append(std)
+        atom_energy_var = np.concatenate(stds) ** 2
     energy_std, forces_std = np.asarray(energy_std), np.concatenate(forces_std)
     for name, values in (("energy", energy_std), ("forces", forces_std)):
         if not np.isfinite(values).all() or (values < 0).any():
@@ -355,7 +381,7 @@ def read_prediction(path) -> tuple["Prediction", object]:
         forces=np.concatenate(forces), forces_var=forces_std**2,
         n_atoms=n_atoms, batch=np.repeat(np.arange(len(structures)), n_atoms),
         numbers=np.concatenate([a.numbers for a in structures]),
-        energy_members=energy_members,
+        energy_members=energy_members, atom_energy_var=atom_energy_var,
         stress=stress, stress_var=stress_var,
     )
     return prediction, structures

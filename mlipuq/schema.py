@@ -39,6 +39,10 @@ FORCES = "mlipuq_forces"  #: (N, 3) predicted forces (eV/Å), per-atom array
 FORCES_STD = "mlipuq_forces_std"  #: (N, 3) predicted force std (eV/Å), per-atom array
 #: (N,) per-atom force std sqrt(sum_c σ²_F,ic) (eV/Å): one scalar per atom to colour by
 FORCES_STD_NORM = "mlipuq_forces_std_norm"
+#: (N,) std of each atom's local energy (eV), where the prediction has per-atom energy
+#: variances (``Prediction.atom_energy_var``: LLPR, shallow and deep ensembles, latent
+#: distance; not the evidential head)
+ATOM_ENERGY_STD = "mlipuq_atom_energy_std"
 ENERGY_MEMBERS = "mlipuq_energy_members"  #: (K,) member energies (eV)
 #: (3, 3) std of each predicted stress element (eV/Å³), per structure
 STRESS_STD = "mlipuq_stress_std"
@@ -60,3 +64,7 @@ RESULT_ENERGIES = "energies"  #: (K,) member energies (eV)
 RESULT_FORCES_COMMITTEE = "forces_committee"  #: (K, N, 3) member forces (eV/Å)
 RESULT_STRESS_STD = "stress_std"  #: (6,) Voigt std of the stress elements (eV/Å³)
 RESULT_STRESS_COMMITTEE = "stress_committee"  #: (K, 6) Voigt member stresses (eV/Å³)
+
+# Prediction files written by `mlipuq predict` (per structure, atoms.info)
+WRAPPER_CLASS = "mlipuq_wrapper_class"  #: class name of the UQ wrapper that predicted
+CALIBRATION = "mlipuq_calibration"  #: its recalibration method, or "raw"

@@ -64,6 +64,8 @@ class History:
     best_val_loss: float = math.inf
     stopped_early: bool = False
     wall_time: float = 0.0
+    #: True when ``max_time`` ended training (a :class:`TimeBudgetWarning` said so)
+    stopped_by_time: bool = False
 
     def __getitem__(self, key: str) -> list:
         return [row.get(key) for row in self.epochs]
@@ -432,11 +434,37 @@ def _as_trainable(model, energy_weight, forces_weight, parameters, loss_fn) -> T
     return model
 
 
-def _train_epoch(trainable, graphs, order, batch_size, optimizer, epoch) -> tuple[float, list]:
-    """One pass of optimiser steps; mean loss per structure and the batches' statistics."""
+class TimeBudgetWarning(UserWarning):
+    """``train(..., max_time=...)`` stopped training before its epochs or early stopping did."""
+
+
+@dataclass
+class _EpochProgress:
+    """How far an epoch got: batches done of ``n_batches`` (fewer when the time budget hit)."""
+
+    batches: int = 0
+    n_batches: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.batches >= self.n_batches
+
+
+def _train_epoch(trainable, graphs, order, batch_size, optimizer, epoch, *,
+                 deadline: Optional[float] = None,
+                 progress: Optional[_EpochProgress] = None) -> tuple[float, list]:
+    """One pass of optimiser steps; mean loss per structure and the batches' statistics.
+
+    With ``deadline`` (a :func:`time.perf_counter` value) the pass stops after the
+    first batch that ends past it; ``progress`` (if given) records how many of
+    the epoch's batches were done. The mean loss is over the structures seen.
+    """
     trainable.train_mode(True)
-    total, stats = 0.0, []
-    for n, batch in _batches(graphs, order, batch_size, trainable):
+    total, seen, stats = 0.0, 0, []
+    n_batches = -(-len(order) // batch_size)
+    if progress is not None:
+        progress.batches, progress.n_batches = 0, n_batches
+    for k, (n, batch) in enumerate(_batches(graphs, order, batch_size, trainable)):
         optimizer.zero_grad(set_to_none=True)
         loss, s = trainable.loss(batch, create_graph=True)
         if not torch.isfinite(loss):
@@ -446,8 +474,25 @@ def _train_epoch(trainable, graphs, order, batch_size, optimizer, epoch) -> tupl
         loss.backward()
         optimizer.step()
         total += float(loss.detach()) * n
+        seen += n
         stats.append(s)
-    return total / len(graphs), stats
+        if progress is not None:
+            progress.batches = k + 1
+        if deadline is not None and k + 1 < n_batches and time.perf_counter() >= deadline:
+            break
+    return total / max(seen, 1), stats
+
+
+def _budget_message(max_time: float, history: "History", progress: _EpochProgress,
+                    epochs: int) -> str:
+    done = len(history) - (0 if progress.complete else 1)
+    what = f"{done} of {epochs} epochs"
+    if not progress.complete:
+        what += f" and {progress.batches} of the {progress.n_batches} batches of the next"
+    return (f"training stopped by the time budget (max_time={max_time:g} s) after {what}, "
+            f"at {history.epochs[-1]['time']:.1f} s; the best weights (History.best_epoch "
+            f"{history.best_epoch}) are kept. The epochs a budget allows depend on the machine "
+            "and its load: give epochs alone for reproducible training")
 
 
 def _evaluate(trainable, graphs, batch_size) -> tuple[float, list]:
@@ -522,7 +567,15 @@ def train(
         Learning-rate decay on plateau (``lr_patience`` defaults to
         ``max(patience // 4, 1)``).
     max_time
-        Stop after this many seconds of wall time (the best weights are kept).
+        Time budget (s of wall time, from the start of training): training
+        stops after the first batch that ends past it, validates the weights
+        it reached (a row with ``"partial": True`` and the ``"batches"`` done
+        when it stopped within an epoch) and keeps the best weights. When the
+        budget, not ``epochs`` or early stopping, ends training a
+        :class:`TimeBudgetWarning` names the epochs done and the budget. The
+        number of epochs then depends on the machine and its load; give
+        ``epochs`` alone for reproducible training. Data parallel: checked at
+        epoch ends, on rank 0's clock.
     parameters
         Train only these parameters of an MLIP (default: all that require grad).
     loss_fn
@@ -581,18 +634,24 @@ def train(
         train_atoms = np.array([len(g.numbers) for g in train_graphs])
         val_atoms = None if val_graphs is None else np.array([len(g.numbers) for g in val_graphs])
     t0 = time.perf_counter()
+    deadline = None if max_time is None else t0 + max_time
+    budget_hit = False
+    done = _EpochProgress()
     bar = tqdm(range(epochs), desc="training", disable=not (progress and main), unit="epoch")
     sharding = trainable.data_parallel() if parallel else contextlib.nullcontext()
     with sharding:
         for epoch in bar:
-            if parallel:
+            if parallel:  # the budget is checked at epoch ends, on rank 0's clock
                 loss, stats = _train_epoch_sharded(trainable, train_graphs, train_atoms,
                                                    batch_size, optimizer, epoch, seed, exact)
+                done.batches = done.n_batches = 1
             else:
                 order = rng.permutation(len(train_graphs))
                 loss, stats = _train_epoch(trainable, train_graphs, order, batch_size,
-                                           optimizer, epoch)
+                                           optimizer, epoch, deadline=deadline, progress=done)
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss}
+            if not done.complete:
+                row.update(partial=True, batches=done.batches)
             row.update(_summarise(stats, "train"))
             monitor = row["train_loss"]
             if val_graphs is not None:
@@ -607,7 +666,8 @@ def train(
             if parallel:  # rank 0's clock decides max_time for everyone
                 row["time"] = mdist.broadcast_object(row["time"])
             history.epochs.append(row)
-            scheduler.step(monitor)
+            if done.complete:
+                scheduler.step(monitor)
             if monitor < history.best_val_loss:
                 history.best_val_loss, history.best_epoch = monitor, epoch
                 best_state = trainable.snapshot()
@@ -617,14 +677,21 @@ def train(
             else:
                 epochs_since_best += 1
             bar.set_postfix(_postfix(row, monitor))
+            if not done.complete:  # the budget ended this epoch early
+                budget_hit = True
+                break
             if epochs_since_best >= patience:
                 history.stopped_early = True
                 log.info("early stopping at epoch %d", epoch)
                 break
-            if max_time is not None and row["time"] > max_time:
-                log.info("time budget of %.0f s reached at epoch %d", max_time, epoch)
+            if max_time is not None and row["time"] > max_time and epoch + 1 < epochs:
+                budget_hit = True
                 break
     bar.close()
+    history.stopped_by_time = budget_hit
+    if budget_hit and main:
+        warnings.warn(_budget_message(max_time, history, done, epochs), TimeBudgetWarning,
+                      stacklevel=2)
     trainable.restore(best_state)
     trainable.train_mode(False)
     history.wall_time = time.perf_counter() - t0

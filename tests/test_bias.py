@@ -52,3 +52,13 @@ def test_unbiased_errors_do_not_warn():
         PredictionRecalibrator().fit(pred, ref)
     report = offset_report(pred, ref.energies, ref.forces)
     assert abs(report["energy"]["z_mean"]) < 0.3 and report["energy"]["z_std"] > 1.0
+
+
+def test_evaluate_reports_and_warns_about_the_offset():
+    from mlipuq.calibration import evaluate
+
+    pred, ref = synthetic_prediction(n_structures=60, miscal=0.2, seed=3)
+    with pytest.warns(OffsetWarning, match="evaluate: energy"):
+        report = evaluate(_shifted(pred, 1.0), ref)
+    assert report.settings["offsets"]["energy"]["dominated"]
+    assert "**Warning.** energy: the errors share a mean offset" in report.to_markdown()

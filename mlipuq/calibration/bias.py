@@ -56,11 +56,14 @@ def offset_message(target: str, z_mean: float, z_std: float, n: int) -> Optional
 
 def offset_report(prediction, energy, forces) -> dict:
     """``{target: {"z_mean", "z_std", "n", "dominated"}}`` for energies and forces."""
+    return offsets_of({"energy": (prediction.energy, prediction.energy_std, energy),
+                       "forces": (prediction.forces, prediction.forces_std, forces)})
+
+
+def offsets_of(arrays: dict) -> dict:
+    """:func:`offset_report` of ``{target: (y_pred, y_std, y_true)}``."""
     out = {}
-    for target, pred, std, true in (
-        ("energy", prediction.energy, prediction.energy_std, energy),
-        ("forces", prediction.forces, prediction.forces_std, forces),
-    ):
+    for target, (pred, std, true) in arrays.items():
         z_mean, z_std, n = z_statistics(pred, std, true)
         out[target] = {"z_mean": z_mean, "z_std": z_std, "n": n,
                        "dominated": offset_message(target, z_mean, z_std, n) is not None}

@@ -27,7 +27,8 @@ panel of a target, whatever the panel. ``parity`` draws ±1σ bars only up to
 printed in the panels always use all points.
 
 Log axes get ticks at 1, 2, 5 × 10^k (or denser, or every few decades) so
-that at least three are labelled, as plain numbers between 0.001 and 10⁴.
+that at least three are labelled, as plain numbers (``0.05``) unless a label
+would need an exponent (then all of that axis are powers of ten).
 :func:`style` is the rc context of the figures ``mlipuq evaluate`` writes:
 single-column width (:data:`COLUMN_WIDTH` inches) with no text smaller than
 :data:`MIN_FONT_SIZE` points; :func:`panel_figure` makes such a figure.
@@ -132,11 +133,14 @@ def _label(quantity: str, unit: str, what: str = "") -> str:
     return f"{text} ({unit})" if unit else text
 
 
-def _tick_label(value: float, _pos=None) -> str:
+def _tick_label(value: float, _pos=None, sci: Optional[bool] = None) -> str:
+    """``0.05``, ``2000``; ``$2\\times10^{-5}$`` where a plain number would need
+    an exponent (``sci=None``), always (``True``) or never (``False``)."""
     if value <= 0:
         return ""
-    if 1e-3 <= value < 1e4:
-        return f"{value:g}"
+    plain = f"{value:g}"
+    if sci is False or (sci is None and "e" not in plain):
+        return plain
     exponent = int(np.floor(np.log10(value) + 1e-9))
     mantissa = round(value / 10.0**exponent, 6)
     if abs(mantissa - 1.0) < 1e-6:
@@ -149,32 +153,38 @@ _LOG_SUBS = ((1.0,), (1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0), tuple(float(s) for s
 
 def log_ticks(lo: float, hi: float, min_ticks: int = 3, max_ticks: int = 8) -> np.ndarray:
     """Major tick values in ``[lo, hi]`` for a log axis: decades, or 1-2-5 steps,
-    or finer, the sparsest of these giving at least ``min_ticks``; for spans of
-    more than ``max_ticks`` decades, every few decades."""
+    or finer, the sparsest of these giving at least ``min_ticks`` (round linear
+    steps if none does); for spans of more than ``max_ticks`` decades, every few
+    decades."""
     lo, hi = float(min(lo, hi)), float(max(lo, hi))
     first, last = int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi)))
     step = max(1, int(np.ceil((last - first + 1) / max_ticks)))
+    inside = lambda v: v[(v >= lo * (1 - 1e-9)) & (v <= hi * (1 + 1e-9))]  # noqa: E731
     if step > 1:
-        return 10.0 ** np.arange(first - first % step, last + 1, step)
+        return inside(10.0 ** np.arange(first - first % step, last + 1, step))
     ticks = np.array([])
     for subs in _LOG_SUBS:
-        values = np.array([s * 10.0**k for k in range(first, last + 1) for s in subs])
-        ticks = values[(values >= lo * (1 - 1e-9)) & (values <= hi * (1 + 1e-9))]
+        ticks = inside(np.array([s * 10.0**k for k in range(first, last + 1) for s in subs]))
         if ticks.size >= min_ticks:
-            break
-    return ticks
+            return ticks
+    from matplotlib.ticker import MaxNLocator  # less than a factor ~3: linear steps
+
+    return inside(MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi))
 
 
 def _tidy_log_axes(ax) -> None:
-    """Readable log axes: :func:`log_ticks` as labelled major ticks (plain numbers
-    from 0.001 to 10⁴), unlabelled minor ticks."""
+    """Readable log axes: :func:`log_ticks` as labelled major ticks, unlabelled
+    minor ticks. Labels are plain numbers (``0.05``) unless one of the axis
+    would need an exponent; then all are written as powers of ten."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
     for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
         if axis.get_scale() != "log":
             continue
-        axis.set_major_locator(FixedLocator(log_ticks(lo, hi)))
-        axis.set_major_formatter(FuncFormatter(_tick_label))
+        ticks = log_ticks(lo, hi)
+        sci = any("e" in f"{v:g}" for v in ticks)
+        axis.set_major_locator(FixedLocator(ticks))
+        axis.set_major_formatter(FuncFormatter(lambda v, pos, sci=sci: _tick_label(v, pos, sci)))
         axis.set_minor_locator(LogLocator(base=10.0, subs=tuple(range(2, 10)), numticks=100))
         axis.set_minor_formatter(NullFormatter())
 
@@ -200,6 +210,7 @@ def _density(ax, x, y, *, log_xy: bool = False, gridsize: int = 45):
     bar = ax.figure.colorbar(hb, ax=ax, shrink=0.8, pad=0.02)
     bar.set_label("points per bin")
     bar.ax.tick_params(labelsize=_text_size())
+    _tidy_log_axes(bar.ax)
     return hb
 
 

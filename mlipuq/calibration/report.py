@@ -16,7 +16,12 @@ target              unit        what is scored
 and Markdown; it also keeps the arrays it was computed from so that
 :func:`mlipuq.calibration.plots.summary_figure` can draw them.
 :func:`load_prediction` turns an extxyz written by
-:meth:`mlipuq.data.AtomsDataset.write` back into ``(Prediction, reference)``.
+:meth:`mlipuq.data.AtomsDataset.write` back into ``(Prediction, reference)``;
+:func:`load_labelled` also returns the file names and the ``mlipuq_*`` entries
+the file records (:func:`file_metadata`). :func:`comparison_dict` and
+:func:`comparison_markdown` put several labelled reports side by side
+(``mlipuq evaluate A B --labels ...``; the HTML report is
+:mod:`mlipuq.calibration.html`).
 """
 
 from __future__ import annotations
@@ -205,10 +210,20 @@ class CalibrationReport:
             "z = (reference - prediction) / σ. Coverage: observed fraction of "
             "references inside the central interval of the given nominal coverage.",
         ]
+        if "label" in self.settings or "inputs" in self.settings:
+            label = self.settings.get("label")
+            lines += ["", f"Prediction: {label + ' — ' if label else ''}"
+                          f"{_describe_inputs(self.settings)}."]
         excluded = {t: n for t, n in self.settings.get("excluded", {}).items() if n}
         if excluded:
             counts = ", ".join(f"{n} {t}" for t, n in excluded.items())
             lines += ["", f"Excluded as exact (zero std and zero error, e.g. lone atoms): {counts}."]
+        from mlipuq.calibration.bias import offset_message
+
+        for target, stats in self.settings.get("offsets", {}).items():
+            message = offset_message(target, stats["z_mean"], stats["z_std"], stats["n"])
+            if message:
+                lines += ["", f"**Warning.** {message}."]
         for target, metrics in self.metrics.items():
             unit = self.units.get(target, "")
             lines += [
@@ -269,7 +284,11 @@ def evaluate(
         Mismatched counts, missing reference energies/forces, non-finite
         values, or zero std (the message names the target).
     """
+    from mlipuq.calibration.bias import offsets_of, warn_offsets
+
     arrays, excluded = scored_targets(prediction, reference)
+    offsets = offsets_of({t: arrays[t] for t in ("energy", "forces") if t in arrays})
+    warn_offsets(offsets, where="evaluate")
     metrics: Dict[str, Dict[str, Optional[float]]] = {}
     binned: Dict[str, Dict[str, list]] = {}
     for target, (pred, std, true) in arrays.items():
@@ -305,9 +324,112 @@ def evaluate(
             "num_bins_ence": int(num_bins_ence),
             "detection_quantile": float(detection_quantile),
             "excluded": excluded,
+            "offsets": offsets,
         },
         data=arrays if keep_data else None,
     )
+
+
+# ------------------------------------------------------------ comparison
+COMPARISON_FORMAT = "mlipuq-calibration-comparison"
+COMPARISON_VERSION = 1
+
+#: Metrics of the side-by-side tables (:func:`comparison_markdown`, the HTML report).
+KEY_METRICS = (
+    "n", "mae", "rmse", "sharpness", "nll", "crps", "miscalibration_area", "ence", "z_rms",
+    "coverage_90", "coverage_95", "spearman", "auroc",
+)
+
+
+def comparison_dict(reports: Dict[str, CalibrationReport]) -> Dict[str, Any]:
+    """JSON-ready dict of several reports by label (``mlipuq evaluate`` with
+    several predictions writes it as the top-level ``report.json``):
+    ``{"format", "version", "labels": [...], "reports": {label: to_dict()}}``."""
+    return {
+        "format": COMPARISON_FORMAT,
+        "version": COMPARISON_VERSION,
+        "labels": list(reports),
+        "reports": {label: r.to_dict() for label, r in reports.items()},
+    }
+
+
+def comparison_markdown(reports: Dict[str, CalibrationReport]) -> str:
+    """Markdown with one table per target, one row per labelled report, columns
+    :data:`KEY_METRICS` (every metric of each is in its own report)."""
+    labels = list(reports)
+    lines = ["# Calibration comparison", "", "Predictions: " + ", ".join(
+        f"{label} ({_describe_inputs(r.settings)})" for label, r in reports.items()) + "."]
+    first = reports[labels[0]]
+    for target in first.metrics:
+        unit = first.units.get(target, "")
+        names = [m for m in KEY_METRICS if any(m in r.metrics.get(target, {})
+                                               for r in reports.values())]
+        lines += ["", f"## {TITLES.get(target, target)} ({unit})", "",
+                  "| prediction | " + " | ".join(names) + " |",
+                  "|---|" + "---:|" * len(names)]
+        for label, r in reports.items():
+            values = r.metrics.get(target, {})
+            lines.append(f"| {label.replace('|', '/')} | "
+                         + " | ".join(_fmt(values.get(m)) for m in names) + " |")
+    lines += ["", "mae, rmse, sharpness and crps are in the unit of the target (in its heading), "
+              "nll in nats, the others dimensionless. Every metric of a prediction is in its "
+              "own report.", ""]
+    return "\n".join(lines)
+
+
+def _describe_inputs(settings: Dict[str, Any]) -> str:
+    inputs = settings.get("inputs", {})
+    text = os.path.basename(str(inputs.get("prediction_file", "?")))
+    if inputs.get("reference_file"):
+        text += f" vs {os.path.basename(str(inputs['reference_file']))}"
+    return text
+
+
+def metric_unit(name: str, unit: str) -> str:
+    """Unit of metric ``name`` for a target in ``unit`` ("" if dimensionless)."""
+    kind = "" if name.startswith("coverage_") else METRIC_INFO.get(name, ("", "", ""))[1]
+    return {"y": unit, "nats": "nats", "": ""}[kind]
+
+
+# ------------------------------------------------------------ extxyz input
+def file_metadata(structures) -> Dict[str, Any]:
+    """``mlipuq_*`` info entries that are the same scalar (string, number, bool) in
+    every structure of a prediction file and are not prediction columns, e.g.
+    ``mlipuq_wrapper`` (the wrapper's fingerprint) in MD frames. Empty for files
+    written by ``mlipuq predict`` today, which record no wrapper."""
+    from mlipuq import schema
+
+    columns = {schema.ENERGY, schema.ENERGY_STD, schema.ENERGY_MEMBERS, schema.STRESS,
+               schema.STRESS_STD, schema.ENERGIES, schema.STEP, schema.TIME_FS}
+    found: Dict[str, Any] = {}
+    for k, atoms in enumerate(structures):
+        for key, value in atoms.info.items():
+            if k == 0 and key.startswith(schema.PREFIX) and key not in columns:
+                if isinstance(value, (str, bool, int, float, np.integer, np.floating, np.bool_)):
+                    found[key] = value.item() if isinstance(value, np.generic) else value
+        for key in list(found):
+            if k and atoms.info.get(key) != found[key]:
+                del found[key]
+        if not found:
+            break
+    return found
+
+
+def load_labelled(
+    path: Union[str, os.PathLike], reference: Optional[Any] = None
+) -> Tuple[Any, Any, Dict[str, Any]]:
+    """:func:`load_prediction` plus what the files say about themselves:
+    ``(Prediction, reference dataset, inputs)`` with ``inputs`` =
+    ``{"prediction_file", "reference_file" (None: the prediction file's own
+    columns), "recorded": file_metadata(...)}``."""
+    prediction, structures, ref = _load(path, reference)
+    inputs = {
+        "prediction_file": os.fspath(path),
+        "reference_file": os.fspath(reference) if isinstance(reference, (str, os.PathLike))
+        else None,
+        "recorded": file_metadata(structures),
+    }
+    return prediction, ref, inputs
 
 
 # ------------------------------------------------------------ extxyz input
@@ -340,6 +462,12 @@ def load_prediction(
         match the predicted structures (counts, elements) or lacks energies
         or forces.
     """
+    prediction, _, ref = _load(path, reference)
+    return prediction, ref
+
+
+def _load(path, reference):
+    """``(Prediction, structures of the prediction file, reference dataset)``."""
     from mlipuq.data import as_dataset
     from mlipuq.prediction import read_prediction
 
@@ -359,4 +487,4 @@ def load_prediction(
                     f"the prediction file {a.get_chemical_formula()} (same order needed)"
                 )
     reference_arrays(prediction, ref)  # raise early if energies/forces are missing
-    return prediction, ref
+    return prediction, structures, ref

@@ -375,8 +375,10 @@ class MLIP(nn.Module):
         "direct"``, ``forces=True`` returns the direct forces as
         ``out["forces"]`` (and as ``out["direct_forces"]``) without a backward
         pass; ``stress`` stays the strain derivative of the energy, and
-        ``create_graph`` makes ``out["positions"]`` a leaf the direct forces
-        can be differentiated with respect to (force Jacobians).
+        ``create_graph`` with ``features`` makes ``out["positions"]`` a leaf
+        the direct forces can be differentiated with respect to (force
+        Jacobians, :func:`mlipuq.trust.jacobian_asymmetry`); the direct forces
+        keep their graph to the weights in any case (training).
         """
         if direct_forces and not self.has_direct_forces:
             raise ValueError(
@@ -388,7 +390,7 @@ class MLIP(nn.Module):
         autograd_forces = forces and not direct_mode
         need_grad = autograd_forces or stress
         if direct_mode:  # positions are differentiated only for force Jacobians
-            positions_grad = create_graph and want_direct
+            positions_grad = create_graph and features and want_direct
         else:
             positions_grad = need_grad
         work, positions, strain = strained(batch, positions_grad=positions_grad, stress=stress)

@@ -21,7 +21,17 @@ strain: :func:`feature_vjps_strain` differentiates ``sum_i c_k . phi_i`` with
 respect to the positions and to the (B, 3, 3) strain leaf of
 :func:`mlipuq.models.base.strained` in the same backward passes (the strain
 adds one more leaf to each pass, not more passes); the strain derivatives
-divided by the cell volume are stresses (eV/Å^3 per unit of ``c_k``).
+divided by the cell volume are stresses (eV/Å^3 per unit of ``c_k``);
+:func:`strain_vjps` takes them with respect to the strain alone (positions
+that need no gradient, as for a direct force head).
+
+Direct force heads need none of this: their forces
+:math:`F_{ia} = \\sum_c w_c v_{ica}` are linear in the weights with the
+vector features themselves as rows. :func:`direct_force_rows` lays the
+(N, C, 3) vector features out as the (3N, C) matrix :math:`V` with
+:math:`F = V w` (row ``3 i + a``: atom i, Cartesian component a), so the
+variance of a force component under a weight covariance :math:`\\Sigma` is
+:math:`(V \\Sigma V^T)_{rr}`: no vector-Jacobian product at all.
 """
 
 from __future__ import annotations
@@ -97,6 +107,29 @@ def feature_vjps_strain(
     grads = _vjps(features, (positions, strain), cotangents, create_graph=create_graph,
                   retain_graph=retain_graph, vectorize=vectorize)
     return grads[0], grads[1]
+
+
+def strain_vjps(
+    features: torch.Tensor,
+    strain: torch.Tensor,
+    cotangents: torch.Tensor,
+    *,
+    create_graph: bool = False,
+    retain_graph: bool = True,
+    vectorize: Vectorize = "auto",
+) -> torch.Tensor:
+    """``(K, B, 3, 3)`` strain derivatives of ``sum_i c_k . phi_i`` (the strain
+    part of :func:`feature_vjps_strain`, for features whose positions need no
+    gradient, e.g. those of a model returning direct forces)."""
+    return _vjps(features, (strain,), cotangents, create_graph=create_graph,
+                 retain_graph=retain_graph, vectorize=vectorize)[0]
+
+
+def direct_force_rows(vector_features: torch.Tensor) -> torch.Tensor:
+    """(3N, C) rows ``V`` of a direct force head from (N, C, 3) vector features
+    (same dtype, graph kept): ``F.reshape(-1) = V @ w`` for readout weights ``w`` (C,)."""
+    n, c, _ = vector_features.shape
+    return vector_features.transpose(1, 2).reshape(3 * n, c)
 
 
 def _vjps(features, inputs, cotangents, *, create_graph, retain_graph, vectorize) -> list:

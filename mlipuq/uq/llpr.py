@@ -58,6 +58,29 @@ posterior's member energies: with ``energy_posterior="joint"`` of the reported
 ``prior_precision="auto"`` maximises the Laplace approximation of the
 marginal likelihood over ``lambda`` and the noise levels ``sigma_E`` (eV),
 ``sigma_F`` (eV/Å) (MacKay 1992; Immer et al. 2021).
+
+Direct force heads (a model with ``force_mode == "direct"`` at fit time, see
+:mod:`mlipuq.models.base` and ``docs/direct-forces.md``): the forces
+:math:`F_{ia} = \\sum_c w_c v_{ica}` are linear in the direct readout weights
+:math:`w` (C,), with the vector features as rows, :math:`F = V w`
+(:func:`~mlipuq.uq.jacobians.direct_force_rows`), and independent of the
+energy readout :math:`\\theta`. The force posterior is then a separate
+last-layer Laplace over :math:`w`,
+
+.. math:: P_w = V^T V / \\sigma_F^2 + \\lambda_F I, \\qquad \\Sigma_w = P_w^{-1},
+
+with its own Gram matrix (``gn_direct_``, accumulated over every force
+component of the training set), prior precision :math:`\\lambda_F` and noise
+:math:`\\sigma_F` by evidence (the same marginal likelihood, with the direct
+force residuals), and :math:`\\mathrm{Var}\\,F_{ia} = (V \\Sigma_w V^T)_{(ia),(ia)}`:
+no vector-Jacobian product, one forward pass (``force_variance="samples"``
+draws members :math:`w_k \\sim N(w^*, \\Sigma_w)` instead; members are given
+with either setting, they cost a matrix product). The energy posterior over
+:math:`\\theta` has the energy rows alone (there are no force rows on it), so
+``energy_posterior`` makes no difference; stresses (the strain derivative of
+the energy) use it with strain rows as above. Member forces are not gradients
+of member energies (``consistent_members`` is False), nor is the mean force
+the gradient of the mean energy. ``calibrate`` works unchanged.
 """
 
 from __future__ import annotations
@@ -75,12 +98,17 @@ from mlipuq.errors import InvalidStructureError
 from mlipuq.models.base import MLIP, structure_volumes
 from mlipuq.params import positive
 from mlipuq.uq.base import UQWrapper, _check_model, register
-from mlipuq.uq.jacobians import feature_vjps, feature_vjps_strain
+from mlipuq.uq.jacobians import (direct_force_rows, feature_vjps, feature_vjps_strain,
+                                 strain_vjps)
 
 log = logging.getLogger(__name__)
 
 _FORCE_VARIANCE = ("exact", "samples")
 _ENERGY_POSTERIOR = ("energy", "joint")
+#: Fitted state of a posterior on a direct force head (saved only for those).
+_DIRECT_STATE = ("force_head_", "gn_direct_", "direct_prior_precision_",
+                 "direct_log_marginal_likelihood_", "direct_precision_", "direct_covariance_",
+                 "direct_samples_", "direct_jitter_")
 
 
 def cholesky_with_jitter(matrix: np.ndarray, *, max_tries: int = 12) -> tuple[np.ndarray, float]:
@@ -146,16 +174,22 @@ def log_marginal_likelihood(
 
 def _pack_stats(stats: dict) -> np.ndarray:
     """The fit's sufficient statistics as one float64 vector (for one all-reduce)."""
-    return np.concatenate([stats["G_E"].ravel(), stats["G_F"].ravel(),
-                           [stats["R_E"], stats["R_F"], stats["N_E"], stats["N_F"]]])
+    direct = [stats["G_V"].ravel()] if "G_V" in stats else []
+    return np.concatenate([stats["G_E"].ravel(), stats["G_F"].ravel()] + direct
+                          + [[stats["R_E"], stats["R_F"], stats["N_E"], stats["N_F"]]])
 
 
-def _unpack_stats(vector: np.ndarray, d: int) -> dict:
+def _unpack_stats(vector: np.ndarray, d: int, c: int = 0) -> dict:
+    """Inverse of :func:`_pack_stats`; ``c``: size of the direct-head Gram matrix (0: none)."""
     g_e, g_f = vector[: d * d].reshape(d, d), vector[d * d: 2 * d * d].reshape(d, d)
-    r_e, r_f, n_e, n_f = vector[2 * d * d:]
+    end = 2 * d * d + c * c
+    r_e, r_f, n_e, n_f = vector[end:]
     # counts are sums of integers below 2**53: exact in float64
-    return {"G_E": g_e, "G_F": g_f, "R_E": float(r_e), "R_F": float(r_f),
-            "N_E": int(round(n_e)), "N_F": int(round(n_f))}
+    stats = {"G_E": g_e, "G_F": g_f, "R_E": float(r_e), "R_F": float(r_f),
+             "N_E": int(round(n_e)), "N_F": int(round(n_f))}
+    if c:
+        stats["G_V"] = vector[2 * d * d: end].reshape(c, c)
+    return stats
 
 
 @register
@@ -192,6 +226,13 @@ class LastLayerLaplace(UQWrapper):
         How feature Jacobians are computed (see :func:`mlipuq.uq.jacobians.feature_vjps`):
         ``"auto"`` batches the backward passes on GPU and loops on CPU.
 
+    The force head is the model's ``force_mode`` at :meth:`fit`: with
+    ``"direct"`` (a model with a direct force head) the force uncertainty
+    comes from a separate posterior over the direct readout weights, without
+    vector-Jacobian products (module notes; needs ``include_forces``), and
+    ``predict`` reports the direct head's forces whatever the model's
+    ``force_mode`` later.
+
     Attributes
     ----------
     prior_precision_, energy_noise_, forces_noise_
@@ -201,6 +242,12 @@ class LastLayerLaplace(UQWrapper):
     jitter_
         The largest diagonal jitter added to make a posterior precision
         positive definite (joint or energy-row posterior); 0 when none was needed.
+    force_head_
+        ``"conservative"`` or ``"direct"``: the forces the posterior is on.
+    direct_prior_precision_, direct_covariance_, direct_samples_
+        Direct head only: λ_F (per unit weight²), the (C, C) covariance Σ_w of
+        the direct readout weights and its (K, C) samples; ``forces_noise_``
+        is then the direct head's noise σ_F (eV/Å).
     """
 
     def __init__(
@@ -270,6 +317,24 @@ class LastLayerLaplace(UQWrapper):
         if self._has_bias:
             w = np.concatenate([w, [self.model.readout_bias]])
         return w
+
+    @property
+    def _direct(self) -> bool:
+        """Whether the force posterior is on a direct force head (fixed at fit)."""
+        return getattr(self, "force_head_", "conservative") == "direct"
+
+    def _direct_theta(self) -> np.ndarray:
+        return self.model.direct_readout_weight.cpu().double().numpy()
+
+    def _model_call(self, batch: mdata.Batch, **kwargs) -> dict:
+        """The model's outputs for the fitted force head: direct forces with a
+        direct head (no autograd forces), else -dE/dr whatever its ``force_mode``."""
+        if self._direct:
+            return self.model(batch, forces=False, direct_forces=True, **kwargs)
+        if self.model.has_direct_forces:
+            with self.model.using_force_mode("conservative"):
+                return self.model(batch, forces=True, **kwargs)
+        return self.model(batch, forces=True, **kwargs)
 
     def _structure_features(self, phi: torch.Tensor, batch: mdata.Batch) -> torch.Tensor:
         f = _sum_per_structure(phi.to(torch.float64), batch)
@@ -353,6 +418,14 @@ class LastLayerLaplace(UQWrapper):
                             f"{sorted(method_options)}; valid: batch_size")
         if seed is not None:
             self.seed = int(seed)
+        direct = self.model.has_direct_forces and self.model.force_mode == "direct"
+        if direct and not self.include_forces:
+            raise ValueError(
+                "a model with force_mode='direct' gets its force uncertainty from the direct "
+                "head's own posterior, which needs force data: use include_forces=True "
+                "(or set model.force_mode = 'conservative')"
+            )
+        self.force_head_ = "direct" if direct else "conservative"
         dataset = mdata.as_dataset(train)
         if len(dataset) == 0:
             raise InvalidStructureError("the dataset holds no structures")
@@ -360,9 +433,12 @@ class LastLayerLaplace(UQWrapper):
         stats = mdist.run_local(self._accumulate, dataset[start:stop], batch_size,
                                 progress and mdist.is_main())
         if mdist.active():  # one all-reduce of everything, in float64
-            stats = _unpack_stats(mdist.all_reduce_sum(_pack_stats(stats)), len(stats["G_E"]))
+            stats = _unpack_stats(mdist.all_reduce_sum(_pack_stats(stats)), len(stats["G_E"]),
+                                  len(stats["G_V"]) if "G_V" in stats else 0)
         self.gn_energy_ = stats["G_E"]
         self.gn_forces_ = stats["G_F"]
+        if direct:
+            self.gn_direct_ = stats["G_V"]
         self.n_train_ = len(dataset)
         self._fit_hyperparameters(stats)
         self._factorise()
@@ -374,6 +450,9 @@ class LastLayerLaplace(UQWrapper):
         d = self.model.n_features + int(self._has_bias)
         stats = {"G_E": np.zeros((d, d)), "G_F": np.zeros((d, d)),
                  "R_E": 0.0, "R_F": 0.0, "N_E": 0, "N_F": 0}
+        if self._direct:
+            c = self.model.n_vector_features
+            stats["G_V"] = np.zeros((c, c))
         if len(dataset) == 0:  # an empty shard (fewer structures than ranks)
             return stats
         dataset.validate(self.species, require_energy=True, require_forces=self.include_forces)
@@ -388,13 +467,20 @@ class LastLayerLaplace(UQWrapper):
         self.model.eval()
         for _, batch in batches:
             batch = batch.to(device=device)
-            out = self.model(batch, forces=True, features=True)
+            out = self._model_call(batch, features=True)
             f = self._structure_features(out["features"].detach(), batch)
             stats["G_E"] += (f.T @ f).cpu().numpy()
             residual = out["energy"].detach() - batch.energy.to(torch.float64)
             stats["R_E"] += float((residual**2).sum())
             stats["N_E"] += batch.n_structures
-            if self.include_forces:
+            if self._direct:  # rows: the vector features themselves (F = V w)
+                rows = direct_force_rows(out["vector_features"].detach().to(torch.float64))
+                stats["G_V"] += (rows.T @ rows).cpu().numpy()
+                df = (out["direct_forces"].detach().to(torch.float64)
+                      - batch.forces.to(torch.float64))
+                stats["R_F"] += float((df**2).sum())
+                stats["N_F"] += int(df.numel())
+            elif self.include_forces:
                 g = self._force_features(out["features"], out["positions"])
                 stats["G_F"] += (g.T @ g).cpu().numpy()
                 df = out["forces"].detach().to(torch.float64) - batch.forces.to(torch.float64)
@@ -403,6 +489,9 @@ class LastLayerLaplace(UQWrapper):
         return stats
 
     def _fit_hyperparameters(self, stats: dict) -> None:
+        if self._direct:
+            self._fit_direct_hyperparameters(stats)
+            return
         lam, s_e, s_f, lml = self._maximise_evidence(stats)
         self.prior_precision_, self.energy_noise_ = lam, s_e
         self.forces_noise_ = s_f if stats["N_F"] else None
@@ -412,9 +501,22 @@ class LastLayerLaplace(UQWrapper):
         self.energy_posterior_ = {"prior_precision": lam, "energy_noise": s_e,
                                   "log_marginal_likelihood": lml}
 
+    def _fit_direct_hyperparameters(self, stats: dict) -> None:
+        """Two evidences: θ on the energy rows, the direct weights w on the force rows V."""
+        lam, s_e, _, lml = self._maximise_evidence({**stats, "N_F": 0})
+        self.prior_precision_, self.energy_noise_, self.log_marginal_likelihood_ = lam, s_e, lml
+        self.energy_posterior_ = {"prior_precision": lam, "energy_noise": s_e,
+                                  "log_marginal_likelihood": lml}
+        c = len(stats["G_V"])
+        force_stats = {"G_E": stats["G_V"], "G_F": np.zeros((c, c)), "R_E": stats["R_F"],
+                       "R_F": 0.0, "N_E": stats["N_F"], "N_F": 0}
+        lam_f, s_f, _, lml_f = self._maximise_evidence(force_stats, direct=True)
+        self.direct_prior_precision_, self.forces_noise_ = lam_f, s_f
+        self.direct_log_marginal_likelihood_ = lml_f
+
     @property
     def _separate_energy_posterior(self) -> bool:
-        return self.energy_posterior == "energy" and self.include_forces
+        return self.energy_posterior == "energy" and self.include_forces and not self._direct
 
     @property
     def n_members(self) -> int:
@@ -434,25 +536,31 @@ class LastLayerLaplace(UQWrapper):
 
         False with ``energy_posterior="energy"`` and force rows: the energy and
         force members then come from two posteriors, and member-wise
-        relaxations or MD (:mod:`mlipuq.propagation`) refuse them.
+        relaxations or MD (:mod:`mlipuq.propagation`) refuse them. False on a
+        direct force head too (its forces are no gradient of any energy).
         """
-        return not self._separate_energy_posterior
+        return not self._separate_energy_posterior and not self._direct
 
-    def _maximise_evidence(self, stats: dict) -> tuple[float, float, float, float]:
+    def _maximise_evidence(self, stats: dict, *,
+                           direct: bool = False) -> tuple[float, float, float, float]:
         """(lambda, sigma_E, sigma_F, log evidence): the free ones maximise the evidence.
 
-        Force rows enter when ``stats["N_F"] > 0``.
+        Force rows enter when ``stats["N_F"] > 0``. ``direct``: the "energy"
+        rows of ``stats`` are the direct head's force rows, the weights its
+        readout's and the noise ``forces_noise`` (fixed if given).
         """
-        theta = torch.as_tensor(self._theta(), dtype=torch.float64)
+        theta = torch.as_tensor(self._direct_theta() if direct else self._theta(),
+                                dtype=torch.float64)
+        fixed_noise = self.forces_noise if direct else self.energy_noise
         t = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in stats.items()}
         t["N_E"], t["N_F"] = stats["N_E"], stats["N_F"]
         rms_e = math.sqrt(stats["R_E"] / max(stats["N_E"], 1)) or 1e-3
         rms_f = math.sqrt(stats["R_F"] / max(stats["N_F"], 1)) if stats["N_F"] else 1.0
         lam0 = 1.0 if self.prior_precision == "auto" else float(self.prior_precision)
-        init = [math.log(lam0), math.log(self.energy_noise or rms_e), math.log(self.forces_noise or rms_f or 1e-3)]
+        init = [math.log(lam0), math.log(fixed_noise or rms_e), math.log(self.forces_noise or rms_f or 1e-3)]
         free = [
             self.prior_precision == "auto",
-            self.energy_noise is None,
+            fixed_noise is None,
             self.forces_noise is None and stats["N_F"] > 0,
         ]
         if any(free):
@@ -478,22 +586,35 @@ class LastLayerLaplace(UQWrapper):
         lml = float(log_marginal_likelihood(torch.tensor(init, dtype=torch.float64), t, theta))
         return (float(math.exp(init[0])), float(math.exp(init[1])), float(math.exp(init[2])), lml)
 
-    def _posterior(self, precision: np.ndarray, z: np.ndarray) -> tuple:
-        """(covariance, samples (K, d), jitter) of N(theta*, precision^-1); ``z`` is (d, K)."""
+    def _posterior(self, precision: np.ndarray, z: np.ndarray,
+                   theta: Optional[np.ndarray] = None) -> tuple:
+        """(covariance, samples (K, d), jitter) of N(theta*, precision^-1); ``z`` is (d, K).
+
+        ``theta``: the mean (default: the energy readout's parameters)."""
         factor, jitter = cholesky_with_jitter(precision)
         inv_factor = np.linalg.solve(factor, np.eye(len(precision)))  # L^{-1}
+        theta = self._theta() if theta is None else theta
         # theta_s = theta* + L^{-T} z has covariance P^{-1}
-        samples = (self._theta()[:, None] + np.linalg.solve(factor.T, z)).T
+        samples = (theta[:, None] + np.linalg.solve(factor.T, z)).T
         return inv_factor.T @ inv_factor, samples, jitter
 
     def _factorise(self) -> None:
         d = self.gn_energy_.shape[0]
         precision = self.gn_energy_ / self.energy_noise_**2 + self.prior_precision_ * np.eye(d)
-        if self.include_forces and self.forces_noise_ is not None:
+        if self.include_forces and self.forces_noise_ is not None and not self._direct:
             precision = precision + self.gn_forces_ / self.forces_noise_**2
-        z = np.random.default_rng(self.seed).standard_normal((d, self.n_samples))
+        rng = np.random.default_rng(self.seed)
+        z = rng.standard_normal((d, self.n_samples))
         self.precision_ = precision
         self.covariance_, self.samples_, self.jitter_ = self._posterior(precision, z)
+        if self._direct:  # the direct readout's own posterior, its normals drawn next
+            c = self.gn_direct_.shape[0]
+            direct_precision = (self.gn_direct_ / self.forces_noise_**2
+                                + self.direct_prior_precision_ * np.eye(c))
+            self.direct_precision_ = direct_precision
+            self.direct_covariance_, self.direct_samples_, self.direct_jitter_ = self._posterior(
+                direct_precision, rng.standard_normal((c, self.n_samples)), self._direct_theta())
+            self.jitter_ = max(self.jitter_, self.direct_jitter_)
         if self._separate_energy_posterior:
             post = self.energy_posterior_
             energy_precision = (self.gn_energy_ / post["energy_noise"] ** 2
@@ -509,6 +630,84 @@ class LastLayerLaplace(UQWrapper):
     has_stress_uncertainty = True
 
     def _predict_batch(self, batch: mdata.Batch, stress: bool = False) -> dict:
+        if self._direct:
+            return self._predict_direct(batch, stress)
+        if self.model.has_direct_forces:  # the posterior is on -dE/dr, whatever the mode now
+            with self.model.using_force_mode("conservative"):
+                return self._predict_conservative(batch, stress)
+        return self._predict_conservative(batch, stress)
+
+    def _energy_part(self, out: dict, batch: mdata.Batch) -> tuple[dict, torch.Tensor]:
+        """Energies, their variance, local variances and members; and the rows ``f``."""
+        phi = out["features"].detach()
+        cov_e = torch.as_tensor(self.energy_covariance_, dtype=torch.float64, device=phi.device)
+        f = self._structure_features(phi, batch)
+        atom = self._atom_features(phi)
+        result = {
+            "energy": out["energy"].detach(),
+            "energy_var": torch.einsum("bi,ij,bj->b", f, cov_e, f),
+            "atom_energy_var": torch.einsum("ni,ij,nj->n", atom, cov_e, atom),
+        }
+        if self.n_samples > 0:
+            samples = torch.as_tensor(self.energy_samples_, dtype=torch.float64,
+                                      device=phi.device)
+            theta = torch.as_tensor(self._theta(), dtype=torch.float64, device=phi.device)
+            result["energy_members"] = result["energy"][None, :] + (samples - theta) @ f.T
+        return result, f
+
+    def _predict_direct(self, batch: mdata.Batch, stress: bool) -> dict:
+        """Direct head: force variances diag(V Σ_w Vᵀ) from the vector features, one
+        forward pass; stresses (energy strain derivative) from the θ posterior."""
+        out = self.model(batch, forces=False, direct_forces=True, stress=stress, features=True)
+        result, _ = self._energy_part(out, batch)
+        dev = out["features"].device
+        forces = out["direct_forces"].detach().to(torch.float64)
+        rows = direct_force_rows(out["vector_features"].detach().to(torch.float64))  # (3N, C)
+        cov_w = torch.as_tensor(self.direct_covariance_, dtype=torch.float64, device=dev)
+        result["forces"] = forces
+        if self.n_samples > 0:  # F_k = F* + V (w_k - w*): exact, the head is linear in w
+            delta = (torch.as_tensor(self.direct_samples_, dtype=torch.float64, device=dev)
+                     - torch.as_tensor(self._direct_theta(), dtype=torch.float64, device=dev))
+            members = forces[None] + (delta @ rows.T).reshape(len(delta), -1, 3)
+            result["forces_members"] = members
+        if self.force_variance == "exact":
+            result["forces_var"] = ((rows @ cov_w) * rows).sum(dim=1).reshape(-1, 3)
+        else:
+            result["forces_var"] = result["forces_members"].var(dim=0, unbiased=False)
+        if stress:
+            result.update(self._direct_stress(out, batch))
+        return result
+
+    def _direct_stress(self, out: dict, batch: mdata.Batch) -> dict:
+        """Stress, its variance and members from the θ posterior (strain rows only)."""
+        phi, dev, n = out["features"], out["features"].device, batch.n_structures
+        stress = out["stress"].detach().to(torch.float64)
+        volume = structure_volumes(batch).to(torch.float64)
+        theta = torch.as_tensor(self._theta(), dtype=torch.float64, device=dev)
+        result = {"stress": stress}
+        if self.force_variance == "exact":
+            eye = torch.eye(phi.shape[1], dtype=phi.dtype, device=dev)
+            jac = strain_vjps(phi, out["strain"], eye, vectorize=self.vectorize)  # (F, B, 3, 3)
+            s = jac.to(torch.float64).reshape(jac.shape[0], n, 9).permute(1, 2, 0)
+            s = s / volume[:, None, None]
+            if self._has_bias:
+                s = torch.cat([s, torch.zeros(n, 9, 1, dtype=torch.float64, device=dev)], dim=2)
+            cov = torch.as_tensor(self.covariance_, dtype=torch.float64, device=dev)
+            result["stress_var"] = torch.einsum("bri,ij,brj->br", s, cov, s).reshape(n, 3, 3)
+            if self.n_samples > 0:
+                delta = torch.as_tensor(self.samples_, dtype=torch.float64, device=dev) - theta
+                result["stress_members"] = (
+                    stress[None] + torch.einsum("brd,kd->kbr", s, delta).reshape(-1, n, 3, 3))
+            return result
+        samples = torch.as_tensor(self.samples_, dtype=phi.dtype, device=dev)
+        delta_w = (samples - theta.to(phi.dtype))[:, : phi.shape[1]]  # the bias has no stress
+        grads = strain_vjps(phi, out["strain"], delta_w, vectorize=self.vectorize)
+        members = stress[None] + grads.detach().to(torch.float64) / volume[None, :, None, None]
+        result.update({"stress_members": members,
+                       "stress_var": members.var(dim=0, unbiased=False)})
+        return result
+
+    def _predict_conservative(self, batch: mdata.Batch, stress: bool) -> dict:
         out = self.model(batch, forces=True, stress=stress, features=True)
         phi = out["features"]
         cov = torch.as_tensor(self.covariance_, dtype=torch.float64, device=phi.device)
@@ -665,6 +864,8 @@ class LastLayerLaplace(UQWrapper):
         state = {name: getattr(self, name) for name in self._STATE}
         if not self._separate_energy_posterior:  # the joint posterior, stored once
             del state["energy_covariance_"], state["energy_samples_"]
+        if self._direct:  # only then: files of conservative posteriors unchanged
+            state.update({name: getattr(self, name) for name in _DIRECT_STATE})
         return state
 
     def _set_state(self, state: dict) -> None:
@@ -679,4 +880,8 @@ class LastLayerLaplace(UQWrapper):
                      "energy_samples_": state["samples_"]}
         for name in self._STATE:
             setattr(self, name, state[name])
+        self.force_head_ = state.get("force_head_", "conservative")  # absent: saved before
+        if self._direct:
+            for name in _DIRECT_STATE:
+                setattr(self, name, state[name])
 

@@ -55,6 +55,20 @@ base model and :math:`\\alpha^2` the NLL-optimal scale of the energy variance
 :math:`x^T \\Sigma x` (on the validation set when given). Heads then start
 calibrated on energies and training converges in a few epochs.
 ``"random"`` perturbs the trained readout with small Gaussian noise.
+
+Direct force heads (a model with ``force_mode == "direct"`` when the ensemble
+is built; see :mod:`mlipuq.models.base` and ``docs/direct-forces.md``): the
+ensemble also has K direct force heads :math:`w^F_k` (C,) on the model's
+per-atom vector features :math:`v_{ic}`, :math:`F_{ik} = \\sum_c w^F_{kc} v_{ic}`,
+and the member forces are theirs: a matrix product, no vector-Jacobian
+product, in training as in prediction. The energy heads stay as above (their
+stresses, the strain derivatives of the member energies, still take K
+backward passes with respect to the strain). The NLL is the same;
+``"laplace"`` draws the force heads from the direct head's own last-layer
+posterior (:class:`~mlipuq.uq.llpr.LastLayerLaplace` on a direct model),
+scaled by their own NLL-optimal factor on the forces, and the energy heads
+from the energy-row posterior scaled on the energies. Member forces are not
+gradients of member energies (``has_consistent_members`` is False).
 """
 
 from __future__ import annotations
@@ -85,7 +99,7 @@ from mlipuq.training import (
     split_fit_options,
 )
 from mlipuq.uq.base import UQWrapper, _check_model, register
-from mlipuq.uq.jacobians import feature_vjps, feature_vjps_strain
+from mlipuq.uq.jacobians import feature_vjps, feature_vjps_strain, strain_vjps
 from mlipuq.uq.deep_ensemble import member_statistics
 
 log = logging.getLogger(__name__)
@@ -107,9 +121,11 @@ class _Heads(nn.Module):
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, train_bias: bool,
-                 center: torch.Tensor):
+                 center: torch.Tensor, direct: Optional[torch.Tensor] = None):
         super().__init__()
         self.weight = nn.Parameter(weight.clone())
+        # (K, C) direct force heads, if any (no bias: forces must rotate)
+        self.direct = None if direct is None else nn.Parameter(direct.clone())
         self.register_buffer("center", center.clone())
         offset = (bias + weight @ center).detach()
         if train_bias:
@@ -122,10 +138,13 @@ class _Heads(nn.Module):
         """(K,) biases of the heads on raw features (eV per atom)."""
         return self.offset - self.weight @ self.center
 
-    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(K, F) weights and (K,) raw-feature biases (the trainer calls the heads
-        through this, so that DistributedDataParallel sees every step)."""
-        return self.weight, self.bias
+    def forward(self) -> tuple[torch.Tensor, ...]:
+        """(K, F) weights and (K,) raw-feature biases, and (K, C) direct force heads
+        if any (the trainer calls the heads through this, so that
+        DistributedDataParallel sees every step)."""
+        if self.direct is None:
+            return self.weight, self.bias
+        return self.weight, self.bias, self.direct
 
 
 def mean_feature(model: MLIP, dataset, batch_size: int = 32, *,
@@ -170,6 +189,7 @@ def head_members(
     create_graph: bool = False,
     vectorize="auto",
     stress: bool = False,
+    direct_weight: Optional[torch.Tensor] = None,
 ) -> dict[str, Optional[torch.Tensor]]:
     """Energies and forces of K linear heads on ``model``'s per-atom features.
 
@@ -191,6 +211,12 @@ def head_members(
         Also compute the (K, B, 3, 3) stresses (eV/Å^3; periodic structures,
         ``1/V dE_k/d(strain)``) from the same backward passes as the forces
         (implies ``forces``).
+    direct_weight
+        (K, C) direct force heads (a model with ``has_direct_forces``): the
+        forces are then ``F_ik = sum_c W_kc v_ic`` on the model's vector
+        features, a matrix product without vector-Jacobian products (and
+        with a graph to the heads and the backbone whenever those require
+        grad); ``stress`` then takes K backward passes to the strain alone.
 
     Returns
     -------
@@ -201,6 +227,10 @@ def head_members(
         without ``forces``; with ``stress``, ``"stress"``: (K, B, 3, 3)
         float64 stresses (eV/Å^3).
     """
+    if direct_weight is not None:
+        return _direct_head_members(model, batch, weight, bias, direct_weight, forces=forces,
+                                    create_graph=create_graph, vectorize=vectorize,
+                                    stress=stress)
     forces = forces or stress
     if stress:
         work, positions, strain = strained(batch, positions_grad=True, stress=True)
@@ -243,6 +273,47 @@ def head_members(
         return out
 
 
+def _direct_head_members(model, batch, weight, bias, direct_weight, *, forces, create_graph,
+                         vectorize, stress) -> dict:
+    """:func:`head_members` with K direct force heads (no position derivatives)."""
+    if stress:
+        work, _, strain = strained(batch, positions_grad=False, stress=True)
+    else:
+        work = batch
+    n_atoms = batch.numbers.shape[0]
+    with torch.enable_grad() if stress else contextlib.nullcontext():
+        with model.capture_features(direct=forces) as store:
+            model.per_atom_energy(work)
+        if "features" not in store:
+            raise ValueError(f"the readout layer of {type(model).__name__} was not called")
+        phi = store["features"].reshape(n_atoms, -1)
+        w = weight.to(device=phi.device, dtype=phi.dtype)
+        b = bias.to(device=phi.device, dtype=phi.dtype)
+        if w.shape[1] != phi.shape[1]:
+            raise ValueError(
+                f"heads have {w.shape[1]} input features, the model produces {phi.shape[1]}"
+            )
+        eps = (phi @ w.T + b).to(torch.float64)  # (N, K)
+        energies = torch.zeros(
+            batch.n_structures, w.shape[0], dtype=torch.float64, device=phi.device
+        ).index_add(0, batch.batch, eps)
+        out = {"energy": (energies + model.offsets(batch)[:, None]).T,
+               "atom_energy": eps.T, "forces": None}
+        if forces:
+            _, vectors = model._direct_outputs(store, n_atoms)  # (N, C, 3)
+            wd = direct_weight.to(device=vectors.device, dtype=vectors.dtype)
+            if wd.shape[1] != vectors.shape[1]:
+                raise ValueError(f"direct heads have {wd.shape[1]} input features, the model "
+                                 f"produces {vectors.shape[1]} vector features")
+            out["forces"] = torch.einsum("nca,kc->kna", vectors, wd).to(torch.float64)
+        if stress:
+            grad_strain = strain_vjps(phi, strain, w, create_graph=create_graph,
+                                      retain_graph=create_graph, vectorize=vectorize)
+            volume = structure_volumes(batch).to(torch.float64)
+            out["stress"] = grad_strain.to(torch.float64) / volume[None, :, None, None]
+    return out
+
+
 def _mean_var(members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Differentiable mean and population variance over the first axis."""
     mean = members.mean(dim=0)
@@ -268,6 +339,8 @@ class HeadsNLL(HeadTrainable):
                  energy_weight: float = 1.0, forces_weight: float = 1.0,
                  var_floor: float = 1e-8):
         readout = list(model.readout_layer.parameters())
+        if getattr(heads, "direct", None) is not None:  # the direct heads replace it
+            readout += list(model.force_readout_layer.parameters())
         backbone = [p for p in model.parameters() if all(p is not r for r in readout)]
         trained = [p for p in backbone if p.requires_grad] if train_backbone else []
         super().__init__(model, heads, need_forces=forces_weight > 0, backbone=trained,
@@ -277,10 +350,11 @@ class HeadsNLL(HeadTrainable):
         self.var_floor = var_floor
 
     def loss(self, batch: mdata.Batch, *, create_graph: bool, denominators=None):
-        weight, bias = self.run_head()
+        weight, bias, *direct = self.run_head()
         out = head_members(self.model, batch, weight, bias,
                            vectorize=self.vectorize, forces=self.need_forces,
-                           create_graph=create_graph)
+                           create_graph=create_graph,
+                           direct_weight=direct[0] if direct else None)
         n = batch.n_atoms.to(torch.float64)
         mean, var = _mean_var(out["energy"] / n)
         target = batch.energy.to(torch.float64) / n
@@ -294,6 +368,41 @@ class HeadsNLL(HeadTrainable):
         nll = gaussian_nll(mean, var, target, self.var_floor)
         loss = loss + self.forces_weight * reduce_terms(nll, denominators, "components")
         return loss, error_statistics(de, mean - target)
+
+
+def laplace_direct_heads(
+    model: MLIP,
+    train,
+    calibration,
+    n_heads: int,
+    generator: torch.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(K, P) energy heads and (K, C) direct force heads of a direct-force model,
+    drawn from the two last-layer Laplace posteriors of
+    :class:`~mlipuq.uq.llpr.LastLayerLaplace` (energy rows for θ, vector
+    features for the direct readout), each scaled by its own NLL-optimal
+    ``alpha^2`` on ``calibration`` (``train`` if None): energies for θ,
+    force components for the direct heads. Centred and scaled as in
+    :func:`laplace_heads`."""
+    from mlipuq.uq.llpr import LastLayerLaplace, cholesky_with_jitter
+
+    llpr = LastLayerLaplace(model, include_forces=True, n_samples=0).fit(train)
+    reference = mdata.as_dataset(calibration if calibration is not None else train)
+    pred = llpr.predict(reference, calibrated=False)
+    alpha2_e = float(np.mean((pred.energy - reference.energies) ** 2
+                             / np.maximum(pred.energy_var, 1e-300)))
+    alpha2_f = float(np.mean((pred.forces - reference.forces) ** 2
+                             / np.maximum(pred.forces_var, 1e-300)))
+    log.info("Laplace init (direct heads): alpha^2 = %.3g (energies), %.3g (forces)",
+             alpha2_e, alpha2_f)
+    heads = []
+    for mean, precision, alpha2 in ((llpr._theta(), llpr.precision_, alpha2_e),
+                                    (llpr._direct_theta(), llpr.direct_precision_, alpha2_f)):
+        factor, _ = cholesky_with_jitter(precision)
+        z = torch.randn(n_heads, len(mean), generator=generator, dtype=torch.float64).numpy()
+        z = (z - z.mean(axis=0)) * math.sqrt(n_heads / (n_heads - 1))
+        heads.append(mean[None, :] + np.linalg.solve(factor.T, z.T).T * math.sqrt(alpha2))
+    return heads[0], heads[1]
 
 
 def laplace_heads(
@@ -367,6 +476,9 @@ class ShallowEnsemble(UQWrapper):
         (K, F) head weights.
     head_bias_ : torch.Tensor
         (K,) head biases (eV per atom).
+    direct_weight_ : torch.Tensor or None
+        (K, C) direct force heads, for a model whose ``force_mode`` was
+        ``"direct"`` when the ensemble was built (module notes); None otherwise.
     history_ : History
         Training history of the last :meth:`fit` (not saved).
 
@@ -412,6 +524,10 @@ class ShallowEnsemble(UQWrapper):
         self._readout_bias = (
             None if layer.bias is None else layer.bias.detach().reshape(-1).to(torch.float64).cpu()
         )
+        self._direct = model.has_direct_forces and model.force_mode == "direct"
+        self._direct_readout_weight = (
+            model.direct_readout_weight.to(torch.float64).cpu().clone() if self._direct else None)
+        self.direct_weight_: Optional[torch.Tensor] = None
         self.head_weight_: Optional[torch.Tensor] = None
         self.head_bias_: Optional[torch.Tensor] = None
         self.history_: Optional[History] = None
@@ -421,6 +537,11 @@ class ShallowEnsemble(UQWrapper):
     @property
     def n_members(self) -> int:
         return self.n_heads
+
+    @property
+    def has_consistent_members(self) -> bool:
+        """False with direct force heads: their forces are no energy gradients."""
+        return not self._direct
 
     def __repr__(self) -> str:
         return (f"ShallowEnsemble({type(self.model).__name__}, n_heads={self.n_heads}, "
@@ -436,7 +557,20 @@ class ShallowEnsemble(UQWrapper):
         if self.init == "random":
             scale = RANDOM_INIT_SCALE * (float(w.pow(2).mean().sqrt()) or 1e-2)
             noise = torch.randn(self.n_heads, len(w), generator=generator, dtype=torch.float64)
+            if self._direct:
+                wd = self._direct_readout_weight
+                scale_d = RANDOM_INIT_SCALE * (float(wd.pow(2).mean().sqrt()) or 1e-2)
+                noise_d = torch.randn(self.n_heads, len(wd), generator=generator,
+                                      dtype=torch.float64)
+                self._initial_direct = wd[None, :] + scale_d * noise_d
             return w[None, :] + scale * noise, b.expand(self.n_heads).clone()
+        if self._direct:
+            heads, direct = laplace_direct_heads(self.model, train, val, self.n_heads, generator)
+            self._initial_direct = torch.from_numpy(direct)
+            heads = torch.from_numpy(heads)
+            if has_bias:
+                return heads[:, :-1].contiguous(), heads[:, -1].contiguous()
+            return heads, torch.zeros(self.n_heads, dtype=torch.float64)
         heads = laplace_heads(self.model, train, val, self.n_heads, generator,
                               include_forces=forces_weight > 0,
                               energy_weight=energy_weight, forces_weight=forces_weight)
@@ -445,12 +579,17 @@ class ShallowEnsemble(UQWrapper):
             return heads[:, :-1].contiguous(), heads[:, -1].contiguous()
         return heads, torch.zeros(self.n_heads, dtype=torch.float64)
 
-    def _set_readout(self, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+    def _set_readout(self, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                     direct: Optional[torch.Tensor] = None) -> None:
         layer = self.model.readout_layer
         with torch.no_grad():
             layer.weight.copy_(weight.reshape(layer.weight.shape).to(layer.weight))
             if layer.bias is not None and bias is not None:
                 layer.bias.copy_(bias.reshape(layer.bias.shape).to(layer.bias))
+            if direct is not None:
+                force_layer = self.model.force_readout_layer
+                force_layer.weight.copy_(direct.reshape(force_layer.weight.shape)
+                                         .to(force_layer.weight))
 
     #: Defaults of ``fit(**method_options)``; the other :data:`mlipuq.training.TRAINER_OPTIONS`
     #: (``lr_factor``, ``max_time``, ``weight_decay``...) take :func:`mlipuq.train`'s defaults.
@@ -498,6 +637,9 @@ class ShallowEnsemble(UQWrapper):
         """
         options, trainer = split_fit_options("ShallowEnsemble", self.fit_defaults, method_options)
         options["var_floor"] = positive("var_floor", options["var_floor"])
+        if self._direct and not options["forces_weight"] > 0:
+            raise ValueError("an ensemble of direct force heads trains them on forces: "
+                             "forces_weight must be > 0")
         model = self.model
         self.fitted_ = False
         train = mdata.as_dataset(train)
@@ -507,19 +649,24 @@ class ShallowEnsemble(UQWrapper):
             fit_scales(model, train, prepare_graphs(train, model, need_forces=need_forces))
         else:
             train.validate(model.species, require_energy=True, require_forces=need_forces)
-        self._set_readout(self._readout_weight, self._readout_bias)
+        self._set_readout(self._readout_weight, self._readout_bias, self._direct_readout_weight)
         weight, bias = self._initial_heads(train, val, seed, options["energy_weight"],
                                            options["forces_weight"])
+        direct = self._initial_direct.to(model.dtype) if self._direct else None
         center = mean_feature(model, train, trainer["batch_size"], sharded=True)
         heads = _Heads(weight.to(model.dtype), bias.to(model.dtype),
-                       self._readout_bias is not None, center.to(model.dtype)).to(model.device)
+                       self._readout_bias is not None, center.to(model.dtype),
+                       direct).to(model.device)
         trainable = HeadsNLL(model, heads, train_backbone=self.train_backbone,
                              vectorize=self.vectorize, **options)
         self.history_ = trainable.fit(train, val, seed=seed, progress=progress, **trainer)
         self.head_weight_ = heads.weight.detach().clone()
         self.head_bias_ = heads.bias.detach().clone()
+        self.direct_weight_ = None if heads.direct is None else heads.direct.detach().clone()
         self._set_readout(self.head_weight_.to(torch.float64).mean(0),
-                          self.head_bias_.to(torch.float64).mean(0))
+                          self.head_bias_.to(torch.float64).mean(0),
+                          None if self.direct_weight_ is None
+                          else self.direct_weight_.to(torch.float64).mean(0))
         self.fitted_ = True
         return self
 
@@ -528,7 +675,8 @@ class ShallowEnsemble(UQWrapper):
 
     def _predict_batch(self, batch: mdata.Batch, stress: bool = False) -> dict:
         out = head_members(self.model, batch, self.head_weight_, self.head_bias_, forces=True,
-                           vectorize=self.vectorize, stress=stress)
+                           vectorize=self.vectorize, stress=stress,
+                           direct_weight=self.direct_weight_)
         energy_members = out["energy"].detach().cpu()
         forces_members = out["forces"].detach().cpu()
         energy, energy_var = member_statistics(energy_members)
@@ -563,12 +711,16 @@ class ShallowEnsemble(UQWrapper):
         return wrapper
 
     def _get_state(self) -> dict:
-        return {
+        state = {
             "head_weight": self.head_weight_,
             "head_bias": self.head_bias_,
             "readout_weight": self._readout_weight,
             "readout_bias": self._readout_bias,
         }
+        if self._direct:  # only then: files of other ensembles unchanged
+            state["direct_weight"] = self.direct_weight_
+            state["direct_readout_weight"] = self._direct_readout_weight
+        return state
 
     def _set_state(self, state: dict) -> None:
         self.head_weight_ = torch.as_tensor(state["head_weight"])
@@ -576,3 +728,9 @@ class ShallowEnsemble(UQWrapper):
         self._readout_weight = torch.as_tensor(state["readout_weight"], dtype=torch.float64)
         bias = state.get("readout_bias")
         self._readout_bias = None if bias is None else torch.as_tensor(bias, dtype=torch.float64)
+        direct = state.get("direct_weight")  # absent: no direct heads (and older files)
+        self._direct = direct is not None
+        self.direct_weight_ = None if direct is None else torch.as_tensor(direct)
+        self._direct_readout_weight = (
+            None if direct is None
+            else torch.as_tensor(state["direct_readout_weight"], dtype=torch.float64))
