@@ -32,22 +32,48 @@ would need an exponent (then all of that axis are powers of ten).
 :func:`style` is the rc context of the figures ``mlipuq evaluate`` writes:
 single-column width (:data:`COLUMN_WIDTH` inches) with no text smaller than
 :data:`MIN_FONT_SIZE` points; :func:`panel_figure` makes such a figure.
+
+Module layout: the single plots, :func:`draw` and :func:`summary_figure` are
+here; the comparison plots in :mod:`mlipuq.calibration.plots_compare`; style,
+point selection, log ticks and the other shared helpers in
+:mod:`mlipuq.calibration.plots_common`. Every name is importable from here.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy.special import ndtri
 
-from mlipuq.calibration.metrics_calibration import (
-    area_between,
-    binned_errors,
-    ence_from_bins,
-    proportions_from_sorted,
-)
+from mlipuq.calibration.metrics_calibration import area_between
 from mlipuq.calibration.metrics_common import prepare
+from mlipuq.calibration.plots_common import (  # noqa: F401  (re-exported: their old home)
+    _LOG_SUBS,
+    COLUMN_WIDTH,
+    MAX_POINTS,
+    MIN_FONT_SIZE,
+    STYLE,
+    _axes,
+    _coverage_axes,
+    _curve,
+    _density,
+    _label,
+    _text_size,
+    _textbox,
+    _tick_label,
+    _tidy_log_axes,
+    _title,
+    draws_density,
+    log_ticks,
+    panel_figure,
+    style,
+    subsample,
+)
+from mlipuq.calibration.plots_compare import (  # noqa: F401  (re-exported)
+    compare_calibration,
+    compare_rmse_vs_rmv,
+)
 
 _PLOT_TITLES = {
     "energy": ("Energy", "eV"),
@@ -55,163 +81,6 @@ _PLOT_TITLES = {
     "forces": ("Force component", "eV/Å"),
     "forces_norm": ("Force norm", "eV/Å"),
 }
-
-#: Width (inches) of one journal column; the figures ``mlipuq evaluate`` writes.
-COLUMN_WIDTH = 3.3
-#: Smallest font size (points) in those figures, at their true size.
-MIN_FONT_SIZE = 7.0
-#: Default most points drawn one by one in a point panel (more: a density).
-MAX_POINTS = 2000
-#: rc settings of :func:`style`: sizes in points, legible at :data:`COLUMN_WIDTH`.
-STYLE = {
-    "font.size": 8.5,
-    "axes.titlesize": 8.5,
-    "axes.labelsize": 8.0,
-    "xtick.labelsize": 7.5,
-    "ytick.labelsize": 7.5,
-    "legend.fontsize": 7.0,
-    "legend.title_fontsize": 7.0,
-    "figure.titlesize": 8.5,
-    "axes.linewidth": 0.8,
-    "lines.linewidth": 1.3,
-}
-
-
-def style():
-    """``matplotlib.rc_context`` with :data:`STYLE` (use as ``with style(): ...``)."""
-    import matplotlib
-
-    return matplotlib.rc_context(STYLE)
-
-
-def panel_figure(height: Optional[float] = None):
-    """``(fig, ax)``: one panel :data:`COLUMN_WIDTH` inches wide, constrained layout.
-    Draw inside ``with style():`` for fonts sized for that width."""
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(COLUMN_WIDTH, height or COLUMN_WIDTH + 0.2),
-                        layout="constrained")
-
-
-def _axes(ax):
-    if ax is None:
-        import matplotlib.pyplot as plt
-
-        _, ax = plt.subplots(figsize=(5.0, 4.5))
-    return ax
-
-
-def _text_size() -> float:
-    import matplotlib
-
-    from matplotlib.font_manager import FontProperties
-
-    return FontProperties(size=matplotlib.rcParams["legend.fontsize"]).get_size_in_points()
-
-
-def subsample(n: int, max_points: Optional[int], seed: int = 0) -> np.ndarray:
-    """The points a panel draws one by one: all ``n`` indices if ``n <= max_points``
-    (or ``max_points`` is None), else ``max_points`` distinct indices drawn with
-    ``numpy.random.default_rng(seed)``, sorted. The same ``(n, max_points)``
-    gives the same subset in every panel."""
-    if max_points is None or n <= max_points:
-        return np.arange(n)
-    if max_points < 1:
-        raise ValueError(f"max_points must be >= 1, got {max_points}")
-    return np.sort(np.random.default_rng(seed).choice(n, size=int(max_points), replace=False))
-
-
-def draws_density(n: int, max_points: Optional[int], density: Optional[bool] = None) -> bool:
-    """Whether a point panel of ``n`` points draws a density (see the module docs)."""
-    if density is not None:
-        return bool(density)
-    return max_points is not None and n > max_points
-
-
-def _label(quantity: str, unit: str, what: str = "") -> str:
-    text = " ".join(s for s in (what, quantity) if s).strip()
-    return f"{text} ({unit})" if unit else text
-
-
-def _tick_label(value: float, _pos=None, sci: Optional[bool] = None) -> str:
-    """``0.05``, ``2000``; ``$2\\times10^{-5}$`` where a plain number would need
-    an exponent (``sci=None``), always (``True``) or never (``False``)."""
-    if value <= 0:
-        return ""
-    plain = f"{value:g}"
-    if sci is False or (sci is None and "e" not in plain):
-        return plain
-    exponent = int(np.floor(np.log10(value) + 1e-9))
-    mantissa = round(value / 10.0**exponent, 6)
-    if abs(mantissa - 1.0) < 1e-6:
-        return f"$10^{{{exponent}}}$"
-    return f"${mantissa:g}\\times10^{{{exponent}}}$"
-
-
-_LOG_SUBS = ((1.0,), (1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0), tuple(float(s) for s in range(1, 10)))
-
-
-def log_ticks(lo: float, hi: float, min_ticks: int = 3, max_ticks: int = 8) -> np.ndarray:
-    """Major tick values in ``[lo, hi]`` for a log axis: decades, or 1-2-5 steps,
-    or finer, the sparsest of these giving at least ``min_ticks`` (round linear
-    steps if none does); for spans of more than ``max_ticks`` decades, every few
-    decades."""
-    lo, hi = float(min(lo, hi)), float(max(lo, hi))
-    first, last = int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi)))
-    step = max(1, int(np.ceil((last - first + 1) / max_ticks)))
-    inside = lambda v: v[(v >= lo * (1 - 1e-9)) & (v <= hi * (1 + 1e-9))]  # noqa: E731
-    if step > 1:
-        return inside(10.0 ** np.arange(first - first % step, last + 1, step))
-    ticks = np.array([])
-    for subs in _LOG_SUBS:
-        ticks = inside(np.array([s * 10.0**k for k in range(first, last + 1) for s in subs]))
-        if ticks.size >= min_ticks:
-            return ticks
-    from matplotlib.ticker import MaxNLocator  # less than a factor ~3: linear steps
-
-    return inside(MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi))
-
-
-def _tidy_log_axes(ax) -> None:
-    """Readable log axes: :func:`log_ticks` as labelled major ticks, unlabelled
-    minor ticks. Labels are plain numbers (``0.05``) unless one of the axis
-    would need an exponent; then all are written as powers of ten."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
-
-    for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
-        if axis.get_scale() != "log":
-            continue
-        ticks = log_ticks(lo, hi)
-        sci = any("e" in f"{v:g}" for v in ticks)
-        axis.set_major_locator(FixedLocator(ticks))
-        axis.set_major_formatter(FuncFormatter(lambda v, pos, sci=sci: _tick_label(v, pos, sci)))
-        axis.set_minor_locator(LogLocator(base=10.0, subs=tuple(range(2, 10)), numticks=100))
-        axis.set_minor_formatter(NullFormatter())
-
-
-def _title(ax, quantity: str, what: str) -> None:
-    ax.set_title(f"{quantity}: {what}" if quantity else what)
-
-
-def _textbox(ax, text: str, loc: str = "upper left") -> None:
-    x, ha = (0.03, "left") if "left" in loc else (0.97, "right")
-    y, va = (0.97, "top") if "upper" in loc else (0.03, "bottom")
-    ax.text(
-        x, y, text, transform=ax.transAxes, ha=ha, va=va, fontsize=_text_size(),
-        bbox=dict(boxstyle="round", facecolor="white", alpha=0.85, edgecolor="0.7"),
-    )
-
-
-def _density(ax, x, y, *, log_xy: bool = False, gridsize: int = 45):
-    """Hexbin of all points, log colour scale of counts, with a colour bar."""
-    kwargs = {"xscale": "log", "yscale": "log"} if log_xy else {}
-    hb = ax.hexbin(x, y, gridsize=gridsize, bins="log", mincnt=1, cmap="viridis",
-                   linewidths=0.0, rasterized=True, **kwargs)
-    bar = ax.figure.colorbar(hb, ax=ax, shrink=0.8, pad=0.02)
-    bar.set_label("points per bin")
-    bar.ax.tick_params(labelsize=_text_size())
-    _tidy_log_axes(bar.ax)
-    return hb
 
 
 # ------------------------------------------------------------------ plots
@@ -261,25 +130,6 @@ def calibration_curve(
     _coverage_axes(ax, quantity, "calibration curve")
     ax.legend(loc="upper left")
     return ax
-
-
-def _curve(y_pred, y_std, y_true, reduce, num_bins):
-    pred, std, true = prepare(y_pred, y_std, y_true, reduce=reduce)
-    return proportions_from_sorted(np.sort(np.abs((true - pred) / std)), int(num_bins), "interval")
-
-
-def _coverage_axes(ax, quantity: str, what: str) -> None:
-    size = _text_size()
-    ax.text(0.72, 0.28, "over-confident", transform=ax.transAxes, color="0.45",
-            fontsize=size, ha="center", va="center", rotation=45)
-    ax.text(0.3, 0.7, "under-confident", transform=ax.transAxes, color="0.45",
-            fontsize=size, ha="center", va="center", rotation=45)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_aspect("equal")
-    ax.set_xlabel("Expected coverage")
-    ax.set_ylabel("Observed coverage")
-    _title(ax, quantity, what)
 
 
 def rmse_vs_rmv(
@@ -507,79 +357,6 @@ def z_histogram(
         f"|z| > {z_max:g}: {100 * outside:.1f} %",
         loc="upper right",
     )
-    return ax
-
-
-def compare_calibration(
-    curves: Mapping[str, Tuple],
-    *,
-    ax=None,
-    reduce: str = "none",
-    num_bins: int = 100,
-    quantity: str = "",
-):
-    """Calibration curves of several predictions on one axes.
-
-    Parameters
-    ----------
-    curves
-        ``{label: (y_pred, y_std, y_true)}``, drawn in order (colours C0, C1, ...);
-        the legend gives each miscalibration area.
-    ax, reduce, num_bins, quantity
-        As in :func:`calibration_curve`.
-
-    Returns
-    -------
-    matplotlib.axes.Axes
-    """
-    ax = _axes(ax)
-    ax.plot([0, 1], [0, 1], ls="--", color="0.4", lw=1, label="ideal")
-    for k, (label, (pred, std, true)) in enumerate(curves.items()):
-        expected, observed = _curve(pred, std, true, reduce, num_bins)
-        area = area_between(expected, observed)
-        ax.fill_between(expected, expected, observed, color=f"C{k}", alpha=0.12)
-        ax.plot(expected, observed, color=f"C{k}", lw=1.8, label=f"{label} (area {area:.3f})")
-    _coverage_axes(ax, quantity, "calibration curves")
-    ax.legend(loc="upper left")
-    return ax
-
-
-def compare_rmse_vs_rmv(
-    curves: Mapping[str, Tuple],
-    *,
-    ax=None,
-    reduce: str = "none",
-    num_bins: int = 10,
-    quantity: str = "",
-    unit: str = "",
-):
-    """RMSE vs RMV in equal-count σ bins of several predictions on one axes
-    (log-log, identity line). ``curves`` as in :func:`compare_calibration`;
-    other arguments as in :func:`rmse_vs_rmv`."""
-    ax = _axes(ax)
-    drawn = []
-    for label, (pred, std, true) in curves.items():
-        pred, std, true = prepare(pred, std, true, reduce=reduce)
-        bins = binned_errors(true - pred, std, min(int(num_bins), std.size))
-        drawn.append((label, bins.rmv, np.maximum(bins.rmse, np.finfo(float).tiny),
-                      ence_from_bins(bins)))
-    lo = min(min(rmv.min(), rmse.min()) for _, rmv, rmse, _ in drawn) / 1.5
-    hi = max(max(rmv.max(), rmse.max()) for _, rmv, rmse, _ in drawn) * 1.5
-    ax.plot([lo, hi], [lo, hi], ls="--", color="0.4", lw=1, label="ideal (RMSE = RMV)")
-    for k, (label, rmv, rmse, ence) in enumerate(drawn):
-        text = (f"{label} (ENCE = {ence:.3g})" if label else
-                f"{rmv.size} equal-count σ bins\n(ENCE = {ence:.3g})")
-        ax.plot(rmv, rmse, "o-", color=f"C{k + 1}" if not label else f"C{k}", ms=4, label=text)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(lo, hi)
-    ax.set_aspect("equal")
-    _tidy_log_axes(ax)
-    ax.set_xlabel(_label("", unit, "RMV = √⟨σ²⟩"))
-    ax.set_ylabel(_label("", unit, "RMSE"))
-    _title(ax, quantity, "RMSE vs RMV")
-    ax.legend(loc="upper left")
     return ax
 
 

@@ -1,0 +1,82 @@
+"""Energy-only queries of a fitted last-layer Laplace: the selection protocol.
+
+Responsibility: what batch active learning (:mod:`mlipuq.active`) and cheap
+screening ask of :class:`~mlipuq.uq.llpr.LastLayerLaplace`, all without force
+passes or Jacobians, as the mixin :class:`EnergyQueries`: the energy rows
+``f`` of structures (the design matrix, energy = ``θ·f``), the energy
+posterior covariance with the energy noise, and energies with their
+variances from one forward pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mlipuq import data as mdata
+
+
+class EnergyQueries:
+    """Mixin of :class:`~mlipuq.uq.llpr.LastLayerLaplace`: energy-only queries.
+
+    It uses the host's ``model``, ``species``, ``cutoff``, ``dtype``,
+    ``_check_fitted``, ``_structure_features``, its energy posterior
+    (``energy_covariance_``, ``energy_posterior_``) and its calibration
+    (``calibrated_``, ``recalibrator_``).
+    """
+
+    def design_matrix(self, structures, *, batch_size: int = 32,
+                      progress: bool = False) -> np.ndarray:
+        """(B, D) float64 energy rows ``f`` of the structures: the energy is ``θ·f``.
+
+        ``f`` is the sum of the last-layer features over the structure's atoms,
+        with the atom count appended when the readout has a bias. Computed
+        without forces, in batches (memory bounded by one batch).
+        """
+        self._check_fitted()
+        dataset = mdata.as_dataset(structures)
+        rows = [f.cpu().numpy() for _, f in self._energy_rows(dataset, batch_size, progress)]
+        return np.concatenate(rows).astype(np.float64)
+
+    @torch.no_grad()
+    def _energy_rows(self, dataset: mdata.AtomsDataset, batch_size: int, progress: bool = False):
+        """Per batch, without forces: (energies (b,) eV, energy rows f (b, D) float64)."""
+        dataset.validate(self.species)
+        batches = mdata.iter_batches(dataset, self.cutoff, batch_size, species=self.species,
+                                     dtype=self.dtype)
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, total=-(-len(dataset) // batch_size),
+                           desc="LLPR energy rows", unit="batch")
+        self.model.eval()
+        for _, batch in batches:
+            out = self.model(batch.to(device=self.model.device), forces=False, features=True)
+            yield out["energy"], self._structure_features(out["features"], batch)
+
+    def energy_posterior_covariance(self) -> tuple[np.ndarray, float]:
+        """``(Σ, σ²)``: the (D, D) posterior covariance of the readout weights behind
+        the energy variances ``predict`` reports (``Var E = f·Σ f``, eV²) and the
+        fitted energy noise variance σ² (eV² per structure)."""
+        self._check_fitted()
+        return self.energy_covariance_, float(self.energy_posterior_["energy_noise"]) ** 2
+
+    def predict_energy(self, structures, *, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """Energies (B,) eV and their variance (B,) eV² only: no force pass, no Jacobian.
+
+        The cheapest LLPR query (one forward pass of the base model); the
+        energy recalibrator of :meth:`calibrate` is applied, then the
+        composition variance (as in :meth:`predict`).
+        """
+        self._check_fitted()
+        dataset = mdata.as_dataset(structures)
+        energies, variances = [], []
+        cov = torch.as_tensor(self.energy_covariance_, dtype=torch.float64)
+        for energy, f in self._energy_rows(dataset, batch_size):
+            energies.append(energy.cpu().numpy())
+            variances.append(torch.einsum("bi,ij,bj->b", f, cov.to(f.device), f).cpu().numpy())
+        energy, var = np.concatenate(energies), np.concatenate(variances)
+        if self.calibrated_:
+            var = self.recalibrator_.energy_.transform(np.sqrt(var)) ** 2
+        counts = mdata.composition_matrix(dataset, self.species)
+        return energy, var + self.model.composition_variance(counts)
