@@ -474,6 +474,12 @@ class _DatabaseReader:
             raise ImportError(f"{self.name}: reading a PostgreSQL database needs "
                               f"`pip install ase-db-backends psycopg2-binary` ({exc})") from None
 
+    def _connection(self):
+        """A context holding one connection open (SQLite), else nothing."""
+        if getattr(self.db, "connection", "absent") is None:  # ase's SQLite backend
+            return self.db
+        return contextlib.nullcontext()
+
     def _error(self, exc: BaseException, what: str) -> InputFileError:
         text = _redact(" ".join(str(exc).split()) or type(exc).__name__)
         return InputFileError(f"{self.name}: {what} ({type(exc).__name__}: {text})",
@@ -490,14 +496,16 @@ class _DatabaseReader:
         ids, last = array.array("q"), 0
         columns = ["id", "key_value_pairs"] if exclude else ["id"]
         try:
-            while True:
-                rows = list(self.db.select(expressions + [("id", ">", last)], sort="id",
-                                           limit=SCAN_PAGE, include_data=False, columns=columns))
-                ids.extend(row.id for row in rows
-                           if exclude is None or exclude not in row.key_value_pairs)
-                if len(rows) < SCAN_PAGE:
-                    break
-                last = rows[-1].id
+            with self._connection():
+                while True:
+                    rows = list(self.db.select(expressions + [("id", ">", last)], sort="id",
+                                               limit=SCAN_PAGE, include_data=False,
+                                               columns=columns))
+                    ids.extend(row.id for row in rows
+                               if exclude is None or exclude not in row.key_value_pairs)
+                    if len(rows) < SCAN_PAGE:
+                        break
+                    last = rows[-1].id
         except Exception as exc:
             raise self._error(exc, f"cannot select rows with query {query!r}" if query
                               else "cannot read the database") from None
@@ -507,11 +515,14 @@ class _DatabaseReader:
         wanted = np.unique(ids)
         members, rows = set(int(i) for i in wanted), {}
         try:
-            for lo, hi in _runs(wanted):
-                for row in self.db.select([("id", ">=", lo), ("id", "<=", hi)],
-                                          include_data=self.include_data):
-                    if row.id in members:
-                        rows[row.id] = row
+            # one connection for the block (ASE opens one per row otherwise, and the
+            # process's memory then creeps up with the rows read)
+            with self._connection():
+                for lo, hi in _runs(wanted):
+                    for row in self.db.select([("id", ">=", lo), ("id", "<=", hi)],
+                                              include_data=self.include_data):
+                        if row.id in members:
+                            rows[row.id] = row
         except Exception as exc:
             raise self._error(exc, f"cannot read rows {int(wanted[0])} to {int(wanted[-1])}") \
                 from None
