@@ -191,14 +191,15 @@ def extrapolate(ranks: dict, n: float = 1e8) -> list:
 # ----------------------------------------------------------------- output
 def markdown(result: dict) -> str:
     mem = result["memory"]
-    lines = ["| pool (structures) | select time (s) | µs / structure | peak RSS (MB) |",
-             "|---|---|---|---|"]
+    lines = ["| pool (structures) | select time (s) | µs / structure | peak RSS (MB) | note |",
+             "|---|---|---|---|---|"]
     for r in mem:
         lines.append(f"| {r['n']:,} | {r['seconds']:.0f} | {r['us_per_structure']:.0f} "
-                     f"| {r['rss_peak_mb']:.0f} |")
-    ratio = mem[-1]["rss_peak_mb"] / mem[0]["rss_peak_mb"]
-    lines += ["", f"Peak memory from {mem[0]['n']:,} to {mem[-1]['n']:,} structures: "
-              f"{ratio:.2f}×.", "",
+                     f"| {r['rss_peak_mb']:.0f} | {r.get('note', '')} |")
+    same = [r for r in mem if "note" not in r]  # rows of one code version
+    ratio = same[-1]["rss_peak_mb"] / same[0]["rss_peak_mb"]
+    lines += ["", f"Peak memory from {same[0]['n']:,} to {same[-1]['n']:,} structures "
+              f"(same code): {ratio:.2f}×.", "",
               "| task | 1 process, 1 thread | 1 process, 2 threads | 2 ranks (torchrun) |",
               "|---|---|---|---|"]
     for task, runs in result["ranks"].items():
