@@ -207,7 +207,8 @@ class AtomsDataset(Sequence):
             for key in (PRED_ENERGY, PRED_ENERGY_STD, PRED_ENERGY_MEMBERS, schema.STRESS,
                         schema.STRESS_STD):
                 a.info.pop(key, None)
-            for key in (PRED_FORCES, PRED_FORCES_STD):
+            for key in (PRED_FORCES, PRED_FORCES_STD, schema.FORCES_STD_NORM,
+                        schema.ATOM_ENERGY_STD):
                 if key in a.arrays:
                     del a.arrays[key]
             if atoms.calc is not None:

@@ -1,7 +1,7 @@
 """The ``mlipuq`` command.
 
-Subcommands: ``demo`` (the main job: built-in data, training, every UQ
-wrapper compared), ``train`` (train the built-in MLIP on an extxyz file), and
+Subcommands: ``demo`` (the main job, :mod:`mlipuq.demo`: pretrained models,
+every UQ wrapper fitted, calibrated and compared, a report folder), ``train`` (train the built-in MLIP on an extxyz file), and
 those registered by other modules: ``fit`` and ``predict``
 (:mod:`mlipuq.fit_cli`), ``evaluate`` (:mod:`mlipuq.calibration.cli`) and
 ``select`` (:mod:`mlipuq.active.cli`), ``md`` (:mod:`mlipuq.md_cli`) and
@@ -64,94 +64,11 @@ def _format_errors(errors: dict[str, float]) -> str:
     return _table(rows)
 
 
-def _uq_table(rows: list[tuple[str, dict]]) -> str:
-    header = (f"  {'wrapper':<26}{'E NLL':>8}{'F NLL':>8}{'F miscal.':>11}"
-              f"{'F Spearman':>12}{'F cov. 95%':>12}")
-    lines = [header, "  " + "-" * (len(header) - 2)]
-
-    def fmt(value, width, spec):
-        return f"{'n/a':>{width}}" if value is None else f"{value:>{width}{spec}}"
-
-    for name, report in rows:
-        e, f = report["energy"], report["forces"]
-        lines.append(
-            f"  {name:<26}{fmt(e['nll'], 8, '.2f')}{fmt(f['nll'], 8, '.2f')}"
-            f"{fmt(f['miscalibration_area'], 11, '.3f')}{fmt(f['spearman'], 12, '.3f')}"
-            f"{fmt(f['coverage_95'], 12, '.3f')}"
-        )
-    return "\n".join(lines)
-
-
 def run_demo(args: argparse.Namespace) -> int:
-    import time
+    """``mlipuq demo``: :func:`mlipuq.demo.run`."""
+    from mlipuq import demo
 
-    from mlipuq import datasets
-    from mlipuq.calibration import evaluate
-    from mlipuq.models import MiniMLIP
-    from mlipuq.training import errors, train
-    from mlipuq import distributed as mdist
-    from mlipuq.devices import resolve_device
-    from mlipuq.uq import DeepEnsemble, EvidentialHead, LastLayerLaplace, ShallowEnsemble
-
-    refuse_existing(args.save, args.overwrite, "--save")
-    device = resolve_device(args.device)
-    progress = not args.no_progress and mdist.is_main()
-    steps = 3 if args.no_uq else 4
-    print(f"1/{steps} building built-in EMT Cu data ({args.structures} structures) ...", flush=True)
-    data = datasets.emt(("Cu",), n_structures=args.structures, temperatures=(300, 600),
-                        seed=args.seed)
-    train_set, val_set, test_set = data.split([0.7, 0.1, 0.2], seed=args.seed)
-    print(f"    {len(train_set)} train / {len(val_set)} val / {len(test_set)} test structures",
-          flush=True)
-
-    def make_model(seed):
-        return MiniMLIP(["Cu"], cutoff=4.5, width=32, n_interactions=2, n_rbf=12,
-                        seed=seed).to(device=device)
-
-    def fit_model(model, seed, budget):
-        return train(model, train_set, val_set, epochs=args.epochs, batch_size=8, lr=2e-3,
-                     forces_weight=100.0, seed=seed, patience=30, max_time=budget,
-                     progress=progress)
-
-    print(f"2/{steps} training the built-in MLIP (MiniMLIP) ...", flush=True)
-    model = make_model(args.seed)
-    history = fit_model(model, args.seed, args.max_time)
-    print(f"    {len(history)} epochs in {history.wall_time:.0f} s", flush=True)
-    print(f"3/{steps} test-set errors of the built-in MLIP:", flush=True)
-    print(_format_errors(errors(model, test_set)), flush=True)
-    if args.save:
-        mdist.run_local(lambda: model.save(args.save, overwrite=args.overwrite)
-                        if mdist.is_main() else None)
-        print(f"    model saved to {args.save}")
-    if args.no_uq:
-        return 0
-
-    print(f"4/{steps} fitting, calibrating and comparing the UQ wrappers ...", flush=True)
-    start = time.perf_counter()
-    wrappers = {
-        "LastLayerLaplace": LastLayerLaplace(model).fit(train_set, progress=progress),
-        "ShallowEnsemble (8 heads)": ShallowEnsemble(model, n_heads=8).fit(
-            train_set, val_set, epochs=15, lr=1e-3, seed=args.seed, progress=progress),
-        # a frozen-backbone head learns residuals: fit it on data the MLIP did not see
-        "EvidentialHead": EvidentialHead(model).fit(
-            *val_set.split([0.5, 0.5], seed=args.seed), epochs=30, lr=1e-2, seed=args.seed,
-            progress=progress),
-    }
-    members = [model]
-    for k in range(1, args.members):
-        member = make_model(args.seed + k)
-        fit_model(member, args.seed + k, args.max_time / 2)
-        members.append(member)
-    if len(members) > 1:
-        wrappers[f"DeepEnsemble ({len(members)})"] = DeepEnsemble(members)
-    rows = []
-    for name, wrapper in wrappers.items():
-        wrapper.calibrate(val_set)
-        rows.append((name, evaluate(wrapper.predict(test_set), test_set)))
-    print(f"    done in {time.perf_counter() - start:.0f} s; test set after calibrate(val), "
-          "NLL per structure (E) and per force component (F):", flush=True)
-    print(_uq_table(rows), flush=True)
-    return 0
+    return demo.run(args)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -234,18 +151,41 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser(
-        "demo", help="built-in data, train the built-in MLIP, compare all UQ wrappers"
+        "demo", help="pretrained built-in MLIP on built-in data: every UQ wrapper fitted, "
+        "calibrated and compared, reports in a folder",
+        description="Start from the packaged pretrained MiniMLIPs (EMT Cu), fit LLPR, a "
+        "shallow ensemble, an evidential head and a deep ensemble with fixed epoch counts, "
+        "calibrate them on the validation split, print the test-set comparison and write "
+        "the calibration reports to --out. Without --train nothing depends on time: the "
+        "table is the same on every run. --train trains from scratch instead (minutes).",
     )
-    demo.add_argument("--structures", type=int, default=200, help="EMT structures to generate")
-    demo.add_argument("--epochs", type=int, default=200, help="most training epochs")
-    demo.add_argument("--max-time", type=float, default=120.0,
-                      help="training time budget of the base model (s)")
+    demo.add_argument("--out", default="mlipuq-demo",
+                      help="folder for the reports, plots and predictions (refused if it "
+                           "exists, unless --overwrite)")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="write into an existing --out folder and replace a --save file")
+    demo.add_argument("--train", action="store_true",
+                      help="train the base model and the deep-ensemble members from scratch "
+                           "within --max-time instead of loading the pretrained ones")
+    demo.add_argument("--structures", type=int, default=None,
+                      help="EMT structures to generate (implies --train; default 200)")
+    demo.add_argument("--epochs", type=int, default=None,
+                      help="most training epochs (implies --train; default 200)")
+    demo.add_argument("--max-time", type=float, default=None,
+                      help="training time budget of the base model in s, each further "
+                           "member gets half (implies --train; default 120)")
+    demo.add_argument("--seed", type=int, default=None,
+                      help="seed of the data, split and training (implies --train; default 0)")
     demo.add_argument("--members", type=int, default=3,
-                      help="deep-ensemble members (each trained for half of --max-time)")
-    demo.add_argument("--no-uq", action="store_true", help="stop after training the base model")
-    demo.add_argument("--seed", type=int, default=0, help="random seed")
-    demo.add_argument("--save", help="save the trained model to this path")
-    demo.add_argument("--overwrite", action="store_true", help="replace an existing --save file")
+                      help="deep-ensemble members (1: none): the pretrained ones, at most 3, "
+                           "or trained with --train")
+    demo.add_argument("--threads", type=int, default=1,
+                      help="torch CPU threads (1: the same numbers on any machine, and no "
+                           "slowdown on a busy one)")
+    demo.add_argument("--no-uq", action="store_true",
+                      help="stop after the base model's test errors (writes no --out)")
+    demo.add_argument("--no-plots", action="store_true", help="write the reports without plots")
+    demo.add_argument("--save", help="save the base model to this path")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_device_option(demo)
     demo.set_defaults(func=run_demo)

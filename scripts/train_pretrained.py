@@ -61,8 +61,8 @@ SYSTEMS = {
         },
         "model": {"species": ["H", "C", "O"], "cutoff": 5.0, "width": 32, "n_interactions": 2,
                   "n_rbf": 12, "n_readout_features": 32},
-        "training": {"epochs": 60, "batch_size": 8, "lr": 2e-3, "energy_weight": 1.0,
-                     "forces_weight": 100.0, "patience": 30},
+        "training": {"epochs": 300, "batch_size": 8, "lr": 2e-3, "energy_weight": 1.0,
+                     "forces_weight": 100.0, "patience": 40},
         "seeds": [0],
     },
 }

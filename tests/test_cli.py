@@ -141,7 +141,8 @@ def test_demo_runs_end_to_end_and_compares_every_wrapper(tmp_path, monkeypatch, 
     monkeypatch.setenv("MLIPUQ_CACHE", str(tmp_path / "cache"))
     model_path = tmp_path / "demo.pt"
     rc = cli.main(["demo", "--structures", "24", "--max-time", "4", "--epochs", "3",
-                   "--members", "2", "--no-progress", "--save", str(model_path)])
+                   "--members", "2", "--no-progress", "--save", str(model_path),
+                   "--out", str(tmp_path / "demo")])
     out = capsys.readouterr().out
     assert rc == 0
     for name in ("LastLayerLaplace", "ShallowEnsemble", "EvidentialHead", "DeepEnsemble (2)"):
