@@ -267,24 +267,10 @@ def _check_out(path: str, overwrite: bool) -> None:
 
 
 def _write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, then rename it: no partial
-    files, and a link at ``path`` is replaced, not written through."""
-    import tempfile
+    """Write ``data`` atomically (:func:`mlipuq.fileio.atomic_write`)."""
+    from mlipuq.fileio import atomic_write
 
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                               prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        if hasattr(os, "fchmod"):  # the permissions open() would give, not mkstemp's 0600
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def _write_text(path: str, text: str) -> None:

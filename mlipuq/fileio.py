@@ -121,19 +121,38 @@ def save_payload(payload: dict, path, *, overwrite: bool = False) -> None:
     os.makedirs(directory, exist_ok=True)
     data = {k: v for k, v in payload.items() if k != CHECKSUM}
     data[CHECKSUM] = payload_digest(data)
-    prefix = "." + os.path.basename(path)[:100] + "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")  # O_CREAT | O_EXCL
+    atomic_write(path, lambda fh: torch.save(data, fh), replace=overwrite)
+
+
+def new_temporary(folder: str, name: str) -> tuple[int, str]:
+    """``(fd, path)`` of a new file in ``folder`` named after ``name``, created
+    exclusively (``mkstemp``: O_CREAT | O_EXCL, so nothing existing is followed),
+    with the permissions ``open()`` would give rather than mkstemp's 0600."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + name[:100] + ".", suffix=".tmp")
+    if hasattr(os, "fchmod"):
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
+def atomic_write(path, write, *, replace: bool = True) -> str:
+    """Write a file through a temporary one next to it, then move it to ``path``.
+
+    ``write(fh)`` fills the binary file object. A reader never sees a partial
+    file, a link at ``path`` is replaced rather than written through, and the
+    temporary file is removed if anything fails. ``replace=False``: the move
+    fails (``FileExistsError``) if something appeared at ``path`` meanwhile.
+    """
+    path = os.fspath(path)
+    fd, tmp = new_temporary(os.path.dirname(os.path.abspath(path)), os.path.basename(path))
     try:
-        if hasattr(os, "fchmod"):  # the permissions open() would give, not mkstemp's 0600
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as fh:
             fd = None
-            torch.save(data, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        if overwrite:
+        if replace:
             os.replace(tmp, path)
         else:
             _link_new(tmp, path)
@@ -143,6 +162,7 @@ def save_payload(payload: dict, path, *, overwrite: bool = False) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    return path
 
 
 def _link_new(tmp: str, path: str) -> None:

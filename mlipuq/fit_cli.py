@@ -45,7 +45,6 @@ import contextlib
 import inspect
 import os
 import shutil
-import tempfile
 
 from mlipuq.devices import add_device_option, resolve_device  # noqa: F401  (re-exported)
 from mlipuq.fileio import refuse_existing
@@ -300,14 +299,10 @@ def _chunk(data, start: int, stop: int):
 def _new_temporary(folder: str, name: str) -> str:
     """A new empty file in ``folder`` (created exclusively), with the
     permissions ``open()`` would give; returns its path."""
-    fd, path = tempfile.mkstemp(dir=folder, prefix="." + name[:100] + ".", suffix=".tmp")
-    try:
-        if hasattr(os, "fchmod"):
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
-    finally:
-        os.close(fd)
+    from mlipuq.fileio import new_temporary
+
+    fd, path = new_temporary(folder, name)
+    os.close(fd)
     return path
 
 

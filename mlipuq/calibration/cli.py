@@ -248,30 +248,11 @@ def _data_name(report) -> str:
 
 
 def _write_bytes(path: str, data: bytes) -> str:
-    """Write ``data`` to a new temporary file next to ``path``, then rename it to
-    ``path``: a reader never sees a partial file, and a link at ``path`` is
-    replaced, not written through."""
-    import tempfile
+    """Write ``data`` atomically (:func:`mlipuq.fileio.atomic_write`): a reader never
+    sees a partial file, and a link at ``path`` is replaced, not written through."""
+    from mlipuq.fileio import atomic_write
 
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path)[:100] + ".",
-                               suffix=".tmp")
-    try:
-        if hasattr(os, "fchmod"):  # the permissions open() would give, not mkstemp's 0600
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as fh:
-            fd = None
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if fd is not None:
-            os.close(fd)
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda fh: fh.write(data))
 
 
 def _write_text(path: str, text: str) -> str:
