@@ -137,6 +137,12 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _version() -> str:
+    from mlipuq import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlipuq",
@@ -144,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--version", action="version", version=f"mlipuq {_version()}")
     parser.add_argument(
         "--debug", action="store_true",
         help="show the full traceback of an error instead of one line",
@@ -233,7 +240,22 @@ def build_parser() -> argparse.ArgumentParser:
             "--debug", action="store_true", default=argparse.SUPPRESS,
             help="show the full traceback of an error instead of one line",
         )
+        if not any("--threads" in a.option_strings for a in subparser._actions):
+            subparser.add_argument(
+                "--threads", type=_positive_threads, default=None,
+                help="CPU threads of torch (default: torch's own choice)",
+            )
     return parser
+
+
+def _positive_threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1 thread, got {value}")
+    return value
 
 
 def _one_line(exc: BaseException) -> str:
@@ -281,6 +303,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 0
     joined = False
+    if getattr(args, "threads", None) and args.command not in ("demo", "evaluate"):
+        import torch  # demo and evaluate apply their own --threads
+
+        torch.set_num_threads(args.threads)
     try:
         joined = _start_distributed(args)
         rank = _rank() if joined else 0

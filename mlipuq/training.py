@@ -42,6 +42,8 @@ from mlipuq import distributed as mdist
 from mlipuq.errors import MissingReferenceError
 from mlipuq.models.base import MLIP
 from mlipuq.params import non_negative, positive
+from mlipuq.training_budget import TimeBudgetWarning as TimeBudgetWarning  # re-exported
+from mlipuq.training_budget import _budget_message, _EpochProgress, _train_epoch
 from mlipuq.training_parallel import (
     _accepts_denominators,
     _batches,
@@ -51,6 +53,12 @@ from mlipuq.training_parallel import (
 )
 from mlipuq.training_parallel import _shard_schedule as _shard_schedule  # re-exported
 from mlipuq.training_parallel import reduce_terms as reduce_terms  # re-exported
+from mlipuq.training_setup import (  # noqa: F401  (re-exported)
+    UndeterminedReferenceWarning,
+    fit_reference_energies,
+    fit_scales,
+    prepare_graphs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,61 +81,6 @@ class History:
     def __len__(self) -> int:
         return len(self.epochs)
 
-
-def prepare_graphs(dataset: mdata.AtomsDataset, model: MLIP, *, need_forces: bool):
-    """Validate ``dataset`` for training and build its neighbour lists once."""
-    dataset.validate(model.species, require_energy=True, require_forces=need_forces)
-    return [mdata.to_graph(a, model.cutoff, k, model.species) for k, a in enumerate(dataset)]
-
-
-def fit_scales(model: MLIP, train: mdata.AtomsDataset, graphs: Sequence[mdata.Graph]) -> None:
-    """Give the model what it needs from the data before training starts:
-    species reference energies (least squares) and the mean neighbour count."""
-    if not model.atomic_energies_set:
-        fit_reference_energies(model, train)
-    if hasattr(model, "avg_num_neighbors") and model.avg_num_neighbors is None:
-        edges = sum(g.edge_index.shape[1] for g in graphs)
-        atoms = sum(len(g.numbers) for g in graphs)
-        model.avg_num_neighbors = max(edges / max(atoms, 1), 1.0)
-
-
-class UndeterminedReferenceWarning(UserWarning):
-    """The training compositions do not determine every per-species reference energy."""
-
-
-def fit_reference_energies(model: MLIP, train: mdata.AtomsDataset) -> None:
-    """Per-species reference energies by least squares, with the combinations the
-    training compositions leave undetermined recorded on the model.
-
-    One molecule (or any fixed stoichiometry) determines only one combination
-    of its species' reference energies: another stoichiometry would then get a
-    confident wrong energy. Here the undetermined directions (null space of the
-    composition matrix) are stored with a prior std τ and every wrapper adds
-    ``model.composition_variance`` to its energy variance. τ is the empirical-
-    Bayes (type-II maximum-likelihood) scale of independent N(0, τ²) priors on
-    the reference energies: a structure's energy E = c·e then has variance
-    τ²|c|², so τ² = mean over the training structures of E²/|c|² (eV²).
-    A warning names the undetermined combinations; isolated-atom energies
-    (``model.set_atomic_energies(mlipuq.data.atomic_energies_from(path))``
-    before training) fix them.
-    """
-    labelled = train[np.flatnonzero(train.has_reference)]
-    counts = mdata.composition_matrix(labelled, model.species)
-    basis = mdata.undetermined_offsets(counts)
-    energies = mdata.fit_atomic_energies(train, model.species)
-    tau = float(np.sqrt(np.mean(labelled.energies**2 / np.einsum("bs,bs->b", counts, counts))))
-    if basis.shape[1]:
-        warnings.warn(
-            f"the training compositions determine only {len(model.species) - basis.shape[1]} "
-            f"of the {len(model.species)} per-species reference energies; undetermined "
-            f"combinations: {mdata.describe_offsets(basis, model.species)}. Energies of other "
-            f"stoichiometries get a composition variance (prior std {tau:.3g} eV per "
-            "direction); give isolated-atom energies (model.set_atomic_energies("
-            "mlipuq.data.atomic_energies_from(path))) to determine them",
-            UndeterminedReferenceWarning, stacklevel=3,
-        )
-    model.set_atomic_energies(energies, undetermined=basis, prior_std=max(tau, 1e-12))
-    log.info("fitted atomic energies %s", model.atomic_energies)
 
 
 def error_statistics(de: torch.Tensor, df: Optional[torch.Tensor] = None) -> dict[str, float]:
@@ -432,67 +385,6 @@ def _as_trainable(model, energy_weight, forces_weight, parameters, loss_fn) -> T
         raise ValueError("energy_weight, forces_weight, parameters and loss_fn apply to MLIPs "
                          f"only; {type(model).__name__} defines its own loss and parameters")
     return model
-
-
-class TimeBudgetWarning(UserWarning):
-    """``train(..., max_time=...)`` stopped training before its epochs or early stopping did."""
-
-
-@dataclass
-class _EpochProgress:
-    """How far an epoch got: batches done of ``n_batches`` (fewer when the time budget hit)."""
-
-    batches: int = 0
-    n_batches: int = 0
-
-    @property
-    def complete(self) -> bool:
-        return self.batches >= self.n_batches
-
-
-def _train_epoch(trainable, graphs, order, batch_size, optimizer, epoch, *,
-                 deadline: Optional[float] = None,
-                 progress: Optional[_EpochProgress] = None) -> tuple[float, list]:
-    """One pass of optimiser steps; mean loss per structure and the batches' statistics.
-
-    With ``deadline`` (a :func:`time.perf_counter` value) the pass stops after the
-    first batch that ends past it; ``progress`` (if given) records how many of
-    the epoch's batches were done. The mean loss is over the structures seen.
-    """
-    trainable.train_mode(True)
-    total, seen, stats = 0.0, 0, []
-    n_batches = -(-len(order) // batch_size)
-    if progress is not None:
-        progress.batches, progress.n_batches = 0, n_batches
-    for k, (n, batch) in enumerate(_batches(graphs, order, batch_size, trainable)):
-        optimizer.zero_grad(set_to_none=True)
-        loss, s = trainable.loss(batch, create_graph=True)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss became {float(loss)} at epoch {epoch}; lower lr"
-            )
-        loss.backward()
-        optimizer.step()
-        total += float(loss.detach()) * n
-        seen += n
-        stats.append(s)
-        if progress is not None:
-            progress.batches = k + 1
-        if deadline is not None and k + 1 < n_batches and time.perf_counter() >= deadline:
-            break
-    return total / max(seen, 1), stats
-
-
-def _budget_message(max_time: float, history: "History", progress: _EpochProgress,
-                    epochs: int) -> str:
-    done = len(history) - (0 if progress.complete else 1)
-    what = f"{done} of {epochs} epochs"
-    if not progress.complete:
-        what += f" and {progress.batches} of the {progress.n_batches} batches of the next"
-    return (f"training stopped by the time budget (max_time={max_time:g} s) after {what}, "
-            f"at {history.epochs[-1]['time']:.1f} s; the best weights (History.best_epoch "
-            f"{history.best_epoch}) are kept. The epochs a budget allows depend on the machine "
-            "and its load: give epochs alone for reproducible training")
 
 
 def _evaluate(trainable, graphs, batch_size) -> tuple[float, list]:

@@ -8,6 +8,8 @@ import sys
 import ase
 import ase.io
 import numpy as np
+import argparse
+
 import pytest
 
 import mlipuq
@@ -307,3 +309,19 @@ def test_select_random_without_model_and_model_strategies_need_one(tmp_path, poo
     assert cli.main(["select", "--pool", str(pool_file), "-k", "2",
                      "--out", str(tmp_path / "other.extxyz")]) == 2
     assert "needs --model" in capsys.readouterr().err
+
+
+def test_version_and_threads_on_every_subcommand(capsys):
+    import mlipuq
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"mlipuq {mlipuq.__version__}"
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, subparser in sub.choices.items():
+        assert any("--threads" in a.option_strings for a in subparser._actions), name
+    with pytest.raises(SystemExit) as bad:  # argparse's usage error: status 2
+        cli.main(["select", "--threads", "0", "--pool", "x", "-k", "1", "--out", "y"])
+    assert bad.value.code == 2

@@ -1,0 +1,73 @@
+"""Data preparation before training: validated graphs, reference energies, neighbour scale.
+
+Split out of :mod:`mlipuq.training`, which re-exports every name here.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Sequence
+
+import numpy as np
+
+from mlipuq import data as mdata
+from mlipuq.models.base import MLIP
+
+log = logging.getLogger("mlipuq.training")  # the name the training log has always used
+
+
+def prepare_graphs(dataset: mdata.AtomsDataset, model: MLIP, *, need_forces: bool):
+    """Validate ``dataset`` for training and build its neighbour lists once."""
+    dataset.validate(model.species, require_energy=True, require_forces=need_forces)
+    return [mdata.to_graph(a, model.cutoff, k, model.species) for k, a in enumerate(dataset)]
+
+
+def fit_scales(model: MLIP, train: mdata.AtomsDataset, graphs: Sequence[mdata.Graph]) -> None:
+    """Give the model what it needs from the data before training starts:
+    species reference energies (least squares) and the mean neighbour count."""
+    if not model.atomic_energies_set:
+        fit_reference_energies(model, train)
+    if hasattr(model, "avg_num_neighbors") and model.avg_num_neighbors is None:
+        edges = sum(g.edge_index.shape[1] for g in graphs)
+        atoms = sum(len(g.numbers) for g in graphs)
+        model.avg_num_neighbors = max(edges / max(atoms, 1), 1.0)
+
+
+class UndeterminedReferenceWarning(UserWarning):
+    """The training compositions do not determine every per-species reference energy."""
+
+
+def fit_reference_energies(model: MLIP, train: mdata.AtomsDataset) -> None:
+    """Per-species reference energies by least squares, with the combinations the
+    training compositions leave undetermined recorded on the model.
+
+    One molecule (or any fixed stoichiometry) determines only one combination
+    of its species' reference energies: another stoichiometry would then get a
+    confident wrong energy. Here the undetermined directions (null space of the
+    composition matrix) are stored with a prior std τ and every wrapper adds
+    ``model.composition_variance`` to its energy variance. τ is the empirical-
+    Bayes (type-II maximum-likelihood) scale of independent N(0, τ²) priors on
+    the reference energies: a structure's energy E = c·e then has variance
+    τ²|c|², so τ² = mean over the training structures of E²/|c|² (eV²).
+    A warning names the undetermined combinations; isolated-atom energies
+    (``model.set_atomic_energies(mlipuq.data.atomic_energies_from(path))``
+    before training) fix them.
+    """
+    labelled = train[np.flatnonzero(train.has_reference)]
+    counts = mdata.composition_matrix(labelled, model.species)
+    basis = mdata.undetermined_offsets(counts)
+    energies = mdata.fit_atomic_energies(train, model.species)
+    tau = float(np.sqrt(np.mean(labelled.energies**2 / np.einsum("bs,bs->b", counts, counts))))
+    if basis.shape[1]:
+        warnings.warn(
+            f"the training compositions determine only {len(model.species) - basis.shape[1]} "
+            f"of the {len(model.species)} per-species reference energies; undetermined "
+            f"combinations: {mdata.describe_offsets(basis, model.species)}. Energies of other "
+            f"stoichiometries get a composition variance (prior std {tau:.3g} eV per "
+            "direction); give isolated-atom energies (model.set_atomic_energies("
+            "mlipuq.data.atomic_energies_from(path))) to determine them",
+            UndeterminedReferenceWarning, stacklevel=3,
+        )
+    model.set_atomic_energies(energies, undetermined=basis, prior_std=max(tau, 1e-12))
+    log.info("fitted atomic energies %s", model.atomic_energies)
