@@ -60,6 +60,7 @@ class Calculator(BaseCalculator):
         schema.RESULT_FORCES_COMMITTEE,
         schema.RESULT_STRESS_STD,
         schema.RESULT_STRESS_COMMITTEE,
+        schema.RESULT_ATOM_ENERGY_STD,
     ]
 
     def __init__(self, model, *, dtype: torch.dtype = torch.float64,
@@ -135,6 +136,8 @@ class Calculator(BaseCalculator):
             results[schema.RESULT_ENERGIES] = pred.energy_members[:, 0].copy()
         if pred.forces_members is not None:
             results[schema.RESULT_FORCES_COMMITTEE] = pred.forces_members.copy()
+        if getattr(pred, "atom_energy_var", None) is not None:
+            results[schema.RESULT_ATOM_ENERGY_STD] = np.sqrt(pred.atom_energy_var)
         results["free_energy"] = results["energy"]
 
     def _fill_stress(self, results: dict, pred, atoms) -> None:

@@ -64,6 +64,7 @@ RESULT_ENERGIES = "energies"  #: (K,) member energies (eV)
 RESULT_FORCES_COMMITTEE = "forces_committee"  #: (K, N, 3) member forces (eV/Å)
 RESULT_STRESS_STD = "stress_std"  #: (6,) Voigt std of the stress elements (eV/Å³)
 RESULT_STRESS_COMMITTEE = "stress_committee"  #: (K, 6) Voigt member stresses (eV/Å³)
+RESULT_ATOM_ENERGY_STD = "atom_energy_std"  #: (N,) local energy std (eV), where the wrapper has it
 
 # Prediction files written by `mlipuq predict` (per structure, atoms.info)
 WRAPPER_CLASS = "mlipuq_wrapper_class"  #: class name of the UQ wrapper that predicted

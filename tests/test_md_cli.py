@@ -46,6 +46,8 @@ def test_frames_carry_per_atom_uncertainty_equal_to_the_wrapper(files, tmp_path)
         np.testing.assert_allclose(frame.arrays["mlipuq_forces_std_norm"], norm, rtol=1e-6)
         assert frame.info["mlipuq_max_force_std"] == pytest.approx(norm.max(), rel=1e-6)
         assert frame.info["mlipuq_energy_std"] == pytest.approx(pred.energy_std[0], rel=1e-6)
+        np.testing.assert_allclose(frame.arrays["mlipuq_atom_energy_std"],  # LLPR's local std
+                                   np.sqrt(pred.atom_energy_var), rtol=1e-6, atol=1e-12)
 
 
 def test_resume_continues_and_existing_output_is_refused(files, tmp_path, capsys):

@@ -269,6 +269,9 @@ def frame_from_results(atoms, results, step, dt_fs, records, flagged) -> "ase.At
         f_std = np.asarray(results[schema.RESULT_FORCES_STD], np.float64)
         frame.arrays[schema.FORCES_STD] = f_std.copy()
         frame.arrays[schema.FORCES_STD_NORM] = np.sqrt((f_std**2).sum(axis=1))
+    if schema.RESULT_ATOM_ENERGY_STD in results:  # local energy std (eV), e.g. LLPR
+        frame.arrays[schema.ATOM_ENERGY_STD] = np.asarray(
+            results[schema.RESULT_ATOM_ENERGY_STD], np.float64).copy()
     frame.info.update(info)
     frame.info.update(records)
     return frame
