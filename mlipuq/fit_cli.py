@@ -78,7 +78,8 @@ def add_parsers(subparsers) -> None:
     fit.add_argument("method", choices=KINDS, help="UQ method")
     fit.add_argument(
         "--model", "-m", required=True, action="append", metavar="M.pt",
-        help="base model saved by `mlipuq train`; for deep, give it two or more times to "
+        help="base model saved by `mlipuq train`, or an external one: sevennet:7net-0, "
+             "chgnet:, mace:FILE; for deep, give it two or more times to "
              "ensemble trained models instead of training --members new ones",
     )
     fit.add_argument("--train", required=True, metavar="T.extxyz",
@@ -250,7 +251,7 @@ def run_fit(args: argparse.Namespace) -> int:
     """Run ``mlipuq fit``; returns 0. Bad input raises; :func:`mlipuq.cli.main` reports it."""
     import mlipuq
     from mlipuq import distributed as mdist
-    from mlipuq.models import load as load_model
+    from mlipuq.models.spec import load_model_spec as load_model
 
     refuse_existing(args.out, args.overwrite, "--out")  # before any work
     _check_fit_args(args)
