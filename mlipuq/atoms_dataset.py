@@ -91,23 +91,10 @@ class AtomsDataset(Sequence):
         """Shuffle with ``seed`` and cut into one dataset per fraction.
 
         Fractions must be positive and sum to at most 1; a sum of 1 uses every
-        structure (rounding remainders go to the last part).
+        structure (rounding remainders go to the last part). The indices of
+        each part are :func:`split_indices` ``(len(self), fractions, seed)``.
         """
-        fractions = [float(f) for f in fractions]
-        if not fractions or any(f <= 0 for f in fractions):
-            raise ValueError(f"fractions must be positive, got {fractions}")
-        total = sum(fractions)
-        if total > 1 + 1e-9:
-            raise ValueError(f"fractions sum to {total} > 1")
-        order = np.random.default_rng(seed).permutation(len(self))
-        bounds = np.floor(np.cumsum(fractions) * len(self) + 1e-9).astype(int)
-        if abs(total - 1) < 1e-9:
-            bounds[-1] = len(self)
-        parts, start = [], 0
-        for stop in bounds:
-            parts.append(self.subset(order[start:stop]))
-            start = stop
-        return parts
+        return [self.subset(part) for part in split_indices(len(self), fractions, seed)]
 
     # reference data
     @property
@@ -224,6 +211,25 @@ class AtomsDataset(Sequence):
                 a.arrays.update(arrays)
             out.append(a)
         ase.io.write(path, out, format="extxyz")
+
+
+def split_indices(n: int, fractions: Sequence[float], seed: int = 0) -> list[np.ndarray]:
+    """The indices of :meth:`AtomsDataset.split`'s parts of ``n`` structures."""
+    fractions = [float(f) for f in fractions]
+    if not fractions or any(f <= 0 for f in fractions):
+        raise ValueError(f"fractions must be positive, got {fractions}")
+    total = sum(fractions)
+    if total > 1 + 1e-9:
+        raise ValueError(f"fractions sum to {total} > 1")
+    order = np.random.default_rng(seed).permutation(n)
+    bounds = np.floor(np.cumsum(fractions) * n + 1e-9).astype(int)
+    if abs(total - 1) < 1e-9:
+        bounds[-1] = n
+    parts, start = [], 0
+    for stop in bounds:
+        parts.append(order[start:stop])
+        start = stop
+    return parts
 
 
 def concatenate(datasets: Sequence[AtomsDataset]) -> AtomsDataset:

@@ -76,6 +76,9 @@ def run_train(args: argparse.Namespace) -> int:
     from mlipuq import distributed as mdist
 
     refuse_existing(args.out, args.overwrite, "--out")
+    split_file = args.out + ".split.json"
+    refuse_existing(split_file, args.overwrite, "the split file")
+    from mlipuq.atoms_dataset import split_indices
     from mlipuq.devices import resolve_device
     from mlipuq.models import MiniMLIP
     from mlipuq.training import errors, train
@@ -83,7 +86,10 @@ def run_train(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
 
     dataset = mdata.load(args.data, energy_key=args.energy_key, forces_key=args.forces_key)
-    train_set, val_set = dataset.split([1 - args.val_fraction, args.val_fraction], seed=args.seed)
+    test_set = None if args.test is None else mdata.load(
+        args.test, energy_key=args.energy_key, forces_key=args.forces_key)
+    parts = split_indices(len(dataset), [1 - args.val_fraction, args.val_fraction], args.seed)
+    train_set, val_set = (dataset.subset(p) for p in parts)
     model = MiniMLIP(
         dataset.species,
         cutoff=args.cutoff,
@@ -108,10 +114,25 @@ def run_train(args: argparse.Namespace) -> int:
     )
     print(f"{len(history)} epochs in {history.wall_time:.0f} s; validation errors:")
     print(_format_errors(errors(model, val_set)))
-    mdist.run_local(lambda: model.save(args.out, overwrite=args.overwrite)
+    if test_set is not None:
+        print(f"test errors ({args.test}, {len(test_set)} structures):")
+        print(_format_errors(errors(model, test_set)))
+    record = {"data": args.data, "seed": args.seed, "val_fraction": args.val_fraction,
+              "train": parts[0].tolist(), "val": parts[1].tolist(), "test": args.test}
+    mdist.run_local(lambda: _save_model_and_split(model, args, split_file, record)
                     if mdist.is_main() else None)
-    print(f"model saved to {args.out}")
+    print(f"model saved to {args.out}; train/validation indices in {split_file}")
     return 0
+
+
+def _save_model_and_split(model, args, split_file: str, record: dict) -> None:
+    import json
+
+    from mlipuq.fileio import atomic_write
+
+    model.save(args.out, overwrite=args.overwrite)
+    text = json.dumps(record, indent=1).encode("utf-8")
+    atomic_write(split_file, lambda fh: fh.write(text))
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -206,7 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="extxyz key of reference forces (eV/Å)")
     tr.add_argument("--atomic-energies", help="extxyz of isolated atoms (species offsets)")
     tr.add_argument("--val-fraction", type=float, default=0.1,
-                    help="fraction of structures held out for validation")
+                    help="fraction of structures held out for validation (the indices of "
+                         "both parts go to OUT.split.json)")
+    tr.add_argument("--test", default=None, metavar="TEST.extxyz",
+                    help="held-out structures: their errors are reported after training")
     tr.add_argument("--cutoff", type=float, default=5.0, help="cutoff radius (Å)")
     tr.add_argument("--features", type=int, default=64, help="features per atom")
     tr.add_argument("--interactions", type=int, default=3, help="message-passing layers")

@@ -325,3 +325,27 @@ def test_version_and_threads_on_every_subcommand(capsys):
     with pytest.raises(SystemExit) as bad:  # argparse's usage error: status 2
         cli.main(["select", "--threads", "0", "--pool", "x", "-k", "1", "--out", "y"])
     assert bad.value.code == 2
+
+
+def test_train_reports_test_errors_and_saves_the_split(tmp_path, capsys):
+    import json
+
+    import mlipuq
+    from mlipuq.atoms_dataset import split_indices
+
+    from conftest import ETHANOL_SMALL
+
+    data = mlipuq.load(ETHANOL_SMALL)
+    data[:12].write(tmp_path / "train.xyz")
+    data[12:].write(tmp_path / "test.xyz")
+    out = tmp_path / "m.pt"
+    rc = cli.main(["train", str(tmp_path / "train.xyz"), "--out", str(out), "--epochs", "2",
+                   "--features", "8", "--interactions", "1", "--val-fraction", "0.25",
+                   "--test", str(tmp_path / "test.xyz")])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "test errors" in text and "8 structures" in text
+    split = json.loads((tmp_path / "m.pt.split.json").read_text())
+    expected = split_indices(12, [0.75, 0.25], 0)
+    assert split["train"] == expected[0].tolist() and split["val"] == expected[1].tolist()
+    assert sorted(split["train"] + split["val"]) == list(range(12))
