@@ -22,6 +22,8 @@ import pytest
 import torch
 from torch import nn
 
+from pathlib import Path
+
 import mlipuq
 from conftest import ETHANOL_SMALL, SPECIES, make_model
 from mlipuq import trust
@@ -412,3 +414,18 @@ def test_cli_check_with_a_wrapper_and_a_bad_file(tmp_path, capsys, llpr):
     assert _main(["check", "--model", str(bad), "--structures", str(ETHANOL_SMALL),
                   "--out", str(tmp_path / "b")]) == 2
     assert "neither a saved UQ wrapper" in capsys.readouterr().err
+
+
+def test_a_steep_smooth_feature_is_not_a_discontinuity():
+    """The packaged ethanol model's C-C stretch has a force feature ~0.01 Å wide near
+    1.67 Å (forces smooth on a 0.002 Å grid): once flagged as a kink by the single
+    4x refinement, it must not survive the second one."""
+    from mlipuq.models import load
+    from mlipuq.trust import bond_scan
+
+    path = Path(mlipuq.__file__).parent / "data_files" / "pretrained" / "ethanol_0.pt"
+    atoms = mlipuq.load(ETHANOL_SMALL)[0].copy()
+    atoms.calc = None
+    result = bond_scan(load(path), atoms, pairs=((0, 1),))
+    assert result.discontinuities == []
+    assert result.verdict != "fail"

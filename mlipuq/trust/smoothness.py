@@ -22,7 +22,8 @@ Discontinuities
     grid spacing h is refined; at a kink the score grows as :math:`1/h` and the
     force jump stays. So each candidate is re-evaluated on a grid :data:`REFINE` (4) times finer around
     it: it is a discontinuity when the signal persists there (score growing or
-    force jump at least half the coarse one) and the force jump exceeds
+    force jump at least half the coarse one), persists again on a grid
+    :data:`REFINE` times finer still (force jump at least half), and the force jump exceeds
     :data:`MIN_FORCE_JUMP` = 0.01 eV/Å, about the force error of good MLIPs
     (10-50 meV/Å): smaller jumps are below what a model resolves. At most
     :data:`MAX_CANDIDATES` (5) candidates per scan are re-evaluated.
@@ -237,7 +238,21 @@ def _refine(path, s, k, target) -> dict:
     near = np.flatnonzero(np.abs(mids - s[k]) <= reach)
     jump = float(jumps[near].max()) if len(near) else 0.0
     where = float(mids[near[np.argmax(jumps[near])]]) if jump > 0 else float(fine[best])
-    return {"s": where, "refined_score": float(scores[best]), "force_jump": jump}
+    return {"s": where, "refined_score": float(scores[best]), "force_jump": jump,
+            "finest_force_jump": _finest_jump(path, fine, where, target)}
+
+
+def _finest_jump(path, fine: np.ndarray, where: float, target) -> float:
+    """The largest force jump within one refined interval of ``where`` on a grid
+    REFINE times finer again: a kink keeps its jump at every spacing, a steep but
+    smooth feature (narrower than the first refined grid) loses it."""
+    h = float(np.max(np.diff(fine)))
+    finest = np.linspace(where - 2 * h, where + 2 * h, 4 * REFINE + 1)
+    frames, tangents = path(finest)
+    evaluation = target.evaluate(frames)
+    forces = evaluation.forces.reshape(len(finest), -1, 3)
+    jumps = force_jumps(finest, -np.einsum("pnc,pnc->p", forces, tangents))
+    return float(np.max(jumps)) if len(jumps) else 0.0
 
 
 def _merge(points: list, distance: float) -> list:
@@ -276,6 +291,8 @@ def _analyse(kind: str, name: str, indices, coordinate: np.ndarray, s: np.ndarra
         # feature's score shrinks (~h^3) and its apparent jump with it
         persists = (record["refined_score"] > max(scores[k], discontinuity_score)
                     or record["force_jump"] >= 0.5 * point_jumps[k])
+        # and it must survive a second refinement: a steep smooth feature does not
+        persists = persists and record["finest_force_jump"] >= 0.5 * record["force_jump"]
         record["confirmed"] = bool(persists and record["force_jump"] > min_force_jump)
         fine_s = record.pop("s")
         record["coordinate"] = (float(np.degrees(fine_s)) if kind == "torsion_scan"
