@@ -266,20 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if not any("--threads" in a.option_strings for a in subparser._actions):
             subparser.add_argument(
-                "--threads", type=_positive_threads, default=None,
+                "--threads", type=fit_cli._positive_int, default=None,
                 help="CPU threads of torch (default: torch's own choice)",
             )
     return parser
-
-
-def _positive_threads(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1 thread, got {value}")
-    return value
 
 
 def _one_line(exc: BaseException) -> str:

@@ -39,7 +39,6 @@ from tqdm.auto import tqdm
 
 from mlipuq import data as mdata
 from mlipuq import distributed as mdist
-from mlipuq.errors import MissingReferenceError
 from mlipuq.models.base import MLIP
 from mlipuq.params import non_negative, positive
 from mlipuq.training_budget import TimeBudgetWarning as TimeBudgetWarning  # re-exported
@@ -53,6 +52,7 @@ from mlipuq.training_parallel import (
 )
 from mlipuq.training_parallel import _shard_schedule as _shard_schedule  # re-exported
 from mlipuq.training_parallel import reduce_terms as reduce_terms  # re-exported
+from mlipuq.training_errors import error_statistics, errors  # noqa: F401  (re-exported)
 from mlipuq.training_setup import (  # noqa: F401  (re-exported)
     UndeterminedReferenceWarning,
     fit_reference_energies,
@@ -81,28 +81,6 @@ class History:
     def __len__(self) -> int:
         return len(self.epochs)
 
-
-
-def error_statistics(de: torch.Tensor, df: Optional[torch.Tensor] = None) -> dict[str, float]:
-    """Error sums of one batch that :func:`train` turns into per-epoch MAE and RMSE.
-
-    ``de`` (B,) per-atom energy errors (eV/atom), ``df`` force-component errors
-    (eV/Å) or None. Every :meth:`Trainable.loss` returns these keys.
-    """
-    de = de.detach()
-    stats = {
-        "n_structures": float(len(de)),
-        "energy_abs": float(de.abs().sum()),
-        "energy_sq": float((de**2).sum()),
-    }
-    if df is not None:
-        df = df.detach()
-        stats.update(
-            n_components=float(df.numel()),
-            forces_abs=float(df.abs().sum()),
-            forces_sq=float((df**2).sum()),
-        )
-    return stats
 
 
 def batch_loss(
@@ -588,21 +566,3 @@ def train(
     trainable.train_mode(False)
     history.wall_time = time.perf_counter() - t0
     return history
-
-
-def errors(model: MLIP, dataset, *, batch_size: int = 32) -> dict[str, float]:
-    """MAE and RMSE of energies (eV/atom) and forces (eV/Å) on ``dataset``."""
-    dataset = mdata.as_dataset(dataset)
-    if not dataset.has_reference.all():
-        raise MissingReferenceError("every structure needs a reference energy to compute errors")
-    out = model.compute(dataset, batch_size=batch_size)
-    de = (out["energy"] - dataset.energies) / dataset.n_atoms
-    result = {
-        "energy_mae": float(np.mean(np.abs(de))),
-        "energy_rmse": float(np.sqrt(np.mean(de**2))),
-    }
-    if dataset.has_forces.all():
-        df = out["forces"] - dataset.forces
-        result["forces_mae"] = float(np.mean(np.abs(df)))
-        result["forces_rmse"] = float(np.sqrt(np.mean(df**2)))
-    return result
