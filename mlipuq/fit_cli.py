@@ -106,6 +106,9 @@ def add_parsers(subparsers) -> None:
                           "(default: shallow and evidential 20, deep 50)")
     fit.add_argument("--max-time", type=float, default=None,
                      help="training time budget in s (deep: per member)")
+    fit.add_argument("--refit-mean", action="store_true",
+                     help="llpr: predict with the Bayesian posterior mean of the readout "
+                          "instead of the trained weights (docs/llpr.md)")
     fit.add_argument("--heads", type=int, default=8, help="shallow: number of heads")
     fit.add_argument("--members", type=int, default=None,
                      help=f"deep: number of members trained from --model's architecture "
@@ -180,6 +183,8 @@ def _check_fit_args(args) -> None:
             raise ValueError(f"--coverage must be between 0 and 1, got {args.coverage}")
     if args.method == "shallow" and args.heads < 2:
         raise ValueError(f"--heads must be >= 2, got {args.heads}")
+    if args.refit_mean and args.method != "llpr":
+        raise ValueError(f"--refit-mean is an llpr option, not one of fit {args.method}")
     if len(args.model) > 1 and args.method != "deep":
         raise ValueError(f"fit {args.method} takes one --model, got {len(args.model)}")
     if args.method == "deep":
@@ -197,7 +202,8 @@ def build_wrapper(args, models, train, val, progress: bool):
     model = models[0]
     common = {"seed": args.seed, "progress": progress}
     if args.method == "llpr":
-        return LastLayerLaplace(model).fit(train, val, batch_size=args.batch_size, **common)
+        return LastLayerLaplace(model, refit_mean=args.refit_mean).fit(
+            train, val, batch_size=args.batch_size, **common)
     if args.method == "shallow":
         return ShallowEnsemble(model, n_heads=args.heads).fit(
             train, val, **common, **_trainer_options(args, {}))

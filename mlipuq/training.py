@@ -35,12 +35,12 @@ from typing import Any, Callable, Iterable, Optional, Protocol, Sequence, Union,
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mlipuq import data as mdata
 from mlipuq import distributed as mdist
 from mlipuq.models.base import MLIP
 from mlipuq.params import non_negative, positive
+from mlipuq.progress import bar as progress_bar
 from mlipuq.training_budget import TimeBudgetWarning as TimeBudgetWarning  # re-exported
 from mlipuq.training_budget import _budget_message, _EpochProgress, _train_epoch
 from mlipuq.training_parallel import (
@@ -181,6 +181,8 @@ class EnergyForceMSE:
 
     dtype = property(lambda self: self.model.dtype)
     device = property(lambda self: self.model.device)
+    #: What is trained, for the progress bar: the model's class name.
+    description = property(lambda self: type(self.model).__name__)
 
     def prepare(self, train, val):
         need_forces = self.forces_weight > 0
@@ -375,12 +377,28 @@ def _evaluate(trainable, graphs, batch_size) -> tuple[float, list]:
     return total / len(graphs), stats
 
 
+def _mev(value: float, unit: str) -> str:
+    """``value`` (eV-based) in meV, three significant digits, with ``unit``."""
+    value = 1e3 * value
+    return f"{value:.3g} {unit}" if abs(value) < 1e3 else f"{value:.0f} {unit}"
+
+
 def _postfix(row: dict, monitor: float) -> dict:
+    """The bar's metrics: the monitored loss, and the rows' MAEs (eV/atom, eV/Å)
+    in meV/atom and meV/Å; the training energy MAE only when there is no ``val``."""
     shown = {"loss": f"{monitor:.3g}"}
-    for key in ("val_energy_mae", "val_forces_mae", "train_forces_mae"):
+    energy = "val_energy_mae" if "val_energy_mae" in row else "train_energy_mae"
+    labels = {energy: ("E MAE", "meV/atom"), "val_forces_mae": ("F MAE", "meV/Å"),
+              "train_forces_mae": ("F MAE", "meV/Å")}
+    for key, (label, unit) in labels.items():
         if key in row:
-            shown[key.replace("_mae", "")] = f"{row[key]:.3g}"
+            shown[f"{key.split('_')[0]} {label}"] = _mev(row[key], unit)
     return shown
+
+
+def _describe(trainable) -> str:
+    """What is trained: ``trainable.description`` (e.g. "EvidentialHead"), else its class."""
+    return str(getattr(trainable, "description", None) or type(trainable).__name__)
 
 
 def train(
@@ -406,6 +424,7 @@ def train(
     loss_fn: Optional[Callable] = None,
     progress: bool = True,
     data_parallel: bool = False,
+    desc: Optional[str] = None,
 ) -> History:
     """Train ``model`` on energies and forces; returns a :class:`History`.
 
@@ -463,6 +482,10 @@ def train(
         by rank 0. Every rank ends with the same weights. Needs a
         :class:`Trainable` with ``data_parallel()`` (the UQ heads; not yet a
         plain MLIP). Ignored in a single process.
+    desc
+        What the progress bar says is trained (default: ``"training "`` and
+        the model's class name, or the Trainable's ``description``, e.g.
+        ``"training ShallowEnsemble heads"``).
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
@@ -507,10 +530,11 @@ def train(
     deadline = None if max_time is None else t0 + max_time
     budget_hit = False
     done = _EpochProgress()
-    bar = tqdm(range(epochs), desc="training", disable=not (progress and main), unit="epoch")
+    desc = f"training {_describe(trainable)}" if desc is None else desc
+    bar = progress_bar(epochs, desc, "epoch", enabled=progress and main)
     sharding = trainable.data_parallel() if parallel else contextlib.nullcontext()
     with sharding:
-        for epoch in bar:
+        for epoch in range(epochs):
             if parallel:  # the budget is checked at epoch ends, on rank 0's clock
                 loss, stats = _train_epoch_sharded(trainable, train_graphs, train_atoms,
                                                    batch_size, optimizer, epoch, seed, exact)
@@ -546,7 +570,8 @@ def train(
                     trainable.save(checkpoint, overwrite=True)
             else:
                 epochs_since_best += 1
-            bar.set_postfix(_postfix(row, monitor))
+            bar.set_postfix(_postfix(row, monitor), refresh=False)
+            bar.update(1)
             if not done.complete:  # the budget ended this epoch early
                 budget_hit = True
                 break

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
 import ase
 import ase.io
 import numpy as np
-import argparse
 
 import pytest
 
@@ -231,6 +231,36 @@ def test_every_writing_subcommand_has_overwrite_debug_and_shows_defaults(capsys,
     out = " ".join(capsys.readouterr().out.split())
     assert "--overwrite" in out and "--debug" in out
     assert "(default: " in out
+
+
+def _subparsers(parser, path=("mlipuq",)):
+    """(command path, parser) of every parser under ``parser``, itself first."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _subparsers(sub, (*path, name))
+
+
+def test_every_option_of_every_subcommand_is_described_with_its_default(monkeypatch):
+    """No bare option anywhere: each has a help text, and a set default is shown."""
+    monkeypatch.setenv("COLUMNS", "500")  # no line wrapping inside a default
+    parsers = list(_subparsers(cli.build_parser()))
+    assert len(parsers) >= 10  # demo, train, fit, predict, evaluate, select, md, check, ...
+    for path, parser in parsers:
+        assert issubclass(parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter), path
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            where = f"{' '.join(path)} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help and action.help != argparse.SUPPRESS, f"{where}: no help"
+        text = " ".join(parser.format_help().split())
+        shown = [a for a in parser._actions if a.option_strings and not a.required
+                 and a.default not in (None, False, argparse.SUPPRESS)
+                 and "%(default)" not in (a.help or "") and "default" not in (a.help or "")]
+        for action in shown:
+            assert f"(default: {action.default})" in text, (
+                f"{' '.join(path)} {action.option_strings[0]}: default not shown")
 
 
 def test_help_shows_defaults(capsys):

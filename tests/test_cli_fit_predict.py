@@ -127,6 +127,19 @@ def test_fit_llpr_summary(files, tmp_path, capsys):
     assert wrapper.recalibrator_.method == "power"
 
 
+def test_fit_llpr_refit_mean(files, tmp_path, capsys):
+    """--refit-mean saves a wrapper predicting with the posterior mean of the readout."""
+    out = tmp_path / "llpr.pt"
+    assert _fit(files, "llpr", out, "--refit-mean") == 0, capsys.readouterr().err
+    wrapper = load_wrapper(out)
+    assert wrapper.refit_mean and np.abs(wrapper.mean_shift_).max() > 0
+    test = mlipuq.load(files["test"])
+    base = wrapper.model.compute(test)["energy"]
+    assert np.abs(wrapper.predict(test).energy - base).max() > 1e-8
+    assert _fit(files, "shallow", tmp_path / "s.pt", "--refit-mean") == 2
+    assert "--refit-mean is an llpr option" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("method", ["llpr", "shallow", "evidential", "deep"])
 def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsys, method):
     out = tmp_path / f"{method}.pt"

@@ -25,6 +25,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from mlipuq import data as mdata
 from mlipuq.active import strategies
 from mlipuq.active.select import select
+from mlipuq.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ class Loop:
         Extra keyword arguments of :func:`mlipuq.active.select` (e.g. ``lo``,
         ``hi``, ``label_noise``).
     batch_size, progress
-        Structures per forward pass, and a tqdm bar over the rounds.
+        Structures per forward pass, and a tqdm bar counting the rounds.
     """
 
     def __init__(
@@ -293,33 +294,36 @@ class Loop:
         """
         curve = LearningCurve(self.strategy)
         labelled, remaining = self.initial, np.arange(len(self.pool))
-        rounds = range(self.rounds + 1)
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            rounds = tqdm(rounds, desc=f"active learning ({self.strategy})")
-        for r in rounds:
-            t0 = time.perf_counter()
-            uq = self.make_uq(labelled)
-            curve.n_labels.append(len(labelled))
-            self._calibrate(uq, None)
-            new = None
-            if r < self.rounds:
-                chosen = self._select(uq, labelled, remaining, r)
-                curve.selected.append([int(i) for i in chosen])
-                new = label(self.pool[chosen], self.oracle)
-                remaining = np.setdiff1d(remaining, chosen)
-                if self.calibrate_on_selected:
-                    self._calibrate(uq, new)
-            if self.test is not None:
-                self._evaluate(uq, curve)
-                log.info("%s: %d labels, test force RMSE %.4f eV/Å", self.strategy,
-                         curve.n_labels[-1], curve.forces_rmse[-1])
-            if new is not None:
-                labelled = labelled + new
-            curve.seconds.append(time.perf_counter() - t0)
+        with progress_bar(self.rounds + 1, f"active learning ({self.strategy})", "round",
+                          enabled=self.progress) as shown:
+            for r in range(self.rounds + 1):
+                labelled, remaining, uq = self._round(r, labelled, remaining, curve)
+                shown.update(1)
         self.labelled_, self.uq_ = labelled, uq
         return curve
+
+    def _round(self, r: int, labelled, remaining, curve: LearningCurve):
+        """Round ``r`` of :meth:`run`: ``(labelled, remaining, fitted wrapper)`` after it."""
+        t0 = time.perf_counter()
+        uq = self.make_uq(labelled)
+        curve.n_labels.append(len(labelled))
+        self._calibrate(uq, None)
+        new = None
+        if r < self.rounds:
+            chosen = self._select(uq, labelled, remaining, r)
+            curve.selected.append([int(i) for i in chosen])
+            new = label(self.pool[chosen], self.oracle)
+            remaining = np.setdiff1d(remaining, chosen)
+            if self.calibrate_on_selected:
+                self._calibrate(uq, new)
+        if self.test is not None:
+            self._evaluate(uq, curve)
+            log.info("%s: %d labels, test force RMSE %.4f eV/Å", self.strategy,
+                     curve.n_labels[-1], curve.forces_rmse[-1])
+        if new is not None:
+            labelled = labelled + new
+        curve.seconds.append(time.perf_counter() - t0)
+        return labelled, remaining, uq
 
 
 def _labelled_or_none(dataset):

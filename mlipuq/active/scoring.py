@@ -16,6 +16,8 @@ import torch
 from mlipuq import data as mdata
 from mlipuq import distributed as mdist
 from mlipuq.params import positive
+from mlipuq.progress import bar as progress_bar
+from mlipuq.progress import batches_with_progress, counting_into
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +55,13 @@ def positive_int(value, name: str) -> int:
     return int(value)
 
 
-def _chunks(n: int, size: int, progress: bool, desc: str) -> Iterator[int]:
-    starts = range(0, n, size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, total=-(-n // size), desc=desc, unit="chunk")
-    return iter(starts)
+def _chunks(pool, size: int, progress: bool, desc: str) -> Iterator[tuple[int, object]]:
+    """Yield ``(start, pool[start:start + size])``; the bar counts their structures,
+    one forward-pass batch at a time (the ``predict`` calls of a chunk advance it)."""
+    with progress_bar(len(pool), desc, "structure", enabled=progress) as shown:
+        for start in range(0, len(pool), size):
+            with counting_into(shown):
+                yield start, pool[start : start + size]
 
 
 def score_pool(
@@ -86,7 +88,8 @@ def score_pool(
         Structures per forward pass, and per ``predict`` call; only one
         chunk's predictions are held in memory at a time.
     progress
-        Show a tqdm bar over the chunks.
+        Show a tqdm bar counting the structures scored (it advances after
+        each forward pass of ``batch_size`` structures).
 
     Returns
     -------
@@ -98,8 +101,8 @@ def score_pool(
     chunk_size = positive_int(chunk_size, "chunk_size")
     pool = mdata.as_dataset(pool)
     out = np.empty(len(pool), dtype=np.float64)
-    for start in _chunks(len(pool), chunk_size, progress, f"scoring ({quantity})"):
-        chunk = pool[start : start + chunk_size]
+    desc = f"scoring {quantity} ({type(uq_model).__name__})"
+    for start, chunk in _chunks(pool, chunk_size, progress, desc):
         pred = uq_model.predict(chunk, batch_size=batch_size)
         out[start : start + len(chunk)] = QUANTITIES[quantity](pred)
     return out
@@ -115,13 +118,9 @@ def mean_features(uq_model, pool, *, batch_size: int = 32, progress: bool = Fals
     pool = mdata.as_dataset(pool)
     pool.validate(uq_model.species)
     model = uq_model.base_model
-    batches = mdata.iter_batches(
+    batches = batches_with_progress(mdata.iter_batches(
         pool, uq_model.cutoff, batch_size, species=uq_model.species, dtype=uq_model.dtype
-    )
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, total=-(-len(pool) // batch_size), desc="features")
+    ), len(pool), f"mean features ({type(uq_model).__name__})", progress)
     rows = []
     model.eval()
     with torch.no_grad():

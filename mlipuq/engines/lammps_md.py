@@ -31,6 +31,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from mlipuq.calculator import Calculator
 from mlipuq.engines.lammps import VECTOR, attach, load_lammps, setup_atoms
+from mlipuq.progress import bar as progress_bar
 from mlipuq.propagation.md import MDTrajectory, frame_from_results, prepare_run
 from mlipuq.propagation.trajectory import TrajectoryWriter, check_members, repair_tail
 
@@ -118,10 +119,8 @@ def _run(lmp, run, uq_model, ensemble, threshold_on, pressure_GPa, tdamp_fs, pda
     frames, writer = list(run.previous), TrajectoryWriter(run.path)
     repair_tail(run.found)
     step, stopped = run.start, False
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=run.steps, initial=min(step, run.steps), desc=f"LAMMPS {ensemble}",
-               disable=not progress, unit="step")
+    bar = progress_bar(run.steps, f"LAMMPS MD {ensemble.upper()} ({type(uq_model).__name__})",
+                       "step", enabled=progress, initial=step)
     try:
         lmp.command("run 0 post no")  # the forces and uncertainties of the start
         fix.check()

@@ -44,6 +44,7 @@ from ase import units
 from ase.stress import voigt_6_to_full_3x3_stress
 
 from mlipuq import schema
+from mlipuq.progress import bar as progress_bar
 from mlipuq.propagation.trajectory import (  # noqa: F401  (record keys re-exported)
     ENSEMBLE_KEY,
     FRICTION_KEY,
@@ -502,10 +503,8 @@ def run_md(
             stopped = flag and on_threshold == "stop"
         dyn = _dynamics(md_atoms, ensemble, timestep_fs, temperature_K, seed, start, friction,
                         pressure_GPa, tdamp_fs, pdamp_fs)
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, initial=min(start, steps), desc=f"MD {ensemble}",
-                   disable=not progress, unit="step")
+        bar = progress_bar(steps, f"ASE MD {ensemble.upper()} ({type(uq_model).__name__})",
+                           "step", enabled=progress, initial=start)
         step = start
         while step < steps and not stopped:
             dyn.step()
@@ -524,8 +523,8 @@ def run_md(
                 if hasattr(dyn, "rng"):
                     dyn.rng = _rng(seed, step)
                 info = frames[-1].info
-                bar.set_postfix(E_std=f"{info[schema.ENERGY_STD]:.3g}",
-                                F_std_max=f"{info[schema.MAX_FORCE_STD]:.3g}")
+                bar.set_postfix({"E std": f"{info[schema.ENERGY_STD]:.3g} eV",
+                                 "max F std": f"{info[schema.MAX_FORCE_STD]:.3g} eV/Å"})
         bar.close()
     finally:
         writer.close()

@@ -41,6 +41,7 @@ from mlipuq.errors import (FileFormatError, InvalidStructureError, MissingRefere
 from mlipuq.fileio import check_plain, check_weights_only, read_payload, save_payload
 from mlipuq.models.base import MLIP, model_class, model_from_payload
 from mlipuq.prediction import Prediction
+from mlipuq.progress import batches_with_progress
 
 log = logging.getLogger(__name__)
 
@@ -299,13 +300,9 @@ class UQWrapper:
             return None
         dataset.validate(self.species)
         parts = []
-        batches = mdata.iter_batches(
+        batches = batches_with_progress(mdata.iter_batches(
             dataset, self.cutoff, batch_size, species=self.species, dtype=self.dtype
-        )
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, total=-(-len(dataset) // batch_size), desc="predict")
+        ), len(dataset), f"predict ({type(self).__name__})", progress)
         device = self.base_model.device
         for start, batch in batches:
             batch = batch.to(device=device)

@@ -142,6 +142,9 @@ class EvidentialNLL(HeadTrainable):
     otherwise it is frozen and the mean is exactly the base model's.
     """
 
+    #: What :func:`~mlipuq.training.train`'s progress bar says is trained.
+    description = "EvidentialHead"
+
     def __init__(self, model: MLIP, head: _NIGHead, *, reg_weight: float, train_backbone: bool,
                  energy_weight: float = 1.0, forces_weight: float = 1.0):
         params = list(model.parameters())

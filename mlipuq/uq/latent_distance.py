@@ -53,6 +53,7 @@ import torch
 from mlipuq import data as mdata
 from mlipuq.models.base import MLIP
 from mlipuq.prediction import Prediction
+from mlipuq.progress import batches_with_progress
 from mlipuq.uq import base as uq_base
 from mlipuq.uq.base import UQWrapper, _check_model, register
 
@@ -324,12 +325,10 @@ class LatentDistance(UQWrapper):
     def _passes(self, dataset, batch_size: int, forces: bool, progress: bool = False,
                 desc: str = "latent"):
         """Per batch: (batch, model output, float64 NumPy features)."""
-        batches = mdata.iter_batches(dataset, self.cutoff, batch_size, species=self.species,
-                                     dtype=self.dtype)
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, total=-(-len(dataset) // batch_size), desc=desc)
+        batches = batches_with_progress(
+            mdata.iter_batches(dataset, self.cutoff, batch_size, species=self.species,
+                               dtype=self.dtype),
+            len(dataset), f"{desc} ({type(self).__name__})", progress)
         self.model.eval()
         for _, batch in batches:
             batch = batch.to(device=self.model.device)
@@ -436,7 +435,8 @@ class LatentDistance(UQWrapper):
 
     def _fit_reference(self, reference, batch_size: int, seed: int, progress: bool) -> None:
         phis, numbers = [], []
-        for batch, _, phi in self._passes(reference, batch_size, False, progress, "latent reference"):
+        passes = self._passes(reference, batch_size, False, progress, "reference features")
+        for batch, _, phi in passes:
             phis.append(phi)
             numbers.append(batch.numbers.cpu().numpy())
         phi, numbers = np.concatenate(phis), np.concatenate(numbers)
@@ -493,7 +493,8 @@ class LatentDistance(UQWrapper):
 
     def _fit_map(self, held_out, batch_size: int, progress: bool) -> None:
         parts: dict[str, list] = {k: [] for k in ("e", "e_ref", "n", "q", "f", "f_ref", "fq")}
-        for batch, out, phi in self._passes(held_out, batch_size, True, progress, "latent fit"):
+        passes = self._passes(held_out, batch_size, True, progress, "distance-map fit")
+        for batch, out, phi in passes:
             u2 = self.scores(phi, batch.numbers.cpu().numpy()) ** 2
             n_atoms = batch.n_atoms.cpu().numpy()
             parts["e"].append(out["energy"].detach().cpu().double().numpy())

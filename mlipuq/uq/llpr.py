@@ -68,6 +68,7 @@ from mlipuq import distributed as mdist
 from mlipuq.errors import InvalidStructureError
 from mlipuq.models.base import MLIP
 from mlipuq.params import positive
+from mlipuq.progress import batches_with_progress
 from mlipuq.uq.base import UQWrapper, _check_model, register
 from mlipuq.uq.llpr_direct import _DIRECT_STATE, DirectHeadPosterior
 from mlipuq.uq.llpr_energy import EnergyQueries
@@ -79,6 +80,7 @@ from mlipuq.uq.llpr_evidence import (  # noqa: F401  (re-exported: the old home 
     log_marginal_likelihood,
     maximise_evidence,
 )
+from mlipuq.uq.llpr_mean import PosteriorMean
 from mlipuq.uq.llpr_rows import (  # noqa: F401  (_sum_per_structure re-exported)
     _sum_per_structure,
     atom_rows,
@@ -97,7 +99,7 @@ _ENERGY_POSTERIOR = ("energy", "joint")
 
 
 @register
-class LastLayerLaplace(DirectHeadPosterior, EnergyQueries, UQWrapper):
+class LastLayerLaplace(PosteriorMean, DirectHeadPosterior, EnergyQueries, UQWrapper):
     """Last-layer Laplace approximation / LLPR for energies and forces.
 
     Parameters
@@ -129,6 +131,11 @@ class LastLayerLaplace(DirectHeadPosterior, EnergyQueries, UQWrapper):
     vectorize
         How feature Jacobians are computed (see :func:`mlipuq.uq.jacobians.feature_vjps`):
         ``"auto"`` batches the backward passes on GPU and loops on CPU.
+    refit_mean
+        Predict with the Bayesian posterior mean of the readout, θ* + Δ,
+        instead of the trained weights θ* (:mod:`mlipuq.uq.llpr_mean`); the
+        hyperparameters then maximise the evidence at that mean. The base
+        model is not modified. Conservative force heads only.
 
     The force head is the model's ``force_mode`` at :meth:`fit`: with
     ``"direct"`` (a model with a direct force head) the force uncertainty
@@ -167,6 +174,7 @@ class LastLayerLaplace(DirectHeadPosterior, EnergyQueries, UQWrapper):
         forces_noise: Optional[float] = None,
         seed: int = 0,
         vectorize="auto",
+        refit_mean: bool = False,
     ):
         self.model = _check_model(model)
         if isinstance(prior_precision, str):
@@ -197,6 +205,7 @@ class LastLayerLaplace(DirectHeadPosterior, EnergyQueries, UQWrapper):
         self.forces_noise = forces_noise
         self.seed = int(seed)
         self.vectorize = vectorize
+        self.refit_mean = bool(refit_mean)
 
     def config(self) -> dict:
         return {
@@ -209,6 +218,7 @@ class LastLayerLaplace(DirectHeadPosterior, EnergyQueries, UQWrapper):
             "forces_noise": self.forces_noise,
             "seed": self.seed,
             "vectorize": self.vectorize,
+            "refit_mean": self.refit_mean,
         }
 
     # ------------------------------------------------------------ parameters
@@ -286,12 +296,16 @@ class LastLayerLaplace(DirectHeadPosterior, EnergyQueries, UQWrapper):
         if seed is not None:
             self.seed = int(seed)
         direct = self._set_force_head()
+        if direct and self.refit_mean:
+            raise ValueError("refit_mean=True needs a conservative force head; this model's "
+                             "forces come from a direct head (force_mode='direct')")
         dataset = mdata.as_dataset(train)
         if len(dataset) == 0:
             raise InvalidStructureError("the dataset holds no structures")
         stats = self._statistics(dataset, batch_size, progress)
         self.gn_energy_ = stats["G_E"]
         self.gn_forces_ = stats["G_F"]
+        self.cross_ = (stats["b_E"], stats["b_F"] if stats["N_F"] else np.zeros_like(stats["b_F"]))
         if direct:
             self.gn_direct_ = stats["G_V"]
         self.n_train_ = len(dataset)
@@ -308,27 +322,23 @@ class LastLayerLaplace(DirectHeadPosterior, EnergyQueries, UQWrapper):
                                 progress and mdist.is_main())
         if mdist.active():  # one all-reduce of everything, in float64
             stats = _unpack_stats(mdist.all_reduce_sum(_pack_stats(stats)), len(stats["G_E"]),
-                                  len(stats["G_V"]) if "G_V" in stats else 0)
+                                  len(stats["G_V"]) if "G_V" in stats else 0, cross=True)
         return stats
 
     def _accumulate(self, dataset, batch_size: int, progress: bool) -> dict:
         """Gram matrices, squared residuals and counts of ``dataset`` (float64)."""
         d = self.model.n_features + int(self._has_bias)
-        stats = {"G_E": np.zeros((d, d)), "G_F": np.zeros((d, d)),
-                 "R_E": 0.0, "R_F": 0.0, "N_E": 0, "N_F": 0}
+        stats = {"G_E": np.zeros((d, d)), "G_F": np.zeros((d, d)), "b_E": np.zeros(d),
+                 "b_F": np.zeros(d), "R_E": 0.0, "R_F": 0.0, "N_E": 0, "N_F": 0}
         if self._direct:
             c = self.model.n_vector_features
             stats["G_V"] = np.zeros((c, c))
         if len(dataset) == 0:  # an empty shard (fewer structures than ranks)
             return stats
         dataset.validate(self.species, require_energy=True, require_forces=self.include_forces)
-        batches = mdata.iter_batches(
+        batches = batches_with_progress(mdata.iter_batches(
             dataset, self.cutoff, batch_size, species=self.species, dtype=self.dtype
-        )
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, total=-(-len(dataset) // batch_size), desc="LLPR fit")
+        ), len(dataset), f"LLPR fit ({type(self).__name__})", progress)
         device = self.model.device
         self.model.eval()
         for _, batch in batches:
@@ -338,6 +348,7 @@ class LastLayerLaplace(DirectHeadPosterior, EnergyQueries, UQWrapper):
             stats["G_E"] += (f.T @ f).cpu().numpy()
             residual = out["energy"].detach() - batch.energy.to(torch.float64)
             stats["R_E"] += float((residual**2).sum())
+            stats["b_E"] -= (f.T @ residual.to(f.dtype)).cpu().numpy()
             stats["N_E"] += batch.n_structures
             if self._direct:  # rows: the vector features themselves (F = V w)
                 self._accumulate_direct(stats, out, batch)
@@ -346,6 +357,7 @@ class LastLayerLaplace(DirectHeadPosterior, EnergyQueries, UQWrapper):
                 stats["G_F"] += (g.T @ g).cpu().numpy()
                 df = out["forces"].detach().to(torch.float64) - batch.forces.to(torch.float64)
                 stats["R_F"] += float((df**2).sum())
+                stats["b_F"] -= (g.T @ df.reshape(-1).to(g.dtype)).cpu().numpy()
                 stats["N_F"] += int(df.numel())
         return stats
 
@@ -400,14 +412,16 @@ class LastLayerLaplace(DirectHeadPosterior, EnergyQueries, UQWrapper):
         theta = self._direct_theta() if direct else self._theta()
         return maximise_evidence(stats, theta, prior_precision=self.prior_precision,
                                  noise=self.forces_noise if direct else self.energy_noise,
-                                 forces_noise=self.forces_noise)
+                                 forces_noise=self.forces_noise,
+                                 refit=self.refit_mean and not direct)
 
     def _posterior(self, precision: np.ndarray, z: np.ndarray,
                    theta: Optional[np.ndarray] = None) -> tuple:
         """(covariance, samples (K, d), jitter) of N(theta*, precision^-1); ``z`` is (d, K).
 
-        ``theta``: the mean (default: the energy readout's parameters)."""
-        return gaussian_posterior(precision, z, self._theta() if theta is None else theta)
+        ``theta``: the mean (default: the energy readout's posterior mean,
+        :meth:`_readout_mean`)."""
+        return gaussian_posterior(precision, z, self._readout_mean() if theta is None else theta)
 
     def _factorise(self) -> None:
         d = self.gn_energy_.shape[0]
@@ -417,6 +431,7 @@ class LastLayerLaplace(DirectHeadPosterior, EnergyQueries, UQWrapper):
         rng = np.random.default_rng(self.seed)
         z = rng.standard_normal((d, self.n_samples))
         self.precision_ = precision
+        self.mean_shift_ = self._mean_shift(precision) if self.refit_mean else None
         self.covariance_, self.samples_, self.jitter_ = self._posterior(precision, z)
         if self._direct:  # the direct readout's own posterior, its normals drawn next
             self._factorise_direct(rng)
@@ -465,7 +480,8 @@ class LastLayerLaplace(DirectHeadPosterior, EnergyQueries, UQWrapper):
         out = self.model(batch, forces=True, stress=stress, features=True)
         phi = out["features"]
         cov = torch.as_tensor(self.covariance_, dtype=torch.float64, device=phi.device)
-        result, _ = self._energy_part(out, batch)
+        result, f = self._energy_part(out, batch)
+        self._shift_energy(result, f)  # refit_mean: the posterior mean's energies
         result["forces"] = out["forces"].detach()
         if stress:
             result.update(self._forces_and_stress(phi, out, batch, cov))
@@ -473,8 +489,10 @@ class LastLayerLaplace(DirectHeadPosterior, EnergyQueries, UQWrapper):
             g = self._force_features(phi, out["positions"])
             var = torch.einsum("ri,ij,rj->r", g, cov, g)
             result["forces_var"] = var.reshape(-1, 3)
+            self._shift_forces(result, phi, out, g)
         else:
             result.update(self._sampled_forces(phi, out, batch))
+            self._shift_forces(result, phi, out)
         return result
 
     def _sample_deltas(self, phi: torch.Tensor) -> torch.Tensor:
@@ -498,12 +516,18 @@ class LastLayerLaplace(DirectHeadPosterior, EnergyQueries, UQWrapper):
         if self.force_variance != "exact":
             result.update(sampled_forces_and_stress(phi, out, batch, self._sample_deltas(phi),
                                                     self.vectorize))
+            result["forces"] = out["forces"].detach()
+            self._shift_forces(result, phi, out)
+            self._shift_stress(result, phi, out, batch)
             return result
         theta = torch.as_tensor(self._theta(), dtype=torch.float64, device=phi.device)
         g, s = force_and_strain_rows(phi, out, batch, self._has_bias, self.vectorize)
         result["forces_var"] = torch.einsum("ri,ij,rj->r", g, cov, g).reshape(-1, 3)
         result.update(stress_from_rows(stress, s, cov,
                                        self.samples_ if self.n_samples > 0 else None, theta))
+        result["forces"] = out["forces"].detach()
+        self._shift_forces(result, phi, out, g)
+        self._shift_stress(result, phi, out, batch, s)
         return result
 
     # ------------------------------------------------------------ persistence
@@ -526,6 +550,8 @@ class LastLayerLaplace(DirectHeadPosterior, EnergyQueries, UQWrapper):
 
     def _get_state(self) -> dict:
         state = {name: getattr(self, name) for name in self._STATE}
+        if self.refit_mean:  # only then: files of the default unchanged
+            state["mean_shift_"] = self.mean_shift_
         if not self._separate_energy_posterior:  # the joint posterior, stored once
             del state["energy_covariance_"], state["energy_samples_"]
         if self._direct:  # only then: files of conservative posteriors unchanged
@@ -545,6 +571,7 @@ class LastLayerLaplace(DirectHeadPosterior, EnergyQueries, UQWrapper):
         for name in self._STATE:
             setattr(self, name, state[name])
         self.force_head_ = state.get("force_head_", "conservative")  # absent: saved before
+        self.mean_shift_ = state.get("mean_shift_")  # present only with refit_mean
         if self._direct:
             for name in _DIRECT_STATE:
                 setattr(self, name, state[name])

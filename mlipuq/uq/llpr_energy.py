@@ -14,13 +14,14 @@ import numpy as np
 import torch
 
 from mlipuq import data as mdata
+from mlipuq.progress import batches_with_progress
 
 
 class EnergyQueries:
     """Mixin of :class:`~mlipuq.uq.llpr.LastLayerLaplace`: energy-only queries.
 
     It uses the host's ``model``, ``species``, ``cutoff``, ``dtype``,
-    ``_check_fitted``, ``_structure_features``, its energy posterior
+    ``_check_fitted``, ``_structure_features``, ``_shift_energy``, its energy posterior
     (``energy_covariance_``, ``energy_posterior_``) and its calibration
     (``calibrated_``, ``recalibrator_``).
     """
@@ -42,13 +43,10 @@ class EnergyQueries:
     def _energy_rows(self, dataset: mdata.AtomsDataset, batch_size: int, progress: bool = False):
         """Per batch, without forces: (energies (b,) eV, energy rows f (b, D) float64)."""
         dataset.validate(self.species)
-        batches = mdata.iter_batches(dataset, self.cutoff, batch_size, species=self.species,
-                                     dtype=self.dtype)
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, total=-(-len(dataset) // batch_size),
-                           desc="LLPR energy rows", unit="batch")
+        batches = batches_with_progress(
+            mdata.iter_batches(dataset, self.cutoff, batch_size, species=self.species,
+                               dtype=self.dtype),
+            len(dataset), f"energy rows ({type(self).__name__})", progress)
         self.model.eval()
         for _, batch in batches:
             out = self.model(batch.to(device=self.model.device), forces=False, features=True)
@@ -73,7 +71,9 @@ class EnergyQueries:
         energies, variances = [], []
         cov = torch.as_tensor(self.energy_covariance_, dtype=torch.float64)
         for energy, f in self._energy_rows(dataset, batch_size):
-            energies.append(energy.cpu().numpy())
+            result = {"energy": energy}
+            self._shift_energy(result, f)  # refit_mean: the posterior mean's energies
+            energies.append(result["energy"].cpu().numpy())
             variances.append(torch.einsum("bi,ij,bj->b", f, cov.to(f.device), f).cpu().numpy())
         energy, var = np.concatenate(energies), np.concatenate(variances)
         if self.calibrated_:

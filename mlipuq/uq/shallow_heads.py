@@ -251,6 +251,9 @@ class HeadsNLL(HeadTrainable):
     frozen; the rest of the backbone is trained only with ``train_backbone``.
     """
 
+    #: What :func:`~mlipuq.training.train`'s progress bar says is trained.
+    description = "ShallowEnsemble heads"
+
     def __init__(self, model: MLIP, heads: nn.Module, *, train_backbone: bool, vectorize="auto",
                  energy_weight: float = 1.0, forces_weight: float = 1.0,
                  var_floor: float = 1e-8):

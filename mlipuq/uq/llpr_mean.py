@@ -1,0 +1,113 @@
+"""The posterior mean of the readout for ``LastLayerLaplace(refit_mean=True)``.
+
+Responsibility: what changes when the last-layer Laplace predicts with the
+Bayesian posterior mean of the readout instead of the trained weights θ*.
+
+Why. The trained readout is the optimum of the training loss (weighted energy
+and force errors, early stopping, weight decay); the Laplace posterior is a
+Gaussian on the same rows with the fitted noise levels σ_E, σ_F and the prior
+N(0, λ⁻¹ I). Its mean is where the posterior variance is centred. When the
+training stopped before the readout converged (a time budget, early stopping)
+or weighted energies and forces differently from σ_E/σ_F, θ* sits away from
+that centre: a constant per-atom energy offset is the typical symptom (z-mean
+far from 0, see :mod:`mlipuq.calibration.bias`), and calibration then stretches
+σ to cover it.
+
+How. The outputs are linear in θ (energy ``θ·f``, force component ``θ·g``,
+stress ``θ·s``), so with the cross terms ``b_E = Σ f (E_ref − E*)`` and
+``b_F = Σ g (F_ref − F*)`` accumulated in the same pass as the Gram matrices,
+the posterior mean is θ* + Δ with
+
+.. math:: \\Delta = \\Sigma\\,(b_E/\\sigma_E^2 + b_F/\\sigma_F^2 - \\lambda\\,\\theta^*)
+
+(:func:`mlipuq.uq.llpr_evidence.posterior_mean_step`), exact for the last
+layer. The hyperparameters maximise the evidence *at the posterior mean* (the
+exact Bayesian-linear-regression evidence, ``refit=True`` in
+:func:`~mlipuq.uq.llpr_evidence.log_marginal_likelihood`). Predictions add
+``f·Δ`` to energies, ``g·Δ`` to forces and ``s·Δ`` to stresses; the posterior
+samples are drawn around θ* + Δ, so the members are centred on the new mean.
+The base model is not modified. Energy variances keep their posterior
+(``energy_posterior``); the mean is the joint posterior's, since forces and
+energies must come from one readout.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from mlipuq.models.base import structure_volumes
+from mlipuq.uq.jacobians import feature_vjps, strain_vjps
+from mlipuq.uq.llpr_evidence import posterior_mean_step
+
+
+class PosteriorMean:
+    """Mixin of :class:`~mlipuq.uq.llpr.LastLayerLaplace`: ``refit_mean``.
+
+    It uses the host's ``_theta``, ``vectorize``, its fitted hyperparameters
+    and cross terms ``cross_`` = (b_E, b_F), and sets ``mean_shift_`` (Δ,
+    float64 (D,); None without ``refit_mean``).
+    """
+
+    def _mean_shift(self, precision: np.ndarray) -> np.ndarray:
+        """Δ of the joint posterior (its hyperparameters): θ* + Δ is the readout's
+        posterior mean (:func:`~mlipuq.uq.llpr_evidence.posterior_mean_step`)."""
+        stats = {"b_E": torch.as_tensor(self.cross_[0]), "b_F": torch.as_tensor(self.cross_[1]),
+                 "N_F": int(self.forces_noise_ is not None and self.include_forces)}
+        var_f = (self.forces_noise_ or 1.0) ** 2
+        return posterior_mean_step(torch.as_tensor(precision), stats,
+                                   torch.as_tensor(self._theta()), self.prior_precision_,
+                                   self.energy_noise_**2, var_f).numpy()
+
+    def _readout_mean(self) -> np.ndarray:
+        """The centre of the posterior samples: θ* (default) or θ* + Δ."""
+        theta = self._theta()
+        shift = getattr(self, "mean_shift_", None)
+        return theta if shift is None else theta + shift
+
+    def _shift(self, like: torch.Tensor) -> Optional[torch.Tensor]:
+        """Δ as a float64 tensor on ``like``'s device; None when the mean is θ*."""
+        shift = getattr(self, "mean_shift_", None)
+        if shift is None:
+            return None
+        return torch.as_tensor(shift, dtype=torch.float64, device=like.device)
+
+    def _shift_energy(self, result: dict, f: torch.Tensor) -> None:
+        """Energies at the posterior mean: E* + f·Δ (in place)."""
+        delta = self._shift(f)
+        if delta is not None:
+            result["energy"] = result["energy"].to(torch.float64) + f @ delta
+
+    def _shift_forces(self, result: dict, phi: torch.Tensor, out: dict,
+                      g: Optional[torch.Tensor] = None) -> None:
+        """Forces at the posterior mean: F* + g·Δ, from the force rows ``g`` when
+        they are at hand, else one vector-Jacobian product (in place)."""
+        delta = self._shift(phi)
+        if delta is None:
+            return
+        forces = result["forces"].to(torch.float64)
+        if g is not None:
+            result["forces"] = forces + (g @ delta).reshape(-1, 3)
+            return
+        weights = delta[: phi.shape[1]].to(phi.dtype)[None]
+        grad = feature_vjps(phi, out["positions"], weights, vectorize=self.vectorize)[0]
+        result["forces"] = forces - grad.detach().to(torch.float64)
+
+    def _shift_stress(self, result: dict, phi: torch.Tensor, out: dict, batch,
+                      s: Optional[torch.Tensor] = None) -> None:
+        """Stresses at the posterior mean: σ* + s·Δ, from the strain rows ``s`` when
+        they are at hand, else one vector-Jacobian product (in place)."""
+        delta = self._shift(phi)
+        if delta is None:
+            return
+        if s is not None:
+            result["stress"] = result["stress"] + torch.einsum("brd,d->br", s, delta).reshape(
+                -1, 3, 3)
+            return
+        weights = delta[: phi.shape[1]].to(phi.dtype)[None]
+        grad = strain_vjps(phi, out["strain"], weights, vectorize=self.vectorize)[0]
+        volume = structure_volumes(batch).to(torch.float64)
+        result["stress"] = result["stress"] + grad.detach().to(torch.float64) / volume[:, None,
+                                                                                         None]
