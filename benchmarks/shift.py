@@ -59,7 +59,7 @@ MODEL = {
 }
 TRAIN = dict(batch_size=8, lr=2e-3, forces_weight=100.0, patience=1000, lr_patience=12,
              progress=False)
-METHODS = ("scalar", "power", "isotonic", "conformal")
+METHODS = ("scalar", "power", "isotonic", "conformal", "student_t")
 #: The shift whose first structures join the calibration data with --frontier.
 FRONTIER = {"copper": "bulk 600 K", "ethanol": "largest forces"}
 #: Options per recalibration method: conformal intervals are exact at the 95 % we score.
@@ -164,13 +164,16 @@ def scores(pred, ref) -> dict:
     f_ref, e_ref = ref.forces, ref.energies
     err = np.linalg.norm(pred.forces - f_ref, axis=1)
     std = np.linalg.norm(pred.forces_std, axis=1)
-    cov = lambda y, s, t: float(metrics.coverage(y, s, t, levels=[0.95])[0])  # noqa: E731
+    fd, ed = pred.forces_dof, pred.energy_dof  # Student-t predictive (None: Gaussian)
+    cov = lambda y, s, t, d: float(metrics.coverage(y, s, t, levels=[0.95], dof=d)[0])  # noqa: E731
     return {
-        "force_cov95": cov(pred.forces, pred.forces_std, f_ref),
-        "energy_cov95": cov(pred.energy, pred.energy_std, e_ref),
-        "force_miscal": float(metrics.miscalibration_area(pred.forces, pred.forces_std, f_ref)),
-        "force_nll": float(metrics.nll_gaussian(pred.forces, pred.forces_std, f_ref)),
-        "energy_nll": float(metrics.nll_gaussian(pred.energy, pred.energy_std, e_ref)),
+        "force_cov95": cov(pred.forces, pred.forces_std, f_ref, fd),
+        "energy_cov95": cov(pred.energy, pred.energy_std, e_ref, ed),
+        "force_miscal": float(metrics.miscalibration_area(pred.forces, pred.forces_std, f_ref,
+                                                          dof=fd)),
+        "force_nll": float(metrics.nll(pred.forces, pred.forces_std, f_ref, dof=fd)),
+        "energy_nll": float(metrics.nll(pred.energy, pred.energy_std, e_ref, dof=ed)),
+        "force_dof": fd, "energy_dof": ed,
         "spearman": float(spearmanr(err, std).statistic),
         "force_std": float(np.mean(pred.forces_std)),
         "energy_std_per_atom": float(np.mean(pred.energy_std / pred.n_atoms)),
@@ -271,8 +274,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=os.path.join(HERE, "results", "shift.json"))
     parser.add_argument("--readme", default=None,
-                        help="write the scalar (default) and conformal rows between the "
-                        "shift markers of this file")
+                        help="write the scalar (default), conformal and student_t rows "
+                        "between the shift markers of this file")
     parser.add_argument("--docs", default=None,
                         help="write every row between the shift markers of this file")
     parser.add_argument("--from-json", nargs="+", default=None,
@@ -290,7 +293,7 @@ def main(argv=None) -> None:
     print(table(rows))
     print(f"total {time.perf_counter() - t0:.0f} s")
     if args.readme:
-        write_between_markers(args.readme, table(rows, ("scalar", "conformal")))
+        write_between_markers(args.readme, table(rows, ("scalar", "conformal", "student_t")))
     if args.docs:
         write_between_markers(args.docs, table(rows))
 

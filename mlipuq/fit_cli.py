@@ -50,7 +50,7 @@ from mlipuq.devices import add_device_option, resolve_device  # noqa: F401  (re-
 from mlipuq.fileio import refuse_existing
 
 KINDS = ("llpr", "shallow", "evidential", "deep")
-CALIBRATIONS = ("scalar", "power", "isotonic", "conformal")
+CALIBRATIONS = ("scalar", "power", "isotonic", "conformal", "student_t")
 #: Training defaults of the deep-ensemble members: those of ``mlipuq train``.
 DEEP_DEFAULTS = {"epochs": 500, "lr": 2e-3, "patience": 50}
 DEFAULT_MEMBERS = 4

@@ -20,7 +20,15 @@ field                     shape        unit
 ``n_atoms``               (B,)         atoms per structure
 ``batch``                 (N,)         index of each atom's structure
 ``numbers``               (N,)         atomic number of each atom (set by ``predict``)
+``energy_dof``            scalar       Student-t degrees of freedom of the energies
+``forces_dof``            scalar       ... of the force components
 ========================  ===========  ==========================================
+
+``energy_dof`` / ``forces_dof`` are None (Gaussian predictive) unless a
+Student-t recalibration (``calibrate(val, method="student_t")``) set them; the
+std is then the Gaussian-equivalent std, the half-width of the central 68 %
+interval (:mod:`mlipuq.predictive`), and :meth:`Prediction.interval`
+gives the t intervals.
 
 All arrays are NumPy float64 (``n_atoms`` and ``batch`` are int64). Standard
 deviations are properties computed from the stored variances.
@@ -46,6 +54,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mlipuq import schema
+
+#: Scalar fields (one value for all targets), kept as Python floats.
+_SCALARS = ("energy_dof", "forces_dof")
 
 _OPTIONAL = (
     "energy_members",
@@ -79,11 +90,17 @@ class Prediction:
     stress: Optional[np.ndarray] = None
     stress_var: Optional[np.ndarray] = None
     stress_members: Optional[np.ndarray] = None
+    energy_dof: Optional[float] = None
+    forces_dof: Optional[float] = None
 
     def __post_init__(self) -> None:
+        from mlipuq.predictive import check_dof
+
+        self.energy_dof = check_dof(self.energy_dof, "Prediction.energy_dof")
+        self.forces_dof = check_dof(self.forces_dof, "Prediction.forces_dof")
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None:
+            if value is None or f.name in _SCALARS:
                 continue
             dtype = np.int64 if f.name in ("n_atoms", "batch", "numbers") else np.float64
             setattr(self, f.name, np.asarray(value, dtype=dtype))
@@ -186,6 +203,22 @@ class Prediction:
         """Number of committee members (0 when the wrapper exposes none)."""
         return 0 if self.energy_members is None else int(self.energy_members.shape[0])
 
+    def interval(self, level: float = 0.95, target: str = "forces") -> tuple:
+        """Central predictive interval ``(low, high)`` of coverage ``level``.
+
+        ``target``: ``"energy"`` ((B,) eV) or ``"forces"`` ((N, 3) eV/Å).
+        Gaussian, μ ± σΦ⁻¹(½ + level/2), unless the prediction carries
+        Student-t degrees of freedom (``energy_dof`` / ``forces_dof``); then
+        the t interval of :mod:`mlipuq.predictive`.
+        """
+        from mlipuq.predictive import half_width
+
+        if target not in ("energy", "forces"):
+            raise ValueError(f"target must be 'energy' or 'forces', got {target!r}")
+        mean, std = getattr(self, target), getattr(self, f"{target}_std")
+        half = half_width(std, getattr(self, f"{target}_dof"), level)
+        return mean - half, mean + half
+
     def structure(self, index: int) -> "Prediction":
         """The prediction of one structure, as a Prediction with B = 1."""
         if not -self.n_structures <= index < self.n_structures:
@@ -199,6 +232,8 @@ class Prediction:
             "forces_var": self.forces_var[atoms],
             "n_atoms": self.n_atoms[index : index + 1],
             "batch": np.zeros(int(atoms.sum()), dtype=np.int64),
+            "energy_dof": self.energy_dof,
+            "forces_dof": self.forces_dof,
         }
         if self.energy_members is not None:
             kwargs["energy_members"] = self.energy_members[:, index : index + 1]
@@ -239,6 +274,12 @@ class Prediction:
                 kwargs[name] = np.concatenate(values, axis=axis)
             elif any(present):
                 raise ValueError(f"cannot concatenate predictions where only some have {name}")
+        for name in _SCALARS:
+            values = {getattr(p, name) for p in predictions}
+            if len(values) > 1:
+                raise ValueError(f"cannot concatenate predictions with different {name}: "
+                                 f"{sorted(values, key=str)}")
+            kwargs[name] = values.pop()
         return cls(**kwargs)
 
     # -------------------------------------------------------------- file I/O
@@ -266,6 +307,9 @@ class Prediction:
             info[schema.STRESS] = np.array(one.stress[0])
         if one.stress_var is not None:
             info[schema.STRESS_STD] = np.array(one.stress_std[0])
+        for key, dof in ((schema.ENERGY_DOF, one.energy_dof), (schema.FORCES_DOF, one.forces_dof)):
+            if dof is not None:
+                info[key] = float(dof)
         arrays = {schema.FORCES: np.asarray(one.forces), schema.FORCES_STD: one.forces_std,
                   schema.FORCES_STD_NORM: np.sqrt(one.forces_var.sum(axis=1))}
         if one.atom_energy_var is not None:
@@ -383,5 +427,26 @@ def read_prediction(path) -> tuple["Prediction", object]:
         numbers=np.concatenate([a.numbers for a in structures]),
         energy_members=energy_members, atom_energy_var=atom_energy_var,
         stress=stress, stress_var=stress_var,
+        energy_dof=_read_dof(structures, schema.ENERGY_DOF, path),
+        forces_dof=_read_dof(structures, schema.FORCES_DOF, path),
     )
     return prediction, structures
+
+
+def _read_dof(structures, key: str, path: str) -> Optional[float]:
+    """The Student-t ``key`` column (one value for the file), or None when absent."""
+    present = [key in atoms.info for atoms in structures]
+    if not any(present):
+        return None
+    if not all(present):
+        k = present.index(False)
+        raise _column_error(path, k, key, "missing here but present in other frames")
+    values = []
+    for k, atoms in enumerate(structures):
+        value = _number(atoms.info[key], path, k, key)
+        if not np.isfinite(value) or value <= 0:
+            raise _column_error(path, k, key, f"degrees of freedom must be > 0, got {value}")
+        values.append(value)
+    if len(set(values)) > 1:
+        raise _column_error(path, 0, key, "differs between frames (one predictive per file)")
+    return values[0]

@@ -46,6 +46,11 @@ ATOM_ENERGY_STD = "mlipuq_atom_energy_std"
 ENERGY_MEMBERS = "mlipuq_energy_members"  #: (K,) member energies (eV)
 #: (3, 3) std of each predicted stress element (eV/Å³), per structure
 STRESS_STD = "mlipuq_stress_std"
+#: Student-t degrees of freedom of the energy / force predictive (after
+#: ``calibrate(..., method="student_t")``); absent: Gaussian. The std columns are then
+#: the Gaussian-equivalent std (the 68 % half-width), see mlipuq.calibration.student_t
+ENERGY_DOF = "mlipuq_energy_dof"
+FORCES_DOF = "mlipuq_forces_dof"
 
 # ------------------------------------------------------------ active learning
 POOL_INDEX = "mlipuq_pool_index"  #: index of a selected structure in its pool

@@ -3,6 +3,7 @@ process and under torchrun."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -125,6 +126,24 @@ def test_fit_llpr_summary(files, tmp_path, capsys):
         assert text in printed
     wrapper = load_wrapper(out)
     assert wrapper.recalibrator_.method == "power"
+
+
+def test_student_t_from_fit_through_predict_to_evaluate(files, tmp_path, capsys):
+    """--calibration student_t: the prediction file carries ν and evaluate scores the t."""
+    wrapper_path, pred_path = tmp_path / "deep.pt", tmp_path / "pred.extxyz"
+    assert _fit(files, "deep", wrapper_path, "--calibration", "student_t") == 0
+    assert cli.main(["predict", "--model", str(wrapper_path), "--data", str(files["test"]),
+                     "--out", str(pred_path)]) == 0
+    wrapper = load_wrapper(wrapper_path)
+    expected = wrapper.predict(mlipuq.load(files["test"]))
+    assert expected.forces_dof is not None
+    frames = ase.io.read(pred_path, ":")
+    assert all(a.info[schema.FORCES_DOF] == pytest.approx(expected.forces_dof) for a in frames)
+    out = tmp_path / "report"
+    assert cli.main(["evaluate", str(pred_path), "--out", str(out), "--no-plots"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["dof"]["forces"] == pytest.approx(expected.forces_dof)
+    capsys.readouterr()
 
 
 def test_fit_llpr_refit_mean(files, tmp_path, capsys):

@@ -192,7 +192,7 @@ class Loop:
         ``calibrate_on_selected``) the wrapper is used uncalibrated.
     calibration
         Recalibration method passed to ``calibrate`` (``"scalar"``,
-        ``"power"``, ``"isotonic"``, ``"conformal"``).
+        ``"power"``, ``"isotonic"``, ``"conformal"``, ``"student_t"``).
     calibrate_on_selected
         Also calibrate on the structures the round just selected and
         labelled (they are not yet in the wrapper's training data; the

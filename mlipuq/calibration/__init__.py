@@ -14,13 +14,14 @@
 Units are eV and Å throughout.
 """
 
-from mlipuq.calibration import conformal, metrics, recalibrate
+from mlipuq.calibration import conformal, metrics, recalibrate, student_t
 from mlipuq.calibration.recalibrate import (
     ConformalRecalibrator,
     IsotonicRecalibrator,
     PowerLawRecalibrator,
     PredictionRecalibrator,
     ScalarRecalibrator,
+    StudentTRecalibrator,
     get_recalibrator,
 )
 from mlipuq.calibration.report import CalibrationReport, evaluate, load_prediction
@@ -32,6 +33,7 @@ __all__ = [
     "PowerLawRecalibrator",
     "PredictionRecalibrator",
     "ScalarRecalibrator",
+    "StudentTRecalibrator",
     "conformal",
     "evaluate",
     "get_recalibrator",
@@ -39,6 +41,7 @@ __all__ = [
     "metrics",
     "plots",
     "recalibrate",
+    "student_t",
 ]
 
 

@@ -300,7 +300,8 @@ def _report_figures(report, label: str, folder: str, writer: _FigureWriter,
                 fig, ax = plots.panel_figure()
                 plots.draw(name, pred, std, true, ax=ax, target=target,
                            unit=report.units.get(target, ""), max_points=max_points,
-                           num_bins_ence=int(report.settings.get("num_bins_ence", 10)))
+                           num_bins_ence=int(report.settings.get("num_bins_ence", 10)),
+                           dof=plots.report_dof(report, target))
                 fig.suptitle(title)
                 heading = {"energy": "Energy", "forces": "Forces"}[target]
                 writer.save(fig, os.path.join(folder, f"{name}_{target}"),
@@ -316,7 +317,8 @@ def _comparison_figures(reports, out: str, writer: _FigureWriter) -> None:
     with plots.style():
         for target in PLOT_TARGETS:
             quantity, unit = plots._PLOT_TITLES[target]
-            curves = {label: r.data[target] for label, r in reports.items()}
+            curves = {label: (*r.data[target], plots.report_dof(r, target))
+                      for label, r in reports.items()}
             for name in COMPARE_PLOTS:
                 fig, ax = plots.panel_figure()
                 if name == "calibration_curve":

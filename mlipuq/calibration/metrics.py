@@ -79,8 +79,9 @@ from mlipuq.calibration.metrics_scoring import (
     interval_score,
     interval_values,
     nll_gaussian,
-    nll_values,
+    nll_values,  # noqa: F401  (re-exported)
 )
+from mlipuq.predictive import check_dof, gaussian_z, nll_values_t
 
 __all__ = [
     "DEFAULT_LEVELS",
@@ -89,6 +90,7 @@ __all__ = [
     "UndefinedMetricError",
     "ZScoreStats",
     "all_metrics",
+    "nll",
     "calibration_curve",
     "check_score",
     "coverage",
@@ -111,6 +113,14 @@ __all__ = [
 ]
 
 
+def nll(y_pred, y_std, y_true, *, reduce: str = "none", dof: Optional[float] = None) -> float:
+    """Mean negative log-likelihood (nats) of the references under the predictive:
+    Gaussian N(y_pred, y_std²), or with ``dof`` the Student-t whose
+    Gaussian-equivalent std is ``y_std`` (:mod:`mlipuq.calibration.student_t`)."""
+    pred, std, true = prepare(y_pred, y_std, y_true, reduce=reduce)
+    return float(nll_values_t(true - pred, std, check_dof(dof)).mean())
+
+
 def coverage_key(level: float) -> str:
     """Name of the coverage entry for a nominal level, e.g. 0.95 -> ``"coverage_95"``."""
     return f"coverage_{100.0 * float(level):g}"
@@ -128,6 +138,7 @@ def all_metrics(
     resolution: int = 99,
     detection_threshold: Optional[float] = None,
     detection_quantile: float = 0.9,
+    dof: Optional[float] = None,
 ) -> Dict[str, Optional[float]]:
     """Every metric of this module for one set of predictions.
 
@@ -149,6 +160,13 @@ def all_metrics(
         Levels of the check and interval scores.
     detection_threshold, detection_quantile
         Error threshold for :func:`error_detection_auc`.
+    dof
+        Student-t degrees of freedom of the predictive (``Prediction.energy_dof``
+        / ``forces_dof``; ``y_std`` is then the Gaussian-equivalent std). The
+        NLL, coverages and calibration curve (miscalibration area, RMS and
+        mean absolute calibration error) are then the t predictive's; CRPS,
+        check and interval scores and ENCE read ``y_std`` as a Gaussian σ.
+        None (default): Gaussian throughout.
 
     Returns
     -------
@@ -171,17 +189,18 @@ def all_metrics(
     if detection_threshold is None and not 0.0 < detection_quantile < 1.0:
         raise ValueError(f"detection_quantile must lie in (0, 1), got {detection_quantile}")
 
+    dof = check_dof(dof)
     pred, std, true = prepare(y_pred, y_std, y_true, reduce=reduce)
     err = true - pred
     abs_err = np.abs(err)
     z = err / std
-    sorted_abs_z = np.sort(np.abs(z))
+    sorted_abs_z = np.sort(np.abs(gaussian_z(z, dof)))  # the t's CDF levels with dof
 
     out: Dict[str, Optional[float]] = {"n": int(err.size)}
     out["mae"] = float(abs_err.mean())
     out["rmse"] = float(np.sqrt(np.mean(err * err)))
     out["sharpness"] = float(np.sqrt(np.mean(std * std)))
-    out["nll"] = float(nll_values(err, std).mean())
+    out["nll"] = float(nll_values_t(err, std, dof).mean())
     out["crps"] = float(crps_values(err, std).mean())
     out["check_score"] = float(check_values(err, std, 0.01, 0.99, resolution).mean())
     out["interval_score"] = float(interval_values(err, std, 0.01, 0.99, resolution).mean())

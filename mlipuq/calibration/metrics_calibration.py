@@ -146,9 +146,14 @@ def z_stats_from_z(z: np.ndarray) -> ZScoreStats:
     )
 
 
-def _standardised(y_pred, y_std, y_true, reduce: str) -> np.ndarray:
+def _standardised(y_pred, y_std, y_true, reduce: str, dof=None) -> np.ndarray:
+    """z = (y − μ)/σ; with Student-t ``dof`` the Gaussian z of the same CDF level
+    (:func:`mlipuq.calibration.student_t.gaussian_z`), so that interval
+    metrics measure the t predictive."""
+    from mlipuq.predictive import check_dof, gaussian_z
+
     pred, std, true = prepare(y_pred, y_std, y_true, reduce=reduce)
-    return (true - pred) / std
+    return gaussian_z((true - pred) / std, check_dof(dof))
 
 
 # ------------------------------------------------------------------ public
@@ -160,6 +165,7 @@ def calibration_curve(
     reduce: str = "none",
     num_bins: int = 100,
     prop_type: str = "interval",
+    dof: Optional[float] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Expected vs observed proportions (the calibration curve).
 
@@ -176,6 +182,9 @@ def calibration_curve(
         ``"interval"``: observed fraction of references inside the central
         interval of each nominal coverage. ``"quantile"``: observed fraction
         of references below the predicted quantile of each level.
+    dof
+        Student-t degrees of freedom of the predictive (``Prediction.forces_dof``
+        etc.; ``y_std`` is then the Gaussian-equivalent std); None: Gaussian.
 
     Returns
     -------
@@ -190,7 +199,7 @@ def calibration_curve(
     """
     _check_prop_type(prop_type)
     num_bins = check_int("num_bins", num_bins, 2)
-    z = _standardised(y_pred, y_std, y_true, reduce)
+    z = _standardised(y_pred, y_std, y_true, reduce, dof)
     stat = np.abs(z) if prop_type == "interval" else z
     return proportions_from_sorted(np.sort(stat), num_bins, prop_type)
 
@@ -203,6 +212,7 @@ def miscalibration_area(
     reduce: str = "none",
     num_bins: int = 100,
     prop_type: str = "interval",
+    dof: Optional[float] = None,
 ) -> float:
     """Area between the calibration curve and the diagonal.
 
@@ -215,7 +225,8 @@ def miscalibration_area(
     """
     return area_between(
         *calibration_curve(
-            y_pred, y_std, y_true, reduce=reduce, num_bins=num_bins, prop_type=prop_type
+            y_pred, y_std, y_true, reduce=reduce, num_bins=num_bins, prop_type=prop_type,
+            dof=dof,
         )
     )
 
@@ -228,6 +239,7 @@ def rms_calibration_error(
     reduce: str = "none",
     num_bins: int = 100,
     prop_type: str = "interval",
+    dof: Optional[float] = None,
 ) -> float:
     """Root mean squared gap between expected and observed proportions.
 
@@ -239,7 +251,7 @@ def rms_calibration_error(
         Dimensionless, in [0, 1]; 0 for perfect calibration.
     """
     expected, observed = calibration_curve(
-        y_pred, y_std, y_true, reduce=reduce, num_bins=num_bins, prop_type=prop_type
+        y_pred, y_std, y_true, reduce=reduce, num_bins=num_bins, prop_type=prop_type, dof=dof
     )
     return float(np.sqrt(np.mean((expected - observed) ** 2)))
 
@@ -252,6 +264,7 @@ def mean_absolute_calibration_error(
     reduce: str = "none",
     num_bins: int = 100,
     prop_type: str = "interval",
+    dof: Optional[float] = None,
 ) -> float:
     """Mean absolute gap between expected and observed proportions (ECE).
 
@@ -263,7 +276,7 @@ def mean_absolute_calibration_error(
         Dimensionless, in [0, 1]; 0 for perfect calibration.
     """
     expected, observed = calibration_curve(
-        y_pred, y_std, y_true, reduce=reduce, num_bins=num_bins, prop_type=prop_type
+        y_pred, y_std, y_true, reduce=reduce, num_bins=num_bins, prop_type=prop_type, dof=dof
     )
     return float(np.mean(np.abs(expected - observed)))
 
@@ -275,6 +288,7 @@ def coverage(
     *,
     reduce: str = "none",
     levels: Union[float, Sequence[float]] = DEFAULT_LEVELS,
+    dof: Optional[float] = None,
 ) -> np.ndarray:
     """Observed coverage of central prediction intervals.
 
@@ -287,7 +301,9 @@ def coverage(
     levels
         Nominal coverages in (0, 1); the interval for level p is
         :math:`\\mu \\pm \\sigma\\Phi^{-1}(\\tfrac12 + \\tfrac p2)`
-        (0.68 ≈ ±1σ, 0.95 ≈ ±1.96σ).
+        (0.68 ≈ ±1σ, 0.95 ≈ ±1.96σ); the Student-t interval with ``dof``.
+    dof
+        Student-t degrees of freedom of the predictive (None: Gaussian).
 
     Returns
     -------
@@ -298,7 +314,7 @@ def coverage(
     lv = np.asarray(levels, dtype=np.float64)
     if lv.size == 0 or not np.all((lv > 0) & (lv < 1)):
         raise ValueError(f"levels must lie in (0, 1), got {levels!r}")
-    z = _standardised(y_pred, y_std, y_true, reduce)
+    z = _standardised(y_pred, y_std, y_true, reduce, dof)
     return coverage_from_sorted(np.sort(np.abs(z)), lv)
 
 

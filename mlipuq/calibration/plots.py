@@ -94,6 +94,7 @@ def calibration_curve(
     num_bins: int = 100,
     quantity: str = "",
     label: Optional[str] = None,
+    dof: Optional[float] = None,
 ):
     """Observed vs expected coverage of central intervals.
 
@@ -115,13 +116,15 @@ def calibration_curve(
         Name for the title, e.g. ``"Energy"``.
     label
         Legend label of the curve (default ``"model"``).
+    dof
+        Student-t degrees of freedom of the predictive (None: Gaussian).
 
     Returns
     -------
     matplotlib.axes.Axes
     """
     ax = _axes(ax)
-    expected, observed = _curve(y_pred, y_std, y_true, reduce, num_bins)
+    expected, observed = _curve(y_pred, y_std, y_true, reduce, num_bins, dof)
     area = area_between(expected, observed)
     ax.plot([0, 1], [0, 1], ls="--", color="0.4", lw=1, label="ideal")
     ax.fill_between(expected, expected, observed, color="C0", alpha=0.25,
@@ -361,9 +364,11 @@ def z_histogram(
 
 
 def draw(name: str, pred, std, true, *, ax, target: str = "forces", unit: str = "",
-         num_bins_ence: int = 10, max_points: Optional[int] = MAX_POINTS):
+         num_bins_ence: int = 10, max_points: Optional[int] = MAX_POINTS,
+         dof: Optional[float] = None):
     """Draw plot ``name`` (a function of this module) for ``target`` with the
-    arguments :func:`summary_figure` and ``mlipuq evaluate`` use."""
+    arguments :func:`summary_figure` and ``mlipuq evaluate`` use (``dof``: the
+    Student-t predictive's, for the calibration curve)."""
     quantity, default_unit = _PLOT_TITLES.get(target, (target, unit))
     unit = unit or default_unit
     kwargs = {"ax": ax, "quantity": quantity}
@@ -375,7 +380,14 @@ def draw(name: str, pred, std, true, *, ax, target: str = "forces", unit: str = 
         kwargs["center"] = target.startswith("energy")
     if name in ("parity", "error_vs_std"):
         kwargs["max_points"] = max_points
+    if name == "calibration_curve":
+        kwargs["dof"] = dof
     return globals()[name](pred, std, true, **kwargs)
+
+
+def report_dof(report, target: str) -> Optional[float]:
+    """The Student-t degrees of freedom a report recorded for ``target`` (None: Gaussian)."""
+    return (report.settings.get("dof") or {}).get(target)
 
 
 #: The single plots :func:`summary_figure` draws per target, left to right.
@@ -431,7 +443,7 @@ def summary_figure(
             for ax, name in zip(row, PLOTS):
                 draw(name, pred, std, true, ax=ax, target=target,
                      unit=report.units.get(target, ""), num_bins_ence=num_bins_ence,
-                     max_points=max_points)
+                     max_points=max_points, dof=report_dof(report, target))
         size = f"{report.n_structures} structures, {report.n_atoms} atoms"
         fig.suptitle(f"{title}: {size}" if title else f"Calibration summary: {size}")
     return fig

@@ -176,10 +176,14 @@ def _density(ax, x, y, *, log_xy: bool = False, gridsize: int = 45):
     return hb
 
 
-def _curve(y_pred, y_std, y_true, reduce, num_bins):
-    """(expected, observed) coverages of central intervals at ``num_bins`` levels."""
+def _curve(y_pred, y_std, y_true, reduce, num_bins, dof=None):
+    """(expected, observed) coverages of central intervals at ``num_bins`` levels
+    (of the Student-t predictive with ``dof``)."""
+    from mlipuq.predictive import gaussian_z
+
     pred, std, true = prepare(y_pred, y_std, y_true, reduce=reduce)
-    return proportions_from_sorted(np.sort(np.abs((true - pred) / std)), int(num_bins), "interval")
+    z = gaussian_z((true - pred) / std, dof)
+    return proportions_from_sorted(np.sort(np.abs(z)), int(num_bins), "interval")
 
 
 def _coverage_axes(ax, quantity: str, what: str) -> None:

@@ -41,8 +41,9 @@ def compare_calibration(
     Parameters
     ----------
     curves
-        ``{label: (y_pred, y_std, y_true)}``, drawn in order (colours C0, C1, ...);
-        the legend gives each miscalibration area.
+        ``{label: (y_pred, y_std, y_true)}`` or ``(y_pred, y_std, y_true, dof)``
+        (a Student-t predictive), drawn in order (colours C0, C1, ...); the
+        legend gives each miscalibration area.
     ax, reduce, num_bins, quantity
         As in :func:`calibration_curve`.
 
@@ -52,8 +53,9 @@ def compare_calibration(
     """
     ax = _axes(ax)
     ax.plot([0, 1], [0, 1], ls="--", color="0.4", lw=1, label="ideal")
-    for k, (label, (pred, std, true)) in enumerate(curves.items()):
-        expected, observed = _curve(pred, std, true, reduce, num_bins)
+    for k, (label, curve) in enumerate(curves.items()):
+        pred, std, true, dof = (*curve, None)[:4]
+        expected, observed = _curve(pred, std, true, reduce, num_bins, dof)
         area = area_between(expected, observed)
         ax.fill_between(expected, expected, observed, color=f"C{k}", alpha=0.12)
         ax.plot(expected, observed, color=f"C{k}", lw=1.8, label=f"{label} (area {area:.3f})")
@@ -76,8 +78,8 @@ def compare_rmse_vs_rmv(
     other arguments as in :func:`rmse_vs_rmv`."""
     ax = _axes(ax)
     drawn = []
-    for label, (pred, std, true) in curves.items():
-        pred, std, true = prepare(pred, std, true, reduce=reduce)
+    for label, curve in curves.items():
+        pred, std, true = prepare(*curve[:3], reduce=reduce)  # a dof (4th) does not apply
         bins = binned_errors(true - pred, std, min(int(num_bins), std.size))
         drawn.append((label, bins.rmv, np.maximum(bins.rmse, np.finfo(float).tiny),
                       ence_from_bins(bins)))

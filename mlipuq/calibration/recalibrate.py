@@ -29,6 +29,11 @@ Methods (``get_recalibrator(method)``):
     (``per_species=True``); ``transform`` returns σ' = q̂σ/Φ⁻¹((1+c)/2), whose
     Gaussian interval at that coverage is the conformal one (see
     :mod:`mlipuq.calibration.conformal`).
+``"student_t"`` — :class:`~mlipuq.calibration.student_t.StudentTRecalibrator`
+    A Student-t predictive: ν and a scale fitted by maximum likelihood on the
+    validation z-scores (heavy tails, e.g. small committees); ``transform``
+    returns the Gaussian-equivalent std (68 % half-width) and the
+    recalibrated prediction carries ν as ``energy_dof`` / ``forces_dof``.
 
 A recalibrator whose ``needs_numbers`` is True also takes ``numbers=`` (the
 atomic number of each target) in ``fit`` and ``transform``.
@@ -49,6 +54,7 @@ from scipy.special import ndtr, ndtri
 
 # recalibrators in their own modules; saved wrappers name every class through this module
 from mlipuq.calibration.conformal import ConformalRecalibrator
+from mlipuq.calibration.student_t import StudentTRecalibrator
 from mlipuq.calibration.metrics_common import prepare
 from mlipuq.calibration.recalibrate_base import Recalibrator
 from mlipuq.calibration.recalibrate_base import check_std as _check_std
@@ -64,6 +70,7 @@ __all__ = [
     "PredictionRecalibrator",
     "Recalibrator",
     "ScalarRecalibrator",
+    "StudentTRecalibrator",
     "get_recalibrator",
 ]
 
@@ -351,6 +358,7 @@ RECALIBRATORS: Dict[str, Type[Recalibrator]] = {
     "power": PowerLawRecalibrator,
     "isotonic": IsotonicRecalibrator,
     "conformal": ConformalRecalibrator,
+    "student_t": StudentTRecalibrator,
 }
 
 
@@ -399,7 +407,7 @@ class PredictionRecalibrator:
     Parameters
     ----------
     method
-        ``"scalar"``, ``"power"``, ``"isotonic"`` or ``"conformal"``.
+        ``"scalar"``, ``"power"``, ``"isotonic"``, ``"conformal"`` or ``"student_t"``.
     **options
         Passed to both recalibrators' constructors, except options that apply
         only to per-atom targets (the recalibrator's ``per_atom_options``,
@@ -506,6 +514,9 @@ class PredictionRecalibrator:
             kwargs["atom_energy_var"] = atom_var * e_factor[prediction.batch] ** 2
         for name in ("stress", "stress_var", "stress_members"):  # not recalibrated
             kwargs[name] = getattr(prediction, name, None)
+        # a Student-t recalibration gives the predictive's degrees of freedom
+        kwargs["energy_dof"] = getattr(self.energy_, "dof_", None)
+        kwargs["forces_dof"] = getattr(self.forces_, "dof_", None)
         return Prediction(**kwargs)
 
     def __repr__(self) -> str:

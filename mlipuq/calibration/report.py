@@ -105,6 +105,14 @@ def scored_targets(prediction, reference):
     return arrays, excluded
 
 
+def target_dofs(prediction) -> Dict[str, Optional[float]]:
+    """Student-t degrees of freedom of each scored target (None: Gaussian). Force
+    norms are not t-distributed: they are always scored as Gaussian norms."""
+    energy = getattr(prediction, "energy_dof", None)
+    return {"energy": energy, "energy_per_atom": energy,
+            "forces": getattr(prediction, "forces_dof", None), "forces_norm": None}
+
+
 # ------------------------------------------------------------------ report
 def _fmt(value: Any) -> str:
     if value is None:
@@ -291,6 +299,7 @@ def evaluate(
     warn_offsets(offsets, where="evaluate")
     metrics: Dict[str, Dict[str, Optional[float]]] = {}
     binned: Dict[str, Dict[str, list]] = {}
+    dofs = target_dofs(prediction)
     for target, (pred, std, true) in arrays.items():
         try:
             metrics[target] = all_metrics(
@@ -301,6 +310,7 @@ def evaluate(
                 levels=levels,
                 num_bins_ence=num_bins_ence,
                 detection_quantile=detection_quantile,
+                dof=dofs.get(target),
             )
         except ValueError as exc:
             raise ValueError(f"{target}: {exc}") from exc
@@ -325,6 +335,7 @@ def evaluate(
             "detection_quantile": float(detection_quantile),
             "excluded": excluded,
             "offsets": offsets,
+            "dof": {t: v for t, v in dofs.items() if v is not None},
         },
         data=arrays if keep_data else None,
     )

@@ -370,10 +370,12 @@ class UQWrapper:
         """Fit recalibrators of the energy and force std on validation data.
 
         ``method`` is ``"scalar"`` (NLL-optimal global factor), ``"power"``
-        (σ' = aσ^b), ``"isotonic"`` (Kuleshov et al. 2018) or ``"conformal"``
+        (σ' = aσ^b), ``"isotonic"`` (Kuleshov et al. 2018), ``"conformal"``
         (split-conformal intervals with a finite-sample guarantee on
         exchangeable data; options ``coverage=0.9``, ``per_species=False``;
-        see :mod:`mlipuq.calibration.conformal`); energies and
+        see :mod:`mlipuq.calibration.conformal`) or ``"student_t"`` (a
+        heavy-tailed Student-t predictive; the predictions then carry
+        ``energy_dof``/``forces_dof``, :mod:`mlipuq.calibration.student_t`); energies and
         forces get separate recalibrators (a
         :class:`~mlipuq.calibration.recalibrate.PredictionRecalibrator`,
         stored as ``recalibrator_``). Later ``predict`` calls apply it;

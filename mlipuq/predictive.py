@@ -1,0 +1,81 @@
+"""Predictive distributions of a :class:`~mlipuq.prediction.Prediction`: Gaussian or Student-t.
+
+Responsibility: the formulas that read a predicted mean, a std and optional
+Student-t degrees of freedom ν as a distribution, for the prediction itself
+(:meth:`~mlipuq.prediction.Prediction.interval`), the metrics and plots
+(:mod:`mlipuq.calibration`) and the Student-t recalibration
+(:mod:`mlipuq.calibration.student_t`). Neutral ground: it imports no other
+mlipuq module.
+
+Convention: ``std`` is always the *Gaussian-equivalent* std, the half-width
+of the central 68.27 % interval (the std itself for a Gaussian). A t with
+ν ≤ 2 has no finite variance; this std stays finite and keeps its usual
+meaning for code that reads it as a Gaussian σ. The t scale is
+``std / std_factor(ν)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+from scipy import stats
+from scipy.special import ndtri
+
+__all__ = ["ONE_SIGMA", "check_dof", "gaussian_z", "half_width", "nll_values_t", "std_factor"]
+
+#: Level of the central interval whose half-width is the reported std (±1σ of a Gaussian).
+ONE_SIGMA = math.erf(1.0 / math.sqrt(2.0))
+
+
+def check_dof(dof, what: str = "dof") -> Optional[float]:
+    """``dof`` as a float > 0, or None (Gaussian); ``ValueError`` otherwise."""
+    if dof is None:
+        return None
+    value = float(dof)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{what} (Student-t degrees of freedom) must be > 0, got {dof!r}")
+    return value
+
+
+def std_factor(dof: Optional[float]) -> float:
+    """:math:`m(\\nu) = t_\\nu^{-1}(0.8413)`: Gaussian-equivalent std over t scale (1 for None)."""
+    if dof is None:
+        return 1.0
+    return float(stats.t.ppf(0.5 + ONE_SIGMA / 2.0, dof))
+
+
+def gaussian_z(z: np.ndarray, dof: Optional[float]) -> np.ndarray:
+    """Gaussian z with the same CDF level as the t-standardised error.
+
+    ``z = (y − μ)/std`` with the Gaussian-equivalent std; returns
+    :math:`\\Phi^{-1}(T_\\nu(z\\,m(\\nu)))` (``z`` itself for ``dof=None``),
+    computed from the survival function so that far tails stay finite
+    where double precision allows. Interval metrics on these values are the
+    t predictive's.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    if dof is None:
+        return z
+    tail = stats.t.sf(np.abs(z) * std_factor(dof), dof)
+    return -np.sign(z) * ndtri(tail)
+
+
+def nll_values_t(err: np.ndarray, std: np.ndarray, dof: Optional[float]) -> np.ndarray:
+    """Per-prediction NLL (nats) of ``err = y_true − y_pred`` under the t predictive
+    (Gaussian for ``dof=None``)."""
+    if dof is None:
+        return 0.5 * math.log(2 * math.pi) + np.log(std) + 0.5 * (err / std) ** 2
+    scale = std / std_factor(dof)
+    return -stats.t.logpdf(err / scale, dof) + np.log(scale)
+
+
+def half_width(std, dof: Optional[float], level: float) -> np.ndarray:
+    """Half-width of the central interval of coverage ``level`` (unit of ``std``)."""
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    q = 0.5 + float(level) / 2.0
+    if dof is None:
+        return np.asarray(std, dtype=np.float64) * float(ndtri(q))
+    return np.asarray(std, dtype=np.float64) / std_factor(dof) * float(stats.t.ppf(q, dof))

@@ -1,0 +1,191 @@
+"""Student-t predictive (calibrate(val, method="student_t")): formulas against hand
+values, maximum-likelihood recovery, metrics of the t predictive, file round trips,
+and coverage on real DFT data."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+import mlipuq
+from mlipuq import datasets, demo, schema
+from mlipuq.calibration import metrics
+from mlipuq.calibration.student_t import (
+    StudentTRecalibrator,
+    gaussian_z,
+    half_width,
+    std_factor,
+)
+from mlipuq.errors import InputFileError
+from mlipuq.prediction import Prediction, read_prediction
+from mlipuq.uq import LastLayerLaplace
+
+ONE_SIGMA_LEVEL = 0.5 + math.erf(1 / math.sqrt(2)) / 2  # 0.8413...
+
+
+def _t2_quantile(p: float) -> float:
+    """Closed form of the Student-t quantile with 2 degrees of freedom."""
+    return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
+
+
+def _prediction(forces_dof=None, energy_dof=None, n=3):
+    return Prediction(energy=np.arange(2.0), energy_var=[1.0, 4.0],
+                      forces=np.zeros((n, 3)), forces_var=np.full((n, 3), 0.25),
+                      n_atoms=[1, n - 1], batch=[0] + [1] * (n - 1),
+                      forces_dof=forces_dof, energy_dof=energy_dof)
+
+
+def test_interval_of_two_dof_matches_the_closed_form():
+    """std is the 68 % half-width, so the 95 % half-width is std · t(0.975)/t(0.8413)."""
+    pred = _prediction(forces_dof=2.0, energy_dof=2.0)
+    expected = _t2_quantile(0.975) / _t2_quantile(ONE_SIGMA_LEVEL)  # 3.2564...
+    low, high = pred.interval(0.95, "forces")
+    np.testing.assert_allclose(high, 0.5 * expected, rtol=1e-9)
+    np.testing.assert_allclose(low, -0.5 * expected, rtol=1e-9)
+    low, high = pred.interval(0.95, "energy")
+    np.testing.assert_allclose(high - pred.energy, pred.energy_std * expected, rtol=1e-9)
+    # a 68 % interval is ±std for any dof, as for a Gaussian
+    low, high = pred.interval(math.erf(1 / math.sqrt(2)), "forces")
+    np.testing.assert_allclose(high, 0.5, rtol=1e-9)
+    # Gaussian: ±1.95996 std
+    gauss = _prediction()
+    np.testing.assert_allclose(gauss.interval(0.95)[1], 0.5 * 1.959963984540054, rtol=1e-12)
+
+
+def test_gaussian_z_maps_t_levels_to_gaussian_levels():
+    z = np.array([-3.0, -0.5, 0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(gaussian_z(z, None), z)
+    g = gaussian_z(z, 2.0)
+    # ±std is the 68 % point for every dof: z = ±1 stays ±1
+    assert g[3] == pytest.approx(1.0, abs=1e-9)
+    # beyond one std the t tail is heavier, so the same z is less extreme
+    assert abs(g[0]) < 3.0 and g[4] < 2.0 and g[1] < 0 and g[2] == 0.0
+    # the half-width at level p is where |gaussian_z| reaches Phi^-1(1/2 + p/2)
+    hw = half_width(1.0, 3.0, 0.9)
+    assert gaussian_z(np.array([hw]), 3.0)[0] == pytest.approx(1.6448536269514722, rel=1e-9)
+
+
+def test_maximum_likelihood_recovers_dof_and_scale():
+    rng = np.random.default_rng(0)
+    n = 40000
+    sigma = rng.uniform(0.2, 3.0, n)
+    y = 2.0 * sigma * rng.standard_t(3.0, n)
+    rec = StudentTRecalibrator().fit(np.zeros(n), sigma, y)
+    assert rec.dof_ == pytest.approx(3.0, rel=0.1)
+    assert rec.t_scale_ == pytest.approx(2.0, rel=0.05)
+    np.testing.assert_allclose(rec.transform(sigma), rec.t_scale_ * std_factor(rec.dof_) * sigma)
+
+
+def test_gaussian_errors_reduce_to_the_scalar_factor():
+    rng = np.random.default_rng(1)
+    sigma = rng.uniform(0.5, 2.0, 20000)
+    y = 1.7 * sigma * rng.standard_normal(sigma.size)
+    rec = StudentTRecalibrator().fit(np.zeros_like(y), sigma, y)
+    assert rec.dof_ > 50
+    scalar = math.sqrt(np.mean((y / sigma) ** 2))
+    assert rec.scale_ == pytest.approx(scalar, rel=0.02)
+
+
+def test_metrics_score_the_t_predictive():
+    """Heavy-tailed errors: read as Gaussian they under-cover at 95 % and over-cover
+    at 50 %; read as the fitted t, both coverages are right and the NLL is lower."""
+    rng = np.random.default_rng(2)
+    sigma = rng.uniform(0.5, 2.0, 30000)
+    y = sigma * rng.standard_t(2.0, sigma.size)
+    rec = StudentTRecalibrator().fit(np.zeros_like(y), sigma, y)
+    std = rec.transform(sigma)
+    zero = np.zeros_like(y)
+    t = metrics.all_metrics(zero, std, y, dof=rec.dof_)
+    g = metrics.all_metrics(zero, std, y)
+    assert abs(t["coverage_95"] - 0.95) < 0.01 and abs(t["coverage_50"] - 0.5) < 0.015
+    assert g["coverage_95"] < 0.92
+    assert t["miscalibration_area"] < 0.01 < g["miscalibration_area"]
+    assert t["nll"] < g["nll"] - 0.1
+    assert t["nll"] == pytest.approx(metrics.nll(zero, std, y, dof=rec.dof_))
+    np.testing.assert_allclose(metrics.coverage(zero, std, y, levels=[0.95], dof=rec.dof_),
+                               [t["coverage_95"]])
+
+
+def test_prediction_checks_dof_and_keeps_it_through_views():
+    with pytest.raises(ValueError, match="energy_dof"):
+        _prediction(energy_dof=-1.0)
+    with pytest.raises(ValueError, match="forces_dof"):
+        _prediction(forces_dof=float("nan"))
+    pred = _prediction(forces_dof=4.0)
+    assert pred.structure(1).forces_dof == 4.0 and pred.structure(1).energy_dof is None
+    assert Prediction.concatenate([pred, pred]).forces_dof == 4.0
+    with pytest.raises(ValueError, match="different forces_dof"):
+        Prediction.concatenate([pred, _prediction(forces_dof=5.0)])
+
+
+@pytest.fixture(scope="module")
+def ethanol_llpr():
+    """LLPR on the packaged pretrained ethanol model, Student-t calibrated on 300
+    packaged validation frames."""
+    model = demo.load_pretrained("ethanol_0")
+    train = datasets.ethanol("train")[:300]
+    val = datasets.ethanol("val")[:300]
+    wrapper = LastLayerLaplace(model).fit(train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an offset note on brief calibration data
+        wrapper.calibrate(val, method="student_t")
+    return wrapper
+
+
+def test_student_t_covers_held_out_dft_forces(ethanol_llpr):
+    test = datasets.ethanol("test")[:300]
+    pred = ethanol_llpr.predict(test)
+    assert pred.forces_dof is not None and pred.energy_dof is not None
+    ref = np.concatenate([a.get_forces() for a in test])
+    low, high = pred.interval(0.95, "forces")
+    inside = float(np.mean((ref >= low) & (ref <= high)))
+    assert 0.93 <= inside <= 0.97
+    report = mlipuq.calibration.evaluate(pred, test)
+    assert report["forces"]["coverage_95"] == pytest.approx(inside, abs=1e-12)
+    assert report["forces"]["miscalibration_area"] < 0.05
+    assert report.settings["dof"]["forces"] == pred.forces_dof
+
+
+def test_file_round_trip_and_saved_wrapper_keep_the_t(ethanol_llpr, tmp_path):
+    test = datasets.ethanol("test")[:5]
+    pred = ethanol_llpr.predict(test)
+    path = tmp_path / "pred.extxyz"
+    test.write(path, prediction=pred)
+    back, _ = read_prediction(path)
+    assert back.forces_dof == pytest.approx(pred.forces_dof, rel=1e-12)
+    assert back.energy_dof == pytest.approx(pred.energy_dof, rel=1e-12)
+    ethanol_llpr.save(tmp_path / "w.pt")
+    loaded = LastLayerLaplace.load(tmp_path / "w.pt")
+    again = loaded.predict(test)
+    assert again.forces_dof == pred.forces_dof
+    np.testing.assert_allclose(again.forces_std, pred.forces_std, rtol=1e-12)
+
+
+def test_a_damaged_dof_column_is_named(tmp_path):
+    import ase.io
+
+    test = datasets.ethanol("test")[:3]
+    pred = _prediction_for(test, forces_dof=3.0)
+    path = tmp_path / "pred.extxyz"
+    test.write(path, prediction=pred)
+    frames = ase.io.read(path, ":")
+    frames[1].info[schema.FORCES_DOF] = -2.0
+    ase.io.write(tmp_path / "bad.extxyz", frames)
+    with pytest.raises(InputFileError, match="frame 1.*mlipuq_forces_dof"):
+        read_prediction(tmp_path / "bad.extxyz")
+    del frames[2].info[schema.FORCES_DOF]
+    frames[1].info[schema.FORCES_DOF] = 3.0
+    ase.io.write(tmp_path / "gap.extxyz", frames)
+    with pytest.raises(InputFileError, match="frame 2"):
+        read_prediction(tmp_path / "gap.extxyz")
+
+
+def _prediction_for(dataset, **dof):
+    n = dataset.n_atoms
+    total = int(n.sum())
+    return Prediction(energy=dataset.energies, energy_var=np.ones(len(n)),
+                      forces=np.zeros((total, 3)), forces_var=np.ones((total, 3)),
+                      n_atoms=n, batch=np.repeat(np.arange(len(n)), n), **dof)
