@@ -89,8 +89,10 @@ def add_parsers(subparsers) -> None:
                           "(without it the wrapper is not calibrated)")
     fit.add_argument("--out", "-o", required=True, metavar="W.pt", help="where to save the wrapper")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    fit.add_argument("--calibration", choices=CALIBRATIONS, default="scalar",
-                     help="recalibration fitted on --val")
+    fit.add_argument("--calibration", choices=CALIBRATIONS, default=None,
+                     help="recalibration fitted on --val (default: the wrapper's; shallow "
+                          "and deep: student_t for forces and scalar for energies; the "
+                          "others: scalar)")
     fit.add_argument("--coverage", type=float, default=None,
                      help="conformal: target coverage of the intervals (0.9 if not given)")
     fit.add_argument("--seed", type=int, default=0, help="random seed")
@@ -244,10 +246,13 @@ def _summary(wrapper, args, n_train: int, n_val: int) -> str:
     if recalibrator is None:
         rows.append(("calibration", "none (no --val)"))
     else:
-        text = f"{recalibrator.method} on {n_val} structures"
+        text = f"{recalibrator.description} on {n_val} structures"
         scales = [f"{key} std x {getattr(recalibrator, key + '_').scale_:.4g}"
                   for key in ("energy", "forces")
                   if hasattr(getattr(recalibrator, key + "_", None), "scale_")]
+        scales += [f"{key} Student-t ν {getattr(recalibrator, key + '_').dof_:.3g}"
+                   for key in ("energy", "forces")
+                   if hasattr(getattr(recalibrator, key + "_", None), "dof_")]
         rows.append(("calibration", text + (": " + ", ".join(scales) if scales else "")))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)

@@ -143,6 +143,8 @@ def test_student_t_from_fit_through_predict_to_evaluate(files, tmp_path, capsys)
     assert cli.main(["evaluate", str(pred_path), "--out", str(out), "--no-plots"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["dof"]["forces"] == pytest.approx(expected.forces_dof)
+    html = (out / "report.html").read_text()
+    assert f"forces ν = {expected.forces_dof:.3g}" in html  # the inputs table says so
     capsys.readouterr()
 
 
@@ -164,7 +166,12 @@ def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsy
     out = tmp_path / f"{method}.pt"
     assert _fit(files, method, out) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
-    assert "scalar on 5 structures" in printed and "wrapper saved to" in printed
+    # the wrapper's default calibration: a Student-t predictive for the committees
+    default = ("energy scalar, forces student_t" if method in ("shallow", "deep")
+               else "scalar")
+    assert f"{default} on 5 structures" in printed and "wrapper saved to" in printed
+    if method in ("shallow", "deep"):
+        assert "forces Student-t ν" in printed and "energy Student-t" not in printed
     wrapper = load_wrapper(out)
     assert type(wrapper) is WRAPPERS[method]
     assert wrapper.calibrated_

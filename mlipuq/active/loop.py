@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Optional
 
 import ase
 import numpy as np
@@ -192,7 +193,8 @@ class Loop:
         ``calibrate_on_selected``) the wrapper is used uncalibrated.
     calibration
         Recalibration method passed to ``calibrate`` (``"scalar"``,
-        ``"power"``, ``"isotonic"``, ``"conformal"``, ``"student_t"``).
+        ``"power"``, ``"isotonic"``, ``"conformal"``, ``"student_t"``; None:
+        the wrapper's ``default_calibration``).
     calibrate_on_selected
         Also calibrate on the structures the round just selected and
         labelled (they are not yet in the wrapper's training data; the
@@ -220,7 +222,7 @@ class Loop:
         rounds: int,
         test=None,
         val=None,
-        calibration: str = "scalar",
+        calibration: Optional[str] = None,
         calibrate_on_selected: bool = False,
         strategy: str = "batch_llpr",
         seed: int = 0,
@@ -244,7 +246,8 @@ class Loop:
         self.val = _labelled_or_none(val)
         from mlipuq.calibration.recalibrate import get_recalibrator
 
-        get_recalibrator(calibration)  # an unknown method fails here, not after the first fit
+        if calibration is not None:  # an unknown method fails here, not after the first fit
+            get_recalibrator(calibration)
         self.calibration, self.calibrate_on_selected = calibration, bool(calibrate_on_selected)
         self.make_uq, self.oracle = make_uq, oracle
         self.k, self.rounds, self.strategy, self.seed = int(k), int(rounds), strategy, int(seed)

@@ -121,6 +121,15 @@ def wrapper_name(label: str, settings: Mapping[str, Any]) -> str:
     return label
 
 
+def _predictive(report: CalibrationReport) -> str:
+    """"Gaussian", or the Student-t degrees of freedom the report scored with."""
+    dof = report.settings.get("dof") or {}
+    if not dof:
+        return "Gaussian"
+    return "Student-t: " + ", ".join(f"{_e(t)} ν = {v:.3g}" for t, v in dof.items()
+                                     if t in ("energy", "forces"))
+
+
 def _inputs_table(reports: Mapping[str, CalibrationReport]) -> str:
     rows = []
     for label, r in reports.items():
@@ -142,10 +151,11 @@ def _inputs_table(reports: Mapping[str, CalibrationReport]) -> str:
             f'<tr class="prediction"><td>{_e(label)}</td><td>{wrapper}</td>'
             f"<td><code>{_e(inputs.get('prediction_file', '?'))}</code></td>"
             f"<td>{reference}</td><td class=\"num\">{r.n_structures}</td>"
-            f"<td class=\"num\">{r.n_atoms}</td><td>{excluded_text}</td><td>{extra}</td></tr>"
+            f"<td class=\"num\">{r.n_atoms}</td><td>{_predictive(r)}</td>"
+            f"<td>{excluded_text}</td><td>{extra}</td></tr>"
         )
     head = ("<tr><th>label</th><th>wrapper</th><th>prediction file</th><th>reference</th>"
-            "<th>structures</th><th>atoms</th><th>excluded as exact</th>"
+            "<th>structures</th><th>atoms</th><th>predictive</th><th>excluded as exact</th>"
             "<th>recorded in file</th></tr>")
     return f'<table class="inputs">{head}{"".join(rows)}</table>'
 

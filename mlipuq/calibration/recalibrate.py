@@ -45,8 +45,10 @@ wrappers use in ``calibrate(val, method=...)``.
 
 from __future__ import annotations
 
+import inspect
 import logging
-from typing import Dict, Optional, Sequence, Tuple, Type
+from collections.abc import Mapping
+from typing import Dict, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -407,7 +409,9 @@ class PredictionRecalibrator:
     Parameters
     ----------
     method
-        ``"scalar"``, ``"power"``, ``"isotonic"``, ``"conformal"`` or ``"student_t"``.
+        ``"scalar"``, ``"power"``, ``"isotonic"``, ``"conformal"`` or ``"student_t"``;
+        or one per target, ``{"energy": "scalar", "forces": "student_t"}``
+        (the committees' default).
     **options
         Passed to both recalibrators' constructors, except options that apply
         only to per-atom targets (the recalibrator's ``per_atom_options``,
@@ -426,10 +430,40 @@ class PredictionRecalibrator:
         that recalibration would only widen the stds to cover it.
     """
 
-    def __init__(self, method: str = "scalar", **options):
-        get_recalibrator(method, **options)  # validate early
+    def __init__(self, method: Union[str, Mapping[str, str]] = "scalar", **options):
         self.method = method
         self.options = options
+        for key in ("energy", "forces"):  # validate early
+            get_recalibrator(self.method_of(key), **self._options_for(key))
+
+    def method_of(self, target: str) -> str:
+        """The method of ``target`` (``"energy"`` or ``"forces"``): ``method`` itself,
+        or its entry when ``method`` is a mapping ``{"energy": ..., "forces": ...}``."""
+        if isinstance(self.method, str):
+            return self.method
+        if not isinstance(self.method, Mapping) or set(self.method) != {"energy", "forces"}:
+            raise ValueError("method must be a method name or a mapping with exactly the keys "
+                             f"'energy' and 'forces', got {self.method!r}")
+        return self.method[target]
+
+    @property
+    def description(self) -> str:
+        """``"student_t"``, or ``"energy scalar, forces student_t"`` for per-target methods."""
+        energy, forces = self.method_of("energy"), self.method_of("forces")
+        return energy if energy == forces else f"energy {energy}, forces {forces}"
+
+    def _options_for(self, target: str) -> dict:
+        """The options of ``target``'s recalibrator: per-atom options go to forces
+        only; with per-target methods, only the options its constructor takes."""
+        cls = RECALIBRATORS.get(self.method_of(target))
+        if cls is None:
+            return dict(self.options)  # get_recalibrator names the unknown method
+        options = {k: v for k, v in self.options.items()
+                   if target == "forces" or k not in cls.per_atom_options}
+        if not isinstance(self.method, str):
+            accepted = inspect.signature(cls).parameters
+            options = {k: v for k, v in options.items() if k in accepted}
+        return options
 
     def fit(self, prediction, reference) -> "PredictionRecalibrator":
         """Fit on validation predictions and reference data.
@@ -450,7 +484,6 @@ class PredictionRecalibrator:
         self.offsets_ = offset_report(prediction, energy, forces)
         warn_offsets(self.offsets_, where="calibrate", stacklevel=4)
         structures = np.arange(prediction.n_structures)
-        per_atom = RECALIBRATORS[self.method].per_atom_options
         self.excluded_ = {}
         for key, pred, std, true, owner in (
             ("energy", prediction.energy, prediction.energy_std, energy, structures),
@@ -461,9 +494,7 @@ class PredictionRecalibrator:
             if self.excluded_[key]:
                 log.info("calibration: %d exact %s target(s) excluded (zero std and error)",
                          self.excluded_[key], key)
-            options = {k: v for k, v in self.options.items()
-                       if key == "forces" or k not in per_atom}
-            part = get_recalibrator(self.method, **options)
+            part = get_recalibrator(self.method_of(key), **self._options_for(key))
             extra = {}
             if part.needs_numbers:
                 if key != "forces":

@@ -366,16 +366,19 @@ class UQWrapper:
         return self.base_model.compute(atoms, stress=True)["stress"][0]
 
     # -------------------------------------------------------------- calibration
-    def calibrate(self, val, method: str = "scalar", **options) -> "UQWrapper":
+    #: ``calibrate``'s method when none is given: a Gaussian scale factor, except for
+    #: committees (a variance from a few members: Student-t, docs/shift.md)
+    default_calibration = "scalar"
+
+    def calibrate(self, val, method: Optional[str] = None, **options) -> "UQWrapper":
         """Fit recalibrators of the energy and force std on validation data.
 
-        ``method`` is ``"scalar"`` (NLL-optimal global factor), ``"power"``
-        (σ' = aσ^b), ``"isotonic"`` (Kuleshov et al. 2018), ``"conformal"``
-        (split-conformal intervals with a finite-sample guarantee on
-        exchangeable data; options ``coverage=0.9``, ``per_species=False``;
-        see :mod:`mlipuq.calibration.conformal`) or ``"student_t"`` (a
-        heavy-tailed Student-t predictive; the predictions then carry
-        ``energy_dof``/``forces_dof``, :mod:`mlipuq.calibration.student_t`); energies and
+        ``method`` (None: :attr:`default_calibration`) is ``"scalar"`` (NLL-optimal
+        factor), ``"power"`` (σ' = aσ^b), ``"isotonic"`` (Kuleshov et al. 2018),
+        ``"conformal"`` (split-conformal, finite-sample guarantee on exchangeable
+        data; ``coverage=0.9``, ``per_species=False``) or ``"student_t"`` (a
+        heavy-tailed t predictive; predictions then carry ``energy_dof`` and
+        ``forces_dof``; :mod:`mlipuq.calibration`); energies and
         forces get separate recalibrators (a
         :class:`~mlipuq.calibration.recalibrate.PredictionRecalibrator`,
         stored as ``recalibrator_``). Later ``predict`` calls apply it;
@@ -387,7 +390,8 @@ class UQWrapper:
 
         dataset = calibration_data(val)
         pred = self.predict(dataset, calibrated=False, composition=False)
-        self.recalibrator_ = PredictionRecalibrator(method, **options).fit(pred, dataset)
+        self.recalibrator_ = PredictionRecalibrator(method or self.default_calibration,
+                                                    **options).fit(pred, dataset)
         return self
 
     @property
