@@ -64,7 +64,10 @@ def emt_setup(args, rep):
         common = datasets.emt("Cu", args.pool - n_rare, (300,), seed=3, kinds=("bulk",))
         pool = common + datasets.emt("Cu", n_rare, temps, seed=1, kinds=kinds)
     test = datasets.emt("Cu", args.test, temps, seed=2, kinds=kinds)
-    val = datasets.emt("Cu", args.val, temps, seed=4, kinds=kinds)
+    if args.val_design == "initial":  # only in-distribution data to calibrate on
+        val = datasets.emt("Cu", args.val, (300,), seed=4, kinds=("bulk",))
+    else:
+        val = datasets.emt("Cu", args.val, temps, seed=4, kinds=kinds)
     initial = datasets.emt("Cu", args.initial, (300,), seed=10 + rep, kinds=("bulk",))
     from ase.calculators.emt import EMT
 
@@ -102,6 +105,10 @@ def main(argv=None) -> int:
     p.add_argument("--val", type=int, default=30, help="validation structures (calibration)")
     p.add_argument("--calibration", choices=("scalar", "power", "isotonic", "none"),
                    default="scalar", help="recalibration of each round's wrapper on --val")
+    p.add_argument("--val-design", choices=("mix", "initial"), default="mix",
+                   help="EMT validation set: the uniform mix of the test set, or drawn like "
+                        "the initial set (300 K bulk: no shifted data to calibrate on, the "
+                        "case --calibrate-on-selected is for)")
     p.add_argument("--calibrate-on-selected", action="store_true",
                    help="also calibrate on each round's newly labelled structures")
     p.add_argument("--label-noise", choices=("none", "fitted"), default="none",
