@@ -52,6 +52,7 @@ from mlipuq.predictive import (  # noqa: F401  (re-exported: the t formulas)
 __all__ = ["StudentTRecalibrator", "gaussian_z", "half_width", "nll_values_t", "std_factor",
            "check_dof"]
 
+
 class StudentTRecalibrator(Recalibrator):
     """Student-t recalibration: ν and a scale fitted by maximum likelihood.
 
