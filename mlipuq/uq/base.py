@@ -370,17 +370,17 @@ class UQWrapper:
     #: committees (a variance from a few members: Student-t, docs/shift.md)
     default_calibration = "scalar"
 
-    def calibrate(self, val, method: Optional[str] = None, **options) -> "UQWrapper":
+    def calibrate(self, val, method=None, **options) -> "UQWrapper":
         """Fit recalibrators of the energy and force std on validation data.
 
-        ``method`` (None: :attr:`default_calibration`) is ``"scalar"`` (NLL-optimal
+        ``method`` (None: :attr:`default_calibration`; or one per target,
+        ``{"energy": ..., "forces": ...}``) is ``"scalar"`` (NLL-optimal
         factor), ``"power"`` (σ' = aσ^b), ``"isotonic"`` (Kuleshov et al. 2018),
         ``"conformal"`` (split-conformal, finite-sample guarantee on exchangeable
         data; ``coverage=0.9``, ``per_species=False``) or ``"student_t"`` (a
         heavy-tailed t predictive; predictions then carry ``energy_dof`` and
-        ``forces_dof``; :mod:`mlipuq.calibration`); energies and
-        forces get separate recalibrators (a
-        :class:`~mlipuq.calibration.recalibrate.PredictionRecalibrator`,
+        ``forces_dof``; :mod:`mlipuq.calibration`); energies and forces get
+        separate recalibrators (a :class:`~mlipuq.calibration.recalibrate.PredictionRecalibrator`,
         stored as ``recalibrator_``). Later ``predict`` calls apply it;
         committee members are stretched about their mean to match. Stresses
         (``predict(..., stress=True)``) are not recalibrated: their variance
