@@ -88,7 +88,10 @@ def batches_with_progress(batches: Iterable[tuple[int, Any]], n_structures: int,
             yield start, batch
             outer.update(batch.n_structures)
         return
-    progress = bar(n_structures, desc, "structure", enabled=enabled)
+    if not enabled:  # no bar object at all: predict runs once per MD step
+        yield from batches
+        return
+    progress = bar(n_structures, desc, "structure")
     try:
         for start, batch in batches:
             yield start, batch

@@ -10,7 +10,6 @@ gradient vanishes); the default is unchanged; saved files keep the mean.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,9 +20,6 @@ from mlipuq.models import MiniMLIP
 from mlipuq.uq import LastLayerLaplace
 
 from conftest import make_model
-
-DATA = Path(__file__).parent / "data"
-
 
 @pytest.fixture(scope="module")
 def cu_data():

@@ -296,15 +296,15 @@ class DeepEnsemble(UQWrapper):
                 continue
             log.info("training deep-ensemble member %d/%d (seed %d)", k + 1, self.n_members,
                      member_seed)
-            desc = (f"training DeepEnsemble member {k + 1}/{self.n_members} "
-                    f"({type(model).__name__})")
+            options = {"desc": f"training DeepEnsemble member {k + 1}/{self.n_members} "
+                               f"({type(model).__name__})", **method_options}  # a given desc wins
             if world == 1:
                 histories.append(train_model(model, member_train, val, seed=member_seed,
-                                             progress=progress, desc=desc, **method_options))
+                                             progress=progress, **options))
                 continue
             try:  # an error on one rank must reach every rank (or the others wait forever)
                 histories.append(train_model(model, member_train, val, seed=member_seed,
-                                             progress=progress, desc=desc, **method_options))
+                                             progress=progress, **options))
             except Exception as exc:  # noqa: BLE001  (re-raised below, on every rank)
                 failure = (k, exc)
                 histories.append(None)

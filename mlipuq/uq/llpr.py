@@ -305,7 +305,7 @@ class LastLayerLaplace(PosteriorMean, DirectHeadPosterior, EnergyQueries, UQWrap
         stats = self._statistics(dataset, batch_size, progress)
         self.gn_energy_ = stats["G_E"]
         self.gn_forces_ = stats["G_F"]
-        self.cross_ = (stats["b_E"], stats["b_F"] if stats["N_F"] else np.zeros_like(stats["b_F"]))
+        self.cross_ = (stats["b_E"], stats["b_F"])  # b_F stays zero without force rows
         if direct:
             self.gn_direct_ = stats["G_V"]
         self.n_train_ = len(dataset)
@@ -481,18 +481,18 @@ class LastLayerLaplace(PosteriorMean, DirectHeadPosterior, EnergyQueries, UQWrap
         phi = out["features"]
         cov = torch.as_tensor(self.covariance_, dtype=torch.float64, device=phi.device)
         result, f = self._energy_part(out, batch)
-        self._shift_energy(result, f)  # refit_mean: the posterior mean's energies
         result["forces"] = out["forces"].detach()
+        g = s = None  # force and strain rows, where this mode computes them
         if stress:
-            result.update(self._forces_and_stress(phi, out, batch, cov))
+            part, g, s = self._forces_and_stress(phi, out, batch, cov)
+            result.update(part)
         elif self.force_variance == "exact":
             g = self._force_features(phi, out["positions"])
             var = torch.einsum("ri,ij,rj->r", g, cov, g)
             result["forces_var"] = var.reshape(-1, 3)
-            self._shift_forces(result, phi, out, g)
         else:
             result.update(self._sampled_forces(phi, out, batch))
-            self._shift_forces(result, phi, out)
+        self._shift_to_mean(result, phi, out, batch, f, g, s)  # refit_mean only
         return result
 
     def _sample_deltas(self, phi: torch.Tensor) -> torch.Tensor:
@@ -506,29 +506,24 @@ class LastLayerLaplace(PosteriorMean, DirectHeadPosterior, EnergyQueries, UQWrap
         """Forces of the posterior samples: F_k = F* - d(sum_i dw_k . phi_i)/dr."""
         return sampled_forces(phi, out, self._sample_deltas(phi), self.vectorize)
 
-    def _forces_and_stress(self, phi, out, batch, cov) -> dict:
-        """Force variance (and members) as without stress, plus ``stress``,
-        ``stress_var`` and ``stress_members`` from the joint posterior
-        (:mod:`mlipuq.uq.llpr_rows`): the strain derivatives come out of the same
-        backward passes as the forces'."""
+    def _forces_and_stress(self, phi, out, batch, cov) -> tuple:
+        """``(part, g, s)``: force variance (and members) as without stress, plus
+        ``stress``, ``stress_var`` and ``stress_members`` from the joint posterior
+        (:mod:`mlipuq.uq.llpr_rows`), and the force and strain rows (None with
+        sampled variances): the strain derivatives come out of the same backward
+        passes as the forces'."""
         stress = out["stress"].detach().to(torch.float64)
         result = {"stress": stress}
         if self.force_variance != "exact":
             result.update(sampled_forces_and_stress(phi, out, batch, self._sample_deltas(phi),
                                                     self.vectorize))
-            result["forces"] = out["forces"].detach()
-            self._shift_forces(result, phi, out)
-            self._shift_stress(result, phi, out, batch)
-            return result
+            return result, None, None
         theta = torch.as_tensor(self._theta(), dtype=torch.float64, device=phi.device)
         g, s = force_and_strain_rows(phi, out, batch, self._has_bias, self.vectorize)
         result["forces_var"] = torch.einsum("ri,ij,rj->r", g, cov, g).reshape(-1, 3)
         result.update(stress_from_rows(stress, s, cov,
                                        self.samples_ if self.n_samples > 0 else None, theta))
-        result["forces"] = out["forces"].detach()
-        self._shift_forces(result, phi, out, g)
-        self._shift_stress(result, phi, out, batch, s)
-        return result
+        return result, g, s
 
     # ------------------------------------------------------------ persistence
     _STATE = (

@@ -38,9 +38,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from mlipuq.models.base import structure_volumes
-from mlipuq.uq.jacobians import feature_vjps, strain_vjps
 from mlipuq.uq.llpr_evidence import posterior_mean_step
+from mlipuq.uq.llpr_rows import sampled_forces, sampled_forces_and_stress
 
 
 class PosteriorMean:
@@ -80,34 +79,28 @@ class PosteriorMean:
         if delta is not None:
             result["energy"] = result["energy"].to(torch.float64) + f @ delta
 
-    def _shift_forces(self, result: dict, phi: torch.Tensor, out: dict,
-                      g: Optional[torch.Tensor] = None) -> None:
-        """Forces at the posterior mean: F* + g·Δ, from the force rows ``g`` when
-        they are at hand, else one vector-Jacobian product (in place)."""
+    def _shift_to_mean(self, result: dict, phi: torch.Tensor, out: dict, batch,
+                       f: torch.Tensor, g: Optional[torch.Tensor] = None,
+                       s: Optional[torch.Tensor] = None) -> None:
+        """Energies, forces and (if ``result`` has them) stresses at the posterior mean,
+        in place: E* + f·Δ, F* + g·Δ, σ* + s·Δ. Without the force rows ``g`` (and
+        strain rows ``s``) the shift is one more member of :mod:`mlipuq.uq.llpr_rows`:
+        a vector-Jacobian product with the feature weights of Δ."""
         delta = self._shift(phi)
         if delta is None:
             return
-        forces = result["forces"].to(torch.float64)
-        if g is not None:
-            result["forces"] = forces + (g @ delta).reshape(-1, 3)
+        self._shift_energy(result, f)
+        stress = "stress" in result
+        if g is None:  # the forces (and stresses) of the one "member" θ* + Δ
+            weights = delta[: phi.shape[1]].to(phi.dtype)[None]
+            if stress:
+                moved = sampled_forces_and_stress(phi, out, batch, weights, self.vectorize)
+                result["stress"] = moved["stress_members"][0]
+            else:
+                moved = sampled_forces(phi, out, weights, self.vectorize)
+            result["forces"] = moved["forces_members"][0]
             return
-        weights = delta[: phi.shape[1]].to(phi.dtype)[None]
-        grad = feature_vjps(phi, out["positions"], weights, vectorize=self.vectorize)[0]
-        result["forces"] = forces - grad.detach().to(torch.float64)
-
-    def _shift_stress(self, result: dict, phi: torch.Tensor, out: dict, batch,
-                      s: Optional[torch.Tensor] = None) -> None:
-        """Stresses at the posterior mean: σ* + s·Δ, from the strain rows ``s`` when
-        they are at hand, else one vector-Jacobian product (in place)."""
-        delta = self._shift(phi)
-        if delta is None:
-            return
-        if s is not None:
+        result["forces"] = result["forces"].to(torch.float64) + (g @ delta).reshape(-1, 3)
+        if stress:
             result["stress"] = result["stress"] + torch.einsum("brd,d->br", s, delta).reshape(
                 -1, 3, 3)
-            return
-        weights = delta[: phi.shape[1]].to(phi.dtype)[None]
-        grad = strain_vjps(phi, out["strain"], weights, vectorize=self.vectorize)[0]
-        volume = structure_volumes(batch).to(torch.float64)
-        result["stress"] = result["stress"] + grad.detach().to(torch.float64) / volume[:, None,
-                                                                                         None]
