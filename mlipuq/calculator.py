@@ -8,7 +8,9 @@ Results (eV, Å): ``energy``, ``free_energy``, ``forces``, ``stress`` (periodic
 cells, Voigt order, eV/Å^3, computed only when asked for); with a UQ wrapper also ``energy_std`` (eV),
 ``forces_std`` ((N, 3), eV/Å), ``max_force_std`` (eV/Å, the DP-GEN model
 deviation) and, where the wrapper has a committee,
-``energies`` ((K,), eV) and ``forces_committee`` ((K, N, 3), eV/Å).
+``energies`` ((K,), eV) and ``forces_committee`` ((K, N, 3), eV/Å); a calibrated
+wrapper adds ``calibration_excess`` (>= 1: above 1 the structure's std lies beyond
+the calibration data's and its intervals are widened, not fitted; docs/shift.md).
 
 With the stress, wrappers with a stress uncertainty (``has_stress_uncertainty``:
 LastLayerLaplace, ShallowEnsemble, DeepEnsemble) also give ``stress_std``
@@ -61,6 +63,7 @@ class Calculator(BaseCalculator):
         schema.RESULT_STRESS_STD,
         schema.RESULT_STRESS_COMMITTEE,
         schema.RESULT_ATOM_ENERGY_STD,
+        schema.RESULT_CALIBRATION_EXCESS,
     ]
 
     def __init__(self, model, *, dtype: torch.dtype = torch.float64,
@@ -138,6 +141,8 @@ class Calculator(BaseCalculator):
             results[schema.RESULT_FORCES_COMMITTEE] = pred.forces_members.copy()
         if getattr(pred, "atom_energy_var", None) is not None:
             results[schema.RESULT_ATOM_ENERGY_STD] = np.sqrt(pred.atom_energy_var)
+        if getattr(pred, "calibration_excess", None) is not None:  # > 1: widened, not fitted
+            results[schema.RESULT_CALIBRATION_EXCESS] = float(pred.calibration_excess[0])
         results["free_energy"] = results["energy"]
 
     def _fill_stress(self, results: dict, pred, atoms) -> None:

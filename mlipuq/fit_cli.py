@@ -95,6 +95,11 @@ def add_parsers(subparsers) -> None:
                           "others: scalar)")
     fit.add_argument("--coverage", type=float, default=None,
                      help="conformal: target coverage of the intervals (0.9 if not given)")
+    fit.add_argument("--extrapolation", type=float, default=None,
+                     help="beyond the largest std of the --val structures, widen the "
+                          "calibrated std by (std / largest) to this power (0: do not "
+                          "widen; default: the wrapper's, 0.5, for deep 0.25 for energies "
+                          "and 0 for forces; docs/shift.md)")
     fit.add_argument("--seed", type=int, default=0, help="random seed")
     fit.add_argument("--batch-size", type=_positive_int, default=16,
                      help="structures per batch")
@@ -178,6 +183,8 @@ def _check_fit_args(args) -> None:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
     if args.max_time is not None and not args.max_time > 0:
         raise ValueError(f"--max-time must be > 0, got {args.max_time}")
+    if args.extrapolation is not None and not args.extrapolation >= 0:
+        raise ValueError(f"--extrapolation must be >= 0, got {args.extrapolation}")
     if args.coverage is not None:
         if args.calibration != "conformal":
             raise ValueError("--coverage applies to --calibration conformal only")
@@ -254,6 +261,15 @@ def _summary(wrapper, args, n_train: int, n_val: int) -> str:
                    for key in ("energy", "forces")
                    if hasattr(getattr(recalibrator, key + "_", None), "dof_")]
         rows.append(("calibration", text + (": " + ", ".join(scales) if scales else "")))
+        from mlipuq.calibration.extrapolation import DEFAULT_POWER, check_power
+
+        limits = getattr(recalibrator, "std_range_", None)
+        power = check_power(recalibrator.options.get("extrapolation", DEFAULT_POWER))
+        if limits:
+            rows.append(("beyond calibration", "stds widened by (std / largest)^p above "
+                         f"{limits['energy'] * 1000:.3g} meV/atom (energy, p = "
+                         f"{power['energy']:g}), {limits['forces'] * 1000:.3g} meV/Å "
+                         f"(RMS force, p = {power['forces']:g})"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
@@ -273,7 +289,9 @@ def run_fit(args: argparse.Namespace) -> int:
     progress = args.progress and mdist.is_main()
     wrapper = build_wrapper(args, models, train, val, progress)
     if val is not None:
-        options = {} if args.coverage is None else {"coverage": args.coverage}
+        options = {key: value for key, value in (("extrapolation", args.extrapolation),
+                                                 ("coverage", args.coverage))
+                   if value is not None}
         wrapper.calibrate(val, method=args.calibration, **options)
 
     def save():

@@ -20,6 +20,8 @@ field                     shape        unit
 ``n_atoms``               (B,)         atoms per structure
 ``batch``                 (N,)         index of each atom's structure
 ``numbers``               (N,)         atomic number of each atom (set by ``predict``)
+``calibration_excess``    (B,)         >= 1: how far the raw std lies beyond the calibration
+                                       data's range (1 inside; set by recalibration)
 ``energy_dof``            scalar       Student-t degrees of freedom of the energies
 ``forces_dof``            scalar       ... of the force components
 ========================  ===========  ==========================================
@@ -28,7 +30,8 @@ field                     shape        unit
 Student-t recalibration (``calibrate(val, method="student_t")``) set them; the
 std is then the Gaussian-equivalent std, the half-width of the central 68 %
 interval (:mod:`mlipuq.predictive`), and :meth:`Prediction.interval`
-gives the t intervals.
+gives the t intervals. Where ``calibration_excess`` > 1 the calibrated std
+was extrapolated and widened, not fitted (:mod:`mlipuq.calibration.extrapolation`).
 
 All arrays are NumPy float64 (``n_atoms`` and ``batch`` are int64). Standard
 deviations are properties computed from the stored variances.
@@ -68,6 +71,7 @@ _OPTIONAL = (
     "stress",
     "stress_var",
     "stress_members",
+    "calibration_excess",
 )
 
 
@@ -90,6 +94,7 @@ class Prediction:
     stress: Optional[np.ndarray] = None
     stress_var: Optional[np.ndarray] = None
     stress_members: Optional[np.ndarray] = None
+    calibration_excess: Optional[np.ndarray] = None
     energy_dof: Optional[float] = None
     forces_dof: Optional[float] = None
 
@@ -119,6 +124,7 @@ class Prediction:
             "numbers": (n,),
             "stress": b + (3, 3),
             "stress_var": b + (3, 3),
+            "calibration_excess": b,
         }
         if self.energy.ndim != 1:
             raise ValueError(f"Prediction.energy must have shape (B,), got {self.energy.shape}")
@@ -245,7 +251,8 @@ class Prediction:
             value = getattr(self, name)
             if value is not None:
                 kwargs[name] = value[atoms]
-        for name in ("energy_aleatoric_var", "energy_epistemic_var", "stress", "stress_var"):
+        for name in ("energy_aleatoric_var", "energy_epistemic_var", "stress", "stress_var",
+                     "calibration_excess"):
             value = getattr(self, name)
             if value is not None:
                 kwargs[name] = value[index : index + 1]
@@ -307,6 +314,8 @@ class Prediction:
             info[schema.STRESS] = np.array(one.stress[0])
         if one.stress_var is not None:
             info[schema.STRESS_STD] = np.array(one.stress_std[0])
+        if one.calibration_excess is not None:
+            info[schema.CALIBRATION_EXCESS] = float(one.calibration_excess[0])
         for key, dof in ((schema.ENERGY_DOF, one.energy_dof), (schema.FORCES_DOF, one.forces_dof)):
             if dof is not None:
                 info[key] = float(dof)
@@ -427,10 +436,23 @@ def read_prediction(path) -> tuple["Prediction", object]:
         numbers=np.concatenate([a.numbers for a in structures]),
         energy_members=energy_members, atom_energy_var=atom_energy_var,
         stress=stress, stress_var=stress_var,
+        calibration_excess=_read_excess(structures, path),
         energy_dof=_read_dof(structures, schema.ENERGY_DOF, path),
         forces_dof=_read_dof(structures, schema.FORCES_DOF, path),
     )
     return prediction, structures
+
+
+def _read_excess(structures, path: str) -> Optional[np.ndarray]:
+    """``mlipuq_calibration_excess`` per frame when every frame has it, else None."""
+    key = schema.CALIBRATION_EXCESS
+    if not all(key in atoms.info for atoms in structures):
+        return None
+    values = np.array([_number(a.info[key], path, k, key) for k, a in enumerate(structures)])
+    bad = np.flatnonzero(~(values >= 1.0))
+    if bad.size:
+        raise _column_error(path, int(bad[0]), key, "must be a number >= 1")
+    return values
 
 
 def _read_dof(structures, key: str, path: str) -> Optional[float]:

@@ -51,6 +51,9 @@ STRESS_STD = "mlipuq_stress_std"
 #: the Gaussian-equivalent std (the 68 % half-width), see mlipuq.calibration.student_t
 ENERGY_DOF = "mlipuq_energy_dof"
 FORCES_DOF = "mlipuq_forces_dof"
+#: how far a structure's raw std lies beyond the calibration data's range (>= 1; 1 inside):
+#: above 1 its calibrated std is extrapolated and widened (mlipuq.calibration.extrapolation)
+CALIBRATION_EXCESS = "mlipuq_calibration_excess"
 
 # ------------------------------------------------------------ active learning
 POOL_INDEX = "mlipuq_pool_index"  #: index of a selected structure in its pool
@@ -65,6 +68,8 @@ FRAME_UNCERTAINTY = {"max_force_std": MAX_FORCE_STD, "energy_std_per_atom": ENER
 RESULT_ENERGY_STD = "energy_std"  #: eV
 RESULT_FORCES_STD = "forces_std"  #: (N, 3) eV/Å
 RESULT_MAX_FORCE_STD = "max_force_std"  #: eV/Å
+#: >= 1: how far the std lies beyond the calibration data's range (Prediction.calibration_excess)
+RESULT_CALIBRATION_EXCESS = "calibration_excess"
 RESULT_ENERGIES = "energies"  #: (K,) member energies (eV)
 RESULT_FORCES_COMMITTEE = "forces_committee"  #: (K, N, 3) member forces (eV/Å)
 RESULT_STRESS_STD = "stress_std"  #: (6,) Voigt std of the stress elements (eV/Å³)

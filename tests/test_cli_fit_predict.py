@@ -119,8 +119,12 @@ def test_fit_llpr_then_predict_round_trip(files, tmp_path, capsys):
 
 def test_fit_llpr_summary(files, tmp_path, capsys):
     out = tmp_path / "llpr.pt"
-    assert _fit(files, "llpr", out, "--calibration", "power") == 0
+    assert _fit(files, "llpr", out, "--calibration", "power", "--extrapolation", "1") == 0
     printed = capsys.readouterr().out
+    assert "(energy, p = 1)" in printed and "(RMS force, p = 1)" in printed
+    assert load_wrapper(out).recalibrator_.options["extrapolation"] == 1.0
+    assert _fit(files, "llpr", tmp_path / "x.pt", "--extrapolation", "-1") == 2
+    assert "--extrapolation must be >= 0" in capsys.readouterr().err
     for text in ("LastLayerLaplace (llpr)", "prior precision", "energy noise", "forces noise",
                  "power on 5 structures", "energy std x", f"wrapper saved to {out}"):
         assert text in printed
@@ -172,6 +176,9 @@ def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsy
     assert f"{default} on 5 structures" in printed and "wrapper saved to" in printed
     if method in ("shallow", "deep"):
         assert "forces Student-t ν" in printed and "energy Student-t" not in printed
+    # the widening beyond the calibration range, with the wrapper's default powers
+    powers = "p = 0.25), " if method == "deep" else "p = 0.5), "
+    assert "beyond calibration" in printed and powers in printed
     wrapper = load_wrapper(out)
     assert type(wrapper) is WRAPPERS[method]
     assert wrapper.calibrated_

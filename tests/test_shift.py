@@ -4,7 +4,9 @@
   temperature series the model was not trained on (300 K training);
 * the evidential head's std stays bounded on far-away structures (at most
   ``STD_CAP_FACTOR`` times the largest error plausible for its data) while
-  keeping the order of the uncertainties.
+  keeping the order of the uncertainties;
+* beyond the calibration range stds are widened, never past the bound, and
+  the deep ensemble widens its energies only.
 
 (Composition shifts are in tests/test_composition.py, conformal coverage in
 tests/test_conformal.py, the measured tables in benchmarks/shift.py.)
@@ -107,3 +109,27 @@ def test_evidential_std_is_bounded_far_from_the_data(copper):
             assert np.median(e_std) >= previous
         previous = np.median(e_std)
     assert previous > np.median(near.energy_std / near.n_atoms)
+
+
+def test_widening_beyond_the_calibration_range(copper):
+    """Far from the data, the calibrated std is widened but never past the bound
+    (10 x the largest error plausible for the calibration data) unless the plain
+    recalibration already put it there; the deep ensemble widens energies only."""
+    train, val, series, models = copper
+    far = _pulled_apart(series[300], 0.7)
+    llpr = LastLayerLaplace(models[0]).fit(train)
+    widened = llpr.copy().calibrate(val).predict(far)
+    plain = llpr.copy().calibrate(val, extrapolation=0).predict(far)
+    limits = llpr.copy().calibrate(val).recalibrator_.std_range_
+    assert np.all(widened.calibration_excess > 1.0)
+    for got, base, bound in ((widened.forces_std, plain.forces_std, limits["forces_bound"]),
+                             (widened.energy_std / widened.n_atoms, plain.energy_std
+                              / plain.n_atoms, limits["energy_bound"])):
+        assert np.all(got >= base * (1 - 1e-12))
+        assert np.all(got <= np.maximum(base, bound) * (1 + 1e-9))
+    deep = DeepEnsemble(models)
+    a = deep.copy().calibrate(val).predict(far)
+    b = deep.copy().calibrate(val, extrapolation=0).predict(far)
+    np.testing.assert_allclose(a.forces_std, b.forces_std, rtol=1e-12)
+    assert np.all(a.energy_std >= b.energy_std * (1 - 1e-12))
+    assert np.any(a.energy_std > 1.5 * b.energy_std)  # beyond the range: widened

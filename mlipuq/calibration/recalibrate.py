@@ -56,6 +56,13 @@ from scipy.special import ndtr, ndtri
 
 # recalibrators in their own modules; saved wrappers name every class through this module
 from mlipuq.calibration.conformal import ConformalRecalibrator
+from mlipuq.calibration.extrapolation import (
+    DEFAULT_POWER,
+    calibration_range,
+    check_power,
+    prediction_scales,
+    widen,
+)
 from mlipuq.calibration.student_t import StudentTRecalibrator
 from mlipuq.calibration.metrics_common import prepare
 from mlipuq.calibration.recalibrate_base import Recalibrator
@@ -412,6 +419,13 @@ class PredictionRecalibrator:
         ``"scalar"``, ``"power"``, ``"isotonic"``, ``"conformal"`` or ``"student_t"``;
         or one per target, ``{"energy": "scalar", "forces": "student_t"}``
         (the committees' default).
+    extrapolation
+        Exponent of the widening of stds beyond the calibration data's range
+        (default 0.5; 0 or None: none; or one per target, ``{"energy": 0.25,
+        "forces": 0}``, the deep ensemble's): a structure whose per-atom energy std
+        or RMS force std exceeds the largest of the calibration structures by
+        the ratio r gets that target's calibrated std multiplied by r ** extrapolation,
+        and ``calibration_excess`` = r (:mod:`mlipuq.calibration.extrapolation`).
     **options
         Passed to both recalibrators' constructors, except options that apply
         only to per-atom targets (the recalibrator's ``per_atom_options``,
@@ -423,6 +437,9 @@ class PredictionRecalibrator:
     ----------
     energy_, forces_ : Recalibrator
         The fitted recalibrators.
+    std_range_ : dict
+        Largest per-atom energy std and RMS force std (raw, before
+        recalibration) over the calibration structures.
     offsets_ : dict
         z-mean, z-std and count of the validation errors per target
         (:func:`mlipuq.calibration.bias.offset_report`); when the mean offset
@@ -433,6 +450,7 @@ class PredictionRecalibrator:
     def __init__(self, method: Union[str, Mapping[str, str]] = "scalar", **options):
         self.method = method
         self.options = options
+        check_power(options.get("extrapolation", DEFAULT_POWER))
         for key in ("energy", "forces"):  # validate early
             get_recalibrator(self.method_of(key), **self._options_for(key))
 
@@ -458,8 +476,8 @@ class PredictionRecalibrator:
         cls = RECALIBRATORS.get(self.method_of(target))
         if cls is None:
             return dict(self.options)  # get_recalibrator names the unknown method
-        options = {k: v for k, v in self.options.items()
-                   if target == "forces" or k not in cls.per_atom_options}
+        options = {k: v for k, v in self.options.items() if k != "extrapolation"
+                   and (target == "forces" or k not in cls.per_atom_options)}
         if not isinstance(self.method, str):
             accepted = inspect.signature(cls).parameters
             options = {k: v for k, v in options.items() if k in accepted}
@@ -505,7 +523,24 @@ class PredictionRecalibrator:
                 numbers = _atom_numbers(prediction, key)
                 extra["numbers"] = np.broadcast_to(numbers[:, None], pred.shape)[keep]
             setattr(self, f"{key}_", part.fit(pred[keep], std[keep], true[keep], **extra))
+        self.std_range_ = calibration_range(prediction_scales(prediction), energy,
+                                            prediction.n_atoms, forces)
         return self
+
+    def _widened(self, scales: dict, stds: dict, n_atoms, batch=None) -> Optional[dict]:
+        """``stds`` widened beyond the calibration range (:func:`widen`)."""
+        power = check_power(self.options.get("extrapolation", DEFAULT_POWER))
+        return widen(getattr(self, "std_range_", None), power, scales, stds, n_atoms, batch)
+
+    def transform_energy_std(self, energy_std, n_atoms) -> np.ndarray:
+        """Calibrated energy stds (B,) eV from raw ones, without forces (the
+        energy-only path of LLPR's ``predict_energy``): the energy recalibrator,
+        then the widening beyond the calibration range."""
+        std = _check_std(energy_std)
+        new = self.energy_.transform(std)
+        scales = {"energy": std / np.maximum(np.asarray(n_atoms), 1)}
+        widened = self._widened(scales, {"energy": new}, n_atoms)
+        return new if widened is None else widened["energy"]
 
     def transform(self, prediction):
         """A recalibrated copy of ``prediction`` (energies and forces)."""
@@ -523,6 +558,11 @@ class PredictionRecalibrator:
             )
         else:
             new_f_std = self.forces_.transform(f_std)
+        widened = self._widened(prediction_scales(prediction),
+                                {"energy": new_e_std, "forces": new_f_std},
+                                prediction.n_atoms, prediction.batch)
+        if widened is not None:  # beyond the calibration range (extrapolation.py)
+            new_e_std, new_f_std = widened["energy"], widened["forces"]
         with np.errstate(divide="ignore", invalid="ignore"):
             e_factor = np.where(e_std > 0, new_e_std / e_std, 1.0)
             f_factor = np.where(f_std > 0, new_f_std / f_std, 1.0)
@@ -548,6 +588,8 @@ class PredictionRecalibrator:
         # a Student-t recalibration gives the predictive's degrees of freedom
         kwargs["energy_dof"] = getattr(self.energy_, "dof_", None)
         kwargs["forces_dof"] = getattr(self.forces_, "dof_", None)
+        if widened is not None:
+            kwargs["calibration_excess"] = np.maximum(*widened["excess"].values())
         return Prediction(**kwargs)
 
     def __repr__(self) -> str:

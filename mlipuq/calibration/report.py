@@ -226,6 +226,11 @@ class CalibrationReport:
         if excluded:
             counts = ", ".join(f"{n} {t}" for t, n in excluded.items())
             lines += ["", f"Excluded as exact (zero std and zero error, e.g. lone atoms): {counts}."]
+        beyond = self.settings.get("beyond_calibration")
+        if beyond and beyond["n"]:
+            lines += ["", f"Beyond the calibration range: {beyond['n']} of {self.n_structures} "
+                          f"structures (std up to {beyond['max']:.3g}x the largest in the "
+                          "calibration data); their intervals are widened, not fitted."]
         from mlipuq.calibration.bias import offset_message
 
         for target, stats in self.settings.get("offsets", {}).items():
@@ -336,9 +341,18 @@ def evaluate(
             "excluded": excluded,
             "offsets": offsets,
             "dof": {t: v for t, v in dofs.items() if v is not None},
+            "beyond_calibration": _beyond(prediction),
         },
         data=arrays if keep_data else None,
     )
+
+
+def _beyond(prediction) -> Optional[dict]:
+    """How many structures lie beyond the calibration range, and how far at most."""
+    excess = getattr(prediction, "calibration_excess", None)
+    if excess is None:
+        return None
+    return {"n": int(np.count_nonzero(excess > 1.0)), "max": float(np.max(excess, initial=1.0))}
 
 
 # ------------------------------------------------------------ comparison

@@ -265,6 +265,8 @@ def frame_from_results(atoms, results, step, dt_fs, records, flagged) -> "ase.At
         info[schema.ENERGIES] = np.asarray(results[schema.RESULT_ENERGIES], np.float64).copy()
     if "stress" in results:
         info[schema.STRESS] = voigt_6_to_full_3x3_stress(np.asarray(results["stress"]))
+    if schema.RESULT_CALIBRATION_EXCESS in results:  # > 1: std beyond the calibration range
+        info[schema.CALIBRATION_EXCESS] = float(results[schema.RESULT_CALIBRATION_EXCESS])
     frame.arrays[schema.FORCES] = np.asarray(results["forces"], np.float64).copy()
     if schema.RESULT_FORCES_STD in results:  # per-atom columns (OVITO colours by them)
         f_std = np.asarray(results[schema.RESULT_FORCES_STD], np.float64)

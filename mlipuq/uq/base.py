@@ -369,27 +369,27 @@ class UQWrapper:
     #: ``calibrate``'s method when none is given: a Gaussian scale factor, except for
     #: committees (a variance from a few members: Student-t, docs/shift.md)
     default_calibration = "scalar"
+    default_extrapolation = 0.5  #: ``calibrate``'s widening power (extrapolation.DEFAULT_POWER)
 
     def calibrate(self, val, method=None, **options) -> "UQWrapper":
         """Fit recalibrators of the energy and force std on validation data.
 
         ``method`` (None: :attr:`default_calibration`; or one per target,
-        ``{"energy": ..., "forces": ...}``) is ``"scalar"`` (NLL-optimal
-        factor), ``"power"`` (σ' = aσ^b), ``"isotonic"`` (Kuleshov et al. 2018),
-        ``"conformal"`` (split-conformal, finite-sample guarantee on exchangeable
-        data; ``coverage=0.9``, ``per_species=False``) or ``"student_t"`` (a
-        heavy-tailed t predictive; predictions then carry ``energy_dof`` and
-        ``forces_dof``; :mod:`mlipuq.calibration`); energies and forces get
-        separate recalibrators (a :class:`~mlipuq.calibration.recalibrate.PredictionRecalibrator`,
-        stored as ``recalibrator_``). Later ``predict`` calls apply it;
-        committee members are stretched about their mean to match. Stresses
-        (``predict(..., stress=True)``) are not recalibrated: their variance
-        and members stay the raw ones. Returns ``self``.
+        ``{"energy": ..., "forces": ...}``) is ``"scalar"`` (NLL-optimal factor),
+        ``"power"`` (σ' = aσ^b), ``"isotonic"`` (Kuleshov et al. 2018), ``"conformal"``
+        (split-conformal; ``coverage=0.9``, ``per_species=False``) or ``"student_t"``
+        (predictions then carry ``energy_dof`` and ``forces_dof``); energies and
+        forces get separate recalibrators (a :class:`~mlipuq.calibration.recalibrate.
+        PredictionRecalibrator`, ``recalibrator_``) that later ``predict`` calls
+        apply, committee members stretched to match. Stds beyond the largest of
+        ``val`` are widened (``extrapolation``, default :attr:`default_extrapolation`,
+        0: not; :mod:`mlipuq.calibration.extrapolation`). Stresses are not recalibrated.
         """
         from mlipuq.calibration.recalibrate import PredictionRecalibrator
 
         dataset = calibration_data(val)
         pred = self.predict(dataset, calibrated=False, composition=False)
+        options.setdefault("extrapolation", self.default_extrapolation)
         self.recalibrator_ = PredictionRecalibrator(method or self.default_calibration,
                                                     **options).fit(pred, dataset)
         return self
@@ -489,26 +489,26 @@ def _encode_recalibrator(recalibrator) -> Optional[dict]:
     """Plain-data form of a PredictionRecalibrator (loads with ``weights_only=True``)."""
     if recalibrator is None:
         return None
-    return {
-        "method": recalibrator.method,
-        "options": _encode(dict(recalibrator.options)),
-        "parts": {
-            key: {"class": type(part).__name__, "state": _encode(dict(vars(part)))}
-            for key, part in (("energy", recalibrator.energy_), ("forces", recalibrator.forces_))
-        },
-    }
+    parts = (("energy", recalibrator.energy_), ("forces", recalibrator.forces_))
+    return {"method": recalibrator.method, "options": _encode(dict(recalibrator.options)),
+            "parts": {key: {"class": type(part).__name__, "state": _encode(dict(vars(part)))}
+                      for key, part in parts},
+            "std_range": getattr(recalibrator, "std_range_", None)}  # absent in older files
 
 
 def _decode_recalibrator(payload, path: str = "<memory>"):
     if payload is None:
         return None
     from mlipuq.calibration import recalibrate
+    from mlipuq.calibration.extrapolation import check_range
 
     try:
         outer = recalibrate.PredictionRecalibrator(
             payload["method"], **_decode(payload["options"], path)
         )
         parts = payload["parts"]
+        if payload.get("std_range") is not None:
+            outer.std_range_ = check_range(payload["std_range"])
     except (KeyError, TypeError, ValueError) as exc:
         raise FileFormatError(f"{path}: damaged recalibrator ({exc})") from None
     for key, part in parts.items():

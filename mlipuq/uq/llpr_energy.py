@@ -77,6 +77,6 @@ class EnergyQueries:
             variances.append(torch.einsum("bi,ij,bj->b", f, cov.to(f.device), f).cpu().numpy())
         energy, var = np.concatenate(energies), np.concatenate(variances)
         if self.calibrated_:
-            var = self.recalibrator_.energy_.transform(np.sqrt(var)) ** 2
+            var = self.recalibrator_.transform_energy_std(np.sqrt(var), dataset.n_atoms) ** 2
         counts = mdata.composition_matrix(dataset, self.species)
         return energy, var + self.model.composition_variance(counts)

@@ -1,0 +1,159 @@
+"""Stds beyond the range the calibration data covered, and how they are widened.
+
+A recalibrator maps raw stds to calibrated ones, but the map is only *fitted*
+over the stds the validation data contains. A structure whose raw std lies far
+beyond all of them is an extrapolation, and the shift benchmark
+(``benchmarks/shift.py``, docs/shift.md) measured which way it errs: on every
+wrapper and shift there, the error grew faster than the std (EMT Cu, 300 K
+bulk → 1500 K: LLPR force std ×11, error ×36; deep-ensemble energies on
+vacancies: std 7, error 32 meV/atom).
+
+So :class:`~mlipuq.calibration.recalibrate.PredictionRecalibrator` records the
+largest *scale* of each target on its calibration data,
+
+* energies: the per-atom energy std σ_E / n_atoms of a structure;
+* forces: the root-mean-square force-component std of a structure,
+  sqrt(mean_ic σ²_F,ic),
+
+and a structure with scale s beyond that largest value s_max gets its
+calibrated std multiplied by
+
+    (s / s_max) ** power,            power = 0.5 by default,
+
+(``UQWrapper.default_extrapolation``; deep ensembles, whose force spread grew
+as fast as their error under shift, widen only their energies, with power
+0.25) per target (all of its force components by the same factor), but never beyond
+``BOUND_FACTOR`` (10) times the largest error plausible for the calibration data
+(energies: the larger of the largest deviation of its per-atom reference
+energies from their median and the work of its largest force component over
+1 Å, eV/atom; forces: that largest component, eV/Å): the widening stops
+there, and a std the plain recalibration already put higher is left as it is.
+Inside the range
+nothing changes, so in-distribution calibration is untouched; beyond it the
+calibrated std grows as s^(1 + power) instead of s. The ratio max(1, s / s_max)
+(the larger of the two targets) is reported per structure as
+``Prediction.calibration_excess``: above 1 the interval is extrapolated and
+widened, not calibrated.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["DEFAULT_POWER", "BOUND_FACTOR", "check_power", "check_range", "structure_scales",
+           "prediction_scales", "calibration_range", "excess", "bounded_factor", "widen"]
+
+#: Exponent of the widening beyond the calibration range (``extrapolation=`` of
+#: ``calibrate``; each wrapper's ``default_extrapolation``: this one, except deep ensembles).
+DEFAULT_POWER = 0.5
+#: The widening stops at this many times the largest error plausible for the calibration data.
+BOUND_FACTOR = 10.0
+#: Keys of a recorded range: largest scales, then the bounds of the widened std.
+RANGE_KEYS = ("energy", "forces", "energy_bound", "forces_bound")
+
+
+def check_power(power) -> dict:
+    """``power`` (a number >= 0, None for 0, or one per target ``{"energy": ...,
+    "forces": ...}``) as ``{"energy": float, "forces": float}``, else ``ValueError``."""
+    if isinstance(power, dict):
+        if set(power) != {"energy", "forces"}:
+            raise ValueError("extrapolation per target must have exactly the keys 'energy' "
+                             f"and 'forces', got {power!r}")
+        return {key: check_power(value)["energy"] for key, value in power.items()}
+    if power is None:
+        return {"energy": 0.0, "forces": 0.0}
+    try:
+        value = float(power)
+    except (TypeError, ValueError):
+        raise ValueError(f"extrapolation must be a number >= 0 or None, got {power!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"extrapolation must be a number >= 0 or None, got {power!r}")
+    return {"energy": value, "forces": value}
+
+
+def structure_scales(energy_std, n_atoms, forces_std, batch) -> dict:
+    """Per-structure scales (B,): ``"energy"`` σ_E / n_atoms (eV/atom) and
+    ``"forces"`` the RMS of the structure's force-component stds (eV/Å)."""
+    n_atoms = np.asarray(n_atoms)
+    var = np.asarray(forces_std, dtype=np.float64) ** 2
+    per_structure = np.bincount(batch, var.mean(axis=1), minlength=n_atoms.size)
+    counts = np.maximum(np.bincount(batch, minlength=n_atoms.size), 1)
+    return {"energy": np.asarray(energy_std, dtype=np.float64) / np.maximum(n_atoms, 1),
+            "forces": np.sqrt(per_structure / counts)}
+
+
+def prediction_scales(prediction) -> dict:
+    """:func:`structure_scales` of a :class:`~mlipuq.prediction.Prediction`'s stds."""
+    return structure_scales(prediction.energy_std, prediction.n_atoms,
+                            prediction.forces_std, prediction.batch)
+
+
+def calibration_range(scales: dict, energy, n_atoms, forces) -> dict:
+    """Largest scale per target over the calibration structures, and the bounds
+    of the widened std (``BOUND_FACTOR`` x the largest plausible error) from
+    their reference energies (B,) eV and forces (N, 3) eV/Å (floats)."""
+    out = {key: float(np.max(value)) if np.size(value) else 0.0 for key, value in scales.items()}
+    per_atom = np.asarray(energy, dtype=np.float64) / np.maximum(np.asarray(n_atoms), 1)
+    finite = per_atom[np.isfinite(per_atom)]
+    spread = float(np.max(np.abs(finite - np.median(finite)))) if finite.size else 0.0
+    f = np.asarray(forces, dtype=np.float64)
+    f_max = float(np.max(np.abs(f[np.isfinite(f)]))) if np.isfinite(f).any() else 0.0
+    out["energy_bound"] = BOUND_FACTOR * max(spread, f_max * 1.0, 1e-6)  # f_max x 1 Å
+    out["forces_bound"] = BOUND_FACTOR * max(f_max, 1e-6)
+    return out
+
+
+def check_range(limits) -> dict:
+    """A saved calibration range (the keys of ``RANGE_KEYS``, each finite and
+    >= 0), else ``ValueError`` (a damaged file)."""
+    if not isinstance(limits, dict) or set(limits) != set(RANGE_KEYS):
+        raise ValueError(f"std_range must have the keys {RANGE_KEYS}, got {limits!r}")
+    out = {key: float(value) for key, value in limits.items()}
+    if not all(np.isfinite(v) and v >= 0 for v in out.values()):
+        raise ValueError(f"std_range values must be finite and >= 0, got {out}")
+    return out
+
+
+def excess(scales: dict, limits: Optional[dict]) -> Optional[dict]:
+    """Per target, max(1, scale / largest calibration scale) per structure (B,);
+    None without recorded limits. A zero limit (exact calibration targets) never
+    counts as exceeded."""
+    if not limits:
+        return None
+    out = {}
+    for key, scale in scales.items():
+        limit = float(limits[key])
+        ratio = np.ones_like(scale) if limit <= 0 else scale / limit
+        out[key] = np.maximum(ratio, 1.0)
+    return out
+
+
+def bounded_factor(factor, std, bound) -> np.ndarray:
+    """The widening ``factor``, reduced where it would take ``std`` beyond
+    ``bound`` (same shapes or broadcastable); never below 1."""
+    std = np.asarray(std, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        room = np.where(std > 0, bound / std, np.inf)
+    return np.minimum(factor, np.maximum(room, 1.0))
+
+
+def widen(limits: Optional[dict], power: dict, scales: dict, stds: dict, n_atoms,
+          batch=None) -> Optional[dict]:
+    """Calibrated ``stds`` per target (energies (B,) eV, forces (N, 3) eV/Å with
+    ``batch``) widened by ``excess ** power[target]`` where the raw ``scales`` lie beyond
+    the recorded ``limits`` (bounded, :func:`bounded_factor`), with the excess
+    ratios under ``"excess"``; None without recorded limits (older files)."""
+    ratios = excess(scales, limits)
+    if ratios is None:
+        return None
+    out = {"excess": ratios}
+    for key, std in stds.items():
+        factor = ratios[key] ** power[key]
+        if key == "forces":
+            factor, bound = factor[batch][:, None], limits["forces_bound"]
+        else:
+            bound = limits["energy_bound"] * np.asarray(n_atoms, dtype=np.float64)
+        out[key] = std * bounded_factor(factor, std, bound)
+    return out

@@ -1,0 +1,213 @@
+"""Stds beyond the calibration data's range (mlipuq.calibration.extrapolation).
+
+Hand-derived values for the widening σ' = scale · σ · (s / s_max) ** power of
+a structure whose per-atom energy std or RMS force std s exceeds the largest of
+the calibration structures, s_max; nothing changes inside the range; the range
+survives save/load and files without it predict as before. On data: an EMT Cu
+model trained at 300 K, asked about 1500 K, is beyond its calibration range on
+every structure and its force intervals cover more than without the widening.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+import mlipuq
+from mlipuq import datasets, schema
+from mlipuq.calibration import metrics
+from mlipuq.calibration.extrapolation import (
+    DEFAULT_POWER,
+    check_range,
+    excess,
+    structure_scales,
+)
+from mlipuq.calibration.recalibrate import PredictionRecalibrator
+from mlipuq.models import MiniMLIP
+from mlipuq.prediction import Prediction, read_prediction
+from mlipuq.propagation.md import run_md
+from mlipuq.uq import LastLayerLaplace, load
+
+
+def _prediction(energy_std, forces_std, n_atoms, level=0.0):
+    """Predictions with energy stds (B,) and one force std per structure (B,);
+    energies and forces ``level`` x the structure's index."""
+    n_atoms = np.asarray(n_atoms)
+    batch = np.repeat(np.arange(len(n_atoms)), n_atoms)
+    forces_std = np.repeat(np.asarray(forces_std, float)[batch][:, None], 3, axis=1)
+    return Prediction(energy=level * np.arange(len(n_atoms)),
+                      energy_var=np.asarray(energy_std) ** 2,
+                      forces=level * np.repeat(batch[:, None], 3, axis=1).astype(float),
+                      forces_var=forces_std**2, n_atoms=n_atoms, batch=batch)
+
+
+def _reference(pred, factor=2.0):
+    """H structures whose reference energies and forces lie ``factor`` stds from ``pred``."""
+    out = []
+    for k, n in enumerate(pred.n_atoms):
+        atoms = Atoms("H" * int(n), positions=[[0, 0, 1.5 * i] for i in range(int(n))])
+        mine = pred.batch == k
+        atoms.calc = SinglePointCalculator(
+            atoms, energy=pred.energy[k] + factor * pred.energy_std[k],
+            forces=pred.forces[mine] + factor * pred.forces_std[mine])
+        out.append(atoms)
+    return mlipuq.data.AtomsDataset(out)
+
+
+def test_structure_scales_by_hand():
+    # structure 0: 2 atoms, component stds 1 and 3 -> RMS sqrt((1 + 9) / 2) = sqrt(5)
+    scales = structure_scales([4.0, 3.0], [2, 1], np.array([[1.0] * 3, [3.0] * 3, [2.0] * 3]),
+                              np.array([0, 0, 1]))
+    np.testing.assert_allclose(scales["energy"], [2.0, 3.0])
+    np.testing.assert_allclose(scales["forces"], [np.sqrt(5.0), 2.0])
+    ratios = excess(scales, {"energy": 2.5, "forces": 2.0})
+    np.testing.assert_allclose(ratios["energy"], [1.0, 1.2])
+    np.testing.assert_allclose(ratios["forces"], [np.sqrt(5.0) / 2.0, 1.0])
+    assert excess(scales, None) is None
+    np.testing.assert_array_equal(excess(scales, {"energy": 0.0, "forces": 0.0})["forces"], 1.0)
+
+
+def test_widening_by_hand():
+    # calibration: two 1-atom structures with errors of 2 std -> scalar factor 2;
+    # reference energies 2 and 54 eV (spread 26 eV/atom), largest force component 50.4 eV/Å
+    # (its work over 1 Å, 50.4 eV, bounds the energies: larger than the spread)
+    val = _prediction([1.0, 2.0], [0.1, 0.2], [1, 1], level=50.0)
+    rec = PredictionRecalibrator("scalar").fit(val, _reference(val))
+    assert rec.std_range_ == pytest.approx({"energy": 2.0, "forces": 0.2,
+                                            "energy_bound": 504.0, "forces_bound": 504.0})
+    # test: inside the range, and 4x / 9x beyond it (energy per atom 16 / 2 = 4x the 2)
+    test = _prediction([1.5, 16.0], [0.15, 1.8], [1, 2])
+    out = rec.transform(test)
+    scale_e, scale_f = rec.energy_.scale_, rec.forces_.scale_
+    assert scale_e == pytest.approx(2.0) and scale_f == pytest.approx(2.0)
+    np.testing.assert_allclose(out.calibration_excess, [1.0, 9.0])
+    np.testing.assert_allclose(out.energy_std, [scale_e * 1.5, scale_e * 16.0 * 4**0.5])
+    np.testing.assert_allclose(out.forces_std[0], scale_f * 0.15)
+    np.testing.assert_allclose(out.forces_std[1:], scale_f * 1.8 * 9**0.5)
+    # power 1: (s / s_max) ** 1; power 0: the plain recalibration
+    one = PredictionRecalibrator("scalar", extrapolation=1).fit(val, _reference(val))
+    np.testing.assert_allclose(one.transform(test).forces_std[1:], scale_f * 1.8 * 9)
+    none = PredictionRecalibrator("scalar", extrapolation=0).fit(val, _reference(val))
+    np.testing.assert_allclose(none.transform(test).forces_std[1:], scale_f * 1.8)
+    # one power per target (the deep ensemble's default: energies 0.25, forces 0)
+    per = PredictionRecalibrator("scalar", extrapolation={"energy": 0.25, "forces": 0})
+    per_out = per.fit(val, _reference(val)).transform(test)
+    np.testing.assert_allclose(per_out.energy_std[1], scale_e * 16.0 * 4**0.25)
+    np.testing.assert_allclose(per_out.forces_std[1:], scale_f * 1.8)
+    # the energy-only path (LLPR's predict_energy) widens the same way
+    np.testing.assert_allclose(rec.transform_energy_std(test.energy_std, test.n_atoms),
+                               out.energy_std)
+    assert DEFAULT_POWER == 0.5
+
+
+def test_widening_stops_at_the_bound():
+    # references 2 and 4 eV (spread 1 eV/atom: bound 10), largest force 0.4 eV/Å (bound 4)
+    val = _prediction([1.0, 2.0], [0.1, 0.2], [1, 1])
+    rec = PredictionRecalibrator("scalar").fit(val, _reference(val))
+    assert rec.std_range_["energy_bound"] == pytest.approx(10.0)
+    assert rec.std_range_["forces_bound"] == pytest.approx(4.0)
+    # energy 3 eV/atom (1.5x: widened 6 * 1.22 = 7.3 < 10) and 8 eV/atom (plain 16 > 10: kept);
+    # forces 1.5 (plain 3, widened 3 * sqrt(7.5) > 4: stopped at 4) and 0.25 (3.16 < 4)
+    test = _prediction([3.0, 8.0], [1.5, 0.25], [1, 1])
+    out = rec.transform(test)
+    np.testing.assert_allclose(out.energy_std, [6.0 * 1.5**0.5, 16.0])
+    np.testing.assert_allclose(out.forces_std[0], 4.0)
+    np.testing.assert_allclose(out.forces_std[1], 0.5 * 1.25**0.5)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), "x", {"energy": 0.5},
+                                 {"energy": 0.5, "forces": -1}])
+def test_bad_power_is_refused(bad):
+    with pytest.raises(ValueError, match="extrapolation"):
+        PredictionRecalibrator("scalar", extrapolation=bad)
+
+
+def test_damaged_range_is_refused():
+    good = {"energy": 1.0, "forces": 1.0, "energy_bound": 10.0, "forces_bound": 10.0}
+    assert check_range(good) == good
+    for bad in ({"energy": 1.0}, {**good, "energy": -1.0}, {**good, "forces_bound": np.nan},
+                [1.0, 2.0]):
+        with pytest.raises(ValueError, match="std_range"):
+            check_range(bad)
+
+
+def test_excess_column_round_trips(tmp_path):
+    val = _prediction([1.0, 2.0], [0.1, 0.2], [1, 1])
+    rec = PredictionRecalibrator("scalar").fit(val, _reference(val))
+    out = rec.transform(_prediction([1.5, 16.0], [0.15, 1.8], [1, 2]))
+    structures = _reference(out)
+    path = tmp_path / "pred.extxyz"
+    structures.write(path, prediction=out)
+    back, _ = read_prediction(path)
+    np.testing.assert_allclose(back.calibration_excess, out.calibration_excess)
+    np.testing.assert_allclose(back.structure(1).calibration_excess, [9.0])
+
+
+# ------------------------------------------------------------------ on data
+@pytest.fixture(scope="module")
+def copper_llpr():
+    data = datasets.emt("Cu", n_structures=50, temperatures=(300,), kinds="bulk", seed=3)
+    train, val = data[:35], data[35:]
+    hot = datasets.emt("Cu", n_structures=6, temperatures=(1500,), kinds="bulk", seed=4)
+    model = MiniMLIP(["Cu"], cutoff=4.0, width=16, n_interactions=2, n_rbf=8,
+                     n_readout_features=16, seed=0)
+    mlipuq.train(model, train, val, epochs=40, lr=5e-3, seed=0, batch_size=8, progress=False)
+    return LastLayerLaplace(model).fit(train), val, hot
+
+
+def test_beyond_the_range_on_hot_copper(copper_llpr, tmp_path):
+    llpr, val, hot = copper_llpr
+    widened = llpr.copy().calibrate(val)
+    plain = llpr.copy().calibrate(val, extrapolation=0)
+    # the calibration structures are inside their own range: nothing changes there
+    a, b = widened.predict(val), plain.predict(val)
+    np.testing.assert_array_equal(a.calibration_excess, 1.0)
+    np.testing.assert_allclose(a.forces_var, b.forces_var, rtol=1e-12)
+    # 1500 K: beyond the range on every structure, wider intervals, more covered
+    a, b = widened.predict(hot), plain.predict(hot)
+    assert np.all(a.calibration_excess > 1.0)
+    cover = [float(metrics.coverage(p.forces, p.forces_std, hot.forces, levels=[0.95])[0])
+             for p in (a, b)]
+    assert cover[0] > cover[1], cover
+    ratio = a.forces_std / b.forces_std
+    np.testing.assert_allclose(ratio.max(axis=1), ratio.min(axis=1), rtol=1e-12)  # per structure
+    # the ASE calculator reports it with each structure
+    atoms = hot[0].copy()
+    atoms.calc = mlipuq.Calculator(widened)
+    atoms.get_potential_energy()
+    assert atoms.calc.results["calibration_excess"] == pytest.approx(a.calibration_excess[0],
+                                                                     rel=1e-6)
+    # reports say how many structures are beyond the range
+    report = mlipuq.calibration.evaluate(a, hot)
+    assert report.settings["beyond_calibration"]["n"] == len(hot)
+    assert f"Beyond the calibration range: {len(hot)} of {len(hot)}" in report.to_markdown()
+    assert "Beyond the calibration" not in mlipuq.calibration.evaluate(
+        widened.predict(val), val).to_markdown()
+    # and every logged MD frame carries it
+    run = run_md(hot[0], widened, ensemble="nve", steps=2, log_every=1, temperature_K=1500.0,
+                 timestep_fs=1.0, seed=0, progress=False)
+    assert all(f.info[schema.CALIBRATION_EXCESS] > 1.0 for f in run.frames)
+    # saved and loaded: the same range and widening; an older file without it does not widen
+    widened.save(tmp_path / "llpr.pt")
+    loaded = load(tmp_path / "llpr.pt")
+    np.testing.assert_array_equal(loaded.predict(hot).forces_var, a.forces_var)
+    del loaded.recalibrator_.std_range_
+    np.testing.assert_allclose(loaded.predict(hot).forces_var, b.forces_var, rtol=1e-12)
+    assert loaded.predict(hot).calibration_excess is None
+
+
+def test_defaults_agree():
+    from mlipuq.cli import build_parser
+    from mlipuq.uq import DeepEnsemble, ShallowEnsemble
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    fit = sub.choices["fit"]
+    assert next(a.default for a in fit._actions if a.dest == "extrapolation") is None
+    assert LastLayerLaplace.default_extrapolation == DEFAULT_POWER
+    assert ShallowEnsemble.default_extrapolation == DEFAULT_POWER
+    assert DeepEnsemble.default_extrapolation == {"energy": 0.25, "forces": 0.0}
