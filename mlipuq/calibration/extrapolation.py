@@ -3,10 +3,11 @@
 A recalibrator maps raw stds to calibrated ones, but the map is only *fitted*
 over the stds the validation data contains. A structure whose raw std lies far
 beyond all of them is an extrapolation, and the shift benchmark
-(``benchmarks/shift.py``, docs/shift.md) measured which way it errs: on every
-wrapper and shift there, the error grew faster than the std (EMT Cu, 300 K
-bulk → 1500 K: LLPR force std ×11, error ×36; deep-ensemble energies on
-vacancies: std 7, error 32 meV/atom).
+(``benchmarks/shift.py``, docs/shift.md) measured which way it errs: the error
+grew faster than the std for every single-model wrapper (EMT Cu, 300 K bulk →
+1500 K: LLPR force std ×11, error ×36) and for the deep ensemble's energies
+(vacancies: spread 7, error 32 meV/atom); only the deep ensemble's force
+spread kept pace with its error.
 
 So :class:`~mlipuq.calibration.recalibrate.PredictionRecalibrator` records the
 largest *scale* of each target on its calibration data,
@@ -15,25 +16,23 @@ largest *scale* of each target on its calibration data,
 * forces: the root-mean-square force-component std of a structure,
   sqrt(mean_ic σ²_F,ic),
 
-and a structure with scale s beyond that largest value s_max gets its
-calibrated std multiplied by
+and a structure with scale s beyond that largest value s_max gets the
+calibrated std of that target multiplied by
 
-    (s / s_max) ** power,            power = 0.5 by default,
+    (s / s_max) ** power,
 
-(``UQWrapper.default_extrapolation``; deep ensembles, whose force spread grew
-as fast as their error under shift, widen only their energies, with power
-0.25) per target (all of its force components by the same factor), but never beyond
-``BOUND_FACTOR`` (10) times the largest error plausible for the calibration data
-(energies: the larger of the largest deviation of its per-atom reference
-energies from their median and the work of its largest force component over
-1 Å, eV/atom; forces: that largest component, eV/Å): the widening stops
-there, and a std the plain recalibration already put higher is left as it is.
-Inside the range
-nothing changes, so in-distribution calibration is untouched; beyond it the
-calibrated std grows as s^(1 + power) instead of s. The ratio max(1, s / s_max)
-(the larger of the two targets) is reported per structure as
-``Prediction.calibration_excess``: above 1 the interval is extrapolated and
-widened, not calibrated.
+all of its force components by the same factor. ``power`` is 0.5 by default
+(``UQWrapper.default_extrapolation``); deep ensembles widen only their
+energies, with power 0.25. The widening stops at ``BOUND_FACTOR`` (10) times
+the largest error plausible for the calibration data (forces: its largest
+reference force component, eV/Å; energies: the larger of the largest
+deviation of its per-atom reference energies from their median and the work
+of that force over 1 Å, eV/atom), and a std the plain recalibration already
+put higher is left as it is. Inside the range nothing changes, so the
+in-distribution calibration is untouched; beyond it the calibrated std grows
+as s^(1 + power) instead of s. The ratio max(1, s / s_max) (the larger of the
+two targets) is reported per structure as ``Prediction.calibration_excess``:
+above 1 the interval is extrapolated and widened, not fitted.
 """
 
 from __future__ import annotations
