@@ -96,10 +96,11 @@ def add_parsers(subparsers) -> None:
     fit.add_argument("--coverage", type=float, default=None,
                      help="conformal: target coverage of the intervals (0.9 if not given)")
     fit.add_argument("--extrapolation", type=float, default=None,
-                     help="beyond the largest std of the --val structures, widen the "
-                          "calibrated std by (std / largest) to this power (0: do not "
-                          "widen; default: the wrapper's, 0.5, for deep 0.25 for energies "
-                          "and 0 for forces; docs/shift.md)")
+                     help="a structure whose energy or force std exceeds the largest of "
+                          "the --val structures by a ratio r gets its calibrated stds "
+                          "widened by r to this power (0: do not widen; default: the "
+                          "wrapper's, 0.5, for deep 0.25 for energies and 0 for forces; "
+                          "docs/calibration.md)")
     fit.add_argument("--seed", type=int, default=0, help="random seed")
     fit.add_argument("--batch-size", type=_positive_int, default=16,
                      help="structures per batch")
@@ -266,7 +267,7 @@ def _summary(wrapper, args, n_train: int, n_val: int) -> str:
         limits = getattr(recalibrator, "std_range_", None)
         power = check_power(recalibrator.options.get("extrapolation", DEFAULT_POWER))
         if limits:
-            rows.append(("beyond calibration", "stds widened by (std / largest)^p above "
+            rows.append(("beyond calibration", "stds widened by (std / largest)^p beyond "
                          f"{limits['energy'] * 1000:.3g} meV/atom (energy, p = "
                          f"{power['energy']:g}), {limits['forces'] * 1000:.3g} meV/Å "
                          f"(RMS force, p = {power['forces']:g})"))

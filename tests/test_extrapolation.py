@@ -79,13 +79,14 @@ def test_widening_by_hand():
     rec = PredictionRecalibrator("scalar").fit(val, _reference(val))
     assert rec.std_range_ == pytest.approx({"energy": 2.0, "forces": 0.2,
                                             "energy_bound": 504.0, "forces_bound": 504.0})
-    # test: inside the range, and 4x / 9x beyond it (energy per atom 16 / 2 = 4x the 2)
+    # test: inside the range, and 4x (energy per atom 16 / 2 over 2) / 9x (forces) beyond
+    # it: the larger ratio, 9, widens both targets
     test = _prediction([1.5, 16.0], [0.15, 1.8], [1, 2])
     out = rec.transform(test)
     scale_e, scale_f = rec.energy_.scale_, rec.forces_.scale_
     assert scale_e == pytest.approx(2.0) and scale_f == pytest.approx(2.0)
     np.testing.assert_allclose(out.calibration_excess, [1.0, 9.0])
-    np.testing.assert_allclose(out.energy_std, [scale_e * 1.5, scale_e * 16.0 * 4**0.5])
+    np.testing.assert_allclose(out.energy_std, [scale_e * 1.5, scale_e * 16.0 * 9**0.5])
     np.testing.assert_allclose(out.forces_std[0], scale_f * 0.15)
     np.testing.assert_allclose(out.forces_std[1:], scale_f * 1.8 * 9**0.5)
     # power 1: (s / s_max) ** 1; power 0: the plain recalibration
@@ -96,11 +97,11 @@ def test_widening_by_hand():
     # one power per target (the deep ensemble's default: energies 0.25, forces 0)
     per = PredictionRecalibrator("scalar", extrapolation={"energy": 0.25, "forces": 0})
     per_out = per.fit(val, _reference(val)).transform(test)
-    np.testing.assert_allclose(per_out.energy_std[1], scale_e * 16.0 * 4**0.25)
+    np.testing.assert_allclose(per_out.energy_std[1], scale_e * 16.0 * 9**0.25)
     np.testing.assert_allclose(per_out.forces_std[1:], scale_f * 1.8)
-    # the energy-only path (LLPR's predict_energy) widens the same way
+    # the energy-only path (LLPR's predict_energy) sees the energy ratio alone
     np.testing.assert_allclose(rec.transform_energy_std(test.energy_std, test.n_atoms),
-                               out.energy_std)
+                               [scale_e * 1.5, scale_e * 16.0 * 4**0.5])
     assert DEFAULT_POWER == 0.5
 
 
@@ -110,13 +111,15 @@ def test_widening_stops_at_the_bound():
     rec = PredictionRecalibrator("scalar").fit(val, _reference(val))
     assert rec.std_range_["energy_bound"] == pytest.approx(10.0)
     assert rec.std_range_["forces_bound"] == pytest.approx(4.0)
-    # energy 3 eV/atom (1.5x: widened 6 * 1.22 = 7.3 < 10) and 8 eV/atom (plain 16 > 10: kept);
-    # forces 1.5 (plain 3, widened 3 * sqrt(7.5) > 4: stopped at 4) and 0.25 (3.16 < 4)
+    # ratios: energies 1.5 and 4, forces 7.5 and 1.25: both targets widened by 7.5 and 4
+    # (** 0.5); energies: 6 * 2.74 > 10 stops at 10, plain 16 > 10 is kept;
+    # forces: 3 * 2.74 > 4 stops at 4, 0.5 * 2 = 1 < 4
     test = _prediction([3.0, 8.0], [1.5, 0.25], [1, 1])
     out = rec.transform(test)
-    np.testing.assert_allclose(out.energy_std, [6.0 * 1.5**0.5, 16.0])
+    np.testing.assert_allclose(out.calibration_excess, [7.5, 4.0])
+    np.testing.assert_allclose(out.energy_std, [10.0, 16.0])
     np.testing.assert_allclose(out.forces_std[0], 4.0)
-    np.testing.assert_allclose(out.forces_std[1], 0.5 * 1.25**0.5)
+    np.testing.assert_allclose(out.forces_std[1], 1.0)
 
 
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), "x", {"energy": 0.5},

@@ -16,12 +16,16 @@ largest *scale* of each target on its calibration data,
 * forces: the root-mean-square force-component std of a structure,
   sqrt(mean_ic σ²_F,ic),
 
-and a structure with scale s beyond that largest value s_max gets the
-calibrated std of that target multiplied by
+and a structure whose scale s lies beyond that largest value s_max in either
+target, by the ratio r = max over targets of max(1, s / s_max), is out of the
+calibrated range for both: the calibrated std of each target is multiplied by
 
-    (s / s_max) ** power,
+    r ** power,
 
-all of its force components by the same factor. ``power`` is 0.5 by default
+all of its force components by the same factor (a vacancy raises the energy
+std of a whole cell, a hot atom the force std of a few; either says the
+structure is new). LLPR's energy-only ``predict_energy`` sees the energy
+ratio alone. ``power`` is 0.5 by default
 (``UQWrapper.default_extrapolation``); deep ensembles widen only their
 energies, with power 0.25. The widening stops at ``BOUND_FACTOR`` (10) times
 the largest error plausible for the calibration data (forces: its largest
@@ -30,8 +34,8 @@ deviation of its per-atom reference energies from their median and the work
 of that force over 1 Å, eV/atom), and a std the plain recalibration already
 put higher is left as it is. Inside the range nothing changes, so the
 in-distribution calibration is untouched; beyond it the calibrated std grows
-as s^(1 + power) instead of s. The ratio max(1, s / s_max) (the larger of the
-two targets) is reported per structure as ``Prediction.calibration_excess``:
+faster than s. The ratio r is reported per structure as
+``Prediction.calibration_excess``:
 above 1 the interval is extrapolated and widened, not fitted.
 """
 
@@ -141,15 +145,17 @@ def bounded_factor(factor, std, bound) -> np.ndarray:
 def widen(limits: Optional[dict], power: dict, scales: dict, stds: dict, n_atoms,
           batch=None) -> Optional[dict]:
     """Calibrated ``stds`` per target (energies (B,) eV, forces (N, 3) eV/Å with
-    ``batch``) widened by ``excess ** power[target]`` where the raw ``scales`` lie beyond
-    the recorded ``limits`` (bounded, :func:`bounded_factor`), with the excess
-    ratios under ``"excess"``; None without recorded limits (older files)."""
+    ``batch``) widened by ``r ** power[target]`` (bounded, :func:`bounded_factor`),
+    r the largest of the targets' excess ratios of the raw ``scales`` over the
+    recorded ``limits`` (given under ``"excess"``, (B,)); None without recorded
+    limits (older files)."""
     ratios = excess(scales, limits)
     if ratios is None:
         return None
-    out = {"excess": ratios}
+    joint = np.maximum.reduce(list(ratios.values()))  # out in one target: out in both
+    out = {"excess": joint}
     for key, std in stds.items():
-        factor = ratios[key] ** power[key]
+        factor = joint ** power[key]
         if key == "forces":
             factor, bound = factor[batch][:, None], limits["forces_bound"]
         else:

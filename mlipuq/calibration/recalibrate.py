@@ -424,8 +424,9 @@ class PredictionRecalibrator:
         (default 0.5; 0 or None: none; or one per target, ``{"energy": 0.25,
         "forces": 0}``, the deep ensemble's): a structure whose per-atom energy std
         or RMS force std exceeds the largest of the calibration structures by
-        the ratio r gets that target's calibrated std multiplied by r ** extrapolation,
-        and ``calibration_excess`` = r (:mod:`mlipuq.calibration.extrapolation`).
+        the ratio r (the larger of the two) gets the calibrated stds of both
+        multiplied by r ** extrapolation, and ``calibration_excess`` = r
+        (:mod:`mlipuq.calibration.extrapolation`).
     **options
         Passed to both recalibrators' constructors, except options that apply
         only to per-atom targets (the recalibrator's ``per_atom_options``,
@@ -589,7 +590,7 @@ class PredictionRecalibrator:
         kwargs["energy_dof"] = getattr(self.energy_, "dof_", None)
         kwargs["forces_dof"] = getattr(self.forces_, "dof_", None)
         if widened is not None:
-            kwargs["calibration_excess"] = np.maximum(*widened["excess"].values())
+            kwargs["calibration_excess"] = widened["excess"]
         return Prediction(**kwargs)
 
     def __repr__(self) -> str:

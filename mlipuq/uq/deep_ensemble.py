@@ -356,7 +356,7 @@ class DeepEnsemble(UQWrapper):
     default_calibration = {"energy": "scalar", "forces": "student_t"}
     #: Beyond the calibration range the members' force spread grew as fast as their
     #: error (measured on EMT Cu, docs/shift.md): forces are not widened; the energies,
-    #: whose errors the members share on unseen defects, by (s / s_max) ** 0.25
+    #: whose errors the members share on unseen defects, by r ** 0.25 (extrapolation.py)
     default_extrapolation = {"energy": 0.25, "forces": 0.0}
 
     def calibrate(self, val, method: Optional[str] = None, *, recentre: bool = True,
