@@ -1,8 +1,9 @@
 """Stds beyond the calibration data's range (mlipuq.calibration.extrapolation).
 
-Hand-derived values for the widening σ' = scale · σ · (s / s_max) ** power of
-a structure whose per-atom energy std or RMS force std s exceeds the largest of
-the calibration structures, s_max; nothing changes inside the range; the range
+Hand-derived values for the widening σ' = scale · σ · r ** power of a structure
+whose per-atom energy std or RMS force std exceeds the largest of the
+calibration structures (r: the larger of the two ratios), bounded at 10 x the
+largest plausible error; nothing changes inside the range; the range
 survives save/load and files without it predict as before. On data: an EMT Cu
 model trained at 300 K, asked about 1500 K, is beyond its calibration range on
 every structure and its force intervals cover more than without the widening.

@@ -389,7 +389,7 @@ class UQWrapper:
 
         dataset = calibration_data(val)
         pred = self.predict(dataset, calibrated=False, composition=False)
-        options.setdefault("extrapolation", self.default_extrapolation)
+        options.setdefault("extrapolation", copy.deepcopy(self.default_extrapolation))
         self.recalibrator_ = PredictionRecalibrator(method or self.default_calibration,
                                                     **options).fit(pred, dataset)
         return self
