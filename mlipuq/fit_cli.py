@@ -262,10 +262,7 @@ def _summary(wrapper, args, n_train: int, n_val: int) -> str:
                    for key in ("energy", "forces")
                    if hasattr(getattr(recalibrator, key + "_", None), "dof_")]
         rows.append(("calibration", text + (": " + ", ".join(scales) if scales else "")))
-        from mlipuq.calibration.extrapolation import DEFAULT_POWER, check_power
-
-        limits = getattr(recalibrator, "std_range_", None)
-        power = check_power(recalibrator.options.get("extrapolation", DEFAULT_POWER))
+        limits, power = getattr(recalibrator, "std_range_", None), recalibrator.extrapolation
         if limits:
             rows.append(("beyond calibration", "stds widened by (std / largest)^p beyond "
                          f"{limits['energy'] * 1000:.3g} meV/atom (energy, p = "

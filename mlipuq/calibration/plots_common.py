@@ -16,8 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from mlipuq.calibration.metrics_calibration import proportions_from_sorted
-from mlipuq.calibration.metrics_common import prepare
+from mlipuq.calibration.metrics_calibration import calibration_curve
 
 #: Width (inches) of one journal column; the figures ``mlipuq evaluate`` writes.
 COLUMN_WIDTH = 3.3
@@ -178,12 +177,9 @@ def _density(ax, x, y, *, log_xy: bool = False, gridsize: int = 45):
 
 def _curve(y_pred, y_std, y_true, reduce, num_bins, dof=None):
     """(expected, observed) coverages of central intervals at ``num_bins`` levels
-    (of the Student-t predictive with ``dof``)."""
-    from mlipuq.predictive import gaussian_z
-
-    pred, std, true = prepare(y_pred, y_std, y_true, reduce=reduce)
-    z = gaussian_z((true - pred) / std, dof)
-    return proportions_from_sorted(np.sort(np.abs(z)), int(num_bins), "interval")
+    (of the Student-t predictive with ``dof``): :func:`metrics_calibration.calibration_curve`."""
+    return calibration_curve(y_pred, y_std, y_true, reduce=reduce, num_bins=int(num_bins),
+                             prop_type="interval", dof=dof)
 
 
 def _coverage_axes(ax, quantity: str, what: str) -> None:

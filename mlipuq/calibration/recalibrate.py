@@ -451,7 +451,7 @@ class PredictionRecalibrator:
     def __init__(self, method: Union[str, Mapping[str, str]] = "scalar", **options):
         self.method = method
         self.options = options
-        check_power(options.get("extrapolation", DEFAULT_POWER))
+        self.extrapolation  # noqa: B018  (validates the powers early)
         for key in ("energy", "forces"):  # validate early
             get_recalibrator(self.method_of(key), **self._options_for(key))
 
@@ -528,10 +528,10 @@ class PredictionRecalibrator:
                                             prediction.n_atoms, forces)
         return self
 
-    def _widened(self, scales: dict, stds: dict, n_atoms, batch=None) -> Optional[dict]:
-        """``stds`` widened beyond the calibration range (:func:`widen`)."""
-        power = check_power(self.options.get("extrapolation", DEFAULT_POWER))
-        return widen(getattr(self, "std_range_", None), power, scales, stds, n_atoms, batch)
+    @property
+    def extrapolation(self) -> dict:
+        """Widening powers ``{"energy": p, "forces": p}`` (option ``extrapolation``)."""
+        return check_power(self.options.get("extrapolation", DEFAULT_POWER))
 
     def transform_energy_std(self, energy_std, n_atoms) -> np.ndarray:
         """Calibrated energy stds (B,) eV from raw ones, without forces (the
@@ -540,7 +540,8 @@ class PredictionRecalibrator:
         std = _check_std(energy_std)
         new = self.energy_.transform(std)
         scales = {"energy": std / np.maximum(np.asarray(n_atoms), 1)}
-        widened = self._widened(scales, {"energy": new}, n_atoms)
+        widened = widen(getattr(self, "std_range_", None), self.extrapolation, scales,
+                        {"energy": new}, n_atoms)
         return new if widened is None else widened["energy"]
 
     def transform(self, prediction):
@@ -559,9 +560,9 @@ class PredictionRecalibrator:
             )
         else:
             new_f_std = self.forces_.transform(f_std)
-        widened = self._widened(prediction_scales(prediction),
-                                {"energy": new_e_std, "forces": new_f_std},
-                                prediction.n_atoms, prediction.batch)
+        widened = widen(getattr(self, "std_range_", None), self.extrapolation,
+                        prediction_scales(prediction), {"energy": new_e_std, "forces": new_f_std},
+                        prediction.n_atoms, prediction.batch)
         if widened is not None:  # beyond the calibration range (extrapolation.py)
             new_e_std, new_f_std = widened["energy"], widened["forces"]
         with np.errstate(divide="ignore", invalid="ignore"):
