@@ -25,10 +25,11 @@ Shifts (none of them is in the training or calibration data):
   trained on frames outside all three tails (train / val / in-distribution
   test drawn from the rest); each tail is a test set.
 
-Methods: each wrapper's default ``calibrate(val)`` (which widens stds beyond the
-largest of the calibration structures, docs/calibration.md), the same without
-that widening (as before it existed) and with a stronger one, and every
-explicit ``method=``.
+Methods: each wrapper's default ``calibrate(val)`` (which fits how stds scale
+between structures and widens stds beyond the largest of the calibration
+structures, docs/calibration.md); the same without the scaling, without the
+widening, without either (as before both existed) and with a stronger
+widening; and every explicit ``method=``.
 
 The shifts are fixed by these rules before any method is run; methods are
 chosen on them, and judged elsewhere on shifts not seen here.
@@ -50,6 +51,7 @@ from scipy.stats import spearmanr
 import mlipuq
 from mlipuq import datasets
 from mlipuq.calibration import metrics
+from mlipuq.calibration.extrapolation import structure_scales
 from mlipuq.data import AtomsDataset, concatenate
 from mlipuq.models import MiniMLIP
 from mlipuq.uq import (
@@ -68,27 +70,33 @@ MODEL = {
 TRAIN = dict(batch_size=8, lr=2e-3, forces_weight=100.0, patience=1000, lr_patience=12,
              progress=False)
 #: "default": ``calibrate(val)`` with the wrapper's own default (committees: a Student-t
-#: for the forces and a scalar factor for the energies; the others: scalar), which widens
-#: stds beyond the calibration range (``default_extrapolation``); "no widening", "widening
-#: 0.5" and "widening 1" are that default with ``extrapolation=0`` (as before it existed),
-#: 0.5 and 1 for both targets.
-METHODS = ("default", "default, no widening", "default, widening 0.5", "default, widening 1",
+#: for the forces and a scalar factor for the energies; the others: scalar), which scales
+#: stds between structures (``structure_scaling``) and widens them beyond the calibration
+#: range (``default_extrapolation``); "no structure scaling" is that default with
+#: ``structure_scaling=False`` (the default before it existed), "no widening" with
+#: ``extrapolation=0``, "neither" with both (as the issue measured); "widening 0.5" and
+#: "widening 1" use 0.5 and 1 for both targets.
+METHODS = ("default", "default, no structure scaling", "default, no widening", "default, neither",
+           "default, widening 0.5", "default, widening 1",
            "scalar", "power", "isotonic", "conformal", "student_t")
 #: The shift whose first structures join the calibration data with --frontier.
 FRONTIER = {"copper": "bulk 600 K", "ethanol": "largest forces"}
 #: Options per recalibration method: conformal intervals are exact at the 95 % we score.
 METHOD_OPTIONS = {"conformal": {"coverage": 0.95}, "default, no widening": {"extrapolation": 0},
+                  "default, no structure scaling": {"structure_scaling": False},
+                  "default, neither": {"extrapolation": 0, "structure_scaling": False},
                   "default, widening 0.5": {"extrapolation": 0.5},
                   "default, widening 1": {"extrapolation": 1.0}}
 TAIL = 0.12
 
 
 def readme_rows(rows: list[dict]) -> list[dict]:
-    """The README's rows: current wrappers (not the "before" ones), their default with
-    and without the widening, and the default's frontier rows (docs/shift.md has all)."""
+    """The README's rows: current wrappers (not the "before" ones), their default, the
+    default before the structure scaling and before either it or the widening, and the
+    default's frontier rows (docs/shift.md has all)."""
     return [r for r in rows if "before" not in r["wrapper"]
             and (r["method"].split(" + ")[0] == "default"
-                 or r["method"] == "default, no widening")]
+                 or r["method"] in ("default, no structure scaling", "default, neither"))]
 
 
 # ------------------------------------------------------------------ data
@@ -208,6 +216,23 @@ def scores(pred, ref) -> dict:
     }
 
 
+def validation_slope(wrapper, val) -> dict:
+    """Least-squares slope of the log RMS force error of the calibration structures on
+    the log of their RMS raw force std (1: errors grow like the stds between structures;
+    what ``structure_scaling`` fits, as a plain regression)."""
+    pred = wrapper.predict(val, calibrated=False, composition=False)
+    std = structure_scales(pred.energy_std, pred.n_atoms, pred.forces_std, pred.batch)
+    err = structure_scales(pred.energy_std, pred.n_atoms, pred.forces - val.forces, pred.batch)
+    return {"val_force_slope": float(np.polyfit(np.log(std["forces"]),
+                                                np.log(err["forces"]), 1)[0])}
+
+
+def exponents(wrapper) -> dict:
+    """The fitted between-structure exponents c of the wrapper's calibration."""
+    fitted = getattr(wrapper.recalibrator_, "structure_scaling_", None) or {}
+    return {f"{key}_exponent": fitted[key]["exponent"] for key in fitted}
+
+
 def run_part(part: str, args) -> list[dict]:
     print(f"{part}:", flush=True)
     train, val, tests = (copper_sets if part == "copper" else ethanol_sets)(args.quick)
@@ -224,11 +249,12 @@ def run_part(part: str, args) -> list[dict]:
     for wrapper_name, wrapper in fit_wrappers(models, train, val).items():
         wrapper.calibrate(val)  # what calibrate does besides recalibrating (deep: recentring)
         raw = {name: wrapper.predict(test, calibrated=False) for name, test in tests.items()}
+        slope = validation_slope(wrapper, val)
         for method in args.methods:
             base = method.split(",")[0]
             options = dict(METHOD_OPTIONS.get(method, {}))
-            if "before" in wrapper_name:  # earlier behaviour: no widening either
-                options["extrapolation"] = 0
+            if "before" in wrapper_name:  # earlier behaviour: no widening or scaling either
+                options.update(extrapolation=0, structure_scaling=False)
             try:
                 wrapper.calibrate(val, method=None if base == "default" else base, **options)
             except ValueError as exc:  # e.g. a method not available in this version
@@ -237,7 +263,7 @@ def run_part(part: str, args) -> list[dict]:
             for split, test in tests.items():
                 pred = wrapper.recalibrator_.transform(raw[split])
                 row = {"system": part, "wrapper": wrapper_name, "method": method + suffix,
-                       "split": split, **scores(pred, test)}
+                       "split": split, **scores(pred, test), **exponents(wrapper), **slope}
                 rows.append(row)
             shifted = [r for r in rows[-len(tests):] if not r["split"].startswith("in dist")]
             print(f"  {wrapper_name:<18} {method:<20} in-dist F cov {rows[-len(tests)]['force_cov95']:.3f}"

@@ -101,6 +101,9 @@ def add_parsers(subparsers) -> None:
                           "widened by r to this power (0: do not widen; default: the "
                           "wrapper's, 0.5, for deep 0.25 for energies and 0 for forces; "
                           "docs/calibration.md)")
+    fit.add_argument("--no-structure-scaling", dest="structure_scaling", action="store_false",
+                     help="do not fit how stds scale between structures on --val (default: "
+                          "fit one exponent per target, docs/calibration.md)")
     fit.add_argument("--seed", type=int, default=0, help="random seed")
     fit.add_argument("--batch-size", type=_positive_int, default=16,
                      help="structures per batch")
@@ -262,6 +265,10 @@ def _summary(wrapper, args, n_train: int, n_val: int) -> str:
                    for key in ("energy", "forces")
                    if hasattr(getattr(recalibrator, key + "_", None), "dof_")]
         rows.append(("calibration", text + (": " + ", ".join(scales) if scales else "")))
+        scaling = getattr(recalibrator, "structure_scaling_", None)
+        if scaling:
+            rows.append(("between structures", "stds x (S / S_ref)^c, c = " + ", ".join(
+                f"{scaling[key]['exponent']:.2f} ({key})" for key in ("energy", "forces"))))
         limits, power = getattr(recalibrator, "std_range_", None), recalibrator.extrapolation
         if limits:
             rows.append(("beyond calibration", "stds widened by (std / largest)^p beyond "
@@ -290,6 +297,7 @@ def run_fit(args: argparse.Namespace) -> int:
         options = {key: value for key, value in (("extrapolation", args.extrapolation),
                                                  ("coverage", args.coverage))
                    if value is not None}
+        options["structure_scaling"] = getattr(args, "structure_scaling", True)
         wrapper.calibrate(val, method=args.calibration, **options)
 
     def save():

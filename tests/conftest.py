@@ -306,3 +306,19 @@ def postgres_url():
         if (data / "postmaster.pid").exists():
             run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def copper_llpr():
+    """LLPR on a small MiniMLIP trained on 35 EMT Cu 300 K bulk structures; its 15
+    validation structures and 6 structures at 1500 K (beyond the calibration range)."""
+    from mlipuq import datasets
+    from mlipuq.uq import LastLayerLaplace
+
+    data = datasets.emt("Cu", n_structures=50, temperatures=(300,), kinds="bulk", seed=3)
+    train, val = data[:35], data[35:]
+    hot = datasets.emt("Cu", n_structures=6, temperatures=(1500,), kinds="bulk", seed=4)
+    model = MiniMLIP(["Cu"], cutoff=4.0, width=16, n_interactions=2, n_rbf=8,
+                     n_readout_features=16, seed=0)
+    mlipuq.train(model, train, val, epochs=40, lr=5e-3, seed=0, batch_size=8, progress=False)
+    return LastLayerLaplace(model).fit(train), val, hot

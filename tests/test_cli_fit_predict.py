@@ -123,6 +123,14 @@ def test_fit_llpr_summary(files, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "(energy, p = 1)" in printed and "(RMS force, p = 1)" in printed
     assert load_wrapper(out).recalibrator_.options["extrapolation"] == 1.0
+    # 5 validation structures are too few to fit how stds scale between structures
+    line = next(t for t in printed.splitlines() if "between structures" in t)
+    assert line.endswith("stds x (S / S_ref)^c, c = 0.00 (energy), 0.00 (forces)")
+    assert load_wrapper(out).recalibrator_.options["structure_scaling"] is True
+    plain = tmp_path / "plain.pt"
+    assert _fit(files, "llpr", plain, "--no-structure-scaling") == 0
+    assert load_wrapper(plain).recalibrator_.options["structure_scaling"] is False
+    capsys.readouterr()
     assert _fit(files, "llpr", tmp_path / "x.pt", "--extrapolation", "-1") == 2
     assert "--extrapolation must be >= 0" in capsys.readouterr().err
     for text in ("LastLayerLaplace (llpr)", "prior precision", "energy noise", "forces noise",

@@ -19,7 +19,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 import mlipuq
-from mlipuq import datasets, schema
+from mlipuq import schema
 from mlipuq.calibration import metrics
 from mlipuq.calibration.extrapolation import (
     DEFAULT_POWER,
@@ -28,7 +28,6 @@ from mlipuq.calibration.extrapolation import (
     structure_scales,
 )
 from mlipuq.calibration.recalibrate import PredictionRecalibrator
-from mlipuq.models import MiniMLIP
 from mlipuq.prediction import Prediction, read_prediction
 from mlipuq.propagation.md import run_md
 from mlipuq.uq import LastLayerLaplace, load
@@ -152,15 +151,6 @@ def test_excess_column_round_trips(tmp_path):
 
 
 # ------------------------------------------------------------------ on data
-@pytest.fixture(scope="module")
-def copper_llpr():
-    data = datasets.emt("Cu", n_structures=50, temperatures=(300,), kinds="bulk", seed=3)
-    train, val = data[:35], data[35:]
-    hot = datasets.emt("Cu", n_structures=6, temperatures=(1500,), kinds="bulk", seed=4)
-    model = MiniMLIP(["Cu"], cutoff=4.0, width=16, n_interactions=2, n_rbf=8,
-                     n_readout_features=16, seed=0)
-    mlipuq.train(model, train, val, epochs=40, lr=5e-3, seed=0, batch_size=8, progress=False)
-    return LastLayerLaplace(model).fit(train), val, hot
 
 
 def test_beyond_the_range_on_hot_copper(copper_llpr, tmp_path):

@@ -7,7 +7,9 @@
   components and per-atom force norms, as a :class:`CalibrationReport`;
 * :mod:`mlipuq.calibration.recalibrate` — scalar, power-law, isotonic and
   split-conformal (:mod:`mlipuq.calibration.conformal`) recalibrators
-  (:func:`get_recalibrator`, :class:`PredictionRecalibrator`);
+  (:func:`get_recalibrator`, :class:`PredictionRecalibrator`, which also fits how
+  stds scale between structures, :mod:`mlipuq.calibration.structure_scaling`, and
+  widens them beyond the calibration range, :mod:`mlipuq.calibration.extrapolation`);
 * :mod:`mlipuq.calibration.plots` — matplotlib plots (imported lazily);
 * :mod:`mlipuq.calibration.cli` — the ``mlipuq evaluate`` subcommand.
 

@@ -48,21 +48,23 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Mapping
-from typing import Dict, Optional, Sequence, Tuple, Type, Union
+from typing import Dict, Optional, Tuple, Type, Union
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import ndtr, ndtri
 
 # recalibrators in their own modules; saved wrappers name every class through this module
 from mlipuq.calibration.conformal import ConformalRecalibrator
+from mlipuq.calibration.isotonic import DEFAULT_MATCH_LEVELS, IsotonicRecalibrator  # noqa: F401
 from mlipuq.calibration.extrapolation import (
     DEFAULT_POWER,
     calibration_range,
     check_power,
+    check_range,
     prediction_scales,
     widen,
 )
+from mlipuq.calibration.structure_scaling import check_scaling, fit_scaling, scaling_factor
 from mlipuq.calibration.student_t import StudentTRecalibrator
 from mlipuq.calibration.metrics_common import prepare
 from mlipuq.calibration.recalibrate_base import Recalibrator
@@ -190,177 +192,6 @@ class PowerLawRecalibrator(Recalibrator):
             return self.scale_ * np.power(ratio, self.b_)
 
 
-#: central-interval coverages 5 %, 10 %, ..., 95 % matched by the isotonic std
-DEFAULT_MATCH_LEVELS = tuple(round(0.05 * k, 2) for k in range(1, 20))
-
-
-class IsotonicRecalibrator(Recalibrator):
-    """Isotonic CDF recalibration (Kuleshov, Fenner & Ermon, ICML 2018).
-
-    Kuleshov et al. learn a monotone map R from each prediction's CDF level
-    :math:`p = \\Phi(z)`, :math:`z = (y - \\mu)/\\sigma`, to the observed
-    frequency :math:`\\hat P(p) = \\#\\{p_i \\le p\\}/n` on validation data, by
-    isotonic regression. The recalibrated CDF is :math:`R(\\Phi((y-\\mu)/\\sigma))`
-    and the q-quantile :math:`\\mu + \\sigma\\,\\Phi^{-1}(R^{-1}(q))`
-    (:meth:`cdf`, :meth:`quantile`, :meth:`interval`).
-
-    Implementation: R is stored in the coordinate z rather than p (a
-    monotone change of variable that keeps the far tails, where an
-    over-confident model puts many references and p rounds to 0 or 1,
-    resolvable). Knots sit at up to ``num_knots`` sample quantiles of the
-    validation z with Hazen levels (rank + ½)/n; R is the isotonic
-    regression through them, linear in z between knots. Beyond the outer
-    knots R continues as a Gaussian tail, :math:`R = \\Phi(\\Phi^{-1}(F_K) + (z -
-    z_K)/t)`, whose scale t is the least-squares slope of z against
-    :math:`\\Phi^{-1}(R)` over the knots of that tail (outside the central
-    quartiles; 1 when there are too few knots).
-
-    **Which std transform returns.** R acts on standardised errors, so the
-    recalibrated distribution of every prediction is one fixed shape scaled
-    by its own σ, and any std summarising it is a constant multiple of σ.
-    ``transform`` returns ``scale_ * σ`` where ``scale_`` makes the Gaussian
-    central intervals match the recalibrated ones in least squares over
-    ``match_levels``: with recalibrated half-widths
-    :math:`w(p) = [\\Phi^{-1}(R^{-1}(\\tfrac12+\\tfrac p2)) -
-    \\Phi^{-1}(R^{-1}(\\tfrac12-\\tfrac p2))]/2` and Gaussian ones
-    :math:`u(p) = \\Phi^{-1}(\\tfrac12+\\tfrac p2)`,
-    :math:`s = \\sum_p w u / \\sum_p u^2`. Use :meth:`quantile` or
-    :meth:`interval` to keep the full (possibly skewed, heavy-tailed)
-    recalibrated distribution.
-
-    Parameters
-    ----------
-    num_knots
-        Most knots of R (fewer if there are fewer validation predictions).
-    match_levels
-        Central-interval coverages used to turn R into a std scale.
-
-    Attributes
-    ----------
-    knots_z_ : ndarray
-        Standardised errors at the knots, strictly increasing.
-    knots_level_ : ndarray
-        R at the knots (observed CDF levels), strictly increasing in (0, 1).
-    tail_scales_ : tuple of float
-        Scales t of the lower and upper Gaussian tails.
-    scale_ : float
-        Std multiplier (dimensionless).
-    """
-
-    def __init__(
-        self,
-        num_knots: int = 1000,
-        match_levels: Sequence[float] = DEFAULT_MATCH_LEVELS,
-    ):
-        self.num_knots = num_knots
-        self.match_levels = match_levels
-
-    def fit(self, y_pred, y_std, y_true) -> "IsotonicRecalibrator":
-        """Fit R on validation data (any common shape, unit of the quantity)."""
-        from sklearn.isotonic import IsotonicRegression
-
-        if int(self.num_knots) != self.num_knots or self.num_knots < 2:
-            raise ValueError(f"num_knots must be an integer >= 2, got {self.num_knots!r}")
-        match = np.asarray(self.match_levels, dtype=np.float64).reshape(-1)
-        if match.size == 0 or not np.all((match > 0) & (match < 1)):
-            raise ValueError(f"match_levels must lie in (0, 1), got {self.match_levels!r}")
-        pred, std, true = prepare(y_pred, y_std, y_true)
-        z = np.sort((true - pred) / std)
-        n = z.size
-        ranks = np.unique(np.round(np.linspace(0, n - 1, min(int(self.num_knots), n))))
-        ranks = ranks.astype(np.int64)
-        # tied z share one knot at the mean Hazen level of the ties
-        knots = np.unique(z[ranks])
-        lo = np.searchsorted(z, knots, side="left")
-        hi = np.searchsorted(z, knots, side="right")
-        hazen = 0.5 * (lo + hi) / n
-        iso = IsotonicRegression(increasing=True)
-        level = iso.fit_transform(knots, hazen)
-        self.knots_z_ = knots
-        self.knots_level_ = level
-        self.tail_scales_ = (
-            self._tail_scale(0.25, lower=True),
-            self._tail_scale(0.75, lower=False),
-        )
-        u = ndtri(0.5 + match / 2.0)
-        w = 0.5 * (self._z_of(0.5 + match / 2.0) - self._z_of(0.5 - match / 2.0))
-        self.scale_ = float(np.dot(w, u) / np.dot(u, u))
-        return self
-
-    def _tail_scale(self, anchor: float, lower: bool) -> float:
-        # least-squares slope of z against Phi^-1(level) over the knots of one tail
-        z, f = self.knots_z_, self.knots_level_
-        tail = f <= anchor if lower else f >= anchor
-        if np.count_nonzero(tail) < 2:
-            return 1.0
-        x = ndtri(f[tail])
-        x = x - x.mean()
-        denom = float(np.dot(x, x))
-        scale = float(np.dot(x, z[tail] - z[tail].mean())) / denom if denom > 0 else 0.0
-        return scale if np.isfinite(scale) and scale > 0 else 1.0
-
-    # ------------------------------------------------------------ the map R
-    def _level_of_z(self, z: np.ndarray) -> np.ndarray:
-        zk, fk = self.knots_z_, self.knots_level_
-        t_lo, t_hi = self.tail_scales_
-        z = np.asarray(z, dtype=np.float64)
-        with np.errstate(invalid="ignore"):
-            out = np.interp(z, zk, fk)
-            below, above = z < zk[0], z > zk[-1]
-            out = np.where(below, ndtr(ndtri(fk[0]) + (z - zk[0]) / t_lo), out)
-            out = np.where(above, ndtr(ndtri(fk[-1]) + (z - zk[-1]) / t_hi), out)
-        return out
-
-    def _z_of(self, q: np.ndarray) -> np.ndarray:
-        zk, fk = self.knots_z_, self.knots_level_
-        t_lo, t_hi = self.tail_scales_
-        q = np.asarray(q, dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out = np.interp(q, fk, zk)
-            out = np.where(q < fk[0], zk[0] + t_lo * (ndtri(q) - ndtri(fk[0])), out)
-            out = np.where(q > fk[-1], zk[-1] + t_hi * (ndtri(q) - ndtri(fk[-1])), out)
-        return out
-
-    def calibrated_level(self, p) -> np.ndarray:
-        """R(p): observed frequency of a predicted CDF level p in [0, 1]."""
-        self._check_fitted()
-        return self._level_of_z(ndtri(np.asarray(p, dtype=np.float64)))
-
-    def inverse_level(self, q) -> np.ndarray:
-        """R⁻¹(q): the predicted CDF level whose observed frequency is q."""
-        self._check_fitted()
-        return ndtr(self._z_of(q))
-
-    # -------------------------------------------------- distribution views
-    def cdf(self, y, y_pred, y_std) -> np.ndarray:
-        """Recalibrated CDF :math:`R(\\Phi((y - \\mu)/\\sigma))` (dimensionless)."""
-        self._check_fitted()
-        z = (np.asarray(y, np.float64) - np.asarray(y_pred, np.float64)) / _check_std(y_std)
-        return self._level_of_z(z)
-
-    def quantile(self, q, y_pred, y_std) -> np.ndarray:
-        """Recalibrated q-quantile :math:`\\mu + \\sigma\\Phi^{-1}(R^{-1}(q))` (unit of y)."""
-        self._check_fitted()
-        q = np.asarray(q, dtype=np.float64)
-        if not np.all((q > 0) & (q < 1)):
-            raise ValueError("quantile levels must lie in (0, 1)")
-        return np.asarray(y_pred, np.float64) + _check_std(y_std) * self._z_of(q)
-
-    def interval(self, level: float, y_pred, y_std) -> Tuple[np.ndarray, np.ndarray]:
-        """Recalibrated central interval of nominal coverage ``level`` (unit of y)."""
-        if not 0.0 < float(level) < 1.0:
-            raise ValueError(f"level must lie in (0, 1), got {level}")
-        return (
-            self.quantile(0.5 - level / 2.0, y_pred, y_std),
-            self.quantile(0.5 + level / 2.0, y_pred, y_std),
-        )
-
-    def transform(self, y_std) -> np.ndarray:
-        """Interval-matched Gaussian std ``scale_ * y_std`` (same shape and unit)."""
-        self._check_fitted()
-        return self.scale_ * _check_std(y_std)
-
-
 #: method name -> recalibrator class
 RECALIBRATORS: Dict[str, Type[Recalibrator]] = {
     "scalar": ScalarRecalibrator,
@@ -383,6 +214,10 @@ def get_recalibrator(method: str, **options) -> Recalibrator:
             f"unknown recalibration method {method!r}; choose from {sorted(RECALIBRATORS)}"
         )
     return RECALIBRATORS[method](**options)
+
+
+#: Options of PredictionRecalibrator itself, not of its two recalibrators.
+OUTER_OPTIONS = ("extrapolation", "structure_scaling")
 
 
 def _rescale_members(members: Optional[np.ndarray], mean: np.ndarray, factor: np.ndarray):
@@ -427,6 +262,13 @@ class PredictionRecalibrator:
         the ratio r (the larger of the two) gets the calibrated stds of both
         multiplied by r ** extrapolation, and ``calibration_excess`` = r
         (:mod:`mlipuq.calibration.extrapolation`).
+    structure_scaling
+        True (default): before the recalibrators are fitted, the raw stds of each
+        structure are multiplied by (S / S_ref) ** c, S its per-atom energy std or
+        RMS force std, with one exponent c in [0, 1] per target fitted on the
+        calibration data (:mod:`mlipuq.calibration.structure_scaling`); never for
+        a conformal target (its guarantee needs a normalisation fixed before the
+        calibration data are seen). False: c = 0.
     **options
         Passed to both recalibrators' constructors, except options that apply
         only to per-atom targets (the recalibrator's ``per_atom_options``,
@@ -441,6 +283,8 @@ class PredictionRecalibrator:
     std_range_ : dict
         Largest per-atom energy std and RMS force std (raw, before
         recalibration) over the calibration structures.
+    structure_scaling_ : dict
+        Per target, the fitted ``{"exponent": c, "reference": S_ref, "largest": S_max}``.
     offsets_ : dict
         z-mean, z-std and count of the validation errors per target
         (:func:`mlipuq.calibration.bias.offset_report`); when the mean offset
@@ -452,6 +296,7 @@ class PredictionRecalibrator:
         self.method = method
         self.options = options
         self.extrapolation  # noqa: B018  (validates the powers early)
+        self._scales_between("forces")  # validates structure_scaling early
         for key in ("energy", "forces"):  # validate early
             get_recalibrator(self.method_of(key), **self._options_for(key))
 
@@ -477,7 +322,7 @@ class PredictionRecalibrator:
         cls = RECALIBRATORS.get(self.method_of(target))
         if cls is None:
             return dict(self.options)  # get_recalibrator names the unknown method
-        options = {k: v for k, v in self.options.items() if k != "extrapolation"
+        options = {k: v for k, v in self.options.items() if k not in OUTER_OPTIONS
                    and (target == "forces" or k not in cls.per_atom_options)}
         if not isinstance(self.method, str):
             accepted = inspect.signature(cls).parameters
@@ -503,7 +348,8 @@ class PredictionRecalibrator:
         self.offsets_ = offset_report(prediction, energy, forces)
         warn_offsets(self.offsets_, where="calibrate", stacklevel=4)
         structures = np.arange(prediction.n_structures)
-        self.excluded_ = {}
+        scales = prediction_scales(prediction)
+        self.excluded_, self.structure_scaling_ = {}, {}
         for key, pred, std, true, owner in (
             ("energy", prediction.energy, prediction.energy_std, energy, structures),
             ("forces", prediction.forces, prediction.forces_std, forces, prediction.batch),
@@ -514,6 +360,12 @@ class PredictionRecalibrator:
                 log.info("calibration: %d exact %s target(s) excluded (zero std and error)",
                          self.excluded_[key], key)
             part = get_recalibrator(self.method_of(key), **self._options_for(key))
+            rows = np.broadcast_to(owner.reshape(-1, *[1] * (std.ndim - 1)), std.shape)
+            self.structure_scaling_[key] = fit_scaling(scales[key], std[keep],
+                                                       (true - pred)[keep], rows[keep])
+            if not self._scales_between(key):
+                self.structure_scaling_[key]["exponent"] = 0.0
+            std = self._scaled(key, std, scales, owner)
             extra = {}
             if part.needs_numbers:
                 if key != "forces":
@@ -524,9 +376,37 @@ class PredictionRecalibrator:
                 numbers = _atom_numbers(prediction, key)
                 extra["numbers"] = np.broadcast_to(numbers[:, None], pred.shape)[keep]
             setattr(self, f"{key}_", part.fit(pred[keep], std[keep], true[keep], **extra))
-        self.std_range_ = calibration_range(prediction_scales(prediction), energy,
-                                            prediction.n_atoms, forces)
+        self.std_range_ = calibration_range(scales, energy, prediction.n_atoms, forces)
         return self
+
+    def _scales_between(self, target: str) -> bool:
+        """Whether ``target`` gets the fitted between-structure scaling (option
+        ``structure_scaling``, default True; never for a conformal target)."""
+        option = self.options.get("structure_scaling", True)
+        if option not in (True, False):
+            raise ValueError(f"structure_scaling must be True or False, got {option!r}")
+        return bool(option) and self.method_of(target) != "conformal"
+
+    def _scaled(self, target: str, std, scales: dict, owner=None) -> np.ndarray:
+        """Raw stds of ``target`` times each structure's fitted factor (``owner``: the
+        structure of each row; None: one row per structure)."""
+        fitted = (getattr(self, "structure_scaling_", None) or {}).get(target)
+        factor = scaling_factor(fitted, scales[target])
+        factor = factor if owner is None else factor[owner]
+        return np.asarray(std) * factor.reshape(-1, *[1] * (np.ndim(std) - 1))
+
+    def outer_state(self) -> dict:
+        """Fitted attributes besides the two recalibrators, as plain data (files)."""
+        return {"std_range": getattr(self, "std_range_", None),
+                "structure_scaling": getattr(self, "structure_scaling_", None)}
+
+    def set_outer_state(self, state: Mapping) -> None:
+        """Restore :meth:`outer_state` from a file (``ValueError`` if damaged); what an
+        older file lacks stays unset (no widening, no scaling: as it predicted)."""
+        if state.get("std_range") is not None:
+            self.std_range_ = check_range(state["std_range"])
+        if state.get("structure_scaling") is not None:
+            self.structure_scaling_ = check_scaling(state["structure_scaling"])
 
     @property
     def extrapolation(self) -> dict:
@@ -535,11 +415,11 @@ class PredictionRecalibrator:
 
     def transform_energy_std(self, energy_std, n_atoms) -> np.ndarray:
         """Calibrated energy stds (B,) eV from raw ones, without forces (the
-        energy-only path of LLPR's ``predict_energy``): the energy recalibrator,
-        then the widening beyond the calibration range."""
+        energy-only path of LLPR's ``predict_energy``): the between-structure scaling
+        and the energy recalibrator, then the widening beyond the calibration range."""
         std = _check_std(energy_std)
-        new = self.energy_.transform(std)
         scales = {"energy": std / np.maximum(np.asarray(n_atoms), 1)}
+        new = self.energy_.transform(self._scaled("energy", std, scales))
         widened = widen(getattr(self, "std_range_", None), self.extrapolation, scales,
                         {"energy": new}, n_atoms)
         return new if widened is None else widened["energy"]
@@ -553,15 +433,14 @@ class PredictionRecalibrator:
                 "PredictionRecalibrator is not fitted; call fit(prediction, reference)"
             )
         e_std, f_std = prediction.energy_std, prediction.forces_std
-        new_e_std = self.energy_.transform(e_std)
-        if self.forces_.needs_numbers:
-            new_f_std = self.forces_.transform(
-                f_std, numbers=_atom_numbers(prediction, "forces")
-            )
-        else:
-            new_f_std = self.forces_.transform(f_std)
+        scales = prediction_scales(prediction)
+        new_e_std = self.energy_.transform(self._scaled("energy", e_std, scales))
+        scaled_f = self._scaled("forces", f_std, scales, prediction.batch)
+        extra = ({"numbers": _atom_numbers(prediction, "forces")}
+                 if self.forces_.needs_numbers else {})
+        new_f_std = self.forces_.transform(scaled_f, **extra)
         widened = widen(getattr(self, "std_range_", None), self.extrapolation,
-                        prediction_scales(prediction), {"energy": new_e_std, "forces": new_f_std},
+                        scales, {"energy": new_e_std, "forces": new_f_std},
                         prediction.n_atoms, prediction.batch)
         if widened is not None:  # beyond the calibration range (extrapolation.py)
             new_e_std, new_f_std = widened["energy"], widened["forces"]

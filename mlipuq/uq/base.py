@@ -381,9 +381,11 @@ class UQWrapper:
         (predictions then carry ``energy_dof`` and ``forces_dof``); energies and
         forces get separate recalibrators (a :class:`~mlipuq.calibration.recalibrate.
         PredictionRecalibrator`, ``recalibrator_``) that later ``predict`` calls
-        apply, committee members stretched to match. Stds beyond the largest of
-        ``val`` are widened (``extrapolation``, default :attr:`default_extrapolation`,
-        0: not; :mod:`mlipuq.calibration.extrapolation`). Stresses are not recalibrated.
+        apply, committee members stretched to match; first, how stds scale between
+        structures is fitted (``structure_scaling=True``, :mod:`mlipuq.calibration.
+        structure_scaling`). Stds beyond the largest of ``val`` are widened (``extrapolation``,
+        default :attr:`default_extrapolation`, 0: not; :mod:`mlipuq.calibration.extrapolation`).
+        Stresses are not recalibrated.
         """
         from mlipuq.calibration.recalibrate import PredictionRecalibrator
 
@@ -493,22 +495,20 @@ def _encode_recalibrator(recalibrator) -> Optional[dict]:
     return {"method": recalibrator.method, "options": _encode(dict(recalibrator.options)),
             "parts": {key: {"class": type(part).__name__, "state": _encode(dict(vars(part)))}
                       for key, part in parts},
-            "std_range": getattr(recalibrator, "std_range_", None)}  # absent in older files
+            **recalibrator.outer_state()}  # std_range, structure_scaling: absent in older files
 
 
 def _decode_recalibrator(payload, path: str = "<memory>"):
     if payload is None:
         return None
     from mlipuq.calibration import recalibrate
-    from mlipuq.calibration.extrapolation import check_range
 
     try:
         outer = recalibrate.PredictionRecalibrator(
             payload["method"], **_decode(payload["options"], path)
         )
         parts = payload["parts"]
-        if payload.get("std_range") is not None:
-            outer.std_range_ = check_range(payload["std_range"])
+        outer.set_outer_state(payload)
     except (KeyError, TypeError, ValueError) as exc:
         raise FileFormatError(f"{path}: damaged recalibrator ({exc})") from None
     for key, part in parts.items():
