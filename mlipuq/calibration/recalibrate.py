@@ -45,6 +45,7 @@ wrappers use in ``calibrate(val, method=...)``.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from collections.abc import Mapping
@@ -265,8 +266,9 @@ class PredictionRecalibrator:
     structure_scaling
         True (default): before the recalibrators are fitted, the raw stds of each
         structure are multiplied by (S / S_ref) ** c, S its per-atom energy std or
-        RMS force std, with one exponent c in [0, 1] per target fitted on the
-        calibration data (:mod:`mlipuq.calibration.structure_scaling`); never for
+        RMS force std clipped to the calibration structures' range, with one
+        exponent c in [0, 1] per target fitted on the calibration data (0 unless
+        significant; :mod:`mlipuq.calibration.structure_scaling`); never for
         a conformal target (its guarantee needs a normalisation fixed before the
         calibration data are seen). False: c = 0.
     **options
@@ -284,7 +286,8 @@ class PredictionRecalibrator:
         Largest per-atom energy std and RMS force std (raw, before
         recalibration) over the calibration structures.
     structure_scaling_ : dict
-        Per target, the fitted ``{"exponent": c, "reference": S_ref, "largest": S_max}``.
+        Per target, the fitted ``{"exponent": c, "reference": S_ref, "smallest": S_min,
+        "largest": S_max}``.
     offsets_ : dict
         z-mean, z-std and count of the validation errors per target
         (:func:`mlipuq.calibration.bias.offset_report`); when the mean offset
@@ -396,9 +399,9 @@ class PredictionRecalibrator:
         return np.asarray(std) * factor.reshape(-1, *[1] * (np.ndim(std) - 1))
 
     def outer_state(self) -> dict:
-        """Fitted attributes besides the two recalibrators, as plain data (files)."""
-        return {"std_range": getattr(self, "std_range_", None),
-                "structure_scaling": getattr(self, "structure_scaling_", None)}
+        """Fitted attributes besides the two recalibrators, as plain data (files; a copy)."""
+        return copy.deepcopy({"std_range": getattr(self, "std_range_", None),
+                              "structure_scaling": getattr(self, "structure_scaling_", None)})
 
     def set_outer_state(self, state: Mapping) -> None:
         """Restore :meth:`outer_state` from a file (``ValueError`` if damaged); what an
