@@ -297,7 +297,7 @@ def run_fit(args: argparse.Namespace) -> int:
         options = {key: value for key, value in (("extrapolation", args.extrapolation),
                                                  ("coverage", args.coverage))
                    if value is not None}
-        options["structure_scaling"] = getattr(args, "structure_scaling", True)
+        options["structure_scaling"] = args.structure_scaling
         wrapper.calibrate(val, method=args.calibration, **options)
 
     def save():
