@@ -18,8 +18,8 @@ uniform mix; EMT labels the picks. Ethanol: the pool is the packaged training sp
 up by :class:`mlipuq.active.LabelledPoolOracle`), the test and validation sets
 disjoint subsets of the MD test split. Each round a small MiniMLIP is retrained from scratch (same
 seed, fixed number of epochs) on the labelled set, LastLayerLaplace is fitted
-on top and recalibrated on the validation set (``--calibration``, scalar by
-default; ``--calibrate-on-selected`` adds each round's picks); strategies are compared over ``--seeds`` repetitions (different
+on top and recalibrated on the validation set (``--calibration``, the wrapper's
+own default calibration unless given; ``--calibrate-on-selected`` adds each round's picks); strategies are compared over ``--seeds`` repetitions (different
 initial sets). The script prints, for the best UQ strategy, the labels it
 needs to reach random selection's final test force RMSE divided by random's
 final labels (target <= 0.6), and saves the learning curves to ``--out``.
@@ -103,8 +103,10 @@ def main(argv=None) -> int:
     p.add_argument("--common-fraction", type=float, default=0.75)
     p.add_argument("--test", type=int, default=45)
     p.add_argument("--val", type=int, default=30, help="validation structures (calibration)")
-    p.add_argument("--calibration", choices=("scalar", "power", "isotonic", "none"),
-                   default="scalar", help="recalibration of each round's wrapper on --val")
+    p.add_argument("--calibration", choices=("default", "scalar", "power", "isotonic", "none"),
+                   default="default", help="recalibration of each round's wrapper on --val "
+                   "(default: the wrapper's own, a Student-t for forces and a scalar factor "
+                   "for energies)")
     p.add_argument("--val-design", choices=("mix", "initial"), default="mix",
                    help="EMT validation set: the uniform mix of the test set, or drawn like "
                         "the initial set (300 K bulk: no shifted data to calibrate on, the "
@@ -143,7 +145,8 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             curve = Loop(make_uq, oracle, pool, initial, k=args.k, rounds=args.rounds, test=test,
                          val=val if calibrate else None,
-                         calibration=args.calibration if calibrate else "scalar",
+                         calibration=None if args.calibration in ("default", "none")
+                         else args.calibration,
                          calibrate_on_selected=calibrate and args.calibrate_on_selected,
                          select_options={"label_noise": args.label_noise}
                          if s == "batch_llpr" else None,

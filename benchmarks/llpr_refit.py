@@ -36,10 +36,11 @@ def score(wrapper, test) -> dict:
     """Test-set metrics of a calibrated wrapper (energies per atom, force components)."""
     pred = wrapper.predict(test)
     n_atoms = np.array([len(a) for a in test], dtype=np.float64)
+    # scored as the predictive it is: a Student-t where the prediction carries ν
     energy = all_metrics(pred.energy / n_atoms, np.sqrt(pred.energy_var) / n_atoms,
-                         np.asarray(test.energies) / n_atoms)
+                         np.asarray(test.energies) / n_atoms, dof=pred.energy_dof)
     forces = all_metrics(pred.forces, np.sqrt(pred.forces_var),
-                         np.concatenate([a.get_forces() for a in test]))
+                         np.concatenate([a.get_forces() for a in test]), dof=pred.forces_dof)
     return {
         "energy_mae_meV_atom": 1000 * energy["mae"], "energy_nll": energy["nll"],
         "energy_coverage_95": energy["coverage_95"], "energy_z_mean": energy["z_mean"],

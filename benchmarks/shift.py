@@ -69,8 +69,9 @@ MODEL = {
 }
 TRAIN = dict(batch_size=8, lr=2e-3, forces_weight=100.0, patience=1000, lr_patience=12,
              progress=False)
-#: "default": ``calibrate(val)`` with the wrapper's own default (committees: a Student-t
-#: for the forces and a scalar factor for the energies; the others: scalar), which scales
+#: "default": ``calibrate(val)`` with the wrapper's own default (every wrapper: a Student-t
+#: for the forces and a scalar factor for the energies; "scalar" was the single models'
+#: default before), which scales
 #: stds between structures (``structure_scaling``) and widens them beyond the calibration
 #: range (``default_extrapolation``); "no structure scaling" is that default with
 #: ``structure_scaling=False`` (the default before it existed), "no widening" with
@@ -92,10 +93,11 @@ TAIL = 0.12
 
 def readme_rows(rows: list[dict]) -> list[dict]:
     """The README's rows: current wrappers (not the "before" ones), their default, the
-    default before the structure scaling and before either it or the widening, and the
-    default's frontier rows (docs/shift.md has all)."""
+    default without the structure scaling and without either it or the widening, the
+    scalar factor (the single models' default before the Student-t), and the frontier
+    rows of the default and the scalar factor (docs/shift.md has all)."""
     return [r for r in rows if "before" not in r["wrapper"]
-            and (r["method"].split(" + ")[0] == "default"
+            and (r["method"].split(" + ")[0] in ("default", "scalar")
                  or r["method"] in ("default, no structure scaling", "default, neither"))]
 
 
@@ -187,8 +189,6 @@ def fit_wrappers(models, train, val) -> dict:
 class NotRecentred(DeepEnsemble):
     """The deep ensemble as calibrated before recentring existed."""
 
-    default_calibration = "scalar"  # before the committees' Student-t default
-
     def calibrate(self, val, method=None, **options):
         return super().calibrate(val, method, recentre=False, **options)
 
@@ -255,8 +255,11 @@ def run_part(part: str, args) -> list[dict]:
             options = dict(METHOD_OPTIONS.get(method, {}))
             if "before" in wrapper_name:  # earlier behaviour: no widening or scaling either
                 options.update(extrapolation=0, structure_scaling=False)
+            chosen = None if base == "default" else base
+            if "before" in wrapper_name and chosen is None:
+                chosen = "scalar"  # every wrapper's default before the Student-t one
             try:
-                wrapper.calibrate(val, method=None if base == "default" else base, **options)
+                wrapper.calibrate(val, method=chosen, **options)
             except ValueError as exc:  # e.g. a method not available in this version
                 print(f"  {wrapper_name} / {method}: skipped ({exc})", flush=True)
                 continue

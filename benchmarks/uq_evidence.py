@@ -57,10 +57,13 @@ def force_scores(pred, reference) -> dict:
     std = np.linalg.norm(pred.forces_std, axis=1)
     return {
         "spearman": float(spearmanr(err, std).statistic),
+        # scored as the predictive it is: a Student-t where the prediction carries ν
         "miscal_area": float(metrics.miscalibration_area(pred.forces, pred.forces_std,
-                                                         reference.forces)),
-        "nll_forces": float(metrics.nll_gaussian(pred.forces, pred.forces_std, reference.forces)),
-        "nll_energy": float(metrics.nll_gaussian(pred.energy, pred.energy_std, reference.energies)),
+                                                         reference.forces, dof=pred.forces_dof)),
+        "nll_forces": float(metrics.nll(pred.forces, pred.forces_std, reference.forces,
+                                        dof=pred.forces_dof)),
+        "nll_energy": float(metrics.nll(pred.energy, pred.energy_std, reference.energies,
+                                        dof=pred.energy_dof)),
         "force_mae": float(np.mean(np.abs(pred.forces - reference.forces))),
     }
 

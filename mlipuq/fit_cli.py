@@ -90,9 +90,8 @@ def add_parsers(subparsers) -> None:
     fit.add_argument("--out", "-o", required=True, metavar="W.pt", help="where to save the wrapper")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     fit.add_argument("--calibration", choices=CALIBRATIONS, default=None,
-                     help="recalibration fitted on --val (default: the wrapper's; shallow "
-                          "and deep: student_t for forces and scalar for energies; the "
-                          "others: scalar)")
+                     help="recalibration fitted on --val (default: the wrapper's, "
+                          "student_t for forces and scalar for energies)")
     fit.add_argument("--coverage", type=float, default=None,
                      help="conformal: target coverage of the intervals (0.9 if not given)")
     fit.add_argument("--extrapolation", type=float, default=None,

@@ -71,12 +71,15 @@ def test_loop_calibrates_every_round_on_val(data):
                 k=2, rounds=2, test=test, val=val, strategy="max_force_std")
     curve = loop.run()
     assert sizes == [3, 3, 3] and loop.uq_.calibrated_
-    # the curve reports the calibrated wrapper's metrics, and the raw ones beside them
+    # the curve reports the calibrated wrapper's metrics (of its default predictive, a
+    # Student-t for the forces), and the raw ones beside them
     pred = loop.uq_.predict(test)
-    std = np.maximum(pred.forces_std, 1e-12)
+    std, dof = np.maximum(pred.forces_std, 1e-12), pred.forces_dof
+    assert dof is not None
     assert curve.forces_miscal_area[-1] == pytest.approx(
-        metrics.miscalibration_area(pred.forces, std, test.forces))
-    assert curve.forces_nll[-1] == pytest.approx(metrics.nll_gaussian(pred.forces, std, test.forces))
+        metrics.miscalibration_area(pred.forces, std, test.forces, dof=dof))
+    assert curve.forces_nll[-1] == pytest.approx(metrics.nll(pred.forces, std, test.forces, dof=dof))
+    assert curve.forces_nll[-1] != pytest.approx(metrics.nll_gaussian(pred.forces, std, test.forces))
     raw = loop.uq_.predict(test, calibrated=False)
     assert curve.forces_miscal_area_uncalibrated[-1] == pytest.approx(
         metrics.miscalibration_area(raw.forces, np.maximum(raw.forces_std, 1e-12), test.forces))

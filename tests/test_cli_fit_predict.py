@@ -178,12 +178,10 @@ def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsy
     out = tmp_path / f"{method}.pt"
     assert _fit(files, method, out) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
-    # the wrapper's default calibration: a Student-t predictive for the committees
-    default = ("energy scalar, forces student_t" if method in ("shallow", "deep")
-               else "scalar")
-    assert f"{default} on 5 structures" in printed and "wrapper saved to" in printed
-    if method in ("shallow", "deep"):
-        assert "forces Student-t ν" in printed and "energy Student-t" not in printed
+    # every wrapper's default calibration: a Student-t predictive for the forces
+    assert "energy scalar, forces student_t on 5 structures" in printed
+    assert "wrapper saved to" in printed
+    assert "forces Student-t ν" in printed and "energy Student-t" not in printed
     # the widening beyond the calibration range, with the wrapper's default powers
     powers = "p = 0.25), " if method == "deep" else "p = 0.5), "
     assert "beyond calibration" in printed and powers in printed

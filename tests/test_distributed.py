@@ -104,11 +104,17 @@ def test_evaluate_metrics_equal_one_process(runs):
                                       "trust_window", "fps", "fps_labelled", "batch_llpr",
                                       "batch_llpr_fitted"])
 def test_every_strategy_selects_the_same_indices(runs, strategy):
-    single, double, _, _ = runs
+    single, double, _, pool = runs
+    # an exact copy ties with its original; which of the two a process picks first
+    # depends on the last bit of its score, so picks are compared up to copies
+    first = {}
+    canonical = np.array([first.setdefault(a.positions.tobytes() + a.numbers.tobytes(), i)
+                          for i, a in enumerate(pool)])
     expected = single[f"select_{strategy}"]
     assert len(expected) > 0
     for rank in double:
-        np.testing.assert_array_equal(rank[f"select_{strategy}"], expected)
+        picked = rank[f"select_{strategy}"]
+        np.testing.assert_array_equal(canonical[picked], canonical[expected])
         assert close(single[f"scores_{strategy}"], rank[f"scores_{strategy}"], 1e-9)
 
 

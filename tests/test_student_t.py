@@ -79,6 +79,20 @@ def test_maximum_likelihood_recovers_dof_and_scale():
     np.testing.assert_allclose(rec.transform(sigma), rec.t_scale_ * std_factor(rec.dof_) * sigma)
 
 
+@pytest.mark.parametrize("dof", [2.0, 8.0])
+def test_fit_follows_a_rescaling_of_the_data_to_rounding_level(dof):
+    """Scaling every std by 1 + 1e-12 (what summing in another order does, e.g. in
+    two processes) scales the fitted s by exactly that, ν unchanged: the fit is a
+    smooth function of the data, not of where the optimizer happened to stop."""
+    rng = np.random.default_rng(2)
+    sigma = rng.uniform(0.2, 3.0, 30000)
+    y = 0.8 * sigma * rng.standard_t(dof, sigma.size)
+    one = StudentTRecalibrator().fit(np.zeros_like(y), sigma, y)
+    other = StudentTRecalibrator().fit(np.zeros_like(y), sigma * (1 + 1e-12), y)
+    assert other.dof_ == pytest.approx(one.dof_, rel=1e-9)
+    assert other.t_scale_ * (1 + 1e-12) == pytest.approx(one.t_scale_, rel=1e-10)
+
+
 def test_gaussian_errors_reduce_to_the_scalar_factor():
     rng = np.random.default_rng(1)
     sigma = rng.uniform(0.5, 2.0, 20000)
@@ -149,6 +163,26 @@ def test_student_t_covers_held_out_dft_forces(ethanol_llpr):
     assert report.settings["dof"]["forces"] == pred.forces_dof
 
 
+def test_single_model_default_t_beats_the_scalar_factor_on_held_out_dft(ethanol_llpr):
+    """LLPR's default calibration (a t for forces, a scalar for energies) against the
+    scalar factor, its default before: better calibrated and no worse in NLL on
+    held-out DFT forces (measured here: miscal. 0.010 vs 0.027, NLL −2.197 vs −2.181)."""
+    val, test = datasets.ethanol("val")[:300], datasets.ethanol("test")[:300]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        default = ethanol_llpr.copy().calibrate(val)
+        scalar = ethanol_llpr.copy().calibrate(val, method="scalar")
+    assert default.recalibrator_.description == "energy scalar, forces student_t"
+    reports = {}
+    for name, wrapper in (("default", default), ("scalar", scalar)):
+        pred = wrapper.predict(test)
+        assert (pred.forces_dof is None) == (name == "scalar") and pred.energy_dof is None
+        reports[name] = mlipuq.calibration.evaluate(pred, test)["forces"]
+    assert reports["default"]["miscalibration_area"] < 0.5 * reports["scalar"]["miscalibration_area"]
+    assert reports["default"]["nll"] <= reports["scalar"]["nll"]
+    assert 0.93 <= reports["default"]["coverage_95"] <= 0.97
+
+
 def test_file_round_trip_and_saved_wrapper_keep_the_t(ethanol_llpr, tmp_path):
     test = datasets.ethanol("test")[:5]
     pred = ethanol_llpr.predict(test)
@@ -195,12 +229,11 @@ def test_committees_default_to_a_student_t_that_fixes_their_heavy_tails():
     """Three packaged EMT Cu members: their z-scores are t-like (ν ≈ 2); the default
     calibration fits that t, and on the held-out test set it is calibrated where a
     Gaussian scale factor is not (measured: miscal. area 0.008 vs 0.24)."""
-    from mlipuq.uq import DeepEnsemble, ShallowEnsemble
+    from mlipuq.uq import DeepEnsemble, EvidentialHead, LatentDistance, ShallowEnsemble
 
-    committee_default = {"energy": "scalar", "forces": "student_t"}
-    assert DeepEnsemble.default_calibration == ShallowEnsemble.default_calibration \
-        == committee_default
-    assert LastLayerLaplace.default_calibration == "scalar"
+    default = {"energy": "scalar", "forces": "student_t"}
+    for cls in (DeepEnsemble, ShallowEnsemble, LastLayerLaplace, LatentDistance, EvidentialHead):
+        assert cls.default_calibration == default, cls
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         train, val, test = demo.system_data("cu_emt")

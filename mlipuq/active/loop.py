@@ -271,9 +271,10 @@ class Loop:
         curve.forces_rmse.append(float(np.sqrt(np.mean((pred.forces - ref_f) ** 2))))
         de = (pred.energy - ref_e) / pred.n_atoms
         curve.energy_rmse.append(float(np.sqrt(np.mean(de**2))))
-        std = np.maximum(pred.forces_std, 1e-12)
-        curve.forces_miscal_area.append(float(metrics.miscalibration_area(pred.forces, std, ref_f)))
-        curve.forces_nll.append(float(metrics.nll_gaussian(pred.forces, std, ref_f)))
+        std, dof = np.maximum(pred.forces_std, 1e-12), pred.forces_dof  # ν: a Student-t
+        curve.forces_miscal_area.append(float(metrics.miscalibration_area(pred.forces, std, ref_f,
+                                                                          dof=dof)))
+        curve.forces_nll.append(float(metrics.nll(pred.forces, std, ref_f, dof=dof)))
         raw_std = np.maximum(raw.forces_std, 1e-12)
         curve.forces_miscal_area_uncalibrated.append(
             float(metrics.miscalibration_area(raw.forces, raw_std, ref_f)))

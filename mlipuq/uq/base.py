@@ -366,9 +366,9 @@ class UQWrapper:
         return self.base_model.compute(atoms, stress=True)["stress"][0]
 
     # -------------------------------------------------------------- calibration
-    #: ``calibrate``'s method when none is given: a Gaussian scale factor, except for
-    #: committees (a variance from a few members: Student-t, docs/shift.md)
-    default_calibration = "scalar"
+    #: ``calibrate``'s method when none is given: a fitted Student-t predictive for the
+    #: forces (heavy-tailed errors; docs/shift.md) and a scalar factor for the energies
+    default_calibration = {"energy": "scalar", "forces": "student_t"}
     default_extrapolation = 0.5  #: ``calibrate``'s widening power (extrapolation.DEFAULT_POWER)
 
     def calibrate(self, val, method=None, **options) -> "UQWrapper":
@@ -392,8 +392,8 @@ class UQWrapper:
         dataset = calibration_data(val)
         pred = self.predict(dataset, calibrated=False, composition=False)
         options.setdefault("extrapolation", copy.deepcopy(self.default_extrapolation))
-        self.recalibrator_ = PredictionRecalibrator(method or self.default_calibration,
-                                                    **options).fit(pred, dataset)
+        method = copy.deepcopy(method or self.default_calibration)  # never the class's dict
+        self.recalibrator_ = PredictionRecalibrator(method, **options).fit(pred, dataset)
         return self
 
     @property

@@ -350,10 +350,8 @@ class DeepEnsemble(UQWrapper):
         return histories
 
     # ------------------------------------------------------------ calibration
-    #: K members estimate the variance from K samples: their force z-scores are
-    #: Student-t (measured ν ≈ 2 for K = 3), so forces get a fitted t; energies (few
-    #: values per validation set) a scalar factor (measured in docs/shift.md)
-    default_calibration = {"energy": "scalar", "forces": "student_t"}
+    # K members estimate the variance from K samples: their force z-scores are
+    # Student-t (measured ν ≈ 2 for K = 3; the default t fit of every wrapper)
     #: Beyond the calibration range the members' force spread grew as fast as their
     #: error (measured on EMT Cu, docs/shift.md): forces are not widened; the energies,
     #: whose errors the members share on unseen defects, by r ** 0.25 (extrapolation.py)

@@ -230,10 +230,8 @@ class ShallowEnsemble(UQWrapper):
     so ``base_model`` (used e.g. for stresses) predicts the ensemble mean.
     """
 
-    #: K heads estimate the variance from K samples: heavy-tailed force z-scores
-    #: (measured ν ≈ 5-7 for 8 heads), so ``calibrate(val)`` fits a Student-t to the
-    #: forces by default (energies: a scalar factor), as DeepEnsemble does
-    default_calibration = {"energy": "scalar", "forces": "student_t"}
+    # ``calibrate(val)`` fits a Student-t to the forces (the default of every wrapper):
+    # K heads estimate the variance from K samples (measured ν ≈ 5-7 for 8 heads)
 
     def __init__(
         self,
