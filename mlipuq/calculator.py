@@ -10,7 +10,10 @@ cells, Voigt order, eV/Å^3, computed only when asked for); with a UQ wrapper al
 deviation) and, where the wrapper has a committee,
 ``energies`` ((K,), eV) and ``forces_committee`` ((K, N, 3), eV/Å); a calibrated
 wrapper adds ``calibration_excess`` (>= 1: above 1 the structure's std lies beyond
-the calibration data's and its intervals are widened, not fitted; docs/shift.md).
+the calibration data's and its intervals are widened, not fitted; docs/shift.md)
+and, where the calibration fitted a Student-t (the forces, by default),
+``forces_dof`` / ``energy_dof``: ν of the t, whose 68 % half-width the std is;
+95 % intervals are ``predictive.half_width(std, dof, 0.95)``, wider than 1.96 std.
 
 With the stress, wrappers with a stress uncertainty (``has_stress_uncertainty``:
 LastLayerLaplace, ShallowEnsemble, DeepEnsemble) also give ``stress_std``
@@ -64,6 +67,8 @@ class Calculator(BaseCalculator):
         schema.RESULT_STRESS_COMMITTEE,
         schema.RESULT_ATOM_ENERGY_STD,
         schema.RESULT_CALIBRATION_EXCESS,
+        schema.RESULT_ENERGY_DOF,
+        schema.RESULT_FORCES_DOF,
     ]
 
     def __init__(self, model, *, dtype: torch.dtype = torch.float64,
@@ -143,6 +148,10 @@ class Calculator(BaseCalculator):
             results[schema.RESULT_ATOM_ENERGY_STD] = np.sqrt(pred.atom_energy_var)
         if getattr(pred, "calibration_excess", None) is not None:  # > 1: widened, not fitted
             results[schema.RESULT_CALIBRATION_EXCESS] = float(pred.calibration_excess[0])
+        for key, dof in ((schema.RESULT_ENERGY_DOF, pred.energy_dof),
+                         (schema.RESULT_FORCES_DOF, pred.forces_dof)):
+            if dof is not None:  # a Student-t: intervals need ν besides the std
+                results[key] = float(dof)
         results["free_energy"] = results["energy"]
 
     def _fill_stress(self, results: dict, pred, atoms) -> None:

@@ -398,7 +398,8 @@ def _wrapper_labels(wrapper, *, calibrated: bool) -> dict:
     from mlipuq import schema
 
     recalibrator = getattr(wrapper, "recalibrator_", None)
-    method = getattr(recalibrator, "method", None) if calibrated else None
+    # e.g. "energy scalar, forces student_t" (the default), or one method for both
+    method = getattr(recalibrator, "description", None) if calibrated else None
     return {schema.WRAPPER_CLASS: type(wrapper).__name__,
             schema.WRAPPER: "sha256:" + str(wrapper.fingerprint()),
             schema.CALIBRATION: method or "raw"}

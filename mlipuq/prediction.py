@@ -27,7 +27,8 @@ field                     shape        unit
 ========================  ===========  ==========================================
 
 ``energy_dof`` / ``forces_dof`` are None (Gaussian predictive) unless a
-Student-t recalibration (``calibrate(val, method="student_t")``) set them; the
+Student-t recalibration set them (``calibrate(val)`` fits one to the forces by
+default; ``method="student_t"`` to both targets); the
 std is then the Gaussian-equivalent std, the half-width of the central 68 %
 interval (:mod:`mlipuq.predictive`), and :meth:`Prediction.interval`
 gives the t intervals. Where ``calibration_excess`` > 1 the calibrated std

@@ -46,8 +46,8 @@ ATOM_ENERGY_STD = "mlipuq_atom_energy_std"
 ENERGY_MEMBERS = "mlipuq_energy_members"  #: (K,) member energies (eV)
 #: (3, 3) std of each predicted stress element (eV/Å³), per structure
 STRESS_STD = "mlipuq_stress_std"
-#: Student-t degrees of freedom of the energy / force predictive (after
-#: ``calibrate(..., method="student_t")``); absent: Gaussian. The std columns are then
+#: Student-t degrees of freedom of the energy / force predictive (where the calibration
+#: fitted a t: the forces by default, ``calibrate(val)``); absent: Gaussian. The std columns are then
 #: the Gaussian-equivalent std (the 68 % half-width), see mlipuq.calibration.student_t
 ENERGY_DOF = "mlipuq_energy_dof"
 FORCES_DOF = "mlipuq_forces_dof"
@@ -75,7 +75,13 @@ RESULT_FORCES_COMMITTEE = "forces_committee"  #: (K, N, 3) member forces (eV/Å)
 RESULT_STRESS_STD = "stress_std"  #: (6,) Voigt std of the stress elements (eV/Å³)
 RESULT_STRESS_COMMITTEE = "stress_committee"  #: (K, 6) Voigt member stresses (eV/Å³)
 RESULT_ATOM_ENERGY_STD = "atom_energy_std"  #: (N,) local energy std (eV), where the wrapper has it
+#: Student-t ν of the energy / force predictive where the calibration fitted a t (the
+#: stds are then Gaussian-equivalent: ``Prediction.interval`` / ``predictive.half_width``)
+RESULT_ENERGY_DOF = "energy_dof"
+RESULT_FORCES_DOF = "forces_dof"
 
 # Prediction files written by `mlipuq predict` (per structure, atoms.info)
 WRAPPER_CLASS = "mlipuq_wrapper_class"  #: class name of the UQ wrapper that predicted
-CALIBRATION = "mlipuq_calibration"  #: its recalibration method, or "raw"
+#: its recalibration method ("scalar", or per target "energy scalar, forces student_t"),
+#: or "raw"
+CALIBRATION = "mlipuq_calibration"

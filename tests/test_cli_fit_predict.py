@@ -109,6 +109,10 @@ def test_fit_llpr_then_predict_round_trip(files, tmp_path, capsys):
     np.testing.assert_allclose(forces_std, expected.forces_std, atol=1e-7)
     assert all(schema.ENERGY_MEMBERS in a.info for a in frames) == (
         expected.energy_members is not None)
+    # the default calibration: a Student-t for the forces, its ν in every frame
+    assert all(a.info[schema.CALIBRATION] == "energy scalar, forces student_t" for a in frames)
+    assert all(a.info[schema.FORCES_DOF] == pytest.approx(expected.forces_dof) for a in frames)
+    assert expected.forces_dof is not None and schema.ENERGY_DOF not in frames[0].info
 
     raw = tmp_path / "raw.extxyz"
     assert cli.main([*argv[:-5], str(raw), "--no-calibration", "--batch-size", "1"]) == 0

@@ -83,7 +83,7 @@ def test_llpr_covariance_and_hyperparameters_equal_one_process(runs):
 def test_calibrated_predictions_equal_one_process(runs):
     single, double, _, _ = runs
     for rank in double:
-        for key in ("energy", "energy_var", "forces", "forces_var"):
+        for key in ("energy", "energy_var", "forces", "forces_var", "forces_t"):
             assert close(single[key], rank[key]), key
 
 

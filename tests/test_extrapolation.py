@@ -175,6 +175,9 @@ def test_beyond_the_range_on_hot_copper(copper_llpr, tmp_path):
     atoms.get_potential_energy()
     assert atoms.calc.results["calibration_excess"] == pytest.approx(a.calibration_excess[0],
                                                                      rel=1e-6)
+    # and ν of the default Student-t for the forces (energies: Gaussian, no ν)
+    assert atoms.calc.results["forces_dof"] == pytest.approx(a.forces_dof, rel=1e-12)
+    assert "energy_dof" not in atoms.calc.results and a.energy_dof is None
     # reports say how many structures are beyond the range
     report = mlipuq.calibration.evaluate(a, hot)
     assert report.settings["beyond_calibration"]["n"] == len(hot)

@@ -105,9 +105,10 @@ class LearningCurve:
         Test energy RMSE per atom (eV/atom).
     forces_miscal_area
         Miscalibration area of the force components (0 = calibrated, 0.5 = worst),
-        after the round's recalibration (if the loop calibrates).
+        after the round's recalibration (if the loop calibrates); of the Student-t
+        predictive where the calibration fitted one (the default for forces).
     forces_nll
-        Mean Gaussian NLL of the force components (same predictions; the std in eV/Å).
+        Mean NLL of the force components (same predictions and predictive; nats).
     forces_miscal_area_uncalibrated
         The miscalibration area of the wrapper's raw (unrecalibrated) force std.
     seconds

@@ -164,8 +164,11 @@ def all_metrics(
         Student-t degrees of freedom of the predictive (``Prediction.energy_dof``
         / ``forces_dof``; ``y_std`` is then the Gaussian-equivalent std). The
         NLL, coverages and calibration curve (miscalibration area, RMS and
-        mean absolute calibration error) are then the t predictive's; CRPS,
-        check and interval scores and ENCE read ``y_std`` as a Gaussian σ.
+        mean absolute calibration error) are then the t predictive's, and
+        ``z_mean``, ``z_std``, ``z_rms`` are those of the Gaussian z at the t's
+        CDF level (:func:`~mlipuq.predictive.gaussian_z`: 0, 1, 1 when
+        calibrated, as for a Gaussian); CRPS, check and interval scores, ENCE
+        and sharpness read ``y_std`` as a Gaussian σ.
         None (default): Gaussian throughout.
 
     Returns
@@ -193,8 +196,8 @@ def all_metrics(
     pred, std, true = prepare(y_pred, y_std, y_true, reduce=reduce)
     err = true - pred
     abs_err = np.abs(err)
-    z = err / std
-    sorted_abs_z = np.sort(np.abs(gaussian_z(z, dof)))  # the t's CDF levels with dof
+    z = gaussian_z(err / std, dof)  # with dof: the Gaussian z at the t's CDF level
+    sorted_abs_z = np.sort(np.abs(z))
 
     out: Dict[str, Optional[float]] = {"n": int(err.size)}
     out["mae"] = float(abs_err.mean())

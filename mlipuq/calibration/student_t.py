@@ -88,7 +88,8 @@ def _newton_polish(x: np.ndarray, z: np.ndarray, bounds, steps: int = 3) -> np.n
         new = x.copy()
         new[free] -= np.linalg.solve(h, grad[free])
         new = np.clip(new, [b[0] for b in bounds], [b[1] for b in bounds])
-        if _t_objective(new, z)[0] > _t_objective(x, z)[0] + 1e-15:
+        old = _t_objective(x, z)[0]
+        if _t_objective(new, z)[0] > old + 1e-14 * max(1.0, abs(old)):
             break
         x = new
     return x
@@ -133,7 +134,14 @@ class StudentTRecalibrator(Recalibrator):
             raise ValueError(f"dof_bounds must satisfy 0 < low < high, got {self.dof_bounds!r}")
         pred, std, true = prepare(y_pred, y_std, y_true)
         z = (true - pred) / std
-        start = [math.log(min(max(5.0, low), high)), math.log(math.sqrt(np.mean(z * z)) or 1.0)]
+        rms = math.sqrt(float(np.mean(z * z)))
+        zero = float(np.mean(np.abs(z) <= 1e-9 * rms))
+        if zero >= 0.5:  # the likelihood then grows without bound as s -> 0 (at ν = 1)
+            raise ValueError(
+                f"{zero:.0%} of the validation errors are zero "
+                "(e.g. forces of symmetric structures): a Student-t scale cannot be fitted; "
+                "calibrate on structures with non-zero errors or use method='scalar'")
+        start = [math.log(min(max(5.0, low), high)), math.log(rms)]
         # analytic gradient and tolerances near machine precision: the fit is a smooth
         # function of the data, so two runs that differ by rounding agree to ~1e-10
         best = minimize(_t_objective, start, args=(z.reshape(-1),), jac=True, method="L-BFGS-B",
