@@ -5,6 +5,7 @@
     python benchmarks/shift.py --from-json benchmarks/results/shift.json \
         benchmarks/results/shift_frontier.json --readme README.md --docs docs/shift.md
     python benchmarks/shift.py --parts copper --quick     # a smoke run in a few minutes
+    python benchmarks/shift.py --parts ethanol --update   # rerun one part, keep the other's rows
 
 Every wrapper is fitted with its documented defaults, then recalibrated on
 in-distribution validation data with each recalibration method; we report,
@@ -46,6 +47,7 @@ import time
 
 import numpy as np
 import torch
+from ase.data import chemical_symbols
 from scipy.stats import spearmanr
 
 import mlipuq
@@ -76,8 +78,10 @@ TRAIN = dict(batch_size=8, lr=2e-3, forces_weight=100.0, patience=1000, lr_patie
 #: range (``default_extrapolation``); "no structure scaling" is that default with
 #: ``structure_scaling=False`` (the default before it existed), "no widening" with
 #: ``extrapolation=0``, "neither" with both (as the issue measured); "widening 0.5" and
-#: "widening 1" use 0.5 and 1 for both targets.
-METHODS = ("default", "default, no structure scaling", "default, no widening", "default, neither",
+#: "widening 1" use 0.5 and 1 for both targets; "one force scale" with ``per_species=False``
+#: (one Student-t scale for every element, the default before the scale per element).
+METHODS = ("default", "default, one force scale", "default, no structure scaling",
+           "default, no widening", "default, neither",
            "default, widening 0.5", "default, widening 1",
            "scalar", "power", "isotonic", "conformal", "student_t")
 #: The shift whose first structures join the calibration data with --frontier.
@@ -86,6 +90,7 @@ FRONTIER = {"copper": "bulk 600 K", "ethanol": "largest forces"}
 METHOD_OPTIONS = {"conformal": {"coverage": 0.95}, "default, no widening": {"extrapolation": 0},
                   "default, no structure scaling": {"structure_scaling": False},
                   "default, neither": {"extrapolation": 0, "structure_scaling": False},
+                  "default, one force scale": {"per_species": False},
                   "default, widening 0.5": {"extrapolation": 0.5},
                   "default, widening 1": {"extrapolation": 1.0}}
 TAIL = 0.12
@@ -208,6 +213,10 @@ def scores(pred, ref) -> dict:
         "force_nll": float(metrics.nll(pred.forces, pred.forces_std, f_ref, dof=fd)),
         "energy_nll": float(metrics.nll(pred.energy, pred.energy_std, e_ref, dof=ed)),
         "force_dof": fd, "energy_dof": ed,
+        "force_cov95_by_element": {  # element symbol -> coverage of its force components
+            chemical_symbols[z]: cov(pred.forces[pred.numbers == z], pred.forces_std[pred.numbers == z],
+                                     f_ref[pred.numbers == z], fd)
+            for z in np.unique(pred.numbers)},
         "spearman": float(spearmanr(err, std).statistic),
         "force_std": float(np.mean(pred.forces_std)),
         "energy_std_per_atom": float(np.mean(pred.energy_std / pred.n_atoms)),
@@ -255,6 +264,7 @@ def run_part(part: str, args) -> list[dict]:
             options = dict(METHOD_OPTIONS.get(method, {}))
             if "before" in wrapper_name:  # earlier behaviour: no widening or scaling either
                 options.update(extrapolation=0, structure_scaling=False)
+                options.pop("per_species", None)  # (their scalar factor has no such option)
             chosen = None if base == "default" else base
             if "before" in wrapper_name and chosen is None:
                 chosen = "scalar"  # every wrapper's default before the Student-t one
@@ -319,6 +329,19 @@ def write_between_markers(path: str, text: str, name: str = "shift") -> None:
         fh.write(pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), content))
 
 
+def merged(args, rows: list[dict]) -> tuple[list[dict], dict]:
+    """The rows to save and each part's run settings: with ``--update``, the other
+    parts' rows and settings of the existing ``--out`` are kept."""
+    runs = {part: vars(args) for part in args.parts}
+    if not (args.update and os.path.exists(args.out)):
+        return rows, runs
+    with open(args.out) as fh:
+        old = json.load(fh)
+    kept = [r for r in old["rows"] if r["system"] not in args.parts]
+    old_runs = old.get("runs") or {part: old["args"] for part in old["args"]["parts"]}
+    return kept + rows, {**{p: a for p, a in old_runs.items() if p not in args.parts}, **runs}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", nargs="+", default=["copper", "ethanol"],
@@ -339,6 +362,9 @@ def main(argv=None) -> None:
                         help="write every row between the shift markers of this file")
     parser.add_argument("--from-json", nargs="+", default=None,
                         help="rebuild the tables from saved result files (no run)")
+    parser.add_argument("--update", action="store_true",
+                        help="replace only the rows of the parts run now in --out, keeping "
+                        "the other parts' rows and run settings (a rerun of one part)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -346,9 +372,10 @@ def main(argv=None) -> None:
         rows = [r for path in args.from_json for r in json.load(open(path))["rows"]]
     else:
         rows = [row for part in args.parts for row in run_part(part, args)]
+        rows, runs = merged(args, rows)
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         with open(args.out, "w") as fh:
-            json.dump({"args": vars(args), "rows": rows}, fh, indent=1)
+            json.dump({"args": vars(args), "runs": runs, "rows": rows}, fh, indent=1)
     print(table(rows))
     print(f"total {time.perf_counter() - t0:.0f} s")
     if args.readme:

@@ -257,7 +257,7 @@ def _summary(wrapper, args, n_train: int, n_val: int) -> str:
         rows.append(("calibration", "none (no --val)"))
     else:
         text = f"{recalibrator.description} on {n_val} structures"
-        scales = [f"{key} std x {getattr(recalibrator, key + '_').scale_:.4g}"
+        scales = [f"{key} std x {_multipliers(getattr(recalibrator, key + '_'))}"
                   for key in ("energy", "forces")
                   if hasattr(getattr(recalibrator, key + "_", None), "scale_")]
         scales += [f"{key} Student-t ν {getattr(recalibrator, key + '_').dof_:.3g}"
@@ -437,3 +437,16 @@ def run_predict(args: argparse.Namespace) -> int:
     print(f"{n} structures predicted with {type(wrapper).__name__} ({calibration} "
           f"uncertainties); wrote {args.out}")
     return 0
+
+
+def _multipliers(part) -> str:
+    """A recalibrator's std multiplier, or one per element (``"1.2 (H), 1.4 (O)"``)."""
+    import numpy as np
+    from ase.data import chemical_symbols
+
+    species = getattr(part, "species_", None)
+    if species is None or not len(species) or not hasattr(part, "multiplier"):
+        return f"{part.scale_:.4g}"
+    factors = part.multiplier(np.ones(len(species)), numbers=species)
+    return ", ".join(f"{f:.4g} ({chemical_symbols[int(z)]})" for z, f in zip(species, factors))
+

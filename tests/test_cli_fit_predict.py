@@ -11,6 +11,7 @@ import sys
 
 import ase.io
 import numpy as np
+from ase.data import chemical_symbols
 import pytest
 import torch
 
@@ -110,7 +111,7 @@ def test_fit_llpr_then_predict_round_trip(files, tmp_path, capsys):
     assert all(schema.ENERGY_MEMBERS in a.info for a in frames) == (
         expected.energy_members is not None)
     # the default calibration: a Student-t for the forces, its ν in every frame
-    assert all(a.info[schema.CALIBRATION] == "energy scalar, forces student_t" for a in frames)
+    assert all(a.info[schema.CALIBRATION] == "energy scalar, forces student_t per species" for a in frames)
     assert all(a.info[schema.FORCES_DOF] == pytest.approx(expected.forces_dof) for a in frames)
     assert expected.forces_dof is not None and schema.ENERGY_DOF not in frames[0].info
 
@@ -183,7 +184,7 @@ def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsy
     assert _fit(files, method, out) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     # every wrapper's default calibration: a Student-t predictive for the forces
-    assert "energy scalar, forces student_t on 5 structures" in printed
+    assert "energy scalar, forces student_t per species on 5 structures" in printed
     assert "wrapper saved to" in printed
     assert "forces Student-t ν" in printed and "energy Student-t" not in printed
     # the widening beyond the calibration range, with the wrapper's default powers
@@ -192,6 +193,10 @@ def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsy
     wrapper = load_wrapper(out)
     assert type(wrapper) is WRAPPERS[method]
     assert wrapper.calibrated_
+    forces = wrapper.recalibrator_.forces_  # one std multiplier per element, printed as such
+    for z, factor in zip(forces.species_, forces.multiplier(np.ones(len(forces.species_)),
+                                                            numbers=forces.species_)):
+        assert f"{factor:.4g} ({chemical_symbols[z]})" in printed
     if method == "deep":
         assert wrapper.n_members == 2 and wrapper.seeds_ == [0, 1]
         assert "members" in printed and "seeds [0, 1]" in printed

@@ -192,7 +192,7 @@ def test_single_model_default_t_beats_the_scalar_factor_on_held_out_dft(ethanol_
         warnings.simplefilter("ignore")
         default = ethanol_llpr.copy().calibrate(val)
         scalar = ethanol_llpr.copy().calibrate(val, method="scalar")
-    assert default.recalibrator_.description == "energy scalar, forces student_t"
+    assert default.recalibrator_.description == "energy scalar, forces student_t per species"
     reports = {}
     for name, wrapper in (("default", default), ("scalar", scalar)):
         pred = wrapper.predict(test)
@@ -259,7 +259,7 @@ def test_committees_default_to_a_student_t_that_fixes_their_heavy_tails():
         train, val, test = demo.system_data("cu_emt")
     committee = DeepEnsemble([demo.load_pretrained(f"cu_emt_{k}") for k in range(3)])
     t_report = mlipuq.calibration.evaluate(committee.calibrate(val).predict(test), test)
-    assert committee.recalibrator_.description == "energy scalar, forces student_t"
+    assert committee.recalibrator_.description == "energy scalar, forces student_t per species"
     assert not hasattr(committee.recalibrator_.energy_, "dof_")
     assert committee.recalibrator_.forces_.dof_ < 4
     gauss = mlipuq.calibration.evaluate(

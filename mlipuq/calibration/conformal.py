@@ -65,7 +65,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from mlipuq.calibration.metrics_common import prepare
-from mlipuq.calibration.recalibrate_base import Recalibrator, check_std
+from mlipuq.calibration.recalibrate_base import Recalibrator, check_std, target_numbers
 
 __all__ = ["ConformalRecalibrator", "conformal_quantile", "min_calibration_size"]
 
@@ -216,7 +216,7 @@ class ConformalRecalibrator(Recalibrator):
         species_quantile = np.zeros(0, dtype=np.float64)
         species_count = np.zeros(0, dtype=np.int64)
         if self.per_species:
-            z_numbers = self._numbers(numbers, shape)
+            z_numbers = target_numbers(numbers, shape)
             species, index, species_count = np.unique(
                 z_numbers, return_inverse=True, return_counts=True
             )
@@ -234,29 +234,6 @@ class ConformalRecalibrator(Recalibrator):
         self.species_count_ = species_count
         self.scale_ = quantile / self.z_c
         return self
-
-    def _numbers(self, numbers, shape) -> np.ndarray:
-        """Flat int64 atomic numbers, one per target of an array of ``shape``."""
-        if numbers is None:
-            raise ValueError(
-                "per_species=True needs the atomic number of every target (numbers=...)"
-            )
-        z = np.asarray(numbers)
-        if z.size and not np.issubdtype(z.dtype, np.integer) and not (
-            np.all(np.isfinite(z)) and np.all(z == np.round(z))
-        ):
-            raise ValueError("numbers must be integer atomic numbers")
-        z = z.astype(np.int64)
-        shape = tuple(shape)
-        if z.shape != shape:
-            if len(shape) >= 1 and z.shape == shape[:1]:
-                z = np.broadcast_to(z.reshape(z.shape + (1,) * (len(shape) - 1)), shape)
-            else:
-                raise ValueError(
-                    f"numbers has shape {z.shape}; expected {shape} or {shape[:1]} "
-                    "(one atomic number per target or per row)"
-                )
-        return np.ascontiguousarray(z).reshape(-1)
 
     # ----------------------------------------------------------- transform
     def _species_quantile(self, z: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -291,7 +268,7 @@ class ConformalRecalibrator(Recalibrator):
     def _half_width(self, std: np.ndarray, numbers) -> np.ndarray:
         if not self.per_species:
             return self.quantile_ * std
-        z = self._numbers(numbers, std.shape)
+        z = target_numbers(numbers, std.shape)
         mult, known = self._species_quantile(z)
         flat = std.reshape(-1)
         missing = ~known & (flat > 0)

@@ -315,8 +315,12 @@ class PredictionRecalibrator:
 
     @property
     def description(self) -> str:
-        """``"student_t"``, or ``"energy scalar, forces student_t"`` for per-target methods."""
+        """``"student_t"``, or ``"energy scalar, forces student_t per species"`` for
+        per-target methods (forces with a scale per element: "per species")."""
         energy, forces = self.method_of("energy"), self.method_of("forces")
+        if self.options.get("per_species") and "per_species" in getattr(
+                RECALIBRATORS.get(forces), "per_atom_options", ()):
+            forces += " per species"
         return energy if energy == forces else f"energy {energy}, forces {forces}"
 
     def _options_for(self, target: str) -> dict:

@@ -14,7 +14,7 @@ import numpy as np
 
 from mlipuq.errors import NotFittedError
 
-__all__ = ["Recalibrator", "check_std"]
+__all__ = ["Recalibrator", "check_std", "target_numbers"]
 
 
 def check_std(y_std) -> np.ndarray:
@@ -25,6 +25,32 @@ def check_std(y_std) -> np.ndarray:
     if (std < 0).any():
         raise ValueError(f"y_std holds {int((std < 0).sum())} negative value(s)")
     return std
+
+
+def target_numbers(numbers, shape) -> np.ndarray:
+    """Flat int64 atomic numbers, one per target of an array of ``shape``
+    (``numbers`` of that shape, or one per row: ``shape[:1]``); per-species
+    recalibrators' ``numbers=``."""
+    if numbers is None:
+        raise ValueError(
+            "per_species=True needs the atomic number of every target (numbers=...)"
+        )
+    z = np.asarray(numbers)
+    if z.size and not np.issubdtype(z.dtype, np.integer) and not (
+        np.all(np.isfinite(z)) and np.all(z == np.round(z))
+    ):
+        raise ValueError("numbers must be integer atomic numbers")
+    z = z.astype(np.int64)
+    shape = tuple(shape)
+    if z.shape != shape:
+        if len(shape) >= 1 and z.shape == shape[:1]:
+            z = np.broadcast_to(z.reshape(z.shape + (1,) * (len(shape) - 1)), shape)
+        else:
+            raise ValueError(
+                f"numbers has shape {z.shape}; expected {shape} or {shape[:1]} "
+                "(one atomic number per target or per row)"
+            )
+    return np.ascontiguousarray(z).reshape(-1)
 
 
 class Recalibrator:

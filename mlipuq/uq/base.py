@@ -36,8 +36,7 @@ import torch
 
 from mlipuq import data as mdata
 from mlipuq import distributed as mdist
-from mlipuq.errors import (FileFormatError, InvalidStructureError, MissingReferenceError,
-                           NotFittedError)
+from mlipuq.errors import FileFormatError, InvalidStructureError, MissingReferenceError, NotFittedError
 from mlipuq.fileio import check_plain, check_weights_only, read_payload, save_payload
 from mlipuq.models.base import MLIP, model_class, model_from_payload
 from mlipuq.prediction import Prediction
@@ -73,10 +72,8 @@ def _to_numpy(x) -> Optional[np.ndarray]:
 
 def _check_model(model) -> MLIP:
     if not isinstance(model, MLIP):
-        raise TypeError(
-            f"expected an mlipuq MLIP (MiniMLIP or mlipuq.models.wrap(...)), got "
-            f"{type(model).__name__}"
-        )
+        raise TypeError("expected an mlipuq MLIP (MiniMLIP or mlipuq.models.wrap(...)), "
+                        f"got {type(model).__name__}")
     return model
 
 
@@ -366,21 +363,22 @@ class UQWrapper:
         return self.base_model.compute(atoms, stress=True)["stress"][0]
 
     # -------------------------------------------------------------- calibration
-    #: ``calibrate``'s method when none is given: a fitted Student-t predictive for the
-    #: forces (heavy-tailed errors; docs/shift.md) and a scalar factor for the energies
+    #: ``calibrate``'s method and options when no method is given: a Student-t for the
+    #: forces with one scale per element (heavy tails; docs/shift.md), a scalar for energies
     default_calibration = {"energy": "scalar", "forces": "student_t"}
+    default_calibration_options = {"per_species": True}
     default_extrapolation = 0.5  #: ``calibrate``'s widening power (extrapolation.DEFAULT_POWER)
 
     def calibrate(self, val, method=None, **options) -> "UQWrapper":
         """Fit recalibrators of the energy and force std on validation data.
 
-        ``method`` (None: :attr:`default_calibration`; or one per target,
-        ``{"energy": ..., "forces": ...}``) is ``"scalar"`` (NLL-optimal factor),
-        ``"power"`` (σ' = aσ^b), ``"isotonic"`` (Kuleshov et al. 2018), ``"conformal"``
+        ``method`` (None: :attr:`default_calibration` with :attr:`default_calibration_options`;
+        or one per target, ``{"energy": ..., "forces": ...}``) is ``"scalar"`` (NLL-optimal
+        factor), ``"power"`` (σ' = aσ^b), ``"isotonic"`` (Kuleshov et al. 2018), ``"conformal"``
         (split-conformal; ``coverage=0.9``, ``per_species=False``) or ``"student_t"``
-        (predictions then carry ``energy_dof`` and ``forces_dof``); energies and
-        forces get separate recalibrators (a :class:`~mlipuq.calibration.recalibrate.
-        PredictionRecalibrator`, ``recalibrator_``) that later ``predict`` calls
+        (``per_species=False``; predictions then carry ``energy_dof`` and ``forces_dof``);
+        energies and forces get separate recalibrators (a :class:`~mlipuq.calibration.
+        recalibrate.PredictionRecalibrator`, ``recalibrator_``) that later ``predict`` calls
         apply, committee members stretched to match; first, how stds scale between
         structures is fitted (``structure_scaling=True``, :mod:`mlipuq.calibration.
         structure_scaling`). Stds beyond the largest of ``val`` are widened (``extrapolation``,
@@ -392,7 +390,9 @@ class UQWrapper:
         dataset = calibration_data(val)
         pred = self.predict(dataset, calibrated=False, composition=False)
         options.setdefault("extrapolation", copy.deepcopy(self.default_extrapolation))
-        method = copy.deepcopy(method or self.default_calibration)  # never the class's dict
+        if method is None:  # the default method with its options (copies: never the class's)
+            method, options = self.default_calibration, {**self.default_calibration_options, **options}
+        method = copy.deepcopy(method)
         self.recalibrator_ = PredictionRecalibrator(method, **options).fit(pred, dataset)
         return self
 

@@ -56,8 +56,8 @@ def main(folder: Path) -> None:
         "energy_covariance": llpr.energy_covariance_,
         "energy": pred.energy, "energy_var": pred.energy_var,
         "forces": pred.forces, "forces_var": pred.forces_var,
-        # the default calibration's Student-t for the forces: ν and its scale
-        "forces_t": np.array([pred.forces_dof, llpr.recalibrator_.forces_.t_scale_]),
+        # the default calibration's Student-t for the forces: ν and its scale per element
+        "forces_t": np.array([pred.forces_dof, *llpr.recalibrator_.forces_.species_t_scale_]),
     }
     data = {"train": train, "val": val}
     for name, options in STRATEGIES.items():
