@@ -91,7 +91,12 @@ def add_parsers(subparsers) -> None:
     fit.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     fit.add_argument("--calibration", choices=CALIBRATIONS, default=None,
                      help="recalibration fitted on --val (default: the wrapper's, "
-                          "student_t for forces and scalar for energies)")
+                          "student_t for forces with one scale per element and scalar "
+                          "for energies)")
+    fit.add_argument("--per-species", action=argparse.BooleanOptionalAction, default=None,
+                     help="student_t or conformal forces: one scale (quantile) per element "
+                          "(default: yes for the wrapper's default calibration, no for an "
+                          "explicit --calibration)")
     fit.add_argument("--coverage", type=float, default=None,
                      help="conformal: target coverage of the intervals (0.9 if not given)")
     fit.add_argument("--extrapolation", type=float, default=None,
@@ -193,6 +198,9 @@ def _check_fit_args(args) -> None:
             raise ValueError("--coverage applies to --calibration conformal only")
         if not 0 < args.coverage < 1:
             raise ValueError(f"--coverage must be between 0 and 1, got {args.coverage}")
+    if args.per_species is not None and args.calibration not in (None, "student_t", "conformal"):
+        raise ValueError("--per-species applies to --calibration student_t or conformal "
+                         f"(or the default), not {args.calibration}")
     if args.method == "shallow" and args.heads < 2:
         raise ValueError(f"--heads must be >= 2, got {args.heads}")
     if args.refit_mean and args.method != "llpr":
@@ -297,6 +305,8 @@ def run_fit(args: argparse.Namespace) -> int:
                                                  ("coverage", args.coverage))
                    if value is not None}
         options["structure_scaling"] = args.structure_scaling
+        if args.per_species is not None:
+            options["per_species"] = args.per_species
         wrapper.calibrate(val, method=args.calibration, **options)
 
     def save():

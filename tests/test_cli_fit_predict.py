@@ -11,12 +11,13 @@ import sys
 
 import ase.io
 import numpy as np
-from ase.data import chemical_symbols
 import pytest
 import torch
+from ase.data import chemical_symbols
 
 import mlipuq
 from mlipuq import cli, schema
+from mlipuq.calibration.student_t import StudentTRecalibrator
 from mlipuq.uq import DeepEnsemble, EvidentialHead, LastLayerLaplace, ShallowEnsemble
 from mlipuq.uq import load as load_wrapper
 
@@ -236,6 +237,8 @@ def test_fit_deep_from_several_trained_models(files, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["llpr", "--coverage", "0.9"], "--coverage applies to --calibration conformal"),
+    (["llpr", "--calibration", "scalar", "--per-species"],
+     "--per-species applies to --calibration student_t or conformal"),
     (["deep", "--members", "1"], "--members must be >= 2"),
     (["llpr", "-m", "{model}"], "fit llpr takes one --model"),
     (["shallow", "--heads", "1"], "--heads must be >= 2"),
@@ -252,6 +255,23 @@ def test_fit_user_errors(files, tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert err.startswith("mlipuq: error: ") and message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_per_species_flag_sets_the_force_recalibrator(files, tmp_path, capsys):
+    """--no-per-species: one force scale; --calibration conformal --per-species: a
+    quantile per element; the default: a t scale per element (printed per element)."""
+    numbers = np.concatenate([a.numbers for a in mlipuq.load(files["val"])])
+    elements, atoms = np.unique(numbers, return_counts=True)
+    # a t scale of its own needs 30 force components (10 atoms); conformal takes every element
+    own = elements[3 * atoms >= StudentTRecalibrator.MIN_SPECIES_TARGETS]
+    for extra, expected in (((), own), (("--no-per-species",), []),
+                            (("--calibration", "conformal", "--coverage", "0.5", "--per-species"), elements)):
+        out = tmp_path / f"w{len(extra)}.pt"
+        assert _fit(files, "llpr", out, *extra) == 0, capsys.readouterr().err
+        recalibrator = load_wrapper(out).recalibrator_
+        np.testing.assert_array_equal(recalibrator.forces_.species_, expected)
+        assert ("per species" in recalibrator.description) == bool(len(expected))
+    capsys.readouterr()
 
 
 def test_bad_device_is_a_usage_error(files, tmp_path, capsys):
