@@ -21,9 +21,10 @@ from typing import Optional
 
 import numpy as np
 from scipy import stats
-from scipy.special import ndtri
+from scipy.special import betaln, ndtr, ndtri
 
-__all__ = ["ONE_SIGMA", "check_dof", "gaussian_z", "half_width", "nll_values_t", "std_factor"]
+__all__ = ["ONE_SIGMA", "check_dof", "crps_values_t", "gaussian_z", "half_width", "nll_values_t",
+           "std_factor"]
 
 #: Level of the central interval whose half-width is the reported std (±1σ of a Gaussian).
 ONE_SIGMA = math.erf(1.0 / math.sqrt(2.0))
@@ -79,3 +80,30 @@ def half_width(std, dof: Optional[float], level: float) -> np.ndarray:
     if dof is None:
         return np.asarray(std, dtype=np.float64) * float(ndtri(q))
     return np.asarray(std, dtype=np.float64) / std_factor(dof) * float(stats.t.ppf(q, dof))
+
+
+def crps_values_t(err: np.ndarray, std: np.ndarray, dof: Optional[float]) -> np.ndarray:
+    """Per-prediction CRPS (unit of ``err``) of ``err = y_true − y_pred`` under the t
+    predictive (Gaussian for ``dof=None``); infinite for ν ≤ 1 (no finite mean).
+
+    With t scale s = std/m(ν) and z = err/s (Jordan, Krüger and Lerch, J. Stat.
+    Softw. 90(12), 2019, the location-scale t):
+
+    .. math:: s\\left[z(2F_\\nu(z) - 1) + 2f_\\nu(z)\\frac{\\nu + z^2}{\\nu - 1}
+              - \\frac{2\\sqrt\\nu\\,B(\\tfrac12, \\nu - \\tfrac12)}
+                     {(\\nu - 1)\\,B(\\tfrac12, \\tfrac\\nu2)^2}\\right]
+    """
+    err, std = np.asarray(err, dtype=np.float64), np.asarray(std, dtype=np.float64)
+    if dof is None:
+        z = err / std
+        pdf = np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+        return std * (z * (2.0 * ndtr(z) - 1.0) + 2.0 * pdf - 1.0 / math.sqrt(math.pi))
+    if dof <= 1.0:
+        return np.full(np.broadcast(err, std).shape, np.inf)
+    scale = std / std_factor(dof)
+    z = err / scale
+    const = 2.0 * math.sqrt(dof) / (dof - 1.0) * math.exp(betaln(0.5, dof - 0.5)
+                                                         - 2.0 * betaln(0.5, 0.5 * dof))
+    return scale * (z * (2.0 * stats.t.cdf(z, dof) - 1.0)
+                    + 2.0 * stats.t.pdf(z, dof) * (dof + z * z) / (dof - 1.0) - const)
+

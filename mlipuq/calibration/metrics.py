@@ -31,6 +31,8 @@ ranks between metrics.
 
 from __future__ import annotations
 
+import math
+
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -75,13 +77,13 @@ from mlipuq.calibration.metrics_scoring import (
     check_score,
     check_values,
     crps_gaussian,
-    crps_values,
+    crps_values,  # noqa: F401  (re-exported)
     interval_score,
     interval_values,
     nll_gaussian,
     nll_values,  # noqa: F401  (re-exported)
 )
-from mlipuq.predictive import check_dof, gaussian_z, nll_values_t
+from mlipuq.predictive import check_dof, crps_values_t, gaussian_z, nll_values_t
 
 __all__ = [
     "DEFAULT_LEVELS",
@@ -95,6 +97,7 @@ __all__ = [
     "check_score",
     "coverage",
     "coverage_key",
+    "crps",
     "crps_gaussian",
     "ence",
     "error_detection_auc",
@@ -119,6 +122,15 @@ def nll(y_pred, y_std, y_true, *, reduce: str = "none", dof: Optional[float] = N
     Gaussian-equivalent std is ``y_std`` (:mod:`mlipuq.calibration.student_t`)."""
     pred, std, true = prepare(y_pred, y_std, y_true, reduce=reduce)
     return float(nll_values_t(true - pred, std, check_dof(dof)).mean())
+
+
+def crps(y_pred, y_std, y_true, *, reduce: str = "none", dof: Optional[float] = None) -> float:
+    """Mean continuous ranked probability score (unit of y) of the predictive: Gaussian
+    (:func:`crps_gaussian`), or with ``dof`` the Student-t whose Gaussian-equivalent
+    std is ``y_std`` (closed form, :func:`mlipuq.predictive.crps_values_t`; infinite
+    for ν ≤ 1)."""
+    pred, std, true = prepare(y_pred, y_std, y_true, reduce=reduce)
+    return float(crps_values_t(true - pred, std, check_dof(dof)).mean())
 
 
 def coverage_key(level: float) -> str:
@@ -163,11 +175,12 @@ def all_metrics(
     dof
         Student-t degrees of freedom of the predictive (``Prediction.energy_dof``
         / ``forces_dof``; ``y_std`` is then the Gaussian-equivalent std). The
-        NLL, coverages and calibration curve (miscalibration area, RMS and
-        mean absolute calibration error) are then the t predictive's, and
+        NLL, CRPS (None for ν ≤ 1, where it is infinite), coverages and
+        calibration curve (miscalibration area, RMS and mean absolute
+        calibration error) are then the t predictive's, and
         ``z_mean``, ``z_std``, ``z_rms`` are those of the Gaussian z at the t's
         CDF level (:func:`~mlipuq.predictive.gaussian_z`: 0, 1, 1 when
-        calibrated, as for a Gaussian); CRPS, check and interval scores, ENCE
+        calibrated, as for a Gaussian); check and interval scores, ENCE
         and sharpness read ``y_std`` as a Gaussian σ.
         None (default): Gaussian throughout.
 
@@ -204,7 +217,8 @@ def all_metrics(
     out["rmse"] = float(np.sqrt(np.mean(err * err)))
     out["sharpness"] = float(np.sqrt(np.mean(std * std)))
     out["nll"] = float(nll_values_t(err, std, dof).mean())
-    out["crps"] = float(crps_values(err, std).mean())
+    crps_mean = float(crps_values_t(err, std, dof).mean())
+    out["crps"] = crps_mean if math.isfinite(crps_mean) else None
     out["check_score"] = float(check_values(err, std, 0.01, 0.99, resolution).mean())
     out["interval_score"] = float(interval_values(err, std, 0.01, 0.99, resolution).mean())
 

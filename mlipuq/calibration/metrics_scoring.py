@@ -13,16 +13,12 @@ they cost O(n log m) for n predictions and m levels.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import ndtr, ndtri
+from scipy.special import ndtri
 
 from mlipuq.calibration.metrics_common import aggregate, check_int, check_reduction, prepare
+from mlipuq.predictive import crps_values_t
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
-_INV_SQRT_PI = float(1.0 / np.sqrt(np.pi))
-
-
-def _pdf(z: np.ndarray) -> np.ndarray:
-    return np.exp(-0.5 * z * z) / np.sqrt(2.0 * np.pi)
 
 
 # ------------------------------------------------------------------ kernels
@@ -34,8 +30,7 @@ def nll_values(err: np.ndarray, std: np.ndarray) -> np.ndarray:
 
 def crps_values(err: np.ndarray, std: np.ndarray) -> np.ndarray:
     """Per-prediction Gaussian CRPS for ``err = y_true - y_pred`` (unit of y)."""
-    z = err / std
-    return std * (z * (2.0 * ndtr(z) - 1.0) + 2.0 * _pdf(z) - _INV_SQRT_PI)
+    return crps_values_t(err, std, None)
 
 
 def check_values(
