@@ -81,9 +81,13 @@ def test_numbers_are_required_and_checked():
         rec.fit(np.zeros_like(y), sigma, y)
     with pytest.raises(ValueError, match="numbers has shape"):
         rec.fit(np.zeros_like(y), sigma, y, numbers=numbers[:5])
-    y[numbers == 8] = 0.0  # every error of oxygen zero: no scale to fit
-    with pytest.raises(ValueError, match="of element Z=8 are zero"):
+    y[numbers == 8] = 0.0  # every error of oxygen zero: no scale of its own (the largest)
+    with pytest.warns(UserWarning, match="Z=8: half their validation force errors"):
         rec.fit(np.zeros_like(y), sigma, y, numbers=numbers)
+    np.testing.assert_array_equal(rec.species_, [1])
+    with pytest.raises(ValueError, match="of the validation errors are zero"):
+        StudentTRecalibrator(per_species=True).fit(np.zeros_like(y), sigma, np.zeros_like(y),
+                                                   numbers=numbers)
 
 
 def test_a_file_without_per_species_predicts_as_before():

@@ -318,8 +318,10 @@ class PredictionRecalibrator:
         """``"student_t"``, or ``"energy scalar, forces student_t per species"`` for
         per-target methods (forces with a scale per element: "per species")."""
         energy, forces = self.method_of("energy"), self.method_of("forces")
+        fitted = getattr(getattr(self, "forces_", None), "species_", None)  # empty: one scale
         if self.options.get("per_species") and "per_species" in getattr(
-                RECALIBRATORS.get(forces), "per_atom_options", ()):
+                RECALIBRATORS.get(forces), "per_atom_options", ()) and (
+                fitted is None or len(fitted)):
             forces += " per species"
         return energy if energy == forces else f"energy {energy}, forces {forces}"
 

@@ -32,6 +32,7 @@ always the Gaussian-equivalent std.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Tuple
 
 import numpy as np
@@ -166,7 +167,7 @@ class StudentTRecalibrator(Recalibrator):
         shape = np.shape(y_pred)
         pred, std, true = prepare(y_pred, y_std, y_true)
         z = ((true - pred) / std).reshape(-1)
-        species, groups = self._groups(numbers, shape)
+        species, groups = self._groups(numbers, shape, z)
         z, groups = z[groups >= 0], groups[groups >= 0]
         counts = np.bincount(groups, minlength=max(species.size, 1)).astype(np.float64)
         rms = np.sqrt(np.bincount(groups, weights=z * z) / counts)
@@ -189,20 +190,28 @@ class StudentTRecalibrator(Recalibrator):
         self.scale_ = self.t_scale_ * std_factor(self.dof_)
         return self
 
-    def _groups(self, numbers, shape) -> Tuple[np.ndarray, np.ndarray]:
+    def _groups(self, numbers, shape, z) -> Tuple[np.ndarray, np.ndarray]:
         """Elements with their own scale, and each target's scale index (-1: an
-        element too rare for one, left out of the fit); one group without
-        ``per_species`` or when no element has enough targets."""
+        element too rare for one, or with half its errors or more exactly zero, left
+        out of the fit); one group without ``per_species`` or when no element
+        qualifies."""
         n = int(np.prod(shape))
         if not self.needs_numbers:
             return np.zeros(0, np.int64), np.zeros(n, np.int64)
-        z = target_numbers(numbers, shape)
-        elements, inverse, counts = np.unique(z, return_inverse=True, return_counts=True)
-        own = counts >= self.MIN_SPECIES_TARGETS
+        elements, inverse, counts = np.unique(target_numbers(numbers, shape), return_inverse=True,
+                                              return_counts=True)
+        inverse = inverse.reshape(-1)
+        rms = np.sqrt(np.bincount(inverse, weights=z * z) / counts)
+        zero = np.bincount(inverse, weights=np.abs(z) <= 1e-9 * rms[inverse]) / counts
+        own = (counts >= self.MIN_SPECIES_TARGETS) & (zero < 0.5)
+        if np.any(zero[counts >= self.MIN_SPECIES_TARGETS] >= 0.5):
+            warnings.warn("elements Z=" + ", ".join(str(int(e)) for e in elements[zero >= 0.5])
+                          + ": half their validation force errors or more are zero; they get "
+                          "the largest fitted scale instead of their own", stacklevel=3)
         if not own.any():
             return np.zeros(0, np.int64), np.zeros(n, np.int64)
         index = np.where(own, np.cumsum(own) - 1, -1)
-        return elements[own].astype(np.int64), index[inverse.reshape(-1)]
+        return elements[own].astype(np.int64), index[inverse]
 
     def multiplier(self, y_std, numbers=None) -> np.ndarray:
         """The std multiplier of each target (``scale_``, or its element's)."""
