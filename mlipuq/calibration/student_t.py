@@ -171,8 +171,8 @@ class StudentTRecalibrator(Recalibrator):
         z, groups = z[groups >= 0], groups[groups >= 0]
         counts = np.bincount(groups, minlength=max(species.size, 1)).astype(np.float64)
         rms = np.sqrt(np.bincount(groups, weights=z * z) / counts)
-        for k, name in enumerate(species if species.size else ["all"]):
-            _check_zeros(z[groups == k], rms[k], name)
+        if not species.size:  # elements with a scale of their own passed this test in _groups
+            _check_zeros(z, rms[0])
         bounds = [(math.log(low), math.log(high))] + [(-30.0, 30.0)] * counts.size
         start = [math.log(min(max(5.0, low), high)), *np.log(rms)]
         args = (z, groups, counts)
@@ -202,7 +202,7 @@ class StudentTRecalibrator(Recalibrator):
                                               return_counts=True)
         inverse = inverse.reshape(-1)
         rms = np.sqrt(np.bincount(inverse, weights=z * z) / counts)
-        zero = np.bincount(inverse, weights=np.abs(z) <= 1e-9 * rms[inverse]) / counts
+        zero = np.bincount(inverse, weights=_is_zero(z, rms[inverse])) / counts
         own = (counts >= self.MIN_SPECIES_TARGETS) & (zero < 0.5)
         if np.any(zero[counts >= self.MIN_SPECIES_TARGETS] >= 0.5):
             warnings.warn("elements Z=" + ", ".join(str(int(e)) for e in elements[zero >= 0.5])
@@ -237,13 +237,17 @@ class StudentTRecalibrator(Recalibrator):
         return pred - half, pred + half
 
 
-def _check_zeros(z: np.ndarray, rms: float, name) -> None:
+def _is_zero(z: np.ndarray, rms) -> np.ndarray:
+    """Errors that are zero to rounding, relative to the RMS of their group."""
+    return np.abs(z) <= 1e-9 * rms
+
+
+def _check_zeros(z: np.ndarray, rms: float) -> None:
     """Refuse a t fit where half the errors or more are zero: the likelihood then
     grows without bound as s -> 0 (at ν = 1)."""
-    zero = float(np.mean(np.abs(z) <= 1e-9 * rms)) if z.size else 1.0
+    zero = float(np.mean(_is_zero(z, rms))) if z.size else 1.0
     if zero >= 0.5:
-        where = "" if name == "all" else f" of element Z={int(name)}"
         raise ValueError(
-            f"{zero:.0%} of the validation errors{where} are zero "
+            f"{zero:.0%} of the validation errors are zero "
             "(e.g. forces of symmetric structures): a Student-t scale cannot be fitted; "
             "calibrate on structures with non-zero errors or use method='scalar'")
