@@ -24,7 +24,7 @@ from scipy import stats
 from scipy.special import betaln, ndtr, ndtri
 
 __all__ = ["ONE_SIGMA", "check_dof", "crps_values_t", "gaussian_z", "half_width", "nll_values_t",
-           "std_factor"]
+           "std_factor", "std_quantiles", "variance_factor"]
 
 #: Level of the central interval whose half-width is the reported std (±1σ of a Gaussian).
 ONE_SIGMA = math.erf(1.0 / math.sqrt(2.0))
@@ -45,6 +45,25 @@ def std_factor(dof: Optional[float]) -> float:
     if dof is None:
         return 1.0
     return float(stats.t.ppf(0.5 + ONE_SIGMA / 2.0, dof))
+
+
+def std_quantiles(q, dof: Optional[float]) -> np.ndarray:
+    """Quantiles at levels ``q`` of the standardised predictive, in units of the
+    Gaussian-equivalent std: :math:`\\Phi^{-1}(q)`, or :math:`t_\\nu^{-1}(q)/m(\\nu)`."""
+    q = np.asarray(q, dtype=np.float64)
+    if dof is None:
+        return ndtri(q)
+    return stats.t.ppf(q, dof) / std_factor(dof)
+
+
+def variance_factor(dof: Optional[float]) -> float:
+    """Variance of the predictive over std²: 1 for a Gaussian,
+    :math:`\\nu / ((\\nu - 2) m(\\nu)^2)` for a t with ν > 2, infinite for ν ≤ 2."""
+    if dof is None:
+        return 1.0
+    if dof <= 2.0:
+        return math.inf
+    return dof / (dof - 2.0) / std_factor(dof) ** 2
 
 
 def gaussian_z(z: np.ndarray, dof: Optional[float]) -> np.ndarray:

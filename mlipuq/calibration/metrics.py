@@ -180,8 +180,10 @@ def all_metrics(
         calibration error) are then the t predictive's, and
         ``z_mean``, ``z_std``, ``z_rms`` are those of the Gaussian z at the t's
         CDF level (:func:`~mlipuq.predictive.gaussian_z`: 0, 1, 1 when
-        calibrated, as for a Gaussian); check and interval scores, ENCE
-        and sharpness read ``y_std`` as a Gaussian σ.
+        calibrated, as for a Gaussian); the check and interval scores use the
+        t's quantiles and the ENCE its variance (None for ν ≤ 2, where it is
+        infinite); sharpness stays the RMS of ``y_std`` (a width, comparable
+        between Gaussian and t predictions).
         None (default): Gaussian throughout.
 
     Returns
@@ -194,7 +196,8 @@ def all_metrics(
         ``z_mean``, ``z_std``, ``z_rms``, ``spearman``, ``auroc``, ``auprc``,
         ``detection_positive_fraction`` (dimensionless). A metric that is
         undefined for the data (constant σ for ``spearman``, fewer
-        predictions than ENCE bins, no error above the threshold) is None.
+        predictions than ENCE bins or a t with ν ≤ 2 for ``ence``, no error above
+        the threshold) is None.
     """
     num_bins = check_int("num_bins", num_bins, 2)
     num_bins_ence = check_int("num_bins_ence", num_bins_ence)
@@ -219,8 +222,8 @@ def all_metrics(
     out["nll"] = float(nll_values_t(err, std, dof).mean())
     crps_mean = float(crps_values_t(err, std, dof).mean())
     out["crps"] = crps_mean if math.isfinite(crps_mean) else None
-    out["check_score"] = float(check_values(err, std, 0.01, 0.99, resolution).mean())
-    out["interval_score"] = float(interval_values(err, std, 0.01, 0.99, resolution).mean())
+    out["check_score"] = float(check_values(err, std, 0.01, 0.99, resolution, dof).mean())
+    out["interval_score"] = float(interval_values(err, std, 0.01, 0.99, resolution, dof).mean())
 
     expected, observed = proportions_from_sorted(sorted_abs_z, num_bins, "interval")
     out["miscalibration_area"] = area_between(expected, observed)
@@ -230,9 +233,10 @@ def all_metrics(
         out[coverage_key(level)] = float(value)
 
     std_order = np.argsort(std, kind="stable")
-    if err.size >= num_bins_ence:
-        out["ence"] = ence_from_bins(binned_errors(err, std, num_bins_ence, std_order))
-    else:
+    try:  # None with fewer predictions than bins, or a t with no finite variance
+        out["ence"] = (ence_from_bins(binned_errors(err, std, num_bins_ence, std_order, dof))
+                       if err.size >= num_bins_ence else None)
+    except UndefinedMetricError:
         out["ence"] = None
     stats = z_stats_from_z(z)
     out["z_mean"], out["z_std"], out["z_rms"] = stats.mean, stats.std, stats.rms

@@ -11,7 +11,8 @@ Two notions of calibration are covered:
 * **Error-based (variance) calibration** (Levi et al. 2019): among
   predictions with similar σ, the RMSE should equal the root mean variance
   (RMV). :func:`rmse_rmv_bins` bins by σ into equal-count bins and
-  :func:`ence` averages the relative gap. :func:`z_score_stats` checks that
+  :func:`ence` averages the relative gap; with Student-t ``dof`` the RMV is
+  the t's variance (undefined for ν ≤ 2, where it is infinite). :func:`z_score_stats` checks that
   :math:`z = (y - \\mu)/\\sigma` has mean 0 and standard deviation 1.
 
 Every function takes ``(y_pred, y_std, y_true, *, reduce="none", ...)``
@@ -27,7 +28,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 from scipy.special import ndtri
 
-from mlipuq.calibration.metrics_common import check_int, prepare
+from mlipuq.calibration.metrics_common import UndefinedMetricError, check_int, prepare
 
 PROP_TYPES = ("interval", "quantile")
 
@@ -111,16 +112,24 @@ def area_between(expected: np.ndarray, observed: np.ndarray) -> float:
 
 
 def binned_errors(
-    err: np.ndarray, std: np.ndarray, num_bins: int, order: Optional[np.ndarray] = None
+    err: np.ndarray, std: np.ndarray, num_bins: int, order: Optional[np.ndarray] = None,
+    dof: Optional[float] = None,
 ) -> BinnedErrors:
-    """Kernel of :func:`rmse_rmv_bins` on flat arrays (``order``: a stable argsort of std)."""
+    """Kernel of :func:`rmse_rmv_bins` on flat arrays (``order``: a stable argsort of std;
+    ``dof``: the RMV is the Student-t's, :class:`UndefinedMetricError` for ν ≤ 2)."""
+    from mlipuq.predictive import variance_factor
+
     if std.size < num_bins:
         raise ValueError(f"num_bins={num_bins} exceeds the number of predictions ({std.size})")
+    factor = variance_factor(dof)
+    if not np.isfinite(factor):
+        raise UndefinedMetricError(f"a Student-t with dof={dof} <= 2 has no finite variance "
+                                   "(no RMV, no ENCE)")
     if order is None:
         order = np.argsort(std, kind="stable")
     s = std[order]
     e2 = (err * err)[order]
-    v = s * s
+    v = s * s * factor
     edges = np.linspace(0, s.size, num_bins + 1).round().astype(np.int64)
     count = np.diff(edges)
     cv = np.concatenate([[0.0], np.cumsum(v)])
@@ -347,7 +356,8 @@ def sharpness(y_pred, y_std, y_true=None, *, reduce: str = "none") -> float:
 
 
 def rmse_rmv_bins(
-    y_pred, y_std, y_true, *, reduce: str = "none", num_bins: int = 10
+    y_pred, y_std, y_true, *, reduce: str = "none", num_bins: int = 10,
+    dof: Optional[float] = None,
 ) -> BinnedErrors:
     """RMSE and RMV in equal-count bins of σ (error-based calibration).
 
@@ -362,6 +372,10 @@ def rmse_rmv_bins(
         ``"none"`` or ``"norm"``.
     num_bins
         Number of bins, at most the number of predictions.
+    dof
+        Student-t degrees of freedom of the predictive (``y_std`` its
+        Gaussian-equivalent std): the RMV is the t's variance,
+        σ² ν / ((ν − 2) m(ν)²); :class:`UndefinedMetricError` for ν ≤ 2.
 
     Returns
     -------
@@ -369,25 +383,30 @@ def rmse_rmv_bins(
         Per-bin RMV, RMSE (unit of the quantity), counts and σ ranges,
         ordered by increasing σ.
     """
+    from mlipuq.predictive import check_dof
+
     num_bins = check_int("num_bins", num_bins)
     pred, std, true = prepare(y_pred, y_std, y_true, reduce=reduce)
-    return binned_errors(true - pred, std, num_bins)
+    return binned_errors(true - pred, std, num_bins, dof=check_dof(dof))
 
 
-def ence(y_pred, y_std, y_true, *, reduce: str = "none", num_bins: int = 10) -> float:
+def ence(y_pred, y_std, y_true, *, reduce: str = "none", num_bins: int = 10,
+         dof: Optional[float] = None) -> float:
     """Expected normalised calibration error (Levi et al. 2019).
 
     .. math:: \\mathrm{ENCE} = \\frac1k\\sum_{j=1}^k
               \\frac{|\\mathrm{RMV}_j - \\mathrm{RMSE}_j|}{\\mathrm{RMV}_j}
 
-    over the equal-count σ bins of :func:`rmse_rmv_bins`.
+    over the equal-count σ bins of :func:`rmse_rmv_bins` (``dof``: a Student-t
+    predictive's variance; undefined for ν ≤ 2).
 
     Returns
     -------
     float
         Dimensionless; 0 for perfect error-based calibration.
     """
-    return ence_from_bins(rmse_rmv_bins(y_pred, y_std, y_true, reduce=reduce, num_bins=num_bins))
+    return ence_from_bins(rmse_rmv_bins(y_pred, y_std, y_true, reduce=reduce, num_bins=num_bins,
+                                        dof=dof))
 
 
 def z_score_stats(y_pred, y_std, y_true, *, reduce: str = "none") -> ZScoreStats:

@@ -1,4 +1,4 @@
-"""Proper scoring rules for Gaussian predictions.
+"""Proper scoring rules for Gaussian (and, with ``dof``, Student-t) predictions.
 
 All functions take ``(y_pred, y_std, y_true, *, reduce="none", ...)`` (see
 :mod:`mlipuq.calibration.metrics_common`) and return a Python float,
@@ -12,11 +12,12 @@ they cost O(n log m) for n predictions and m levels.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
-from scipy.special import ndtri
 
 from mlipuq.calibration.metrics_common import aggregate, check_int, check_reduction, prepare
-from mlipuq.predictive import crps_values_t
+from mlipuq.predictive import check_dof, crps_values_t, std_quantiles
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -34,11 +35,13 @@ def crps_values(err: np.ndarray, std: np.ndarray) -> np.ndarray:
 
 
 def check_values(
-    err: np.ndarray, std: np.ndarray, start_q: float, end_q: float, resolution: int
+    err: np.ndarray, std: np.ndarray, start_q: float, end_q: float, resolution: int,
+    dof: Optional[float] = None,
 ) -> np.ndarray:
-    """Per-prediction check (pinball) loss averaged over quantile levels."""
+    """Per-prediction check (pinball) loss averaged over quantile levels (the
+    predictive's quantiles: Gaussian, or Student-t with ``dof``)."""
     q = np.linspace(start_q, end_q, resolution)
-    t = ndtri(q)  # standard-normal quantiles, ascending
+    t = std_quantiles(q, dof)  # standardised quantiles, ascending
     z = err / std
     # sum_q (1[t_q >= z] - q) (t_q - z)
     #   = sum_{t_q >= z} t_q - z #{t_q >= z} - sum_q q t_q + z sum_q q
@@ -49,12 +52,14 @@ def check_values(
 
 
 def interval_values(
-    err: np.ndarray, std: np.ndarray, start_p: float, end_p: float, resolution: int
+    err: np.ndarray, std: np.ndarray, start_p: float, end_p: float, resolution: int,
+    dof: Optional[float] = None,
 ) -> np.ndarray:
-    """Per-prediction interval score averaged over central-interval levels."""
+    """Per-prediction interval score averaged over central-interval levels (Gaussian,
+    or Student-t intervals with ``dof``)."""
     p = np.linspace(start_p, end_p, resolution)
-    upper = ndtri(0.5 + p / 2.0)  # ascending in p
-    lower = ndtri(0.5 - p / 2.0)  # descending in p
+    upper = std_quantiles(0.5 + p / 2.0, dof)  # ascending in p
+    lower = std_quantiles(0.5 - p / 2.0, dof)  # descending in p
     w = 2.0 / (1.0 - p)
     z = err / std
 
@@ -136,11 +141,13 @@ def check_score(
     start_q: float = 0.01,
     end_q: float = 0.99,
     resolution: int = 99,
+    dof: Optional[float] = None,
 ) -> float:
     """Check (pinball) score averaged over quantile levels.
 
     For each level q in ``linspace(start_q, end_q, resolution)`` the
-    predicted quantile is :math:`\\mu + \\sigma\\Phi^{-1}(q)`; the score is the
+    predicted quantile is :math:`\\mu + \\sigma\\Phi^{-1}(q)` (with ``dof``
+    the Student-t's, σ its Gaussian-equivalent std); the score is the
     pinball loss :math:`(\\mathbb 1[y \\le y_q] - q)(y_q - y)` averaged over
     levels.
 
@@ -153,6 +160,8 @@ def check_score(
         levels are always averaged).
     start_q, end_q, resolution
         Quantile levels scanned, 0 < start_q <= end_q < 1.
+    dof
+        Student-t degrees of freedom of the predictive (None: Gaussian).
 
     Returns
     -------
@@ -164,7 +173,8 @@ def check_score(
     if not 0.0 < start_q <= end_q < 1.0:
         raise ValueError(f"need 0 < start_q <= end_q < 1, got {start_q}, {end_q}")
     pred, std, true = prepare(y_pred, y_std, y_true, reduce=reduce)
-    return aggregate(check_values(true - pred, std, start_q, end_q, resolution), reduction)
+    return aggregate(check_values(true - pred, std, start_q, end_q, resolution,
+                                  check_dof(dof)), reduction)
 
 
 def interval_score(
@@ -177,13 +187,15 @@ def interval_score(
     start_p: float = 0.01,
     end_p: float = 0.99,
     resolution: int = 99,
+    dof: Optional[float] = None,
 ) -> float:
     """Interval score of central prediction intervals, averaged over levels.
 
     For a central interval [l, u] of nominal coverage p the score is
     :math:`(u - l) + \\frac{2}{1-p}(l - y)_+ + \\frac{2}{1-p}(y - u)_+`
     (Gneiting & Raftery 2007), averaged over p in
-    ``linspace(start_p, end_p, resolution)``.
+    ``linspace(start_p, end_p, resolution)``; the intervals are the Student-t's
+    with ``dof``.
 
     Parameters
     ----------
@@ -193,6 +205,8 @@ def interval_score(
         As in :func:`nll_gaussian`.
     start_p, end_p, resolution
         Coverage levels scanned, 0 < start_p <= end_p < 1.
+    dof
+        Student-t degrees of freedom of the predictive (None: Gaussian).
 
     Returns
     -------
@@ -204,4 +218,5 @@ def interval_score(
     if not 0.0 < start_p <= end_p < 1.0:
         raise ValueError(f"need 0 < start_p <= end_p < 1, got {start_p}, {end_p}")
     pred, std, true = prepare(y_pred, y_std, y_true, reduce=reduce)
-    return aggregate(interval_values(true - pred, std, start_p, end_p, resolution), reduction)
+    return aggregate(interval_values(true - pred, std, start_p, end_p, resolution,
+                                     check_dof(dof)), reduction)

@@ -145,6 +145,7 @@ def rmse_vs_rmv(
     num_bins: int = 10,
     quantity: str = "",
     unit: str = "",
+    dof: Optional[float] = None,
 ):
     """Error-based calibration: RMSE vs RMV in equal-count σ bins.
 
@@ -161,12 +162,15 @@ def rmse_vs_rmv(
         Number of equal-count σ bins (at most the number of predictions).
     unit
         Unit of the quantity for the axis labels (e.g. ``"eV/Å"``).
+    dof
+        Student-t degrees of freedom of the predictive: the RMV is the t's
+        variance (ν > 2; otherwise σ is read as a Gaussian σ, said in the legend).
 
     Returns
     -------
     matplotlib.axes.Axes
     """
-    return compare_rmse_vs_rmv({"": (y_pred, y_std, y_true)}, ax=ax, reduce=reduce,
+    return compare_rmse_vs_rmv({"": (y_pred, y_std, y_true, dof)}, ax=ax, reduce=reduce,
                                num_bins=num_bins, quantity=quantity, unit=unit)
 
 
@@ -368,7 +372,7 @@ def draw(name: str, pred, std, true, *, ax, target: str = "forces", unit: str = 
          dof: Optional[float] = None):
     """Draw plot ``name`` (a function of this module) for ``target`` with the
     arguments :func:`summary_figure` and ``mlipuq evaluate`` use (``dof``: the
-    Student-t predictive's, for the calibration curve)."""
+    Student-t predictive's, for the calibration curve and the RMV)."""
     quantity, default_unit = _PLOT_TITLES.get(target, (target, unit))
     unit = unit or default_unit
     kwargs = {"ax": ax, "quantity": quantity}
@@ -380,7 +384,7 @@ def draw(name: str, pred, std, true, *, ax, target: str = "forces", unit: str = 
         kwargs["center"] = target.startswith("energy")
     if name in ("parity", "error_vs_std"):
         kwargs["max_points"] = max_points
-    if name == "calibration_curve":
+    if name in ("calibration_curve", "rmse_vs_rmv"):
         kwargs["dof"] = dof
     return globals()[name](pred, std, true, **kwargs)
 

@@ -17,7 +17,7 @@ from mlipuq.calibration.metrics_calibration import (
     binned_errors,
     ence_from_bins,
 )
-from mlipuq.calibration.metrics_common import prepare
+from mlipuq.calibration.metrics_common import UndefinedMetricError, prepare
 from mlipuq.calibration.plots_common import (
     _axes,
     _coverage_axes,
@@ -75,20 +75,27 @@ def compare_rmse_vs_rmv(
 ):
     """RMSE vs RMV in equal-count σ bins of several predictions on one axes
     (log-log, identity line). ``curves`` as in :func:`compare_calibration`;
-    other arguments as in :func:`rmse_vs_rmv`."""
+    other arguments as in :func:`rmse_vs_rmv`. A curve's dof (4th entry) makes its
+    RMV the Student-t's variance; a t with ν ≤ 2 has none, and its std is then read
+    as a Gaussian σ (said in the legend)."""
     ax = _axes(ax)
     drawn = []
     for label, curve in curves.items():
-        pred, std, true = prepare(*curve[:3], reduce=reduce)  # a dof (4th) does not apply
-        bins = binned_errors(true - pred, std, min(int(num_bins), std.size))
+        pred, std, true, dof = (*curve, None)[:4]
+        pred, std, true = prepare(pred, std, true, reduce=reduce)
+        n_bins, note = min(int(num_bins), std.size), ""
+        try:
+            bins = binned_errors(true - pred, std, n_bins, dof=dof if reduce == "none" else None)
+        except UndefinedMetricError:
+            bins, note = binned_errors(true - pred, std, n_bins), f", σ as Gaussian: ν = {dof:.2g}"
         drawn.append((label, bins.rmv, np.maximum(bins.rmse, np.finfo(float).tiny),
-                      ence_from_bins(bins)))
+                      f"{ence_from_bins(bins):.3g}{note}"))
     lo = min(min(rmv.min(), rmse.min()) for _, rmv, rmse, _ in drawn) / 1.5
     hi = max(max(rmv.max(), rmse.max()) for _, rmv, rmse, _ in drawn) * 1.5
     ax.plot([lo, hi], [lo, hi], ls="--", color="0.4", lw=1, label="ideal (RMSE = RMV)")
     for k, (label, rmv, rmse, ence) in enumerate(drawn):
-        text = (f"{label} (ENCE = {ence:.3g})" if label else
-                f"{rmv.size} equal-count σ bins\n(ENCE = {ence:.3g})")
+        text = (f"{label} (ENCE = {ence})" if label else
+                f"{rmv.size} equal-count σ bins\n(ENCE = {ence})")
         ax.plot(rmv, rmse, "o-", color=f"C{k + 1}" if not label else f"C{k}", ms=4, label=text)
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -58,12 +58,14 @@ METRIC_INFO: Dict[str, Tuple[str, str, str]] = {
     "sharpness": ("root mean predicted variance", "y", "lower, = RMSE if calibrated (Gaussian)"),
     "nll": ("negative log-likelihood (Gaussian; Student-t with ν)", "nats", "lower"),
     "crps": ("continuous ranked probability score", "y", "lower"),
-    "check_score": ("check (pinball) score, 99 quantiles", "y", "lower"),
-    "interval_score": ("interval score, 99 central intervals", "y", "lower"),
+    "check_score": ("check (pinball) score, 99 quantiles (Student-t's with ν)", "y", "lower"),
+    "interval_score": ("interval score, 99 central intervals (Student-t's with ν)", "y",
+                       "lower"),
     "miscalibration_area": ("area between calibration curve and diagonal", "", "0"),
     "rms_calibration_error": ("RMS calibration error", "", "0"),
     "mean_absolute_calibration_error": ("mean absolute calibration error", "", "0"),
-    "ence": ("expected normalised calibration error (σ bins; reads σ as Gaussian)", "", "0"),
+    "ence": ("expected normalised calibration error (σ bins; with ν the t's variance, "
+             "none for ν ≤ 2)", "", "0"),
     "z_mean": ("mean of z = (ref - pred)/σ (with ν: the Gaussian z at the t's level)", "", "0"),
     "z_std": ("standard deviation of z", "", "1"),
     "z_rms": ("RMS of z (> 1: over-confident)", "", "1"),
@@ -319,8 +321,8 @@ def evaluate(
             )
         except ValueError as exc:
             raise ValueError(f"{target}: {exc}") from exc
-        if np.size(pred) >= num_bins_ence:
-            bins = rmse_rmv_bins(pred, std, true, num_bins=num_bins_ence)
+        if np.size(pred) >= num_bins_ence and metrics[target]["ence"] is not None:
+            bins = rmse_rmv_bins(pred, std, true, num_bins=num_bins_ence, dof=dofs.get(target))
             binned[target] = {
                 "rmv": bins.rmv.tolist(),
                 "rmse": bins.rmse.tolist(),
