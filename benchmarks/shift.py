@@ -79,8 +79,11 @@ TRAIN = dict(batch_size=8, lr=2e-3, forces_weight=100.0, patience=1000, lr_patie
 #: ``structure_scaling=False`` (the default before it existed), "no widening" with
 #: ``extrapolation=0``, "neither" with both (as the issue measured); "widening 0.5" and
 #: "widening 1" use 0.5 and 1 for both targets; "one force scale" with ``per_species=False``
-#: (one Student-t scale for every element, the default before the scale per element).
-METHODS = ("default", "default, one force scale", "default, no structure scaling",
+#: (one Student-t scale for every element, the default before the scale per element);
+#: "no atom scaling" scales between structures only (the default before the scaling of
+#: force stds between the atoms of one element).
+METHODS = ("default", "default, one force scale", "default, no atom scaling",
+           "default, no structure scaling",
            "default, no widening", "default, neither",
            "default, widening 0.5", "default, widening 1",
            "scalar", "power", "isotonic", "conformal", "student_t")
@@ -89,6 +92,7 @@ FRONTIER = {"copper": "bulk 600 K", "ethanol": "largest forces"}
 #: Options per recalibration method: conformal intervals are exact at the 95 % we score.
 METHOD_OPTIONS = {"conformal": {"coverage": 0.95}, "default, no widening": {"extrapolation": 0},
                   "default, no structure scaling": {"structure_scaling": False},
+                  "default, no atom scaling": {"structure_scaling": "structures"},
                   "default, neither": {"extrapolation": 0, "structure_scaling": False},
                   "default, one force scale": {"per_species": False},
                   "default, widening 0.5": {"extrapolation": 0.5},

@@ -106,8 +106,11 @@ def add_parsers(subparsers) -> None:
                           "wrapper's, 0.5, for deep 0.25 for energies and 0 for forces; "
                           "docs/calibration.md)")
     fit.add_argument("--no-structure-scaling", dest="structure_scaling", action="store_false",
-                     help="do not fit how stds scale between structures on --val (default: "
-                          "fit one exponent per target, docs/calibration.md)")
+                     help="do not fit how stds scale between atoms and structures on --val "
+                          "(default: fit one exponent per target and one between the atoms "
+                          "of an element, docs/calibration.md)")
+    fit.add_argument("--no-atom-scaling", dest="atom_scaling", action="store_false",
+                     help="fit how stds scale between structures only, not between atoms")
     fit.add_argument("--seed", type=int, default=0, help="random seed")
     fit.add_argument("--batch-size", type=_positive_int, default=16,
                      help="structures per batch")
@@ -276,6 +279,9 @@ def _summary(wrapper, args, n_train: int, n_val: int) -> str:
         if scaling:
             rows.append(("between structures", "stds x (S / S_ref)^c, c = " + ", ".join(
                 f"{scaling[key]['exponent']:.2f} ({key})" for key in ("energy", "forces"))))
+        if scaling and "atoms" in scaling:
+            rows.append(("between atoms", "force stds x (s / s_ref)^c per element, c = "
+                         f"{scaling['atoms']['exponent']:.2f} (before the above)"))
         limits, power = getattr(recalibrator, "std_range_", None), recalibrator.extrapolation
         if limits:
             rows.append(("beyond calibration", "stds widened by (std / largest)^p beyond "
@@ -304,7 +310,8 @@ def run_fit(args: argparse.Namespace) -> int:
         options = {key: value for key, value in (("extrapolation", args.extrapolation),
                                                  ("coverage", args.coverage))
                    if value is not None}
-        options["structure_scaling"] = args.structure_scaling
+        options["structure_scaling"] = (args.structure_scaling and
+                                        (True if args.atom_scaling else "structures"))
         if args.per_species is not None:
             options["per_species"] = args.per_species
         wrapper.calibrate(val, method=args.calibration, **options)

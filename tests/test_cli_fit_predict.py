@@ -132,10 +132,17 @@ def test_fit_llpr_summary(files, tmp_path, capsys):
     # 5 validation structures are too few to fit how stds scale between structures
     line = next(t for t in printed.splitlines() if "between structures" in t)
     assert line.endswith("stds x (S / S_ref)^c, c = 0.00 (energy), 0.00 (forces)")
+    assert "force stds x (s / s_ref)^c per element, c = 0.00" in printed
     assert load_wrapper(out).recalibrator_.options["structure_scaling"] is True
     plain = tmp_path / "plain.pt"
     assert _fit(files, "llpr", plain, "--no-structure-scaling") == 0
     assert load_wrapper(plain).recalibrator_.options["structure_scaling"] is False
+    printed_plain = capsys.readouterr().out
+    assert "between atoms" not in printed_plain
+    only = tmp_path / "only.pt"
+    assert _fit(files, "llpr", only, "--no-atom-scaling") == 0
+    assert load_wrapper(only).recalibrator_.options["structure_scaling"] == "structures"
+    assert "atoms" not in load_wrapper(only).recalibrator_.structure_scaling_
     capsys.readouterr()
     assert _fit(files, "llpr", tmp_path / "x.pt", "--extrapolation", "-1") == 2
     assert "--extrapolation must be >= 0" in capsys.readouterr().err

@@ -60,8 +60,12 @@ def _data(exponent, n_structures=400, n_atoms=3, seed=0):
 def test_fitted_exponent_recovers_the_drawn_one(exponent, expected):
     pred, ref = _data(exponent)
     rec = PredictionRecalibrator("scalar").fit(pred, ref)
-    # forces: 3600 errors; energies: 400 (looser)
-    assert rec.structure_scaling_["forces"]["exponent"] == pytest.approx(expected, abs=0.06)
+    # forces: 3600 errors; energies: 400 (looser). Every atom has its structure's S, so
+    # the scaling between atoms and the one between structures see the same trend:
+    # together they scale the force stds by S ** ((1 + c_atoms)(1 + c) - 1)
+    fitted = rec.structure_scaling_
+    total = (1 + fitted["atoms"]["exponent"]) * (1 + fitted["forces"]["exponent"]) - 1
+    assert total == pytest.approx(expected, abs=0.06)
     assert rec.structure_scaling_["energy"]["exponent"] == pytest.approx(expected, abs=0.15)
     # the calibrated stds leave no trend of the errors with S: refitting on them gives c = 0
     out = rec.transform(pred)
@@ -168,7 +172,8 @@ def pretrained_llpr():
 def test_llpr_on_hot_copper(pretrained_llpr, tmp_path):
     llpr, val, hot = pretrained_llpr
     scaled = llpr.copy().calibrate(val)
-    assert scaled.recalibrator_.structure_scaling_["forces"]["exponent"] > 0.0
+    fitted = scaled.recalibrator_.structure_scaling_
+    assert fitted["forces"]["exponent"] > 0.0 or fitted["atoms"]["exponent"] > 0.0
     # without the widening beyond the range (which covers every 1500 K component here),
     # the scaling alone raises the coverage at 1500 K
     alone = llpr.copy().calibrate(val, extrapolation=0)
@@ -183,9 +188,17 @@ def test_llpr_on_hot_copper(pretrained_llpr, tmp_path):
     np.testing.assert_array_equal(loaded.predict(hot).forces_var, scaled.predict(hot).forces_var)
     payload = scaled.payload()
     payload["recalibrator"]["structure_scaling"]["forces"]["exponent"] = -1.0
-    assert scaled.recalibrator_.structure_scaling_["forces"]["exponent"] > 0  # a copy
+    assert scaled.recalibrator_.structure_scaling_["forces"]["exponent"] >= 0  # a copy
     with pytest.raises(FileFormatError, match="structure_scaling"):
         mlipuq.uq.base._decode_recalibrator(payload["recalibrator"])
+    payload["recalibrator"]["structure_scaling"]["forces"]["exponent"] = 0.0
+    payload["recalibrator"]["structure_scaling"]["atoms"]["numbers"] = [29, 29.5]
+    with pytest.raises(FileFormatError, match="atoms"):
+        mlipuq.uq.base._decode_recalibrator(payload["recalibrator"])
+    # a file written before the scaling between atoms: no such stage (factor 1)
+    del payload["recalibrator"]["structure_scaling"]["atoms"]
+    before_atoms = mlipuq.uq.base._decode_recalibrator(payload["recalibrator"])
+    assert "atoms" not in before_atoms.structure_scaling_
     del payload["recalibrator"]["structure_scaling"]
     older = mlipuq.uq.base._decode_recalibrator(payload["recalibrator"])
     assert not hasattr(older, "structure_scaling_")

@@ -62,10 +62,17 @@ from mlipuq.calibration.extrapolation import (
     calibration_range,
     check_power,
     check_range,
-    prediction_scales,
+    structure_scales,
     widen,
 )
-from mlipuq.calibration.structure_scaling import check_scaling, fit_scaling, scaling_factor
+from mlipuq.calibration.structure_scaling import (
+    ATOMS,
+    atom_scaling_factor,
+    check_scaling,
+    fit_atom_scaling,
+    fit_scaling,
+    scaling_factor,
+)
 from mlipuq.calibration.student_t import StudentTRecalibrator
 from mlipuq.calibration.metrics_common import prepare
 from mlipuq.calibration.recalibrate_base import Recalibrator
@@ -268,9 +275,13 @@ class PredictionRecalibrator:
         structure are multiplied by (S / S_ref) ** c, S its per-atom energy std or
         RMS force std clipped to the calibration structures' range, with one
         exponent c in [0, 1] per target fitted on the calibration data (0 unless
-        significant; :mod:`mlipuq.calibration.structure_scaling`); never for
-        a conformal target (its guarantee needs a normalisation fixed before the
-        calibration data are seen). False: c = 0.
+        significant; :mod:`mlipuq.calibration.structure_scaling`); before that,
+        each atom's raw force stds are multiplied by (s / s_ref) ** c_atoms, s
+        its RMS force-component std against the atoms of its element (the same
+        fit, one level down). Never for a conformal target (its guarantee needs
+        a normalisation fixed before the calibration data are seen).
+        ``"structures"``: between structures only (no scaling between atoms; the
+        default before it existed). False: neither.
     **options
         Passed to both recalibrators' constructors, except options that apply
         only to per-atom targets (the recalibrator's ``per_atom_options``,
@@ -287,7 +298,9 @@ class PredictionRecalibrator:
         recalibration) over the calibration structures.
     structure_scaling_ : dict
         Per target, the fitted ``{"exponent": c, "reference": S_ref, "smallest": S_min,
-        "largest": S_max}``.
+        "largest": S_max}`` between structures, and under ``"atoms"`` the scaling of
+        force stds between the atoms of one element, applied first
+        (:func:`~mlipuq.calibration.structure_scaling.fit_atom_scaling`).
     offsets_ : dict
         z-mean, z-std and count of the validation errors per target
         (:func:`mlipuq.calibration.bias.offset_report`); when the mean offset
@@ -357,11 +370,17 @@ class PredictionRecalibrator:
         self.offsets_ = offset_report(prediction, energy, forces)
         warn_offsets(self.offsets_, where="calibrate", stacklevel=4)
         structures = np.arange(prediction.n_structures)
-        scales = prediction_scales(prediction)
         self.excluded_, self.structure_scaling_ = {}, {}
+        if self._scales_atoms():  # between the atoms of one element, first
+            self.structure_scaling_[ATOMS] = fit_atom_scaling(
+                prediction.forces_std, forces - prediction.forces, prediction.batch,
+                getattr(prediction, "numbers", None))
+        f_std = self._atom_scaled(prediction)
+        scales = structure_scales(prediction.energy_std, prediction.n_atoms, f_std,
+                                  prediction.batch)
         for key, pred, std, true, owner in (
             ("energy", prediction.energy, prediction.energy_std, energy, structures),
-            ("forces", prediction.forces, prediction.forces_std, forces, prediction.batch),
+            ("forces", prediction.forces, f_std, forces, prediction.batch),
         ):
             keep = scored_mask(pred, std, true, owner, key)
             self.excluded_[key] = int(keep.size - np.count_nonzero(keep))
@@ -370,8 +389,10 @@ class PredictionRecalibrator:
                          self.excluded_[key], key)
             part = get_recalibrator(self.method_of(key), **self._options_for(key))
             rows = np.broadcast_to(owner.reshape(-1, *[1] * (std.ndim - 1)), std.shape)
-            self.structure_scaling_[key] = fit_scaling(scales[key], std[keep],
-                                                       (true - pred)[keep], rows[keep])
+            after = self.structure_scaling_.get(ATOMS, {}).get("exponent", 0.0)
+            self.structure_scaling_[key] = fit_scaling(
+                scales[key], std[keep], (true - pred)[keep], rows[keep],
+                after=after if key == "forces" else 0.0)
             if not self._scales_between(key):
                 self.structure_scaling_[key]["exponent"] = 0.0
             std = self._scaled(key, std, scales, owner)
@@ -392,9 +413,24 @@ class PredictionRecalibrator:
         """Whether ``target`` gets the fitted between-structure scaling (option
         ``structure_scaling``, default True; never for a conformal target)."""
         option = self.options.get("structure_scaling", True)
-        if option not in (True, False):
-            raise ValueError(f"structure_scaling must be True or False, got {option!r}")
+        if option not in (True, False, "structures"):
+            raise ValueError(f"structure_scaling must be True, False or 'structures', "
+                             f"got {option!r}")
         return bool(option) and self.method_of(target) != "conformal"
+
+    def _scales_atoms(self) -> bool:
+        """Whether force stds get the fitted scaling between the atoms of one element
+        (``structure_scaling=True``, the default; never for conformal forces)."""
+        return self._scales_between("forces") and self.options.get("structure_scaling",
+                                                                   True) is True
+
+    def _atom_scaled(self, prediction) -> np.ndarray:
+        """Raw force stds (N, 3) times each atom's fitted factor between the atoms of
+        its element (1 without that fit: an older file, or the scaling turned off)."""
+        fitted = (getattr(self, "structure_scaling_", None) or {}).get(ATOMS)
+        factor = atom_scaling_factor(fitted, prediction.forces_std,
+                                     getattr(prediction, "numbers", None))
+        return np.asarray(prediction.forces_std) * factor[:, None]
 
     def _scaled(self, target: str, std, scales: dict, owner=None) -> np.ndarray:
         """Raw stds of ``target`` times each structure's fitted factor (``owner``: the
@@ -442,9 +478,10 @@ class PredictionRecalibrator:
                 "PredictionRecalibrator is not fitted; call fit(prediction, reference)"
             )
         e_std, f_std = prediction.energy_std, prediction.forces_std
-        scales = prediction_scales(prediction)
+        atom_scaled = self._atom_scaled(prediction)
+        scales = structure_scales(e_std, prediction.n_atoms, atom_scaled, prediction.batch)
         new_e_std = self.energy_.transform(self._scaled("energy", e_std, scales))
-        scaled_f = self._scaled("forces", f_std, scales, prediction.batch)
+        scaled_f = self._scaled("forces", atom_scaled, scales, prediction.batch)
         extra = ({"numbers": _atom_numbers(prediction, "forces")}
                  if self.forces_.needs_numbers else {})
         new_f_std = self.forces_.transform(scaled_f, **extra)

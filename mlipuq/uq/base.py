@@ -379,8 +379,8 @@ class UQWrapper:
         (``per_species=False``; predictions then carry ``energy_dof`` and ``forces_dof``);
         energies and forces get separate recalibrators (a :class:`~mlipuq.calibration.
         recalibrate.PredictionRecalibrator`, ``recalibrator_``) that later ``predict`` calls
-        apply, committee members stretched to match; first, how stds scale between
-        structures is fitted (``structure_scaling=True``, :mod:`mlipuq.calibration.
+        apply, committee members stretched to match; first, how stds scale between atoms
+        and structures is fitted (``structure_scaling=True``, :mod:`mlipuq.calibration.
         structure_scaling`). Stds beyond the largest of ``val`` are widened (``extrapolation``,
         default :attr:`default_extrapolation`, 0: not; :mod:`mlipuq.calibration.extrapolation`).
         Stresses are not recalibrated.
