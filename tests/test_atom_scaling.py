@@ -15,6 +15,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 import mlipuq
+from mlipuq.calibration.extrapolation import prediction_scales
 from mlipuq.calibration.recalibrate import PredictionRecalibrator
 from mlipuq.calibration.structure_scaling import (
     MAX_EXPONENT,
@@ -91,6 +92,8 @@ def test_calibrated_stds_keep_no_trend_and_the_stages_are_capped():
     assert fitted["atoms"]["exponent"] == pytest.approx(0.4, abs=0.06)
     # structures share no trend here: the stage between structures adds nothing
     assert fitted["forces"]["exponent"] == 0.0
+    # the range beyond which stds are widened stays that of the raw stds
+    assert rec.std_range_["forces"] == pytest.approx(prediction_scales(pred)["forces"].max())
     out = rec.transform(pred)
     again = fit_atom_scaling(out.forces_std, ref.forces - out.forces, out.batch, out.numbers)
     assert again["exponent"] == 0.0

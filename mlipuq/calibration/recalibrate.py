@@ -62,6 +62,7 @@ from mlipuq.calibration.extrapolation import (
     calibration_range,
     check_power,
     check_range,
+    prediction_scales,
     structure_scales,
     widen,
 )
@@ -406,7 +407,9 @@ class PredictionRecalibrator:
                 numbers = _atom_numbers(prediction, key)
                 extra["numbers"] = np.broadcast_to(numbers[:, None], pred.shape)[keep]
             setattr(self, f"{key}_", part.fit(pred[keep], std[keep], true[keep], **extra))
-        self.std_range_ = calibration_range(scales, energy, prediction.n_atoms, forces)
+        # the range (and the widening beyond it) is that of the raw stds
+        self.std_range_ = calibration_range(prediction_scales(prediction), energy,
+                                            prediction.n_atoms, forces)
         return self
 
     def _scales_between(self, target: str) -> bool:
@@ -486,7 +489,7 @@ class PredictionRecalibrator:
                  if self.forces_.needs_numbers else {})
         new_f_std = self.forces_.transform(scaled_f, **extra)
         widened = widen(getattr(self, "std_range_", None), self.extrapolation,
-                        scales, {"energy": new_e_std, "forces": new_f_std},
+                        prediction_scales(prediction), {"energy": new_e_std, "forces": new_f_std},
                         prediction.n_atoms, prediction.batch)
         if widened is not None:  # beyond the calibration range (extrapolation.py)
             new_e_std, new_f_std = widened["energy"], widened["forces"]
