@@ -102,12 +102,14 @@ TAIL = 0.12
 
 def readme_rows(rows: list[dict]) -> list[dict]:
     """The README's rows: current wrappers (not the "before" ones), their default, the
-    default without the structure scaling and without either it or the widening, the
+    default without the scaling between atoms, without the structure scaling and without
+    either scaling or the widening, the
     scalar factor (the single models' default before the Student-t), and the frontier
     rows of the default and the scalar factor (docs/shift.md has all)."""
     return [r for r in rows if "before" not in r["wrapper"]
             and (r["method"].split(" + ")[0] in ("default", "scalar")
-                 or r["method"] in ("default, no structure scaling", "default, neither"))]
+                 or r["method"] in ("default, no atom scaling", "default, no structure scaling",
+                                    "default, neither"))]
 
 
 # ------------------------------------------------------------------ data
