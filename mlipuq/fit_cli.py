@@ -279,9 +279,10 @@ def _summary(wrapper, args, n_train: int, n_val: int) -> str:
         if scaling:
             rows.append(("between structures", "stds x (S / S_ref)^c, c = " + ", ".join(
                 f"{scaling[key]['exponent']:.2f} ({key})" for key in ("energy", "forces"))))
-        if scaling and "atoms" in scaling:
+        if scaling is not None and recalibrator._scales_atoms():
+            c_atoms = scaling.get("atoms", {}).get("exponent", 0.0)
             rows.append(("between atoms", "force stds x (s / s_ref)^c per element, c = "
-                         f"{scaling['atoms']['exponent']:.2f} (before the above)"))
+                         f"{c_atoms:.2f} (before the above)"))
         limits, power = getattr(recalibrator, "std_range_", None), recalibrator.extrapolation
         if limits:
             rows.append(("beyond calibration", "stds widened by (std / largest)^p beyond "

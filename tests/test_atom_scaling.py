@@ -9,6 +9,8 @@ calibrated stds without a trend, and gives factor 1 to elements it never saw.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from ase import Atoms
@@ -107,6 +109,30 @@ def test_calibrated_stds_keep_no_trend_and_the_stages_are_capped():
     conformal = PredictionRecalibrator({"energy": "scalar", "forces": "conformal"},
                                        coverage=0.9).fit(pred, ref)
     assert "atoms" not in conformal.structure_scaling_
+
+
+def test_numbers_needed_when_fitted_per_element():
+    """Fitted per element, a prediction without atomic numbers is refused (never a
+    silent factor 1); fitted without numbers, all atoms are one group (-1)."""
+    pred, ref = _atoms_data(0.4, seed=4)
+    rec = PredictionRecalibrator("student_t").fit(pred, ref)
+    bare = dataclasses.replace(pred, numbers=None)
+    with pytest.raises(ValueError, match="numbers"):
+        rec.transform(bare)
+    pooled = PredictionRecalibrator("student_t").fit(bare, ref)
+    assert pooled.structure_scaling_["atoms"]["numbers"] == [-1]
+    assert pooled.structure_scaling_["atoms"]["exponent"] > 0.2
+    # its factor applies to any atom, with or without numbers
+    np.testing.assert_array_equal(pooled.transform(bare).forces_std,
+                                  pooled.transform(pred).forces_std)
+
+
+def test_absent_when_zero():
+    """c_atoms = 0: no "atoms" entry (files stay readable by earlier versions, which
+    predict the same)."""
+    pred, ref = _atoms_data(0.0, seed=5)
+    rec = PredictionRecalibrator("student_t").fit(pred, ref)
+    assert "atoms" not in rec.structure_scaling_
 
 
 def test_two_stages_stretch_by_at_most_the_cap():

@@ -64,7 +64,8 @@ def test_fitted_exponent_recovers_the_drawn_one(exponent, expected):
     # the scaling between atoms and the one between structures see the same trend:
     # together they scale the force stds by S ** ((1 + c_atoms)(1 + c) - 1)
     fitted = rec.structure_scaling_
-    total = (1 + fitted["atoms"]["exponent"]) * (1 + fitted["forces"]["exponent"]) - 1
+    c_atoms = fitted.get("atoms", {}).get("exponent", 0.0)  # absent when 0
+    total = (1 + c_atoms) * (1 + fitted["forces"]["exponent"]) - 1
     assert total == pytest.approx(expected, abs=0.06)
     assert rec.structure_scaling_["energy"]["exponent"] == pytest.approx(expected, abs=0.15)
     # the calibrated stds leave no trend of the errors with S: refitting on them gives c = 0
@@ -173,7 +174,7 @@ def test_llpr_on_hot_copper(pretrained_llpr, tmp_path):
     llpr, val, hot = pretrained_llpr
     scaled = llpr.copy().calibrate(val)
     fitted = scaled.recalibrator_.structure_scaling_
-    assert fitted["forces"]["exponent"] > 0.0 or fitted["atoms"]["exponent"] > 0.0
+    assert fitted["forces"]["exponent"] > 0.0 or fitted.get("atoms", {}).get("exponent", 0) > 0
     # without the widening beyond the range (which covers every 1500 K component here),
     # the scaling alone raises the coverage at 1500 K
     alone = llpr.copy().calibrate(val, extrapolation=0)
@@ -192,13 +193,27 @@ def test_llpr_on_hot_copper(pretrained_llpr, tmp_path):
     with pytest.raises(FileFormatError, match="structure_scaling"):
         mlipuq.uq.base._decode_recalibrator(payload["recalibrator"])
     payload["recalibrator"]["structure_scaling"]["forces"]["exponent"] = 0.0
-    payload["recalibrator"]["structure_scaling"]["atoms"]["numbers"] = [29, 29.5]
-    with pytest.raises(FileFormatError, match="atoms"):
+    saved_atoms = payload["recalibrator"]["structure_scaling"]["atoms"]
+    for bad in ({"numbers": [29.5]}, {"numbers": "2"}, {"exponent": 1.5}):
+        payload["recalibrator"]["structure_scaling"]["atoms"] = {**saved_atoms, **bad}
+        with pytest.raises(FileFormatError, match="atoms"):
+            mlipuq.uq.base._decode_recalibrator(payload["recalibrator"])
+    # the two force stages together beyond the cap
+    payload["recalibrator"]["structure_scaling"]["atoms"] = {**saved_atoms, "exponent": 0.5}
+    payload["recalibrator"]["structure_scaling"]["forces"]["exponent"] = 0.5
+    with pytest.raises(FileFormatError, match="stretch"):
         mlipuq.uq.base._decode_recalibrator(payload["recalibrator"])
-    # a file written before the scaling between atoms: no such stage (factor 1)
+    payload["recalibrator"]["structure_scaling"]["forces"]["exponent"] = 0.0
+    # a file written before the scaling between atoms (or with c_atoms = 0): no such
+    # stage, the same predictions as with the exponent set to 0
     del payload["recalibrator"]["structure_scaling"]["atoms"]
     before_atoms = mlipuq.uq.base._decode_recalibrator(payload["recalibrator"])
     assert "atoms" not in before_atoms.structure_scaling_
+    zero = mlipuq.uq.base._decode_recalibrator(payload["recalibrator"])
+    zero.structure_scaling_["atoms"] = {**saved_atoms, "exponent": 0.0}
+    raw_hot = llpr.predict(hot, calibrated=False)
+    np.testing.assert_array_equal(before_atoms.transform(raw_hot).forces_std,
+                                  zero.transform(raw_hot).forces_std)
     del payload["recalibrator"]["structure_scaling"]
     older = mlipuq.uq.base._decode_recalibrator(payload["recalibrator"])
     assert not hasattr(older, "structure_scaling_")

@@ -26,6 +26,7 @@ from mlipuq.calibration.plots_common import (
     _tidy_log_axes,
     _title,
 )
+from mlipuq.predictive import check_dof
 
 
 def compare_calibration(
@@ -83,9 +84,9 @@ def compare_rmse_vs_rmv(
     for label, curve in curves.items():
         pred, std, true, dof = (*curve, None)[:4]
         pred, std, true = prepare(pred, std, true, reduce=reduce)
-        n_bins, note = min(int(num_bins), std.size), ""
-        try:
-            bins = binned_errors(true - pred, std, n_bins, dof=dof if reduce == "none" else None)
+        n_bins, note, dof = min(int(num_bins), std.size), "", check_dof(dof)
+        try:  # (norms: the variance of a norm is the sum of its components', same factor)
+            bins = binned_errors(true - pred, std, n_bins, dof=dof)
         except UndefinedMetricError:
             bins, note = binned_errors(true - pred, std, n_bins), f", σ as Gaussian: ν = {dof:.2g}"
         drawn.append((label, bins.rmv, np.maximum(bins.rmse, np.finfo(float).tiny),

@@ -301,7 +301,8 @@ class PredictionRecalibrator:
         Per target, the fitted ``{"exponent": c, "reference": S_ref, "smallest": S_min,
         "largest": S_max}`` between structures, and under ``"atoms"`` the scaling of
         force stds between the atoms of one element, applied first
-        (:func:`~mlipuq.calibration.structure_scaling.fit_atom_scaling`).
+        (:func:`~mlipuq.calibration.structure_scaling.fit_atom_scaling`; absent when
+        its exponent is 0).
     offsets_ : dict
         z-mean, z-std and count of the validation errors per target
         (:func:`mlipuq.calibration.bias.offset_report`); when the mean offset
@@ -373,9 +374,10 @@ class PredictionRecalibrator:
         structures = np.arange(prediction.n_structures)
         self.excluded_, self.structure_scaling_ = {}, {}
         if self._scales_atoms():  # between the atoms of one element, first
-            self.structure_scaling_[ATOMS] = fit_atom_scaling(
-                prediction.forces_std, forces - prediction.forces, prediction.batch,
-                getattr(prediction, "numbers", None))
+            atoms = fit_atom_scaling(prediction.forces_std, forces - prediction.forces,
+                                     prediction.batch, getattr(prediction, "numbers", None))
+            if atoms["exponent"] > 0:  # else absent: files stay readable by older versions
+                self.structure_scaling_[ATOMS] = atoms
         f_std = self._atom_scaled(prediction)
         scales = structure_scales(prediction.energy_std, prediction.n_atoms, f_std,
                                   prediction.batch)
@@ -424,8 +426,8 @@ class PredictionRecalibrator:
     def _scales_atoms(self) -> bool:
         """Whether force stds get the fitted scaling between the atoms of one element
         (``structure_scaling=True``, the default; never for conformal forces)."""
-        return self._scales_between("forces") and self.options.get("structure_scaling",
-                                                                   True) is True
+        option = self.options.get("structure_scaling", True)
+        return self._scales_between("forces") and option != "structures"
 
     def _atom_scaled(self, prediction) -> np.ndarray:
         """Raw force stds (N, 3) times each atom's fitted factor between the atoms of
