@@ -95,10 +95,7 @@ def half_width(std, dof: Optional[float], level: float) -> np.ndarray:
     """Half-width of the central interval of coverage ``level`` (unit of ``std``)."""
     if not 0.0 < float(level) < 1.0:
         raise ValueError(f"level must lie in (0, 1), got {level}")
-    q = 0.5 + float(level) / 2.0
-    if dof is None:
-        return np.asarray(std, dtype=np.float64) * float(ndtri(q))
-    return np.asarray(std, dtype=np.float64) / std_factor(dof) * float(stats.t.ppf(q, dof))
+    return np.asarray(std, dtype=np.float64) * float(std_quantiles(0.5 + float(level) / 2.0, dof))
 
 
 def crps_values_t(err: np.ndarray, std: np.ndarray, dof: Optional[float]) -> np.ndarray:
