@@ -378,9 +378,7 @@ class PredictionRecalibrator:
                                      prediction.batch, getattr(prediction, "numbers", None))
             if atoms["exponent"] > 0:  # else absent: files stay readable by older versions
                 self.structure_scaling_[ATOMS] = atoms
-        f_std = self._atom_scaled(prediction)
-        scales = structure_scales(prediction.energy_std, prediction.n_atoms, f_std,
-                                  prediction.batch)
+        f_std, scales, raw_scales = self._atom_scaled(prediction)
         for key, pred, std, true, owner in (
             ("energy", prediction.energy, prediction.energy_std, energy, structures),
             ("forces", prediction.forces, f_std, forces, prediction.batch),
@@ -410,8 +408,7 @@ class PredictionRecalibrator:
                 extra["numbers"] = np.broadcast_to(numbers[:, None], pred.shape)[keep]
             setattr(self, f"{key}_", part.fit(pred[keep], std[keep], true[keep], **extra))
         # the range (and the widening beyond it) is that of the raw stds
-        self.std_range_ = calibration_range(prediction_scales(prediction), energy,
-                                            prediction.n_atoms, forces)
+        self.std_range_ = calibration_range(raw_scales, energy, prediction.n_atoms, forces)
         return self
 
     def _scales_between(self, target: str) -> bool:
@@ -429,13 +426,20 @@ class PredictionRecalibrator:
         option = self.options.get("structure_scaling", True)
         return self._scales_between("forces") and option != "structures"
 
-    def _atom_scaled(self, prediction) -> np.ndarray:
-        """Raw force stds (N, 3) times each atom's fitted factor between the atoms of
-        its element (1 without that fit: an older file, or the scaling turned off)."""
+    def _atom_scaled(self, prediction) -> tuple:
+        """``(force stds, their structure scales, the raw structure scales)``: the raw
+        force stds (N, 3) times each atom's fitted factor between the atoms of its
+        element (the raw ones without that fit: an older file, c_atoms = 0, or the
+        scaling turned off)."""
+        raw = prediction_scales(prediction)
         fitted = (getattr(self, "structure_scaling_", None) or {}).get(ATOMS)
+        if not fitted:
+            return np.asarray(prediction.forces_std), raw, raw
         factor = atom_scaling_factor(fitted, prediction.forces_std,
                                      getattr(prediction, "numbers", None))
-        return np.asarray(prediction.forces_std) * factor[:, None]
+        f_std = np.asarray(prediction.forces_std) * factor[:, None]
+        return f_std, structure_scales(prediction.energy_std, prediction.n_atoms, f_std,
+                                       prediction.batch), raw
 
     def _scaled(self, target: str, std, scales: dict, owner=None) -> np.ndarray:
         """Raw stds of ``target`` times each structure's fitted factor (``owner``: the
@@ -483,15 +487,14 @@ class PredictionRecalibrator:
                 "PredictionRecalibrator is not fitted; call fit(prediction, reference)"
             )
         e_std, f_std = prediction.energy_std, prediction.forces_std
-        atom_scaled = self._atom_scaled(prediction)
-        scales = structure_scales(e_std, prediction.n_atoms, atom_scaled, prediction.batch)
+        atom_scaled, scales, raw_scales = self._atom_scaled(prediction)
         new_e_std = self.energy_.transform(self._scaled("energy", e_std, scales))
         scaled_f = self._scaled("forces", atom_scaled, scales, prediction.batch)
         extra = ({"numbers": _atom_numbers(prediction, "forces")}
                  if self.forces_.needs_numbers else {})
         new_f_std = self.forces_.transform(scaled_f, **extra)
         widened = widen(getattr(self, "std_range_", None), self.extrapolation,
-                        prediction_scales(prediction), {"energy": new_e_std, "forces": new_f_std},
+                        raw_scales, {"energy": new_e_std, "forces": new_f_std},
                         prediction.n_atoms, prediction.batch)
         if widened is not None:  # beyond the calibration range (extrapolation.py)
             new_e_std, new_f_std = widened["energy"], widened["forces"]
