@@ -81,8 +81,11 @@ TRAIN = dict(batch_size=8, lr=2e-3, forces_weight=100.0, patience=1000, lr_patie
 #: "widening 1" use 0.5 and 1 for both targets; "one force scale" with ``per_species=False``
 #: (one Student-t scale for every element, the default before the scale per element);
 #: "no atom scaling" scales between structures only (the default before the scaling of
-#: force stds between the atoms of one element).
-METHODS = ("default", "default, one force scale", "default, no atom scaling",
+#: force stds between the atoms of one element); "fitted ν" fits the forces' Student-t ν
+#: within 1–1000 (the default before ν ≤ 3, ``ROBUST_MAX_DOF``), "ν ≤ 5" and "ν ≤ 2" cap it
+#: elsewhere.
+METHODS = ("default", "default, fitted ν", "default, ν ≤ 5", "default, ν ≤ 2",
+           "default, one force scale", "default, no atom scaling",
            "default, no structure scaling",
            "default, no widening", "default, neither",
            "default, widening 0.5", "default, widening 1",
@@ -96,20 +99,23 @@ METHOD_OPTIONS = {"conformal": {"coverage": 0.95}, "default, no widening": {"ext
                   "default, neither": {"extrapolation": 0, "structure_scaling": False},
                   "default, one force scale": {"per_species": False},
                   "default, widening 0.5": {"extrapolation": 0.5},
-                  "default, widening 1": {"extrapolation": 1.0}}
+                  "default, widening 1": {"extrapolation": 1.0},
+                  "default, fitted ν": {"dof_bounds": (1.0, 1000.0)},
+                  "default, ν ≤ 5": {"dof_bounds": (1.0, 5.0)},
+                  "default, ν ≤ 2": {"dof_bounds": (1.0, 2.0)}}
 TAIL = 0.12
 
 
 def readme_rows(rows: list[dict]) -> list[dict]:
     """The README's rows: current wrappers (not the "before" ones), their default, the
-    default without the scaling between atoms, without the structure scaling and without
+    default with ν as fitted, without the scaling between atoms, without the structure scaling and without
     either scaling or the widening, the
     scalar factor (the single models' default before the Student-t), and the frontier
     rows of the default and the scalar factor (docs/shift.md has all)."""
     return [r for r in rows if "before" not in r["wrapper"]
             and (r["method"].split(" + ")[0] in ("default", "scalar")
-                 or r["method"] in ("default, no atom scaling", "default, no structure scaling",
-                                    "default, neither"))]
+                 or r["method"] in ("default, fitted ν", "default, no atom scaling",
+                                    "default, no structure scaling", "default, neither"))]
 
 
 # ------------------------------------------------------------------ data
@@ -223,6 +229,12 @@ def scores(pred, ref) -> dict:
             chemical_symbols[z]: cov(pred.forces[pred.numbers == z], pred.forces_std[pred.numbers == z],
                                      f_ref[pred.numbers == z], fd)
             for z in np.unique(pred.numbers)},
+        # per element: mean force std and force RMSE, to compare how each grows under shift
+        "force_std_by_element": {chemical_symbols[z]: float(np.mean(pred.forces_std[pred.numbers == z]))
+                                 for z in np.unique(pred.numbers)},
+        "force_rmse_by_element": {
+            chemical_symbols[z]: float(np.sqrt(np.mean((pred.forces - f_ref)[pred.numbers == z] ** 2)))
+            for z in np.unique(pred.numbers)},
         "spearman": float(spearmanr(err, std).statistic),
         "force_std": float(np.mean(pred.forces_std)),
         "energy_std_per_atom": float(np.mean(pred.energy_std / pred.n_atoms)),
@@ -270,7 +282,8 @@ def run_part(part: str, args) -> list[dict]:
             options = dict(METHOD_OPTIONS.get(method, {}))
             if "before" in wrapper_name:  # earlier behaviour: no widening or scaling either
                 options.update(extrapolation=0, structure_scaling=False)
-                options.pop("per_species", None)  # (their scalar factor has no such option)
+                for key in ("per_species", "dof_bounds"):  # (their scalar factor has neither)
+                    options.pop(key, None)
             chosen = None if base == "default" else base
             if "before" in wrapper_name and chosen is None:
                 chosen = "scalar"  # every wrapper's default before the Student-t one
@@ -320,6 +333,55 @@ def table(rows: list[dict], methods=None) -> str:
             f"{min(ec):.2f}–{np.mean(ec):.2f} | {np.mean([r['spearman'] for r in sh]):.2f} | "
             f"{ind['force_std']:.4f} |"
         )
+    return "\n".join(lines)
+
+
+#: The rows of the comparison of caps on the forces' ν (docs/shift.md, ``shift-dof`` markers).
+DOF_METHODS = ("default, fitted ν", "default, ν ≤ 5", "default", "default, ν ≤ 2")
+
+
+def dof_table(rows: list[dict]) -> str:
+    """Per system and wrapper, the forces' ν as fitted and capped at 5, 3 (the default)
+    and 2: in distribution ν, 95 % coverage, miscalibration area, NLL and mean std;
+    over the shifts the force coverage (min–mean) and the mean force NLL."""
+    lines = ["| system | wrapper | force ν | in-dist F cover / miscal. / F NLL | in-dist mean F std "
+             "(eV/Å) | shifts: F cover (min–mean) | shifts: F NLL (mean) |",
+             "|---|---|---|---|---|---|---|"]
+    chosen = [r for r in rows if r["method"] in DOF_METHODS and "before" not in r["wrapper"]]
+    keys = sorted({(r["system"], r["wrapper"]) for r in chosen})
+    for system, wrapper in keys:
+        for method in DOF_METHODS:
+            group = [r for r in chosen if (r["system"], r["wrapper"], r["method"])
+                     == (system, wrapper, method)]
+            if not group:
+                continue
+            ind = next(r for r in group if r["split"].startswith("in dist"))
+            fc = [r["force_cov95"] for r in group if not r["split"].startswith("in dist")]
+            nll = [r["force_nll"] for r in group if not r["split"].startswith("in dist")]
+            label = method.replace("default, ", "").replace("default", "ν ≤ 3 (default)")
+            lines.append(f"| {system} | {wrapper} | {label}: {ind['force_dof']:.1f} | "
+                         f"{ind['force_cov95']:.3f} / {ind['force_miscal']:.3f} / "
+                         f"{ind['force_nll']:.3f} | {ind['force_std']:.4f} | "
+                         f"{min(fc):.3f}–{np.mean(fc):.3f} | {np.mean(nll):.2f} |")
+    return "\n".join(lines)
+
+
+def growth(rows: list[dict], method: str = "default") -> str:
+    """Per wrapper and shift: how much the mean calibrated force std and the force
+    RMSE of each element grow relative to in distribution (the std must keep pace
+    with the error for the intervals to keep their coverage)."""
+    lines = []
+    chosen = [r for r in rows if r["method"] == method and "force_std_by_element" in r]
+    for r in chosen:
+        if r["split"].startswith("in dist"):
+            continue
+        ref = next(q for q in chosen if q["system"] == r["system"]
+                   and q["wrapper"] == r["wrapper"] and q["split"].startswith("in dist"))
+        parts = [f"{el} std ×{r['force_std_by_element'][el] / ref['force_std_by_element'][el]:.2f}"
+                 f" error ×{r['force_rmse_by_element'][el] / ref['force_rmse_by_element'][el]:.2f}"
+                 for el in r["force_std_by_element"]]
+        lines.append(f"{r['system']:8s} {r['wrapper']:<24.24s} {r['split']:<22.22s} "
+                     + "; ".join(parts))
     return "\n".join(lines)
 
 
@@ -383,11 +445,15 @@ def main(argv=None) -> None:
         with open(args.out, "w") as fh:
             json.dump({"args": vars(args), "runs": runs, "rows": rows}, fh, indent=1)
     print(table(rows))
+    print(dof_table(rows))
+    print(growth(rows))
     print(f"total {time.perf_counter() - t0:.0f} s")
     if args.readme:
         write_between_markers(args.readme, table(readme_rows(rows)))
     if args.docs:
         write_between_markers(args.docs, table(rows))
+        if any(r["method"] in DOF_METHODS[1:] for r in rows):
+            write_between_markers(args.docs, dof_table(rows), name="shift-dof")
 
 
 if __name__ == "__main__":

@@ -23,11 +23,19 @@ import numpy as np
 from scipy import stats
 from scipy.special import betaln, ndtr, ndtri
 
-__all__ = ["ONE_SIGMA", "check_dof", "crps_values_t", "gaussian_z", "half_width", "nll_values_t",
-           "std_factor", "std_quantiles", "variance_factor"]
+__all__ = ["ONE_SIGMA", "ROBUST_MAX_DOF", "check_dof", "crps_values_t", "gaussian_z",
+           "half_width", "nll_values_t", "std_factor", "std_quantiles", "variance_factor"]
 
 #: Level of the central interval whose half-width is the reported std (±1σ of a Gaussian).
 ONE_SIGMA = math.erf(1.0 / math.sqrt(2.0))
+#: Largest ν of the wrappers' default force predictive (``calibrate(val)`` without a
+#: method): ν is fitted on the calibration data but at most this, the tail of a
+#: four-member committee's (ν = K − 1) and the heaviest integer ν with a finite
+#: variance. The validation data say how the errors are distributed where they were
+#: drawn; under shift the ratio of error to std moves by a factor the calibration
+#: data cannot show, and a scale mixture over that factor is a heavier-tailed t.
+#: Chosen on the shift benchmark (docs/shift.md#heavy-tails-for-every-wrapper).
+ROBUST_MAX_DOF = 3.0
 
 
 def check_dof(dof, what: str = "dof") -> Optional[float]:

@@ -18,6 +18,7 @@ from ase.data import chemical_symbols
 import mlipuq
 from mlipuq import cli, schema
 from mlipuq.calibration.student_t import StudentTRecalibrator
+from mlipuq.predictive import ROBUST_MAX_DOF
 from mlipuq.uq import DeepEnsemble, EvidentialHead, LastLayerLaplace, ShallowEnsemble
 from mlipuq.uq import load as load_wrapper
 
@@ -184,6 +185,28 @@ def test_fit_llpr_refit_mean(files, tmp_path, capsys):
     assert np.abs(wrapper.predict(test).energy - base).max() > 1e-8
     assert _fit(files, "shallow", tmp_path / "s.pt", "--refit-mean") == 2
     assert "--refit-mean is an llpr option" in capsys.readouterr().err
+
+
+def test_fit_max_dof_bounds_the_force_t(files, tmp_path, capsys):
+    """--max-dof sets the largest ν of the forces' Student-t (default: ROBUST_MAX_DOF);
+    it is refused for a calibration without a t, and below ν = 1."""
+    fits = {}
+    for name, extra in (("default", ()), ("wide", ("--max-dof", "1000")),
+                        ("heavy", ("--max-dof", "1.5"))):
+        out = tmp_path / f"{name}.pt"
+        assert _fit(files, "llpr", out, *extra) == 0, capsys.readouterr().err
+        fits[name] = (load_wrapper(out).recalibrator_, capsys.readouterr().out)
+    for name, high in (("default", ROBUST_MAX_DOF), ("wide", 1000.0), ("heavy", 1.5)):
+        recalibrator, printed = fits[name]
+        assert tuple(recalibrator.options["dof_bounds"]) == (1.0, high)
+        assert 1.0 <= recalibrator.forces_.dof_ <= high
+        capped = recalibrator.forces_.dof_ == pytest.approx(high)
+        assert ("(the cap, --max-dof)" in printed) == capped
+    assert fits["heavy"][0].forces_.dof_ <= fits["wide"][0].forces_.dof_
+    assert _fit(files, "llpr", tmp_path / "s.pt", "--calibration", "scalar", "--max-dof", "3") == 2
+    assert "--max-dof applies to --calibration student_t" in capsys.readouterr().err
+    assert _fit(files, "llpr", tmp_path / "s.pt", "--max-dof", "1") == 2
+    assert "--max-dof must be > 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("method", ["llpr", "shallow", "evidential", "deep"])

@@ -11,6 +11,7 @@ from mlipuq import datasets, demo
 from mlipuq.calibration import metrics
 from mlipuq.calibration.recalibrate import PredictionRecalibrator
 from mlipuq.calibration.student_t import StudentTRecalibrator, std_factor
+from mlipuq.predictive import ROBUST_MAX_DOF
 from mlipuq.uq import LastLayerLaplace
 
 
@@ -108,12 +109,15 @@ def ethanol_llpr():
 
 
 def test_wrapper_per_species_t_on_dft_round_trips(ethanol_llpr, tmp_path):
-    """``calibrate(val, per_species=True)`` on packaged DFT data: H, C and O each
-    within 0.93–0.97 force coverage on held-out frames, and a save/load keeps it."""
+    """``calibrate(val, per_species=True)`` with ν as the data say (``dof_bounds`` up to
+    1000; the default caps ν at 3, wider on purpose) on packaged DFT data: H, C and O
+    each within 0.93–0.97 force coverage on held-out frames, and a save/load keeps it
+    (and keeps the default's capped ν)."""
     val, test = datasets.ethanol("val")[:300], datasets.ethanol("test")[:300]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        wrapper = ethanol_llpr.copy().calibrate(val, per_species=True)
+        wrapper = ethanol_llpr.copy().calibrate(val, per_species=True, dof_bounds=(1.0, 1000.0))
+        default = ethanol_llpr.copy().calibrate(val)
     assert isinstance(wrapper.recalibrator_, PredictionRecalibrator)
     np.testing.assert_array_equal(wrapper.recalibrator_.forces_.species_, [1, 6, 8])
     pred = wrapper.predict(test)
@@ -126,3 +130,7 @@ def test_wrapper_per_species_t_on_dft_round_trips(ethanol_llpr, tmp_path):
     wrapper.save(tmp_path / "w.pt")
     again = LastLayerLaplace.load(tmp_path / "w.pt").predict(test)
     np.testing.assert_allclose(again.forces_std, pred.forces_std, rtol=1e-12)
+    default.save(tmp_path / "d.pt")
+    loaded = LastLayerLaplace.load(tmp_path / "d.pt")
+    assert tuple(loaded.recalibrator_.options["dof_bounds"]) == (1.0, ROBUST_MAX_DOF)
+    assert loaded.predict(test[:3]).forces_dof == pytest.approx(ROBUST_MAX_DOF)

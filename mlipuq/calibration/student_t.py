@@ -181,7 +181,7 @@ class StudentTRecalibrator(Recalibrator):
         best = minimize(_t_objective, start, args=args, jac=True, method="L-BFGS-B",
                         bounds=bounds, options={"ftol": 0.0, "gtol": 1e-13, "maxiter": 1000})
         x = _newton_polish(best.x, args, bounds)
-        self.dof_ = float(math.exp(x[0]))
+        self.dof_ = float(min(max(math.exp(x[0]), low), high))  # exp(log b) may pass b by an ulp
         scales = np.exp(x[1:])
         self.species_ = species
         self.species_t_scale_ = scales if species.size else np.zeros(0)

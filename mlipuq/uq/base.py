@@ -40,6 +40,7 @@ from mlipuq.errors import FileFormatError, InvalidStructureError, MissingReferen
 from mlipuq.fileio import check_plain, check_weights_only, read_payload, save_payload
 from mlipuq.models.base import MLIP, model_class, model_from_payload
 from mlipuq.prediction import Prediction
+from mlipuq.predictive import ROBUST_MAX_DOF
 from mlipuq.progress import batches_with_progress
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,7 @@ def calibration_data(val) -> mdata.AtomsDataset:
         raise MissingReferenceError(
             f"structure {int(np.flatnonzero(missing)[0])}: calibrate() needs reference "
             f"energies and forces for every validation structure ({int(missing.sum())} "
-            "lack them)"
-        )
+            "lack them)")
     return dataset
 
 
@@ -363,10 +363,10 @@ class UQWrapper:
         return self.base_model.compute(atoms, stress=True)["stress"][0]
 
     # -------------------------------------------------------------- calibration
-    #: ``calibrate``'s method and options when no method is given: a Student-t for the
-    #: forces with one scale per element (heavy tails; docs/shift.md), a scalar for energies
+    #: ``calibrate``'s method and options when no method is given: a Student-t for the forces,
+    #: one scale per element, ν ≤ ROBUST_MAX_DOF (heavy tails; docs/shift.md); energies: scalar
     default_calibration = {"energy": "scalar", "forces": "student_t"}
-    default_calibration_options = {"per_species": True}
+    default_calibration_options = {"per_species": True, "dof_bounds": (1.0, ROBUST_MAX_DOF)}
     default_extrapolation = 0.5  #: ``calibrate``'s widening power (extrapolation.DEFAULT_POWER)
 
     def calibrate(self, val, method=None, **options) -> "UQWrapper":
@@ -376,15 +376,15 @@ class UQWrapper:
         or one per target, ``{"energy": ..., "forces": ...}``) is ``"scalar"`` (NLL-optimal
         factor), ``"power"`` (σ' = aσ^b), ``"isotonic"`` (Kuleshov et al. 2018), ``"conformal"``
         (split-conformal; ``coverage=0.9``, ``per_species=False``) or ``"student_t"``
-        (``per_species=False``; predictions then carry ``energy_dof`` and ``forces_dof``);
-        energies and forces get separate recalibrators (a :class:`~mlipuq.calibration.
-        recalibrate.PredictionRecalibrator`, ``recalibrator_``) that later ``predict`` calls
-        apply, committee members stretched to match; first, how stds scale between atoms
-        and structures is fitted (``structure_scaling=True``, :mod:`mlipuq.calibration.
+        (``per_species=False``, ``dof_bounds=(1, 1000)``: ν fitted within them, the default
+        calibration's ν ≤ 3; predictions carry ``energy_dof`` and ``forces_dof``); energies
+        and forces get separate recalibrators (a :class:`~mlipuq.calibration.recalibrate.
+        PredictionRecalibrator`, ``recalibrator_``) that later ``predict`` calls apply,
+        committee members stretched to match; first, how stds scale between atoms and
+        structures is fitted (``structure_scaling=True``, :mod:`mlipuq.calibration.
         structure_scaling`). Stds beyond the largest of ``val`` are widened (``extrapolation``,
-        default :attr:`default_extrapolation`, 0: not; :mod:`mlipuq.calibration.extrapolation`).
-        Stresses are not recalibrated.
-        """
+        default :attr:`default_extrapolation`, 0: not; :mod:`mlipuq.calibration.extrapolation`);
+        stresses are not recalibrated."""
         from mlipuq.calibration.recalibrate import PredictionRecalibrator
 
         dataset = calibration_data(val)
