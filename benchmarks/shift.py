@@ -108,8 +108,8 @@ TAIL = 0.12
 
 def readme_rows(rows: list[dict]) -> list[dict]:
     """The README's rows: current wrappers (not the "before" ones), their default, the
-    default with ν as fitted, without the scaling between atoms, without the structure scaling and without
-    either scaling or the widening, the
+    default with ν as fitted, without the scaling between atoms, without the structure
+    scaling and without either scaling or the widening, the
     scalar factor (the single models' default before the Student-t), and the frontier
     rows of the default and the scalar factor (docs/shift.md has all)."""
     return [r for r in rows if "before" not in r["wrapper"]
@@ -216,6 +216,7 @@ def scores(pred, ref) -> dict:
     err = np.linalg.norm(pred.forces - f_ref, axis=1)
     std = np.linalg.norm(pred.forces_std, axis=1)
     fd, ed = pred.forces_dof, pred.energy_dof  # Student-t predictive (None: Gaussian)
+    elements = {chemical_symbols[z]: pred.numbers == z for z in np.unique(pred.numbers)}
     cov = lambda y, s, t, d: float(metrics.coverage(y, s, t, levels=[0.95], dof=d)[0])  # noqa: E731
     return {
         "force_cov95": cov(pred.forces, pred.forces_std, f_ref, fd),
@@ -226,15 +227,12 @@ def scores(pred, ref) -> dict:
         "energy_nll": float(metrics.nll(pred.energy, pred.energy_std, e_ref, dof=ed)),
         "force_dof": fd, "energy_dof": ed,
         "force_cov95_by_element": {  # element symbol -> coverage of its force components
-            chemical_symbols[z]: cov(pred.forces[pred.numbers == z], pred.forces_std[pred.numbers == z],
-                                     f_ref[pred.numbers == z], fd)
-            for z in np.unique(pred.numbers)},
+            el: cov(pred.forces[m], pred.forces_std[m], f_ref[m], fd) for el, m in elements.items()},
         # per element: mean force std and force RMSE, to compare how each grows under shift
-        "force_std_by_element": {chemical_symbols[z]: float(np.mean(pred.forces_std[pred.numbers == z]))
-                                 for z in np.unique(pred.numbers)},
-        "force_rmse_by_element": {
-            chemical_symbols[z]: float(np.sqrt(np.mean((pred.forces - f_ref)[pred.numbers == z] ** 2)))
-            for z in np.unique(pred.numbers)},
+        "force_std_by_element": {el: float(np.mean(pred.forces_std[m]))
+                                 for el, m in elements.items()},
+        "force_rmse_by_element": {el: float(np.sqrt(np.mean((pred.forces - f_ref)[m] ** 2)))
+                                  for el, m in elements.items()},
         "spearman": float(spearmanr(err, std).statistic),
         "force_std": float(np.mean(pred.forces_std)),
         "energy_std_per_atom": float(np.mean(pred.energy_std / pred.n_atoms)),

@@ -282,12 +282,11 @@ def _summary(wrapper, args, n_train: int, n_val: int) -> str:
         scales = [f"{key} std x {_multipliers(getattr(recalibrator, key + '_'))}"
                   for key in ("energy", "forces")
                   if hasattr(getattr(recalibrator, key + "_", None), "scale_")]
-        high = float((recalibrator.options.get("dof_bounds") or (1.0, 1000.0))[1])
-        scales += [f"{key} Student-t ν {getattr(recalibrator, key + '_').dof_:.3g}"
-                   + (" (the cap, --max-dof)"
-                      if abs(getattr(recalibrator, key + "_").dof_ - high) < 1e-6 * high else "")
-                   for key in ("energy", "forces")
-                   if hasattr(getattr(recalibrator, key + "_", None), "dof_")]
+        parts = {key: getattr(recalibrator, key + "_", None) for key in ("energy", "forces")}
+        scales += [f"{key} Student-t ν {part.dof_:.3g}"  # at its upper bound: the cap
+                   + (" (the cap, --max-dof)" if part.dof_ >= (1 - 1e-6) * part.dof_bounds[1]
+                      else "")
+                   for key, part in parts.items() if hasattr(part, "dof_")]
         rows.append(("calibration", text + (": " + ", ".join(scales) if scales else "")))
         scaling = getattr(recalibrator, "structure_scaling_", None)
         if scaling:
