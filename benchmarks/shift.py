@@ -56,6 +56,7 @@ from mlipuq.calibration import metrics
 from mlipuq.calibration.extrapolation import structure_scales
 from mlipuq.data import AtomsDataset, concatenate
 from mlipuq.models import MiniMLIP
+from mlipuq.predictive import ROBUST_MAX_DOF
 from mlipuq.uq import (
     DeepEnsemble,
     EvidentialHead,
@@ -72,8 +73,8 @@ MODEL = {
 TRAIN = dict(batch_size=8, lr=2e-3, forces_weight=100.0, patience=1000, lr_patience=12,
              progress=False)
 #: "default": ``calibrate(val)`` with the wrapper's own default (every wrapper: a Student-t
-#: for the forces and a scalar factor for the energies; "scalar" was the single models'
-#: default before), which scales
+#: for the forces; for the energies a Student-t for committees, a scalar factor for the
+#: single models; "scalar" was the single models' default before), which scales
 #: stds between structures (``structure_scaling``) and widens them beyond the calibration
 #: range (``default_extrapolation``); "no structure scaling" is that default with
 #: ``structure_scaling=False`` (the default before it existed), "no widening" with
@@ -83,13 +84,17 @@ TRAIN = dict(batch_size=8, lr=2e-3, forces_weight=100.0, patience=1000, lr_patie
 #: "no atom scaling" scales between structures only (the default before the scaling of
 #: force stds between the atoms of one element); "fitted ν" fits the forces' Student-t ν
 #: within 1–1000 (the default before ν ≤ 3, ``ROBUST_MAX_DOF``), "ν ≤ 5" and "ν ≤ 2" cap it
-#: elsewhere.
-METHODS = ("default", "default, fitted ν", "default, ν ≤ 5", "default, ν ≤ 2",
+#: elsewhere; "scalar energies" gives the energies a scalar factor (the committees'
+#: default before their energy Student-t; the single models' default).
+METHODS = ("default", "default, scalar energies", "default, fitted ν", "default, ν ≤ 5",
+           "default, ν ≤ 2",
            "default, one force scale", "default, no atom scaling",
            "default, no structure scaling",
            "default, no widening", "default, neither",
            "default, widening 0.5", "default, widening 1",
            "scalar", "power", "isotonic", "conformal", "student_t")
+#: Methods given as per-target mappings (their options spelled out in METHOD_OPTIONS).
+EXPLICIT = {"default, scalar energies": {"energy": "scalar", "forces": "student_t"}}
 #: The shift whose first structures join the calibration data with --frontier.
 FRONTIER = {"copper": "bulk 600 K", "ethanol": "largest forces"}
 #: Options per recalibration method: conformal intervals are exact at the 95 % we score.
@@ -101,6 +106,8 @@ METHOD_OPTIONS = {"conformal": {"coverage": 0.95}, "default, no widening": {"ext
                   "default, widening 0.5": {"extrapolation": 0.5},
                   "default, widening 1": {"extrapolation": 1.0},
                   "default, fitted ν": {"dof_bounds": (1.0, 1000.0)},
+                  "default, scalar energies": {"per_species": True,
+                                               "dof_bounds": (1.0, ROBUST_MAX_DOF)},
                   "default, ν ≤ 5": {"dof_bounds": (1.0, 5.0)},
                   "default, ν ≤ 2": {"dof_bounds": (1.0, 2.0)}}
 TAIL = 0.12
@@ -111,9 +118,12 @@ def readme_rows(rows: list[dict]) -> list[dict]:
     default with ν as fitted, without the scaling between atoms, without the structure
     scaling and without either scaling or the widening, the
     scalar factor (the single models' default before the Student-t), and the frontier
-    rows of the default and the scalar factor (docs/shift.md has all)."""
-    return [r for r in rows if "before" not in r["wrapper"]
+    rows of the default and the scalar factor, and the committees' default with a
+    scalar energy factor (docs/shift.md has all, and the latent
+    distance's kNN score, its default before the Mahalanobis distance)."""
+    return [r for r in rows if "before" not in r["wrapper"] and "(kNN)" not in r["wrapper"]
             and (r["method"].split(" + ")[0] in ("default", "scalar")
+                 or (r["method"] == "default, scalar energies" and "Ensemble" in r["wrapper"])
                  or r["method"] in ("default, fitted ν", "default, no atom scaling",
                                     "default, no structure scaling", "default, neither"))]
 
@@ -194,6 +204,10 @@ def fit_wrappers(models, train, val) -> dict:
         "LastLayerLaplace": llpr,
         "LatentDistance": LatentDistance(base).fit(train, val),
         "LatentDistance + LLPR": LatentDistance(base, combine=llpr).fit(train, val),
+        # the kNN score, LatentDistance's default before the Mahalanobis distance
+        "LatentDistance (kNN)": LatentDistance(base, score="knn").fit(train, val),
+        "LatentDistance + LLPR (kNN)": LatentDistance(base, score="knn",
+                                                      combine=llpr).fit(train, val),
         "ShallowEnsemble": ShallowEnsemble(base, n_heads=8).fit(
             train, val, epochs=30, lr=1e-3, batch_size=16, seed=0, patience=8, progress=False),
         "EvidentialHead": evidential,
@@ -282,8 +296,8 @@ def run_part(part: str, args) -> list[dict]:
                 options.update(extrapolation=0, structure_scaling=False)
                 for key in ("per_species", "dof_bounds"):  # (their scalar factor has neither)
                     options.pop(key, None)
-            chosen = None if base == "default" else base
-            if "before" in wrapper_name and chosen is None:
+            chosen = EXPLICIT.get(method, None if base == "default" else base)
+            if "before" in wrapper_name and base == "default":
                 chosen = "scalar"  # every wrapper's default before the Student-t one
             try:
                 wrapper.calibrate(val, method=chosen, **options)
@@ -338,6 +352,21 @@ def table(rows: list[dict], methods=None) -> str:
 DOF_METHODS = ("default, fitted ν", "default, ν ≤ 5", "default", "default, ν ≤ 2")
 
 
+def _groups(rows: list[dict], methods, wrappers=None):
+    """Per system, wrapper (not the "before" ones; only ``wrappers`` if given) and method
+    of ``methods`` in that order: the in-distribution row and the shifted rows."""
+    chosen = [r for r in rows if r["method"] in methods and "before" not in r["wrapper"]
+              and (wrappers is None or r["wrapper"] in wrappers)]
+    for system, wrapper in sorted({(r["system"], r["wrapper"]) for r in chosen}):
+        for method in methods:
+            group = [r for r in chosen if (r["system"], r["wrapper"], r["method"])
+                     == (system, wrapper, method)]
+            if group:
+                ind = next(r for r in group if r["split"].startswith("in dist"))
+                yield (system, wrapper, method, ind,
+                       [r for r in group if not r["split"].startswith("in dist")])
+
+
 def dof_table(rows: list[dict]) -> str:
     """Per system and wrapper, the forces' ν as fitted and capped at 5, 3 (the default)
     and 2: in distribution ν, 95 % coverage, miscalibration area, NLL and mean std;
@@ -345,22 +374,33 @@ def dof_table(rows: list[dict]) -> str:
     lines = ["| system | wrapper | force ν | in-dist F cover / miscal. / F NLL | in-dist mean F std "
              "(eV/Å) | shifts: F cover (min–mean) | shifts: F NLL (mean) |",
              "|---|---|---|---|---|---|---|"]
-    chosen = [r for r in rows if r["method"] in DOF_METHODS and "before" not in r["wrapper"]]
-    keys = sorted({(r["system"], r["wrapper"]) for r in chosen})
-    for system, wrapper in keys:
-        for method in DOF_METHODS:
-            group = [r for r in chosen if (r["system"], r["wrapper"], r["method"])
-                     == (system, wrapper, method)]
-            if not group:
-                continue
-            ind = next(r for r in group if r["split"].startswith("in dist"))
-            fc = [r["force_cov95"] for r in group if not r["split"].startswith("in dist")]
-            nll = [r["force_nll"] for r in group if not r["split"].startswith("in dist")]
-            label = method.replace("default, ", "").replace("default", "ν ≤ 3 (default)")
-            lines.append(f"| {system} | {wrapper} | {label}: {ind['force_dof']:.1f} | "
-                         f"{ind['force_cov95']:.3f} / {ind['force_miscal']:.3f} / "
-                         f"{ind['force_nll']:.3f} | {ind['force_std']:.4f} | "
-                         f"{min(fc):.3f}–{np.mean(fc):.3f} | {np.mean(nll):.2f} |")
+    for system, wrapper, method, ind, shifted in _groups(rows, DOF_METHODS):
+        fc = [r["force_cov95"] for r in shifted]
+        nll = [r["force_nll"] for r in shifted]
+        label = method.replace("default, ", "").replace("default", "ν ≤ 3 (default)")
+        lines.append(f"| {system} | {wrapper} | {label}: {ind['force_dof']:.1f} | "
+                     f"{ind['force_cov95']:.3f} / {ind['force_miscal']:.3f} / "
+                     f"{ind['force_nll']:.3f} | {ind['force_std']:.4f} | "
+                     f"{min(fc):.3f}–{np.mean(fc):.3f} | {np.mean(nll):.2f} |")
+    return "\n".join(lines)
+
+
+def energy_table(rows: list[dict]) -> str:
+    """Per system and committee, the energies' default Student-t against a scalar factor:
+    in distribution ν, 95 % coverage and NLL of the energies; over the shifts the energy
+    coverage (min–mean) and the mean energy NLL."""
+    lines = ["| system | wrapper | energies | in-dist E cover / E NLL | shifts: E cover "
+             "(min–mean) | shifts: E NLL (mean) |", "|---|---|---|---|---|---|"]
+    committees = {r["wrapper"] for r in rows if "Ensemble" in r["wrapper"]}
+    for system, wrapper, method, ind, shifted in _groups(
+            rows, ("default, scalar energies", "default"), committees):
+        ec = [r["energy_cov95"] for r in shifted]
+        dof = ind["energy_dof"]
+        label = ("scalar factor" if dof is None else f"Student-t, ν {dof:.1f}") + (
+            " (default)" if method == "default" else "")
+        lines.append(f"| {system} | {wrapper} | {label} | {ind['energy_cov95']:.3f} / "
+                     f"{ind['energy_nll']:.3f} | {min(ec):.2f}–{np.mean(ec):.2f} | "
+                     f"{np.mean([r['energy_nll'] for r in shifted]):.2f} |")
     return "\n".join(lines)
 
 
@@ -444,6 +484,8 @@ def main(argv=None) -> None:
             json.dump({"args": vars(args), "runs": runs, "rows": rows}, fh, indent=1)
     print(table(rows))
     print(dof_table(rows))
+    if any(r["method"] == "default, scalar energies" for r in rows):
+        print(energy_table(rows))
     print(growth(rows))
     print(f"total {time.perf_counter() - t0:.0f} s")
     if args.readme:
@@ -452,6 +494,8 @@ def main(argv=None) -> None:
         write_between_markers(args.docs, table(rows))
         if any(r["method"] in DOF_METHODS[1:] for r in rows):
             write_between_markers(args.docs, dof_table(rows), name="shift-dof")
+        if any(r["method"] == "default, scalar energies" for r in rows):
+            write_between_markers(args.docs, energy_table(rows), name="shift-energies")
 
 
 if __name__ == "__main__":

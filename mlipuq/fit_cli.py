@@ -1,6 +1,6 @@
 """The ``mlipuq fit`` and ``mlipuq predict`` subcommands.
 
-``mlipuq fit {llpr,shallow,evidential,deep} --model M.pt --train T.extxyz
+``mlipuq fit {llpr,shallow,evidential,deep,latent} --model M.pt --train T.extxyz
 [--val V.extxyz] --out W.pt`` wraps a base model saved by ``mlipuq train``
 (:func:`mlipuq.models.load`) in a UQ wrapper, fits it on ``--train``,
 calibrates it on ``--val`` when given, and saves it (:meth:`UQWrapper.save`):
@@ -14,7 +14,11 @@ calibrates it on ``--val`` when given, and saves it (:meth:`UQWrapper.save`):
   ``--members`` new models of the same architecture (class and config, each
   initialised from its own seed) are trained on ``--train`` as ``mlipuq train``
   does; with ``--model`` given two or more times, the ensemble is made of
-  those (already trained) models and nothing is retrained.
+  those (already trained) models and nothing is retrained;
+* ``latent``: :class:`~mlipuq.uq.LatentDistance` (``--score``, default the
+  Mahalanobis distance of each atom's readout features to its element's
+  training mean; its variance map is fitted on ``--val``, which then also
+  calibrates it, or on a fifth of ``--train`` held out when there is no ``--val``).
 
 ``mlipuq predict --model W.pt --data D --out P.extxyz`` loads a saved wrapper
 (:func:`mlipuq.uq.load`), predicts ``D`` chunk by chunk and writes the
@@ -49,7 +53,8 @@ import shutil
 from mlipuq.devices import add_device_option, resolve_device  # noqa: F401  (re-exported)
 from mlipuq.fileio import refuse_existing
 
-KINDS = ("llpr", "shallow", "evidential", "deep")
+KINDS = ("llpr", "shallow", "evidential", "deep", "latent")
+SCORES = ("mahalanobis", "knn", "gmm")  # LatentDistance's (its module imports torch)
 CALIBRATIONS = ("scalar", "power", "isotonic", "conformal", "student_t")
 #: Training defaults of the deep-ensemble members: those of ``mlipuq train``.
 DEEP_DEFAULTS = {"epochs": 500, "lr": 2e-3, "patience": 50}
@@ -72,8 +77,8 @@ def add_parsers(subparsers) -> None:
     """Register ``fit`` and ``predict`` on an ``argparse`` subparsers object."""
     fit = subparsers.add_parser(
         "fit", help="wrap a trained model in a UQ method, fit, calibrate and save it",
-        description="Fit a UQ wrapper (llpr, shallow, evidential, deep) around a model saved "
-        "by `mlipuq train`, calibrate it on --val and save it to --out.",
+        description="Fit a UQ wrapper (llpr, shallow, evidential, deep, latent) around a "
+        "model saved by `mlipuq train`, calibrate it on --val and save it to --out.",
     )
     fit.add_argument("method", choices=KINDS, help="UQ method")
     fit.add_argument(
@@ -91,15 +96,16 @@ def add_parsers(subparsers) -> None:
     fit.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     fit.add_argument("--calibration", choices=CALIBRATIONS, default=None,
                      help="recalibration fitted on --val (default: the wrapper's, "
-                          "student_t for forces with one scale per element and scalar "
-                          "for energies)")
+                          "student_t for forces with one scale per element; for energies "
+                          "student_t for deep and shallow, scalar for the others)")
     fit.add_argument("--per-species", action=argparse.BooleanOptionalAction, default=None,
                      help="student_t or conformal forces: one scale (quantile) per element "
                           "(default: yes for the wrapper's default calibration, no for an "
                           "explicit --calibration)")
     fit.add_argument("--max-dof", type=float, default=None,
-                     help="student_t: the largest degrees of freedom ν the fit may choose "
-                          "(default: 3 for the wrapper's default calibration, heavy tails "
+                     help="student_t: the largest degrees of freedom ν the fit may choose, "
+                          "for every Student-t target (default: 3 for the wrapper's default "
+                          "calibration, heavy tails "
                           "that hold up under shift; 1000 for --calibration student_t, "
                           "ν as the validation data say; docs/shift.md)")
     fit.add_argument("--coverage", type=float, default=None,
@@ -121,7 +127,7 @@ def add_parsers(subparsers) -> None:
                      help="structures per batch")
     fit.add_argument("--epochs", type=_positive_int, default=None,
                      help="most training epochs (default: shallow 50, evidential 100, "
-                          "deep 500 per member; llpr does not train)")
+                          "deep 500 per member; llpr and latent do not train)")
     fit.add_argument("--lr", type=float, default=None,
                      help="learning rate (default: shallow 1e-3, evidential 1e-2, deep 2e-3)")
     fit.add_argument("--patience", type=_positive_int, default=None,
@@ -133,6 +139,9 @@ def add_parsers(subparsers) -> None:
                      help="llpr: predict with the Bayesian posterior mean of the readout "
                           "instead of the trained weights (docs/llpr.md)")
     fit.add_argument("--heads", type=int, default=8, help="shallow: number of heads")
+    fit.add_argument("--score", choices=SCORES, default=None,
+                     help="latent: the distance of an atom's readout features to its "
+                          "element's training atoms (default: mahalanobis; docs/latent.md)")
     fit.add_argument("--members", type=int, default=None,
                      help=f"deep: number of members trained from --model's architecture "
                           f"(default {DEFAULT_MEMBERS}; with several --model: their number)")
@@ -217,6 +226,14 @@ def _check_fit_args(args) -> None:
             raise ValueError(f"--max-dof must be > 1, got {args.max_dof}")
     if args.method == "shallow" and args.heads < 2:
         raise ValueError(f"--heads must be >= 2, got {args.heads}")
+    if args.score is not None and args.method != "latent":
+        raise ValueError(f"--score is a latent option, not one of fit {args.method}")
+    if args.method == "latent":
+        given = [name for name in ("epochs", "lr", "patience", "max_time", "members")
+                 if getattr(args, name) is not None]
+        if given:
+            raise ValueError("fit latent trains nothing: --" + ", --".join(
+                name.replace("_", "-") for name in given) + " do not apply")
     if args.refit_mean and args.method != "llpr":
         raise ValueError(f"--refit-mean is an llpr option, not one of fit {args.method}")
     if len(args.model) > 1 and args.method != "deep":
@@ -231,7 +248,8 @@ def _check_fit_args(args) -> None:
 
 def build_wrapper(args, models, train, val, progress: bool):
     """The fitted (not yet calibrated) wrapper of ``args.method``."""
-    from mlipuq.uq import DeepEnsemble, EvidentialHead, LastLayerLaplace, ShallowEnsemble
+    from mlipuq.uq import (DeepEnsemble, EvidentialHead, LastLayerLaplace, LatentDistance,
+                           ShallowEnsemble)
 
     model = models[0]
     common = {"seed": args.seed, "progress": progress}
@@ -243,6 +261,10 @@ def build_wrapper(args, models, train, val, progress: bool):
             train, val, **common, **_trainer_options(args, {}))
     if args.method == "evidential":
         return EvidentialHead(model).fit(train, val, **common, **_trainer_options(args, {}))
+    if args.method == "latent":
+        options = {} if args.score is None else {"score": args.score}
+        return LatentDistance(model, **options).fit(
+            train, val, batch_size=args.batch_size, **common)
     if len(models) > 1:
         return DeepEnsemble(models)
     return DeepEnsemble.train(
@@ -252,28 +274,36 @@ def build_wrapper(args, models, train, val, progress: bool):
     )
 
 
+def _method_rows(wrapper, method: str) -> list:
+    """The summary rows of what ``fit`` fitted: hyperparameters or training."""
+    if method == "llpr":
+        rows = [("prior precision", f"{wrapper.prior_precision_:.4g}"),
+                ("energy noise", f"{wrapper.energy_noise_:.4g} eV")]
+        if wrapper.forces_noise_ is not None:
+            rows.append(("forces noise", f"{wrapper.forces_noise_:.4g} eV/Å"))
+        return rows
+    if method == "latent":
+        n_elements = len(wrapper.species_)
+        return [("distance", f"{wrapper.score} (per element, {n_elements} elements)"),
+                ("variance map", (f"forces {wrapper.forces_a_:.3g} + {wrapper.forces_b_:.3g}"
+                                  f" u² eV²/Å², energy {wrapper.energy_a_:.3g} n + "
+                                  f"{wrapper.energy_b_:.3g} Σu² eV²"))]
+    if method in ("shallow", "evidential"):
+        rows = [("heads", str(wrapper.n_heads))] if method == "shallow" else []
+        history = wrapper.history_
+        return rows + [("training", f"{len(history)} epochs in {history.wall_time:.1f} s")]
+    rows = [("members", str(wrapper.n_members))]
+    if wrapper.histories_ is None:
+        return rows + [("training", "none (trained --model files)")]
+    epochs = ", ".join(str(len(h)) for h in wrapper.histories_)
+    seconds = sum(h.wall_time for h in wrapper.histories_)
+    return rows + [("training", f"{epochs} epochs (seeds {wrapper.seeds_}) in {seconds:.1f} s")]
+
+
 def _summary(wrapper, args, n_train: int, n_val: int) -> str:
     rows = [("method", f"{type(wrapper).__name__} ({args.method})"),
             ("training set", f"{n_train} structures ({args.train})")]
-    if args.method == "llpr":
-        rows.append(("prior precision", f"{wrapper.prior_precision_:.4g}"))
-        rows.append(("energy noise", f"{wrapper.energy_noise_:.4g} eV"))
-        if wrapper.forces_noise_ is not None:
-            rows.append(("forces noise", f"{wrapper.forces_noise_:.4g} eV/Å"))
-    elif args.method in ("shallow", "evidential"):
-        if args.method == "shallow":
-            rows.append(("heads", str(wrapper.n_heads)))
-        history = wrapper.history_
-        rows.append(("training", f"{len(history)} epochs in {history.wall_time:.1f} s"))
-    else:
-        rows.append(("members", str(wrapper.n_members)))
-        if wrapper.histories_ is not None:
-            epochs = ", ".join(str(len(h)) for h in wrapper.histories_)
-            seconds = sum(h.wall_time for h in wrapper.histories_)
-            rows.append(("training", f"{epochs} epochs (seeds {wrapper.seeds_}) in "
-                                     f"{seconds:.1f} s"))
-        else:
-            rows.append(("training", "none (trained --model files)"))
+    rows += _method_rows(wrapper, args.method)
     recalibrator = getattr(wrapper, "recalibrator_", None)
     if recalibrator is None:
         rows.append(("calibration", "none (no --val)"))

@@ -19,18 +19,20 @@ import mlipuq
 from mlipuq import cli, schema
 from mlipuq.calibration.student_t import StudentTRecalibrator
 from mlipuq.predictive import ROBUST_MAX_DOF
-from mlipuq.uq import DeepEnsemble, EvidentialHead, LastLayerLaplace, ShallowEnsemble
+from mlipuq.uq import (DeepEnsemble, EvidentialHead, LastLayerLaplace, LatentDistance,
+                       ShallowEnsemble)
 from mlipuq.uq import load as load_wrapper
 
 from conftest import ETHANOL_SMALL, tiny_model
 
 WRAPPERS = {"llpr": LastLayerLaplace, "shallow": ShallowEnsemble,
-            "evidential": EvidentialHead, "deep": DeepEnsemble}
+            "evidential": EvidentialHead, "deep": DeepEnsemble, "latent": LatentDistance}
 #: the fastest settings of each method (the fit must only work, not be good)
 #: isolated-atom-like reference energies (eV): ethanol alone determines one combination
 ATOMIC_ENERGIES = {"H": -13.5, "C": -1025.0, "O": -2035.5}
 QUICK = {"llpr": [], "shallow": ["--epochs", "2", "--heads", "2"],
-         "evidential": ["--epochs", "2"], "deep": ["--members", "2", "--epochs", "2"]}
+         "evidential": ["--epochs", "2"], "deep": ["--members", "2", "--epochs", "2"],
+         "latent": []}
 
 
 @pytest.fixture(scope="module")
@@ -209,15 +211,19 @@ def test_fit_max_dof_bounds_the_force_t(files, tmp_path, capsys):
     assert "--max-dof must be > 1" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("method", ["llpr", "shallow", "evidential", "deep"])
+@pytest.mark.parametrize("method", ["llpr", "shallow", "evidential", "deep", "latent"])
 def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsys, method):
     out = tmp_path / f"{method}.pt"
     assert _fit(files, method, out) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
-    # every wrapper's default calibration: a Student-t predictive for the forces
-    assert "energy scalar, forces student_t per species on 5 structures" in printed
+    # every wrapper's default calibration: a Student-t predictive for the forces, and for
+    # the energies of committees
+    committee = method in ("shallow", "deep")
+    energy = "student_t" if committee else "scalar"
+    assert f"energy {energy}, forces student_t per species on 5 structures" in printed
     assert "wrapper saved to" in printed
-    assert "forces Student-t ν" in printed and "energy Student-t" not in printed
+    assert "forces Student-t ν" in printed
+    assert ("energy Student-t ν" in printed) == committee
     # the widening beyond the calibration range, with the wrapper's default powers
     powers = "p = 0.25), " if method == "deep" else "p = 0.5), "
     assert "beyond calibration" in printed and powers in printed
@@ -233,8 +239,27 @@ def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsy
         assert "members" in printed and "seeds [0, 1]" in printed
     if method == "shallow":
         assert wrapper.n_heads == 2
+    if method == "latent":  # the Mahalanobis distance unless --score says otherwise
+        line = next(t for t in printed.splitlines() if t.split()[:1] == ["distance"])
+        assert wrapper.score == "mahalanobis" and line.split()[1] == "mahalanobis"
+        assert "variance map" in printed
     prediction = wrapper.predict(mlipuq.load(files["test"]))
     assert np.all(np.isfinite(prediction.energy_std)) and np.all(prediction.forces_std > 0)
+
+
+def test_fit_latent_score_and_without_val(files, tmp_path, capsys):
+    """--score picks the latent distance; without --val the map is fitted on a held-out
+    fifth of --train and the wrapper is not calibrated."""
+    out = tmp_path / "knn.pt"
+    assert _fit(files, "latent", out, "--score", "knn") == 0, capsys.readouterr().err
+    line = next(t for t in capsys.readouterr().out.splitlines() if t.split()[:1] == ["distance"])
+    assert load_wrapper(out).score == "knn" and line.split()[1] == "knn"
+    bare = tmp_path / "bare.pt"
+    assert cli.main(["fit", "latent", "-m", str(files["model"]), "--train",
+                     str(files["train"]), "--out", str(bare)]) == 0
+    wrapper = load_wrapper(bare)
+    assert not wrapper.calibrated_ and wrapper.n_train_ == 8  # 2 of 10 held out
+    capsys.readouterr()
 
 
 def test_fit_without_val_is_not_calibrated(files, tmp_path, capsys):
@@ -272,6 +297,8 @@ def test_fit_deep_from_several_trained_models(files, tmp_path, capsys):
     (["deep", "--members", "1"], "--members must be >= 2"),
     (["llpr", "-m", "{model}"], "fit llpr takes one --model"),
     (["shallow", "--heads", "1"], "--heads must be >= 2"),
+    (["llpr", "--score", "knn"], "--score is a latent option"),
+    (["latent", "--epochs", "3"], "fit latent trains nothing: --epochs"),
     (["llpr", "--device", "cuda"], "CUDA is not available"),
 ])
 def test_fit_user_errors(files, tmp_path, capsys, argv, message):

@@ -1,5 +1,6 @@
-"""LatentDistance: the common check suite, distance-awareness on hotter Cu, the kNN
-score and the variance map checked by hand, and the combination with another wrapper."""
+"""LatentDistance: the common check suite, distance-awareness on hotter Cu, the
+Mahalanobis and kNN scores and the variance map checked by hand, and the combination
+with another wrapper."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def copper():
 
 
 # ------------------------------------------------------------- check suite
-@pytest.mark.parametrize("options", [{}, {"score": "gmm"}], ids=["knn", "gmm"])
+@pytest.mark.parametrize("options", [{}, {"score": "knn"}, {"score": "gmm"}],
+                         ids=["mahalanobis", "knn", "gmm"])
 def test_passes_the_check_suite(options, base, ethanol):
     check_uq_wrapper(LatentDistance(base, **options), ethanol[:14], fit_kwargs={})
 
@@ -51,7 +53,7 @@ def test_combined_with_llpr_passes_the_check_suite(base, ethanol):
 
 
 # ------------------------------------------------------- distance awareness
-@pytest.mark.parametrize("score", ["knn", "gmm"])
+@pytest.mark.parametrize("score", ["mahalanobis", "knn", "gmm"])
 def test_energy_std_grows_with_temperature_on_copper(score, copper):
     model, train, test = copper
     wrapper = LatentDistance(model, score=score).fit(train[:14], train[14:])
@@ -93,10 +95,30 @@ def test_knn_score_by_hand():
                                [3.5, 4.0, 4.5])
 
 
+def test_mahalanobis_score_by_hand(base):
+    """The default score is the distance to the species' training mean in units of its
+    training covariance (+1e-4 on the diagonal): correlated features count as such."""
+    rng = np.random.default_rng(0)
+    # two strongly correlated standardised features: a narrow direction (1, -1)
+    t = rng.normal(size=4000)
+    points = np.stack([t, t + 0.05 * rng.normal(size=t.size)], axis=1)
+    wrapper = LatentDistance(base)
+    assert wrapper.score == "mahalanobis"
+    wrapper.gmm_ = {1: wrapper._fit_gmm(points, seed=0)}
+    query = np.array([[1.0, 1.0], [0.5, -0.5], [0.0, 0.0]])
+    centred = query - points.mean(axis=0)
+    cov = np.cov(points, rowvar=False, bias=True) + 1e-4 * np.eye(2)
+    expected = np.sqrt(np.einsum("ij,jk,ik->i", centred, np.linalg.inv(cov), centred))
+    np.testing.assert_allclose(wrapper._raw_scores(1, query), expected, rtol=1e-6)
+    # the same Euclidean step is ~40x farther across the training cloud than along it
+    along, across = wrapper._raw_scores(1, np.array([[0.7, 0.7], [0.7, -0.7]]))
+    assert across > 15 * along
+
+
 def test_per_species_scores_by_hand(base):
     """Scores use only the atom's own species and its scale; an element without
     training atoms gets its distance to the nearest training element."""
-    wrapper = LatentDistance(base, n_neighbors=1)
+    wrapper = LatentDistance(base, score="knn", n_neighbors=1)
     wrapper.feature_mean_, wrapper.feature_scale_ = np.zeros(2), np.array([1.0, 2.0])
     wrapper.species_ = [1, 6]
     wrapper.points_ = {1: np.array([[0.0, 0.0], [1.0, 0.0]]), 6: np.array([[10.0, 0.0]])}
@@ -144,8 +166,8 @@ def test_does_not_modify_the_model_and_is_reproducible(base, ethanol):
 
 
 def test_max_points_bounds_the_stored_features(base, ethanol):
-    wrapper = LatentDistance(base, max_points=10).fit(ethanol[:14])
-    assert all(len(p) <= 10 for p in wrapper.points_.values())
+    wrapper = LatentDistance(base, score="knn", max_points=10).fit(ethanol[:14])
+    assert wrapper.points_ and all(len(p) <= 10 for p in wrapper.points_.values())
     assert all(p.dtype == np.float64 for p in wrapper.points_.values())
 
 
@@ -164,7 +186,7 @@ def test_combined_save_load_keeps_the_other_wrapper(base, ethanol, tmp_path):
 
 # ---------------------------------------------------------------- bad input
 @pytest.mark.parametrize("options", [
-    {"score": "mahalanobis"}, {"n_neighbors": 0}, {"max_points": 2.5},
+    {"score": "euclidean"}, {"n_neighbors": 0}, {"max_points": 2.5},
     {"min_distance_share": 0.0}, {"min_distance_share": 1.5},
 ])
 def test_constructor_refuses_bad_options(options, base):

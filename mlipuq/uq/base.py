@@ -363,8 +363,8 @@ class UQWrapper:
         return self.base_model.compute(atoms, stress=True)["stress"][0]
 
     # -------------------------------------------------------------- calibration
-    #: ``calibrate``'s method and options when no method is given: a Student-t for the forces,
-    #: one scale per element, ν ≤ ROBUST_MAX_DOF (heavy tails; docs/shift.md); energies: scalar
+    #: ``calibrate``'s default: forces a Student-t, a scale per element, ν ≤ ROBUST_MAX_DOF
+    #: (docs/shift.md); energies scalar (committees: a t, deep_ensemble.COMMITTEE_CALIBRATION)
     default_calibration = {"energy": "scalar", "forces": "student_t"}
     default_calibration_options = {"per_species": True, "dof_bounds": (1.0, ROBUST_MAX_DOF)}
     default_extrapolation = 0.5  #: ``calibrate``'s widening power (extrapolation.DEFAULT_POWER)

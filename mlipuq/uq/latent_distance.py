@@ -9,7 +9,11 @@ energy, the forces and :math:`\\phi_i`; the features are standardised (float64,
 per feature, with the training atoms' mean and std) and scored against the
 stored training atoms of the same species:
 
-* ``score="knn"`` (default): the mean Euclidean distance to the ``n_neighbors``
+* ``score="mahalanobis"`` (default): the distance to the species' training mean,
+  :math:`|L^T(\\phi_i - \\mu)|`, :math:`LL^T` the inverse training covariance (+1e-4
+  on its diagonal; a one-component :class:`sklearn.mixture.GaussianMixture`): an atom
+  leaving a narrow direction of the correlated training cloud is far;
+* ``score="knn"``: the mean Euclidean distance to the ``n_neighbors``
   nearest training atoms (:class:`sklearn.neighbors.NearestNeighbors`);
 * ``score="gmm"``: a Gaussian mixture per species
   (:class:`sklearn.mixture.GaussianMixture`), raw score
@@ -59,7 +63,7 @@ from mlipuq.uq.base import UQWrapper, _check_model, register
 
 log = logging.getLogger(__name__)
 
-_SCORES = ("knn", "gmm")
+_SCORES = ("mahalanobis", "knn", "gmm")
 _C_MIN = 1e-3  # smallest a/b (at u = 1): keeps variances positive on exact training atoms
 _LOG_S_BOUNDS = (-80.0, 40.0)
 _LAMBDA_MAX = 1e6
@@ -186,9 +190,11 @@ class LatentDistance(UQWrapper):
     model
         A trained :class:`~mlipuq.models.MLIP`, used as is (not modified).
     score
-        ``"knn"`` (mean distance to the ``n_neighbors`` nearest training atoms
-        of the same species) or ``"gmm"`` (Gaussian-mixture negative
-        log-likelihood per species, as a distance).
+        ``"mahalanobis"`` (distance to the species' training mean in units of
+        its training covariance), ``"knn"`` (mean Euclidean distance to the
+        ``n_neighbors`` nearest training atoms of the same species) or
+        ``"gmm"`` (Gaussian-mixture negative log-likelihood per species, as a
+        distance).
     n_neighbors
         k of the kNN score.
     n_components
@@ -196,9 +202,9 @@ class LatentDistance(UQWrapper):
         under ``4 n_components`` training atoms); full covariances.
     max_points
         At most this many training atoms per species are stored (kNN) or
-        fitted (GMM), drawn at random with ``fit``'s seed: memory and predict
-        time stay bounded (float64, ``max_points × n_features × 8`` bytes per
-        species).
+        fitted (Mahalanobis, GMM), drawn at random with ``fit``'s seed: memory
+        and predict time stay bounded (float64, ``max_points × n_features × 8``
+        bytes per species); ``fit`` warns below ``5 n_features`` for a covariance.
     min_distance_share
         Smallest share of the distance term in the variance at ``u = 1``
         (the training data's own spacing): ``a <= b (1 - share) / share``.
@@ -222,7 +228,7 @@ class LatentDistance(UQWrapper):
         self,
         model: MLIP,
         *,
-        score: str = "knn",
+        score: str = "mahalanobis",
         n_neighbors: int = 5,
         n_components: int = 4,
         max_points: int = 10000,
@@ -252,8 +258,8 @@ class LatentDistance(UQWrapper):
 
     def __repr__(self) -> str:
         other = "" if self.combine is None else f", combine={type(self.combine).__name__}"
-        return (f"LatentDistance({type(self.model).__name__}, score={self.score!r}, "
-                f"n_neighbors={self.n_neighbors}{other})")
+        knn = f", n_neighbors={self.n_neighbors}" if self.score == "knn" else ""
+        return f"LatentDistance({type(self.model).__name__}, score={self.score!r}{knn}{other})"
 
     # ------------------------------------------------------------ UQWrapper API
     def _models(self) -> list[MLIP]:
@@ -355,6 +361,9 @@ class LatentDistance(UQWrapper):
             k = min(self.n_neighbors, len(self.points_[z]))
             return index.kneighbors(x, n_neighbors=k)[0].mean(axis=1)
         g = self.gmm_[z]
+        if self.score == "mahalanobis":
+            y = (x - g["means"][0]) @ g["precisions_cholesky"][0]
+            return np.sqrt(np.sum(y * y, axis=1))
         log_p = _gmm_log_density(x, g["weights"], g["means"], g["precisions_cholesky"])
         return np.sqrt(2.0 * np.maximum(g["max_log_density"] - log_p, 0.0))
 
@@ -461,6 +470,9 @@ class LatentDistance(UQWrapper):
                 self.points_[z] = points
                 typical = knn_scores(points, None, self.n_neighbors, leave_one_out=True)
             else:
+                if len(points) < 5 * points.shape[1]:
+                    log.warning("LatentDistance: %d atoms of atomic number %d for %d features: "
+                                "a poorly determined covariance", len(points), z, points.shape[1])
                 self.gmm_[z] = self._fit_gmm(points, seed)
                 typical = self._raw_scores(z, points)
             scale = float(np.median(typical)) if len(typical) else 0.0
@@ -476,7 +488,8 @@ class LatentDistance(UQWrapper):
     def _fit_gmm(self, points: np.ndarray, seed: int) -> dict:
         from sklearn.mixture import GaussianMixture
 
-        k = max(1, min(self.n_components, len(points) // 4))
+        one = self.score == "mahalanobis"
+        k = 1 if one else max(1, min(self.n_components, len(points) // 4))
         gmm = GaussianMixture(n_components=k, covariance_type="full", reg_covar=1e-4,
                               random_state=seed).fit(points) if len(points) > 1 else None
         if gmm is None:  # one atom: a unit Gaussian at it

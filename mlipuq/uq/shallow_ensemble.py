@@ -92,7 +92,7 @@ from mlipuq.models.base import MLIP
 from mlipuq.params import positive
 from mlipuq.training import History, fit_scales, prepare_graphs, split_fit_options
 from mlipuq.uq.base import UQWrapper, _check_model, register
-from mlipuq.uq.deep_ensemble import member_statistics
+from mlipuq.uq.deep_ensemble import COMMITTEE_CALIBRATION, member_statistics
 from mlipuq.uq.shallow_heads import (  # noqa: F401  (re-exported: their old home)
     _LOG_2PI,
     HeadsNLL,
@@ -335,6 +335,9 @@ class ShallowEnsemble(UQWrapper):
                 force_layer = self.model.force_readout_layer
                 force_layer.weight.copy_(direct.reshape(force_layer.weight.shape)
                                          .to(force_layer.weight))
+
+    #: A committee of heads: a Student-t for energies and forces (deep_ensemble.py)
+    default_calibration = dict(COMMITTEE_CALIBRATION)
 
     #: Defaults of ``fit(**method_options)``; the other :data:`mlipuq.training.TRAINER_OPTIONS`
     #: (``lr_factor``, ``max_time``, ``weight_decay``...) take :func:`mlipuq.train`'s defaults.
