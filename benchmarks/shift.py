@@ -56,7 +56,7 @@ from mlipuq.calibration import metrics
 from mlipuq.calibration.extrapolation import structure_scales
 from mlipuq.data import AtomsDataset, concatenate
 from mlipuq.models import MiniMLIP
-from mlipuq.predictive import ROBUST_MAX_DOF
+from mlipuq.uq.base import UQWrapper
 from mlipuq.uq import (
     DeepEnsemble,
     EvidentialHead,
@@ -93,8 +93,9 @@ METHODS = ("default", "default, scalar energies", "default, fitted ν", "default
            "default, no widening", "default, neither",
            "default, widening 0.5", "default, widening 1",
            "scalar", "power", "isotonic", "conformal", "student_t")
-#: Methods given as per-target mappings (their options spelled out in METHOD_OPTIONS).
-EXPLICIT = {"default, scalar energies": {"energy": "scalar", "forces": "student_t"}}
+#: Methods given as per-target mappings (their options in METHOD_OPTIONS): the single
+#: models' default calibration, a scalar energy factor, given to every wrapper.
+EXPLICIT = {"default, scalar energies": UQWrapper.default_calibration}
 #: The shift whose first structures join the calibration data with --frontier.
 FRONTIER = {"copper": "bulk 600 K", "ethanol": "largest forces"}
 #: Options per recalibration method: conformal intervals are exact at the 95 % we score.
@@ -106,8 +107,7 @@ METHOD_OPTIONS = {"conformal": {"coverage": 0.95}, "default, no widening": {"ext
                   "default, widening 0.5": {"extrapolation": 0.5},
                   "default, widening 1": {"extrapolation": 1.0},
                   "default, fitted ν": {"dof_bounds": (1.0, 1000.0)},
-                  "default, scalar energies": {"per_species": True,
-                                               "dof_bounds": (1.0, ROBUST_MAX_DOF)},
+                  "default, scalar energies": UQWrapper.default_calibration_options,
                   "default, ν ≤ 5": {"dof_bounds": (1.0, 5.0)},
                   "default, ν ≤ 2": {"dof_bounds": (1.0, 2.0)}}
 TAIL = 0.12
@@ -352,10 +352,12 @@ def table(rows: list[dict], methods=None) -> str:
 DOF_METHODS = ("default, fitted ν", "default, ν ≤ 5", "default", "default, ν ≤ 2")
 
 
-def _groups(rows: list[dict], methods, wrappers=None):
-    """Per system, wrapper (not the "before" ones; only ``wrappers`` if given) and method
-    of ``methods`` in that order: the in-distribution row and the shifted rows."""
-    chosen = [r for r in rows if r["method"] in methods and "before" not in r["wrapper"]
+def _groups(rows: list[dict], methods, wrappers=None, before: bool = False):
+    """Per system, wrapper (the "before" ones only with ``before``; only ``wrappers`` if
+    given) and method of ``methods`` in that order: the in-distribution row and the
+    shifted rows."""
+    chosen = [r for r in rows if r["method"] in methods
+              and (before or "before" not in r["wrapper"])
               and (wrappers is None or r["wrapper"] in wrappers)]
     for system, wrapper in sorted({(r["system"], r["wrapper"]) for r in chosen}):
         for method in methods:
@@ -409,17 +411,13 @@ def growth(rows: list[dict], method: str = "default") -> str:
     RMSE of each element grow relative to in distribution (the std must keep pace
     with the error for the intervals to keep their coverage)."""
     lines = []
-    chosen = [r for r in rows if r["method"] == method and "force_std_by_element" in r]
-    for r in chosen:
-        if r["split"].startswith("in dist"):
-            continue
-        ref = next(q for q in chosen if q["system"] == r["system"]
-                   and q["wrapper"] == r["wrapper"] and q["split"].startswith("in dist"))
-        parts = [f"{el} std ×{r['force_std_by_element'][el] / ref['force_std_by_element'][el]:.2f}"
-                 f" error ×{r['force_rmse_by_element'][el] / ref['force_rmse_by_element'][el]:.2f}"
-                 for el in r["force_std_by_element"]]
-        lines.append(f"{r['system']:8s} {r['wrapper']:<24.24s} {r['split']:<22.22s} "
-                     + "; ".join(parts))
+    chosen = [r for r in rows if "force_std_by_element" in r]
+    for system, wrapper, _, ref, shifted in _groups(chosen, (method,), before=True):
+        for r in shifted:
+            std, err = r["force_std_by_element"], r["force_rmse_by_element"]
+            parts = [f"{el} std ×{std[el] / ref['force_std_by_element'][el]:.2f}"
+                     f" error ×{err[el] / ref['force_rmse_by_element'][el]:.2f}" for el in std]
+            lines.append(f"{system:8s} {wrapper:<24.24s} {r['split']:<22.22s} " + "; ".join(parts))
     return "\n".join(lines)
 
 
