@@ -6,6 +6,7 @@
         benchmarks/results/shift_frontier.json --readme README.md --docs docs/shift.md
     python benchmarks/shift.py --parts copper --quick     # a smoke run in a few minutes
     python benchmarks/shift.py --parts ethanol --update   # rerun one part, keep the other's rows
+    python benchmarks/shift.py --wrappers EvidentialHead --update  # rerun some wrappers' rows
 
 Every wrapper is fitted with its documented defaults, then recalibrated on
 in-distribution validation data with each recalibration method; we report,
@@ -40,6 +41,7 @@ chosen on them, and judged elsewhere on shifts not seen here.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -120,8 +122,10 @@ def readme_rows(rows: list[dict]) -> list[dict]:
     scalar factor (the single models' default before the Student-t), and the frontier
     rows of the default and the scalar factor, and the committees' default with a
     scalar energy factor (docs/shift.md has all, and the latent
-    distance's kNN score, its default before the Mahalanobis distance)."""
+    distance's kNN score, its default before the Mahalanobis distance, and the
+    evidential head without its latent-distance term, its default before)."""
     return [r for r in rows if "before" not in r["wrapper"] and "(kNN)" not in r["wrapper"]
+            and "(no distance)" not in r["wrapper"]
             and (r["method"].split(" + ")[0] in ("default", "scalar")
                  or (r["method"] == "default, scalar energies" and "Ensemble" in r["wrapper"])
                  or r["method"] in ("default, fitted ν", "default, no atom scaling",
@@ -191,30 +195,50 @@ def base_models(part: str, train, val, epochs: int, n: int) -> list:
     return models
 
 
-def fit_wrappers(models, train, val) -> dict:
-    """Each wrapper fitted as its docs prescribe (the evidential head on held-out
-    halves of val); calibration happens per method afterwards."""
+def selected(wrapper: str, prefixes) -> bool:
+    """Whether ``--wrappers`` (name prefixes; None: every wrapper) selects ``wrapper``."""
+    return prefixes is None or any(wrapper.startswith(p) for p in prefixes)
+
+
+def fit_wrappers(models, train, val, prefixes=None) -> dict:
+    """Each wrapper (those ``prefixes`` select) fitted as its docs prescribe (the
+    evidential head on held-out halves of val); calibration happens per method
+    afterwards."""
     base = models[0]
-    llpr = LastLayerLaplace(base).fit(train)
-    evidential = EvidentialHead(base).fit(*val.split([0.5, 0.5], seed=0), epochs=60, lr=1e-2,
-                                          batch_size=16, seed=0, patience=10, progress=False)
-    unbounded = evidential.copy()
-    unbounded.std_cap_ = None  # as before the bound: the raw NIG variance
-    return {
+
+    @functools.cache
+    def llpr():
+        return LastLayerLaplace(base).fit(train)
+
+    @functools.cache
+    def evidential():
+        return EvidentialHead(base).fit(*val.split([0.5, 0.5], seed=0), epochs=60, lr=1e-2,
+                                        batch_size=16, seed=0, patience=10, progress=False)
+
+    def earlier(unbounded: bool):
+        head = evidential().copy()
+        head.distance_ = None  # the head alone: its default before the latent-distance term
+        if unbounded:
+            head.std_cap_ = None  # as before the bound: the raw NIG variance
+        return head
+
+    factories = {
         "LastLayerLaplace": llpr,
-        "LatentDistance": LatentDistance(base).fit(train, val),
-        "LatentDistance + LLPR": LatentDistance(base, combine=llpr).fit(train, val),
+        "LatentDistance": lambda: LatentDistance(base).fit(train, val),
+        "LatentDistance + LLPR": lambda: LatentDistance(base, combine=llpr()).fit(train, val),
         # the kNN score, LatentDistance's default before the Mahalanobis distance
-        "LatentDistance (kNN)": LatentDistance(base, score="knn").fit(train, val),
-        "LatentDistance + LLPR (kNN)": LatentDistance(base, score="knn",
-                                                      combine=llpr).fit(train, val),
-        "ShallowEnsemble": ShallowEnsemble(base, n_heads=8).fit(
+        "LatentDistance (kNN)": lambda: LatentDistance(base, score="knn").fit(train, val),
+        "LatentDistance + LLPR (kNN)": lambda: LatentDistance(
+            base, score="knn", combine=llpr()).fit(train, val),
+        "ShallowEnsemble": lambda: ShallowEnsemble(base, n_heads=8).fit(
             train, val, epochs=30, lr=1e-3, batch_size=16, seed=0, patience=8, progress=False),
         "EvidentialHead": evidential,
-        "EvidentialHead (unbounded, before)": unbounded,
-        f"DeepEnsemble ({len(models)})": DeepEnsemble(models),
-        f"DeepEnsemble ({len(models)}, not recentred, before)": NotRecentred(models),
+        "EvidentialHead (no distance)": lambda: earlier(False),
+        "EvidentialHead (unbounded, before)": lambda: earlier(True),
+        f"DeepEnsemble ({len(models)})": lambda: DeepEnsemble(models),
+        f"DeepEnsemble ({len(models)}, not recentred, before)": lambda: NotRecentred(models),
     }
+    return {name: make() for name, make in factories.items() if selected(name, prefixes)}
 
 
 class NotRecentred(DeepEnsemble):
@@ -283,9 +307,11 @@ def run_part(part: str, args) -> list[dict]:
         frontier = tests.pop(name)
         val = concatenate([val, frontier[: args.frontier]])
         suffix = f" + {args.frontier} frontier ({name})"
-    models = base_models(part, train, val, args.epochs, args.members)
+    # the deep ensemble needs every member, the other wrappers the first base model
+    n_models = args.members if selected("DeepEnsemble", args.wrappers) else 1
+    models = base_models(part, train, val, args.epochs, n_models)
     rows = []
-    for wrapper_name, wrapper in fit_wrappers(models, train, val).items():
+    for wrapper_name, wrapper in fit_wrappers(models, train, val, args.wrappers).items():
         wrapper.calibrate(val)  # what calibrate does besides recalibrating (deep: recentring)
         raw = {name: wrapper.predict(test, calibrated=False) for name, test in tests.items()}
         slope = validation_slope(wrapper, val)
@@ -434,16 +460,27 @@ def write_between_markers(path: str, text: str, name: str = "shift") -> None:
 
 
 def merged(args, rows: list[dict]) -> tuple[list[dict], dict]:
-    """The rows to save and each part's run settings: with ``--update``, the other
-    parts' rows and settings of the existing ``--out`` are kept."""
-    runs = {part: vars(args) for part in args.parts}
+    """The rows to save and the settings of each run they come from: with ``--update``,
+    the rows of the existing ``--out`` that this run does not replace (other parts;
+    with ``--wrappers``, the other wrappers of these parts) and their runs' settings
+    are kept. A run of some wrappers is recorded as "PART (PREFIX, ...)"."""
+    def label(part: str) -> str:
+        return part if args.wrappers is None else f"{part} ({', '.join(args.wrappers)})"
+
+    runs = {label(part): vars(args) for part in args.parts}
     if not (args.update and os.path.exists(args.out)):
         return rows, runs
     with open(args.out) as fh:
         old = json.load(fh)
-    kept = [r for r in old["rows"] if r["system"] not in args.parts]
+    kept = [r for r in old["rows"]
+            if r["system"] not in args.parts or not selected(r["wrapper"], args.wrappers)]
     old_runs = old.get("runs") or {part: old["args"] for part in old["args"]["parts"]}
-    return kept + rows, {**{p: a for p, a in old_runs.items() if p not in args.parts}, **runs}
+
+    def still_used(key: str) -> bool:  # a run some kept row comes from
+        part = key.split(" (")[0]
+        return part not in args.parts or (args.wrappers is not None and key != label(part))
+
+    return kept + rows, {**{k: a for k, a in old_runs.items() if still_used(k)}, **runs}
 
 
 def main(argv=None) -> None:
@@ -466,6 +503,9 @@ def main(argv=None) -> None:
                         help="write every row between the shift markers of this file")
     parser.add_argument("--from-json", nargs="+", default=None,
                         help="rebuild the tables from saved result files (no run)")
+    parser.add_argument("--wrappers", nargs="+", default=None,
+                        help="run only the wrappers whose names start with one of these "
+                        "(default: all); with --update the other wrappers' rows are kept")
     parser.add_argument("--update", action="store_true",
                         help="replace only the rows of the parts run now in --out, keeping "
                         "the other parts' rows and run settings (a rerun of one part)")

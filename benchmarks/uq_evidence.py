@@ -70,8 +70,10 @@ def force_scores(pred, reference) -> dict:
 
 LLPR_E = "LastLayerLaplace (include_forces=False)"
 LLPR_JOINT = "LastLayerLaplace (energy_posterior='joint')"
+#: the evidential head without its latent-distance term (its default before)
+EVIDENTIAL_ALONE = "EvidentialHead (distance=None)"
 WRAPPERS = ("LastLayerLaplace", LLPR_JOINT, LLPR_E, "ShallowEnsemble (8 heads)", "EvidentialHead",
-            "DeepEnsemble (5)")
+            EVIDENTIAL_ALONE, "DeepEnsemble (5)")
 
 
 def wrappers_for(model, make_model, train, val, member_options, seed=0, only=WRAPPERS) -> dict:
@@ -89,12 +91,13 @@ def wrappers_for(model, make_model, train, val, member_options, seed=0, only=WRA
         out["ShallowEnsemble (8 heads)"] = ShallowEnsemble(model, n_heads=8).fit(
             train, val, epochs=30, lr=1e-3, batch_size=16, seed=seed, patience=8,
             progress=False)  # lr=1e-2 diverged on ethanol after epoch 0 (best epoch 0)
-    if "EvidentialHead" in only:
-        # the head learns the frozen model's residuals: fit it on held-out data
-        # (halves of val), not on the base model's own training set
-        out["EvidentialHead"] = EvidentialHead(model).fit(
-            *val.split([0.5, 0.5], seed=seed), epochs=60, lr=1e-2, batch_size=16, seed=seed,
-            patience=10, progress=False)
+    for name, distance in (("EvidentialHead", "mahalanobis"), (EVIDENTIAL_ALONE, None)):
+        if name in only:
+            # the head learns the frozen model's residuals: fit it on held-out data
+            # (halves of val), not on the base model's own training set
+            out[name] = EvidentialHead(model, distance=distance).fit(
+                *val.split([0.5, 0.5], seed=seed), epochs=60, lr=1e-2, batch_size=16,
+                seed=seed, patience=10, progress=False)
     if "DeepEnsemble (5)" in only:
         members = [model]
         for s in range(1, 5):

@@ -77,6 +77,8 @@ def run_system(name, species, structures, fit_set, batch_size, repeats,
         "ShallowEnsemble (8 heads)": ShallowEnsemble(model, n_heads=8, init="random").fit(
             fit_set, **quick),
         "EvidentialHead": EvidentialHead(model).fit(fit_set, **quick),
+        "EvidentialHead, head alone (distance=None)": EvidentialHead(
+            model, distance=None).fit(fit_set, **quick),
         "DeepEnsemble (5 members)": DeepEnsemble([make(s) for s in range(5)]),
     }
     direct_model = MiniMLIP(species, seed=0, avg_num_neighbors=20.0, direct_forces=True,

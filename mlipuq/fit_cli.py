@@ -9,7 +9,8 @@ calibrates it on ``--val`` when given, and saves it (:meth:`UQWrapper.save`):
 * ``shallow``: :class:`~mlipuq.uq.ShallowEnsemble` (``--heads`` heads trained
   by Gaussian NLL on a frozen backbone);
 * ``evidential``: :class:`~mlipuq.uq.EvidentialHead` (fit it on data the base
-  model was not trained on: a frozen backbone learns residuals);
+  model was not trained on: a frozen backbone learns residuals; ``--score``
+  picks its latent-distance term, ``none`` leaves the head alone);
 * ``deep``: :class:`~mlipuq.uq.DeepEnsemble`. With one ``--model``,
   ``--members`` new models of the same architecture (class and config, each
   initialised from its own seed) are trained on ``--train`` as ``mlipuq train``
@@ -139,9 +140,11 @@ def add_parsers(subparsers) -> None:
                      help="llpr: predict with the Bayesian posterior mean of the readout "
                           "instead of the trained weights (docs/llpr.md)")
     fit.add_argument("--heads", type=int, default=8, help="shallow: number of heads")
-    fit.add_argument("--score", choices=SCORES, default=None,
+    fit.add_argument("--score", choices=SCORES + ("none",), default=None,
                      help="latent: the distance of an atom's readout features to its "
-                          "element's training atoms (default: mahalanobis; docs/latent.md)")
+                          "element's training atoms (default: mahalanobis; docs/latent.md); "
+                          "evidential: that of its latent-distance term, none for the head "
+                          "alone (default: mahalanobis; docs/evidential.md)")
     fit.add_argument("--members", type=int, default=None,
                      help=f"deep: number of members trained from --model's architecture "
                           f"(default {DEFAULT_MEMBERS}; with several --model: their number)")
@@ -226,8 +229,11 @@ def _check_fit_args(args) -> None:
             raise ValueError(f"--max-dof must be > 1, got {args.max_dof}")
     if args.method == "shallow" and args.heads < 2:
         raise ValueError(f"--heads must be >= 2, got {args.heads}")
-    if args.score is not None and args.method != "latent":
-        raise ValueError(f"--score is a latent option, not one of fit {args.method}")
+    if args.score is not None and args.method not in ("latent", "evidential"):
+        raise ValueError(f"--score is a latent or evidential option, not one of fit "
+                         f"{args.method}")
+    if args.score == "none" and args.method != "evidential":
+        raise ValueError("--score none (no latent-distance term) is an evidential option")
     if args.method == "latent":
         given = [name for name in ("epochs", "lr", "patience", "max_time", "members")
                  if getattr(args, name) is not None]
@@ -260,7 +266,9 @@ def build_wrapper(args, models, train, val, progress: bool):
         return ShallowEnsemble(model, n_heads=args.heads).fit(
             train, val, **common, **_trainer_options(args, {}))
     if args.method == "evidential":
-        return EvidentialHead(model).fit(train, val, **common, **_trainer_options(args, {}))
+        distance = {None: "mahalanobis", "none": None}.get(args.score, args.score)
+        return EvidentialHead(model, distance=distance).fit(
+            train, val, **common, **_trainer_options(args, {}))
     if args.method == "latent":
         options = {} if args.score is None else {"score": args.score}
         return LatentDistance(model, **options).fit(
@@ -290,6 +298,11 @@ def _method_rows(wrapper, method: str) -> list:
                                   f"{wrapper.energy_b_:.3g} Σu² eV²"))]
     if method in ("shallow", "evidential"):
         rows = [("heads", str(wrapper.n_heads))] if method == "shallow" else []
+        if method == "evidential":
+            term = wrapper.distance_
+            rows.append(("distance", "none (the head alone)" if term is None else
+                         f"{wrapper.distance}: λ forces {term.forces_other_scale_:.3g}, "
+                         f"energy {term.energy_other_scale_:.3g} (λσ²_NIG + a + b u²)"))
         history = wrapper.history_
         return rows + [("training", f"{len(history)} epochs in {history.wall_time:.1f} s")]
     rows = [("members", str(wrapper.n_members))]

@@ -243,8 +243,20 @@ def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsy
         line = next(t for t in printed.splitlines() if t.split()[:1] == ["distance"])
         assert wrapper.score == "mahalanobis" and line.split()[1] == "mahalanobis"
         assert "variance map" in printed
+    if method == "evidential":  # with its latent-distance term unless --score none
+        line = next(t for t in printed.splitlines() if t.split()[:1] == ["distance"])
+        assert wrapper.distance_ is not None and line.split()[1] == "mahalanobis:"
     prediction = wrapper.predict(mlipuq.load(files["test"]))
     assert np.all(np.isfinite(prediction.energy_std)) and np.all(prediction.forces_std > 0)
+
+
+def test_fit_evidential_without_the_distance_term(files, tmp_path, capsys):
+    out = tmp_path / "alone.pt"
+    assert _fit(files, "evidential", out, "--score", "none") == 0, \
+        capsys.readouterr().err
+    line = next(t for t in capsys.readouterr().out.splitlines() if t.split()[:1] == ["distance"])
+    wrapper = load_wrapper(out)
+    assert wrapper.distance is None and wrapper.distance_ is None and line.split()[1] == "none"
 
 
 def test_fit_latent_score_and_without_val(files, tmp_path, capsys):
@@ -297,7 +309,8 @@ def test_fit_deep_from_several_trained_models(files, tmp_path, capsys):
     (["deep", "--members", "1"], "--members must be >= 2"),
     (["llpr", "-m", "{model}"], "fit llpr takes one --model"),
     (["shallow", "--heads", "1"], "--heads must be >= 2"),
-    (["llpr", "--score", "knn"], "--score is a latent option"),
+    (["llpr", "--score", "knn"], "--score is a latent or evidential option"),
+    (["latent", "--score", "none"], "--score none (no latent-distance term) is an evidential"),
     (["latent", "--epochs", "3"], "fit latent trains nothing: --epochs"),
     (["llpr", "--device", "cuda"], "CUDA is not available"),
 ])

@@ -16,6 +16,7 @@ from mlipuq.errors import NotFittedError
 from mlipuq.fileio import save_payload
 from mlipuq.models.mini import MiniMLIP
 from mlipuq.uq import base as uq_base
+from mlipuq.uq import LatentDistance
 from mlipuq.uq.evidential import (
     EvidentialHead,
     aggregate_energy_nig,
@@ -144,6 +145,8 @@ def test_bad_options_and_unfitted(base_model, data):
         EvidentialHead(base_model, hidden=0)
     with pytest.raises(ValueError, match="energy_evidence"):
         EvidentialHead(base_model, energy_evidence="joint")
+    with pytest.raises(ValueError, match="distance must be None or one of"):
+        EvidentialHead(base_model, distance="euclidean")
     with pytest.raises(TypeError):
         EvidentialHead(torch.nn.Linear(3, 1))
     unfitted = EvidentialHead(base_model)
@@ -155,14 +158,29 @@ def test_bad_options_and_unfitted(base_model, data):
         unfitted.predict(data["test"][:2])
 
 
+def _assert_same_variances(a, b) -> None:
+    np.testing.assert_array_equal(a.energy_var, b.energy_var)
+    np.testing.assert_array_equal(a.forces_var, b.forces_var)
+
+
+def _nig_only(wrapper: EvidentialHead) -> EvidentialHead:
+    """The fitted head without its latent-distance term (``distance=None``'s variance)."""
+    nig = wrapper.copy()
+    nig.distance_ = None
+    return nig
+
+
 def test_variance_decomposition(fitted, data):
     pred = fitted.predict(data["test"])
     for name in ("energy_var", "energy_aleatoric_var", "energy_epistemic_var", "forces_var"):
         value = getattr(pred, name)
-        assert value.dtype == np.float64 and np.all(np.isfinite(value)) and np.all(value > 0)
+        assert value.dtype == np.float64 and np.all(np.isfinite(value)) and np.all(value >= 0)
+    assert np.all(pred.energy_var > 0) and np.all(pred.forces_var > 0)
     np.testing.assert_allclose(
         pred.energy_var, pred.energy_aleatoric_var + pred.energy_epistemic_var, rtol=1e-12
     )
+    pred = _nig_only(fitted).predict(data["test"], calibrated=False)
+    assert np.all(pred.energy_aleatoric_var > 0) and np.all(pred.energy_epistemic_var > 0)
     params = fitted.evidential_parameters(data["test"])
     nu, alpha, beta = params["energy_nu"], params["energy_alpha"], params["energy_beta"]
     assert np.all(alpha > 1) and np.all(nu > 0) and np.all(beta > 0)
@@ -171,6 +189,57 @@ def test_variance_decomposition(fitted, data):
     nu_f, alpha_f, beta_f = params["forces_nu"], params["forces_alpha"], params["forces_beta"]
     expected = beta_f * (1 + nu_f) / (nu_f * (alpha_f - 1))
     np.testing.assert_allclose(pred.forces_var, np.repeat(expected[:, None], 3, axis=1), rtol=1e-12)
+
+
+def test_distance_term_adds_the_latent_variance(fitted, data):
+    """Default: the NIG variance scaled by λ plus LatentDistance's a + b u² (summed over
+    the atoms for energies), λ, a, b >= 0 fitted on the held-out data; the latent part
+    counts as epistemic."""
+    term = fitted.distance_
+    assert fitted.distance == "mahalanobis" and term.score == "mahalanobis"
+    scales = (term.energy_other_scale_, term.forces_other_scale_)
+    assert min(*scales, term.energy_a_, term.energy_b_, term.forces_a_, term.forces_b_) >= 0
+    latent = LatentDistance(fitted.model)
+    latent._set_state(term._get_state())
+    latent.fitted_ = True
+    options = dict(calibrated=False, composition=False)
+    full, nig, alone = (w.predict(data["test"], **options)
+                        for w in (fitted, _nig_only(fitted), latent))
+    np.testing.assert_allclose(full.energy_var, scales[0] * nig.energy_var + alone.energy_var,
+                               rtol=1e-9)
+    np.testing.assert_allclose(full.energy_aleatoric_var, scales[0] * nig.energy_aleatoric_var,
+                               rtol=1e-9)
+    np.testing.assert_allclose(full.forces_var, scales[1] * nig.forces_var + alone.forces_var,
+                               rtol=1e-9)
+    assert np.all(alone.forces_var > 0)
+
+
+def test_distance_none_is_the_head_alone(fitted, base_model, data):
+    plain = EvidentialHead(base_model, reg_weight=0.01, energy_evidence=fitted.energy_evidence,
+                           distance=None).fit(
+        data["train"], data["val"], epochs=8, lr=2e-2, batch_size=20, seed=0, progress=False
+    )
+    assert plain.distance_ is None and "distance=None" in repr(plain)
+    a = plain.predict(data["test"], calibrated=False)
+    b = _nig_only(fitted).predict(data["test"], calibrated=False)
+    _assert_same_variances(a, b)
+
+
+def test_files_without_the_distance_term_load_as_the_head_alone(fitted, data, tmp_path):
+    path = tmp_path / "old.pt"
+    fitted.save(path)
+    again = uq_base.load(path)
+    assert again.distance == "mahalanobis"
+    np.testing.assert_array_equal(again.predict(data["test"]).forces_var,
+                                  fitted.predict(data["test"]).forces_var)
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["distance"], payload["state"]["distance"]
+    save_payload(payload, path, overwrite=True)  # a valid checksum over the edited payload
+    old = uq_base.load(path)
+    assert old.distance is None and old.distance_ is None
+    a = old.predict(data["test"], calibrated=False)
+    b = _nig_only(fitted).predict(data["test"], calibrated=False)
+    _assert_same_variances(a, b)
 
 
 def test_mean_is_the_base_model(fitted, base_model, data):
@@ -198,8 +267,7 @@ def test_same_seed_same_predictions(fitted, base_model, data):
         data["train"], data["val"], epochs=8, lr=2e-2, batch_size=20, seed=0, progress=False
     )
     a, b = fitted.predict(data["test"]), again.predict(data["test"])
-    np.testing.assert_array_equal(a.energy_var, b.energy_var)
-    np.testing.assert_array_equal(a.forces_var, b.forces_var)
+    _assert_same_variances(a, b)
 
 
 def test_save_load_roundtrip(fitted, data, tmp_path):
@@ -287,9 +355,11 @@ def test_energy_only_training_needs_no_forces(base_model, data):
         structures.append(copy)
     with pytest.raises(ValueError, match="energy_evidence='separate'"):
         EvidentialHead(base_model).fit(structures, forces_weight=0.0, progress=False)
-    wrapper = EvidentialHead(base_model, energy_evidence="separate").fit(
-        structures, epochs=2, batch_size=5, forces_weight=0.0, progress=False
-    )
+    with pytest.warns(UserWarning, match="latent-distance term is fitted on reference forces"):
+        wrapper = EvidentialHead(base_model, energy_evidence="separate").fit(
+            structures, epochs=2, batch_size=5, forces_weight=0.0, progress=False
+        )
+    assert wrapper.distance_ is None
     assert all(p.requires_grad for p in wrapper.model.parameters())
     pred = wrapper.predict(data["test"][:2])
     assert np.all(pred.energy_var > 0) and np.all(pred.forces_var > 0)
@@ -370,5 +440,4 @@ def test_files_without_energy_evidence_load_as_separate(base_model, data, tmp_pa
     old = uq_base.load(path)
     assert old.energy_evidence == "separate"
     a, b = separate.predict(data["test"]), old.predict(data["test"])
-    np.testing.assert_array_equal(a.energy_var, b.energy_var)
-    np.testing.assert_array_equal(a.forces_var, b.forces_var)
+    _assert_same_variances(a, b)

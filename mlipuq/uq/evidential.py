@@ -21,7 +21,9 @@ evidential parameters. By default (``energy_evidence="shared"``) each atom has
 one NIG learned from its force components, and its energy NIG has the same
 ``nu`` and ``alpha`` with a learned energy/force ratio on ``beta``; per-atom
 energy evidence is aggregated into one NIG per structure by moment matching (see
-:func:`aggregate_energy_nig` and ``docs/evidential.md``).
+:func:`aggregate_energy_nig` and ``docs/evidential.md``). The NIG variance is
+bounded and, by default, combined with a latent-distance term
+(:mod:`mlipuq.uq.evidential_shift`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ from mlipuq import distributed as mdist
 from mlipuq.models.base import MLIP
 from mlipuq.training import HeadTrainable, error_statistics, reduce_terms, split_fit_options
 from mlipuq.uq.base import UQWrapper, _check_model, register
+from mlipuq.uq.evidential_shift import (  # noqa: F401  (STD_CAP_FACTOR, soft_cap: public here)
+    STD_CAP_FACTOR, cap_variances, distance_variances, fit_distance_term, load_distance_term,
+    soft_cap, std_caps)
+from mlipuq.uq.latent_distance import _SCORES
 from mlipuq.uq.nig import aggregate_energy_nig, nig_nll, nig_regularizer, nig_variances
 
 log = logging.getLogger(__name__)
@@ -52,17 +58,6 @@ _FLOOR = 1e-8  # keeps nu, alpha - 1 and beta strictly positive in float64
 # fit() warns when the base model's error variance on val is this many times its
 # training-set value: the head would then learn in-sample residuals
 _HELD_OUT_RATIO = 2.0
-
-#: The reported std stays below this many times the largest error plausible for
-#: the data the head was fitted on (see ``EvidentialHead._std_caps``).
-STD_CAP_FACTOR = 10.0
-
-
-def soft_cap(var: torch.Tensor, cap_var, power: int = 8) -> torch.Tensor:
-    """Factor f = (1 + (var/cap)^p)^(-1/p): ``var·f < cap``, ``var·f`` increasing in
-    ``var``, and equal to ``var`` up to (var/cap)^p/p while ``var ≪ cap``
-    (a saturating bound that keeps the order of the variances)."""
-    return (1.0 + (var / cap_var) ** power) ** (-1.0 / power)
 
 __all__ = [
     "EvidentialHead",
@@ -235,11 +230,21 @@ class EvidentialHead(UQWrapper):
         3n force components for one energy, so the shared evidence is learned
         from far more data (how the two behave out of distribution is
         measured in ``docs/evidential.md``). ``"shared"`` needs force training.
+    distance
+        The latent-distance score (``"mahalanobis"``, default; ``"knn"``, ``"gmm"``:
+        :class:`~mlipuq.uq.LatentDistance`'s) whose variance is added to the NIG
+        variance, :math:`\\lambda\\sigma^2_{\\rm NIG} + a + b u^2` fitted on the
+        held-out data (:mod:`mlipuq.uq.evidential_shift`): the evidence of the head
+        alone does not fall on structures unlike its fitting data. None: the NIG
+        variance alone (the default before; files saved then load so). Needs
+        reference forces: ``fit(..., forces_weight=0)`` warns and keeps the head alone.
 
     Attributes
     ----------
     head_ : torch.nn.Module
         The fitted head (float64), set by :meth:`fit`.
+    distance_ : LatentDistance or None
+        The fitted latent-distance term (scores and variance map; ``distance=None``: None).
     history_ : mlipuq.training.History
         The training record of the last :meth:`fit`.
 
@@ -266,6 +271,7 @@ class EvidentialHead(UQWrapper):
         train_backbone: bool = False,
         hidden: Optional[int] = 32,
         energy_evidence: str = "shared",
+        distance: Optional[str] = "mahalanobis",
     ):
         model = _check_model(model)
         if isinstance(reg_weight, bool) or not isinstance(reg_weight, (int, float, np.number)):
@@ -282,8 +288,12 @@ class EvidentialHead(UQWrapper):
             raise ValueError(
                 f"energy_evidence must be 'shared' or 'separate', got {energy_evidence!r}"
             )
+        if distance is not None and distance not in _SCORES:
+            raise ValueError(f"distance must be None or one of {_SCORES}, got {distance!r}")
         self.model = copy.deepcopy(model)
         self.model.eval()
+        self.distance = distance
+        self.distance_ = None
         self.reg_weight = float(reg_weight)
         self.train_backbone = bool(train_backbone)
         self.hidden = None if hidden is None else int(hidden)
@@ -296,7 +306,7 @@ class EvidentialHead(UQWrapper):
         return (
             f"EvidentialHead({type(self.model).__name__}, reg_weight={self.reg_weight}, "
             f"train_backbone={self.train_backbone}, hidden={self.hidden}, "
-            f"energy_evidence={self.energy_evidence!r})"
+            f"energy_evidence={self.energy_evidence!r}, distance={self.distance!r})"
         )
 
     # ------------------------------------------------------------ UQWrapper API
@@ -306,7 +316,13 @@ class EvidentialHead(UQWrapper):
             "train_backbone": self.train_backbone,
             "hidden": self.hidden,
             "energy_evidence": self.energy_evidence,
+            "distance": self.distance,
         }
+
+    def _set_models(self, models) -> None:
+        super()._set_models(models)
+        if getattr(self, "distance_", None) is not None:
+            self.distance_.model = self.model
 
     def _get_state(self) -> dict:
         state = {
@@ -316,6 +332,8 @@ class EvidentialHead(UQWrapper):
         }
         if getattr(self, "std_cap_", None) is not None:
             state["std_cap"] = dict(self.std_cap_)
+        if getattr(self, "distance_", None) is not None:
+            state["distance"] = self.distance_._get_state()
         return state
 
     def _set_state(self, state: dict) -> None:
@@ -323,6 +341,10 @@ class EvidentialHead(UQWrapper):
         self.energy_evidence = state.get("energy_evidence", "separate")
         cap = state.get("std_cap")  # absent in files saved before the bound existed
         self.std_cap_ = None if cap is None else {k: float(v) for k, v in cap.items()}
+        term = state.get("distance")  # absent in files saved before the distance term
+        self.distance = None if term is None else self.distance
+        self.distance_ = None if term is None else load_distance_term(self.model, self.distance,
+                                                                      term)
         head = _NIGHead(int(state["n_features"]), self.hidden,
                         shared=self.energy_evidence == "shared")
         head.load_state_dict(state["head"])
@@ -402,30 +424,20 @@ class EvidentialHead(UQWrapper):
         trainable = EvidentialNLL(self.model, head, reg_weight=self.reg_weight,
                                   train_backbone=self.train_backbone, **options)
         self.history_ = trainable.fit(train, val, seed=seed, progress=progress, **trainer)
-        self.head_ = head
-        self.std_cap_ = self._std_caps(train if val is None else mdata.concatenate([train, val]))
+        self.head_, self.distance_ = head, None
+        # the bound (mlipuq.uq.evidential_shift): NIG variances grow without limit
+        self.std_cap_ = std_caps(self, train if val is None else mdata.concatenate([train, val]))
         self.fitted_ = True
+        if self.distance is not None and not need_forces:
+            warnings.warn("EvidentialHead.fit: the latent-distance term is fitted on reference "
+                          "forces; with forces_weight=0 the head's variance is used alone "
+                          "(EvidentialHead(..., distance=None) says so without this warning)",
+                          UserWarning, stacklevel=2)
+        elif self.distance is not None:
+            self.distance_ = fit_distance_term(self, train, val, score=self.distance, seed=seed,
+                                               batch_size=trainer["batch_size"],
+                                               progress=progress)
         return self
-
-    def _std_caps(self, dataset: mdata.AtomsDataset) -> dict:
-        """Bounds of the reported std: ``STD_CAP_FACTOR`` times the largest error
-        plausible for the data — the spread of the per-atom energies (about the
-        species offsets, eV/atom) and the largest reference force component
-        (eV/Å). NIG variances grow without bound as the evidence vanishes
-        (93 eV/atom was seen on a torsion scan); :func:`soft_cap` keeps them
-        below these bounds while keeping their order."""
-        reference = self.model.atomic_energies
-        offsets = mdata.composition_matrix(dataset, self.species) @ np.array(
-            [reference[z] for z in self.species])
-        per_atom = (dataset.energies - offsets) / dataset.n_atoms
-        spread = float(np.max(np.abs(per_atom - np.median(per_atom))))
-        forces = dataset.forces
-        f_max = float(np.nanmax(np.abs(forces))) if np.isfinite(forces).any() else 0.0
-        scales = (float(self.head_.energy_scale), float(self.head_.forces_scale))
-        return {
-            "energy_per_atom": STD_CAP_FACTOR * max(spread, np.sqrt(scales[0]), 1e-6),
-            "forces": STD_CAP_FACTOR * max(f_max, np.sqrt(scales[1]), 1e-6),
-        }
 
     @torch.no_grad()
     def _base_pass(self, dataset: mdata.AtomsDataset, batch_size: int, n_features: int) -> dict:
@@ -518,17 +530,14 @@ class EvidentialHead(UQWrapper):
                 batch.batch, batch.n_structures,
             )
             e_alea, e_epi = nig_variances(nu, alpha, beta)
-            f_alea, f_epi = nig_variances(
-                params["forces_nu"], params["forces_alpha"], params["forces_beta"]
-            )
+            f_var = sum(nig_variances(
+                params["forces_nu"], params["forces_alpha"], params["forces_beta"]))
             caps = getattr(self, "std_cap_", None)  # None: files saved before the bound
-            if caps is not None:
-                n = batch.n_atoms.to(e_alea.dtype)
-                factor = soft_cap(e_alea + e_epi, (caps["energy_per_atom"] * n) ** 2)
-                e_alea, e_epi = e_alea * factor, e_epi * factor
-                f_factor = soft_cap(f_alea + f_epi, caps["forces"] ** 2)
-                f_alea, f_epi = f_alea * f_factor, f_epi * f_factor
-            forces_var = (f_alea + f_epi).unsqueeze(1).expand(-1, 3)
+            e_alea, e_epi, f_var = cap_variances(caps, batch.n_atoms, e_alea, e_epi, f_var)
+            if getattr(self, "distance_", None) is not None:
+                e_alea, e_epi, f_var = cap_variances(caps, batch.n_atoms, *distance_variances(
+                    self.distance_, out["features"], batch, e_alea, e_epi, f_var))
+            forces_var = f_var.unsqueeze(1).expand(-1, 3)
         return {
             "energy": out["energy"].detach(),
             "energy_var": e_alea + e_epi,

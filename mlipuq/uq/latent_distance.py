@@ -488,8 +488,7 @@ class LatentDistance(UQWrapper):
     def _fit_gmm(self, points: np.ndarray, seed: int) -> dict:
         from sklearn.mixture import GaussianMixture
 
-        one = self.score == "mahalanobis"
-        k = 1 if one else max(1, min(self.n_components, len(points) // 4))
+        k = 1 if self.score == "mahalanobis" else max(1, min(self.n_components, len(points) // 4))
         gmm = GaussianMixture(n_components=k, covariance_type="full", reg_covar=1e-4,
                               random_state=seed).fit(points) if len(points) > 1 else None
         if gmm is None:  # one atom: a unit Gaussian at it
@@ -546,21 +545,22 @@ class LatentDistance(UQWrapper):
         return np.bincount(centres, minlength=len(batch.numbers)) > 0
 
     # ---------------------------------------------------------------- predict
+    def latent_variances(self, phi: np.ndarray, batch: mdata.Batch):
+        """Per atom of ``batch`` with raw features ``phi``: the energy variance
+        ``a_E + b_E u²`` (eV²) and the force-component variance ``a_F + b_F u²``
+        (eV²/Å², 0 for atoms without neighbours), float64 NumPy."""
+        u2 = self.scores(phi, batch.numbers.cpu().numpy()) ** 2
+        force_var = np.where(self._has_neighbours(batch), self.forces_a_ + self.forces_b_ * u2, 0.0)
+        return self.energy_a_ + self.energy_b_ * u2, force_var
+
     def _predict_batch(self, batch: mdata.Batch) -> dict:
         out = self.model(batch, forces=True, features=True)
         phi = out["features"].detach().cpu().to(torch.float64).numpy()
-        u2 = self.scores(phi, batch.numbers.cpu().numpy()) ** 2
-        atom_var = self.energy_a_ + self.energy_b_ * u2
-        n_struct = batch.n_structures
-        force_var = np.where(self._has_neighbours(batch), self.forces_a_ + self.forces_b_ * u2, 0.0)
-        return {
-            "energy": out["energy"].detach(),
-            "energy_var": np.bincount(batch.batch.cpu().numpy(), weights=atom_var,
-                                      minlength=n_struct),
-            "forces": out["forces"].detach(),
-            "forces_var": np.repeat(force_var[:, None], 3, axis=1),
-            "atom_energy_var": atom_var,
-        }
+        atom_var, force_var = self.latent_variances(phi, batch)
+        energy_var = np.bincount(batch.batch.cpu().numpy(), atom_var, batch.n_structures)
+        return {"energy": out["energy"].detach(), "energy_var": energy_var,
+                "forces": out["forces"].detach(), "atom_energy_var": atom_var,
+                "forces_var": np.repeat(force_var[:, None], 3, axis=1)}
 
     def compute_stress(self, atoms) -> np.ndarray:
         """(3, 3) stress (eV/Å^3) of the mean model: ``combine``'s when combined."""
