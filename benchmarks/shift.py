@@ -313,6 +313,10 @@ def run_part(part: str, args) -> list[dict]:
     rows = []
     for wrapper_name, wrapper in fit_wrappers(models, train, val, args.wrappers).items():
         wrapper.calibrate(val)  # what calibrate does besides recalibrating (deep: recentring)
+        term = getattr(wrapper, "distance_", None)  # the evidential head's latent-distance term
+        if term is not None:
+            print(f"  {wrapper_name}: distance term λ forces {term.forces_other_scale_:.3g}, "
+                  f"energies {term.energy_other_scale_:.3g}", flush=True)
         raw = {name: wrapper.predict(test, calibrated=False) for name, test in tests.items()}
         slope = validation_slope(wrapper, val)
         for method in args.methods:
