@@ -214,7 +214,7 @@ def test_distance_term_adds_the_latent_variance(fitted, data):
     assert np.all(alone.forces_var > 0)
 
 
-def test_distance_none_is_the_head_alone(fitted, base_model, data):
+def test_distance_none_is_the_head_alone(fitted, base_model, data, tmp_path):
     plain = EvidentialHead(base_model, reg_weight=0.01, energy_evidence=fitted.energy_evidence,
                            distance=None).fit(
         data["train"], data["val"], epochs=8, lr=2e-2, batch_size=20, seed=0, progress=False
@@ -223,6 +223,9 @@ def test_distance_none_is_the_head_alone(fitted, base_model, data):
     a = plain.predict(data["test"], calibrated=False)
     b = _nig_only(fitted).predict(data["test"], calibrated=False)
     _assert_same_variances(a, b)
+    path = tmp_path / "alone.pt"
+    plain.save(path)
+    assert uq_base.load(path).fingerprint() == plain.fingerprint()
 
 
 def test_files_without_the_distance_term_load_as_the_head_alone(fitted, data, tmp_path):
@@ -237,9 +240,31 @@ def test_files_without_the_distance_term_load_as_the_head_alone(fitted, data, tm
     save_payload(payload, path, overwrite=True)  # a valid checksum over the edited payload
     old = uq_base.load(path)
     assert old.distance is None and old.distance_ is None
+    # its identity is the file's (an MD trajectory recorded with it resumes)
+    assert old.fingerprint() == torch.load(path, weights_only=True)["checksum"]
     a = old.predict(data["test"], calibrated=False)
     b = _nig_only(fitted).predict(data["test"], calibrated=False)
     _assert_same_variances(a, b)
+
+
+@pytest.mark.parametrize("score", ["knn", "gmm"])
+def test_other_distance_scores_save_and_load(score, base_model, data, tmp_path):
+    head = EvidentialHead(base_model, distance=score).fit(
+        data["train"], data["val"], epochs=2, batch_size=20, seed=0, progress=False)
+    assert head.distance_.score == score
+    path = tmp_path / f"{score}.pt"
+    head.save(path)
+    again = uq_base.load(path)
+    assert again.distance == score and again.fingerprint() == head.fingerprint()
+    _assert_same_variances(again.predict(data["test"]), head.predict(data["test"]))
+
+
+def test_distance_term_needs_held_out_data(base_model, data):
+    with pytest.raises(ValueError, match="latent-distance term needs val or at least 2"):
+        EvidentialHead(base_model).fit(data["train"][:1], epochs=1, progress=False)
+    alone = EvidentialHead(base_model, distance=None).fit(data["train"][:1], epochs=1,
+                                                          progress=False)
+    assert alone.fitted_ and alone.distance_ is None
 
 
 def test_mean_is_the_base_model(fitted, base_model, data):
@@ -359,7 +384,7 @@ def test_energy_only_training_needs_no_forces(base_model, data):
         wrapper = EvidentialHead(base_model, energy_evidence="separate").fit(
             structures, epochs=2, batch_size=5, forces_weight=0.0, progress=False
         )
-    assert wrapper.distance_ is None
+    assert wrapper.distance_ is None and wrapper.distance is None
     assert all(p.requires_grad for p in wrapper.model.parameters())
     pred = wrapper.predict(data["test"][:2])
     assert np.all(pred.energy_var > 0) and np.all(pred.forces_var > 0)

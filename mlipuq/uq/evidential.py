@@ -237,7 +237,9 @@ class EvidentialHead(UQWrapper):
         held-out data (:mod:`mlipuq.uq.evidential_shift`): the evidence of the head
         alone does not fall on structures unlike its fitting data. None: the NIG
         variance alone (the default before; files saved then load so). Needs
-        reference forces: ``fit(..., forces_weight=0)`` warns and keeps the head alone.
+        reference forces: ``fit(..., forces_weight=0)`` warns and keeps the head alone
+        (``distance`` becomes None). Without ``val`` the term is fitted on a fifth of
+        ``train`` that the head was trained on too (in-sample for the head): pass ``val``.
 
     Attributes
     ----------
@@ -316,7 +318,8 @@ class EvidentialHead(UQWrapper):
             "train_backbone": self.train_backbone,
             "hidden": self.hidden,
             "energy_evidence": self.energy_evidence,
-            "distance": self.distance,
+            # absent for the head alone, as in files saved before the term: equal fingerprints
+            **({} if self.distance is None else {"distance": self.distance}),
         }
 
     def _set_models(self, models) -> None:
@@ -415,6 +418,9 @@ class EvidentialHead(UQWrapper):
         if val is not None:
             val = mdata.as_dataset(val)
             val.validate(self.species, require_energy=True, require_forces=need_forces)
+        elif self.distance is not None and need_forces and len(train) < 2:
+            raise ValueError("EvidentialHead.fit: the latent-distance term needs val or at least "
+                             "2 training structures (one is held out); or distance=None")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
             head = _NIGHead(self.model.n_features, self.hidden,
@@ -427,16 +433,16 @@ class EvidentialHead(UQWrapper):
         self.head_, self.distance_ = head, None
         # the bound (mlipuq.uq.evidential_shift): NIG variances grow without limit
         self.std_cap_ = std_caps(self, train if val is None else mdata.concatenate([train, val]))
-        self.fitted_ = True
         if self.distance is not None and not need_forces:
             warnings.warn("EvidentialHead.fit: the latent-distance term is fitted on reference "
                           "forces; with forces_weight=0 the head's variance is used alone "
-                          "(EvidentialHead(..., distance=None) says so without this warning)",
-                          UserWarning, stacklevel=2)
+                          "(distance=None)", UserWarning, stacklevel=2)
+            self.distance = None
         elif self.distance is not None:
             self.distance_ = fit_distance_term(self, train, val, score=self.distance, seed=seed,
                                                batch_size=trainer["batch_size"],
                                                progress=progress)
+        self.fitted_ = True
         return self
 
     @torch.no_grad()

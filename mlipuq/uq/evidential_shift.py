@@ -8,9 +8,10 @@ Two parts of :class:`~mlipuq.uq.EvidentialHead`:
   head was fitted on (:func:`std_caps`) while keeping the order of the variances.
 * **the latent-distance term** (``EvidentialHead(distance=...)``, default
   ``"mahalanobis"``). The head is a smooth function of the readout features and
-  extrapolates them freely: on EMT Cu vacancies and strained cells its evidence
-  stayed as high as in the bulk it was fitted on, and 95 % force intervals covered
-  0.60 and 0.66 (``docs/shift.md``). Natural posterior networks (Charpentier et al.,
+  extrapolates them freely: on EMT Cu vacancies and strained cells its force std
+  grew less than the error (mean std 0.76 and 0.85 of the mean absolute error,
+  against 1.18 in distribution) and 95 % force intervals covered 0.60 and 0.66
+  (``docs/shift.md``). Natural posterior networks (Charpentier et al.,
   ICLR 2022) let the evidence fall with the density of the latent features; here
   the head's variance is combined with :class:`~mlipuq.uq.LatentDistance`'s,
 
@@ -20,7 +21,8 @@ Two parts of :class:`~mlipuq.uq.EvidentialHead`:
   atom's latent distance to the head's training atoms of its element, and
   :math:`\\lambda, a, b \\ge 0` fitted by Gaussian NLL on held-out data (the
   ``combine=`` fit of :class:`~mlipuq.uq.LatentDistance`), so that the two do not
-  count the same error twice. The bound then applies to the sum.
+  count the same error twice. The bound applies twice: to the NIG variances (as
+  λ was fitted on them) and to the sum.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 
 from mlipuq import data as mdata
+from mlipuq import distributed as mdist
 from mlipuq.uq.latent_distance import LatentDistance
 
 #: The reported std stays below this many times the largest error plausible for
@@ -86,9 +89,12 @@ def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size:
     ``train``) against the wrapper's own (bounded) NIG variances."""
     nig_only = copy.copy(wrapper)  # shares the head and the model, predicts without the term
     nig_only.distance_ = None
+    nig_only.fitted_ = True
     term = LatentDistance(wrapper.model, score=score, combine=nig_only)
     term.fit(train, val, seed=seed, batch_size=batch_size, progress=progress)
     term.combine = None  # its scales λ are kept; the wrapper supplies the NIG part
+    if mdist.active():  # every rank fitted on the same data: rank 0's term, bit for bit
+        term._set_state(mdist.broadcast_object(term._get_state()))
     return term
 
 

@@ -521,7 +521,8 @@ class LatentDistance(UQWrapper):
         v = {k: np.concatenate(x) for k, x in parts.items()}
         e_other = f_other = None
         if self.combine is not None:
-            other = self.combine.predict(held_out, batch_size=batch_size, calibrated=False)
+            other = self.combine.predict(held_out, batch_size=batch_size, calibrated=False,
+                                         composition=False)  # as in predict: added after
             v["e"], v["f"] = other.energy, other.forces.reshape(-1)
             e_other, f_other = other.energy_var, other.forces_var.reshape(-1)
         keep = np.isfinite(v["fq"]) & np.isfinite(v["f_ref"])
