@@ -324,7 +324,7 @@ class EvidentialHead(UQWrapper):
 
     def _set_models(self, models) -> None:
         super()._set_models(models)
-        if getattr(self, "distance_", None) is not None:
+        if self.distance_ is not None:
             self.distance_.model = self.model
 
     def _get_state(self) -> dict:
@@ -335,7 +335,7 @@ class EvidentialHead(UQWrapper):
         }
         if getattr(self, "std_cap_", None) is not None:
             state["std_cap"] = dict(self.std_cap_)
-        if getattr(self, "distance_", None) is not None:
+        if self.distance_ is not None:
             state["distance"] = self.distance_._get_state()
         return state
 
@@ -540,7 +540,7 @@ class EvidentialHead(UQWrapper):
                 params["forces_nu"], params["forces_alpha"], params["forces_beta"]))
             caps = getattr(self, "std_cap_", None)  # None: files saved before the bound
             e_alea, e_epi, f_var = cap_variances(caps, batch.n_atoms, e_alea, e_epi, f_var)
-            if getattr(self, "distance_", None) is not None:
+            if self.distance_ is not None:
                 e_alea, e_epi, f_var = cap_variances(caps, batch.n_atoms, *distance_variances(
                     self.distance_, out["features"], batch, e_alea, e_epi, f_var))
             forces_var = f_var.unsqueeze(1).expand(-1, 3)

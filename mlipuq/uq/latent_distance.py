@@ -505,20 +505,21 @@ class LatentDistance(UQWrapper):
 
     def _fit_map(self, held_out, batch_size: int, progress: bool) -> None:
         parts: dict[str, list] = {k: [] for k in ("e", "e_ref", "n", "q", "f", "f_ref", "fq")}
-        passes = self._passes(held_out, batch_size, True, progress, "distance-map fit")
-        for batch, out, phi in passes:
+        own = self.combine is None  # with combine, the mean energies and forces are the other's
+        for batch, out, phi in self._passes(held_out, batch_size, own, progress,
+                                            "distance-map fit"):
             u2 = self.scores(phi, batch.numbers.cpu().numpy()) ** 2
-            n_atoms = batch.n_atoms.cpu().numpy()
             parts["e"].append(out["energy"].detach().cpu().double().numpy())
             parts["e_ref"].append(batch.energy.cpu().double().numpy())
-            parts["n"].append(n_atoms.astype(np.float64))
+            parts["n"].append(batch.n_atoms.cpu().numpy().astype(np.float64))
             parts["q"].append(np.bincount(batch.batch.cpu().numpy(), weights=u2,
-                                          minlength=len(n_atoms)))
-            parts["f"].append(out["forces"].detach().cpu().double().numpy().reshape(-1))
+                                          minlength=batch.n_structures))
+            if own:
+                parts["f"].append(out["forces"].detach().cpu().double().numpy().reshape(-1))
             parts["f_ref"].append(batch.forces.cpu().double().numpy().reshape(-1))
             # atoms without neighbours feel no force (variance 0): left out of the fit
             parts["fq"].append(np.repeat(np.where(self._has_neighbours(batch), u2, np.nan), 3))
-        v = {k: np.concatenate(x) for k, x in parts.items()}
+        v = {k: np.concatenate(x) for k, x in parts.items() if x}
         e_other = f_other = None
         if self.combine is not None:
             other = self.combine.predict(held_out, batch_size=batch_size, calibrated=False,
@@ -527,8 +528,7 @@ class LatentDistance(UQWrapper):
             e_other, f_other = other.energy_var, other.forces_var.reshape(-1)
         keep = np.isfinite(v["fq"]) & np.isfinite(v["f_ref"])
         c_max = max((1.0 - self.min_distance_share) / self.min_distance_share, 2 * _C_MIN)
-        energy = fit_variance_map((v["e"] - v["e_ref"]) ** 2, v["n"], v["q"], e_other,
-                                  c_max=c_max)
+        energy = fit_variance_map((v["e"] - v["e_ref"]) ** 2, v["n"], v["q"], e_other, c_max=c_max)
         forces = fit_variance_map(((v["f"] - v["f_ref"]) ** 2)[keep], np.ones(int(keep.sum())),
                                   v["fq"][keep], None if f_other is None else f_other[keep],
                                   c_max=c_max)
