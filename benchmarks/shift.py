@@ -361,12 +361,8 @@ def table(rows: list[dict], methods=None) -> str:
         "| system | wrapper | recalibration | in-dist F cover / miscal. / F NLL | shifts: F cover (min–mean) | shifts: E cover (min–mean) | shift Spearman (mean) | in-dist mean F std (eV/Å) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    keys = sorted({(r["system"], r["wrapper"], r["method"]) for r in rows},
-                  key=lambda k: (k[0], k[1], _method_order(k[2])))
-    for system, wrapper, method in keys:
-        group = [r for r in rows if (r["system"], r["wrapper"], r["method"]) == (system, wrapper, method)]
-        ind = next(r for r in group if r["split"].startswith("in dist"))
-        sh = [r for r in group if not r["split"].startswith("in dist")]
+    ordered = sorted({r["method"] for r in rows}, key=_method_order)
+    for system, wrapper, method, ind, sh in _groups(rows, ordered, before=True):
         fc = [r["force_cov95"] for r in sh]
         ec = [r["energy_cov95"] for r in sh]
         lines.append(
