@@ -66,6 +66,7 @@ from mlipuq.uq import (
     LatentDistance,
     ShallowEnsemble,
 )
+from mlipuq.uq.evidential_shift import fit_distance_term
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL = {
@@ -122,10 +123,12 @@ def readme_rows(rows: list[dict]) -> list[dict]:
     scalar factor (the single models' default before the Student-t), and the frontier
     rows of the default and the scalar factor, and the committees' default with a
     scalar energy factor (docs/shift.md has all, and the latent
-    distance's kNN score, its default before the Mahalanobis distance, and the
-    evidential head without its latent-distance term, its default before)."""
+    distance's kNN score, its default before the Mahalanobis distance, the
+    evidential head without its latent-distance term, its default before, and both
+    with energies as sums of independent atoms, their default before the structure
+    distance)."""
     return [r for r in rows if "before" not in r["wrapper"] and "(kNN)" not in r["wrapper"]
-            and "(no distance)" not in r["wrapper"]
+            and "(no distance)" not in r["wrapper"] and "(atom energies)" not in r["wrapper"]
             and (r["method"].split(" + ")[0] in ("default", "scalar")
                  or (r["method"] == "default, scalar energies" and "Ensemble" in r["wrapper"])
                  or r["method"] in ("default, fitted ν", "default, no atom scaling",
@@ -222,17 +225,31 @@ def fit_wrappers(models, train, val, prefixes=None) -> dict:
             head.std_cap_ = None  # as before the bound: the raw NIG variance
         return head
 
+    def atom_energies():  # the term's energies as sums of independent atoms (before)
+        head = evidential().copy()
+        head.distance_ = fit_distance_term(head, *val.split([0.5, 0.5], seed=0),
+                                           score=head.distance, seed=0, batch_size=16,
+                                           energy_distance="atoms")
+        return head
+
     factories = {
         "LastLayerLaplace": llpr,
         "LatentDistance": lambda: LatentDistance(base).fit(train, val),
         "LatentDistance + LLPR": lambda: LatentDistance(base, combine=llpr()).fit(train, val),
+        # energies as sums of independent atoms, the default before the structure distance
+        "LatentDistance (atom energies)": lambda: LatentDistance(
+            base, energy_distance="atoms").fit(train, val),
+        "LatentDistance + LLPR (atom energies)": lambda: LatentDistance(
+            base, combine=llpr(), energy_distance="atoms").fit(train, val),
         # the kNN score, LatentDistance's default before the Mahalanobis distance
-        "LatentDistance (kNN)": lambda: LatentDistance(base, score="knn").fit(train, val),
+        "LatentDistance (kNN)": lambda: LatentDistance(
+            base, score="knn", energy_distance="atoms").fit(train, val),
         "LatentDistance + LLPR (kNN)": lambda: LatentDistance(
-            base, score="knn", combine=llpr()).fit(train, val),
+            base, score="knn", combine=llpr(), energy_distance="atoms").fit(train, val),
         "ShallowEnsemble": lambda: ShallowEnsemble(base, n_heads=8).fit(
             train, val, epochs=30, lr=1e-3, batch_size=16, seed=0, patience=8, progress=False),
         "EvidentialHead": evidential,
+        "EvidentialHead (atom energies)": atom_energies,
         "EvidentialHead (no distance)": lambda: earlier(False),
         "EvidentialHead (unbounded, before)": lambda: earlier(True),
         f"DeepEnsemble ({len(models)})": lambda: DeepEnsemble(models),

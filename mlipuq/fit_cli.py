@@ -18,8 +18,10 @@ calibrates it on ``--val`` when given, and saves it (:meth:`UQWrapper.save`):
   those (already trained) models and nothing is retrained;
 * ``latent``: :class:`~mlipuq.uq.LatentDistance` (``--score``, default the
   Mahalanobis distance of each atom's readout features to its element's
-  training mean; its variance map is fitted on ``--val``, which then also
-  calibrates it, or on a fifth of ``--train`` held out when there is no ``--val``).
+  training mean; ``--energy-distance atoms`` sums independent atoms' energy
+  variances instead of the structure's coherent one; its variance map is fitted
+  on ``--val``, which then also calibrates it, or on a fifth of ``--train`` held
+  out when there is no ``--val``).
 
 ``mlipuq predict --model W.pt --data D --out P.extxyz`` loads a saved wrapper
 (:func:`mlipuq.uq.load`), predicts ``D`` chunk by chunk and writes the
@@ -145,6 +147,10 @@ def add_parsers(subparsers) -> None:
                           "element's training atoms (default: mahalanobis; docs/latent.md); "
                           "evidential: that of its latent-distance term, none for the head "
                           "alone (default: mahalanobis; docs/evidential.md)")
+    fit.add_argument("--energy-distance", choices=("structure", "atoms"), default=None,
+                     help="latent: energy variances from the structure's latent distance, "
+                          "coherent over its atoms (default: structure), or summed over "
+                          "independent atoms (docs/latent.md)")
     fit.add_argument("--members", type=int, default=None,
                      help=f"deep: number of members trained from --model's architecture "
                           f"(default {DEFAULT_MEMBERS}; with several --model: their number)")
@@ -232,6 +238,8 @@ def _check_fit_args(args) -> None:
     if args.score is not None and args.method not in ("latent", "evidential"):
         raise ValueError(f"--score is a latent or evidential option, not one of fit "
                          f"{args.method}")
+    if args.energy_distance is not None and args.method != "latent":
+        raise ValueError(f"--energy-distance is a latent option, not one of fit {args.method}")
     if args.score == "none" and args.method != "evidential":
         raise ValueError("--score none (no latent-distance term) is an evidential option")
     if args.method == "latent":
@@ -271,6 +279,8 @@ def build_wrapper(args, models, train, val, progress: bool):
             train, val, **common, **_trainer_options(args, {}))
     if args.method == "latent":
         options = {} if args.score is None else {"score": args.score}
+        if args.energy_distance is not None:
+            options["energy_distance"] = args.energy_distance
         return LatentDistance(model, **options).fit(
             train, val, batch_size=args.batch_size, **common)
     if len(models) > 1:
@@ -292,10 +302,12 @@ def _method_rows(wrapper, method: str) -> list:
         return rows
     if method == "latent":
         n_elements = len(wrapper.species_)
+        energy = (f"n² ({wrapper.energy_a_:.3g} + {wrapper.energy_b_:.3g} U²)"
+                  if wrapper.energy_distance == "structure" else
+                  f"{wrapper.energy_a_:.3g} n + {wrapper.energy_b_:.3g} Σu²")
         return [("distance", f"{wrapper.score} (per element, {n_elements} elements)"),
                 ("variance map", (f"forces {wrapper.forces_a_:.3g} + {wrapper.forces_b_:.3g}"
-                                  f" u² eV²/Å², energy {wrapper.energy_a_:.3g} n + "
-                                  f"{wrapper.energy_b_:.3g} Σu² eV²"))]
+                                  f" u² eV²/Å², energy {energy} eV²"))]
     if method in ("shallow", "evidential"):
         rows = [("heads", str(wrapper.n_heads))] if method == "shallow" else []
         if method == "evidential":

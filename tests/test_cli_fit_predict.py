@@ -242,7 +242,7 @@ def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsy
     if method == "latent":  # the Mahalanobis distance unless --score says otherwise
         line = next(t for t in printed.splitlines() if t.split()[:1] == ["distance"])
         assert wrapper.score == "mahalanobis" and line.split()[1] == "mahalanobis"
-        assert "variance map" in printed
+        assert wrapper.energy_distance == "structure" and "energy n² (" in printed
     if method == "evidential":  # with its latent-distance term unless --score none
         line = next(t for t in printed.splitlines() if t.split()[:1] == ["distance"])
         assert wrapper.distance_ is not None and line.split()[1] == "mahalanobis:"
@@ -266,6 +266,9 @@ def test_fit_latent_score_and_without_val(files, tmp_path, capsys):
     assert _fit(files, "latent", out, "--score", "knn") == 0, capsys.readouterr().err
     line = next(t for t in capsys.readouterr().out.splitlines() if t.split()[:1] == ["distance"])
     assert load_wrapper(out).score == "knn" and line.split()[1] == "knn"
+    atoms = tmp_path / "atoms.pt"
+    assert _fit(files, "latent", atoms, "--energy-distance", "atoms") == 0
+    assert load_wrapper(atoms).energy_distance == "atoms" and "Σu²" in capsys.readouterr().out
     bare = tmp_path / "bare.pt"
     assert cli.main(["fit", "latent", "-m", str(files["model"]), "--train",
                      str(files["train"]), "--out", str(bare)]) == 0
@@ -311,6 +314,7 @@ def test_fit_deep_from_several_trained_models(files, tmp_path, capsys):
     (["shallow", "--heads", "1"], "--heads must be >= 2"),
     (["llpr", "--score", "knn"], "--score is a latent or evidential option"),
     (["latent", "--score", "none"], "--score none (no latent-distance term) is an evidential"),
+    (["evidential", "--energy-distance", "atoms"], "--energy-distance is a latent option"),
     (["latent", "--epochs", "3"], "fit latent trains nothing: --epochs"),
     (["llpr", "--device", "cuda"], "CUDA is not available"),
 ])

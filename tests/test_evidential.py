@@ -336,14 +336,24 @@ def test_permutation_rotation_translation_invariance(fitted, data):
 
 
 def test_non_interacting_copies_have_larger_energy_variance(fitted, data):
+    """Two far-apart copies of a structure: the head's NIG variance (independent atoms)
+    doubles; the latent-distance energy variance, coherent over a structure, is four
+    times one copy's (the same error twice); the aleatoric part doubles."""
     atoms = data["test"][1].copy()
     atoms.pbc = False
     far = atoms.copy()
     far.positions += np.array([30.0, 0.0, 0.0])  # well beyond the 4 Å cutoff
     pair = atoms + far
-    one = fitted.predict(atoms)
-    two = fitted.predict(pair)
-    np.testing.assert_allclose(two.energy_var, 2 * one.energy_var, rtol=1e-5)
+    options = dict(calibrated=False, composition=False)
+    nig = _nig_only(fitted)
+    one_nig, two_nig = nig.predict(atoms, **options), nig.predict(pair, **options)
+    np.testing.assert_allclose(two_nig.energy_var, 2 * one_nig.energy_var, rtol=1e-5)
+    one, two = fitted.predict(atoms, **options), fitted.predict(pair, **options)
+    lam = fitted.distance_.energy_other_scale_
+    latent_one = one.energy_var - lam * one_nig.energy_var
+    assert latent_one > 0
+    np.testing.assert_allclose(two.energy_var - lam * two_nig.energy_var, 4 * latent_one,
+                               rtol=1e-5)
     np.testing.assert_allclose(two.energy_aleatoric_var, 2 * one.energy_aleatoric_var, rtol=1e-5)
 
 

@@ -233,7 +233,8 @@ class EvidentialHead(UQWrapper):
     distance
         The latent-distance score (``"mahalanobis"``, default; ``"knn"``, ``"gmm"``:
         :class:`~mlipuq.uq.LatentDistance`'s) whose variance is added to the NIG
-        variance, :math:`\\lambda\\sigma^2_{\\rm NIG} + a + b u^2` fitted on the
+        variance, :math:`\\lambda\\sigma^2_{\\rm NIG} + a + b u^2` per force component
+        (for energies the structure's distance, coherent over its atoms) fitted on the
         held-out data (:mod:`mlipuq.uq.evidential_shift`): the evidence of the head
         alone does not fall on structures unlike its fitting data. None: the NIG
         variance alone (the default before; files saved then load so). Needs

@@ -15,10 +15,13 @@ Two parts of :class:`~mlipuq.uq.EvidentialHead`:
   ICLR 2022) let the evidence fall with the density of the latent features; here
   the head's variance is combined with :class:`~mlipuq.uq.LatentDistance`'s,
 
-  .. math:: \\sigma^2 = \\lambda\\,\\sigma^2_{\\rm NIG} + a + b\\,u^2
+  .. math:: \\sigma^2_F = \\lambda_F\\,\\sigma^2_{\\rm NIG} + a_F + b_F\\,u^2, \\qquad
+            \\sigma^2_E = \\lambda_E\\,\\sigma^2_{\\rm NIG} + n^2 (a_E + b_E U^2),
 
-  (per force component, and summed over the atoms for the energy), :math:`u` each
-  atom's latent distance to the head's training atoms of its element, and
+  :math:`u` each atom's latent distance to the head's training atoms of its
+  element, :math:`U` the structure's to its training structures (coherent over the
+  structure's n atoms, :mod:`mlipuq.uq.structure_distance`; heads fitted before it
+  existed sum independent atoms, :math:`a_E n + b_E \\sum_i u_i^2`), and
   :math:`\\lambda, a, b \\ge 0` fitted by Gaussian NLL on held-out data (the
   ``combine=`` fit of :class:`~mlipuq.uq.LatentDistance`), so that the two do not
   count the same error twice. The bound applies twice: to the NIG variances (as
@@ -83,14 +86,18 @@ def cap_variances(caps: Optional[dict], n_atoms: torch.Tensor, e_alea, e_epi, f_
 
 
 def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size: int,
-                      progress: bool = False) -> LatentDistance:
+                      progress: bool = False, energy_distance: str = "structure"
+                      ) -> LatentDistance:
     """The latent-distance term of a fitted evidential ``wrapper``: reference atoms
-    from ``train``, λ, a and b fitted on ``val`` (None: a held-out fraction of
-    ``train``) against the wrapper's own (bounded) NIG variances."""
+    and structures from ``train``, λ, a and b fitted on ``val`` (None: a held-out
+    fraction of ``train``) against the wrapper's own (bounded) NIG variances;
+    ``energy_distance`` as in :class:`~mlipuq.uq.LatentDistance` (``"atoms"``: the
+    term of heads fitted before the structure distance existed)."""
     nig_only = copy.copy(wrapper)  # shares the head and the model, predicts without the term
     nig_only.distance_ = None
     nig_only.fitted_ = True
-    term = LatentDistance(wrapper.model, score=score, combine=nig_only)
+    term = LatentDistance(wrapper.model, score=score, combine=nig_only,
+                          energy_distance=energy_distance)
     term.fit(train, val, seed=seed, batch_size=batch_size, progress=progress)
     term.combine = None  # its scales λ are kept; the wrapper supplies the NIG part
     if mdist.active():  # every rank fitted on the same data: rank 0's term, bit for bit
@@ -108,13 +115,13 @@ def load_distance_term(model, score: str, state: dict) -> LatentDistance:
 
 def distance_variances(term: LatentDistance, features: torch.Tensor, batch: mdata.Batch,
                        e_alea, e_epi, f_var):
-    """``λ σ²_NIG + a + b u²``: the NIG energy parts (B,) and force variances (N,) of
-    one batch combined with the latent-distance term (the latent part is epistemic)."""
+    """``λ σ²_NIG`` plus the latent-distance term's variance (module notes): the NIG
+    energy parts (B,) and force variances (N,) of one batch combined with it (the
+    latent part is epistemic)."""
     phi = features.detach().cpu().to(torch.float64).numpy()
-    atom_var, force_var = term.latent_variances(phi, batch)
+    energy_var, _, force_var = term.latent_variances(phi, batch)
     like = dict(dtype=e_alea.dtype, device=e_alea.device)
-    latent_e = torch.zeros(batch.n_structures, **like).index_add(
-        0, batch.batch, torch.as_tensor(atom_var, **like))
+    latent_e = torch.as_tensor(energy_var, **like)
     return (term.energy_other_scale_ * e_alea,
             term.energy_other_scale_ * e_epi + latent_e,
             term.forces_other_scale_ * f_var + torch.as_tensor(force_var, **like))

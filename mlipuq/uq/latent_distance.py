@@ -30,10 +30,15 @@ Scores become variances with four parameters fitted by Gaussian NLL on held-out
 data (``val``, or a hold-out fraction of ``train``):
 
 .. math:: \\sigma^2_{F,ic} = a_F + b_F u_i^2, \\qquad
-          \\sigma^2_E = a_E n + b_E \\textstyle\\sum_i u_i^2,
+          \\sigma^2_E = n^2 (a_E + b_E U^2),
 
-:math:`a, b \\ge 0` (eV²/Å², eV²), i.e. independent per-atom errors whose
-variance grows with distance without bound. ``a/b`` is capped by
+:math:`a, b \\ge 0` (eV²/Å², eV²), variances that grow with distance without
+bound: per atom for the forces; for the energy, coherent over the structure's
+n atoms, :math:`U` the latent distance of the structure as a whole
+(:mod:`mlipuq.uq.structure_distance`; ``energy_distance="structure"``, the
+default). ``energy_distance="atoms"`` keeps the sum of independent atoms,
+:math:`\\sigma^2_E = a_E n + b_E \\textstyle\\sum_i u_i^2` (the default before,
+and how files saved before load). ``a/b`` is capped by
 ``min_distance_share`` so that the distance term is never dropped (a handful
 of held-out structures cannot tell the two terms apart). Atoms without a
 neighbour within the cutoff feel no force: their force variance is 0.
@@ -48,7 +53,6 @@ that the two do not double-count the error they both explain.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Optional
 
 import numpy as np
@@ -59,125 +63,16 @@ from mlipuq.models.base import MLIP
 from mlipuq.prediction import Prediction
 from mlipuq.progress import batches_with_progress
 from mlipuq.uq import base as uq_base
+from mlipuq.uq import structure_distance
 from mlipuq.uq.base import UQWrapper, _check_model, register
+from mlipuq.uq.latent_maps import _C_MIN, _gmm_log_density, fit_variance_map, knn_scores
 
 log = logging.getLogger(__name__)
 
 _SCORES = ("mahalanobis", "knn", "gmm")
-_C_MIN = 1e-3  # smallest a/b (at u = 1): keeps variances positive on exact training atoms
-_LOG_S_BOUNDS = (-80.0, 40.0)
-_LAMBDA_MAX = 1e6
+_ENERGY_DISTANCES = ("structure", "atoms")
 
 __all__ = ["LatentDistance", "fit_variance_map", "knn_scores"]
-
-
-# ------------------------------------------------------------------- scoring
-def knn_scores(reference: np.ndarray, query: np.ndarray, n_neighbors: int, *,
-               leave_one_out: bool = False) -> np.ndarray:
-    """Mean Euclidean distance of each ``query`` row to its ``n_neighbors`` nearest
-    ``reference`` rows (float64; fewer neighbours when ``reference`` is smaller).
-
-    ``leave_one_out=True`` scores ``reference`` against itself without each
-    point's own zero distance (``query`` is then ignored). A ball tree computes
-    each distance exactly, so a row's score does not depend on the other rows.
-    """
-    from sklearn.neighbors import NearestNeighbors
-
-    reference = np.asarray(reference, dtype=np.float64)
-    index = NearestNeighbors(algorithm="ball_tree").fit(reference)
-    if leave_one_out:
-        k = min(int(n_neighbors), len(reference) - 1)
-        if k < 1:
-            return np.zeros(len(reference))
-        dist, _ = index.kneighbors(reference, n_neighbors=k + 1)
-        return np.sort(dist, axis=1)[:, 1:].mean(axis=1)
-    k = min(int(n_neighbors), len(reference))
-    dist, _ = index.kneighbors(np.asarray(query, dtype=np.float64), n_neighbors=k)
-    return dist.mean(axis=1)
-
-
-def _gmm_log_density(x: np.ndarray, weights, means, precisions_cholesky) -> np.ndarray:
-    """log p(x) of a full-covariance Gaussian mixture, from its precision Cholesky factors.
-
-    ``precisions_cholesky[k]`` is ``L_k`` with precision ``L_k L_k^T``:
-    ``log N(x) = -d/2 log 2π + Σ log diag L_k - |(x - μ_k) L_k|²/2``.
-    """
-    d = x.shape[1]
-    parts = []
-    for w, mu, chol in zip(weights, means, precisions_cholesky):
-        y = (x - mu) @ chol
-        parts.append(math.log(w) - 0.5 * d * math.log(2 * math.pi)
-                     + np.sum(np.log(np.diag(chol))) - 0.5 * np.sum(y * y, axis=1))
-    parts = np.stack(parts, axis=1)
-    top = parts.max(axis=1, keepdims=True)
-    return (top + np.log(np.exp(parts - top).sum(axis=1, keepdims=True)))[:, 0]
-
-
-# ------------------------------------------------------------- variance map
-def fit_variance_map(sq_error: np.ndarray, count: np.ndarray, score_sq: np.ndarray,
-                     other_var: Optional[np.ndarray] = None, *,
-                     c_max: float = 9.0) -> dict:
-    """Gaussian-NLL fit of ``var = s (c count + score_sq) [+ λ other_var]``.
-
-    Parameters
-    ----------
-    sq_error
-        Squared errors of the held-out targets (eV² or eV²/Å²).
-    count
-        Per target: the atom count for energies, 1 for force components.
-    score_sq
-        Per target: ``Σ_i u_i²`` over the structure, or ``u_i²`` of the atom.
-    other_var
-        Another wrapper's variance of the same targets (``combine``), or None.
-    c_max
-        Upper bound of ``c = a/b`` (``c >= 1e-3``).
-
-    Returns
-    -------
-    dict
-        ``a = s c`` and ``b = s`` (the units of ``sq_error``), ``other_scale``
-        (λ, 0 without ``other_var``) and the mean NLL per target.
-    """
-    from scipy.optimize import minimize
-
-    r2 = np.asarray(sq_error, dtype=np.float64)
-    n = np.asarray(count, dtype=np.float64)
-    q = np.asarray(score_sq, dtype=np.float64)
-    o = None if other_var is None else np.asarray(other_var, dtype=np.float64)
-    if r2.size == 0:
-        raise ValueError("no held-out targets to fit the variance map on")
-
-    def nll(x):
-        s, c = math.exp(x[0]), x[1]
-        lam = x[2] if o is not None else 0.0
-        var = s * (c * n + q) + (lam * o if o is not None else 0.0)
-        var = np.maximum(var, 1e-300)
-        value = 0.5 * np.mean(np.log(2 * math.pi * var) + r2 / var)
-        dv = 0.5 * (1.0 / var - r2 / var**2) / r2.size
-        grad = [float(np.sum(dv * s * (c * n + q))), float(np.sum(dv * s * n))]
-        if o is not None:
-            grad.append(float(np.sum(dv * o)))
-        return float(value), np.array(grad)
-
-    mean_r2 = max(float(np.mean(r2)), 1e-300)
-    best = None
-    for c0 in (_C_MIN, 1.0, c_max):  # a few starts: the NLL need not be convex in c
-        c0 = min(max(c0, _C_MIN), c_max)
-        s0 = mean_r2 / max(float(np.mean(c0 * n + q)), 1e-300)
-        x0 = [math.log(s0), c0]
-        bounds = [_LOG_S_BOUNDS, (_C_MIN, c_max)]
-        if o is not None:
-            x0[0] -= math.log(2.0)
-            x0.append(0.5 * mean_r2 / max(float(np.mean(o)), 1e-300))
-            x0[2] = min(x0[2], _LAMBDA_MAX)
-            bounds.append((0.0, _LAMBDA_MAX))
-        x0[0] = min(max(x0[0], _LOG_S_BOUNDS[0]), _LOG_S_BOUNDS[1])
-        result = minimize(nll, np.array(x0), jac=True, method="L-BFGS-B", bounds=bounds)
-        if best is None or result.fun < best.fun:
-            best = result
-    s, c = math.exp(best.x[0]), float(best.x[1])
-    return {"a": s * c, "b": s, "other_scale": float(best.x[2]) if o is not None else 0.0,
-            "nll": float(best.fun)}
 
 
 # ------------------------------------------------------------------- wrapper
@@ -211,11 +106,22 @@ class LatentDistance(UQWrapper):
     combine
         Another fitted wrapper (any class) whose variance the latent variance
         is added to; its mean becomes the mean. See the module notes.
+    energy_distance
+        ``"structure"`` (default): the energy variance grows with the latent
+        distance of the whole structure, coherently over its atoms (``fit``
+        warns below 5 training structures per structure feature, i.e. per
+        element and readout feature); ``"atoms"``: a sum of independent
+        per-atom variances. See the module notes.
 
     Attributes
     ----------
     energy_a_, energy_b_
-        eV² per atom and per unit ``u²`` (energy variance map).
+        Energy variance map, eV²: ``σ²_E = n² (a_E + b_E U²)``
+        (``energy_distance="atoms"``: ``a_E n + b_E Σ_i u_i²``); the local
+        (per-atom) energy variance ``atom_energy_var`` is ``a_E + b_E u_i²``.
+    structure_
+        The training structures' descriptor location, precision and distance
+        scale (:mod:`~mlipuq.uq.structure_distance`; None with ``"atoms"``).
     forces_a_, forces_b_
         eV²/Å² (force-component variance map).
     energy_other_scale_, forces_other_scale_
@@ -234,10 +140,14 @@ class LatentDistance(UQWrapper):
         max_points: int = 10000,
         min_distance_share: float = 0.1,
         combine: Optional[UQWrapper] = None,
+        energy_distance: str = "structure",
     ):
         self.model = _check_model(model)
         if score not in _SCORES:
             raise ValueError(f"score must be one of {_SCORES}, got {score!r}")
+        if energy_distance not in _ENERGY_DISTANCES:
+            raise ValueError(f"energy_distance must be one of {_ENERGY_DISTANCES}, "
+                             f"got {energy_distance!r}")
         for name, value in (("n_neighbors", n_neighbors), ("n_components", n_components),
                             ("max_points", max_points)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -254,6 +164,8 @@ class LatentDistance(UQWrapper):
         self.max_points = int(max_points)
         self.min_distance_share = float(min_distance_share)
         self.combine = combine
+        self.energy_distance = energy_distance
+        self.structure_ = None
         self._index: dict = {}
 
     def __repr__(self) -> str:
@@ -275,13 +187,17 @@ class LatentDistance(UQWrapper):
         if self.combine is not None:
             combine = {"class": type(self.combine).__name__, "config": self.combine.config(),
                        "n_models": len(self.combine._models())}
-        return {"score": self.score, "n_neighbors": self.n_neighbors,
-                "n_components": self.n_components, "max_points": self.max_points,
-                "min_distance_share": self.min_distance_share, "combine": combine}
+        config = {"score": self.score, "n_neighbors": self.n_neighbors,
+                  "n_components": self.n_components, "max_points": self.max_points,
+                  "min_distance_share": self.min_distance_share, "combine": combine}
+        if self.energy_distance != "atoms":  # files saved before keep their fingerprint
+            config["energy_distance"] = self.energy_distance
+        return config
 
     @classmethod
     def _from_config(cls, models: list[MLIP], config: dict) -> "LatentDistance":
         config = dict(config)
+        config.setdefault("energy_distance", "atoms")  # files saved before it existed
         spec = config.pop("combine", None)
         other = None
         if spec is not None:
@@ -303,6 +219,8 @@ class LatentDistance(UQWrapper):
         # dictionaries keyed by atomic number: string keys for plain storage
         for name in ("points_", "score_scale_", "gmm_"):
             state[name] = {str(z): v for z, v in state[name].items()}
+        if self.structure_ is not None:  # absent for "atoms" (files saved before)
+            state["structure_"] = dict(self.structure_)
         if self.combine is not None:
             state["combine_state"] = self.combine._get_state()
         return state
@@ -314,6 +232,8 @@ class LatentDistance(UQWrapper):
                 value = {int(z): v for z, v in value.items()}
             setattr(self, name, value)
         self.species_ = [int(z) for z in self.species_]
+        self.structure_ = state.get("structure_")
+        self.energy_distance = "atoms" if self.structure_ is None else "structure"
         if self.combine is not None:
             self.combine._set_state(state["combine_state"])
             self.combine.fitted_ = True
@@ -443,11 +363,13 @@ class LatentDistance(UQWrapper):
         return self
 
     def _fit_reference(self, reference, batch_size: int, seed: int, progress: bool) -> None:
-        phis, numbers = [], []
+        phis, numbers, structure, n_structures = [], [], [], 0
         passes = self._passes(reference, batch_size, False, progress, "reference features")
         for batch, _, phi in passes:
             phis.append(phi)
             numbers.append(batch.numbers.cpu().numpy())
+            structure.append(batch.batch.cpu().numpy() + n_structures)
+            n_structures += batch.n_structures
         phi, numbers = np.concatenate(phis), np.concatenate(numbers)
         mean, std = phi.mean(axis=0), phi.std(axis=0)
         self.feature_mean_ = mean
@@ -477,6 +399,15 @@ class LatentDistance(UQWrapper):
                 typical = self._raw_scores(z, points)
             scale = float(np.median(typical)) if len(typical) else 0.0
             self.score_scale_[z] = scale
+        self.structure_ = None
+        if self.energy_distance == "structure":
+            descriptors = structure_distance.descriptors(
+                x, numbers, np.concatenate(structure), n_structures, self.species_)
+            if n_structures < 5 * descriptors.shape[1]:
+                log.warning("LatentDistance: %d training structures for %d structure features: "
+                            "a poorly determined structure covariance, the energy stds far "
+                            "from them less reliable", n_structures, descriptors.shape[1])
+            self.structure_ = structure_distance.fit_reference(descriptors)
         positive = [v for v in self.score_scale_.values() if v > 0]
         fallback = float(np.median(positive)) if positive else 1.0
         for z, v in self.score_scale_.items():
@@ -509,11 +440,11 @@ class LatentDistance(UQWrapper):
         for batch, out, phi in self._passes(held_out, batch_size, own, progress,
                                             "distance-map fit"):
             u2 = self.scores(phi, batch.numbers.cpu().numpy()) ** 2
+            n, q = self._energy_terms(phi, batch, u2)
             parts["e"].append(out["energy"].detach().cpu().double().numpy())
             parts["e_ref"].append(batch.energy.cpu().double().numpy())
-            parts["n"].append(batch.n_atoms.cpu().numpy().astype(np.float64))
-            parts["q"].append(np.bincount(batch.batch.cpu().numpy(), weights=u2,
-                                          minlength=batch.n_structures))
+            parts["n"].append(n)
+            parts["q"].append(q)
             if own:
                 parts["f"].append(out["forces"].detach().cpu().double().numpy().reshape(-1))
             parts["f_ref"].append(batch.forces.cpu().double().numpy().reshape(-1))
@@ -545,20 +476,34 @@ class LatentDistance(UQWrapper):
         centres = batch.edge_index[0].cpu().numpy()
         return np.bincount(centres, minlength=len(batch.numbers)) > 0
 
+    def _energy_terms(self, phi: np.ndarray, batch: mdata.Batch, u2: np.ndarray):
+        """Per structure of ``batch``: the count and the squared score that the energy
+        map ``a_E count + b_E score`` multiplies — ``n²`` and ``n² U²`` (structure
+        distance) or ``n`` and ``Σ_i u_i²`` (independent atoms)."""
+        structure = batch.batch.cpu().numpy()
+        n = batch.n_atoms.cpu().numpy().astype(np.float64)
+        if self.structure_ is None:
+            return n, np.bincount(structure, weights=u2, minlength=batch.n_structures)
+        d = structure_distance.descriptors(self._standardise(phi), batch.numbers.cpu().numpy(),
+                                           structure, batch.n_structures, self.species_)
+        return n**2, n**2 * structure_distance.scores(self.structure_, d) ** 2
+
     # ---------------------------------------------------------------- predict
     def latent_variances(self, phi: np.ndarray, batch: mdata.Batch):
-        """Per atom of ``batch`` with raw features ``phi``: the energy variance
-        ``a_E + b_E u²`` (eV²) and the force-component variance ``a_F + b_F u²``
-        (eV²/Å², 0 for atoms without neighbours), float64 NumPy."""
+        """The latent variances of ``batch`` with raw features ``phi`` (float64 NumPy):
+        per structure the energy variance (eV², see the module notes), per atom the
+        local energy variance ``a_E + b_E u²`` and the force-component variance
+        ``a_F + b_F u²`` (eV²/Å², 0 for atoms without neighbours)."""
         u2 = self.scores(phi, batch.numbers.cpu().numpy()) ** 2
+        count, q = self._energy_terms(phi, batch, u2)
         force_var = np.where(self._has_neighbours(batch), self.forces_a_ + self.forces_b_ * u2, 0.0)
-        return self.energy_a_ + self.energy_b_ * u2, force_var
+        return (self.energy_a_ * count + self.energy_b_ * q,
+                self.energy_a_ + self.energy_b_ * u2, force_var)
 
     def _predict_batch(self, batch: mdata.Batch) -> dict:
         out = self.model(batch, forces=True, features=True)
         phi = out["features"].detach().cpu().to(torch.float64).numpy()
-        atom_var, force_var = self.latent_variances(phi, batch)
-        energy_var = np.bincount(batch.batch.cpu().numpy(), atom_var, batch.n_structures)
+        energy_var, atom_var, force_var = self.latent_variances(phi, batch)
         return {"energy": out["energy"].detach(), "energy_var": energy_var,
                 "forces": out["forces"].detach(), "atom_energy_var": atom_var,
                 "forces_var": np.repeat(force_var[:, None], 3, axis=1)}

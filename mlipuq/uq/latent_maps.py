@@ -1,0 +1,127 @@
+"""Scores and variance maps of :class:`~mlipuq.uq.LatentDistance`: the k-nearest-
+neighbour distance, the Gaussian-mixture log-density, and the Gaussian-NLL fit
+that turns squared scores into variances (see that module's notes)."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+_C_MIN = 1e-3  # smallest a/b (at u = 1): keeps variances positive on exact training atoms
+_LOG_S_BOUNDS = (-80.0, 40.0)
+_LAMBDA_MAX = 1e6
+
+__all__ = ["fit_variance_map", "knn_scores"]
+
+
+# ------------------------------------------------------------------- scoring
+def knn_scores(reference: np.ndarray, query: np.ndarray, n_neighbors: int, *,
+               leave_one_out: bool = False) -> np.ndarray:
+    """Mean Euclidean distance of each ``query`` row to its ``n_neighbors`` nearest
+    ``reference`` rows (float64; fewer neighbours when ``reference`` is smaller).
+
+    ``leave_one_out=True`` scores ``reference`` against itself without each
+    point's own zero distance (``query`` is then ignored). A ball tree computes
+    each distance exactly, so a row's score does not depend on the other rows.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    reference = np.asarray(reference, dtype=np.float64)
+    index = NearestNeighbors(algorithm="ball_tree").fit(reference)
+    if leave_one_out:
+        k = min(int(n_neighbors), len(reference) - 1)
+        if k < 1:
+            return np.zeros(len(reference))
+        dist, _ = index.kneighbors(reference, n_neighbors=k + 1)
+        return np.sort(dist, axis=1)[:, 1:].mean(axis=1)
+    k = min(int(n_neighbors), len(reference))
+    dist, _ = index.kneighbors(np.asarray(query, dtype=np.float64), n_neighbors=k)
+    return dist.mean(axis=1)
+
+
+def _gmm_log_density(x: np.ndarray, weights, means, precisions_cholesky) -> np.ndarray:
+    """log p(x) of a full-covariance Gaussian mixture, from its precision Cholesky factors.
+
+    ``precisions_cholesky[k]`` is ``L_k`` with precision ``L_k L_k^T``:
+    ``log N(x) = -d/2 log 2π + Σ log diag L_k - |(x - μ_k) L_k|²/2``.
+    """
+    d = x.shape[1]
+    parts = []
+    for w, mu, chol in zip(weights, means, precisions_cholesky):
+        y = (x - mu) @ chol
+        parts.append(math.log(w) - 0.5 * d * math.log(2 * math.pi)
+                     + np.sum(np.log(np.diag(chol))) - 0.5 * np.sum(y * y, axis=1))
+    parts = np.stack(parts, axis=1)
+    top = parts.max(axis=1, keepdims=True)
+    return (top + np.log(np.exp(parts - top).sum(axis=1, keepdims=True)))[:, 0]
+
+
+# ------------------------------------------------------------- variance map
+def fit_variance_map(sq_error: np.ndarray, count: np.ndarray, score_sq: np.ndarray,
+                     other_var: Optional[np.ndarray] = None, *,
+                     c_max: float = 9.0) -> dict:
+    """Gaussian-NLL fit of ``var = s (c count + score_sq) [+ λ other_var]``.
+
+    Parameters
+    ----------
+    sq_error
+        Squared errors of the held-out targets (eV² or eV²/Å²).
+    count
+        Per target: 1 for force components; for energies ``n²`` (structure
+        distance) or the atom count ``n`` (independent atoms).
+    score_sq
+        Per target: ``u_i²`` of the atom; for energies ``n² U²`` of the structure
+        or ``Σ_i u_i²`` over its atoms.
+    other_var
+        Another wrapper's variance of the same targets (``combine``), or None.
+    c_max
+        Upper bound of ``c = a/b`` (``c >= 1e-3``).
+
+    Returns
+    -------
+    dict
+        ``a = s c`` and ``b = s`` (the units of ``sq_error``), ``other_scale``
+        (λ, 0 without ``other_var``) and the mean NLL per target.
+    """
+    from scipy.optimize import minimize
+
+    r2 = np.asarray(sq_error, dtype=np.float64)
+    n = np.asarray(count, dtype=np.float64)
+    q = np.asarray(score_sq, dtype=np.float64)
+    o = None if other_var is None else np.asarray(other_var, dtype=np.float64)
+    if r2.size == 0:
+        raise ValueError("no held-out targets to fit the variance map on")
+
+    def nll(x):
+        s, c = math.exp(x[0]), x[1]
+        lam = x[2] if o is not None else 0.0
+        var = s * (c * n + q) + (lam * o if o is not None else 0.0)
+        var = np.maximum(var, 1e-300)
+        value = 0.5 * np.mean(np.log(2 * math.pi * var) + r2 / var)
+        dv = 0.5 * (1.0 / var - r2 / var**2) / r2.size
+        grad = [float(np.sum(dv * s * (c * n + q))), float(np.sum(dv * s * n))]
+        if o is not None:
+            grad.append(float(np.sum(dv * o)))
+        return float(value), np.array(grad)
+
+    mean_r2 = max(float(np.mean(r2)), 1e-300)
+    best = None
+    for c0 in (_C_MIN, 1.0, c_max):  # a few starts: the NLL need not be convex in c
+        c0 = min(max(c0, _C_MIN), c_max)
+        s0 = mean_r2 / max(float(np.mean(c0 * n + q)), 1e-300)
+        x0 = [math.log(s0), c0]
+        bounds = [_LOG_S_BOUNDS, (_C_MIN, c_max)]
+        if o is not None:
+            x0[0] -= math.log(2.0)
+            x0.append(0.5 * mean_r2 / max(float(np.mean(o)), 1e-300))
+            x0[2] = min(x0[2], _LAMBDA_MAX)
+            bounds.append((0.0, _LAMBDA_MAX))
+        x0[0] = min(max(x0[0], _LOG_S_BOUNDS[0]), _LOG_S_BOUNDS[1])
+        result = minimize(nll, np.array(x0), jac=True, method="L-BFGS-B", bounds=bounds)
+        if best is None or result.fun < best.fun:
+            best = result
+    s, c = math.exp(best.x[0]), float(best.x[1])
+    return {"a": s * c, "b": s, "other_scale": float(best.x[2]) if o is not None else 0.0,
+            "nll": float(best.fun)}

@@ -1,0 +1,138 @@
+"""LatentDistance's energies from the latent distance of whole structures: descriptors and
+scores by hand, the energy variance n²(a + b U²) against them, coherence over copies,
+and files saved before it (independent-atom energies) loading unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import ETHANOL_SMALL
+from sklearn.covariance import LedoitWolf
+
+import mlipuq
+from mlipuq.fileio import save_payload
+from mlipuq.uq import LatentDistance, load
+from mlipuq.uq import structure_distance as sd
+
+
+@pytest.fixture(scope="module")
+def fitted(fitted_members):
+    data = mlipuq.load(ETHANOL_SMALL)
+    return LatentDistance(fitted_members[0]).fit(data[:10], data[10:14])
+
+
+def test_descriptors_by_hand():
+    x = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0], [9.0, 10.0]])
+    numbers = np.array([1, 1, 6, 1, 6])
+    structure = np.array([0, 0, 0, 1, 1])
+    got = sd.descriptors(x, numbers, structure, 2, [1, 6, 8])
+    # per structure: mean H features, mean C features, mean O features (none: 0)
+    expected = np.array([[2.0, 3.0, 5.0, 6.0, 0.0, 0.0],
+                         [7.0, 8.0, 9.0, 10.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_scores_by_hand():
+    """Mahalanobis distance under the Ledoit-Wolf covariance (+1e-4 on the diagonal),
+    in units of the training structures' median distance."""
+    rng = np.random.default_rng(0)
+    t = rng.normal(size=300)
+    train = np.stack([t, t + 0.05 * rng.normal(size=t.size), rng.normal(size=t.size)], axis=1)
+    reference = sd.fit_reference(train)
+    lw = LedoitWolf().fit(train)
+    precision = np.linalg.inv(lw.covariance_ + 1e-4 * np.eye(3))
+
+    def raw(q):
+        d = q - lw.location_
+        return np.sqrt(np.einsum("ij,jk,ik->i", d, precision, d))
+
+    query = np.array([[1.0, 1.0, 0.0], [0.5, -0.5, 0.0], [0.0, 0.0, 3.0]])
+    scale = np.median(raw(train))
+    np.testing.assert_allclose(sd.scores(reference, query), raw(query) / scale, rtol=1e-9)
+    assert np.median(sd.scores(reference, train)) == pytest.approx(1.0)
+    # a step across the narrow direction of the training cloud is far, along it near
+    along, across = sd.scores(reference, np.array([[0.7, 0.7, 0.0], [0.7, -0.7, 0.0]]))
+    assert across > 5 * along
+
+
+def test_one_training_structure_gives_a_finite_reference():
+    reference = sd.fit_reference(np.array([[1.0, 2.0]]))
+    assert reference["scale"] == 1.0
+    scores = sd.scores(reference, np.array([[1.0, 2.0], [1.0, 2.01]]))
+    assert scores[0] == 0.0 and 0 < scores[1] < np.inf
+
+
+def _features(wrapper, dataset):
+    """Standardised features, atomic numbers, structure index and atom counts."""
+    x, numbers, structure, n, offset = [], [], [], [], 0
+    for batch, _, phi in wrapper._passes(dataset, 8, False):
+        x.append(wrapper._standardise(phi))
+        numbers.append(batch.numbers.numpy())
+        structure.append(batch.batch.numpy() + offset)
+        n.append(batch.n_atoms.numpy())
+        offset += batch.n_structures
+    return [np.concatenate(v) for v in (x, numbers, structure, n)] + [offset]
+
+
+def test_energy_variance_is_coherent_in_the_structure_distance(fitted, ethanol):
+    """energy_var = n² (a_E + b_E U²), U the Mahalanobis distance of the structure's
+    per-element mean features to the training structures' (recomputed here)."""
+    assert fitted.energy_distance == "structure"
+    x, numbers, structure, _, count = _features(fitted, ethanol[:10])
+    train = sd.descriptors(x, numbers, structure, count, fitted.species_)
+    reference = sd.fit_reference(train)
+    x, numbers, structure, n, count = _features(fitted, ethanol[14:])
+    u = sd.scores(reference, sd.descriptors(x, numbers, structure, count, fitted.species_))
+    pred = fitted.predict(ethanol[14:], calibrated=False, composition=False)
+    expected = n.astype(float) ** 2 * (fitted.energy_a_ + fitted.energy_b_ * u**2)
+    np.testing.assert_allclose(pred.energy_var, expected, rtol=1e-9)
+    assert fitted.energy_b_ > 0
+
+
+def test_two_far_apart_copies(fitted_members, ethanol, fitted):
+    """Two non-interacting copies of a molecule: the structure energy variance is four
+    times one copy's (the same error twice), the independent-atom sum twice."""
+    atoms = ethanol[15].copy()
+    far = atoms.copy()
+    far.positions += np.array([40.0, 0.0, 0.0])
+    pair = atoms + far
+    atoms_mode = LatentDistance(fitted_members[0], energy_distance="atoms").fit(ethanol[:10],
+                                                                               ethanol[10:14])
+    for wrapper, factor in ((fitted, 4.0), (atoms_mode, 2.0)):
+        one = wrapper.predict(atoms, calibrated=False, composition=False)
+        two = wrapper.predict(pair, calibrated=False, composition=False)
+        np.testing.assert_allclose(two.energy_var, factor * one.energy_var, rtol=1e-4)
+        np.testing.assert_allclose(two.forces_var[:9], one.forces_var, rtol=1e-4)  # float32 model
+
+
+def test_atom_energies_keep_the_format_of_files_saved_before(fitted_members, ethanol, fitted,
+                                                              tmp_path):
+    """``energy_distance="atoms"`` writes what files saved before the structure distance
+    hold (no config key, no state entry), so those load as such with their identity;
+    the default round-trips with its structure reference."""
+    atoms_mode = LatentDistance(fitted_members[0], energy_distance="atoms").fit(ethanol[:10],
+                                                                               ethanol[10:14])
+    for wrapper, name in ((atoms_mode, "atoms"), (fitted, "structure")):
+        path = tmp_path / f"{name}.pt"
+        wrapper.save(path)
+        payload = torch.load(path, weights_only=True)
+        assert ("energy_distance" in payload["config"]) == (name == "structure")
+        assert ("structure_" in payload["state"]) == (name == "structure")
+        again = load(path)
+        assert again.energy_distance == name
+        assert again.fingerprint() == payload["checksum"] == wrapper.fingerprint()
+        a, b = again.predict(ethanol[14:]), wrapper.predict(ethanol[14:])
+        np.testing.assert_array_equal(a.energy_var, b.energy_var)
+    # a file of the default with its structure entry removed reads as atom energies
+    path = tmp_path / "edited.pt"
+    fitted.save(path)
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["energy_distance"], payload["state"]["structure_"]
+    save_payload(payload, path, overwrite=True)
+    assert load(path).energy_distance == "atoms"
+
+
+def test_refuses_an_unknown_energy_distance(fitted_members):
+    with pytest.raises(ValueError, match="energy_distance"):
+        LatentDistance(fitted_members[0], energy_distance="molecule")
