@@ -192,9 +192,9 @@ def test_variance_decomposition(fitted, data):
 
 
 def test_distance_term_adds_the_latent_variance(fitted, data):
-    """Default: the NIG variance scaled by λ plus LatentDistance's a + b u² (summed over
-    the atoms for energies), λ, a, b >= 0 fitted on the held-out data; the latent part
-    counts as epistemic."""
+    """Default: the NIG variance scaled by λ plus LatentDistance's a + b u² (for energies
+    the structure's n² (a + b U²)), λ, a, b >= 0 fitted on the held-out data; the latent
+    part counts as epistemic."""
     term = fitted.distance_
     assert fitted.distance == "mahalanobis" and term.score == "mahalanobis"
     scales = (term.energy_other_scale_, term.forces_other_scale_)
@@ -245,6 +245,33 @@ def test_files_without_the_distance_term_load_as_the_head_alone(fitted, data, tm
     a = old.predict(data["test"], calibrated=False)
     b = _nig_only(fitted).predict(data["test"], calibrated=False)
     _assert_same_variances(a, b)
+
+
+def test_terms_saved_before_the_structure_distance_sum_atoms(fitted, data, tmp_path):
+    """A saved term without the structure reference (heads fitted before it existed)
+    loads with its energies summed over independent atoms, its identity kept."""
+    assert fitted.distance_.energy_distance == "structure"
+    path = tmp_path / "term.pt"
+    fitted.save(path)
+    payload = torch.load(path, weights_only=True)
+    del payload["state"]["distance"]["structure_"]
+    save_payload(payload, path, overwrite=True)
+    old = uq_base.load(path)
+    assert old.distance_.energy_distance == "atoms"
+    assert old.fingerprint() == torch.load(path, weights_only=True)["checksum"]
+    latent = LatentDistance(old.model)
+    latent._set_state(old.distance_._get_state())
+    latent.fitted_ = True
+    options = dict(calibrated=False, composition=False)
+    full, nig, alone = (w.predict(data["test"], **options)
+                        for w in (old, _nig_only(old), latent))
+    # independent atoms: the structure's latent variance is the sum of its atoms'
+    np.testing.assert_allclose(alone.energy_var,
+                               np.bincount(alone.batch, weights=alone.atom_energy_var),
+                               rtol=1e-12)
+    np.testing.assert_allclose(
+        full.energy_var, old.distance_.energy_other_scale_ * nig.energy_var + alone.energy_var,
+        rtol=1e-9)
 
 
 @pytest.mark.parametrize("score", ["knn", "gmm"])

@@ -180,8 +180,9 @@ def test_combined_save_load_keeps_the_other_wrapper(base, ethanol, tmp_path):
     combined.save(tmp_path / "c.pt")
     loaded = load(tmp_path / "c.pt")
     assert type(loaded.combine).__name__ == "LastLayerLaplace"
-    np.testing.assert_allclose(loaded.predict(ethanol[14:]).forces_var, pred.forces_var,
-                               rtol=1e-12)
+    again = loaded.predict(ethanol[14:])
+    np.testing.assert_allclose(again.forces_var, pred.forces_var, rtol=1e-12)
+    np.testing.assert_allclose(again.energy_var, pred.energy_var, rtol=1e-12)
 
 
 # ---------------------------------------------------------------- bad input

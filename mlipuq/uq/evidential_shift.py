@@ -119,7 +119,7 @@ def distance_variances(term: LatentDistance, features: torch.Tensor, batch: mdat
     energy parts (B,) and force variances (N,) of one batch combined with it (the
     latent part is epistemic)."""
     phi = features.detach().cpu().to(torch.float64).numpy()
-    energy_var, _, force_var = term.latent_variances(phi, batch)
+    energy_var, _, force_var = term.latent_parts(phi, batch)
     like = dict(dtype=e_alea.dtype, device=e_alea.device)
     latent_e = torch.as_tensor(energy_var, **like)
     return (term.energy_other_scale_ * e_alea,

@@ -97,9 +97,11 @@ class LatentDistance(UQWrapper):
         under ``4 n_components`` training atoms); full covariances.
     max_points
         At most this many training atoms per species are stored (kNN) or
-        fitted (Mahalanobis, GMM), drawn at random with ``fit``'s seed: memory
-        and predict time stay bounded (float64, ``max_points × n_features × 8``
-        bytes per species); ``fit`` warns below ``5 n_features`` for a covariance.
+        fitted (Mahalanobis, GMM), and training structures fitted (structure
+        distance), drawn at random with ``fit``'s seed: memory and predict time
+        stay bounded (float64, ``max_points × n_features × 8`` bytes per species;
+        the structure precision ``(n_elements n_features)² × 8`` bytes);
+        ``fit`` warns below ``5 n_features`` for a covariance.
     min_distance_share
         Smallest share of the distance term in the variance at ``u = 1``
         (the training data's own spacing): ``a <= b (1 - share) / share``.
@@ -309,7 +311,8 @@ class LatentDistance(UQWrapper):
     # -------------------------------------------------------------------- fit
     def fit(self, train, val=None, *, seed: int = 0, progress: bool = False,
             **method_options) -> "LatentDistance":
-        """Store the training atoms' features, then fit the variance map on held-out data.
+        """Store the training atoms' features (and structures' descriptors), then fit the
+        variance map on held-out data.
 
         Parameters
         ----------
@@ -380,7 +383,9 @@ class LatentDistance(UQWrapper):
         missing = sorted(set(self.species) - set(self.species_))
         if missing:
             log.warning("LatentDistance: no training atoms of atomic numbers %s; their atoms "
-                        "are scored against the nearest training element", missing)
+                        "are scored against the nearest training element and left out of "
+                        "the structures' energy distance (a new element is a new "
+                        "composition: see the composition variance)", missing)
         self.points_, self.gmm_, self.score_scale_ = {}, {}, {}
         self._index = {}
         for z in self.species_:
@@ -403,6 +408,10 @@ class LatentDistance(UQWrapper):
         if self.energy_distance == "structure":
             descriptors = structure_distance.descriptors(
                 x, numbers, np.concatenate(structure), n_structures, self.species_)
+            if n_structures > self.max_points:
+                descriptors = descriptors[np.sort(rng.choice(n_structures, self.max_points,
+                                                             replace=False))]
+            n_structures = len(descriptors)
             if n_structures < 5 * descriptors.shape[1]:
                 log.warning("LatentDistance: %d training structures for %d structure features: "
                             "a poorly determined structure covariance, the energy stds far "
@@ -490,10 +499,15 @@ class LatentDistance(UQWrapper):
 
     # ---------------------------------------------------------------- predict
     def latent_variances(self, phi: np.ndarray, batch: mdata.Batch):
-        """The latent variances of ``batch`` with raw features ``phi`` (float64 NumPy):
-        per structure the energy variance (eV², see the module notes), per atom the
-        local energy variance ``a_E + b_E u²`` and the force-component variance
-        ``a_F + b_F u²`` (eV²/Å², 0 for atoms without neighbours)."""
+        """Per atom of ``batch`` with raw features ``phi``: the local energy variance
+        ``a_E + b_E u²`` (eV²) and the force-component variance ``a_F + b_F u²``
+        (eV²/Å², 0 for atoms without neighbours), float64 NumPy."""
+        _, atom_var, force_var = self.latent_parts(phi, batch)
+        return atom_var, force_var
+
+    def latent_parts(self, phi: np.ndarray, batch: mdata.Batch):
+        """:meth:`latent_variances` preceded by the energy variance of each structure
+        of ``batch`` (eV², see the module notes): ``(energy_var, atom_var, force_var)``."""
         u2 = self.scores(phi, batch.numbers.cpu().numpy()) ** 2
         count, q = self._energy_terms(phi, batch, u2)
         force_var = np.where(self._has_neighbours(batch), self.forces_a_ + self.forces_b_ * u2, 0.0)
@@ -503,7 +517,7 @@ class LatentDistance(UQWrapper):
     def _predict_batch(self, batch: mdata.Batch) -> dict:
         out = self.model(batch, forces=True, features=True)
         phi = out["features"].detach().cpu().to(torch.float64).numpy()
-        energy_var, atom_var, force_var = self.latent_variances(phi, batch)
+        energy_var, atom_var, force_var = self.latent_parts(phi, batch)
         return {"energy": out["energy"].detach(), "energy_var": energy_var,
                 "forces": out["forces"].detach(), "atom_energy_var": atom_var,
                 "forces_var": np.repeat(force_var[:, None], 3, axis=1)}

@@ -39,15 +39,17 @@ def descriptors(x: np.ndarray, numbers: np.ndarray, structure: np.ndarray,
     """Per structure, the mean standardised features ``x`` (N, F) of its atoms of
     each element of ``species``, concatenated: (n_structures, len(species) F),
     float64; 0 where a structure has no atom of an element."""
+    from scipy.sparse import csr_matrix
+
     x = np.asarray(x, dtype=np.float64)
     numbers, structure = np.asarray(numbers), np.asarray(structure)
     blocks = []
     for z in species:
-        rows = numbers == z
-        total = np.zeros((n_structures, x.shape[1]))
-        np.add.at(total, structure[rows], x[rows])
+        rows = np.flatnonzero(numbers == z)
+        members = csr_matrix((np.ones(len(rows)), (structure[rows], np.arange(len(rows)))),
+                             shape=(n_structures, len(rows)))  # structure × atom of z
         count = np.bincount(structure[rows], minlength=n_structures)[:, None]
-        blocks.append(total / np.maximum(count, 1))
+        blocks.append(np.asarray(members @ x[rows]) / np.maximum(count, 1))
     return np.concatenate(blocks, axis=1)
 
 
@@ -59,10 +61,10 @@ def fit_reference(train_descriptors: np.ndarray) -> dict:
     d = np.asarray(train_descriptors, dtype=np.float64)
     if len(d) > 1:
         fitted = LedoitWolf().fit(d)
-        location, covariance = fitted.location_, fitted.covariance_
-    else:  # one structure: a unit ridge around it
-        location, covariance = d[0].copy(), np.zeros((d.shape[1], d.shape[1]))
-    precision = np.linalg.inv(covariance + _RIDGE * np.eye(d.shape[1]))
+        location, covariance = fitted.location_, fitted.covariance_ + _RIDGE * np.eye(d.shape[1])
+    else:  # one structure: a unit Gaussian around it (as a one-atom element's)
+        location, covariance = d[0].copy(), np.eye(d.shape[1])
+    precision = np.linalg.inv(covariance)
     reference = {"location": location, "precision": 0.5 * (precision + precision.T),
                  "scale": 1.0}
     typical = float(np.median(scores(reference, d)))
@@ -74,5 +76,5 @@ def scores(reference: dict, structure_descriptors: np.ndarray) -> np.ndarray:
     """``U >= 0`` per structure: the Mahalanobis distance of each descriptor to the
     training structures, in units of their median distance."""
     y = np.asarray(structure_descriptors, dtype=np.float64) - reference["location"]
-    d2 = np.einsum("ij,jk,ik->i", y, reference["precision"], y)
+    d2 = np.sum((y @ reference["precision"]) * y, axis=1)
     return np.sqrt(np.maximum(d2, 0.0)) / reference["scale"]
