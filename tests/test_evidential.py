@@ -259,7 +259,7 @@ def test_terms_saved_before_the_structure_distance_sum_atoms(fitted, data, tmp_p
     old = uq_base.load(path)
     assert old.distance_.energy_distance == "atoms"
     assert old.fingerprint() == torch.load(path, weights_only=True)["checksum"]
-    latent = LatentDistance(old.model)
+    latent = LatentDistance(old.model, energy_distance="atoms")
     latent._set_state(old.distance_._get_state())
     latent.fitted_ = True
     options = dict(calibrated=False, composition=False)

@@ -11,6 +11,7 @@ from conftest import ETHANOL_SMALL
 from sklearn.covariance import LedoitWolf
 
 import mlipuq
+from mlipuq.errors import FileFormatError
 from mlipuq.fileio import save_payload
 from mlipuq.uq import LatentDistance, load
 from mlipuq.uq import structure_distance as sd
@@ -121,7 +122,7 @@ def test_atom_energies_keep_the_format_of_files_saved_before(fitted_members, eth
         assert ("energy_distance" in payload["config"]) == (name == "structure")
         assert ("structure_" in payload["state"]) == (name == "structure")
         again = load(path)
-        assert again.energy_distance == name
+        assert again.energy_distance == name and ("'atoms'" in repr(again)) == (name == "atoms")
         assert again.fingerprint() == payload["checksum"] == wrapper.fingerprint()
         a, b = again.predict(ethanol[14:]), wrapper.predict(ethanol[14:])
         np.testing.assert_array_equal(a.energy_var, b.energy_var)
@@ -132,6 +133,11 @@ def test_atom_energies_keep_the_format_of_files_saved_before(fitted_members, eth
     del payload["config"]["energy_distance"], payload["state"]["structure_"]
     save_payload(payload, path, overwrite=True)
     assert load(path).energy_distance == "atoms"
+    # config and state that disagree are refused, naming the file
+    payload["config"]["energy_distance"] = "structure"
+    save_payload(payload, path, overwrite=True)
+    with pytest.raises(FileFormatError, match="edited.pt.*structure reference"):
+        load(path)
 
 
 def test_refuses_an_unknown_energy_distance(fitted_members):

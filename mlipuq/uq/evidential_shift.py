@@ -107,7 +107,9 @@ def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size:
 
 def load_distance_term(model, score: str, state: dict) -> LatentDistance:
     """A saved distance term (``LatentDistance._get_state()``) around ``model``."""
-    term = LatentDistance(model, score=score)
+    # terms saved before the structure distance existed sum independent atoms
+    mode = "atoms" if state.get("structure_") is None else "structure"
+    term = LatentDistance(model, score=score, energy_distance=mode)
     term._set_state(state)
     term.fitted_ = True
     return term

@@ -173,7 +173,9 @@ class LatentDistance(UQWrapper):
     def __repr__(self) -> str:
         other = "" if self.combine is None else f", combine={type(self.combine).__name__}"
         knn = f", n_neighbors={self.n_neighbors}" if self.score == "knn" else ""
-        return f"LatentDistance({type(self.model).__name__}, score={self.score!r}{knn}{other})"
+        atoms = ", energy_distance='atoms'" if self.energy_distance == "atoms" else ""
+        return (f"LatentDistance({type(self.model).__name__}, score={self.score!r}{knn}{atoms}"
+                f"{other})")
 
     # ------------------------------------------------------------ UQWrapper API
     def _models(self) -> list[MLIP]:
@@ -235,7 +237,10 @@ class LatentDistance(UQWrapper):
             setattr(self, name, value)
         self.species_ = [int(z) for z in self.species_]
         self.structure_ = state.get("structure_")
-        self.energy_distance = "atoms" if self.structure_ is None else "structure"
+        if (self.structure_ is None) != (self.energy_distance == "atoms"):
+            raise ValueError(f"energy_distance={self.energy_distance!r} "
+                             f"{'without' if self.structure_ is None else 'with'} a structure "
+                             "reference (structure_)")
         if self.combine is not None:
             self.combine._set_state(state["combine_state"])
             self.combine.fitted_ = True
