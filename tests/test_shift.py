@@ -4,8 +4,8 @@
   temperature series the model was not trained on (300 K training);
 * the default latent distance's force std, and the evidential head's with its
   default latent-distance term, grow at least as fast as the force error from
-  bulk to vacancies, and its energy std as fast as the energy error from bulk
-  to strained cells;
+  bulk to vacancies, and their energy stds as fast as the energy error from
+  bulk to strained cells (energies from the structure's latent distance);
 * the evidential head's std stays bounded on far-away structures (at most
   ``STD_CAP_FACTOR`` times the largest error plausible for its data) while
   keeping the order of the uncertainties;
@@ -32,6 +32,7 @@ from mlipuq.uq import (
     ShallowEnsemble,
 )
 from mlipuq.uq.evidential import STD_CAP_FACTOR
+from mlipuq.uq.evidential_shift import fit_distance_term
 
 FAST = dict(batch_size=8, progress=False)
 TEMPERATURES = (300, 900, 1500)
@@ -137,6 +138,24 @@ def test_evidential_head_sees_vacancies(copper):
     growth, error = _growth(wrappers, models[0], series[300], vacancies, "forces")
     assert growth["default"] >= error, (growth, error)
     assert growth["default"] > growth["alone"], growth
+
+
+def test_evidential_head_energies_see_strained_cells(copper):
+    """The evidential head's distance term takes the energies from the structure's
+    distance too: on strained cells its energy std grows at least as fast as the energy
+    error, and faster than with the term's energies summed over independent atoms."""
+    train, val, series, models = copper
+    strained = datasets.emt("Cu", n_structures=8, temperatures=(300,), kinds="strained", seed=4)
+    halves = val.split([0.5, 0.5])
+    head = EvidentialHead(models[0]).fit(*halves, epochs=30, **FAST)
+    summed = head.copy()
+    summed.distance_ = fit_distance_term(summed, *halves, score="mahalanobis", seed=0,
+                                         batch_size=8, energy_distance="atoms")
+    wrappers = {"default": head.calibrate(val), "atoms": summed.calibrate(val)}
+    growth, error = _growth(wrappers, models[0], series[300], strained, "energy")
+    assert head.distance_.energy_distance == "structure"
+    assert growth["default"] >= error, (growth, error)
+    assert growth["default"] > growth["atoms"], growth
 
 
 def _pulled_apart(structures, factor: float) -> list:
