@@ -126,9 +126,10 @@ def readme_rows(rows: list[dict]) -> list[dict]:
     distance's kNN score, its default before the Mahalanobis distance, the
     evidential head without its latent-distance term, its default before, and both
     with energies as sums of independent atoms, their default before the structure
-    distance)."""
+    distance, and latent distance combined with the shallow ensemble)."""
     return [r for r in rows if "before" not in r["wrapper"] and "(kNN)" not in r["wrapper"]
             and "(no distance)" not in r["wrapper"] and "(atom energies)" not in r["wrapper"]
+            and r["wrapper"] != "LatentDistance + ShallowEnsemble"
             and (r["method"].split(" + ")[0] in ("default", "scalar")
                  or (r["method"] == "default, scalar energies" and "Ensemble" in r["wrapper"])
                  or r["method"] in ("default, fitted ν", "default, no atom scaling",
@@ -214,6 +215,11 @@ def fit_wrappers(models, train, val, prefixes=None) -> dict:
         return LastLayerLaplace(base).fit(train)
 
     @functools.cache
+    def shallow():
+        return ShallowEnsemble(base, n_heads=8).fit(
+            train, val, epochs=30, lr=1e-3, batch_size=16, seed=0, patience=8, progress=False)
+
+    @functools.cache
     def evidential():
         return EvidentialHead(base).fit(*val.split([0.5, 0.5], seed=0), epochs=60, lr=1e-2,
                                         batch_size=16, seed=0, patience=10, progress=False)
@@ -246,8 +252,9 @@ def fit_wrappers(models, train, val, prefixes=None) -> dict:
             base, score="knn", energy_distance="atoms").fit(train, val),
         "LatentDistance + LLPR (kNN)": lambda: LatentDistance(
             base, score="knn", combine=llpr(), energy_distance="atoms").fit(train, val),
-        "ShallowEnsemble": lambda: ShallowEnsemble(base, n_heads=8).fit(
-            train, val, epochs=30, lr=1e-3, batch_size=16, seed=0, patience=8, progress=False),
+        "ShallowEnsemble": shallow,
+        "LatentDistance + ShallowEnsemble": lambda: LatentDistance(
+            base, combine=shallow()).fit(train, val),
         "EvidentialHead": evidential,
         "EvidentialHead (atom energies)": atom_energies,
         "EvidentialHead (no distance)": lambda: earlier(False),

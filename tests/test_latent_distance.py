@@ -185,6 +185,25 @@ def test_combined_save_load_keeps_the_other_wrapper(base, ethanol, tmp_path):
     np.testing.assert_allclose(again.energy_var, pred.energy_var, rtol=1e-12)
 
 
+def test_a_combination_calibrates_as_the_wrapper_it_extends(base, ethanol, fitted_members,
+                                                            tmp_path):
+    """With a committee the combined energy variance stays mostly a K-member estimate
+    (t-like z-scores): the default calibration is the committee's, a Student-t for
+    both targets; with LLPR, or alone, a scalar energy factor."""
+    from mlipuq.uq import DeepEnsemble
+
+    committee = LatentDistance(base, combine=DeepEnsemble(fitted_members))
+    assert committee.default_calibration == DeepEnsemble.default_calibration
+    assert committee.default_calibration["energy"] == "student_t"
+    llpr = LastLayerLaplace(base, n_samples=0).fit(ethanol[:14])
+    for wrapper in (LatentDistance(base, combine=llpr), LatentDistance(base)):
+        assert wrapper.default_calibration == {"energy": "scalar", "forces": "student_t"}
+    fitted = committee.fit(ethanol[:10], ethanol[10:14]).calibrate(ethanol[10:14])
+    assert fitted.predict(ethanol[14:]).energy_dof is not None  # the t's ν
+    fitted.save(tmp_path / "w.pt")
+    assert load(tmp_path / "w.pt").default_calibration == DeepEnsemble.default_calibration
+
+
 # ---------------------------------------------------------------- bad input
 @pytest.mark.parametrize("options", [
     {"score": "euclidean"}, {"n_neighbors": 0}, {"max_points": 2.5},

@@ -107,7 +107,9 @@ class LatentDistance(UQWrapper):
         (the training data's own spacing): ``a <= b (1 - share) / share``.
     combine
         Another fitted wrapper (any class) whose variance the latent variance
-        is added to; its mean becomes the mean. See the module notes.
+        is added to; its mean becomes the mean, and its ``default_calibration``
+        this wrapper's (a committee's: a Student-t for the energies too). See
+        the module notes.
     energy_distance
         ``"structure"`` (default): the energy variance grows with the latent
         distance of the whole structure, coherently over its atoms (``fit``
@@ -166,6 +168,9 @@ class LatentDistance(UQWrapper):
         self.max_points = int(max_points)
         self.min_distance_share = float(min_distance_share)
         self.combine = combine
+        if combine is not None:  # calibrated as the wrapper it extends (committees: a t for
+            # their energies too, whose variance stays mostly a K-member estimate)
+            self.default_calibration = dict(combine.default_calibration)
         self.energy_distance = energy_distance
         self.structure_ = None
         self._index: dict = {}
