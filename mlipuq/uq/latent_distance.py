@@ -306,7 +306,10 @@ class LatentDistance(UQWrapper):
         score over the training elements (their distance to the nearest
         training distribution).
         """
-        x = self._standardise(phi)
+        return self._standardised_scores(self._standardise(phi), numbers)
+
+    def _standardised_scores(self, x: np.ndarray, numbers: np.ndarray) -> np.ndarray:
+        """:meth:`scores` of already standardised features ``x``."""
         numbers = np.asarray(numbers)
         u = np.zeros(len(x))
         for z in np.unique(numbers):
@@ -458,8 +461,7 @@ class LatentDistance(UQWrapper):
         own = self.combine is None  # with combine, the mean energies and forces are the other's
         for batch, out, phi in self._passes(held_out, batch_size, own, progress,
                                             "distance-map fit"):
-            u2 = self.scores(phi, batch.numbers.cpu().numpy()) ** 2
-            n, q = self._energy_terms(phi, batch, u2)
+            u2, n, q = self._score_terms(phi, batch)
             parts["e"].append(out["energy"].detach().cpu().double().numpy())
             parts["e_ref"].append(batch.energy.cpu().double().numpy())
             parts["n"].append(n)
@@ -495,17 +497,20 @@ class LatentDistance(UQWrapper):
         centres = batch.edge_index[0].cpu().numpy()
         return np.bincount(centres, minlength=len(batch.numbers)) > 0
 
-    def _energy_terms(self, phi: np.ndarray, batch: mdata.Batch, u2: np.ndarray):
-        """Per structure of ``batch``: the count and the squared score that the energy
-        map ``a_E count + b_E score`` multiplies — ``n²`` and ``n² U²`` (structure
+    def _score_terms(self, phi: np.ndarray, batch: mdata.Batch):
+        """``u²`` per atom of ``batch`` (raw features ``phi``, standardised once) and,
+        per structure, the count and the squared score that the energy map
+        ``a_E count + b_E score`` multiplies: ``n²`` and ``n² U²`` (structure
         distance) or ``n`` and ``Σ_i u_i²`` (independent atoms)."""
+        x, numbers = self._standardise(phi), batch.numbers.cpu().numpy()
+        u2 = self._standardised_scores(x, numbers) ** 2
         structure = batch.batch.cpu().numpy()
         n = batch.n_atoms.cpu().numpy().astype(np.float64)
         if self.structure_ is None:
-            return n, np.bincount(structure, weights=u2, minlength=batch.n_structures)
-        d = structure_distance.descriptors(self._standardise(phi), batch.numbers.cpu().numpy(),
-                                           structure, batch.n_structures, self.species_)
-        return n**2, n**2 * structure_distance.scores(self.structure_, d) ** 2
+            return u2, n, np.bincount(structure, weights=u2, minlength=batch.n_structures)
+        d = structure_distance.descriptors(x, numbers, structure, batch.n_structures,
+                                           self.species_)
+        return u2, n**2, n**2 * structure_distance.scores(self.structure_, d) ** 2
 
     # ---------------------------------------------------------------- predict
     def latent_variances(self, phi: np.ndarray, batch: mdata.Batch):
@@ -518,8 +523,7 @@ class LatentDistance(UQWrapper):
     def latent_parts(self, phi: np.ndarray, batch: mdata.Batch):
         """:meth:`latent_variances` preceded by the energy variance of each structure
         of ``batch`` (eV², see the module notes): ``(energy_var, atom_var, force_var)``."""
-        u2 = self.scores(phi, batch.numbers.cpu().numpy()) ** 2
-        count, q = self._energy_terms(phi, batch, u2)
+        u2, count, q = self._score_terms(phi, batch)
         force_var = np.where(self._has_neighbours(batch), self.forces_a_ + self.forces_b_ * u2, 0.0)
         return (self.energy_a_ * count + self.energy_b_ * q,
                 self.energy_a_ + self.energy_b_ * u2, force_var)
