@@ -220,9 +220,10 @@ def fit_wrappers(models, train, val, prefixes=None) -> dict:
             train, val, epochs=30, lr=1e-3, batch_size=16, seed=0, patience=8, progress=False)
 
     @functools.cache
-    def evidential():
-        return EvidentialHead(base).fit(*val.split([0.5, 0.5], seed=0), epochs=60, lr=1e-2,
-                                        batch_size=16, seed=0, patience=10, progress=False)
+    def evidential():  # its distance term measured to the base model's training set
+        return EvidentialHead(base).fit(*val.split([0.5, 0.5], seed=0), reference=train,
+                                        epochs=60, lr=1e-2, batch_size=16, seed=0,
+                                        patience=10, progress=False)
 
     def earlier(unbounded: bool):
         head = evidential().copy()
@@ -231,11 +232,12 @@ def fit_wrappers(models, train, val, prefixes=None) -> dict:
             head.std_cap_ = None  # as before the bound: the raw NIG variance
         return head
 
-    def atom_energies():  # the term's energies as sums of independent atoms (before)
+    def refitted_term(reference, energy_distance="structure"):
+        """The default head with its distance term measured to ``reference``."""
         head = evidential().copy()
-        head.distance_ = fit_distance_term(head, *val.split([0.5, 0.5], seed=0),
+        head.distance_ = fit_distance_term(head, reference, val.split([0.5, 0.5], seed=0)[1],
                                            score=head.distance, seed=0, batch_size=16,
-                                           energy_distance="atoms")
+                                           energy_distance=energy_distance)
         return head
 
     factories = {
@@ -256,7 +258,11 @@ def fit_wrappers(models, train, val, prefixes=None) -> dict:
         "LatentDistance + ShallowEnsemble": lambda: LatentDistance(
             base, combine=shallow()).fit(train, val),
         "EvidentialHead": evidential,
-        "EvidentialHead (atom energies)": atom_energies,
+        # the term's energies as sums of independent atoms (the default before)
+        "EvidentialHead (atom energies)": lambda: refitted_term(train, "atoms"),
+        # distances to the head's own fitting half of val (the default before `reference`)
+        "EvidentialHead (head-data reference)": lambda: refitted_term(
+            val.split([0.5, 0.5], seed=0)[0]),
         "EvidentialHead (no distance)": lambda: earlier(False),
         "EvidentialHead (unbounded, before)": lambda: earlier(True),
         f"DeepEnsemble ({len(models)})": lambda: DeepEnsemble(models),

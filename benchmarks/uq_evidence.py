@@ -94,10 +94,11 @@ def wrappers_for(model, make_model, train, val, member_options, seed=0, only=WRA
     for name, distance in (("EvidentialHead", "mahalanobis"), (EVIDENTIAL_ALONE, None)):
         if name in only:
             # the head learns the frozen model's residuals: fit it on held-out data
-            # (halves of val), not on the base model's own training set
+            # (halves of val), not on the base model's own training set, to which its
+            # latent-distance term measures distances
             out[name] = EvidentialHead(model, distance=distance).fit(
-                *val.split([0.5, 0.5], seed=seed), epochs=60, lr=1e-2, batch_size=16,
-                seed=seed, patience=10, progress=False)
+                *val.split([0.5, 0.5], seed=seed), reference=train, epochs=60, lr=1e-2,
+                batch_size=16, seed=seed, patience=10, progress=False)
     if "DeepEnsemble (5)" in only:
         members = [model]
         for s in range(1, 5):

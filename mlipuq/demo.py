@@ -475,10 +475,11 @@ def _run(args: argparse.Namespace) -> int:
         "ShallowEnsemble (8 heads)": ShallowEnsemble(model, n_heads=8).fit(
             train_set, val_set, epochs=SHALLOW_EPOCHS, lr=SHALLOW_LR, seed=seed,
             progress=progress),
-        # a frozen-backbone head learns residuals: fit it on data the MLIP did not see
+        # a frozen-backbone head learns residuals: fit it on data the MLIP did not see;
+        # its latent-distance term measures distances to the data the MLIP did see
         "EvidentialHead": EvidentialHead(model).fit(
-            *val_set.split([0.5, 0.5], seed=seed), epochs=EVIDENTIAL_EPOCHS, lr=1e-2,
-            seed=seed, progress=progress),
+            *val_set.split([0.5, 0.5], seed=seed), reference=train_set,
+            epochs=EVIDENTIAL_EPOCHS, lr=1e-2, seed=seed, progress=progress),
     }
     if len(members) > 1:
         wrappers[f"DeepEnsemble ({len(members)})"] = DeepEnsemble(members)

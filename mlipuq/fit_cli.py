@@ -95,6 +95,10 @@ def add_parsers(subparsers) -> None:
     fit.add_argument("--val", metavar="V.extxyz", default=None,
                      help="validation structures: early stopping and calibration "
                           "(without it the wrapper is not calibrated)")
+    fit.add_argument("--reference", metavar="R.extxyz", default=None,
+                     help="evidential: the structures the base model was trained on, to "
+                          "which its latent-distance term measures distances (default: "
+                          "--train; docs/evidential.md)")
     fit.add_argument("--out", "-o", required=True, metavar="W.pt", help="where to save the wrapper")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     fit.add_argument("--calibration", choices=CALIBRATIONS, default=None,
@@ -240,6 +244,8 @@ def _check_fit_args(args) -> None:
                          f"{args.method}")
     if args.energy_distance is not None and args.method != "latent":
         raise ValueError(f"--energy-distance is a latent option, not one of fit {args.method}")
+    if args.reference is not None and args.method != "evidential":
+        raise ValueError(f"--reference is an evidential option, not one of fit {args.method}")
     if args.score == "none" and args.method != "evidential":
         raise ValueError("--score none (no latent-distance term) is an evidential option")
     if args.method == "latent":
@@ -262,6 +268,7 @@ def _check_fit_args(args) -> None:
 
 def build_wrapper(args, models, train, val, progress: bool):
     """The fitted (not yet calibrated) wrapper of ``args.method``."""
+    import mlipuq
     from mlipuq.uq import (DeepEnsemble, EvidentialHead, LastLayerLaplace, LatentDistance,
                            ShallowEnsemble)
 
@@ -275,8 +282,9 @@ def build_wrapper(args, models, train, val, progress: bool):
             train, val, **common, **_trainer_options(args, {}))
     if args.method == "evidential":
         distance = {None: "mahalanobis", "none": None}.get(args.score, args.score)
+        reference = None if args.reference is None else mlipuq.load(args.reference)
         return EvidentialHead(model, distance=distance).fit(
-            train, val, **common, **_trainer_options(args, {}))
+            train, val, reference=reference, **common, **_trainer_options(args, {}))
     if args.method == "latent":
         options = {} if args.score is None else {"score": args.score}
         if args.energy_distance is not None:
@@ -314,7 +322,8 @@ def _method_rows(wrapper, method: str) -> list:
             term = wrapper.distance_
             rows.append(("distance", "none (the head alone)" if term is None else
                          f"{wrapper.distance}: λ forces {term.forces_other_scale_:.3g}, "
-                         f"energy {term.energy_other_scale_:.3g} (λσ²_NIG + a + b u²)"))
+                         f"energy {term.energy_other_scale_:.3g} (λσ²_NIG + a + b u²), "
+                         f"to {term.n_train_} reference structures"))
         history = wrapper.history_
         return rows + [("training", f"{len(history)} epochs in {history.wall_time:.1f} s")]
     rows = [("members", str(wrapper.n_members))]

@@ -259,6 +259,18 @@ def test_fit_evidential_without_the_distance_term(files, tmp_path, capsys):
     assert wrapper.distance is None and wrapper.distance_ is None and line.split()[1] == "none"
 
 
+def test_fit_evidential_reference(files, tmp_path, capsys):
+    """--reference: the latent-distance term measures its distances to the base model's
+    training structures while the head is fitted on held-out --train data."""
+    out = tmp_path / "referenced.pt"
+    assert cli.main(["fit", "evidential", "-m", str(files["model"]), "--train",
+                     str(files["val"]), "--val", str(files["test"]), "--reference",
+                     str(files["train"]), "--out", str(out), *QUICK["evidential"]]) == 0, \
+        capsys.readouterr().err
+    assert "to 10 reference structures" in capsys.readouterr().out
+    assert load_wrapper(out).distance_.n_train_ == 10
+
+
 def test_fit_latent_score_and_without_val(files, tmp_path, capsys):
     """--score picks the latent distance; without --val the map is fitted on a held-out
     fifth of --train and the wrapper is not calibrated."""
@@ -315,6 +327,7 @@ def test_fit_deep_from_several_trained_models(files, tmp_path, capsys):
     (["llpr", "--score", "knn"], "--score is a latent or evidential option"),
     (["latent", "--score", "none"], "--score none (no latent-distance term) is an evidential"),
     (["evidential", "--energy-distance", "atoms"], "--energy-distance is a latent option"),
+    (["latent", "--reference", "train.extxyz"], "--reference is an evidential option"),
     (["latent", "--epochs", "3"], "fit latent trains nothing: --epochs"),
     (["llpr", "--device", "cuda"], "CUDA is not available"),
 ])

@@ -274,6 +274,39 @@ def test_terms_saved_before_the_structure_distance_sum_atoms(fitted, data, tmp_p
         rtol=1e-9)
 
 
+def test_reference_is_what_the_distance_term_measures_to(base_model, data):
+    """``fit(..., reference=R)``: the term's distances are those of a LatentDistance
+    fitted on R (the base model's training set), its λ, a, b fitted on ``val`` (without
+    ``val``: on the head's ``train``, all of it)."""
+    head_data, held_out, reference = data["val"], data["test"][:2], data["train"]
+    options = dict(epochs=2, batch_size=20, seed=0, progress=False)
+    head = EvidentialHead(base_model).fit(head_data, held_out, reference=reference, **options)
+    term = head.distance_
+    assert term.n_train_ == len(reference)
+    alone = LatentDistance(base_model).fit(reference, held_out)
+    for key in ("location", "precision", "scale"):  # the same reference structures
+        np.testing.assert_array_equal(term.structure_[key], alone.structure_[key])
+    for z in alone.gmm_:  # and the same atom distances
+        np.testing.assert_array_equal(term.gmm_[z]["means"], alone.gmm_[z]["means"])
+        np.testing.assert_array_equal(term.score_scale_[z], alone.score_scale_[z])
+    # the map is fitted on the held-out structures: the same as fitting the term by hand
+    from mlipuq.uq.evidential_shift import fit_distance_term
+    by_hand = fit_distance_term(head, reference, held_out, score="mahalanobis", seed=0,
+                                batch_size=20)
+    assert (term.forces_b_, term.energy_b_) == (by_hand.forces_b_, by_hand.energy_b_)
+    no_val = EvidentialHead(base_model).fit(head_data, reference=reference, **options)
+    on_train = fit_distance_term(no_val, reference, head_data, score="mahalanobis", seed=0,
+                                 batch_size=20)
+    assert no_val.distance_.n_train_ == len(reference)
+    assert (no_val.distance_.forces_a_, no_val.distance_.forces_b_) == (
+        on_train.forces_a_, on_train.forces_b_)
+    unlabelled = [atoms.copy() for atoms in reference[:3]]
+    for atoms in unlabelled:
+        atoms.calc = None
+    with pytest.raises(ValueError, match="structure 0: no reference energy"):
+        EvidentialHead(base_model).fit(head_data, held_out, reference=unlabelled, **options)
+
+
 @pytest.mark.parametrize("score", ["knn", "gmm"])
 def test_other_distance_scores_save_and_load(score, base_model, data, tmp_path):
     head = EvidentialHead(base_model, distance=score).fit(

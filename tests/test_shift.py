@@ -158,6 +158,27 @@ def test_evidential_head_energies_see_strained_cells(copper):
     assert growth["default"] > growth["atoms"], growth
 
 
+def test_evidential_head_energies_cover_vacancies_with_the_training_reference(copper):
+    """Distances measured to the base model's training set (``fit(..., reference=train)``,
+    as the docs prescribe) rather than to the head's few fitting structures: the
+    evidential head's 95 % energy intervals cover vacancy structures as the issue's goal
+    asks (≥ 0.85; measured 1.00 here, 0.25 with the head's own 7 structures), its energy
+    std growing faster than with its own data."""
+    train, val, series, models = copper
+    vacancies = datasets.emt("Cu", n_structures=8, temperatures=(300,), kinds="vacancy", seed=4)
+    halves = val.split([0.5, 0.5])
+    wrappers = {"training set": EvidentialHead(models[0]).fit(*halves, reference=train,
+                                                              epochs=30, **FAST),
+                "own data": EvidentialHead(models[0]).fit(*halves, epochs=30, **FAST)}
+    for wrapper in wrappers.values():
+        wrapper.calibrate(val)
+    growth, _ = _growth(wrappers, models[0], series[300], vacancies, "energy")
+    assert growth["training set"] > growth["own data"], growth
+    low, high = wrappers["training set"].predict(vacancies).interval(0.95, "energy")
+    covered = (low <= vacancies.energies) & (vacancies.energies <= high)
+    assert np.mean(covered) >= 0.85, (low, high, vacancies.energies)
+
+
 def _pulled_apart(structures, factor: float) -> list:
     out = []
     for atoms in structures:

@@ -200,9 +200,10 @@ class EvidentialHead(UQWrapper):
 
     With the default frozen backbone the head learns the base model's
     residuals, so fit it on structures the base model was **not** trained on
-    (for example ``fit(*val.split([0.5, 0.5]))``): training-set residuals of a
-    fitted model are smaller and differently ranked than on new data
-    (measurements in ``docs/evidential.md``).
+    (for example ``fit(*val.split([0.5, 0.5]), reference=train)``, ``train`` the
+    base model's training set, to which the latent-distance term measures its
+    distances): training-set residuals of a fitted model are smaller and
+    differently ranked than on new data (measurements in ``docs/evidential.md``).
     :meth:`fit` warns when its ``val`` errors are over twice its ``train`` errors.
 
     Parameters
@@ -239,8 +240,10 @@ class EvidentialHead(UQWrapper):
         alone does not fall on structures unlike its fitting data. None: the NIG
         variance alone (the default before; files saved then load so). Needs
         reference forces: ``fit(..., forces_weight=0)`` warns and keeps the head alone
-        (``distance`` becomes None). Without ``val`` the term is fitted on a fifth of
-        ``train`` that the head was trained on too (in-sample for the head): pass ``val``.
+        (``distance`` becomes None). Distances are measured to ``fit``'s ``reference``
+        structures (pass the base model's training set), else to ``train``. Without
+        ``val`` the term is fitted on ``train`` (with ``reference``) or a fifth of it
+        (without), which the head was trained on too (in-sample for the head): pass ``val``.
 
     Attributes
     ----------
@@ -362,7 +365,7 @@ class EvidentialHead(UQWrapper):
     fit_defaults = MappingProxyType({"epochs": 100, "lr": 1e-2, "batch_size": 16, "patience": 20,
                     "energy_weight": 1.0, "forces_weight": 1.0})
 
-    def fit(self, train, val=None, *, seed: int = 0, progress: bool = False,
+    def fit(self, train, val=None, *, reference=None, seed: int = 0, progress: bool = False,
             **method_options) -> "EvidentialHead":
         """Train the evidential head (and the backbone if ``train_backbone``).
 
@@ -375,6 +378,12 @@ class EvidentialHead(UQWrapper):
             With a frozen backbone, ``train`` should be data the base model was
             not trained on (a UserWarning says so when the base model's error
             variance on ``val`` is over twice that on ``train``).
+        reference
+            The structures the base model was trained on (with references): the
+            latent-distance term measures its distances to them, and fits its λ, a and
+            b on ``val`` (without ``val``: on ``train``). None (the default before):
+            to ``train``, the head's own fitting structures, often too few to
+            determine the structure covariance (``docs/shift.md`` measures both).
         seed
             Seeds the head's initialisation and the trainer: equal seeds give
             identical heads on CPU.
@@ -419,7 +428,10 @@ class EvidentialHead(UQWrapper):
         if val is not None:
             val = mdata.as_dataset(val)
             val.validate(self.species, require_energy=True, require_forces=need_forces)
-        elif self.distance is not None and need_forces and len(train) < 2:
+        if reference is not None:
+            reference = mdata.as_dataset(reference)
+            reference.validate(self.species, require_energy=True, require_forces=need_forces)
+        elif val is None and self.distance is not None and need_forces and len(train) < 2:
             raise ValueError("EvidentialHead.fit: the latent-distance term needs val or at least "
                              "2 training structures (one is held out); or distance=None")
         with torch.random.fork_rng(devices=[]):
@@ -440,8 +452,11 @@ class EvidentialHead(UQWrapper):
                           "(distance=None)", UserWarning, stacklevel=2)
             self.distance = None
         elif self.distance is not None:
-            self.distance_ = fit_distance_term(self, train, val, score=self.distance, seed=seed,
-                                               batch_size=trainer["batch_size"],
+            # distances to the reference structures, the map fitted on held-out ones
+            points, held_out = ((train, val) if reference is None
+                                else (reference, train if val is None else val))
+            self.distance_ = fit_distance_term(self, points, held_out, score=self.distance,
+                                               seed=seed, batch_size=trainer["batch_size"],
                                                progress=progress)
         self.fitted_ = True
         return self
@@ -522,7 +537,7 @@ class EvidentialHead(UQWrapper):
                 "larger on val than on the training data, so the frozen-backbone head would "
                 "learn in-sample residuals that understate (and mis-rank) errors on new "
                 "structures. Fit the head on data the base model was not trained on, e.g. "
-                "head.fit(*val.split([0.5, 0.5]))",
+                "head.fit(*val.split([0.5, 0.5]), reference=train)",
                 UserWarning,
                 stacklevel=3,
             )
