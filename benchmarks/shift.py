@@ -257,6 +257,9 @@ def fit_wrappers(models, train, val, prefixes=None) -> dict:
         "ShallowEnsemble": shallow,
         "LatentDistance + ShallowEnsemble": lambda: LatentDistance(
             base, combine=shallow()).fit(train, val),
+        # the latent term for the forces only, the committee's energy variance alone
+        "LatentDistance + ShallowEnsemble (committee energies)": lambda: LatentDistance(
+            base, combine=shallow(), energy_distance=None).fit(train, val),
         "EvidentialHead": evidential,
         # the term's energies as sums of independent atoms (the default before)
         "EvidentialHead (atom energies)": lambda: refitted_term(train, "atoms"),

@@ -204,6 +204,36 @@ def test_a_combination_calibrates_as_the_wrapper_it_extends(base, ethanol, fitte
     assert load(tmp_path / "w.pt").default_calibration == DeepEnsemble.default_calibration
 
 
+def test_energy_distance_none_keeps_the_other_wrappers_energies(base, ethanol, fitted_members,
+                                                                tmp_path):
+    """``energy_distance=None``: the energies are the combined wrapper's, mean and
+    variance (no latent part, λ_E = 1), the forces get the latent term as with the
+    default, fitted alike; saved and loaded with their identity; refused alone."""
+    from mlipuq.uq import DeepEnsemble
+
+    committee = DeepEnsemble(fitted_members)
+    options = dict(combine=committee)
+    forces_only = LatentDistance(base, energy_distance=None, **options).fit(
+        ethanol[:10], ethanol[10:14])
+    both = LatentDistance(base, **options).fit(ethanol[:10], ethanol[10:14])
+    assert forces_only.structure_ is None and "energy_distance=None" in repr(forces_only)
+    test, raw = ethanol[14:], dict(calibrated=False, composition=False)
+    pred, other = forces_only.predict(test, **raw), committee.predict(test, **raw)
+    np.testing.assert_array_equal(pred.energy_var, other.energy_var)
+    np.testing.assert_array_equal(pred.energy, other.energy)
+    assert (forces_only.forces_a_, forces_only.forces_b_, forces_only.forces_other_scale_) == (
+        both.forces_a_, both.forces_b_, both.forces_other_scale_)
+    np.testing.assert_allclose(pred.forces_var, both.predict(test, **raw).forces_var,
+                               rtol=1e-12)
+    forces_only.calibrate(ethanol[10:14]).save(tmp_path / "f.pt")
+    loaded = load(tmp_path / "f.pt")
+    assert loaded.energy_distance is None and loaded.fingerprint() == forces_only.fingerprint()
+    np.testing.assert_array_equal(loaded.predict(test).energy_std,
+                                  forces_only.predict(test).energy_std)
+    with pytest.raises(ValueError, match="needs combine="):
+        LatentDistance(base, energy_distance=None)
+
+
 # ---------------------------------------------------------------- bad input
 @pytest.mark.parametrize("options", [
     {"score": "euclidean"}, {"n_neighbors": 0}, {"max_points": 2.5},

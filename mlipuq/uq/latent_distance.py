@@ -47,7 +47,8 @@ neighbour within the cutoff feel no force: their force variance is 0.
 mean = the other's (uncalibrated) mean, and
 :math:`\\sigma^2 = \\lambda\\,\\sigma^2_{\\rm other} + a + b u^2` with
 :math:`\\lambda, a, b \\ge 0` fitted jointly by NLL on the held-out data, so
-that the two do not double-count the error they both explain.
+that the two do not double-count the error they both explain; with
+``energy_distance=None`` the energies keep the other's variance alone.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ from mlipuq.uq.latent_maps import _C_MIN, _gmm_log_density, fit_variance_map, kn
 log = logging.getLogger(__name__)
 
 _SCORES = ("mahalanobis", "knn", "gmm")
-_ENERGY_DISTANCES = ("structure", "atoms")
+_ENERGY_DISTANCES = ("structure", "atoms", None)
 
 __all__ = ["LatentDistance", "fit_variance_map", "knn_scores"]
 
@@ -115,7 +116,9 @@ class LatentDistance(UQWrapper):
         distance of the whole structure, coherently over its atoms (``fit``
         warns below 5 training structures per structure feature, i.e. per
         element and readout feature); ``"atoms"``: a sum of independent
-        per-atom variances. See the module notes.
+        per-atom variances. See the module notes. None (with ``combine`` only): no
+        latent term for the energies, whose variance is the combined wrapper's alone
+        (λ_E = 1; the forces still get theirs).
 
     Attributes
     ----------
@@ -152,6 +155,9 @@ class LatentDistance(UQWrapper):
         if energy_distance not in _ENERGY_DISTANCES:
             raise ValueError(f"energy_distance must be one of {_ENERGY_DISTANCES}, "
                              f"got {energy_distance!r}")
+        if energy_distance is None and combine is None:
+            raise ValueError("energy_distance=None leaves the energies to the combined "
+                             "wrapper's variance: it needs combine=")
         for name, value in (("n_neighbors", n_neighbors), ("n_components", n_components),
                             ("max_points", max_points)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -178,7 +184,8 @@ class LatentDistance(UQWrapper):
     def __repr__(self) -> str:
         other = "" if self.combine is None else f", combine={type(self.combine).__name__}"
         knn = f", n_neighbors={self.n_neighbors}" if self.score == "knn" else ""
-        atoms = ", energy_distance='atoms'" if self.energy_distance == "atoms" else ""
+        atoms = ("" if self.energy_distance == "structure"
+                 else f", energy_distance={self.energy_distance!r}")
         return (f"LatentDistance({type(self.model).__name__}, score={self.score!r}{knn}{atoms}"
                 f"{other})")
 
@@ -242,7 +249,7 @@ class LatentDistance(UQWrapper):
             setattr(self, name, value)
         self.species_ = [int(z) for z in self.species_]
         self.structure_ = state.get("structure_")
-        if (self.structure_ is None) != (self.energy_distance == "atoms"):
+        if (self.structure_ is not None) != (self.energy_distance == "structure"):
             raise ValueError(f"energy_distance={self.energy_distance!r} "
                              f"{'without' if self.structure_ is None else 'with'} a structure "
                              "reference (structure_)")
@@ -480,7 +487,10 @@ class LatentDistance(UQWrapper):
             e_other, f_other = other.energy_var, other.forces_var.reshape(-1)
         keep = np.isfinite(v["fq"]) & np.isfinite(v["f_ref"])
         c_max = max((1.0 - self.min_distance_share) / self.min_distance_share, 2 * _C_MIN)
-        energy = fit_variance_map((v["e"] - v["e_ref"]) ** 2, v["n"], v["q"], e_other, c_max=c_max)
+        energy = ({"a": 0.0, "b": 0.0, "other_scale": 1.0}  # the combined wrapper's alone
+                  if self.energy_distance is None else
+                  fit_variance_map((v["e"] - v["e_ref"]) ** 2, v["n"], v["q"], e_other,
+                                   c_max=c_max))
         forces = fit_variance_map(((v["f"] - v["f_ref"]) ** 2)[keep], np.ones(int(keep.sum())),
                                   v["fq"][keep], None if f_other is None else f_other[keep],
                                   c_max=c_max)
