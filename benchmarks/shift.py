@@ -232,10 +232,11 @@ def fit_wrappers(models, train, val, prefixes=None) -> dict:
             head.std_cap_ = None  # as before the bound: the raw NIG variance
         return head
 
-    def refitted_term(reference, energy_distance="structure"):
-        """The default head with its distance term measured to ``reference``."""
+    def refitted_term(energy_distance="structure"):
+        """The default head with its distance term measured to the head's own fitting
+        half of val (the default before ``reference=``)."""
         head = evidential().copy()
-        head.distance_ = fit_distance_term(head, reference, val.split([0.5, 0.5], seed=0)[1],
+        head.distance_ = fit_distance_term(head, *val.split([0.5, 0.5], seed=0),
                                            score=head.distance, seed=0, batch_size=16,
                                            energy_distance=energy_distance)
         return head
@@ -261,11 +262,10 @@ def fit_wrappers(models, train, val, prefixes=None) -> dict:
         "LatentDistance + ShallowEnsemble (committee energies)": lambda: LatentDistance(
             base, combine=shallow(), energy_distance=None).fit(train, val),
         "EvidentialHead": evidential,
-        # the term's energies as sums of independent atoms (the default before)
-        "EvidentialHead (atom energies)": lambda: refitted_term(train, "atoms"),
         # distances to the head's own fitting half of val (the default before `reference`)
-        "EvidentialHead (head-data reference)": lambda: refitted_term(
-            val.split([0.5, 0.5], seed=0)[0]),
+        "EvidentialHead (head-data reference)": refitted_term,
+        # and the term's energies as sums of independent atoms (the default before that)
+        "EvidentialHead (atom energies)": lambda: refitted_term("atoms"),
         "EvidentialHead (no distance)": lambda: earlier(False),
         "EvidentialHead (unbounded, before)": lambda: earlier(True),
         f"DeepEnsemble ({len(models)})": lambda: DeepEnsemble(models),

@@ -10,7 +10,9 @@ calibrates it on ``--val`` when given, and saves it (:meth:`UQWrapper.save`):
   by Gaussian NLL on a frozen backbone);
 * ``evidential``: :class:`~mlipuq.uq.EvidentialHead` (fit it on data the base
   model was not trained on: a frozen backbone learns residuals; ``--score``
-  picks its latent-distance term, ``none`` leaves the head alone);
+  picks its latent-distance term, ``none`` leaves the head alone; the term
+  measures its distances to ``--reference``, the base model's training
+  structures, else to ``--train``);
 * ``deep``: :class:`~mlipuq.uq.DeepEnsemble`. With one ``--model``,
   ``--members`` new models of the same architecture (class and config, each
   initialised from its own seed) are trained on ``--train`` as ``mlipuq train``
@@ -246,6 +248,9 @@ def _check_fit_args(args) -> None:
         raise ValueError(f"--energy-distance is a latent option, not one of fit {args.method}")
     if args.reference is not None and args.method != "evidential":
         raise ValueError(f"--reference is an evidential option, not one of fit {args.method}")
+    if args.reference is not None and args.score == "none":
+        raise ValueError("--reference is what the latent-distance term measures to; "
+                         "--score none has no such term")
     if args.score == "none" and args.method != "evidential":
         raise ValueError("--score none (no latent-distance term) is an evidential option")
     if args.method == "latent":
@@ -266,9 +271,9 @@ def _check_fit_args(args) -> None:
                              "give one or the other")
 
 
-def build_wrapper(args, models, train, val, progress: bool):
-    """The fitted (not yet calibrated) wrapper of ``args.method``."""
-    import mlipuq
+def build_wrapper(args, models, train, val, progress: bool, reference=None):
+    """The fitted (not yet calibrated) wrapper of ``args.method`` (``reference``: the
+    evidential head's ``--reference`` structures)."""
     from mlipuq.uq import (DeepEnsemble, EvidentialHead, LastLayerLaplace, LatentDistance,
                            ShallowEnsemble)
 
@@ -282,7 +287,6 @@ def build_wrapper(args, models, train, val, progress: bool):
             train, val, **common, **_trainer_options(args, {}))
     if args.method == "evidential":
         distance = {None: "mahalanobis", "none": None}.get(args.score, args.score)
-        reference = None if args.reference is None else mlipuq.load(args.reference)
         return EvidentialHead(model, distance=distance).fit(
             train, val, reference=reference, **common, **_trainer_options(args, {}))
     if args.method == "latent":
@@ -382,8 +386,9 @@ def run_fit(args: argparse.Namespace) -> int:
     models = [load_model(path).to(device=device) for path in args.model]
     train = mlipuq.load(args.train)
     val = None if args.val is None else mlipuq.load(args.val)
+    reference = None if args.reference is None else mlipuq.load(args.reference)
     progress = args.progress and mdist.is_main()
-    wrapper = build_wrapper(args, models, train, val, progress)
+    wrapper = build_wrapper(args, models, train, val, progress, reference)
     if val is not None:
         options = {key: value for key, value in (("extrapolation", args.extrapolation),
                                                  ("coverage", args.coverage))

@@ -328,6 +328,8 @@ def test_fit_deep_from_several_trained_models(files, tmp_path, capsys):
     (["latent", "--score", "none"], "--score none (no latent-distance term) is an evidential"),
     (["evidential", "--energy-distance", "atoms"], "--energy-distance is a latent option"),
     (["latent", "--reference", "train.extxyz"], "--reference is an evidential option"),
+    (["evidential", "--score", "none", "--reference", "train.extxyz"],
+     "--score none has no such term"),
     (["latent", "--epochs", "3"], "fit latent trains nothing: --epochs"),
     (["llpr", "--device", "cuda"], "CUDA is not available"),
 ])

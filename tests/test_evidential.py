@@ -305,6 +305,9 @@ def test_reference_is_what_the_distance_term_measures_to(base_model, data):
         atoms.calc = None
     with pytest.raises(ValueError, match="structure 0: no reference energy"):
         EvidentialHead(base_model).fit(head_data, held_out, reference=unlabelled, **options)
+    with pytest.raises(ValueError, match="without the term"):  # nothing to measure to
+        EvidentialHead(base_model, distance=None).fit(head_data, held_out, reference=reference,
+                                                      **options)
 
 
 @pytest.mark.parametrize("score", ["knn", "gmm"])
@@ -320,11 +323,15 @@ def test_other_distance_scores_save_and_load(score, base_model, data, tmp_path):
 
 
 def test_distance_term_needs_held_out_data(base_model, data):
-    with pytest.raises(ValueError, match="latent-distance term needs val or at least 2"):
+    with pytest.raises(ValueError, match="latent-distance term needs val, reference or at "):
         EvidentialHead(base_model).fit(data["train"][:1], epochs=1, progress=False)
     alone = EvidentialHead(base_model, distance=None).fit(data["train"][:1], epochs=1,
                                                           progress=False)
     assert alone.fitted_ and alone.distance_ is None
+    # with a reference nothing is held out: the map is fitted on the one structure
+    referenced = EvidentialHead(base_model).fit(data["train"][:1], reference=data["train"],
+                                                epochs=1, progress=False)
+    assert referenced.distance_.n_train_ == len(data["train"])
 
 
 def test_mean_is_the_base_model(fitted, base_model, data):

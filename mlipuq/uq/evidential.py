@@ -15,15 +15,10 @@ splits into aleatoric :math:`E[\\sigma^2] = \\beta/(\\alpha-1)` and epistemic
 :math:`\\mathrm{Var}[\\mu] = \\beta/(\\nu(\\alpha-1))` parts.
 
 :class:`EvidentialHead` follows eIP (Xu et al., 2025): the mean stays the base
-model (energy :math:`\\gamma_E = E`, forces :math:`\\gamma_F = -\\partial E/\\partial r`)
-and a small head maps each atom's readout features :math:`\\phi_i` to per-atom
-evidential parameters. By default (``energy_evidence="shared"``) each atom has
-one NIG learned from its force components, and its energy NIG has the same
-``nu`` and ``alpha`` with a learned energy/force ratio on ``beta``; per-atom
-energy evidence is aggregated into one NIG per structure by moment matching (see
-:func:`aggregate_energy_nig` and ``docs/evidential.md``). The NIG variance is
-bounded and, by default, combined with a latent-distance term
-(:mod:`mlipuq.uq.evidential_shift`).
+model's and a small head maps each atom's readout features :math:`\\phi_i` to
+per-atom evidential parameters, aggregated per structure for the energy
+(:func:`aggregate_energy_nig`); the NIG variance is bounded and, by default,
+combined with a latent-distance term (:mod:`mlipuq.uq.evidential_shift`).
 """
 
 from __future__ import annotations
@@ -59,13 +54,8 @@ _FLOOR = 1e-8  # keeps nu, alpha - 1 and beta strictly positive in float64
 # training-set value: the head would then learn in-sample residuals
 _HELD_OUT_RATIO = 2.0
 
-__all__ = [
-    "EvidentialHead",
-    "aggregate_energy_nig",
-    "nig_nll",
-    "nig_regularizer",
-    "nig_variances",
-]
+__all__ = ["EvidentialHead", "aggregate_energy_nig", "nig_nll", "nig_regularizer",
+           "nig_variances"]
 
 
 # ------------------------------------------------------------------------- head
@@ -379,11 +369,10 @@ class EvidentialHead(UQWrapper):
             not trained on (a UserWarning says so when the base model's error
             variance on ``val`` is over twice that on ``train``).
         reference
-            The structures the base model was trained on (with references): the
-            latent-distance term measures its distances to them, and fits its λ, a and
-            b on ``val`` (without ``val``: on ``train``). None (the default before):
-            to ``train``, the head's own fitting structures, often too few to
-            determine the structure covariance (``docs/shift.md`` measures both).
+            The structures the base model was trained on: the latent-distance term
+            measures its distances to them and fits λ, a, b on ``val`` (else on
+            ``train``). None: to ``train``, the head's own fitting structures, often
+            too few to determine the structure covariance (``docs/shift.md``).
         seed
             Seeds the head's initialisation and the trainer: equal seeds give
             identical heads on CPU.
@@ -423,17 +412,7 @@ class EvidentialHead(UQWrapper):
                 "components, so it needs forces_weight > 0 and reference forces; "
                 "use EvidentialHead(..., energy_evidence='separate') to train on energies only"
             )
-        train = mdata.as_dataset(train)
-        train.validate(self.species, require_energy=True, require_forces=need_forces)
-        if val is not None:
-            val = mdata.as_dataset(val)
-            val.validate(self.species, require_energy=True, require_forces=need_forces)
-        if reference is not None:
-            reference = mdata.as_dataset(reference)
-            reference.validate(self.species, require_energy=True, require_forces=need_forces)
-        elif val is None and self.distance is not None and need_forces and len(train) < 2:
-            raise ValueError("EvidentialHead.fit: the latent-distance term needs val or at least "
-                             "2 training structures (one is held out); or distance=None")
+        train, val, reference = self._checked_data(train, val, reference, need_forces)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
             head = _NIGHead(self.model.n_features, self.hidden,
@@ -452,14 +431,31 @@ class EvidentialHead(UQWrapper):
                           "(distance=None)", UserWarning, stacklevel=2)
             self.distance = None
         elif self.distance is not None:
-            # distances to the reference structures, the map fitted on held-out ones
-            points, held_out = ((train, val) if reference is None
-                                else (reference, train if val is None else val))
-            self.distance_ = fit_distance_term(self, points, held_out, score=self.distance,
-                                               seed=seed, batch_size=trainer["batch_size"],
+            self.distance_ = fit_distance_term(self, train, val, reference=reference,
+                                               score=self.distance, seed=seed,
+                                               batch_size=trainer["batch_size"],
                                                progress=progress)
         self.fitted_ = True
         return self
+
+    def _checked_data(self, train, val, reference, need_forces: bool) -> tuple:
+        """``fit``'s datasets, validated (reference data as the loss needs them)."""
+        checked = []
+        for data in (train, val, reference):
+            if data is not None:
+                data = mdata.as_dataset(data)
+                data.validate(self.species, require_energy=True, require_forces=need_forces)
+            checked.append(data)
+        term = self.distance is not None and need_forces
+        if reference is not None and not term:
+            raise ValueError("EvidentialHead.fit: reference= is what the latent-distance term "
+                             "measures its distances to; without the term (distance=None or "
+                             "forces_weight=0) it has no use")
+        if term and reference is None and val is None and len(checked[0]) < 2:
+            raise ValueError("EvidentialHead.fit: the latent-distance term needs val, "
+                             "reference or at least 2 training structures (one is held out); "
+                             "or distance=None")
+        return tuple(checked)
 
     @torch.no_grad()
     def _base_pass(self, dataset: mdata.AtomsDataset, batch_size: int, n_features: int) -> dict:

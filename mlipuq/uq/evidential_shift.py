@@ -18,9 +18,10 @@ Two parts of :class:`~mlipuq.uq.EvidentialHead`:
   .. math:: \\sigma^2_F = \\lambda_F\\,\\sigma^2_{\\rm NIG} + a_F + b_F\\,u^2, \\qquad
             \\sigma^2_E = \\lambda_E\\,\\sigma^2_{\\rm NIG} + n^2 (a_E + b_E U^2),
 
-  :math:`u` each atom's latent distance to the head's training atoms of its
-  element, :math:`U` the structure's to its training structures (coherent over the
-  structure's n atoms, :mod:`mlipuq.uq.structure_distance`; heads fitted before it
+  :math:`u` each atom's latent distance to the reference atoms of its element (the
+  base model's training set passed as ``fit(..., reference=)``, else the head's own
+  fitting data), :math:`U` the structure's to the reference structures (coherent over
+  the structure's n atoms, :mod:`mlipuq.uq.structure_distance`; heads fitted before it
   existed sum independent atoms, :math:`a_E n + b_E \\sum_i u_i^2`), and
   :math:`\\lambda, a, b \\ge 0` fitted by Gaussian NLL on held-out data (the
   ``combine=`` fit of :class:`~mlipuq.uq.LatentDistance`), so that the two do not
@@ -86,19 +87,22 @@ def cap_variances(caps: Optional[dict], n_atoms: torch.Tensor, e_alea, e_epi, f_
 
 
 def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size: int,
-                      progress: bool = False, energy_distance: str = "structure"
-                      ) -> LatentDistance:
+                      progress: bool = False, energy_distance: str = "structure",
+                      reference=None) -> LatentDistance:
     """The latent-distance term of a fitted evidential ``wrapper``: reference atoms
-    and structures from ``train``, λ, a and b fitted on ``val`` (None: a held-out
-    fraction of ``train``) against the wrapper's own (bounded) NIG variances;
-    ``energy_distance`` as in :class:`~mlipuq.uq.LatentDistance` (``"atoms"``: the
-    term of heads fitted before the structure distance existed)."""
+    and structures from ``reference`` (None: ``train``), λ, a and b fitted on ``val``
+    (None: ``train`` when a ``reference`` is given, else a held-out fraction of
+    ``train``) against the wrapper's own (bounded) NIG variances; ``energy_distance``
+    as in :class:`~mlipuq.uq.LatentDistance` (``"atoms"``: the term of heads fitted
+    before the structure distance existed)."""
     nig_only = copy.copy(wrapper)  # shares the head and the model, predicts without the term
     nig_only.distance_ = None
     nig_only.fitted_ = True
     term = LatentDistance(wrapper.model, score=score, combine=nig_only,
                           energy_distance=energy_distance)
-    term.fit(train, val, seed=seed, batch_size=batch_size, progress=progress)
+    points, held_out = ((train, val) if reference is None
+                        else (reference, train if val is None else val))
+    term.fit(points, held_out, seed=seed, batch_size=batch_size, progress=progress)
     term.combine = None  # its scales λ are kept; the wrapper supplies the NIG part
     if mdist.active():  # every rank fitted on the same data: rank 0's term, bit for bit
         term._set_state(mdist.broadcast_object(term._get_state()))

@@ -128,7 +128,7 @@ class LatentDistance(UQWrapper):
         (per-atom) energy variance ``atom_energy_var`` is ``a_E + b_E u_i²``.
     structure_
         The training structures' descriptor location, precision and distance
-        scale (:mod:`~mlipuq.uq.structure_distance`; None with ``"atoms"``).
+        scale (:mod:`~mlipuq.uq.structure_distance`; None with ``"atoms"`` or None).
     forces_a_, forces_b_
         eV²/Å² (force-component variance map).
     energy_other_scale_, forces_other_scale_
@@ -147,7 +147,7 @@ class LatentDistance(UQWrapper):
         max_points: int = 10000,
         min_distance_share: float = 0.1,
         combine: Optional[UQWrapper] = None,
-        energy_distance: str = "structure",
+        energy_distance: Optional[str] = "structure",
     ):
         self.model = _check_model(model)
         if score not in _SCORES:
@@ -184,9 +184,9 @@ class LatentDistance(UQWrapper):
     def __repr__(self) -> str:
         other = "" if self.combine is None else f", combine={type(self.combine).__name__}"
         knn = f", n_neighbors={self.n_neighbors}" if self.score == "knn" else ""
-        atoms = ("" if self.energy_distance == "structure"
-                 else f", energy_distance={self.energy_distance!r}")
-        return (f"LatentDistance({type(self.model).__name__}, score={self.score!r}{knn}{atoms}"
+        energy = ("" if self.energy_distance == "structure"
+                  else f", energy_distance={self.energy_distance!r}")
+        return (f"LatentDistance({type(self.model).__name__}, score={self.score!r}{knn}{energy}"
                 f"{other})")
 
     # ------------------------------------------------------------ UQWrapper API
