@@ -18,8 +18,8 @@ import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from mlipuq import schema
-from mlipuq.checks import (_as_species, _check_reference, _reference, _stale, check_structure,
-                           describe, reference_problem, set_origin)
+from mlipuq.checks import (_as_species, _check_reference, _current_results, _reference, _stale,
+                           check_structure, describe, reference_problem, set_origin)
 from mlipuq.checks import origin as origin_of
 from mlipuq.data_io import file_error
 from mlipuq.errors import InvalidStructureError, MissingReferenceError
@@ -152,10 +152,11 @@ class AtomsDataset(Sequence):
         known = None if species is None else _as_species(species)
         for k, atoms in enumerate(self._structures):
             check_structure(atoms, k, known)
-            _check_reference(atoms, k)
-            if require_energy and _reference(atoms, "energy") is None:
+            results = _current_results(atoms)
+            _check_reference(atoms, k, results)
+            if require_energy and _reference(atoms, "energy", results) is None:
                 raise MissingReferenceError(f"structure {k}: no reference energy")
-            if require_forces and _reference(atoms, "forces") is None:
+            if require_forces and _reference(atoms, "forces", results) is None:
                 raise MissingReferenceError(f"structure {k}: no reference forces")
         return self
 

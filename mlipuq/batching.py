@@ -15,7 +15,8 @@ import ase
 import numpy as np
 import torch
 
-from mlipuq.checks import _as_species, _reference, check_resources, check_structure
+from mlipuq.checks import (_as_species, _current_results, _reference, check_resources,
+                           check_structure)
 from mlipuq.errors import InvalidStructureError
 
 
@@ -76,8 +77,9 @@ def to_graph(atoms: ase.Atoms, cutoff: float, index: int = 0, species=None) -> G
                 f"structure {index}: atoms {int(i[k])} and {int(j[k])} overlap "
                 "(distance below 1e-6 Å)"
             )
-    energy = _reference(atoms, "energy")
-    forces = _reference(atoms, "forces")
+    results = _current_results(atoms)
+    energy = _reference(atoms, "energy", results)
+    forces = _reference(atoms, "forces", results)
     return Graph(
         numbers=np.asarray(atoms.numbers, dtype=np.int64),
         positions=np.asarray(atoms.positions, dtype=np.float64),

@@ -229,11 +229,20 @@ def check_resources(
     )
 
 
-def _reference(atoms: ase.Atoms, name: str):
+def _current_results(atoms: ase.Atoms) -> dict:
+    """The calculator results of ``atoms`` as it is now: ``{}`` without a
+    calculator or when they are stale (one comparison of states; pass the dict to
+    :func:`_reference` and :func:`_check_reference` to compare once per structure)."""
     calc = atoms.calc
-    if calc is None or _stale(atoms, calc):
-        return None
-    value = calc.results.get(name)
+    if calc is None or not getattr(calc, "results", None) or _stale(atoms, calc):
+        return {}
+    return calc.results
+
+
+def _reference(atoms: ase.Atoms, name: str, results: Optional[dict] = None):
+    """Reference ``name`` of ``atoms`` (float64) or None; ``results``: its
+    :func:`_current_results`, when the caller has them."""
+    value = (_current_results(atoms) if results is None else results).get(name)
     return None if value is None else np.asarray(value, dtype=np.float64)
 
 
@@ -248,12 +257,10 @@ def _stale(atoms: ase.Atoms, calc) -> bool:
         return False
 
 
-def _check_reference(atoms: ase.Atoms, index: int) -> None:
-    calc = atoms.calc
-    if calc is None or _stale(atoms, calc):
-        return
+def _check_reference(atoms: ase.Atoms, index: int, results: Optional[dict] = None) -> None:
+    results = _current_results(atoms) if results is None else results
     for name in ("energy", "forces", "stress"):
-        value = calc.results.get(name)
+        value = results.get(name)
         problem = None if value is None else reference_problem(value, name, len(atoms))
         if problem is not None:
             raise InvalidStructureError(f"{describe(atoms, index)}: {problem}")
