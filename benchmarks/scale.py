@@ -10,8 +10,10 @@
     packaged ethanol frames): peak resident memory of the process and wall
     time, per pool size. Each size runs in a fresh process (``ru_maxrss``).
 (b) One process against two ranks (``torchrun --nproc-per-node 2``, gloo)
-    on this machine's two cores: ``LastLayerLaplace.fit`` on labelled frames
-    and pool scoring (``select``), each process with one thread; one process
+    on this machine's two cores: ``LastLayerLaplace.fit`` on labelled frames,
+    ``LatentDistance.fit`` (the frames four times as reference, once held
+    out: 4500 structures) and pool
+    scoring (``select``), each process with one thread; one process
     with two threads as the other baseline. Times are measured inside the
     workers after start-up, the slowest rank counted.
 (c) An extrapolation, on paper, of (b)'s measured per-structure costs to
@@ -40,6 +42,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "scale.json")
 K = 100
+#: Part (b)'s tasks and their labels in the tables.
+TASKS = {"fit": "LLPR fit", "latent": "LatentDistance fit", "score": "pool scoring"}
 
 
 # ---------------------------------------------------------------- workers
@@ -71,15 +75,19 @@ def worker_ranks(folder: str, task: str, pool: str) -> dict:
     from mlipuq import distributed
     from mlipuq.active import select
     from mlipuq.models import load as load_model
-    from mlipuq.uq import LastLayerLaplace
+    from mlipuq.uq import LastLayerLaplace, LatentDistance
 
     distributed.init()
-    if task == "fit":
+    if task in ("fit", "latent"):
         model = load_model(os.path.join(folder, "model.pt"))
         data = mlipuq.load(os.path.join(folder, "train.xyz"))
         distributed.barrier()
         start = time.perf_counter()
-        LastLayerLaplace(model).fit(data, batch_size=32)
+        if task == "fit":
+            LastLayerLaplace(model).fit(data, batch_size=32)
+        else:  # the frames 4 times as reference (features only), once held out (with forces)
+            LatentDistance(model).fit(data + data + data + data, data, batch_size=32)
+            data = data + data + data + data + data  # the structures computed
     else:
         wrapper, data = _wrapper(folder), mlipuq.load(pool)
         distributed.barrier()
@@ -160,7 +168,7 @@ def part_memory(folder: str, sizes: list) -> list:
 
 def part_ranks(folder: str, pool: str) -> dict:
     out = {}
-    for task in ("fit", "score"):
+    for task in TASKS:
         runs = {
             "1 process, 1 thread": run_worker(["ranks", folder, task, pool]),
             "1 process, 2 threads": run_worker(["ranks", folder, task, pool], threads=2),
@@ -204,14 +212,14 @@ def markdown(result: dict) -> str:
               "|---|---|---|---|"]
     for task, runs in result["ranks"].items():
         cells = [f"{r['seconds']:.1f} s ({r['speedup']:.2f}×)" for r in runs.values()]
-        label = {"fit": "LLPR fit", "score": "pool scoring"}[task]
+        label = TASKS[task]
         lines.append(f"| {label} ({runs['1 process, 1 thread']['n']:,} structures) | "
                      + " | ".join(cells) + " |")
     lines += ["", "| 10⁸ structures | 1 worker | 64 workers | 512 workers |", "|---|---|---|---|"]
     for task in ("fit", "score"):
         hours = [r["hours"] for r in result["extrapolation"] if r["task"] == task]
-        label = {"fit": "LLPR fit", "score": "pool scoring"}[task]
-        lines.append(f"| {label} (CPU cores) | " + " | ".join(f"{h:,.1f} h" for h in hours) + " |")
+        lines.append(f"| {TASKS[task]} (CPU cores) | "
+                     + " | ".join(f"{h:,.1f} h" for h in hours) + " |")
     return "\n".join(lines)
 
 

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "init", "finalize", "is_initialized", "active", "rank", "world_size", "local_rank",
     "is_main", "barrier", "device", "shard_bounds", "all_reduce_sum", "all_gather_objects",
-    "broadcast_object", "global_argmax", "broadcast_row",
+    "broadcast_object", "global_argmax", "broadcast_row", "map_shards",
 ]
 
 _STATE = {"device": None}
@@ -278,6 +278,18 @@ def broadcast_row(rows: np.ndarray, index: int, offset: int, width: int) -> np.n
     if 0 <= local < len(rows):
         row = np.asarray(rows[local], dtype=np.float64).copy()
     return all_reduce_sum(row) if active() else row
+
+
+def map_shards(fn, dataset) -> list:
+    """``fn`` applied to this rank's contiguous share of ``dataset`` (a sliceable
+    sequence of structures), every rank's result gathered on every rank in rank
+    (= data) order; in one process ``[fn(dataset)]``. Collective: a rank whose
+    ``fn`` raises makes every rank raise (:func:`raise_if_any_failed`). ``fn``
+    must accept an empty share (more ranks than structures)."""
+    if not active():
+        return [fn(dataset)]
+    start, stop = shard_bounds(len(dataset))
+    return all_gather_objects(run_local(fn, dataset[start:stop]))
 
 
 def gather_concatenated(parts: Sequence[Any], concatenate) -> Any:

@@ -100,6 +100,24 @@ def test_evaluate_metrics_equal_one_process(runs):
                     assert other == pytest.approx(value, rel=1e-9, abs=1e-12), (target, name)
 
 
+LATENT_KEYS = ("features", "scales", "means", "structure", "maps", "energy_var", "forces_var")
+
+
+@pytest.mark.parametrize("name", ["latent", "latent_llpr"])
+def test_latent_distance_fit_shards_equal_one_process(runs, name):
+    # each rank computes the features of its share of the reference and held-out
+    # structures; the gathered fit equals one process's, bit for bit on both ranks
+    single, double, _, _ = runs
+    for key in LATENT_KEYS:
+        np.testing.assert_array_equal(double[0][f"{name}_{key}"], double[1][f"{name}_{key}"])
+        assert close(single[f"{name}_{key}"], double[0][f"{name}_{key}"], 1e-9), key
+    assert single[f"{name}_maps"][-1] == 11  # every training structure is in the reference
+    # the 11 reference and 5 held-out structures: all in one process, shares on two ranks
+    np.testing.assert_array_equal(single[f"{name}_seen"], [11, 5])
+    np.testing.assert_array_equal(double[0][f"{name}_seen"], [5, 2])
+    np.testing.assert_array_equal(double[1][f"{name}_seen"], [6, 3])
+
+
 @pytest.mark.parametrize("strategy", ["random", "max_energy_std", "max_force_std",
                                       "trust_window", "fps", "fps_labelled", "batch_llpr",
                                       "batch_llpr_fitted"])

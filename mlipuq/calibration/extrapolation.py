@@ -46,7 +46,8 @@ from typing import Optional
 import numpy as np
 
 __all__ = ["DEFAULT_POWER", "BOUND_FACTOR", "check_power", "check_range", "structure_scales",
-           "prediction_scales", "calibration_range", "excess", "bounded_factor", "widen"]
+           "prediction_scales", "plausible_errors", "calibration_range", "excess",
+           "bounded_factor", "widen"]
 
 #: Exponent of the widening beyond the calibration range (``extrapolation=`` of
 #: ``calibrate``; each wrapper's ``default_extrapolation``: this one, except deep ensembles).
@@ -93,16 +94,25 @@ def prediction_scales(prediction) -> dict:
                             prediction.forces_std, prediction.batch)
 
 
+def plausible_errors(per_atom_energy, forces) -> tuple[float, float]:
+    """The largest errors plausible for a data set: the largest deviation of its
+    per-atom energies from their median (eV/atom) and its largest reference
+    force component (eV/Å), over the finite values (0 without any)."""
+    per_atom = np.asarray(per_atom_energy, dtype=np.float64)
+    finite = per_atom[np.isfinite(per_atom)]
+    spread = float(np.max(np.abs(finite - np.median(finite)))) if finite.size else 0.0
+    f = np.asarray(forces, dtype=np.float64)
+    f_max = float(np.max(np.abs(f[np.isfinite(f)]))) if np.isfinite(f).any() else 0.0
+    return spread, f_max
+
+
 def calibration_range(scales: dict, energy, n_atoms, forces) -> dict:
     """Largest scale per target over the calibration structures, and the bounds
     of the widened std (``BOUND_FACTOR`` x the largest plausible error) from
     their reference energies (B,) eV and forces (N, 3) eV/Å (floats)."""
     out = {key: float(np.max(value)) if np.size(value) else 0.0 for key, value in scales.items()}
-    per_atom = np.asarray(energy, dtype=np.float64) / np.maximum(np.asarray(n_atoms), 1)
-    finite = per_atom[np.isfinite(per_atom)]
-    spread = float(np.max(np.abs(finite - np.median(finite)))) if finite.size else 0.0
-    f = np.asarray(forces, dtype=np.float64)
-    f_max = float(np.max(np.abs(f[np.isfinite(f)]))) if np.isfinite(f).any() else 0.0
+    spread, f_max = plausible_errors(
+        np.asarray(energy, dtype=np.float64) / np.maximum(np.asarray(n_atoms), 1), forces)
     out["energy_bound"] = BOUND_FACTOR * max(spread, f_max * 1.0, 1e-6)  # f_max x 1 Å
     out["forces_bound"] = BOUND_FACTOR * max(f_max, 1e-6)
     return out

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from mlipuq import data as mdata
-from mlipuq import distributed as mdist
+from mlipuq.calibration.extrapolation import plausible_errors
 from mlipuq.uq.latent_distance import LatentDistance
 
 #: The reported std stays below this many times the largest error plausible for
@@ -64,10 +64,8 @@ def std_caps(wrapper, dataset: mdata.AtomsDataset) -> dict:
     reference = wrapper.model.atomic_energies
     offsets = mdata.composition_matrix(dataset, wrapper.species) @ np.array(
         [reference[z] for z in wrapper.species])
-    per_atom = (dataset.energies - offsets) / dataset.n_atoms
-    spread = float(np.max(np.abs(per_atom - np.median(per_atom))))
-    forces = dataset.forces
-    f_max = float(np.nanmax(np.abs(forces))) if np.isfinite(forces).any() else 0.0
+    spread, f_max = plausible_errors((dataset.energies - offsets) / dataset.n_atoms,
+                                     dataset.forces)
     scales = (float(wrapper.head_.energy_scale), float(wrapper.head_.forces_scale))
     return {
         "energy_per_atom": STD_CAP_FACTOR * max(spread, np.sqrt(scales[0]), 1e-6),
@@ -104,8 +102,7 @@ def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size:
                         else (reference, train if val is None else val))
     term.fit(points, held_out, seed=seed, batch_size=batch_size, progress=progress)
     term.combine = None  # its scales λ are kept; the wrapper supplies the NIG part
-    if mdist.active():  # every rank fitted on the same data: rank 0's term, bit for bit
-        term._set_state(mdist.broadcast_object(term._get_state()))
+    # (fit is collective after distributed.init: shares computed per rank, rank 0's term kept)
     return term
 
 

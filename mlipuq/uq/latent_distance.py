@@ -60,13 +60,15 @@ import numpy as np
 import torch
 
 from mlipuq import data as mdata
+from mlipuq import distributed as mdist
 from mlipuq.models.base import MLIP
 from mlipuq.prediction import Prediction
 from mlipuq.progress import batches_with_progress
 from mlipuq.uq import base as uq_base
 from mlipuq.uq import structure_distance
 from mlipuq.uq.base import UQWrapper, _check_model, register
-from mlipuq.uq.latent_maps import _C_MIN, _gmm_log_density, fit_variance_map, knn_scores
+from mlipuq.uq.latent_maps import (_C_MIN, _gmm_log_density, fit_gmm, fit_variance_map,
+                                   knn_scores, warn_if_few)
 
 log = logging.getLogger(__name__)
 
@@ -231,17 +233,28 @@ class LatentDistance(UQWrapper):
               "energy_other_scale_", "forces_other_scale_", "n_train_")
 
     def _get_state(self) -> dict:
+        state = self._own_state()
+        if self.combine is not None:
+            state["combine_state"] = self.combine._get_state()
+        return state
+
+    def _own_state(self) -> dict:
+        """The fitted reference and maps, without the combined wrapper's state."""
         state = {name: getattr(self, name) for name in self._STATE}
         # dictionaries keyed by atomic number: string keys for plain storage
         for name in ("points_", "score_scale_", "gmm_"):
             state[name] = {str(z): v for z, v in state[name].items()}
         if self.structure_ is not None:  # absent for "atoms" (files saved before)
             state["structure_"] = dict(self.structure_)
-        if self.combine is not None:
-            state["combine_state"] = self.combine._get_state()
         return state
 
     def _set_state(self, state: dict) -> None:
+        self._set_own_state(state)
+        if self.combine is not None:
+            self.combine._set_state(state["combine_state"])
+            self.combine.fitted_ = True
+
+    def _set_own_state(self, state: dict) -> None:
         for name in self._STATE:
             value = state[name]
             if name in ("points_", "score_scale_", "gmm_"):
@@ -253,9 +266,6 @@ class LatentDistance(UQWrapper):
             raise ValueError(f"energy_distance={self.energy_distance!r} "
                              f"{'without' if self.structure_ is None else 'with'} a structure "
                              "reference (structure_)")
-        if self.combine is not None:
-            self.combine._set_state(state["combine_state"])
-            self.combine.fitted_ = True
         self._index = {}
 
     @property
@@ -382,18 +392,35 @@ class LatentDistance(UQWrapper):
         self._fit_reference(reference, batch_size, seed, progress)
         self._fit_map(held_out, batch_size, progress)
         self.n_train_ = len(reference)
+        if mdist.active():  # every rank fitted on the same gathered data: rank 0's, bit for bit
+            self._set_own_state(mdist.broadcast_object(self._own_state()))
         self.fitted_ = True
         return self
 
-    def _fit_reference(self, reference, batch_size: int, seed: int, progress: bool) -> None:
+    def _reference_features(self, reference, batch_size: int, progress: bool):
+        """Raw features (N, F), atomic numbers (N,) and structure indices (N,) of every
+        atom of ``reference``, and its number of structures. After
+        :func:`mlipuq.distributed.init` (collective) each rank computes the features
+        of its share and every rank gets them all, in data order."""
+        def local(share):
+            return [(phi, batch.numbers.cpu().numpy(), batch.batch.cpu().numpy(),
+                     batch.n_structures) for batch, _, phi in self._passes(
+                         share, batch_size, False, progress and mdist.is_main(),
+                         "reference features")]
+
         phis, numbers, structure, n_structures = [], [], [], 0
-        passes = self._passes(reference, batch_size, False, progress, "reference features")
-        for batch, _, phi in passes:
+        for phi, z, index, count in (row for part in mdist.map_shards(local, reference)
+                                     for row in part):
             phis.append(phi)
-            numbers.append(batch.numbers.cpu().numpy())
-            structure.append(batch.batch.cpu().numpy() + n_structures)
-            n_structures += batch.n_structures
-        phi, numbers = np.concatenate(phis), np.concatenate(numbers)
+            numbers.append(z)
+            structure.append(index + n_structures)
+            n_structures += count
+        return (np.concatenate(phis), np.concatenate(numbers), np.concatenate(structure),
+                n_structures)
+
+    def _fit_reference(self, reference, batch_size: int, seed: int, progress: bool) -> None:
+        phi, numbers, structure, n_structures = self._reference_features(reference, batch_size,
+                                                                         progress)
         mean, std = phi.mean(axis=0), phi.std(axis=0)
         self.feature_mean_ = mean
         self.feature_scale_ = np.where(std > 1e-12 * max(float(std.max()), 1e-300), std, 1.0)
@@ -417,25 +444,21 @@ class LatentDistance(UQWrapper):
                 self.points_[z] = points
                 typical = knn_scores(points, None, self.n_neighbors, leave_one_out=True)
             else:
-                if len(points) < 5 * points.shape[1]:
-                    log.warning("LatentDistance: %d atoms of atomic number %d for %d features: "
-                                "a poorly determined covariance", len(points), z, points.shape[1])
+                warn_if_few(points.shape, f"atoms of atomic number {z}")
                 self.gmm_[z] = self._fit_gmm(points, seed)
                 typical = self._raw_scores(z, points)
             scale = float(np.median(typical)) if len(typical) else 0.0
             self.score_scale_[z] = scale
         self.structure_ = None
         if self.energy_distance == "structure":
-            descriptors = structure_distance.descriptors(
-                x, numbers, np.concatenate(structure), n_structures, self.species_)
+            descriptors = structure_distance.descriptors(x, numbers, structure, n_structures,
+                                                         self.species_)
             if n_structures > self.max_points:
                 descriptors = descriptors[np.sort(rng.choice(n_structures, self.max_points,
                                                              replace=False))]
             n_structures = len(descriptors)
-            if n_structures < 5 * descriptors.shape[1]:
-                log.warning("LatentDistance: %d training structures for %d structure features: "
-                            "a poorly determined structure covariance, the energy stds far "
-                            "from them less reliable", n_structures, descriptors.shape[1])
+            warn_if_few(descriptors.shape, "training structures",
+                        "; the energy stds far from them are less reliable")
             self.structure_ = structure_distance.fit_reference(descriptors)
         positive = [v for v in self.score_scale_.values() if v > 0]
         fallback = float(np.median(positive)) if positive else 1.0
@@ -446,39 +469,15 @@ class LatentDistance(UQWrapper):
                 self.score_scale_[z] = fallback
 
     def _fit_gmm(self, points: np.ndarray, seed: int) -> dict:
-        from sklearn.mixture import GaussianMixture
-
         k = 1 if self.score == "mahalanobis" else max(1, min(self.n_components, len(points) // 4))
-        gmm = GaussianMixture(n_components=k, covariance_type="full", reg_covar=1e-4,
-                              random_state=seed).fit(points) if len(points) > 1 else None
-        if gmm is None:  # one atom: a unit Gaussian at it
-            model = {"weights": np.ones(1), "means": points.copy(),
-                     "precisions_cholesky": np.eye(points.shape[1])[None]}
-        else:
-            model = {"weights": np.asarray(gmm.weights_, dtype=np.float64),
-                     "means": np.asarray(gmm.means_, dtype=np.float64),
-                     "precisions_cholesky": np.asarray(gmm.precisions_cholesky_, dtype=np.float64)}
-        log_p = _gmm_log_density(points, model["weights"], model["means"],
-                                 model["precisions_cholesky"])
-        model["max_log_density"] = float(log_p.max())
-        return model
+        return fit_gmm(points, k, seed)
 
     def _fit_map(self, held_out, batch_size: int, progress: bool) -> None:
-        parts: dict[str, list] = {k: [] for k in ("e", "e_ref", "n", "q", "f", "f_ref", "fq")}
         own = self.combine is None  # with combine, the mean energies and forces are the other's
-        for batch, out, phi in self._passes(held_out, batch_size, own, progress,
-                                            "distance-map fit"):
-            u2, n, q = self._score_terms(phi, batch)
-            parts["e"].append(out["energy"].detach().cpu().double().numpy())
-            parts["e_ref"].append(batch.energy.cpu().double().numpy())
-            parts["n"].append(n)
-            parts["q"].append(q)
-            if own:
-                parts["f"].append(out["forces"].detach().cpu().double().numpy().reshape(-1))
-            parts["f_ref"].append(batch.forces.cpu().double().numpy().reshape(-1))
-            # atoms without neighbours feel no force (variance 0): left out of the fit
-            parts["fq"].append(np.repeat(np.where(self._has_neighbours(batch), u2, np.nan), 3))
-        v = {k: np.concatenate(x) for k, x in parts.items() if x}
+        shards = mdist.map_shards(lambda share: self._map_terms(share, batch_size, own, progress),
+                                  held_out)  # collective after distributed.init
+        v = {k: np.concatenate(x) for k in shards[0]
+             if (x := [part for shard in shards for part in shard[k]])}
         e_other = f_other = None
         if self.combine is not None:
             other = self.combine.predict(held_out, batch_size=batch_size, calibrated=False,
@@ -501,6 +500,24 @@ class LatentDistance(UQWrapper):
         log.info("LatentDistance map: energy a=%.3g b=%.3g eV^2, forces a=%.3g b=%.3g eV^2/A^2"
                  " (combine scales %.3g, %.3g)", self.energy_a_, self.energy_b_, self.forces_a_,
                  self.forces_b_, self.energy_other_scale_, self.forces_other_scale_)
+
+    def _map_terms(self, held_out, batch_size: int, own: bool, progress: bool) -> dict:
+        """Per batch of ``held_out``: mean energies and forces (``own``: the model's),
+        their references, and the score terms the variance maps multiply."""
+        parts: dict[str, list] = {k: [] for k in ("e", "e_ref", "n", "q", "f", "f_ref", "fq")}
+        for batch, out, phi in self._passes(held_out, batch_size, own,
+                                            progress and mdist.is_main(), "distance-map fit"):
+            u2, n, q = self._score_terms(phi, batch)
+            parts["e"].append(out["energy"].detach().cpu().double().numpy())
+            parts["e_ref"].append(batch.energy.cpu().double().numpy())
+            parts["n"].append(n)
+            parts["q"].append(q)
+            if own:
+                parts["f"].append(out["forces"].detach().cpu().double().numpy().reshape(-1))
+            parts["f_ref"].append(batch.forces.cpu().double().numpy().reshape(-1))
+            # atoms without neighbours feel no force (variance 0): left out of the fit
+            parts["fq"].append(np.repeat(np.where(self._has_neighbours(batch), u2, np.nan), 3))
+        return parts
 
     @staticmethod
     def _has_neighbours(batch: mdata.Batch) -> np.ndarray:

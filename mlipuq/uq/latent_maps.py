@@ -4,16 +4,22 @@ that turns squared scores into variances (see that module's notes)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Optional
 
 import numpy as np
 
+log = logging.getLogger("mlipuq.uq.latent_distance")
+
 _C_MIN = 1e-3  # smallest a/b (at u = 1): keeps variances positive on exact training atoms
 _LOG_S_BOUNDS = (-80.0, 40.0)
 _LAMBDA_MAX = 1e6
 
-__all__ = ["fit_variance_map", "knn_scores"]
+__all__ = ["fit_variance_map", "knn_scores", "fit_gmm", "warn_if_few"]
+
+#: Fewer points than this many per feature: a poorly determined covariance (a warning).
+POINTS_PER_FEATURE = 5
 
 
 # ------------------------------------------------------------------- scoring
@@ -39,6 +45,35 @@ def knn_scores(reference: np.ndarray, query: np.ndarray, n_neighbors: int, *,
     k = min(int(n_neighbors), len(reference))
     dist, _ = index.kneighbors(np.asarray(query, dtype=np.float64), n_neighbors=k)
     return dist.mean(axis=1)
+
+
+def warn_if_few(shape: tuple, what: str, consequence: str = "") -> None:
+    """Warn when ``shape`` = (points, features) gives fewer than
+    :data:`POINTS_PER_FEATURE` points per feature for a covariance."""
+    if shape[0] < POINTS_PER_FEATURE * shape[1]:
+        log.warning("LatentDistance: %d %s for %d features: a poorly determined covariance%s",
+                    shape[0], what, shape[1], consequence)
+
+
+def fit_gmm(points: np.ndarray, n_components: int, seed: int) -> dict:
+    """A full-covariance Gaussian mixture of ``n_components`` on ``points`` (n, F)
+    (:class:`sklearn.mixture.GaussianMixture`, ``reg_covar`` 1e-4; one point: a unit
+    Gaussian at it) as plain arrays, with the largest log-density over ``points``."""
+    from sklearn.mixture import GaussianMixture
+
+    if len(points) > 1:
+        gmm = GaussianMixture(n_components=n_components, covariance_type="full",
+                              reg_covar=1e-4, random_state=seed).fit(points)
+        model = {"weights": np.asarray(gmm.weights_, dtype=np.float64),
+                 "means": np.asarray(gmm.means_, dtype=np.float64),
+                 "precisions_cholesky": np.asarray(gmm.precisions_cholesky_, dtype=np.float64)}
+    else:
+        model = {"weights": np.ones(1), "means": points.copy(),
+                 "precisions_cholesky": np.eye(points.shape[1])[None]}
+    log_p = _gmm_log_density(points, model["weights"], model["means"],
+                             model["precisions_cholesky"])
+    model["max_log_density"] = float(log_p.max())
+    return model
 
 
 def _gmm_log_density(x: np.ndarray, weights, means, precisions_cholesky) -> np.ndarray:

@@ -20,7 +20,7 @@ from mlipuq import distributed
 from mlipuq.active import select
 from mlipuq.calibration import evaluate
 from mlipuq.models import load as load_model
-from mlipuq.uq import LastLayerLaplace
+from mlipuq.uq import LastLayerLaplace, LatentDistance
 
 STRATEGIES = {
     "random": {},
@@ -59,6 +59,7 @@ def main(folder: Path) -> None:
         # the default calibration's Student-t for the forces: ν and its scale per element
         "forces_t": np.array([pred.forces_dof, *llpr.recalibrator_.forces_.species_t_scale_]),
     }
+    out.update(_latent(model, llpr, train, val, test))
     data = {"train": train, "val": val}
     for name, options in STRATEGIES.items():
         options = dict(options)
@@ -71,6 +72,40 @@ def main(folder: Path) -> None:
     np.savez(folder / f"out_{world}_{rank}.npz", **out)
     (folder / f"metrics_{world}_{rank}.json").write_text(json.dumps(report.to_dict()["metrics"]))
     distributed.finalize()
+
+
+def _latent(model, llpr, train, val, test) -> dict:
+    """A LatentDistance alone and one combined with the LLPR: fitted state and predictions."""
+    out, seen = {}, []
+    passes = LatentDistance._passes
+
+    def counted(self, dataset, *args, **kwargs):  # the structures this rank computes
+        seen.append(len(dataset))
+        return passes(self, dataset, *args, **kwargs)
+
+    for name, wrapper in (("latent", LatentDistance(model)),
+                          ("latent_llpr", LatentDistance(model, combine=llpr))):
+        seen.clear()
+        wrapper._passes = counted.__get__(wrapper)
+        wrapper.fit(train, val, batch_size=3)
+        out[f"{name}_seen"] = np.array(seen)
+        del wrapper._passes
+        z = wrapper.species_
+        structure = wrapper.structure_
+        pred = wrapper.predict(test, batch_size=5, calibrated=False)
+        out.update({
+            f"{name}_features": np.stack([wrapper.feature_mean_, wrapper.feature_scale_]),
+            f"{name}_scales": np.array([wrapper.score_scale_[k] for k in z]),
+            f"{name}_means": np.concatenate([wrapper.gmm_[k]["means"].ravel() for k in z]),
+            f"{name}_structure": np.concatenate([structure["location"],
+                                                 structure["precision"].ravel(),
+                                                 [structure["scale"]]]),
+            f"{name}_maps": np.array([wrapper.energy_a_, wrapper.energy_b_, wrapper.forces_a_,
+                                      wrapper.forces_b_, wrapper.energy_other_scale_,
+                                      wrapper.forces_other_scale_, wrapper.n_train_]),
+            f"{name}_energy_var": pred.energy_var, f"{name}_forces_var": pred.forces_var,
+        })
+    return out
 
 
 if __name__ == "__main__":
