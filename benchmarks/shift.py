@@ -458,7 +458,10 @@ def _groups(rows: list[dict], methods, wrappers=None, before: bool = False):
     chosen = [r for r in rows if r["method"] in methods
               and (before or "before" not in r["wrapper"])
               and (wrappers is None or r["wrapper"] in wrappers)]
-    for system, wrapper in sorted({(r["system"], r["wrapper"]) for r in chosen}):
+    order = list(PART_SETS)  # the systems in the order they were added (acac: held out)
+    for system, wrapper in sorted({(r["system"], r["wrapper"]) for r in chosen},
+                                  key=lambda k: (order.index(k[0]) if k[0] in order
+                                                 else len(order), k)):
         for method in methods:
             group = [r for r in chosen if (r["system"], r["wrapper"], r["method"])
                      == (system, wrapper, method)]
