@@ -233,6 +233,37 @@ def test_energy_distance_none_keeps_the_other_wrappers_energies(base, ethanol, f
         LatentDistance(base, energy_distance=None)
 
 
+def test_combined_committee_members_are_stretched_to_the_combined_variance(
+        base, ethanol, fitted_members):
+    """With a committee, the combination passes its members on, stretched about the
+    mean so that their population variance is the combined one (energies with
+    ``energy_distance=None``: the committee's own members); member forces are then no
+    energy gradients, so member-wise MD is refused with a pointer to the committee."""
+    from mlipuq.uq import DeepEnsemble
+
+    committee = DeepEnsemble(fitted_members)
+    test, raw = ethanol[14:], dict(calibrated=False, composition=False)
+    for energy_distance in ("structure", None):
+        wrapper = LatentDistance(base, combine=committee, energy_distance=energy_distance).fit(
+            ethanol[:10], ethanol[10:14])
+        pred, other = wrapper.predict(test, **raw), committee.predict(test, **raw)
+        assert wrapper.n_members == committee.n_members == pred.n_members
+        np.testing.assert_allclose(pred.forces_members.var(axis=0), pred.forces_var, rtol=1e-10)
+        np.testing.assert_allclose(pred.energy_members.var(axis=0), pred.energy_var, rtol=1e-10)
+        np.testing.assert_allclose(pred.forces_members.mean(axis=0), other.forces, rtol=1e-10,
+                                   atol=1e-12)
+        grown = pred.forces_var.ravel() > other.forces_var.ravel() * (1 + 1e-6)
+        assert grown.any()  # the latent part is there, and the members carry it
+    np.testing.assert_array_equal(pred.energy_members, other.energy_members)  # the committee's
+    wrapper.calibrate(ethanol[10:14])
+    calibrated = wrapper.members(test, forces=False)
+    np.testing.assert_allclose(calibrated.forces_members.std(axis=0), calibrated.forces_std,
+                               rtol=1e-8)
+    assert not wrapper.has_consistent_members
+    with pytest.raises(ValueError, match="DeepEnsemble itself"):
+        wrapper.members(test, forces=True)
+
+
 # ---------------------------------------------------------------- bad input
 @pytest.mark.parametrize("options", [
     {"score": "euclidean"}, {"n_neighbors": 0}, {"max_points": 2.5},

@@ -235,6 +235,18 @@ def _rescale_members(members: Optional[np.ndarray], mean: np.ndarray, factor: np
     return mean[None] + factor[None] * (members - mean[None])
 
 
+def stretch_members(members: Optional[np.ndarray], mean: np.ndarray, var: np.ndarray,
+                    member_var: np.ndarray) -> Optional[np.ndarray]:
+    """Committee ``members`` (K, ...) stretched about ``mean`` by sqrt(var / member_var)
+    per entry, so that a spread whose variance was ``member_var`` matches ``var``
+    (entries with ``member_var`` 0 keep their members); None stays None."""
+    if members is None:
+        return None
+    var, member_var = np.asarray(var, dtype=np.float64), np.asarray(member_var, dtype=np.float64)
+    ratio = np.divide(var, member_var, out=np.ones_like(var), where=member_var > 0)
+    return _rescale_members(members, mean, np.sqrt(ratio))
+
+
 def _atom_numbers(prediction, what: str) -> np.ndarray:
     """(N,) atomic numbers of a Prediction, for recalibrators that need them."""
     numbers = getattr(prediction, "numbers", None)

@@ -63,9 +63,9 @@ from mlipuq import data as mdata
 from mlipuq import distributed as mdist
 from mlipuq.models.base import MLIP
 from mlipuq.prediction import Prediction
-from mlipuq.progress import batches_with_progress
+from mlipuq.calibration.recalibrate import stretch_members
 from mlipuq.uq import base as uq_base
-from mlipuq.uq import structure_distance
+from mlipuq.uq import latent_features, structure_distance
 from mlipuq.uq.base import UQWrapper, _check_model, register
 from mlipuq.uq.latent_maps import (_C_MIN, _gmm_log_density, fit_gmm, fit_variance_map,
                                    knn_scores, warn_if_few)
@@ -270,30 +270,26 @@ class LatentDistance(UQWrapper):
 
     @property
     def n_members(self) -> int:
-        return 0
+        """The combined wrapper's members (stretched to the combined variance), else 0."""
+        return 0 if self.combine is None else self.combine.n_members
+
+    @property
+    def has_consistent_members(self) -> bool:
+        """False: stretched atom by atom, member forces are no energy gradients."""
+        return self.combine is None
 
     def members_hint(self, *, forces: bool = False) -> str:
-        return ("a committee wrapper (DeepEnsemble, ShallowEnsemble, LastLayerLaplace); "
-                "LatentDistance, also with combine=, reports a mean and a variance only")
+        if forces and self.combine is not None and self.combine.n_members:
+            return (f"the {type(self.combine).__name__} itself: LatentDistance stretches its "
+                    "members' forces atom by atom (no longer energy gradients)")
+        return ("a committee wrapper (DeepEnsemble, ShallowEnsemble, LastLayerLaplace with "
+                "force_variance='samples'), alone or as LatentDistance(combine=...)")
 
     # --------------------------------------------------------------- features
     def _passes(self, dataset, batch_size: int, forces: bool, progress: bool = False,
                 desc: str = "latent"):
         """Per batch: (batch, model output, float64 NumPy features)."""
-        batches = batches_with_progress(
-            mdata.iter_batches(dataset, self.cutoff, batch_size, species=self.species,
-                               dtype=self.dtype),
-            len(dataset), f"{desc} ({type(self).__name__})", progress)
-        self.model.eval()
-        for _, batch in batches:
-            batch = batch.to(device=self.model.device)
-            if forces:
-                out = self.model(batch, forces=True, features=True)
-            else:
-                with torch.no_grad():
-                    out = self.model(batch, forces=False, features=True)
-            phi = out["features"].detach().cpu().to(torch.float64).numpy()
-            yield batch, out, phi
+        return latent_features.passes(self, dataset, batch_size, forces, progress, desc)
 
     def _standardise(self, phi: np.ndarray) -> np.ndarray:
         return (np.asarray(phi, dtype=np.float64) - self.feature_mean_) / self.feature_scale_
@@ -397,30 +393,9 @@ class LatentDistance(UQWrapper):
         self.fitted_ = True
         return self
 
-    def _reference_features(self, reference, batch_size: int, progress: bool):
-        """Raw features (N, F), atomic numbers (N,) and structure indices (N,) of every
-        atom of ``reference``, and its number of structures. After
-        :func:`mlipuq.distributed.init` (collective) each rank computes the features
-        of its share and every rank gets them all, in data order."""
-        def local(share):
-            return [(phi, batch.numbers.cpu().numpy(), batch.batch.cpu().numpy(),
-                     batch.n_structures) for batch, _, phi in self._passes(
-                         share, batch_size, False, progress and mdist.is_main(),
-                         "reference features")]
-
-        phis, numbers, structure, n_structures = [], [], [], 0
-        for phi, z, index, count in (row for part in mdist.map_shards(local, reference)
-                                     for row in part):
-            phis.append(phi)
-            numbers.append(z)
-            structure.append(index + n_structures)
-            n_structures += count
-        return (np.concatenate(phis), np.concatenate(numbers), np.concatenate(structure),
-                n_structures)
-
     def _fit_reference(self, reference, batch_size: int, seed: int, progress: bool) -> None:
-        phi, numbers, structure, n_structures = self._reference_features(reference, batch_size,
-                                                                         progress)
+        phi, numbers, structure, n_structures = latent_features.reference_features(
+            self, reference, batch_size, progress)
         mean, std = phi.mean(axis=0), phi.std(axis=0)
         self.feature_mean_ = mean
         self.feature_scale_ = np.where(std > 1e-12 * max(float(std.max()), 1e-300), std, 1.0)
@@ -474,10 +449,7 @@ class LatentDistance(UQWrapper):
 
     def _fit_map(self, held_out, batch_size: int, progress: bool) -> None:
         own = self.combine is None  # with combine, the mean energies and forces are the other's
-        shards = mdist.map_shards(lambda share: self._map_terms(share, batch_size, own, progress),
-                                  held_out)  # collective after distributed.init
-        v = {k: np.concatenate(x) for k in shards[0]
-             if (x := [part for shard in shards for part in shard[k]])}
+        v = latent_features.map_terms(self, held_out, batch_size, own, progress)
         e_other = f_other = None
         if self.combine is not None:
             other = self.combine.predict(held_out, batch_size=batch_size, calibrated=False,
@@ -500,29 +472,6 @@ class LatentDistance(UQWrapper):
         log.info("LatentDistance map: energy a=%.3g b=%.3g eV^2, forces a=%.3g b=%.3g eV^2/A^2"
                  " (combine scales %.3g, %.3g)", self.energy_a_, self.energy_b_, self.forces_a_,
                  self.forces_b_, self.energy_other_scale_, self.forces_other_scale_)
-
-    def _map_terms(self, held_out, batch_size: int, own: bool, progress: bool) -> dict:
-        """Per batch of ``held_out``: mean energies and forces (``own``: the model's),
-        their references, and the score terms the variance maps multiply."""
-        parts: dict[str, list] = {k: [] for k in ("e", "e_ref", "n", "q", "f", "f_ref", "fq")}
-        for batch, out, phi in self._passes(held_out, batch_size, own,
-                                            progress and mdist.is_main(), "distance-map fit"):
-            u2, n, q = self._score_terms(phi, batch)
-            parts["e"].append(out["energy"].detach().cpu().double().numpy())
-            parts["e_ref"].append(batch.energy.cpu().double().numpy())
-            parts["n"].append(n)
-            parts["q"].append(q)
-            if own:
-                parts["f"].append(out["forces"].detach().cpu().double().numpy().reshape(-1))
-            parts["f_ref"].append(batch.forces.cpu().double().numpy().reshape(-1))
-            # atoms without neighbours feel no force (variance 0): left out of the fit
-            parts["fq"].append(np.repeat(np.where(self._has_neighbours(batch), u2, np.nan), 3))
-        return parts
-
-    @staticmethod
-    def _has_neighbours(batch: mdata.Batch) -> np.ndarray:
-        centres = batch.edge_index[0].cpu().numpy()
-        return np.bincount(centres, minlength=len(batch.numbers)) > 0
 
     def _score_terms(self, phi: np.ndarray, batch: mdata.Batch):
         """``u²`` per atom of ``batch`` (raw features ``phi``, standardised once) and,
@@ -551,7 +500,7 @@ class LatentDistance(UQWrapper):
         """:meth:`latent_variances` preceded by the energy variance of each structure
         of ``batch`` (eV², see the module notes): ``(energy_var, atom_var, force_var)``."""
         u2, count, q = self._score_terms(phi, batch)
-        force_var = np.where(self._has_neighbours(batch), self.forces_a_ + self.forces_b_ * u2, 0.0)
+        force_var = np.where(latent_features.has_neighbours(batch), self.forces_a_ + self.forces_b_ * u2, 0.0)
         return (self.energy_a_ * count + self.energy_b_ * q,
                 self.energy_a_ + self.energy_b_ * u2, force_var)
 
@@ -584,11 +533,14 @@ class LatentDistance(UQWrapper):
             options.pop("progress", None)
             other = self.combine.predict(structures, calibrated=False, composition=False,
                                          **options)
-            own = Prediction(
-                energy=other.energy,
-                energy_var=self.energy_other_scale_ * other.energy_var + own.energy_var,
-                forces=other.forces,
-                forces_var=self.forces_other_scale_ * other.forces_var + own.forces_var,
+            e_var = self.energy_other_scale_ * other.energy_var + own.energy_var
+            f_var = self.forces_other_scale_ * other.forces_var + own.forces_var
+            own = Prediction(  # members (if any) stretched to the combined variance
+                energy=other.energy, energy_var=e_var, forces=other.forces, forces_var=f_var,
+                energy_members=stretch_members(other.energy_members, other.energy, e_var,
+                                               other.energy_var),
+                forces_members=stretch_members(other.forces_members, other.forces, f_var,
+                                               other.forces_var),
                 n_atoms=own.n_atoms, batch=own.batch, numbers=own.numbers,
                 # the stress and its spread are the combined wrapper's (no latent part)
                 stress=other.stress, stress_var=other.stress_var,

@@ -1,0 +1,90 @@
+"""Feature passes of :class:`~mlipuq.uq.LatentDistance`: the readout features of a
+data set's atoms, batch by batch, and the two passes of its ``fit`` over shares of
+the data (each rank its own after :func:`mlipuq.distributed.init`, gathered on
+every rank in data order): the reference atoms' features and the held-out terms
+the variance maps are fitted on."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mlipuq import data as mdata
+from mlipuq import distributed as mdist
+from mlipuq.progress import batches_with_progress
+
+__all__ = ["passes", "has_neighbours", "reference_features", "map_terms"]
+
+
+def passes(wrapper, dataset, batch_size: int, forces: bool, progress: bool = False,
+           desc: str = "latent"):
+    """Per batch of ``dataset``: (batch, model output, float64 NumPy features) of
+    ``wrapper``'s model (with forces if ``forces``)."""
+    model = wrapper.model
+    batches = batches_with_progress(
+        mdata.iter_batches(dataset, wrapper.cutoff, batch_size, species=wrapper.species,
+                           dtype=wrapper.dtype),
+        len(dataset), f"{desc} ({type(wrapper).__name__})", progress)
+    model.eval()
+    for _, batch in batches:
+        batch = batch.to(device=model.device)
+        if forces:
+            out = model(batch, forces=True, features=True)
+        else:
+            with torch.no_grad():
+                out = model(batch, forces=False, features=True)
+        yield batch, out, out["features"].detach().cpu().to(torch.float64).numpy()
+
+
+def has_neighbours(batch: mdata.Batch) -> np.ndarray:
+    """(N,) bool: atoms of ``batch`` with at least one neighbour (the others feel no force)."""
+    centres = batch.edge_index[0].cpu().numpy()
+    return np.bincount(centres, minlength=len(batch.numbers)) > 0
+
+
+def reference_features(wrapper, reference, batch_size: int, progress: bool):
+    """Raw features (N, F), atomic numbers (N,) and structure indices (N,) of every
+    atom of ``reference``, and its number of structures (collective after
+    :func:`mlipuq.distributed.init`: each rank computes its share)."""
+    def local(share):
+        return [(phi, batch.numbers.cpu().numpy(), batch.batch.cpu().numpy(),
+                 batch.n_structures) for batch, _, phi in wrapper._passes(
+                     share, batch_size, False, progress and mdist.is_main(),
+                     "reference features")]
+
+    phis, numbers, structure, n_structures = [], [], [], 0
+    for phi, z, index, count in (row for part in mdist.map_shards(local, reference)
+                                 for row in part):
+        phis.append(phi)
+        numbers.append(z)
+        structure.append(index + n_structures)
+        n_structures += count
+    return (np.concatenate(phis), np.concatenate(numbers), np.concatenate(structure),
+            n_structures)
+
+
+def map_terms(wrapper, held_out, batch_size: int, own: bool, progress: bool) -> dict:
+    """Arrays over ``held_out`` (collective like :func:`reference_features`): mean
+    energies ``e`` and forces ``f`` (only with ``own``: the wrapper's model), their
+    references ``e_ref``, ``f_ref``, and the score terms the variance maps
+    multiply (``n``, ``q`` per structure, ``fq`` per force component, NaN for
+    atoms without neighbours)."""
+    def local(share):
+        parts: dict[str, list] = {k: [] for k in ("e", "e_ref", "n", "q", "f", "f_ref", "fq")}
+        for batch, out, phi in wrapper._passes(share, batch_size, own,
+                                               progress and mdist.is_main(), "distance-map fit"):
+            u2, n, q = wrapper._score_terms(phi, batch)
+            parts["e"].append(out["energy"].detach().cpu().double().numpy())
+            parts["e_ref"].append(batch.energy.cpu().double().numpy())
+            parts["n"].append(n)
+            parts["q"].append(q)
+            if own:
+                parts["f"].append(out["forces"].detach().cpu().double().numpy().reshape(-1))
+            parts["f_ref"].append(batch.forces.cpu().double().numpy().reshape(-1))
+            # atoms without neighbours feel no force (variance 0): left out of the fit
+            parts["fq"].append(np.repeat(np.where(has_neighbours(batch), u2, np.nan), 3))
+        return parts
+
+    shards = mdist.map_shards(local, held_out)
+    return {k: np.concatenate(x) for k in shards[0]
+            if (x := [part for shard in shards for part in shard[k]])}
