@@ -25,6 +25,10 @@ calibrates it on ``--val`` when given, and saves it (:meth:`UQWrapper.save`):
   on ``--val``, which then also calibrates it, or on a fifth of ``--train`` held
   out when there is no ``--val``).
 
+``--latent forces`` (or ``both``) with ``llpr``, ``shallow`` or ``deep`` wraps the
+fitted wrapper in ``LatentDistance(model, combine=wrapper)``: a latent-distance
+variance added to its forces' (and energies') variance, fitted on ``--val``.
+
 ``mlipuq predict --model W.pt --data D --out P.extxyz`` loads a saved wrapper
 (:func:`mlipuq.uq.load`), predicts ``D`` chunk by chunk and writes the
 structures with their predictions in the columns of
@@ -152,11 +156,18 @@ def add_parsers(subparsers) -> None:
                      help="latent: the distance of an atom's readout features to its "
                           "element's training atoms (default: mahalanobis; docs/latent.md); "
                           "evidential: that of its latent-distance term, none for the head "
-                          "alone (default: mahalanobis; docs/evidential.md)")
+                          "alone (default: mahalanobis; docs/evidential.md); with --latent: "
+                          "that of the added term")
     fit.add_argument("--energy-distance", choices=("structure", "atoms"), default=None,
                      help="latent: energy variances from the structure's latent distance, "
                           "coherent over its atoms (default: structure), or summed over "
                           "independent atoms (docs/latent.md)")
+    fit.add_argument("--latent", choices=("forces", "both"), default=None,
+                     help="llpr, shallow, deep: add a latent-distance variance to the fitted "
+                          "wrapper's (LatentDistance(model, combine=wrapper)), its map fitted "
+                          "on --val; forces: for the forces only, the wrapper's energies "
+                          "kept (the shallow ensemble's option under shift); both: energies "
+                          "too (docs/latent.md)")
     fit.add_argument("--members", type=int, default=None,
                      help=f"deep: number of members trained from --model's architecture "
                           f"(default {DEFAULT_MEMBERS}; with several --model: their number)")
@@ -241,9 +252,13 @@ def _check_fit_args(args) -> None:
             raise ValueError(f"--max-dof must be > 1, got {args.max_dof}")
     if args.method == "shallow" and args.heads < 2:
         raise ValueError(f"--heads must be >= 2, got {args.heads}")
-    if args.score is not None and args.method not in ("latent", "evidential"):
-        raise ValueError(f"--score is a latent or evidential option, not one of fit "
-                         f"{args.method}")
+    if args.latent is not None and args.method not in ("llpr", "shallow", "deep"):
+        raise ValueError(f"--latent adds a latent distance to llpr, shallow or deep, "
+                         f"not to fit {args.method}")
+    if args.score is not None and args.method not in ("latent", "evidential") \
+            and args.latent is None:
+        raise ValueError(f"--score is a latent, evidential or --latent option, not one of "
+                         f"fit {args.method}")
     if args.energy_distance is not None and args.method != "latent":
         raise ValueError(f"--energy-distance is a latent option, not one of fit {args.method}")
     if args.reference is not None and args.method != "evidential":
@@ -273,7 +288,21 @@ def _check_fit_args(args) -> None:
 
 def build_wrapper(args, models, train, val, progress: bool, reference=None):
     """The fitted (not yet calibrated) wrapper of ``args.method`` (``reference``: the
-    evidential head's ``--reference`` structures)."""
+    evidential head's ``--reference`` structures), with ``--latent`` wrapped in a
+    :class:`~mlipuq.uq.LatentDistance` combined with it."""
+    from mlipuq.uq import LatentDistance
+
+    wrapper = _method_wrapper(args, models, train, val, progress, reference)
+    if args.latent is None:
+        return wrapper
+    options = {} if args.score is None else {"score": args.score}
+    return LatentDistance(models[0], combine=wrapper, **options,
+                          energy_distance=None if args.latent == "forces" else "structure"
+                          ).fit(train, val, batch_size=args.batch_size, seed=args.seed,
+                                progress=progress)
+
+
+def _method_wrapper(args, models, train, val, progress: bool, reference=None):
     from mlipuq.uq import (DeepEnsemble, EvidentialHead, LastLayerLaplace, LatentDistance,
                            ShallowEnsemble)
 
@@ -305,7 +334,13 @@ def build_wrapper(args, models, train, val, progress: bool, reference=None):
 
 
 def _method_rows(wrapper, method: str) -> list:
-    """The summary rows of what ``fit`` fitted: hyperparameters or training."""
+    """The summary rows of what ``fit`` fitted: hyperparameters or training (with
+    ``--latent``, the combined wrapper's, then the latent term's)."""
+    if method != "latent" and getattr(wrapper, "combine", None) is not None:
+        term = [("latent term", f"{wrapper.score} distance; λ forces "
+                 f"{wrapper.forces_other_scale_:.3g}, energy {wrapper.energy_other_scale_:.3g}"
+                 f" (λσ² + latent; {'forces only' if wrapper.energy_distance is None else 'both'})")]
+        return _method_rows(wrapper.combine, method) + term
     if method == "llpr":
         rows = [("prior precision", f"{wrapper.prior_precision_:.4g}"),
                 ("energy noise", f"{wrapper.energy_noise_:.4g} eV")]
@@ -339,7 +374,10 @@ def _method_rows(wrapper, method: str) -> list:
 
 
 def _summary(wrapper, args, n_train: int, n_val: int) -> str:
-    rows = [("method", f"{type(wrapper).__name__} ({args.method})"),
+    combined = getattr(wrapper, "combine", None)
+    name = type(wrapper).__name__ + ("" if combined is None or args.method == "latent"
+                                     else f" + {type(combined).__name__}")
+    rows = [("method", f"{name} ({args.method})"),
             ("training set", f"{n_train} structures ({args.train})")]
     rows += _method_rows(wrapper, args.method)
     recalibrator = getattr(wrapper, "recalibrator_", None)

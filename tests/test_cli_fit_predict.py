@@ -289,6 +289,30 @@ def test_fit_latent_score_and_without_val(files, tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_fit_latent_term_added_to_another_method(files, tmp_path, capsys):
+    """--latent forces: LatentDistance(model, combine=shallow, energy_distance=None),
+    fitted on --val and calibrated; the energies stay the heads' and the heads
+    stay its members. --latent both: a latent energy term too (here with LLPR)."""
+    out = tmp_path / "shallow_latent.pt"
+    assert _fit(files, "shallow", out, "--latent", "forces") == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    assert "LatentDistance + ShallowEnsemble (shallow)" in text and "forces only" in text
+    wrapper = load_wrapper(out)
+    assert wrapper.energy_distance is None and wrapper.calibrated_
+    assert type(wrapper.combine).__name__ == "ShallowEnsemble"
+    test = mlipuq.load(files["test"])
+    raw = dict(calibrated=False, composition=False)
+    pred, heads = wrapper.predict(test, **raw), wrapper.combine.predict(test, **raw)
+    np.testing.assert_array_equal(pred.energy_var, heads.energy_var)
+    assert pred.n_members == wrapper.combine.n_heads
+    both = tmp_path / "llpr_latent.pt"
+    assert _fit(files, "llpr", both, "--latent", "both", "--score", "knn") == 0
+    loaded = load_wrapper(both)
+    assert loaded.energy_distance == "structure" and loaded.score == "knn"
+    assert type(loaded.combine).__name__ == "LastLayerLaplace"
+    capsys.readouterr()
+
+
 def test_fit_without_val_is_not_calibrated(files, tmp_path, capsys):
     out = tmp_path / "llpr.pt"
     assert cli.main(["fit", "llpr", "-m", str(files["model"]), "--train", str(files["train"]),
@@ -324,7 +348,9 @@ def test_fit_deep_from_several_trained_models(files, tmp_path, capsys):
     (["deep", "--members", "1"], "--members must be >= 2"),
     (["llpr", "-m", "{model}"], "fit llpr takes one --model"),
     (["shallow", "--heads", "1"], "--heads must be >= 2"),
-    (["llpr", "--score", "knn"], "--score is a latent or evidential option"),
+    (["llpr", "--score", "knn"], "--score is a latent, evidential or --latent option"),
+    (["latent", "--latent", "forces"], "--latent adds a latent distance to llpr, shallow or"),
+    (["evidential", "--latent", "both"], "not to fit evidential"),
     (["latent", "--score", "none"], "--score none (no latent-distance term) is an evidential"),
     (["evidential", "--energy-distance", "atoms"], "--energy-distance is a latent option"),
     (["latent", "--reference", "train.extxyz"], "--reference is an evidential option"),
