@@ -337,9 +337,10 @@ def _method_rows(wrapper, method: str) -> list:
     """The summary rows of what ``fit`` fitted: hyperparameters or training (with
     ``--latent``, the combined wrapper's, then the latent term's)."""
     if method != "latent" and getattr(wrapper, "combine", None) is not None:
+        targets = "forces only" if wrapper.energy_distance is None else "both"
         term = [("latent term", f"{wrapper.score} distance; λ forces "
                  f"{wrapper.forces_other_scale_:.3g}, energy {wrapper.energy_other_scale_:.3g}"
-                 f" (λσ² + latent; {'forces only' if wrapper.energy_distance is None else 'both'})")]
+                 f" (λσ² + latent; {targets})")]
         return _method_rows(wrapper.combine, method) + term
     if method == "llpr":
         rows = [("prior precision", f"{wrapper.prior_precision_:.4g}"),

@@ -500,7 +500,8 @@ class LatentDistance(UQWrapper):
         """:meth:`latent_variances` preceded by the energy variance of each structure
         of ``batch`` (eV², see the module notes): ``(energy_var, atom_var, force_var)``."""
         u2, count, q = self._score_terms(phi, batch)
-        force_var = np.where(latent_features.has_neighbours(batch), self.forces_a_ + self.forces_b_ * u2, 0.0)
+        force_var = np.where(latent_features.has_neighbours(batch),
+                             self.forces_a_ + self.forces_b_ * u2, 0.0)
         return (self.energy_a_ * count + self.energy_b_ * q,
                 self.energy_a_ + self.energy_b_ * u2, force_var)
 
