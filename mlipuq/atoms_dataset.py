@@ -141,16 +141,18 @@ class AtomsDataset(Sequence):
         *,
         require_energy: bool = False,
         require_forces: bool = False,
+        offset: int = 0,
     ) -> "AtomsDataset":
         """Check every structure; raise a ``ValueError`` naming the first bad one.
 
         ``require_energy`` / ``require_forces`` demand reference data (training).
-        Returns ``self``.
+        ``offset``: index of this dataset's first structure in the caller's data (a
+        shard's start), for the messages. Returns ``self``.
         """
         if len(self) == 0:
             raise InvalidStructureError("the dataset holds no structures")
         known = None if species is None else _as_species(species)
-        for k, atoms in enumerate(self._structures):
+        for k, atoms in enumerate(self._structures, start=int(offset)):
             check_structure(atoms, k, known)
             results = _current_results(atoms)
             _check_reference(atoms, k, results)

@@ -118,6 +118,17 @@ def test_latent_distance_fit_shards_equal_one_process(runs, name):
     np.testing.assert_array_equal(double[1][f"{name}_seen"], [6, 3])
 
 
+def test_latent_distance_bad_structure_in_one_share_fails_every_rank(runs):
+    # the 10th reference structure has no forces: one process names it; on two ranks
+    # rank 1 (whose share holds it) names it too, and rank 0 raises instead of waiting
+    single, double, _, _ = runs
+    assert str(single["latent_error"]) == \
+        "MissingReferenceError: structure 9: no reference forces"
+    assert str(double[1]["latent_error"]) == str(single["latent_error"])
+    assert str(double[0]["latent_error"]).startswith("RankFailedError: rank 1 failed: ")
+    assert "structure 9: no reference forces" in str(double[0]["latent_error"])
+
+
 @pytest.mark.parametrize("strategy", ["random", "max_energy_std", "max_force_std",
                                       "trust_window", "fps", "fps_labelled", "batch_llpr",
                                       "batch_llpr_fitted"])

@@ -372,7 +372,7 @@ class LatentDistance(UQWrapper):
         if self.combine is not None:
             self.combine._check_fitted()
         dataset = mdata.as_dataset(train)
-        dataset.validate(self.species, require_energy=True, require_forces=True)
+        latent_features.validate(dataset, self.species)  # each rank its share
         if val is None:
             if len(dataset) < 2:
                 raise ValueError("LatentDistance.fit needs val or at least 2 training structures "
@@ -383,7 +383,7 @@ class LatentDistance(UQWrapper):
             reference = dataset.subset(np.sort(order[n_held:]))
         else:
             held_out = mdata.as_dataset(val)
-            held_out.validate(self.species, require_energy=True, require_forces=True)
+            latent_features.validate(held_out, self.species)
             reference = dataset
         self._fit_reference(reference, batch_size, seed, progress)
         self._fit_map(held_out, batch_size, progress)

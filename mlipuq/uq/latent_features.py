@@ -13,7 +13,20 @@ from mlipuq import data as mdata
 from mlipuq import distributed as mdist
 from mlipuq.progress import batches_with_progress
 
-__all__ = ["passes", "has_neighbours", "reference_features", "map_terms"]
+__all__ = ["validate", "passes", "has_neighbours", "reference_features", "map_terms"]
+
+
+def validate(dataset, species) -> None:
+    """``dataset.validate`` with energies and forces required; after
+    :func:`mlipuq.distributed.init` (collective) each rank checks its share, and a
+    bad structure, named by its index in ``dataset``, raises on every rank."""
+    if not mdist.active() or len(dataset) == 0:
+        dataset.validate(species, require_energy=True, require_forces=True)
+        return
+    start, stop = mdist.shard_bounds(len(dataset))
+    mdist.run_local(lambda: dataset[start:stop].validate(
+        species, require_energy=True, require_forces=True, offset=start)
+        if stop > start else None)
 
 
 def passes(wrapper, dataset, batch_size: int, forces: bool, progress: bool = False,

@@ -75,7 +75,8 @@ def main(folder: Path) -> None:
 
 
 def _latent(model, llpr, train, val, test) -> dict:
-    """A LatentDistance alone and one combined with the LLPR: fitted state and predictions."""
+    """A LatentDistance alone and one combined with the LLPR: fitted state and predictions,
+    the structures each rank computed, and the error of a fit with a bad structure."""
     out, seen = {}, []
     passes = LatentDistance._passes
 
@@ -105,7 +106,25 @@ def _latent(model, llpr, train, val, test) -> dict:
                                       wrapper.forces_other_scale_, wrapper.n_train_]),
             f"{name}_energy_var": pred.energy_var, f"{name}_forces_var": pred.forces_var,
         })
+    out["latent_error"] = np.array(_latent_error(model, train, val))
     return out
+
+
+def _latent_error(model, train, val) -> str:
+    """The error of a LatentDistance fit whose 10th reference structure has no forces
+    (on two ranks: in rank 1's share)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    structures = [atoms.copy() for atoms in train]
+    for atoms, original in zip(structures, train):
+        atoms.calc = SinglePointCalculator(atoms, **original.calc.results)
+    bad = structures[9]
+    bad.calc = SinglePointCalculator(bad, energy=bad.get_potential_energy())
+    try:
+        LatentDistance(model).fit(mlipuq.AtomsDataset(structures), val, batch_size=3)
+    except Exception as exc:  # the bad rank: a ValueError; the others: RankFailedError
+        return f"{type(exc).__name__}: {exc}"
+    return "no error"
 
 
 if __name__ == "__main__":
