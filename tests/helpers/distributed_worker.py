@@ -1,4 +1,5 @@
-"""One run of fit / calibrate / predict / evaluate / select, for tests/test_distributed.py.
+"""One run of fit / calibrate / predict / evaluate / select (and LatentDistance fits), for
+tests/test_distributed.py.
 
 Run as a single process (``python distributed_worker.py DIR``) or under
 ``torchrun --nproc-per-node 2``: the results must agree. Every rank writes
