@@ -18,7 +18,7 @@ import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from mlipuq import schema
-from mlipuq.checks import (_as_species, _check_reference, _current_results, _reference, _stale,
+from mlipuq.checks import (_as_species, _check_reference, _current_results, _reference,
                            check_structure, describe, reference_problem, set_origin)
 from mlipuq.checks import origin as origin_of
 from mlipuq.data_io import file_error
@@ -246,16 +246,13 @@ def concatenate(datasets: Sequence[AtomsDataset]) -> AtomsDataset:
 def _raw_references(atoms: ase.Atoms, energy_key: str, forces_key: str) -> dict:
     """Reference values of ``atoms`` as found (unconverted), by result name,
     with the key each came from: ``{"energy": (key, value), ...}``."""
-    found = {}
-    calc = atoms.calc
-    if calc is not None and getattr(calc, "results", None) and not _stale(atoms, calc):
-        for name in ("energy", "forces", "stress"):
-            if name in calc.results:
-                found[name] = (name, calc.results[name])
-        if energy_key != "energy":
-            found.pop("energy", None)
-        if forces_key != "forces":
-            found.pop("forces", None)
+    results = _current_results(atoms)
+    found = {name: (name, results[name]) for name in ("energy", "forces", "stress")
+             if name in results}
+    if energy_key != "energy":
+        found.pop("energy", None)
+    if forces_key != "forces":
+        found.pop("forces", None)
     if energy_key in atoms.info:
         found["energy"] = (energy_key, atoms.info[energy_key])
     if forces_key in atoms.arrays:
