@@ -7,7 +7,8 @@ calibrates it on ``--val`` when given, and saves it (:meth:`UQWrapper.save`):
 
 * ``llpr``: :class:`~mlipuq.uq.LastLayerLaplace` (one pass over the data);
 * ``shallow``: :class:`~mlipuq.uq.ShallowEnsemble` (``--heads`` heads trained
-  by Gaussian NLL on a frozen backbone);
+  by Gaussian NLL on a frozen backbone, and its latent-distance force term,
+  fitted on ``--val``: ``--score`` picks it, ``none`` leaves the heads alone);
 * ``evidential``: :class:`~mlipuq.uq.EvidentialHead` (fit it on data the base
   model was not trained on: a frozen backbone learns residuals; ``--score``
   picks its latent-distance term, ``none`` leaves the head alone; the term
@@ -27,7 +28,9 @@ calibrates it on ``--val`` when given, and saves it (:meth:`UQWrapper.save`):
 
 ``--latent forces`` (or ``both``) with ``llpr``, ``shallow`` or ``deep`` wraps the
 fitted wrapper in ``LatentDistance(model, combine=wrapper)``: a latent-distance
-variance added to its forces' (and energies') variance, fitted on ``--val``.
+variance added to its forces' (and energies') variance, fitted on ``--val`` (the
+shallow ensemble inside then without its own term: ``--latent forces`` is its
+default, ``both`` adds the energies).
 
 ``mlipuq predict --model W.pt --data D --out P.extxyz`` loads a saved wrapper
 (:func:`mlipuq.uq.load`), predicts ``D`` chunk by chunk and writes the
@@ -155,9 +158,9 @@ def add_parsers(subparsers) -> None:
     fit.add_argument("--score", choices=SCORES + ("none",), default=None,
                      help="latent: the distance of an atom's readout features to its "
                           "element's training atoms (default: mahalanobis; docs/latent.md); "
-                          "evidential: that of its latent-distance term, none for the head "
-                          "alone (default: mahalanobis; docs/evidential.md); with --latent: "
-                          "that of the added term")
+                          "evidential, shallow: that of its latent-distance term, none for "
+                          "the head(s) alone (default: mahalanobis; docs/evidential.md, "
+                          "docs/ensembles.md); with --latent: that of the added term")
     fit.add_argument("--energy-distance", choices=("structure", "atoms"), default=None,
                      help="latent: energy variances from the structure's latent distance, "
                           "coherent over its atoms (default: structure), or summed over "
@@ -255,10 +258,10 @@ def _check_fit_args(args) -> None:
     if args.latent is not None and args.method not in ("llpr", "shallow", "deep"):
         raise ValueError(f"--latent adds a latent distance to llpr, shallow or deep, "
                          f"not to fit {args.method}")
-    if args.score is not None and args.method not in ("latent", "evidential") \
+    if args.score is not None and args.method not in ("latent", "evidential", "shallow") \
             and args.latent is None:
-        raise ValueError(f"--score is a latent, evidential or --latent option, not one of "
-                         f"fit {args.method}")
+        raise ValueError(f"--score is a latent, evidential, shallow or --latent option, not "
+                         f"one of fit {args.method}")
     if args.energy_distance is not None and args.method != "latent":
         raise ValueError(f"--energy-distance is a latent option, not one of fit {args.method}")
     if args.reference is not None and args.method != "evidential":
@@ -266,8 +269,10 @@ def _check_fit_args(args) -> None:
     if args.reference is not None and args.score == "none":
         raise ValueError("--reference is what the latent-distance term measures to; "
                          "--score none has no such term")
-    if args.score == "none" and args.method != "evidential":
-        raise ValueError("--score none (no latent-distance term) is an evidential option")
+    if args.score == "none" and (args.method not in ("evidential", "shallow")
+                                 or args.latent is not None):
+        raise ValueError("--score none (no latent-distance term) is an evidential or shallow "
+                         "option, without --latent")
     if args.method == "latent":
         given = [name for name in ("epochs", "lr", "patience", "max_time", "members")
                  if getattr(args, name) is not None]
@@ -311,11 +316,12 @@ def _method_wrapper(args, models, train, val, progress: bool, reference=None):
     if args.method == "llpr":
         return LastLayerLaplace(model, refit_mean=args.refit_mean).fit(
             train, val, batch_size=args.batch_size, **common)
-    if args.method == "shallow":
-        return ShallowEnsemble(model, n_heads=args.heads).fit(
+    distance = {None: "mahalanobis", "none": None}.get(args.score, args.score)
+    if args.method == "shallow":  # with --latent, the combination supplies the term
+        return ShallowEnsemble(model, n_heads=args.heads,
+                               distance=None if args.latent else distance).fit(
             train, val, **common, **_trainer_options(args, {}))
     if args.method == "evidential":
-        distance = {None: "mahalanobis", "none": None}.get(args.score, args.score)
         return EvidentialHead(model, distance=distance).fit(
             train, val, reference=reference, **common, **_trainer_options(args, {}))
     if args.method == "latent":
@@ -358,12 +364,7 @@ def _method_rows(wrapper, method: str) -> list:
                                   f" u² eV²/Å², energy {energy} eV²"))]
     if method in ("shallow", "evidential"):
         rows = [("heads", str(wrapper.n_heads))] if method == "shallow" else []
-        if method == "evidential":
-            term = wrapper.distance_
-            rows.append(("distance", "none (the head alone)" if term is None else
-                         f"{wrapper.distance}: λ forces {term.forces_other_scale_:.3g}, "
-                         f"energy {term.energy_other_scale_:.3g} (λσ²_NIG + a + b u²), "
-                         f"to {term.n_train_} reference structures"))
+        rows.append(("distance", _distance_row(wrapper, method == "shallow")))
         history = wrapper.history_
         return rows + [("training", f"{len(history)} epochs in {history.wall_time:.1f} s")]
     rows = [("members", str(wrapper.n_members))]
@@ -372,6 +373,18 @@ def _method_rows(wrapper, method: str) -> list:
     epochs = ", ".join(str(len(h)) for h in wrapper.histories_)
     seconds = sum(h.wall_time for h in wrapper.histories_)
     return rows + [("training", f"{epochs} epochs (seeds {wrapper.seeds_}) in {seconds:.1f} s")]
+
+
+def _distance_row(wrapper, shallow: bool) -> str:
+    """The summary row of a shallow ensemble's or evidential head's latent-distance term."""
+    term = wrapper.distance_
+    if term is None:
+        return f"none (the head{'s' if shallow else ''} alone)"
+    energy = ("energies: the heads' variance" if shallow
+              else f"energy {term.energy_other_scale_:.3g}")
+    own = "σ²_heads" if shallow else "σ²_NIG"
+    return (f"{wrapper.distance}: λ forces {term.forces_other_scale_:.3g}, {energy} "
+            f"(λ{own} + a + b u²), to {term.n_train_} reference structures")
 
 
 def _summary(wrapper, args, n_train: int, n_val: int) -> str:

@@ -237,8 +237,11 @@ def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsy
     if method == "deep":
         assert wrapper.n_members == 2 and wrapper.seeds_ == [0, 1]
         assert "members" in printed and "seeds [0, 1]" in printed
-    if method == "shallow":
+    if method == "shallow":  # with its latent-distance force term unless --score none
         assert wrapper.n_heads == 2
+        line = next(t for t in printed.splitlines() if t.split()[:1] == ["distance"])
+        assert wrapper.distance_ is not None and line.split()[1] == "mahalanobis:"
+        assert "energies: the heads' variance (λσ²_heads + a + b u²)" in line
     if method == "latent":  # the Mahalanobis distance unless --score says otherwise
         line = next(t for t in printed.splitlines() if t.split()[:1] == ["distance"])
         assert wrapper.score == "mahalanobis" and line.split()[1] == "mahalanobis"
@@ -250,13 +253,15 @@ def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsy
     assert np.all(np.isfinite(prediction.energy_std)) and np.all(prediction.forces_std > 0)
 
 
-def test_fit_evidential_without_the_distance_term(files, tmp_path, capsys):
+@pytest.mark.parametrize("method", ["evidential", "shallow"])
+def test_fit_without_the_distance_term(files, tmp_path, capsys, method):
     out = tmp_path / "alone.pt"
-    assert _fit(files, "evidential", out, "--score", "none") == 0, \
-        capsys.readouterr().err
+    assert _fit(files, method, out, "--score", "none") == 0, capsys.readouterr().err
     line = next(t for t in capsys.readouterr().out.splitlines() if t.split()[:1] == ["distance"])
     wrapper = load_wrapper(out)
     assert wrapper.distance is None and wrapper.distance_ is None and line.split()[1] == "none"
+    if method == "shallow":  # the heads alone: member forces are energy gradients
+        assert wrapper.has_consistent_members
 
 
 def test_fit_evidential_reference(files, tmp_path, capsys):
@@ -348,7 +353,9 @@ def test_fit_deep_from_several_trained_models(files, tmp_path, capsys):
     (["deep", "--members", "1"], "--members must be >= 2"),
     (["llpr", "-m", "{model}"], "fit llpr takes one --model"),
     (["shallow", "--heads", "1"], "--heads must be >= 2"),
-    (["llpr", "--score", "knn"], "--score is a latent, evidential or --latent option"),
+    (["llpr", "--score", "knn"], "--score is a latent, evidential, shallow or --latent option"),
+    (["shallow", "--score", "none", "--latent", "forces"], "is an evidential or shallow option, "
+                                                          "without --latent"),
     (["latent", "--latent", "forces"], "--latent adds a latent distance to llpr, shallow or"),
     (["evidential", "--latent", "both"], "not to fit evidential"),
     (["latent", "--score", "none"], "--score none (no latent-distance term) is an evidential"),

@@ -344,8 +344,9 @@ def test_llpr_on_trained_direct_head_no_vjp_and_calibrates(trained, monkeypatch)
 
 def test_shallow_ensemble_direct_heads(trained, monkeypatch, tmp_path):
     model, data = trained
-    ensemble = ShallowEnsemble(model, n_heads=4).fit(data[:16], data[16:], epochs=2,
-                                                     batch_size=8)
+    # the heads alone (distance=None): their member forces are the direct heads' own
+    ensemble = ShallowEnsemble(model, n_heads=4, distance=None).fit(
+        data[:16], data[16:], epochs=2, batch_size=8)
     assert ensemble.direct_weight_.shape == (4, model.n_vector_features)
     assert not ensemble.has_consistent_members
     with monkeypatch.context() as patch:

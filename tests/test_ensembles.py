@@ -15,7 +15,7 @@ from mlipuq import data as mdata
 from mlipuq.errors import NotFittedError
 from mlipuq.models import MiniMLIP
 from mlipuq.uq.base import load as load_wrapper
-from mlipuq.uq import EvidentialHead, LastLayerLaplace
+from mlipuq.uq import EvidentialHead, LastLayerLaplace, LatentDistance
 from mlipuq.uq.ensembles import DeepEnsemble, ShallowEnsemble
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -82,6 +82,18 @@ def shallow(base_model, data):
     # 16 heads: with fewer, which posterior directions the heads sample is too random
     # for a robust out-of-distribution check
     return ShallowEnsemble(base_model, n_heads=16).fit(train, val, epochs=2, seed=0, **FAST)
+
+
+def _heads_alone(ensemble: ShallowEnsemble) -> ShallowEnsemble:
+    """The same heads without the latent-distance force term."""
+    alone = ensemble.copy()
+    alone.distance, alone.distance_ = None, None
+    return alone
+
+
+@pytest.fixture(scope="module")
+def heads(shallow):
+    return _heads_alone(shallow)
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +201,9 @@ def test_shallow_invalid_arguments(base_model, data):
         ShallowEnsemble(base_model).predict(data[1][:1])
 
 
-def test_shallow_forces_match_per_head_models(shallow, data):
+def test_shallow_forces_match_per_head_models(heads, data):
     """The vectorised forces equal each head used as the readout of its own model."""
+    shallow = heads
     _, val = data
     structures = val[:3]
     pred = shallow.predict(structures)
@@ -216,8 +229,8 @@ def test_shallow_forces_match_per_head_models(shallow, data):
     np.testing.assert_allclose(mean["forces"], pred.forces, rtol=0, atol=1e-5)
 
 
-def test_shallow_forces_match_finite_differences(shallow, data):
-    wrapper = shallow.copy().to(torch.float64)
+def test_shallow_forces_match_finite_differences(heads, data):
+    wrapper = heads.copy().to(torch.float64)
     atoms = data[1][0].copy()
     pred = wrapper.predict(atoms)
     h = 1e-4
@@ -314,7 +327,56 @@ def test_shallow_save_load_exact(shallow, data, tmp_path):
     a, b = shallow.predict(val), loaded.predict(val)
     np.testing.assert_array_equal(a.energy, b.energy)
     np.testing.assert_array_equal(a.energy_var, b.energy_var)
+    np.testing.assert_array_equal(a.forces_var, b.forces_var)
     np.testing.assert_array_equal(a.forces_members, b.forces_members)
+    assert loaded.distance == "mahalanobis" and loaded.distance_ is not None
+
+
+# ------------------------------------------------------ latent-distance term
+def test_shallow_distance_term_is_the_latent_distance_combination(shallow, heads, data):
+    """The default force term is ``LatentDistance(combine=heads, energy_distance=None)``
+    fitted on the same data, bit for bit; the force members are stretched to the
+    combined variance (energies and their members: the heads' own), so they are no
+    energy gradients and member-wise MD is refused with a pointer to distance=None."""
+    train, val = data
+    composite = LatentDistance(heads.model, combine=heads, energy_distance=None).fit(
+        train, val, batch_size=8)
+    raw = dict(calibrated=False, composition=False)
+    own, other, alone = (w.predict(val, **raw) for w in (shallow, composite, heads))
+    for field in ("energy", "energy_var", "forces", "forces_var", "energy_members",
+                  "forces_members"):
+        np.testing.assert_array_equal(getattr(own, field), getattr(other, field), err_msg=field)
+    np.testing.assert_array_equal(own.energy_members, alone.energy_members)
+    np.testing.assert_allclose(own.forces_members.var(axis=0), own.forces_var, rtol=1e-10)
+    np.testing.assert_allclose(own.forces_members.mean(axis=0), alone.forces, rtol=0, atol=1e-12)
+    term = shallow.distance_
+    assert term.forces_a_ > 0  # the latent part is there, everywhere an atom has neighbours
+    assert np.all(own.forces_var > term.forces_other_scale_ * alone.forces_var)
+    assert not shallow.has_consistent_members and heads.has_consistent_members
+    with pytest.raises(ValueError, match=r"distance=None"):
+        shallow.members(val, forces=True)
+    heads.members(val, forces=True)  # the heads alone: energy gradients
+
+
+def test_shallow_distance_none_trains_the_same_heads(shallow, base_model, data):
+    train, val = data
+    alone = ShallowEnsemble(base_model, n_heads=16, distance=None).fit(
+        train, val, epochs=2, seed=0, **FAST)
+    assert alone.distance_ is None and "distance" not in alone.config()
+    np.testing.assert_array_equal(alone.head_weight_.numpy(), shallow.head_weight_.numpy())
+    assert repr(alone).endswith("distance=None)") and "distance" not in repr(shallow)
+
+
+def test_shallow_distance_term_needs_forces_and_held_out_data(base_model, data):
+    train, val = data
+    with pytest.raises(ValueError, match="distance must be"):
+        ShallowEnsemble(base_model, distance="euclidean")
+    with pytest.warns(UserWarning, match="forces_weight=0"):
+        energies_only = ShallowEnsemble(base_model, n_heads=3).fit(
+            train, val, epochs=1, seed=0, forces_weight=0.0, **FAST)
+    assert energies_only.distance is None and energies_only.distance_ is None
+    with pytest.raises(ValueError, match="pass val or distance=None"):
+        ShallowEnsemble(base_model, n_heads=3).fit(train[:1], epochs=1, seed=0, **FAST)
 
 
 # ---------------------------------------------------------------- both wrappers

@@ -31,7 +31,6 @@ Two parts of :class:`~mlipuq.uq.EvidentialHead`:
 
 from __future__ import annotations
 
-import copy
 from typing import Optional
 
 import numpy as np
@@ -39,6 +38,11 @@ import torch
 
 from mlipuq import data as mdata
 from mlipuq.calibration.extrapolation import plausible_errors
+from mlipuq.uq.distance_term import (  # noqa: F401  (re-exported: their first home)
+    fit_distance_term,
+    load_distance_term,
+    term_variances,
+)
 from mlipuq.uq.latent_distance import LatentDistance
 
 #: The reported std stays below this many times the largest error plausible for
@@ -84,45 +88,12 @@ def cap_variances(caps: Optional[dict], n_atoms: torch.Tensor, e_alea, e_epi, f_
     return e_alea * factor, e_epi * factor, f_var * soft_cap(f_var, caps["forces"] ** 2)
 
 
-def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size: int,
-                      progress: bool = False, energy_distance: str = "structure",
-                      reference=None) -> LatentDistance:
-    """The latent-distance term of a fitted evidential ``wrapper``: reference atoms
-    and structures from ``reference`` (None: ``train``), λ, a and b fitted on ``val``
-    (None: ``train`` when a ``reference`` is given, else a held-out fraction of
-    ``train``) against the wrapper's own (bounded) NIG variances; ``energy_distance``
-    as in :class:`~mlipuq.uq.LatentDistance` (``"atoms"``: the term of heads fitted
-    before the structure distance existed)."""
-    nig_only = copy.copy(wrapper)  # shares the head and the model, predicts without the term
-    nig_only.distance_ = None
-    nig_only.fitted_ = True
-    term = LatentDistance(wrapper.model, score=score, combine=nig_only,
-                          energy_distance=energy_distance)
-    points, held_out = ((train, val) if reference is None
-                        else (reference, train if val is None else val))
-    term.fit(points, held_out, seed=seed, batch_size=batch_size, progress=progress)
-    term.combine = None  # its scales λ are kept; the wrapper supplies the NIG part
-    # (fit is collective after distributed.init: shares computed per rank, rank 0's term kept)
-    return term
-
-
-def load_distance_term(model, score: str, state: dict) -> LatentDistance:
-    """A saved distance term (``LatentDistance._get_state()``) around ``model``."""
-    # terms saved before the structure distance existed sum independent atoms
-    mode = "atoms" if state.get("structure_") is None else "structure"
-    term = LatentDistance(model, score=score, energy_distance=mode)
-    term._set_state(state)
-    term.fitted_ = True
-    return term
-
-
 def distance_variances(term: LatentDistance, features: torch.Tensor, batch: mdata.Batch,
                        e_alea, e_epi, f_var):
     """``λ σ²_NIG`` plus the latent-distance term's variance (module notes): the NIG
     energy parts (B,) and force variances (N,) of one batch combined with it (the
     latent part is epistemic)."""
-    phi = features.detach().cpu().to(torch.float64).numpy()
-    energy_var, _, force_var = term.latent_parts(phi, batch)
+    energy_var, force_var = term_variances(term, features, batch)
     like = dict(dtype=e_alea.dtype, device=e_alea.device)
     latent_e = torch.as_tensor(energy_var, **like)
     return (term.energy_other_scale_ * e_alea,

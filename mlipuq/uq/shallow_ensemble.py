@@ -70,6 +70,24 @@ scaled by their own NLL-optimal factor on the forces, and the energy heads
 from the energy-row posterior scaled on the energies. Member forces are not
 gradients of member energies (``has_consistent_members`` is False).
 
+The latent-distance term (``ShallowEnsemble(distance=...)``, default
+``"mahalanobis"``; :mod:`mlipuq.uq.distance_term`). K heads span at most K - 1
+directions of the weight space: along a feature direction that the training
+data never varied, their spread is whatever the K draws happen to give, and
+under shift the force errors grew faster than it (EMT Cu and ethanol's cis
+hydroxyl torsion, ``docs/shift.md``: 95 % force intervals covered 0.896 there).
+:meth:`fit` therefore adds :class:`~mlipuq.uq.LatentDistance`'s force variance,
+measured to the training atoms of each element,
+
+.. math:: \sigma^2_{F,ic} = \lambda_F\,\sigma^2_{{\rm heads},ic} + a_F + b_F u_i^2,
+
+with :math:`\lambda_F, a_F, b_F \ge 0` fitted by Gaussian NLL on ``val`` (else
+on a held-out fifth of ``train``); the energies keep the heads' variance. The
+force members are stretched per component to that variance (so a member-wise
+spread agrees with the reported one): they are then no energy gradients, and
+``has_consistent_members`` is False. ``distance=None`` keeps the heads alone
+(member forces that are energy gradients, e.g. for member-wise MD).
+
 Module layout: this module holds the wrapper and the Laplace initialisation;
 the heads, their energies, forces and stresses (:func:`head_members`) and
 their NLL loss (:class:`HeadsNLL`) live in :mod:`mlipuq.uq.shallow_heads`.
@@ -80,6 +98,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import warnings
 from types import MappingProxyType
 from typing import Optional
 
@@ -88,11 +107,18 @@ import torch
 from torch import nn
 
 from mlipuq import data as mdata
+from mlipuq.calibration.recalibrate import stretch_members
 from mlipuq.models.base import MLIP
 from mlipuq.params import positive
 from mlipuq.training import History, fit_scales, prepare_graphs, split_fit_options
 from mlipuq.uq.base import UQWrapper, _check_model, register
 from mlipuq.uq.deep_ensemble import COMMITTEE_CALIBRATION, member_statistics
+from mlipuq.uq.distance_term import (
+    fit_distance_term,
+    load_distance_term,
+    term_variances,
+)
+from mlipuq.uq.latent_distance import _SCORES
 from mlipuq.uq.shallow_heads import (  # noqa: F401  (re-exported: their old home)
     _LOG_2PI,
     HeadsNLL,
@@ -211,6 +237,11 @@ class ShallowEnsemble(UQWrapper):
     train_backbone
         Also train the backbone (the wrapper's copy) with the NLL; by default
         it is frozen and only the heads are trained.
+    distance
+        The latent-distance score of the force term :meth:`fit` adds
+        (``"mahalanobis"``, default; ``"knn"``, ``"gmm"``: see
+        :class:`~mlipuq.uq.LatentDistance`), or None: the heads' variance alone
+        (module notes).
 
     Attributes
     ----------
@@ -221,6 +252,8 @@ class ShallowEnsemble(UQWrapper):
     direct_weight_ : torch.Tensor or None
         (K, C) direct force heads, for a model whose ``force_mode`` was
         ``"direct"`` when the ensemble was built (module notes); None otherwise.
+    distance_ : LatentDistance or None
+        The fitted latent-distance term (``distance=None``: None).
     history_ : History
         Training history of the last :meth:`fit` (not saved).
 
@@ -241,11 +274,15 @@ class ShallowEnsemble(UQWrapper):
         init: str = "laplace",
         train_backbone: bool = False,
         vectorize="auto",
+        distance: Optional[str] = "mahalanobis",
     ):
         _check_model(model)
         self._check_config(n_heads, init, train_backbone)
+        if distance is not None and distance not in _SCORES:
+            raise ValueError(f"distance must be None or one of {_SCORES}, got {distance!r}")
         self._setup(copy.deepcopy(model), n_heads, init, train_backbone)
         self.vectorize = vectorize
+        self.distance = distance
 
     @staticmethod
     def _check_config(n_heads, init, train_backbone) -> None:
@@ -277,6 +314,8 @@ class ShallowEnsemble(UQWrapper):
         self.head_bias_: Optional[torch.Tensor] = None
         self.history_: Optional[History] = None
         self.vectorize = "auto"
+        self.distance: Optional[str] = None
+        self.distance_ = None
         self.fitted_ = False
 
     @property
@@ -285,12 +324,20 @@ class ShallowEnsemble(UQWrapper):
 
     @property
     def has_consistent_members(self) -> bool:
-        """False with direct force heads: their forces are no energy gradients."""
-        return not self._direct
+        """False with direct force heads or the latent-distance term (its member
+        forces stretched atom by atom): their forces are no energy gradients."""
+        return not self._direct and self.distance_ is None
+
+    def members_hint(self, *, forces: bool = False) -> str:
+        if forces and self.distance_ is not None and not self._direct:
+            return ("ShallowEnsemble(model, distance=None): the latent-distance term "
+                    "stretches the member forces atom by atom (no longer energy gradients)")
+        return super().members_hint(forces=forces)
 
     def __repr__(self) -> str:
+        distance = "" if self.distance == "mahalanobis" else f", distance={self.distance!r}"
         return (f"ShallowEnsemble({type(self.model).__name__}, n_heads={self.n_heads}, "
-                f"init={self.init!r}, train_backbone={self.train_backbone})")
+                f"init={self.init!r}, train_backbone={self.train_backbone}{distance})")
 
     # ------------------------------------------------------------------ training
     def _initial_heads(self, train, val, seed: int, energy_weight: float,
@@ -353,7 +400,11 @@ class ShallowEnsemble(UQWrapper):
         train, val
             Data with reference energies (eV) and, if ``forces_weight > 0``,
             forces (eV/Å). ``val`` drives early stopping and the best-epoch
-            selection, and calibrates the Laplace init.
+            selection, calibrates the Laplace init, and is where the
+            latent-distance term (``distance``) fits λ, a and b (None: on a
+            held-out fifth of ``train``, whose atoms are then left out of the
+            term's reference; the heads saw them, so pass ``val``). The term
+            needs forces: with ``forces_weight=0`` it is left out, with a warning.
         seed
             Seeds the head initialisation and the trainer: a fit is reproducible.
         progress
@@ -415,8 +466,29 @@ class ShallowEnsemble(UQWrapper):
                           self.head_bias_.to(torch.float64).mean(0),
                           None if self.direct_weight_ is None
                           else self.direct_weight_.to(torch.float64).mean(0))
+        self._fit_distance(train, val, seed, progress, need_forces, trainer["batch_size"])
         self.fitted_ = True
         return self
+
+    def _fit_distance(self, train, val, seed: int, progress: bool, need_forces: bool,
+                      batch_size: int) -> None:
+        """Fit the latent-distance term (module notes) around the trained heads."""
+        self.distance_ = None
+        if self.distance is None:
+            return
+        if not need_forces:
+            warnings.warn("ShallowEnsemble.fit: the latent-distance term is a force term and "
+                          "forces_weight=0 fits no forces; the heads' variance alone is used "
+                          "(distance=None)", UserWarning, stacklevel=3)
+            self.distance = None
+            return
+        if val is None and len(train) < 2:
+            raise ValueError("ShallowEnsemble.fit: the latent-distance term is fitted on val, "
+                             "or on a held-out part of train (at least 2 structures); pass "
+                             "val or distance=None")
+        self.distance_ = fit_distance_term(self, train, val, score=self.distance, seed=seed,
+                                           batch_size=batch_size, progress=progress,
+                                           energy_distance=None)
 
     # ---------------------------------------------------------------- predict
     has_stress_uncertainty = True
@@ -429,6 +501,9 @@ class ShallowEnsemble(UQWrapper):
         forces_members = out["forces"].detach().cpu()
         energy, energy_var = member_statistics(energy_members)
         forces, forces_var = member_statistics(forces_members)
+        if self.distance_ is not None:
+            forces_var, forces_members = self._add_distance(out["features"], batch, forces,
+                                                            forces_var, forces_members)
         _, atom_energy_var = member_statistics(out["atom_energy"].cpu())
         result = {
             "energy": energy,
@@ -445,10 +520,28 @@ class ShallowEnsemble(UQWrapper):
             result["stress_members"] = stress_members
         return result
 
+    def _add_distance(self, features, batch: mdata.Batch, forces, forces_var, members):
+        """The force variances with the latent-distance term, ``λ σ²_heads + a + b u²``
+        (module notes; fitted with ``energy_distance=None``: the energies keep the
+        heads' variance), and the force members stretched to them."""
+        term = self.distance_
+        _, latent = term_variances(term, features, batch)
+        total = term.forces_other_scale_ * forces_var + torch.from_numpy(latent)[:, None]
+        stretched = stretch_members(members.numpy(), forces.numpy(), total.numpy(),
+                                    forces_var.numpy())
+        return total, torch.from_numpy(stretched)
+
     # ------------------------------------------------------------ persistence
     def config(self) -> dict:
         return {"n_heads": self.n_heads, "init": self.init, "train_backbone": self.train_backbone,
-                "vectorize": self.vectorize}
+                "vectorize": self.vectorize,
+                # absent for the heads alone, as in files saved before the term: equal fingerprints
+                **({} if self.distance is None else {"distance": self.distance})}
+
+    def _set_models(self, models) -> None:
+        super()._set_models(models)
+        if self.distance_ is not None:
+            self.distance_.model = self.model
 
     @classmethod
     def _from_config(cls, models: list[MLIP], config: dict) -> "ShallowEnsemble":
@@ -456,6 +549,7 @@ class ShallowEnsemble(UQWrapper):
         wrapper = cls.__new__(cls)
         wrapper._setup(model, config["n_heads"], config["init"], config["train_backbone"])
         wrapper.vectorize = config.get("vectorize", "auto")
+        wrapper.distance = config.get("distance")  # absent in files saved before the term
         return wrapper
 
     def _get_state(self) -> dict:
@@ -468,6 +562,8 @@ class ShallowEnsemble(UQWrapper):
         if self._direct:  # only then: files of other ensembles unchanged
             state["direct_weight"] = self.direct_weight_
             state["direct_readout_weight"] = self._direct_readout_weight
+        if self.distance_ is not None:
+            state["distance"] = self.distance_._get_state()
         return state
 
     def _set_state(self, state: dict) -> None:
@@ -482,3 +578,7 @@ class ShallowEnsemble(UQWrapper):
         self._direct_readout_weight = (
             None if direct is None
             else torch.as_tensor(state["direct_readout_weight"], dtype=torch.float64))
+        term = state.get("distance")  # absent in files saved before the distance term
+        self.distance = None if term is None else (self.distance or "mahalanobis")
+        self.distance_ = None if term is None else load_distance_term(self.model, self.distance,
+                                                                      term)

@@ -146,8 +146,9 @@ def head_members(
         ``"energy"``: (K, B) float64 energies including the species offsets
         (eV); ``"atom_energy"``: (K, N) float64 per-atom energies without
         offsets (eV); ``"forces"``: (K, N, 3) float64 forces (eV/Å), or None
-        without ``forces``; with ``stress``, ``"stress"``: (K, B, 3, 3)
-        float64 stresses (eV/Å^3).
+        without ``forces``; ``"features"``: the (N, F) readout features the
+        heads act on; with ``stress``, ``"stress"``: (K, B, 3, 3) float64
+        stresses (eV/Å^3).
     """
     if direct_weight is not None:
         return _direct_head_members(model, batch, weight, bias, direct_weight, forces=forces,
@@ -199,7 +200,7 @@ def _head_energies(model: MLIP, batch: mdata.Batch, store: dict, weight: torch.T
         batch.n_structures, w.shape[0], dtype=torch.float64, device=phi.device
     ).index_add(0, batch.batch, eps)
     out = {"energy": (energies + model.offsets(batch)[:, None]).T,
-           "atom_energy": eps.T, "forces": None}
+           "atom_energy": eps.T, "forces": None, "features": phi}
     return phi, w, out
 
 
