@@ -9,7 +9,8 @@ run, interleaved with the base model, and reported as a ratio of the best of
 * base: ``model.compute`` (energies + forces), the denominator;
 * LLPR, energy uncertainty only: ``predict_energy`` (energies + energy std);
 * LLPR with sampled force uncertainties (8 samples) and with exact ones;
-* ShallowEnsemble (8 heads), EvidentialHead, DeepEnsemble (5 members);
+* ShallowEnsemble (8 heads; with its latent-distance force term, the default,
+  and the heads alone), EvidentialHead, DeepEnsemble (5 members);
 * one vector-Jacobian product of the features (the cost of one member's force
   set on top of the shared forward pass): K of them set the scale of any
   K-member force uncertainty on this device (an isolated product; in a loop on
@@ -76,6 +77,8 @@ def run_system(name, species, structures, fit_set, batch_size, repeats,
         "LLPR, exact force variances": LastLayerLaplace(model, include_forces=False).fit(fit_set),
         "ShallowEnsemble (8 heads)": ShallowEnsemble(model, n_heads=8, init="random").fit(
             fit_set, **quick),
+        "ShallowEnsemble, heads alone (distance=None)": ShallowEnsemble(
+            model, n_heads=8, init="random", distance=None).fit(fit_set, **quick),
         "EvidentialHead": EvidentialHead(model).fit(fit_set, **quick),
         "EvidentialHead, head alone (distance=None)": EvidentialHead(
             model, distance=None).fit(fit_set, **quick),
