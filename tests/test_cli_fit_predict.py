@@ -295,9 +295,10 @@ def test_fit_latent_score_and_without_val(files, tmp_path, capsys):
 
 
 def test_fit_latent_term_added_to_another_method(files, tmp_path, capsys):
-    """--latent forces: LatentDistance(model, combine=shallow, energy_distance=None),
-    fitted on --val and calibrated; the energies stay the heads' and the heads
-    stay its members. --latent both: a latent energy term too (here with LLPR)."""
+    """--latent forces: LatentDistance(model, combine=heads, energy_distance=None)
+    around the heads alone (the shallow ensemble's own default, spelled out), fitted
+    on --val and calibrated; the energies stay the heads' and the heads stay its
+    members. --latent both: a latent energy term too (here with LLPR)."""
     out = tmp_path / "shallow_latent.pt"
     assert _fit(files, "shallow", out, "--latent", "forces") == 0, capsys.readouterr().err
     text = capsys.readouterr().out
@@ -305,6 +306,7 @@ def test_fit_latent_term_added_to_another_method(files, tmp_path, capsys):
     wrapper = load_wrapper(out)
     assert wrapper.energy_distance is None and wrapper.calibrated_
     assert type(wrapper.combine).__name__ == "ShallowEnsemble"
+    assert wrapper.combine.distance_ is None  # the heads alone inside: one latent term
     test = mlipuq.load(files["test"])
     raw = dict(calibrated=False, composition=False)
     pred, heads = wrapper.predict(test, **raw), wrapper.combine.predict(test, **raw)
