@@ -3,7 +3,8 @@
 Subcommands: ``demo`` (the main job, :mod:`mlipuq.demo`: pretrained models,
 every UQ wrapper fitted, calibrated and compared, a report folder), ``train`` (train the built-in MLIP on an extxyz file), and
 those registered by other modules: ``fit`` and ``predict``
-(:mod:`mlipuq.fit_cli`), ``evaluate`` (:mod:`mlipuq.calibration.cli`) and
+(:mod:`mlipuq.fit_cli`, :mod:`mlipuq.predict_cli`), ``evaluate``
+(:mod:`mlipuq.calibration.cli`) and
 ``select`` (:mod:`mlipuq.active.cli`), ``md`` (:mod:`mlipuq.md_cli`) and
 ``ipi-driver`` (:mod:`mlipuq.engines.ipi_cli`) and ``check`` (the trust checks,
 :mod:`mlipuq.trust.cli`). ``python -m mlipuq`` is the same command.
