@@ -112,14 +112,38 @@ def test_widening_stops_at_the_bound():
     assert rec.std_range_["energy_bound"] == pytest.approx(10.0)
     assert rec.std_range_["forces_bound"] == pytest.approx(4.0)
     # ratios: energies 1.5 and 4, forces 7.5 and 1.25: both targets widened by 7.5 and 4
-    # (** 0.5); energies: 6 * 2.74 > 10 stops at 10, plain 16 > 10 is kept;
-    # forces: 3 * 2.74 > 4 stops at 4, 0.5 * 2 = 1 < 4
+    # (** 0.5): energies 6 * 2.74 and 16 * 2, forces 3 * 2.74 and 0.5 * 2; then every
+    # std s under the soft bound b (energies 10, forces 4): s (1 + (s/b)^16)^(-1/16)
     test = _prediction([3.0, 8.0], [1.5, 0.25], [1, 1])
     out = rec.transform(test)
     np.testing.assert_allclose(out.calibration_excess, [7.5, 4.0])
-    np.testing.assert_allclose(out.energy_std, [10.0, 16.0])
-    np.testing.assert_allclose(out.forces_std[0], 4.0)
-    np.testing.assert_allclose(out.forces_std[1], 1.0)
+    widened_e, widened_f = np.array([6.0 * 7.5**0.5, 32.0]), 3.0 * 7.5**0.5
+    np.testing.assert_allclose(
+        out.energy_std, widened_e * (1 + (widened_e / 10.0) ** 16) ** (-1 / 16))
+    np.testing.assert_allclose(out.forces_std[0],
+                               widened_f * (1 + (widened_f / 4.0) ** 16) ** (-1 / 16))
+    assert np.all(out.energy_std < 10.0) and out.forces_std[0, 0] < 4.0
+    np.testing.assert_allclose(out.forces_std[1], 1.0, rtol=1e-9)  # far below: untouched
+
+
+def test_every_calibrated_std_stays_below_the_bound_in_order():
+    # a scalar recalibration (factor 2) maps raw stds up to 1e12 times the
+    # calibration's to stds as far out; the bound (energies 10 eV/atom, forces 4 eV/Å)
+    # holds for all, the order is kept, with the widening and without it
+    val = _prediction([1.0, 2.0], [0.1, 0.2], [1, 1])
+    raw = np.concatenate([np.geomspace(0.5, 30.0, 12), [1e6, 1e12]])
+    for extrapolation in (0.5, None):
+        rec = PredictionRecalibrator("scalar", extrapolation=extrapolation).fit(
+            val, _reference(val))
+        out = rec.transform(_prediction(raw, raw / 10, np.ones(raw.size, dtype=int)))
+        e_std, f_std = out.energy_std, out.forces_std[:, 0]
+        assert np.all(e_std <= 10.0) and np.all(f_std <= 4.0)
+        assert np.all(np.diff(e_std) >= 0) and np.all(np.diff(f_std) >= 0)
+        # strictly increasing while float64 resolves the difference (σ < 5 bounds)
+        assert np.all(np.diff(e_std[:8]) > 0) and np.all(np.diff(f_std[:8]) > 0)
+        assert e_std[-1] == pytest.approx(10.0) and f_std[-1] == pytest.approx(4.0)
+        assert e_std[0] == pytest.approx(1.0, rel=1e-9)  # far below the bound: untouched
+        assert np.all(np.isfinite(out.energy_var)) and np.all(np.isfinite(out.forces_var))
 
 
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), "x", {"energy": 0.5},

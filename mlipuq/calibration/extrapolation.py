@@ -27,16 +27,28 @@ std of a whole cell, a hot atom the force std of a few; either says the
 structure is new). LLPR's energy-only ``predict_energy`` sees the energy
 ratio alone. ``power`` is 0.5 by default
 (``UQWrapper.default_extrapolation``); deep ensembles widen only their
-energies, with power 0.25. The widening stops at ``BOUND_FACTOR`` (10) times
-the largest error plausible for the calibration data (forces: its largest
-reference force component, eV/Å; energies: the larger of the largest
+energies, with power 0.25. The widened std saturates at ``BOUND_FACTOR`` (10)
+times the largest error plausible for the calibration data (forces: its
+largest reference force component, eV/Å; energies: the larger of the largest
 deviation of its per-atom reference energies from their median and the work
-of that force over 1 Å, eV/atom), and a std the plain recalibration already
-put higher is left as it is. Inside the range nothing changes, so the
+of that force over 1 Å, eV/atom), below. Inside the range nothing changes, so the
 in-distribution calibration is untouched; beyond it the calibrated std grows
 faster than s. The ratio r is reported per structure as
 ``Prediction.calibration_excess``:
 above 1 the interval is extrapolated and widened, not fitted.
+
+That bound holds for every calibrated std, widened or not: a plain
+recalibration (a power law, a scalar) maps a raw std far beyond the data to
+a std as far beyond the plausible errors (the evidential head's, the latent
+distance's u² term). Each calibrated std σ leaves the recalibration as
+
+    σ · (1 + (σ / bound)¹⁶)^(-1/16)        (:func:`saturate`)
+
+— σ itself to 1e-9 relative below a third of the bound, increasing in σ (the
+ranking is kept), below the bound always. The composition part of an energy
+variance (offsets the training compositions left undetermined) is added after
+calibration and is not bounded: it is the error of a reference energy the
+data never fixed, not a plausible error of the data.
 """
 
 from __future__ import annotations
@@ -47,7 +59,7 @@ import numpy as np
 
 __all__ = ["DEFAULT_POWER", "BOUND_FACTOR", "check_power", "check_range", "structure_scales",
            "prediction_scales", "plausible_errors", "calibration_range", "excess",
-           "bounded_factor", "widen"]
+           "bounded_factor", "soft_cap", "saturate", "widen"]
 
 #: Exponent of the widening beyond the calibration range (``extrapolation=`` of
 #: ``calibrate``; each wrapper's ``default_extrapolation``: this one, except deep ensembles).
@@ -143,9 +155,33 @@ def excess(scales: dict, limits: Optional[dict]) -> Optional[dict]:
     return out
 
 
+def soft_cap(var, cap_var, power: int = 8):
+    """Factor f = (1 + (var/cap)^p)^(-1/p) (arrays or tensors): ``var·f < cap``,
+    ``var·f`` increasing in ``var``, and equal to ``var`` up to (var/cap)^p/p while
+    ``var ≪ cap`` (a saturating bound that keeps the order of the variances).
+    Computed as (m^-p + (r/m)^p)^(-1/p) / m with r = var/cap, m = max(r, 1), which
+    neither overflows far beyond the cap nor underflows far below it."""
+    ratio = var / cap_var
+    if not hasattr(ratio, "clip"):
+        ratio = np.asarray(ratio, dtype=np.float64)
+    big = ratio.clip(min=1.0)
+    return (big ** -power + (ratio / big) ** power) ** (-1.0 / power) / big
+
+
+def saturate(std, bound) -> np.ndarray:
+    """``std`` under the soft bound ``bound`` (broadcastable; module notes):
+    std · (1 + (std/bound)^16)^(-1/16), never above ``bound``."""
+    std = np.asarray(std, dtype=np.float64)
+    bound = np.maximum(np.asarray(bound, dtype=np.float64), 1e-300)
+    ratio = std / bound
+    big = np.maximum(ratio, 1.0)  # as soft_cap(std, bound, 16) · std, rounded monotonically
+    return bound * (ratio / big) * (big**-16.0 + (ratio / big) ** 16) ** (-1.0 / 16)
+
+
 def bounded_factor(factor, std, bound) -> np.ndarray:
     """The widening ``factor``, reduced where it would take ``std`` beyond
-    ``bound`` (same shapes or broadcastable); never below 1."""
+    ``bound`` (same shapes or broadcastable); never below 1. (The hard bound
+    :func:`widen` used before :func:`saturate` bounded every std; kept for callers.)"""
     std = np.asarray(std, dtype=np.float64)
     with np.errstate(divide="ignore"):
         room = np.where(std > 0, bound / std, np.inf)
@@ -155,10 +191,10 @@ def bounded_factor(factor, std, bound) -> np.ndarray:
 def widen(limits: Optional[dict], power: dict, scales: dict, stds: dict, n_atoms,
           batch=None) -> Optional[dict]:
     """Calibrated ``stds`` per target (energies (B,) eV, forces (N, 3) eV/Å with
-    ``batch``) widened by ``r ** power[target]`` (bounded, :func:`bounded_factor`),
-    r the largest of the targets' excess ratios of the raw ``scales`` over the
-    recorded ``limits`` (given under ``"excess"``, (B,)); None without recorded
-    limits (older files)."""
+    ``batch``) widened by ``r ** power[target]``, r the largest of the targets' excess ratios of the raw ``scales`` over the
+    recorded ``limits`` (given under ``"excess"``, (B,)), then all of them under
+    the soft bound (:func:`saturate`); None without recorded limits (older files:
+    neither widened nor bounded, as they predicted)."""
     ratios = excess(scales, limits)
     if ratios is None:
         return None
@@ -170,5 +206,5 @@ def widen(limits: Optional[dict], power: dict, scales: dict, stds: dict, n_atoms
             factor, bound = factor[batch][:, None], limits["forces_bound"]
         else:
             bound = limits["energy_bound"] * np.asarray(n_atoms, dtype=np.float64)
-        out[key] = std * bounded_factor(factor, std, bound)
+        out[key] = saturate(std * factor, bound)
     return out

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from mlipuq import data as mdata
-from mlipuq.calibration.extrapolation import plausible_errors
+from mlipuq.calibration.extrapolation import plausible_errors, soft_cap  # noqa: F401  (soft_cap: public here)
 from mlipuq.uq.distance_term import (  # noqa: F401  (re-exported: their first home)
     fit_distance_term,
     load_distance_term,
@@ -51,13 +51,6 @@ STD_CAP_FACTOR = 10.0
 
 __all__ = ["STD_CAP_FACTOR", "cap_variances", "distance_variances", "fit_distance_term",
            "load_distance_term", "soft_cap", "std_caps"]
-
-
-def soft_cap(var: torch.Tensor, cap_var, power: int = 8) -> torch.Tensor:
-    """Factor f = (1 + (var/cap)^p)^(-1/p): ``var·f < cap``, ``var·f`` increasing in
-    ``var``, and equal to ``var`` up to (var/cap)^p/p while ``var ≪ cap``
-    (a saturating bound that keeps the order of the variances)."""
-    return (1.0 + (var / cap_var) ** power) ** (-1.0 / power)
 
 
 def std_caps(wrapper, dataset: mdata.AtomsDataset) -> dict:
