@@ -280,16 +280,19 @@ def broadcast_row(rows: np.ndarray, index: int, offset: int, width: int) -> np.n
     return all_reduce_sum(row) if active() else row
 
 
-def map_shards(fn, dataset) -> list:
+def map_shards(fn, dataset, *, offset: bool = False) -> list:
     """``fn`` applied to this rank's contiguous share of ``dataset`` (a sliceable
     sequence of structures), every rank's result gathered on every rank in rank
     (= data) order; in one process ``[fn(dataset)]``. Collective: a rank whose
     ``fn`` raises makes every rank raise (:func:`raise_if_any_failed`). ``fn``
-    must accept an empty share (more ranks than structures)."""
+    must accept an empty share (more ranks than structures). ``offset=True``:
+    ``fn(share, start)``, ``start`` the index in ``dataset`` of the share's first
+    structure (0 in one process), to name a bad structure by its index."""
     if not active():
-        return [fn(dataset)]
+        return [fn(dataset, 0) if offset else fn(dataset)]
     start, stop = shard_bounds(len(dataset))
-    return all_gather_objects(run_local(fn, dataset[start:stop]))
+    extra = (start,) if offset else ()
+    return all_gather_objects(run_local(fn, dataset[start:stop], *extra))
 
 
 def gather_concatenated(parts: Sequence[Any], concatenate) -> Any:

@@ -282,7 +282,9 @@ class PredictionRecalibrator:
         or RMS force std exceeds the largest of the calibration structures by
         the ratio r (the larger of the two) gets the calibrated stds of both
         multiplied by r ** extrapolation, and ``calibration_excess`` = r
-        (:mod:`mlipuq.calibration.extrapolation`).
+        (:mod:`mlipuq.calibration.extrapolation`). Whatever this is, every
+        calibrated std saturates below 10 x the largest error plausible for the
+        calibration data (``std_range_``'s ``*_bound``; ``saturate`` there).
     structure_scaling
         True (default): before the recalibrators are fitted, the raw stds of each
         structure are multiplied by (S / S_ref) ** c, S its per-atom energy std or

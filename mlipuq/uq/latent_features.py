@@ -20,13 +20,14 @@ def validate(dataset, species) -> None:
     """``dataset.validate`` with energies and forces required; after
     :func:`mlipuq.distributed.init` (collective) each rank checks its share, and a
     bad structure, named by its index in ``dataset``, raises on every rank."""
+    def check(share, start):
+        share.validate(species, require_energy=True, require_forces=True, offset=start)
+
     if not mdist.active() or len(dataset) == 0:
-        dataset.validate(species, require_energy=True, require_forces=True)
+        check(dataset, 0)
         return
-    start, stop = mdist.shard_bounds(len(dataset))
-    mdist.run_local(lambda: dataset[start:stop].validate(
-        species, require_energy=True, require_forces=True, offset=start)
-        if stop > start else None)
+    mdist.map_shards(lambda share, start: check(share, start) if len(share) else None,
+                     dataset, offset=True)
 
 
 def passes(wrapper, dataset, batch_size: int, forces: bool, progress: bool = False,
