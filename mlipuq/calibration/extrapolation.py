@@ -27,11 +27,11 @@ std of a whole cell, a hot atom the force std of a few; either says the
 structure is new). LLPR's energy-only ``predict_energy`` sees the energy
 ratio alone. ``power`` is 0.5 by default
 (``UQWrapper.default_extrapolation``); deep ensembles widen only their
-energies, with power 0.25. The widened std saturates at ``BOUND_FACTOR`` (10)
-times the largest error plausible for the calibration data (forces: its
+energies, with power 0.25. The widened std saturates below ``BOUND_FACTOR``
+(10) times the largest error plausible for the calibration data (forces: its
 largest reference force component, eV/Å; energies: the larger of the largest
 deviation of its per-atom reference energies from their median and the work
-of that force over 1 Å, eV/atom), below. Inside the range nothing changes, so the
+of that force over 1 Å, eV/atom). Inside the range nothing changes, so the
 in-distribution calibration is untouched; beyond it the calibrated std grows
 faster than s. The ratio r is reported per structure as
 ``Prediction.calibration_excess``:
@@ -191,8 +191,9 @@ def bounded_factor(factor, std, bound) -> np.ndarray:
 def widen(limits: Optional[dict], power: dict, scales: dict, stds: dict, n_atoms,
           batch=None) -> Optional[dict]:
     """Calibrated ``stds`` per target (energies (B,) eV, forces (N, 3) eV/Å with
-    ``batch``) widened by ``r ** power[target]``, r the largest of the targets' excess ratios of the raw ``scales`` over the
-    recorded ``limits`` (given under ``"excess"``, (B,)), then all of them under
+    ``batch``) widened by ``r ** power[target]``, r the largest of the targets'
+    excess ratios of the raw ``scales`` over the recorded ``limits`` (given under
+    ``"excess"``, (B,)), then all of them under
     the soft bound (:func:`saturate`); None without recorded limits (older files:
     neither widened nor bounded, as they predicted)."""
     ratios = excess(scales, limits)
