@@ -232,3 +232,16 @@ def test_defaults_agree():
     assert LastLayerLaplace.default_extrapolation == DEFAULT_POWER
     assert ShallowEnsemble.default_extrapolation == DEFAULT_POWER
     assert DeepEnsemble.default_extrapolation == {"energy": 0.25, "forces": 0.0}
+
+
+def test_soft_cap_saturates_without_overflow_in_float32():
+    # (var/cap)^8 overflows float32 beyond ~6.5e4 x the cap: the bound must not turn
+    # a huge variance into 0 (the evidential head's variances may be float32)
+    import torch
+
+    from mlipuq.calibration.extrapolation import soft_cap
+    var = torch.tensor([1e-30, 0.5, 1.0, 1e5, 1e30], dtype=torch.float32)
+    capped = var * soft_cap(var, torch.tensor(1.0))
+    expected = [1e-30, 0.5 * (1 + 0.5**8) ** (-1 / 8), 2 ** (-1 / 8), 1.0, 1.0]
+    np.testing.assert_allclose(capped.numpy(), expected, rtol=1e-6)
+    assert capped.dtype == torch.float32
