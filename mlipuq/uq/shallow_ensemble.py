@@ -79,9 +79,9 @@ hydroxyl torsion, ``docs/shift.md``: 95 % force intervals covered 0.896 there).
 :meth:`fit` therefore adds :class:`~mlipuq.uq.LatentDistance`'s force variance,
 measured to the training atoms of each element,
 
-.. math:: \sigma^2_{F,ic} = \lambda_F\,\sigma^2_{{\rm heads},ic} + a_F + b_F u_i^2,
+.. math:: \\sigma^2_{F,ic} = \\lambda_F\\,\\sigma^2_{{\\rm heads},ic} + a_F + b_F u_i^2,
 
-with :math:`\lambda_F, a_F, b_F \ge 0` fitted by Gaussian NLL on ``val`` (else
+with :math:`\\lambda_F, a_F, b_F \\ge 0` fitted by Gaussian NLL on ``val`` (else
 on a held-out fifth of ``train``); the energies keep the heads' variance. The
 force members are stretched per component to that variance (so a member-wise
 spread agrees with the reported one): they are then no energy gradients, and
