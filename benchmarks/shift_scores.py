@@ -32,7 +32,8 @@ def scores(pred, ref) -> dict:
         "energy_nll": float(metrics.nll(pred.energy, pred.energy_std, e_ref, dof=ed)),
         "force_dof": fd, "energy_dof": ed,
         "force_cov95_by_element": {  # element symbol -> coverage of its force components
-            el: cov(pred.forces[m], pred.forces_std[m], f_ref[m], fd) for el, m in elements.items()},
+            el: cov(pred.forces[m], pred.forces_std[m], f_ref[m], fd)
+            for el, m in elements.items()},
         # per element: mean force std and force RMSE, to compare how each grows under shift
         "force_std_by_element": {el: float(np.mean(pred.forces_std[m]))
                                  for el, m in elements.items()},

@@ -37,7 +37,10 @@ import numpy as np
 import torch
 
 from mlipuq import data as mdata
-from mlipuq.calibration.extrapolation import plausible_errors, soft_cap  # noqa: F401  (soft_cap: public here)
+from mlipuq.calibration.extrapolation import (  # noqa: F401  (soft_cap: public here too)
+    plausible_errors,
+    soft_cap,
+)
 from mlipuq.uq.distance_term import (  # noqa: F401  (re-exported: their first home)
     fit_distance_term,
     load_distance_term,
