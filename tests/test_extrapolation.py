@@ -157,6 +157,7 @@ def test_damaged_range_is_refused():
     good = {"energy": 1.0, "forces": 1.0, "energy_bound": 10.0, "forces_bound": 10.0}
     assert check_range(good) == good
     for bad in ({"energy": 1.0}, {**good, "energy": -1.0}, {**good, "forces_bound": np.nan},
+                {**good, "energy_bound": 0.0}, {**good, "forces_bound": 0.0},
                 [1.0, 2.0]):
         with pytest.raises(ValueError, match="std_range"):
             check_range(bad)

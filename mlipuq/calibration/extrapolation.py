@@ -132,12 +132,14 @@ def calibration_range(scales: dict, energy, n_atoms, forces) -> dict:
 
 def check_range(limits) -> dict:
     """A saved calibration range (the keys of ``RANGE_KEYS``, each finite and
-    >= 0), else ``ValueError`` (a damaged file)."""
+    >= 0, the bounds > 0), else ``ValueError`` (a damaged file)."""
     if not isinstance(limits, dict) or set(limits) != set(RANGE_KEYS):
         raise ValueError(f"std_range must have the keys {RANGE_KEYS}, got {limits!r}")
     out = {key: float(value) for key, value in limits.items()}
     if not all(np.isfinite(v) and v >= 0 for v in out.values()):
         raise ValueError(f"std_range values must be finite and >= 0, got {out}")
+    if not (out["energy_bound"] > 0 and out["forces_bound"] > 0):  # would zero every std
+        raise ValueError(f"std_range bounds must be > 0, got {out}")
     return out
 
 
