@@ -13,7 +13,7 @@ from ase.data import chemical_symbols
 from scipy.stats import spearmanr
 
 from mlipuq.calibration import metrics
-from mlipuq.calibration.extrapolation import structure_scales
+from mlipuq.calibration.extrapolation import prediction_scales, structure_scales
 
 
 def scores(pred, ref) -> dict:
@@ -70,6 +70,6 @@ def bound_ratios(pred, recalibrator) -> dict:
     limits = getattr(recalibrator, "std_range_", None)
     if not limits:
         return {"force_std_bound_ratio": None, "energy_std_bound_ratio": None}
-    per_atom = np.asarray(pred.energy_std) / np.maximum(np.asarray(pred.n_atoms), 1)
+    per_atom = prediction_scales(pred)["energy"]
     return {"force_std_bound_ratio": float(np.max(pred.forces_std) / limits["forces_bound"]),
             "energy_std_bound_ratio": float(np.max(per_atom) / limits["energy_bound"])}

@@ -53,6 +53,7 @@ data never fixed, not a plausible error of the data.
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -157,33 +158,44 @@ def excess(scales: dict, limits: Optional[dict]) -> Optional[dict]:
     return out
 
 
+def _saturating(ratio, power: int):
+    """Pieces of the soft cap of ``ratio`` = value / cap (array or tensor):
+    ``(r/m, (m^-p + (r/m)^p)^(-1/p), m)`` with m = max(r, 1), a form that neither
+    overflows far beyond the cap nor underflows far below it."""
+    if not hasattr(ratio, "clip"):
+        ratio = np.asarray(ratio, dtype=np.float64)
+    big = ratio.clip(min=1.0)
+    scaled = ratio / big
+    return scaled, (big ** -power + scaled ** power) ** (-1.0 / power), big
+
+
 def soft_cap(var, cap_var, power: int = 8):
     """Factor f = (1 + (var/cap)^p)^(-1/p) (arrays or tensors): ``var·f < cap``,
     ``var·f`` increasing in ``var``, and equal to ``var`` up to (var/cap)^p/p while
     ``var ≪ cap`` (a saturating bound that keeps the order of the variances).
-    Computed as (m^-p + (r/m)^p)^(-1/p) / m with r = var/cap, m = max(r, 1), which
-    neither overflows far beyond the cap nor underflows far below it."""
-    ratio = var / cap_var
-    if not hasattr(ratio, "clip"):
-        ratio = np.asarray(ratio, dtype=np.float64)
-    big = ratio.clip(min=1.0)
-    return (big ** -power + (ratio / big) ** power) ** (-1.0 / power) / big
+    Computed as (m^-p + (r/m)^p)^(-1/p) / m with r = var/cap, m = max(r, 1)."""
+    _, root, big = _saturating(var / cap_var, power)
+    return root / big
 
 
 def saturate(std, bound) -> np.ndarray:
     """``std`` under the soft bound ``bound`` (broadcastable; module notes):
-    std · (1 + (std/bound)^16)^(-1/16), never above ``bound``."""
+    std · (1 + (std/bound)^16)^(-1/16), never above ``bound`` (computed as
+    bound · (r/m) · (m^-16 + (r/m)^16)^(-1/16), r = std/bound: rounded monotonically)."""
     std = np.asarray(std, dtype=np.float64)
     bound = np.maximum(np.asarray(bound, dtype=np.float64), 1e-300)
-    ratio = std / bound
-    big = np.maximum(ratio, 1.0)  # as soft_cap(std, bound, 16) · std, rounded monotonically
-    return bound * (ratio / big) * (big**-16.0 + (ratio / big) ** 16) ** (-1.0 / 16)
+    scaled, root, _ = _saturating(std / bound, 16)
+    return bound * scaled * root
 
 
 def bounded_factor(factor, std, bound) -> np.ndarray:
     """The widening ``factor``, reduced where it would take ``std`` beyond
-    ``bound`` (same shapes or broadcastable); never below 1. (The hard bound
-    :func:`widen` used before :func:`saturate` bounded every std; kept for callers.)"""
+    ``bound`` (same shapes or broadcastable); never below 1.
+
+    Deprecated: the hard stop :func:`widen` used before every calibrated std got
+    the soft bound of :func:`saturate` (which keeps the order); kept for callers."""
+    warnings.warn("mlipuq.calibration.extrapolation.bounded_factor is deprecated: widen "
+                  "bounds every calibrated std with saturate", DeprecationWarning, stacklevel=2)
     std = np.asarray(std, dtype=np.float64)
     with np.errstate(divide="ignore"):
         room = np.where(std > 0, bound / std, np.inf)
