@@ -69,6 +69,7 @@ from mlipuq.uq import (
     ShallowEnsemble,
 )
 from mlipuq.uq.evidential_shift import fit_distance_term
+from shift_goal import goal_table
 from shift_scores import bound_ratios, exponents, scores, validation_slope
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -561,9 +562,12 @@ def main(argv=None) -> None:
     if any(r["method"] == "default, scalar energies" for r in rows):
         print(energy_table(rows))
     print(growth(rows))
+    print(goal_table(readme_rows(rows), list(PART_SETS)))
     print(f"total {time.perf_counter() - t0:.0f} s")
     if args.readme:
         write_between_markers(args.readme, table(readme_rows(rows)))
+        write_between_markers(args.readme, goal_table(readme_rows(rows), list(PART_SETS)),
+                              name="shift-goal")
     if args.docs:
         write_between_markers(args.docs, table(rows))
         if any(r["method"] in DOF_METHODS[1:] for r in rows):

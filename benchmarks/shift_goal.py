@@ -1,0 +1,72 @@
+"""Where each wrapper's defaults stand against the goal of issue #20, from the rows of
+``benchmarks/shift.py`` (its README table between the ``shift-goal`` markers).
+
+The goal, with each wrapper's defaults (``calibrate(val)``), on shifts the
+calibration data did not contain: 95 % intervals cover at least 0.90 of force
+components and 0.85 of energies; in distribution the force miscalibration area
+stays at most 0.05 and the NLL no worse than with a scalar factor (every
+wrapper's recalibration at the issue's time); the cost in sharpness (mean std in
+distribution) is reported; no std passes 10 × the largest error plausible for
+the data (the bound, ``mlipuq.calibration.extrapolation.saturate``).
+"""
+
+from __future__ import annotations
+
+F_COVER, E_COVER, MISCAL = 0.90, 0.85, 0.05
+
+
+def _mark(ok: bool) -> str:
+    return "" if ok else " ✗"
+
+
+def _worst(shifted: list[dict], key: str, goal: float) -> str:
+    worst = min(shifted, key=lambda r: r[key])
+    return f"{worst[key]:.3f}{_mark(worst[key] >= goal)} ({worst['split']})"
+
+
+def _versus(default: dict, scalar: dict, key: str) -> str:
+    """NLL with the default against the scalar factor's (lower is better; compared as
+    printed, to 1e-3 nats)."""
+    ours, theirs = round(default[key], 3), round(scalar[key], 3)
+    return f"{ours:.3f} / {theirs:.3f}{_mark(ours <= theirs)}"
+
+
+def goal_row(system: str, wrapper: str, default: list[dict], scalar: list[dict]) -> str:
+    """One markdown row from a wrapper's rows of the default and the scalar factor
+    (in distribution and every shift)."""
+    def split(rows, in_dist):
+        return [r for r in rows if r["split"].startswith("in dist") == in_dist]
+
+    ind, sc_ind = split(default, True)[0], split(scalar, True)[0]
+    shifted = split(default, False)
+    bound = max(max(r.get("force_std_bound_ratio") or 0.0, r.get("energy_std_bound_ratio") or 0.0)
+                for r in default)
+    sharp = ind["force_std"] / sc_ind["force_std"]
+    return (f"| {system} | {wrapper} | {_worst(shifted, 'force_cov95', F_COVER)} | "
+            f"{_worst(shifted, 'energy_cov95', E_COVER)} | "
+            f"{ind['force_miscal']:.3f}{_mark(ind['force_miscal'] <= MISCAL)} | "
+            f"{_versus(ind, sc_ind, 'force_nll')} | {_versus(ind, sc_ind, 'energy_nll')} | "
+            f"{1e3 * ind['force_std']:.2f} (×{sharp:.2f}) | {bound:.2f}{_mark(bound <= 1.0)} |")
+
+
+def goal_table(rows: list[dict], systems: list[str]) -> str:
+    """Per system (in the order of ``systems``) and wrapper that has both a
+    ``"default"`` and a ``"scalar"`` recalibration among ``rows``: the worst shift's
+    force and energy coverage, the in-distribution miscalibration area, force and
+    energy NLL against the scalar factor's, mean force std (×: against the scalar
+    factor's) and the largest calibrated std over its bound on any split."""
+    lines = ["| system | wrapper | shifts: worst F cover (≥ 0.90) | shifts: worst E cover "
+             "(≥ 0.85) | in-dist F miscal. (≤ 0.05) | in-dist F NLL: default / scalar | "
+             "in-dist E NLL: default / scalar | in-dist mean F std, meV/Å (× scalar's) | "
+             "largest std / bound (≤ 1) |", "|---|---|---|---|---|---|---|---|---|"]
+    groups: dict = {}
+    for r in rows:
+        if r["method"] in ("default", "scalar"):
+            groups.setdefault((r["system"], r["wrapper"]), {}).setdefault(r["method"], []).append(r)
+    order = {s: i for i, s in enumerate(systems)}
+    for (system, wrapper), by_method in sorted(
+            groups.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0][1])):
+        if {"default", "scalar"} <= set(by_method):
+            lines.append(goal_row(system, wrapper, by_method["default"], by_method["scalar"]))
+    return "\n".join(lines)
+

@@ -1,0 +1,58 @@
+"""The shift benchmark's goal table marks exactly the cells that miss issue #20's goal."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+_PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "shift_goal.py"
+
+
+@pytest.fixture(scope="module")
+def shift_goal():
+    spec = importlib.util.spec_from_file_location("shift_goal", _PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(method, split, f_cov=0.95, e_cov=0.95, miscal=0.01, f_nll=-1.0, e_nll=-2.0,
+         f_std=0.05, bound=0.1):
+    return {"system": "ethanol", "wrapper": "W", "method": method, "split": split,
+            "force_cov95": f_cov, "energy_cov95": e_cov, "force_miscal": miscal,
+            "force_nll": f_nll, "energy_nll": e_nll, "force_std": f_std,
+            "force_std_bound_ratio": bound, "energy_std_bound_ratio": None}
+
+
+def _cells(table):
+    line = table.splitlines()[2]
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_a_wrapper_meeting_every_goal_has_no_mark(shift_goal):
+    rows = [_row("default", "in distribution"), _row("default", "tail A", f_cov=0.90),
+            _row("scalar", "in distribution", f_nll=-1.0, f_std=0.1),
+            _row("scalar", "tail A")]
+    table = shift_goal.goal_table(rows, ["ethanol"])
+    assert "✗" not in table
+    cells = _cells(table)
+    assert cells[2] == "0.900 (tail A)"
+    assert cells[7] == "50.00 (×0.50)"  # mean force std in meV/Å and against the scalar's
+
+
+def test_each_miss_is_marked_where_it_is(shift_goal):
+    rows = [_row("default", "in distribution", miscal=0.06, f_nll=-0.9985, bound=1.2),
+            _row("default", "tail A", f_cov=0.897, e_cov=0.84),
+            _row("default", "tail B", f_cov=0.99, e_cov=0.99),
+            _row("scalar", "in distribution", f_nll=-1.0), _row("scalar", "tail A")]
+    cells = _cells(shift_goal.goal_table(rows, ["ethanol"]))
+    assert cells[2] == "0.897 ✗ (tail A)" and cells[3] == "0.840 ✗ (tail A)"
+    assert cells[4] == "0.060 ✗"
+    assert cells[5] == "-0.999 / -1.000 ✗"  # worse as printed: marked
+    assert cells[6] == "-2.000 / -2.000"    # equal: not
+    assert cells[8] == "1.20 ✗"
+
+
+def test_a_wrapper_without_scalar_rows_is_left_out(shift_goal):
+    rows = [_row("default", "in distribution"), _row("default", "tail A")]
+    assert len(shift_goal.goal_table(rows, ["ethanol"]).splitlines()) == 2
