@@ -1,0 +1,123 @@
+"""The data of ``benchmarks/shift.py``: per system, training, calibration and test sets,
+the shifts fixed by rules before any method is run (see that script's docstring).
+
+Each builder takes ``quick`` (smaller sets for a smoke run) and returns
+``(train, val, tests)``, ``tests`` mapping a split name to a dataset, the
+in-distribution split first (its name starts with "in distribution").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlipuq import datasets
+from mlipuq.data import AtomsDataset, concatenate
+
+#: The share of the molecular frames in each tail.
+TAIL = 0.12
+
+
+def copper_sets(quick: bool) -> tuple[AtomsDataset, AtomsDataset, dict]:
+    n = 30 if quick else 40
+    data300 = datasets.emt(("Cu",), n_structures=120 if quick else 250, temperatures=(300,),
+                           kinds=("bulk",), seed=21)
+    train, val, test = data300.split([0.6, 0.2, 0.2], seed=0)
+    tests = {"in distribution (300 K)": test}
+    for t in (600, 900, 1500):
+        tests[f"bulk {t} K"] = datasets.emt(("Cu",), n_structures=n, temperatures=(t,),
+                                            kinds=("bulk",), seed=22 + t)
+    for kind in ("vacancy", "surface", "strained"):
+        tests[f"{kind} 300 K"] = datasets.emt(("Cu",), n_structures=n, temperatures=(300,),
+                                              kinds=(kind,), seed=23)
+    return train, val, tests
+
+
+def hydroxyl_torsion(atoms) -> float:
+    """H–O–C–C dihedral (degrees) of ethanol: O is the only oxygen, the hydroxyl H
+    its nearest hydrogen, the first C its nearest carbon, the second C the other."""
+    sym = np.array(atoms.get_chemical_symbols())
+    o = int(np.flatnonzero(sym == "O")[0])
+    d = atoms.get_all_distances()[o]
+    hs, cs = np.flatnonzero(sym == "H"), np.flatnonzero(sym == "C")
+    h = int(hs[np.argmin(d[hs])])
+    c1 = int(cs[np.argmin(d[cs])])
+    c2 = int(cs[cs != c1][0])
+    return float(atoms.get_dihedral(h, o, c1, c2))
+
+
+def proton_asymmetry(atoms) -> float:
+    """|d(O–H) − d(O'–H)| (Å) of acetylacetone's enol proton, the hydrogen nearest to
+    an oxygen: 0 with the proton midway between the two oxygens."""
+    sym = np.array(atoms.get_chemical_symbols())
+    o, hs = np.flatnonzero(sym == "O"), np.flatnonzero(sym == "H")
+    d = atoms.get_all_distances()
+    h = int(hs[np.argmin(d[np.ix_(o, hs)].min(axis=0))])
+    return float(abs(d[o[0], h] - d[o[1], h]))
+
+
+def molecule_sets(pool: AtomsDataset, coordinate: tuple, sizes: tuple) -> tuple:
+    """Tails of ``pool`` (highest per-atom energy, largest force component, and the
+    smallest values of ``coordinate`` = (name, values)) as test sets; train / val /
+    in-distribution test of ``sizes`` drawn from the other frames."""
+    energy = pool.energies / pool.n_atoms
+    fmax = np.array([np.abs(a.get_forces()).max() for a in pool])
+    n_tail = int(TAIL * len(pool))
+    tails = {
+        "highest energy": np.argsort(-energy)[:n_tail],
+        "largest forces": np.argsort(-fmax)[:n_tail],
+        coordinate[0]: np.argsort(coordinate[1])[:n_tail],
+    }
+    held = set(np.concatenate(list(tails.values())).tolist())
+    rest = AtomsDataset([pool[i] for i in range(len(pool)) if i not in held])
+    if len(rest) < sum(sizes):
+        raise ValueError(f"{len(rest)} frames outside the tails, {sum(sizes)} needed")
+    rest = rest[np.random.default_rng(0).permutation(len(rest))[: sum(sizes)]]
+    train, val, test = rest[: sizes[0]], rest[sizes[0]:sizes[0] + sizes[1]], rest[-sizes[2]:]
+    tests = {"in distribution": test}
+    for name, idx in tails.items():
+        tests[name] = AtomsDataset([pool[int(i)] for i in idx])
+    return train, val, tests
+
+
+def ethanol_sets(quick: bool) -> tuple[AtomsDataset, AtomsDataset, dict]:
+    pool = concatenate([datasets.ethanol(s) for s in ("train", "val", "test")])
+    torsion = np.array([abs(((hydroxyl_torsion(a) + 180.0) % 360.0) - 180.0) for a in pool])
+    return molecule_sets(pool, ("cis hydroxyl torsion", torsion),
+                         (300, 100, 150) if quick else (600, 200, 300))
+
+
+def acac_sets(quick: bool) -> tuple[AtomsDataset, AtomsDataset, dict]:
+    pool = concatenate([datasets.acac(s) for s in ("train", "val", "test")])
+    shared = np.array([proton_asymmetry(a) for a in pool])
+    return molecule_sets(pool, ("shared enol proton", shared),
+                         (200, 80, 120) if quick else (400, 130, 200))
+
+
+def alloy_sets(quick: bool) -> tuple[AtomsDataset, AtomsDataset, dict]:
+    """EMT Cu₃Au (random fcc alloy, 24 Cu and 8 Au in every 32-atom cell, so the
+    training compositions leave the per-species reference energies undetermined):
+    train and calibrate on 300 K bulk; shifts: 900 K bulk, the equiatomic alloy
+    CuAu (another stoichiometry and lattice constant), vacancy clusters and
+    (111) surfaces at 300 K. Added after every default was chosen, run once."""
+    n = 30 if quick else 40
+    cu3au = {"Cu": 0.75, "Au": 0.25}
+    data300 = datasets.emt(cu3au, n_structures=120 if quick else 250, temperatures=(300,),
+                           kinds=("bulk",), seed=31)
+    train, val, test = data300.split([0.6, 0.2, 0.2], seed=0)
+    return train, val, {
+        "in distribution (300 K)": test,
+        "bulk 900 K": datasets.emt(cu3au, n_structures=n, temperatures=(900,),
+                                   kinds=("bulk",), seed=32),
+        "CuAu 300 K": datasets.emt({"Cu": 0.5, "Au": 0.5}, n_structures=n,
+                                   temperatures=(300,), kinds=("bulk",), seed=33),
+        "vacancy clusters 300 K": datasets.emt(cu3au, n_structures=n, temperatures=(300,),
+                                               kinds=("vacancy_cluster",), seed=34),
+        "surface 300 K": datasets.emt(cu3au, n_structures=n, temperatures=(300,),
+                                      kinds=("surface",), seed=35),
+    }
+
+
+#: The systems in the order they were added: acac and the alloy after every default
+#: had been chosen on the first two (held out).
+PART_SETS = {"copper": copper_sets, "ethanol": ethanol_sets, "acac": acac_sets,
+             "alloy": alloy_sets}
