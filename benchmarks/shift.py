@@ -1,6 +1,6 @@
 """Uncertainties under distribution shift, on shifts built from data we have.
 
-    python benchmarks/shift.py --threads 1                # all three parts, ~1 h on one thread
+    python benchmarks/shift.py --threads 1                # all four parts, ~80 min on one thread
     python benchmarks/shift.py --threads 1 --frontier 10 --out benchmarks/results/shift_frontier.json
     python benchmarks/shift.py --from-json benchmarks/results/shift.json \
         benchmarks/results/shift_frontier.json --readme README.md --docs docs/shift.md
