@@ -74,7 +74,7 @@ from mlipuq.uq import (
 )
 from mlipuq.uq.evidential_shift import fit_distance_term
 from shift_data import PART_SETS
-from shift_goal import goal_table
+from shift_goal import goal_table, widening_table
 from shift_scores import bound_ratios, exponents, scores, validation_slope
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -506,6 +506,10 @@ def main(argv=None) -> None:
             write_between_markers(args.docs, dof_table(rows), name="shift-dof")
         if any(r["method"] == "default, scalar energies" for r in rows):
             write_between_markers(args.docs, energy_table(rows), name="shift-energies")
+        if {"alloy", "copper"} <= {r["system"] for r in rows}:
+            wrappers = sorted({r["wrapper"] for r in readme_rows(rows)})
+            write_between_markers(args.docs, widening_table(rows, list(PART_SETS), wrappers),
+                                  name="shift-widening")
 
 
 if __name__ == "__main__":

@@ -56,3 +56,24 @@ def test_each_miss_is_marked_where_it_is(shift_goal):
 def test_a_wrapper_without_scalar_rows_is_left_out(shift_goal):
     rows = [_row("default", "in distribution"), _row("default", "tail A")]
     assert len(shift_goal.goal_table(rows, ["ethanol"]).splitlines()) == 2
+
+
+def test_widening_table_takes_the_worst_shift_of_every_system(shift_goal):
+    def row(system, method, split, f_cov, nll, std, mae=0.01):
+        return {"system": system, "wrapper": "W", "method": method, "split": split,
+                "force_cov95": f_cov, "energy_cov95": 0.99, "force_nll": nll,
+                "force_std": std, "force_mae": mae}
+
+    rows = [row("copper", "default", "in distribution", 0.5, 0.0, 0.01),  # never a shift
+            row("copper", "default", "hot", 0.95, -2.0, 0.02),
+            row("copper", "default", "cold", 0.91, -1.0, 0.04),
+            row("alloy", "default", "surface", 0.70, -1.5, 0.01),
+            row("copper", "default, widening 1", "hot", 0.99, 1.0, 0.2),
+            row("copper", "default, widening 1", "cold", 0.97, 0.0, 0.1),
+            row("alloy", "default, widening 1", "surface", 0.94, -0.5, 0.05)]
+    line = shift_goal.widening_table(rows, ["copper", "alloy"], ["W"]).splitlines()[2]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1] == "0.700 → 0.940"       # worst over both systems' shifts
+    assert cells[3] == "-1.50 → 0.50"        # mean over Cu's shifts only
+    assert cells[4] == "3.0 → 15.0"          # mean of std / MAE over Cu's shifts
+    assert cells[6] == "1.0 → 5.0"
