@@ -120,8 +120,8 @@ def alloy_sets(quick: bool) -> tuple[AtomsDataset, AtomsDataset, dict]:
 def agpd_sets(quick: bool) -> tuple[AtomsDataset, AtomsDataset, dict]:
     """EMT AgPd (random equiatomic fcc alloy): train and calibrate on bulk at 300 and
     600 K; shifts: 1200 K bulk, vacancies at 600 K, (111) surfaces and strained cells
-    at 300 K, and the Ag-rich alloy Ag₃Pd at 300 K. Defined before the next choice of
-    defaults and not run: held out to check it (``HELD_OUT``)."""
+    at 300 K, and the Ag-rich alloy Ag₃Pd at 300 K. Held out while the widening's
+    powers were chosen, run once after (``HELD_OUT``)."""
     agpd = {"Ag": 0.5, "Pd": 0.5}
     return emt_sets(agpd, (300, 600), 41, {
         "bulk 1200 K": (agpd, "bulk", 1200, 42),
@@ -136,6 +136,6 @@ def agpd_sets(quick: bool) -> tuple[AtomsDataset, AtomsDataset, dict]:
 #: had been chosen on the first two (held out then; the alloy run once).
 PART_SETS = {"copper": copper_sets, "ethanol": ethanol_sets, "acac": acac_sets,
              "alloy": alloy_sets}
-#: Systems defined but not yet run, held out for the next choice of defaults: run
-#: them only with ``--parts`` once that choice is made on ``PART_SETS``.
+#: Systems held out from the choice of defaults (AgPd: run once after the widening's
+#: powers were chosen on ``PART_SETS``); run only with ``--parts``.
 HELD_OUT = {"agpd": agpd_sets}

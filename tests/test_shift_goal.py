@@ -77,3 +77,31 @@ def test_widening_table_takes_the_worst_shift_of_every_system(shift_goal):
     assert cells[3] == "-1.50 → 0.50"        # mean over Cu's shifts only
     assert cells[4] == "3.0 → 15.0"          # mean of std / MAE over Cu's shifts
     assert cells[6] == "1.0 → 5.0"
+
+
+def _power_rows(cover_by_power, split="shift A", system="alloy", wrapper="W"):
+    """Rows of shift_widening.py: force and energy coverage per power from a mapping."""
+    return [{"system": system, "wrapper": wrapper, "split": split, "rule": "structure",
+             "power": p, "force_cov95": c, "energy_cov95": c, "force_nll": 0.0,
+             "energy_nll": 0.0, "force_std": 1.0, "force_mae": 1.0,
+             "energy_std_per_atom": 1.0, "energy_mae_per_atom": 1.0}
+            for p, c in cover_by_power.items()]
+
+
+def test_choose_takes_the_smallest_power_meeting_the_goal_everywhere(shift_goal):
+    rising = dict(zip(shift_goal.POWERS, (0.5, 0.7, 0.85, 0.91, 0.95, 0.97, 0.99)))
+    easy = dict.fromkeys(shift_goal.POWERS, 0.99)
+    rows = _power_rows(rising) + _power_rows(easy, split="shift B", system="copper")
+    # forces: 0.90 first reached at 0.75; energies: 0.85 at 0.5 (the earlier default)
+    assert shift_goal.choose(rows, "force", "W") == 0.75
+    assert shift_goal.choose(rows, "energy", "W") == 0.5
+    # never below the earlier default, even where p = 0 would do
+    assert shift_goal.choose(_power_rows(easy), "force", "W") == 0.5
+    assert shift_goal.choose(_power_rows(easy, wrapper="DeepEnsemble (3)"), "force",
+                             "DeepEnsemble (3)") == 0.0
+    # a shift that p = 1 leaves below the goal is not the widening's to fix: left out
+    stuck = dict.fromkeys(shift_goal.POWERS, 0.80)
+    assert shift_goal.choose(rows + _power_rows(stuck, split="shift C"), "force", "W") == 0.75
+    # the in-distribution rows never count
+    assert shift_goal.choose(rows + _power_rows(dict.fromkeys(shift_goal.POWERS, 0.0),
+                                                split="in distribution"), "force", "W") == 0.75

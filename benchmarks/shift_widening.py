@@ -1,0 +1,165 @@
+"""How strongly to widen stds beyond the calibration range: the widening's power
+and what it is measured against, scored on the shift benchmark's systems.
+
+    python benchmarks/shift.py --threads 1 --cache /tmp/fits      # fits once, saved
+    python benchmarks/shift_widening.py --cache /tmp/fits --threads 1
+
+The default calibration multiplies every calibrated std of a structure beyond
+the calibration range by r ** p, r = the structure's RMS raw std over the
+largest of the calibration structures (``mlipuq.calibration.extrapolation``).
+This benchmark recalibrates each wrapper of ``benchmarks/shift.py`` once
+without widening and then applies, per target, the widening r ** p for a grid
+of powers p, with r measured two ways:
+
+* ``structure``: the structure's ratio (the rule until now);
+* ``atom``: for forces, the larger of the structure's ratio and the atom's own
+  (the RMS of its raw force-component stds over the largest of its element's
+  atoms in the calibration data): an atom the model has never seen the like of
+  is out of range even inside an ordinary structure; energies as ``structure``.
+
+For each system, wrapper, shift, rule and power it records the 95 % coverage,
+NLL and mean std / MAE of forces and energies (composition variance added
+after, as ``predict`` does), to ``results/shift_widening.json``; it prints,
+per rule and power, the worst coverage over the shifts of each system, and
+the powers the rule of ``shift_goal.choose`` picks. It uses the models
+``shift.py --cache`` saved (the same fits as its rows).
+
+The wrappers' ``default_extrapolation`` are what ``shift_goal.choose`` picks on the
+four systems of ``shift.py``'s default parts (``--from-json
+results/shift_widening.json``); the held-out AgPd system checks them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+from mlipuq.calibration.extrapolation import excess, prediction_scales, saturate
+from mlipuq.calibration.structure_scaling import atom_scales
+from shift import base_models, fit_wrappers, write_between_markers
+from shift_data import HELD_OUT, PART_SETS
+from shift_goal import POWERS, WRAPPERS, choice_table
+from shift_scores import scores
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RULES = ("structure", "atom")
+
+
+def atom_limits(raw_val) -> dict:
+    """Largest atom scale per element in the calibration prediction."""
+    scale = atom_scales(raw_val.forces_std)
+    return {int(z): float(scale[raw_val.numbers == z].max()) for z in np.unique(raw_val.numbers)}
+
+
+def atom_ratio(raw, limits: dict) -> np.ndarray:
+    """(N,) max(1, atom scale / its element's largest calibration scale)."""
+    scale = atom_scales(raw.forces_std)
+    limit = np.array([limits.get(int(z), np.inf) for z in raw.numbers])
+    return np.maximum(scale / limit, 1.0)
+
+
+def ratios(raw, recalibrator, limits: dict) -> dict:
+    """The structure ratio (B,) and, per rule, the forces' ratio per atom (N,)."""
+    joint = np.maximum.reduce(list(excess(prediction_scales(raw),
+                                          recalibrator.std_range_).values()))
+    return {"energy": joint, "structure": joint[raw.batch],
+            "atom": np.maximum(joint[raw.batch], atom_ratio(raw, limits))}
+
+
+def widened(pred, r: dict, rule: str, power: float, limits: dict):
+    """``pred`` (calibrated, not widened) widened by r ** power per target, under the bound."""
+    f_std = saturate(pred.forces_std * (r[rule] ** power)[:, None], limits["forces_bound"])
+    e_std = saturate(pred.energy_std * r["energy"] ** power,
+                     limits["energy_bound"] * np.asarray(pred.n_atoms, dtype=np.float64))
+    return dataclasses.replace(pred, forces_var=f_std**2, energy_var=e_std**2)
+
+
+def score_part(part: str, args) -> list[dict]:
+    train, val, tests = {**PART_SETS, **HELD_OUT}[part](args.quick)
+    cache = os.path.join(args.cache, f"{part}-{args.epochs}{'-quick' * args.quick}")
+    models = base_models(part, train, val, args.epochs, 3, cache)
+    rows = []
+    for name, wrapper in fit_wrappers(models, train, val, None, cache, WRAPPERS).items():
+        wrapper.calibrate(val)  # what calibrate does besides recalibrating (deep: recentring)
+        wrapper.calibrate(val, extrapolation=0)
+        recal = wrapper.recalibrator_
+        limits = atom_limits(wrapper.predict(val, calibrated=False, composition=False))
+        for split, test in tests.items():
+            raw = wrapper.predict(test, calibrated=False, composition=False)
+            pred, r = recal.transform(raw), ratios(raw, recal, limits)
+            for rule in RULES:
+                for power in POWERS:
+                    full = wrapper._add_composition_variance(
+                        widened(pred, r, rule, power, recal.std_range_))
+                    s = scores(full, test)
+                    rows.append({"system": part, "wrapper": name, "split": split, "rule": rule,
+                                 "power": power, **{k: s[k] for k in KEPT},
+                                 "force_ratio": float(np.median(r[rule])),
+                                 "energy_ratio": float(np.median(r["energy"]))})
+        print(f"  {part} {name}: scored", flush=True)
+    return rows
+
+
+KEPT = ("force_cov95", "energy_cov95", "force_nll", "energy_nll", "force_std", "force_mae",
+        "energy_std_per_atom", "energy_mae_per_atom")
+
+
+def worst_table(rows: list[dict], target: str) -> str:
+    """Per rule, wrapper and power: the worst coverage over each system's shifts."""
+    key = f"{target}_cov95"
+    systems = sorted({r["system"] for r in rows})
+    lines = ["| rule | wrapper | p | " + " | ".join(systems) + " |",
+             "|---|---|---|" + "---|" * len(systems)]
+    for rule in RULES:
+        for wrapper in WRAPPERS:
+            for power in POWERS:
+                cells = []
+                for system in systems:
+                    sel = [r[key] for r in rows if (r["rule"], r["wrapper"], r["power"],
+                           r["system"]) == (rule, wrapper, power, system)
+                           and not r["split"].startswith("in dist")]
+                    cells.append(f"{min(sel):.3f}" if sel else "")
+                lines.append(f"| {rule} | {wrapper} | {power:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--parts", nargs="+", default=list(PART_SETS),
+                        choices=list(PART_SETS) + list(HELD_OUT))
+    parser.add_argument("--cache", help="the folder of shift.py --cache")
+    parser.add_argument("--from-json", nargs="+", default=None,
+                        help="print the tables of saved results (no run)")
+    parser.add_argument("--docs", default=None, help="write the choice table between the "
+                        "shift-widening-choice markers of this file")
+    parser.add_argument("--epochs", type=int, default=80)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="the smoke run's smaller sets")
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "shift_widening.json"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    if args.from_json:
+        rows = [r for path in args.from_json for r in json.load(open(path))["rows"]]
+    else:
+        if args.cache is None:
+            parser.error("--cache is required for a run")
+        rows = [row for part in args.parts for row in score_part(part, args)]
+        with open(args.out, "w") as fh:
+            json.dump({"args": vars(args), "rows": rows}, fh, indent=1)
+    print(worst_table(rows, "force"))
+    print(worst_table(rows, "energy"))
+    print(choice_table(rows))
+    if args.docs:
+        write_between_markers(args.docs, choice_table(rows), name="shift-widening-choice")
+    print(f"total {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
