@@ -115,7 +115,8 @@ def add_parsers(subparsers) -> None:
                      help="a structure whose energy or force std exceeds the largest of "
                           "the --val structures by a ratio r gets its calibrated stds "
                           "widened by r to this power (0: do not widen; default: the "
-                          "wrapper's, 0.5, for deep 0.25 for energies and 0 for forces; "
+                          "wrapper's: forces 0.75 (deep 0.5), energies 0.5 (deep 0.25, "
+                          "evidential 1); "
                           "docs/calibration.md)")
     fit.add_argument("--no-structure-scaling", dest="structure_scaling", action="store_false",
                      help="do not fit how stds scale between atoms and structures on --val "

@@ -225,8 +225,11 @@ def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsy
     assert "forces Student-t ν" in printed
     assert ("energy Student-t ν" in printed) == committee
     # the widening beyond the calibration range, with the wrapper's default powers
-    powers = "p = 0.25), " if method == "deep" else "p = 0.5), "
+    energy_p = {"deep": 0.25, "evidential": 1}.get(method, 0.5)
+    forces_p = 0.5 if method == "deep" else 0.75
+    powers = f"p = {energy_p:g}), "
     assert "beyond calibration" in printed and powers in printed
+    assert f"(RMS force, p = {forces_p:g})" in printed
     wrapper = load_wrapper(out)
     assert type(wrapper) is WRAPPERS[method]
     assert wrapper.calibrated_
