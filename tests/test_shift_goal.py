@@ -105,3 +105,26 @@ def test_choose_takes_the_smallest_power_meeting_the_goal_everywhere(shift_goal)
     # the in-distribution rows never count
     assert shift_goal.choose(rows + _power_rows(dict.fromkeys(shift_goal.POWERS, 0.0),
                                                 split="in distribution"), "force", "W") == 0.75
+
+
+def test_update_keeps_the_rows_it_does_not_replace_and_marks_them(tmp_path, monkeypatch):
+    import argparse
+    import json
+
+    monkeypatch.syspath_prepend(str(_PATH.parent))
+    spec = importlib.util.spec_from_file_location("shift", _PATH.parent / "shift.py")
+    shift = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shift)
+    row = lambda system, method, value: {"system": system, "wrapper": "W",  # noqa: E731
+                                         "method": method, "split": "s", "v": value}
+    out = tmp_path / "shift.json"
+    old = [row("copper", "default", 1), row("copper", "scalar", 2), row("ethanol", "default", 3)]
+    out.write_text(json.dumps({"args": {"parts": ["copper", "ethanol"]}, "rows": old}))
+    args = argparse.Namespace(update=True, out=str(out), parts=["copper"], wrappers=None,
+                              only=["W"])
+    rows, runs = shift.merged(args, [row("copper", "default", 10)])
+    got = {(r["system"], r["method"]): (r["v"], r.get("earlier")) for r in rows}
+    # replaced; kept from the earlier run of a part run now (†); another part's, unmarked
+    assert got == {("copper", "default"): (10, None), ("copper", "scalar"): (2, True),
+                   ("ethanol", "default"): (3, False)}
+    assert set(runs) == {"copper (earlier)", "ethanol", "copper (W)"}
