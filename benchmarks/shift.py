@@ -197,9 +197,9 @@ def selected(wrapper: str, prefixes) -> bool:
 
 
 def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> dict:
-    """Each wrapper (those ``prefixes`` select; ``only``: these names alone) fitted as its docs prescribe (the
-    evidential head on held-out halves of val); calibration happens per method
-    afterwards. The trained heads (shallow ensemble, evidential head) are read
+    """Each wrapper (those ``prefixes`` select; ``only``: these names alone) fitted
+    as its docs prescribe (the evidential head on held-out halves of val);
+    calibration happens per method afterwards. The trained heads (shallow ensemble, evidential head) are read
     from and saved to the folder ``cache`` (None: none)."""
     base = models[0]
 
@@ -528,8 +528,9 @@ def main(argv=None) -> None:
     parser.add_argument("--only", nargs="+", default=None,
                         help="run only the wrappers of exactly these names")
     parser.add_argument("--update", action="store_true",
-                        help="replace only the rows of the parts run now in --out, keeping "
-                        "the other parts' rows and run settings (a rerun of one part)")
+                        help="replace in --out only the rows run now (same system, wrapper, "
+                        "method and split), keeping the others and their run settings; kept "
+                        "rows of the parts run now are marked † in the tables")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
