@@ -122,6 +122,11 @@ METHODS = ("default", "default, scalar energies", "default, fitted ν", "default
 #: Methods given as per-target mappings (their options in METHOD_OPTIONS): the single
 #: models' default calibration, a scalar energy factor, given to every wrapper.
 EXPLICIT = {"default, scalar energies": UQWrapper.default_calibration}
+#: The defaults the rows are measured with: the date they were last changed (the
+#: widening's powers, chosen on four systems). Rows without it (or with another) are
+#: from earlier defaults and marked † in the tables; rows whose method sets the
+#: widening itself, and the "before" wrappers', are not affected by that change.
+DEFAULTS = "2026-12-02"
 #: The shift whose first structures join the calibration data with --frontier.
 FRONTIER = {"copper": "bulk 600 K", "ethanol": "largest forces", "acac": "largest forces",
             "alloy": "bulk 900 K", "agpd": "bulk 1200 K"}
@@ -340,8 +345,8 @@ def run_part(part: str, args) -> list[dict]:
                 # compositions left undetermined is added after calibration (unbounded)
                 full = wrapper._add_composition_variance(pred)
                 row = {"system": part, "wrapper": wrapper_name, "method": method + suffix,
-                       "split": split, **scores(full, test), **exponents(wrapper), **slope,
-                       **bound_ratios(pred, wrapper.recalibrator_)}
+                       "split": split, "defaults": DEFAULTS, **scores(full, test),
+                       **exponents(wrapper), **slope, **bound_ratios(pred, wrapper.recalibrator_)}
                 rows.append(row)
             shifted = [r for r in rows[-len(tests):] if not r["split"].startswith("in dist")]
             print(f"  {wrapper_name:<18} {method:<20} in-dist F cov {rows[-len(tests)]['force_cov95']:.3f}"
@@ -369,7 +374,7 @@ def table(rows: list[dict], methods=None) -> str:
     for system, wrapper, method, ind, sh in _groups(rows, ordered, before=True):
         fc = [r["force_cov95"] for r in sh]
         ec = [r["energy_cov95"] for r in sh]
-        mark = " †" if ind.get("earlier") else ""  # kept from a run with earlier defaults
+        mark = " †" if ind.get("defaults") != DEFAULTS else ""  # measured with earlier ones
         lines.append(
             f"| {system} | {wrapper} | {method}{mark} | {ind['force_cov95']:.3f} / "
             f"{ind['force_miscal']:.3f} / {ind['force_nll']:.2f} | {min(fc):.2f}–{np.mean(fc):.2f} | "
@@ -470,9 +475,9 @@ def write_between_markers(path: str, text: str, name: str = "shift") -> None:
 def merged(args, rows: list[dict]) -> tuple[list[dict], dict]:
     """The rows to save and the settings of each run they come from: with ``--update``,
     the rows of the existing ``--out`` that this run does not replace (same system,
-    wrapper, method and split) and their runs' settings are kept; kept rows of the
-    parts run now are marked ``earlier`` (tables: †). A run of some wrappers is
-    recorded as "PART (PREFIX, ...)"."""
+    wrapper, method and split) and their runs' settings are kept (a kept row
+    measured with earlier defaults is marked † in the tables: ``DEFAULTS``). A run
+    of some wrappers is recorded as "PART (PREFIX, ...)"."""
     def label(part: str) -> str:
         chosen = (args.wrappers or []) + (args.only or [])
         return part if not chosen else f"{part} ({', '.join(chosen)})"
@@ -485,8 +490,6 @@ def merged(args, rows: list[dict]) -> tuple[list[dict], dict]:
     key = lambda r: (r["system"], r["wrapper"], r["method"], r["split"])  # noqa: E731
     new = {key(r) for r in rows}
     kept = [r for r in old["rows"] if key(r) not in new]
-    for r in kept:  # a row of a part run now but not rerun: from an earlier run (†)
-        r["earlier"] = r.get("earlier", False) or r["system"] in args.parts
     old_runs = old.get("runs") or {part: old["args"] for part in old["args"]["parts"]}
 
     # the earlier runs of the parts run now stay recorded while rows of theirs are kept
@@ -529,8 +532,7 @@ def main(argv=None) -> None:
                         help="run only the wrappers of exactly these names")
     parser.add_argument("--update", action="store_true",
                         help="replace in --out only the rows run now (same system, wrapper, "
-                        "method and split), keeping the others and their run settings; kept "
-                        "rows of the parts run now are marked † in the tables")
+                        "method and split), keeping the others and their run settings")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()

@@ -107,7 +107,7 @@ def test_choose_takes_the_smallest_power_meeting_the_goal_everywhere(shift_goal)
                                                 split="in distribution"), "force", "W") == 0.75
 
 
-def test_update_keeps_the_rows_it_does_not_replace_and_marks_them(tmp_path, monkeypatch):
+def test_update_keeps_the_rows_it_does_not_replace(tmp_path, monkeypatch):
     import argparse
     import json
 
@@ -122,9 +122,15 @@ def test_update_keeps_the_rows_it_does_not_replace_and_marks_them(tmp_path, monk
     out.write_text(json.dumps({"args": {"parts": ["copper", "ethanol"]}, "rows": old}))
     args = argparse.Namespace(update=True, out=str(out), parts=["copper"], wrappers=None,
                               only=["W"])
-    rows, runs = shift.merged(args, [row("copper", "default", 10)])
-    got = {(r["system"], r["method"]): (r["v"], r.get("earlier")) for r in rows}
-    # replaced; kept from the earlier run of a part run now (†); another part's, unmarked
-    assert got == {("copper", "default"): (10, None), ("copper", "scalar"): (2, True),
-                   ("ethanol", "default"): (3, False)}
+    new = {**row("copper", "default", 10), "defaults": shift.DEFAULTS}
+    rows, runs = shift.merged(args, [new])
+    assert sorted((r["system"], r["method"], r["v"]) for r in rows) == [
+        ("copper", "default", 10), ("copper", "scalar", 2), ("ethanol", "default", 3)]
     assert set(runs) == {"copper (earlier)", "ethanol", "copper (W)"}
+    # in the tables, rows measured with earlier defaults (no tag) are marked †
+    scored = {"force_cov95": 0.9, "energy_cov95": 0.9, "force_miscal": 0.0, "force_nll": 0.0,
+              "spearman": 0.0, "force_std": 0.1}
+    table = shift.table([{**r, **scored, "split": split} for r in rows
+                         for split in ("in distribution", "shift")])
+    marked = {line.split("|")[3].strip() for line in table.splitlines()[2:]}
+    assert marked == {"default", "scalar †", "default †"}
