@@ -367,8 +367,7 @@ class UQWrapper:
     #: (docs/shift.md); energies scalar (committees: a t, deep_ensemble.COMMITTEE_CALIBRATION)
     default_calibration = {"energy": "scalar", "forces": "student_t"}
     default_calibration_options = {"per_species": True, "dof_bounds": (1.0, ROBUST_MAX_DOF)}
-    #: ``calibrate``'s widening powers per target (mlipuq.calibration.extrapolation)
-    default_extrapolation = {"energy": 0.5, "forces": 0.75}
+    default_extrapolation = {"energy": 0.5, "forces": 0.75}  #: widening powers (extrapolation.py)
 
     def calibrate(self, val, method=None, **options) -> "UQWrapper":
         """Fit recalibrators of the energy and force std on validation data.
