@@ -184,6 +184,15 @@ def cached(path, make, load):
     return made
 
 
+def cache_folder(root, part: str, epochs: int, quick: bool = False):
+    """The folder of ``--cache`` root for one part's fits (created; None without a root)."""
+    if root is None:
+        return None
+    folder = os.path.join(root, f"{part}-{epochs}{'-quick' * quick}")
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
 def base_models(part: str, train, val, epochs: int, n: int, cache=None) -> list:
     def fit(seed):
         model = MiniMLIP(train.species, seed=seed, **MODEL[part])
@@ -307,9 +316,7 @@ def run_part(part: str, args) -> list[dict]:
         suffix = f" + {args.frontier} frontier ({name})"
     # the deep ensemble needs every member, the other wrappers the first base model
     n_models = args.members if selected("DeepEnsemble", args.wrappers) else 1
-    cache = args.cache and os.path.join(args.cache, f"{part}-{args.epochs}{'-quick' * args.quick}")
-    if cache:
-        os.makedirs(cache, exist_ok=True)
+    cache = cache_folder(args.cache, part, args.epochs, args.quick)
     models = base_models(part, train, val, args.epochs, n_models, cache)
     fitted = fit_wrappers(models, train, val, args.wrappers, cache, args.only)
     if args.fit_only:

@@ -1,6 +1,7 @@
 """Can the calibration data choose the forces' Student-t ν for the shifts? (a diagnostic)
 
     python benchmarks/shift_nu_frontier.py --threads 2      # 16 min: Cu, ethanol, acetylacetone
+    python benchmarks/shift_nu_frontier.py --cache /tmp/fits  # the fits shift.py --cache saved
 
 The default calibration caps the forces' ν at 3 (``ROBUST_MAX_DOF``): ν as fitted
 (10-17 for the single models) gave 95 % intervals too short for the ethanol tails,
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", default=["copper", "ethanol", "acac"],
                         choices=list(shift.PART_SETS))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache", default=None, help="the folder of shift.py --cache")
     parser.add_argument("--out", default=os.path.join(shift.HERE, "results",
                                                       "shift_nu_frontier.json"))
     args = parser.parse_args()
@@ -67,9 +69,9 @@ def main() -> None:
     results = []
     for part in args.parts:
         train, val, _ = shift.PART_SETS[part](False)
-        models = shift.base_models(part, train, val, 80, 1)
-        fitted = shift.fit_wrappers(models, train, val, ["LastLayerLaplace", "LatentDistance",
-                                                          "EvidentialHead"])
+        cache = shift.cache_folder(args.cache, part, 80)
+        models = shift.base_models(part, train, val, 80, 1, cache)
+        fitted = shift.fit_wrappers(models, train, val, None, cache, WRAPPERS)
         for name in WRAPPERS:
             for row in frontier_rows(part, fitted[name], val):
                 results.append({"wrapper": name, **row})

@@ -42,7 +42,7 @@ import torch
 
 from mlipuq.calibration.extrapolation import excess, prediction_scales, saturate
 from mlipuq.calibration.structure_scaling import atom_scales
-from shift import base_models, fit_wrappers, write_between_markers
+from shift import base_models, cache_folder, fit_wrappers, write_between_markers
 from shift_data import HELD_OUT, PART_SETS
 from shift_goal import POWERS, WRAPPERS, choice_table
 from shift_scores import scores
@@ -82,7 +82,7 @@ def widened(pred, r: dict, rule: str, power: float, limits: dict):
 
 def score_part(part: str, args) -> list[dict]:
     train, val, tests = {**PART_SETS, **HELD_OUT}[part](args.quick)
-    cache = os.path.join(args.cache, f"{part}-{args.epochs}{'-quick' * args.quick}")
+    cache = cache_folder(args.cache, part, args.epochs, args.quick)
     models = base_models(part, train, val, args.epochs, 3, cache)
     rows = []
     for name, wrapper in fit_wrappers(models, train, val, None, cache, WRAPPERS).items():
