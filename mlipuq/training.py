@@ -55,6 +55,7 @@ from mlipuq.training_parallel import reduce_terms as reduce_terms  # re-exported
 from mlipuq.training_errors import error_statistics, errors  # noqa: F401  (re-exported)
 from mlipuq.training_setup import (  # noqa: F401  (re-exported)
     UndeterminedReferenceWarning,
+    fit_offset_drift,
     fit_reference_energies,
     fit_scales,
     prepare_graphs,
@@ -589,5 +590,7 @@ def train(
                       stacklevel=2)
     trainable.restore(best_state)
     trainable.train_mode(False)
+    if isinstance(trainable, EnergyForceMSE):  # what training left undetermined
+        fit_offset_drift(trainable.model, mdata.as_dataset(train))
     history.wall_time = time.perf_counter() - t0
     return history

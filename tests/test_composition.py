@@ -3,6 +3,7 @@ training set leaves undetermined give other stoichiometries a large energy std."
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -12,7 +13,7 @@ import mlipuq
 from mlipuq import datasets
 from mlipuq.data import composition_matrix, undetermined_offsets
 from mlipuq.models import MiniMLIP
-from mlipuq.training import UndeterminedReferenceWarning
+from mlipuq.training import UndeterminedReferenceWarning, fit_offset_drift
 from mlipuq.uq import (
     DeepEnsemble,
     EvidentialHead,
@@ -56,8 +57,58 @@ def test_prior_scale_and_variance_by_hand(ethanol_model):
     c = methanol[0]
     u = counts[0] / np.linalg.norm(counts[0])
     expected = tau2 * (c @ c - (c @ u) ** 2)  # |c|² minus its part along ethanol's composition
+    expected += (c @ model.offset_basis @ model.offset_drift) ** 2  # the network's own share
     assert model.composition_variance(methanol)[0] == pytest.approx(expected, rel=1e-9)
     assert model.composition_variance(counts[:3]) == pytest.approx(0.0, abs=1e-12 * tau2)
+
+
+def test_drift_term_by_hand():
+    """Var = τ²|Nᵀc|² + (cᵀNδ)²: N = (1, -1)/√2, τ = 0.1 eV, δ = 2 eV and c = (3, 1)
+    give Nᵀc = √2 and 0.02 + 8 eV²; the training composition (1, 1) gives 0."""
+    model = MiniMLIP(["Cu", "Au"], cutoff=4.0, width=8, n_interactions=1, n_rbf=4)
+    basis = np.array([[1.0], [-1.0]]) / np.sqrt(2.0)
+    model.set_atomic_energies({"Cu": -3.0, "Au": -3.0}, undetermined=basis, prior_std=0.1)
+    counts = np.array([[3.0, 1.0], [1.0, 1.0]])
+    np.testing.assert_allclose(model.composition_variance(counts), [0.02, 0.0], atol=1e-15)
+    model.set_offset_drift([2.0])
+    np.testing.assert_allclose(model.composition_variance(counts), [8.02, 0.0], atol=1e-12)
+    with pytest.raises(ValueError, match=r"one finite value .* \(1\)"):
+        model.set_offset_drift([1.0, np.nan])
+
+
+def test_drift_follows_the_offsets_training_left_free(ethanol_model):
+    """Moving the reference energies by α along the undetermined directions leaves
+    every ethanol energy unchanged and moves the measured drift by exactly α."""
+    model, train = ethanol_model
+    assert model.offset_drift is not None and model.offset_drift.shape == (2,)
+    moved = copy.deepcopy(model)
+    basis, alpha = model.offset_basis, np.array([0.7, -1.3])
+    shifted = np.array([model.atomic_energies[z] for z in model.species]) + basis @ alpha
+    moved.set_atomic_energies(dict(zip(model.species, shifted)), undetermined=basis,
+                              prior_std=model.offset_prior_std)
+    fit_offset_drift(moved, train)
+    np.testing.assert_allclose(moved.offset_drift, model.offset_drift + alpha, atol=1e-9)
+    np.testing.assert_allclose(moved.compute(train[:5])["energy"],
+                               model.compute(train[:5])["energy"], atol=1e-6)
+
+
+def test_drift_accounts_for_a_new_stoichiometry_error():
+    """EMT Cu₃Au (24 Cu, 8 Au in every cell) leaves e_Cu - e_Au free: on the
+    equiatomic alloy CuAu the energy error has the sign of the drift the network
+    holds there, and the composition std alone gives 95 % intervals that cover
+    it, which the prior τ alone does not."""
+    train = datasets.emt({"Cu": 0.75, "Au": 0.25}, n_structures=40, kinds=("bulk",), seed=3)
+    model = MiniMLIP(["Cu", "Au"], cutoff=4.0, width=16, n_interactions=2, n_rbf=8, seed=0)
+    with pytest.warns(UndeterminedReferenceWarning):
+        mlipuq.train(model, train, epochs=20, lr=5e-3, seed=0, **FAST)
+    cuau = datasets.emt({"Cu": 0.5, "Au": 0.5}, n_structures=6, kinds=("bulk",), seed=4)
+    counts = composition_matrix(cuau, model.species)
+    error = model.compute(cuau)["energy"] - cuau.energies
+    drift = counts @ model.offset_basis @ model.offset_drift
+    prior = model.offset_prior_std * np.linalg.norm(counts @ model.offset_basis, axis=1)
+    assert np.all(np.sign(drift) == np.sign(error)), (error, drift)
+    assert np.all(1.96 * np.sqrt(model.composition_variance(counts)) >= np.abs(error))
+    assert np.all(1.96 * prior < np.abs(error) / 2)  # the prior alone: far from it
 
 
 def test_isolated_atom_energies_determine_the_offsets():
@@ -129,3 +180,23 @@ def test_combined_latent_distance_adds_the_composition_variance_once(ethanol_mod
     with_it = combined.predict(acac).energy_var
     without = combined.predict(acac, composition=False).energy_var
     np.testing.assert_allclose(with_it - without, model.composition_variance(counts), rtol=1e-9)
+
+
+def test_deep_ensemble_uses_its_mean_drift(ethanol_model):
+    """The ensemble's mean energy holds the members' mean drift: its composition
+    variance is τ²|Nᵀc|² + (cᵀN mean(δ))², not member 0's."""
+    model, train = ethanol_model
+    other = copy.deepcopy(model)
+    basis = model.offset_basis
+    shifted = np.array([model.atomic_energies[z] for z in model.species]) + basis @ [2.0, -1.0]
+    other.set_atomic_energies(dict(zip(model.species, shifted)), undetermined=basis,
+                              prior_std=model.offset_prior_std)
+    fit_offset_drift(other, train)
+    deep = DeepEnsemble([model, other])
+    acac = datasets.acac("test")[:3]
+    counts = composition_matrix(acac, model.species)
+    added = deep.predict(acac).energy_var - deep.predict(acac, composition=False).energy_var
+    mean = model.offset_drift + np.array([1.0, -0.5])
+    expected = (model.offset_prior_std**2 * np.sum((counts @ basis) ** 2, axis=1)
+                + (counts @ basis @ mean) ** 2)
+    np.testing.assert_allclose(added, expected, rtol=1e-9)

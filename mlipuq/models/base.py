@@ -80,6 +80,7 @@ class MLIP(DirectForceHead, nn.Module):
         self.atomic_energies_set = False
         self._offset_basis: Optional[np.ndarray] = None  # (S, k), see composition_variance
         self.offset_prior_std: Optional[float] = None
+        self.offset_drift: Optional[np.ndarray] = None  # (k,), see set_offset_drift
         self._force_mode = "conservative"
 
     # ----------------------------------------------------------- subclass API
@@ -122,7 +123,7 @@ class MLIP(DirectForceHead, nn.Module):
             raise ValueError(f"atomic energies missing for atomic numbers {missing}")
         self._atomic_energies = {z: given[z] for z in self.species}
         self.atomic_energies_set = True
-        self._offset_basis, self.offset_prior_std = None, None
+        self._offset_basis, self.offset_prior_std, self.offset_drift = None, None, None
         if undetermined is not None and np.size(undetermined):
             basis = np.asarray(undetermined, dtype=np.float64)
             if basis.ndim != 2 or basis.shape[0] != len(self.species):
@@ -131,21 +132,50 @@ class MLIP(DirectForceHead, nn.Module):
             self._offset_basis = basis
             self.offset_prior_std = positive("prior_std", prior_std)
 
-    def composition_variance(self, counts: np.ndarray) -> np.ndarray:
+    @property
+    def offset_basis(self) -> Optional[np.ndarray]:
+        """(S, k) orthonormal reference-energy combinations the training compositions
+        left undetermined (order of ``species``), or None when all are determined."""
+        return None if self._offset_basis is None else self._offset_basis.copy()
+
+    def set_offset_drift(self, drift) -> None:
+        """Record the model's own per-species energies (eV) along :attr:`offset_basis`:
+        ``Nᵀ ē``, ``ē_s`` the mean energy of the training atoms of species ``s``
+        (reference energy included). Training data never constrained them, so
+        the network is free to put any energy there: ``mlipuq.train`` measures
+        them when it ends (:func:`mlipuq.training.fit_offset_drift`).
+        """
+        if self._offset_basis is None:
+            raise ValueError("this model has no undetermined reference-energy combinations")
+        drift = np.asarray(drift, dtype=np.float64).reshape(-1)
+        if drift.shape != (self._offset_basis.shape[1],) or not np.all(np.isfinite(drift)):
+            raise ValueError(f"offset drift needs one finite value (eV) per undetermined "
+                             f"combination ({self._offset_basis.shape[1]}), got {drift}")
+        self.offset_drift = drift
+
+    def composition_variance(self, counts: np.ndarray, *,
+                             drift: Optional[np.ndarray] = None) -> np.ndarray:
         """(B,) variance (eV²) of the structures' energies from reference energies
         the training compositions left undetermined.
 
-        ``counts`` (B, S) are species counts (order of ``species``). The offsets
-        along the undetermined directions N (S, k) get a prior N(0, τ²) per
-        direction, τ = ``offset_prior_std``: Var = τ² |Nᵀc|². It is 0 for every
+        ``counts`` (B, S) are species counts (order of ``species``). The true
+        offsets along the undetermined directions N (S, k) get a prior N(0, τ²)
+        per direction, τ = ``offset_prior_std``, while the model sits at its
+        :attr:`offset_drift` δ there (None: 0): the energy error ``cᵀN(δ - t)``
+        then has the mean square Var = τ² |Nᵀc|² + (cᵀNδ)². It is 0 for every
         composition the training data spans (the training compositions
-        themselves included) and grows for other stoichiometries.
+        themselves included) and grows for other stoichiometries. ``drift``
+        replaces :attr:`offset_drift` (an ensemble's: its members' mean).
         """
         counts = np.asarray(counts, dtype=np.float64)
+        drift = self.offset_drift if drift is None else np.asarray(drift, dtype=np.float64)
         if self._offset_basis is None:
             return np.zeros(len(counts))
         projected = counts @ self._offset_basis
-        return self.offset_prior_std**2 * np.einsum("bk,bk->b", projected, projected)
+        var = self.offset_prior_std**2 * np.einsum("bk,bk->b", projected, projected)
+        if drift is not None:
+            var = var + (projected @ drift) ** 2
+        return var
 
     def get_extra_state(self):
         state = {
@@ -155,6 +185,8 @@ class MLIP(DirectForceHead, nn.Module):
         if self._offset_basis is not None:
             state["offset_basis"] = torch.from_numpy(self._offset_basis.copy())
             state["offset_prior_std"] = float(self.offset_prior_std)
+            if self.offset_drift is not None:
+                state["offset_drift"] = torch.from_numpy(self.offset_drift.copy())
         return state
 
     def set_extra_state(self, state) -> None:
@@ -163,6 +195,8 @@ class MLIP(DirectForceHead, nn.Module):
         basis = state.get("offset_basis")  # absent in files saved before it existed
         self._offset_basis = None if basis is None else basis.detach().double().numpy().copy()
         self.offset_prior_std = state.get("offset_prior_std")
+        drift = state.get("offset_drift")  # absent in files saved before 2026-12-02
+        self.offset_drift = None if drift is None else drift.detach().double().numpy().copy()
 
     def offsets(self, batch: mdata.Batch) -> torch.Tensor:
         """(B,) float64 sum of species reference energies per structure (eV)."""

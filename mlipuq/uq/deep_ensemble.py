@@ -26,6 +26,7 @@ Cost: training and prediction are K times those of one model.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from typing import Callable, Optional, Sequence
 
@@ -391,6 +392,22 @@ class DeepEnsemble(UQWrapper):
             residuals = dataset.energies[None, :] - pred.energy_members  # (K, B)
             self.member_offsets_ = np.linalg.lstsq(counts, residuals.T, rcond=None)[0].T
         return super().calibrate(dataset, method, **options)
+
+    def _add_composition_variance(self, prediction):
+        """Every wrapper's composition variance, with the drift of the ensemble's mean
+        energy: the mean of the members' drifts (in species space, then on member 0's
+        undetermined directions), when every member has one."""
+        bases = [m.offset_basis for m in self.models]
+        drifts = [m.offset_drift for m in self.models]
+        if bases[0] is None or any(d is None for d in drifts):
+            return super()._add_composition_variance(prediction)
+        mean = np.mean([b @ d for b, d in zip(bases, drifts)], axis=0)
+        counts = mdata.composition_counts(prediction.numbers, prediction.batch,
+                                          prediction.n_structures, self.species)
+        extra = self.base_model.composition_variance(counts, drift=bases[0].T @ mean)
+        if not np.any(extra):
+            return prediction
+        return dataclasses.replace(prediction, energy_var=prediction.energy_var + extra)
 
     def _fit_seeds(self, seed: Optional[int], seeds: Optional[Sequence[int]]) -> list[int]:
         if seed is not None and seeds is not None:
