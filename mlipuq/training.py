@@ -434,7 +434,8 @@ def train(
     model
         Any :class:`~mlipuq.models.MLIP` (trained in its own dtype, float32 for
         speed; species reference energies and, for MiniMLIP, the neighbour
-        normalisation are set from ``train`` if not set yet), or any
+        normalisation are set from ``train`` if not set yet; when training ends,
+        its :func:`fit_offset_drift` on ``train``), or any
         :class:`Trainable`, which brings its own loss and parameters.
     train, val
         Datasets with reference energies and forces. Without ``val`` the

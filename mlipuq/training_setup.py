@@ -80,9 +80,10 @@ def fit_offset_drift(model: MLIP, train: mdata.AtomsDataset, *, batch_size: int 
 
     With one stoichiometry the data fix only the sum of the species' energies;
     the network's per-species share is whatever training left it: on EMT
-    Cu₃Au and AgPd, models trained alike held ±0.5–2 eV per atom along the
+    Cu₃Au and AgPd, models trained alike held 0.5–2.1 eV (in size) along the
     undetermined direction, which predicted their energy errors on another
-    stoichiometry to 10–20 % (``docs/shift.md``), ten times the prior τ. The drift is
+    stoichiometry within 20 %, errors 12–30 times the prior's std
+    (``docs/shift.md``). The drift is
     ``Nᵀē``, ``ē_s`` the mean energy (reference energy included) of the
     training atoms of species ``s``; :meth:`MLIP.composition_variance` adds
     its square. Nothing to do when every combination is determined; a model
