@@ -406,6 +406,7 @@ def run_fit(args: argparse.Namespace) -> int:
     val = None if args.val is None else mlipuq.load(args.val)
     reference = None if args.reference is None else mlipuq.load(args.reference)
     progress = args.progress and mdist.is_main()
+    _measure_missing_drift(models, train if reference is None else reference)
     wrapper = build_wrapper(args, models, train, val, progress, reference)
     if val is not None:
         options = {key: value for key, value in (("extrapolation", args.extrapolation),
@@ -427,6 +428,16 @@ def run_fit(args: argparse.Namespace) -> int:
     print(_summary(wrapper, args, len(train), 0 if val is None else len(val)))
     print(f"wrapper saved to {args.out}")
     return 0
+
+
+def _measure_missing_drift(models, training) -> None:
+    """Models saved before ``mlipuq.train`` measured their offset drift (2026-12-02)
+    get it measured on ``training``, the structures given as their training data."""
+    from mlipuq.training import fit_offset_drift
+
+    for model in models:
+        if model.offset_basis is not None and model.offset_drift is None:
+            fit_offset_drift(model, training)
 
 
 def _multipliers(part) -> str:

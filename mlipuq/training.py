@@ -593,5 +593,7 @@ def train(
     trainable.train_mode(False)
     if isinstance(trainable, EnergyForceMSE):  # what training left undetermined
         fit_offset_drift(trainable.model, mdata.as_dataset(train))
+        if checkpoint is not None and main:  # the best weights again, now with it
+            trainable.save(checkpoint, overwrite=True)
     history.wall_time = time.perf_counter() - t0
     return history

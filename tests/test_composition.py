@@ -74,6 +74,13 @@ def test_drift_term_by_hand():
     np.testing.assert_allclose(model.composition_variance(counts), [8.02, 0.0], atol=1e-12)
     with pytest.raises(ValueError, match=r"one finite value .* \(1\)"):
         model.set_offset_drift([1.0, np.nan])
+    with pytest.raises(ValueError, match="finite"):
+        model.set_offset_drift([np.nan])
+    model.set_atomic_energies({"Cu": -3.0, "Au": -3.0}, undetermined=basis, prior_std=0.1)
+    assert model.offset_drift is None  # new reference energies: the drift is measured anew
+    with pytest.raises(ValueError, match="orthonormal"):
+        model.set_atomic_energies({"Cu": -3.0, "Au": -3.0}, undetermined=2 * basis,
+                                  prior_std=0.1)
 
 
 def test_drift_follows_the_offsets_training_left_free(ethanol_model):
@@ -200,3 +207,105 @@ def test_deep_ensemble_uses_its_mean_drift(ethanol_model):
     expected = (model.offset_prior_std**2 * np.sum((counts @ basis) ** 2, axis=1)
                 + (counts @ basis @ mean) ** 2)
     np.testing.assert_allclose(added, expected, rtol=1e-9)
+
+
+def test_files_without_a_drift_load_with_the_prior_alone(ethanol_model, tmp_path):
+    """A model saved before the drift existed (no ``offset_drift`` in its state) loads
+    with the prior alone, as it was computed then."""
+    model, _ = ethanol_model
+    state = model.get_extra_state()
+    del state["offset_drift"]
+    old = copy.deepcopy(model)
+    old.set_extra_state(state)
+    assert old.offset_drift is None
+    acac = composition_matrix(datasets.acac("test")[:2], model.species)
+    projected = acac @ model.offset_basis
+    np.testing.assert_allclose(old.composition_variance(acac),
+                               model.offset_prior_std**2 * np.sum(projected**2, axis=1),
+                               rtol=1e-12)
+
+
+def test_a_deep_ensemble_without_every_drift_keeps_the_prior(ethanol_model):
+    model, _ = ethanol_model
+    other = copy.deepcopy(model)
+    other.set_offset_drift(None)
+    deep = DeepEnsemble([model, other])
+    acac = datasets.acac("test")[:2]
+    counts = composition_matrix(acac, model.species)
+    added = deep.predict(acac).energy_var - deep.predict(acac, composition=False).energy_var
+    prior = model.offset_prior_std**2 * np.sum((counts @ model.offset_basis) ** 2, axis=1)
+    np.testing.assert_allclose(added, prior, rtol=1e-9)
+
+
+def test_latent_distance_combined_with_an_ensemble_uses_the_ensembles_drift(ethanol_model):
+    model, train = ethanol_model
+    other = copy.deepcopy(model)
+    basis = model.offset_basis
+    shifted = np.array([model.atomic_energies[z] for z in model.species]) + basis @ [3.0, 1.0]
+    other.set_atomic_energies(dict(zip(model.species, shifted)), undetermined=basis,
+                              prior_std=model.offset_prior_std)
+    fit_offset_drift(other, train)
+    deep = DeepEnsemble([model, other])
+    combined = LatentDistance(model, combine=deep).fit(train, datasets.ethanol("val")[:20])
+    acac = datasets.acac("test")[:2]
+    added = combined.predict(acac).energy_var - combined.predict(acac, composition=False).energy_var
+    np.testing.assert_allclose(
+        added, deep.predict(acac).energy_var - deep.predict(acac, composition=False).energy_var,
+        rtol=1e-9)
+
+
+class _ColumnEnergies(MiniMLIP):
+    """A model whose per-atom energies come as an (N, 1) column, as forward allows."""
+
+    def per_atom_energy(self, batch):
+        return super().per_atom_energy(batch).unsqueeze(-1)
+
+
+def test_per_atom_energies_as_a_column_measure_the_same_drift(ethanol_model):
+    model, train = ethanol_model
+    column = _ColumnEnergies(["H", "C", "O"], cutoff=4.0, width=16, n_interactions=2,
+                             n_rbf=8, seed=0)
+    column.load_state_dict(model.state_dict())
+    column.avg_num_neighbors = model.avg_num_neighbors
+    column.set_offset_drift(None)
+    fit_offset_drift(column, train)
+    np.testing.assert_allclose(column.offset_drift, model.offset_drift, rtol=1e-9)
+
+
+def test_fine_tuning_on_part_of_the_species_keeps_the_drift(ethanol_model):
+    """Data without one of the undetermined directions' species cannot tell where the
+    network holds its energy: the drift measured on the full training data stays."""
+    model, train = ethanol_model
+    tuned = copy.deepcopy(model)
+    hydrogen_only = mlipuq.data.AtomsDataset([a[[i for i, z in enumerate(a.numbers) if z == 1]]
+                                              for a in train[:3]])
+    fit_offset_drift(tuned, hydrogen_only)
+    np.testing.assert_array_equal(tuned.offset_drift, model.offset_drift)
+
+
+def test_the_checkpoint_carries_the_drift(tmp_path):
+    """train(checkpoint=...) writes the best weights during training and, once the
+    drift is measured at the end, again with it: loading gives the same variance."""
+    model = _model()
+    with pytest.warns(UndeterminedReferenceWarning):
+        mlipuq.train(model, datasets.ethanol("train")[:10], epochs=2, seed=0,
+                     checkpoint=tmp_path / "best.pt", **FAST)
+    loaded = mlipuq.models.load(tmp_path / "best.pt")
+    assert loaded.offset_drift is not None
+    np.testing.assert_array_equal(loaded.offset_drift, model.offset_drift)
+
+
+def test_mlipuq_fit_measures_the_drift_an_older_model_file_lacks(ethanol_model, tmp_path):
+    """``mlipuq fit`` on a model saved before the drift existed measures it on the
+    training structures it is given, as ``mlipuq.train`` would have."""
+    from mlipuq import cli
+
+    model, train = ethanol_model
+    old = copy.deepcopy(model)
+    old.set_offset_drift(None)
+    old.save(tmp_path / "old.pt")
+    train.write(tmp_path / "train.extxyz")
+    assert cli.main(["fit", "llpr", "--model", str(tmp_path / "old.pt"), "--train",
+                     str(tmp_path / "train.extxyz"), "--out", str(tmp_path / "llpr.pt")]) == 0
+    fitted = mlipuq.uq.load(tmp_path / "llpr.pt")
+    np.testing.assert_allclose(fitted.base_model.offset_drift, model.offset_drift, rtol=1e-6)

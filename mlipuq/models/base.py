@@ -80,7 +80,7 @@ class MLIP(DirectForceHead, nn.Module):
         self.atomic_energies_set = False
         self._offset_basis: Optional[np.ndarray] = None  # (S, k), see composition_variance
         self.offset_prior_std: Optional[float] = None
-        self.offset_drift: Optional[np.ndarray] = None  # (k,), see set_offset_drift
+        self._offset_drift: Optional[np.ndarray] = None  # (k,), see set_offset_drift
         self._force_mode = "conservative"
 
     # ----------------------------------------------------------- subclass API
@@ -123,12 +123,14 @@ class MLIP(DirectForceHead, nn.Module):
             raise ValueError(f"atomic energies missing for atomic numbers {missing}")
         self._atomic_energies = {z: given[z] for z in self.species}
         self.atomic_energies_set = True
-        self._offset_basis, self.offset_prior_std, self.offset_drift = None, None, None
+        self._offset_basis, self.offset_prior_std, self._offset_drift = None, None, None
         if undetermined is not None and np.size(undetermined):
             basis = np.asarray(undetermined, dtype=np.float64)
             if basis.ndim != 2 or basis.shape[0] != len(self.species):
                 raise ValueError(f"undetermined must have shape ({len(self.species)}, k), "
                                  f"got {basis.shape}")
+            if not np.allclose(basis.T @ basis, np.eye(basis.shape[1]), atol=1e-8):
+                raise ValueError("undetermined must have orthonormal columns")
             self._offset_basis = basis
             self.offset_prior_std = positive("prior_std", prior_std)
 
@@ -138,20 +140,29 @@ class MLIP(DirectForceHead, nn.Module):
         left undetermined (order of ``species``), or None when all are determined."""
         return None if self._offset_basis is None else self._offset_basis.copy()
 
+    @property
+    def offset_drift(self) -> Optional[np.ndarray]:
+        """(k,) the model's own energies (eV) along :attr:`offset_basis`, or None when
+        not measured (see :meth:`set_offset_drift`)."""
+        return None if self._offset_drift is None else self._offset_drift.copy()
+
     def set_offset_drift(self, drift) -> None:
         """Record the model's own per-species energies (eV) along :attr:`offset_basis`:
         ``Nᵀ ē``, ``ē_s`` the mean energy of the training atoms of species ``s``
         (reference energy included). Training data never constrained them, so
         the network is free to put any energy there: ``mlipuq.train`` measures
-        them when it ends (:func:`mlipuq.training.fit_offset_drift`).
+        them when it ends (:func:`mlipuq.training.fit_offset_drift`). None clears it.
         """
+        if drift is None:
+            self._offset_drift = None
+            return
         if self._offset_basis is None:
             raise ValueError("this model has no undetermined reference-energy combinations")
         drift = np.asarray(drift, dtype=np.float64).reshape(-1)
         if drift.shape != (self._offset_basis.shape[1],) or not np.all(np.isfinite(drift)):
             raise ValueError(f"offset drift needs one finite value (eV) per undetermined "
                              f"combination ({self._offset_basis.shape[1]}), got {drift}")
-        self.offset_drift = drift
+        self._offset_drift = drift
 
     def composition_variance(self, counts: np.ndarray, *,
                              drift: Optional[np.ndarray] = None) -> np.ndarray:
@@ -168,7 +179,7 @@ class MLIP(DirectForceHead, nn.Module):
         replaces :attr:`offset_drift` (an ensemble's: its members' mean).
         """
         counts = np.asarray(counts, dtype=np.float64)
-        drift = self.offset_drift if drift is None else np.asarray(drift, dtype=np.float64)
+        drift = self._offset_drift if drift is None else np.asarray(drift, dtype=np.float64)
         if self._offset_basis is None:
             return np.zeros(len(counts))
         projected = counts @ self._offset_basis
@@ -185,8 +196,8 @@ class MLIP(DirectForceHead, nn.Module):
         if self._offset_basis is not None:
             state["offset_basis"] = torch.from_numpy(self._offset_basis.copy())
             state["offset_prior_std"] = float(self.offset_prior_std)
-            if self.offset_drift is not None:
-                state["offset_drift"] = torch.from_numpy(self.offset_drift.copy())
+            if self._offset_drift is not None:
+                state["offset_drift"] = torch.from_numpy(self._offset_drift.copy())
         return state
 
     def set_extra_state(self, state) -> None:
@@ -196,7 +207,9 @@ class MLIP(DirectForceHead, nn.Module):
         self._offset_basis = None if basis is None else basis.detach().double().numpy().copy()
         self.offset_prior_std = state.get("offset_prior_std")
         drift = state.get("offset_drift")  # absent in files saved before 2026-12-02
-        self.offset_drift = None if drift is None else drift.detach().double().numpy().copy()
+        self._offset_drift = None
+        if drift is not None and self._offset_basis is not None:
+            self.set_offset_drift(drift.detach().double().numpy())
 
     def offsets(self, batch: mdata.Batch) -> torch.Tensor:
         """(B,) float64 sum of species reference energies per structure (eV)."""

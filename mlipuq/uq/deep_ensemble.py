@@ -395,16 +395,22 @@ class DeepEnsemble(UQWrapper):
 
     def _add_composition_variance(self, prediction):
         """Every wrapper's composition variance, with the drift of the ensemble's mean
-        energy: the mean of the members' drifts (in species space, then on member 0's
-        undetermined directions), when every member has one."""
+        energy: the members' mean drift, recentring offsets included (in species
+        space, then on member 0's undetermined directions); the prior alone unless
+        every member has a drift."""
         bases = [m.offset_basis for m in self.models]
         drifts = [m.offset_drift for m in self.models]
-        if bases[0] is None or any(d is None for d in drifts):
+        if bases[0] is None:
             return super()._add_composition_variance(prediction)
-        mean = np.mean([b @ d for b, d in zip(bases, drifts)], axis=0)
+        drift = np.zeros(bases[0].shape[1])
+        if all(b is not None and d is not None for b, d in zip(bases, drifts)):
+            offsets = (np.zeros((len(bases), len(self.species))) if self.member_offsets_ is None
+                       else self.member_offsets_)
+            drift = bases[0].T @ np.mean([b @ (d + b.T @ o) for b, d, o
+                                          in zip(bases, drifts, offsets)], axis=0)
         counts = mdata.composition_counts(prediction.numbers, prediction.batch,
                                           prediction.n_structures, self.species)
-        extra = self.base_model.composition_variance(counts, drift=bases[0].T @ mean)
+        extra = self.base_model.composition_variance(counts, drift=drift)
         if not np.any(extra):
             return prediction
         return dataclasses.replace(prediction, energy_var=prediction.energy_var + extra)

@@ -513,6 +513,13 @@ class LatentDistance(UQWrapper):
                 "forces": out["forces"].detach(), "atom_energy_var": atom_var,
                 "forces_var": np.repeat(force_var[:, None], 3, axis=1)}
 
+    def _add_composition_variance(self, prediction: Prediction) -> Prediction:
+        """``combine``'s when combined (its mean is the mean: a deep ensemble's drift
+        is its members' mean), else every wrapper's."""
+        if self.combine is not None:
+            return self.combine._add_composition_variance(prediction)
+        return super()._add_composition_variance(prediction)
+
     def compute_stress(self, atoms) -> np.ndarray:
         """(3, 3) stress (eV/Å^3) of the mean model: ``combine``'s when combined."""
         if self.combine is not None:

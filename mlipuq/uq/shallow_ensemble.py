@@ -110,7 +110,8 @@ from mlipuq import data as mdata
 from mlipuq.calibration.recalibrate import stretch_members
 from mlipuq.models.base import MLIP
 from mlipuq.params import positive
-from mlipuq.training import History, fit_scales, prepare_graphs, split_fit_options
+from mlipuq.training import (History, fit_offset_drift, fit_scales, prepare_graphs,
+                             split_fit_options)
 from mlipuq.uq.base import UQWrapper, _check_model, register
 from mlipuq.uq.deep_ensemble import COMMITTEE_CALIBRATION, member_statistics
 from mlipuq.uq.distance_term import (
@@ -466,6 +467,7 @@ class ShallowEnsemble(UQWrapper):
                           self.head_bias_.to(torch.float64).mean(0),
                           None if self.direct_weight_ is None
                           else self.direct_weight_.to(torch.float64).mean(0))
+        fit_offset_drift(model, train)  # the heads' mean is the mean: its own drift
         self._fit_distance(train, val, seed, progress, need_forces, trainer["batch_size"])
         self.fitted_ = True
         return self
