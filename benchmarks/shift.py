@@ -81,7 +81,6 @@ import torch
 import mlipuq
 from mlipuq.data import concatenate
 from mlipuq.models import MiniMLIP
-from mlipuq.training import fit_offset_drift
 from mlipuq.uq.base import UQWrapper
 from mlipuq.uq import (
     DeepEnsemble,
@@ -91,6 +90,7 @@ from mlipuq.uq import (
     ShallowEnsemble,
 )
 from mlipuq.uq.evidential_shift import fit_distance_term
+from shift_cache import cache_folder, cached, with_drift  # noqa: F401 (re-exported)
 from shift_data import HELD_OUT, PART_SETS
 from shift_goal import goal_table, widening_table
 from shift_scores import bound_ratios, exponents, scores, validation_slope
@@ -181,26 +181,6 @@ def readme_rows(rows: list[dict]) -> list[dict]:
 
 
 # ------------------------------------------------------------------ models
-def cached(path, make, load):
-    """``make()``, saved to ``path`` (None: no cache) the first time and read with
-    ``load`` afterwards (mlipuq's own files: plain data, weights only)."""
-    if path is not None and os.path.exists(path):
-        return load(path)
-    made = make()
-    if path is not None:
-        made.save(path)
-    return made
-
-
-def cache_folder(root, part: str, epochs: int, quick: bool = False):
-    """The folder of ``--cache`` root for one part's fits (created; None without a root)."""
-    if root is None:
-        return None
-    folder = os.path.join(root, f"{part}-{epochs}{'-quick' * quick}")
-    os.makedirs(folder, exist_ok=True)
-    return folder
-
-
 def base_models(part: str, train, val, epochs: int, n: int, cache=None) -> list:
     def fit(seed):
         model = MiniMLIP(train.species, seed=seed, **MODEL[part])
@@ -212,15 +192,6 @@ def base_models(part: str, train, val, epochs: int, n: int, cache=None) -> list:
     return [cached(cache and os.path.join(cache, f"model{seed}.pt"), lambda: fit(seed),
                    lambda path: with_drift(mlipuq.models.load(path), train))
             for seed in range(n)]
-
-
-def with_drift(model, train):
-    """``model`` (a base model, or a wrapper's) as ``mlipuq.train`` leaves it since
-    2026-12-02: a fit saved before gets its offset drift measured on ``train``."""
-    base = getattr(model, "base_model", model)
-    if base.offset_basis is not None and base.offset_drift is None:
-        fit_offset_drift(base, train)
-    return model
 
 
 def selected(wrapper: str, prefixes) -> bool:

@@ -117,19 +117,29 @@ def alloy_sets(quick: bool) -> tuple[AtomsDataset, AtomsDataset, dict]:
     }, quick)
 
 
+def held_out_alloy_sets(alloy: dict, temperatures: tuple, hot: int, other: tuple,
+                        seed: int, quick: bool) -> tuple:
+    """EMT ``alloy`` trained and calibrated on bulk at ``temperatures`` (low, high);
+    shifts: bulk at ``hot`` K, vacancies at the high temperature, (111) surfaces and
+    strained cells at 300 K, and the alloy ``other`` = (name, composition) at 300 K
+    (seeds ``seed`` + 1 … 5)."""
+    high = temperatures[-1]
+    return emt_sets(alloy, temperatures, seed, {
+        f"bulk {hot} K": (alloy, "bulk", hot, seed + 1),
+        f"vacancy {high} K": (alloy, "vacancy", high, seed + 2),
+        "surface 300 K": (alloy, "surface", 300, seed + 3),
+        "strained 300 K": (alloy, "strained", 300, seed + 4),
+        f"{other[0]} 300 K": (other[1], "bulk", 300, seed + 5),
+    }, quick)
+
+
 def agpd_sets(quick: bool) -> tuple[AtomsDataset, AtomsDataset, dict]:
     """EMT AgPd (random equiatomic fcc alloy): train and calibrate on bulk at 300 and
     600 K; shifts: 1200 K bulk, vacancies at 600 K, (111) surfaces and strained cells
     at 300 K, and the Ag-rich alloy Ag₃Pd at 300 K. Held out while the widening's
     powers were chosen, run once after (``HELD_OUT``)."""
-    agpd = {"Ag": 0.5, "Pd": 0.5}
-    return emt_sets(agpd, (300, 600), 41, {
-        "bulk 1200 K": (agpd, "bulk", 1200, 42),
-        "vacancy 600 K": (agpd, "vacancy", 600, 43),
-        "surface 300 K": (agpd, "surface", 300, 44),
-        "strained 300 K": (agpd, "strained", 300, 45),
-        "Ag3Pd 300 K": ({"Ag": 0.75, "Pd": 0.25}, "bulk", 300, 46),
-    }, quick)
+    return held_out_alloy_sets({"Ag": 0.5, "Pd": 0.5}, (300, 600), 1200,
+                               ("Ag3Pd", {"Ag": 0.75, "Pd": 0.25}), 41, quick)
 
 
 def ptni_sets(quick: bool) -> tuple[AtomsDataset, AtomsDataset, dict]:
@@ -138,14 +148,8 @@ def ptni_sets(quick: bool) -> tuple[AtomsDataset, AtomsDataset, dict]:
     and strained cells at 300 K, and the equiatomic alloy PtNi at 300 K. Its rules
     fixed on 2026-12-02, after the composition drift was added (chosen on Cu₃Au
     and looked at on AgPd); held out from every choice, run once (``HELD_OUT``)."""
-    pt3ni = {"Pt": 0.75, "Ni": 0.25}
-    return emt_sets(pt3ni, (300, 900), 51, {
-        "bulk 1500 K": (pt3ni, "bulk", 1500, 52),
-        "vacancy 900 K": (pt3ni, "vacancy", 900, 53),
-        "surface 300 K": (pt3ni, "surface", 300, 54),
-        "strained 300 K": (pt3ni, "strained", 300, 55),
-        "PtNi 300 K": ({"Pt": 0.5, "Ni": 0.5}, "bulk", 300, 56),
-    }, quick)
+    return held_out_alloy_sets({"Pt": 0.75, "Ni": 0.25}, (300, 900), 1500,
+                               ("PtNi", {"Pt": 0.5, "Ni": 0.5}), 51, quick)
 
 
 #: The systems in the order they were added: acac and the alloy after every default

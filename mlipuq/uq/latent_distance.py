@@ -533,7 +533,7 @@ class LatentDistance(UQWrapper):
         ``composition``). With ``combine``, the other wrapper's uncalibrated mean
         and variance are combined with the latent variance; ``calibrated``
         applies this wrapper's own recalibration (:meth:`calibrate`); the
-        composition variance is added once, after it.
+        composition variance (the combined wrapper's) is added once, after it.
         """
         composition = options.pop("composition", True)
         own = super().predict(structures, calibrated=False, composition=False, **options)
