@@ -49,6 +49,10 @@ Shifts (none of them is in the training or calibration data):
   vacancies at 900 K, surfaces, strained cells and the equiatomic PtNi. Its
   rules fixed after every default of 2026-12-02 (the composition drift
   included), held out from all of them, run once.
+* **EMT Pt** (``--parts platinum``) — one element trained on 300 and 600 K
+  bulk; 1200 K bulk, vacancies at 600 K, surfaces and strained cells. Its
+  rules fixed on 2026-12-02 and **not yet run**: the held-out check for the
+  next default chosen (AgPd and Pt₃Ni have been seen).
 
 Methods: each wrapper's default ``calibrate(val)`` (which fits how stds scale
 between structures and widens stds beyond the largest of the calibration
@@ -103,6 +107,7 @@ MODEL = {
     "alloy": dict(cutoff=4.5, width=32, n_interactions=2, n_rbf=12, n_readout_features=32),
     "agpd": dict(cutoff=5.0, width=32, n_interactions=2, n_rbf=12, n_readout_features=32),
     "ptni": dict(cutoff=5.0, width=32, n_interactions=2, n_rbf=12, n_readout_features=32),
+    "platinum": dict(cutoff=5.0, width=32, n_interactions=2, n_rbf=12, n_readout_features=32),
 }
 TRAIN = dict(batch_size=8, lr=2e-3, forces_weight=100.0, patience=1000, lr_patience=12,
              progress=False)
@@ -137,7 +142,8 @@ EXPLICIT = {"default, scalar energies": UQWrapper.default_calibration}
 DEFAULTS = "2026-12-02"
 #: The shift whose first structures join the calibration data with --frontier.
 FRONTIER = {"copper": "bulk 600 K", "ethanol": "largest forces", "acac": "largest forces",
-            "alloy": "bulk 900 K", "agpd": "bulk 1200 K", "ptni": "bulk 1500 K"}
+            "alloy": "bulk 900 K", "agpd": "bulk 1200 K", "ptni": "bulk 1500 K",
+            "platinum": "bulk 1200 K"}
 #: Options per recalibration method: conformal intervals are exact at the 95 % we score.
 METHOD_OPTIONS = {"conformal": {"coverage": 0.95}, "default, no widening": {"extrapolation": 0},
                   "default, no structure scaling": {"structure_scaling": False},

@@ -152,10 +152,24 @@ def ptni_sets(quick: bool) -> tuple[AtomsDataset, AtomsDataset, dict]:
                                ("PtNi", {"Pt": 0.5, "Ni": 0.5}), 51, quick)
 
 
+def platinum_sets(quick: bool) -> tuple[AtomsDataset, AtomsDataset, dict]:
+    """EMT Pt (one element): train and calibrate on bulk at 300 and 600 K; shifts:
+    1200 K bulk, vacancies at 600 K, (111) surfaces and strained cells at 300 K. Its
+    rules fixed on 2026-12-02 and not run: the held-out check for the next choice
+    of a default (``HELD_OUT``), after AgPd and Pt₃Ni were seen."""
+    pt = ("Pt",)
+    return emt_sets(pt, (300, 600), 61, {
+        "bulk 1200 K": (pt, "bulk", 1200, 62),
+        "vacancy 600 K": (pt, "vacancy", 600, 63),
+        "surface 300 K": (pt, "surface", 300, 64),
+        "strained 300 K": (pt, "strained", 300, 65),
+    }, quick)
+
+
 #: The systems in the order they were added: acac and the alloy after every default
 #: had been chosen on the first two (held out then; the alloy run once).
 PART_SETS = {"copper": copper_sets, "ethanol": ethanol_sets, "acac": acac_sets,
              "alloy": alloy_sets}
 #: Systems held out from the choice of defaults (AgPd: run once after the widening's
 #: powers were chosen on ``PART_SETS``); run only with ``--parts``.
-HELD_OUT = {"agpd": agpd_sets, "ptni": ptni_sets}
+HELD_OUT = {"agpd": agpd_sets, "ptni": ptni_sets, "platinum": platinum_sets}
