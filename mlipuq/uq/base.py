@@ -28,7 +28,7 @@ import copy
 import dataclasses
 import logging
 import os
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import ase
 import numpy as np
@@ -42,6 +42,8 @@ from mlipuq.models.base import MLIP, model_class, model_from_payload
 from mlipuq.prediction import Prediction
 from mlipuq.predictive import ROBUST_MAX_DOF
 from mlipuq.progress import batches_with_progress
+from mlipuq.uq.state_codec import (  # noqa: F401  (importable from here as before)
+    _decode, _decode_recalibrator, _encode, _encode_recalibrator)
 
 log = logging.getLogger(__name__)
 
@@ -456,71 +458,6 @@ class UQWrapper:
 
     def copy(self) -> "UQWrapper":
         return copy.deepcopy(self)
-
-
-def _encode(value: Any) -> Any:
-    """Turn NumPy arrays into tensors so files load with ``weights_only=True``."""
-    if isinstance(value, np.ndarray):
-        return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(value))}
-    if isinstance(value, dict):
-        return {k: _encode(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_encode(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _decode(value: Any, path: str = "<memory>") -> Any:
-    if isinstance(value, dict):
-        if set(value) == {"__ndarray__"}:
-            if not isinstance(value["__ndarray__"], torch.Tensor):
-                raise FileFormatError(f"{path}: an encoded array that is not a tensor")
-            return value["__ndarray__"].numpy()
-        return {k: _decode(v, path) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode(v, path) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_decode(v, path) for v in value)
-    if not (value is None or isinstance(value, (bool, int, float, str, torch.Tensor))):
-        raise FileFormatError(f"{path}: fitted state holds a {type(value).__name__}, not plain data")
-    return value
-
-
-def _encode_recalibrator(recalibrator) -> Optional[dict]:
-    """Plain-data form of a PredictionRecalibrator (loads with ``weights_only=True``)."""
-    if recalibrator is None:
-        return None
-    parts = (("energy", recalibrator.energy_), ("forces", recalibrator.forces_))
-    return {"method": recalibrator.method, "options": _encode(dict(recalibrator.options)),
-            "parts": {key: {"class": type(part).__name__, "state": _encode(dict(vars(part)))}
-                      for key, part in parts},
-            **recalibrator.outer_state()}  # std_range, structure_scaling: absent in older files
-
-
-def _decode_recalibrator(payload, path: str = "<memory>"):
-    if payload is None:
-        return None
-    from mlipuq.calibration import recalibrate
-
-    try:
-        outer = recalibrate.PredictionRecalibrator(
-            payload["method"], **_decode(payload["options"], path)
-        )
-        parts = payload["parts"]
-        outer.set_outer_state(payload)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FileFormatError(f"{path}: damaged recalibrator ({exc})") from None
-    for key, part in parts.items():
-        if key not in ("energy", "forces"):
-            raise FileFormatError(f"{path}: unknown recalibrator part {key!r}")
-        cls = getattr(recalibrate, str(part.get("class")), None)
-        if not (isinstance(cls, type) and issubclass(cls, recalibrate.Recalibrator)):
-            raise FileFormatError(f"{path}: unknown recalibrator class {part.get('class')!r}")
-        obj = cls.__new__(cls)
-        obj.__dict__.update(_decode(part["state"], path))
-        setattr(outer, f"{key}_", obj)
-    return outer
 
 
 def load(
