@@ -325,10 +325,14 @@ class UQWrapper:
     def _add_composition_variance(self, prediction: Prediction) -> Prediction:
         counts = mdata.composition_counts(prediction.numbers, prediction.batch,
                                           prediction.n_structures, self.species)
-        extra = self.base_model.composition_variance(counts)
+        extra = self.base_model.composition_variance(counts, drift=self._composition_drift())
         if not np.any(extra):
             return prediction
         return dataclasses.replace(prediction, energy_var=prediction.energy_var + extra)
+
+    def _composition_drift(self) -> Optional[np.ndarray]:
+        """The offset drift of this wrapper's mean energy (None: the base model's)."""
+        return None
 
     @staticmethod
     def _check_periodic(batch: mdata.Batch, first: int) -> None:

@@ -26,7 +26,6 @@ Cost: training and prediction are K times those of one model.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 from typing import Callable, Optional, Sequence
 
@@ -393,27 +392,20 @@ class DeepEnsemble(UQWrapper):
             self.member_offsets_ = np.linalg.lstsq(counts, residuals.T, rcond=None)[0].T
         return super().calibrate(dataset, method, **options)
 
-    def _add_composition_variance(self, prediction):
-        """Every wrapper's composition variance, with the drift of the ensemble's mean
-        energy: the members' mean drift, recentring offsets included (in species
-        space, then on member 0's undetermined directions); the prior alone unless
-        every member has a drift."""
+    def _composition_drift(self) -> Optional[np.ndarray]:
+        """The drift of the ensemble's mean energy: the members' mean drift, recentring
+        offsets included (in species space, then on member 0's undetermined
+        directions); zero (the prior alone) unless every member has a drift."""
         bases = [m.offset_basis for m in self.models]
         drifts = [m.offset_drift for m in self.models]
         if bases[0] is None:
-            return super()._add_composition_variance(prediction)
-        drift = np.zeros(bases[0].shape[1])
-        if all(b is not None and d is not None for b, d in zip(bases, drifts)):
-            offsets = (np.zeros((len(bases), len(self.species))) if self.member_offsets_ is None
-                       else self.member_offsets_)
-            drift = bases[0].T @ np.mean([b @ (d + b.T @ o) for b, d, o
-                                          in zip(bases, drifts, offsets)], axis=0)
-        counts = mdata.composition_counts(prediction.numbers, prediction.batch,
-                                          prediction.n_structures, self.species)
-        extra = self.base_model.composition_variance(counts, drift=drift)
-        if not np.any(extra):
-            return prediction
-        return dataclasses.replace(prediction, energy_var=prediction.energy_var + extra)
+            return None
+        if not all(b is not None and d is not None for b, d in zip(bases, drifts)):
+            return np.zeros(bases[0].shape[1])
+        offsets = (np.zeros((len(bases), len(self.species))) if self.member_offsets_ is None
+                   else self.member_offsets_)
+        return bases[0].T @ np.mean([b @ (d + b.T @ o) for b, d, o
+                                     in zip(bases, drifts, offsets)], axis=0)
 
     def _fit_seeds(self, seed: Optional[int], seeds: Optional[Sequence[int]]) -> list[int]:
         if seed is not None and seeds is not None:
