@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from mlipuq.training import fit_offset_drift
+from mlipuq.training_setup import measure_missing_drift
 
 
 def cached(path, make, load):
@@ -31,7 +31,5 @@ def cache_folder(root, part: str, epochs: int, quick: bool = False):
 def with_drift(model, train):
     """``model`` (a base model, or a wrapper's) as ``mlipuq.train`` leaves it since
     2026-12-02: a fit saved before gets its offset drift measured on ``train``."""
-    base = getattr(model, "base_model", model)
-    if base.offset_basis is not None and base.offset_drift is None:
-        fit_offset_drift(base, train)
+    measure_missing_drift(getattr(model, "base_model", model), train)
     return model

@@ -397,6 +397,7 @@ def run_fit(args: argparse.Namespace) -> int:
     import mlipuq
     from mlipuq import distributed as mdist
     from mlipuq.models.spec import load_model_spec as load_model
+    from mlipuq.training_setup import measure_missing_drift
 
     refuse_existing(args.out, args.overwrite, "--out")  # before any work
     _check_fit_args(args)
@@ -406,7 +407,8 @@ def run_fit(args: argparse.Namespace) -> int:
     val = None if args.val is None else mlipuq.load(args.val)
     reference = None if args.reference is None else mlipuq.load(args.reference)
     progress = args.progress and mdist.is_main()
-    _measure_missing_drift(models, train if reference is None else reference)
+    for model in models:  # older model files: their offset drift, as training measures it
+        measure_missing_drift(model, train if reference is None else reference)
     wrapper = build_wrapper(args, models, train, val, progress, reference)
     if val is not None:
         options = {key: value for key, value in (("extrapolation", args.extrapolation),
@@ -428,16 +430,6 @@ def run_fit(args: argparse.Namespace) -> int:
     print(_summary(wrapper, args, len(train), 0 if val is None else len(val)))
     print(f"wrapper saved to {args.out}")
     return 0
-
-
-def _measure_missing_drift(models, training) -> None:
-    """Models saved before ``mlipuq.train`` measured their offset drift (2026-12-02)
-    get it measured on ``training``, the structures given as their training data."""
-    from mlipuq.training import fit_offset_drift
-
-    for model in models:
-        if model.offset_basis is not None and model.offset_drift is None:
-            fit_offset_drift(model, training)
 
 
 def _multipliers(part) -> str:

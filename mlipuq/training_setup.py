@@ -112,6 +112,13 @@ def fit_offset_drift(model: MLIP, train: mdata.AtomsDataset, *, batch_size: int 
     model.set_offset_drift(basis.T @ mean)
 
 
+def measure_missing_drift(model: MLIP, train) -> None:
+    """:func:`fit_offset_drift` on ``train`` for a model saved before ``mlipuq.train``
+    measured it (2026-12-02); nothing for a model that has one or needs none."""
+    if model.offset_basis is not None and model.offset_drift is None:
+        fit_offset_drift(model, train)
+
+
 def _species_energy_sums(model: MLIP, dataset, batch_size: int) -> tuple:
     """Per species of ``model``: the summed per-atom energies (reference energy
     included, eV) of ``dataset``'s atoms, and their number."""
