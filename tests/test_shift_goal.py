@@ -107,6 +107,23 @@ def test_choose_takes_the_smallest_power_meeting_the_goal_everywhere(shift_goal)
                                                 split="in distribution"), "force", "W") == 0.75
 
 
+def test_the_choice_on_six_systems_starts_from_the_powers_chosen_on_four(shift_goal):
+    easy = dict.fromkeys(shift_goal.POWERS, 0.99)
+    six = shift_goal.FOUR_SYSTEMS
+    # where every shift is met already, each wrapper keeps what four systems chose
+    for wrapper in shift_goal.WRAPPERS:
+        rows = _power_rows(easy, wrapper=wrapper)
+        assert shift_goal.choose(rows, "force", wrapper, earlier=six) == six["force"][wrapper]
+        assert shift_goal.choose(rows, "energy", wrapper, earlier=six) == six["energy"][wrapper]
+    # a new shift that needs more raises it to the smallest power that meets it
+    rising = dict(zip(shift_goal.POWERS, (0.5, 0.6, 0.7, 0.8, 0.86, 0.9, 0.95)))
+    rows = _power_rows(rising, wrapper="LatentDistance")
+    assert shift_goal.choose(rows, "energy", "LatentDistance", earlier=six) == 1.0
+    # each round counts only its own systems
+    assert set(shift_goal.ROUNDS["four"][0]) < set(shift_goal.ROUNDS["six"][0])
+    assert "platinum" not in shift_goal.ROUNDS["six"][0]
+
+
 def test_update_keeps_the_rows_it_does_not_replace(tmp_path, monkeypatch):
     import argparse
     import json
@@ -134,3 +151,13 @@ def test_update_keeps_the_rows_it_does_not_replace(tmp_path, monkeypatch):
                          for split in ("in distribution", "shift")])
     marked = {line.split("|")[3].strip() for line in table.splitlines()[2:]}
     assert marked == {"default", "scalar †", "default †"}
+    # rows of the defaults before the choice on six systems stay current where it
+    # changed nothing: another wrapper's, or a method that sets the widening itself
+    four = {"defaults": shift.DEFAULTS_FOUR}
+    assert shift.current({**four, "wrapper": "ShallowEnsemble", "method": "default"})
+    assert shift.current({**four, "wrapper": "EvidentialHead", "method": "scalar"})
+    assert not shift.current({**four, "wrapper": "LatentDistance + LLPR", "method": "default"})
+    assert not shift.current({**four, "wrapper": "DeepEnsemble (3)", "method": "scalar"})
+    assert shift.current({**four, "wrapper": "LastLayerLaplace",
+                          "method": "default, widening 1 + 10 frontier (bulk 600 K)"})
+    assert not shift.current({"wrapper": "ShallowEnsemble", "method": "default"})
