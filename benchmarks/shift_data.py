@@ -155,8 +155,8 @@ def ptni_sets(quick: bool) -> tuple[AtomsDataset, AtomsDataset, dict]:
 def platinum_sets(quick: bool) -> tuple[AtomsDataset, AtomsDataset, dict]:
     """EMT Pt (one element): train and calibrate on bulk at 300 and 600 K; shifts:
     1200 K bulk, vacancies at 600 K, (111) surfaces and strained cells at 300 K. Its
-    rules fixed on 2026-12-02 and not run: the held-out check for the next choice
-    of a default (``HELD_OUT``), after AgPd and Pt₃Ni were seen."""
+    rules fixed on 2026-12-02; held out from the widening's powers chosen on six
+    systems (AgPd and Pt₃Ni seen), run once after (``HELD_OUT``)."""
     pt = ("Pt",)
     return emt_sets(pt, (300, 600), 61, {
         "bulk 1200 K": (pt, "bulk", 1200, 62),
@@ -170,6 +170,7 @@ def platinum_sets(quick: bool) -> tuple[AtomsDataset, AtomsDataset, dict]:
 #: had been chosen on the first two (held out then; the alloy run once).
 PART_SETS = {"copper": copper_sets, "ethanol": ethanol_sets, "acac": acac_sets,
              "alloy": alloy_sets}
-#: Systems held out from the choice of defaults (AgPd: run once after the widening's
-#: powers were chosen on ``PART_SETS``); run only with ``--parts``.
+#: Systems held out from choices of defaults, run once after them (AgPd: the widening's
+#: powers on ``PART_SETS``; Pt₃Ni: the composition drift; Pt: the powers on six
+#: systems); run only with ``--parts``.
 HELD_OUT = {"agpd": agpd_sets, "ptni": ptni_sets, "platinum": platinum_sets}

@@ -2,7 +2,10 @@
 and what it is measured against, scored on the shift benchmark's systems.
 
     python benchmarks/shift.py --threads 1 --cache /tmp/fits      # fits once, saved
-    python benchmarks/shift_widening.py --cache /tmp/fits --threads 1
+    python benchmarks/shift.py --threads 1 --cache /tmp/fits --parts agpd ptni --fit-only
+    python benchmarks/shift_widening.py --cache /tmp/fits --threads 1 \
+        --parts copper ethanol acac alloy agpd ptni
+    python benchmarks/shift_widening.py --from-json results/shift_widening.json --round six
 
 The default calibration multiplies every calibrated std of a structure beyond
 the calibration range by r ** p, r = the structure's RMS raw std over the
@@ -24,9 +27,10 @@ per rule and power, the worst coverage over the shifts of each system, and
 the powers the rule of ``shift_goal.choose`` picks. It uses the models
 ``shift.py --cache`` saved (the same fits as its rows).
 
-The wrappers' ``default_extrapolation`` are what ``shift_goal.choose`` picks on the
-four systems of ``shift.py``'s default parts (``--from-json
-results/shift_widening.json``); the held-out AgPd system checks them.
+The wrappers' ``default_extrapolation`` are what ``shift_goal.choose`` picks on
+six systems (``--round six``: ``shift.py``'s default parts, AgPd and Pt₃Ni),
+starting from what it had picked on the four default parts (``--round four``,
+then checked on the held-out AgPd); the held-out EMT Pt checks them.
 """
 
 from __future__ import annotations
