@@ -392,13 +392,15 @@ def test_permutation_rotation_translation_invariance(fitted, data):
     ref = fitted.predict(atoms)
     rot = fitted.predict(moved)
     per = fitted.predict(shuffled)
+    # float32 network: rotated inputs round differently (1.1e-5 relative seen on one
+    # machine); a broken invariance moves the variances by O(1)
     for other, order in ((rot, np.arange(len(atoms))), (per, perm)):
-        np.testing.assert_allclose(other.energy_var, ref.energy_var, rtol=1e-5)
-        np.testing.assert_allclose(other.energy_epistemic_var, ref.energy_epistemic_var, rtol=1e-5)
+        np.testing.assert_allclose(other.energy_var, ref.energy_var, rtol=1e-4)
+        np.testing.assert_allclose(other.energy_epistemic_var, ref.energy_epistemic_var, rtol=1e-4)
         np.testing.assert_allclose(
             np.linalg.norm(other.forces_var, axis=1),
             np.linalg.norm(ref.forces_var[order], axis=1),
-            rtol=1e-5,
+            rtol=1e-4,
         )
     # the force mean rotates with the structure
     np.testing.assert_allclose(rot.forces, ref.forces @ _rotation().T, atol=1e-4)
