@@ -36,8 +36,9 @@ docs/shift.md): chosen first on four (EMT Cu and Cu₃Au, ethanol,
 acetylacetone; the Cu₃Au alloy, whose calibration data show no trend to fit,
 set the forces'), then on six (with EMT AgPd and Pt₃Ni, whose surfaces and
 strained cells raised the energies' of LLPR, latent distance and the deep
-ensemble). A stronger power costs sharpness where r is large (Cu at 1500 K). :class:`PredictionRecalibrator` used alone widens by
-``DEFAULT_POWER``. The widened std saturates below ``BOUND_FACTOR``
+ensemble). A stronger power costs sharpness where r is large (Cu at 1500 K).
+:class:`PredictionRecalibrator` used alone widens by ``DEFAULT_POWER``. The
+widened std saturates below ``BOUND_FACTOR``
 (10) times the largest error plausible for the calibration data (forces: its
 largest reference force component, eV/Å; energies: the larger of the largest
 deviation of its per-atom reference energies from their median and the work
