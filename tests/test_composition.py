@@ -209,6 +209,30 @@ def test_deep_ensemble_uses_its_mean_drift(ethanol_model):
     np.testing.assert_allclose(added, expected, rtol=1e-9)
 
 
+def test_deep_ensemble_members_agree_along_the_undetermined_directions(ethanol_model):
+    """Two members that differ only in where they hold the undetermined reference
+    energies (basis @ [2, -1] eV) give the same energy on another stoichiometry:
+    no spread for the composition variance to count again; the mean is theirs."""
+    model, train = ethanol_model
+    other = copy.deepcopy(model)
+    basis = model.offset_basis
+    shifted = np.array([model.atomic_energies[z] for z in model.species]) + basis @ [2.0, -1.0]
+    other.set_atomic_energies(dict(zip(model.species, shifted)), undetermined=basis,
+                              prior_std=model.offset_prior_std)
+    fit_offset_drift(other, train)
+    acac = datasets.acac("test")[:3]
+    counts = composition_matrix(acac, model.species)
+    alone = DeepEnsemble([model, copy.deepcopy(model)]).predict(acac, composition=False)
+    pred = DeepEnsemble([model, other]).predict(acac, composition=False)
+    np.testing.assert_allclose(pred.energy_members[0], pred.energy_members[1], rtol=1e-12)
+    np.testing.assert_allclose(pred.energy_var, 0.0, atol=1e-9)
+    np.testing.assert_allclose(pred.energy, alone.energy + counts @ basis @ [1.0, -0.5],
+                               rtol=1e-12)
+    ethanol = DeepEnsemble([model, other]).predict(train[:3], composition=False)
+    np.testing.assert_allclose(ethanol.energy_members[1] - ethanol.energy_members[0], 0.0,
+                               atol=1e-6)  # the training composition: nothing moved
+
+
 def test_files_without_a_drift_load_with_the_prior_alone(ethanol_model, tmp_path):
     """A model saved before the drift existed (no ``offset_drift`` in its state) loads
     with the prior alone, as it was computed then."""

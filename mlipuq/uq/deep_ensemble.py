@@ -397,15 +397,41 @@ class DeepEnsemble(UQWrapper):
         offsets included (in species space, then on member 0's undetermined
         directions); zero (the prior alone) unless every member has a drift."""
         bases = [m.offset_basis for m in self.models]
-        drifts = [m.offset_drift for m in self.models]
         if bases[0] is None:
             return None
-        if not all(b is not None and d is not None for b, d in zip(bases, drifts)):
+        drifts = self._member_drifts()
+        if drifts is None:
             return np.zeros(bases[0].shape[1])
+        return bases[0].T @ drifts.mean(axis=0)
+
+    def _member_drifts(self) -> Optional[np.ndarray]:
+        """(K, S) each member's energies along its undetermined reference-energy
+        directions, in species space (eV), its recentring offsets included; None
+        unless every member has a basis and a measured drift."""
+        bases = [m.offset_basis for m in self.models]
+        drifts = [m.offset_drift for m in self.models]
+        if not all(b is not None and d is not None for b, d in zip(bases, drifts)):
+            return None
         offsets = (np.zeros((len(bases), len(self.species))) if self.member_offsets_ is None
                    else self.member_offsets_)
-        return bases[0].T @ np.mean([b @ (d + b.T @ o) for b, d, o
-                                     in zip(bases, drifts, offsets)], axis=0)
+        return np.stack([b @ (d + b.T @ o) for b, d, o in zip(bases, drifts, offsets)])
+
+    def _member_alignment(self) -> np.ndarray:
+        """(K, S) per-species energy shifts (eV per atom) that move every member to
+        the members' mean drift along the undetermined directions (0 when none).
+
+        Trained alike, members hold different shares of the reference energies
+        their training compositions left undetermined (three AgPd members: +2.09,
+        +1.65, -1.01 eV along e_Ag - e_Pd); left in, removing one atom spreads
+        their energies by about an eV per cell, a spread the composition variance
+        (prior and mean drift) already accounts for. Aligned, the spread on
+        another stoichiometry measures how the members differ in the structure;
+        the mean and every training composition's member energies are unchanged.
+        """
+        drifts = self._member_drifts()
+        if drifts is None:
+            return np.zeros((self.n_members, len(self.species)))
+        return drifts.mean(axis=0) - drifts
 
     def _fit_seeds(self, seed: Optional[int], seeds: Optional[Sequence[int]]) -> list[int]:
         if seed is not None and seeds is not None:
@@ -456,12 +482,13 @@ class DeepEnsemble(UQWrapper):
         return result
 
     def _member_shifts(self, batch: mdata.Batch) -> torch.Tensor:
-        """(K, N) float64 per-atom energy shift of each member (0 before recentring)."""
-        n = batch.numbers.shape[0]
-        if self.member_offsets_ is None:
-            return torch.zeros(self.n_members, n, dtype=torch.float64)
+        """(K, N) float64 per-atom energy shift of each member: its recentring offsets
+        (0 before recentring) and its alignment along the undetermined directions."""
+        shifts = self._member_alignment()
+        if self.member_offsets_ is not None:
+            shifts = shifts + self.member_offsets_
         table = torch.zeros(self.n_members, 119, dtype=torch.float64)
-        table[:, torch.as_tensor(self.species)] = torch.as_tensor(self.member_offsets_)
+        table[:, torch.as_tensor(self.species)] = torch.as_tensor(shifts)
         return table[:, batch.numbers.cpu()]
 
     def compute_stress(self, atoms) -> np.ndarray:
