@@ -96,6 +96,7 @@ def test_demo_runs_from_the_pretrained_models_and_writes_the_reports(demo_run):
             assert (schema.ATOM_ENERGY_STD in frame.arrays) == (folder != "evidential")
 
 
+@pytest.mark.slow  # a second whole demo (~75 s on one core): out of the CI budget
 def test_demo_table_is_the_same_on_every_run(demo_run, tmp_path):
     """Pretrained models and fixed epoch counts: nothing depends on time or load."""
     _, stdout, _, first = demo_run
