@@ -189,16 +189,24 @@ def test_combined_latent_distance_adds_the_composition_variance_once(ethanol_mod
     np.testing.assert_allclose(with_it - without, model.composition_variance(counts), rtol=1e-9)
 
 
+def _moved_along_the_undetermined_directions(model, train, coefficients):
+    """A copy of ``model`` whose reference energies moved by ``basis @ coefficients``
+    (eV), its drift measured again: another share of the undetermined offsets."""
+    other = copy.deepcopy(model)
+    basis = model.offset_basis
+    shifted = np.array([model.atomic_energies[z] for z in model.species]) + basis @ coefficients
+    other.set_atomic_energies(dict(zip(model.species, shifted)), undetermined=basis,
+                              prior_std=model.offset_prior_std)
+    fit_offset_drift(other, train)
+    return other
+
+
 def test_deep_ensemble_uses_its_mean_drift(ethanol_model):
     """The ensemble's mean energy holds the members' mean drift: its composition
     variance is τ²|Nᵀc|² + (cᵀN mean(δ))², not member 0's."""
     model, train = ethanol_model
-    other = copy.deepcopy(model)
     basis = model.offset_basis
-    shifted = np.array([model.atomic_energies[z] for z in model.species]) + basis @ [2.0, -1.0]
-    other.set_atomic_energies(dict(zip(model.species, shifted)), undetermined=basis,
-                              prior_std=model.offset_prior_std)
-    fit_offset_drift(other, train)
+    other = _moved_along_the_undetermined_directions(model, train, [2.0, -1.0])
     deep = DeepEnsemble([model, other])
     acac = datasets.acac("test")[:3]
     counts = composition_matrix(acac, model.species)
@@ -214,12 +222,8 @@ def test_deep_ensemble_members_agree_along_the_undetermined_directions(ethanol_m
     energies (basis @ [2, -1] eV) give the same energy on another stoichiometry:
     no spread for the composition variance to count again; the mean is theirs."""
     model, train = ethanol_model
-    other = copy.deepcopy(model)
     basis = model.offset_basis
-    shifted = np.array([model.atomic_energies[z] for z in model.species]) + basis @ [2.0, -1.0]
-    other.set_atomic_energies(dict(zip(model.species, shifted)), undetermined=basis,
-                              prior_std=model.offset_prior_std)
-    fit_offset_drift(other, train)
+    other = _moved_along_the_undetermined_directions(model, train, [2.0, -1.0])
     acac = datasets.acac("test")[:3]
     counts = composition_matrix(acac, model.species)
     alone = DeepEnsemble([model, copy.deepcopy(model)]).predict(acac, composition=False)
@@ -263,12 +267,7 @@ def test_a_deep_ensemble_without_every_drift_keeps_the_prior(ethanol_model):
 
 def test_latent_distance_combined_with_an_ensemble_uses_the_ensembles_drift(ethanol_model):
     model, train = ethanol_model
-    other = copy.deepcopy(model)
-    basis = model.offset_basis
-    shifted = np.array([model.atomic_energies[z] for z in model.species]) + basis @ [3.0, 1.0]
-    other.set_atomic_energies(dict(zip(model.species, shifted)), undetermined=basis,
-                              prior_std=model.offset_prior_std)
-    fit_offset_drift(other, train)
+    other = _moved_along_the_undetermined_directions(model, train, [3.0, 1.0])
     deep = DeepEnsemble([model, other])
     combined = LatentDistance(model, combine=deep).fit(train, datasets.ethanol("val")[:20])
     acac = datasets.acac("test")[:2]
