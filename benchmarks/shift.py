@@ -274,6 +274,8 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
 
     factories = {
         "LastLayerLaplace": llpr,
+        # the readout moved to the posterior mean first: a candidate against a constant offset
+        "LastLayerLaplace (refit mean)": lambda: LastLayerLaplace(base, refit_mean=True).fit(train),
         "LatentDistance": lambda: LatentDistance(base).fit(train, val),
         "LatentDistance + LLPR": lambda: LatentDistance(base, combine=llpr()).fit(train, val),
         # energies as sums of independent atoms, the default before the structure distance
