@@ -170,7 +170,7 @@ METHOD_OPTIONS = {"conformal": {"coverage": 0.95}, "default, no widening": {"ext
 #: ensemble's heads without theirs, energies as sums of independent atoms) and
 #: latent distance with the shallow ensemble on both targets (not recommended).
 DOCS_ONLY = ("before", "(kNN)", "(no distance)", "(atom energies)", "(head-data reference)",
-             "(heads alone)")
+             "(heads alone)", "(refit mean)")
 DOCS_ONLY_NAMES = ("LatentDistance + ShallowEnsemble",
                    "LatentDistance + ShallowEnsemble (committee energies)")
 
