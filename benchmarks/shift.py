@@ -78,7 +78,6 @@ chosen on them, and judged elsewhere on shifts not seen here.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import re
@@ -91,13 +90,11 @@ import mlipuq
 from mlipuq.data import concatenate
 from mlipuq.models import MiniMLIP
 from mlipuq.uq.base import UQWrapper
-from mlipuq.uq import (DeepEnsemble, EvidentialHead, LastLayerLaplace, LatentDistance,
-                       ShallowEnsemble)
-from mlipuq.uq.evidential_shift import fit_distance_term
 from shift_cache import cache_folder, cached, with_drift  # noqa: F401 (re-exported)
 from shift_data import HELD_OUT, PART_SETS
 from shift_goal import goal_table, widening_table
 from shift_scores import bound_ratios, exponents, scores, validation_slope
+from shift_wrappers import NotRecentred, fit_wrappers, selected  # noqa: F401 (re-exported)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL = {
@@ -105,10 +102,8 @@ MODEL = {
     "ethanol": dict(cutoff=5.0, width=32, n_interactions=2, n_rbf=16, n_readout_features=32),
     "acac": dict(cutoff=5.0, width=32, n_interactions=2, n_rbf=16, n_readout_features=32),
     "alloy": dict(cutoff=4.5, width=32, n_interactions=2, n_rbf=12, n_readout_features=32),
-    "agpd": dict(cutoff=5.0, width=32, n_interactions=2, n_rbf=12, n_readout_features=32),
-    "ptni": dict(cutoff=5.0, width=32, n_interactions=2, n_rbf=12, n_readout_features=32),
-    "platinum": dict(cutoff=5.0, width=32, n_interactions=2, n_rbf=12, n_readout_features=32),
-    "nial": dict(cutoff=5.0, width=32, n_interactions=2, n_rbf=12, n_readout_features=32),
+    **dict.fromkeys(("agpd", "ptni", "platinum", "nial", "cupd"), dict(
+        cutoff=5.0, width=32, n_interactions=2, n_rbf=12, n_readout_features=32)),
 }
 TRAIN = dict(batch_size=8, lr=2e-3, forces_weight=100.0, patience=1000, lr_patience=12,
              progress=False)
@@ -149,7 +144,7 @@ RAISED_ON_SIX = ("LastLayerLaplace", "LatentDistance", "DeepEnsemble")
 #: The shift whose first structures join the calibration data with --frontier.
 FRONTIER = {"copper": "bulk 600 K", "ethanol": "largest forces", "acac": "largest forces",
             "alloy": "bulk 900 K", "agpd": "bulk 1200 K", "ptni": "bulk 1500 K",
-            "platinum": "bulk 1200 K", "nial": "bulk 1500 K"}
+            "platinum": "bulk 1200 K", "nial": "bulk 1500 K", "cupd": "bulk 1500 K"}
 #: Options per recalibration method: conformal intervals are exact at the 95 % we score.
 METHOD_OPTIONS = {"conformal": {"coverage": 0.95}, "default, no widening": {"extrapolation": 0},
                   "default, no structure scaling": {"structure_scaling": False},
@@ -170,7 +165,7 @@ METHOD_OPTIONS = {"conformal": {"coverage": 0.95}, "default, no widening": {"ext
 #: ensemble's heads without theirs, energies as sums of independent atoms) and
 #: latent distance with the shallow ensemble on both targets (not recommended).
 DOCS_ONLY = ("before", "(kNN)", "(no distance)", "(atom energies)", "(head-data reference)",
-             "(heads alone)", "(refit mean)")
+             "(heads alone)", "(refit mean")
 DOCS_ONLY_NAMES = ("LatentDistance + ShallowEnsemble",
                    "LatentDistance + ShallowEnsemble (committee energies)")
 
@@ -215,106 +210,6 @@ def base_models(part: str, train, val, epochs: int, n: int, cache=None) -> list:
     return [cached(cache and os.path.join(cache, f"model{seed}.pt"), lambda: fit(seed),
                    lambda path: with_drift(mlipuq.models.load(path), train))
             for seed in range(n)]
-
-
-def selected(wrapper: str, prefixes) -> bool:
-    """Whether ``--wrappers`` (name prefixes; None: every wrapper) selects ``wrapper``."""
-    return prefixes is None or any(wrapper.startswith(p) for p in prefixes)
-
-
-def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> dict:
-    """Each wrapper (those ``prefixes`` select; ``only``: these names alone) fitted
-    as its docs prescribe (the evidential head on held-out halves of val);
-    calibration happens per method afterwards. The trained heads (shallow ensemble, evidential head) are read
-    from and saved to the folder ``cache`` (None: none)."""
-    base = models[0]
-
-    def path(name):
-        return cache and os.path.join(cache, f"{name}.pt")
-
-    @functools.cache
-    def llpr():
-        return LastLayerLaplace(base).fit(train)
-
-    @functools.cache
-    def shallow():
-        return cached(path("shallow"), lambda: ShallowEnsemble(base, n_heads=8).fit(
-            train, val, epochs=30, lr=1e-3, batch_size=16, seed=0, patience=8,
-            progress=False), lambda p: with_drift(mlipuq.uq.load(p), train))
-
-    def heads_alone():
-        """The default shallow ensemble without its latent-distance force term (the
-        default before it): the same heads, their variance alone."""
-        ensemble = shallow().copy()
-        ensemble.distance, ensemble.distance_ = None, None
-        return ensemble
-
-    @functools.cache
-    def evidential():  # its distance term measured to the base model's training set
-        return cached(path("evidential"), lambda: EvidentialHead(base).fit(
-            *val.split([0.5, 0.5], seed=0), reference=train, epochs=60, lr=1e-2,
-            batch_size=16, seed=0, patience=10, progress=False),
-            lambda p: with_drift(mlipuq.uq.load(p), train))
-
-    def earlier(unbounded: bool):
-        head = evidential().copy()
-        head.distance_ = None  # the head alone: its default before the latent-distance term
-        if unbounded:
-            head.std_cap_ = None  # as before the bound: the raw NIG variance
-        return head
-
-    def refitted_term(energy_distance="structure"):
-        """The default head with its distance term measured to the head's own fitting
-        half of val (the default before ``reference=``)."""
-        head = evidential().copy()
-        head.distance_ = fit_distance_term(head, *val.split([0.5, 0.5], seed=0),
-                                           score=head.distance, seed=0, batch_size=16,
-                                           energy_distance=energy_distance)
-        return head
-
-    factories = {
-        "LastLayerLaplace": llpr,
-        # the readout moved to the posterior mean first: a candidate against a constant offset
-        "LastLayerLaplace (refit mean)": lambda: LastLayerLaplace(base, refit_mean=True).fit(train),
-        "LatentDistance": lambda: LatentDistance(base).fit(train, val),
-        "LatentDistance + LLPR": lambda: LatentDistance(base, combine=llpr()).fit(train, val),
-        # energies as sums of independent atoms, the default before the structure distance
-        "LatentDistance (atom energies)": lambda: LatentDistance(
-            base, energy_distance="atoms").fit(train, val),
-        "LatentDistance + LLPR (atom energies)": lambda: LatentDistance(
-            base, combine=llpr(), energy_distance="atoms").fit(train, val),
-        # the kNN score, LatentDistance's default before the Mahalanobis distance
-        "LatentDistance (kNN)": lambda: LatentDistance(
-            base, score="knn", energy_distance="atoms").fit(train, val),
-        "LatentDistance + LLPR (kNN)": lambda: LatentDistance(
-            base, score="knn", combine=llpr(), energy_distance="atoms").fit(train, val),
-        "ShallowEnsemble": shallow,  # with its latent-distance force term
-        "ShallowEnsemble (heads alone)": heads_alone,
-        "LatentDistance + ShallowEnsemble": lambda: LatentDistance(
-            base, combine=heads_alone()).fit(train, val),
-        # the latent term for the forces only, the heads' energy variance alone: what the
-        # shallow ensemble's own term does (checked: rows equal to the default's)
-        "LatentDistance + ShallowEnsemble (committee energies)": lambda: LatentDistance(
-            base, combine=heads_alone(), energy_distance=None).fit(train, val),
-        "EvidentialHead": evidential,
-        # distances to the head's own fitting half of val (the default before `reference`)
-        "EvidentialHead (head-data reference)": refitted_term,
-        # and the term's energies as sums of independent atoms (the default before that)
-        "EvidentialHead (atom energies)": lambda: refitted_term("atoms"),
-        "EvidentialHead (no distance)": lambda: earlier(False),
-        "EvidentialHead (unbounded, before)": lambda: earlier(True),
-        f"DeepEnsemble ({len(models)})": lambda: DeepEnsemble(models),
-        f"DeepEnsemble ({len(models)}, not recentred, before)": lambda: NotRecentred(models),
-    }
-    return {name: make() for name, make in factories.items()
-            if selected(name, prefixes) and (only is None or name in only)}
-
-
-class NotRecentred(DeepEnsemble):
-    """The deep ensemble as calibrated before recentring existed."""
-
-    def calibrate(self, val, method=None, **options):
-        return super().calibrate(val, method, recentre=False, **options)
 
 
 def run_part(part: str, args) -> list[dict]:
