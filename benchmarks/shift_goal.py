@@ -181,6 +181,9 @@ def choice_table(rows: list[dict], earlier: dict = EARLIER, wrappers=WRAPPERS) -
             for system in systems:
                 part = [r for r in rows if (r["wrapper"], r["system"], r["rule"]) ==
                         (wrapper, system, "structure") and not r["split"].startswith("in dist")]
+                if not part:  # not scored on this system
+                    cells.append("—")
+                    continue
                 worst = [min(r[f"{target}_cov95"] for r in part if r["power"] == p)
                          for p in (before, after)]
                 nll = [np.mean([r[f"{target}_nll"] for r in part if r["power"] == p])

@@ -31,6 +31,15 @@ The wrappers' ``default_extrapolation`` are what ``shift_goal.choose`` picks on
 six systems (``--round six``: ``shift.py``'s default parts, AgPd and Pt₃Ni),
 starting from what it had picked on the four default parts (``--round four``,
 then checked on the held-out AgPd); the held-out EMT Pt checks them.
+
+``--round eight`` (results/shift_widening_eight.json) scored LLPR at its
+posterior mean as a candidate default on all eight systems (docs/shift.md,
+"LLPR at its posterior mean"; not adopted)::
+
+    python benchmarks/shift_widening.py --cache /tmp/fits --threads 1 --round eight \
+        --parts P --out /tmp/P.json --wrappers LastLayerLaplace \
+        "LastLayerLaplace (refit mean; t energies)" "LatentDistance + LLPR" \
+        "LatentDistance + LLPR (refit mean; t energies)"
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ import torch
 
 from mlipuq.calibration.extrapolation import excess, prediction_scales, saturate
 from mlipuq.calibration.structure_scaling import atom_scales
+from mlipuq.uq import DeepEnsemble
 from shift import base_models, cache_folder, fit_wrappers, write_between_markers
 from shift_data import HELD_OUT, PART_SETS
 from shift_goal import POWERS, REFIT, ROUNDS, WRAPPERS, choice_table
@@ -91,7 +101,8 @@ def score_part(part: str, args) -> list[dict]:
     models = base_models(part, train, val, args.epochs, n_models, cache)
     rows = []
     for name, wrapper in fit_wrappers(models, train, val, None, cache, args.wrappers).items():
-        wrapper.calibrate(val)  # what calibrate does besides recalibrating (deep: recentring)
+        if isinstance(wrapper, DeepEnsemble):
+            wrapper.calibrate(val)  # what its calibrate does besides recalibrating: recentring
         wrapper.calibrate(val, extrapolation=0)
         recal = wrapper.recalibrator_
         limits = atom_limits(wrapper.predict(val, calibrated=False, composition=False))

@@ -124,6 +124,36 @@ def test_the_choice_on_six_systems_starts_from_the_powers_chosen_on_four(shift_g
     assert "platinum" not in shift_goal.ROUNDS["six"][0]
 
 
+def test_the_round_on_eight_starts_from_the_wrappers_defaults(shift_goal):
+    """The floors of the round on eight systems are each wrapper's widening powers as
+    the code has them, a candidate's those of the wrapper it would replace; the table
+    marks a system a candidate was not scored on instead of failing."""
+    from mlipuq.uq import (DeepEnsemble, EvidentialHead, LastLayerLaplace, LatentDistance,
+                           ShallowEnsemble)
+
+    floors = shift_goal.SIX_SYSTEMS
+    classes = {"LastLayerLaplace": LastLayerLaplace, "LatentDistance": LatentDistance,
+               "LatentDistance + LLPR": LatentDistance, "ShallowEnsemble": ShallowEnsemble,
+               "EvidentialHead": EvidentialHead, "DeepEnsemble (3)": DeepEnsemble}
+    for name, cls in classes.items():
+        assert floors["force"][name] == cls.default_extrapolation["forces"], name
+        assert floors["energy"][name] == cls.default_extrapolation["energy"], name
+    for name in shift_goal.REFIT:
+        replaced = name.split(" (")[0]
+        assert (floors["force"][name], floors["energy"][name]) == (
+            floors["force"][replaced], floors["energy"][replaced])
+    easy = dict.fromkeys(shift_goal.POWERS, 0.99)
+    candidate = shift_goal.REFIT[0]
+    rows = (_power_rows(easy, system="copper", wrapper="LastLayerLaplace")
+            + _power_rows(easy, system="alloy", wrapper="LastLayerLaplace")
+            + _power_rows(easy, system="alloy", wrapper=candidate))
+    table = shift_goal.choice_table(rows, floors, ("LastLayerLaplace", candidate))
+    line = next(row for row in table.splitlines() if row.startswith(f"| {candidate} | forces"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2] == "0.75 → 0.75" and cells[4] == "—"  # systems: alloy, copper
+    assert cells[3].startswith("0.990 → 0.990")
+
+
 def test_update_keeps_the_rows_it_does_not_replace(tmp_path, monkeypatch):
     import argparse
     import json
