@@ -38,10 +38,10 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
     def refitted(t_energies: bool):
         """LLPR at its posterior mean (``refit_mean``); with ``t_energies`` its energies
         calibrated as a committee's (a Student-t, ν ≤ 3) rather than by a scalar factor."""
-        wrapper = LastLayerLaplace(base, refit_mean=True).fit(train) if not t_energies \
-            else refitted(False).copy()
-        if t_energies:
-            wrapper.default_calibration = dict(COMMITTEE_CALIBRATION)
+        if not t_energies:
+            return LastLayerLaplace(base, refit_mean=True).fit(train)
+        wrapper = refitted(False).copy()
+        wrapper.default_calibration = dict(COMMITTEE_CALIBRATION)
         return wrapper
 
     @functools.cache
