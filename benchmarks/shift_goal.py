@@ -126,14 +126,13 @@ FOUR_SYSTEMS = {"force": {**dict.fromkeys(WRAPPERS, 0.75), "DeepEnsemble (3)": 0
 #: the floors of a round on eight. LLPR at its posterior mean (``refit_mean``, the
 #: candidates of that round) starts from LLPR's, with latent distance from latent
 #: distance + LLPR's.
-SIX_SYSTEMS = {"force": {**dict.fromkeys(WRAPPERS, 0.75), "DeepEnsemble (3)": 0.5},
-               "energy": {**dict.fromkeys(WRAPPERS, 1.0), "LastLayerLaplace": 0.75,
-                          "ShallowEnsemble": 0.5}}
 REFIT = ("LastLayerLaplace (refit mean)", "LastLayerLaplace (refit mean; t energies)",
          "LatentDistance + LLPR (refit mean)", "LatentDistance + LLPR (refit mean; t energies)")
-for _name in REFIT:
-    for _target in SIX_SYSTEMS:
-        SIX_SYSTEMS[_target][_name] = SIX_SYSTEMS[_target][_name.split(" (")[0]]
+_SIX = {"force": {**dict.fromkeys(WRAPPERS, 0.75), "DeepEnsemble (3)": 0.5},
+        "energy": {**dict.fromkeys(WRAPPERS, 1.0), "LastLayerLaplace": 0.75,
+                   "ShallowEnsemble": 0.5}}
+SIX_SYSTEMS = {target: {**powers, **{name: powers[name.split(" (")[0]] for name in REFIT}}
+               for target, powers in _SIX.items()}
 #: The rounds of the choice: the systems whose rows count, the floors, and the
 #: markers of docs/shift.md its table goes between. Four: the default parts of
 #: shift.py (AgPd held out); six: with AgPd and Pt₃Ni (EMT Pt held out); eight: with

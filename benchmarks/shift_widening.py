@@ -156,7 +156,8 @@ def main(argv=None) -> None:
                         "shift-widening-choice markers of this file")
     parser.add_argument("--round", choices=list(ROUNDS), default="six",
                         help="the choice whose table is printed and written: on the four "
-                        "default systems (AgPd held out) or on six (EMT Pt held out)")
+                        "default systems (AgPd held out), on six (EMT Pt held out) or on "
+                        "eight (LLPR's posterior mean; EMT Cu3Pd held out)")
     parser.add_argument("--wrappers", nargs="+", default=list(WRAPPERS),
                         choices=list(WRAPPERS) + list(REFIT), help="the wrappers scored "
                         "(default: the six of shift_goal.WRAPPERS)")
