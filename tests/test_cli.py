@@ -138,24 +138,6 @@ def test_train_reports_bad_data(tmp_path, ethanol, capsys):
     assert mlipuq.load(no_forces).has_reference.all()
 
 
-def test_demo_runs_end_to_end_and_compares_every_wrapper(tmp_path, monkeypatch, capsys):
-    """The main job, shrunk: built-in data, training, every wrapper calibrated and scored."""
-    monkeypatch.setenv("MLIPUQ_CACHE", str(tmp_path / "cache"))
-    model_path = tmp_path / "demo.pt"
-    rc = cli.main(["demo", "--structures", "24", "--max-time", "4", "--epochs", "3",
-                   "--members", "2", "--no-progress", "--save", str(model_path),
-                   "--out", str(tmp_path / "demo")])
-    out = capsys.readouterr().out
-    assert rc == 0
-    for name in ("LastLayerLaplace", "ShallowEnsemble", "EvidentialHead", "DeepEnsemble (2)"):
-        line = next(line for line in out.splitlines() if line.strip().startswith(name))
-        values = [float(v) for v in line.split()[-5:]]
-        assert all(np.isfinite(values)), line
-        assert 0.0 <= values[4] <= 1.0  # a coverage
-    assert "forces MAE" in out
-    assert mlipuq.models.load(model_path).species == [29]
-
-
 def test_subpackages_reachable_from_the_top_level():
     code = ("import mlipuq; mlipuq.calibration.evaluate; mlipuq.active.select; "
             "mlipuq.propagation.run_md; mlipuq.datasets.emt; mlipuq.LastLayerLaplace; "

@@ -131,14 +131,21 @@ def test_demo_needs_train_for_more_members_than_shipped(tmp_path):
 
 
 def test_demo_train_mode_trains_from_scratch(emt_cache, tmp_path):
-    """--train (or any training option) trains as the demo did before the pretrained models."""
-    out = tmp_path / "trained"
+    """--train (or any training option) trains as the demo did before the pretrained models:
+    the main job shrunk, built-in data, training, every wrapper calibrated and scored."""
+    out, model_path = tmp_path / "trained", tmp_path / "demo.pt"
     rc, stdout, stderr = _main(["demo", "--structures", "24", "--epochs", "2", "--members", "2",
+                                "--max-time", "4", "--save", str(model_path),
                                 "--out", str(out), "--no-plots", "--no-progress"])
     assert rc == 0, stderr
     assert "training the built-in MLIP" in stdout and "epochs in" in stdout
-    assert "DeepEnsemble (2)" in stdout
+    for name in ("LastLayerLaplace", "ShallowEnsemble", "EvidentialHead", "DeepEnsemble (2)"):
+        line = next(line for line in stdout.splitlines() if line.strip().startswith(name))
+        values = [float(v) for v in line.split()[-5:]]
+        assert all(np.isfinite(values)), line
+        assert 0.0 <= values[4] <= 1.0  # a coverage
     assert json.loads((out / "summary.json").read_text())["mode"] == "train"
+    assert mlipuq.models.load(model_path).species == [29]
 
 
 # ------------------------------------------------------------ pretrained files

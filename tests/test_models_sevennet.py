@@ -231,6 +231,7 @@ def test_format1_files_naming_a_wheel_checkpoint_upgrade_and_paths_are_refused(t
 # LLPR on SevenNet runs the common check suite in tests/test_check_suite.py.
 
 
+@pytest.mark.slow  # ~1 min; CI's shallow ensemble over an adapter: test_models_chgnet.py
 def test_uq_suite_shallow_ensemble(model, acac):
     # a one-epoch smoke fit of random heads: its std need not grow out of distribution
     check_uq_wrapper(ShallowEnsemble(model, n_heads=4, init="random"), acac,
