@@ -144,6 +144,16 @@ ROUNDS = {"four": (("copper", "ethanol", "acac", "alloy"), EARLIER, "shift-widen
                     SIX_SYSTEMS, "shift-widening-choice-eight")}
 
 
+#: Every wrapper name the widening's rounds score: the six and the round on eight's candidates.
+SCORED = WRAPPERS + REFIT
+
+
+def scored(wrappers, rows: list[dict]) -> list[str]:
+    """Those of ``wrappers`` (in their order) that have rows among ``rows``."""
+    present = {r["wrapper"] for r in rows}
+    return [w for w in wrappers if w in present]
+
+
 def choose(rows: list[dict], target: str, wrapper: str, rule: str = "structure",
            earlier: dict = EARLIER) -> float:
     """The smallest power of ``POWERS`` up to 1, not below the earlier default
@@ -171,7 +181,7 @@ def choice_table(rows: list[dict], earlier: dict = EARLIER, wrappers=WRAPPERS) -
     lines = ["| wrapper | target | p: earlier → chosen | " + " | ".join(
         f"{s}: worst cover / mean NLL / mean std÷MAE" for s in systems) + " |",
         "|---|---|---|" + "---|" * len(systems)]
-    for wrapper in (w for w in wrappers if any(r["wrapper"] == w for r in rows)):
+    for wrapper in scored(wrappers, rows):
         for target in ("force", "energy"):
             before = earlier[target].get(wrapper, 0.5)
             after = choose(rows, target, wrapper, earlier=earlier)

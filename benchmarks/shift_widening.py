@@ -58,7 +58,7 @@ from mlipuq.calibration.structure_scaling import atom_scales
 from mlipuq.uq import DeepEnsemble
 from shift import base_models, cache_folder, fit_wrappers, write_between_markers
 from shift_data import HELD_OUT, PART_SETS
-from shift_goal import POWERS, REFIT, ROUNDS, WRAPPERS, choice_table
+from shift_goal import POWERS, ROUNDS, SCORED, WRAPPERS, choice_table, scored
 from shift_scores import scores
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -133,7 +133,7 @@ def worst_table(rows: list[dict], target: str, wrappers=WRAPPERS) -> str:
     lines = ["| rule | wrapper | p | " + " | ".join(systems) + " |",
              "|---|---|---|" + "---|" * len(systems)]
     for rule in RULES:
-        for wrapper in (w for w in wrappers if any(r["wrapper"] == w for r in rows)):
+        for wrapper in scored(wrappers, rows):
             for power in POWERS:
                 cells = []
                 for system in systems:
@@ -159,7 +159,7 @@ def main(argv=None) -> None:
                         "default systems (AgPd held out), on six (EMT Pt held out) or on "
                         "eight (LLPR's posterior mean; EMT Cu3Pd held out)")
     parser.add_argument("--wrappers", nargs="+", default=list(WRAPPERS),
-                        choices=list(WRAPPERS) + list(REFIT), help="the wrappers scored "
+                        choices=list(SCORED), help="the wrappers scored "
                         "(default: the six of shift_goal.WRAPPERS)")
     parser.add_argument("--epochs", type=int, default=80)
     parser.add_argument("--threads", type=int, default=1)
@@ -176,11 +176,10 @@ def main(argv=None) -> None:
         rows = [row for part in args.parts for row in score_part(part, args)]
         with open(args.out, "w") as fh:
             json.dump({"args": vars(args), "rows": rows}, fh, indent=1)
-    names = list(WRAPPERS) + list(REFIT)
-    print(worst_table(rows, "force", names))
-    print(worst_table(rows, "energy", names))
+    print(worst_table(rows, "force", SCORED))
+    print(worst_table(rows, "energy", SCORED))
     systems, earlier, marker = ROUNDS[args.round]
-    table = choice_table([r for r in rows if r["system"] in systems], earlier, names)
+    table = choice_table([r for r in rows if r["system"] in systems], earlier, SCORED)
     print(table)
     if args.docs:
         write_between_markers(args.docs, table, name=marker)
