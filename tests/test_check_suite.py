@@ -60,9 +60,12 @@ def test_every_wrapper_passes_the_check_suite(name, members, ethanol):
     check_uq_wrapper(wrapper, ethanol[:14], fit_kwargs=fit_kwargs)
 
 
+# SevenNet's suite (~45 s on 2 cores) is slow: CI runs the suite over an adapter with
+# CHGNet's, and SevenNet's own checks (tests/test_models_sevennet.py) besides.
 ADAPTERS = [
-    pytest.param(name, marks=pytest.mark.skipif(
-        importlib.util.find_spec(package) is None, reason=f"{package} is not installed"))
+    pytest.param(name, marks=[pytest.mark.skipif(
+        importlib.util.find_spec(package) is None, reason=f"{package} is not installed"),
+        *([pytest.mark.slow] if name == "sevennet" else [])])
     for name, package in (("sevennet", "sevenn"), ("chgnet", "chgnet"), ("mace", "mace"))
 ]
 
