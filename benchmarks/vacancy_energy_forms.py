@@ -1,0 +1,214 @@
+"""Diagnostic: which form of a latent-distance energy variance follows the energy errors
+of structures that leave the training data in a few atoms (vacancies, surfaces).
+
+Latent distance's energy variance is the structure form n²(a + b U²), U the distance
+of the structure's mean features (``mlipuq.uq.structure_distance``). A vacancy moves
+a dozen of a cell's atoms; their mean hardly moves. This script fits three forms of
+the raw energy variance by Gaussian NLL on the calibration energies (val) of one
+system of ``benchmarks/shift.py`` and scores the 95 % energy coverage and mean
+std / mean error per split, each form on its own (no scaling between structures, no
+widening, no Student-t: the forms alone, not the wrapper's calibrated output):
+
+- ``structure``: n² (a + b U²) (today's),
+- ``atoms``: a n + b Σ_i u_i² (independent atoms, the default before),
+- ``coherent atoms``: (Σ_i sqrt(a + b u_i²))², the per-atom stds summed as if the
+  atoms' errors were fully correlated.
+
+The per-split "wrapper" column is ``LatentDistance(model).fit(train, val).calibrate(val)``
+as the shift table scores it. Each form is also fitted to the errors recentred on val
+(the base model's mean per-atom offset taken out, as ``DeepEnsemble.calibrate`` does per
+member). Then, end to end: LLPR, latent distance and latent distance + LLPR with their
+defaults on the base model as trained and on a copy whose reference energies absorb
+that offset (the shift table's scores, and each split's mean raw per-atom energy std
+over the in-distribution one). A diagnostic, not a choice: the base models are those
+of the shift table (``--cache`` as there); nothing here changes a default
+(``docs/shift.md``, "What stays out of reach").
+
+    python benchmarks/vacancy_energy_forms.py --cache /tmp/fits --parts platinum ptni
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+
+import numpy as np
+import torch
+from scipy.optimize import minimize
+
+from mlipuq import data as mdata
+from mlipuq.training_setup import fit_offset_drift
+from mlipuq.uq import LastLayerLaplace, LatentDistance, structure_distance
+from shift import HELD_OUT, PART_SETS, base_models
+from shift_cache import cache_folder
+from shift_scores import scores as shift_scores
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FORMS = ("structure", "atoms", "coherent atoms")
+
+
+def terms(wrapper: LatentDistance, dataset) -> dict:
+    """Per structure: energy error (eV), n, U² and the per-atom u² (a list of arrays)."""
+    out = {"err": [], "n": [], "U2": [], "u2": []}
+    for batch, output, phi in wrapper._passes(dataset, 16, forces=False):
+        x, numbers = wrapper._standardise(phi), batch.numbers.cpu().numpy()
+        u2 = wrapper._standardised_scores(x, numbers) ** 2
+        structure = batch.batch.cpu().numpy()
+        d = structure_distance.descriptors(x, numbers, structure, batch.n_structures,
+                                           wrapper.species_)
+        out["U2"] += list(structure_distance.scores(wrapper.structure_, d) ** 2)
+        out["n"] += list(batch.n_atoms.cpu().numpy().astype(float))
+        out["u2"] += [u2[structure == s] for s in range(batch.n_structures)]
+        truth = batch.energy.cpu().numpy().astype(float)
+        out["err"] += list(output["energy"].detach().cpu().numpy().astype(float) - truth)
+    return out
+
+
+def variance(form: str, t: dict, a: float, b: float) -> np.ndarray:
+    n, U2 = np.asarray(t["n"]), np.asarray(t["U2"])
+    if form == "structure":
+        return n**2 * (a + b * U2)
+    if form == "atoms":
+        return a * n + b * np.array([u.sum() for u in t["u2"]])
+    return np.array([np.sqrt(a + b * u).sum() ** 2 for u in t["u2"]])
+
+
+def fit_form(form: str, t: dict) -> tuple[float, float]:
+    """(a, b) >= 0 by Gaussian NLL of the energy errors (log-parametrised)."""
+    err2 = np.asarray(t["err"]) ** 2
+
+    def nll(p):
+        v = variance(form, t, *np.exp(p))
+        return 0.5 * float(np.sum(np.log(v) + err2 / v))
+
+    scale = float(np.mean(err2 / np.asarray(t["n"]) ** 2))
+    starts = [np.log([scale, scale]), np.log([scale, 1e-3 * scale]),
+              np.log([1e-3 * scale, scale])]
+    best = min((minimize(nll, s, method="Nelder-Mead", options={"xatol": 1e-4,
+                                                                 "fatol": 1e-8})
+                for s in starts), key=lambda r: r.fun)
+    return tuple(float(v) for v in np.exp(best.x))
+
+
+def scores(t: dict, var: np.ndarray) -> dict:
+    err, n, std = np.asarray(t["err"]), np.asarray(t["n"]), np.sqrt(var)
+    return {"cover95": float(np.mean(np.abs(err) <= 1.959964 * std)),
+            "std_over_mae": float(np.mean(std / n) / np.mean(np.abs(err) / n)),
+            "mae_per_atom": float(np.mean(np.abs(err) / n)),
+            "nll": float(np.mean(0.5 * (np.log(2 * np.pi * var) + err**2 / var)))}
+
+
+def recentred(t: dict, offset: float) -> dict:
+    """``t`` with a constant per-atom energy offset (eV/atom) taken from its errors."""
+    return {**t, "err": list(np.asarray(t["err"]) - offset * np.asarray(t["n"]))}
+
+
+def run(part: str, cache: str) -> dict:
+    train, val, tests = {**PART_SETS, **HELD_OUT}[part](False)
+    model = base_models(part, train, val, 80, 1, cache_folder(cache, part, 80))[0]
+    wrapper = LatentDistance(model).fit(train, val).calibrate(val)
+    fitted = terms(wrapper, val)
+    # the base model's constant per-atom offset, as measured on val (the mean of the
+    # per-atom errors; one element here, per species it would be a least-squares fit)
+    offset = float(np.mean(np.asarray(fitted["err"]) / np.asarray(fitted["n"])))
+    result = {"offset_per_atom": offset}
+    for label, shift in (("as predicted", 0.0), ("recentred on val", offset)):
+        result[label] = one_way(wrapper, recentred(fitted, shift), tests, shift, part, label)
+    return result
+
+
+def one_way(wrapper, fitted: dict, tests: dict, offset: float, part: str, label: str) -> dict:
+    params = {form: fit_form(form, fitted) for form in FORMS}
+    print(f"{part} {label}: " + ", ".join(f"{f} a={a:.3g} b={b:.3g}"
+                                          for f, (a, b) in params.items()), flush=True)
+    result = {"params": params, "splits": {}}
+    for split, test in tests.items():
+        t = recentred(terms(wrapper, test), offset)
+        err = np.asarray(t["err"])
+        row = {form: scores(t, variance(form, t, *params[form])) for form in FORMS}
+        if offset == 0.0:  # the wrapper's own intervals, about its own (offset) mean
+            row["wrapper"] = {"cover95": float(np.mean(np.abs(err) <= 1.959964 * np.sqrt(
+                wrapper.predict(test).energy_var)))}
+        u_max = [float(np.sqrt(u.max())) for u in t["u2"]]
+        row["median U"] = float(np.median(np.sqrt(t["U2"])))
+        row["median max u"] = float(np.median(u_max))
+        result["splits"][split] = row
+        print(f"{part} {split:<28} " + " | ".join(
+            f"{form}: {row[form]['cover95']:.2f} ({row[form]['std_over_mae']:.1f}x)"
+            for form in FORMS) + (f" | wrapper {row['wrapper']['cover95']:.2f}" if "wrapper" in row else "") +
+            f" | U {row['median U']:.2f} max u {row['median max u']:.2f}", flush=True)
+    return result
+
+
+def recentred_model(model, val):
+    """A copy of ``model`` whose per-species reference energies absorb its mean energy
+    error on ``val`` (least squares, minimum norm; what ``DeepEnsemble.calibrate``
+    does per member), the undetermined directions and the drift kept as trained."""
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        pred = np.concatenate([out["energy"].detach().cpu().numpy() for out in (
+            model(batch, forces=False) for _, batch in mdata.iter_batches(
+                mdata.as_dataset(val), model.cutoff, 16, species=model.species,
+                dtype=model.dtype))])
+    counts = mdata.composition_matrix(val, model.species)
+    offsets = np.linalg.lstsq(counts, val.energies - pred, rcond=None)[0]
+    energies = {z: model.atomic_energies[z] + o for z, o in zip(model.species, offsets)}
+    moved.set_atomic_energies(energies, undetermined=model.offset_basis,
+                             prior_std=model.offset_prior_std)
+    return moved, offsets
+
+
+def end_to_end(part: str, cache: str) -> dict:
+    """LLPR, latent distance and latent distance + LLPR with their defaults, on the
+    base model as trained and recentred on val: worst shift coverages and the
+    in-distribution NLL (the shift table's scores)."""
+    train, val, tests = {**PART_SETS, **HELD_OUT}[part](False)
+    model = base_models(part, train, val, 80, 1, cache_folder(cache, part, 80))[0]
+    moved, offsets = recentred_model(model, val)
+    if moved.offset_basis is not None:
+        fit_offset_drift(moved, train)
+    print(f"{part}: recentring offsets (eV/atom) {np.round(offsets, 5).tolist()}", flush=True)
+    result = {"offsets": offsets.tolist()}
+    for label, base in (("as trained", model), ("recentred on val", moved)):
+        llpr = LastLayerLaplace(base).fit(train)
+        wrappers = {"LastLayerLaplace": llpr, "LatentDistance": LatentDistance(base),
+                    "LatentDistance + LLPR": LatentDistance(base, combine=llpr)}
+        for name, wrapper in wrappers.items():
+            if name.startswith("LatentDistance"):
+                wrapper.fit(train, val)
+            wrapper.calibrate(val)
+            rows = {}
+            for split, test in tests.items():
+                raw = wrapper.predict(test, calibrated=False, composition=False)
+                rows[split] = {**shift_scores(wrapper.predict(test), test),
+                               "raw_energy_std_per_atom": float(np.mean(
+                                   np.sqrt(raw.energy_var) / raw.n_atoms))}
+            first = next(iter(rows.values()))["raw_energy_std_per_atom"]
+            result[f"{name} / {label}"] = rows
+            print(f"  {name:<22} {label:<17} " + " | ".join(
+                f"{split.split(' (')[0][:14]}: E {r['energy_cov95']:.2f} F {r['force_cov95']:.3f}"
+                f" E/F NLL {r['energy_nll']:.2f}/{r['force_nll']:.3f}"
+                f" raw E std x{r['raw_energy_std_per_atom'] / first:.1f}"
+                for split, r in rows.items()), flush=True)
+    return result
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", nargs="+", default=["platinum"])
+    parser.add_argument("--cache", default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=os.path.join(HERE, "results",
+                                                      "vacancy_energy_forms.json"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = {part: {"forms": run(part, args.cache), "wrappers": end_to_end(part, args.cache)}
+               for part in args.parts}
+    with open(args.out, "w") as fh:
+        json.dump({"args": vars(args), "results": results}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
