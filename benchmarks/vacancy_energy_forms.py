@@ -111,7 +111,9 @@ def run(part: str, cache: str) -> dict:
     wrapper = LatentDistance(model).fit(train, val).calibrate(val)
     fitted = terms(wrapper, val)
     # the base model's constant per-atom offset, as measured on val (the mean of the
-    # per-atom errors; one element here, per species it would be a least-squares fit)
+    # per-atom errors: for one composition, as every system's val here, the same as a
+    # per-species least-squares fit). The forms leave out the composition variance
+    # (predict adds it); their rows of a new stoichiometry are not the wrapper's.
     offset = float(np.mean(np.asarray(fitted["err"]) / np.asarray(fitted["n"])))
     result = {"offset_per_atom": offset}
     for label, shift in (("as predicted", 0.0), ("recentred on val", offset)):
@@ -137,8 +139,9 @@ def one_way(wrapper, fitted: dict, tests: dict, offset: float, part: str, label:
         result["splits"][split] = row
         print(f"{part} {split:<28} " + " | ".join(
             f"{form}: {row[form]['cover95']:.2f} ({row[form]['std_over_mae']:.1f}x)"
-            for form in FORMS) + (f" | wrapper {row['wrapper']['cover95']:.2f}" if "wrapper" in row else "") +
-            f" | U {row['median U']:.2f} max u {row['median max u']:.2f}", flush=True)
+            for form in FORMS)
+            + (f" | wrapper {row['wrapper']['cover95']:.2f}" if "wrapper" in row else "")
+            + f" | U {row['median U']:.2f} max u {row['median max u']:.2f}", flush=True)
     return result
 
 
