@@ -37,13 +37,13 @@ import os
 import numpy as np
 import torch
 from scipy.optimize import minimize
+from shift import HELD_OUT, PART_SETS, base_models
+from shift_cache import cache_folder
+from shift_scores import scores as shift_scores
 
 from mlipuq import data as mdata
 from mlipuq.training_setup import fit_offset_drift
 from mlipuq.uq import LastLayerLaplace, LatentDistance, structure_distance
-from shift import HELD_OUT, PART_SETS, base_models
-from shift_cache import cache_folder
-from shift_scores import scores as shift_scores
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FORMS = ("structure", "atoms", "coherent atoms")
