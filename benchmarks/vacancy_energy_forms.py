@@ -190,11 +190,15 @@ def end_to_end(part: str, cache: str) -> dict:
                                    np.sqrt(raw.energy_var) / raw.n_atoms))}
             first = next(iter(rows.values()))["raw_energy_std_per_atom"]
             result[f"{name} / {label}"] = rows
+            if wrapper.__class__ is LatentDistance and wrapper.combine is not None:
+                # the weight the NLL fit gives the combined wrapper's energy variance
+                rows["energy_other_scale"] = float(wrapper.energy_other_scale_)
+                print(f"  {name} {label}: λ_E {wrapper.energy_other_scale_:.3g}", flush=True)
             print(f"  {name:<22} {label:<17} " + " | ".join(
                 f"{split.split(' (')[0][:14]}: E {r['energy_cov95']:.2f} F {r['force_cov95']:.3f}"
                 f" E/F NLL {r['energy_nll']:.2f}/{r['force_nll']:.3f}"
                 f" raw E std x{r['raw_energy_std_per_atom'] / first:.1f}"
-                for split, r in rows.items()), flush=True)
+                for split, r in rows.items() if isinstance(r, dict)), flush=True)
     return result
 
 
