@@ -25,6 +25,10 @@ of the shift table (``--cache`` as there); nothing here changes a default
 (``docs/shift.md``, "What stays out of reach").
 
     python benchmarks/vacancy_energy_forms.py --cache /tmp/fits --parts platinum ptni
+
+``--share-only``: latent distance with ``min_distance_share`` 0.1 (default) and 1.0 (an
+energy map without a constant term), end to end, and the median structure distance per
+split under other covariances of the training descriptors (``distance_share``).
 """
 
 from __future__ import annotations
@@ -202,17 +206,82 @@ def end_to_end(part: str, cache: str) -> dict:
     return result
 
 
+def structure_metric(wrapper: LatentDistance, train, tests: dict) -> dict:
+    """Median structure distance U per split (and its ratio to the first split's) under
+    the fitted reference (Ledoit-Wolf + 1e-4, today's) and under the plain empirical
+    covariance of the training descriptors + 1e-4 or + 1e-6 on the diagonal."""
+    from sklearn.covariance import EmpiricalCovariance, LedoitWolf
+
+    def descriptors(dataset):
+        blocks = [structure_distance.descriptors(
+            wrapper._standardise(phi), batch.numbers.cpu().numpy(), batch.batch.cpu().numpy(),
+            batch.n_structures, wrapper.species_)
+            for batch, _, phi in wrapper._passes(dataset, 16, forces=False)]
+        return np.concatenate(blocks)
+
+    d_train = descriptors(train)
+    empirical = EmpiricalCovariance().fit(d_train)
+    references = {"Ledoit-Wolf + 1e-4 (today)": wrapper.structure_}
+    for ridge in (1e-4, 1e-6):
+        precision = np.linalg.inv(empirical.covariance_ + ridge * np.eye(d_train.shape[1]))
+        reference = {"location": empirical.location_, "precision": precision, "scale": 1.0}
+        reference["scale"] = float(np.median(structure_distance.scores(reference, d_train)))
+        references[f"empirical + {ridge:g}"] = reference
+    result = {"ledoit_wolf_shrinkage": float(LedoitWolf().fit(d_train).shrinkage_)}
+    for split, test in tests.items():
+        d = descriptors(test)
+        result[split] = {k: float(np.median(structure_distance.scores(r, d)))
+                         for k, r in references.items()}
+    first = next(v for v in result.values() if isinstance(v, dict))
+    for split, row in result.items():
+        if isinstance(row, dict):
+            print(f"   median U {split[:28]:<28} " + " | ".join(
+                f"{k}: {v:.2f} (x{v / first[k]:.1f})" for k, v in row.items()), flush=True)
+    return result
+
+
+def distance_share(part: str, cache: str, shares=(0.1, 1.0)) -> dict:
+    """Latent distance with its defaults but ``min_distance_share`` (the smallest share of
+    the distance term in a variance at U = 1; 0.1 is the default, 1.0 leaves the energy
+    map no constant term, n² b U², as LLPR's leverage has none): the fitted energy map
+    and the shift table's scores per split (the forces change too and are reported)."""
+    train, val, tests = {**PART_SETS, **HELD_OUT}[part](False)
+    model = base_models(part, train, val, 80, 1, cache_folder(cache, part, 80))[0]
+    result = {}
+    for share in shares:
+        wrapper = LatentDistance(model, min_distance_share=share).fit(train, val).calibrate(val)
+        rows = {"energy_a": wrapper.energy_a_, "energy_b": wrapper.energy_b_}
+        print(f"{part} min_distance_share {share}: energy a={wrapper.energy_a_:.3g}"
+              f" b={wrapper.energy_b_:.3g} eV²", flush=True)
+        for split, test in tests.items():
+            r = rows[split] = shift_scores(wrapper.predict(test), test)
+            print(f"   {split[:28]:<28} E cover {r['energy_cov95']:.2f} NLL"
+                  f" {r['energy_nll']:.2f} std/MAE"
+                  f" {r['energy_std_per_atom'] / r['energy_mae_per_atom']:.1f} | F cover"
+                  f" {r['force_cov95']:.3f} NLL {r['force_nll']:.3f}", flush=True)
+        result[str(share)] = rows
+    result["median U"] = structure_metric(wrapper, train, tests)
+    return result
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="+", default=["platinum"])
     parser.add_argument("--cache", default=None)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=os.path.join(HERE, "results",
-                                                      "vacancy_energy_forms.json"))
+    parser.add_argument("--share-only", action="store_true",
+                        help="only the min_distance_share comparison (distance_share)")
+    parser.add_argument("--out", default=None, help="default results/vacancy_energy_forms.json"
+                        " (with --share-only: results/vacancy_energy_share.json)")
     args = parser.parse_args(argv)
+    args.out = args.out or os.path.join(HERE, "results", "vacancy_energy_share.json"
+                                        if args.share_only else "vacancy_energy_forms.json")
     torch.set_num_threads(args.threads)
-    results = {part: {"forms": run(part, args.cache), "wrappers": end_to_end(part, args.cache)}
-               for part in args.parts}
+    if args.share_only:
+        results = {part: distance_share(part, args.cache) for part in args.parts}
+    else:
+        results = {part: {"forms": run(part, args.cache),
+                          "wrappers": end_to_end(part, args.cache)} for part in args.parts}
     with open(args.out, "w") as fh:
         json.dump({"args": vars(args), "results": results}, fh, indent=1)
 
