@@ -91,6 +91,11 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
             base, combine=refitted(False)).fit(train, val),
         "LatentDistance + LLPR (refit mean; t energies)": lambda: LatentDistance(
             base, combine=refitted(True)).fit(train, val),
+        # the structure distance's covariance chosen on val (an option; a round on eight)
+        "LatentDistance (held-out structure covariance)": lambda: LatentDistance(
+            base, structure_covariance="held-out").fit(train, val),
+        "LatentDistance + LLPR (held-out structure covariance)": lambda: LatentDistance(
+            base, combine=llpr(), structure_covariance="held-out").fit(train, val),
         # energies as sums of independent atoms, the default before the structure distance
         "LatentDistance (atom energies)": lambda: LatentDistance(
             base, energy_distance="atoms").fit(train, val),

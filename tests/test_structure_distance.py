@@ -77,6 +77,11 @@ def _features(wrapper, dataset):
     return [np.concatenate(v) for v in (x, numbers, structure, n)] + [offset]
 
 
+def _descriptors(wrapper, dataset):
+    x, numbers, structure, _, count = _features(wrapper, dataset)
+    return sd.descriptors(x, numbers, structure, count, wrapper.species_)
+
+
 def test_energy_variance_is_coherent_in_the_structure_distance(fitted, ethanol):
     """energy_var = n² (a_E + b_E U²), U the Mahalanobis distance of the structure's
     per-element mean features to the training structures' (recomputed here)."""
@@ -143,3 +148,73 @@ def test_atom_energies_keep_the_format_of_files_saved_before(fitted_members, eth
 def test_refuses_an_unknown_energy_distance(fitted_members):
     with pytest.raises(ValueError, match="energy_distance"):
         LatentDistance(fitted_members[0], energy_distance="molecule")
+
+
+def test_held_out_covariance_against_scipy():
+    """The chosen diagonal term maximises the held-out mean log-density of the Gaussian at
+    the training mean (scipy's density over the same grid), and the covariance is the
+    empirical one plus it."""
+    from scipy.stats import multivariate_normal
+
+    rng = np.random.default_rng(1)
+    t = rng.normal(size=200)
+    train = np.stack([t, t + 0.01 * rng.normal(size=t.size), rng.normal(size=t.size)], axis=1)
+    s = rng.normal(size=50)
+    held_out = np.stack([s, s + 0.01 * rng.normal(size=s.size), rng.normal(size=s.size)],
+                        axis=1) + 0.05 * rng.normal(size=(50, 3))
+    covariance, delta = sd.held_out_covariance(train, held_out)
+    empirical = np.cov(train, rowvar=False, bias=True)
+    unit = np.trace(empirical) / 3
+    density = {d: multivariate_normal(train.mean(axis=0), empirical + d * unit * np.eye(3))
+               .logpdf(held_out).mean() for d in sd.HELD_OUT_DIAGONALS}
+    assert delta == pytest.approx(max(density, key=density.get) * unit, rel=1e-12)
+    np.testing.assert_allclose(covariance, empirical + delta * np.eye(3), rtol=1e-12)
+
+
+def test_held_out_covariance_follows_the_held_out_spread():
+    """Held-out structures that leave the training cloud's narrow direction by noise of
+    variance v get a diagonal term of v's order; ones that keep to it, a small one."""
+    rng = np.random.default_rng(2)
+
+    def cloud(n, noise):
+        t = rng.normal(size=n)
+        x = np.stack([t, t + 1e-3 * rng.normal(size=n), rng.normal(size=n)], axis=1)
+        return x + noise * rng.normal(size=x.shape)
+
+    train = cloud(300, 0.0)
+    _, tight = sd.held_out_covariance(train, cloud(100, 0.0))
+    held_out = cloud(100, 0.1)  # v = 0.01
+    _, wide = sd.held_out_covariance(train, held_out)
+    assert tight < 1e-5
+    assert 1e-3 <= wide <= 1e-1
+    assert sd.fit_reference(train, held_out)["diagonal"] == wide
+    with pytest.raises(ValueError, match="held-out descriptors"):
+        sd.held_out_covariance(train, np.zeros((0, 3)))
+
+
+def test_held_out_structure_covariance_in_the_wrapper(fitted_members, ethanol, fitted,
+                                                      tmp_path):
+    """``structure_covariance="held-out"``: the reference recomputed from the training and
+    held-out descriptors gives the energy variance; the forces are the default's; the
+    option round-trips through a file and is refused when unknown."""
+    wrapper = LatentDistance(fitted_members[0], structure_covariance="held-out").fit(
+        ethanol[:10], ethanol[10:14], batch_size=3)
+    reference = sd.fit_reference(_descriptors(wrapper, ethanol[:10]),
+                                 _descriptors(wrapper, ethanol[10:14]))
+    assert wrapper.structure_["diagonal"] == pytest.approx(reference["diagonal"], rel=1e-6)
+    assert reference["diagonal"] > 0  # float32 features: batches of 3 there, 8 here
+    x, numbers, structure, n, count = _features(wrapper, ethanol[14:])
+    u = sd.scores(reference, sd.descriptors(x, numbers, structure, count, wrapper.species_))
+    pred = wrapper.predict(ethanol[14:], calibrated=False, composition=False)
+    np.testing.assert_allclose(pred.energy_var, n.astype(float) ** 2 * (
+        wrapper.energy_a_ + wrapper.energy_b_ * u**2), rtol=1e-6)
+    default = fitted.predict(ethanol[14:], calibrated=False, composition=False)
+    np.testing.assert_allclose(pred.forces_var, default.forces_var, rtol=1e-12)
+    path = tmp_path / "held_out.pt"
+    wrapper.save(path)
+    again = load(path)
+    assert again.structure_covariance == "held-out" and "held-out" in repr(again)
+    np.testing.assert_array_equal(again.predict(ethanol[14:]).energy_var,
+                                  wrapper.predict(ethanol[14:]).energy_var)
+    with pytest.raises(ValueError, match="structure_covariance"):
+        LatentDistance(fitted_members[0], structure_covariance="shrunk")

@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 
 _SCORES = ("mahalanobis", "knn", "gmm")
 _ENERGY_DISTANCES = ("structure", "atoms", None)
+_STRUCTURE_COVARIANCES = ("ledoit-wolf", "held-out")
 
 __all__ = ["LatentDistance", "fit_variance_map", "knn_scores"]
 
@@ -121,6 +122,15 @@ class LatentDistance(UQWrapper):
         per-atom variances. See the module notes. None (with ``combine`` only): no
         latent term for the energies, whose variance is the combined wrapper's alone
         (λ_E = 1; the forces still get theirs).
+    structure_covariance
+        Covariance of the training structures' descriptors that the structure
+        distance is measured in: ``"ledoit-wolf"`` (default; shrunk, + 1e-4 on the
+        diagonal) or ``"held-out"``: the empirical covariance plus the diagonal
+        term under which the held-out structures (``val``) are most likely
+        (:func:`~mlipuq.uq.structure_distance.held_out_covariance`). The second
+        lets energy stds grow faster where a structure leaves the training
+        data as a whole (vacancies: EMT Pt 0.10 → 1.00 covered, Pt₃Ni 0.50 →
+        1.00), at a price in sharpness there (``docs/shift.md``).
 
     Attributes
     ----------
@@ -155,6 +165,7 @@ class LatentDistance(UQWrapper):
         min_distance_share: float = 0.1,
         combine: Optional[UQWrapper] = None,
         energy_distance: Optional[str] = "structure",
+        structure_covariance: str = "ledoit-wolf",
     ):
         self.model = _check_model(model)
         if score not in _SCORES:
@@ -162,6 +173,9 @@ class LatentDistance(UQWrapper):
         if energy_distance not in _ENERGY_DISTANCES:
             raise ValueError(f"energy_distance must be one of {_ENERGY_DISTANCES}, "
                              f"got {energy_distance!r}")
+        if structure_covariance not in _STRUCTURE_COVARIANCES:
+            raise ValueError(f"structure_covariance must be one of {_STRUCTURE_COVARIANCES}, "
+                             f"got {structure_covariance!r}")
         if energy_distance is None and combine is None:
             raise ValueError("energy_distance=None leaves the energies to the combined "
                              "wrapper's variance: it needs combine=")
@@ -185,6 +199,7 @@ class LatentDistance(UQWrapper):
             # their energies too, whose variance stays mostly a K-member estimate)
             self.default_calibration = dict(combine.default_calibration)
         self.energy_distance = energy_distance
+        self.structure_covariance = structure_covariance
         self.structure_ = None
         self._index: dict = {}
 
@@ -193,6 +208,8 @@ class LatentDistance(UQWrapper):
         knn = f", n_neighbors={self.n_neighbors}" if self.score == "knn" else ""
         energy = ("" if self.energy_distance == "structure"
                   else f", energy_distance={self.energy_distance!r}")
+        if self.structure_covariance != "ledoit-wolf":
+            energy += f", structure_covariance={self.structure_covariance!r}"
         return (f"LatentDistance({type(self.model).__name__}, score={self.score!r}{knn}{energy}"
                 f"{other})")
 
@@ -215,6 +232,8 @@ class LatentDistance(UQWrapper):
                   "min_distance_share": self.min_distance_share, "combine": combine}
         if self.energy_distance != "atoms":  # files saved before keep their fingerprint
             config["energy_distance"] = self.energy_distance
+        if self.structure_covariance != "ledoit-wolf":  # likewise
+            config["structure_covariance"] = self.structure_covariance
         return config
 
     @classmethod
@@ -390,7 +409,7 @@ class LatentDistance(UQWrapper):
             held_out = mdata.as_dataset(val)
             latent_features.validate(held_out, self.species)
             reference = dataset
-        self._fit_reference(reference, batch_size, seed, progress)
+        self._fit_reference(reference, batch_size, seed, progress, held_out)
         self._fit_map(held_out, batch_size, progress)
         self.n_train_ = len(reference)
         if mdist.active():  # every rank fitted on the same gathered data: rank 0's, bit for bit
@@ -398,7 +417,8 @@ class LatentDistance(UQWrapper):
         self.fitted_ = True
         return self
 
-    def _fit_reference(self, reference, batch_size: int, seed: int, progress: bool) -> None:
+    def _fit_reference(self, reference, batch_size: int, seed: int, progress: bool,
+                       held_out=None) -> None:
         phi, numbers, structure, n_structures = latent_features.reference_features(
             self, reference, batch_size, progress)
         mean, std = phi.mean(axis=0), phi.std(axis=0)
@@ -431,15 +451,10 @@ class LatentDistance(UQWrapper):
             self.score_scale_[z] = scale
         self.structure_ = None
         if self.energy_distance == "structure":
-            descriptors = structure_distance.descriptors(x, numbers, structure, n_structures,
-                                                         self.species_)
-            if n_structures > self.max_points:
-                descriptors = descriptors[np.sort(rng.choice(n_structures, self.max_points,
-                                                             replace=False))]
-            n_structures = len(descriptors)
-            warn_if_few(descriptors.shape, "training structures",
-                        "; the energy stds far from them are less reliable")
-            self.structure_ = structure_distance.fit_reference(descriptors)
+            self.structure_ = structure_distance.wrapper_reference(
+                self, x, numbers, structure, n_structures, rng,
+                held_out if self.structure_covariance == "held-out" else None, batch_size,
+                progress)
         positive = [v for v in self.score_scale_.values() if v > 0]
         fallback = float(np.median(positive)) if positive else 1.0
         for z, v in self.score_scale_.items():

@@ -23,15 +23,34 @@ coherent
 .. math:: \\sigma^2_E = n^2 (a_E + b_E U^2),
 
 n the number of atoms, fitted by NLL on held-out energies as the per-atom maps are.
+
+``covariance="held-out"`` (:func:`fit_reference` given held-out descriptors)
+replaces the Ledoit–Wolf estimate by the empirical covariance plus a diagonal
+term chosen among :data:`HELD_OUT_DIAGONALS` (decades, in units of the mean
+variance of the training descriptors) by the mean Gaussian log-density of the
+held-out structures' descriptors: the covariance that best describes
+in-distribution structures the reference did not contain. With few training
+structures per descriptor feature, the descriptors of a vacancy or a strained
+cell move along directions in which the training structures hardly vary, and
+the diagonal term decides how far they seem; here the held-out data choose
+it, not a fixed constant (``docs/shift.md``, "What stays out of reach").
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
-__all__ = ["descriptors", "fit_reference", "scores"]
+log = logging.getLogger("mlipuq.uq.latent_distance")
+
+__all__ = ["descriptors", "fit_reference", "held_out_covariance", "scores", "wrapper_reference",
+           "HELD_OUT_DIAGONALS"]
 
 _RIDGE = 1e-4  # on the diagonal of the shrunk covariance (standardised features)
+#: Diagonal terms tried by :func:`held_out_covariance`, in units of the mean variance
+#: of the training descriptors.
+HELD_OUT_DIAGONALS = 10.0 ** np.arange(-12.0, 1.0)
 
 
 def descriptors(x: np.ndarray, numbers: np.ndarray, structure: np.ndarray,
@@ -53,23 +72,60 @@ def descriptors(x: np.ndarray, numbers: np.ndarray, structure: np.ndarray,
     return np.concatenate(blocks, axis=1)
 
 
-def fit_reference(train_descriptors: np.ndarray) -> dict:
+def fit_reference(train_descriptors: np.ndarray,
+                  held_out_descriptors: np.ndarray | None = None) -> dict:
     """Location, precision and distance scale of the training structures' descriptors
-    (plain arrays and a float: the wrapper saves them as state)."""
+    (plain arrays and floats: the wrapper saves them as state). With
+    ``held_out_descriptors``, the covariance of :func:`held_out_covariance` (its
+    diagonal term kept as ``"diagonal"``), else Ledoit–Wolf + 1e-4 on the diagonal."""
     from sklearn.covariance import LedoitWolf
 
     d = np.asarray(train_descriptors, dtype=np.float64)
-    if len(d) > 1:
+    extra = {}
+    if len(d) < 2:  # one structure: a unit Gaussian around it (as a one-atom element's)
+        location, covariance = d[0].copy(), np.eye(d.shape[1])
+    elif held_out_descriptors is None:
         fitted = LedoitWolf().fit(d)
         location, covariance = fitted.location_, fitted.covariance_ + _RIDGE * np.eye(d.shape[1])
-    else:  # one structure: a unit Gaussian around it (as a one-atom element's)
-        location, covariance = d[0].copy(), np.eye(d.shape[1])
+    else:
+        location = d.mean(axis=0)
+        covariance, extra["diagonal"] = held_out_covariance(d, held_out_descriptors)
     precision = np.linalg.inv(covariance)
     reference = {"location": location, "precision": 0.5 * (precision + precision.T),
-                 "scale": 1.0}
+                 "scale": 1.0, **extra}
     typical = float(np.median(scores(reference, d)))
     reference["scale"] = typical if typical > 0 else 1.0
     return reference
+
+
+def held_out_covariance(train_descriptors: np.ndarray,
+                        held_out_descriptors: np.ndarray) -> tuple[np.ndarray, float]:
+    """The empirical covariance of ``train_descriptors`` (n, D) plus ``δ I``, ``δ``
+    among :data:`HELD_OUT_DIAGONALS` times their mean variance, the one under which
+    the Gaussian at the training mean gives ``held_out_descriptors`` (m, D) the
+    largest mean log-density: ``(covariance, δ)``, float64."""
+    from scipy.linalg import solve_triangular
+
+    d = np.asarray(train_descriptors, dtype=np.float64)
+    y = np.asarray(held_out_descriptors, dtype=np.float64) - d.mean(axis=0)
+    if y.ndim != 2 or len(y) == 0 or y.shape[1] != d.shape[1]:
+        raise ValueError(f"held-out descriptors of shape {y.shape} for training descriptors "
+                         f"of shape {d.shape}: need at least one row of as many features")
+    empirical = np.atleast_2d(np.cov(d, rowvar=False, bias=True))
+    unit = float(np.trace(empirical)) / len(empirical)
+    unit = unit if unit > 0 else 1.0
+    best = (-np.inf, None, None)
+    for delta in HELD_OUT_DIAGONALS * unit:
+        covariance = empirical + delta * np.eye(len(empirical))
+        try:
+            chol = np.linalg.cholesky(covariance)
+        except np.linalg.LinAlgError:  # not positive definite at this δ: too small
+            continue
+        z = solve_triangular(chol, y.T, lower=True)
+        log_density = -np.sum(np.log(np.diag(chol))) - 0.5 * float(np.mean(np.sum(z * z, axis=0)))
+        if log_density > best[0]:
+            best = (log_density, covariance, float(delta))
+    return best[1], best[2]
 
 
 def scores(reference: dict, structure_descriptors: np.ndarray) -> np.ndarray:
@@ -78,3 +134,31 @@ def scores(reference: dict, structure_descriptors: np.ndarray) -> np.ndarray:
     y = np.asarray(structure_descriptors, dtype=np.float64) - reference["location"]
     d2 = np.sum((y @ reference["precision"]) * y, axis=1)
     return np.sqrt(np.maximum(d2, 0.0)) / reference["scale"]
+
+
+def wrapper_reference(wrapper, x, numbers, structure, n_structures: int, rng, held_out,
+                      batch_size: int, progress: bool) -> dict:
+    """The structure reference of a :class:`~mlipuq.uq.LatentDistance` from its training
+    atoms' standardised features ``x`` (at most ``max_points`` structures, drawn with
+    ``rng``); with ``held_out`` (``structure_covariance="held-out"``) its covariance
+    chosen on those structures' descriptors (collective, as the reference pass)."""
+    from mlipuq.uq import latent_features
+    from mlipuq.uq.latent_maps import warn_if_few
+
+    def subsample(d):
+        if len(d) > wrapper.max_points:
+            d = d[np.sort(rng.choice(len(d), wrapper.max_points, replace=False))]
+        return d
+
+    train = subsample(descriptors(x, numbers, structure, n_structures, wrapper.species_))
+    warn_if_few(train.shape, "training structures",
+                "; the energy stds far from them are less reliable")
+    if held_out is None:
+        return fit_reference(train)
+    phi, z, index, count = latent_features.reference_features(wrapper, held_out, batch_size,
+                                                              progress)
+    other = subsample(descriptors(wrapper._standardise(phi), z, index, count, wrapper.species_))
+    reference = fit_reference(train, other)
+    log.info("LatentDistance: structure covariance's diagonal term %.3g, chosen on %d "
+             "held-out structures", reference.get("diagonal", float("nan")), len(other))
+    return reference
