@@ -151,6 +151,12 @@ def add_parsers(subparsers) -> None:
                      help="latent: energy variances from the structure's latent distance, "
                           "coherent over its atoms (default: structure), or summed over "
                           "independent atoms (docs/latent.md)")
+    fit.add_argument("--structure-covariance", choices=("ledoit-wolf", "held-out"),
+                     default=None,
+                     help="latent, --latent both: the covariance the structures' energy "
+                          "distance is measured in: shrunk (default: ledoit-wolf) or the "
+                          "one under which --val's structures are most likely (held-out; "
+                          "docs/latent.md)")
     fit.add_argument("--latent", choices=("forces", "both"), default=None,
                      help="llpr, shallow, deep: add a latent-distance variance to the fitted "
                           "wrapper's (LatentDistance(model, combine=wrapper)), its map fitted "
@@ -230,6 +236,10 @@ def _check_fit_args(args) -> None:
                          f"one of fit {args.method}")
     if args.energy_distance is not None and args.method != "latent":
         raise ValueError(f"--energy-distance is a latent option, not one of fit {args.method}")
+    if args.structure_covariance is not None and not (
+            args.method == "latent" or args.latent == "both"):
+        raise ValueError("--structure-covariance is a latent (or --latent both) option, "
+                         f"not one of fit {args.method}")
     if args.reference is not None and args.method != "evidential":
         raise ValueError(f"--reference is an evidential option, not one of fit {args.method}")
     if args.reference is not None and args.score == "none":
@@ -267,6 +277,8 @@ def build_wrapper(args, models, train, val, progress: bool, reference=None):
     if args.latent is None:
         return wrapper
     options = {} if args.score is None else {"score": args.score}
+    if args.structure_covariance is not None:
+        options["structure_covariance"] = args.structure_covariance
     return LatentDistance(models[0], combine=wrapper, **options,
                           energy_distance=None if args.latent == "forces" else "structure"
                           ).fit(train, val, batch_size=args.batch_size, seed=args.seed,
@@ -294,6 +306,8 @@ def _method_wrapper(args, models, train, val, progress: bool, reference=None):
         options = {} if args.score is None else {"score": args.score}
         if args.energy_distance is not None:
             options["energy_distance"] = args.energy_distance
+        if args.structure_covariance is not None:
+            options["structure_covariance"] = args.structure_covariance
         return LatentDistance(model, **options).fit(
             train, val, batch_size=args.batch_size, **common)
     if len(models) > 1:

@@ -289,6 +289,9 @@ def test_fit_latent_score_and_without_val(files, tmp_path, capsys):
     atoms = tmp_path / "atoms.pt"
     assert _fit(files, "latent", atoms, "--energy-distance", "atoms") == 0
     assert load_wrapper(atoms).energy_distance == "atoms" and "Σu²" in capsys.readouterr().out
+    held = tmp_path / "held.pt"
+    assert _fit(files, "latent", held, "--structure-covariance", "held-out") == 0
+    assert load_wrapper(held).structure_["diagonal"] > 0
     bare = tmp_path / "bare.pt"
     assert cli.main(["fit", "latent", "-m", str(files["model"]), "--train",
                      str(files["train"]), "--out", str(bare)]) == 0
@@ -366,6 +369,9 @@ def test_fit_deep_from_several_trained_models(files, tmp_path, capsys):
     (["latent", "--score", "none"], "--score none (no latent-distance term) is an evidential"),
     (["evidential", "--energy-distance", "atoms"], "--energy-distance is a latent option"),
     (["latent", "--reference", "train.extxyz"], "--reference is an evidential option"),
+    (["llpr", "--structure-covariance", "held-out"], "--structure-covariance is a latent"),
+    (["llpr", "--latent", "forces", "--structure-covariance", "held-out"],
+     "--structure-covariance is a latent"),
     (["evidential", "--score", "none", "--reference", "train.extxyz"],
      "--score none has no such term"),
     (["latent", "--epochs", "3"], "fit latent trains nothing: --epochs"),
