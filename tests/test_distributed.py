@@ -103,7 +103,7 @@ def test_evaluate_metrics_equal_one_process(runs):
 LATENT_KEYS = ("features", "scales", "means", "structure", "maps", "energy_var", "forces_var")
 
 
-@pytest.mark.parametrize("name", ["latent", "latent_llpr"])
+@pytest.mark.parametrize("name", ["latent", "latent_llpr", "latent_held_out"])
 def test_latent_distance_fit_shards_equal_one_process(runs, name):
     # each rank computes the features of its share of the reference and held-out
     # structures; the gathered fit equals one process's, bit for bit on both ranks
@@ -113,9 +113,13 @@ def test_latent_distance_fit_shards_equal_one_process(runs, name):
         assert close(single[f"{name}_{key}"], double[0][f"{name}_{key}"], 1e-9), key
     assert single[f"{name}_maps"][-1] == 11  # every training structure is in the reference
     # the 11 reference and 5 held-out structures: all in one process, shares on two ranks
-    np.testing.assert_array_equal(single[f"{name}_seen"], [11, 5])
-    np.testing.assert_array_equal(double[0][f"{name}_seen"], [5, 2])
-    np.testing.assert_array_equal(double[1][f"{name}_seen"], [6, 3])
+    # (with the held-out covariance the held-out structures twice: descriptors, then map)
+    twice = name == "latent_held_out"
+    np.testing.assert_array_equal(single[f"{name}_seen"], [11, 5] + [5] * twice)
+    np.testing.assert_array_equal(double[0][f"{name}_seen"], [5, 2] + [2] * twice)
+    np.testing.assert_array_equal(double[1][f"{name}_seen"], [6, 3] + [3] * twice)
+    if twice:
+        assert single[f"{name}_structure"][-1] > 0  # the chosen diagonal term
 
 
 def test_latent_distance_bad_structure_in_one_share_fails_every_rank(runs):

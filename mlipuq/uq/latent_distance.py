@@ -129,8 +129,10 @@ class LatentDistance(UQWrapper):
         term under which the held-out structures (``val``) are most likely
         (:func:`~mlipuq.uq.structure_distance.held_out_covariance`). The second
         lets energy stds grow faster where a structure leaves the training
-        data as a whole (vacancies: EMT Pt 0.10 → 1.00 covered, Pt₃Ni 0.50 →
-        1.00), at a price in sharpness there (``docs/shift.md``).
+        data as a whole (EMT vacancies covered: Pt 0.10 → 1.00, Pt₃Ni 0.50 →
+        1.00), at a price: mean energy stds over a system's shifts up to 136×
+        the error, in-distribution energy NLL up to 0.018 nats worse
+        (``docs/shift.md``).
 
     Attributes
     ----------

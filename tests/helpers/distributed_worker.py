@@ -76,7 +76,8 @@ def main(folder: Path) -> None:
 
 
 def _latent(model, llpr, train, val, test) -> dict:
-    """A LatentDistance alone and one combined with the LLPR: fitted state and predictions,
+    """A LatentDistance alone, one combined with the LLPR and one with its structure
+    covariance chosen on the held-out structures: fitted state and predictions,
     the structures each rank computed, and the error of a fit with a bad structure."""
     out, seen = {}, []
     passes = LatentDistance._passes
@@ -86,7 +87,9 @@ def _latent(model, llpr, train, val, test) -> dict:
         return passes(self, dataset, *args, **kwargs)
 
     for name, wrapper in (("latent", LatentDistance(model)),
-                          ("latent_llpr", LatentDistance(model, combine=llpr))):
+                          ("latent_llpr", LatentDistance(model, combine=llpr)),
+                          ("latent_held_out",
+                           LatentDistance(model, structure_covariance="held-out"))):
         seen.clear()
         wrapper._passes = counted.__get__(wrapper)
         wrapper.fit(train, val, batch_size=3)
@@ -101,7 +104,8 @@ def _latent(model, llpr, train, val, test) -> dict:
             f"{name}_means": np.concatenate([wrapper.gmm_[k]["means"].ravel() for k in z]),
             f"{name}_structure": np.concatenate([structure["location"],
                                                  structure["precision"].ravel(),
-                                                 [structure["scale"]]]),
+                                                 [structure["scale"]],
+                                                 [structure.get("diagonal", 0.0)]]),
             f"{name}_maps": np.array([wrapper.energy_a_, wrapper.energy_b_, wrapper.forces_a_,
                                       wrapper.forces_b_, wrapper.energy_other_scale_,
                                       wrapper.forces_other_scale_, wrapper.n_train_]),

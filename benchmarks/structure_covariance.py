@@ -1,0 +1,84 @@
+"""The round on ``LatentDistance(structure_covariance="held-out")`` (``docs/shift.md``,
+"The structure distance's covariance chosen on held-out structures"): today's latent
+distance and latent distance + LLPR beside the candidate, per system, from the files
+``benchmarks/shift.py --only ...`` wrote, and the rule's verdict.
+
+    python benchmarks/structure_covariance.py benchmarks/results/structure_covariance_*.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+PAIRS = {"LatentDistance": "LatentDistance (held-out structure covariance)",
+         "LatentDistance + LLPR": "LatentDistance + LLPR (held-out structure covariance)"}
+NLL_TOLERANCE = 0.001  # nats (the rule's "no worse")
+ENERGY_GOAL = 0.85
+
+
+def summary(rows: list[dict]) -> dict:
+    """Per wrapper: in-distribution energy NLL and coverage, per shift the energy and
+    force coverage, the energy NLL and the mean energy std over the MAE."""
+    out = {}
+    for r in rows:
+        entry = out.setdefault(r["wrapper"], {"shifts": {}})
+        if r["split"].startswith("in dist"):
+            entry.update(energy_nll=r["energy_nll"], energy_cov95=r["energy_cov95"],
+                         force_nll=r["force_nll"])
+        else:
+            entry["shifts"][r["split"]] = {
+                "energy_cov95": r["energy_cov95"], "force_cov95": r["force_cov95"],
+                "energy_nll": r["energy_nll"],
+                "std_over_mae": r["energy_std_per_atom"] / r["energy_mae_per_atom"]}
+    return out
+
+
+def verdict(today: dict, candidate: dict) -> list[str]:
+    """The rule's failures for one system and wrapper (empty: passed)."""
+    failures = []
+    for split, new in candidate["shifts"].items():
+        floor = min(ENERGY_GOAL, today["shifts"][split]["energy_cov95"])
+        if new["energy_cov95"] < floor:
+            failures.append(f"{split}: energy cover {new['energy_cov95']:.3f} < {floor:.3f}")
+    if candidate["energy_nll"] > today["energy_nll"] + NLL_TOLERANCE:
+        failures.append(f"in-dist energy NLL {today['energy_nll']:.3f} → "
+                        f"{candidate['energy_nll']:.3f}")
+    return failures
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+")
+    args = parser.parse_args(argv)
+    print("| system | wrapper | in-dist E NLL | in-dist E cover | worst shift E cover "
+          "| mean shift E std÷MAE | mean shift E NLL | worst shift F cover | rule |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    passed = True
+    for path in sorted(args.files):
+        rows = json.load(open(path))["rows"]
+        system = rows[0]["system"]
+        s = summary(rows)
+        for name, new_name in PAIRS.items():
+            today, new = s[name], s[new_name]
+
+            def worst(entry, key):
+                return min(v[key] for v in entry["shifts"].values())
+
+            def mean(entry, key):
+                return sum(v[key] for v in entry["shifts"].values()) / len(entry["shifts"])
+
+            failures = verdict(today, new)
+            passed &= not failures
+            print(f"| {system} | {name} | {today['energy_nll']:.3f} → {new['energy_nll']:.3f}"
+                  f" | {today['energy_cov95']:.2f} → {new['energy_cov95']:.2f}"
+                  f" | {worst(today, 'energy_cov95'):.3f} → {worst(new, 'energy_cov95'):.3f}"
+                  f" | {mean(today, 'std_over_mae'):.1f} → {mean(new, 'std_over_mae'):.1f}"
+                  f" | {mean(today, 'energy_nll'):.2f} → {mean(new, 'energy_nll'):.2f}"
+                  f" | {worst(today, 'force_cov95'):.3f} → {worst(new, 'force_cov95'):.3f}"
+                  f" | {'; '.join(failures) or 'passes'} |")
+    print(f"\nrule: {'passed on every system given' if passed else 'not passed'}")
+
+
+if __name__ == "__main__":
+    main()
