@@ -218,3 +218,6 @@ def test_held_out_structure_covariance_in_the_wrapper(fitted_members, ethanol, f
                                   wrapper.predict(ethanol[14:]).energy_var)
     with pytest.raises(ValueError, match="structure_covariance"):
         LatentDistance(fitted_members[0], structure_covariance="shrunk")
+    with pytest.raises(ValueError, match="needs energy_distance='structure'"):
+        LatentDistance(fitted_members[0], structure_covariance="held-out",
+                       energy_distance="atoms")

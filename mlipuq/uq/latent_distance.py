@@ -178,6 +178,10 @@ class LatentDistance(UQWrapper):
         if structure_covariance not in _STRUCTURE_COVARIANCES:
             raise ValueError(f"structure_covariance must be one of {_STRUCTURE_COVARIANCES}, "
                              f"got {structure_covariance!r}")
+        if structure_covariance != "ledoit-wolf" and energy_distance != "structure":
+            raise ValueError(f"structure_covariance={structure_covariance!r} is the covariance "
+                             "of the structure distance: it needs energy_distance='structure', "
+                             f"got {energy_distance!r}")
         if energy_distance is None and combine is None:
             raise ValueError("energy_distance=None leaves the energies to the combined "
                              "wrapper's variance: it needs combine=")
