@@ -71,6 +71,16 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
             head.std_cap_ = None  # as before the bound: the raw NIG variance
         return head
 
+    def held_out_term():
+        """The default head with its term's structure covariance chosen on the held-out
+        half of val (``structure_covariance="held-out"``; the head itself unchanged)."""
+        head = evidential().copy()
+        head.structure_covariance = "held-out"
+        head.distance_ = fit_distance_term(head, *val.split([0.5, 0.5], seed=0),
+                                           reference=train, score=head.distance, seed=0,
+                                           batch_size=16, structure_covariance="held-out")
+        return head
+
     def refitted_term(energy_distance="structure"):
         """The default head with its distance term measured to the head's own fitting
         half of val (the default before ``reference=``)."""
@@ -115,6 +125,7 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         "LatentDistance + ShallowEnsemble (committee energies)": lambda: LatentDistance(
             base, combine=heads_alone(), energy_distance=None).fit(train, val),
         "EvidentialHead": evidential,
+        "EvidentialHead (held-out structure covariance)": held_out_term,
         # distances to the head's own fitting half of val (the default before `reference`)
         "EvidentialHead (head-data reference)": refitted_term,
         # and the term's energies as sums of independent atoms (the default before that)

@@ -153,7 +153,8 @@ def add_parsers(subparsers) -> None:
                           "independent atoms (docs/latent.md)")
     fit.add_argument("--structure-covariance", choices=("ledoit-wolf", "held-out"),
                      default=None,
-                     help="latent, --latent both: the covariance the structures' energy "
+                     help="latent, evidential, --latent both: the covariance the "
+                          "structures' energy "
                           "distance is measured in: shrunk (default: ledoit-wolf) or the "
                           "one under which --val's structures are most likely (held-out; "
                           "docs/latent.md)")
@@ -237,9 +238,11 @@ def _check_fit_args(args) -> None:
     if args.energy_distance is not None and args.method != "latent":
         raise ValueError(f"--energy-distance is a latent option, not one of fit {args.method}")
     if args.structure_covariance is not None and not (
-            args.method == "latent" or args.latent == "both"):
-        raise ValueError("--structure-covariance is a latent (or --latent both) option, "
-                         f"not one of fit {args.method}")
+            args.method == "latent" or args.latent == "both"
+            or (args.method == "evidential" and args.score != "none")):
+        raise ValueError("--structure-covariance is a latent, evidential (with its "
+                         f"latent-distance term) or --latent both option, not one of fit "
+                         f"{args.method}" + (" --score none" if args.score == "none" else ""))
     if args.reference is not None and args.method != "evidential":
         raise ValueError(f"--reference is an evidential option, not one of fit {args.method}")
     if args.reference is not None and args.score == "none":
@@ -300,7 +303,9 @@ def _method_wrapper(args, models, train, val, progress: bool, reference=None):
                                distance=None if args.latent else distance).fit(
             train, val, **common, **_trainer_options(args, {}))
     if args.method == "evidential":
-        return EvidentialHead(model, distance=distance).fit(
+        covariance = ({} if args.structure_covariance is None
+                      else {"structure_covariance": args.structure_covariance})
+        return EvidentialHead(model, distance=distance, **covariance).fit(
             train, val, reference=reference, **common, **_trainer_options(args, {}))
     if args.method == "latent":
         options = {} if args.score is None else {"score": args.score}

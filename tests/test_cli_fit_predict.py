@@ -372,6 +372,8 @@ def test_fit_deep_from_several_trained_models(files, tmp_path, capsys):
     (["llpr", "--structure-covariance", "held-out"], "--structure-covariance is a latent"),
     (["llpr", "--latent", "forces", "--structure-covariance", "held-out"],
      "--structure-covariance is a latent"),
+    (["evidential", "--score", "none", "--structure-covariance", "held-out"],
+     "not one of fit evidential --score none"),
     (["evidential", "--score", "none", "--reference", "train.extxyz"],
      "--score none has no such term"),
     (["latent", "--epochs", "3"], "fit latent trains nothing: --epochs"),

@@ -324,6 +324,29 @@ def test_other_distance_scores_save_and_load(score, base_model, data, tmp_path):
     _assert_same_variances(again.predict(data["test"]), head.predict(data["test"]))
 
 
+def test_held_out_structure_covariance_reaches_the_term(base_model, data, tmp_path):
+    """``structure_covariance="held-out"``: the term is the LatentDistance fitted with it on
+    the same data (its chosen diagonal term included); it saves, loads and predicts alike,
+    and needs a distance term."""
+    head = EvidentialHead(base_model, structure_covariance="held-out").fit(
+        data["val"], data["test"][:2], reference=data["train"], epochs=2, batch_size=20,
+        seed=0, progress=False)
+    alone = LatentDistance(base_model, structure_covariance="held-out").fit(
+        data["train"], data["test"][:2])
+    assert head.distance_.structure_covariance == "held-out"
+    for key in ("location", "precision", "scale", "diagonal"):
+        np.testing.assert_array_equal(head.distance_.structure_[key], alone.structure_[key])
+    path = tmp_path / "held_out.pt"
+    head.save(path)
+    again = uq_base.load(path)
+    assert again.structure_covariance == "held-out" and "held-out" in repr(again)
+    _assert_same_variances(again.predict(data["test"]), head.predict(data["test"]))
+    with pytest.raises(ValueError, match="needs distance"):
+        EvidentialHead(base_model, distance=None, structure_covariance="held-out")
+    with pytest.raises(ValueError, match="structure_covariance must be one of"):
+        EvidentialHead(base_model, structure_covariance="oas")
+
+
 def test_distance_term_needs_held_out_data(base_model, data):
     with pytest.raises(ValueError, match="latent-distance term needs val, reference or at "):
         EvidentialHead(base_model).fit(data["train"][:1], epochs=1, progress=False)

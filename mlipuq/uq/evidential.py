@@ -42,7 +42,7 @@ from mlipuq.uq.evidential_head import EvidentialNLL, _NIGHead
 from mlipuq.uq.evidential_shift import (  # noqa: F401  (STD_CAP_FACTOR, soft_cap: public here)
     STD_CAP_FACTOR, cap_variances, distance_variances, fit_distance_term, load_distance_term,
     soft_cap, std_caps)
-from mlipuq.uq.latent_distance import _SCORES
+from mlipuq.uq.latent_distance import _SCORES, STRUCTURE_COVARIANCES
 from mlipuq.uq.nig import aggregate_energy_nig, nig_nll, nig_regularizer, nig_variances
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,12 @@ class EvidentialHead(UQWrapper):
         structures (pass the base model's training set), else to ``train``. Without
         ``val`` the term is fitted on ``train`` (with ``reference``) or a fifth of it
         (without), which the head was trained on too (in-sample for the head): pass ``val``.
+    structure_covariance
+        The covariance the term's structure distance is measured in
+        (:class:`~mlipuq.uq.LatentDistance`'s option): ``"ledoit-wolf"`` (default) or
+        ``"held-out"`` (chosen by the likelihood of the held-out structures; energy
+        stds that grow faster with defects, at a price: ``docs/shift.md``). Needs
+        ``distance``.
 
     Attributes
     ----------
@@ -153,6 +159,7 @@ class EvidentialHead(UQWrapper):
         hidden: Optional[int] = 32,
         energy_evidence: str = "shared",
         distance: Optional[str] = "mahalanobis",
+        structure_covariance: str = "ledoit-wolf",
     ):
         model = _check_model(model)
         if isinstance(reg_weight, bool) or not isinstance(reg_weight, (int, float, np.number)):
@@ -171,9 +178,16 @@ class EvidentialHead(UQWrapper):
             )
         if distance is not None and distance not in _SCORES:
             raise ValueError(f"distance must be None or one of {_SCORES}, got {distance!r}")
+        if structure_covariance not in STRUCTURE_COVARIANCES:
+            raise ValueError(f"structure_covariance must be one of {STRUCTURE_COVARIANCES}, "
+                             f"got {structure_covariance!r}")
+        if structure_covariance != "ledoit-wolf" and distance is None:
+            raise ValueError(f"structure_covariance={structure_covariance!r} is the latent-"
+                             "distance term's: it needs distance (not None)")
         self.model = copy.deepcopy(model)
         self.model.eval()
         self.distance = distance
+        self.structure_covariance = structure_covariance
         self.distance_ = None
         self.reg_weight = float(reg_weight)
         self.train_backbone = bool(train_backbone)
@@ -187,7 +201,9 @@ class EvidentialHead(UQWrapper):
         return (
             f"EvidentialHead({type(self.model).__name__}, reg_weight={self.reg_weight}, "
             f"train_backbone={self.train_backbone}, hidden={self.hidden}, "
-            f"energy_evidence={self.energy_evidence!r}, distance={self.distance!r})"
+            f"energy_evidence={self.energy_evidence!r}, distance={self.distance!r}"
+            + ("" if self.structure_covariance == "ledoit-wolf"
+               else f", structure_covariance={self.structure_covariance!r}") + ")"
         )
 
     # ------------------------------------------------------------ UQWrapper API
@@ -199,6 +215,8 @@ class EvidentialHead(UQWrapper):
             "energy_evidence": self.energy_evidence,
             # absent for the head alone, as in files saved before the term: equal fingerprints
             **({} if self.distance is None else {"distance": self.distance}),
+            **({} if self.structure_covariance == "ledoit-wolf"
+               else {"structure_covariance": self.structure_covariance}),
         }
 
     def _set_models(self, models) -> None:
@@ -314,12 +332,13 @@ class EvidentialHead(UQWrapper):
             warnings.warn("EvidentialHead.fit: the latent-distance term is fitted on reference "
                           "forces; with forces_weight=0 the head's variance is used alone "
                           "(distance=None)", UserWarning, stacklevel=2)
-            self.distance = None
+            self.distance, self.structure_covariance = None, "ledoit-wolf"
         elif self.distance is not None:
             self.distance_ = fit_distance_term(self, train, val, reference=reference,
                                                score=self.distance, seed=seed,
                                                batch_size=trainer["batch_size"],
-                                               progress=progress)
+                                               progress=progress,
+                                               structure_covariance=self.structure_covariance)
         self.fitted_ = True
         return self
 

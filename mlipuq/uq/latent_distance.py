@@ -74,9 +74,10 @@ log = logging.getLogger(__name__)
 
 _SCORES = ("mahalanobis", "knn", "gmm")
 _ENERGY_DISTANCES = ("structure", "atoms", None)
-_STRUCTURE_COVARIANCES = ("ledoit-wolf", "held-out")
+#: The covariances the structure distance can be measured in (``structure_covariance``).
+STRUCTURE_COVARIANCES = ("ledoit-wolf", "held-out")
 
-__all__ = ["LatentDistance", "fit_variance_map", "knn_scores"]
+__all__ = ["LatentDistance", "fit_variance_map", "knn_scores", "STRUCTURE_COVARIANCES"]
 
 
 # ------------------------------------------------------------------- wrapper
@@ -175,8 +176,8 @@ class LatentDistance(UQWrapper):
         if energy_distance not in _ENERGY_DISTANCES:
             raise ValueError(f"energy_distance must be one of {_ENERGY_DISTANCES}, "
                              f"got {energy_distance!r}")
-        if structure_covariance not in _STRUCTURE_COVARIANCES:
-            raise ValueError(f"structure_covariance must be one of {_STRUCTURE_COVARIANCES}, "
+        if structure_covariance not in STRUCTURE_COVARIANCES:
+            raise ValueError(f"structure_covariance must be one of {STRUCTURE_COVARIANCES}, "
                              f"got {structure_covariance!r}")
         if structure_covariance != "ledoit-wolf" and energy_distance != "structure":
             raise ValueError(f"structure_covariance={structure_covariance!r} is the covariance "
