@@ -1,6 +1,6 @@
-"""The round on ``LatentDistance(structure_covariance="held-out")`` (``docs/shift.md``,
-"The structure distance's covariance chosen on held-out structures"): today's latent
-distance and latent distance + LLPR beside the candidate, per system, from the files
+"""The rounds on ``structure_covariance="held-out"`` (``docs/shift.md``, "The structure
+distance's covariance chosen on held-out structures"): today's latent distance, latent
+distance + LLPR and evidential head beside the candidate, per system, from the files
 ``benchmarks/shift.py --only ...`` wrote, and the rule's verdict.
 
     python benchmarks/structure_covariance.py benchmarks/results/structure_covariance_*.json
@@ -12,7 +12,8 @@ import argparse
 import json
 
 PAIRS = {"LatentDistance": "LatentDistance (held-out structure covariance)",
-         "LatentDistance + LLPR": "LatentDistance + LLPR (held-out structure covariance)"}
+         "LatentDistance + LLPR": "LatentDistance + LLPR (held-out structure covariance)",
+         "EvidentialHead": "EvidentialHead (held-out structure covariance)"}
 NLL_TOLERANCE = 0.001  # nats (the rule's "no worse")
 ENERGY_GOAL = 0.85
 
@@ -60,6 +61,8 @@ def main(argv=None) -> None:
         system = rows[0]["system"]
         s = summary(rows)
         for name, new_name in PAIRS.items():
+            if name not in s:  # each file holds the pairs its run fitted
+                continue
             today, new = s[name], s[new_name]
 
             def worst(entry, key):
