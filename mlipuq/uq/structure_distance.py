@@ -24,7 +24,7 @@ coherent
 
 n the number of atoms, fitted by NLL on held-out energies as the per-atom maps are.
 
-``covariance="held-out"`` (:func:`fit_reference` given held-out descriptors)
+``structure_covariance="held-out"`` (:func:`fit_reference` given held-out descriptors)
 replaces the Ledoit–Wolf estimate by the empirical covariance plus a diagonal
 term chosen among :data:`HELD_OUT_DIAGONALS` (decades, in units of the mean
 variance of the training descriptors) by the mean Gaussian log-density of the
