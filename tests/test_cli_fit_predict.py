@@ -273,10 +273,13 @@ def test_fit_evidential_reference(files, tmp_path, capsys):
     out = tmp_path / "referenced.pt"
     assert cli.main(["fit", "evidential", "-m", str(files["model"]), "--train",
                      str(files["val"]), "--val", str(files["test"]), "--reference",
-                     str(files["train"]), "--out", str(out), *QUICK["evidential"]]) == 0, \
-        capsys.readouterr().err
+                     str(files["train"]), "--out", str(out), *QUICK["evidential"],
+                     "--structure-covariance", "held-out"]) == 0, capsys.readouterr().err
     assert "to 10 reference structures" in capsys.readouterr().out
-    assert load_wrapper(out).distance_.n_train_ == 10
+    head = load_wrapper(out)
+    assert head.distance_.n_train_ == 10
+    # --structure-covariance reaches the term: its covariance chosen on --val
+    assert head.structure_covariance == "held-out" and head.distance_.structure_["diagonal"] > 0
 
 
 def test_fit_latent_score_and_without_val(files, tmp_path, capsys):
@@ -304,7 +307,8 @@ def test_fit_latent_term_added_to_another_method(files, tmp_path, capsys):
     """--latent forces: LatentDistance(model, combine=heads, energy_distance=None)
     around the heads alone (the shallow ensemble's own default, spelled out), fitted
     on --val and calibrated; the energies stay the heads' and the heads stay its
-    members. --latent both: a latent energy term too (here with LLPR)."""
+    members. --latent both: a latent energy term too (here with LLPR, its structure
+    covariance chosen on --val)."""
     out = tmp_path / "shallow_latent.pt"
     assert _fit(files, "shallow", out, "--latent", "forces") == 0, capsys.readouterr().err
     text = capsys.readouterr().out
@@ -319,9 +323,11 @@ def test_fit_latent_term_added_to_another_method(files, tmp_path, capsys):
     np.testing.assert_array_equal(pred.energy_var, heads.energy_var)
     assert pred.n_members == wrapper.combine.n_heads
     both = tmp_path / "llpr_latent.pt"
-    assert _fit(files, "llpr", both, "--latent", "both", "--score", "knn") == 0
+    assert _fit(files, "llpr", both, "--latent", "both", "--score", "knn",
+                "--structure-covariance", "held-out") == 0
     loaded = load_wrapper(both)
     assert loaded.energy_distance == "structure" and loaded.score == "knn"
+    assert loaded.structure_covariance == "held-out" and loaded.structure_["diagonal"] > 0
     assert type(loaded.combine).__name__ == "LastLayerLaplace"
     capsys.readouterr()
 
