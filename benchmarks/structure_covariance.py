@@ -4,6 +4,11 @@ distance + LLPR and evidential head beside the candidate, per system, from the f
 ``benchmarks/shift.py --only ...`` wrote, and the rule's verdict.
 
     python benchmarks/structure_covariance.py benchmarks/results/structure_covariance_*.json
+
+``--chosen P ...``: fits ``LatentDistance(model, structure_covariance="held-out")`` on each
+system's base model (``--cache`` as ``benchmarks/shift.py``'s) and prints the diagonal
+term the held-out structures chose, against the mean variance of the training
+descriptors and Ledoit-Wolf's shrinkage, and how many descriptor features are constant.
 """
 
 from __future__ import annotations
@@ -48,10 +53,41 @@ def verdict(today: dict, candidate: dict) -> list[str]:
     return failures
 
 
+def chosen(parts, cache: str) -> None:
+    """The diagonal term each system's held-out structures choose (see the notes)."""
+    import numpy as np
+    import torch
+    from shift import HELD_OUT, PART_SETS, base_models
+    from shift_cache import cache_folder
+    from sklearn.covariance import LedoitWolf
+
+    from mlipuq.uq import LatentDistance, structure_distance
+
+    torch.set_num_threads(1)
+    for part in parts:
+        train, val, _ = {**PART_SETS, **HELD_OUT}[part](False)
+        model = base_models(part, train, val, 80, 1, cache_folder(cache, part, 80))[0]
+        wrapper = LatentDistance(model, structure_covariance="held-out").fit(train, val)
+        d = np.concatenate([structure_distance.descriptors(
+            wrapper._standardise(phi), b.numbers.cpu().numpy(), b.batch.cpu().numpy(),
+            b.n_structures, wrapper.species_) for b, _, phi in wrapper._passes(train, 16, False)])
+        variance = np.var(d, axis=0)
+        unit = float(variance[variance > 0].mean())
+        print(f"{part}: diagonal {wrapper.structure_['diagonal']:.3g} = "
+              f"{wrapper.structure_['diagonal'] / unit:.0e} x the mean variance {unit:.3g}; "
+              f"Ledoit-Wolf shrinkage {LedoitWolf().fit(d).shrinkage_:.3g} (+ 1e-4); "
+              f"{int(np.sum(variance == 0))} of {d.shape[1]} features constant", flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("files", nargs="+")
+    parser.add_argument("files", nargs="*")
+    parser.add_argument("--chosen", nargs="+", default=None, metavar="PART")
+    parser.add_argument("--cache", default=None)
     args = parser.parse_args(argv)
+    if args.chosen:
+        chosen(args.chosen, args.cache)
+        return
     print("| system | wrapper | in-dist E NLL | in-dist E cover | worst shift E cover "
           "| mean shift E std÷MAE | mean shift E NLL | worst shift F cover | rule |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -340,6 +340,7 @@ def test_held_out_structure_covariance_reaches_the_term(base_model, data, tmp_pa
     head.save(path)
     again = uq_base.load(path)
     assert again.structure_covariance == "held-out" and "held-out" in repr(again)
+    assert again.distance_.structure_covariance == "held-out"
     _assert_same_variances(again.predict(data["test"]), head.predict(data["test"]))
     with pytest.raises(ValueError, match="needs distance"):
         EvidentialHead(base_model, distance=None, structure_covariance="held-out")

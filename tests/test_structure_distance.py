@@ -151,9 +151,9 @@ def test_refuses_an_unknown_energy_distance(fitted_members):
 
 
 def test_held_out_covariance_against_scipy():
-    """The chosen diagonal term maximises the held-out mean log-density of the Gaussian at
-    the training mean (scipy's density over the same grid), and the covariance is the
-    empirical one plus it."""
+    """Every candidate's held-out mean log-density is scipy's (the Gaussian at the
+    training mean, empirical covariance + δ I), the chosen δ the best of them and the
+    covariance the empirical one plus it."""
     from scipy.stats import multivariate_normal
 
     rng = np.random.default_rng(1)
@@ -162,16 +162,43 @@ def test_held_out_covariance_against_scipy():
     s = rng.normal(size=50)
     held_out = np.stack([s, s + 0.01 * rng.normal(size=s.size), rng.normal(size=s.size)],
                         axis=1) + 0.05 * rng.normal(size=(50, 3))
-    covariance, delta = sd.held_out_covariance(train, held_out)
     empirical = np.cov(train, rowvar=False, bias=True)
     unit = np.trace(empirical) / 3
-    density = {d: multivariate_normal(train.mean(axis=0), empirical + d * unit * np.eye(3))
-               .logpdf(held_out).mean() for d in sd.HELD_OUT_DIAGONALS}
-    assert delta == pytest.approx(max(density, key=density.get) * unit, rel=1e-12)
+    expected = {d * unit: multivariate_normal(train.mean(axis=0), empirical + d * unit * np.eye(3))
+                .logpdf(held_out).mean() for d in sd.HELD_OUT_DIAGONALS}
+    got = sd.held_out_log_densities(train, held_out)
+    np.testing.assert_allclose(list(got), list(expected), rtol=1e-12)
+    np.testing.assert_allclose(list(got.values()), list(expected.values()), rtol=1e-10)
+    covariance, delta = sd.held_out_covariance(train, held_out)
+    assert delta == max(got, key=got.get)
     np.testing.assert_allclose(covariance, empirical + delta * np.eye(3), rtol=1e-12)
 
 
-def test_held_out_covariance_follows_the_held_out_spread():
+def test_held_out_covariance_ignores_constant_features(caplog):
+    """A descriptor feature constant over the training structures (a dead readout
+    feature) does not pull the choice to the smallest δ: the same δ per unit of the
+    varying features' mean variance as without it; a wrong width or NaN is refused."""
+    rng = np.random.default_rng(3)
+    t = rng.normal(size=(300, 1))
+    train = np.hstack([t, t + 1e-2 * rng.normal(size=t.shape), rng.normal(size=t.shape)])
+    s = rng.normal(size=(80, 1))
+    held_out = np.hstack([s, s + 1e-2 * rng.normal(size=s.shape), rng.normal(size=s.shape)])
+    _, plain = sd.held_out_covariance(train, held_out)
+    dead = np.zeros((300, 1)), np.zeros((80, 1))
+    covariance, with_dead = sd.held_out_covariance(np.hstack([train, dead[0]]),
+                                                   np.hstack([held_out, dead[1]]))
+    assert with_dead == pytest.approx(plain, rel=1e-12) and plain > 1e-8
+    assert covariance[3, 3] == pytest.approx(with_dead)  # the dead feature: δ alone
+    assert "edge of its grid" not in caplog.text
+    with pytest.raises(ValueError, match="held-out descriptors of shape"):
+        sd.held_out_covariance(train, held_out[:, :2])
+    bad = held_out.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="not finite"):
+        sd.held_out_covariance(train, bad)
+
+
+def test_held_out_covariance_follows_the_held_out_spread(caplog):
     """Held-out structures that leave the training cloud's narrow direction by noise of
     variance v get a diagonal term of v's order; ones that keep to it, a small one."""
     rng = np.random.default_rng(2)
@@ -190,6 +217,9 @@ def test_held_out_covariance_follows_the_held_out_spread():
     assert sd.fit_reference(train, held_out)["diagonal"] == wide
     with pytest.raises(ValueError, match="held-out descriptors"):
         sd.held_out_covariance(train, np.zeros((0, 3)))
+    with caplog.at_level("WARNING", logger="mlipuq.uq.latent_distance"):
+        sd.held_out_covariance(train, cloud(100, 0.0)[:, :3] * 0 + train.mean(axis=0))
+    assert "edge of its grid" in caplog.text  # held-out at the training mean: smallest δ
 
 
 def test_held_out_structure_covariance_in_the_wrapper(fitted_members, ethanol, fitted,

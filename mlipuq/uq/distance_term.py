@@ -51,7 +51,8 @@ def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size:
     return term
 
 
-def load_distance_term(model, score: str, state: dict) -> LatentDistance:
+def load_distance_term(model, score: str, state: dict,
+                       structure_covariance: str = "ledoit-wolf") -> LatentDistance:
     """A saved distance term (``LatentDistance._get_state()``) around ``model``.
 
     Without a structure reference it sums independent atoms (terms saved before
@@ -59,7 +60,9 @@ def load_distance_term(model, score: str, state: dict) -> LatentDistance:
     has a_E = b_E = 0 and λ_E = 1, so that its energies are the wrapper's alone
     either way)."""
     mode = "atoms" if state.get("structure_") is None else "structure"
-    term = LatentDistance(model, score=score, energy_distance=mode)
+    term = LatentDistance(model, score=score, energy_distance=mode,
+                          structure_covariance=structure_covariance if mode == "structure"
+                          else "ledoit-wolf")
     term._set_state(state)
     term.fitted_ = True
     return term

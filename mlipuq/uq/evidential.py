@@ -243,8 +243,8 @@ class EvidentialHead(UQWrapper):
         self.std_cap_ = None if cap is None else {k: float(v) for k, v in cap.items()}
         term = state.get("distance")  # absent in files saved before the distance term
         self.distance = None if term is None else self.distance
-        self.distance_ = None if term is None else load_distance_term(self.model, self.distance,
-                                                                      term)
+        self.distance_ = None if term is None else load_distance_term(
+            self.model, self.distance, term, self.structure_covariance)
         head = _NIGHead(int(state["n_features"]), self.hidden,
                         shared=self.energy_evidence == "shared")
         head.load_state_dict(state["head"])

@@ -44,8 +44,8 @@ import numpy as np
 
 log = logging.getLogger("mlipuq.uq.latent_distance")
 
-__all__ = ["descriptors", "fit_reference", "held_out_covariance", "scores", "wrapper_reference",
-           "HELD_OUT_DIAGONALS"]
+__all__ = ["descriptors", "fit_reference", "held_out_covariance", "held_out_log_densities",
+           "scores", "wrapper_reference", "HELD_OUT_DIAGONALS"]
 
 _RIDGE = 1e-4  # on the diagonal of the shrunk covariance (standardised features)
 #: Diagonal terms tried by :func:`held_out_covariance`, in units of the mean variance
@@ -98,34 +98,66 @@ def fit_reference(train_descriptors: np.ndarray,
     return reference
 
 
-def held_out_covariance(train_descriptors: np.ndarray,
-                        held_out_descriptors: np.ndarray) -> tuple[np.ndarray, float]:
-    """The empirical covariance of ``train_descriptors`` (n, D) plus ``δ I``, ``δ``
-    among :data:`HELD_OUT_DIAGONALS` times their mean variance, the one under which
-    the Gaussian at the training mean gives ``held_out_descriptors`` (m, D) the
-    largest mean log-density: ``(covariance, δ)``, float64."""
+def _checked_pair(train_descriptors, held_out_descriptors) -> tuple[np.ndarray, np.ndarray]:
+    d = np.asarray(train_descriptors, dtype=np.float64)
+    h = np.asarray(held_out_descriptors, dtype=np.float64)
+    if d.ndim != 2 or h.ndim != 2 or len(h) == 0 or h.shape[1] != d.shape[1]:
+        raise ValueError(f"held-out descriptors of shape {h.shape} for training descriptors "
+                         f"of shape {d.shape}: need at least one row of as many features")
+    if not (np.isfinite(d).all() and np.isfinite(h).all()):
+        raise ValueError("structure descriptors are not finite: the base model's readout "
+                         "features hold NaN or inf")
+    return d, h
+
+
+def held_out_log_densities(train_descriptors: np.ndarray,
+                           held_out_descriptors: np.ndarray) -> dict[float, float]:
+    """Per candidate diagonal term δ (:data:`HELD_OUT_DIAGONALS` times the mean
+    variance of the training descriptors), the mean log-density of the held-out
+    descriptors under the Gaussian at the training mean with the empirical covariance
+    + δ I, over the features that vary among the training structures (a feature
+    constant there, such as a dead readout feature, would reward ever smaller δ
+    without bound): ``{δ: mean log-density}``, -inf where not positive definite."""
     from scipy.linalg import solve_triangular
 
-    d = np.asarray(train_descriptors, dtype=np.float64)
-    y = np.asarray(held_out_descriptors, dtype=np.float64) - d.mean(axis=0)
-    if y.ndim != 2 or len(y) == 0 or y.shape[1] != d.shape[1]:
-        raise ValueError(f"held-out descriptors of shape {y.shape} for training descriptors "
-                         f"of shape {d.shape}: need at least one row of as many features")
+    d, h = _checked_pair(train_descriptors, held_out_descriptors)
+    live = np.var(d, axis=0) > 0
+    if not live.any():  # identical training structures: nothing to choose (a unit Gaussian)
+        return {1.0: 0.0}
+    d, y = d[:, live], (h - d.mean(axis=0))[:, live]
     empirical = np.atleast_2d(np.cov(d, rowvar=False, bias=True))
-    unit = float(np.trace(empirical)) / len(empirical)
-    unit = unit if unit > 0 else 1.0
-    best = (-np.inf, None, None)
-    for delta in HELD_OUT_DIAGONALS * unit:
-        covariance = empirical + delta * np.eye(len(empirical))
+    unit = float(np.trace(empirical)) / max(len(empirical), 1)
+    densities = {}
+    for delta in HELD_OUT_DIAGONALS * (unit if unit > 0 else 1.0):
         try:
-            chol = np.linalg.cholesky(covariance)
+            chol = np.linalg.cholesky(empirical + delta * np.eye(len(empirical)))
         except np.linalg.LinAlgError:  # not positive definite at this δ: too small
+            densities[float(delta)] = -np.inf
             continue
         z = solve_triangular(chol, y.T, lower=True)
-        log_density = -np.sum(np.log(np.diag(chol))) - 0.5 * float(np.mean(np.sum(z * z, axis=0)))
-        if log_density > best[0]:
-            best = (log_density, covariance, float(delta))
-    return best[1], best[2]
+        densities[float(delta)] = float(-0.5 * len(empirical) * np.log(2 * np.pi)
+                                        - np.sum(np.log(np.diag(chol)))
+                                        - 0.5 * np.mean(np.sum(z * z, axis=0)))
+    return densities
+
+
+def held_out_covariance(train_descriptors: np.ndarray,
+                        held_out_descriptors: np.ndarray) -> tuple[np.ndarray, float]:
+    """The empirical covariance of ``train_descriptors`` (n, D) plus ``δ I``, ``δ`` the
+    candidate of :func:`held_out_log_densities` under which ``held_out_descriptors``
+    (m, D) are most likely: ``(covariance, δ)``, float64 (δ absolute, in the
+    descriptors' units). A choice at the edge of the grid is logged as a warning."""
+    densities = held_out_log_densities(train_descriptors, held_out_descriptors)
+    grid = list(densities)
+    delta = max(grid, key=densities.get)
+    if len(grid) > 1 and delta in (grid[0], grid[-1]):
+        log.warning("LatentDistance: the held-out structures chose the structure covariance's "
+                    "diagonal term at the edge of its grid (%.3g, %s): the distance may be "
+                    "%s", delta, "smallest" if delta == grid[0] else "largest",
+                    "far too sharp" if delta == grid[0] else "hardly growing")
+    d = np.asarray(train_descriptors, dtype=np.float64)
+    empirical = np.atleast_2d(np.cov(d, rowvar=False, bias=True))
+    return empirical + delta * np.eye(len(empirical)), delta
 
 
 def scores(reference: dict, structure_descriptors: np.ndarray) -> np.ndarray:
