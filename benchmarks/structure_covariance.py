@@ -68,9 +68,7 @@ def chosen(parts, cache: str) -> None:
         train, val, _ = {**PART_SETS, **HELD_OUT}[part](False)
         model = base_models(part, train, val, 80, 1, cache_folder(cache, part, 80))[0]
         wrapper = LatentDistance(model, structure_covariance="held-out").fit(train, val)
-        d = np.concatenate([structure_distance.descriptors(
-            wrapper._standardise(phi), b.numbers.cpu().numpy(), b.batch.cpu().numpy(),
-            b.n_structures, wrapper.species_) for b, _, phi in wrapper._passes(train, 16, False)])
+        d = structure_distance.dataset_descriptors(wrapper, train)
         variance = np.var(d, axis=0)
         unit = float(variance[variance > 0].mean())
         print(f"{part}: diagonal {wrapper.structure_['diagonal']:.3g} = "

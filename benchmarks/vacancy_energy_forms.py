@@ -213,24 +213,16 @@ def structure_metric(wrapper: LatentDistance, train, tests: dict) -> dict:
     covariance of the training descriptors + 1e-4 or + 1e-6 on the diagonal."""
     from sklearn.covariance import EmpiricalCovariance, LedoitWolf
 
-    def descriptors(dataset):
-        blocks = [structure_distance.descriptors(
-            wrapper._standardise(phi), batch.numbers.cpu().numpy(), batch.batch.cpu().numpy(),
-            batch.n_structures, wrapper.species_)
-            for batch, _, phi in wrapper._passes(dataset, 16, forces=False)]
-        return np.concatenate(blocks)
-
-    d_train = descriptors(train)
+    d_train = structure_distance.dataset_descriptors(wrapper, train)
     empirical = EmpiricalCovariance().fit(d_train)
     references = {"Ledoit-Wolf + 1e-4 (today)": wrapper.structure_}
     for ridge in (1e-4, 1e-6):
-        precision = np.linalg.inv(empirical.covariance_ + ridge * np.eye(d_train.shape[1]))
-        reference = {"location": empirical.location_, "precision": precision, "scale": 1.0}
-        reference["scale"] = float(np.median(structure_distance.scores(reference, d_train)))
-        references[f"empirical + {ridge:g}"] = reference
+        references[f"empirical + {ridge:g}"] = structure_distance.reference_from(
+            empirical.location_, empirical.covariance_ + ridge * np.eye(d_train.shape[1]),
+            d_train)
     result = {"ledoit_wolf_shrinkage": float(LedoitWolf().fit(d_train).shrinkage_)}
     for split, test in tests.items():
-        d = descriptors(test)
+        d = structure_distance.dataset_descriptors(wrapper, test)
         result[split] = {k: float(np.median(structure_distance.scores(r, d)))
                          for k, r in references.items()}
     first = next(v for v in result.values() if isinstance(v, dict))
@@ -252,18 +244,12 @@ def diagonal_by_energy_nll(wrapper: LatentDistance, train, val) -> dict:
         return float(np.mean(0.5 * (np.log(2 * np.pi * var) + err2 / var)))
 
     result = {"today": val_nll()}
-    blocks = [structure_distance.descriptors(
-        wrapper._standardise(phi), batch.numbers.cpu().numpy(), batch.batch.cpu().numpy(),
-        batch.n_structures, wrapper.species_)
-        for batch, _, phi in wrapper._passes(train, 16, forces=False)]
-    d_train = np.concatenate(blocks)
+    d_train = structure_distance.dataset_descriptors(wrapper, train)
     empirical = np.cov(d_train, rowvar=False, bias=True)
     unit = float(np.trace(empirical)) / len(empirical)
     for delta in 10.0 ** np.arange(-12.0, 1.0, 2.0):
-        precision = np.linalg.inv(empirical + delta * unit * np.eye(len(empirical)))
-        reference = {"location": d_train.mean(axis=0), "precision": precision, "scale": 1.0}
-        reference["scale"] = float(np.median(structure_distance.scores(reference, d_train)))
-        wrapper.structure_ = reference
+        wrapper.structure_ = structure_distance.reference_from(
+            d_train.mean(axis=0), empirical + delta * unit * np.eye(len(empirical)), d_train)
         wrapper._fit_map(val, 16, False)
         result[f"{delta:g}"] = val_nll()
     print("   val energy NLL by diagonal term: " + ", ".join(

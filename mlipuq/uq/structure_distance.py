@@ -44,8 +44,9 @@ import numpy as np
 
 log = logging.getLogger("mlipuq.uq.latent_distance")
 
-__all__ = ["descriptors", "fit_reference", "held_out_covariance", "held_out_log_densities",
-           "scores", "wrapper_reference", "HELD_OUT_DIAGONALS"]
+__all__ = ["dataset_descriptors", "descriptors", "fit_reference", "held_out_covariance",
+           "held_out_log_densities", "reference_from", "scores", "wrapper_reference",
+           "HELD_OUT_DIAGONALS"]
 
 _RIDGE = 1e-4  # on the diagonal of the shrunk covariance (standardised features)
 #: Diagonal terms tried by :func:`held_out_covariance`, in units of the mean variance
@@ -90,10 +91,17 @@ def fit_reference(train_descriptors: np.ndarray,
     else:
         location = d.mean(axis=0)
         covariance, extra["diagonal"] = held_out_covariance(d, held_out_descriptors)
-    precision = np.linalg.inv(covariance)
-    reference = {"location": location, "precision": 0.5 * (precision + precision.T),
-                 "scale": 1.0, **extra}
-    typical = float(np.median(scores(reference, d)))
+    return {**reference_from(location, covariance, d), **extra}
+
+
+def reference_from(location: np.ndarray, covariance: np.ndarray,
+                   train_descriptors: np.ndarray) -> dict:
+    """The reference of a Gaussian ``(location, covariance)``: its precision and the
+    distance scale, the median distance of ``train_descriptors`` (1 where that is 0)."""
+    precision = np.linalg.inv(np.asarray(covariance, dtype=np.float64))
+    reference = {"location": np.asarray(location, dtype=np.float64),
+                 "precision": 0.5 * (precision + precision.T), "scale": 1.0}
+    typical = float(np.median(scores(reference, train_descriptors)))
     reference["scale"] = typical if typical > 0 else 1.0
     return reference
 
@@ -168,13 +176,25 @@ def scores(reference: dict, structure_descriptors: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(d2, 0.0)) / reference["scale"]
 
 
+def dataset_descriptors(wrapper, dataset, batch_size: int = 16,
+                        progress: bool = False) -> np.ndarray:
+    """The descriptors of ``dataset``'s structures under a fitted (or fitting)
+    :class:`~mlipuq.uq.LatentDistance` ``wrapper``: its standardised readout features
+    per element of ``wrapper.species_``, in data order (collective after
+    :func:`mlipuq.distributed.init`, as the wrapper's reference pass)."""
+    from mlipuq.uq import latent_features
+
+    phi, numbers, structure, count = latent_features.reference_features(
+        wrapper, dataset, batch_size, progress)
+    return descriptors(wrapper._standardise(phi), numbers, structure, count, wrapper.species_)
+
+
 def wrapper_reference(wrapper, x, numbers, structure, n_structures: int, rng, held_out,
                       batch_size: int, progress: bool) -> dict:
     """The structure reference of a :class:`~mlipuq.uq.LatentDistance` from its training
     atoms' standardised features ``x`` (at most ``max_points`` structures, drawn with
     ``rng``); with ``held_out`` (``structure_covariance="held-out"``) its covariance
     chosen on those structures' descriptors (collective, as the reference pass)."""
-    from mlipuq.uq import latent_features
     from mlipuq.uq.latent_maps import warn_if_few
 
     def subsample(d):
@@ -187,9 +207,7 @@ def wrapper_reference(wrapper, x, numbers, structure, n_structures: int, rng, he
                 "; the energy stds far from them are less reliable")
     if held_out is None:
         return fit_reference(train)
-    phi, z, index, count = latent_features.reference_features(wrapper, held_out, batch_size,
-                                                              progress)
-    other = subsample(descriptors(wrapper._standardise(phi), z, index, count, wrapper.species_))
+    other = subsample(dataset_descriptors(wrapper, held_out, batch_size, progress))
     reference = fit_reference(train, other)
     log.info("LatentDistance: structure covariance's diagonal term %.3g, chosen on %d "
              "held-out structures", reference.get("diagonal", float("nan")), len(other))
