@@ -58,7 +58,7 @@ def terms(wrapper: LatentDistance, dataset) -> dict:
     """Per structure: energy error (eV), n, U² and the per-atom u² (a list of arrays)."""
     out = {"err": [], "n": [], "U2": [], "u2": []}
     for batch, output, phi in wrapper._passes(dataset, 16, forces=False):
-        x, numbers = wrapper._standardise(phi), batch.numbers.cpu().numpy()
+        x, numbers = wrapper.standardise(phi), batch.numbers.cpu().numpy()
         u2 = wrapper._standardised_scores(x, numbers) ** 2
         structure = batch.batch.cpu().numpy()
         d = structure_distance.descriptors(x, numbers, structure, batch.n_structures,

@@ -69,7 +69,7 @@ def _features(wrapper, dataset):
     """Standardised features, atomic numbers, structure index and atom counts."""
     x, numbers, structure, n, offset = [], [], [], [], 0
     for batch, _, phi in wrapper._passes(dataset, 8, False):
-        x.append(wrapper._standardise(phi))
+        x.append(wrapper.standardise(phi))
         numbers.append(batch.numbers.numpy())
         structure.append(batch.batch.numpy() + offset)
         n.append(batch.n_atoms.numpy())

@@ -322,7 +322,9 @@ class LatentDistance(UQWrapper):
         """Per batch: (batch, model output, float64 NumPy features)."""
         return latent_features.passes(self, dataset, batch_size, forces, progress, desc)
 
-    def _standardise(self, phi: np.ndarray) -> np.ndarray:
+    def standardise(self, phi: np.ndarray) -> np.ndarray:
+        """Raw readout features ``phi`` (N, F) in the units every score is measured in:
+        less the training atoms' mean, over their spread per feature (float64)."""
         return (np.asarray(phi, dtype=np.float64) - self.feature_mean_) / self.feature_scale_
 
     def _raw_scores(self, z: int, x: np.ndarray) -> np.ndarray:
@@ -350,7 +352,7 @@ class LatentDistance(UQWrapper):
         score over the training elements (their distance to the nearest
         training distribution).
         """
-        return self._standardised_scores(self._standardise(phi), numbers)
+        return self._standardised_scores(self.standardise(phi), numbers)
 
     def _standardised_scores(self, x: np.ndarray, numbers: np.ndarray) -> np.ndarray:
         """:meth:`scores` of already standardised features ``x``."""
@@ -431,7 +433,7 @@ class LatentDistance(UQWrapper):
         mean, std = phi.mean(axis=0), phi.std(axis=0)
         self.feature_mean_ = mean
         self.feature_scale_ = np.where(std > 1e-12 * max(float(std.max()), 1e-300), std, 1.0)
-        x = self._standardise(phi)
+        x = self.standardise(phi)
         rng = np.random.default_rng(seed)
         self.species_ = sorted(int(z) for z in np.unique(numbers))
         missing = sorted(set(self.species) - set(self.species_))
@@ -505,7 +507,7 @@ class LatentDistance(UQWrapper):
         per structure, the count and the squared score that the energy map
         ``a_E count + b_E score`` multiplies: ``n²`` and ``n² U²`` (structure
         distance) or ``n`` and ``Σ_i u_i²`` (independent atoms)."""
-        x, numbers = self._standardise(phi), batch.numbers.cpu().numpy()
+        x, numbers = self.standardise(phi), batch.numbers.cpu().numpy()
         u2 = self._standardised_scores(x, numbers) ** 2
         structure = batch.batch.cpu().numpy()
         n = batch.n_atoms.cpu().numpy().astype(np.float64)

@@ -126,15 +126,24 @@ def held_out_log_densities(train_descriptors: np.ndarray,
     + δ I, over the features that vary among the training structures (a feature
     constant there, such as a dead readout feature, would reward ever smaller δ
     without bound): ``{δ: mean log-density}``, -inf where not positive definite."""
+    d, h = _checked_pair(train_descriptors, held_out_descriptors)
+    return _log_densities(_empirical(d), h - d.mean(axis=0), np.var(d, axis=0) > 0)
+
+
+def _empirical(d: np.ndarray) -> np.ndarray:
+    return np.atleast_2d(np.cov(d, rowvar=False, bias=True))
+
+
+def _log_densities(empirical: np.ndarray, y: np.ndarray, live: np.ndarray) -> dict:
+    """:func:`held_out_log_densities` from the training descriptors' empirical
+    covariance (D, D), the held-out descriptors less the training mean (m, D) and the
+    mask of features that vary among the training structures."""
     from scipy.linalg import solve_triangular
 
-    d, h = _checked_pair(train_descriptors, held_out_descriptors)
-    live = np.var(d, axis=0) > 0
     if not live.any():  # identical training structures: nothing to choose (a unit Gaussian)
         return {1.0: 0.0}
-    d, y = d[:, live], (h - d.mean(axis=0))[:, live]
-    empirical = np.atleast_2d(np.cov(d, rowvar=False, bias=True))
-    unit = float(np.trace(empirical)) / max(len(empirical), 1)
+    empirical, y = empirical[np.ix_(live, live)], y[:, live]
+    unit = float(np.trace(empirical)) / len(empirical)
     densities = {}
     for delta in HELD_OUT_DIAGONALS * (unit if unit > 0 else 1.0):
         try:
@@ -155,7 +164,9 @@ def held_out_covariance(train_descriptors: np.ndarray,
     candidate of :func:`held_out_log_densities` under which ``held_out_descriptors``
     (m, D) are most likely: ``(covariance, δ)``, float64 (δ absolute, in the
     descriptors' units). A choice at the edge of the grid is logged as a warning."""
-    densities = held_out_log_densities(train_descriptors, held_out_descriptors)
+    d, h = _checked_pair(train_descriptors, held_out_descriptors)
+    empirical = _empirical(d)
+    densities = _log_densities(empirical, h - d.mean(axis=0), np.var(d, axis=0) > 0)
     grid = list(densities)
     delta = max(grid, key=densities.get)
     if len(grid) > 1 and delta in (grid[0], grid[-1]):
@@ -163,8 +174,6 @@ def held_out_covariance(train_descriptors: np.ndarray,
                     "diagonal term at the edge of its grid (%.3g, %s): the distance may be "
                     "%s", delta, "smallest" if delta == grid[0] else "largest",
                     "far too sharp" if delta == grid[0] else "hardly growing")
-    d = np.asarray(train_descriptors, dtype=np.float64)
-    empirical = np.atleast_2d(np.cov(d, rowvar=False, bias=True))
     return empirical + delta * np.eye(len(empirical)), delta
 
 
@@ -186,7 +195,7 @@ def dataset_descriptors(wrapper, dataset, batch_size: int = 16,
 
     phi, numbers, structure, count = latent_features.reference_features(
         wrapper, dataset, batch_size, progress)
-    return descriptors(wrapper._standardise(phi), numbers, structure, count, wrapper.species_)
+    return descriptors(wrapper.standardise(phi), numbers, structure, count, wrapper.species_)
 
 
 def wrapper_reference(wrapper, x, numbers, structure, n_structures: int, rng, held_out,
