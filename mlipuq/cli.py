@@ -79,6 +79,9 @@ def run_train(args: argparse.Namespace) -> int:
     refuse_existing(args.out, args.overwrite, "--out")
     split_file = args.out + ".split.json"
     refuse_existing(split_file, args.overwrite, "the split file")
+    if not 0 < args.val_fraction < 1:
+        raise ValueError(f"--val-fraction must be between 0 and 1 (exclusive), got "
+                         f"{args.val_fraction}")
     from mlipuq.atoms_dataset import split_indices
     from mlipuq.devices import resolve_device
     from mlipuq.models import MiniMLIP
@@ -90,6 +93,10 @@ def run_train(args: argparse.Namespace) -> int:
     test_set = None if args.test is None else mdata.load(
         args.test, energy_key=args.energy_key, forces_key=args.forces_key)
     parts = split_indices(len(dataset), [1 - args.val_fraction, args.val_fraction], args.seed)
+    if min(len(p) for p in parts) == 0:
+        raise ValueError(f"--val-fraction {args.val_fraction} of the {len(dataset)} structures "
+                         f"of {args.data} leaves {len(parts[0])} for training and "
+                         f"{len(parts[1])} for validation: both need at least one")
     train_set, val_set = (dataset.subset(p) for p in parts)
     model = MiniMLIP(
         dataset.species,
@@ -137,11 +144,13 @@ def _save_model_and_split(model, args, split_file: str, record: dict) -> None:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, except for required options and for flags
-    and options whose default is "not given" (``None``/``False``)."""
+    """Shows each option's default, except for required options, for flags
+    (``--x`` storing True, ``--no-x`` storing False: "default: True" would read as
+    "on") and for options whose default is "not given" (``None``/``False``)."""
 
     def _get_help_string(self, action):
-        if action.required or action.default is None or action.default is False:
+        if (action.required or action.default is None or action.default is False
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
             return action.help
         return super()._get_help_string(action)
 

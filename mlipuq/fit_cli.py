@@ -140,7 +140,8 @@ def add_parsers(subparsers) -> None:
     fit.add_argument("--refit-mean", action="store_true",
                      help="llpr: predict with the Bayesian posterior mean of the readout "
                           "instead of the trained weights (docs/llpr.md)")
-    fit.add_argument("--heads", type=int, default=8, help="shallow: number of heads")
+    fit.add_argument("--heads", type=int, default=None,
+                     help="shallow: number of heads (default 8)")
     fit.add_argument("--score", choices=SCORES + ("none",), default=None,
                      help="latent: the distance of an atom's readout features to its "
                           "element's training atoms (default: mahalanobis; docs/latent.md); "
@@ -226,7 +227,9 @@ def _check_fit_args(args) -> None:
                              f"not {args.calibration}")
         if not args.max_dof > 1:
             raise ValueError(f"--max-dof must be > 1, got {args.max_dof}")
-    if args.method == "shallow" and args.heads < 2:
+    if args.heads is not None and args.method != "shallow":
+        raise ValueError(f"--heads is a shallow option, not one of fit {args.method}")
+    if args.heads is not None and args.heads < 2:
         raise ValueError(f"--heads must be >= 2, got {args.heads}")
     if args.latent is not None and args.method not in ("llpr", "shallow", "deep"):
         raise ValueError(f"--latent adds a latent distance to llpr, shallow or deep, "
@@ -252,11 +255,13 @@ def _check_fit_args(args) -> None:
                                  or args.latent is not None):
         raise ValueError("--score none (no latent-distance term) is an evidential or shallow "
                          "option, without --latent")
-    if args.method == "latent":
-        given = [name for name in ("epochs", "lr", "patience", "max_time", "members")
+    if args.members is not None and args.method != "deep":
+        raise ValueError(f"--members is a deep option, not one of fit {args.method}")
+    if args.method in ("llpr", "latent"):
+        given = [name for name in ("epochs", "lr", "patience", "max_time")
                  if getattr(args, name) is not None]
         if given:
-            raise ValueError("fit latent trains nothing: --" + ", --".join(
+            raise ValueError(f"fit {args.method} trains nothing: --" + ", --".join(
                 name.replace("_", "-") for name in given) + " do not apply")
     if args.refit_mean and args.method != "llpr":
         raise ValueError(f"--refit-mean is an llpr option, not one of fit {args.method}")
@@ -299,7 +304,7 @@ def _method_wrapper(args, models, train, val, progress: bool, reference=None):
             train, val, batch_size=args.batch_size, **common)
     distance = {None: "mahalanobis", "none": None}.get(args.score, args.score)
     if args.method == "shallow":  # with --latent, the combination supplies the term
-        return ShallowEnsemble(model, n_heads=args.heads,
+        return ShallowEnsemble(model, n_heads=8 if args.heads is None else args.heads,
                                distance=None if args.latent else distance).fit(
             train, val, **common, **_trainer_options(args, {}))
     if args.method == "evidential":

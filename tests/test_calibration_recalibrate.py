@@ -162,6 +162,22 @@ def test_get_recalibrator_errors_and_options():
         ScalarRecalibrator().fit([0.0, 1.0], [1.0, 1.0], [0.0, 1.0])  # zero errors
 
 
+def test_a_misspelt_option_is_refused_not_dropped():
+    """A typo in a calibration option raises a ValueError naming it, also with per-target
+    methods (which pass each recalibrator only the options it takes): before, the
+    default calibration dropped ``dof_bound=`` silently and fitted ν as if unset."""
+    default = {"energy": "scalar", "forces": "student_t"}
+    with pytest.raises(ValueError, match="'dof_bound'.*dof_bounds"):
+        PredictionRecalibrator(default, per_species=True, dof_bound=(1.0, 3.0))
+    with pytest.raises(ValueError, match="'covrage'"):
+        get_recalibrator("conformal", covrage=0.5)
+    with pytest.raises(ValueError, match="'per_species'"):
+        PredictionRecalibrator("scalar", per_species=True)  # scalar has one factor
+    kept = PredictionRecalibrator(default, per_species=True, dof_bounds=(1.0, 3.0))
+    assert kept._options_for("energy") == {}  # scalar energies take neither option
+    assert kept._options_for("forces") == {"per_species": True, "dof_bounds": (1.0, 3.0)}
+
+
 # ------------------------------------------------------- ethanol (real DFT)
 def _pair_features(dataset, centers=np.linspace(0.8, 4.0, 9), width=0.4):
     """Energy and force design matrices of a pair potential with Gaussian radial basis.

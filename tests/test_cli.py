@@ -95,6 +95,21 @@ def test_train_refuses_existing_out_before_training(tiny_xyz, tmp_path, capsys):
     assert "epochs in" not in captured.out  # no training happened
 
 
+@pytest.mark.parametrize("fraction, message", [
+    ("1.5", "--val-fraction must be between 0 and 1 (exclusive), got 1.5"),
+    ("0", "--val-fraction must be between 0 and 1 (exclusive), got 0.0"),
+    ("0.999", "leaves 0 for training"),
+])
+def test_train_names_a_bad_val_fraction(tiny_xyz, tmp_path, capsys, fraction, message):
+    out = tmp_path / "model.pt"
+    args = [a for a in SMALL if a not in ("--val-fraction", "0.25")]
+    assert cli.main(["train", str(tiny_xyz), "--out", str(out), *args,
+                     "--val-fraction", fraction]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlipuq: error: ") and message in err
+    assert not out.exists()
+
+
 def test_train_custom_keys_and_atomic_energies(tmp_path, ethanol, capsys):
     frames = []
     for atoms in ethanol[:8]:
@@ -237,12 +252,16 @@ def test_every_option_of_every_subcommand_is_described_with_its_default(monkeypa
             where = f"{' '.join(path)} {'/'.join(action.option_strings) or action.dest}"
             assert action.help and action.help != argparse.SUPPRESS, f"{where}: no help"
         text = " ".join(parser.format_help().split())
+        flags = (argparse._StoreTrueAction, argparse._StoreFalseAction)
         shown = [a for a in parser._actions if a.option_strings and not a.required
                  and a.default not in (None, False, argparse.SUPPRESS)
+                 and not isinstance(a, flags)
                  and "%(default)" not in (a.help or "") and "default" not in (a.help or "")]
         for action in shown:
             assert f"(default: {action.default})" in text, (
                 f"{' '.join(path)} {action.option_strings[0]}: default not shown")
+        # a --no-x flag stores False: "(default: True)" after it would read as "on"
+        assert "(default: True)" not in text, f"{' '.join(path)}: a flag shows its default"
 
 
 def test_help_shows_defaults(capsys):

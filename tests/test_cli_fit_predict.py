@@ -383,6 +383,10 @@ def test_fit_deep_from_several_trained_models(files, tmp_path, capsys):
     (["evidential", "--score", "none", "--reference", "train.extxyz"],
      "--score none has no such term"),
     (["latent", "--epochs", "3"], "fit latent trains nothing: --epochs"),
+    (["llpr", "--epochs", "3", "--max-time", "9"], "fit llpr trains nothing: --epochs, "
+                                                   "--max-time do not apply"),
+    (["llpr", "--heads", "4"], "--heads is a shallow option, not one of fit llpr"),
+    (["evidential", "--members", "3"], "--members is a deep option, not one of fit evidential"),
     (["llpr", "--device", "cuda"], "CUDA is not available"),
 ])
 def test_fit_user_errors(files, tmp_path, capsys, argv, message):

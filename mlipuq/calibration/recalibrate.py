@@ -222,7 +222,18 @@ def get_recalibrator(method: str, **options) -> Recalibrator:
         raise ValueError(
             f"unknown recalibration method {method!r}; choose from {sorted(RECALIBRATORS)}"
         )
+    unknown = sorted(set(options) - _accepted(RECALIBRATORS[method]))
+    if unknown:
+        raise ValueError(f"recalibration method {method!r} takes no option "
+                         f"{', '.join(map(repr, unknown))}; its options: "
+                         f"{sorted(_accepted(RECALIBRATORS[method])) or 'none'}")
     return RECALIBRATORS[method](**options)
+
+
+def _accepted(cls) -> set:
+    """The keyword options a recalibrator class's constructor takes."""
+    return {name for name, p in inspect.signature(cls).parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 #: Options of PredictionRecalibrator itself, not of its two recalibrators.
@@ -301,8 +312,11 @@ class PredictionRecalibrator:
         Passed to both recalibrators' constructors, except options that apply
         only to per-atom targets (the recalibrator's ``per_atom_options``,
         e.g. the conformal ``per_species``), which go to the force
-        recalibrator alone. A recalibrator that ``needs_numbers`` gets
-        ``prediction.numbers`` (atomic numbers) in ``fit`` and ``transform``.
+        recalibrator alone. With one method per target, each recalibrator gets
+        the options its constructor takes; an option that neither takes (a
+        misspelt ``dof_bound=``) raises a ``ValueError`` naming it. A recalibrator
+        that ``needs_numbers`` gets ``prediction.numbers`` (atomic numbers) in
+        ``fit`` and ``transform``.
 
     Attributes
     ----------
@@ -329,6 +343,14 @@ class PredictionRecalibrator:
         self.options = options
         self.extrapolation  # noqa: B018  (validates the powers early)
         self._scales_between("forces")  # validates structure_scaling early
+        methods = {self.method_of(key) for key in ("energy", "forces")}
+        accepted = set(OUTER_OPTIONS).union(*(_accepted(RECALIBRATORS[m]) for m in methods
+                                              if m in RECALIBRATORS))
+        unknown = sorted(set(options) - accepted)
+        if unknown and all(m in RECALIBRATORS for m in methods):  # a misspelt option
+            raise ValueError(f"calibration option {', '.join(map(repr, unknown))} is taken by "
+                             f"neither recalibrator ({' and '.join(sorted(methods))}); "
+                             f"options: {sorted(accepted)}")
         for key in ("energy", "forces"):  # validate early
             get_recalibrator(self.method_of(key), **self._options_for(key))
 
@@ -363,7 +385,7 @@ class PredictionRecalibrator:
         options = {k: v for k, v in self.options.items() if k not in OUTER_OPTIONS
                    and (target == "forces" or k not in cls.per_atom_options)}
         if not isinstance(self.method, str):
-            accepted = inspect.signature(cls).parameters
+            accepted = _accepted(cls)
             options = {k: v for k, v in options.items() if k in accepted}
         return options
 
