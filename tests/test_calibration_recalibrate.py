@@ -295,6 +295,23 @@ def test_prediction_recalibrator_errors(ethanol_committee):
     assert rec.transform(test_pred).forces_var.shape == test_pred.forces_var.shape
 
 
+def test_a_file_holding_a_dropped_option_still_loads(ethanol_committee):
+    """Before misspelt options were refused, per-target methods dropped them, and a
+    wrapper so calibrated saved them with its recalibrator: such a file loads, its
+    predictions those of the same recalibrator without the option."""
+    from mlipuq.uq.state_codec import _decode_recalibrator, _encode_recalibrator
+
+    val_pred, val_ref, test_pred, _ = ethanol_committee
+    method = {"energy": "scalar", "forces": "student_t"}
+    rec = PredictionRecalibrator(method, dof_bounds=(1.0, 3.0)).fit(val_pred, val_ref)
+    payload = _encode_recalibrator(rec)
+    payload["options"]["dof_bound"] = (1.0, 3.0)  # as an older version saved the typo
+    loaded = _decode_recalibrator(payload)
+    assert "dof_bound" not in loaded.options
+    np.testing.assert_array_equal(loaded.transform(test_pred).forces_std,
+                                  rec.transform(test_pred).forces_std)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_fitted_state_is_plain_data(method):
     """Wrappers save a recalibrator as its attribute dict (arrays, numbers; tuples come

@@ -344,8 +344,7 @@ class PredictionRecalibrator:
         self.extrapolation  # noqa: B018  (validates the powers early)
         self._scales_between("forces")  # validates structure_scaling early
         methods = {self.method_of(key) for key in ("energy", "forces")}
-        accepted = set(OUTER_OPTIONS).union(*(_accepted(RECALIBRATORS[m]) for m in methods
-                                              if m in RECALIBRATORS))
+        accepted = self.accepted_options(method)
         unknown = sorted(set(options) - accepted)
         if unknown and all(m in RECALIBRATORS for m in methods):  # a misspelt option
             raise ValueError(f"calibration option {', '.join(map(repr, unknown))} is taken by "
@@ -353,6 +352,15 @@ class PredictionRecalibrator:
                              f"options: {sorted(accepted)}")
         for key in ("energy", "forces"):  # validate early
             get_recalibrator(self.method_of(key), **self._options_for(key))
+
+    @staticmethod
+    def accepted_options(method) -> set:
+        """The options a ``PredictionRecalibrator(method, ...)`` takes: its own and those
+        of its recalibrators (unknown methods contribute none)."""
+        methods = {method} if isinstance(method, str) else (
+            set(method.values()) if isinstance(method, Mapping) else set())
+        return set(OUTER_OPTIONS).union(*(_accepted(RECALIBRATORS[m]) for m in methods
+                                          if m in RECALIBRATORS))
 
     def method_of(self, target: str) -> str:
         """The method of ``target`` (``"energy"`` or ``"forces"``): ``method`` itself,

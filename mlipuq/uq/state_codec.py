@@ -58,8 +58,14 @@ def _decode_recalibrator(payload, path: str = "<memory>"):
     from mlipuq.calibration import recalibrate
 
     try:
+        options = _decode(payload["options"], path)
+        if not isinstance(options, dict):
+            raise ValueError(f"options are {type(options).__name__}, not a mapping")
+        # a file written before misspelt options were refused may hold one that neither
+        # recalibrator takes (dropped then as now): it still loads
+        accepted = recalibrate.PredictionRecalibrator.accepted_options(payload["method"])
         outer = recalibrate.PredictionRecalibrator(
-            payload["method"], **_decode(payload["options"], path)
+            payload["method"], **{k: v for k, v in options.items() if k in accepted}
         )
         parts = payload["parts"]
         outer.set_outer_state(payload)
