@@ -230,7 +230,9 @@ def run_part(part: str, args) -> list[dict]:
         calib = concatenate([val, frontier[: args.frontier]])
         suffix = f" + {args.frontier} frontier ({name})"
     # the deep ensemble needs every member, the other wrappers the first base model
-    n_models = args.members if selected("DeepEnsemble", args.wrappers) else 1
+    deep = selected("DeepEnsemble", args.wrappers) and (
+        args.only is None or any(name.startswith("DeepEnsemble") for name in args.only))
+    n_models = args.members if deep else 1
     cache = cache_folder(args.cache, part, args.epochs, args.quick)
     models = base_models(part, train, val, args.epochs, n_models, cache)
     fitted = fit_wrappers(models, train, val, args.wrappers, cache, args.only)
