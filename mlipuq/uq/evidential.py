@@ -42,7 +42,7 @@ from mlipuq.uq.evidential_head import EvidentialNLL, _NIGHead
 from mlipuq.uq.evidential_shift import (  # noqa: F401  (STD_CAP_FACTOR, soft_cap: public here)
     STD_CAP_FACTOR, cap_variances, distance_variances, fit_distance_term, load_distance_term,
     soft_cap, std_caps)
-from mlipuq.uq.latent_distance import _SCORES, STRUCTURE_COVARIANCES
+from mlipuq.uq.latent_distance import _SCORES, check_structure_covariance
 from mlipuq.uq.nig import aggregate_energy_nig, nig_nll, nig_regularizer, nig_variances
 
 log = logging.getLogger(__name__)
@@ -178,9 +178,7 @@ class EvidentialHead(UQWrapper):
             )
         if distance is not None and distance not in _SCORES:
             raise ValueError(f"distance must be None or one of {_SCORES}, got {distance!r}")
-        if structure_covariance not in STRUCTURE_COVARIANCES:
-            raise ValueError(f"structure_covariance must be one of {STRUCTURE_COVARIANCES}, "
-                             f"got {structure_covariance!r}")
+        check_structure_covariance(structure_covariance)
         if structure_covariance != "ledoit-wolf" and distance is None:
             raise ValueError(f"structure_covariance={structure_covariance!r} is the latent-"
                              "distance term's: it needs distance (not None)")

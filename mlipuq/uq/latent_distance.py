@@ -80,6 +80,13 @@ STRUCTURE_COVARIANCES = ("ledoit-wolf", "held-out")
 __all__ = ["LatentDistance", "fit_variance_map", "knn_scores", "STRUCTURE_COVARIANCES"]
 
 
+def check_structure_covariance(value) -> None:
+    """Refuse a ``structure_covariance`` that is not one of :data:`STRUCTURE_COVARIANCES`."""
+    if value not in STRUCTURE_COVARIANCES:
+        raise ValueError(f"structure_covariance must be one of {STRUCTURE_COVARIANCES}, "
+                         f"got {value!r}")
+
+
 # ------------------------------------------------------------------- wrapper
 @register
 class LatentDistance(UQWrapper):
@@ -176,9 +183,7 @@ class LatentDistance(UQWrapper):
         if energy_distance not in _ENERGY_DISTANCES:
             raise ValueError(f"energy_distance must be one of {_ENERGY_DISTANCES}, "
                              f"got {energy_distance!r}")
-        if structure_covariance not in STRUCTURE_COVARIANCES:
-            raise ValueError(f"structure_covariance must be one of {STRUCTURE_COVARIANCES}, "
-                             f"got {structure_covariance!r}")
+        check_structure_covariance(structure_covariance)
         if structure_covariance != "ledoit-wolf" and energy_distance != "structure":
             raise ValueError(f"structure_covariance={structure_covariance!r} is the covariance "
                              "of the structure distance: it needs energy_distance='structure', "

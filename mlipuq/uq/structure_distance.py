@@ -126,12 +126,15 @@ def held_out_log_densities(train_descriptors: np.ndarray,
     + δ I, over the features that vary among the training structures (a feature
     constant there, such as a dead readout feature, would reward ever smaller δ
     without bound): ``{δ: mean log-density}``, -inf where not positive definite."""
+    return _empirical_and_densities(train_descriptors, held_out_descriptors)[1]
+
+
+def _empirical_and_densities(train_descriptors, held_out_descriptors) -> tuple[np.ndarray, dict]:
+    """The training descriptors' empirical covariance (all features) and
+    :func:`held_out_log_densities`."""
     d, h = _checked_pair(train_descriptors, held_out_descriptors)
-    return _log_densities(_empirical(d), h - d.mean(axis=0), np.var(d, axis=0) > 0)
-
-
-def _empirical(d: np.ndarray) -> np.ndarray:
-    return np.atleast_2d(np.cov(d, rowvar=False, bias=True))
+    empirical = np.atleast_2d(np.cov(d, rowvar=False, bias=True))
+    return empirical, _log_densities(empirical, h - d.mean(axis=0), np.var(d, axis=0) > 0)
 
 
 def _log_densities(empirical: np.ndarray, y: np.ndarray, live: np.ndarray) -> dict:
@@ -164,9 +167,7 @@ def held_out_covariance(train_descriptors: np.ndarray,
     candidate of :func:`held_out_log_densities` under which ``held_out_descriptors``
     (m, D) are most likely: ``(covariance, δ)``, float64 (δ absolute, in the
     descriptors' units). A choice at the edge of the grid is logged as a warning."""
-    d, h = _checked_pair(train_descriptors, held_out_descriptors)
-    empirical = _empirical(d)
-    densities = _log_densities(empirical, h - d.mean(axis=0), np.var(d, axis=0) > 0)
+    empirical, densities = _empirical_and_densities(train_descriptors, held_out_descriptors)
     grid = list(densities)
     delta = max(grid, key=densities.get)
     if len(grid) > 1 and delta in (grid[0], grid[-1]):
