@@ -53,6 +53,16 @@ def verdict(today: dict, candidate: dict) -> list[str]:
     return failures
 
 
+def worst(entry: dict, key: str) -> float:
+    """The smallest ``key`` over a summary entry's shifts."""
+    return min(v[key] for v in entry["shifts"].values())
+
+
+def mean(entry: dict, key: str) -> float:
+    """The mean ``key`` over a summary entry's shifts."""
+    return sum(v[key] for v in entry["shifts"].values()) / len(entry["shifts"])
+
+
 def chosen(parts, cache: str) -> None:
     """The diagonal term each system's held-out structures choose (see the notes)."""
     import numpy as np
@@ -98,13 +108,6 @@ def main(argv=None) -> None:
             if name not in s:  # each file holds the pairs its run fitted
                 continue
             today, new = s[name], s[new_name]
-
-            def worst(entry, key):
-                return min(v[key] for v in entry["shifts"].values())
-
-            def mean(entry, key):
-                return sum(v[key] for v in entry["shifts"].values()) / len(entry["shifts"])
-
             failures = verdict(today, new)
             passed &= not failures
             print(f"| {system} | {name} | {today['energy_nll']:.3f} → {new['energy_nll']:.3f}"
