@@ -407,7 +407,9 @@ class ShallowEnsemble(UQWrapper):
             term's reference; the heads saw them, so pass ``val``). The term
             needs forces: with ``forces_weight=0`` it is left out, with a warning.
         seed
-            Seeds the head initialisation and the trainer: a fit is reproducible.
+            Seeds the head initialisation and the trainer: a fit is reproducible,
+            its heads bitwise with ``MKL_CBWR=AUTO`` in the environment (otherwise MKL's
+            last digits vary from run to run and training amplifies them).
         progress
             Show a progress bar.
         **method_options
