@@ -88,10 +88,11 @@ import os
 import re
 import time
 
-# MKL's float64 kernels (LLPR's fit, the shallow heads' Laplace init) differ run to run
-# in the last digits with memory alignment, and NLL training of the heads amplifies that
-# to ±0.04 of a coverage; MKL's conditional numerical reproducibility (same machine, same
-# threads) makes a rerun reproduce its rows. Set before torch loads MKL.
+# torch's MKL kernels return different last digits from run to run (measured in LLPR's
+# force Gram matrix, 1e-10, which the shallow heads' Laplace init starts from), and the
+# heads' NLL training amplifies that to ±0.04 of a coverage; MKL's conditional numerical
+# reproducibility (same machine, same threads) makes a rerun reproduce its rows (Cu: the
+# heads bitwise, every row to 5e-9). Set before torch loads MKL.
 os.environ.setdefault("MKL_CBWR", "AUTO")
 
 import numpy as np
