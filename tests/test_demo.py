@@ -328,3 +328,33 @@ def test_wrapper_predictions_fill_the_local_energy_column(ethanol, tmp_path):
     np.testing.assert_allclose(
         np.concatenate([f.arrays[schema.ATOM_ENERGY_STD] for f in frames]),
         np.sqrt(pred.atom_energy_var), rtol=1e-6, atol=1e-8)
+
+
+def _rebuilt_with_energy_shift(monkeypatch, shift):
+    """``demo.build_data`` whose first test structure's energy is moved by ``shift`` eV."""
+    real = demo.build_data
+
+    def build(spec):
+        splits = real(spec)
+        atoms = splits[2][0]
+        atoms.calc.results["energy"] = atoms.get_potential_energy() + shift
+        return splits
+
+    monkeypatch.setattr(demo, "build_data", build)
+
+
+def test_system_data_takes_last_digit_differences_for_the_same_data(monkeypatch):
+    # another processor rebuilds the EMT data with other last digits: other SHA-256s,
+    # the same structures (energies within 1e-6 eV): no mismatch
+    _rebuilt_with_energy_shift(monkeypatch, 1e-10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", demo.DataMismatchWarning)
+        _, _, test_set = demo.system_data("cu_emt")
+    assert demo.dataset_fingerprint(test_set) != demo.manifest()["systems"]["cu_emt"][
+        "data"]["fingerprints"]["test"]
+
+
+def test_system_data_warns_when_a_structure_differs(monkeypatch):
+    _rebuilt_with_energy_shift(monkeypatch, 1e-3)
+    with pytest.warns(demo.DataMismatchWarning, match="cu_emt test data"):
+        demo.system_data("cu_emt")
