@@ -10,7 +10,7 @@ gives the same weights. The script writes each model with ``MLIP.save`` and
 (generator arguments, split and a fingerprint of every split), the
 architecture, the training settings and what the run did, and its test-set
 errors (``mlipuq.training.errors``: energies in eV/atom, forces in eV/Å).
-``mlipuq.demo.load_pretrained`` checks the SHA-256; ``tests/test_demo.py``
+``mlipuq.pretrained.load_pretrained`` checks the SHA-256; ``tests/test_demo.py``
 reproduces the recorded test errors.
 """
 
@@ -28,11 +28,12 @@ import numpy as np
 import torch
 
 import mlipuq
-from mlipuq import demo
+from mlipuq import pretrained
 from mlipuq.models import MiniMLIP
 from mlipuq.training import errors, train
 
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(demo.__file__)), *demo.PRETRAINED)
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(pretrained.__file__)),
+                           *pretrained.PRETRAINED)
 
 #: Per system: the data, the architecture, the training settings and the member seeds.
 SYSTEMS = {
@@ -78,12 +79,12 @@ def _write_text(path: str, text: str) -> None:
 def train_system(name: str, spec: dict, out: str, overwrite: bool) -> tuple[dict, dict]:
     """Train every member of one system; returns its manifest entries (system, models)."""
     data = dict(spec["data"])
-    train_set, val_set, test_set = demo.build_data(data)
+    train_set, val_set, test_set = pretrained.build_data(data)
     splits = {"train": train_set, "val": val_set, "test": test_set}
     data["sizes"] = {k: len(v) for k, v in splits.items()}
-    data["fingerprints"] = {k: demo.dataset_fingerprint(v) for k, v in splits.items()}
+    data["fingerprints"] = {k: pretrained.dataset_fingerprint(v) for k, v in splits.items()}
     if data["source"] == "mlipuq.datasets.emt":  # generated here: last digits vary by processor
-        data["energies"] = {k: demo.structure_energies(v) for k, v in splits.items()}
+        data["energies"] = {k: pretrained.structure_energies(v) for k, v in splits.items()}
     print(f"{name}: {len(train_set)} train / {len(val_set)} val / {len(test_set)} test", flush=True)
     models = {}
     for k, seed in enumerate(spec["seeds"]):
@@ -98,7 +99,7 @@ def train_system(name: str, spec: dict, out: str, overwrite: bool) -> tuple[dict
         val = errors(model, val_set)
         models[member] = {
             "file": os.path.basename(path),
-            "sha256": demo._sha256(path),
+            "sha256": pretrained._sha256(path),
             "bytes": os.path.getsize(path),
             "system": name,
             "member": k,
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
-    manifest_path = os.path.join(args.out, demo.MANIFEST)
+    manifest_path = os.path.join(args.out, pretrained.MANIFEST)
     manifest = {"systems": {}, "models": {}}
     if os.path.exists(manifest_path):
         with open(manifest_path, encoding="utf-8") as fh:
@@ -147,8 +148,8 @@ def main(argv=None) -> int:
                               if v["system"] != name}
         manifest["models"].update(models)
     manifest.update({
-        "format": demo.MANIFEST_FORMAT,
-        "version": demo.MANIFEST_VERSION,
+        "format": pretrained.MANIFEST_FORMAT,
+        "version": pretrained.MANIFEST_VERSION,
         "generated_by": "scripts/train_pretrained.py",
         "units": {"energy_mae": "eV/atom", "energy_rmse": "eV/atom",
                   "forces_mae": "eV/Å", "forces_rmse": "eV/Å"},

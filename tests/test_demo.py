@@ -19,7 +19,7 @@ import pytest
 from ase.data import atomic_numbers
 
 import mlipuq
-from mlipuq import cli, demo, schema
+from mlipuq import cli, demo, pretrained, schema
 from mlipuq.calibration import CalibrationReport
 from mlipuq.errors import FileFormatError
 from mlipuq.prediction import read_prediction
@@ -202,7 +202,7 @@ def test_load_pretrained_refuses_a_changed_file(tmp_path, monkeypatch):
     data = bytearray(path.read_bytes())
     data[-100] ^= 0xFF
     path.write_bytes(bytes(data))
-    monkeypatch.setattr(demo, "_folder", lambda: folder)
+    monkeypatch.setattr(pretrained, "_folder", lambda: folder)  # where demo reads it
     with pytest.raises(FileFormatError, match="SHA-256"):
         demo.load_pretrained("cu_emt_0")
     with pytest.raises(ValueError, match="no pretrained model"):
@@ -331,7 +331,8 @@ def test_wrapper_predictions_fill_the_local_energy_column(ethanol, tmp_path):
 
 
 def _rebuilt_with_energy_shift(monkeypatch, shift):
-    """``demo.build_data`` whose first test structure's energy is moved by ``shift`` eV."""
+    """``build_data`` (of :mod:`mlipuq.pretrained`, where ``demo.system_data`` calls it)
+    with the first test structure's energy moved by ``shift`` eV."""
     real = demo.build_data
 
     def build(spec):
@@ -340,7 +341,7 @@ def _rebuilt_with_energy_shift(monkeypatch, shift):
         atoms.calc.results["energy"] = atoms.get_potential_energy() + shift
         return splits
 
-    monkeypatch.setattr(demo, "build_data", build)
+    monkeypatch.setattr(pretrained, "build_data", build)
 
 
 def test_system_data_takes_last_digit_differences_for_the_same_data(monkeypatch):
