@@ -129,8 +129,7 @@ FOUR_SYSTEMS = {"force": {**dict.fromkeys(WRAPPERS, 0.75), "DeepEnsemble (3)": 0
 REFIT = ("LastLayerLaplace (refit mean)", "LastLayerLaplace (refit mean; t energies)",
          "LatentDistance + LLPR (refit mean)", "LatentDistance + LLPR (refit mean; t energies)")
 _SIX = {"force": {**dict.fromkeys(WRAPPERS, 0.75), "DeepEnsemble (3)": 0.5},
-        "energy": {**dict.fromkeys(WRAPPERS, 1.0), "LastLayerLaplace": 0.75,
-                   "ShallowEnsemble": 0.5}}
+        "energy": {**dict.fromkeys(WRAPPERS, 1.0), "LastLayerLaplace": 0.75}}
 SIX_SYSTEMS = {target: {**powers, **{name: powers[name.split(" (")[0]] for name in REFIT}}
                for target, powers in _SIX.items()}
 #: The rounds of the choice: the systems whose rows count, the floors, and the

@@ -184,10 +184,18 @@ def test_update_keeps_the_rows_it_does_not_replace(tmp_path, monkeypatch):
     # rows of the defaults before the choice on six systems stay current where it
     # changed nothing: another wrapper's, or a method that sets the widening itself
     four = {"defaults": shift.DEFAULTS_FOUR}
-    assert shift.current({**four, "wrapper": "ShallowEnsemble", "method": "default"})
     assert shift.current({**four, "wrapper": "EvidentialHead", "method": "scalar"})
     assert not shift.current({**four, "wrapper": "LatentDistance + LLPR", "method": "default"})
     assert not shift.current({**four, "wrapper": "DeepEnsemble (3)", "method": "scalar"})
     assert shift.current({**four, "wrapper": "LastLayerLaplace",
                           "method": "default, widening 1 + 10 frontier (bulk 600 K)"})
     assert not shift.current({"wrapper": "ShallowEnsemble", "method": "default"})
+    # the shallow ensemble's energy widening was raised after both (2026-12-03)
+    six = {"defaults": shift.DEFAULTS_SIX}
+    assert shift.current({**six, "wrapper": "LatentDistance + LLPR", "method": "default"})
+    for earlier in (four, six):
+        assert not shift.current({**earlier, "wrapper": "ShallowEnsemble", "method": "default"})
+        assert not shift.current({**earlier, "wrapper": "ShallowEnsemble (heads alone)",
+                                  "method": "scalar"})
+        assert shift.current({**earlier, "wrapper": "ShallowEnsemble",
+                              "method": "default, widening 1"})
