@@ -62,7 +62,11 @@ Shifts (none of them is in the training or calibration data):
   and 900 K bulk; 1500 K bulk, vacancies at 900 K, surfaces, strained cells
   and CuPd. Rules fixed on 2026-12-02 to check a candidate of the round on
   eight systems (``shift_widening.py --round eight``), which did not
-  qualify: not run, held out from everything so far.
+  qualify; run once on 2026-12-03 with every default as it stood, no choice
+  made on it.
+* **EMT Ni₃Cu** (``--parts nicu``) — 24 Ni and 8 Cu per cell, the same kinds
+  of shifts and NiCu. Rules fixed on 2026-12-03 before Cu₃Pd's run, to
+  replace it: not run, held out for the next choice.
 
 Methods: each wrapper's default ``calibrate(val)`` (which fits how stds scale
 between structures and widens stds beyond the largest of the calibration
@@ -114,7 +118,7 @@ MODEL = {
     "ethanol": dict(cutoff=5.0, width=32, n_interactions=2, n_rbf=16, n_readout_features=32),
     "acac": dict(cutoff=5.0, width=32, n_interactions=2, n_rbf=16, n_readout_features=32),
     "alloy": dict(cutoff=4.5, width=32, n_interactions=2, n_rbf=12, n_readout_features=32),
-    **dict.fromkeys(("agpd", "ptni", "platinum", "nial", "cupd"), dict(
+    **dict.fromkeys(("agpd", "ptni", "platinum", "nial", "cupd", "nicu"), dict(
         cutoff=5.0, width=32, n_interactions=2, n_rbf=12, n_readout_features=32)),
 }
 TRAIN = dict(batch_size=8, lr=2e-3, forces_weight=100.0, patience=1000, lr_patience=12,
@@ -161,7 +165,8 @@ RAISED_SHALLOW = ("ShallowEnsemble",)
 #: The shift whose first structures join the calibration data with --frontier.
 FRONTIER = {"copper": "bulk 600 K", "ethanol": "largest forces", "acac": "largest forces",
             "alloy": "bulk 900 K", "agpd": "bulk 1200 K", "ptni": "bulk 1500 K",
-            "platinum": "bulk 1200 K", "nial": "bulk 1500 K", "cupd": "bulk 1500 K"}
+            "platinum": "bulk 1200 K", "nial": "bulk 1500 K", "cupd": "bulk 1500 K",
+            "nicu": "bulk 1500 K"}
 #: Options per recalibration method: conformal intervals are exact at the 95 % we score.
 METHOD_OPTIONS = {"conformal": {"coverage": 0.95}, "default, no widening": {"extrapolation": 0},
                   "default, no structure scaling": {"structure_scaling": False},

@@ -182,10 +182,22 @@ def cupd_sets(quick: bool) -> tuple[AtomsDataset, AtomsDataset, dict]:
     bulk at 300 and 900 K; shifts: 1500 K bulk, vacancies at 900 K, (111) surfaces
     and strained cells at 300 K, and the equiatomic alloy CuPd at 300 K. Its rules
     fixed on 2026-12-02 before any wrapper saw it, to check the round on eight
-    systems of LLPR's posterior mean (docs/shift.md); that round did not qualify,
-    so it has not been run: held out for the next choice (``HELD_OUT``)."""
+    systems of LLPR's posterior mean (docs/shift.md); that round did not qualify.
+    Run once on 2026-12-03 with every default as it stood (the shallow ensemble's
+    energy power chosen again on six systems included), no choice made on it
+    (``HELD_OUT``)."""
     return held_out_alloy_sets({"Cu": 0.75, "Pd": 0.25}, (300, 900), 1500,
                                ("CuPd", {"Cu": 0.5, "Pd": 0.5}), 81, quick)
+
+
+def nicu_sets(quick: bool) -> tuple[AtomsDataset, AtomsDataset, dict]:
+    """EMT Ni₃Cu (random fcc alloy, 24 Ni and 8 Cu per cell): train and calibrate on
+    bulk at 300 and 900 K; shifts: 1500 K bulk, vacancies at 900 K, (111) surfaces
+    and strained cells at 300 K, and the equiatomic alloy NiCu at 300 K. Its rules
+    fixed on 2026-12-03 before Cu₃Pd's run, to replace it: held out for the next
+    choice of a default, not run (``HELD_OUT``)."""
+    return held_out_alloy_sets({"Ni": 0.75, "Cu": 0.25}, (300, 900), 1500,
+                               ("NiCu", {"Ni": 0.5, "Cu": 0.5}), 91, quick)
 
 
 #: The systems in the order they were added: acac and the alloy after every default
@@ -194,7 +206,8 @@ PART_SETS = {"copper": copper_sets, "ethanol": ethanol_sets, "acac": acac_sets,
              "alloy": alloy_sets}
 #: Systems held out from choices of defaults, run once after them (AgPd: the widening's
 #: powers on ``PART_SETS``; Pt₃Ni: the composition drift; Pt: the powers on six
-#: systems; Ni₃Al: all of them and the deep ensemble's alignment; Cu₃Pd: not run yet,
-#: held out from everything so far); run only with ``--parts``.
+#: systems; Ni₃Al: all of them and the deep ensemble's alignment; Cu₃Pd: every default
+#: as of 2026-12-03; Ni₃Cu: not run, held out for the next choice); run only with
+#: ``--parts``.
 HELD_OUT = {"agpd": agpd_sets, "ptni": ptni_sets, "platinum": platinum_sets,
-            "nial": nial_sets, "cupd": cupd_sets}
+            "nial": nial_sets, "cupd": cupd_sets, "nicu": nicu_sets}
