@@ -27,6 +27,7 @@ final labels (target <= 0.6), and saves the learning curves to ``--out``.
 
 from __future__ import annotations
 
+import reproducible  # noqa: F401  (first: MKL_CBWR=AUTO, reruns reproduce their rows)
 import argparse
 import json
 import time

@@ -12,6 +12,7 @@ trained model, ``--json`` to write the numbers.
 
 from __future__ import annotations
 
+import reproducible  # noqa: F401  (first: MKL_CBWR=AUTO, reruns reproduce their rows)
 import argparse
 import json
 import time

@@ -17,6 +17,7 @@ composition std alone covers at 95 % (``|error| ≤ 1.96 std``).
 
 from __future__ import annotations
 
+import reproducible  # noqa: F401  (first: MKL_CBWR=AUTO, reruns reproduce their rows)
 import argparse
 
 import numpy as np

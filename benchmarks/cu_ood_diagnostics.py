@@ -13,6 +13,7 @@ from "the error did not rise either".
 
 from __future__ import annotations
 
+import reproducible  # noqa: F401  (first: MKL_CBWR=AUTO, reruns reproduce their rows)
 import argparse
 
 import numpy as np

@@ -16,6 +16,7 @@ each, seed 77). Results go to ``benchmarks/results/llpr_prior_scan.json``;
 
 from __future__ import annotations
 
+import reproducible  # noqa: F401  (first: MKL_CBWR=AUTO, reruns reproduce their rows)
 import argparse
 import json
 import os

@@ -15,6 +15,7 @@ the ``llpr-refit`` markers of that file.
 
 from __future__ import annotations
 
+import reproducible  # noqa: F401  (first: MKL_CBWR=AUTO, reruns reproduce their rows)
 import argparse
 import json
 import os

@@ -92,12 +92,7 @@ import os
 import re
 import time
 
-# torch's MKL kernels return different last digits from run to run (measured in LLPR's
-# force Gram matrix, 1e-10, which the shallow heads' Laplace init starts from), and the
-# heads' NLL training amplifies that to ±0.04 of a coverage; MKL's conditional numerical
-# reproducibility (same machine, same threads) makes a rerun reproduce its rows (Cu: the
-# heads bitwise, every row to 5e-9). Set before torch loads MKL.
-os.environ.setdefault("MKL_CBWR", "AUTO")
+import reproducible  # noqa: F401  (first: MKL_CBWR=AUTO, reruns reproduce their rows)
 
 import numpy as np
 import torch

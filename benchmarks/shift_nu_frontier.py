@@ -21,6 +21,7 @@ alone).
 
 from __future__ import annotations
 
+import reproducible  # noqa: F401  (first: MKL_CBWR=AUTO, reruns reproduce their rows)
 import argparse
 import json
 import os

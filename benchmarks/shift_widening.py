@@ -44,6 +44,7 @@ posterior mean as a candidate default on all eight systems (docs/shift.md,
 
 from __future__ import annotations
 
+import reproducible  # noqa: F401  (first: MKL_CBWR=AUTO, reruns reproduce their rows)
 import argparse
 import dataclasses
 import json

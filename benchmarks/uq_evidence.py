@@ -30,6 +30,7 @@ models are trained for fixed epoch budgets (``--cu-epochs``,
 
 from __future__ import annotations
 
+import reproducible  # noqa: F401  (first: MKL_CBWR=AUTO, reruns reproduce their rows)
 import argparse
 import json
 import os

@@ -34,6 +34,7 @@ NLL per diagonal term of that covariance (``distance_share``).
 
 from __future__ import annotations
 
+import reproducible  # noqa: F401  (first: MKL_CBWR=AUTO, reruns reproduce their rows)
 import argparse
 import copy
 import json
