@@ -48,8 +48,6 @@ from mlipuq.pretrained import (  # noqa: F401 (re-exported: demo's names since i
     MANIFEST_VERSION,
     PRETRAINED,
     DataMismatchWarning,
-    _folder,
-    _sha256,
     build_data,
     dataset_fingerprint,
     load_pretrained,

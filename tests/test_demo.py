@@ -192,12 +192,12 @@ def test_packaged_pretrained_files_add_up_to_a_few_hundred_kb():
     assert sum(entry["bytes"] for entry in info["models"].values()) < 600_000
     assert len(info["systems"][demo.DEMO_SYSTEM]["members"]) == 3
     for name, entry in info["models"].items():
-        assert entry["sha256"] == demo._sha256(demo.pretrained_path(name))
+        assert entry["sha256"] == pretrained._sha256(demo.pretrained_path(name))
 
 
 def test_load_pretrained_refuses_a_changed_file(tmp_path, monkeypatch):
     folder = tmp_path / "pretrained"
-    shutil.copytree(demo._folder(), folder)
+    shutil.copytree(pretrained._folder(), folder)
     path = folder / demo.manifest()["models"]["cu_emt_0"]["file"]
     data = bytearray(path.read_bytes())
     data[-100] ^= 0xFF
