@@ -37,7 +37,8 @@ acetylacetone; the Cu₃Au alloy, whose calibration data show no trend to fit,
 set the forces'), then on six (with EMT AgPd and Pt₃Ni, whose surfaces and
 strained cells raised the energies' of LLPR, latent distance and the deep
 ensemble; the shallow ensemble's, 0.5 then, was raised to 1 when the same
-rule was applied to its rows rerun with reproducible heads, 2026-12-03). A stronger power costs sharpness where r is large (Cu at 1500 K).
+rule was applied to its rows rerun with reproducible heads, 2026-12-03).
+A stronger power costs sharpness where r is large (Cu at 1500 K).
 :class:`PredictionRecalibrator` used alone widens by ``DEFAULT_POWER``. The
 widened std saturates below ``BOUND_FACTOR``
 (10) times the largest error plausible for the calibration data (forces: its
