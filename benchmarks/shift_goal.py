@@ -135,12 +135,15 @@ SIX_SYSTEMS = {target: {**powers, **{name: powers[name.split(" (")[0]] for name 
 #: The rounds of the choice: the systems whose rows count, the floors, and the
 #: markers of docs/shift.md its table goes between. Four: the default parts of
 #: shift.py (AgPd held out); six: with AgPd and Pt₃Ni (EMT Pt held out); eight: with
-#: Pt and Ni₃Al, for LLPR at its posterior mean (EMT Cu₃Pd held out).
+#: Pt and Ni₃Al, for LLPR at its posterior mean (EMT Cu₃Pd held out); nine: with Cu₃Pd,
+#: today's defaults the floors (EMT Ni₃Cu held out).
 ROUNDS = {"four": (("copper", "ethanol", "acac", "alloy"), EARLIER, "shift-widening-choice"),
           "six": (("copper", "ethanol", "acac", "alloy", "agpd", "ptni"), FOUR_SYSTEMS,
                   "shift-widening-choice-six"),
           "eight": (("copper", "ethanol", "acac", "alloy", "agpd", "ptni", "platinum", "nial"),
-                    SIX_SYSTEMS, "shift-widening-choice-eight")}
+                    SIX_SYSTEMS, "shift-widening-choice-eight"),
+          "nine": (("copper", "ethanol", "acac", "alloy", "agpd", "ptni", "platinum", "nial",
+                    "cupd"), SIX_SYSTEMS, "shift-widening-choice-nine")}
 
 
 #: Every wrapper name the widening's rounds score: the six and the round on eight's candidates.

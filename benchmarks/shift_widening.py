@@ -158,7 +158,8 @@ def main(argv=None) -> None:
     parser.add_argument("--round", choices=list(ROUNDS), default="six",
                         help="the choice whose table is printed and written: on the four "
                         "default systems (AgPd held out), on six (EMT Pt held out) or on "
-                        "eight (LLPR's posterior mean; EMT Cu3Pd held out)")
+                        "eight (LLPR's posterior mean; EMT Cu3Pd held out) or on nine "
+                        "(with Cu3Pd; EMT Ni3Cu held out)")
     parser.add_argument("--wrappers", nargs="+", default=list(WRAPPERS),
                         choices=list(SCORED), help="the wrappers scored "
                         "(default: the six of shift_goal.WRAPPERS)")
