@@ -157,7 +157,7 @@ def main(argv=None) -> None:
                         "shift-widening-choice markers of this file")
     parser.add_argument("--round", choices=list(ROUNDS), default="six",
                         help="the choice whose table is printed and written: on the four "
-                        "default systems (AgPd held out), on six (EMT Pt held out) or on "
+                        "default systems (AgPd held out), on six (EMT Pt held out), on "
                         "eight (LLPR's posterior mean; EMT Cu3Pd held out) or on nine "
                         "(with Cu3Pd; EMT Ni3Cu held out)")
     parser.add_argument("--wrappers", nargs="+", default=list(WRAPPERS),
