@@ -137,13 +137,12 @@ SIX_SYSTEMS = {target: {**powers, **{name: powers[name.split(" (")[0]] for name 
 #: shift.py (AgPd held out); six: with AgPd and Pt₃Ni (EMT Pt held out); eight: with
 #: Pt and Ni₃Al, for LLPR at its posterior mean (EMT Cu₃Pd held out); nine: with Cu₃Pd,
 #: today's defaults the floors (EMT Ni₃Cu held out).
-ROUNDS = {"four": (("copper", "ethanol", "acac", "alloy"), EARLIER, "shift-widening-choice"),
-          "six": (("copper", "ethanol", "acac", "alloy", "agpd", "ptni"), FOUR_SYSTEMS,
-                  "shift-widening-choice-six"),
-          "eight": (("copper", "ethanol", "acac", "alloy", "agpd", "ptni", "platinum", "nial"),
-                    SIX_SYSTEMS, "shift-widening-choice-eight"),
-          "nine": (("copper", "ethanol", "acac", "alloy", "agpd", "ptni", "platinum", "nial",
-                    "cupd"), SIX_SYSTEMS, "shift-widening-choice-nine")}
+_FOUR = ("copper", "ethanol", "acac", "alloy")
+_EIGHT = _FOUR + ("agpd", "ptni", "platinum", "nial")
+ROUNDS = {"four": (_FOUR, EARLIER, "shift-widening-choice"),
+          "six": (_FOUR + ("agpd", "ptni"), FOUR_SYSTEMS, "shift-widening-choice-six"),
+          "eight": (_EIGHT, SIX_SYSTEMS, "shift-widening-choice-eight"),
+          "nine": (_EIGHT + ("cupd",), SIX_SYSTEMS, "shift-widening-choice-nine")}
 
 
 #: Every wrapper name the widening's rounds score: the six and the round on eight's candidates.
