@@ -225,9 +225,8 @@ def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsy
     assert "forces Student-t ν" in printed
     assert ("energy Student-t ν" in printed) == committee
     # the widening beyond the calibration range, with the wrapper's default powers
-    energy_p = {"llpr": 0.75}.get(method, 1)
     forces_p = 0.5 if method == "deep" else 0.75
-    powers = f"p = {energy_p:g}), "
+    powers = "p = 1), "
     assert "beyond calibration" in printed and powers in printed
     assert f"(RMS force, p = {forces_p:g})" in printed
     wrapper = load_wrapper(out)

@@ -199,3 +199,14 @@ def test_update_keeps_the_rows_it_does_not_replace(tmp_path, monkeypatch):
                                   "method": "scalar"})
         assert shift.current({**earlier, "wrapper": "ShallowEnsemble",
                               "method": "default, widening 1"})
+    # LLPR's energy widening was raised after all three (2026-12-04, nine systems): its
+    # rows (and its refit-mean variants') are stale unless the method sets the widening
+    shallow = {"defaults": shift.DEFAULTS_SHALLOW}
+    assert shift.current({**shallow, "wrapper": "ShallowEnsemble", "method": "default"})
+    assert shift.current({**shallow, "wrapper": "LatentDistance + LLPR", "method": "scalar"})
+    for earlier in (four, six, shallow):
+        assert not shift.current({**earlier, "wrapper": "LastLayerLaplace", "method": "default"})
+        assert not shift.current({**earlier, "wrapper": "LastLayerLaplace (refit mean)",
+                                  "method": "scalar"})
+        assert shift.current({**earlier, "wrapper": "LastLayerLaplace",
+                              "method": "default, no widening"})
