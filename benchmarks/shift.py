@@ -66,7 +66,8 @@ Shifts (none of them is in the training or calibration data):
   made on it.
 * **EMT Ni₃Cu** (``--parts nicu``) — 24 Ni and 8 Cu per cell, the same kinds
   of shifts and NiCu. Rules fixed on 2026-12-03 before Cu₃Pd's run, to
-  replace it: not run, held out for the next choice.
+  replace it; held out from the widening's choice on nine systems and run
+  once after it (2026-12-04, every wrapper, the README's methods).
 
 Methods: each wrapper's default ``calibrate(val)`` (which fits how stds scale
 between structures and widens stds beyond the largest of the calibration

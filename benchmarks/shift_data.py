@@ -194,8 +194,9 @@ def nicu_sets(quick: bool) -> tuple[AtomsDataset, AtomsDataset, dict]:
     """EMT Ni₃Cu (random fcc alloy, 24 Ni and 8 Cu per cell): train and calibrate on
     bulk at 300 and 900 K; shifts: 1500 K bulk, vacancies at 900 K, (111) surfaces
     and strained cells at 300 K, and the equiatomic alloy NiCu at 300 K. Its rules
-    fixed on 2026-12-03 before Cu₃Pd's run, to replace it: held out for the next
-    choice of a default, not run (``HELD_OUT``)."""
+    fixed on 2026-12-03 before Cu₃Pd's run, to replace it: held out from the
+    choice on nine systems, run once after it (2026-12-04) with every wrapper, no
+    choice made on it (``HELD_OUT``)."""
     return held_out_alloy_sets({"Ni": 0.75, "Cu": 0.25}, (300, 900), 1500,
                                ("NiCu", {"Ni": 0.5, "Cu": 0.5}), 91, quick)
 
@@ -207,7 +208,6 @@ PART_SETS = {"copper": copper_sets, "ethanol": ethanol_sets, "acac": acac_sets,
 #: Systems held out from choices of defaults, run once after them (AgPd: the widening's
 #: powers on ``PART_SETS``; Pt₃Ni: the composition drift; Pt: the powers on six
 #: systems; Ni₃Al: all of them and the deep ensemble's alignment; Cu₃Pd: every default
-#: as of 2026-12-03; Ni₃Cu: not run, held out for the next choice); run only with
-#: ``--parts``.
+#: as of 2026-12-03; Ni₃Cu: the powers on nine systems); run only with ``--parts``.
 HELD_OUT = {"agpd": agpd_sets, "ptni": ptni_sets, "platinum": platinum_sets,
             "nial": nial_sets, "cupd": cupd_sets, "nicu": nicu_sets}
