@@ -37,8 +37,8 @@ set the forces'), then on six (with EMT AgPd and Pt₃Ni, whose surfaces and
 strained cells raised the energies' of LLPR, latent distance and the deep
 ensemble; the shallow ensemble's, 0.5 then, was raised to 1 when the same
 rule was applied to its rows rerun with reproducible heads, 2026-12-03),
-then on nine (with EMT Ni₃Al, Pt and Cu₃Pd, whose surfaces raised LLPR's
-from 0.75 to 1, 2026-12-04).
+then on nine (with EMT Pt, Ni₃Al and Cu₃Pd; Cu₃Pd's surfaces raised
+LLPR's from 0.75 to 1, 2026-12-04).
 A stronger power costs sharpness where r is large (Cu at 1500 K).
 :class:`PredictionRecalibrator` used alone widens by ``DEFAULT_POWER``. The
 widened std saturates below ``BOUND_FACTOR``
