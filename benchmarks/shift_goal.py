@@ -122,16 +122,27 @@ EARLIER = {"force": {"DeepEnsemble (3)": 0.0}, "energy": {"DeepEnsemble (3)": 0.
 FOUR_SYSTEMS = {"force": {**dict.fromkeys(WRAPPERS, 0.75), "DeepEnsemble (3)": 0.5},
                 "energy": {**dict.fromkeys(WRAPPERS, 0.5), "DeepEnsemble (3)": 0.25,
                            "EvidentialHead": 1.0}}
-#: The powers chosen on six systems (today's defaults, Pt and Ni₃Al run after them):
-#: the floors of a round on eight. LLPR at its posterior mean (``refit_mean``, the
-#: candidates of that round) starts from LLPR's, with latent distance from latent
-#: distance + LLPR's.
+#: LLPR at its posterior mean (``refit_mean``, the candidates of the round on eight)
+#: starts from LLPR's powers, with latent distance from latent distance + LLPR's.
 REFIT = ("LastLayerLaplace (refit mean)", "LastLayerLaplace (refit mean; t energies)",
          "LatentDistance + LLPR (refit mean)", "LatentDistance + LLPR (refit mean; t energies)")
+
+
+def _with_refit(powers: dict) -> dict:
+    """``powers`` per target, the ``REFIT`` candidates given those they would replace."""
+    return {target: {**named, **{name: named[name.split(" (")[0]] for name in REFIT}}
+            for target, named in powers.items()}
+
+
 _SIX = {"force": {**dict.fromkeys(WRAPPERS, 0.75), "DeepEnsemble (3)": 0.5},
         "energy": {**dict.fromkeys(WRAPPERS, 1.0), "LastLayerLaplace": 0.75}}
-SIX_SYSTEMS = {target: {**powers, **{name: powers[name.split(" (")[0]] for name in REFIT}}
-               for target, powers in _SIX.items()}
+#: The powers chosen on six systems (the defaults from 2026-12-02 to 2026-12-04, Pt and
+#: Ni₃Al run after them): the floors of the rounds on eight and on nine.
+SIX_SYSTEMS = _with_refit(_SIX)
+#: The powers chosen on nine systems (today's defaults, Ni₃Cu run after them): LLPR's
+#: energies raised to 1. The floors of a next round.
+NINE_SYSTEMS = _with_refit({"force": _SIX["force"],
+                            "energy": {**_SIX["energy"], "LastLayerLaplace": 1.0}})
 #: The rounds of the choice: the systems whose rows count, the floors, and the
 #: markers of docs/shift.md its table goes between. Four: the default parts of
 #: shift.py (AgPd held out); six: with AgPd and Pt₃Ni (EMT Pt held out); eight: with

@@ -124,14 +124,18 @@ def test_the_choice_on_six_systems_starts_from_the_powers_chosen_on_four(shift_g
     assert "platinum" not in shift_goal.ROUNDS["six"][0]
 
 
-def test_the_round_on_eight_starts_from_the_wrappers_defaults(shift_goal):
-    """The floors of the round on eight systems are each wrapper's widening powers as
-    the code has them, a candidate's those of the wrapper it would replace; the table
+def test_the_powers_chosen_last_are_the_wrappers_defaults(shift_goal):
+    """The powers the last round chose (the floors of the next) are each wrapper's
+    widening powers as the code has them, a candidate's those of the wrapper it would
+    replace; the earlier floors differ only where that round raised a power; the table
     marks a system a candidate was not scored on instead of failing."""
     from mlipuq.uq import (DeepEnsemble, EvidentialHead, LastLayerLaplace, LatentDistance,
                            ShallowEnsemble)
 
-    floors = shift_goal.SIX_SYSTEMS
+    floors = shift_goal.NINE_SYSTEMS
+    raised = {("energy", name) for name in ("LastLayerLaplace", *shift_goal.REFIT[:2])}
+    assert {(target, name) for target, named in floors.items() for name, p in named.items()
+            if shift_goal.SIX_SYSTEMS[target][name] != p} == raised
     classes = {"LastLayerLaplace": LastLayerLaplace, "LatentDistance": LatentDistance,
                "LatentDistance + LLPR": LatentDistance, "ShallowEnsemble": ShallowEnsemble,
                "EvidentialHead": EvidentialHead, "DeepEnsemble (3)": DeepEnsemble}
