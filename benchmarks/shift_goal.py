@@ -147,8 +147,8 @@ NINE_SYSTEMS = _with_refit({"force": _SIX["force"],
 #: markers of docs/shift.md its table goes between. Four: the default parts of
 #: shift.py (AgPd held out); six: with AgPd and Pt₃Ni (EMT Pt held out); eight: with
 #: Pt and Ni₃Al, for LLPR at its posterior mean (EMT Cu₃Pd held out); nine: with Cu₃Pd,
-#: the defaults of 2026-12-03 the floors (EMT Ni₃Cu held out; it raised LLPR's energies
-#: 0.75 → 1).
+#: the floors SIX_SYSTEMS (EMT Ni₃Cu held out); that round raised LLPR's energies
+#: 0.75 → 1 (NINE_SYSTEMS).
 _FOUR = ("copper", "ethanol", "acac", "alloy")
 _EIGHT = _FOUR + ("agpd", "ptni", "platinum", "nial")
 ROUNDS = {"four": (_FOUR, EARLIER, "shift-widening-choice"),
