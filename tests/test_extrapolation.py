@@ -239,6 +239,9 @@ def test_defaults_agree():
     for cls in (ShallowEnsemble, LastLayerLaplace, LatentDistance, EvidentialHead):
         assert check_power(cls.default_extrapolation) == {"energy": 1.0, "forces": 0.75}
     assert check_power(DeepEnsemble.default_extrapolation) == {"energy": 1.0, "forces": 0.5}
+    # the help of `mlipuq fit --extrapolation` states them (it had gone stale twice)
+    help_ = " ".join(next(a.help for a in fit._actions if a.dest == "extrapolation").split())
+    assert "forces 0.75 (deep 0.5), energies 1;" in help_
 
 
 def test_soft_cap_saturates_without_overflow_in_float32():
