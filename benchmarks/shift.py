@@ -68,6 +68,11 @@ Shifts (none of them is in the training or calibration data):
   of shifts and NiCu. Rules fixed on 2026-12-03 before Cu₃Pd's run, to
   replace it; held out from the widening's choice on nine systems and run
   once after it (2026-12-04, every wrapper, the README's methods).
+* **EMT Au₃Pd** (``--parts aupd``) — 24 Au and 8 Pd per cell, trained on
+  300 K bulk only (as Cu₃Au); 900 K bulk, vacancies, surfaces and strained
+  cells at 300 K, and AuPd. Rules fixed on 2026-12-04 after the fit-to-fit
+  spread was measured (``shift_seeds.py``); held out from every choice, not
+  yet run: to be run once, on three base models.
 
 Methods: each wrapper's default ``calibrate(val)`` (which fits how stds scale
 between structures and widens stds beyond the largest of the calibration
@@ -109,12 +114,14 @@ from shift_scores import bound_ratios, exponents, scores, validation_slope
 from shift_wrappers import NotRecentred, fit_wrappers, selected  # noqa: F401 (re-exported)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+#: The shift table's results (base model 0 of each system).
+TABLE_OUT = os.path.join(HERE, "results", "shift.json")
 MODEL = {
     "copper": dict(cutoff=4.5, width=32, n_interactions=2, n_rbf=12, n_readout_features=32),
     "ethanol": dict(cutoff=5.0, width=32, n_interactions=2, n_rbf=16, n_readout_features=32),
     "acac": dict(cutoff=5.0, width=32, n_interactions=2, n_rbf=16, n_readout_features=32),
     "alloy": dict(cutoff=4.5, width=32, n_interactions=2, n_rbf=12, n_readout_features=32),
-    **dict.fromkeys(("agpd", "ptni", "platinum", "nial", "cupd", "nicu"), dict(
+    **dict.fromkeys(("agpd", "ptni", "platinum", "nial", "cupd", "nicu", "aupd"), dict(
         cutoff=5.0, width=32, n_interactions=2, n_rbf=12, n_readout_features=32)),
 }
 TRAIN = dict(batch_size=8, lr=2e-3, forces_weight=100.0, patience=1000, lr_patience=12,
@@ -167,7 +174,7 @@ RAISED_ON_NINE = ("LastLayerLaplace",)
 FRONTIER = {"copper": "bulk 600 K", "ethanol": "largest forces", "acac": "largest forces",
             "alloy": "bulk 900 K", "agpd": "bulk 1200 K", "ptni": "bulk 1500 K",
             "platinum": "bulk 1200 K", "nial": "bulk 1500 K", "cupd": "bulk 1500 K",
-            "nicu": "bulk 1500 K"}
+            "nicu": "bulk 1500 K", "aupd": "bulk 900 K"}
 #: Options per recalibration method: conformal intervals are exact at the 95 % we score.
 METHOD_OPTIONS = {"conformal": {"coverage": 0.95}, "default, no widening": {"extrapolation": 0},
                   "default, no structure scaling": {"structure_scaling": False},
@@ -245,6 +252,12 @@ def base_models(part: str, train, val, epochs: int, n: int, cache=None) -> list:
             for seed in range(n)]
 
 
+def wants_deep(args) -> bool:
+    """Whether ``--wrappers`` and ``--only`` select the deep ensemble (all its members)."""
+    return selected("DeepEnsemble", args.wrappers) and (
+        args.only is None or any(name.startswith("DeepEnsemble") for name in args.only))
+
+
 def run_part(part: str, args) -> list[dict]:
     print(f"{part}:", flush=True)
     train, val, tests = {**PART_SETS, **HELD_OUT}[part](args.quick)
@@ -258,12 +271,18 @@ def run_part(part: str, args) -> list[dict]:
         calib = concatenate([val, frontier[: args.frontier]])
         suffix = f" + {args.frontier} frontier ({name})"
     # the deep ensemble needs every member, the other wrappers the first base model
-    deep = selected("DeepEnsemble", args.wrappers) and (
-        args.only is None or any(name.startswith("DeepEnsemble") for name in args.only))
-    n_models = args.members if deep else 1
+    deep = wants_deep(args)
+    seed = args.base_seed
+    n_models = max(args.members if deep else 1, seed + 1)
     cache = cache_folder(args.cache, part, args.epochs, args.quick)
     models = base_models(part, train, val, args.epochs, n_models, cache)
-    fitted = fit_wrappers(models, train, val, args.wrappers, cache, args.only)
+    heads = cache
+    if seed:  # the single models on another base model; its heads in their own folder
+        models = [models[seed]]
+        heads = cache and os.path.join(cache, f"seed{seed}")
+        if heads:
+            os.makedirs(heads, exist_ok=True)
+    fitted = fit_wrappers(models, train, val, args.wrappers, heads, args.only)
     if args.fit_only:
         return []
     rows = []
@@ -297,7 +316,8 @@ def run_part(part: str, args) -> list[dict]:
                 # compositions left undetermined is added after calibration (unbounded)
                 full = wrapper._add_composition_variance(pred)
                 row = {"system": part, "wrapper": wrapper_name, "method": method + suffix,
-                       "split": split, "defaults": DEFAULTS, **scores(full, test),
+                       "split": split, "defaults": DEFAULTS, "base_seed": seed,
+                       **scores(full, test),
                        **exponents(wrapper), **slope, **bound_ratios(pred, wrapper.recalibrator_)}
                 rows.append(row)
             shifted = [r for r in rows[-len(tests):] if not r["split"].startswith("in dist")]
@@ -427,25 +447,30 @@ def write_between_markers(path: str, text: str, name: str = "shift") -> None:
 def merged(args, rows: list[dict]) -> tuple[list[dict], dict]:
     """The rows to save and the settings of each run they come from: with ``--update``,
     the rows of the existing ``--out`` that this run does not replace (same system,
-    wrapper, method and split) and their runs' settings are kept (a kept row
+    wrapper, method, split and base model) and their runs' settings are kept (a kept row
     measured with earlier defaults is marked † in the tables: ``DEFAULTS``). A run
     of some wrappers is recorded as "PART (PREFIX, ...)"."""
+    def on_base(part: str) -> str:
+        return part + (f" on base model {args.base_seed}" if args.base_seed else "")
+
     def label(part: str) -> str:
         chosen = (args.wrappers or []) + (args.only or [])
-        return part if not chosen else f"{part} ({', '.join(chosen)})"
+        return on_base(part) if not chosen else f"{on_base(part)} ({', '.join(chosen)})"
 
     runs = {label(part): vars(args) for part in args.parts}
     if not (args.update and os.path.exists(args.out)):
         return rows, runs
     with open(args.out) as fh:
         old = json.load(fh)
-    key = lambda r: (r["system"], r["wrapper"], r["method"], r["split"])  # noqa: E731
+    key = lambda r: (r["system"], r["wrapper"], r["method"], r["split"],  # noqa: E731
+                     r.get("base_seed", 0))
     new = {key(r) for r in rows}
     kept = [r for r in old["rows"] if key(r) not in new]
     old_runs = old.get("runs") or {part: old["args"] for part in old["args"]["parts"]}
 
     # the earlier runs of the parts run now stay recorded while rows of theirs are kept
-    earlier = {(k if k.split(" (")[0] not in args.parts or k.endswith("(earlier)")
+    this = {on_base(part) for part in args.parts}
+    earlier = {(k if k.split(" (")[0] not in this or k.endswith("(earlier)")
                 else f"{k} (earlier)"): a for k, a in old_runs.items()}
     return kept + rows, {**earlier, **runs}
 
@@ -469,7 +494,7 @@ def main(argv=None) -> None:
                         "saved when not (a rerun of other methods then skips the training)")
     parser.add_argument("--fit-only", action="store_true",
                         help="fit (and with --cache save) the models, score nothing")
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "shift.json"))
+    parser.add_argument("--out", default=TABLE_OUT)
     parser.add_argument("--readme", default=None,
                         help="write the rows of the wrappers' default calibration between "
                         "the shift markers of this file")
@@ -484,8 +509,21 @@ def main(argv=None) -> None:
                         help="run only the wrappers of exactly these names")
     parser.add_argument("--update", action="store_true",
                         help="replace in --out only the rows run now (same system, wrapper, "
-                        "method and split), keeping the others and their run settings")
+                        "method, split and base model), keeping the others and their run "
+                        "settings")
+    parser.add_argument("--base-seed", type=int, default=0,
+                        help="fit the single-model wrappers on base model K (seed K of the "
+                        "same recipe; default 0, the table's), their heads cached in "
+                        "CACHE/PART-EPOCHS/seedK; not for the deep ensemble")
     args = parser.parse_args(argv)
+    if args.base_seed < 0:
+        parser.error("--base-seed must be 0 or more")
+    if args.base_seed and wants_deep(args):
+        parser.error("--base-seed is for the single-model wrappers: the deep ensemble's "
+                     "members are base models 0 to --members − 1 (choose --wrappers)")
+    if args.base_seed and os.path.abspath(args.out) == TABLE_OUT:
+        parser.error("--base-seed rows go to their own --out: the shift table's are base "
+                     "model 0's (benchmarks/shift_seeds.py writes results/shift_seeds.json)")
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     if args.fit_only:

@@ -172,7 +172,7 @@ def test_update_keeps_the_rows_it_does_not_replace(tmp_path, monkeypatch):
     old = [row("copper", "default", 1), row("copper", "scalar", 2), row("ethanol", "default", 3)]
     out.write_text(json.dumps({"args": {"parts": ["copper", "ethanol"]}, "rows": old}))
     args = argparse.Namespace(update=True, out=str(out), parts=["copper"], wrappers=None,
-                              only=["W"])
+                              only=["W"], base_seed=0)
     new = {**row("copper", "default", 10), "defaults": shift.DEFAULTS}
     rows, runs = shift.merged(args, [new])
     assert sorted((r["system"], r["method"], r["v"]) for r in rows) == [

@@ -1,0 +1,138 @@
+"""Fit-to-fit spread of the shift goal: the single-model wrappers on several base
+models of the same recipe (docs/shift.md, "Fit-to-fit spread").
+
+    python benchmarks/shift_seeds.py --cache /tmp/fits --threads 2 --parts ethanol acac \\
+        alloy ptni cupd nicu --seeds 0 1 2 --wrappers LastLayerLaplace LatentDistance
+    python benchmarks/shift_seeds.py --from-json benchmarks/results/shift_seeds.json \\
+        --docs docs/shift.md
+
+Each seed K runs ``shift.py --base-seed K --methods default --update`` into one
+results file (the base models are the deep ensemble's members, read from the
+cache when there); seed 0's rows are the table's fits scored again, and are
+compared with ``shift.json``'s. The table gives, per system and wrapper, each
+base model's worst-shift force and energy coverage under the wrappers' default
+calibration, and how many (system, base model) pairs meet each goal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+import shift
+from shift_goal import E_COVER, F_COVER
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "results", "shift_seeds.json")
+
+
+def _worst(rows: list[dict], key: str) -> float:
+    return min(r[key] for r in rows if not r["split"].startswith("in dist"))
+
+
+def _per_seed(rows: list[dict]) -> dict:
+    """(system, wrapper) → {base seed: that fit's rows} of the default calibration."""
+    groups: dict = {}
+    for r in rows:
+        if r["method"] == "default":
+            key = (r["system"], r["wrapper"])
+            groups.setdefault(key, {}).setdefault(r.get("base_seed", 0), []).append(r)
+    return groups
+
+
+def seed_table(rows: list[dict]) -> str:
+    """Per system and wrapper, each base model's worst-shift force and energy coverage
+    (goals 0.90 and 0.85; ✗ where missed) and its mean energy std ÷ MAE under shift;
+    then per wrapper the (system, base model) pairs that meet each goal."""
+    order = [p for p in (*shift.PART_SETS, *shift.HELD_OUT)]
+    groups = _per_seed(rows)
+    lines = ["| system | wrapper | shifts: worst F cover per base model | shifts: worst E cover "
+             "per base model | shifts: mean E std ÷ MAE per base model |", "|---|---|---|---|---|"]
+    met: dict = {}
+    for system, wrapper in sorted(groups, key=lambda k: (order.index(k[0]), k[1])):
+        fits = dict(sorted(groups[system, wrapper].items()))
+        cells = []
+        for key, goal in (("force_cov95", F_COVER), ("energy_cov95", E_COVER)):
+            worst = {s: _worst(r, key) for s, r in fits.items()}
+            cells.append(" / ".join(f"{w:.3f}{'' if w >= goal else ' ✗'}" for w in worst.values()))
+            tally = met.setdefault(wrapper, {}).setdefault(key, [0, 0])
+            tally[0] += sum(w >= goal for w in worst.values())
+            tally[1] += len(worst)
+        sharp = [np.mean([r["energy_std_per_atom"] / r["energy_mae_per_atom"] for r in fit
+                          if not r["split"].startswith("in dist")]) for fit in fits.values()]
+        seeds = ",".join(str(s) for s in fits)
+        lines.append(f"| {system} | {wrapper} (seeds {seeds}) | {cells[0]} | {cells[1]} | "
+                     + " / ".join(f"{x:.1f}" for x in sharp) + " |")
+    lines += ["", "| wrapper | (system, base model) pairs meeting the force goal | "
+              "meeting the energy goal |", "|---|---|---|"]
+    for wrapper, tally in sorted(met.items()):
+        f, e = tally["force_cov95"], tally["energy_cov95"]
+        lines.append(f"| {wrapper} | {f[0]} of {f[1]} | {e[0]} of {e[1]} |")
+    return "\n".join(lines)
+
+
+def against_table(rows: list[dict], table_rows: list[dict]) -> str:
+    """The largest difference of any coverage or std between seed 0's rows here and the
+    shift table's rows of the same system, wrapper and split (default calibration)."""
+    key = lambda r: (r["system"], r["wrapper"], r["split"])  # noqa: E731
+    table = {key(r): r for r in table_rows if r["method"] == "default"}
+    diffs = {}
+    for r in rows:
+        old = table.get(key(r))
+        if r.get("base_seed", 0) == 0 and r["method"] == "default" and old is not None:
+            for field in ("force_cov95", "energy_cov95", "force_std", "energy_std_per_atom"):
+                scale = max(abs(old[field]), 1e-12) if "std" in field else 1.0
+                diffs[field] = max(diffs.get(field, 0.0), abs(r[field] - old[field]) / scale)
+    if not diffs:
+        return "no seed-0 rows to compare with the shift table"
+    return ("seed 0 against shift.json: largest difference "
+            + ", ".join(f"{f} {d:.2g}{' (relative)' if 'std' in f else ''}"
+                        for f, d in diffs.items()))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--parts", nargs="+", default=["ethanol", "acac", "alloy", "ptni",
+                                                       "cupd", "nicu"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--wrappers", nargs="+", default=None,
+                        help="wrapper name prefixes (shift.py's); every single model if not given")
+    parser.add_argument("--only", nargs="+", default=None,
+                        help="exact wrapper names (default: each default wrapper selected)")
+    parser.add_argument("--cache", default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=OUT)
+    parser.add_argument("--from-json", default=None, help="rebuild the table only")
+    parser.add_argument("--table", default=shift.TABLE_OUT,
+                        help="the shift table's results, for seed 0's check")
+    parser.add_argument("--docs", default=None, help="write the table between the "
+                        "shift-seeds markers of this file")
+    args = parser.parse_args(argv)
+    if not args.from_json:
+        only = args.only or [w for w in SINGLE if shift.selected(w, args.wrappers)]
+        for seed in args.seeds:
+            shift.main(["--parts", *args.parts, "--methods", "default", "--threads",
+                        str(args.threads), "--base-seed", str(seed), "--only", *only,
+                        "--out", args.out, "--update",
+                        *(["--cache", args.cache] if args.cache else [])])
+    with open(args.from_json or args.out) as fh:
+        rows = json.load(fh)["rows"]
+    text = seed_table(rows)
+    print(text)
+    if os.path.exists(args.table):
+        with open(args.table) as fh:
+            print(against_table(rows, json.load(fh)["rows"]))
+    if args.docs:
+        shift.write_between_markers(args.docs, text, name="shift-seeds")
+
+
+#: The single-model wrappers with their defaults (the deep ensemble needs all its members).
+SINGLE = ("LastLayerLaplace", "LatentDistance", "LatentDistance + LLPR", "EvidentialHead",
+          "ShallowEnsemble")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The fit-to-fit spread table (``benchmarks/shift_seeds.py``) reports each base model's
+worst shift, marks exactly the misses and counts them; ``shift.py --base-seed`` refuses
+the deep ensemble, whose members are the base models."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "benchmarks")
+
+
+@pytest.fixture(scope="module")
+def benchmarks():
+    before = os.environ.get("MKL_CBWR")
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        import shift
+        import shift_seeds
+    finally:
+        sys.path.remove(BENCHMARKS)
+        if before is None:  # the benchmarks set it for their own runs only
+            os.environ.pop("MKL_CBWR", None)
+    return shift, shift_seeds
+
+
+def _row(seed, split, f_cov, e_cov, e_std=2.0, e_mae=1.0, wrapper="W", method="default"):
+    return {"system": "ethanol", "wrapper": wrapper, "method": method, "split": split,
+            "base_seed": seed, "force_cov95": f_cov, "energy_cov95": e_cov,
+            "energy_std_per_atom": e_std, "energy_mae_per_atom": e_mae}
+
+
+def test_each_base_models_worst_shift_and_the_tally(benchmarks):
+    _, shift_seeds = benchmarks
+    rows = [_row(0, "in distribution", 0.5, 0.5),  # in distribution: not a shift
+            _row(0, "tail A", 0.95, 0.90), _row(0, "tail B", 0.91, 0.86, e_std=4.0),
+            _row(1, "tail A", 0.89, 1.00), _row(1, "tail B", 0.99, 0.84),
+            _row(1, "tail C", 0.93, 0.95, method="scalar")]  # another method: left out
+    lines = shift_seeds.seed_table(rows).splitlines()
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells[1] == "W (seeds 0,1)"
+    assert cells[2] == "0.910 / 0.890 ✗"
+    assert cells[3] == "0.860 / 0.840 ✗"
+    assert cells[4] == "3.0 / 2.0"  # mean over the shifts of std ÷ MAE
+    assert lines[-1] == "| W | 1 of 2 | 1 of 2 |"
+
+
+def test_seed_zero_is_compared_with_the_table(benchmarks):
+    _, shift_seeds = benchmarks
+    table = [{**_row(None, "tail A", 0.95, 0.90), "force_std": 0.1}]
+    rows = [{**_row(0, "tail A", 0.95, 0.88, e_std=2.2), "force_std": 0.1}]
+    text = shift_seeds.against_table(rows, table)
+    assert "energy_cov95 0.02" in text and "energy_std_per_atom 0.1 (relative)" in text
+
+
+def test_base_seed_refuses_the_deep_ensemble(benchmarks, capsys):
+    shift, _ = benchmarks
+    with pytest.raises(SystemExit):
+        shift.main(["--parts", "ethanol", "--base-seed", "1", "--wrappers", "DeepEnsemble"])
+    assert "deep ensemble" in capsys.readouterr().err
+
+
+def test_an_update_keeps_the_rows_of_other_base_models(benchmarks, tmp_path):
+    """Each seed is its own run into one file: a rerun replaces its own base model's rows
+    and keeps the others' (they once replaced each other)."""
+    import argparse
+    import json
+
+    shift, _ = benchmarks
+    out = tmp_path / "seeds.json"
+    old = [_row(0, "tail A", 0.95, 0.90), _row(2, "tail A", 0.80, 0.90)]
+    out.write_text(json.dumps({"args": {}, "rows": old, "runs": {
+        "ethanol (W)": {}, "ethanol on base model 2 (W)": {}}}))
+    args = argparse.Namespace(update=True, out=str(out), parts=["ethanol"], wrappers=None,
+                              only=["W"], base_seed=2)
+    rows, runs = shift.merged(args, [_row(2, "tail A", 0.85, 0.90)])
+    assert sorted((r["base_seed"], r["force_cov95"]) for r in rows) == [(0, 0.95), (2, 0.85)]
+    # base model 0's run stays as it was; base model 2's earlier run is marked so
+    assert sorted(runs) == ["ethanol (W)", "ethanol on base model 2 (W)",
+                            "ethanol on base model 2 (W) (earlier)"]
+
+
+def test_base_seed_rows_stay_out_of_the_shift_table(benchmarks, capsys):
+    shift, _ = benchmarks
+    with pytest.raises(SystemExit):
+        shift.main(["--parts", "ethanol", "--base-seed", "1", "--wrappers", "LastLayerLaplace"])
+    assert "own --out" in capsys.readouterr().err
