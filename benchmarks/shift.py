@@ -71,8 +71,8 @@ Shifts (none of them is in the training or calibration data):
 * **EMT Au₃Pd** (``--parts aupd``) — 24 Au and 8 Pd per cell, trained on
   300 K bulk only (as Cu₃Au); 900 K bulk, vacancies, surfaces and strained
   cells at 300 K, and AuPd. Rules fixed on 2026-12-04 after the fit-to-fit
-  spread was measured (``shift_seeds.py``); held out from every choice, not
-  yet run: to be run once, on three base models.
+  spread was measured (``shift_seeds.py``); held out from every choice, run
+  once on 2026-12-04 on three base models, nothing decided on it.
 
 Methods: each wrapper's default ``calibrate(val)`` (which fits how stds scale
 between structures and widens stds beyond the largest of the calibration
@@ -475,6 +475,15 @@ def merged(args, rows: list[dict]) -> tuple[list[dict], dict]:
     return kept + rows, {**earlier, **runs}
 
 
+def kept_notes(args) -> dict:
+    """The hand-written ``notes`` of the ``--out`` being updated (how its runs went), kept."""
+    if not (args.update and os.path.exists(args.out)):
+        return {}
+    with open(args.out) as fh:
+        old = json.load(fh)
+    return {"notes": old["notes"]} if "notes" in old else {}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", nargs="+", default=list(PART_SETS),
@@ -536,9 +545,10 @@ def main(argv=None) -> None:
     else:
         rows = [row for part in args.parts for row in run_part(part, args)]
         rows, runs = merged(args, rows)
+        notes = kept_notes(args)
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         with open(args.out, "w") as fh:
-            json.dump({"args": vars(args), "runs": runs, "rows": rows}, fh, indent=1)
+            json.dump({"args": vars(args), "runs": runs, "rows": rows, **notes}, fh, indent=1)
     print(table(rows))
     print(dof_table(rows))
     if any(r["method"] == "default, scalar energies" for r in rows):

@@ -207,8 +207,8 @@ def aupd_sets(quick: bool) -> tuple[AtomsDataset, AtomsDataset, dict]:
     structures, where the fit-to-fit spread was widest); shifts: 900 K bulk,
     vacancies, (111) surfaces and strained cells at 300 K, and the equiatomic alloy
     AuPd at 300 K. Its rules fixed on 2026-12-04 after the fit-to-fit spread was
-    measured, before any wrapper saw it: held out from every choice, to be run once
-    on three base models (docs/shift.md, "Fit-to-fit spread") (``HELD_OUT``)."""
+    measured, before any wrapper saw it: held out from every choice, run once on
+    three base models (docs/shift.md, "Held out, then run once") (``HELD_OUT``)."""
     return held_out_alloy_sets({"Au": 0.75, "Pd": 0.25}, (300,), 900,
                                ("AuPd", {"Au": 0.5, "Pd": 0.5}), 101, quick)
 
@@ -221,6 +221,6 @@ PART_SETS = {"copper": copper_sets, "ethanol": ethanol_sets, "acac": acac_sets,
 #: powers on ``PART_SETS``; Pt₃Ni: the composition drift; Pt: the powers on six
 #: systems; Ni₃Al: all of them and the deep ensemble's alignment; Cu₃Pd: every default
 #: as of 2026-12-03; Ni₃Cu: the powers on nine systems; Au₃Pd: everything as of
-#: 2026-12-04, not yet run); run only with ``--parts``.
+#: 2026-12-04, run once the same day); run only with ``--parts``.
 HELD_OUT = {"agpd": agpd_sets, "ptni": ptni_sets, "platinum": platinum_sets,
             "nial": nial_sets, "cupd": cupd_sets, "nicu": nicu_sets, "aupd": aupd_sets}
