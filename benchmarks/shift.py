@@ -444,12 +444,20 @@ def write_between_markers(path: str, text: str, name: str = "shift") -> None:
         fh.write(pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), content))
 
 
-def merged(args, rows: list[dict]) -> tuple[list[dict], dict]:
+def previous_results(args) -> dict:
+    """The existing ``--out`` that ``--update`` adds to (empty: none, or not updating)."""
+    if not (args.update and os.path.exists(args.out)):
+        return {}
+    with open(args.out) as fh:
+        return json.load(fh)
+
+
+def merged(args, rows: list[dict], old: dict | None = None) -> tuple[list[dict], dict]:
     """The rows to save and the settings of each run they come from: with ``--update``,
-    the rows of the existing ``--out`` that this run does not replace (same system,
-    wrapper, method, split and base model) and their runs' settings are kept (a kept row
-    measured with earlier defaults is marked † in the tables: ``DEFAULTS``). A run
-    of some wrappers is recorded as "PART (PREFIX, ...)"."""
+    the rows of the existing ``--out`` (``old``; read when not given) that this run does
+    not replace (same system, wrapper, method, split and base model) and their runs'
+    settings are kept (a kept row measured with earlier defaults is marked † in the
+    tables: ``DEFAULTS``). A run of some wrappers is recorded as "PART (PREFIX, ...)"."""
     def on_base(part: str) -> str:
         return part + (f" on base model {args.base_seed}" if args.base_seed else "")
 
@@ -458,10 +466,9 @@ def merged(args, rows: list[dict]) -> tuple[list[dict], dict]:
         return on_base(part) if not chosen else f"{on_base(part)} ({', '.join(chosen)})"
 
     runs = {label(part): vars(args) for part in args.parts}
-    if not (args.update and os.path.exists(args.out)):
+    old = previous_results(args) if old is None else old
+    if not old:
         return rows, runs
-    with open(args.out) as fh:
-        old = json.load(fh)
     key = lambda r: (r["system"], r["wrapper"], r["method"], r["split"],  # noqa: E731
                      r.get("base_seed", 0))
     new = {key(r) for r in rows}
@@ -475,12 +482,8 @@ def merged(args, rows: list[dict]) -> tuple[list[dict], dict]:
     return kept + rows, {**earlier, **runs}
 
 
-def kept_notes(args) -> dict:
-    """The hand-written ``notes`` of the ``--out`` being updated (how its runs went), kept."""
-    if not (args.update and os.path.exists(args.out)):
-        return {}
-    with open(args.out) as fh:
-        old = json.load(fh)
+def kept_notes(old: dict) -> dict:
+    """The hand-written ``notes`` of the results being updated (how its runs went), kept."""
     return {"notes": old["notes"]} if "notes" in old else {}
 
 
@@ -544,8 +547,9 @@ def main(argv=None) -> None:
         rows = [r for path in args.from_json for r in json.load(open(path))["rows"]]
     else:
         rows = [row for part in args.parts for row in run_part(part, args)]
-        rows, runs = merged(args, rows)
-        notes = kept_notes(args)
+        old = previous_results(args)
+        rows, runs = merged(args, rows, old)
+        notes = kept_notes(old)
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         with open(args.out, "w") as fh:
             json.dump({"args": vars(args), "runs": runs, "rows": rows, **notes}, fh, indent=1)

@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 import shift
-from shift_goal import E_COVER, F_COVER
+from shift_goal import E_COVER, F_COVER, _mark
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results", "shift_seeds.json")
@@ -47,7 +47,7 @@ def seed_table(rows: list[dict]) -> str:
     """Per system and wrapper, each base model's worst-shift force and energy coverage
     (goals 0.90 and 0.85; ✗ where missed) and its mean energy std ÷ MAE under shift;
     then per wrapper the (system, base model) pairs that meet each goal."""
-    order = [p for p in (*shift.PART_SETS, *shift.HELD_OUT)]
+    order = [*shift.PART_SETS, *shift.HELD_OUT]
     groups = _per_seed(rows)
     lines = ["| system | wrapper | shifts: worst F cover per base model | shifts: worst E cover "
              "per base model | shifts: mean E std ÷ MAE per base model |", "|---|---|---|---|---|"]
@@ -57,7 +57,7 @@ def seed_table(rows: list[dict]) -> str:
         cells = []
         for key, goal in (("force_cov95", F_COVER), ("energy_cov95", E_COVER)):
             worst = {s: _worst(r, key) for s, r in fits.items()}
-            cells.append(" / ".join(f"{w:.3f}{'' if w >= goal else ' ✗'}" for w in worst.values()))
+            cells.append(" / ".join(f"{w:.3f}{_mark(w >= goal)}" for w in worst.values()))
             tally = met.setdefault(wrapper, {}).setdefault(key, [0, 0])
             tally[0] += sum(w >= goal for w in worst.values())
             tally[1] += len(worst)

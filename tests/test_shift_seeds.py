@@ -82,10 +82,11 @@ def test_an_update_keeps_the_rows_of_other_base_models(benchmarks, tmp_path):
     assert sorted(runs) == ["ethanol (W)", "ethanol on base model 2 (W)",
                             "ethanol on base model 2 (W) (earlier)"]
     # what was written by hand about the earlier runs survives the update; a new file has none
-    assert shift.kept_notes(args) == {}
+    assert shift.kept_notes(shift.previous_results(args)) == {}
     out.write_text(json.dumps({"args": {}, "rows": old, "notes": "stage 1 rerun"}))
-    assert shift.kept_notes(args) == {"notes": "stage 1 rerun"}
-    assert shift.kept_notes(argparse.Namespace(update=False, out=str(out))) == {}
+    assert shift.kept_notes(shift.previous_results(args)) == {"notes": "stage 1 rerun"}
+    assert shift.kept_notes(shift.previous_results(
+        argparse.Namespace(update=False, out=str(out)))) == {}
 
 
 def test_base_seed_rows_stay_out_of_the_shift_table(benchmarks, capsys):
