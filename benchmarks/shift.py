@@ -107,7 +107,7 @@ import mlipuq
 from mlipuq.data import concatenate
 from mlipuq.models import MiniMLIP
 from mlipuq.uq.base import UQWrapper
-from shift_cache import cache_folder, cached, with_drift  # noqa: F401 (re-exported)
+from shift_cache import cache_folder, cached, with_drift, with_refit  # noqa: F401
 from shift_data import HELD_OUT, PART_SETS
 from shift_goal import goal_table, widening_table
 from shift_scores import bound_ratios, exponents, scores, validation_slope
@@ -124,8 +124,10 @@ MODEL = {
     **dict.fromkeys(("agpd", "ptni", "platinum", "nial", "cupd", "nicu", "aupd"), dict(
         cutoff=5.0, width=32, n_interactions=2, n_rbf=12, n_readout_features=32)),
 }
+#: The tables' recipe: reference energies as fitted before training (``refit_references``
+#: came later; ``--refit-references`` applies it to these same networks).
 TRAIN = dict(batch_size=8, lr=2e-3, forces_weight=100.0, patience=1000, lr_patience=12,
-             progress=False)
+             progress=False, refit_references=False)
 #: "default": ``calibrate(val)`` with the wrapper's own default (every wrapper: a Student-t
 #: for the forces; for the energies a Student-t for committees, a scalar factor for the
 #: single models; "scalar" was the single models' default before), which scales
@@ -239,7 +241,12 @@ def readme_rows(rows: list[dict]) -> list[dict]:
 
 
 # ------------------------------------------------------------------ models
-def base_models(part: str, train, val, epochs: int, n: int, cache=None) -> list:
+def base_models(part: str, train, val, epochs: int, n: int, cache=None,
+                refit: bool = False) -> list:
+    """Base models 0 to n − 1 of the recipe, trained (or read from ``cache``) with their
+    reference energies as fitted before training; ``refit``: then refitted to the
+    trained network, as ``mlipuq.train(..., refit_references=True)`` does (the same
+    networks: the refit changes nothing else, tests/test_reference_refit.py)."""
     def fit(seed):
         model = MiniMLIP(train.species, seed=seed, **MODEL[part])
         t0 = time.perf_counter()
@@ -247,9 +254,10 @@ def base_models(part: str, train, val, epochs: int, n: int, cache=None) -> list:
         print(f"  base model {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
         return model
 
-    return [cached(cache and os.path.join(cache, f"model{seed}.pt"), lambda: fit(seed),
-                   lambda path: with_drift(mlipuq.models.load(path), train))
-            for seed in range(n)]
+    models = [cached(cache and os.path.join(cache, f"model{seed}.pt"), lambda: fit(seed),
+                     lambda path: with_drift(mlipuq.models.load(path), train))
+              for seed in range(n)]
+    return [with_refit(m, train) if refit else m for m in models]
 
 
 def wants_deep(args) -> bool:
@@ -275,11 +283,11 @@ def run_part(part: str, args) -> list[dict]:
     seed = args.base_seed
     n_models = max(args.members if deep else 1, seed + 1)
     cache = cache_folder(args.cache, part, args.epochs, args.quick)
-    models = base_models(part, train, val, args.epochs, n_models, cache)
-    heads = cache
+    models = base_models(part, train, val, args.epochs, n_models, cache, args.refit_references)
+    heads = cache and (os.path.join(cache, "refit") if args.refit_references else cache)
     if seed:  # the single models on another base model; its heads in their own folder
         models = [models[seed]]
-        heads = cache and os.path.join(cache, f"seed{seed}")
+        heads = heads and os.path.join(heads, f"seed{seed}")
         if heads:
             os.makedirs(heads, exist_ok=True)
     fitted = fit_wrappers(models, train, val, args.wrappers, heads, args.only)
@@ -317,6 +325,7 @@ def run_part(part: str, args) -> list[dict]:
                 full = wrapper._add_composition_variance(pred)
                 row = {"system": part, "wrapper": wrapper_name, "method": method + suffix,
                        "split": split, "defaults": DEFAULTS, "base_seed": seed,
+                       **({"refit_references": True} if args.refit_references else {}),
                        **scores(full, test),
                        **exponents(wrapper), **slope, **bound_ratios(pred, wrapper.recalibrator_)}
                 rows.append(row)
@@ -455,7 +464,7 @@ def previous_results(args) -> dict:
 def merged(args, rows: list[dict], old: dict | None = None) -> tuple[list[dict], dict]:
     """The rows to save and the settings of each run they come from: with ``--update``,
     the rows of the existing ``--out`` (``old``; read when not given) that this run does
-    not replace (same system, wrapper, method, split and base model) and their runs'
+    not replace (same system, wrapper, method, split, base model and refit) and their runs'
     settings are kept (a kept row measured with earlier defaults is marked † in the
     tables: ``DEFAULTS``). A run of some wrappers is recorded as "PART (PREFIX, ...)"."""
     def on_base(part: str) -> str:
@@ -470,7 +479,7 @@ def merged(args, rows: list[dict], old: dict | None = None) -> tuple[list[dict],
     if not old:
         return rows, runs
     key = lambda r: (r["system"], r["wrapper"], r["method"], r["split"],  # noqa: E731
-                     r.get("base_seed", 0))
+                     r.get("base_seed", 0), r.get("refit_references", False))
     new = {key(r) for r in rows}
     kept = [r for r in old["rows"] if key(r) not in new]
     old_runs = old.get("runs") or {part: old["args"] for part in old["args"]["parts"]}
@@ -527,12 +536,20 @@ def main(argv=None) -> None:
                         help="fit the single-model wrappers on base model K (seed K of the "
                         "same recipe; default 0, the table's), their heads cached in "
                         "CACHE/PART-EPOCHS/seedK; not for the deep ensemble")
+    parser.add_argument("--refit-references", action="store_true",
+                        help="refit the base models' reference energies to the trained "
+                        "networks (mlipuq.train's refit_references=True; the tables' "
+                        "base models keep them as fitted before training), heads cached in "
+                        "CACHE/PART-EPOCHS/refit")
     args = parser.parse_args(argv)
     if args.base_seed < 0:
         parser.error("--base-seed must be 0 or more")
     if args.base_seed and wants_deep(args):
         parser.error("--base-seed is for the single-model wrappers: the deep ensemble's "
                      "members are base models 0 to --members − 1 (choose --wrappers)")
+    if args.refit_references and os.path.abspath(args.out) == TABLE_OUT:
+        parser.error("--refit-references rows go to their own --out: the shift table's "
+                     "base models keep the reference energies fitted before training")
     if args.base_seed and os.path.abspath(args.out) == TABLE_OUT:
         parser.error("--base-seed rows go to their own --out: the shift table's are base "
                      "model 0's (benchmarks/shift_seeds.py writes results/shift_seeds.json)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from mlipuq.training_setup import measure_missing_drift
+from mlipuq.training_setup import measure_missing_drift, refit_reference_energies
 
 
 def cached(path, make, load):
@@ -32,4 +32,11 @@ def with_drift(model, train):
     """``model`` (a base model, or a wrapper's) as ``mlipuq.train`` leaves it since
     2026-12-02: a fit saved before gets its offset drift measured on ``train``."""
     measure_missing_drift(getattr(model, "base_model", model), train)
+    return model
+
+
+def with_refit(model, train):
+    """A base model with its reference energies refitted to the trained network on
+    ``train`` (what ``mlipuq.train(..., refit_references=True)`` does); idempotent."""
+    refit_reference_energies(model, train)
     return model

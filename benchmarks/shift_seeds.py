@@ -27,6 +27,7 @@ from shift_goal import E_COVER, F_COVER, _mark
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results", "shift_seeds.json")
+REFIT_OUT = os.path.join(HERE, "results", "shift_seeds_refit.json")
 
 
 def _worst(rows: list[dict], key: str) -> float:
@@ -93,6 +94,38 @@ def against_table(rows: list[dict], table_rows: list[dict]) -> str:
                         for f, d in diffs.items()))
 
 
+def refit_table(before: list[dict], after: list[dict]) -> str:
+    """Per wrapper, over the (system, base model) fits in both: how many meet each goal
+    with the base models as trained (``before``) and with their reference energies
+    refitted (``after``), and the medians over fits of the in-distribution energy MAE
+    and std (meV/atom) and of the worst-shift energy coverage."""
+    b, a = _per_seed(before), _per_seed(after)
+    lines = ["| wrapper | fits | force goal met | energy goal met | in-dist E MAE (median) "
+             "| in-dist E std (median) | worst-shift E cover (median) |",
+             "|---|---|---|---|---|---|---|"]
+    for wrapper in sorted({w for _, w in a}):
+        pairs = [(b[k][s], a[k][s]) for k in a if k[1] == wrapper and k in b
+                 for s in a[k] if s in b[k]]
+        if not pairs:
+            continue
+        cells = []
+        for key, goal in (("force_cov95", F_COVER), ("energy_cov95", E_COVER)):
+            met = [sum(_worst(rows, key) >= goal for rows in side) for side in zip(*pairs)]
+            cells.append(f"{met[0]} → {met[1]}")
+        for field in ("energy_mae_per_atom", "energy_std_per_atom"):
+            med = [np.median([1000 * _in_dist(rows)[field] for rows in side])
+                   for side in zip(*pairs)]
+            cells.append(f"{med[0]:.2f} → {med[1]:.2f}")
+        med = [np.median([_worst(rows, "energy_cov95") for rows in side]) for side in zip(*pairs)]
+        cells.append(f"{med[0]:.3f} → {med[1]:.3f}")
+        lines.append(f"| {wrapper} | {len(pairs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _in_dist(rows: list[dict]) -> dict:
+    return next(r for r in rows if r["split"].startswith("in dist"))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", nargs="+", default=["ethanol", "acac", "alloy", "ptni",
@@ -110,23 +143,39 @@ def main(argv=None) -> None:
                         help="the shift table's results, for seed 0's check")
     parser.add_argument("--docs", default=None, help="write the table between the "
                         "shift-seeds markers of this file")
+    parser.add_argument("--before", default=None, help="with --refit-references: the rows "
+                        "of the base models as trained (results/shift_seeds.json) to compare")
+    parser.add_argument("--refit-references", action="store_true",
+                        help="base models with their reference energies refitted after "
+                        "training (shift.py's flag); results to results/shift_seeds_refit.json "
+                        "unless --out says otherwise")
     args = parser.parse_args(argv)
+    if args.refit_references and args.out == OUT:
+        args.out = REFIT_OUT
     if not args.from_json:
         only = args.only or [w for w in SINGLE if shift.selected(w, args.wrappers)]
         for seed in args.seeds:
             shift.main(["--parts", *args.parts, "--methods", "default", "--threads",
                         str(args.threads), "--base-seed", str(seed), "--only", *only,
                         "--out", args.out, "--update",
+                        *(["--refit-references"] if args.refit_references else []),
                         *(["--cache", args.cache] if args.cache else [])])
     with open(args.from_json or args.out) as fh:
         rows = json.load(fh)["rows"]
     text = seed_table(rows)
     print(text)
-    if os.path.exists(args.table):
+    if args.before:
+        with open(args.before) as fh:
+            compared = refit_table(json.load(fh)["rows"], rows)
+        print(compared)
+        if args.docs:
+            shift.write_between_markers(args.docs, compared, name="shift-refit-compare")
+    if not args.refit_references and os.path.exists(args.table):  # (refit: differs by design)
         with open(args.table) as fh:
             print(against_table(rows, json.load(fh)["rows"]))
     if args.docs:
-        shift.write_between_markers(args.docs, text, name="shift-seeds")
+        marker = "shift-seeds-refit" if args.refit_references else "shift-seeds"
+        shift.write_between_markers(args.docs, text, name=marker)
 
 
 #: The single-model wrappers with their defaults (the deep ensemble needs all its members).

@@ -119,6 +119,7 @@ def run_train(args: argparse.Namespace) -> int:
         patience=args.patience,
         max_time=args.max_time,
         progress=mdist.is_main(),
+        refit_references=args.refit_references,
     )
     print(f"{len(history)} epochs in {history.wall_time:.0f} s; validation errors:")
     print(_format_errors(errors(model, val_set)))
@@ -252,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--patience", type=int, default=50,
                     help="stop after this many epochs without validation improvement")
     tr.add_argument("--max-time", type=float, default=None, help="time budget (s)")
+    tr.add_argument("--refit-references", action="store_true",
+                    help="when training ends, refit the species reference energies to the "
+                         "trained model (removes the constant energy offset training leaves; "
+                         "default: off, a warning says when that offset is large)")
     tr.add_argument("--seed", type=int, default=0, help="random seed")
     add_device_option(tr)
     tr.set_defaults(func=run_train)

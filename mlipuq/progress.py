@@ -98,3 +98,23 @@ def batches_with_progress(batches: Iterable[tuple[int, Any]], n_structures: int,
             progress.update(batch.n_structures)
     finally:
         progress.close()
+
+
+def _mev(value: float, unit: str) -> str:
+    """``value`` (eV-based) in meV, three significant digits, with ``unit``."""
+    value = 1e3 * value
+    return f"{value:.3g} {unit}" if abs(value) < 1e3 else f"{value:.0f} {unit}"
+
+
+def training_postfix(row: dict, monitor: float) -> dict:
+    """The training bar's metrics (``mlipuq.train``): the monitored loss, and the
+    rows' MAEs (eV/atom, eV/Å) in meV/atom and meV/Å; the training energy MAE only
+    when there is no ``val``."""
+    shown = {"loss": f"{monitor:.3g}"}
+    energy = "val_energy_mae" if "val_energy_mae" in row else "train_energy_mae"
+    labels = {energy: ("E MAE", "meV/atom"), "val_forces_mae": ("F MAE", "meV/Å"),
+              "train_forces_mae": ("F MAE", "meV/Å")}
+    for key, (label, unit) in labels.items():
+        if key in row:
+            shown[f"{key.split('_')[0]} {label}"] = _mev(row[key], unit)
+    return shown

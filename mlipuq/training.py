@@ -41,6 +41,7 @@ from mlipuq import distributed as mdist
 from mlipuq.models.base import MLIP
 from mlipuq.params import non_negative, positive
 from mlipuq.progress import bar as progress_bar
+from mlipuq.progress import training_postfix as _postfix
 from mlipuq.training_budget import TimeBudgetWarning as TimeBudgetWarning  # re-exported
 from mlipuq.training_budget import _budget_message, _EpochProgress, _train_epoch
 from mlipuq.training_parallel import (
@@ -54,11 +55,15 @@ from mlipuq.training_parallel import _shard_schedule as _shard_schedule  # re-ex
 from mlipuq.training_parallel import reduce_terms as reduce_terms  # re-exported
 from mlipuq.training_errors import error_statistics, errors  # noqa: F401  (re-exported)
 from mlipuq.training_setup import (  # noqa: F401  (re-exported)
+    EnergyOffsetWarning,
     UndeterminedReferenceWarning,
+    check_energy_offset,
     fit_offset_drift,
     fit_reference_energies,
     fit_scales,
     prepare_graphs,
+    reference_energy_shift,
+    refit_reference_energies,
 )
 
 log = logging.getLogger(__name__)
@@ -75,6 +80,11 @@ class History:
     wall_time: float = 0.0
     #: True when ``max_time`` ended training (a :class:`TimeBudgetWarning` said so)
     stopped_by_time: bool = False
+    #: eV per atomic number that refitting the reference energies to the trained model
+    #: shifts them by (:func:`refit_reference_energies`): applied when
+    #: ``references_refit``, else what ``refit_references=True`` would have applied
+    reference_shift: dict = field(default_factory=dict)
+    references_refit: bool = False
 
     def __getitem__(self, key: str) -> list:
         return [row.get(key) for row in self.epochs]
@@ -378,25 +388,6 @@ def _evaluate(trainable, graphs, batch_size) -> tuple[float, list]:
     return total / len(graphs), stats
 
 
-def _mev(value: float, unit: str) -> str:
-    """``value`` (eV-based) in meV, three significant digits, with ``unit``."""
-    value = 1e3 * value
-    return f"{value:.3g} {unit}" if abs(value) < 1e3 else f"{value:.0f} {unit}"
-
-
-def _postfix(row: dict, monitor: float) -> dict:
-    """The bar's metrics: the monitored loss, and the rows' MAEs (eV/atom, eV/Å)
-    in meV/atom and meV/Å; the training energy MAE only when there is no ``val``."""
-    shown = {"loss": f"{monitor:.3g}"}
-    energy = "val_energy_mae" if "val_energy_mae" in row else "train_energy_mae"
-    labels = {energy: ("E MAE", "meV/atom"), "val_forces_mae": ("F MAE", "meV/Å"),
-              "train_forces_mae": ("F MAE", "meV/Å")}
-    for key, (label, unit) in labels.items():
-        if key in row:
-            shown[f"{key.split('_')[0]} {label}"] = _mev(row[key], unit)
-    return shown
-
-
 def _describe(trainable) -> str:
     """What is trained: ``trainable.description`` (e.g. "EvidentialHead"), else its class."""
     return str(getattr(trainable, "description", None) or type(trainable).__name__)
@@ -426,6 +417,7 @@ def train(
     progress: bool = True,
     data_parallel: bool = False,
     desc: Optional[str] = None,
+    refit_references: bool = False,
 ) -> History:
     """Train ``model`` on energies and forces; returns a :class:`History`.
 
@@ -488,11 +480,22 @@ def train(
         What the progress bar says is trained (default: ``"training "`` and
         the model's class name, or the Trainable's ``description``, e.g.
         ``"training ShallowEnsemble heads"``).
+    refit_references
+        When training ends, shift the species reference energies by the least
+        squares fit of the trained model's energy error on ``train``
+        (:func:`refit_reference_energies`: the loss's small energy weight
+        leaves a constant offset of up to tens of meV/atom; nothing else
+        changes). Without it, an :class:`EnergyOffsetWarning` says when that
+        offset is most of the training energy error; the shift is in
+        ``history.reference_shift`` either way. MLIPs only.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
     lr = positive("lr", lr)
     trainable = _as_trainable(model, energy_weight, forces_weight, parameters, loss_fn)
+    if refit_references and not isinstance(trainable, EnergyForceMSE):
+        raise ValueError("refit_references applies to MLIPs, not to a "
+                         f"{type(trainable).__name__}")
     parallel = bool(data_parallel) and mdist.active()
     if parallel and not callable(getattr(trainable, "data_parallel", None)):
         raise TypeError(f"train(data_parallel=True) needs a Trainable with data_parallel(); "
@@ -591,8 +594,13 @@ def train(
                       stacklevel=2)
     trainable.restore(best_state)
     trainable.train_mode(False)
-    if isinstance(trainable, EnergyForceMSE):  # what training left undetermined
-        fit_offset_drift(trainable.model, mdata.as_dataset(train))
+    if isinstance(trainable, EnergyForceMSE):
+        if refit_references:
+            history.reference_shift = refit_reference_energies(trainable.model, train)
+            history.references_refit = True
+        else:
+            history.reference_shift = check_energy_offset(trainable.model, train)
+        fit_offset_drift(trainable.model, mdata.as_dataset(train))  # what it left undetermined
         if checkpoint is not None and main:  # the best weights again, now with it
             trainable.save(checkpoint, overwrite=True)
     history.wall_time = time.perf_counter() - t0

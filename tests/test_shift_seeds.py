@@ -94,3 +94,32 @@ def test_base_seed_rows_stay_out_of_the_shift_table(benchmarks, capsys):
     with pytest.raises(SystemExit):
         shift.main(["--parts", "ethanol", "--base-seed", "1", "--wrappers", "LastLayerLaplace"])
     assert "own --out" in capsys.readouterr().err
+
+
+def test_refit_rows_stay_out_of_the_shift_table(benchmarks, capsys):
+    """Rows on base models with refitted reference energies never go into shift.json,
+    whose base models keep the reference energies fitted before training."""
+    shift, _ = benchmarks
+    with pytest.raises(SystemExit):
+        shift.main(["--parts", "ethanol", "--refit-references", "--wrappers",
+                    "LastLayerLaplace"])
+    assert "own --out" in capsys.readouterr().err
+
+
+def test_refit_comparison_counts_fits_in_both(benchmarks):
+    """Before → after per wrapper, over the fits present in both files: goal counts, the
+    medians of the in-distribution energy MAE and std (meV/atom) and of the worst-shift
+    energy coverage."""
+    _, shift_seeds = benchmarks
+    before = [_row(0, "in distribution", 0.97, 1.0, e_std=0.010, e_mae=0.008),
+              _row(0, "tail A", 0.95, 0.90), _row(1, "in distribution", 0.97, 1.0,
+                                                  e_std=0.020, e_mae=0.016),
+              _row(1, "tail A", 0.92, 0.95), _row(2, "tail A", 0.50, 0.10)]  # not after
+    after = [_row(0, "in distribution", 0.97, 1.0, e_std=0.002, e_mae=0.001),
+             _row(0, "tail A", 0.95, 0.40), _row(1, "in distribution", 0.97, 1.0,
+                                                 e_std=0.004, e_mae=0.003),
+             _row(1, "tail A", 0.85, 0.86)]
+    line = shift_seeds.refit_table(before, after).splitlines()[2]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells == ["W", "2", "2 → 1", "2 → 1", "12.00 → 2.00", "15.00 → 3.00",
+                     "0.925 → 0.630"]

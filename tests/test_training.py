@@ -332,6 +332,8 @@ def test_train_accepts_any_trainable(run, splits):
             mlipuq.train(trainable, splits[0], epochs=1, progress=False, **kw)
     with pytest.raises(ValueError, match="save"):
         mlipuq.train(trainable, splits[0], epochs=1, progress=False, checkpoint="x.pt")
+    with pytest.raises(ValueError, match="refit_references applies to MLIPs"):
+        mlipuq.train(trainable, splits[0], epochs=1, progress=False, refit_references=True)
     with pytest.raises(TypeError, match="Trainable"):
         mlipuq.train(object(), splits[0], epochs=1, progress=False)
 
