@@ -66,8 +66,9 @@ def run_part(part: str, seeds, args) -> list[dict]:
 def table(rows: list[dict]) -> str:
     """Per system and base model: the training-set offset, the validation MAE before →
     after, and the shifts' median MAE before → after (meV/atom)."""
-    lines = ["| system | base model | offset on its training set (spread) | val MAE before → after "
-             "| shifts: MAE before → after (median over shifts) |", "|---|---|---|---|---|"]
+    lines = ["| system | base model | offset on its training set (spread), meV/atom "
+             "| val MAE before → after | shifts: MAE before → after (median over shifts) |",
+             "|---|---|---|---|---|"]
     keys = sorted({(r["system"], r["base_seed"]) for r in rows},
                   key=lambda k: ([*shift.PART_SETS, *shift.HELD_OUT].index(k[0]), k[1]))
     for system, seed in keys:

@@ -6,6 +6,12 @@ models of the same recipe (docs/shift.md, "Fit-to-fit spread").
     python benchmarks/shift_seeds.py --from-json benchmarks/results/shift_seeds.json \\
         --docs docs/shift.md
 
+    python benchmarks/shift_seeds.py --cache /tmp/fits --threads 2 --parts ethanol acac \\
+        alloy ptni cupd nicu aupd --wrappers LastLayerLaplace LatentDistance EvidentialHead \\
+        --refit-references          # the same networks, reference energies refitted
+    python benchmarks/shift_seeds.py --from-json benchmarks/results/shift_seeds_refit.json \\
+        --refit-references --before benchmarks/results/shift_seeds.json --docs docs/shift.md
+
 Each seed K runs ``shift.py --base-seed K --methods default --update`` into one
 results file (the base models are the deep ensemble's members, read from the
 cache when there); seed 0's rows are the table's fits scored again, and are
