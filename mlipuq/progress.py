@@ -118,3 +118,9 @@ def training_postfix(row: dict, monitor: float) -> dict:
         if key in row:
             shown[f"{key.split('_')[0]} {label}"] = _mev(row[key], unit)
     return shown
+
+
+def trained_name(trainable) -> str:
+    """What the training bar says is trained: ``trainable.description`` (e.g.
+    "EvidentialHead"), else its class."""
+    return str(getattr(trainable, "description", None) or type(trainable).__name__)

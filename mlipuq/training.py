@@ -41,6 +41,7 @@ from mlipuq import distributed as mdist
 from mlipuq.models.base import MLIP
 from mlipuq.params import non_negative, positive
 from mlipuq.progress import bar as progress_bar
+from mlipuq.progress import trained_name as _describe
 from mlipuq.progress import training_postfix as _postfix
 from mlipuq.training_budget import TimeBudgetWarning as TimeBudgetWarning  # re-exported
 from mlipuq.training_budget import _budget_message, _EpochProgress, _train_epoch
@@ -64,6 +65,7 @@ from mlipuq.training_setup import (  # noqa: F401  (re-exported)
     prepare_graphs,
     reference_energy_shift,
     refit_reference_energies,
+    settle_references,
 )
 
 log = logging.getLogger(__name__)
@@ -388,11 +390,6 @@ def _evaluate(trainable, graphs, batch_size) -> tuple[float, list]:
     return total / len(graphs), stats
 
 
-def _describe(trainable) -> str:
-    """What is trained: ``trainable.description`` (e.g. "EvidentialHead"), else its class."""
-    return str(getattr(trainable, "description", None) or type(trainable).__name__)
-
-
 def train(
     model: Union[MLIP, Trainable],
     train: Union[mdata.AtomsDataset, Sequence],
@@ -594,13 +591,9 @@ def train(
                       stacklevel=2)
     trainable.restore(best_state)
     trainable.train_mode(False)
-    if isinstance(trainable, EnergyForceMSE):
-        if refit_references:
-            history.reference_shift = refit_reference_energies(trainable.model, train)
-            history.references_refit = True
-        else:
-            history.reference_shift = check_energy_offset(trainable.model, train)
-        fit_offset_drift(trainable.model, mdata.as_dataset(train))  # what it left undetermined
+    if isinstance(trainable, EnergyForceMSE):  # the reference energies, as training left them
+        history.reference_shift = settle_references(trainable.model, train, refit_references)
+        history.references_refit = refit_references
         if checkpoint is not None and main:  # the best weights again, now with it
             trainable.save(checkpoint, overwrite=True)
     history.wall_time = time.perf_counter() - t0

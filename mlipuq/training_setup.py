@@ -165,11 +165,13 @@ def refit_reference_energies(model: MLIP, train: mdata.AtomsDataset, *,
     return {z: float(d) for z, d in zip(model.species, shift)}
 
 
-def check_energy_offset(model: MLIP, train: mdata.AtomsDataset) -> dict[int, float]:
+def check_energy_offset(model: MLIP, train: mdata.AtomsDataset, *,
+                        stacklevel: int = 2) -> dict[int, float]:
     """Warn (:class:`EnergyOffsetWarning`) when the trained model's energy error on
     ``train`` is mostly a constant offset per composition: the RMS per-atom error a
     refit of the reference energies would remove exceeds the one it would leave.
-    Returns that refit's shift (eV per atomic number), applied or not."""
+    Returns that refit's shift (eV per atomic number), applied or not; ``stacklevel``
+    as in :func:`warnings.warn`."""
     shift, removed, left = reference_energy_shift(model, train)
     if removed > left:
         warnings.warn(
@@ -177,7 +179,7 @@ def check_energy_offset(model: MLIP, train: mdata.AtomsDataset) -> dict[int, flo
             f"would remove {1000 * removed:.3g} meV/atom (RMS) of the energy error on the "
             f"training data and leave {1000 * left:.3g}; pass refit_references=True to "
             "mlipuq.train (or call mlipuq.training.refit_reference_energies(model, train)) "
-            "to remove it", EnergyOffsetWarning, stacklevel=3)
+            "to remove it", EnergyOffsetWarning, stacklevel=stacklevel)
     return {z: float(d) for z, d in zip(model.species, shift)}
 
 
@@ -190,6 +192,20 @@ def _energies(model: MLIP, dataset: mdata.AtomsDataset, batch_size: int) -> np.n
             energy = model.forward(batch.to(device=model.device), forces=False)["energy"]
             out.append(energy.detach().cpu().double().numpy())
     return np.concatenate(out) if out else np.zeros(0)
+
+
+def settle_references(model: MLIP, train, refit: bool) -> dict[int, float]:
+    """What ``mlipuq.train`` does with the reference energies when training ends:
+    refits them (``refit``, :func:`refit_reference_energies`) or checks for the
+    offset a refit would remove (:func:`check_energy_offset`), then measures the
+    offset drift (:func:`fit_offset_drift`); returns the refit's shift (eV per
+    atomic number), applied or not."""
+    if refit:
+        shift = refit_reference_energies(model, train)
+    else:  # the warning points at the caller of mlipuq.train
+        shift = check_energy_offset(model, train, stacklevel=4)
+    fit_offset_drift(model, mdata.as_dataset(train))  # what training left undetermined
+    return shift
 
 
 def measure_missing_drift(model: MLIP, train) -> None:

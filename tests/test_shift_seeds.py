@@ -56,11 +56,17 @@ def test_seed_zero_is_compared_with_the_table(benchmarks):
     assert "energy_cov95 0.02" in text and "energy_std_per_atom 0.1 (relative)" in text
 
 
+def _refusal(shift, capsys, *options) -> str:
+    """What ``shift.py --parts ethanol OPTIONS`` says when it refuses to run."""
+    with pytest.raises(SystemExit):
+        shift.main(["--parts", "ethanol", *options])
+    return capsys.readouterr().err
+
+
 def test_base_seed_refuses_the_deep_ensemble(benchmarks, capsys):
     shift, _ = benchmarks
-    with pytest.raises(SystemExit):
-        shift.main(["--parts", "ethanol", "--base-seed", "1", "--wrappers", "DeepEnsemble"])
-    assert "deep ensemble" in capsys.readouterr().err
+    assert "deep ensemble" in _refusal(shift, capsys, "--base-seed", "1",
+                                       "--wrappers", "DeepEnsemble")
 
 
 def test_an_update_keeps_the_rows_of_other_base_models(benchmarks, tmp_path):
@@ -89,21 +95,13 @@ def test_an_update_keeps_the_rows_of_other_base_models(benchmarks, tmp_path):
         argparse.Namespace(update=False, out=str(out)))) == {}
 
 
-def test_base_seed_rows_stay_out_of_the_shift_table(benchmarks, capsys):
+@pytest.mark.parametrize("option", [["--base-seed", "1"], ["--refit-references"]],
+                         ids=["base seed", "refit"])
+def test_other_fits_stay_out_of_the_shift_table(benchmarks, capsys, option):
+    """Rows on another base model, or on base models with refitted reference energies,
+    never go into shift.json (base model 0, reference energies fitted before training)."""
     shift, _ = benchmarks
-    with pytest.raises(SystemExit):
-        shift.main(["--parts", "ethanol", "--base-seed", "1", "--wrappers", "LastLayerLaplace"])
-    assert "own --out" in capsys.readouterr().err
-
-
-def test_refit_rows_stay_out_of_the_shift_table(benchmarks, capsys):
-    """Rows on base models with refitted reference energies never go into shift.json,
-    whose base models keep the reference energies fitted before training."""
-    shift, _ = benchmarks
-    with pytest.raises(SystemExit):
-        shift.main(["--parts", "ethanol", "--refit-references", "--wrappers",
-                    "LastLayerLaplace"])
-    assert "own --out" in capsys.readouterr().err
+    assert "own --out" in _refusal(shift, capsys, *option, "--wrappers", "LastLayerLaplace")
 
 
 def test_refit_comparison_counts_fits_in_both(benchmarks):
