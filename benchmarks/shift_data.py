@@ -213,6 +213,17 @@ def aupd_sets(quick: bool) -> tuple[AtomsDataset, AtomsDataset, dict]:
                                ("AuPd", {"Au": 0.5, "Pd": 0.5}), 101, quick)
 
 
+def agau_sets(quick: bool) -> tuple[AtomsDataset, AtomsDataset, dict]:
+    """EMT Ag₃Au (random fcc alloy, 24 Ag and 8 Au per cell): train and calibrate on
+    bulk at 300 and 900 K; shifts: 1500 K bulk, vacancies at 900 K, (111) surfaces
+    and strained cells at 300 K, and the equiatomic alloy AgAu at 300 K. Its rules
+    fixed on 2026-12-04 during the round on refitted base models (docs/shift.md),
+    before any wrapper saw it: held out from that round, run once to check its
+    candidate pair (``HELD_OUT``)."""
+    return held_out_alloy_sets({"Ag": 0.75, "Au": 0.25}, (300, 900), 1500,
+                               ("AgAu", {"Ag": 0.5, "Au": 0.5}), 111, quick)
+
+
 #: The systems in the order they were added: acac and the alloy after every default
 #: had been chosen on the first two (held out then; the alloy run once).
 PART_SETS = {"copper": copper_sets, "ethanol": ethanol_sets, "acac": acac_sets,
@@ -221,6 +232,8 @@ PART_SETS = {"copper": copper_sets, "ethanol": ethanol_sets, "acac": acac_sets,
 #: powers on ``PART_SETS``; Pt₃Ni: the composition drift; Pt: the powers on six
 #: systems; Ni₃Al: all of them and the deep ensemble's alignment; Cu₃Pd: every default
 #: as of 2026-12-03; Ni₃Cu: the powers on nine systems; Au₃Pd: everything as of
-#: 2026-12-04, run once the same day); run only with ``--parts``.
+#: 2026-12-04, run once the same day; Ag₃Au: the round on refitted base models); run
+#: only with ``--parts``.
 HELD_OUT = {"agpd": agpd_sets, "ptni": ptni_sets, "platinum": platinum_sets,
-            "nial": nial_sets, "cupd": cupd_sets, "nicu": nicu_sets, "aupd": aupd_sets}
+            "nial": nial_sets, "cupd": cupd_sets, "nicu": nicu_sets, "aupd": aupd_sets,
+            "agau": agau_sets}

@@ -5,6 +5,15 @@ distance + LLPR and evidential head beside the candidate, per system, from the f
 
     python benchmarks/structure_covariance.py benchmarks/results/structure_covariance_*.json
 
+``--refit-round results/shift_seeds.json``: the round on refitted base models (files
+``benchmarks/results/refit_covariance_*.json``, written with ``--refit-references``):
+each wrapper's default and candidate on a refitted base model beside its default on
+the same base model unrefitted (the shift-seeds rows), and the rule's count over the
+fits (base model 0 in ``refit_covariance_P.json``, K in ``refit_covariance_seedK_P.json``).
+
+    python benchmarks/structure_covariance.py benchmarks/results/refit_covariance_*.json \
+        --refit-round benchmarks/results/shift_seeds.json
+
 ``--chosen P ...``: fits ``LatentDistance(model, structure_covariance="held-out")`` on each
 system's base model (``--cache`` as ``benchmarks/shift.py``'s) and prints the diagonal
 term the held-out structures chose, against the mean variance of the training
@@ -21,6 +30,8 @@ PAIRS = {"LatentDistance": "LatentDistance (held-out structure covariance)",
          "EvidentialHead": "EvidentialHead (held-out structure covariance)"}
 NLL_TOLERANCE = 0.001  # nats (the rule's "no worse")
 ENERGY_GOAL = 0.85
+FORCE_GOAL = 0.90
+MISCAL_GOAL = 0.05  # in-distribution force miscalibration area
 
 
 def summary(rows: list[dict]) -> dict:
@@ -31,7 +42,7 @@ def summary(rows: list[dict]) -> dict:
         entry = out.setdefault(r["wrapper"], {"shifts": {}})
         if r["split"].startswith("in dist"):
             entry.update(energy_nll=r["energy_nll"], energy_cov95=r["energy_cov95"],
-                         force_nll=r["force_nll"])
+                         force_nll=r["force_nll"], force_miscal=r["force_miscal"])
         else:
             entry["shifts"][r["split"]] = {
                 "energy_cov95": r["energy_cov95"], "force_cov95": r["force_cov95"],
@@ -63,6 +74,66 @@ def mean(entry: dict, key: str) -> float:
     return sum(v[key] for v in entry["shifts"].values()) / len(entry["shifts"])
 
 
+def goals(entry: dict) -> tuple[bool, bool]:
+    """Whether every shift of a summary entry meets the force and the energy goal."""
+    return (worst(entry, "force_cov95") >= FORCE_GOAL,
+            worst(entry, "energy_cov95") >= ENERGY_GOAL)
+
+
+def _trio(trio: dict, value, digits: int) -> str:
+    """``value`` of before, refit and candidate, joined by arrows."""
+    return " → ".join(f"{value(e):.{digits}f}" for e in trio.values())
+
+
+def refit_round(files, before_path: str) -> bool:
+    """Print the round on refitted base models (see the notes); True if every
+    candidate qualifies."""
+    before_rows = [r for r in json.load(open(before_path))["rows"]
+                   if r["method"] == "default" and not r.get("refit_references", False)]
+    print("| system | base model | wrapper | in-dist E NLL (before → refit → candidate) | worst shift E "
+          "cover | worst shift F cover | mean shift E std÷MAE | candidate in-dist F miscal |")
+    print("|---|---|---|---|---|---|---|---|")
+    counts = {name: {"before": [0, 0], "refit": [0, 0], "candidate": [0, 0], "nll": True,
+                     "miscal": True, "systems": 0} for name in PAIRS}
+    for path in sorted(files):
+        rows = json.load(open(path))["rows"]
+        system, seed = rows[0]["system"], rows[0].get("base_seed", 0)
+        s = summary(rows)
+        b = summary([r for r in before_rows
+                     if r["system"] == system and r.get("base_seed", 0) == seed])
+        for name, new_name in PAIRS.items():
+            if name not in s or name not in b:
+                continue
+            trio = {"before": b[name], "refit": s[name], "candidate": s[new_name]}
+            c = counts[name]
+            c["systems"] += 1
+            for key, entry in trio.items():
+                c[key] = [n + met for n, met in zip(c[key], goals(entry))]
+            c["nll"] &= trio["candidate"]["energy_nll"] < trio["before"]["energy_nll"]
+            c["miscal"] &= trio["candidate"]["force_miscal"] <= MISCAL_GOAL
+            print(f"| {system} | {seed} | {name} | {_trio(trio, lambda e: e['energy_nll'], 2)} "
+                  f"| {_trio(trio, lambda e: worst(e, 'energy_cov95'), 3)} "
+                  f"| {_trio(trio, lambda e: worst(e, 'force_cov95'), 3)} "
+                  f"| {_trio(trio, lambda e: mean(e, 'std_over_mae'), 1)} "
+                  f"| {trio['candidate']['force_miscal']:.3f} |")
+    print("\n| wrapper | fits | force goal met (before / refit / candidate) | energy goal "
+          "met (before / refit / candidate) | in-dist E NLL better on all | F miscal ≤ 0.05 "
+          "on all | qualifies |")
+    print("|---|---|---|---|---|---|---|")
+    passed = True
+    for name, c in counts.items():
+        if not c["systems"]:
+            continue
+        ok = (c["candidate"][0] >= c["before"][0] and c["candidate"][1] >= c["before"][1]
+              and c["nll"] and c["miscal"])
+        passed &= ok
+        print(f"| {name} | {c['systems']} | {c['before'][0]} / {c['refit'][0]} / "
+              f"{c['candidate'][0]} | {c['before'][1]} / {c['refit'][1]} / "
+              f"{c['candidate'][1]} | {'yes' if c['nll'] else 'no'} | "
+              f"{'yes' if c['miscal'] else 'no'} | {'yes' if ok else 'no'} |")
+    return passed
+
+
 def chosen(parts, cache: str) -> None:
     """The diagonal term each system's held-out structures choose (see the notes)."""
     import numpy as np
@@ -92,9 +163,15 @@ def main(argv=None) -> None:
     parser.add_argument("files", nargs="*")
     parser.add_argument("--chosen", nargs="+", default=None, metavar="PART")
     parser.add_argument("--cache", default=None)
+    parser.add_argument("--refit-round", default=None, metavar="BEFORE",
+                        help="the round on refitted base models, against BEFORE's rows")
     args = parser.parse_args(argv)
     if args.chosen:
         chosen(args.chosen, args.cache)
+        return
+    if args.refit_round:
+        passed = refit_round(args.files, args.refit_round)
+        print(f"\nrule: {'every candidate qualifies' if passed else 'not passed'}")
         return
     print("| system | wrapper | in-dist E NLL | in-dist E cover | worst shift E cover "
           "| mean shift E std÷MAE | mean shift E NLL | worst shift F cover | rule |")
