@@ -9,7 +9,9 @@ distance + LLPR and evidential head beside the candidate, per system, from the f
 ``benchmarks/results/refit_covariance_*.json``, written with ``--refit-references``):
 each wrapper's default and candidate on a refitted base model beside its default on
 the same base model unrefitted (the shift-seeds rows), and the rule's count over the
-fits (base model 0 in ``refit_covariance_P.json``, K in ``refit_covariance_seedK_P.json``).
+fits (base model 0 in ``refit_covariance_P.json``, K in ``refit_covariance_seedK_P.json``;
+a file whose system and base model have no rows in BEFORE is left out: the held-out
+Ag₃Au's BEFORE is ``results/agau_unrefitted.json``).
 
     python benchmarks/structure_covariance.py benchmarks/results/refit_covariance_*.json \
         --refit-round benchmarks/results/shift_seeds.json
