@@ -27,13 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from shift_goal import E_COVER, F_COVER, MISCAL
+
 PAIRS = {"LatentDistance": "LatentDistance (held-out structure covariance)",
          "LatentDistance + LLPR": "LatentDistance + LLPR (held-out structure covariance)",
          "EvidentialHead": "EvidentialHead (held-out structure covariance)"}
 NLL_TOLERANCE = 0.001  # nats (the rule's "no worse")
-ENERGY_GOAL = 0.85
-FORCE_GOAL = 0.90
-MISCAL_GOAL = 0.05  # in-distribution force miscalibration area
 
 
 def summary(rows: list[dict]) -> dict:
@@ -57,7 +56,7 @@ def verdict(today: dict, candidate: dict) -> list[str]:
     """The rule's failures for one system and wrapper (empty: passed)."""
     failures = []
     for split, new in candidate["shifts"].items():
-        floor = min(ENERGY_GOAL, today["shifts"][split]["energy_cov95"])
+        floor = min(E_COVER, today["shifts"][split]["energy_cov95"])
         if new["energy_cov95"] < floor:
             failures.append(f"{split}: energy cover {new['energy_cov95']:.3f} < {floor:.3f}")
     if candidate["energy_nll"] > today["energy_nll"] + NLL_TOLERANCE:
@@ -78,8 +77,8 @@ def mean(entry: dict, key: str) -> float:
 
 def goals(entry: dict) -> tuple[bool, bool]:
     """Whether every shift of a summary entry meets the force and the energy goal."""
-    return (worst(entry, "force_cov95") >= FORCE_GOAL,
-            worst(entry, "energy_cov95") >= ENERGY_GOAL)
+    return (worst(entry, "force_cov95") >= F_COVER,
+            worst(entry, "energy_cov95") >= E_COVER)
 
 
 def _trio(trio: dict, value, digits: int) -> str:
@@ -112,7 +111,7 @@ def refit_round(files, before_path: str) -> bool:
             for key, entry in trio.items():
                 c[key] = [n + met for n, met in zip(c[key], goals(entry))]
             c["nll"] &= trio["candidate"]["energy_nll"] < trio["before"]["energy_nll"]
-            c["miscal"] &= trio["candidate"]["force_miscal"] <= MISCAL_GOAL
+            c["miscal"] &= trio["candidate"]["force_miscal"] <= MISCAL
             print(f"| {system} | {seed} | {name} | {_trio(trio, lambda e: e['energy_nll'], 2)} "
                   f"| {_trio(trio, lambda e: worst(e, 'energy_cov95'), 3)} "
                   f"| {_trio(trio, lambda e: worst(e, 'force_cov95'), 3)} "
