@@ -29,20 +29,23 @@ __all__ = ["fit_distance_term", "load_distance_term", "term_variances"]
 
 def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size: int,
                       progress: bool = False, energy_distance="structure",
-                      reference=None, structure_covariance="ledoit-wolf") -> LatentDistance:
+                      reference=None, structure_covariance="ledoit-wolf",
+                      min_share=None) -> LatentDistance:
     """The latent-distance term of a fitted ``wrapper`` (one with a ``distance_``
     attribute): reference atoms and structures from ``reference`` (None: ``train``),
     λ, a and b fitted on ``val`` (None: ``train`` when a ``reference`` is given,
     else a held-out fraction of ``train``) against the wrapper's own variances;
     ``energy_distance`` and ``structure_covariance`` as in
     :class:`~mlipuq.uq.LatentDistance` (``energy_distance=None``: the energies keep the
-    wrapper's variance alone)."""
+    wrapper's variance alone); ``min_share``: its ``min_combined_share``, the term's
+    smallest share of the held-out mean variance (None: none)."""
     alone = copy.copy(wrapper)  # shares the model and parameters, predicts without the term
     alone.distance_ = None
     alone.fitted_ = True
     term = LatentDistance(wrapper.model, score=score, combine=alone,
                           energy_distance=energy_distance,
-                          structure_covariance=structure_covariance)
+                          structure_covariance=structure_covariance,
+                          min_combined_share=min_share)
     points, held_out = ((train, val) if reference is None
                         else (reference, train if val is None else val))
     term.fit(points, held_out, seed=seed, batch_size=batch_size, progress=progress)

@@ -42,7 +42,7 @@ from mlipuq.uq.evidential_head import EvidentialNLL, _NIGHead
 from mlipuq.uq.evidential_shift import (  # noqa: F401  (STD_CAP_FACTOR, soft_cap: public here)
     STD_CAP_FACTOR, cap_variances, distance_variances, fit_distance_term, load_distance_term,
     soft_cap, std_caps)
-from mlipuq.uq.latent_distance import _SCORES, check_structure_covariance
+from mlipuq.uq.latent_distance import _SCORES, check_share, check_structure_covariance
 from mlipuq.uq.nig import aggregate_energy_nig, nig_nll, nig_regularizer, nig_variances
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,12 @@ class EvidentialHead(UQWrapper):
         ``"held-out"`` (chosen by the likelihood of the held-out structures; energy
         stds that grow faster with defects, at a price: ``docs/shift.md``). Needs
         ``distance``.
+    min_distance_share
+        The term's smallest share of the mean variance on the held-out data
+        (:class:`~mlipuq.uq.LatentDistance`'s ``min_combined_share``): the joint fit
+        of λ, a, b can otherwise give it all to the NIG variance, whose evidence does
+        not fall away from the data (a, b ≈ 0 was seen, ``docs/shift.md``). None: no
+        floor. Needs ``distance``.
 
     Attributes
     ----------
@@ -160,6 +166,7 @@ class EvidentialHead(UQWrapper):
         energy_evidence: str = "shared",
         distance: Optional[str] = "mahalanobis",
         structure_covariance: str = "ledoit-wolf",
+        min_distance_share: Optional[float] = None,
     ):
         model = _check_model(model)
         if isinstance(reg_weight, bool) or not isinstance(reg_weight, (int, float, np.number)):
@@ -182,10 +189,15 @@ class EvidentialHead(UQWrapper):
         if structure_covariance != "ledoit-wolf" and distance is None:
             raise ValueError(f"structure_covariance={structure_covariance!r} is the latent-"
                              "distance term's: it needs distance (not None)")
+        check_share(min_distance_share, "min_distance_share", optional=True)
+        if min_distance_share is not None and distance is None:
+            raise ValueError("min_distance_share is the latent-distance term's share: it "
+                             "needs distance (not None)")
         self.model = copy.deepcopy(model)
         self.model.eval()
         self.distance = distance
         self.structure_covariance = structure_covariance
+        self.min_distance_share = None if min_distance_share is None else float(min_distance_share)
         self.distance_ = None
         self.reg_weight = float(reg_weight)
         self.train_backbone = bool(train_backbone)
@@ -215,6 +227,8 @@ class EvidentialHead(UQWrapper):
             **({} if self.distance is None else {"distance": self.distance}),
             **({} if self.structure_covariance == "ledoit-wolf"
                else {"structure_covariance": self.structure_covariance}),
+            **({} if self.min_distance_share is None
+               else {"min_distance_share": self.min_distance_share}),
         }
 
     def _set_models(self, models) -> None:
@@ -331,12 +345,14 @@ class EvidentialHead(UQWrapper):
                           "forces; with forces_weight=0 the head's variance is used alone "
                           "(distance=None)", UserWarning, stacklevel=2)
             self.distance, self.structure_covariance = None, "ledoit-wolf"
+            self.min_distance_share = None
         elif self.distance is not None:
             self.distance_ = fit_distance_term(self, train, val, reference=reference,
                                                score=self.distance, seed=seed,
                                                batch_size=trainer["batch_size"],
                                                progress=progress,
-                                               structure_covariance=self.structure_covariance)
+                                               structure_covariance=self.structure_covariance,
+                                               min_share=self.min_distance_share)
         self.fitted_ = True
         return self
 

@@ -67,24 +67,16 @@ from mlipuq.calibration.recalibrate import stretch_members
 from mlipuq.uq import base as uq_base
 from mlipuq.uq import latent_features, structure_distance
 from mlipuq.uq.base import UQWrapper, _check_model, register
-from mlipuq.uq.latent_maps import (_C_MIN, _gmm_log_density, fit_gmm, fit_variance_map,
-                                   knn_scores, warn_if_few)
+from mlipuq.uq.latent_maps import (_C_MIN, STRUCTURE_COVARIANCES, _gmm_log_density,  # noqa: F401
+                                   check_share, check_structure_covariance, fit_gmm,
+                                   fit_variance_map, knn_scores, warn_if_few)
 
 log = logging.getLogger(__name__)
 
 _SCORES = ("mahalanobis", "knn", "gmm")
 _ENERGY_DISTANCES = ("structure", "atoms", None)
-#: The covariances the structure distance can be measured in (``structure_covariance``).
-STRUCTURE_COVARIANCES = ("ledoit-wolf", "held-out")
 
 __all__ = ["LatentDistance", "fit_variance_map", "knn_scores", "STRUCTURE_COVARIANCES"]
-
-
-def check_structure_covariance(value) -> None:
-    """Refuse a ``structure_covariance`` that is not one of :data:`STRUCTURE_COVARIANCES`."""
-    if value not in STRUCTURE_COVARIANCES:
-        raise ValueError(f"structure_covariance must be one of {STRUCTURE_COVARIANCES}, "
-                         f"got {value!r}")
 
 
 # ------------------------------------------------------------------- wrapper
@@ -117,6 +109,12 @@ class LatentDistance(UQWrapper):
     min_distance_share
         Smallest share of the distance term in the variance at ``u = 1``
         (the training data's own spacing): ``a <= b (1 - share) / share``.
+    min_combined_share
+        With ``combine``: the smallest share of the latent term ``a + b u²`` in
+        the mean variance of the held-out data, so that the joint fit cannot
+        give all of it to the other wrapper's variance, whose term does not grow
+        away from the data (None, default: λ, a, b free;
+        :class:`~mlipuq.uq.EvidentialHead` sets it, ``docs/shift.md``).
     combine
         Another fitted wrapper (any class) whose variance the latent variance
         is added to; its mean becomes the mean, and its ``default_calibration``
@@ -176,6 +174,7 @@ class LatentDistance(UQWrapper):
         combine: Optional[UQWrapper] = None,
         energy_distance: Optional[str] = "structure",
         structure_covariance: str = "ledoit-wolf",
+        min_combined_share: Optional[float] = None,
     ):
         self.model = _check_model(model)
         if score not in _SCORES:
@@ -195,17 +194,17 @@ class LatentDistance(UQWrapper):
                             ("max_points", max_points)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if (isinstance(min_distance_share, bool)
-                or not isinstance(min_distance_share, (int, float, np.number))
-                or not 0 < float(min_distance_share) <= 1):
-            raise ValueError(f"min_distance_share must be in (0, 1], got {min_distance_share!r}")
+        check_share(min_distance_share, "min_distance_share")
         if combine is not None and not isinstance(combine, UQWrapper):
             raise TypeError(f"combine must be a fitted UQ wrapper, got {type(combine).__name__}")
+        check_share(min_combined_share, "min_combined_share", optional=True)
         self.score = score
         self.n_neighbors = int(n_neighbors)
         self.n_components = int(n_components)
         self.max_points = int(max_points)
         self.min_distance_share = float(min_distance_share)
+        self.min_combined_share = (None if min_combined_share is None
+                                   else float(min_combined_share))
         self.combine = combine
         if combine is not None:  # calibrated as the wrapper it extends (committees: a t for
             # their energies too, whose variance stays mostly a K-member estimate)
@@ -246,6 +245,8 @@ class LatentDistance(UQWrapper):
             config["energy_distance"] = self.energy_distance
         if self.structure_covariance != "ledoit-wolf":  # likewise
             config["structure_covariance"] = self.structure_covariance
+        if self.min_combined_share is not None:  # likewise
+            config["min_combined_share"] = self.min_combined_share
         return config
 
     @classmethod
@@ -495,10 +496,10 @@ class LatentDistance(UQWrapper):
         energy = ({"a": 0.0, "b": 0.0, "other_scale": 1.0}  # the combined wrapper's alone
                   if self.energy_distance is None else
                   fit_variance_map((v["e"] - v["e_ref"]) ** 2, v["n"], v["q"], e_other,
-                                   c_max=c_max))
+                                   c_max=c_max, min_share=self.min_combined_share))
         forces = fit_variance_map(((v["f"] - v["f_ref"]) ** 2)[keep], np.ones(int(keep.sum())),
                                   v["fq"][keep], None if f_other is None else f_other[keep],
-                                  c_max=c_max)
+                                  c_max=c_max, min_share=self.min_combined_share)
         self.energy_a_, self.energy_b_ = energy["a"], energy["b"]
         self.forces_a_, self.forces_b_ = forces["a"], forces["b"]
         self.energy_other_scale_ = energy["other_scale"]

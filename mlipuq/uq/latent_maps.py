@@ -16,10 +16,31 @@ _C_MIN = 1e-3  # smallest a/b (at u = 1): keeps variances positive on exact trai
 _LOG_S_BOUNDS = (-80.0, 40.0)
 _LAMBDA_MAX = 1e6
 
-__all__ = ["fit_variance_map", "knn_scores", "fit_gmm", "warn_if_few"]
+__all__ = ["fit_variance_map", "knn_scores", "fit_gmm", "warn_if_few", "check_share",
+           "check_structure_covariance", "STRUCTURE_COVARIANCES"]
+
+#: The covariances the structure distance can be measured in (``structure_covariance``).
+STRUCTURE_COVARIANCES = ("ledoit-wolf", "held-out")
 
 #: Fewer points than this many per feature: a poorly determined covariance (a warning).
 POINTS_PER_FEATURE = 5
+
+
+def check_structure_covariance(value) -> None:
+    """Refuse a ``structure_covariance`` that is not one of :data:`STRUCTURE_COVARIANCES`."""
+    if value not in STRUCTURE_COVARIANCES:
+        raise ValueError(f"structure_covariance must be one of {STRUCTURE_COVARIANCES}, "
+                         f"got {value!r}")
+
+
+def check_share(value, name: str, optional: bool = False) -> None:
+    """Refuse a share (``min_distance_share``, ``min_combined_share``) outside (0, 1]
+    (None too where ``optional``)."""
+    if optional and value is None:
+        return
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.number))
+            or not 0 < float(value) <= 1):
+        raise ValueError(f"{name} must be {'None or ' * optional}in (0, 1], got {value!r}")
 
 
 # ------------------------------------------------------------------- scoring
@@ -96,7 +117,7 @@ def _gmm_log_density(x: np.ndarray, weights, means, precisions_cholesky) -> np.n
 # ------------------------------------------------------------- variance map
 def fit_variance_map(sq_error: np.ndarray, count: np.ndarray, score_sq: np.ndarray,
                      other_var: Optional[np.ndarray] = None, *,
-                     c_max: float = 9.0) -> dict:
+                     c_max: float = 9.0, min_share: Optional[float] = None) -> dict:
     """Gaussian-NLL fit of ``var = s (c count + score_sq) [+ λ other_var]``.
 
     Parameters
@@ -113,6 +134,11 @@ def fit_variance_map(sq_error: np.ndarray, count: np.ndarray, score_sq: np.ndarr
         Another wrapper's variance of the same targets (``combine``), or None.
     c_max
         Upper bound of ``c = a/b`` (``c >= 1e-3``).
+    min_share
+        With ``other_var``: the smallest share of the distance term in the mean
+        variance of the held-out targets, ``mean(s (c count + score_sq)) >=
+        min_share × mean(var)``, so that a joint fit cannot drop the term that grows
+        away from the data (None: no floor, λ free).
 
     Returns
     -------
@@ -120,43 +146,67 @@ def fit_variance_map(sq_error: np.ndarray, count: np.ndarray, score_sq: np.ndarr
         ``a = s c`` and ``b = s`` (the units of ``sq_error``), ``other_scale``
         (λ, 0 without ``other_var``) and the mean NLL per target.
     """
-    from scipy.optimize import minimize
-
     r2 = np.asarray(sq_error, dtype=np.float64)
     n = np.asarray(count, dtype=np.float64)
     q = np.asarray(score_sq, dtype=np.float64)
     o = None if other_var is None else np.asarray(other_var, dtype=np.float64)
     if r2.size == 0:
         raise ValueError("no held-out targets to fit the variance map on")
+    if min_share is not None and not 0 < min_share <= 1:
+        raise ValueError(f"min_share must be in (0, 1], got {min_share!r}")
+    floor = o is not None and min_share is not None and float(np.mean(o)) > 0
+    # with the floor, λ = t s mean(c n + q) / mean(o), t in [0, (1 - share) / share]
+    ratio = (float(np.mean(n)) / float(np.mean(o)), float(np.mean(q)) / float(np.mean(o))) \
+        if floor else None
+
+    def parts(x):
+        """The variance and its derivatives by log s, c and the third parameter."""
+        s, c = math.exp(x[0]), x[1]
+        own = s * (c * n + q)
+        if o is None:
+            return own, [own, s * n]
+        if not floor:
+            return own + x[2] * o, [own, s * n, o]
+        k = ratio[0] * c + ratio[1]  # mean(c n + q) / mean(o)
+        var = own + x[2] * s * k * o
+        return var, [var, s * (n + x[2] * ratio[0] * o), s * k * o]
 
     def nll(x):
-        s, c = math.exp(x[0]), x[1]
-        lam = x[2] if o is not None else 0.0
-        var = s * (c * n + q) + (lam * o if o is not None else 0.0)
+        var, dvar = parts(x)
         var = np.maximum(var, 1e-300)
         value = 0.5 * np.mean(np.log(2 * math.pi * var) + r2 / var)
         dv = 0.5 * (1.0 / var - r2 / var**2) / r2.size
-        grad = [float(np.sum(dv * s * (c * n + q))), float(np.sum(dv * s * n))]
-        if o is not None:
-            grad.append(float(np.sum(dv * o)))
-        return float(value), np.array(grad)
+        return float(value), np.array([float(np.sum(dv * d)) for d in dvar])
+
+    best = _minimise(nll, r2, n, q, o, c_max, (1.0 - min_share) / min_share if floor else None)
+    s, c = math.exp(best.x[0]), float(best.x[1])
+    lam = 0.0 if o is None else float(best.x[2]) * (s * (ratio[0] * c + ratio[1])
+                                                   if floor else 1.0)
+    return {"a": s * c, "b": s, "other_scale": lam, "nll": float(best.fun)}
+
+
+def _minimise(nll, r2, n, q, o, c_max: float, t_max):
+    """L-BFGS-B over (log s, c[, λ or t]) from a few starts (the NLL need not be
+    convex in c); ``t_max``: the floor's bound on t (None: λ itself, free)."""
+    from scipy.optimize import minimize
 
     mean_r2 = max(float(np.mean(r2)), 1e-300)
     best = None
-    for c0 in (_C_MIN, 1.0, c_max):  # a few starts: the NLL need not be convex in c
+    for c0 in (_C_MIN, 1.0, c_max):
         c0 = min(max(c0, _C_MIN), c_max)
         s0 = mean_r2 / max(float(np.mean(c0 * n + q)), 1e-300)
         x0 = [math.log(s0), c0]
         bounds = [_LOG_S_BOUNDS, (_C_MIN, c_max)]
-        if o is not None:
+        if o is not None and t_max is not None:  # half the mean variance each, within the floor
             x0[0] -= math.log(2.0)
-            x0.append(0.5 * mean_r2 / max(float(np.mean(o)), 1e-300))
-            x0[2] = min(x0[2], _LAMBDA_MAX)
+            x0.append(min(1.0, t_max))
+            bounds.append((0.0, t_max))
+        elif o is not None:
+            x0[0] -= math.log(2.0)
+            x0.append(min(0.5 * mean_r2 / max(float(np.mean(o)), 1e-300), _LAMBDA_MAX))
             bounds.append((0.0, _LAMBDA_MAX))
         x0[0] = min(max(x0[0], _LOG_S_BOUNDS[0]), _LOG_S_BOUNDS[1])
         result = minimize(nll, np.array(x0), jac=True, method="L-BFGS-B", bounds=bounds)
         if best is None or result.fun < best.fun:
             best = result
-    s, c = math.exp(best.x[0]), float(best.x[1])
-    return {"a": s * c, "b": s, "other_scale": float(best.x[2]) if o is not None else 0.0,
-            "nll": float(best.fun)}
+    return best
