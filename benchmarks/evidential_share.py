@@ -1,0 +1,92 @@
+"""The round on the evidential head's distance share (``docs/shift.md``, "A distance
+share the evidential head's joint fit cannot drop"): per fit the head on a refitted base
+model without the floor (rows of ``refit_covariance_*.json``) beside the floor with the
+Ledoit–Wolf and with the held-out covariance (``evidential_share_*.json``), and the
+rule's verdict, fixed before the runs.
+
+    python benchmarks/evidential_share.py benchmarks/results/evidential_share_*.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+
+from shift_goal import MISCAL
+from structure_covariance import goals, mean, summary, worst
+
+TODAY = "EvidentialHead"
+FLOOR = "EvidentialHead (distance share 0.1)"
+BOTH = "EvidentialHead (held-out structure covariance, distance share 0.1)"
+NLL_SLACK = 0.1  # nats: (c), the median in-distribution energy NLL may be this much worse
+
+
+def fits(files) -> list[dict]:
+    """Per fit (system, base model): the summaries of the three heads."""
+    out = []
+    for path in sorted(files):
+        rows = json.load(open(path))["rows"]
+        before_path = os.path.join(os.path.dirname(path), os.path.basename(path).replace(
+            "evidential_share_", "refit_covariance_"))
+        today = summary([r for r in json.load(open(before_path))["rows"]
+                         if r["wrapper"] == TODAY and r["method"] == "default"])
+        s = summary([r for r in rows if r["method"] == "default"])
+        out.append({"system": rows[0]["system"], "seed": rows[0].get("base_seed", 0),
+                    TODAY: today[TODAY], FLOOR: s[FLOOR], BOTH: s[BOTH]})
+    return out
+
+
+def passes(entries: list[dict], name: str) -> tuple[bool, list[int]]:
+    """The rule's (a)-(c) for candidate ``name`` against the head without the floor,
+    and its counts: force goal, energy goal, both."""
+    def count(key):
+        met = [goals(e[key]) for e in entries]
+        return [sum(f for f, _ in met), sum(g for _, g in met), sum(f and g for f, g in met)]
+
+    today, new = count(TODAY), count(name)
+    a = new[0] >= today[0] and new[1] >= today[1] and (new[0] > today[0] or new[1] > today[1])
+    b = all(e[name]["force_miscal"] <= MISCAL for e in entries)
+    c = (statistics.median(e[name]["energy_nll"] for e in entries)
+         <= statistics.median(e[TODAY]["energy_nll"] for e in entries) + NLL_SLACK)
+    return a and b and c, new
+
+
+def report(entries: list[dict]) -> None:
+    """The per-fit table, the counts and the verdict."""
+    print("| system | base model | worst shift E cover (no floor → floor → floor, held-out) "
+          "| worst shift F cover | in-dist E NLL | mean shift E std÷MAE | in-dist F miscal |")
+    print("|---|---|---|---|---|---|---|")
+    names = (TODAY, FLOOR, BOTH)
+    for e in entries:
+        def trio(value, digits):
+            return " → ".join(f"{value(e[n]):.{digits}f}" for n in names)
+        print(f"| {e['system']} | {e['seed']} | {trio(lambda x: worst(x, 'energy_cov95'), 3)} "
+              f"| {trio(lambda x: worst(x, 'force_cov95'), 3)} "
+              f"| {trio(lambda x: x['energy_nll'], 2)} "
+              f"| {trio(lambda x: mean(x, 'std_over_mae'), 1)} "
+              f"| {trio(lambda x: x['force_miscal'], 3)} |")
+    _, today = passes(entries, TODAY)
+    floor_ok, floor = passes(entries, FLOOR)
+    both_ok, both = passes(entries, BOTH)
+    print(f"\n{len(entries)} fits. Force goal / energy goal / both met: no floor "
+          f"{today[0]} / {today[1]} / {today[2]}; floor {floor[0]} / {floor[1]} / {floor[2]}; "
+          f"floor + held-out {both[0]} / {both[1]} / {both[2]}")
+    for name in names:
+        print(f"  {name}: median in-dist E NLL "
+              f"{statistics.median(e[name]['energy_nll'] for e in entries):.3f}, largest "
+              f"in-dist F miscal {max(e[name]['force_miscal'] for e in entries):.3f}")
+    print(f"Verdict: the floor {'becomes' if floor_ok else 'does not become'} the default; "
+          f"the held-out covariance {'becomes' if floor_ok and both_ok and both[2] > floor[2] else 'does not become'} "
+          "the head's default.")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", help="evidential_share_*.json")
+    report(fits(parser.parse_args(argv).files))
+
+
+if __name__ == "__main__":
+    main()
