@@ -126,8 +126,8 @@ MODEL = {
     **dict.fromkeys(("agpd", "ptni", "platinum", "nial", "cupd", "nicu", "aupd", "agau"), dict(
         cutoff=5.0, width=32, n_interactions=2, n_rbf=12, n_readout_features=32)),
 }
-#: The tables' recipe: reference energies as fitted before training (``refit_references``
-#: came later; ``--refit-references`` applies it to these same networks).
+#: The tables' recipe, the networks cached with the reference energies as fitted before
+#: training; ``--refit-references`` (the default) refits them as ``mlipuq.train`` does.
 TRAIN = dict(batch_size=8, lr=2e-3, forces_weight=100.0, patience=1000, lr_patience=12,
              progress=False, refit_references=False)
 #: "default": ``calibrate(val)`` with the wrapper's own default (every wrapper: a Student-t
@@ -154,26 +154,17 @@ METHODS = ("default", "default, scalar energies", "default, fitted ν", "default
 #: Methods given as per-target mappings (their options in METHOD_OPTIONS): the single
 #: models' default calibration, a scalar energy factor, given to every wrapper.
 EXPLICIT = {"default, scalar energies": UQWrapper.default_calibration}
-#: The defaults the rows are measured with: when they were last changed (LLPR's energy
-#: widening, chosen on nine systems). Rows without it (or with another) are from
-#: earlier defaults and marked † in the tables, except rows of DEFAULTS_SHALLOW,
-#: DEFAULTS_SIX and DEFAULTS_FOUR the changes since did not touch (``current``).
-DEFAULTS = "2026-12-04, nine systems"
-#: The defaults before (the shallow ensemble's energy widening, chosen again on six
-#: systems with reproducible heads).
-DEFAULTS_SHALLOW = "2026-12-03, shallow energies"
-#: The defaults before (the powers chosen on six systems).
-DEFAULTS_SIX = "2026-12-02, six systems"
-#: The defaults before those (the powers chosen on four systems, the composition drift).
-DEFAULTS_FOUR = "2026-12-02"
-#: The wrappers (name prefixes) whose energies' widening the choice on six systems
-#: raised: LLPR 0.5 → 0.75, latent distance 0.5 → 1, deep ensembles 0.25 → 1.
-RAISED_ON_SIX = ("LastLayerLaplace", "LatentDistance", "DeepEnsemble")
-#: And those whose energies' widening its rerun raised (2026-12-03): 0.5 → 1.
-RAISED_SHALLOW = ("ShallowEnsemble",)
-#: And those whose energies' widening the choice on nine systems raised: LLPR 0.75 → 1
-#: (LLPR and its refit-mean variants; latent distance + LLPR widens as latent distance).
-RAISED_ON_NINE = ("LastLayerLaplace",)
+#: The defaults the rows are measured with: when they were last changed (the base
+#: models' reference energies refitted, ``mlipuq.train``'s default, with the held-out
+#: structure covariance for latent distance and the evidential head, whose term keeps a
+#: tenth of the held-out variance). Rows without it are from earlier defaults, marked †
+#: in the tables: the refit changes every wrapper's energies (``current``).
+DEFAULTS = "2026-12-04, refitted base models"
+#: Earlier defaults, newest first (the rows they tag are kept, marked †): LLPR's energy
+#: widening chosen on nine systems; the shallow ensemble's, on six with reproducible
+#: heads; the powers chosen on six systems; on four, with the composition drift.
+EARLIER_DEFAULTS = ("2026-12-04, nine systems", "2026-12-03, shallow energies",
+                    "2026-12-02, six systems", "2026-12-02")
 #: The shift whose first structures join the calibration data with --frontier.
 FRONTIER = {"copper": "bulk 600 K", "ethanol": "largest forces", "acac": "largest forces",
             "alloy": "bulk 900 K", "agpd": "bulk 1200 K", "ptni": "bulk 1500 K",
@@ -206,23 +197,9 @@ DOCS_ONLY_NAMES = ("LatentDistance + ShallowEnsemble",
                    "LatentDistance + ShallowEnsemble (committee energies)")
 
 
-#: Earlier defaults, newest first, each with the wrappers whose widening changed after
-#: it (so a row of it is current unless its wrapper is one of these).
-RAISED_SINCE = {DEFAULTS_SHALLOW: RAISED_ON_NINE,
-                DEFAULTS_SIX: RAISED_ON_NINE + RAISED_SHALLOW,
-                DEFAULTS_FOUR: RAISED_ON_NINE + RAISED_SHALLOW + RAISED_ON_SIX}
-
-
 def current(row: dict) -> bool:
-    """Whether ``row`` was measured with today's defaults: a row of ``DEFAULTS``, or of
-    earlier defaults (``RAISED_SINCE``) for a wrapper whose widening the changes since
-    left alone or a method that sets the widening itself."""
-    defaults = row.get("defaults")
-    if defaults == DEFAULTS:
-        return True
-    sets_widening = "extrapolation" in METHOD_OPTIONS.get(row["method"].split(" + ")[0], {})
-    return defaults in RAISED_SINCE and (
-        sets_widening or not row["wrapper"].startswith(RAISED_SINCE[defaults]))
+    """Whether ``row`` was measured with today's defaults (``DEFAULTS``)."""
+    return row.get("defaults") == DEFAULTS
 
 
 def readme_rows(rows: list[dict]) -> list[dict]:
@@ -327,7 +304,7 @@ def run_part(part: str, args) -> list[dict]:
                 full = wrapper._add_composition_variance(pred)
                 row = {"system": part, "wrapper": wrapper_name, "method": method + suffix,
                        "split": split, "defaults": DEFAULTS, "base_seed": seed,
-                       **({"refit_references": True} if args.refit_references else {}),
+                       "refit_references": args.refit_references,
                        **scores(full, test),
                        **exponents(wrapper), **slope, **bound_ratios(pred, wrapper.recalibrator_)}
                 rows.append(row)
@@ -481,7 +458,7 @@ def merged(args, rows: list[dict], old: dict | None = None) -> tuple[list[dict],
     if not old:
         return rows, runs
     key = lambda r: (r["system"], r["wrapper"], r["method"], r["split"],  # noqa: E731
-                     r.get("base_seed", 0), r.get("refit_references", False))
+                     r.get("base_seed", 0))  # (refitted or not: each its own --out)
     new = {key(r) for r in rows}
     kept = [r for r in old["rows"] if key(r) not in new]
     old_runs = old.get("runs") or {part: old["args"] for part in old["args"]["parts"]}
@@ -538,20 +515,20 @@ def main(argv=None) -> None:
                         help="fit the single-model wrappers on base model K (seed K of the "
                         "same recipe; default 0, the table's), their heads cached in "
                         "CACHE/PART-EPOCHS/seedK; not for the deep ensemble")
-    parser.add_argument("--refit-references", action="store_true",
-                        help="refit the base models' reference energies to the trained "
-                        "networks (mlipuq.train's refit_references=True; the tables' "
-                        "base models keep them as fitted before training), heads cached in "
-                        "CACHE/PART-EPOCHS/refit")
+    parser.add_argument("--refit-references", action=argparse.BooleanOptionalAction,
+                        default=True, help="refit the base models' reference energies to "
+                        "the trained networks (mlipuq.train's default since 2026-12-04; "
+                        "the cache keeps the networks unrefitted), heads cached in "
+                        "CACHE/PART-EPOCHS/refit; --no-refit-references: as before")
     args = parser.parse_args(argv)
     if args.base_seed < 0:
         parser.error("--base-seed must be 0 or more")
     if args.base_seed and wants_deep(args):
         parser.error("--base-seed is for the single-model wrappers: the deep ensemble's "
                      "members are base models 0 to --members − 1 (choose --wrappers)")
-    if args.refit_references and os.path.abspath(args.out) == TABLE_OUT:
-        parser.error("--refit-references rows go to their own --out: the shift table's "
-                     "base models keep the reference energies fitted before training")
+    if not args.refit_references and os.path.abspath(args.out) == TABLE_OUT:
+        parser.error("--no-refit-references rows go to their own --out: the shift table's "
+                     "base models are refitted, mlipuq.train's default")
     if args.base_seed and os.path.abspath(args.out) == TABLE_OUT:
         parser.error("--base-seed rows go to their own --out: the shift table's are base "
                      "model 0's (benchmarks/shift_seeds.py writes results/shift_seeds.json)")

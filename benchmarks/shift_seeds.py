@@ -164,7 +164,8 @@ def main(argv=None) -> None:
             shift.main(["--parts", *args.parts, "--methods", "default", "--threads",
                         str(args.threads), "--base-seed", str(seed), "--only", *only,
                         "--out", args.out, "--update",
-                        *(["--refit-references"] if args.refit_references else []),
+                        *(["--refit-references"] if args.refit_references
+                          else ["--no-refit-references"]),
                         *(["--cache", args.cache] if args.cache else [])])
     with open(args.from_json or args.out) as fh:
         rows = json.load(fh)["rows"]

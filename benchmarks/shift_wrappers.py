@@ -58,14 +58,23 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         return ensemble
 
     @functools.cache
-    def evidential():  # its distance term measured to the base model's training set
+    def trained():  # its distance term measured to the base model's training set
         return cached(path("evidential"), lambda: EvidentialHead(base).fit(
             *val.split([0.5, 0.5], seed=0), reference=train, epochs=60, lr=1e-2,
             batch_size=16, seed=0, patience=10, progress=False),
             lambda p: with_drift(mlipuq.uq.load(p), train))
 
+    def evidential():
+        """The head with today's defaults: a head cached before they changed gets its
+        term fitted again as they say (the head itself is the same either way)."""
+        head, today = trained(), EvidentialHead(base)
+        if (head.structure_covariance, head.min_distance_share) == (
+                today.structure_covariance, today.min_distance_share):
+            return head
+        return held_out_term(today.structure_covariance, today.min_distance_share)
+
     def earlier(unbounded: bool):
-        head = evidential().copy()
+        head = trained().copy()
         head.distance_ = None  # the head alone: its default before the latent-distance term
         if unbounded:
             head.std_cap_ = None  # as before the bound: the raw NIG variance
@@ -75,7 +84,7 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         """The default head with its term fitted again on the held-out half of val, its
         structure covariance ``covariance`` and its share floor ``share`` (the
         head's ``structure_covariance``, ``min_distance_share``; the head unchanged)."""
-        head = evidential().copy()
+        head = trained().copy()
         head.structure_covariance, head.min_distance_share = covariance, share
         head.distance_ = fit_distance_term(head, *val.split([0.5, 0.5], seed=0),
                                            reference=train, score=head.distance, seed=0,
@@ -86,7 +95,7 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
     def refitted_term(energy_distance="structure"):
         """The default head with its distance term measured to the head's own fitting
         half of val (the default before ``reference=``)."""
-        head = evidential().copy()
+        head = trained().copy()
         head.distance_ = fit_distance_term(head, *val.split([0.5, 0.5], seed=0),
                                            score=head.distance, seed=0, batch_size=16,
                                            energy_distance=energy_distance)

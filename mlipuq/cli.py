@@ -253,10 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--patience", type=int, default=50,
                     help="stop after this many epochs without validation improvement")
     tr.add_argument("--max-time", type=float, default=None, help="time budget (s)")
-    tr.add_argument("--refit-references", action="store_true",
+    tr.add_argument("--refit-references", action=argparse.BooleanOptionalAction, default=None,
                     help="when training ends, refit the species reference energies to the "
                          "trained model (removes the constant energy offset training leaves; "
-                         "default: off, a warning says when that offset is large)")
+                         "default: when training fitted them; unrefitted, a warning says when "
+                         "that offset is large)")
     tr.add_argument("--seed", type=int, default=0, help="random seed")
     add_device_option(tr)
     tr.set_defaults(func=run_train)

@@ -9,9 +9,8 @@ whose loss is
             + w_F \\langle (F - F^{ref})^2 \\rangle
 
 (per-atom energy MSE in eV^2/atom^2 plus force-component MSE in eV^2/Å^2).
-The UQ heads (:class:`~mlipuq.uq.ShallowEnsemble`,
-:class:`~mlipuq.uq.EvidentialHead`) subclass :class:`HeadTrainable` and only
-supply their loss.
+The UQ heads (:class:`~mlipuq.uq.ShallowEnsemble`, :class:`~mlipuq.uq.EvidentialHead`)
+subclass :class:`HeadTrainable` and only supply their loss.
 
 Data parallel (``train(..., data_parallel=True)`` after
 :func:`mlipuq.distributed.init`; the heads' ``fit`` switch it on by
@@ -82,9 +81,8 @@ class History:
     wall_time: float = 0.0
     #: True when ``max_time`` ended training (a :class:`TimeBudgetWarning` said so)
     stopped_by_time: bool = False
-    #: eV per atomic number that refitting the reference energies to the trained model
-    #: shifts them by (:func:`refit_reference_energies`): applied when
-    #: ``references_refit``, else what ``refit_references=True`` would have applied
+    #: eV per atomic number the refit (:func:`refit_reference_energies`) shifts the reference
+    #: energies by: applied when ``references_refit``, else what it would have applied
     reference_shift: dict = field(default_factory=dict)
     references_refit: bool = False
 
@@ -414,7 +412,7 @@ def train(
     progress: bool = True,
     data_parallel: bool = False,
     desc: Optional[str] = None,
-    refit_references: bool = False,
+    refit_references: Optional[bool] = None,
 ) -> History:
     """Train ``model`` on energies and forces; returns a :class:`History`.
 
@@ -480,19 +478,21 @@ def train(
     refit_references
         When training ends, shift the species reference energies by the least
         squares fit of the trained model's energy error on ``train``
-        (:func:`refit_reference_energies`: the loss's small energy weight
-        leaves a constant offset of up to tens of meV/atom; nothing else
-        changes). Without it, an :class:`EnergyOffsetWarning` says when that
-        offset is most of the training energy error; the shift is in
-        ``history.reference_shift`` either way. MLIPs only.
+        (:func:`refit_reference_energies`: the small energy weight leaves an offset of
+        up to tens of meV/atom; nothing else changes). None (default, 2026-12-04): True
+        for an MLIP whose references this training fits, False for given ones (isolated
+        atoms, an earlier training) and Trainables (True raises). Unrefitted, an
+        :class:`EnergyOffsetWarning` says when that offset is most of the energy error.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
     lr = positive("lr", lr)
+    fitted_here = not getattr(model, "atomic_energies_set", True)  # before _as_trainable
     trainable = _as_trainable(model, energy_weight, forces_weight, parameters, loss_fn)
-    if refit_references and not isinstance(trainable, EnergyForceMSE):
-        raise ValueError("refit_references applies to MLIPs, not to a "
-                         f"{type(trainable).__name__}")
+    if refit_references is None:
+        refit_references = fitted_here and isinstance(trainable, EnergyForceMSE)
+    elif refit_references and not isinstance(trainable, EnergyForceMSE):
+        raise ValueError(f"refit_references applies to MLIPs, not to a {type(trainable).__name__}")
     parallel = bool(data_parallel) and mdist.active()
     if parallel and not callable(getattr(trainable, "data_parallel", None)):
         raise TypeError(f"train(data_parallel=True) needs a Trainable with data_parallel(); "

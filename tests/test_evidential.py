@@ -292,13 +292,14 @@ def test_reference_is_what_the_distance_term_measures_to(base_model, data):
     # the map is fitted on the held-out structures: the same as fitting the term by hand
     from mlipuq.uq.evidential_shift import fit_distance_term
     by_hand = fit_distance_term(head, reference, held_out, score="mahalanobis", seed=0,
-                                batch_size=20)
+                                batch_size=20, structure_covariance="held-out",
+                                min_share=0.1)  # the head's defaults
     fitted_map = ("energy_a_", "energy_b_", "forces_a_", "forces_b_", "energy_other_scale_",
                   "forces_other_scale_")
     assert [getattr(term, k) for k in fitted_map] == [getattr(by_hand, k) for k in fitted_map]
     no_val = EvidentialHead(base_model).fit(head_data, reference=reference, **options)
     on_train = fit_distance_term(no_val, reference, head_data, score="mahalanobis", seed=0,
-                                 batch_size=20)
+                                 batch_size=20, structure_covariance="held-out", min_share=0.1)
     assert no_val.distance_.n_train_ == len(reference)
     assert [getattr(no_val.distance_, k) for k in fitted_map] == [
         getattr(on_train, k) for k in fitted_map]
@@ -346,6 +347,29 @@ def test_held_out_structure_covariance_reaches_the_term(base_model, data, tmp_pa
         EvidentialHead(base_model, distance=None, structure_covariance="held-out")
     with pytest.raises(ValueError, match="structure_covariance must be one of"):
         EvidentialHead(base_model, structure_covariance="oas")
+
+
+def test_defaults_since_the_refit_and_files_saved_before(fitted, base_model, data, tmp_path):
+    """Defaults since 2026-12-04: the held-out structure covariance and a distance share of
+    0.1 (none without a term); a file saved before them (neither in its config) loads
+    with the Ledoit-Wolf covariance and no floor, its fitted term and identity unchanged."""
+    head = EvidentialHead(base_model)
+    assert (head.structure_covariance, head.min_distance_share) == ("held-out", 0.1)
+    alone = EvidentialHead(base_model, distance=None)
+    assert (alone.structure_covariance, alone.min_distance_share) == ("ledoit-wolf", None)
+    assert fitted.distance_.min_combined_share == 0.1
+    with pytest.raises(ValueError, match="min_distance_share"):
+        EvidentialHead(base_model, min_distance_share=1.5)
+    path = tmp_path / "before.pt"
+    fitted.save(path)
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["structure_covariance"], payload["config"]["min_distance_share"]
+    save_payload(payload, path, overwrite=True)
+    old = uq_base.load(path)
+    assert (old.structure_covariance, old.min_distance_share) == ("ledoit-wolf", None)
+    assert old.fingerprint() == torch.load(path, weights_only=True)["checksum"]
+    for key in ("energy_a_", "energy_b_", "energy_other_scale_"):
+        assert getattr(old.distance_, key) == getattr(fitted.distance_, key)
 
 
 def test_distance_term_needs_held_out_data(base_model, data):

@@ -194,15 +194,20 @@ def test_beyond_the_range_on_hot_copper(copper_llpr, tmp_path):
              for p in (a, b)]
     assert cover[0] > cover[1], cover
     ratio = a.forces_std / b.forces_std
-    # one factor per structure (to the 1e-9 by which the soft bound may touch stds
-    # within a third of it: extrapolation.saturate)
-    np.testing.assert_allclose(ratio.max(axis=1), ratio.min(axis=1), rtol=1e-9)
+    # one factor per structure, over the stds within a third of the soft bound (which
+    # touches those by under 2e-9, (1 + 3^-16)^(-1/16): extrapolation.saturate)
+    inside = a.forces_std < widened.recalibrator_.std_range_["forces_bound"] / 3
+    assert inside.mean() > 0.5
+    top = np.where(inside, ratio, -np.inf).max(axis=1)
+    low = np.where(inside, ratio, np.inf).min(axis=1)
+    some = inside.any(axis=1)
+    np.testing.assert_allclose(top[some], low[some], rtol=2e-9)
     # the ASE calculator reports it with each structure
     atoms = hot[0].copy()
     atoms.calc = mlipuq.Calculator(widened)
     atoms.get_potential_energy()
-    assert atoms.calc.results["calibration_excess"] == pytest.approx(a.calibration_excess[0],
-                                                                     rel=1e-6)
+    assert atoms.calc.results["calibration_excess"] == pytest.approx(  # float32 features,
+        a.calibration_excess[0], rel=1e-5)  # computed alone rather than in a batch
     # and ν of the default Student-t for the forces (energies: Gaussian, no ν)
     assert atoms.calc.results["forces_dof"] == pytest.approx(a.forces_dof, rel=1e-12)
     assert "energy_dof" not in atoms.calc.results and a.energy_dof is None

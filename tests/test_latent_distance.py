@@ -148,6 +148,48 @@ def test_variance_map_recovers_known_parameters():
     assert combined["b"] < 0.2 * b
 
 
+def test_structure_covariance_default_follows_the_energy_distance(base):
+    """Since 2026-12-04: chosen on the held-out structures for the structure distance,
+    Ledoit-Wolf where there is no structure distance (independent atoms)."""
+    assert LatentDistance(base).structure_covariance == "held-out"
+    assert LatentDistance(base, energy_distance="atoms").structure_covariance == "ledoit-wolf"
+    assert LatentDistance(base, structure_covariance="ledoit-wolf").structure_covariance == (
+        "ledoit-wolf")
+    assert LatentDistance(base).min_combined_share is None
+
+
+def test_variance_map_floor_keeps_the_distance_share():
+    """``min_share``: where another variance explains the errors and the scores do not,
+    the free joint fit all but drops the distance term; the floor keeps its share of
+    the mean variance at exactly ``min_share`` (the bound is active); where the term
+    explains the errors the floor changes nothing; ``min_share=1`` leaves λ = 0."""
+    rng = np.random.default_rng(1)
+    other = rng.uniform(0.01, 0.1, 20000)
+    u2 = rng.uniform(0, 9, other.size)
+    errors = rng.normal(size=other.size) * np.sqrt(other)
+
+    def share(fit):
+        own = np.mean(fit["a"] + fit["b"] * u2)
+        return own / (own + fit["other_scale"] * np.mean(other))
+
+    free = fit_variance_map(errors**2, np.ones(u2.size), u2, other)
+    assert share(free) < 0.05 and free["other_scale"] == pytest.approx(1.0, abs=0.1)
+    for floor in (0.1, 0.3):
+        kept = fit_variance_map(errors**2, np.ones(u2.size), u2, other, min_share=floor)
+        assert share(kept) == pytest.approx(floor, rel=1e-6)
+        assert kept["nll"] >= free["nll"] - 1e-9
+    alone = fit_variance_map(errors**2, np.ones(u2.size), u2, other, min_share=1.0)
+    assert alone["other_scale"] == 0.0
+    # the distance term explains the errors, the other variance is small: not binding
+    by_distance = rng.normal(size=u2.size) * np.sqrt(0.01 + 0.004 * u2)
+    small = rng.uniform(0.001, 0.002, u2.size)
+    a = fit_variance_map(by_distance**2, np.ones(u2.size), u2, small)
+    b = fit_variance_map(by_distance**2, np.ones(u2.size), u2, small, min_share=0.1)
+    assert b["a"] == pytest.approx(a["a"], rel=1e-4) and b["b"] == pytest.approx(a["b"], rel=1e-4)
+    with pytest.raises(ValueError, match="min_share"):
+        fit_variance_map(errors**2, np.ones(u2.size), u2, other, min_share=0.0)
+
+
 # ------------------------------------------------------------------ physics
 def test_lone_atom_has_zero_force_variance(base, ethanol):
     import ase

@@ -1,5 +1,5 @@
 """The reference energies refitted to the trained network when ``mlipuq.train`` ends
-(``refit_references=True``): the constant energy offset the loss's small energy
+(``refit_references=True``, the default where training fits them): the constant energy offset the loss's small energy
 weight leaves is removed along the combinations the training compositions
 determine, and nothing else moves; without it, training warns of that offset."""
 
@@ -35,7 +35,7 @@ def _train(data, **options):
 @pytest.fixture(scope="module")
 def ethanol_pair():
     train = datasets.ethanol("train")[:40]
-    return train, _train(train), _train(train, refit_references=True)
+    return train, _train(train, refit_references=False), _train(train)  # refit: the default
 
 
 def test_refit_moves_only_the_reference_energies(ethanol_pair):
@@ -92,7 +92,7 @@ def test_training_warns_of_the_offset_it_leaves():
     train = datasets.ethanol("train")[:40]
     model = _model()
     with pytest.warns(mlipuq.training.EnergyOffsetWarning, match="refit_references=True"):
-        mlipuq.train(model, train, **FAST)
+        mlipuq.train(model, train, refit_references=False, **FAST)
     shift, removed, left = mlipuq.training.reference_energy_shift(model, train)
     assert removed > left
     error = (model.compute(train)["energy"] - train.energies) / train.n_atoms
@@ -105,8 +105,8 @@ def test_training_warns_of_the_offset_it_leaves():
 
 
 def test_given_reference_energies_are_refitted_only_when_asked():
-    """Isolated-atom (or any given) reference energies stay as given by default and
-    move with ``refit_references=True`` (a Trainable other than an MLIP's refuses
+    """Isolated-atom (or any given) reference energies stay as given by default (what
+    the user wrote is kept) and move with ``refit_references=True`` (a Trainable other than an MLIP's refuses
     the option: test_training)."""
     train = datasets.ethanol("train")[:16]
     given = {"H": -13.6, "C": -1029.0, "O": -2041.0}

@@ -185,32 +185,12 @@ def test_update_keeps_the_rows_it_does_not_replace(tmp_path, monkeypatch):
                          for split in ("in distribution", "shift")])
     marked = {line.split("|")[3].strip() for line in table.splitlines()[2:]}
     assert marked == {"default", "scalar †", "default †"}
-    # rows of the defaults before the choice on six systems stay current where it
-    # changed nothing: another wrapper's, or a method that sets the widening itself
-    four = {"defaults": shift.DEFAULTS_FOUR}
-    assert shift.current({**four, "wrapper": "EvidentialHead", "method": "scalar"})
-    assert not shift.current({**four, "wrapper": "LatentDistance + LLPR", "method": "default"})
-    assert not shift.current({**four, "wrapper": "DeepEnsemble (3)", "method": "scalar"})
-    assert shift.current({**four, "wrapper": "LastLayerLaplace",
-                          "method": "default, widening 1 + 10 frontier (bulk 600 K)"})
-    assert not shift.current({"wrapper": "ShallowEnsemble", "method": "default"})
-    # the shallow ensemble's energy widening was raised after both (2026-12-03)
-    six = {"defaults": shift.DEFAULTS_SIX}
-    assert shift.current({**six, "wrapper": "LatentDistance + LLPR", "method": "default"})
-    for earlier in (four, six):
-        assert not shift.current({**earlier, "wrapper": "ShallowEnsemble", "method": "default"})
-        assert not shift.current({**earlier, "wrapper": "ShallowEnsemble (heads alone)",
-                                  "method": "scalar"})
-        assert shift.current({**earlier, "wrapper": "ShallowEnsemble",
-                              "method": "default, widening 1"})
-    # LLPR's energy widening was raised after all three (2026-12-04, nine systems): its
-    # rows (and its refit-mean variants') are stale unless the method sets the widening
-    shallow = {"defaults": shift.DEFAULTS_SHALLOW}
-    assert shift.current({**shallow, "wrapper": "ShallowEnsemble", "method": "default"})
-    assert shift.current({**shallow, "wrapper": "LatentDistance + LLPR", "method": "scalar"})
-    for earlier in (four, six, shallow):
-        assert not shift.current({**earlier, "wrapper": "LastLayerLaplace", "method": "default"})
-        assert not shift.current({**earlier, "wrapper": "LastLayerLaplace (refit mean)",
-                                  "method": "scalar"})
-        assert shift.current({**earlier, "wrapper": "LastLayerLaplace",
-                              "method": "default, no widening"})
+    # the refit (2026-12-04) changed every wrapper's energies: a row of any earlier
+    # defaults is stale, whatever its wrapper and method
+    assert shift.current({"defaults": shift.DEFAULTS, "wrapper": "EvidentialHead",
+                          "method": "scalar"})
+    for earlier in shift.EARLIER_DEFAULTS + (None,):
+        for wrapper in ("EvidentialHead", "LastLayerLaplace", "ShallowEnsemble"):
+            for method in ("default", "scalar", "default, no widening"):
+                assert not shift.current({"defaults": earlier, "wrapper": wrapper,
+                                          "method": method})

@@ -84,11 +84,12 @@ def _descriptors(wrapper, dataset):
 
 def test_energy_variance_is_coherent_in_the_structure_distance(fitted, ethanol):
     """energy_var = n² (a_E + b_E U²), U the Mahalanobis distance of the structure's
-    per-element mean features to the training structures' (recomputed here)."""
+    per-element mean features to the training structures' (recomputed here, in the
+    default covariance, chosen on the held-out structures)."""
     assert fitted.energy_distance == "structure"
-    x, numbers, structure, _, count = _features(fitted, ethanol[:10])
-    train = sd.descriptors(x, numbers, structure, count, fitted.species_)
-    reference = sd.fit_reference(train)
+    assert fitted.structure_covariance == "held-out"
+    reference = sd.fit_reference(_descriptors(fitted, ethanol[:10]),
+                                 _descriptors(fitted, ethanol[10:14]))
     x, numbers, structure, n, count = _features(fitted, ethanol[14:])
     u = sd.scores(reference, sd.descriptors(x, numbers, structure, count, fitted.species_))
     pred = fitted.predict(ethanol[14:], calibrated=False, composition=False)
@@ -136,6 +137,7 @@ def test_atom_energies_keep_the_format_of_files_saved_before(fitted_members, eth
     fitted.save(path)
     payload = torch.load(path, weights_only=True)
     del payload["config"]["energy_distance"], payload["state"]["structure_"]
+    del payload["config"]["structure_covariance"]  # (the default since 2026-12-04)
     save_payload(payload, path, overwrite=True)
     assert load(path).energy_distance == "atoms"
     # config and state that disagree are refused, naming the file
