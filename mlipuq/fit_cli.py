@@ -155,9 +155,9 @@ def add_parsers(subparsers) -> None:
                      default=None,
                      help="latent, evidential, --latent both: the covariance the "
                           "structures' energy "
-                          "distance is measured in: shrunk (default: ledoit-wolf) or the "
-                          "one under which --val's structures are most likely (held-out; "
-                          "docs/latent.md)")
+                          "distance is measured in: the one under which --val's "
+                          "structures are most likely (held-out, the default) or shrunk "
+                          "(ledoit-wolf, the default before 2026-12-04; docs/latent.md)")
     fit.add_argument("--latent", choices=("forces", "both"), default=None,
                      help="llpr, shallow, deep: add a latent-distance variance to the fitted "
                           "wrapper's (LatentDistance(model, combine=wrapper)), its map fitted "

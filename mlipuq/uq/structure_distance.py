@@ -24,8 +24,8 @@ coherent
 
 n the number of atoms, fitted by NLL on held-out energies as the per-atom maps are.
 
-``structure_covariance="held-out"`` (:func:`fit_reference` given held-out descriptors)
-replaces the Ledoit–Wolf estimate by the empirical covariance plus a diagonal
+``structure_covariance="held-out"`` (the wrappers' default since 2026-12-04;
+:func:`fit_reference` given held-out descriptors) replaces the Ledoit–Wolf estimate by the empirical covariance plus a diagonal
 term chosen among :data:`HELD_OUT_DIAGONALS` (decades, in units of the mean
 variance of the training descriptors) by the mean Gaussian log-density of the
 held-out structures' descriptors: the covariance that best describes

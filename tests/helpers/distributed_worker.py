@@ -86,8 +86,10 @@ def _latent(model, llpr, train, val, test) -> dict:
         seen.append(len(dataset))
         return passes(self, dataset, *args, **kwargs)
 
-    for name, wrapper in (("latent", LatentDistance(model)),
-                          ("latent_llpr", LatentDistance(model, combine=llpr)),
+    # the Ledoit-Wolf covariance (the default before 2026-12-04) and the held-out one
+    lw = dict(structure_covariance="ledoit-wolf")
+    for name, wrapper in (("latent", LatentDistance(model, **lw)),
+                          ("latent_llpr", LatentDistance(model, combine=llpr, **lw)),
                           ("latent_held_out",
                            LatentDistance(model, structure_covariance="held-out"))):
         seen.clear()
