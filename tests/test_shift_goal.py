@@ -194,3 +194,28 @@ def test_update_keeps_the_rows_it_does_not_replace(tmp_path, monkeypatch):
             for method in ("default", "scalar", "default, no widening"):
                 assert not shift.current({"defaults": earlier, "wrapper": wrapper,
                                           "method": method})
+
+
+def test_refit_comparison_counts_goals_before_and_after(monkeypatch):
+    """``benchmarks/refit_defaults.py``: a system and wrapper in both files gets its worst
+    shift coverages before → after, and the goal counts move with them; rows after the
+    change count only when tagged with the new defaults."""
+    monkeypatch.syspath_prepend(str(_PATH.parent))
+    spec = importlib.util.spec_from_file_location("refit_defaults",
+                                                  _PATH.parent / "refit_defaults.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def rows(e_cov, tag=None):
+        out = [{**_row("default", split, e_cov=cov), "wrapper": "EvidentialHead",
+                "energy_std_per_atom": 0.02, "energy_mae_per_atom": 0.01, "defaults": tag}
+               for split, cov in (("in distribution", 0.95), ("tail A", e_cov),
+                                  ("tail B", 0.99))]
+        return out
+
+    tag = "new"
+    text = module.compare(rows(0.80), rows(0.90, tag) + rows(0.10, "old"), tag)
+    line = next(x for x in text.splitlines() if x.startswith("| ethanol | EvidentialHead"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[3] == "0.800 → 0.900" and cells[6] == "2.0 → 2.0"
+    assert "| EvidentialHead | 1 | 1 → 1 | 0 → 1 |" in text
