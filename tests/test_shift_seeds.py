@@ -57,9 +57,20 @@ def test_seed_zero_is_compared_with_the_table(benchmarks):
 
 
 def _refusal(shift, capsys, *options) -> str:
-    """What ``shift.py --parts ethanol OPTIONS`` says when it refuses to run."""
-    with pytest.raises(SystemExit):
-        shift.main(["--parts", "ethanol", *options])
+    """What ``shift.py --parts ethanol OPTIONS`` says when it refuses to run. Run safely:
+    the table's path is a temporary one and ``--from-json`` names no file, so that a run
+    that is not refused fails at once instead of training and writing the table (one
+    did, when a default changed under this test)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        table, shift.TABLE_OUT = shift.TABLE_OUT, os.path.join(folder, "shift.json")
+        try:
+            with pytest.raises(SystemExit):
+                shift.main(["--parts", "ethanol", "--from-json",
+                            os.path.join(folder, "none.json"), *options])
+        finally:
+            shift.TABLE_OUT = table
     return capsys.readouterr().err
 
 
