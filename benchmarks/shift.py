@@ -447,7 +447,7 @@ def previous_results(args) -> dict:
 def merged(args, rows: list[dict], old: dict | None = None) -> tuple[list[dict], dict]:
     """The rows to save and the settings of each run they come from: with ``--update``,
     the rows of the existing ``--out`` (``old``; read when not given) that this run does
-    not replace (same system, wrapper, method, split, base model and refit) and their runs'
+    not replace (same system, wrapper, method, split and base model) and their runs'
     settings are kept (a kept row measured with earlier defaults is marked † in the
     tables: ``DEFAULTS``). A run of some wrappers is recorded as "PART (PREFIX, ...)"."""
     def on_base(part: str) -> str:

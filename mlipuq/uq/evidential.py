@@ -216,7 +216,9 @@ class EvidentialHead(UQWrapper):
             f"train_backbone={self.train_backbone}, hidden={self.hidden}, "
             f"energy_evidence={self.energy_evidence!r}, distance={self.distance!r}"
             + ("" if self.structure_covariance == "ledoit-wolf"
-               else f", structure_covariance={self.structure_covariance!r}") + ")"
+               else f", structure_covariance={self.structure_covariance!r}")
+            + ("" if self.min_distance_share is None
+               else f", min_distance_share={self.min_distance_share}") + ")"
         )
 
     # ------------------------------------------------------------ UQWrapper API
