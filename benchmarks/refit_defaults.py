@@ -14,39 +14,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
-from shift_goal import E_COVER, F_COVER, MISCAL
+from shift_goal import MISCAL
+from structure_covariance import goals, mean, summary, worst
 
 WRAPPERS = ("LastLayerLaplace", "LatentDistance", "LatentDistance + LLPR", "ShallowEnsemble",
             "EvidentialHead", "DeepEnsemble (3)")
 
 
 def entries(rows: list[dict], defaults=None) -> dict:
-    """(system, wrapper) -> in-distribution row and shift rows of the default method
-    (``defaults``: only rows tagged so; None: any)."""
+    """(system, wrapper) -> ``structure_covariance.summary`` of the default method's rows
+    on base model 0 (``defaults``: only rows tagged so; None: any)."""
+    chosen = [r for r in rows if r["method"] == "default" and r["wrapper"] in WRAPPERS
+              and not r.get("base_seed", 0)
+              and (defaults is None or r.get("defaults") == defaults)]
     out = {}
-    for r in rows:
-        if r["method"] != "default" or r["wrapper"] not in WRAPPERS or r.get("base_seed", 0):
-            continue
-        if defaults is not None and r.get("defaults") != defaults:
-            continue
-        entry = out.setdefault((r["system"], r["wrapper"]), {"shifts": []})
-        if r["split"].startswith("in dist"):
-            entry["in"] = r
-        else:
-            entry["shifts"].append(r)
-    return {k: v for k, v in out.items() if "in" in v and v["shifts"]}
+    for system in {r["system"] for r in chosen}:
+        for wrapper, entry in summary([r for r in chosen if r["system"] == system]).items():
+            if "energy_nll" in entry and entry["shifts"]:  # in distribution and shifted
+                out[(system, wrapper)] = entry
+    return out
 
 
 def numbers(entry: dict) -> dict:
     """The compared quantities of one (system, wrapper) entry."""
-    shifts = entry["shifts"]
-    return {"F": min(r["force_cov95"] for r in shifts),
-            "E": min(r["energy_cov95"] for r in shifts),
-            "miscal": entry["in"]["force_miscal"], "nll": entry["in"]["energy_nll"],
-            "sharp": statistics.mean(r["energy_std_per_atom"] / r["energy_mae_per_atom"]
-                                     for r in shifts)}
+    return {"F": worst(entry, "force_cov95"), "E": worst(entry, "energy_cov95"),
+            "miscal": entry["force_miscal"], "nll": entry["energy_nll"],
+            "sharp": mean(entry, "std_over_mae")}
 
 
 def compare(before_rows: list[dict], after_rows: list[dict], defaults: str) -> str:
@@ -59,12 +53,10 @@ def compare(before_rows: list[dict], after_rows: list[dict], defaults: str) -> s
         if key not in before:
             continue
         b, a = numbers(before[key]), numbers(after[key])
+        (f_before, e_before), (f_after, e_after) = goals(before[key]), goals(after[key])
         c = counts[key[1]]
-        c[0] += 1
-        c[1] += b["F"] >= F_COVER
-        c[2] += a["F"] >= F_COVER
-        c[3] += b["E"] >= E_COVER
-        c[4] += a["E"] >= E_COVER
+        for i, met in enumerate((True, f_before, f_after, e_before, e_after)):
+            c[i] += met
         mark = "" if a["miscal"] <= MISCAL else " ✗"
         lines.append(f"| {key[0]} | {key[1]} | {b['F']:.3f} → {a['F']:.3f} | {b['E']:.3f} → "
                      f"{a['E']:.3f} | {b['miscal']:.3f} → {a['miscal']:.3f}{mark} | "
