@@ -56,28 +56,25 @@ def test_seed_zero_is_compared_with_the_table(benchmarks):
     assert "energy_cov95 0.02" in text and "energy_std_per_atom 0.1 (relative)" in text
 
 
-def _refusal(shift, capsys, *options) -> str:
+@pytest.fixture
+def refusal(benchmarks, capsys, monkeypatch, tmp_path):
     """What ``shift.py --parts ethanol OPTIONS`` says when it refuses to run. Run safely:
     the table's path is a temporary one and ``--from-json`` names no file, so that a run
     that is not refused fails at once instead of training and writing the table (one
     did, when a default changed under this test)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        table, shift.TABLE_OUT = shift.TABLE_OUT, os.path.join(folder, "shift.json")
-        try:
-            with pytest.raises(SystemExit):
-                shift.main(["--parts", "ethanol", "--from-json",
-                            os.path.join(folder, "none.json"), *options])
-        finally:
-            shift.TABLE_OUT = table
-    return capsys.readouterr().err
-
-
-def test_base_seed_refuses_the_deep_ensemble(benchmarks, capsys):
     shift, _ = benchmarks
-    assert "deep ensemble" in _refusal(shift, capsys, "--base-seed", "1",
-                                       "--wrappers", "DeepEnsemble")
+    monkeypatch.setattr(shift, "TABLE_OUT", str(tmp_path / "shift.json"))
+
+    def run(*options) -> str:
+        with pytest.raises(SystemExit):
+            shift.main(["--parts", "ethanol", "--from-json", str(tmp_path / "none.json"),
+                        *options])
+        return capsys.readouterr().err
+    return run
+
+
+def test_base_seed_refuses_the_deep_ensemble(refusal):
+    assert "deep ensemble" in refusal("--base-seed", "1", "--wrappers", "DeepEnsemble")
 
 
 def test_an_update_keeps_the_rows_of_other_base_models(benchmarks, tmp_path):
@@ -108,12 +105,11 @@ def test_an_update_keeps_the_rows_of_other_base_models(benchmarks, tmp_path):
 
 @pytest.mark.parametrize("option", [["--base-seed", "1"], ["--no-refit-references"]],
                          ids=["base seed", "unrefitted"])
-def test_other_fits_stay_out_of_the_shift_table(benchmarks, capsys, option):
+def test_other_fits_stay_out_of_the_shift_table(refusal, option):
     """Rows on another base model, or on base models whose reference energies stay as
     fitted before training, never go into shift.json (base model 0, reference energies
     refitted: mlipuq.train's default since 2026-12-04)."""
-    shift, _ = benchmarks
-    assert "own --out" in _refusal(shift, capsys, *option, "--wrappers", "LastLayerLaplace")
+    assert "own --out" in refusal(*option, "--wrappers", "LastLayerLaplace")
 
 
 def test_refit_comparison_counts_fits_in_both(benchmarks):
