@@ -195,12 +195,12 @@ class EvidentialHead(UQWrapper):
             raise ValueError(f"structure_covariance={structure_covariance!r} is the latent-"
                              "distance term's: it needs distance (not None)")
         check_share(min_distance_share, "min_distance_share", optional=True)
-        min_distance_share = None if distance is None else min_distance_share
         self.model = copy.deepcopy(model)
         self.model.eval()
         self.distance = distance
         self.structure_covariance = structure_covariance
-        self.min_distance_share = None if min_distance_share is None else float(min_distance_share)
+        self.min_distance_share = (None if distance is None or min_distance_share is None
+                                   else float(min_distance_share))  # the term's
         self.distance_ = None
         self.reg_weight = float(reg_weight)
         self.train_backbone = bool(train_backbone)
