@@ -12,6 +12,13 @@ wrapper's own variances (the ``combine=`` fit of
 :class:`~mlipuq.uq.LatentDistance`), so that the two do not count the same error
 twice. A wrapper holding such a term keeps it in ``distance_`` and predicts
 without it when ``distance_`` is None; this module fits, loads and applies it.
+
+``combination="max"`` (an option of :class:`~mlipuq.uq.EvidentialHead`) fits the two
+apart on the same held-out data, :math:`a, b` as :class:`~mlipuq.uq.LatentDistance`
+alone and :math:`\\lambda` by the Gaussian NLL of the wrapper's variance alone
+(:func:`own_scale`), and takes the larger, :math:`\\sigma^2 = \\max(\\lambda
+\\sigma^2_{\\rm own}, a + b\\,u^2)`: a joint fit gives the term a share s of the
+variance and so only the fraction s of its growth away from the data.
 """
 
 from __future__ import annotations
@@ -24,13 +31,18 @@ import torch
 from mlipuq import data as mdata
 from mlipuq.uq.latent_distance import LatentDistance
 
-__all__ = ["fit_distance_term", "load_distance_term", "term_variances"]
+__all__ = ["COMBINATIONS", "combine_variances", "fit_distance_term", "load_distance_term",
+           "own_scale", "term_variances"]
+
+#: How a term's variance joins the wrapper's: a sum fitted jointly, or the larger of two
+#: fitted apart (module notes).
+COMBINATIONS = ("sum", "max")
 
 
 def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size: int,
                       progress: bool = False, energy_distance="structure",
                       reference=None, structure_covariance="ledoit-wolf",
-                      min_share=None) -> LatentDistance:
+                      min_share=None, combination="sum") -> LatentDistance:
     """The latent-distance term of a fitted ``wrapper`` (one with a ``distance_``
     attribute): reference atoms and structures from ``reference`` (None: ``train``),
     λ, a and b fitted on ``val`` (None: ``train`` when a ``reference`` is given,
@@ -38,20 +50,56 @@ def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size:
     ``energy_distance`` and ``structure_covariance`` as in
     :class:`~mlipuq.uq.LatentDistance` (``energy_distance=None``: the energies keep the
     wrapper's variance alone); ``min_share``: its ``min_combined_share``, the term's
-    smallest share of the held-out mean variance (None: none)."""
+    smallest share of the held-out mean variance (None: none); ``combination``: ``"sum"``
+    (the joint fit) or ``"max"`` (fitted apart, ``min_share`` unused; module notes)."""
+    if combination not in COMBINATIONS:
+        raise ValueError(f"combination must be one of {COMBINATIONS}, got {combination!r}")
+    if combination == "max" and energy_distance is None:
+        raise ValueError("combination='max' needs the term's energies (energy_distance)")
     alone = copy.copy(wrapper)  # shares the model and parameters, predicts without the term
     alone.distance_ = None
     alone.fitted_ = True
-    term = LatentDistance(wrapper.model, score=score, combine=alone,
+    joint = combination == "sum"
+    term = LatentDistance(wrapper.model, score=score, combine=alone if joint else None,
                           energy_distance=energy_distance,
                           structure_covariance=structure_covariance,
-                          min_combined_share=min_share)
+                          min_combined_share=min_share if joint else None)
     points, held_out = ((train, val) if reference is None
                         else (reference, train if val is None else val))
     term.fit(points, held_out, seed=seed, batch_size=batch_size, progress=progress)
+    if not joint:
+        term.energy_other_scale_, term.forces_other_scale_ = own_scale(
+            alone, held_out, batch_size)
     term.combine = None  # its scales λ are kept; the wrapper supplies its own part
     # (fit is collective after distributed.init: shares computed per rank, rank 0's term kept)
     return term
+
+
+def own_scale(wrapper, held_out, batch_size: int) -> tuple[float, float]:
+    """λ_E, λ_F: the maximum-likelihood scales of ``wrapper``'s uncalibrated energy and
+    force variances on ``held_out`` (Gaussian, a common factor per target:
+    λ = mean(r²/σ²) over the finite targets with σ² > 0)."""
+    data = mdata.as_dataset(held_out)
+    own = wrapper.predict(data, batch_size=batch_size, calibrated=False, composition=False)
+
+    def mle(error, var):
+        error, var = np.ravel(error).astype(np.float64), np.ravel(var).astype(np.float64)
+        keep = np.isfinite(error) & (var > 0)
+        if not keep.any():
+            raise ValueError("no held-out targets with a positive variance to fit λ on")
+        return float(np.mean(error[keep] ** 2 / var[keep]))
+
+    return (mle(own.energy - data.energies, own.energy_var),
+            mle(own.forces - data.forces, own.forces_var))
+
+
+def combine_variances(combination: str, scale: float, own, term):
+    """The combined variance of one target: ``scale × own + term`` (``"sum"``) or the
+    larger of the two (``"max"``); arrays or tensors alike."""
+    if combination == "sum":
+        return scale * own + term
+    scaled = scale * own
+    return scaled + (term - scaled).clip(min=0)
 
 
 def load_distance_term(model, score: str, state: dict,

@@ -38,6 +38,7 @@ from mlipuq import distributed as mdist
 from mlipuq.models.base import MLIP
 from mlipuq.training import split_fit_options
 from mlipuq.uq.base import UQWrapper, _check_model, register
+from mlipuq.uq.distance_term import COMBINATIONS
 from mlipuq.uq.evidential_head import EvidentialNLL, _NIGHead
 from mlipuq.uq.evidential_shift import (  # noqa: F401  (STD_CAP_FACTOR, soft_cap: public here)
     STD_CAP_FACTOR, cap_variances, distance_variances, fit_distance_term, load_distance_term,
@@ -128,7 +129,14 @@ class EvidentialHead(UQWrapper):
         λ, a, b can otherwise give all of it to the NIG variance, whose evidence does
         not fall away from the data (a, b ≈ 1e-12 eV² was seen on refitted base
         models, ``docs/shift.md``). None: no floor (the default before 2026-12-04;
-        files saved before keep their fitted term). Ignored without ``distance``.
+        files saved before keep their fitted term). Ignored without ``distance`` and
+        with ``distance_combination="max"``.
+    distance_combination
+        ``"sum"`` (default): the variance above, λ, a, b fitted jointly. ``"max"``: λ
+        and a, b fitted apart on the same held-out data and the larger variance taken,
+        :math:`\\max(\\lambda\\sigma^2_{\\rm NIG}, a + b u^2)` per target
+        (:mod:`mlipuq.uq.distance_term`), so that the term's growth away from the data
+        is not shared out; measured in ``docs/shift.md``. Ignored without ``distance``.
 
     Attributes
     ----------
@@ -170,6 +178,7 @@ class EvidentialHead(UQWrapper):
         distance: Optional[str] = "mahalanobis",
         structure_covariance: Optional[str] = None,
         min_distance_share: Optional[float] = 0.1,
+        distance_combination: str = "sum",
     ):
         model = _check_model(model)
         if isinstance(reg_weight, bool) or not isinstance(reg_weight, (int, float, np.number)):
@@ -195,12 +204,17 @@ class EvidentialHead(UQWrapper):
             raise ValueError(f"structure_covariance={structure_covariance!r} is the latent-"
                              "distance term's: it needs distance (not None)")
         check_share(min_distance_share, "min_distance_share", optional=True)
+        if distance_combination not in COMBINATIONS:
+            raise ValueError(f"distance_combination must be one of {COMBINATIONS}, "
+                             f"got {distance_combination!r}")
         self.model = copy.deepcopy(model)
         self.model.eval()
         self.distance = distance
         self.structure_covariance = structure_covariance
-        self.min_distance_share = (None if distance is None or min_distance_share is None
-                                   else float(min_distance_share))  # the term's
+        self.distance_combination = "sum" if distance is None else distance_combination
+        self.min_distance_share = (  # the joint fit's
+            None if distance is None or min_distance_share is None
+            or self.distance_combination == "max" else float(min_distance_share))
         self.distance_ = None
         self.reg_weight = float(reg_weight)
         self.train_backbone = bool(train_backbone)
@@ -218,7 +232,9 @@ class EvidentialHead(UQWrapper):
             + ("" if self.structure_covariance == "ledoit-wolf"
                else f", structure_covariance={self.structure_covariance!r}")
             + ("" if self.min_distance_share is None
-               else f", min_distance_share={self.min_distance_share}") + ")"
+               else f", min_distance_share={self.min_distance_share}")
+            + ("" if self.distance_combination == "sum"
+               else f", distance_combination={self.distance_combination!r}") + ")"
         )
 
     # ------------------------------------------------------------ UQWrapper API
@@ -234,6 +250,8 @@ class EvidentialHead(UQWrapper):
                else {"structure_covariance": self.structure_covariance}),
             **({} if self.min_distance_share is None
                else {"min_distance_share": self.min_distance_share}),
+            **({} if self.distance_combination == "sum"
+               else {"distance_combination": self.distance_combination}),
         }
 
     @classmethod
@@ -357,14 +375,15 @@ class EvidentialHead(UQWrapper):
                           "forces; with forces_weight=0 the head's variance is used alone "
                           "(distance=None)", UserWarning, stacklevel=2)
             self.distance, self.structure_covariance = None, "ledoit-wolf"
-            self.min_distance_share = None
+            self.min_distance_share, self.distance_combination = None, "sum"
         elif self.distance is not None:
             self.distance_ = fit_distance_term(self, train, val, reference=reference,
                                                score=self.distance, seed=seed,
                                                batch_size=trainer["batch_size"],
                                                progress=progress,
                                                structure_covariance=self.structure_covariance,
-                                               min_share=self.min_distance_share)
+                                               min_share=self.min_distance_share,
+                                               combination=self.distance_combination)
         self.fitted_ = True
         return self
 
@@ -484,7 +503,8 @@ class EvidentialHead(UQWrapper):
             e_alea, e_epi, f_var = cap_variances(caps, batch.n_atoms, e_alea, e_epi, f_var)
             if self.distance_ is not None:
                 e_alea, e_epi, f_var = cap_variances(caps, batch.n_atoms, *distance_variances(
-                    self.distance_, out["features"], batch, e_alea, e_epi, f_var))
+                    self.distance_, out["features"], batch, e_alea, e_epi, f_var,
+                    self.distance_combination))
             forces_var = f_var.unsqueeze(1).expand(-1, 3)
         return {
             "energy": out["energy"].detach(),

@@ -42,6 +42,7 @@ from mlipuq.calibration.extrapolation import (  # noqa: F401  (soft_cap: public 
     soft_cap,
 )
 from mlipuq.uq.distance_term import (  # noqa: F401  (re-exported: their first home)
+    combine_variances,
     fit_distance_term,
     load_distance_term,
     term_variances,
@@ -85,13 +86,16 @@ def cap_variances(caps: Optional[dict], n_atoms: torch.Tensor, e_alea, e_epi, f_
 
 
 def distance_variances(term: LatentDistance, features: torch.Tensor, batch: mdata.Batch,
-                       e_alea, e_epi, f_var):
-    """``λ σ²_NIG`` plus the latent-distance term's variance (module notes): the NIG
-    energy parts (B,) and force variances (N,) of one batch combined with it (the
-    latent part is epistemic)."""
+                       e_alea, e_epi, f_var, combination: str = "sum"):
+    """``λ σ²_NIG`` plus the latent-distance term's variance (module notes), or the
+    larger of the two (``combination="max"``): the NIG energy parts (B,) and force
+    variances (N,) of one batch combined with it (the latent part is epistemic: with
+    ``"max"`` the aleatoric part stays ``λ σ²_alea`` and the epistemic part is the rest)."""
     energy_var, force_var = term_variances(term, features, batch)
     like = dict(dtype=e_alea.dtype, device=e_alea.device)
     latent_e = torch.as_tensor(energy_var, **like)
-    return (term.energy_other_scale_ * e_alea,
-            term.energy_other_scale_ * e_epi + latent_e,
-            term.forces_other_scale_ * f_var + torch.as_tensor(force_var, **like))
+    scale_e, latent_f = term.energy_other_scale_, torch.as_tensor(force_var, **like)
+    e_epi = (scale_e * e_epi + latent_e if combination == "sum" else
+             combine_variances(combination, scale_e, e_alea + e_epi, latent_e) - scale_e * e_alea)
+    return (scale_e * e_alea, e_epi,
+            combine_variances(combination, term.forces_other_scale_, f_var, latent_f))

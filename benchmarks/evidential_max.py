@@ -1,0 +1,95 @@
+"""The round on the evidential head's larger of two variances (``docs/shift.md``, "The
+larger of two variances"): per fit today's default head (floor 0.1, held-out covariance;
+rows of ``evidential_share_*.json``) beside ``distance_combination="max"``
+(``evidential_max_*.json``), and the rule's verdict, fixed before the runs.
+
+    python benchmarks/evidential_max.py benchmarks/results/evidential_max_*.json
+
+Files of systems outside the round (no ``evidential_share_`` partner) are compared with
+the shift table's default head (``benchmarks/results/shift.json``) and not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+
+from evidential_share import BOTH, counts, in_distribution_holds
+from structure_covariance import goals, mean, summary, worst
+
+TODAY = "EvidentialHead"
+CANDIDATE = "EvidentialHead (larger of two variances)"
+TABLE = os.path.join(os.path.dirname(__file__), "results", "shift.json")
+
+
+def default_rows(path: str, system: str, seed: int) -> list[dict]:
+    """Today's default head on the same fit: the round's partner file, else the table."""
+    partner = os.path.join(os.path.dirname(path), os.path.basename(path).replace(
+        "evidential_max_", "evidential_share_"))
+    if os.path.exists(partner):
+        return [dict(r, wrapper=TODAY) for r in json.load(open(partner))["rows"]
+                if r["wrapper"] == BOTH and r["method"] == "default"]
+    return [r for r in json.load(open(TABLE))["rows"]
+            if (r["system"], r["wrapper"], r["method"], r.get("base_seed", 0))
+            == (system, TODAY, "default", seed) and r["defaults"].startswith("2026-12-04")]
+
+
+def fits(files) -> tuple[list[dict], list[dict]]:
+    """Per fit the summaries of both heads: (counted fits, fits outside the round)."""
+    counted, extra = [], []
+    for path in sorted(files):
+        rows = [r for r in json.load(open(path))["rows"] if r["method"] == "default"]
+        system, seed = rows[0]["system"], rows[0].get("base_seed", 0)
+        entry = {"system": system, "seed": seed, CANDIDATE: summary(rows)[CANDIDATE],
+                 TODAY: summary(default_rows(path, system, seed))[TODAY]}
+        partner = path.replace("evidential_max_", "evidential_share_")
+        (counted if os.path.exists(partner) else extra).append(entry)
+    return counted, extra
+
+
+def table(entries: list[dict]) -> None:
+    print("| system | base model | worst shift E cover (default → max) | worst shift F cover "
+          "| in-dist E NLL | mean shift E std÷MAE | in-dist F miscal |")
+    print("|---|---|---|---|---|---|---|")
+    for e in entries:
+        def pair(value, digits):
+            return " → ".join(f"{value(e[n]):.{digits}f}" for n in (TODAY, CANDIDATE))
+        print(f"| {e['system']} | {e['seed']} | {pair(lambda x: worst(x, 'energy_cov95'), 3)} "
+              f"| {pair(lambda x: worst(x, 'force_cov95'), 3)} "
+              f"| {pair(lambda x: x['energy_nll'], 2)} "
+              f"| {pair(lambda x: mean(x, 'std_over_mae'), 1)} "
+              f"| {pair(lambda x: x['force_miscal'], 3)} |")
+
+
+def report(counted: list[dict], extra: list[dict]) -> None:
+    """The per-fit tables, the counts and the verdict."""
+    table(counted)
+    today, new = counts(counted, TODAY), counts(counted, CANDIDATE)
+    print(f"\n{len(counted)} fits. Force goal / energy goal / both met: default "
+          f"{today[0]} / {today[1]} / {today[2]}; max {new[0]} / {new[1]} / {new[2]}")
+    for name in (TODAY, CANDIDATE):
+        print(f"  {name}: median in-dist E NLL "
+              f"{statistics.median(e[name]['energy_nll'] for e in counted):.3f}, largest "
+              f"in-dist F miscal {max(e[name]['force_miscal'] for e in counted):.3f}")
+    ok = (new[1] > today[1] and new[0] >= today[0]
+          and in_distribution_holds(counted, CANDIDATE, TODAY))
+    print(f"Verdict: distance_combination='max' {'becomes' if ok else 'does not become'} "
+          "the head's default.")
+    if extra:
+        print("\nOutside the round (not counted):\n")
+        table(extra)
+        for e in extra:
+            print(f"  {e['system']}: goals (force, energy) default {goals(e[TODAY])}, "
+                  f"max {goals(e[CANDIDATE])}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", help="evidential_max_*.json")
+    report(*fits(parser.parse_args(argv).files))
+
+
+if __name__ == "__main__":
+    main()

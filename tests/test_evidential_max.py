@@ -1,0 +1,114 @@
+"""``EvidentialHead(distance_combination="max")``: the NIG variance and the latent-distance
+term fitted apart on the same held-out data, the larger of the two reported."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import mlipuq
+from mlipuq.models.mini import MiniMLIP
+from mlipuq.uq import LatentDistance
+from mlipuq.uq import base as uq_base
+from mlipuq.uq.distance_term import combine_variances
+from mlipuq.uq.evidential import EvidentialHead
+
+HERE = os.path.dirname(__file__)
+SMALL = os.path.join(HERE, "data", "ethanol_small.xyz")
+ETHANOL = "/work/shared/data/ethanol/train.xyz"
+RAW = dict(calibrated=False, composition=False)
+
+
+@pytest.fixture(scope="module")
+def data():
+    path = SMALL if os.path.exists(SMALL) else ETHANOL
+    if not os.path.exists(path):
+        pytest.skip(f"no ethanol data at {path}")
+    dataset = mlipuq.data.load(path, index=":20")
+    if len(dataset) < 20:
+        pytest.skip("not enough structures for the evidential tests")
+    return {"train": dataset[:12], "head": dataset[12:16], "held": dataset[16:18],
+            "test": dataset[18:20]}
+
+
+@pytest.fixture(scope="module")
+def heads(data):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = MiniMLIP(data["train"].species, cutoff=4.0, width=16, n_interactions=2, n_rbf=8,
+                     seed=0)
+    mlipuq.train(model, data["train"], epochs=4, lr=5e-3, batch_size=10, progress=False)
+    fit = dict(reference=data["train"], epochs=3, lr=2e-2, batch_size=20, seed=0,
+               progress=False)
+    out = {name: EvidentialHead(model, distance_combination=name).fit(
+        data["head"], data["held"], **fit) for name in ("sum", "max")}
+    torch.set_num_threads(before)
+    return model, out
+
+
+def test_combine_variances_by_hand():
+    own, term = np.array([1.0, 4.0]), np.array([3.0, 1.0])
+    np.testing.assert_array_equal(combine_variances("sum", 2.0, own, term), [5.0, 9.0])
+    np.testing.assert_array_equal(combine_variances("max", 2.0, own, term), [3.0, 8.0])
+    tensor = combine_variances("max", 0.5, torch.tensor(own), torch.tensor(term))
+    np.testing.assert_array_equal(tensor.numpy(), [3.0, 2.0])
+
+
+def test_scales_are_the_nig_variances_own_likelihood(heads, data):
+    """λ_E, λ_F are the Gaussian maximum-likelihood scales of the head's variance alone on
+    the held-out structures, mean(r²/σ²) (d/dλ of Σ log λσ² + r²/(λσ²) vanishes there)."""
+    _, fitted = heads
+    head = fitted["max"]
+    alone = head.copy()
+    alone.distance_ = None
+    pred = alone.predict(data["held"], **RAW)
+    held = data["held"]
+    r2_e = (pred.energy - held.energies) ** 2
+    r2_f = (pred.forces - held.forces) ** 2
+    np.testing.assert_allclose(head.distance_.energy_other_scale_,
+                               np.mean(r2_e / pred.energy_var), rtol=1e-10)
+    np.testing.assert_allclose(head.distance_.forces_other_scale_,
+                               np.mean(r2_f / pred.forces_var), rtol=1e-10)
+
+
+def test_term_is_latent_distance_alone_and_the_larger_is_reported(heads, data):
+    """a, b are LatentDistance's own fit (no joint fit, no share floor); the reported
+    variance is max(λσ²_NIG, term) per target, the aleatoric part λσ²_alea."""
+    model, fitted = heads
+    head = fitted["max"]
+    alone = LatentDistance(model, structure_covariance="held-out").fit(
+        data["train"], data["held"])
+    term = head.distance_
+    for key in ("energy_a_", "energy_b_", "forces_a_", "forces_b_"):
+        np.testing.assert_allclose(getattr(term, key), getattr(alone, key), rtol=1e-10)
+    assert head.min_distance_share is None and fitted["sum"].min_distance_share == 0.1
+    nig = head.copy()
+    nig.distance_ = None
+    full, own, latent = (w.predict(data["test"], **RAW) for w in (head, nig, alone))
+    lam_e, lam_f = term.energy_other_scale_, term.forces_other_scale_
+    np.testing.assert_allclose(full.energy_var,
+                               np.maximum(lam_e * own.energy_var, latent.energy_var), rtol=1e-9)
+    np.testing.assert_allclose(full.forces_var,
+                               np.maximum(lam_f * own.forces_var, latent.forces_var), rtol=1e-9)
+    np.testing.assert_allclose(full.energy_aleatoric_var, lam_e * own.energy_aleatoric_var,
+                               rtol=1e-9)
+    assert np.all(full.energy_epistemic_var >= 0)
+
+
+def test_saves_loads_and_leaves_the_default_file_alone(heads, data, tmp_path):
+    model, fitted = heads
+    path = tmp_path / "max.pt"
+    fitted["max"].save(path)
+    again = uq_base.load(path)
+    assert again.distance_combination == "max" and "distance_combination='max'" in repr(again)
+    a, b = again.predict(data["test"]), fitted["max"].predict(data["test"])
+    np.testing.assert_array_equal(a.energy_var, b.energy_var)
+    np.testing.assert_array_equal(a.forces_var, b.forces_var)
+    assert "distance_combination" not in fitted["sum"].config()
+    assert EvidentialHead(model, distance=None, distance_combination="max").distance_combination \
+        == "sum"
+    with pytest.raises(ValueError, match="distance_combination must be one of"):
+        EvidentialHead(model, distance_combination="mean")
