@@ -17,6 +17,7 @@ from mlipuq.fileio import save_payload
 from mlipuq.models.mini import MiniMLIP
 from mlipuq.uq import base as uq_base
 from mlipuq.uq import LatentDistance
+from mlipuq.uq.distance_term import fit_distance_term
 from mlipuq.uq.evidential import (
     EvidentialHead,
     aggregate_energy_nig,
@@ -170,6 +171,17 @@ def _nig_only(wrapper: EvidentialHead) -> EvidentialHead:
     return nig
 
 
+def _summed(wrapper: EvidentialHead, data) -> EvidentialHead:
+    """The fitted head with its term fitted again as ``distance_combination="sum"`` (the
+    joint fit with a share floor of 0.1) on the same data."""
+    summed = wrapper.copy()
+    summed.distance_combination = "sum"
+    summed.distance_ = fit_distance_term(summed, data["train"], data["val"], score="mahalanobis",
+                                         seed=0, batch_size=20, min_share=0.1,
+                                         structure_covariance="held-out")
+    return summed
+
+
 def test_variance_decomposition(fitted, data):
     pred = fitted.predict(data["test"])
     for name in ("energy_var", "energy_aleatoric_var", "energy_epistemic_var", "forces_var"):
@@ -192,9 +204,10 @@ def test_variance_decomposition(fitted, data):
 
 
 def test_distance_term_adds_the_latent_variance(fitted, data):
-    """Default: the NIG variance scaled by λ plus LatentDistance's a + b u² (for energies
-    the structure's n² (a + b U²)), λ, a, b >= 0 fitted on the held-out data; the latent
-    part counts as epistemic."""
+    """``distance_combination="sum"``: the NIG variance scaled by λ plus LatentDistance's
+    a + b u² (for energies the structure's n² (a + b U²)), λ, a, b >= 0 fitted jointly on
+    the held-out data; the latent part counts as epistemic."""
+    fitted = _summed(fitted, data)
     term = fitted.distance_
     assert fitted.distance == "mahalanobis" and term.score == "mahalanobis"
     scales = (term.energy_other_scale_, term.forces_other_scale_)
@@ -255,6 +268,7 @@ def test_terms_saved_before_the_structure_distance_sum_atoms(fitted, data, tmp_p
     fitted.save(path)
     payload = torch.load(path, weights_only=True)
     del payload["state"]["distance"]["structure_"]
+    del payload["config"]["distance_combination"]  # the sum, as before 2026-12-04
     save_payload(payload, path, overwrite=True)
     old = uq_base.load(path)
     assert old.distance_.energy_distance == "atoms"
@@ -290,16 +304,16 @@ def test_reference_is_what_the_distance_term_measures_to(base_model, data):
         np.testing.assert_array_equal(term.gmm_[z]["means"], alone.gmm_[z]["means"])
         np.testing.assert_array_equal(term.score_scale_[z], alone.score_scale_[z])
     # the map is fitted on the held-out structures: the same as fitting the term by hand
-    from mlipuq.uq.evidential_shift import fit_distance_term
     by_hand = fit_distance_term(head, reference, held_out, score="mahalanobis", seed=0,
                                 batch_size=20, structure_covariance="held-out",
-                                min_share=0.1)  # the head's defaults
+                                combination="max")  # the head's defaults
     fitted_map = ("energy_a_", "energy_b_", "forces_a_", "forces_b_", "energy_other_scale_",
                   "forces_other_scale_")
     assert [getattr(term, k) for k in fitted_map] == [getattr(by_hand, k) for k in fitted_map]
     no_val = EvidentialHead(base_model).fit(head_data, reference=reference, **options)
     on_train = fit_distance_term(no_val, reference, head_data, score="mahalanobis", seed=0,
-                                 batch_size=20, structure_covariance="held-out", min_share=0.1)
+                                 batch_size=20, structure_covariance="held-out",
+                                 combination="max")
     assert no_val.distance_.n_train_ == len(reference)
     assert [getattr(no_val.distance_, k) for k in fitted_map] == [
         getattr(on_train, k) for k in fitted_map]
@@ -350,23 +364,28 @@ def test_held_out_structure_covariance_reaches_the_term(base_model, data, tmp_pa
 
 
 def test_defaults_since_the_refit_and_files_saved_before(fitted, base_model, data, tmp_path):
-    """Defaults since 2026-12-04: the held-out structure covariance and a distance share of
-    0.1 (none without a term); a file saved before them (neither in its config) loads
-    with the Ledoit-Wolf covariance and no floor, its fitted term and identity unchanged."""
+    """Defaults since 2026-12-04: the held-out structure covariance and the larger of the
+    NIG and the term's variances (a distance share of 0.1 with the sum; none without a
+    term); a file saved before them (none in its config) loads with the Ledoit-Wolf
+    covariance, the sum and no floor, its fitted term and identity unchanged."""
     head = EvidentialHead(base_model)
-    assert (head.structure_covariance, head.min_distance_share) == ("held-out", 0.1)
+    assert (head.structure_covariance, head.min_distance_share, head.distance_combination) \
+        == ("held-out", None, "max")
+    summed = EvidentialHead(base_model, distance_combination="sum")
+    assert (summed.structure_covariance, summed.min_distance_share) == ("held-out", 0.1)
     alone = EvidentialHead(base_model, distance=None)
     assert (alone.structure_covariance, alone.min_distance_share) == ("ledoit-wolf", None)
-    assert fitted.distance_.min_combined_share == 0.1
+    assert fitted.distance_combination == "max" and fitted.distance_.min_combined_share is None
     with pytest.raises(ValueError, match="min_distance_share"):
         EvidentialHead(base_model, min_distance_share=1.5)
     path = tmp_path / "before.pt"
     fitted.save(path)
     payload = torch.load(path, weights_only=True)
-    del payload["config"]["structure_covariance"], payload["config"]["min_distance_share"]
+    del payload["config"]["structure_covariance"], payload["config"]["distance_combination"]
     save_payload(payload, path, overwrite=True)
     old = uq_base.load(path)
-    assert (old.structure_covariance, old.min_distance_share) == ("ledoit-wolf", None)
+    assert (old.structure_covariance, old.min_distance_share, old.distance_combination) == (
+        "ledoit-wolf", None, "sum")
     assert old.fingerprint() == torch.load(path, weights_only=True)["checksum"]
     for key in ("energy_a_", "energy_b_", "energy_other_scale_"):
         assert getattr(old.distance_, key) == getattr(fitted.distance_, key)
@@ -457,7 +476,9 @@ def test_permutation_rotation_translation_invariance(fitted, data):
 def test_non_interacting_copies_have_larger_energy_variance(fitted, data):
     """Two far-apart copies of a structure: the head's NIG variance (independent atoms)
     doubles; the latent-distance energy variance, coherent over a structure, is four
-    times one copy's (the same error twice); the aleatoric part doubles."""
+    times one copy's (the same error twice); the aleatoric part doubles (the joint sum,
+    where the two parts add)."""
+    fitted = _summed(fitted, data)
     atoms = data["test"][1].copy()
     atoms.pbc = False
     far = atoms.copy()

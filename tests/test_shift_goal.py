@@ -187,8 +187,16 @@ def test_update_keeps_the_rows_it_does_not_replace(tmp_path, monkeypatch):
     assert marked == {"default", "scalar †", "default †"}
     # the refit (2026-12-04) changed every wrapper's energies: a row of any earlier
     # defaults is stale, whatever its wrapper and method
-    assert shift.current({"defaults": shift.DEFAULTS, "wrapper": "EvidentialHead",
+    assert shift.current({"defaults": shift.DEFAULTS, "wrapper": "LastLayerLaplace",
                           "method": "scalar"})
+    # the evidential head's own default changed after (the larger of two variances): its
+    # rows of the refit's defaults are stale, those of its own tag current
+    tag = shift.WRAPPER_DEFAULTS["EvidentialHead"]
+    assert shift.current({"defaults": tag, "wrapper": "EvidentialHead", "method": "scalar"})
+    assert not shift.current({"defaults": shift.DEFAULTS, "wrapper": "EvidentialHead",
+                              "method": "default"})
+    assert not shift.current({"defaults": tag, "wrapper": "LastLayerLaplace",
+                              "method": "default"})
     for earlier in shift.EARLIER_DEFAULTS + (None,):
         for wrapper in ("EvidentialHead", "LastLayerLaplace", "ShallowEnsemble"):
             for method in ("default", "scalar", "default, no widening"):

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from mlipuq import data as mdata
+from mlipuq.uq import latent_features
 from mlipuq.uq.latent_distance import LatentDistance
 
 __all__ = ["COMBINATIONS", "combine_variances", "fit_distance_term", "load_distance_term",
@@ -66,6 +67,8 @@ def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size:
                           min_combined_share=min_share if joint else None)
     points, held_out = ((train, val) if reference is None
                         else (reference, train if val is None else val))
+    if held_out is None and not joint:  # the term's own split, to fit λ on the same data
+        points, held_out = latent_features.hold_out(mdata.as_dataset(points), 0.2, seed)
     term.fit(points, held_out, seed=seed, batch_size=batch_size, progress=progress)
     if not joint:
         term.energy_other_scale_, term.forces_other_scale_ = own_scale(

@@ -25,8 +25,11 @@ Two parts of :class:`~mlipuq.uq.EvidentialHead`:
   existed sum independent atoms, :math:`a_E n + b_E \\sum_i u_i^2`), and
   :math:`\\lambda, a, b \\ge 0` fitted by Gaussian NLL on held-out data (the
   ``combine=`` fit of :class:`~mlipuq.uq.LatentDistance`), so that the two do not
-  count the same error twice. The bound applies twice: to the NIG variances (as
-  λ was fitted on them) and to the sum.
+  count the same error twice (``distance_combination="sum"``). By default
+  (``"max"``, since 2026-12-04) the two are fitted apart on the same data and the
+  larger is taken, :math:`\\max(\\lambda\\sigma^2_{\\rm NIG}, a + b u^2)`
+  (:mod:`mlipuq.uq.distance_term`). The bound applies twice: to the NIG variances
+  (as λ was fitted on them) and to the combination.
 """
 
 from __future__ import annotations

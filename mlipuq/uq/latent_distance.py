@@ -416,13 +416,7 @@ class LatentDistance(UQWrapper):
         dataset = mdata.as_dataset(train)
         latent_features.validate(dataset, self.species)  # each rank its share
         if val is None:
-            if len(dataset) < 2:
-                raise ValueError("LatentDistance.fit needs val or at least 2 training structures "
-                                 "(one is held out to fit the variance map)")
-            n_held = min(max(1, round(val_fraction * len(dataset))), len(dataset) - 1)
-            order = np.random.default_rng(seed).permutation(len(dataset))
-            held_out = dataset.subset(np.sort(order[:n_held]))
-            reference = dataset.subset(np.sort(order[n_held:]))
+            reference, held_out = latent_features.hold_out(dataset, val_fraction, seed)
         else:
             held_out = mdata.as_dataset(val)
             latent_features.validate(held_out, self.species)

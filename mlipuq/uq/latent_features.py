@@ -13,7 +13,20 @@ from mlipuq import data as mdata
 from mlipuq import distributed as mdist
 from mlipuq.progress import batches_with_progress
 
-__all__ = ["validate", "passes", "has_neighbours", "reference_features", "map_terms"]
+__all__ = ["validate", "hold_out", "passes", "has_neighbours", "reference_features",
+           "map_terms"]
+
+
+def hold_out(dataset: mdata.AtomsDataset, fraction: float, seed: int) -> tuple:
+    """``(reference, held_out)``: a random ``fraction`` of ``dataset``'s structures (at
+    least one, at most all but one; seeded by ``seed``) held out, the rest the
+    reference, each in data order (needs two structures or more)."""
+    if len(dataset) < 2:
+        raise ValueError("LatentDistance.fit needs val or at least 2 training structures "
+                         "(one is held out to fit the variance map)")
+    n_held = min(max(1, round(fraction * len(dataset))), len(dataset) - 1)
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    return dataset.subset(np.sort(order[n_held:])), dataset.subset(np.sort(order[:n_held]))
 
 
 def validate(dataset, species) -> None:
