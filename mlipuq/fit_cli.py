@@ -158,6 +158,11 @@ def add_parsers(subparsers) -> None:
                           "distance is measured in: the one under which --val's "
                           "structures are most likely (held-out, the default) or shrunk "
                           "(ledoit-wolf, the default before 2026-12-04; docs/latent.md)")
+    fit.add_argument("--distance-combination", choices=("max", "sum"), default=None,
+                     help="evidential: the larger of the head's and its latent-distance "
+                          "term's variances, each fitted on --val (max, the default), or "
+                          "their sum fitted jointly (sum, the default before 2026-12-04; "
+                          "docs/evidential.md)")
     fit.add_argument("--latent", choices=("forces", "both"), default=None,
                      help="llpr, shallow, deep: add a latent-distance variance to the fitted "
                           "wrapper's (LatentDistance(model, combine=wrapper)), its map fitted "
@@ -245,6 +250,11 @@ def _check_fit_args(args) -> None:
         raise ValueError("--structure-covariance is a latent, evidential (with its "
                          f"latent-distance term) or --latent both option, not one of fit "
                          f"{args.method}" + (" --score none" if args.score == "none" else ""))
+    if args.distance_combination is not None and (args.method != "evidential"
+                                                  or args.score == "none"):
+        raise ValueError("--distance-combination is an evidential option (with its "
+                         f"latent-distance term), not one of fit {args.method}"
+                         + (" --score none" if args.score == "none" else ""))
     if args.reference is not None and args.method != "evidential":
         raise ValueError(f"--reference is an evidential option, not one of fit {args.method}")
     if args.reference is not None and args.score == "none":
@@ -307,9 +317,10 @@ def _method_wrapper(args, models, train, val, progress: bool, reference=None):
                                distance=None if args.latent else distance).fit(
             train, val, **common, **_trainer_options(args, {}))
     if args.method == "evidential":
-        covariance = ({} if args.structure_covariance is None
-                      else {"structure_covariance": args.structure_covariance})
-        return EvidentialHead(model, distance=distance, **covariance).fit(
+        options = {key: value for key, value in (
+            ("structure_covariance", args.structure_covariance),
+            ("distance_combination", args.distance_combination)) if value is not None}
+        return EvidentialHead(model, distance=distance, **options).fit(
             train, val, reference=reference, **common, **_trainer_options(args, {}))
     if args.method == "latent":
         options = {} if args.score is None else {"score": args.score}

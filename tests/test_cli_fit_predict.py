@@ -273,12 +273,14 @@ def test_fit_evidential_reference(files, tmp_path, capsys):
     assert cli.main(["fit", "evidential", "-m", str(files["model"]), "--train",
                      str(files["val"]), "--val", str(files["test"]), "--reference",
                      str(files["train"]), "--out", str(out), *QUICK["evidential"],
-                     "--structure-covariance", "held-out"]) == 0, capsys.readouterr().err
+                     "--structure-covariance", "held-out", "--distance-combination", "sum"]
+                    ) == 0, capsys.readouterr().err
     assert "to 10 reference structures" in capsys.readouterr().out
     head = load_wrapper(out)
     assert head.distance_.n_train_ == 10
     # --structure-covariance reaches the term: its covariance chosen on --val
     assert head.structure_covariance == "held-out" and head.distance_.structure_["diagonal"] > 0
+    assert head.distance_combination == "sum"  # --distance-combination reaches the head
 
 
 def test_fit_latent_score_and_without_val(files, tmp_path, capsys):
@@ -378,6 +380,11 @@ def test_fit_deep_from_several_trained_models(files, tmp_path, capsys):
     (["llpr", "--latent", "forces", "--structure-covariance", "held-out"],
      "--structure-covariance is a latent"),
     (["evidential", "--score", "none", "--structure-covariance", "held-out"],
+     "not one of fit evidential --score none"),
+    (["llpr", "--distance-combination", "sum"], "--distance-combination is an evidential "
+                                                "option (with its latent-distance term), "
+                                                "not one of fit llpr"),
+    (["evidential", "--score", "none", "--distance-combination", "max"],
      "not one of fit evidential --score none"),
     (["evidential", "--score", "none", "--reference", "train.extxyz"],
      "--score none has no such term"),
