@@ -99,23 +99,22 @@ def demo() -> None:
     import torch
 
     from mlipuq.calibration import evaluate
-    from mlipuq.demo import DEMO_SYSTEM, EVIDENTIAL_EPOCHS, system_data
+    from mlipuq.demo import DEMO_SYSTEM, fit_evidential, system_data
     from mlipuq.pretrained import load_pretrained, manifest
-    from mlipuq.uq import EvidentialHead
     from mlipuq.uq.evidential_shift import fit_distance_term
 
     torch.set_num_threads(1)
     train, val, test = system_data(DEMO_SYSTEM)
     model = load_pretrained(manifest()["systems"][DEMO_SYSTEM]["members"][0])
     halves = val.split([0.5, 0.5], seed=0)
-    head = EvidentialHead(model).fit(*halves, reference=train, epochs=EVIDENTIAL_EPOCHS,
-                                     lr=1e-2, seed=0, progress=False)
+    head = fit_evidential(model, train, val)
     print("| covariance | floor | test E NLL | test F NLL | a_E, b_E (eV²) | λ_E |")
     print("|---|---|---|---|---|---|")
     for covariance in ("ledoit-wolf", "held-out"):
         for share in (None, 0.1):
             h = head.copy()
             h.structure_covariance, h.min_distance_share = covariance, share
+            h.distance_combination = "sum"  # the joint fit, what this comparison measured
             h.distance_ = fit_distance_term(h, *halves, reference=train, score=h.distance,
                                             seed=0, batch_size=16, min_share=share,
                                             structure_covariance=covariance)

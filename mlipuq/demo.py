@@ -275,7 +275,7 @@ def _run(args: argparse.Namespace) -> int:
     from mlipuq.calibration import evaluate
     from mlipuq.devices import resolve_device
     from mlipuq.training import errors
-    from mlipuq.uq import DeepEnsemble, EvidentialHead, LastLayerLaplace, ShallowEnsemble
+    from mlipuq.uq import DeepEnsemble, LastLayerLaplace, ShallowEnsemble
 
     training = _train_mode(args)
     info = manifest()
@@ -334,11 +334,7 @@ def _run(args: argparse.Namespace) -> int:
         "ShallowEnsemble (8 heads)": ShallowEnsemble(model, n_heads=8).fit(
             train_set, val_set, epochs=SHALLOW_EPOCHS, lr=SHALLOW_LR, seed=seed,
             progress=progress),
-        # a frozen-backbone head learns residuals: fit it on data the MLIP did not see;
-        # its latent-distance term measures distances to the data the MLIP did see
-        "EvidentialHead": EvidentialHead(model).fit(
-            *val_set.split([0.5, 0.5], seed=seed), reference=train_set,
-            epochs=EVIDENTIAL_EPOCHS, lr=1e-2, seed=seed, progress=progress),
+        "EvidentialHead": fit_evidential(model, train_set, val_set, seed, progress),
     }
     if len(members) > 1:
         wrappers[f"DeepEnsemble ({len(members)})"] = DeepEnsemble(members)
@@ -398,6 +394,17 @@ SHALLOW_EPOCHS = 3
 SHALLOW_LR = 3e-3
 #: The evidential head's fit (on the 20 validation structures: cheap).
 EVIDENTIAL_EPOCHS = 30
+
+
+def fit_evidential(model, train_set, val_set, seed: int = 0, progress: bool = False):
+    """The demo's evidential head: a frozen-backbone head learns residuals, so it is fitted
+    on data the MLIP did not see (halves of ``val_set``), its latent-distance term measuring
+    distances to the data the MLIP did see (``train_set``)."""
+    from mlipuq.uq import EvidentialHead
+
+    return EvidentialHead(model).fit(
+        *val_set.split([0.5, 0.5], seed=seed), reference=train_set,
+        epochs=EVIDENTIAL_EPOCHS, lr=1e-2, seed=seed, progress=progress)
 
 
 def _train_from_scratch(args, device, seed: int, progress: bool, steps: int):
