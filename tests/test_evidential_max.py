@@ -3,50 +3,37 @@ term fitted apart on the same held-out data, the larger of the two reported."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
 
 import mlipuq
+from conftest import ETHANOL_SMALL
 from mlipuq.models.mini import MiniMLIP
 from mlipuq.uq import LatentDistance
 from mlipuq.uq import base as uq_base
 from mlipuq.uq.distance_term import combine_variances
 from mlipuq.uq.evidential import EvidentialHead
 
-HERE = os.path.dirname(__file__)
-SMALL = os.path.join(HERE, "data", "ethanol_small.xyz")
-ETHANOL = "/work/shared/data/ethanol/train.xyz"
 RAW = dict(calibrated=False, composition=False)
 
 
 @pytest.fixture(scope="module")
 def data():
-    path = SMALL if os.path.exists(SMALL) else ETHANOL
-    if not os.path.exists(path):
-        pytest.skip(f"no ethanol data at {path}")
-    dataset = mlipuq.data.load(path, index=":20")
-    if len(dataset) < 20:
-        pytest.skip("not enough structures for the evidential tests")
+    dataset = mlipuq.load(ETHANOL_SMALL)  # 20 frames
     return {"train": dataset[:12], "head": dataset[12:16], "held": dataset[16:18],
             "test": dataset[18:20]}
 
 
 @pytest.fixture(scope="module")
 def heads(data):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     model = MiniMLIP(data["train"].species, cutoff=4.0, width=16, n_interactions=2, n_rbf=8,
                      seed=0)
     mlipuq.train(model, data["train"], epochs=4, lr=5e-3, batch_size=10, progress=False)
     fit = dict(reference=data["train"], epochs=3, lr=2e-2, batch_size=20, seed=0,
                progress=False)
-    out = {name: EvidentialHead(model, distance_combination=name).fit(
+    return model, {name: EvidentialHead(model, distance_combination=name).fit(
         data["head"], data["held"], **fit) for name in ("sum", "max")}
-    torch.set_num_threads(before)
-    return model, out
 
 
 def test_combine_variances_by_hand():
