@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from mlipuq import data as mdata
+from mlipuq import distributed as mdist
 from mlipuq.uq import latent_features
 from mlipuq.uq.latent_distance import LatentDistance
 
@@ -70,9 +71,9 @@ def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size:
     if held_out is None and not joint:  # the term's own split, to fit λ on the same data
         points, held_out = latent_features.hold_out(mdata.as_dataset(points), 0.2, seed)
     term.fit(points, held_out, seed=seed, batch_size=batch_size, progress=progress)
-    if not joint:
-        term.energy_other_scale_, term.forces_other_scale_ = own_scale(
-            alone, held_out, batch_size)
+    if not joint:  # (predict is collective after distributed.init: rank 0's λ kept)
+        term.energy_other_scale_, term.forces_other_scale_ = mdist.broadcast_object(
+            own_scale(alone, held_out, batch_size))
     term.combine = None  # its scales λ are kept; the wrapper supplies its own part
     # (fit is collective after distributed.init: shares computed per rank, rank 0's term kept)
     return term
