@@ -1,0 +1,86 @@
+"""Two comparison scripts of the shift benchmark: ``benchmarks/evidential_max.py`` (the
+round on the evidential head's larger of two variances: counts and the rule fixed
+before it) and ``benchmarks/frontier_effect.py`` (calibrating on frontier structures,
+scored on the shifts other than the frontier's)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "benchmarks")
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        import evidential_max
+        import frontier_effect
+        import shift
+    finally:
+        sys.path.remove(BENCHMARKS)
+    return evidential_max, frontier_effect, shift
+
+
+def _rows(system, wrapper, e_cov, f_cov=0.95, nll=-2.0, miscal=0.02, method="default",
+          defaults=None, extra_split=None):
+    common = {"system": system, "wrapper": wrapper, "method": method, "base_seed": 0,
+              "defaults": defaults}
+    rows = [{**common, "split": "in distribution", "energy_nll": nll, "energy_cov95": 0.95,
+             "force_nll": -1.0, "force_miscal": miscal, "force_cov95": 0.95},
+            {**common, "split": "surface", "energy_cov95": e_cov, "force_cov95": f_cov,
+             "energy_nll": 1.0, "energy_std_per_atom": 2.0, "energy_mae_per_atom": 1.0}]
+    if extra_split:
+        rows.append({**rows[1], "split": extra_split, "energy_cov95": 0.1, "force_cov95": 0.1})
+    return rows
+
+
+def _write(path, rows):
+    with open(path, "w") as f:
+        json.dump({"rows": rows}, f)
+
+
+def test_larger_of_two_round_counts_and_verdict(scripts, tmp_path, capsys):
+    """More energy goals at equal force goals and an equal NLL: the rule says the default
+    changes; one fit fewer (a tie) does not."""
+    evidential_max = scripts[0]
+    share, both = evidential_max.BOTH, evidential_max.CANDIDATE
+    for k, (today, new) in enumerate([(0.50, 0.90), (0.90, 0.90), (0.95, 0.95)]):
+        _write(tmp_path / f"evidential_share_s{k}.json", _rows(f"s{k}", share, today))
+        _write(tmp_path / f"evidential_max_s{k}.json", _rows(f"s{k}", both, new))
+    files = sorted(str(p) for p in tmp_path.glob("evidential_max_*.json"))
+    counted, extra = evidential_max.fits(files)
+    assert len(counted) == 3 and not extra
+    evidential_max.report(counted, extra)
+    out = capsys.readouterr().out
+    assert "default 3 / 2 / 2; max 3 / 3 / 3" in out
+    assert "'max' becomes the head's default" in out
+    _write(tmp_path / "evidential_max_s0.json", _rows("s0", both, 0.50))
+    evidential_max.report(*evidential_max.fits(files))
+    assert "does not become" in capsys.readouterr().out
+
+
+def test_frontier_effect_leaves_out_the_frontier_shift(scripts):
+    """The frontier's own shift (in the table's test sets, not in the frontier run's) is
+    left out of both worst coverages; rows of earlier defaults are not read."""
+    _, frontier_effect, shift = scripts
+    frontier = shift.FRONTIER["copper"]
+    table, with_frontier = [], []
+    for w in frontier_effect.WRAPPERS:
+        tag = shift.defaults_of(w)
+        table += _rows("copper", w, 0.90, f_cov=0.95, defaults=tag, extra_split=frontier)
+        table += _rows("copper", w, 0.00, defaults="2026-12-02")  # earlier: ignored
+        with_frontier += _rows("copper", w, 0.80, f_cov=0.97, defaults=tag,
+                               method=f"default + 10 frontier ({frontier})")
+    text = frontier_effect.report(table, with_frontier)
+    line = next(t for t in text.splitlines()
+                if t.startswith("| copper") and "| LastLayerLaplace |" in t)
+    assert "0.950 / 0.900 → 0.970 / 0.800" in line
+    assert "| LastLayerLaplace | 1 → 1 | 1 → 0 |" in text
+    with pytest.raises(ValueError, match="no current rows"):
+        frontier_effect.worst(table, "copper", "LastLayerLaplace", "scalar")
