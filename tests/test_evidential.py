@@ -1,4 +1,5 @@
-"""Tests of mlipuq.uq.evidential: the EvidentialHead wrapper and its invariances (its NIG maths: test_nig.py)."""
+"""Tests of mlipuq.uq.evidential: the EvidentialHead wrapper and its invariances (its NIG
+maths: test_nig.py)."""
 
 from __future__ import annotations
 
