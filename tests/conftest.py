@@ -6,6 +6,9 @@ suite runs in well under a minute and a half on two CPU cores.
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,25 @@ DATA = Path(__file__).parent / "data"
 
 #: 20 ethanol frames (every 50th of the BOTNet/rMD17 training file), PBE energies and forces.
 ETHANOL_SMALL = DATA / "ethanol_small.xyz"
+
+#: The benchmark scripts, imported by the tests of their comparisons.
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark_modules(*names: str) -> list:
+    """The scripts ``names`` of benchmarks/ imported as modules: benchmarks/ on sys.path
+    meanwhile, and MKL_CBWR (which the benchmarks set for their own runs) left as it was."""
+    before = os.environ.get("MKL_CBWR")
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return [importlib.import_module(name) for name in names]
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+        if before is None:
+            os.environ.pop("MKL_CBWR", None)
+        else:
+            os.environ["MKL_CBWR"] = before
+
 
 #: Species of the small test models: ethanol's elements plus Cu for periodic cells.
 SPECIES = ("H", "C", "O", "Cu")

@@ -6,24 +6,17 @@ as before, a better in-distribution energy NLL everywhere, calibrated forces."""
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import pytest
 
-BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "benchmarks")
+from conftest import benchmark_modules
+
 CANDIDATE = "LatentDistance (held-out structure covariance)"
 
 
 @pytest.fixture(scope="module")
 def structure_covariance():
-    sys.path.insert(0, BENCHMARKS)
-    try:
-        import structure_covariance
-    finally:
-        sys.path.remove(BENCHMARKS)
-    return structure_covariance
+    return benchmark_modules("structure_covariance")[0]
 
 
 def _rows(system, seed, wrapper, e_cov, f_cov=0.95, nll=-2.0, miscal=0.02, refit=True):

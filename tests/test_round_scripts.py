@@ -6,25 +6,14 @@ scored on the shifts other than the frontier's)."""
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import pytest
 
-BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "benchmarks")
-
+from conftest import benchmark_modules
 
 @pytest.fixture(scope="module")
 def scripts():
-    sys.path.insert(0, BENCHMARKS)
-    try:
-        import evidential_max
-        import frontier_effect
-        import shift
-    finally:
-        sys.path.remove(BENCHMARKS)
-    return evidential_max, frontier_effect, shift
+    return benchmark_modules("evidential_max", "frontier_effect", "shift")
 
 
 def _rows(system, wrapper, e_cov, f_cov=0.95, nll=-2.0, miscal=0.02, method="default",

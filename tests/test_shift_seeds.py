@@ -4,27 +4,14 @@ the deep ensemble, whose members are the base models."""
 
 from __future__ import annotations
 
-import os
-import sys
 
 import pytest
 
-BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "benchmarks")
-
+from conftest import benchmark_modules
 
 @pytest.fixture(scope="module")
 def benchmarks():
-    before = os.environ.get("MKL_CBWR")
-    sys.path.insert(0, BENCHMARKS)
-    try:
-        import shift
-        import shift_seeds
-    finally:
-        sys.path.remove(BENCHMARKS)
-        if before is None:  # the benchmarks set it for their own runs only
-            os.environ.pop("MKL_CBWR", None)
-    return shift, shift_seeds
+    return tuple(benchmark_modules("shift", "shift_seeds"))
 
 
 def _row(seed, split, f_cov, e_cov, e_std=2.0, e_mae=1.0, wrapper="W", method="default"):
