@@ -7,6 +7,10 @@ rows of ``evidential_share_*.json``) beside ``distance_combination="max"``
 
 Files of systems outside the round (no ``evidential_share_`` partner) are compared with
 the shift table's default head (``benchmarks/results/shift.json``) and not counted.
+
+``--terms cupd:0 nicu:2 --cache /tmp/fits``: the cached head of each (system, base
+model), its term fitted again as the joint sum (floor 0.1) and apart (max), and the
+fitted a, b and λ of each (what the round's losses were diagnosed with; 12 s each).
 """
 
 from __future__ import annotations
@@ -85,10 +89,37 @@ def report(counted: list[dict], extra: list[dict]) -> None:
                   f"max {goals(e[CANDIDATE])}")
 
 
+def terms(fits_: list[str], cache: str) -> None:
+    """Per ``system:seed``: the term's a, b and λ under the sum and under the max."""
+    import mlipuq
+    from mlipuq.uq.evidential_shift import fit_distance_term
+    from shift_cache import with_drift
+    from shift_data import HELD_OUT, PART_SETS
+
+    for spec in fits_:
+        system, seed = (spec.split(":") + ["0"])[:2]
+        train, val, _ = {**PART_SETS, **HELD_OUT}[system](False)
+        folder = os.path.join(cache, f"{system}-80", "refit", *([f"seed{seed}"] * (seed != "0")))
+        head = with_drift(mlipuq.uq.load(os.path.join(folder, "evidential.pt")), train)
+        for combination, share in (("sum", 0.1), ("max", None)):
+            t = fit_distance_term(head, *val.split([0.5, 0.5], seed=0), reference=train,
+                                  score="mahalanobis", seed=0, batch_size=16, min_share=share,
+                                  structure_covariance="held-out", combination=combination)
+            print(f"{system} base model {seed} {combination}: energies a={t.energy_a_:.3g} "
+                  f"b={t.energy_b_:.3g} eV² λ={t.energy_other_scale_:.3g}; forces "
+                  f"a={t.forces_a_:.3g} b={t.forces_b_:.3g} λ={t.forces_other_scale_:.3g}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("files", nargs="+", help="evidential_max_*.json")
-    report(*fits(parser.parse_args(argv).files))
+    parser.add_argument("files", nargs="*", help="evidential_max_*.json")
+    parser.add_argument("--terms", nargs="+", default=None, help="system:seed ... (notes)")
+    parser.add_argument("--cache", default="/tmp/fits", help="shift.py's --cache")
+    args = parser.parse_args(argv)
+    if args.terms:
+        terms(args.terms, args.cache)
+    if args.files:
+        report(*fits(args.files))
 
 
 if __name__ == "__main__":
