@@ -92,9 +92,9 @@ def report(counted: list[dict], extra: list[dict]) -> None:
 def terms(fits_: list[str], cache: str) -> None:
     """Per ``system:seed``: the term's a, b and λ under the sum and under the max."""
     import mlipuq
-    from mlipuq.uq.evidential_shift import fit_distance_term
     from shift_cache import with_drift
     from shift_data import HELD_OUT, PART_SETS
+    from shift_wrappers import term_refitted
 
     for spec in fits_:
         system, seed = (spec.split(":") + ["0"])[:2]
@@ -102,9 +102,7 @@ def terms(fits_: list[str], cache: str) -> None:
         folder = os.path.join(cache, f"{system}-80", "refit", *([f"seed{seed}"] * (seed != "0")))
         head = with_drift(mlipuq.uq.load(os.path.join(folder, "evidential.pt")), train)
         for combination, share in (("sum", 0.1), ("max", None)):
-            t = fit_distance_term(head, *val.split([0.5, 0.5], seed=0), reference=train,
-                                  score="mahalanobis", seed=0, batch_size=16, min_share=share,
-                                  structure_covariance="held-out", combination=combination)
+            t = term_refitted(head, train, val, "held-out", share, combination).distance_
             print(f"{system} base model {seed} {combination}: energies a={t.energy_a_:.3g} "
                   f"b={t.energy_b_:.3g} eV² λ={t.energy_other_scale_:.3g}; forces "
                   f"a={t.forces_a_:.3g} b={t.forces_b_:.3g} λ={t.forces_other_scale_:.3g}")

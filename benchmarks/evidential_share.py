@@ -101,23 +101,17 @@ def demo() -> None:
     from mlipuq.calibration import evaluate
     from mlipuq.demo import DEMO_SYSTEM, fit_evidential, system_data
     from mlipuq.pretrained import load_pretrained, manifest
-    from mlipuq.uq.evidential_shift import fit_distance_term
+    from shift_wrappers import term_refitted
 
     torch.set_num_threads(1)
     train, val, test = system_data(DEMO_SYSTEM)
     model = load_pretrained(manifest()["systems"][DEMO_SYSTEM]["members"][0])
-    halves = val.split([0.5, 0.5], seed=0)
     head = fit_evidential(model, train, val)
     print("| covariance | floor | test E NLL | test F NLL | a_E, b_E (eV²) | λ_E |")
     print("|---|---|---|---|---|---|")
     for covariance in ("ledoit-wolf", "held-out"):
         for share in (None, 0.1):
-            h = head.copy()
-            h.structure_covariance, h.min_distance_share = covariance, share
-            h.distance_combination = "sum"  # the joint fit, what this comparison measured
-            h.distance_ = fit_distance_term(h, *halves, reference=train, score=h.distance,
-                                            seed=0, batch_size=16, min_share=share,
-                                            structure_covariance=covariance)
+            h = term_refitted(head, train, val, covariance, share)  # the joint sum
             m = evaluate(h.calibrate(val).predict(test), test).metrics
             t = h.distance_
             print(f"| {covariance} | {share} | {m['energy']['nll']:.3f} | "

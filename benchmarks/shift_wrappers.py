@@ -15,6 +15,21 @@ from mlipuq.uq.evidential_shift import fit_distance_term
 from shift_cache import cached, with_drift
 
 
+def term_refitted(head, train, val, covariance="held-out", share=None, combination="sum"):
+    """A copy of the evidential ``head`` (fitted on one half of ``val``) with its term
+    fitted again on the other half, distances measured to ``train``, with the structure
+    covariance ``covariance``, the share floor ``share`` and the ``combination`` (the
+    head's ``structure_covariance``, ``min_distance_share``, ``distance_combination``)."""
+    head = head.copy()
+    head.structure_covariance, head.min_distance_share = covariance, share
+    head.distance_combination = combination
+    head.distance_ = fit_distance_term(head, *val.split([0.5, 0.5], seed=0),
+                                       reference=train, score=head.distance, seed=0,
+                                       batch_size=16, structure_covariance=covariance,
+                                       min_share=share, combination=combination)
+    return head
+
+
 def selected(wrapper: str, prefixes) -> bool:
     """Whether ``--wrappers`` (name prefixes; None: every wrapper) selects ``wrapper``."""
     return prefixes is None or any(wrapper.startswith(p) for p in prefixes)
@@ -81,18 +96,9 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         return head
 
     def held_out_term(covariance="held-out", share=None, combination="sum"):
-        """The default head with its term fitted again on the held-out half of val, its
-        structure covariance ``covariance``, its share floor ``share`` and its
-        ``combination`` (the head's ``structure_covariance``, ``min_distance_share``,
-        ``distance_combination``; the head unchanged)."""
-        head = trained().copy()
-        head.structure_covariance, head.min_distance_share = covariance, share
-        head.distance_combination = combination
-        head.distance_ = fit_distance_term(head, *val.split([0.5, 0.5], seed=0),
-                                           reference=train, score=head.distance, seed=0,
-                                           batch_size=16, structure_covariance=covariance,
-                                           min_share=share, combination=combination)
-        return head
+        """The default head with its term fitted again on the held-out half of val
+        (``term_refitted``; the cached head unchanged)."""
+        return term_refitted(trained(), train, val, covariance, share, combination)
 
     def refitted_term(energy_distance="structure"):
         """The default head with its distance term measured to the head's own fitting
