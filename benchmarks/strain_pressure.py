@@ -1,0 +1,110 @@
+"""Why strained cells' energies escape the wrappers: the base model's stress error at the
+training cell, measured on the calibration data, against the energy errors of the
+strained cells (``docs/shift.md``, "What stays out of reach").
+
+    python benchmarks/strain_pressure.py --cache /tmp/fits [--parts cupd nicu] [--seeds 0 1 2]
+
+For each EMT system of the shift benchmark with a strained-cell shift (its bulk cells
+at one volume; trained on energies and forces, no stress), per base model: the model's
+stress minus EMT's on ``val`` (mean over structures, eV/Å³), and on the strained cells
+the energy error per atom against its first-order prediction from that stress error
+alone, ΔE/n = (V₀/n) Δσ : ε with ε the cell's strain from the training cell (the energy
+is the strain's integral of V σ). Prints the slope and R² of error on prediction and the
+error left after it. Reads the base models from ``--cache`` (``shift.py --cache``);
+trains the missing ones (minutes each).
+"""
+
+from __future__ import annotations
+
+import reproducible  # noqa: F401  (first: MKL_CBWR=AUTO, reruns reproduce their rows)
+import argparse
+
+import numpy as np
+import torch
+from ase.calculators.emt import EMT
+
+from shift import base_models, cache_folder
+from shift_data import HELD_OUT, PART_SETS
+
+STRAINED = "strained 300 K"
+
+
+def emt_stress(atoms) -> np.ndarray:
+    """EMT's stress (3, 3) of ``atoms``, eV/Å³ (the sets keep energies and forces only)."""
+    copy = atoms.copy()
+    copy.calc = EMT()
+    return copy.get_stress(voigt=False)
+
+
+def strain_from(cell0: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """The small strain ε (symmetric, 3×3) taking the rows of ``cell0`` to ``cell``
+    (ASE's convention, cell = cell0 (1 + ε))."""
+    deformation = np.linalg.solve(cell0, cell)
+    return 0.5 * (deformation + deformation.T) - np.eye(3)
+
+
+def predicted_errors(stress_error: np.ndarray, cell0: np.ndarray, structures) -> np.ndarray:
+    """First-order energy error per atom of each structure from a constant stress error
+    (3, 3): (V₀/n) Δσ : ε, eV/atom (ASE: σ = (1/V) ∂E/∂ε)."""
+    volume0 = abs(np.linalg.det(cell0))
+    return np.array([volume0 / len(a) * float(np.sum(stress_error
+                                                      * strain_from(cell0, np.asarray(a.cell))))
+                     for a in structures])
+
+
+def line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope of y on x (with an intercept) and its R²."""
+    design = np.column_stack([x, np.ones_like(x)])
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    residual = y - design @ coef
+    return float(coef[0]), float(1.0 - residual.var() / y.var())
+
+
+def measure(model, val, strained) -> dict:
+    """The stress error on ``val`` and what it explains of the strained cells' energies."""
+    errors = model.compute(val, stress=True)["stress"] - np.array([emt_stress(a) for a in val])
+    stress_error = errors.mean(axis=0)
+    n = np.array([len(a) for a in strained])
+    out = model.compute(strained)
+    energy_error = (out["energy"] - np.array([a.get_potential_energy() for a in strained])) / n
+    cell0 = np.asarray(val[0].cell)
+    predicted = predicted_errors(stress_error, cell0, strained)
+    slope, r2 = line(predicted, energy_error)
+    return {"pressure_error": float(-np.trace(stress_error) / 3),
+            "stress_error_spread": float(errors.std(axis=0).max()),
+            "slope": slope, "r2": r2,
+            "mae": float(np.abs(energy_error).mean()),
+            "mae_left": float(np.abs(energy_error - predicted).mean())}
+
+
+def report(part: str, seed: int, m: dict) -> str:
+    gpa = 160.21766
+    return (f"| {part} | {seed} | {m['pressure_error'] * gpa:+.2f} "
+            f"({m['stress_error_spread'] * gpa:.2f}) | {m['slope']:.2f} | {m['r2']:.3f} | "
+            f"{m['mae'] * 1e3:.1f} → {m['mae_left'] * 1e3:.1f} |")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sets = {**PART_SETS, **HELD_OUT}
+    parser.add_argument("--parts", nargs="+", default=["copper", "ptni", "platinum", "agpd",
+                                                       "nial", "cupd", "nicu", "aupd", "agau"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--epochs", type=int, default=80)
+    parser.add_argument("--cache", default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print("| system | base model | pressure error on val, GPa (largest spread of a stress "
+          "component) | slope of error on (V₀/n) Δσ:ε | R² | strained energy MAE → left, "
+          "meV/atom |\n|---|---|---|---|---|---|")
+    for part in args.parts:
+        train, val, shifts = sets[part](False)
+        models = base_models(part, train, val, args.epochs, max(args.seeds) + 1,
+                             cache=cache_folder(args.cache, part, args.epochs), refit=True)
+        for seed in args.seeds:
+            print(report(part, seed, measure(models[seed], val, shifts[STRAINED])), flush=True)
+
+
+if __name__ == "__main__":
+    main()
