@@ -12,6 +12,11 @@ alone, ΔE/n = (V₀/n) Δσ : ε with ε the cell's strain from the training ce
 is the strain's integral of V σ). Prints the slope and R² of error on prediction and the
 error left after it. Reads the base models from ``--cache`` (``shift.py --cache``);
 trains the missing ones (minutes each).
+
+``--per-structure cupd:0``: the strained cells of that (system, base model), ordered by
+volume per atom, with each default single model's (LLPR, latent distance) calibrated
+energy std beside the error, z and ``calibration_excess`` (which cells the 95 %
+intervals miss, and whether the widening saw them).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 import torch
 from ase.calculators.emt import EMT
 
+from mlipuq.uq import LastLayerLaplace, LatentDistance
 from shift import base_models, cache_folder
 from shift_data import HELD_OUT, PART_SETS
 
@@ -84,6 +90,24 @@ def report(part: str, seed: int, m: dict) -> str:
             f"{m['mae'] * 1e3:.1f} → {m['mae_left'] * 1e3:.1f} |")
 
 
+def per_structure(model, train, val, strained) -> None:
+    """Print, per strained cell by volume per atom, each single model's calibrated energy
+    std (``W(model).fit(train).calibrate(val)``) beside its error, meV/atom."""
+    n = np.array([len(a) for a in strained])
+    volume = np.array([a.get_volume() / len(a) for a in strained])
+    truth = np.array([a.get_potential_energy() for a in strained])
+    for wrapper in (LastLayerLaplace, LatentDistance):
+        p = wrapper(model).fit(train).calibrate(val).predict(strained)
+        error = (np.asarray(p.energy) - truth) / n * 1e3
+        std = np.sqrt(np.asarray(p.energy_var)) / n * 1e3
+        excess = np.asarray(p.calibration_excess)
+        print(f"{wrapper.__name__}: volume/atom (Å³), error, std (meV/atom), z, excess, missed")
+        for k in np.argsort(volume):
+            z = error[k] / std[k]
+            print(f"  {volume[k]:6.2f} {error[k]:8.1f} {std[k]:8.1f} {z:6.2f} "
+                  f"{excess[k]:6.2f} {'✗' if abs(z) > 1.96 else ''}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sets = {**PART_SETS, **HELD_OUT}
@@ -93,8 +117,16 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=80)
     parser.add_argument("--cache", default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--per-structure", default=None, metavar="SYSTEM:SEED")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.per_structure:
+        part, seed = args.per_structure.split(":")
+        train, val, shifts = sets[part](False)
+        models = base_models(part, train, val, args.epochs, int(seed) + 1,
+                             cache=cache_folder(args.cache, part, args.epochs), refit=True)
+        per_structure(models[int(seed)], train, val, shifts[STRAINED])
+        return
     print("| system | base model | pressure error on val, GPa (largest spread of a stress "
           "component) | slope of error on (V₀/n) Δσ:ε | R² | strained energy MAE → left, "
           "meV/atom |\n|---|---|---|---|---|---|")
