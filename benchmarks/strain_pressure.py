@@ -10,7 +10,7 @@ stress minus EMT's on ``val`` (mean over structures, eV/Å³), and on the strain
 the energy error per atom against its first-order prediction from that stress error
 alone, ΔE/n = (V₀/n) Δσ : ε with ε the cell's strain from the training cell (the energy
 is the strain's integral of V σ). Prints the slope and R² of error on prediction and the
-error left after it. Reads the base models from ``--cache`` (``shift.py --cache``);
+error left after it (the energy offset at the training cell included). Reads the base models from ``--cache`` (``shift.py --cache``);
 trains the missing ones (minutes each).
 
 ``--per-structure cupd:0``: the strained cells of that (system, base model), ordered by
@@ -26,6 +26,7 @@ import argparse
 
 import numpy as np
 import torch
+from ase import units
 from ase.calculators.emt import EMT
 
 from mlipuq.uq import LastLayerLaplace, LatentDistance
@@ -44,7 +45,7 @@ def emt_stress(atoms) -> np.ndarray:
 
 def strain_from(cell0: np.ndarray, cell: np.ndarray) -> np.ndarray:
     """The small strain ε (symmetric, 3×3) taking the rows of ``cell0`` to ``cell``
-    (ASE's convention, cell = cell0 (1 + ε))."""
+    (ASE's convention, cell = cell0 (I + ε))."""
     deformation = np.linalg.solve(cell0, cell)
     return 0.5 * (deformation + deformation.T) - np.eye(3)
 
@@ -67,13 +68,16 @@ def line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 def measure(model, val, strained) -> dict:
-    """The stress error on ``val`` and what it explains of the strained cells' energies."""
+    """The stress error on ``val`` (its structures at one cell) and what it explains of
+    the strained cells' energies."""
+    cell0 = np.asarray(val[0].cell)
+    if any(np.abs(np.asarray(a.cell) - cell0).max() > 1e-9 for a in val):
+        raise ValueError("val holds more than one cell: no training cell to strain from")
     errors = model.compute(val, stress=True)["stress"] - np.array([emt_stress(a) for a in val])
     stress_error = errors.mean(axis=0)
     n = np.array([len(a) for a in strained])
     out = model.compute(strained)
     energy_error = (out["energy"] - np.array([a.get_potential_energy() for a in strained])) / n
-    cell0 = np.asarray(val[0].cell)
     predicted = predicted_errors(stress_error, cell0, strained)
     slope, r2 = line(predicted, energy_error)
     return {"pressure_error": float(-np.trace(stress_error) / 3),
@@ -84,7 +88,8 @@ def measure(model, val, strained) -> dict:
 
 
 def report(part: str, seed: int, m: dict) -> str:
-    gpa = 160.21766
+    """One row of the printed table (pressures in GPa, energies in meV/atom)."""
+    gpa = 1.0 / units.GPa
     return (f"| {part} | {seed} | {m['pressure_error'] * gpa:+.2f} "
             f"({m['stress_error_spread'] * gpa:.2f}) | {m['slope']:.2f} | {m['r2']:.3f} | "
             f"{m['mae'] * 1e3:.1f} → {m['mae_left'] * 1e3:.1f} |")
@@ -112,16 +117,23 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sets = {**PART_SETS, **HELD_OUT}
     parser.add_argument("--parts", nargs="+", default=["copper", "ptni", "platinum", "agpd",
-                                                       "nial", "cupd", "nicu", "aupd", "agau"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--epochs", type=int, default=80)
-    parser.add_argument("--cache", default=None)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--per-structure", default=None, metavar="SYSTEM:SEED")
+                                                       "nial", "cupd", "nicu", "aupd", "agau"],
+                        help="systems with a strained shift (default: all nine)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="base models (default: 0)")
+    parser.add_argument("--epochs", type=int, default=80,
+                        help="the base models' epochs, as shift.py (default: 80)")
+    parser.add_argument("--cache", default=None, help="shift.py's --cache folder")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
+    parser.add_argument("--per-structure", default=None, metavar="SYSTEM:SEED",
+                        help="the strained cells of one fit, structure by structure")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.per_structure:
-        part, seed = args.per_structure.split(":")
+        part, _, seed = args.per_structure.partition(":")
+        if part not in sets or not seed.isdigit():
+            parser.error(f"--per-structure wants SYSTEM:SEED with SYSTEM one of "
+                         f"{sorted(sets)}, got {args.per_structure!r}")
         train, val, shifts = sets[part](False)
         models = base_models(part, train, val, args.epochs, int(seed) + 1,
                              cache=cache_folder(args.cache, part, args.epochs), refit=True)

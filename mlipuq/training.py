@@ -51,11 +51,11 @@ from mlipuq.training_parallel import (
     _train_epoch_sharded,
     ddp_head,
 )
-from mlipuq.training_parallel import _shard_schedule as _shard_schedule  # re-exported
-from mlipuq.training_parallel import reduce_terms as reduce_terms  # re-exported
+from mlipuq.training_parallel import _shard_schedule, reduce_terms  # noqa: F401  (re-exported)
 from mlipuq.training_errors import error_statistics, errors  # noqa: F401  (re-exported)
 from mlipuq.training_setup import (  # noqa: F401  (re-exported)
     EnergyOffsetWarning,
+    SingleCellWarning,
     UndeterminedReferenceWarning,
     check_energy_offset,
     fit_offset_drift,

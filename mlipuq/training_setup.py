@@ -6,6 +6,8 @@ Split out of :mod:`mlipuq.training`, which re-exports every name here.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import warnings
 from typing import Sequence
 
@@ -43,27 +45,52 @@ class SingleCellWarning(UserWarning):
     energy at another volume or shape."""
 
 
-def check_cells(train: mdata.AtomsDataset) -> None:
-    """Warn (:class:`SingleCellWarning`) when two or more periodic training structures
-    all share one cell (to 1e-6 of its largest entry). Energies and forces at one
-    volume leave the equation of state to the network: on the shift benchmark's EMT
-    alloys, trained so, its pressure was 1–19 GPa off and strained cells' energy
-    errors followed it to first order, while no wrapper's variance grew for the mildly
-    strained ones (``benchmarks/strain_pressure.py``, docs/shift.md)."""
-    cells = [np.asarray(a.cell, dtype=float) for a in train if np.all(a.pbc)]
-    if len(cells) < 2:
-        return
-    tolerance = 1e-6 * np.abs(cells[0]).max()
-    if any(np.abs(cell - cells[0]).max() > tolerance for cell in cells[1:]):
+#: Largest strain component between two cells that still counts as one cell: a
+#: strain this small measures no equation of state.
+SAME_CELL_STRAIN = 1e-3
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a ``warnings.warn`` in the calling function point
+    at the first frame outside mlipuq (the user's call), however deep the call."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def check_cells(train) -> None:
+    """Warn (:class:`SingleCellWarning`) when two or more fully periodic training
+    structures all share one cell: no strain component between the first cell and any
+    other above :data:`SAME_CELL_STRAIN`. Energies and forces at one volume leave the
+    equation of state to the network, and no wrapper models its error (docs/shift.md,
+    "Strained cells' energies"). Non-periodic and partially periodic structures are
+    ignored; the same lattice in another supercell or with its vectors permuted or
+    rotated counts as another cell (no warning)."""
+    first, count = None, 0
+    for atoms in train:
+        if not np.all(atoms.pbc):
+            continue
+        cell = np.asarray(atoms.cell, dtype=float)
+        if first is None:
+            if abs(np.linalg.det(cell)) == 0:  # not a cell to compare strains with
+                return
+            first = cell
+        elif np.abs(np.linalg.solve(first, cell) - np.eye(3)).max() > SAME_CELL_STRAIN:
+            return
+        count += 1
+    if count < 2:
         return
     warnings.warn(
-        f"all {len(cells)} periodic training structures share one cell (volume "
-        f"{abs(np.linalg.det(cells[0])):.6g} Å^3): energies and forces at one volume and "
-        "shape leave the equation of state to the network, and no wrapper's variance "
-        "includes its error, so energies of strained or compressed cells may be far off "
-        "with small stds; add cells at other volumes (strained cells, NPT frames) to the "
-        "training data (docs/shift.md, 'Strained cells' energies')",
-        SingleCellWarning, stacklevel=4,
+        f"all {count} periodic training structures share one cell (volume "
+        f"{abs(np.linalg.det(first)):.6g} Å^3): energies and forces at one volume and "
+        "shape leave the equation of state to the network, and no wrapper models its "
+        "error, so energies of strained or compressed cells may be far off with small "
+        "stds; add cells at other volumes (strained cells, NPT frames) to the training "
+        "data, or ignore this if you will only simulate at this cell (docs/shift.md, "
+        "'Strained cells' energies')",
+        SingleCellWarning, stacklevel=user_stacklevel(),
     )
 
 
@@ -100,7 +127,7 @@ def fit_reference_energies(model: MLIP, train: mdata.AtomsDataset) -> None:
             f"stoichiometries get a composition variance (prior std {tau:.3g} eV per "
             "direction); give isolated-atom energies (model.set_atomic_energies("
             "mlipuq.data.atomic_energies_from(path))) to determine them",
-            UndeterminedReferenceWarning, stacklevel=3,
+            UndeterminedReferenceWarning, stacklevel=user_stacklevel(),
         )
     model.set_atomic_energies(energies, undetermined=basis, prior_std=max(tau, 1e-12))
     log.info("fitted atomic energies %s", model.atomic_energies)

@@ -46,3 +46,59 @@ def test_line_slope_and_r2_by_hand(script):
     assert (slope, r2) == (pytest.approx(2.0), pytest.approx(1.0))
     slope, r2 = script.line(x, np.array([0.0, 1.0, 1.0, 2.0]))  # slope 0.6, R² 0.9 by hand
     assert (slope, r2) == (pytest.approx(0.6), pytest.approx(0.9))
+
+
+class _EMTWithStressError:
+    """EMT whose stress is off by a constant ``offset`` (3×3) and whose energies carry
+    the first-order consequence, V₀ offset : ε, for the strain each structure was made
+    with (``atoms.info["strain"]``)."""
+
+    def __init__(self, offset, volume0):
+        self.offset, self.volume0 = offset, volume0
+
+    def compute(self, structures, stress=False):
+        out = {"energy": np.array([
+            _emt(a).get_potential_energy()
+            + self.volume0 * float(np.sum(self.offset * a.info.get("strain", 0.0)))
+            for a in structures])}
+        if stress:
+            out["stress"] = np.array([_emt(a).get_stress(voigt=False) + self.offset
+                                      for a in structures])
+        return out
+
+
+def _emt(atoms):
+    copy = atoms.copy()
+    copy.calc = EMT()
+    return copy
+
+
+def _labelled_cells(strains, seed=0):
+    rng = np.random.default_rng(seed)
+    frames = []
+    for eps in strains:
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+        atoms.rattle(0.03, seed=int(rng.integers(1 << 30)))
+        atoms.set_cell(np.asarray(atoms.cell) @ (np.eye(3) + eps), scale_atoms=True)
+        atoms.info["strain"] = eps
+        atoms.calc = EMT()
+        atoms.get_potential_energy()
+        frames.append(atoms)
+    return frames
+
+
+def test_measure_finds_a_stress_error_it_was_given(script):
+    """A model whose only error is a constant stress (and its energy under strain): the
+    pressure error comes back, the strained energies' errors lie on slope 1 with R² 1,
+    and nothing is left once the first-order prediction is subtracted."""
+    offset = np.diag([0.02, 0.03, 0.04]) + 0.005 * (np.ones((3, 3)) - np.eye(3))
+    val = _labelled_cells([np.zeros((3, 3))] * 3)
+    rng = np.random.default_rng(1)
+    strains = [0.5 * (e + e.T) for e in 0.01 * rng.normal(size=(5, 3, 3))]
+    model = _EMTWithStressError(offset, abs(np.linalg.det(val[0].cell)))
+    m = script.measure(model, val, _labelled_cells(strains, seed=2))
+    assert m["pressure_error"] == pytest.approx(-0.03)
+    assert m["slope"] == pytest.approx(1.0) and m["r2"] == pytest.approx(1.0)
+    assert m["mae"] > 1e-3 and m["mae_left"] < 1e-9
+    with pytest.raises(ValueError, match="more than one cell"):
+        script.measure(model, val + _labelled_cells(strains[:1]), val)
