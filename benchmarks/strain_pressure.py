@@ -10,8 +10,8 @@ stress minus EMT's on ``val`` (mean over structures, eV/Å³), and on the strain
 the energy error per atom against its first-order prediction from that stress error
 alone, ΔE/n = (V₀/n) Δσ : ε with ε the cell's strain from the training cell (the energy
 is the strain's integral of V σ). Prints the slope and R² of error on prediction and the
-error left after it (the energy offset at the training cell included). Reads the base models from ``--cache`` (``shift.py --cache``);
-trains the missing ones (minutes each).
+error left after it (the energy offset at the training cell included). Reads the base
+models from ``--cache`` (``shift.py --cache``); trains the missing ones (minutes each).
 
 ``--per-structure cupd:0``: the strained cells of that (system, base model), ordered by
 volume per atom, with each default single model's (LLPR, latent distance) calibrated

@@ -53,9 +53,11 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 def user_stacklevel() -> int:
     """The ``stacklevel`` that makes a ``warnings.warn`` in the calling function point
-    at the first frame outside mlipuq (the user's call), however deep the call."""
+    at the first frame outside mlipuq (the user's call), however deep the call; the
+    outermost frame when every frame is mlipuq's (the command line)."""
     frame, level = sys._getframe(1), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+    while frame.f_back is not None and os.path.abspath(
+            frame.f_code.co_filename).startswith(_PACKAGE + os.sep):
         frame, level = frame.f_back, level + 1
     return level
 
