@@ -62,6 +62,12 @@ def _format_errors(errors: dict[str, float]) -> str:
             ("forces MAE", f"{1000 * errors['forces_mae']:.1f} meV/Å"),
             ("forces RMSE", f"{1000 * errors['forces_rmse']:.1f} meV/Å"),
         ]
+    if "stress_mae" in errors:  # eV/Å³ to GPa
+        from ase import units
+
+        rows += [("stress MAE", f"{errors['stress_mae'] / units.GPa:.3f} GPa"),
+                 ("pressure error", f"{errors['pressure_error'] / units.GPa:+.3f} GPa "
+                  "(model − label; energies of strained cells inherit it)")]
     return _table(rows)
 
 

@@ -9,6 +9,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from ase.stress import voigt_6_to_full_3x3_stress
 
 from mlipuq import data as mdata
 from mlipuq.errors import MissingReferenceError
@@ -38,11 +39,17 @@ def error_statistics(de: torch.Tensor, df: Optional[torch.Tensor] = None) -> dic
 
 
 def errors(model: MLIP, dataset, *, batch_size: int = 32) -> dict[str, float]:
-    """MAE and RMSE of energies (eV/atom) and forces (eV/Å) on ``dataset``."""
+    """MAE and RMSE of energies (eV/atom) and forces (eV/Å) on ``dataset``; when every
+    structure is fully periodic and carries a stress label, also of the stress
+    components (``stress_mae``, ``stress_rmse``, eV/Å³) and the mean pressure error
+    (``pressure_error``, model minus label, eV/Å³): a constant pressure error that
+    training on energies and forces at one cell leaves carries over, to first order,
+    into the energies of strained cells (docs/shift.md, "Strained cells' energies")."""
     dataset = mdata.as_dataset(dataset)
     if not dataset.has_reference.all():
         raise MissingReferenceError("every structure needs a reference energy to compute errors")
-    out = model.compute(dataset, batch_size=batch_size)
+    labels = stress_labels(dataset)
+    out = model.compute(dataset, batch_size=batch_size, stress=labels is not None)
     de = (out["energy"] - dataset.energies) / dataset.n_atoms
     result = {
         "energy_mae": float(np.mean(np.abs(de))),
@@ -52,4 +59,23 @@ def errors(model: MLIP, dataset, *, batch_size: int = 32) -> dict[str, float]:
         df = out["forces"] - dataset.forces
         result["forces_mae"] = float(np.mean(np.abs(df)))
         result["forces_rmse"] = float(np.sqrt(np.mean(df**2)))
+    if labels is not None:
+        ds = out["stress"] - labels
+        result["stress_mae"] = float(np.mean(np.abs(ds)))
+        result["stress_rmse"] = float(np.sqrt(np.mean(ds**2)))
+        result["pressure_error"] = float(np.mean(-np.trace(ds, axis1=1, axis2=2) / 3))
     return result
+
+
+def stress_labels(dataset) -> Optional[np.ndarray]:
+    """The stress labels (B, 3, 3), eV/Å³, of ``dataset`` when every structure is fully
+    periodic and its results hold a stress (Voigt 6 or 3×3); else None."""
+    stresses = []
+    for atoms in dataset:
+        results = {} if atoms.calc is None else atoms.calc.results
+        if not np.all(atoms.pbc) or results.get("stress") is None:
+            return None
+        stress = np.asarray(results["stress"], dtype=np.float64)
+        stresses.append(voigt_6_to_full_3x3_stress(stress) if stress.shape == (6,)
+                        else stress.reshape(3, 3))
+    return np.array(stresses) if stresses else None
