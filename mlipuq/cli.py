@@ -66,8 +66,10 @@ def _format_errors(errors: dict[str, float]) -> str:
         from ase import units
 
         rows += [("stress MAE", f"{errors['stress_mae'] / units.GPa:.3f} GPa"),
+                 ("stress RMSE", f"{errors['stress_rmse'] / units.GPa:.3f} GPa"),
                  ("pressure error", f"{errors['pressure_error'] / units.GPa:+.3f} GPa "
-                  "(model − label; energies of strained cells inherit it)")]
+                  "(model − label, mean; to first order a cell whose volume differs "
+                  "by ΔV from a training cell's has its energy error moved by −error × ΔV)")]
     return _table(rows)
 
 

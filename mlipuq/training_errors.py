@@ -1,6 +1,7 @@
 """Error measures of a model: per-batch error sums for training, MAE/RMSE on a data set.
 
-Split out of :mod:`mlipuq.training`, which re-exports both names.
+Split out of :mod:`mlipuq.training`, which re-exports ``error_statistics`` and
+``errors``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import torch
 from ase.stress import voigt_6_to_full_3x3_stress
 
 from mlipuq import data as mdata
-from mlipuq.errors import MissingReferenceError
+from mlipuq.checks import _current_results, describe, reference_problem
+from mlipuq.errors import InvalidStructureError, MissingReferenceError
 from mlipuq.models.base import MLIP
 
 
@@ -40,11 +42,13 @@ def error_statistics(de: torch.Tensor, df: Optional[torch.Tensor] = None) -> dic
 
 def errors(model: MLIP, dataset, *, batch_size: int = 32) -> dict[str, float]:
     """MAE and RMSE of energies (eV/atom) and forces (eV/Å) on ``dataset``; when every
-    structure is fully periodic and carries a stress label, also of the stress
-    components (``stress_mae``, ``stress_rmse``, eV/Å³) and the mean pressure error
-    (``pressure_error``, model minus label, eV/Å³): a constant pressure error that
-    training on energies and forces at one cell leaves carries over, to first order,
-    into the energies of strained cells (docs/shift.md, "Strained cells' energies")."""
+    structure is fully periodic and carries a stress label (:func:`stress_labels`),
+    also of the nine stress components (``stress_mae``, ``stress_rmse``, eV/Å³) and the
+    mean pressure error (``pressure_error``, P_model − P_label with P = −tr σ / 3,
+    eV/Å³). A model trained on energies and forces at one cell can carry a constant
+    pressure error there; a cell strained by ε from it then gets the energy error
+    V₀ Δσ : ε to first order (−ΔP ΔV for a uniform strain; docs/shift.md,
+    "Strained cells' energies")."""
     dataset = mdata.as_dataset(dataset)
     if not dataset.has_reference.all():
         raise MissingReferenceError("every structure needs a reference energy to compute errors")
@@ -68,14 +72,18 @@ def errors(model: MLIP, dataset, *, batch_size: int = 32) -> dict[str, float]:
 
 
 def stress_labels(dataset) -> Optional[np.ndarray]:
-    """The stress labels (B, 3, 3), eV/Å³, of ``dataset`` when every structure is fully
-    periodic and its results hold a stress (Voigt 6 or 3×3); else None."""
+    """The stress labels (B, 3, 3), eV/Å³ (ASE's sign: positive is tensile), of
+    ``dataset`` when every structure is fully periodic and its results hold a stress
+    (Voigt 6 or 3×3); else None. A label that is not finite or of another shape raises
+    :class:`~mlipuq.errors.InvalidStructureError` naming the structure."""
     stresses = []
-    for atoms in dataset:
-        results = {} if atoms.calc is None else atoms.calc.results
-        if not np.all(atoms.pbc) or results.get("stress") is None:
+    for index, atoms in enumerate(dataset):
+        stress = _current_results(atoms).get("stress")
+        if not np.all(atoms.pbc) or stress is None:
             return None
-        stress = np.asarray(results["stress"], dtype=np.float64)
-        stresses.append(voigt_6_to_full_3x3_stress(stress) if stress.shape == (6,)
-                        else stress.reshape(3, 3))
+        problem = reference_problem(stress, "stress", len(atoms))
+        if problem is not None:
+            raise InvalidStructureError(f"{describe(atoms, index)}: {problem}")
+        stress = np.asarray(stress, dtype=np.float64)
+        stresses.append(voigt_6_to_full_3x3_stress(stress) if stress.shape == (6,) else stress)
     return np.array(stresses) if stresses else None
