@@ -9,6 +9,8 @@ in-distribution split first (its name starts with "in distribution").
 from __future__ import annotations
 
 import numpy as np
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
 
 from mlipuq import datasets
 from mlipuq.data import AtomsDataset, concatenate
@@ -17,15 +19,38 @@ from mlipuq.data import AtomsDataset, concatenate
 TAIL = 0.12
 
 
+def emt_stress(atoms) -> np.ndarray:
+    """EMT's stress (3, 3) of ``atoms``, eV/Å³ (the EMT sets label energies and forces)."""
+    copy = atoms.copy()
+    copy.calc = EMT()
+    return copy.get_stress(voigt=False)
+
+
+def with_emt_stress(dataset: AtomsDataset) -> AtomsDataset:
+    """``dataset`` with EMT's stress beside each structure's energy and forces, as DFT
+    codes write for periodic cells: ``calibrate`` then measures the mean model's
+    stress error (the strain term, :mod:`mlipuq.calibration.strain`; since 2026-12-05)."""
+    out = []
+    for atoms in dataset:
+        copy = atoms.copy()
+        copy.calc = SinglePointCalculator(copy, energy=atoms.get_potential_energy(),
+                                          forces=atoms.get_forces(), stress=emt_stress(atoms))
+        copy.info.update(atoms.info)
+        out.append(copy)
+    return AtomsDataset(out)
+
+
 def emt_sets(elements, temperatures: tuple, seed: int, shifts: dict, quick: bool) -> tuple:
     """EMT bulk at ``temperatures`` (250 structures, 120 with ``quick``) split into
-    train / val / in-distribution test (0.6 / 0.2 / 0.2), and one EMT test set of 40
+    train / val / in-distribution test (0.6 / 0.2 / 0.2), ``val`` with EMT's stress
+    (:func:`with_emt_stress`), and one EMT test set of 40
     (30) structures per entry of ``shifts``, ``name: (elements, kind, temperature,
     seed)``. The in-distribution split is named after ``temperatures``."""
     n = 30 if quick else 40
     data = datasets.emt(elements, n_structures=120 if quick else 250,
                         temperatures=temperatures, kinds=("bulk",), seed=seed)
     train, val, test = data.split([0.6, 0.2, 0.2], seed=0)
+    val = with_emt_stress(val)
     tests = {f"in distribution ({'/'.join(str(t) for t in temperatures)} K)": test}
     for name, (shifted, kind, temperature, shift_seed) in shifts.items():
         tests[name] = datasets.emt(shifted, n_structures=n, temperatures=(temperature,),

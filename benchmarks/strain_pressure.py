@@ -27,20 +27,12 @@ import argparse
 import numpy as np
 import torch
 from ase import units
-from ase.calculators.emt import EMT
 
 from mlipuq.uq import LastLayerLaplace, LatentDistance
 from shift import base_models, cache_folder
-from shift_data import HELD_OUT, PART_SETS
+from shift_data import HELD_OUT, PART_SETS, emt_stress  # noqa: F401 (re-exported)
 
 STRAINED = "strained 300 K"
-
-
-def emt_stress(atoms) -> np.ndarray:
-    """EMT's stress (3, 3) of ``atoms``, eV/Å³ (the sets keep energies and forces only)."""
-    copy = atoms.copy()
-    copy.calc = EMT()
-    return copy.get_stress(voigt=False)
 
 
 def strain_from(cell0: np.ndarray, cell: np.ndarray) -> np.ndarray:

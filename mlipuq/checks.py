@@ -14,6 +14,7 @@ from typing import Iterable, Optional, Sequence, Union
 import ase
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
+from ase.stress import voigt_6_to_full_3x3_stress
 
 from mlipuq.errors import InvalidStructureError, ResourceError
 
@@ -237,6 +238,21 @@ def _current_results(atoms: ase.Atoms) -> dict:
     if calc is None or not getattr(calc, "results", None) or _stale(atoms, calc):
         return {}
     return calc.results
+
+
+def stress_label(atoms: ase.Atoms, index: Optional[int]) -> Optional[np.ndarray]:
+    """The stress label (3, 3), eV/Å³ (ASE's sign: positive is tensile), of a fully
+    periodic structure whose current results hold one (Voigt 6 or 3×3); else None.
+    A label that is not finite or of another shape raises
+    :class:`~mlipuq.errors.InvalidStructureError` naming the structure (``index``)."""
+    stress = _current_results(atoms).get("stress")
+    if stress is None or not np.all(atoms.pbc):
+        return None
+    problem = reference_problem(stress, "stress", len(atoms))
+    if problem is not None:
+        raise InvalidStructureError(f"{describe(atoms, index)}: {problem}")
+    stress = np.asarray(stress, dtype=np.float64)
+    return voigt_6_to_full_3x3_stress(stress) if stress.shape == (6,) else stress
 
 
 def _reference(atoms: ase.Atoms, name: str, results: Optional[dict] = None):

@@ -123,6 +123,10 @@ def add_parsers(subparsers) -> None:
                           "of an element, docs/calibration.md)")
     fit.add_argument("--no-atom-scaling", dest="atom_scaling", action="store_false",
                      help="fit how stds scale between structures only, not between atoms")
+    fit.add_argument("--no-strain-term", dest="strain", action="store_false",
+                     help="do not measure the stress error on --val structures with stress "
+                          "labels (default: cells strained from theirs gain its first-order "
+                          "energy variance, docs/calibration.md)")
     fit.add_argument("--seed", type=int, default=0, help="random seed")
     fit.add_argument("--batch-size", type=_positive_int, default=16,
                      help="structures per batch")
@@ -422,8 +426,20 @@ def _summary(wrapper, args, n_train: int, n_val: int) -> str:
                          f"{limits['energy'] * 1000:.3g} meV/atom (energy, p = "
                          f"{power['energy']:g}), {limits['forces'] * 1000:.3g} meV/Å "
                          f"(RMS force, p = {power['forces']:g})"))
+    rows += _strain_rows(wrapper)
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _strain_rows(wrapper) -> list[tuple[str, str]]:
+    """The strain term's line: the pressure error measured on the labelled --val cells."""
+    term = getattr(wrapper, "strain_term_", None)
+    if term is None:
+        return []
+    gpa = ", ".join(f"{p * 160.21766:+.3g} GPa" for p in term.pressure_error_)
+    return [("strain term", f"pressure error {gpa} on {int(term.n_structures_.sum())} "
+             "stress-labelled --val cells: strained cells' energy stds include "
+             "V0 (stress error : strain)")]
 
 
 def run_fit(args: argparse.Namespace) -> int:
@@ -454,7 +470,7 @@ def run_fit(args: argparse.Namespace) -> int:
             options["per_species"] = args.per_species
         if args.max_dof is not None:
             options["dof_bounds"] = (1.0, args.max_dof)
-        wrapper.calibrate(val, method=args.calibration, **options)
+        wrapper.calibrate(val, method=args.calibration, strain=args.strain, **options)
 
     def save():
         if mdist.is_main():

@@ -22,6 +22,10 @@ field                     shape        unit
 ``numbers``               (N,)         atomic number of each atom (set by ``predict``)
 ``calibration_excess``    (B,)         >= 1: how far the raw std lies beyond the calibration
                                        data's range (1 inside; set by recalibration)
+``strain_energy_var``     (B,)         eV^2, the first-order energy error of a strained cell
+                                       (the mean model's stress error measured by
+                                       ``calibrate`` on stress labels; part of the
+                                       calibrated ``energy_var``)
 ``energy_dof``            scalar       Student-t degrees of freedom of the energies
 ``forces_dof``            scalar       ... of the force components
 ========================  ===========  ==========================================
@@ -73,6 +77,7 @@ _OPTIONAL = (
     "stress_var",
     "stress_members",
     "calibration_excess",
+    "strain_energy_var",
 )
 
 
@@ -96,6 +101,7 @@ class Prediction:
     stress_var: Optional[np.ndarray] = None
     stress_members: Optional[np.ndarray] = None
     calibration_excess: Optional[np.ndarray] = None
+    strain_energy_var: Optional[np.ndarray] = None
     energy_dof: Optional[float] = None
     forces_dof: Optional[float] = None
 
@@ -126,6 +132,7 @@ class Prediction:
             "stress": b + (3, 3),
             "stress_var": b + (3, 3),
             "calibration_excess": b,
+            "strain_energy_var": b,
         }
         if self.energy.ndim != 1:
             raise ValueError(f"Prediction.energy must have shape (B,), got {self.energy.shape}")
@@ -160,6 +167,7 @@ class Prediction:
             "energy_epistemic_var",
             "atom_energy_var",
             "stress_var",
+            "strain_energy_var",
         ):
             value = getattr(self, name)
             if value is not None and np.any(value < 0):
@@ -253,7 +261,7 @@ class Prediction:
             if value is not None:
                 kwargs[name] = value[atoms]
         for name in ("energy_aleatoric_var", "energy_epistemic_var", "stress", "stress_var",
-                     "calibration_excess"):
+                     "calibration_excess", "strain_energy_var"):
             value = getattr(self, name)
             if value is not None:
                 kwargs[name] = value[index : index + 1]

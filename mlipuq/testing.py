@@ -135,6 +135,59 @@ def check_save_load(fitted, structures) -> None:
             _close(x, y, 1e-12, f"{name} after save/load")
 
 
+def _strain_cells(species: int, n: int, seed: int = 0) -> list:
+    """``n`` rattled simple-cubic 8-atom cells of one element at one cell (3.0 Å spacing)."""
+    rng = np.random.default_rng(seed)
+    cells = []
+    for _ in range(n):
+        grid = np.stack(np.meshgrid(*[np.arange(2)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        atoms = ase.Atoms(numbers=[species] * 8, positions=3.0 * grid, cell=6.0 * np.eye(3),
+                          pbc=True)
+        atoms.positions += rng.normal(0.0, 0.05, (8, 3))
+        cells.append(atoms)
+    return cells
+
+
+def check_strain_term(fitted, data=None) -> None:
+    """calibrate() on cells with stress labels = the mean model's stress minus a known Δσ
+    (with shear) gives a cell strained by ε from them ``strain_energy_var`` = (V₀ Δσ:E)²
+    (E the Green–Lagrange strain), added to the calibrated ``energy_var`` (the same
+    wrapper calibrated with ``strain=False`` has none), kept by save/load."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from mlipuq.uq.base import load
+
+    offset = np.array([[0.01, 0.002, 0.0], [0.002, -0.005, 0.001], [0.0, 0.001, 0.003]])
+    cells = _strain_cells(fitted.species[0], 6)
+    raw = fitted.predict(cells, calibrated=False, stress=True)
+    for k, atoms in enumerate(cells):
+        atoms.calc = SinglePointCalculator(
+            atoms, energy=float(raw.energy[k]) + 0.01 * (k - 2.5),
+            forces=raw.forces[raw.batch == k] + 0.01, stress=raw.stress[k] - offset)
+    epsilon = np.array([[0.02, 0.01, 0.0], [0.01, -0.01, 0.0], [0.0, 0.0, 0.03]])
+    strained = cells[0].copy()
+    strained.set_cell(strained.cell.array @ (np.eye(3) + epsilon), scale_atoms=True)
+    green = 0.5 * ((np.eye(3) + epsilon) @ (np.eye(3) + epsilon).T - np.eye(3))
+    expected = (216.0 * np.sum(offset * green)) ** 2
+    with_term = copy.deepcopy(fitted).calibrate(cells)
+    without = copy.deepcopy(fitted).calibrate(cells, strain=False)
+    a, b = with_term.predict(strained), without.predict(strained)
+    if a.strain_energy_var is None or b.strain_energy_var is not None:
+        raise AssertionError("calibrate() on stress labels should fit the strain term "
+                             "(strain=False: none)")
+    _close(a.strain_energy_var, np.array([expected]), 1e-6, "strain_energy_var")
+    _close(a.energy_var - b.energy_var, a.strain_energy_var, 1e-6,
+           "the strain term's share of energy_var")
+    if with_term.predict(cells[1]).strain_energy_var[0] != 0.0:
+        raise AssertionError("a calibration cell should get no strain term")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "wrapper.pt")
+        with_term.save(path)
+        loaded = load(path, module=_modules_of(with_term))
+    _close(loaded.predict(strained).energy_var, a.energy_var, 1e-12,
+           "energy_var with the strain term after save/load")
+
+
 def check_bad_inputs(fitted, structure: ase.Atoms) -> None:
     """NaN/inf positions, unknown elements and empty structures raise ValueError naming them."""
     cases = []
@@ -207,6 +260,7 @@ def check_uq_wrapper(
     check_bad_inputs(fitted, sample[0])
     check_single_atoms(fitted, sample[0])
     check_calibrate_inputs(fitted, dataset)
+    check_strain_term(fitted)
     check_corrupted_files(fitted, sample)
     check_crafted_files(fitted)
     check_dtype_round_trip(fitted, sample)

@@ -10,11 +10,10 @@ from typing import Optional
 
 import numpy as np
 import torch
-from ase.stress import voigt_6_to_full_3x3_stress
 
 from mlipuq import data as mdata
-from mlipuq.checks import _current_results, describe, reference_problem
-from mlipuq.errors import InvalidStructureError, MissingReferenceError
+from mlipuq.checks import stress_label
+from mlipuq.errors import MissingReferenceError
 from mlipuq.models.base import MLIP
 
 
@@ -78,12 +77,8 @@ def stress_labels(dataset) -> Optional[np.ndarray]:
     :class:`~mlipuq.errors.InvalidStructureError` naming the structure."""
     stresses = []
     for index, atoms in enumerate(dataset):
-        stress = _current_results(atoms).get("stress")
-        if not np.all(atoms.pbc) or stress is None:
+        stress = stress_label(atoms, index)
+        if stress is None:
             return None
-        problem = reference_problem(stress, "stress", len(atoms))
-        if problem is not None:
-            raise InvalidStructureError(f"{describe(atoms, index)}: {problem}")
-        stress = np.asarray(stress, dtype=np.float64)
-        stresses.append(voigt_6_to_full_3x3_stress(stress) if stress.shape == (6,) else stress)
+        stresses.append(stress)
     return np.array(stresses) if stresses else None

@@ -66,8 +66,9 @@ def check_cells(train) -> None:
     """Warn (:class:`SingleCellWarning`) when two or more fully periodic training
     structures all share one cell: no strain component between the first cell and any
     other above :data:`SAME_CELL_STRAIN`. Energies and forces at one volume leave the
-    equation of state to the network, and no wrapper models its error (docs/shift.md,
-    "Strained cells' energies"). Non-periodic and partially periodic structures are
+    equation of state to the network; without stress labels in the calibration data (the
+    strain term, :mod:`mlipuq.calibration.strain`) no wrapper models its error
+    (docs/shift.md, "Strained cells' energies"). Non-periodic and partially periodic structures are
     ignored; the same lattice in another supercell or with its vectors permuted or
     rotated counts as another cell (no warning)."""
     first, count = None, 0
@@ -87,11 +88,12 @@ def check_cells(train) -> None:
     warnings.warn(
         f"all {count} periodic training structures share one cell (volume "
         f"{abs(np.linalg.det(first)):.6g} Å^3): energies and forces at one volume and "
-        "shape leave the equation of state to the network, and no wrapper models its "
-        "error, so energies of strained or compressed cells may be far off with small "
-        "stds; add cells at other volumes (strained cells, NPT frames) to the training "
-        "data, or ignore this if you will only simulate at this cell (docs/shift.md, "
-        "'Strained cells' energies')",
+        "shape leave the equation of state to the network, so energies of strained or "
+        "compressed cells may be far off with small stds; add cells at other volumes "
+        "(strained cells, NPT frames) to the training data, or calibrate on data with "
+        "stress labels (calibrate then measures the stress error and adds its energy "
+        "variance to strained cells, docs/calibration.md, 'the strain term'), or ignore "
+        "this if you will only simulate at this cell",
         SingleCellWarning, stacklevel=user_stacklevel(),
     )
 

@@ -61,7 +61,7 @@ def test_frontier_effect_leaves_out_the_frontier_shift(scripts):
     frontier = shift.FRONTIER["copper"]
     table, with_frontier = [], []
     for w in frontier_effect.WRAPPERS:
-        tag = shift.defaults_of(w)
+        tag = shift.defaults_of(w, "copper")
         table += _rows("copper", w, 0.90, f_cov=0.95, defaults=tag, extra_split=frontier)
         table += _rows("copper", w, 0.00, defaults="2026-12-02")  # earlier: ignored
         with_frontier += _rows("copper", w, 0.80, f_cov=0.97, defaults=tag,

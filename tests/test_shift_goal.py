@@ -173,7 +173,7 @@ def test_update_keeps_the_rows_it_does_not_replace(tmp_path, monkeypatch):
     out.write_text(json.dumps({"args": {"parts": ["copper", "ethanol"]}, "rows": old}))
     args = argparse.Namespace(update=True, out=str(out), parts=["copper"], wrappers=None,
                               only=["W"], base_seed=0)
-    new = {**row("copper", "default", 10), "defaults": shift.DEFAULTS}
+    new = {**row("copper", "default", 10), "defaults": shift.defaults_of("W", "copper")}
     rows, runs = shift.merged(args, [new])
     assert sorted((r["system"], r["method"], r["v"]) for r in rows) == [
         ("copper", "default", 10), ("copper", "scalar", 2), ("ethanol", "default", 3)]
@@ -197,6 +197,17 @@ def test_update_keeps_the_rows_it_does_not_replace(tmp_path, monkeypatch):
                               "method": "default"})
     assert not shift.current({"defaults": tag, "wrapper": "LastLayerLaplace",
                               "method": "default"})
+    # since the strain term (2026-12-05) an EMT system's rows are current with its tag
+    # alone, whatever the wrapper; a molecule's keep the wrapper's tag
+    for wrapper in ("EvidentialHead", "LastLayerLaplace"):
+        assert shift.current({"defaults": shift.STRAIN_TERM, "wrapper": wrapper,
+                              "system": "cupd"})
+        assert not shift.current({"defaults": shift.defaults_of(wrapper), "wrapper": wrapper,
+                                  "system": "cupd"})
+        assert not shift.current({"defaults": shift.STRAIN_TERM, "wrapper": wrapper,
+                                  "system": "ethanol"})
+        assert shift.current({"defaults": shift.defaults_of(wrapper), "wrapper": wrapper,
+                              "system": "acac"})
     for earlier in shift.EARLIER_DEFAULTS + (None,):
         for wrapper in ("EvidentialHead", "LastLayerLaplace", "ShallowEnsemble"):
             for method in ("default", "scalar", "default, no widening"):

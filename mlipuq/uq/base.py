@@ -36,6 +36,8 @@ import torch
 
 from mlipuq import data as mdata
 from mlipuq import distributed as mdist
+from mlipuq.calibration.strain import atom_fractions
+from mlipuq.calibration.strain import measure as measure_strain
 from mlipuq.errors import FileFormatError, InvalidStructureError, MissingReferenceError, NotFittedError
 from mlipuq.fileio import check_plain, check_weights_only, read_payload, save_payload
 from mlipuq.models.base import MLIP, model_class, model_from_payload
@@ -43,7 +45,8 @@ from mlipuq.prediction import Prediction
 from mlipuq.predictive import ROBUST_MAX_DOF
 from mlipuq.progress import batches_with_progress
 from mlipuq.uq.state_codec import (  # noqa: F401  (importable from here as before)
-    _decode, _decode_recalibrator, _encode, _encode_recalibrator)
+    _decode, _decode_recalibrator, _decode_strain_term, _encode, _encode_recalibrator,
+    _encode_strain_term)
 
 log = logging.getLogger(__name__)
 
@@ -317,10 +320,19 @@ class UQWrapper:
             fields["n_atoms"] = batch.n_atoms.cpu().numpy()
             fields["batch"] = batch.batch.cpu().numpy()
             fields["numbers"] = batch.numbers.cpu().numpy()
+            if getattr(self, "strain_term_", None) is not None:
+                fields["strain_energy_var"] = self._strain_variance(batch)
             prediction = Prediction(**fields)
             self._check_finite(prediction)
             parts.append(prediction)
         return Prediction.concatenate(parts)
+
+    def _strain_variance(self, batch: mdata.Batch) -> np.ndarray:
+        """``strain_energy_var`` (B,) of ``batch`` (eV², :mod:`mlipuq.calibration.strain`)."""
+        counts = mdata.composition_counts(batch.numbers.cpu().numpy(), batch.batch.cpu().numpy(),
+                                          batch.n_structures, self.species)
+        return self.strain_term_.variance(batch.cell.detach().cpu().numpy(),
+                                          batch.pbc.cpu().numpy(), atom_fractions(counts))
 
     def _add_composition_variance(self, prediction: Prediction) -> Prediction:
         counts = mdata.composition_counts(prediction.numbers, prediction.batch,
@@ -390,16 +402,25 @@ class UQWrapper:
         structures is fitted (``structure_scaling=True``, :mod:`mlipuq.calibration.
         structure_scaling`). Stds beyond the largest of ``val`` are widened (``extrapolation``,
         default :attr:`default_extrapolation`, 0: not; :mod:`mlipuq.calibration.extrapolation`);
-        stresses are not recalibrated."""
+        stresses are not recalibrated.
+
+        Where ``val`` holds structures periodic in all three directions with stress
+        labels (``strain=True``), the mean model's stress error on them is measured, and
+        calibrated energy variances of cells strained from theirs gain the first-order
+        term ``strain_energy_var`` (:mod:`mlipuq.calibration.strain`; ``strain_term_``,
+        None without labels)."""
         from mlipuq.calibration.recalibrate import PredictionRecalibrator
 
+        strain = options.pop("strain", True)
         dataset = calibration_data(val)
+        self.strain_term_ = None
         pred = self.predict(dataset, calibrated=False, composition=False)
         options.setdefault("extrapolation", copy.deepcopy(self.default_extrapolation))
         if method is None:  # the default method with its options (copies: never the class's)
             method, options = self.default_calibration, {**self.default_calibration_options, **options}
         method = copy.deepcopy(method)
         self.recalibrator_ = PredictionRecalibrator(method, **options).fit(pred, dataset)
+        self.strain_term_ = measure_strain(self, dataset, self.species) if strain else None
         return self
 
     @property
@@ -410,6 +431,10 @@ class UQWrapper:
         if not self.calibrated_:
             return prediction
         calibrated = self.recalibrator_.transform(prediction)
+        if prediction.strain_energy_var is not None:  # added after the recalibration
+            calibrated = dataclasses.replace(
+                calibrated, energy_var=calibrated.energy_var + prediction.strain_energy_var,
+                strain_energy_var=prediction.strain_energy_var)
         if prediction.stress is None:
             return calibrated
         # no stress recalibrator: the stress and its uncertainty pass through unchanged
@@ -441,6 +466,7 @@ class UQWrapper:
             "models": [m._payload() for m in self._models()],
             "state": _encode(self._get_state()),
             "recalibrator": _encode_recalibrator(getattr(self, "recalibrator_", None)),
+            "strain_term": _encode_strain_term(getattr(self, "strain_term_", None)),
         }
 
     def fingerprint(self) -> str:
@@ -514,6 +540,7 @@ def load(
             raise
         raise FileFormatError(f"{path}: cannot rebuild the {name} ({type(exc).__name__}: {exc})") from None
     wrapper.recalibrator_ = _decode_recalibrator(payload.get("recalibrator"), path)
+    wrapper.strain_term_ = _decode_strain_term(payload.get("strain_term"), path)
     wrapper.fitted_ = True
     return wrapper
 

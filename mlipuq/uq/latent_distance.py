@@ -584,7 +584,7 @@ class LatentDistance(UQWrapper):
                 n_atoms=own.n_atoms, batch=own.batch, numbers=own.numbers,
                 # the stress and its spread are the combined wrapper's (no latent part)
                 stress=other.stress, stress_var=other.stress_var,
-                stress_members=other.stress_members,
+                stress_members=other.stress_members, strain_energy_var=own.strain_energy_var,
             )
             self._check_finite(own)
         if calibrated:

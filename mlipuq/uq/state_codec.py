@@ -81,3 +81,20 @@ def _decode_recalibrator(payload, path: str = "<memory>"):
         obj.__dict__.update(_decode(part["state"], path))
         setattr(outer, f"{key}_", obj)
     return outer
+
+
+def _encode_strain_term(term) -> Optional[dict]:
+    """Plain-data form of a :class:`~mlipuq.calibration.strain.StrainTerm` (None: none)."""
+    return None if term is None else _encode(term.state())
+
+
+def _decode_strain_term(payload, path: str = "<memory>"):
+    """The saved strain term (None in files without one, e.g. older ones)."""
+    if payload is None:
+        return None
+    from mlipuq.calibration.strain import StrainTerm
+
+    state = _decode(payload, path)
+    if not isinstance(state, dict):
+        raise FileFormatError(f"{path}: damaged strain term (a {type(state).__name__})")
+    return StrainTerm.from_state(state, path)
