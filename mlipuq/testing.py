@@ -178,6 +178,9 @@ def check_strain_term(fitted, data=None) -> None:
     _close(a.strain_energy_var, np.array([expected]), 1e-6, "strain_energy_var")
     _close(a.energy_var - b.energy_var, a.strain_energy_var, 1e-6,
            "the strain term's share of energy_var")
+    if hasattr(with_term, "predict_energy"):  # LLPR's energy-only path adds it too
+        _close(with_term.predict_energy(strained)[1] - without.predict_energy(strained)[1],
+               a.strain_energy_var, 1e-6, "predict_energy's strain term")
     if with_term.predict(cells[1]).strain_energy_var[0] != 0.0:
         raise AssertionError("a calibration cell should get no strain term")
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,8 @@
-"""Two comparison scripts of the shift benchmark: ``benchmarks/evidential_max.py`` (the
+"""Comparison scripts of the shift benchmark: ``benchmarks/evidential_max.py`` (the
 round on the evidential head's larger of two variances: counts and the rule fixed
-before it) and ``benchmarks/frontier_effect.py`` (calibrating on frontier structures,
-scored on the shifts other than the frontier's)."""
+before it), ``benchmarks/frontier_effect.py`` (calibrating on frontier structures,
+scored on the shifts other than the frontier's) and ``benchmarks/strain_term.py`` (the
+strain term's round)."""
 
 from __future__ import annotations
 
@@ -73,3 +74,32 @@ def test_frontier_effect_leaves_out_the_frontier_shift(scripts):
     assert "| LastLayerLaplace | 1 → 1 | 1 → 0 |" in text
     with pytest.raises(ValueError, match="no current rows"):
         frontier_effect.worst(table, "copper", "LastLayerLaplace", "scalar")
+
+
+def test_strain_term_round_compares_strained_cells_and_checks_the_rest(tmp_path, capsys):
+    """``benchmarks/strain_term.py``: the strained cells' energy coverage and std ÷ MAE
+    before → after for the default calibration, only rows tagged with the strain term
+    read after, and the largest coverage change off the strained cells."""
+    (strain_term,) = benchmark_modules("strain_term")
+    common = {"system": "cupd", "method": "default", "base_seed": 0}
+
+    def row(wrapper, split, e_cov, f_cov=0.95, std=2.0, mae=1.0, defaults=None):
+        return {**common, "wrapper": wrapper, "split": split, "energy_cov95": e_cov,
+                "force_cov95": f_cov, "energy_std_per_atom": std, "energy_mae_per_atom": mae,
+                "defaults": defaults}
+
+    tag = strain_term.TAG
+    before = [row("LastLayerLaplace", "strained 300 K", 0.8, std=1.0, mae=4.0),
+              row("LastLayerLaplace", "surface 300 K", 0.9)]
+    after = [row("LastLayerLaplace", "strained 300 K", 1.0, std=6.0, mae=4.0, defaults=tag),
+             row("LastLayerLaplace", "surface 300 K", 0.875, defaults=tag),
+             row("ShallowEnsemble", "strained 300 K", 0.1, defaults="2026-12-04")]
+    _write(tmp_path / "before.json", before)
+    _write(tmp_path / "after.json", after)
+    strain_term.main(["--before", str(tmp_path / "before.json"),
+                      "--after", str(tmp_path / "after.json")])
+    out = capsys.readouterr().out
+    assert "| cupd | LastLayerLaplace | 0 | 0.800 → 1.000 | 0.25 → 1.50 |" in out
+    assert "| LastLayerLaplace | 1 | 0 → 1 |" in out
+    assert "ShallowEnsemble" not in out  # not tagged with the strain term
+    assert "largest coverage change off the strained cells: 0.025 over 1 rows" in out

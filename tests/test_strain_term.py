@@ -94,6 +94,10 @@ def test_state_round_trip_and_damaged_state():
         StrainTerm.from_state(bad, "f.pt")
     with pytest.raises(FileFormatError, match="damaged strain term"):
         StrainTerm.from_state({"fractions_": np.ones((1, 1))}, "f.pt")
+    nan = term.state()
+    nan["cells_"] = nan["cells_"] * np.nan
+    with pytest.raises(FileFormatError, match="cells_ is not finite numbers"):
+        StrainTerm.from_state(nan, "f.pt")
 
 
 class _Stub:

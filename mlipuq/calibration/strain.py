@@ -56,7 +56,7 @@ COMPOSITION_TOLERANCE = 0.05
 #: Strain components below this are round-off (the cell is a calibration cell).
 _ROUND_OFF = 1e-10
 
-#: Cells equal to this many Å (after rounding) are one calibration cell.
+#: Calibration cells equal to this many decimals of an Å are one reference cell.
 _CELL_DECIMALS = 6
 
 
@@ -190,7 +190,11 @@ class StrainTerm:
         term = cls()
         try:
             for name in cls._STATE:
-                setattr(term, name, np.asarray(state[name]))
+                value = np.asarray(state[name])
+                if not (np.issubdtype(value.dtype, np.number) and np.all(np.isfinite(value))):
+                    raise ValueError(f"{name} is not finite numbers")
+                setattr(term, name, value)
+            term.cell_group_ = term.cell_group_.astype(np.int64)
             g, s = term.fractions_.shape
             r = len(term.cells_)
             shapes = {"second_moment_": (g, 9, 9), "mean_error_": (g, 3, 3),

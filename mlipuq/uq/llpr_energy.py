@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from mlipuq import data as mdata
+from mlipuq.calibration.strain import atom_fractions
 from mlipuq.progress import batches_with_progress
 
 
@@ -63,8 +64,9 @@ class EnergyQueries:
         """Energies (B,) eV and their variance (B,) eV² only: no force pass, no Jacobian.
 
         The cheapest LLPR query (one forward pass of the base model); the
-        energy recalibrator of :meth:`calibrate` is applied, then the
-        composition variance (as in :meth:`predict`).
+        energy recalibrator of :meth:`calibrate` is applied, then the strain term
+        (stress-labelled calibration data) and the composition variance (as in
+        :meth:`predict`).
         """
         self._check_fitted()
         dataset = mdata.as_dataset(structures)
@@ -76,7 +78,11 @@ class EnergyQueries:
             energies.append(result["energy"].cpu().numpy())
             variances.append(torch.einsum("bi,ij,bj->b", f, cov.to(f.device), f).cpu().numpy())
         energy, var = np.concatenate(energies), np.concatenate(variances)
+        counts = mdata.composition_matrix(dataset, self.species)
         if self.calibrated_:
             var = self.recalibrator_.transform_energy_std(np.sqrt(var), dataset.n_atoms) ** 2
-        counts = mdata.composition_matrix(dataset, self.species)
+            if getattr(self, "strain_term_", None) is not None:  # as predict adds it
+                var = var + self.strain_term_.variance(
+                    [a.cell.array for a in dataset], [a.pbc for a in dataset],
+                    atom_fractions(counts))
         return energy, var + self.model.composition_variance(counts)
