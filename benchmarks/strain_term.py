@@ -7,7 +7,10 @@ table's rows (base model 0) and the fit-to-fit rows (base models 1 and 2) before
   strained cells' energy coverage, and their mean energy std per atom over the energy
   MAE per atom, before → after, and how many fits meet the energy goal on them;
 * every other row of both runs (same system, wrapper, method, split): the largest change
-  of a coverage (0 where the term is 0, which it is by construction off strained cells).
+  of a coverage (0 where the term is 0, which it is by construction off strained cells);
+* per wrapper, over the fits (system, base model) in both, how many meet each goal on
+  every shift before → after (``shift_seeds.refit_table``; the molecules' rows, which
+  the term cannot change, read from the files before).
 
     git show fdc9681:benchmarks/results/shift.json > /tmp/shift_before.json
     python benchmarks/strain_term.py --before /tmp/shift_before.json \
@@ -24,7 +27,9 @@ import argparse
 import json
 
 from refit_defaults import WRAPPERS
+from shift import MOLECULES
 from shift_goal import E_COVER
+from shift_seeds import refit_table
 
 STRAINED = "strained 300 K"
 TAG = "2026-12-05, strain term"
@@ -89,7 +94,11 @@ def main(argv=None) -> None:
     before, after = _rows(args.before), _rows(args.after, TAG)
     print(strained_table(before, after))
     change, n = largest_other_change(before, after)
-    print(f"\nlargest coverage change off the strained cells: {change:.3g} over {n} rows")
+    print(f"\nlargest coverage change off the strained cells: {change:.3g} over {n} rows\n")
+    # per fit, every shift: the molecules' rows are the same after (no periodic cell, no
+    # stress label, no term), so they are read from the files before
+    same = {k: r for k, r in before.items() if k[0] in MOLECULES}
+    print(refit_table(list(before.values()), list({**same, **after}.values())))
 
 
 if __name__ == "__main__":

@@ -89,9 +89,11 @@ def test_strain_term_round_compares_strained_cells_and_checks_the_rest(tmp_path,
                 "defaults": defaults}
 
     tag = strain_term.TAG
-    before = [row("LastLayerLaplace", "strained 300 K", 0.8, std=1.0, mae=4.0),
+    before = [row("LastLayerLaplace", "in distribution", 0.95),
+              row("LastLayerLaplace", "strained 300 K", 0.8, std=1.0, mae=4.0),
               row("LastLayerLaplace", "surface 300 K", 0.9)]
-    after = [row("LastLayerLaplace", "strained 300 K", 1.0, std=6.0, mae=4.0, defaults=tag),
+    after = [row("LastLayerLaplace", "in distribution", 0.95, defaults=tag),
+             row("LastLayerLaplace", "strained 300 K", 1.0, std=6.0, mae=4.0, defaults=tag),
              row("LastLayerLaplace", "surface 300 K", 0.875, defaults=tag),
              row("ShallowEnsemble", "strained 300 K", 0.1, defaults="2026-12-04")]
     _write(tmp_path / "before.json", before)
@@ -102,4 +104,6 @@ def test_strain_term_round_compares_strained_cells_and_checks_the_rest(tmp_path,
     assert "| cupd | LastLayerLaplace | 0 | 0.800 → 1.000 | 0.25 → 1.50 |" in out
     assert "| LastLayerLaplace | 1 | 0 → 1 |" in out
     assert "ShallowEnsemble" not in out  # not tagged with the strain term
-    assert "largest coverage change off the strained cells: 0.025 over 1 rows" in out
+    assert "largest coverage change off the strained cells: 0.025 over 2 rows" in out
+    # per fit, every shift: the worst energy coverage 0.8 → 0.875, both goals met after
+    assert "| LastLayerLaplace | 1 | 1 → 1 | 0 → 1 |" in out

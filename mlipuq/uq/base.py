@@ -413,14 +413,14 @@ class UQWrapper:
 
         strain = options.pop("strain", True)
         dataset = calibration_data(val)
-        self.strain_term_ = None
         pred = self.predict(dataset, calibrated=False, composition=False)
         options.setdefault("extrapolation", copy.deepcopy(self.default_extrapolation))
         if method is None:  # the default method with its options (copies: never the class's)
             method, options = self.default_calibration, {**self.default_calibration_options, **options}
         method = copy.deepcopy(method)
-        self.recalibrator_ = PredictionRecalibrator(method, **options).fit(pred, dataset)
-        self.strain_term_ = measure_strain(self, dataset, self.species) if strain else None
+        recalibrator = PredictionRecalibrator(method, **options).fit(pred, dataset)
+        term = measure_strain(self, dataset, self.species) if strain else None
+        self.recalibrator_, self.strain_term_ = recalibrator, term  # both or neither
         return self
 
     @property
