@@ -27,12 +27,12 @@ import argparse
 import json
 
 from refit_defaults import WRAPPERS
-from shift import MOLECULES
 from shift_goal import E_COVER
 from shift_seeds import refit_table
+from shift_tags import MOLECULES, STRAIN_TERM
 
 STRAINED = "strained 300 K"
-TAG = "2026-12-05, strain term"
+TAG = STRAIN_TERM
 
 
 def _key(row: dict) -> tuple:

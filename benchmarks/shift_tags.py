@@ -1,0 +1,43 @@
+"""The tags of the shift table's rows: which defaults each row was measured with, and
+whether that is today's (``shift.py`` marks the others †). Split out of
+``benchmarks/shift.py``, which re-exports every name."""
+
+from __future__ import annotations
+
+#: The defaults the rows are measured with: when they were last changed (the base
+#: models' reference energies refitted, ``mlipuq.train``'s default, with the held-out
+#: structure covariance for latent distance and the evidential head, whose term keeps a
+#: tenth of the held-out variance). Rows without it are from earlier defaults, marked †
+#: in the tables: the refit changes every wrapper's energies (``current``).
+DEFAULTS = "2026-12-04, refitted base models"
+#: Wrappers whose own defaults changed after ``DEFAULTS``, and the tag of their rows since:
+#: the evidential head reports the larger of its NIG and its term's variances (a round on
+#: 21 fits, docs/shift.md). Its rows tagged ``DEFAULTS`` are from the joint sum, marked †.
+WRAPPER_DEFAULTS = {"EvidentialHead": "2026-12-04, evidential larger of two variances"}
+#: Earlier defaults, newest first (the rows they tag are kept, marked †): LLPR's energy
+#: widening chosen on nine systems; the shallow ensemble's, on six with reproducible
+#: heads; the powers chosen on six systems; on four, with the composition drift.
+EARLIER_DEFAULTS = ("2026-12-04, nine systems", "2026-12-03, shallow energies",
+                    "2026-12-02, six systems", "2026-12-02")
+
+#: Since 2026-12-05 the EMT systems' calibration data carry EMT's stress
+#: (``shift_data.with_emt_stress``, as DFT data of periodic cells would) and ``calibrate``
+#: fits the strain term (``mlipuq.calibration.strain``): every wrapper's rows of those
+#: systems carry this tag. The molecules' rows keep theirs: without a periodic cell
+#: there is no stress label and no strain term, so nothing of theirs changed.
+STRAIN_TERM = "2026-12-05, strain term"
+MOLECULES = ("ethanol", "acac")
+
+
+def defaults_of(wrapper: str, system: str | None = None) -> str:
+    """The tag of rows measured with ``wrapper``'s defaults of today on ``system``
+    (None: a molecule's)."""
+    if system is not None and system not in MOLECULES:
+        return STRAIN_TERM
+    return WRAPPER_DEFAULTS.get(wrapper, DEFAULTS)
+
+
+def current(row: dict) -> bool:
+    """Whether ``row`` was measured with today's defaults (``defaults_of`` its wrapper
+    and system)."""
+    return row.get("defaults") == defaults_of(row["wrapper"], row.get("system"))
