@@ -264,7 +264,8 @@ def run_part(part: str, args) -> list[dict]:
         return []
     rows = []
     for wrapper_name, wrapper in fitted.items():
-        wrapper.calibrate(calib)  # what calibrate does besides recalibrating (deep: recentring)
+        # what calibrate does besides recalibrating (deep: recentring; the strain term)
+        wrapper.calibrate(calib, strain=args.strain_term)
         term = getattr(wrapper, "distance_", None)  # the evidential head's latent-distance term
         if term is not None:
             print(f"  {wrapper_name}: distance term λ forces {term.forces_other_scale_:.3g}, "
@@ -283,7 +284,7 @@ def run_part(part: str, args) -> list[dict]:
             if "before" in wrapper_name and base == "default":
                 chosen = "scalar"  # every wrapper's default before the Student-t one
             try:
-                wrapper.calibrate(calib, method=chosen, **options)
+                wrapper.calibrate(calib, method=chosen, strain=args.strain_term, **options)
             except ValueError as exc:  # e.g. a method not available in this version
                 print(f"  {wrapper_name} / {method}: skipped ({exc})", flush=True)
                 continue
@@ -294,7 +295,8 @@ def run_part(part: str, args) -> list[dict]:
                 # undetermined are added after the recalibration (unbounded)
                 full = wrapper._add_composition_variance(wrapper._apply_calibration(raw[split]))
                 row = {"system": part, "wrapper": wrapper_name, "method": method + suffix,
-                       "split": split, "defaults": defaults_of(wrapper_name, part),
+                       "split": split, "defaults": (defaults_of(wrapper_name, part)
+                                                    if args.strain_term else "no strain term"),
                        "base_seed": seed,
                        "refit_references": args.refit_references,
                        **scores(full, test),
@@ -512,7 +514,12 @@ def main(argv=None) -> None:
                         "the trained networks (mlipuq.train's default since 2026-12-04; "
                         "the cache keeps the networks unrefitted), heads cached in "
                         "CACHE/PART-EPOCHS/refit; --no-refit-references: as before")
+    parser.add_argument("--strain-term", action=argparse.BooleanOptionalAction, default=True,
+                        help="calibrate with the strain term (the default since 2026-12-05); "
+                        "--no-strain-term: without, rows tagged so (to their own --out)")
     args = parser.parse_args(argv)
+    if not args.strain_term and os.path.abspath(args.out) == TABLE_OUT:
+        parser.error("--no-strain-term rows go to their own --out")
     if args.base_seed < 0:
         parser.error("--base-seed must be 0 or more")
     if args.base_seed and wants_deep(args):
