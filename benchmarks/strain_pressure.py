@@ -30,7 +30,7 @@ from ase import units
 
 from mlipuq.uq import LastLayerLaplace, LatentDistance
 from shift import base_models, cache_folder
-from shift_data import HELD_OUT, PART_SETS, emt_stress  # noqa: F401 (re-exported)
+from shift_data import HELD_OUT, PART_SETS, emt_stress
 
 STRAINED = "strained 300 K"
 

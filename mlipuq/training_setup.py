@@ -68,9 +68,9 @@ def check_cells(train) -> None:
     other above :data:`SAME_CELL_STRAIN`. Energies and forces at one volume leave the
     equation of state to the network; without stress labels in the calibration data (the
     strain term, :mod:`mlipuq.calibration.strain`) no wrapper models its error
-    (docs/shift.md, "Strained cells' energies"). Non-periodic and partially periodic structures are
-    ignored; the same lattice in another supercell or with its vectors permuted or
-    rotated counts as another cell (no warning)."""
+    (docs/shift.md, "Strained cells' energies"). Non-periodic and partially periodic
+    structures are ignored; the same lattice in another supercell or with its vectors
+    permuted or rotated counts as another cell (no warning)."""
     first, count = None, 0
     for atoms in train:
         if not np.all(atoms.pbc):
