@@ -67,6 +67,7 @@ class Calculator(BaseCalculator):
         schema.RESULT_STRESS_COMMITTEE,
         schema.RESULT_ATOM_ENERGY_STD,
         schema.RESULT_CALIBRATION_EXCESS,
+        schema.RESULT_STRAIN_ENERGY_STD,
         schema.RESULT_ENERGY_DOF,
         schema.RESULT_FORCES_DOF,
     ]
@@ -148,6 +149,8 @@ class Calculator(BaseCalculator):
             results[schema.RESULT_ATOM_ENERGY_STD] = np.sqrt(pred.atom_energy_var)
         if getattr(pred, "calibration_excess", None) is not None:  # > 1: widened, not fitted
             results[schema.RESULT_CALIBRATION_EXCESS] = float(pred.calibration_excess[0])
+        if getattr(pred, "strain_energy_var", None) is not None:  # part of energy_std
+            results[schema.RESULT_STRAIN_ENERGY_STD] = float(np.sqrt(pred.strain_energy_var[0]))
         for key, dof in ((schema.RESULT_ENERGY_DOF, pred.energy_dof),
                          (schema.RESULT_FORCES_DOF, pred.forces_dof)):
             if dof is not None:  # a Student-t: intervals need ν besides the std

@@ -325,6 +325,8 @@ class Prediction:
             info[schema.STRESS_STD] = np.array(one.stress_std[0])
         if one.calibration_excess is not None:
             info[schema.CALIBRATION_EXCESS] = float(one.calibration_excess[0])
+        if one.strain_energy_var is not None:
+            info[schema.STRAIN_ENERGY_STD] = float(np.sqrt(one.strain_energy_var[0]))
         for key, dof in ((schema.ENERGY_DOF, one.energy_dof), (schema.FORCES_DOF, one.forces_dof)):
             if dof is not None:
                 info[key] = float(dof)
@@ -446,22 +448,34 @@ def read_prediction(path) -> tuple["Prediction", object]:
         energy_members=energy_members, atom_energy_var=atom_energy_var,
         stress=stress, stress_var=stress_var,
         calibration_excess=_read_excess(structures, path),
+        strain_energy_var=_read_strain(structures, path),
         energy_dof=_read_dof(structures, schema.ENERGY_DOF, path),
         forces_dof=_read_dof(structures, schema.FORCES_DOF, path),
     )
     return prediction, structures
 
 
-def _read_excess(structures, path: str) -> Optional[np.ndarray]:
-    """``mlipuq_calibration_excess`` per frame when every frame has it, else None."""
-    key = schema.CALIBRATION_EXCESS
+def _frame_column(structures, key: str, path: str, least: float) -> Optional[np.ndarray]:
+    """The per-frame number ``key`` when every frame has it (each finite and >= ``least``,
+    else an error naming the frame), else None."""
     if not all(key in atoms.info for atoms in structures):
         return None
     values = np.array([_number(a.info[key], path, k, key) for k, a in enumerate(structures)])
-    bad = np.flatnonzero(~(values >= 1.0))
+    bad = np.flatnonzero(~((values >= least) & np.isfinite(values)))
     if bad.size:
-        raise _column_error(path, int(bad[0]), key, "must be a number >= 1")
+        raise _column_error(path, int(bad[0]), key, f"must be a finite number >= {least:g}")
     return values
+
+
+def _read_excess(structures, path: str) -> Optional[np.ndarray]:
+    """``mlipuq_calibration_excess`` per frame when every frame has it, else None."""
+    return _frame_column(structures, schema.CALIBRATION_EXCESS, path, 1.0)
+
+
+def _read_strain(structures, path: str) -> Optional[np.ndarray]:
+    """``strain_energy_var`` from ``mlipuq_strain_energy_std`` when every frame has it."""
+    std = _frame_column(structures, schema.STRAIN_ENERGY_STD, path, 0.0)
+    return None if std is None else std**2
 
 
 def _read_dof(structures, key: str, path: str) -> Optional[float]:

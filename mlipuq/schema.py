@@ -54,6 +54,9 @@ FORCES_DOF = "mlipuq_forces_dof"
 #: how far a structure's raw std lies beyond the calibration data's range (>= 1; 1 inside):
 #: above 1 its calibrated std is extrapolated and widened (mlipuq.calibration.extrapolation)
 CALIBRATION_EXCESS = "mlipuq_calibration_excess"
+#: the strain term's part of the energy std (eV; its square is part of the energy
+#: variance): the first-order energy error of a strained cell (mlipuq.calibration.strain)
+STRAIN_ENERGY_STD = "mlipuq_strain_energy_std"
 
 # ------------------------------------------------------------ active learning
 POOL_INDEX = "mlipuq_pool_index"  #: index of a selected structure in its pool
@@ -70,6 +73,8 @@ RESULT_FORCES_STD = "forces_std"  #: (N, 3) eV/Å
 RESULT_MAX_FORCE_STD = "max_force_std"  #: eV/Å
 #: >= 1: how far the std lies beyond the calibration data's range (Prediction.calibration_excess)
 RESULT_CALIBRATION_EXCESS = "calibration_excess"
+#: eV, the strain term's part of the energy std (Prediction.strain_energy_var)
+RESULT_STRAIN_ENERGY_STD = "strain_energy_std"
 RESULT_ENERGIES = "energies"  #: (K,) member energies (eV)
 RESULT_FORCES_COMMITTEE = "forces_committee"  #: (K, N, 3) member forces (eV/Å)
 RESULT_STRESS_STD = "stress_std"  #: (6,) Voigt std of the stress elements (eV/Å³)

@@ -181,3 +181,60 @@ def test_mlipuq_fit_measures_the_strain_term_on_stress_labelled_val(tmp_path, ca
     assert plain.strain_term_ is None
     np.testing.assert_allclose(pred.energy_var - plain.predict(strained).energy_var,
                                pred.strain_energy_var, rtol=1e-9)
+
+
+def test_strain_std_reaches_the_calculator_and_prediction_files(model_factory, tmp_path):
+    """The strain term's share of the energy std is the ASE calculator's
+    ``strain_energy_std`` result and the ``mlipuq_strain_energy_std`` column of
+    prediction files, read back as ``strain_energy_var``."""
+    from mlipuq import schema
+    from mlipuq.calculator import Calculator
+    from mlipuq.data import AtomsDataset
+    from mlipuq.prediction import read_prediction
+    from mlipuq.uq import LastLayerLaplace
+
+    rng = np.random.default_rng(0)
+    cells = []
+    for _ in range(6):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+        atoms.positions += rng.normal(0.0, 0.05, atoms.positions.shape)
+        cells.append(atoms)
+    llpr = LastLayerLaplace(model_factory()).fit(_with_reference(cells[:4]))
+    raw = llpr.predict(cells, calibrated=False, stress=True)
+    labelled = [_labelled_like(a, raw, k) for k, a in enumerate(cells)]
+    llpr.calibrate(labelled)
+    strained = cells[0].copy()
+    strained.set_cell(strained.cell.array * 1.03, scale_atoms=True)
+    pred = llpr.predict(strained)
+    assert pred.strain_energy_var[0] > 0
+    strained.calc = Calculator(llpr)
+    strained.get_potential_energy()
+    assert strained.calc.results[schema.RESULT_STRAIN_ENERGY_STD] == pytest.approx(
+        float(np.sqrt(pred.strain_energy_var[0])), rel=1e-12)
+    path = tmp_path / "pred.extxyz"
+    structures = AtomsDataset([cells[1], strained.copy()])
+    prediction = llpr.predict(structures)
+    structures.write(path, prediction=prediction)
+    back, _ = read_prediction(path)
+    np.testing.assert_allclose(back.strain_energy_var, prediction.strain_energy_var,
+                               rtol=1e-10, atol=0)
+
+
+def _with_reference(structures):
+    out = []
+    for atoms in structures:
+        atoms = atoms.copy()
+        atoms.calc = SinglePointCalculator(atoms, energy=-3.0 * len(atoms),
+                                           forces=np.zeros((len(atoms), 3)))
+        out.append(atoms)
+    return out
+
+
+def _labelled_like(atoms, raw, k):
+    """``atoms`` labelled with the model's own results, its stress offset by D1."""
+    atoms = atoms.copy()
+    atoms.calc = SinglePointCalculator(atoms, energy=float(raw.energy[k]) + 0.01 * k,
+                                       forces=raw.forces[raw.batch == k] + 0.01
+                                       * np.random.default_rng(k).normal(size=(len(atoms), 3)),
+                                       stress=raw.stress[k] - D1)
+    return atoms
