@@ -185,8 +185,8 @@ def test_mlipuq_fit_measures_the_strain_term_on_stress_labelled_val(tmp_path, ca
 
 def test_strain_std_reaches_the_calculator_and_prediction_files(model_factory, tmp_path):
     """The strain term's share of the energy std is the ASE calculator's
-    ``strain_energy_std`` result and the ``mlipuq_strain_energy_std`` column of
-    prediction files, read back as ``strain_energy_var``."""
+    ``strain_energy_std`` result, a key of MD frames and the ``mlipuq_strain_energy_std``
+    column of prediction files, read back as ``strain_energy_var``."""
     from mlipuq import schema
     from mlipuq.calculator import Calculator
     from mlipuq.data import AtomsDataset
@@ -211,6 +211,11 @@ def test_strain_std_reaches_the_calculator_and_prediction_files(model_factory, t
     strained.get_potential_energy()
     assert strained.calc.results[schema.RESULT_STRAIN_ENERGY_STD] == pytest.approx(
         float(np.sqrt(pred.strain_energy_var[0])), rel=1e-12)
+    from mlipuq.propagation.md import frame_from_results
+
+    frame = frame_from_results(strained, strained.calc.results, 3, 1.0, {}, False)
+    assert frame.info[schema.STRAIN_ENERGY_STD] == pytest.approx(
+        float(np.sqrt(pred.strain_energy_var[0])), rel=1e-12)  # MD frames keep it too
     path = tmp_path / "pred.extxyz"
     structures = AtomsDataset([cells[1], strained.copy()])
     prediction = llpr.predict(structures)

@@ -267,6 +267,8 @@ def frame_from_results(atoms, results, step, dt_fs, records, flagged) -> "ase.At
         info[schema.STRESS] = voigt_6_to_full_3x3_stress(np.asarray(results["stress"]))
     if schema.RESULT_CALIBRATION_EXCESS in results:  # > 1: std beyond the calibration range
         info[schema.CALIBRATION_EXCESS] = float(results[schema.RESULT_CALIBRATION_EXCESS])
+    if schema.RESULT_STRAIN_ENERGY_STD in results:  # the strain term's part (NPT: the cell)
+        info[schema.STRAIN_ENERGY_STD] = float(results[schema.RESULT_STRAIN_ENERGY_STD])
     frame.arrays[schema.FORCES] = np.asarray(results["forces"], np.float64).copy()
     if schema.RESULT_FORCES_STD in results:  # per-atom columns (OVITO colours by them)
         f_std = np.asarray(results[schema.RESULT_FORCES_STD], np.float64)
