@@ -293,7 +293,8 @@ def run_part(part: str, args) -> list[dict]:
                 # as predict() does: the strain term (stress-labelled calibration data) and
                 # the variance of the reference energies the training compositions left
                 # undetermined are added after the recalibration (unbounded)
-                full = wrapper._add_composition_variance(wrapper._apply_calibration(raw[split]))
+                full = wrapper._add_composition_variance(
+                    wrapper._add_strain_variance(pred, raw[split]))
                 row = {"system": part, "wrapper": wrapper_name, "method": method + suffix,
                        "split": split, "defaults": (defaults_of(wrapper_name, part)
                                                     if args.strain_term else "no strain term"),

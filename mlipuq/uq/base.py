@@ -430,17 +430,24 @@ class UQWrapper:
     def _apply_calibration(self, prediction: Prediction) -> Prediction:
         if not self.calibrated_:
             return prediction
-        calibrated = self.recalibrator_.transform(prediction)
-        if prediction.strain_energy_var is not None:  # added after the recalibration
-            calibrated = dataclasses.replace(
-                calibrated, energy_var=calibrated.energy_var + prediction.strain_energy_var,
-                strain_energy_var=prediction.strain_energy_var)
+        calibrated = self._add_strain_variance(self.recalibrator_.transform(prediction),
+                                               prediction)
         if prediction.stress is None:
             return calibrated
         # no stress recalibrator: the stress and its uncertainty pass through unchanged
         return dataclasses.replace(calibrated, stress=prediction.stress,
                                    stress_var=prediction.stress_var,
                                    stress_members=prediction.stress_members)
+
+    @staticmethod
+    def _add_strain_variance(calibrated: Prediction, raw: Prediction) -> Prediction:
+        """``calibrated`` (the recalibration of ``raw``) with ``raw``'s strain term added to
+        its energy variance (after the recalibration; unchanged without one)."""
+        if raw.strain_energy_var is None:
+            return calibrated
+        return dataclasses.replace(calibrated,
+                                   energy_var=calibrated.energy_var + raw.strain_energy_var,
+                                   strain_energy_var=raw.strain_energy_var)
 
     # ---------------------------------------------------------- persistence
     def save(self, path: Union[str, os.PathLike], *, overwrite: bool = False) -> None:

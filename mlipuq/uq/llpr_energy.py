@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from mlipuq import data as mdata
-from mlipuq.calibration.strain import atom_fractions
 from mlipuq.progress import batches_with_progress
 
 
@@ -24,7 +23,7 @@ class EnergyQueries:
     It uses the host's ``model``, ``species``, ``cutoff``, ``dtype``,
     ``_check_fitted``, ``_structure_features``, ``_shift_energy``, its energy posterior
     (``energy_covariance_``, ``energy_posterior_``) and its calibration
-    (``calibrated_``, ``recalibrator_``).
+    (``calibrated_``, ``recalibrator_``, ``strain_term_`` with ``_strain_variance``).
     """
 
     def design_matrix(self, structures, *, batch_size: int = 32,
@@ -37,12 +36,13 @@ class EnergyQueries:
         """
         self._check_fitted()
         dataset = mdata.as_dataset(structures)
-        rows = [f.cpu().numpy() for _, f in self._energy_rows(dataset, batch_size, progress)]
+        rows = [f.cpu().numpy() for _, f, _ in self._energy_rows(dataset, batch_size, progress)]
         return np.concatenate(rows).astype(np.float64)
 
     @torch.no_grad()
     def _energy_rows(self, dataset: mdata.AtomsDataset, batch_size: int, progress: bool = False):
-        """Per batch, without forces: (energies (b,) eV, energy rows f (b, D) float64)."""
+        """Per batch, without forces: (energies (b,) eV, energy rows f (b, D) float64,
+        the batch)."""
         dataset.validate(self.species)
         batches = batches_with_progress(
             mdata.iter_batches(dataset, self.cutoff, batch_size, species=self.species,
@@ -51,7 +51,7 @@ class EnergyQueries:
         self.model.eval()
         for _, batch in batches:
             out = self.model(batch.to(device=self.model.device), forces=False, features=True)
-            yield out["energy"], self._structure_features(out["features"], batch)
+            yield out["energy"], self._structure_features(out["features"], batch), batch
 
     def energy_posterior_covariance(self) -> tuple[np.ndarray, float]:
         """``(Σ, σ²)``: the (D, D) posterior covariance of the readout weights behind
@@ -70,19 +70,20 @@ class EnergyQueries:
         """
         self._check_fitted()
         dataset = mdata.as_dataset(structures)
-        energies, variances = [], []
+        energies, variances, strains = [], [], []
         cov = torch.as_tensor(self.energy_covariance_, dtype=torch.float64)
-        for energy, f in self._energy_rows(dataset, batch_size):
+        strain = self.calibrated_ and getattr(self, "strain_term_", None) is not None
+        for energy, f, batch in self._energy_rows(dataset, batch_size):
             result = {"energy": energy}
             self._shift_energy(result, f)  # refit_mean: the posterior mean's energies
             energies.append(result["energy"].cpu().numpy())
             variances.append(torch.einsum("bi,ij,bj->b", f, cov.to(f.device), f).cpu().numpy())
+            if strain:  # as predict adds it, from the same batches
+                strains.append(self._strain_variance(batch))
         energy, var = np.concatenate(energies), np.concatenate(variances)
-        counts = mdata.composition_matrix(dataset, self.species)
         if self.calibrated_:
             var = self.recalibrator_.transform_energy_std(np.sqrt(var), dataset.n_atoms) ** 2
-            if getattr(self, "strain_term_", None) is not None:  # as predict adds it
-                var = var + self.strain_term_.variance(
-                    [a.cell.array for a in dataset], [a.pbc for a in dataset],
-                    atom_fractions(counts))
+        if strain:
+            var = var + np.concatenate(strains)
+        counts = mdata.composition_matrix(dataset, self.species)
         return energy, var + self.model.composition_variance(counts)
