@@ -53,13 +53,15 @@ def fits(files) -> tuple[list[dict], list[dict]]:
     return counted, extra
 
 
-def table(entries: list[dict]) -> None:
-    print("| system | base model | worst shift E cover (default → max) | worst shift F cover "
+def table(entries: list[dict], today: str = TODAY, candidate: str = CANDIDATE,
+          label: str = "default → max") -> None:
+    """Per fit, ``today``'s summary beside ``candidate``'s (a Markdown table)."""
+    print(f"| system | base model | worst shift E cover ({label}) | worst shift F cover "
           "| in-dist E NLL | mean shift E std÷MAE | in-dist F miscal |")
     print("|---|---|---|---|---|---|---|")
     for e in entries:
         def pair(value, digits):
-            return " → ".join(f"{value(e[n]):.{digits}f}" for n in (TODAY, CANDIDATE))
+            return " → ".join(f"{value(e[n]):.{digits}f}" for n in (today, candidate))
         print(f"| {e['system']} | {e['seed']} | {pair(lambda x: worst(x, 'energy_cov95'), 3)} "
               f"| {pair(lambda x: worst(x, 'force_cov95'), 3)} "
               f"| {pair(lambda x: x['energy_nll'], 2)} "

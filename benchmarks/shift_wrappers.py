@@ -12,6 +12,7 @@ from mlipuq.uq import (DeepEnsemble, EvidentialHead, LastLayerLaplace, LatentDis
                        ShallowEnsemble)
 from mlipuq.uq.deep_ensemble import COMMITTEE_CALIBRATION
 from mlipuq.uq.evidential_shift import fit_distance_term
+from mlipuq.uq.shallow_distance import fit_terms
 from shift_cache import cached, with_drift
 
 
@@ -70,6 +71,16 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         default before it): the same heads, their variance alone."""
         ensemble = shallow().copy()
         ensemble.distance, ensemble.distance_ = None, None
+        return ensemble
+
+    def energy_term():
+        """The default shallow ensemble with its latent-distance energy term
+        (``energy_combination="max"``): the same heads, both terms fitted as ``fit``
+        fits them (the force term the same as the cached one's)."""
+        ensemble = shallow().copy()
+        ensemble.energy_combination = "max"
+        fit_terms(ensemble, train, val, seed=0, progress=False, need_forces=True,
+                  batch_size=16)
         return ensemble
 
     @functools.cache
@@ -137,6 +148,8 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
             base, score="knn", combine=llpr(), energy_distance="atoms").fit(train, val),
         "ShallowEnsemble": shallow,  # with its latent-distance force term
         "ShallowEnsemble (heads alone)": heads_alone,
+        # the larger of the heads' and a latent-distance energy variance (a round, 2026-12-05)
+        "ShallowEnsemble (larger energy variance)": energy_term,
         "LatentDistance + ShallowEnsemble": lambda: LatentDistance(
             base, combine=heads_alone()).fit(train, val),
         # the latent term for the forces only, the heads' energy variance alone: what the

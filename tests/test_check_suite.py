@@ -43,6 +43,8 @@ def _mini_cases(members):
         "llpr": (LastLayerLaplace(base, n_samples=8), {}),
         "llpr-samples": (LastLayerLaplace(base, n_samples=8, force_variance="samples"), {}),
         "shallow": (ShallowEnsemble(base, n_heads=8), dict(epochs=20, seed=0, **FAST)),
+        "shallow-energy-term": (ShallowEnsemble(base, n_heads=8, energy_combination="max"),
+                                dict(epochs=20, seed=0, **FAST)),
         "evidential": (EvidentialHead(base), dict(epochs=4, lr=2e-2, seed=0, **FAST)),
         "evidential-separate": (EvidentialHead(base, energy_evidence="separate"),
                                 dict(epochs=4, lr=2e-2, seed=0, **FAST)),
@@ -53,7 +55,7 @@ def _mini_cases(members):
 
 @pytest.mark.parametrize(
     "name",
-    ["llpr", "llpr-samples", "shallow", "evidential", "evidential-separate", "deep", "latent"],
+    ["llpr", "llpr-samples", "shallow", "shallow-energy-term", "evidential", "evidential-separate", "deep", "latent"],
 )
 def test_every_wrapper_passes_the_check_suite(name, members, ethanol):
     wrapper, fit_kwargs = _mini_cases(members)[name]

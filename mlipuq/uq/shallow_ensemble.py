@@ -87,6 +87,9 @@ force members are stretched per component to that variance (so a member-wise
 spread agrees with the reported one): they are then no energy gradients, and
 ``has_consistent_members`` is False. ``distance=None`` keeps the heads alone
 (member forces that are energy gradients, e.g. for member-wise MD).
+``energy_combination="max"`` adds a second term for the energies, fitted apart
+and taken where it is the larger (:mod:`mlipuq.uq.shallow_distance`, which fits
+and applies both terms).
 
 Module layout: this module holds the wrapper and the Laplace initialisation;
 the heads, their energies, forces and stresses (:func:`head_members`) and
@@ -98,7 +101,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import warnings
 from types import MappingProxyType
 from typing import Optional
 
@@ -107,19 +109,15 @@ import torch
 from torch import nn
 
 from mlipuq import data as mdata
-from mlipuq.calibration.recalibrate import stretch_members
 from mlipuq.models.base import MLIP
 from mlipuq.params import positive
 from mlipuq.training import (History, fit_offset_drift, fit_scales, prepare_graphs,
                              split_fit_options)
 from mlipuq.uq.base import UQWrapper, _check_model, register
 from mlipuq.uq.deep_ensemble import COMMITTEE_CALIBRATION, member_statistics
-from mlipuq.uq.distance_term import (
-    fit_distance_term,
-    load_distance_term,
-    term_variances,
-)
+from mlipuq.uq.distance_term import load_distance_term
 from mlipuq.uq.latent_distance import _SCORES
+from mlipuq.uq.shallow_distance import check_energy_combination, fit_terms, with_terms
 from mlipuq.uq.shallow_heads import (  # noqa: F401  (re-exported: their old home)
     _LOG_2PI,
     HeadsNLL,
@@ -243,6 +241,10 @@ class ShallowEnsemble(UQWrapper):
         (``"mahalanobis"``, default; ``"knn"``, ``"gmm"``: see
         :class:`~mlipuq.uq.LatentDistance`), or None: the heads' variance alone
         (module notes).
+    energy_combination
+        None (default): the energies keep the heads' variance; ``"max"``: the larger
+        of it and a latent-distance energy term fitted apart
+        (:mod:`mlipuq.uq.shallow_distance`). Ignored with ``distance=None``.
 
     Attributes
     ----------
@@ -254,7 +256,9 @@ class ShallowEnsemble(UQWrapper):
         (K, C) direct force heads, for a model whose ``force_mode`` was
         ``"direct"`` when the ensemble was built (module notes); None otherwise.
     distance_ : LatentDistance or None
-        The fitted latent-distance term (``distance=None``: None).
+        The fitted latent-distance force term (``distance=None``: None).
+    energy_distance_ : LatentDistance or None
+        The fitted energy term (``energy_combination=None``: None).
     history_ : History
         Training history of the last :meth:`fit` (not saved).
 
@@ -276,6 +280,7 @@ class ShallowEnsemble(UQWrapper):
         train_backbone: bool = False,
         vectorize="auto",
         distance: Optional[str] = "mahalanobis",
+        energy_combination: Optional[str] = None,
     ):
         _check_model(model)
         self._check_config(n_heads, init, train_backbone)
@@ -284,6 +289,7 @@ class ShallowEnsemble(UQWrapper):
         self._setup(copy.deepcopy(model), n_heads, init, train_backbone)
         self.vectorize = vectorize
         self.distance = distance
+        self.energy_combination = check_energy_combination(energy_combination)
 
     @staticmethod
     def _check_config(n_heads, init, train_backbone) -> None:
@@ -317,6 +323,8 @@ class ShallowEnsemble(UQWrapper):
         self.vectorize = "auto"
         self.distance: Optional[str] = None
         self.distance_ = None
+        self.energy_combination: Optional[str] = None
+        self.energy_distance_ = None
         self.fitted_ = False
 
     @property
@@ -325,9 +333,10 @@ class ShallowEnsemble(UQWrapper):
 
     @property
     def has_consistent_members(self) -> bool:
-        """False with direct force heads or the latent-distance term (its member
-        forces stretched atom by atom): their forces are no energy gradients."""
-        return not self._direct and self.distance_ is None
+        """False with direct force heads or a latent-distance term (its members
+        stretched atom by atom, or structure by structure): their forces are no
+        gradients of their energies."""
+        return not self._direct and self.distance_ is None and self.energy_distance_ is None
 
     def members_hint(self, *, forces: bool = False) -> str:
         if forces and self.distance_ is not None and not self._direct:
@@ -337,6 +346,8 @@ class ShallowEnsemble(UQWrapper):
 
     def __repr__(self) -> str:
         distance = "" if self.distance == "mahalanobis" else f", distance={self.distance!r}"
+        if self.energy_combination is not None:
+            distance += f", energy_combination={self.energy_combination!r}"
         return (f"ShallowEnsemble({type(self.model).__name__}, n_heads={self.n_heads}, "
                 f"init={self.init!r}, train_backbone={self.train_backbone}{distance})")
 
@@ -474,29 +485,10 @@ class ShallowEnsemble(UQWrapper):
                           None if self.direct_weight_ is None
                           else self.direct_weight_.to(torch.float64).mean(0))
         fit_offset_drift(model, train)  # the heads' mean is the mean: its own drift
-        self._fit_distance(train, val, seed, progress, need_forces, trainer["batch_size"])
+        fit_terms(self, train, val, seed=seed, progress=progress, need_forces=need_forces,
+                  batch_size=trainer["batch_size"])
         self.fitted_ = True
         return self
-
-    def _fit_distance(self, train, val, seed: int, progress: bool, need_forces: bool,
-                      batch_size: int) -> None:
-        """Fit the latent-distance term (module notes) around the trained heads."""
-        self.distance_ = None
-        if self.distance is None:
-            return
-        if not need_forces:
-            warnings.warn("ShallowEnsemble.fit: the latent-distance term is a force term and "
-                          "forces_weight=0 fits no forces; the heads' variance alone is used "
-                          "(distance=None)", UserWarning, stacklevel=3)
-            self.distance = None
-            return
-        if val is None and len(train) < 2:
-            raise ValueError("ShallowEnsemble.fit: the latent-distance term is fitted on val, "
-                             "or on a held-out part of train (at least 2 structures); pass "
-                             "val or distance=None")
-        self.distance_ = fit_distance_term(self, train, val, score=self.distance, seed=seed,
-                                           batch_size=batch_size, progress=progress,
-                                           energy_distance=None)
 
     # ---------------------------------------------------------------- predict
     has_stress_uncertainty = True
@@ -509,47 +501,30 @@ class ShallowEnsemble(UQWrapper):
         forces_members = out["forces"].detach().cpu()
         energy, energy_var = member_statistics(energy_members)
         forces, forces_var = member_statistics(forces_members)
-        if self.distance_ is not None:
-            forces_var, forces_members = self._add_distance(out["features"], batch, forces,
-                                                            forces_var, forces_members)
-        _, atom_energy_var = member_statistics(out["atom_energy"].cpu())
-        result = {
-            "energy": energy,
-            "energy_var": energy_var,
-            "forces": forces,
-            "forces_var": forces_var,
-            "energy_members": energy_members,
-            "forces_members": forces_members,
-            "atom_energy_var": atom_energy_var,
-        }
+        result = with_terms(self, out["features"], batch, {
+            "energy": energy, "energy_var": energy_var, "energy_members": energy_members,
+            "forces": forces, "forces_var": forces_var, "forces_members": forces_members})
+        _, result["atom_energy_var"] = member_statistics(out["atom_energy"].cpu())
         if stress:
             stress_members = out["stress"].detach().cpu()
             result["stress"], result["stress_var"] = member_statistics(stress_members)
             result["stress_members"] = stress_members
         return result
 
-    def _add_distance(self, features, batch: mdata.Batch, forces, forces_var, members):
-        """The force variances with the latent-distance term, ``λ σ²_heads + a + b u²``
-        (module notes; fitted with ``energy_distance=None``: the energies keep the
-        heads' variance), and the force members stretched to them."""
-        term = self.distance_
-        _, latent = term_variances(term, features, batch)
-        total = term.forces_other_scale_ * forces_var + torch.from_numpy(latent)[:, None]
-        stretched = stretch_members(members.numpy(), forces.numpy(), total.numpy(),
-                                    forces_var.numpy())
-        return total, torch.from_numpy(stretched)
-
     # ------------------------------------------------------------ persistence
     def config(self) -> dict:
         return {"n_heads": self.n_heads, "init": self.init, "train_backbone": self.train_backbone,
                 "vectorize": self.vectorize,
                 # absent for the heads alone, as in files saved before the term: equal fingerprints
-                **({} if self.distance is None else {"distance": self.distance})}
+                **({} if self.distance is None else {"distance": self.distance}),
+                **({} if self.energy_combination is None
+                   else {"energy_combination": self.energy_combination})}
 
     def _set_models(self, models) -> None:
         super()._set_models(models)
-        if self.distance_ is not None:
-            self.distance_.model = self.model
+        for term in (self.distance_, self.energy_distance_):
+            if term is not None:
+                term.model = self.model
 
     @classmethod
     def _from_config(cls, models: list[MLIP], config: dict) -> "ShallowEnsemble":
@@ -558,6 +533,8 @@ class ShallowEnsemble(UQWrapper):
         wrapper._setup(model, config["n_heads"], config["init"], config["train_backbone"])
         wrapper.vectorize = config.get("vectorize", "auto")
         wrapper.distance = config.get("distance")  # absent in files saved before the term
+        wrapper.energy_combination = check_energy_combination(  # absent before it existed
+            config.get("energy_combination"))
         return wrapper
 
     def _get_state(self) -> dict:
@@ -572,6 +549,8 @@ class ShallowEnsemble(UQWrapper):
             state["direct_readout_weight"] = self._direct_readout_weight
         if self.distance_ is not None:
             state["distance"] = self.distance_._get_state()
+        if self.energy_distance_ is not None:
+            state["energy_distance"] = self.energy_distance_._get_state()
         return state
 
     def _set_state(self, state: dict) -> None:
@@ -590,3 +569,6 @@ class ShallowEnsemble(UQWrapper):
         self.distance = None if term is None else (self.distance or "mahalanobis")
         self.distance_ = None if term is None else load_distance_term(self.model, self.distance,
                                                                       term)
+        term = state.get("energy_distance")  # absent in files saved before the energy term
+        self.energy_distance_ = None if term is None else load_distance_term(
+            self.model, self.distance or "mahalanobis", term, structure_covariance="held-out")

@@ -1,0 +1,68 @@
+"""The round on the shallow ensemble's latent-distance energy term (``docs/shift.md``,
+"The shallow ensemble's energies: the larger of two variances", 2026-12-05): per fit
+today's default ensemble beside ``energy_combination="max"`` (both rows of one
+``shift.py`` run, ``shallow_energy_*.json``), and the rule's verdict, fixed before
+the runs.
+
+    python benchmarks/shallow_energy.py benchmarks/results/shallow_energy_*.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+from evidential_max import table
+from evidential_share import counts, in_distribution_holds
+from structure_covariance import summary
+
+TODAY = "ShallowEnsemble"
+CANDIDATE = "ShallowEnsemble (larger energy variance)"
+
+
+def fits(files) -> list[dict]:
+    """Per fit (file) the summaries of both ensembles and their in-distribution mean
+    energy std per atom (eV)."""
+    out = []
+    for path in sorted(files):
+        rows = [r for r in json.load(open(path))["rows"] if r["method"] == "default"]
+        s = summary(rows)
+        entry = {"system": rows[0]["system"], "seed": rows[0].get("base_seed", 0)}
+        for name in (TODAY, CANDIDATE):
+            entry[name] = s[name]
+            entry[name]["energy_std"] = next(
+                r["energy_std_per_atom"] for r in rows
+                if r["wrapper"] == name and r["split"].startswith("in dist"))
+        out.append(entry)
+    return out
+
+
+def report(entries: list[dict]) -> bool:
+    """The per-fit table, the counts, the sharpness and the verdict (True: adopted)."""
+    table(entries, TODAY, CANDIDATE, "default → larger energy variance")
+    today, new = counts(entries, TODAY), counts(entries, CANDIDATE)
+    print(f"\n{len(entries)} fits. Force goal / energy goal / both met: default "
+          f"{today[0]} / {today[1]} / {today[2]}; candidate {new[0]} / {new[1]} / {new[2]}")
+    for name in (TODAY, CANDIDATE):
+        print(f"  {name}: median in-dist E NLL "
+              f"{statistics.median(e[name]['energy_nll'] for e in entries):.3f}, largest "
+              f"in-dist F miscal {max(e[name]['force_miscal'] for e in entries):.3f}")
+    ratio = [e[CANDIDATE]["energy_std"] / e[TODAY]["energy_std"] for e in entries]
+    print(f"  in-dist mean energy std, candidate ÷ default: median {statistics.median(ratio):.3f}"
+          f" (range {min(ratio):.3f}–{max(ratio):.3f})")
+    ok = (new[1] > today[1] and new[0] >= today[0]
+          and in_distribution_holds(entries, CANDIDATE, TODAY))
+    print(f"Verdict: energy_combination='max' {'becomes' if ok else 'does not become'} "
+          "the shallow ensemble's default.")
+    return ok
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", help="shallow_energy_*.json")
+    report(fits(parser.parse_args(argv).files))
+
+
+if __name__ == "__main__":
+    main()

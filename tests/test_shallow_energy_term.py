@@ -1,0 +1,117 @@
+"""The shallow ensemble's latent-distance energy term (``energy_combination="max"``,
+:mod:`mlipuq.uq.shallow_distance`): the larger of the heads' energy variance and
+:class:`LatentDistance`'s, each fitted alone on the same held-out data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mlipuq
+from mlipuq.models import MiniMLIP
+from mlipuq.uq import LatentDistance, ShallowEnsemble
+from mlipuq.uq.base import load as load_wrapper
+
+FAST = dict(batch_size=8, progress=False)
+RAW = dict(calibrated=False, composition=False)
+
+
+@pytest.fixture(scope="module")
+def data():
+    ds = mlipuq.datasets.ethanol("train")[:20]
+    return ds[:14], ds[14:20]
+
+
+@pytest.fixture(scope="module")
+def base_model(data):
+    train, val = data
+    model = MiniMLIP(train.species, cutoff=4.0, width=16, n_interactions=2, n_rbf=8,
+                     n_readout_features=16, seed=0)
+    mlipuq.train(model, train, val, epochs=8, lr=5e-3, seed=0, **FAST)
+    return model
+
+
+@pytest.fixture(scope="module")
+def pair(base_model, data):
+    """The default ensemble and the same heads with the energy term."""
+    train, val = data
+    fit = dict(epochs=2, seed=0, **FAST)
+    return (ShallowEnsemble(base_model, n_heads=8).fit(train, val, **fit),
+            ShallowEnsemble(base_model, n_heads=8, energy_combination="max").fit(
+                train, val, **fit))
+
+
+def _compressed(dataset, factor: float):
+    out = []
+    for atoms in dataset:
+        a = atoms.copy()
+        centre = a.positions.mean(axis=0)
+        a.positions = centre + factor * (a.positions - centre)
+        out.append(a)
+    return out
+
+
+def test_energy_variance_is_the_larger_of_the_two_fitted_apart(pair, data):
+    """σ²_E = max(λ_E σ²_heads, LatentDistance's energy variance), λ_E the mean of
+    r²/σ²_heads on val (hand-computed here), LatentDistance fitted alone on the same
+    train and val around the ensemble's model (whose readout is the mean head: the
+    term fits the ensemble's own errors); forces, force members and heads are the
+    default's, bit for bit."""
+    train, val = data
+    default, energy_term = pair
+    np.testing.assert_array_equal(default.head_weight_.numpy(), energy_term.head_weight_.numpy())
+    heads = default.copy()
+    heads.distance, heads.distance_ = None, None
+    alone = heads.predict(val, **RAW)
+    lam = np.mean((alone.energy - val.energies) ** 2 / alone.energy_var)
+    assert energy_term.energy_distance_.energy_other_scale_ == pytest.approx(lam, rel=1e-10)
+    latent = LatentDistance(default.model).fit(train, val, batch_size=8)
+    for structures in (val, _compressed(val, 0.85)):
+        own, ld = energy_term.predict(structures, **RAW), latent.predict(structures, **RAW)
+        heads_var = heads.predict(structures, **RAW).energy_var
+        np.testing.assert_allclose(own.energy_var, np.maximum(lam * heads_var, ld.energy_var),
+                                   rtol=1e-9)
+        ref = default.predict(structures, **RAW)
+        for field in ("energy", "forces", "forces_var", "forces_members"):
+            np.testing.assert_array_equal(getattr(own, field), getattr(ref, field),
+                                          err_msg=field)
+
+
+def test_energy_members_are_stretched_and_no_longer_consistent(pair, data):
+    _, val = data
+    default, energy_term = pair
+    own, ref = (w.predict(val, **RAW) for w in pair)
+    np.testing.assert_allclose(own.energy_members.var(axis=0), own.energy_var, rtol=1e-10)
+    np.testing.assert_allclose(own.energy_members.mean(axis=0), ref.energy, rtol=0, atol=1e-9)
+    assert not energy_term.has_consistent_members
+
+
+def test_energy_term_grows_away_from_the_training_data(pair, data):
+    """Compressed by 15 %, the term's share decides: the energy std over the heads' own
+    grows (it is >= 1 by construction; it must rise with the compression)."""
+    _, val = data
+    default, energy_term = pair
+    ratios = []
+    for factor in (1.0, 0.85):
+        structures = val if factor == 1.0 else _compressed(val, factor)
+        own, ref = (w.predict(structures, **RAW) for w in (energy_term, default))
+        ratios.append(np.median(own.energy_var / ref.energy_var))
+    assert ratios[1] > 2 * ratios[0], ratios
+
+
+def test_energy_term_survives_save_and_load(pair, data, tmp_path):
+    _, val = data
+    default, energy_term = pair
+    path = tmp_path / "shallow.pt"
+    energy_term.save(path)
+    loaded = load_wrapper(path)
+    assert loaded.energy_combination == "max" and loaded.energy_distance_ is not None
+    assert "energy_combination" in loaded.config() and "energy_combination" not in default.config()
+    assert "energy_combination='max'" in repr(loaded)
+    a, b = energy_term.predict(val, **RAW), loaded.predict(val, **RAW)
+    np.testing.assert_allclose(b.energy_var, a.energy_var, rtol=1e-12)
+
+
+def test_energy_combination_is_checked(base_model):
+    with pytest.raises(ValueError, match="energy_combination must be one of"):
+        ShallowEnsemble(base_model, energy_combination="sum")
