@@ -211,7 +211,7 @@ def test_evidential_std_is_bounded_far_from_the_data(copper):
         assert np.all(far.forces_std <= STD_CAP_FACTOR * plausible_f * bound)
         assert np.all(np.isfinite(far.energy_std)) and np.all(far.energy_std > 0)
         if previous is not None:  # the bound saturates but never reverses the order
-            assert np.median(e_std) >= previous
+            assert np.median(e_std) >= previous * (1 - 1e-12)  # (at the bound: rounding)
         previous = np.median(e_std)
     assert previous > np.median(near.energy_std / near.n_atoms)
 
