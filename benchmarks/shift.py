@@ -113,7 +113,8 @@ from shift_cache import cache_folder, cached, with_drift, with_refit  # noqa: F4
 from shift_data import HELD_OUT, PART_SETS
 from shift_goal import goal_table, widening_table
 from shift_tags import (  # noqa: F401 (the tags are read from here)
-    DEFAULTS, EARLIER_DEFAULTS, MOLECULES, STRAIN_TERM, WRAPPER_DEFAULTS, current, defaults_of)
+    DEFAULTS, EARLIER_DEFAULTS, LATER_DEFAULTS, MOLECULES, STRAIN_TERM, WRAPPER_DEFAULTS, current,
+    defaults_of)
 from shift_scores import bound_ratios, exponents, scores, validation_slope
 from shift_wrappers import NotRecentred, fit_wrappers, selected  # noqa: F401 (re-exported)
 

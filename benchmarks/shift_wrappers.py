@@ -61,26 +61,33 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         return wrapper
 
     @functools.cache
-    def shallow():
+    def trained_shallow():
         return cached(path("shallow"), lambda: ShallowEnsemble(base, n_heads=8).fit(
             train, val, epochs=30, lr=1e-3, batch_size=16, seed=0, patience=8,
             progress=False), lambda p: with_drift(mlipuq.uq.load(p), train))
 
-    def heads_alone():
-        """The default shallow ensemble without its latent-distance force term (the
-        default before it): the same heads, their variance alone."""
-        ensemble = shallow().copy()
-        ensemble.distance, ensemble.distance_ = None, None
-        return ensemble
-
-    def energy_term():
-        """The default shallow ensemble with its latent-distance energy term
-        (``energy_combination="max"``): the same heads, both terms fitted as ``fit``
-        fits them (the force term the same as the cached one's)."""
-        ensemble = shallow().copy()
-        ensemble.energy_combination = "max"
+    @functools.cache
+    def shallow(energy_combination="today"):
+        """The cached heads with the energy term ``energy_combination`` ("today": the
+        default's), both terms fitted as ``fit`` fits them when the cached ensemble's
+        setting differs (the force term the same as the cached one's)."""
+        if energy_combination == "today":
+            energy_combination = ShallowEnsemble(base).energy_combination
+        ensemble = trained_shallow()
+        if ensemble.energy_combination == energy_combination:
+            return ensemble
+        ensemble = ensemble.copy()
+        ensemble.energy_combination = energy_combination
         fit_terms(ensemble, train, val, seed=0, progress=False, need_forces=True,
                   batch_size=16)
+        return ensemble
+
+    def heads_alone():
+        """The default shallow ensemble without its latent-distance terms (the
+        default before them): the same heads, their variance alone."""
+        ensemble = trained_shallow().copy()
+        ensemble.distance, ensemble.distance_ = None, None
+        ensemble.energy_combination, ensemble.energy_distance_ = None, None
         return ensemble
 
     @functools.cache
@@ -146,10 +153,12 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
             base, score="knn", energy_distance="atoms").fit(train, val),
         "LatentDistance + LLPR (kNN)": lambda: LatentDistance(
             base, score="knn", combine=llpr(), energy_distance="atoms").fit(train, val),
-        "ShallowEnsemble": shallow,  # with its latent-distance force term
+        "ShallowEnsemble": shallow,  # with its latent-distance force and energy terms
+        # the force term alone, the energies the heads' (the default before 2026-12-05)
+        "ShallowEnsemble (heads' energy variance)": lambda: shallow(None),
         "ShallowEnsemble (heads alone)": heads_alone,
         # the larger of the heads' and a latent-distance energy variance (a round, 2026-12-05)
-        "ShallowEnsemble (larger energy variance)": energy_term,
+        "ShallowEnsemble (larger energy variance)": lambda: shallow("max"),
         "LatentDistance + ShallowEnsemble": lambda: LatentDistance(
             base, combine=heads_alone()).fit(train, val),
         # the latent term for the forces only, the heads' energy variance alone: what the

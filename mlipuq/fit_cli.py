@@ -167,6 +167,11 @@ def add_parsers(subparsers) -> None:
                           "term's variances, each fitted on --val (max, the default), or "
                           "their sum fitted jointly (sum, the default before 2026-12-04; "
                           "docs/evidential.md)")
+    fit.add_argument("--energy-combination", choices=("max", "none"), default=None,
+                     help="shallow: the energy variance is the larger of the heads' and a "
+                          "latent-distance energy term's, each fitted on --val (max, the "
+                          "default), or the heads' alone (none, the default before "
+                          "2026-12-05; docs/ensembles.md)")
     fit.add_argument("--latent", choices=("forces", "both"), default=None,
                      help="llpr, shallow, deep: add a latent-distance variance to the fitted "
                           "wrapper's (LatentDistance(model, combine=wrapper)), its map fitted "
@@ -259,6 +264,12 @@ def _check_fit_args(args) -> None:
         raise ValueError("--distance-combination is an evidential option (with its "
                          f"latent-distance term), not one of fit {args.method}"
                          + (" --score none" if args.score == "none" else ""))
+    if args.energy_combination is not None and (args.method != "shallow"
+                                                or args.score == "none" or args.latent):
+        raise ValueError("--energy-combination is a shallow option (with its latent-distance "
+                         f"term, without --latent), not one of fit {args.method}"
+                         + (" --score none" if args.score == "none" else "")
+                         + (" --latent" if args.latent else ""))
     if args.reference is not None and args.method != "evidential":
         raise ValueError(f"--reference is an evidential option, not one of fit {args.method}")
     if args.reference is not None and args.score == "none":
@@ -317,8 +328,10 @@ def _method_wrapper(args, models, train, val, progress: bool, reference=None):
             train, val, batch_size=args.batch_size, **common)
     distance = {None: "mahalanobis", "none": None}.get(args.score, args.score)
     if args.method == "shallow":  # with --latent, the combination supplies the term
+        energy = {} if args.energy_combination is None else {
+            "energy_combination": {"none": None}.get(args.energy_combination, "max")}
         return ShallowEnsemble(model, n_heads=8 if args.heads is None else args.heads,
-                               distance=None if args.latent else distance).fit(
+                               distance=None if args.latent else distance, **energy).fit(
             train, val, **common, **_trainer_options(args, {}))
     if args.method == "evidential":
         options = {key: value for key, value in (
@@ -384,11 +397,19 @@ def _distance_row(wrapper, shallow: bool) -> str:
     term = wrapper.distance_
     if term is None:
         return f"none (the head{'s' if shallow else ''} alone)"
-    energy = ("energies: the heads' variance" if shallow
-              else f"energy {term.energy_other_scale_:.3g}")
     own = "σ²_heads" if shallow else "σ²_NIG"
+    energy_term = wrapper.energy_distance_ if shallow else term
+    if energy_term is None:
+        energy = "energies: the heads' variance"
+    else:
+        energy = f"energy {energy_term.energy_other_scale_:.3g}"
+    joint = not shallow and wrapper.distance_combination == "sum"
+    form = (f"λ{own} + a + b u²" if joint else
+            f"forces λ{own} + a + b u², energies max(λ{own}, n²(a + b U²))" if shallow
+            and energy_term is not None else
+            f"forces λ{own} + a + b u²" if shallow else f"max(λ{own}, a + b u²)")
     return (f"{wrapper.distance}: λ forces {term.forces_other_scale_:.3g}, {energy} "
-            f"(λ{own} + a + b u²), to {term.n_train_} reference structures")
+            f"({form}), to {term.n_train_} reference structures")
 
 
 def _summary(wrapper, args, n_train: int, n_val: int) -> str:

@@ -239,11 +239,13 @@ def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsy
     if method == "deep":
         assert wrapper.n_members == 2 and wrapper.seeds_ == [0, 1]
         assert "members" in printed and "seeds [0, 1]" in printed
-    if method == "shallow":  # with its latent-distance force term unless --score none
+    if method == "shallow":  # with its latent-distance terms unless --score none
         assert wrapper.n_heads == 2
         line = next(t for t in printed.splitlines() if t.split()[:1] == ["distance"])
         assert wrapper.distance_ is not None and line.split()[1] == "mahalanobis:"
-        assert "energies: the heads' variance (λσ²_heads + a + b u²)" in line
+        lam = wrapper.energy_distance_.energy_other_scale_
+        assert (f"energy {lam:.3g} (forces λσ²_heads + a + b u², energies "
+                "max(λσ²_heads, n²(a + b U²)))") in line
     if method == "latent":  # the Mahalanobis distance unless --score says otherwise
         line = next(t for t in printed.splitlines() if t.split()[:1] == ["distance"])
         assert wrapper.score == "mahalanobis" and line.split()[1] == "mahalanobis"
@@ -264,6 +266,24 @@ def test_fit_without_the_distance_term(files, tmp_path, capsys, method):
     assert wrapper.distance is None and wrapper.distance_ is None and line.split()[1] == "none"
     if method == "shallow":  # the heads alone: member forces are energy gradients
         assert wrapper.has_consistent_members
+
+
+def test_fit_shallow_energy_combination(files, tmp_path, capsys):
+    """--energy-combination none: the heads' energy variance alone (the force term
+    kept); refused where there is no shallow latent-distance term."""
+    out = tmp_path / "heads_energies.pt"
+    assert _fit(files, "shallow", out, "--energy-combination", "none") == 0, \
+        capsys.readouterr().err
+    line = next(t for t in capsys.readouterr().out.splitlines() if t.split()[:1] == ["distance"])
+    assert "energies: the heads' variance (forces λσ²_heads + a + b u²)" in line
+    wrapper = load_wrapper(out)
+    assert wrapper.energy_combination is None and wrapper.energy_distance_ is None
+    assert wrapper.distance_ is not None
+    for method, extra in (("evidential", ()), ("shallow", ("--score", "none"))):
+        assert _fit(files, method, tmp_path / "refused.pt", "--energy-combination", "max",
+                    *extra) == 2
+        assert "--energy-combination is a shallow option" in capsys.readouterr().err
+    assert not (tmp_path / "refused.pt").exists()
 
 
 def test_fit_evidential_reference(files, tmp_path, capsys):

@@ -107,3 +107,30 @@ def test_strain_term_round_compares_strained_cells_and_checks_the_rest(tmp_path,
     assert "largest coverage change off the strained cells: 0.025 over 2 rows" in out
     # per fit, every shift: the worst energy coverage 0.8 → 0.875, both goals met after
     assert "| LastLayerLaplace | 1 | 1 → 1 | 0 → 1 |" in out
+
+
+def test_shallow_energy_round_verdict_and_baseline_after_adoption(tmp_path, capsys):
+    """The shallow ensemble's round: more energy goals, equal force goals and NLL: the
+    default changes; the held-out Ag3Au is shown, not counted; a run made after the
+    adoption (the baseline under its variant name) gives the same entries."""
+    (shallow_energy,) = benchmark_modules("shallow_energy")
+    today, new, before = shallow_energy.TODAY, shallow_energy.CANDIDATE, shallow_energy.BEFORE
+    for k, (a, b) in enumerate([(0.50, 0.90), (0.90, 0.90), (0.95, 0.95), (0.10, 0.10)]):
+        system = "agau" if k == 3 else f"s{k}"
+        _write(tmp_path / f"shallow_energy_{system}.json",
+               _rows(system, today, a) + _rows(system, new, b))
+    files = sorted(str(p) for p in tmp_path.glob("*.json"))
+    for path in files:  # the in-distribution std (the sharpness) each entry reads
+        data = json.load(open(path))
+        for r in data["rows"]:
+            r.setdefault("energy_std_per_atom", 2.0 if r["wrapper"] == new else 1.0)
+        _write(path, data["rows"])
+    shallow_energy.main(files)
+    out = capsys.readouterr().out
+    assert "3 fits. Force goal / energy goal / both met: default 3 / 2 / 2; candidate 3 / 3 / 3" \
+        in out and "'max' becomes the shallow ensemble's default" in out
+    assert "median 2.000" in out and "Outside the round" in out and "| agau | 0 |" in out
+    renamed = [dict(r, wrapper=before) if r["wrapper"] == today else r
+               for r in json.load(open(files[1]))["rows"]]
+    _write(files[1], renamed + [dict(r, wrapper=today) for r in renamed if r["wrapper"] == new])
+    assert shallow_energy.fits(files[1:2])[0][today]["shifts"]["surface"]["energy_cov95"] == 0.5

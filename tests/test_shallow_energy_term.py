@@ -1,6 +1,6 @@
-"""The shallow ensemble's latent-distance energy term (``energy_combination="max"``,
-:mod:`mlipuq.uq.shallow_distance`): the larger of the heads' energy variance and
-:class:`LatentDistance`'s, each fitted alone on the same held-out data."""
+"""The shallow ensemble's latent-distance energy term (``energy_combination="max"``, the
+default; :mod:`mlipuq.uq.shallow_distance`): the larger of the heads' energy variance
+and :class:`LatentDistance`'s, each fitted alone on the same held-out data."""
 
 from __future__ import annotations
 
@@ -33,12 +33,13 @@ def base_model(data):
 
 @pytest.fixture(scope="module")
 def pair(base_model, data):
-    """The default ensemble and the same heads with the energy term."""
+    """The heads' energy variance alone (``energy_combination=None``) and the default,
+    the same heads with the energy term."""
     train, val = data
     fit = dict(epochs=2, seed=0, **FAST)
-    return (ShallowEnsemble(base_model, n_heads=8).fit(train, val, **fit),
-            ShallowEnsemble(base_model, n_heads=8, energy_combination="max").fit(
-                train, val, **fit))
+    return (ShallowEnsemble(base_model, n_heads=8, energy_combination=None).fit(
+                train, val, **fit),
+            ShallowEnsemble(base_model, n_heads=8).fit(train, val, **fit))
 
 
 def _compressed(dataset, factor: float):
@@ -56,22 +57,22 @@ def test_energy_variance_is_the_larger_of_the_two_fitted_apart(pair, data):
     r²/σ²_heads on val (hand-computed here), LatentDistance fitted alone on the same
     train and val around the ensemble's model (whose readout is the mean head: the
     term fits the ensemble's own errors); forces, force members and heads are the
-    default's, bit for bit."""
+    ensemble's without it, bit for bit."""
     train, val = data
-    default, energy_term = pair
-    np.testing.assert_array_equal(default.head_weight_.numpy(), energy_term.head_weight_.numpy())
-    heads = default.copy()
+    heads_energies, energy_term = pair
+    np.testing.assert_array_equal(heads_energies.head_weight_.numpy(), energy_term.head_weight_.numpy())
+    heads = heads_energies.copy()
     heads.distance, heads.distance_ = None, None
     alone = heads.predict(val, **RAW)
     lam = np.mean((alone.energy - val.energies) ** 2 / alone.energy_var)
     assert energy_term.energy_distance_.energy_other_scale_ == pytest.approx(lam, rel=1e-10)
-    latent = LatentDistance(default.model).fit(train, val, batch_size=8)
+    latent = LatentDistance(heads_energies.model).fit(train, val, batch_size=8)
     for structures in (val, _compressed(val, 0.85)):
         own, ld = energy_term.predict(structures, **RAW), latent.predict(structures, **RAW)
         heads_var = heads.predict(structures, **RAW).energy_var
         np.testing.assert_allclose(own.energy_var, np.maximum(lam * heads_var, ld.energy_var),
                                    rtol=1e-9)
-        ref = default.predict(structures, **RAW)
+        ref = heads_energies.predict(structures, **RAW)
         for field in ("energy", "forces", "forces_var", "forces_members"):
             np.testing.assert_array_equal(getattr(own, field), getattr(ref, field),
                                           err_msg=field)
@@ -79,7 +80,7 @@ def test_energy_variance_is_the_larger_of_the_two_fitted_apart(pair, data):
 
 def test_energy_members_are_stretched_and_no_longer_consistent(pair, data):
     _, val = data
-    default, energy_term = pair
+    heads_energies, energy_term = pair
     own, ref = (w.predict(val, **RAW) for w in pair)
     np.testing.assert_allclose(own.energy_members.var(axis=0), own.energy_var, rtol=1e-10)
     np.testing.assert_allclose(own.energy_members.mean(axis=0), ref.energy, rtol=0, atol=1e-9)
@@ -90,24 +91,27 @@ def test_energy_term_grows_away_from_the_training_data(pair, data):
     """Compressed by 15 %, the term's share decides: the energy std over the heads' own
     grows (it is >= 1 by construction; it must rise with the compression)."""
     _, val = data
-    default, energy_term = pair
+    heads_energies, energy_term = pair
     ratios = []
     for factor in (1.0, 0.85):
         structures = val if factor == 1.0 else _compressed(val, factor)
-        own, ref = (w.predict(structures, **RAW) for w in (energy_term, default))
+        own, ref = (w.predict(structures, **RAW) for w in (energy_term, heads_energies))
         ratios.append(np.median(own.energy_var / ref.energy_var))
     assert ratios[1] > 2 * ratios[0], ratios
 
 
 def test_energy_term_survives_save_and_load(pair, data, tmp_path):
     _, val = data
-    default, energy_term = pair
+    heads_energies, energy_term = pair
     path = tmp_path / "shallow.pt"
     energy_term.save(path)
     loaded = load_wrapper(path)
     assert loaded.energy_combination == "max" and loaded.energy_distance_ is not None
-    assert "energy_combination" in loaded.config() and "energy_combination" not in default.config()
-    assert "energy_combination='max'" in repr(loaded)
+    assert "energy_combination" in loaded.config() and "energy_combination" not in heads_energies.config()
+    assert "energy_combination=None" in repr(heads_energies) and "energy_combination" not in repr(loaded)
+    # without the force term there is no energy term either: the heads alone
+    alone = ShallowEnsemble(energy_term.model, distance=None)
+    assert alone.energy_combination is None and "energy_combination" not in alone.config()
     a, b = energy_term.predict(val, **RAW), loaded.predict(val, **RAW)
     np.testing.assert_allclose(b.energy_var, a.energy_var, rtol=1e-12)
 

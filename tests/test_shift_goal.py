@@ -208,6 +208,17 @@ def test_update_keeps_the_rows_it_does_not_replace(tmp_path, monkeypatch):
                                   "system": "ethanol"})
         assert shift.current({"defaults": shift.defaults_of(wrapper), "wrapper": wrapper,
                               "system": "acac"})
+    # the shallow ensemble's energy term (2026-12-05, after the strain term): its rows are
+    # current with that tag alone, on every system; those of the strain term's are stale
+    tag = shift.LATER_DEFAULTS["ShallowEnsemble"]
+    for system in ("cupd", "ethanol"):
+        assert shift.current({"defaults": tag, "wrapper": "ShallowEnsemble", "system": system})
+        assert not shift.current({"defaults": tag, "wrapper": "LastLayerLaplace",
+                                  "system": system})
+    assert not shift.current({"defaults": shift.STRAIN_TERM, "wrapper": "ShallowEnsemble",
+                              "system": "cupd"})
+    assert not shift.current({"defaults": shift.DEFAULTS, "wrapper": "ShallowEnsemble",
+                              "system": "acac"})
     for earlier in shift.EARLIER_DEFAULTS + (None,):
         for wrapper in ("EvidentialHead", "LastLayerLaplace", "ShallowEnsemble"):
             for method in ("default", "scalar", "default, no widening"):

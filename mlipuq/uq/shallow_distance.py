@@ -58,7 +58,7 @@ def fit_terms(ensemble, train, val, *, seed: int, progress: bool, need_forces: b
         warnings.warn("ShallowEnsemble.fit: the latent-distance term is a force term and "
                       "forces_weight=0 fits no forces; the heads' variance alone is used "
                       "(distance=None)", UserWarning, stacklevel=4)
-        ensemble.distance = None
+        ensemble.distance, ensemble.energy_combination = None, None
         return
     if val is None and len(train) < 2:
         raise ValueError("ShallowEnsemble.fit: the latent-distance term is fitted on val, "

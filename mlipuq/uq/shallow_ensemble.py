@@ -82,14 +82,16 @@ measured to the training atoms of each element,
 .. math:: \\sigma^2_{F,ic} = \\lambda_F\\,\\sigma^2_{{\\rm heads},ic} + a_F + b_F u_i^2,
 
 with :math:`\\lambda_F, a_F, b_F \\ge 0` fitted by Gaussian NLL on ``val`` (else
-on a held-out fifth of ``train``); the energies keep the heads' variance. The
-force members are stretched per component to that variance (so a member-wise
-spread agrees with the reported one): they are then no energy gradients, and
-``has_consistent_members`` is False. ``distance=None`` keeps the heads alone
-(member forces that are energy gradients, e.g. for member-wise MD).
-``energy_combination="max"`` adds a second term for the energies, fitted apart
-and taken where it is the larger (:mod:`mlipuq.uq.shallow_distance`, which fits
-and applies both terms).
+on a held-out fifth of ``train``). For the energies a second term is fitted
+apart on the same data and the larger of it and the heads' variance is taken,
+:math:`\\sigma^2_E = \\max(\\lambda_E\\,\\sigma^2_{{\\rm heads},E}, n^2(a_E + b_E U^2))`
+(``energy_combination="max"``, the default since 2026-12-05; None: the heads'
+energy variance alone; :mod:`mlipuq.uq.shallow_distance` fits and applies both
+terms). The members are stretched to those variances, per force component and
+per energy (so a member-wise spread agrees with the reported one): they are
+then no energy gradients, and ``has_consistent_members`` is False.
+``distance=None`` keeps the heads alone (member forces that are energy
+gradients, e.g. for member-wise MD).
 
 Module layout: this module holds the wrapper and the Laplace initialisation;
 the heads, their energies, forces and stresses (:func:`head_members`) and
@@ -242,9 +244,11 @@ class ShallowEnsemble(UQWrapper):
         :class:`~mlipuq.uq.LatentDistance`), or None: the heads' variance alone
         (module notes).
     energy_combination
-        None (default): the energies keep the heads' variance; ``"max"``: the larger
-        of it and a latent-distance energy term fitted apart
-        (:mod:`mlipuq.uq.shallow_distance`). Ignored with ``distance=None``.
+        ``"max"`` (default since 2026-12-05): the energy variance is the larger of
+        the heads' and a latent-distance energy term's, each fitted on ``val``
+        (:mod:`mlipuq.uq.shallow_distance`; chosen by a round on 25 fits,
+        docs/shift.md); None: the heads' variance alone (the default before; files
+        saved before load so). Ignored with ``distance=None``.
 
     Attributes
     ----------
@@ -280,7 +284,7 @@ class ShallowEnsemble(UQWrapper):
         train_backbone: bool = False,
         vectorize="auto",
         distance: Optional[str] = "mahalanobis",
-        energy_combination: Optional[str] = None,
+        energy_combination: Optional[str] = "max",
     ):
         _check_model(model)
         self._check_config(n_heads, init, train_backbone)
@@ -289,7 +293,8 @@ class ShallowEnsemble(UQWrapper):
         self._setup(copy.deepcopy(model), n_heads, init, train_backbone)
         self.vectorize = vectorize
         self.distance = distance
-        self.energy_combination = check_energy_combination(energy_combination)
+        check_energy_combination(energy_combination)
+        self.energy_combination = None if distance is None else energy_combination
 
     @staticmethod
     def _check_config(n_heads, init, train_backbone) -> None:
@@ -346,7 +351,7 @@ class ShallowEnsemble(UQWrapper):
 
     def __repr__(self) -> str:
         distance = "" if self.distance == "mahalanobis" else f", distance={self.distance!r}"
-        if self.energy_combination is not None:
+        if self.distance is not None and self.energy_combination != "max":
             distance += f", energy_combination={self.energy_combination!r}"
         return (f"ShallowEnsemble({type(self.model).__name__}, n_heads={self.n_heads}, "
                 f"init={self.init!r}, train_backbone={self.train_backbone}{distance})")
