@@ -9,6 +9,7 @@ the runs.
 The files were made before the adoption, the default's rows under "ShallowEnsemble";
 since, a run must name the baseline ``--only "ShallowEnsemble (heads' energy variance)"
 "ShallowEnsemble (larger energy variance)"``, which this script reads in its place.
+:func:`run` serves the later rounds of the same rule (``benchmarks/evidential_cov.py``).
 """
 
 from __future__ import annotations
@@ -30,18 +31,20 @@ BEFORE = "ShallowEnsemble (heads' energy variance)"
 OUTSIDE = ("agau",)
 
 
-def fits(files) -> list[dict]:
-    """Per fit (file) the summaries of both ensembles and their in-distribution mean
-    energy std per atom (eV)."""
+def fits(files, today: str = TODAY, candidate: str = CANDIDATE,
+         before: str | None = BEFORE) -> list[dict]:
+    """Per fit (file) the summaries of both wrappers and their in-distribution mean
+    energy std per atom (eV); rows of ``before``, where a file has them, stand for
+    ``today``'s."""
     out = []
     for path in sorted(files):
         rows = [r for r in json.load(open(path))["rows"] if r["method"] == "default"]
-        if any(r["wrapper"] == BEFORE for r in rows):  # a run after the adoption
-            rows = [dict(r, wrapper=TODAY) if r["wrapper"] == BEFORE else r for r in rows
-                    if r["wrapper"] != TODAY]
+        if before is not None and any(r["wrapper"] == before for r in rows):
+            rows = [dict(r, wrapper=today) if r["wrapper"] == before else r for r in rows
+                    if r["wrapper"] != today]
         s = summary(rows)
         entry = {"system": rows[0]["system"], "seed": rows[0].get("base_seed", 0)}
-        for name in (TODAY, CANDIDATE):
+        for name in (today, candidate):
             entry[name] = s[name]
             entry[name]["energy_std"] = next(
                 r["energy_std_per_atom"] for r in rows
@@ -50,35 +53,42 @@ def fits(files) -> list[dict]:
     return out
 
 
-def report(entries: list[dict]) -> bool:
+def report(entries: list[dict], today: str = TODAY, candidate: str = CANDIDATE,
+           what: str = "the shallow ensemble's default") -> bool:
     """The per-fit table, the counts, the sharpness and the verdict (True: adopted)."""
-    table(entries, TODAY, CANDIDATE, "default → larger energy variance")
-    today, new = counts(entries, TODAY), counts(entries, CANDIDATE)
+    table(entries, today, candidate, "default → candidate")
+    old, new = counts(entries, today), counts(entries, candidate)
     print(f"\n{len(entries)} fits. Force goal / energy goal / both met: default "
-          f"{today[0]} / {today[1]} / {today[2]}; candidate {new[0]} / {new[1]} / {new[2]}")
-    for name in (TODAY, CANDIDATE):
+          f"{old[0]} / {old[1]} / {old[2]}; candidate {new[0]} / {new[1]} / {new[2]}")
+    for name in (today, candidate):
         print(f"  {name}: median in-dist E NLL "
               f"{statistics.median(e[name]['energy_nll'] for e in entries):.3f}, largest "
               f"in-dist F miscal {max(e[name]['force_miscal'] for e in entries):.3f}")
-    ratio = [e[CANDIDATE]["energy_std"] / e[TODAY]["energy_std"] for e in entries]
+    ratio = [e[candidate]["energy_std"] / e[today]["energy_std"] for e in entries]
     print(f"  in-dist mean energy std, candidate ÷ default: median {statistics.median(ratio):.3f}"
           f" (range {min(ratio):.3f}–{max(ratio):.3f})")
-    ok = (new[1] > today[1] and new[0] >= today[0]
-          and in_distribution_holds(entries, CANDIDATE, TODAY))
-    print(f"Verdict: energy_combination='max' {'becomes' if ok else 'does not become'} "
-          "the shallow ensemble's default.")
+    ok = (new[1] > old[1] and new[0] >= old[0]
+          and in_distribution_holds(entries, candidate, today))
+    print(f"Verdict: {candidate!r} {'becomes' if ok else 'does not become'} {what}.")
     return ok
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("files", nargs="+", help="shallow_energy_*.json")
-    entries = fits(parser.parse_args(argv).files)
-    report([e for e in entries if e["system"] not in OUTSIDE])
+def run(files, today: str, candidate: str, what: str, before: str | None = None) -> bool:
+    """The round over ``files``: counted fits, then those of ``OUTSIDE`` beside them."""
+    entries = fits(files, today, candidate, before)
+    ok = report([e for e in entries if e["system"] not in OUTSIDE], today, candidate, what)
     extra = [e for e in entries if e["system"] in OUTSIDE]
     if extra:
         print("\nOutside the round (not counted):\n")
-        table(extra, TODAY, CANDIDATE, "default → larger energy variance")
+        table(extra, today, candidate, "default → candidate")
+    return ok
+
+
+def main(argv=None) -> bool:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", help="shallow_energy_*.json")
+    return run(parser.parse_args(argv).files, TODAY, CANDIDATE,
+               "the shallow ensemble's default", BEFORE)
 
 
 if __name__ == "__main__":

@@ -16,18 +16,24 @@ from mlipuq.uq.shallow_distance import fit_terms
 from shift_cache import cached, with_drift
 
 
-def term_refitted(head, train, val, covariance="held-out", share=None, combination="sum"):
+def term_refitted(head, train, val, covariance="held-out", share=None, combination="sum",
+                  every_half=False):
     """A copy of the evidential ``head`` (fitted on one half of ``val``) with its term
     fitted again on the other half, distances measured to ``train``, with the structure
     covariance ``covariance``, the share floor ``share`` and the ``combination`` (the
-    head's ``structure_covariance``, ``min_distance_share``, ``distance_combination``)."""
+    head's ``structure_covariance``, ``min_distance_share``, ``distance_combination``);
+    ``every_half``: the held-out covariance chosen on both halves (all of ``val``, every
+    structure the head's ``fit`` saw, all held out from ``train``), not the term's alone."""
     head = head.copy()
     head.structure_covariance, head.min_distance_share = covariance, share
     head.distance_combination = combination
-    head.distance_ = fit_distance_term(head, *val.split([0.5, 0.5], seed=0),
+    halves = val.split([0.5, 0.5], seed=0)
+    head.distance_ = fit_distance_term(head, *halves,
                                        reference=train, score=head.distance, seed=0,
                                        batch_size=16, structure_covariance=covariance,
-                                       min_share=share, combination=combination)
+                                       min_share=share, combination=combination,
+                                       covariance_data=(mlipuq.data.concatenate(list(halves))
+                                                        if every_half else None))
     return head
 
 
@@ -175,6 +181,10 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         # the larger of the NIG's and the term's variances, fitted apart (a round, docs/shift.md)
         "EvidentialHead (larger of two variances)": lambda: held_out_term(
             "held-out", None, "max"),
+        # the structure covariance chosen on every structure held out from the reference
+        # (both halves of val), not the term's half alone (a round, 2026-12-05)
+        "EvidentialHead (covariance on both halves)": lambda: term_refitted(
+            trained(), train, val, "held-out", None, "max", every_half=True),
         # distances to the head's own fitting half of val (the default before `reference`)
         "EvidentialHead (head-data reference)": refitted_term,
         # and the term's energies as sums of independent atoms (the default before that)

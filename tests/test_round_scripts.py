@@ -128,9 +128,15 @@ def test_shallow_energy_round_verdict_and_baseline_after_adoption(tmp_path, caps
     shallow_energy.main(files)
     out = capsys.readouterr().out
     assert "3 fits. Force goal / energy goal / both met: default 3 / 2 / 2; candidate 3 / 3 / 3" \
-        in out and "'max' becomes the shallow ensemble's default" in out
+        in out and "becomes the shallow ensemble's default" in out
     assert "median 2.000" in out and "Outside the round" in out and "| agau | 0 |" in out
     renamed = [dict(r, wrapper=before) if r["wrapper"] == today else r
                for r in json.load(open(files[1]))["rows"]]
     _write(files[1], renamed + [dict(r, wrapper=today) for r in renamed if r["wrapper"] == new])
     assert shallow_energy.fits(files[1:2])[0][today]["shifts"]["surface"]["energy_cov95"] == 0.5
+    # the evidential head's covariance round applies the same rule to its own rows
+    (evidential_cov,) = benchmark_modules("evidential_cov")
+    names = {today: evidential_cov.TODAY, new: evidential_cov.CANDIDATE}
+    for path in files[2:]:
+        _write(path, [dict(r, wrapper=names[r["wrapper"]]) for r in json.load(open(path))["rows"]])
+    assert evidential_cov.main(files[2:]) is False  # two fits, every goal tied

@@ -253,3 +253,19 @@ def test_held_out_structure_covariance_in_the_wrapper(fitted_members, ethanol, f
     with pytest.raises(ValueError, match="needs energy_distance='structure'"):
         LatentDistance(fitted_members[0], structure_covariance="held-out",
                        energy_distance="atoms")
+
+
+def test_covariance_data_chooses_the_covariance_and_nothing_else(fitted_members, ethanol):
+    """``fit(..., covariance_data=C)``: the held-out covariance is chosen on C's
+    descriptors (the diagonal term of ``fit_reference(train, C)``), while the variance
+    map is still fitted on ``val``; an unknown option is refused by name."""
+    model, train, val, other = fitted_members[0], ethanol[:10], ethanol[10:14], ethanol[14:]
+    wrapper = LatentDistance(model).fit(train, val, batch_size=3, covariance_data=other)
+    chosen = sd.fit_reference(_descriptors(wrapper, train), _descriptors(wrapper, other))
+    assert wrapper.structure_["diagonal"] == pytest.approx(chosen["diagonal"], rel=1e-6)
+    on_val = LatentDistance(model).fit(train, val, batch_size=3)
+    alike = LatentDistance(model).fit(train, val, batch_size=3, covariance_data=val)
+    assert alike.structure_["diagonal"] == on_val.structure_["diagonal"]
+    assert (alike.energy_a_, alike.energy_b_) == (on_val.energy_a_, on_val.energy_b_)
+    with pytest.raises(TypeError, match="covariance_data"):
+        LatentDistance(model).fit(train, val, covariance=other)

@@ -44,7 +44,8 @@ COMBINATIONS = ("sum", "max")
 def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size: int,
                       progress: bool = False, energy_distance="structure",
                       reference=None, structure_covariance="ledoit-wolf",
-                      min_share=None, combination="sum") -> LatentDistance:
+                      min_share=None, combination="sum",
+                      covariance_data=None) -> LatentDistance:
     """The latent-distance term of a fitted ``wrapper`` (one with a ``distance_``
     attribute): reference atoms and structures from ``reference`` (None: ``train``),
     λ, a and b fitted on ``val`` (None: ``train`` when a ``reference`` is given,
@@ -53,7 +54,9 @@ def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size:
     :class:`~mlipuq.uq.LatentDistance` (``energy_distance=None``: the energies keep the
     wrapper's variance alone); ``min_share``: its ``min_combined_share``, the term's
     smallest share of the held-out mean variance (None: none); ``combination``: ``"sum"``
-    (the joint fit) or ``"max"`` (fitted apart, ``min_share`` unused; module notes)."""
+    (the joint fit) or ``"max"`` (fitted apart, ``min_share`` unused; module notes);
+    ``covariance_data``: the structures the held-out structure covariance is chosen on
+    (None: those λ, a and b are fitted on)."""
     if combination not in COMBINATIONS:
         raise ValueError(f"combination must be one of {COMBINATIONS}, got {combination!r}")
     if combination == "max" and energy_distance is None:
@@ -70,7 +73,8 @@ def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size:
                         else (reference, train if val is None else val))
     if held_out is None and not joint:  # the term's own split, to fit λ on the same data
         points, held_out = latent_features.hold_out(mdata.as_dataset(points), 0.2, seed)
-    term.fit(points, held_out, seed=seed, batch_size=batch_size, progress=progress)
+    term.fit(points, held_out, seed=seed, batch_size=batch_size, progress=progress,
+             covariance_data=covariance_data)
     if not joint:  # (predict is collective after distributed.init: rank 0's λ kept)
         term.energy_other_scale_, term.forces_other_scale_ = mdist.broadcast_object(
             own_scale(alone, held_out, batch_size))

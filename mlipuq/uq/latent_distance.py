@@ -397,7 +397,9 @@ class LatentDistance(UQWrapper):
         progress
             Show progress bars.
         **method_options
-            ``batch_size`` (16): structures per pass; ``val_fraction`` (0.2).
+            ``batch_size`` (16): structures per pass; ``val_fraction`` (0.2);
+            ``covariance_data``: structures held out from ``train`` on which the
+            ``"held-out"`` structure covariance is chosen (None: the held-out data).
 
         Returns
         -------
@@ -406,9 +408,10 @@ class LatentDistance(UQWrapper):
         """
         batch_size = int(method_options.pop("batch_size", 16))
         val_fraction = float(method_options.pop("val_fraction", 0.2))
+        covariance_data = method_options.pop("covariance_data", None)
         if method_options:
-            raise TypeError(f"LatentDistance.fit got unexpected option(s) "
-                            f"{sorted(method_options)}; valid: batch_size, val_fraction")
+            raise TypeError(f"LatentDistance.fit got unexpected option(s) {sorted(method_options)}"
+                            "; valid: batch_size, val_fraction, covariance_data")
         if not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
         if self.combine is not None:
@@ -421,7 +424,8 @@ class LatentDistance(UQWrapper):
             held_out = mdata.as_dataset(val)
             latent_features.validate(held_out, self.species)
             reference = dataset
-        self._fit_reference(reference, batch_size, seed, progress, held_out)
+        self._fit_reference(reference, batch_size, seed, progress, held_out
+                            if covariance_data is None else mdata.as_dataset(covariance_data))
         self._fit_map(held_out, batch_size, progress)
         self.n_train_ = len(reference)
         if mdist.active():  # every rank fitted on the same gathered data: rank 0's, bit for bit

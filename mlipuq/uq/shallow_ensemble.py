@@ -35,7 +35,8 @@ respect to the positions and the strain together
 (:func:`~mlipuq.uq.jacobians.feature_vjps_strain`), so the member stresses
 cost no extra backward pass; ``stress`` and ``stress_var`` are their mean and
 population variance (the mean is the stress of the mean head, i.e. of
-``base_model``).
+``base_model``); the latent-distance terms stretch the energy and force members,
+not these, which stay the heads' own.
 
 Training minimises the Gaussian negative log-likelihood of the per-atom
 energies and of the force components under the ensemble mean and variance
