@@ -6,7 +6,10 @@ rows of ``evidential_share_*.json``) beside ``distance_combination="max"``
     python benchmarks/evidential_max.py benchmarks/results/evidential_max_*.json
 
 Files of systems outside the round (no ``evidential_share_`` partner) are compared with
-the shift table's default head (``benchmarks/results/shift.json``) and not counted.
+the shift table's default head of the round's time and not counted: those rows were
+since rerun (the strain term, 2026-12-05), so pass that table, ``git show
+84a15c1:benchmarks/results/shift.json > /tmp/shift_sum.json`` and ``--table
+/tmp/shift_sum.json``; without its rows such a file is skipped, and says so.
 
 ``--terms cupd:0 nicu:2 --cache /tmp/fits``: the cached head of each (system, base
 model), its term fitted again as the joint sum (floor 0.1) and apart (max), and the
@@ -28,26 +31,32 @@ CANDIDATE = "EvidentialHead (larger of two variances)"
 TABLE = os.path.join(os.path.dirname(__file__), "results", "shift.json")
 
 
-def default_rows(path: str, system: str, seed: int) -> list[dict]:
-    """Today's default head on the same fit: the round's partner file, else the table."""
+def default_rows(path: str, system: str, seed: int, table_path: str = TABLE) -> list[dict]:
+    """Today's default head on the same fit: the round's partner file, else the table's
+    rows of the round's time (``table_path``; none: empty)."""
     partner = os.path.join(os.path.dirname(path), os.path.basename(path).replace(
         "evidential_max_", "evidential_share_"))
     if os.path.exists(partner):
         return [dict(r, wrapper=TODAY) for r in json.load(open(partner))["rows"]
                 if r["wrapper"] == BOTH and r["method"] == "default"]
-    return [r for r in json.load(open(TABLE))["rows"]
+    return [r for r in json.load(open(table_path))["rows"]
             if (r["system"], r["wrapper"], r["method"], r.get("base_seed", 0))
             == (system, TODAY, "default", seed) and r["defaults"].startswith("2026-12-04")]
 
 
-def fits(files) -> tuple[list[dict], list[dict]]:
+def fits(files, table_path: str = TABLE) -> tuple[list[dict], list[dict]]:
     """Per fit the summaries of both heads: (counted fits, fits outside the round)."""
     counted, extra = [], []
     for path in sorted(files):
         rows = [r for r in json.load(open(path))["rows"] if r["method"] == "default"]
         system, seed = rows[0]["system"], rows[0].get("base_seed", 0)
+        today = default_rows(path, system, seed, table_path)
+        if not today:
+            print(f"{os.path.basename(path)}: skipped, no rows of the round's default head "
+                  f"in {table_path} (module notes: --table)")
+            continue
         entry = {"system": system, "seed": seed, CANDIDATE: summary(rows)[CANDIDATE],
-                 TODAY: summary(default_rows(path, system, seed))[TODAY]}
+                 TODAY: summary(today)[TODAY]}
         partner = path.replace("evidential_max_", "evidential_share_")
         (counted if os.path.exists(partner) else extra).append(entry)
     return counted, extra
@@ -69,18 +78,26 @@ def table(entries: list[dict], today: str = TODAY, candidate: str = CANDIDATE,
               f"| {pair(lambda x: x['force_miscal'], 3)} |")
 
 
+def rule_holds(entries: list[dict], today: str, candidate: str, label: str) -> bool:
+    """Print both wrappers' goal counts (``candidate``'s as ``label``) and
+    in-distribution summaries; whether the rounds' rule holds for ``candidate``: (a)
+    more energy goals and at least as many force goals, (b) and (c)
+    (:func:`~evidential_share.in_distribution_holds`)."""
+    old, new = counts(entries, today), counts(entries, candidate)
+    print(f"\n{len(entries)} fits. Force goal / energy goal / both met: default "
+          f"{old[0]} / {old[1]} / {old[2]}; {label} {new[0]} / {new[1]} / {new[2]}")
+    for name in (today, candidate):
+        print(f"  {name}: median in-dist E NLL "
+              f"{statistics.median(e[name]['energy_nll'] for e in entries):.3f}, largest "
+              f"in-dist F miscal {max(e[name]['force_miscal'] for e in entries):.3f}")
+    return (new[1] > old[1] and new[0] >= old[0]
+            and in_distribution_holds(entries, candidate, today))
+
+
 def report(counted: list[dict], extra: list[dict]) -> None:
     """The per-fit tables, the counts and the verdict."""
     table(counted)
-    today, new = counts(counted, TODAY), counts(counted, CANDIDATE)
-    print(f"\n{len(counted)} fits. Force goal / energy goal / both met: default "
-          f"{today[0]} / {today[1]} / {today[2]}; max {new[0]} / {new[1]} / {new[2]}")
-    for name in (TODAY, CANDIDATE):
-        print(f"  {name}: median in-dist E NLL "
-              f"{statistics.median(e[name]['energy_nll'] for e in counted):.3f}, largest "
-              f"in-dist F miscal {max(e[name]['force_miscal'] for e in counted):.3f}")
-    ok = (new[1] > today[1] and new[0] >= today[0]
-          and in_distribution_holds(counted, CANDIDATE, TODAY))
+    ok = rule_holds(counted, TODAY, CANDIDATE, "max")
     print(f"Verdict: distance_combination='max' {'becomes' if ok else 'does not become'} "
           "the head's default.")
     if extra:
@@ -115,11 +132,13 @@ def main(argv=None) -> None:
     parser.add_argument("files", nargs="*", help="evidential_max_*.json")
     parser.add_argument("--terms", nargs="+", default=None, help="system:seed ... (notes)")
     parser.add_argument("--cache", default="/tmp/fits", help="shift.py's --cache")
+    parser.add_argument("--table", default=TABLE,
+                        help="the shift table of the round's time (module notes)")
     args = parser.parse_args(argv)
     if args.terms:
         terms(args.terms, args.cache)
     if args.files:
-        report(*fits(args.files))
+        report(*fits(args.files, args.table))
 
 
 if __name__ == "__main__":

@@ -18,8 +18,7 @@ import argparse
 import json
 import statistics
 
-from evidential_max import table
-from evidential_share import counts, in_distribution_holds
+from evidential_max import rule_holds, table
 from structure_covariance import summary
 
 TODAY = "ShallowEnsemble"
@@ -57,18 +56,10 @@ def report(entries: list[dict], today: str = TODAY, candidate: str = CANDIDATE,
            what: str = "the shallow ensemble's default") -> bool:
     """The per-fit table, the counts, the sharpness and the verdict (True: adopted)."""
     table(entries, today, candidate, "default → candidate")
-    old, new = counts(entries, today), counts(entries, candidate)
-    print(f"\n{len(entries)} fits. Force goal / energy goal / both met: default "
-          f"{old[0]} / {old[1]} / {old[2]}; candidate {new[0]} / {new[1]} / {new[2]}")
-    for name in (today, candidate):
-        print(f"  {name}: median in-dist E NLL "
-              f"{statistics.median(e[name]['energy_nll'] for e in entries):.3f}, largest "
-              f"in-dist F miscal {max(e[name]['force_miscal'] for e in entries):.3f}")
+    ok = rule_holds(entries, today, candidate, "candidate")
     ratio = [e[candidate]["energy_std"] / e[today]["energy_std"] for e in entries]
     print(f"  in-dist mean energy std, candidate ÷ default: median {statistics.median(ratio):.3f}"
           f" (range {min(ratio):.3f}–{max(ratio):.3f})")
-    ok = (new[1] > old[1] and new[0] >= old[0]
-          and in_distribution_holds(entries, candidate, today))
     print(f"Verdict: {candidate!r} {'becomes' if ok else 'does not become'} {what}.")
     return ok
 

@@ -204,6 +204,18 @@ def synthetic_prediction(n_structures=30, seed=0, miscal=1.5, members=False):
     return pred, ref
 
 
+def scaled_about_centroid(dataset, factor: float) -> list:
+    """Copies of the structures scaled about their centroid by ``factor`` (bonds
+    compressed below 1), without reference data: structures away from the data."""
+    out = []
+    for atoms in dataset:
+        a = atoms.copy()
+        centre = a.positions.mean(axis=0)
+        a.positions = centre + factor * (a.positions - centre)
+        out.append(a)
+    return out
+
+
 def unlabelled(dataset):
     """Copies of the structures without reference data (an unlabelled pool)."""
     out = []

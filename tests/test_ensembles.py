@@ -18,6 +18,8 @@ from mlipuq.uq.base import load as load_wrapper
 from mlipuq.uq import EvidentialHead, LastLayerLaplace, LatentDistance
 from mlipuq.uq.ensembles import DeepEnsemble, ShallowEnsemble
 
+from conftest import scaled_about_centroid
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 FAST = dict(batch_size=8, progress=False)
 
@@ -43,15 +45,6 @@ def _tiny(species, seed: int = 0, dtype=torch.float32) -> MiniMLIP:
     return model.to(dtype)
 
 
-def _distorted(dataset, factor: float):
-    """Copies of the structures scaled about their centroid (no reference data)."""
-    out = []
-    for atoms in dataset:
-        a = atoms.copy()
-        centre = a.positions.mean(axis=0)
-        a.positions = centre + factor * (a.positions - centre)
-        out.append(a)
-    return out
 
 
 def _state(model) -> dict:
@@ -366,7 +359,7 @@ def test_shallow_distance_term_grows_where_the_heads_do_not(shallow, heads, data
     raw = dict(calibrated=False, composition=False)
     ratios = []
     for factor in (1.0, 0.9, 0.8):
-        structures = val if factor == 1.0 else _distorted(val, factor)
+        structures = val if factor == 1.0 else scaled_about_centroid(val, factor)
         own, alone = shallow.predict(structures, **raw), heads.predict(structures, **raw)
         ratios.append(np.mean(own.forces_var) / np.mean(alone.forces_var))
     assert ratios[0] < ratios[1] < ratios[2] and ratios[2] > 4 * ratios[0], ratios
@@ -401,7 +394,7 @@ def test_uncertainty_grows_far_from_training_data(name, request, data):
     near = wrapper.predict(train)
     # compressed by 20 %: bonds far shorter than anything in the training set
     # (stretching lets pairs leave the 4 Å cutoff, which shrinks forces and their spread)
-    far = wrapper.predict(_distorted(train, 0.8))
+    far = wrapper.predict(scaled_about_centroid(train, 0.8))
     assert np.median(far.energy_std / far.n_atoms) > np.median(near.energy_std / near.n_atoms)
     assert np.mean(far.forces_std) > np.mean(near.forces_std)
 

@@ -12,6 +12,8 @@ from mlipuq.models import MiniMLIP
 from mlipuq.uq import LatentDistance, ShallowEnsemble
 from mlipuq.uq.base import load as load_wrapper
 
+from conftest import scaled_about_centroid
+
 FAST = dict(batch_size=8, progress=False)
 RAW = dict(calibrated=False, composition=False)
 
@@ -42,16 +44,6 @@ def pair(base_model, data):
             ShallowEnsemble(base_model, n_heads=8).fit(train, val, **fit))
 
 
-def _compressed(dataset, factor: float):
-    out = []
-    for atoms in dataset:
-        a = atoms.copy()
-        centre = a.positions.mean(axis=0)
-        a.positions = centre + factor * (a.positions - centre)
-        out.append(a)
-    return out
-
-
 def test_energy_variance_is_the_larger_of_the_two_fitted_apart(pair, data):
     """σ²_E = max(λ_E σ²_heads, LatentDistance's energy variance), λ_E the mean of
     r²/σ²_heads on val (hand-computed here), LatentDistance fitted alone on the same
@@ -67,7 +59,7 @@ def test_energy_variance_is_the_larger_of_the_two_fitted_apart(pair, data):
     lam = np.mean((alone.energy - val.energies) ** 2 / alone.energy_var)
     assert energy_term.energy_distance_.energy_other_scale_ == pytest.approx(lam, rel=1e-10)
     latent = LatentDistance(heads_energies.model).fit(train, val, batch_size=8)
-    for structures in (val, _compressed(val, 0.85)):
+    for structures in (val, scaled_about_centroid(val, 0.85)):
         own, ld = energy_term.predict(structures, **RAW), latent.predict(structures, **RAW)
         heads_var = heads.predict(structures, **RAW).energy_var
         np.testing.assert_allclose(own.energy_var, np.maximum(lam * heads_var, ld.energy_var),
@@ -94,7 +86,7 @@ def test_energy_term_grows_away_from_the_training_data(pair, data):
     heads_energies, energy_term = pair
     ratios = []
     for factor in (1.0, 0.85):
-        structures = val if factor == 1.0 else _compressed(val, factor)
+        structures = val if factor == 1.0 else scaled_about_centroid(val, factor)
         own, ref = (w.predict(structures, **RAW) for w in (energy_term, heads_energies))
         ratios.append(np.median(own.energy_var / ref.energy_var))
     assert ratios[1] > 2 * ratios[0], ratios
