@@ -29,9 +29,11 @@ STRAIN_TERM = "2026-12-05, strain term"
 MOLECULES = ("ethanol", "acac")
 #: Wrappers whose own defaults changed after ``STRAIN_TERM``, and the tag of their rows
 #: on every system since: the shallow ensemble's energies are the larger of the heads'
-#: and a latent-distance term's variance (a round on 25 fits, docs/shift.md). Its rows
-#: tagged before are from the heads' energy variance, marked †.
-LATER_DEFAULTS = {"ShallowEnsemble": "2026-12-05, shallow energy term"}
+#: and a latent-distance term's variance, the evidential head's term chooses its
+#: held-out covariance on both halves of val (two rounds on 25 fits, docs/shift.md).
+#: Their rows tagged before are from the earlier defaults, marked †.
+LATER_DEFAULTS = {"ShallowEnsemble": "2026-12-05, shallow energy term",
+                  "EvidentialHead": "2026-12-05, evidential covariance on both halves"}
 
 
 def defaults_of(wrapper: str, system: str | None = None) -> str:

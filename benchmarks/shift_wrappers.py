@@ -104,13 +104,13 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
             lambda p: with_drift(mlipuq.uq.load(p), train))
 
     def evidential():
-        """The head with today's defaults: a head cached before they changed gets its
-        term fitted again as they say (the head itself is the same either way)."""
-        head, today = trained(), EvidentialHead(base)
-
-        def settings(h):
-            return h.structure_covariance, h.min_distance_share, h.distance_combination
-        return head if settings(head) == settings(today) else held_out_term(*settings(today))
+        """The head with today's defaults, its term fitted again as they say (the head
+        itself is the cached one: the covariance's choice on both halves of val, since
+        2026-12-05, is not recorded in a saved head)."""
+        today = EvidentialHead(base)
+        return term_refitted(trained(), train, val, today.structure_covariance,
+                             today.min_distance_share, today.distance_combination,
+                             every_half=True)
 
     def earlier(unbounded: bool):
         head = trained().copy()
@@ -185,6 +185,9 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         # (both halves of val), not the term's half alone (a round, 2026-12-05)
         "EvidentialHead (covariance on both halves)": lambda: term_refitted(
             trained(), train, val, "held-out", None, "max", every_half=True),
+        # and on the term's half alone (the default before, 2026-12-04 to 2026-12-05)
+        "EvidentialHead (covariance on the term's half)": lambda: held_out_term(
+            "held-out", None, "max"),
         # distances to the head's own fitting half of val (the default before `reference`)
         "EvidentialHead (head-data reference)": refitted_term,
         # and the term's energies as sums of independent atoms (the default before that)

@@ -190,16 +190,18 @@ def test_update_keeps_the_rows_it_does_not_replace(tmp_path, monkeypatch):
     assert shift.current({"defaults": shift.DEFAULTS, "wrapper": "LastLayerLaplace",
                           "method": "scalar"})
     # the evidential head's own default changed after (the larger of two variances): its
-    # rows of the refit's defaults are stale, those of its own tag current
+    # rows of the refit's defaults are stale; those of its own tag were current until
+    # its covariance's choice on both halves (2026-12-05, a later default)
     tag = shift.WRAPPER_DEFAULTS["EvidentialHead"]
-    assert shift.current({"defaults": tag, "wrapper": "EvidentialHead", "method": "scalar"})
+    assert not shift.current({"defaults": tag, "wrapper": "EvidentialHead",
+                              "method": "scalar"})
     assert not shift.current({"defaults": shift.DEFAULTS, "wrapper": "EvidentialHead",
                               "method": "default"})
     assert not shift.current({"defaults": tag, "wrapper": "LastLayerLaplace",
                               "method": "default"})
     # since the strain term (2026-12-05) an EMT system's rows are current with its tag
-    # alone, whatever the wrapper; a molecule's keep the wrapper's tag
-    for wrapper in ("EvidentialHead", "LastLayerLaplace"):
+    # alone, for a wrapper without a later default; a molecule's keep the wrapper's tag
+    for wrapper in ("LatentDistance", "LastLayerLaplace"):
         assert shift.current({"defaults": shift.STRAIN_TERM, "wrapper": wrapper,
                               "system": "cupd"})
         assert not shift.current({"defaults": shift.defaults_of(wrapper), "wrapper": wrapper,
@@ -208,17 +210,18 @@ def test_update_keeps_the_rows_it_does_not_replace(tmp_path, monkeypatch):
                                   "system": "ethanol"})
         assert shift.current({"defaults": shift.defaults_of(wrapper), "wrapper": wrapper,
                               "system": "acac"})
-    # the shallow ensemble's energy term (2026-12-05, after the strain term): its rows are
-    # current with that tag alone, on every system; those of the strain term's are stale
-    tag = shift.LATER_DEFAULTS["ShallowEnsemble"]
-    for system in ("cupd", "ethanol"):
-        assert shift.current({"defaults": tag, "wrapper": "ShallowEnsemble", "system": system})
-        assert not shift.current({"defaults": tag, "wrapper": "LastLayerLaplace",
-                                  "system": system})
-    assert not shift.current({"defaults": shift.STRAIN_TERM, "wrapper": "ShallowEnsemble",
-                              "system": "cupd"})
-    assert not shift.current({"defaults": shift.DEFAULTS, "wrapper": "ShallowEnsemble",
-                              "system": "acac"})
+    # the shallow ensemble's energy term and the evidential head's covariance (2026-12-05,
+    # after the strain term): their rows are current with that tag alone, on every
+    # system; those of the strain term's are stale
+    for wrapper, tag in shift.LATER_DEFAULTS.items():
+        for system in ("cupd", "ethanol"):
+            assert shift.current({"defaults": tag, "wrapper": wrapper, "system": system})
+            assert not shift.current({"defaults": tag, "wrapper": "LastLayerLaplace",
+                                      "system": system})
+        assert not shift.current({"defaults": shift.STRAIN_TERM, "wrapper": wrapper,
+                                  "system": "cupd"})
+        assert not shift.current({"defaults": shift.DEFAULTS, "wrapper": wrapper,
+                                  "system": "acac"})
     for earlier in shift.EARLIER_DEFAULTS + (None,):
         for wrapper in ("EvidentialHead", "LastLayerLaplace", "ShallowEnsemble"):
             for method in ("default", "scalar", "default, no widening"):

@@ -269,3 +269,26 @@ def test_covariance_data_chooses_the_covariance_and_nothing_else(fitted_members,
     assert (alike.energy_a_, alike.energy_b_) == (on_val.energy_a_, on_val.energy_b_)
     with pytest.raises(TypeError, match="covariance_data"):
         LatentDistance(model).fit(train, val, covariance=other)
+
+
+def test_evidential_term_chooses_its_covariance_on_all_held_out_structures(
+        fitted_members, ethanol, monkeypatch):
+    """``EvidentialHead.fit(train, val, reference=R)``: the term's held-out covariance
+    is chosen on ``train`` and ``val`` together (all held out from R; the descriptors
+    the choice read are those 8 structures'), its distances measured to R."""
+    from mlipuq.uq import EvidentialHead
+
+    reference, train, val = ethanol[:10], ethanol[10:14], ethanol[14:18]
+    seen = []
+    original = sd.fit_reference
+    monkeypatch.setattr(sd, "fit_reference", lambda d, h=None: seen.append(
+        None if h is None else len(h)) or original(d, h))
+    head = EvidentialHead(fitted_members[0]).fit(train, val, reference=reference, epochs=1,
+                                                 batch_size=3, seed=0, progress=False)
+    assert seen == [len(train) + len(val)]
+    monkeypatch.setattr(sd, "fit_reference", original)
+    term = head.distance_
+    held_out = mlipuq.data.concatenate([train, val])
+    chosen = sd.fit_reference(_descriptors(term, reference), _descriptors(term, held_out))
+    assert term.structure_["diagonal"] == pytest.approx(chosen["diagonal"], rel=1e-6)
+    assert term.n_train_ == len(reference)

@@ -322,8 +322,11 @@ class EvidentialHead(UQWrapper):
         reference
             The structures the base model was trained on: the latent-distance term
             measures its distances to them and fits λ, a, b on ``val`` (else on
-            ``train``). None: to ``train``, the head's own fitting structures, often
-            too few to determine the structure covariance (``docs/shift.md``).
+            ``train``); the held-out structure covariance is chosen on ``train``
+            and ``val`` together, every structure held out from the reference
+            (since 2026-12-05; on ``val`` alone before, ``docs/shift.md``). None:
+            to ``train``, the head's own fitting structures, often too few to
+            determine the structure covariance (``docs/shift.md``).
         seed
             Seeds the head's initialisation and the trainer: equal seeds give
             identical heads on CPU.
@@ -389,9 +392,20 @@ class EvidentialHead(UQWrapper):
                                                progress=progress,
                                                structure_covariance=self.structure_covariance,
                                                min_share=self.min_distance_share,
-                                               combination=self.distance_combination)
+                                               combination=self.distance_combination,
+                                               covariance_data=self._covariance_data(
+                                                   train, val, reference))
         self.fitted_ = True
         return self
+
+    @staticmethod
+    def _covariance_data(train, val, reference):
+        """The structures the term's held-out covariance is chosen on: with a ``reference``
+        and ``val``, both of ``fit``'s data sets, all held out from the reference (None:
+        the term's own held-out data)."""
+        if reference is None or val is None:
+            return None
+        return mdata.concatenate([train, val])
 
     def _checked_data(self, train, val, reference, need_forces: bool) -> tuple:
         """``fit``'s datasets, validated (reference data as the loss needs them)."""
