@@ -8,8 +8,9 @@ calibrates it on ``--val`` when given, and saves it (:meth:`UQWrapper.save`):
 
 * ``llpr``: :class:`~mlipuq.uq.LastLayerLaplace` (one pass over the data);
 * ``shallow``: :class:`~mlipuq.uq.ShallowEnsemble` (``--heads`` heads trained
-  by Gaussian NLL on a frozen backbone, and its latent-distance force term,
-  fitted on ``--val``: ``--score`` picks it, ``none`` leaves the heads alone);
+  by Gaussian NLL on a frozen backbone, and its latent-distance force and energy
+  terms, fitted on ``--val``: ``--score`` picks the distance, ``none`` leaves the
+  heads alone; ``--energy-combination none`` keeps the heads' energy variance);
 * ``evidential``: :class:`~mlipuq.uq.EvidentialHead` (fit it on data the base
   model was not trained on: a frozen backbone learns residuals; ``--score``
   picks its latent-distance term, ``none`` leaves the head alone; the term
