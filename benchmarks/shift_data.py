@@ -35,7 +35,6 @@ def with_emt_stress(dataset: AtomsDataset) -> AtomsDataset:
         copy = atoms.copy()
         copy.calc = SinglePointCalculator(copy, energy=atoms.get_potential_energy(),
                                           forces=atoms.get_forces(), stress=emt_stress(atoms))
-        copy.info.update(atoms.info)
         out.append(copy)
     return AtomsDataset(out)
 

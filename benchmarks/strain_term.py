@@ -13,9 +13,15 @@ table's rows (base model 0) and the fit-to-fit rows (base models 1 and 2) before
   the term cannot change, read from the files before).
 
     git show fdc9681:benchmarks/results/shift.json > /tmp/shift_before.json
+    git show 76648dd:benchmarks/results/shift.json > /tmp/shift_strain.json
+    git show 76648dd:benchmarks/results/shift_seeds_strain.json > /tmp/shift_seeds_strain.json
     python benchmarks/strain_term.py --before /tmp/shift_before.json \
         benchmarks/results/shift_seeds_defaults.json benchmarks/results/shift_seeds_shallow.json \
-        --after benchmarks/results/shift.json benchmarks/results/shift_seeds_strain.json
+        --after /tmp/shift_strain.json /tmp/shift_seeds_strain.json
+
+(the files after as the round left them: the shallow ensemble's and the evidential
+head's rows were rerun since under later tags, ``shift_tags.LATER_DEFAULTS``, and a
+wrapper without rows tagged with the strain term is named, not silently counted short).
 
 ``benchmarks/refit_defaults.py BEFORE AFTER --defaults "2026-12-05, strain term"`` gives
 the worst-shift coverages and the goal counts.
@@ -92,6 +98,10 @@ def main(argv=None) -> None:
                         help="results files after (rows tagged with the strain term)")
     args = parser.parse_args(argv)
     before, after = _rows(args.before), _rows(args.after, TAG)
+    missing = sorted({k[1] for k in before if k[0] not in MOLECULES} - {k[1] for k in after})
+    if missing:
+        print(f"no rows tagged {TAG!r} after for {', '.join(missing)}: their rows were "
+              "rerun under later tags (module notes: the files of the round)\n")
     print(strained_table(before, after))
     change, n = largest_other_change(before, after)
     print(f"\nlargest coverage change off the strained cells: {change:.3g} over {n} rows\n")

@@ -148,7 +148,7 @@ def _strain_cells(species: int, n: int, seed: int = 0) -> list:
     return cells
 
 
-def check_strain_term(fitted, data=None) -> None:
+def check_strain_term(fitted) -> None:
     """calibrate() on cells with stress labels = the mean model's stress minus a known Δσ
     (with shear) gives a cell strained by ε from them ``strain_energy_var`` = (V₀ Δσ:E)²
     (E the Green–Lagrange strain), added to the calibrated ``energy_var`` (the same
