@@ -404,11 +404,12 @@ def _distance_row(wrapper, shallow: bool) -> str:
         energy = "energies: the heads' variance"
     else:
         energy = f"energy {energy_term.energy_other_scale_:.3g}"
-    joint = not shallow and wrapper.distance_combination == "sum"
-    form = (f"λ{own} + a + b u²" if joint else
-            f"forces λ{own} + a + b u², energies max(λ{own}, n²(a + b U²))" if shallow
-            and energy_term is not None else
-            f"forces λ{own} + a + b u²" if shallow else f"max(λ{own}, a + b u²)")
+    if not shallow:  # one term for both targets, summed or the larger taken
+        form = (f"λ{own} + a + b u²" if wrapper.distance_combination == "sum"
+                else f"max(λ{own}, a + b u²)")
+    else:  # a force term, and an energy term when energy_combination is set
+        form = f"forces λ{own} + a + b u²" + (
+            "" if energy_term is None else f", energies max(λ{own}, n²(a + b U²))")
     return (f"{wrapper.distance}: λ forces {term.forces_other_scale_:.3g}, {energy} "
             f"({form}), to {term.n_train_} reference structures")
 
