@@ -9,8 +9,6 @@ fixed before the runs (that of ``benchmarks/shallow_energy.py``).
 
 from __future__ import annotations
 
-import argparse
-
 import shallow_energy
 
 TODAY = "EvidentialHead"
@@ -18,10 +16,7 @@ CANDIDATE = "EvidentialHead (covariance on both halves)"
 
 
 def main(argv=None) -> bool:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("files", nargs="+", help="evidential_cov_*.json")
-    files = parser.parse_args(argv).files
-    return shallow_energy.run(files, TODAY, CANDIDATE, "the head's default")
+    return shallow_energy.round_main(__doc__, TODAY, CANDIDATE, "the head's default", argv)
 
 
 if __name__ == "__main__":

@@ -75,11 +75,17 @@ def run(files, today: str, candidate: str, what: str, before: str | None = None)
     return ok
 
 
+def round_main(doc: str, today: str, candidate: str, what: str, argv=None,
+               before: str | None = None) -> bool:
+    """The command line of a round script (``doc`` its docstring): its files, then
+    :func:`run`."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("files", nargs="+", help="the round's shift.py outputs (*.json)")
+    return run(parser.parse_args(argv).files, today, candidate, what, before)
+
+
 def main(argv=None) -> bool:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("files", nargs="+", help="shallow_energy_*.json")
-    return run(parser.parse_args(argv).files, TODAY, CANDIDATE,
-               "the shallow ensemble's default", BEFORE)
+    return round_main(__doc__, TODAY, CANDIDATE, "the shallow ensemble's default", argv, BEFORE)
 
 
 if __name__ == "__main__":

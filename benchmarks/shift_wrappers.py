@@ -37,6 +37,18 @@ def term_refitted(head, train, val, covariance="held-out", share=None, combinati
     return head
 
 
+def calibrated_with(wrapper, **fixed):
+    """``wrapper``, its ``calibrate`` always given the recalibration options ``fixed``
+    (over those of the call; the rest as given)."""
+    calibrate = wrapper.calibrate
+
+    def with_fixed(val, method=None, **options):
+        return calibrate(val, method, **{**options, **fixed})
+
+    wrapper.calibrate = with_fixed
+    return wrapper
+
+
 def selected(wrapper: str, prefixes) -> bool:
     """Whether ``--wrappers`` (name prefixes; None: every wrapper) selects ``wrapper``."""
     return prefixes is None or any(wrapper.startswith(p) for p in prefixes)
@@ -188,6 +200,9 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         # and on the term's half alone (the default before, 2026-12-04 to 2026-12-05)
         "EvidentialHead (covariance on the term's half)": lambda: held_out_term(
             "held-out", None, "max"),
+        # the widening's range recorded for the term's own energy std too (a round, 2026-12-05)
+        "EvidentialHead (term's own range)": lambda: calibrated_with(
+            evidential(), distance_range=True),
         # distances to the head's own fitting half of val (the default before `reference`)
         "EvidentialHead (head-data reference)": refitted_term,
         # and the term's energies as sums of independent atoms (the default before that)

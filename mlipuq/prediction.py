@@ -26,6 +26,11 @@ field                     shape        unit
                                        (the mean model's stress error measured by
                                        ``calibrate`` on stress labels; part of the
                                        calibrated ``energy_var``)
+``energy_distance_var``   (B,)         eV^2, the part a latent-distance term gave the energy
+                                       variance, where a wrapper combines it with another
+                                       (the evidential head; its recalibration scales it
+                                       with ``energy_var``): how far the structure lies
+                                       from the reference in the term's own measure
 ``energy_dof``            scalar       Student-t degrees of freedom of the energies
 ``forces_dof``            scalar       ... of the force components
 ========================  ===========  ==========================================
@@ -78,6 +83,7 @@ _OPTIONAL = (
     "stress_members",
     "calibration_excess",
     "strain_energy_var",
+    "energy_distance_var",
 )
 
 
@@ -102,6 +108,7 @@ class Prediction:
     stress_members: Optional[np.ndarray] = None
     calibration_excess: Optional[np.ndarray] = None
     strain_energy_var: Optional[np.ndarray] = None
+    energy_distance_var: Optional[np.ndarray] = None
     energy_dof: Optional[float] = None
     forces_dof: Optional[float] = None
 
@@ -133,6 +140,7 @@ class Prediction:
             "stress_var": b + (3, 3),
             "calibration_excess": b,
             "strain_energy_var": b,
+            "energy_distance_var": b,
         }
         if self.energy.ndim != 1:
             raise ValueError(f"Prediction.energy must have shape (B,), got {self.energy.shape}")
@@ -261,7 +269,7 @@ class Prediction:
             if value is not None:
                 kwargs[name] = value[atoms]
         for name in ("energy_aleatoric_var", "energy_epistemic_var", "stress", "stress_var",
-                     "calibration_excess", "strain_energy_var"):
+                     "calibration_excess", "strain_energy_var", "energy_distance_var"):
             value = getattr(self, name)
             if value is not None:
                 kwargs[name] = value[index : index + 1]
@@ -327,6 +335,8 @@ class Prediction:
             info[schema.CALIBRATION_EXCESS] = float(one.calibration_excess[0])
         if one.strain_energy_var is not None:
             info[schema.STRAIN_ENERGY_STD] = float(np.sqrt(one.strain_energy_var[0]))
+        if one.energy_distance_var is not None:
+            info[schema.ENERGY_DISTANCE_STD] = float(np.sqrt(one.energy_distance_var[0]))
         for key, dof in ((schema.ENERGY_DOF, one.energy_dof), (schema.FORCES_DOF, one.forces_dof)):
             if dof is not None:
                 info[key] = float(dof)
@@ -449,6 +459,7 @@ def read_prediction(path) -> tuple["Prediction", object]:
         stress=stress, stress_var=stress_var,
         calibration_excess=_read_excess(structures, path),
         strain_energy_var=_read_strain(structures, path),
+        energy_distance_var=_read_squared(structures, schema.ENERGY_DISTANCE_STD, path),
         energy_dof=_read_dof(structures, schema.ENERGY_DOF, path),
         forces_dof=_read_dof(structures, schema.FORCES_DOF, path),
     )
@@ -474,7 +485,13 @@ def _read_excess(structures, path: str) -> Optional[np.ndarray]:
 
 def _read_strain(structures, path: str) -> Optional[np.ndarray]:
     """``strain_energy_var`` from ``mlipuq_strain_energy_std`` when every frame has it."""
-    std = _frame_column(structures, schema.STRAIN_ENERGY_STD, path, 0.0)
+    return _read_squared(structures, schema.STRAIN_ENERGY_STD, path)
+
+
+def _read_squared(structures, key: str, path: str) -> Optional[np.ndarray]:
+    """The square of the per-frame std ``key`` (each finite and >= 0) when every frame
+    has it, else None."""
+    std = _frame_column(structures, key, path, 0.0)
     return None if std is None else std**2
 
 

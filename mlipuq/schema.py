@@ -57,6 +57,9 @@ CALIBRATION_EXCESS = "mlipuq_calibration_excess"
 #: the strain term's part of the energy std (eV; its square is part of the energy
 #: variance): the first-order energy error of a strained cell (mlipuq.calibration.strain)
 STRAIN_ENERGY_STD = "mlipuq_strain_energy_std"
+#: the raw energy std of a wrapper's latent-distance term where it is combined with
+#: another variance (eV; Prediction.energy_distance_var; the recalibration's range reads it)
+ENERGY_DISTANCE_STD = "mlipuq_energy_distance_std"
 
 # ------------------------------------------------------------ active learning
 POOL_INDEX = "mlipuq_pool_index"  #: index of a selected structure in its pool

@@ -83,6 +83,11 @@ def test_term_is_latent_distance_alone_and_the_larger_is_reported(heads, data):
     np.testing.assert_allclose(full.energy_aleatoric_var, lam_e * own.energy_aleatoric_var,
                                rtol=1e-9)
     assert np.all(full.energy_epistemic_var >= 0)
+    # the term's own part, reported for the recalibration's range (``distance_range``)
+    np.testing.assert_allclose(full.energy_distance_var, latent.energy_var, rtol=1e-9)
+    summed = fitted["sum"].predict(data["test"], **RAW)
+    assert np.all(summed.energy_distance_var <= summed.energy_var)
+    assert own.energy_distance_var is None and latent.energy_distance_var is None
 
 
 def test_saves_loads_and_leaves_the_default_file_alone(heads, data, tmp_path):

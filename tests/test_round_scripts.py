@@ -134,9 +134,13 @@ def test_shallow_energy_round_verdict_and_baseline_after_adoption(tmp_path, caps
                for r in json.load(open(files[1]))["rows"]]
     _write(files[1], renamed + [dict(r, wrapper=today) for r in renamed if r["wrapper"] == new])
     assert shallow_energy.fits(files[1:2])[0][today]["shifts"]["surface"]["energy_cov95"] == 0.5
-    # the evidential head's covariance round applies the same rule to its own rows
-    (evidential_cov,) = benchmark_modules("evidential_cov")
-    names = {today: evidential_cov.TODAY, new: evidential_cov.CANDIDATE}
-    for path in files[2:]:
-        _write(path, [dict(r, wrapper=names[r["wrapper"]]) for r in json.load(open(path))["rows"]])
-    assert evidential_cov.main(files[2:]) is False  # two fits, every goal tied
+    # the evidential head's rounds apply the same rule to their own rows
+    written = (today, new)  # the rows' names in the files, default then candidate
+    for module in benchmark_modules("evidential_cov", "evidential_range"):
+        rename = dict(zip(written, (module.TODAY, module.CANDIDATE)))
+        for path in files[2:]:
+            _write(path, [dict(r, wrapper=rename[r["wrapper"]])
+                          for r in json.load(open(path))["rows"]])
+        written = (module.TODAY, module.CANDIDATE)
+        assert module.main(files[2:]) is False  # two fits, every goal tied
+        assert f"Verdict: {module.CANDIDATE!r} does not become" in capsys.readouterr().out

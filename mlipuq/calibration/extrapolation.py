@@ -51,6 +51,14 @@ faster than s. The ratio r is reported per structure as
 ``Prediction.calibration_excess``:
 above 1 the interval is extrapolated and widened, not fitted.
 
+Where a wrapper combines a latent-distance term with another energy variance
+(the evidential head: max(λ σ²_NIG, a + b u²)), the largest total on the
+calibration data may come from the other part, and a structure far from the
+reference in the term's own measure then lies less far beyond it. With the
+recalibrator's ``distance_range=True`` the term's per-atom energy std
+(``Prediction.energy_distance_var``) is a third scale with its own largest
+value (``DISTANCE_KEY``), and r is the largest of the three ratios.
+
 That bound holds for every calibrated std, widened or not: a plain
 recalibration (a power law, a scalar) maps a raw std far beyond the data to
 a std as far beyond the plausible errors (the evidential head's, the latent
@@ -72,7 +80,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["DEFAULT_POWER", "BOUND_FACTOR", "check_power", "check_range", "structure_scales",
+__all__ = ["DEFAULT_POWER", "BOUND_FACTOR", "DISTANCE_KEY", "check_power", "check_range", "structure_scales",
            "prediction_scales", "plausible_errors", "calibration_range", "excess",
            "bounded_factor", "soft_cap", "saturate", "widen"]
 
@@ -84,6 +92,9 @@ DEFAULT_POWER = 0.5
 BOUND_FACTOR = 10.0
 #: Keys of a recorded range: largest scales, then the bounds of the widened std.
 RANGE_KEYS = ("energy", "forces", "energy_bound", "forces_bound")
+#: Key of the latent-distance term's largest per-atom energy std in a recorded range
+#: (present only where the calibration data's prediction had the term's part).
+DISTANCE_KEY = "energy_distance"
 
 
 def check_power(power) -> dict:
@@ -117,9 +128,16 @@ def structure_scales(energy_std, n_atoms, forces_std, batch) -> dict:
 
 
 def prediction_scales(prediction) -> dict:
-    """:func:`structure_scales` of a :class:`~mlipuq.prediction.Prediction`'s stds."""
-    return structure_scales(prediction.energy_std, prediction.n_atoms,
-                            prediction.forces_std, prediction.batch)
+    """:func:`structure_scales` of a :class:`~mlipuq.prediction.Prediction`'s stds, and
+    ``"energy_distance"``, the per-atom std of its latent-distance term (eV/atom), where
+    the prediction has one (``energy_distance_var``)."""
+    out = structure_scales(prediction.energy_std, prediction.n_atoms,
+                           prediction.forces_std, prediction.batch)
+    term = getattr(prediction, "energy_distance_var", None)
+    if term is not None:
+        out[DISTANCE_KEY] = np.sqrt(np.asarray(term, dtype=np.float64)) / np.maximum(
+            np.asarray(prediction.n_atoms), 1)
+    return out
 
 
 def plausible_errors(per_atom_energy, forces) -> tuple[float, float]:
@@ -147,10 +165,11 @@ def calibration_range(scales: dict, energy, n_atoms, forces) -> dict:
 
 
 def check_range(limits) -> dict:
-    """A saved calibration range (the keys of ``RANGE_KEYS``, each finite and
+    """A saved calibration range (the keys of ``RANGE_KEYS``, perhaps ``DISTANCE_KEY``, each finite and
     >= 0, the bounds > 0), else ``ValueError`` (a damaged file)."""
-    if not isinstance(limits, dict) or set(limits) != set(RANGE_KEYS):
-        raise ValueError(f"std_range must have the keys {RANGE_KEYS}, got {limits!r}")
+    if not isinstance(limits, dict) or set(limits) - {DISTANCE_KEY} != set(RANGE_KEYS):
+        raise ValueError(f"std_range must have the keys {RANGE_KEYS} (and optionally "
+                         f"{DISTANCE_KEY!r}), got {limits!r}")
     out = {key: float(value) for key, value in limits.items()}
     if not all(np.isfinite(v) and v >= 0 for v in out.values()):
         raise ValueError(f"std_range values must be finite and >= 0, got {out}")
@@ -162,11 +181,14 @@ def check_range(limits) -> dict:
 def excess(scales: dict, limits: Optional[dict]) -> Optional[dict]:
     """Per target, max(1, scale / largest calibration scale) per structure (B,);
     None without recorded limits. A zero limit (exact calibration targets) never
-    counts as exceeded."""
+    counts as exceeded, nor does a scale whose limit was not recorded (the
+    latent-distance term's, of a range recorded without it)."""
     if not limits:
         return None
     out = {}
     for key, scale in scales.items():
+        if key not in limits:
+            continue
         limit = float(limits[key])
         ratio = np.ones_like(scale) if limit <= 0 else scale / limit
         out[key] = np.maximum(ratio, 1.0)

@@ -59,6 +59,7 @@ from mlipuq.calibration.conformal import ConformalRecalibrator
 from mlipuq.calibration.isotonic import DEFAULT_MATCH_LEVELS, IsotonicRecalibrator  # noqa: F401
 from mlipuq.calibration.extrapolation import (
     DEFAULT_POWER,
+    DISTANCE_KEY,
     calibration_range,
     check_power,
     check_range,
@@ -237,7 +238,7 @@ def _accepted(cls) -> set:
 
 
 #: Options of PredictionRecalibrator itself, not of its two recalibrators.
-OUTER_OPTIONS = ("extrapolation", "structure_scaling")
+OUTER_OPTIONS = ("extrapolation", "structure_scaling", "distance_range")
 
 
 def _rescale_members(members: Optional[np.ndarray], mean: np.ndarray, factor: np.ndarray):
@@ -296,6 +297,11 @@ class PredictionRecalibrator:
         (:mod:`mlipuq.calibration.extrapolation`). Whatever this is, every
         calibrated std saturates below 10 x the largest error plausible for the
         calibration data (``std_range_``'s ``*_bound``; ``saturate`` there).
+    distance_range
+        False (default): the range is that of the two stds. True: where the
+        prediction has a latent-distance term's part of its energy variance
+        (``energy_distance_var``: the evidential head's), that term's largest
+        per-atom std is recorded too, and r is the largest of the three ratios.
     structure_scaling
         True (default): before the recalibrators are fitted, the raw stds of each
         structure are multiplied by (S / S_ref) ** c, S its per-atom energy std or
@@ -342,6 +348,9 @@ class PredictionRecalibrator:
         self.method = method
         self.options = options
         self.extrapolation  # noqa: B018  (validates the powers early)
+        if options.get("distance_range", False) not in (True, False):
+            raise ValueError(f"distance_range must be True or False, "
+                             f"got {options['distance_range']!r}")
         self._scales_between("forces")  # validates structure_scaling early
         methods = {self.method_of(key) for key in ("energy", "forces")}
         accepted = self.accepted_options(method)
@@ -476,6 +485,8 @@ class PredictionRecalibrator:
         element (the raw ones without that fit: an older file, c_atoms = 0, or the
         scaling turned off)."""
         raw = prediction_scales(prediction)
+        if not self.options.get("distance_range", False):
+            raw.pop(DISTANCE_KEY, None)
         fitted = (getattr(self, "structure_scaling_", None) or {}).get(ATOMS)
         if not fitted:
             return np.asarray(prediction.forces_std), raw, raw
@@ -556,7 +567,7 @@ class PredictionRecalibrator:
             energy_members=_rescale_members(prediction.energy_members, prediction.energy, e_factor),
             forces_members=_rescale_members(prediction.forces_members, prediction.forces, f_factor),
         )
-        for name in ("energy_aleatoric_var", "energy_epistemic_var"):
+        for name in ("energy_aleatoric_var", "energy_epistemic_var", "energy_distance_var"):
             value = getattr(prediction, name)
             kwargs[name] = None if value is None else value * e_factor**2
         atom_var = getattr(prediction, "atom_energy_var", None)

@@ -521,12 +521,15 @@ class EvidentialHead(UQWrapper):
                 params["forces_nu"], params["forces_alpha"], params["forces_beta"]))
             caps = getattr(self, "std_cap_", None)  # None: files saved before the bound
             e_alea, e_epi, f_var = cap_variances(caps, batch.n_atoms, e_alea, e_epi, f_var)
-            if self.distance_ is not None:
-                e_alea, e_epi, f_var = cap_variances(caps, batch.n_atoms, *distance_variances(
+            term = {}
+            if self.distance_ is not None:  # the term's own part: the recalibration's range
+                *parts, term["energy_distance_var"] = distance_variances(
                     self.distance_, out["features"], batch, e_alea, e_epi, f_var,
-                    self.distance_combination))
+                    self.distance_combination, with_term=True)
+                e_alea, e_epi, f_var = cap_variances(caps, batch.n_atoms, *parts)
             forces_var = f_var.unsqueeze(1).expand(-1, 3)
         return {
+            **term,
             "energy": out["energy"].detach(),
             "energy_var": e_alea + e_epi,
             "energy_aleatoric_var": e_alea,

@@ -89,16 +89,19 @@ def cap_variances(caps: Optional[dict], n_atoms: torch.Tensor, e_alea, e_epi, f_
 
 
 def distance_variances(term: LatentDistance, features: torch.Tensor, batch: mdata.Batch,
-                       e_alea, e_epi, f_var, combination: str = "sum"):
+                       e_alea, e_epi, f_var, combination: str = "sum", *,
+                       with_term: bool = False):
     """``λ σ²_NIG`` plus the latent-distance term's variance (module notes), or the
     larger of the two (``combination="max"``): the NIG energy parts (B,) and force
     variances (N,) of one batch combined with it (the latent part is epistemic: with
-    ``"max"`` the aleatoric part stays ``λ σ²_alea`` and the epistemic part is the rest)."""
+    ``"max"`` the aleatoric part stays ``λ σ²_alea`` and the epistemic part is the rest).
+    ``with_term``: the term's own energy variances (B,) follow as a fourth element."""
     energy_var, force_var = term_variances(term, features, batch)
     like = dict(dtype=e_alea.dtype, device=e_alea.device)
     latent_e = torch.as_tensor(energy_var, **like)
     scale_e, latent_f = term.energy_other_scale_, torch.as_tensor(force_var, **like)
     e_epi = (scale_e * e_epi + latent_e if combination == "sum" else
              combine_variances(combination, scale_e, e_alea + e_epi, latent_e) - scale_e * e_alea)
-    return (scale_e * e_alea, e_epi,
-            combine_variances(combination, term.forces_other_scale_, f_var, latent_f))
+    out = (scale_e * e_alea, e_epi,
+           combine_variances(combination, term.forces_other_scale_, f_var, latent_f))
+    return out + (latent_e,) if with_term else out
