@@ -203,6 +203,9 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         # the widening's range recorded for the term's own energy std too (a round, 2026-12-05)
         "EvidentialHead (term's own range)": lambda: calibrated_with(
             evidential(), distance_range=True),
+        # and for the totals alone (the default before, to 2026-12-05)
+        "EvidentialHead (totals' range)": lambda: calibrated_with(
+            evidential(), distance_range=False),
         # distances to the head's own fitting half of val (the default before `reference`)
         "EvidentialHead (head-data reference)": refitted_term,
         # and the term's energies as sums of independent atoms (the default before that)

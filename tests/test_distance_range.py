@@ -2,7 +2,7 @@
 
 Hand-derived: a structure whose total energy std lies inside the calibration
 range but whose term part lies three times beyond the term's largest is widened
-by 3 ** power with ``distance_range=True`` and not at all without; ranges saved
+by 3 ** power by default (``distance_range=True``) and not at all with False; ranges saved
 without the term's key still load and widen by the two stds alone; the term's
 part survives ``structure``, ``concatenate``, recalibration and files. (That
 the evidential head reports its term's own variance: test_evidential_max.py.)
@@ -28,9 +28,9 @@ def _with_term(pred: Prediction, term_std) -> Prediction:
 def test_the_terms_own_range_widens_by_hand():
     # calibration: totals 1 and 2 eV (1-atom structures), the term's parts 0.5 and 0.25
     val = _with_term(_prediction([1.0, 2.0], [0.1, 0.2], [1, 1], level=50.0), [0.5, 0.25])
-    on = PredictionRecalibrator("scalar", extrapolation=1, distance_range=True)
-    on.fit(val, _reference(val))
-    off = PredictionRecalibrator("scalar", extrapolation=1).fit(val, _reference(val))
+    on = PredictionRecalibrator("scalar", extrapolation=1).fit(val, _reference(val))  # default
+    off = PredictionRecalibrator("scalar", extrapolation=1, distance_range=False)
+    off.fit(val, _reference(val))
     assert on.std_range_[DISTANCE_KEY] == pytest.approx(0.5)
     assert DISTANCE_KEY not in off.std_range_
     # test: total 1.5 (inside), term 1.5 = 3 x its largest; a 2-atom structure with
@@ -60,7 +60,7 @@ def test_a_range_without_the_terms_key():
     out = excess(scales, good)
     assert set(out) == {"energy", "forces"} and out["forces"] == pytest.approx([2.0])
     val = _prediction([1.0, 2.0], [0.1, 0.2], [1, 1])
-    rec = PredictionRecalibrator("scalar", distance_range=True).fit(val, _reference(val))
+    rec = PredictionRecalibrator("scalar").fit(val, _reference(val))
     test = _prediction([1.5], [0.1], [1])
     np.testing.assert_allclose(rec.transform(_with_term(test, [50.0])).energy_std,
                                rec.transform(test).energy_std)

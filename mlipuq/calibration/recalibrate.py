@@ -298,10 +298,12 @@ class PredictionRecalibrator:
         calibrated std saturates below 10 x the largest error plausible for the
         calibration data (``std_range_``'s ``*_bound``; ``saturate`` there).
     distance_range
-        False (default): the range is that of the two stds. True: where the
-        prediction has a latent-distance term's part of its energy variance
-        (``energy_distance_var``: the evidential head's), that term's largest
-        per-atom std is recorded too, and r is the largest of the three ratios.
+        True (default, since 2026-12-05): where the prediction has a latent-distance
+        term's part of its energy variance (``energy_distance_var``: the evidential
+        head's), that term's largest per-atom std is recorded too, and r is the
+        largest of the three ratios (a round on 25 fits, docs/shift.md). False: the
+        range of the two stds alone (the default before). Without the term's part
+        nothing differs.
     structure_scaling
         True (default): before the recalibrators are fitted, the raw stds of each
         structure are multiplied by (S / S_ref) ** c, S its per-atom energy std or
@@ -348,7 +350,7 @@ class PredictionRecalibrator:
         self.method = method
         self.options = options
         self.extrapolation  # noqa: B018  (validates the powers early)
-        if options.get("distance_range", False) not in (True, False):
+        if options.get("distance_range", True) not in (True, False):
             raise ValueError(f"distance_range must be True or False, "
                              f"got {options['distance_range']!r}")
         self._scales_between("forces")  # validates structure_scaling early
@@ -485,7 +487,7 @@ class PredictionRecalibrator:
         element (the raw ones without that fit: an older file, c_atoms = 0, or the
         scaling turned off)."""
         raw = prediction_scales(prediction)
-        if not self.options.get("distance_range", False):
+        if not self.options.get("distance_range", True):
             raw.pop(DISTANCE_KEY, None)
         fitted = (getattr(self, "structure_scaling_", None) or {}).get(ATOMS)
         if not fitted:
