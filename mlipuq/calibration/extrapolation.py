@@ -84,9 +84,9 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["DEFAULT_POWER", "BOUND_FACTOR", "DISTANCE_KEY", "check_power", "check_range", "structure_scales",
-           "prediction_scales", "plausible_errors", "calibration_range", "excess",
-           "bounded_factor", "soft_cap", "saturate", "widen"]
+__all__ = ["DEFAULT_POWER", "BOUND_FACTOR", "DISTANCE_KEY", "check_power", "check_range",
+           "structure_scales", "prediction_scales", "plausible_errors", "calibration_range",
+           "excess", "bounded_factor", "soft_cap", "saturate", "widen"]
 
 #: Exponent of the widening beyond the calibration range when a
 #: ``PredictionRecalibrator`` is given none (``calibrate`` passes each wrapper's
@@ -169,8 +169,8 @@ def calibration_range(scales: dict, energy, n_atoms, forces) -> dict:
 
 
 def check_range(limits) -> dict:
-    """A saved calibration range (the keys of ``RANGE_KEYS``, perhaps ``DISTANCE_KEY``, each finite and
-    >= 0, the bounds > 0), else ``ValueError`` (a damaged file)."""
+    """A saved calibration range (the keys of ``RANGE_KEYS``, perhaps ``DISTANCE_KEY``,
+    each finite and >= 0, the bounds > 0), else ``ValueError`` (a damaged file)."""
     if not isinstance(limits, dict) or set(limits) - {DISTANCE_KEY} != set(RANGE_KEYS):
         raise ValueError(f"std_range must have the keys {RANGE_KEYS} (and optionally "
                          f"{DISTANCE_KEY!r}), got {limits!r}")

@@ -332,7 +332,9 @@ class PredictionRecalibrator:
         The fitted recalibrators.
     std_range_ : dict
         Largest per-atom energy std and RMS force std (raw, before
-        recalibration) over the calibration structures.
+        recalibration) over the calibration structures (and, with
+        ``distance_range``, the latent-distance term's per-atom energy std,
+        ``"energy_distance"``), and the bounds of the calibrated stds.
     structure_scaling_ : dict
         Per target, the fitted ``{"exponent": c, "reference": S_ref, "smallest": S_min,
         "largest": S_max}`` between structures, and under ``"atoms"`` the scaling of
