@@ -17,23 +17,25 @@ from shift_cache import cached, with_drift
 
 
 def term_refitted(head, train, val, covariance="held-out", share=None, combination="sum",
-                  every_half=False):
+                  every_half=False, map_every_half=False):
     """A copy of the evidential ``head`` (fitted on one half of ``val``) with its term
     fitted again on the other half, distances measured to ``train``, with the structure
     covariance ``covariance``, the share floor ``share`` and the ``combination`` (the
     head's ``structure_covariance``, ``min_distance_share``, ``distance_combination``);
     ``every_half``: the held-out covariance chosen on both halves (all of ``val``, every
-    structure the head's ``fit`` saw, all held out from ``train``), not the term's alone."""
+    structure the head's ``fit`` saw, all held out from ``train``), not the term's alone;
+    ``map_every_half``: its a and b fitted on both halves too (λ on the term's half)."""
     head = head.copy()
     head.structure_covariance, head.min_distance_share = covariance, share
     head.distance_combination = combination
     halves = val.split([0.5, 0.5], seed=0)
+    both = mlipuq.data.concatenate(list(halves))
     head.distance_ = fit_distance_term(head, *halves,
                                        reference=train, score=head.distance, seed=0,
                                        batch_size=16, structure_covariance=covariance,
                                        min_share=share, combination=combination,
-                                       covariance_data=(mlipuq.data.concatenate(list(halves))
-                                                        if every_half else None))
+                                       covariance_data=both if every_half else None,
+                                       map_data=both if map_every_half else None)
     return head
 
 
@@ -206,6 +208,10 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         # and for the totals alone (the default before, to 2026-12-05)
         "EvidentialHead (totals' range)": lambda: calibrated_with(
             evidential(), distance_range=False),
+        # the term's a and b fitted on both halves of val as well (a round, 2026-12-05)
+        "EvidentialHead (term fitted on both halves)": lambda: term_refitted(
+            trained(), train, val, "held-out", None, "max", every_half=True,
+            map_every_half=True),
         # distances to the head's own fitting half of val (the default before `reference`)
         "EvidentialHead (head-data reference)": refitted_term,
         # and the term's energies as sums of independent atoms (the default before that)

@@ -45,7 +45,7 @@ def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size:
                       progress: bool = False, energy_distance="structure",
                       reference=None, structure_covariance="ledoit-wolf",
                       min_share=None, combination="sum",
-                      covariance_data=None) -> LatentDistance:
+                      covariance_data=None, map_data=None) -> LatentDistance:
     """The latent-distance term of a fitted ``wrapper`` (one with a ``distance_``
     attribute): reference atoms and structures from ``reference`` (None: ``train``),
     λ, a and b fitted on ``val`` (None: ``train`` when a ``reference`` is given,
@@ -56,9 +56,15 @@ def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size:
     smallest share of the held-out mean variance (None: none); ``combination``: ``"sum"``
     (the joint fit) or ``"max"`` (fitted apart, ``min_share`` unused; module notes);
     ``covariance_data``: the structures the held-out structure covariance is chosen on
-    (None: those λ, a and b are fitted on)."""
+    (None: those λ, a and b are fitted on); ``map_data``: with ``"max"``, the structures
+    a and b are fitted on, held out from the reference (None: those λ is fitted on; a
+    and b read only the mean model's errors, so data the wrapper itself was fitted on
+    serve as well)."""
     if combination not in COMBINATIONS:
         raise ValueError(f"combination must be one of {COMBINATIONS}, got {combination!r}")
+    if map_data is not None and combination != "max":
+        raise ValueError("map_data needs combination='max' (the joint fit fits λ, a and b "
+                         "together, on the wrapper's own held-out data)")
     if combination == "max" and energy_distance is None:
         raise ValueError("combination='max' needs the term's energies (energy_distance)")
     alone = copy.copy(wrapper)  # shares the model and parameters, predicts without the term
@@ -73,8 +79,8 @@ def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size:
                         else (reference, train if val is None else val))
     if held_out is None and not joint:  # the term's own split, to fit λ on the same data
         points, held_out = latent_features.hold_out(mdata.as_dataset(points), 0.2, seed)
-    term.fit(points, held_out, seed=seed, batch_size=batch_size, progress=progress,
-             covariance_data=covariance_data)
+    term.fit(points, held_out if map_data is None else map_data, seed=seed,
+             batch_size=batch_size, progress=progress, covariance_data=covariance_data)
     if not joint:  # (predict is collective after distributed.init: rank 0's λ kept)
         term.energy_other_scale_, term.forces_other_scale_ = mdist.broadcast_object(
             own_scale(alone, held_out, batch_size))
