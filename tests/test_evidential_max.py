@@ -90,6 +90,31 @@ def test_term_is_latent_distance_alone_and_the_larger_is_reported(heads, data):
     assert own.energy_distance_var is None and latent.energy_distance_var is None
 
 
+def test_map_data_fits_a_and_b_there_and_lambda_on_the_terms_half(heads, data):
+    """``map_data``: a and b are latent distance's own fit on those structures (the
+    covariance chosen there too), λ the NIG variance's scale on the term's half; the
+    joint sum, which fits all three together, refuses it."""
+    from mlipuq.uq.distance_term import fit_distance_term, own_scale
+
+    model, fitted = heads
+    head = fitted["max"]
+    both = mlipuq.data.concatenate([data["head"], data["held"]])
+    options = dict(reference=data["train"], score="mahalanobis", seed=0, batch_size=20,
+                   structure_covariance="held-out", covariance_data=both)
+    term = fit_distance_term(head, data["head"], data["held"], combination="max",
+                             map_data=both, **options)
+    alone = LatentDistance(model, structure_covariance="held-out").fit(data["train"], both)
+    for key in ("energy_a_", "energy_b_", "forces_a_", "forces_b_"):
+        np.testing.assert_allclose(getattr(term, key), getattr(alone, key), rtol=1e-10)
+    nig = head.copy()
+    nig.distance_ = None
+    np.testing.assert_allclose((term.energy_other_scale_, term.forces_other_scale_),
+                               own_scale(nig, data["held"], 20), rtol=1e-10)
+    with pytest.raises(ValueError, match="map_data needs combination='max'"):
+        fit_distance_term(head, data["head"], data["held"], combination="sum",
+                          map_data=both, **options)
+
+
 def test_saves_loads_and_leaves_the_default_file_alone(heads, data, tmp_path):
     model, fitted = heads
     path = tmp_path / "max.pt"

@@ -136,7 +136,7 @@ def test_shallow_energy_round_verdict_and_baseline_after_adoption(tmp_path, caps
     assert shallow_energy.fits(files[1:2])[0][today]["shifts"]["surface"]["energy_cov95"] == 0.5
     # the evidential head's rounds apply the same rule to their own rows
     written = (today, new)  # the rows' names in the files, default then candidate
-    for module in benchmark_modules("evidential_cov", "evidential_range"):
+    for module in benchmark_modules("evidential_cov", "evidential_range", "evidential_map"):
         rename = dict(zip(written, (module.TODAY, module.CANDIDATE)))
         for path in files[2:]:
             _write(path, [dict(r, wrapper=rename[r["wrapper"]])
