@@ -448,7 +448,10 @@ def _summary(wrapper, args, n_train: int, n_val: int) -> str:
             rows.append(("beyond calibration", "stds widened by (std / largest)^p beyond "
                          f"{limits['energy'] * 1000:.3g} meV/atom (energy, p = "
                          f"{power['energy']:g}), {limits['forces'] * 1000:.3g} meV/Å "
-                         f"(RMS force, p = {power['forces']:g})"))
+                         f"(RMS force, p = {power['forces']:g})"
+                         + (f", {limits['energy_distance'] * 1000:.3g} meV/atom (the "
+                            "latent-distance term's own energy std)"
+                            if "energy_distance" in limits else "")))
     rows += _strain_rows(wrapper)
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)

@@ -230,6 +230,12 @@ def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsy
     assert "beyond calibration" in printed and powers in printed
     assert f"(RMS force, p = {forces_p:g})" in printed
     wrapper = load_wrapper(out)
+    # the evidential head's term has its own range (distance_range), printed beside
+    term_range = wrapper.recalibrator_.std_range_.get("energy_distance")
+    assert (term_range is not None) == (method == "evidential")
+    if term_range is not None:
+        assert (f"{term_range * 1000:.3g} meV/atom (the latent-distance term's own energy "
+                "std)") in printed
     assert type(wrapper) is WRAPPERS[method]
     assert wrapper.calibrated_
     forces = wrapper.recalibrator_.forces_  # one std multiplier per element, printed as such
