@@ -135,12 +135,16 @@ def test_shallow_energy_round_verdict_and_baseline_after_adoption(tmp_path, caps
     _write(files[1], renamed + [dict(r, wrapper=today) for r in renamed if r["wrapper"] == new])
     assert shallow_energy.fits(files[1:2])[0][today]["shifts"]["surface"]["energy_cov95"] == 0.5
     # the evidential head's rounds apply the same rule to their own rows
+    (evidential_cov, rounds) = benchmark_modules("evidential_cov", "evidential_rounds")
     written = (today, new)  # the rows' names in the files, default then candidate
-    for module in benchmark_modules("evidential_cov", "evidential_range", "evidential_map"):
-        rename = dict(zip(written, (module.TODAY, module.CANDIDATE)))
+    for round_name, candidate, main in (
+            [("cov", evidential_cov.CANDIDATE, evidential_cov.main)]
+            + [(name, rounds.ROUNDS[name][0],
+                lambda files, name=name: rounds.main([name, *files])) for name in rounds.ROUNDS]):
+        rename = dict(zip(written, (evidential_cov.TODAY, candidate)))
         for path in files[2:]:
             _write(path, [dict(r, wrapper=rename[r["wrapper"]])
                           for r in json.load(open(path))["rows"]])
-        written = (module.TODAY, module.CANDIDATE)
-        assert module.main(files[2:]) is False  # two fits, every goal tied
-        assert f"Verdict: {module.CANDIDATE!r} does not become" in capsys.readouterr().out
+        written = (evidential_cov.TODAY, candidate)
+        assert main(files[2:]) is False, round_name  # two fits, every goal tied
+        assert f"Verdict: {candidate!r} does not become" in capsys.readouterr().out
