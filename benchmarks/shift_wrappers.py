@@ -102,6 +102,17 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
                   batch_size=16)
         return ensemble
 
+    def forces_apart():
+        """Today's ensemble with its force term fitted apart and the larger of the two
+        force variances taken (``force_combination="max"``), both terms as ``fit``
+        fits them on the cached heads."""
+        ensemble = trained_shallow().copy()
+        ensemble.energy_combination = ShallowEnsemble(base).energy_combination
+        ensemble.force_combination = "max"
+        fit_terms(ensemble, train, val, seed=0, progress=False, need_forces=True,
+                  batch_size=16)
+        return ensemble
+
     def heads_alone():
         """The default shallow ensemble without its latent-distance terms (the
         default before them): the same heads, their variance alone."""
@@ -179,6 +190,8 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         "ShallowEnsemble (heads alone)": heads_alone,
         # the larger of the heads' and a latent-distance energy variance (a round, 2026-12-05)
         "ShallowEnsemble (larger energy variance)": lambda: shallow("max"),
+        # the force term fitted apart, the larger of two force variances (a round, 2026-12-05)
+        "ShallowEnsemble (forces: larger of two variances)": forces_apart,
         "LatentDistance + ShallowEnsemble": lambda: LatentDistance(
             base, combine=heads_alone()).fit(train, val),
         # the latent term for the forces only, the heads' energy variance alone: what the

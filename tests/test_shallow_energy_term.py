@@ -111,3 +111,40 @@ def test_energy_term_survives_save_and_load(pair, data, tmp_path):
 def test_energy_combination_is_checked(base_model):
     with pytest.raises(ValueError, match="energy_combination must be one of"):
         ShallowEnsemble(base_model, energy_combination="sum")
+
+
+def test_force_combination_max_is_the_larger_of_the_two_fitted_apart(base_model, data,
+                                                                     pair, tmp_path):
+    """``force_combination="max"``: the force term is the energy term's fit (one object),
+    σ²_F = max(λ_F σ²_heads, LatentDistance's force variance) with λ_F the heads' own
+    likelihood scale on val (hand-computed); energies as the default's; members stretched;
+    the option survives save and load (and is absent from the default's config)."""
+    train, val = data
+    _, default = pair
+    ensemble = ShallowEnsemble(base_model, n_heads=8, force_combination="max").fit(
+        train, val, epochs=2, seed=0, **FAST)
+    assert ensemble.distance_ is ensemble.energy_distance_
+    heads = ensemble.copy()
+    heads.distance, heads.distance_, heads.energy_distance_ = None, None, None
+    alone = heads.predict(val, **RAW)
+    lam = np.mean((alone.forces - val.forces) ** 2 / alone.forces_var)
+    assert ensemble.distance_.forces_other_scale_ == pytest.approx(lam, rel=1e-10)
+    latent = LatentDistance(ensemble.model, structure_covariance="held-out").fit(
+        train, val, batch_size=8)
+    for structures in (val, scaled_about_centroid(val, 0.85)):
+        own, ld = ensemble.predict(structures, **RAW), latent.predict(structures, **RAW)
+        heads_var = heads.predict(structures, **RAW).forces_var
+        np.testing.assert_allclose(own.forces_var, np.maximum(lam * heads_var, ld.forces_var),
+                                   rtol=1e-9)
+        np.testing.assert_allclose(own.forces_members.var(axis=0), own.forces_var, rtol=1e-9)
+        np.testing.assert_allclose(own.energy_var, default.predict(structures, **RAW).energy_var,
+                                   rtol=1e-9)
+    path = tmp_path / "forces_max.pt"
+    ensemble.save(path)
+    loaded = load_wrapper(path)
+    assert loaded.force_combination == "max" and "force_combination" in loaded.config()
+    assert "force_combination" not in default.config() and "force_combination" in repr(loaded)
+    np.testing.assert_allclose(loaded.predict(val, **RAW).forces_var,
+                               ensemble.predict(val, **RAW).forces_var, rtol=1e-12)
+    with pytest.raises(ValueError, match="force_combination must be one of"):
+        ShallowEnsemble(base_model, force_combination="larger")

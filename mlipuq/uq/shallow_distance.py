@@ -5,6 +5,9 @@ to two :class:`~mlipuq.uq.LatentDistance` terms (:mod:`mlipuq.uq.distance_term`)
 
 * **the force term** (``distance_``), fitted jointly with the heads' force variance,
   :math:`\\sigma^2_{F,ic} = \\lambda_F\\,\\sigma^2_{{\\rm heads},ic} + a_F + b_F u_i^2`;
+  with ``force_combination="max"`` fitted apart instead (the energy term's fit, below)
+  and the larger taken, :math:`\\max(\\lambda_F\\,\\sigma^2_{{\\rm heads},ic},
+  a_F + b_F u_i^2)`;
 * **the energy term** (``energy_distance_``, ``energy_combination="max"``), fitted
   apart from the heads on the same held-out data (:math:`a_E, b_E` as
   :class:`~mlipuq.uq.LatentDistance` alone fits them by default: distances to the
@@ -32,17 +35,29 @@ from mlipuq import data as mdata
 from mlipuq.calibration.recalibrate import stretch_members
 from mlipuq.uq.distance_term import combine_variances, fit_distance_term, term_variances
 
-__all__ = ["ENERGY_COMBINATIONS", "check_energy_combination", "fit_terms", "with_terms"]
+__all__ = ["ENERGY_COMBINATIONS", "FORCE_COMBINATIONS", "check_energy_combination",
+           "check_force_combination", "fit_terms", "with_terms"]
 
 #: How the energy term joins the heads' energy variance: not at all (None) or the
 #: larger of the two, fitted apart ("max").
 ENERGY_COMBINATIONS = (None, "max")
+#: How the force term joins the heads' force variance: the joint sum ("sum") or the
+#: larger of the two, fitted apart ("max": the term is then the energy term's fit).
+FORCE_COMBINATIONS = ("sum", "max")
 
 
 def check_energy_combination(value) -> Optional[str]:
     """``value`` if it is one of :data:`ENERGY_COMBINATIONS`, else ``ValueError``."""
     if value not in ENERGY_COMBINATIONS:
         raise ValueError(f"energy_combination must be one of {ENERGY_COMBINATIONS}, "
+                         f"got {value!r}")
+    return value
+
+
+def check_force_combination(value) -> str:
+    """``value`` if it is one of :data:`FORCE_COMBINATIONS`, else ``ValueError``."""
+    if value not in FORCE_COMBINATIONS:
+        raise ValueError(f"force_combination must be one of {FORCE_COMBINATIONS}, "
                          f"got {value!r}")
     return value
 
@@ -66,12 +81,20 @@ def fit_terms(ensemble, train, val, *, seed: int, progress: bool, need_forces: b
                          "val or distance=None")
     options = dict(score=ensemble.distance, seed=seed, batch_size=batch_size,
                    progress=progress)
-    forces = fit_distance_term(ensemble, train, val, energy_distance=None, **options)
-    if ensemble.energy_combination == "max":  # fitted on the heads alone (no term yet)
-        ensemble.energy_distance_ = fit_distance_term(
-            ensemble, train, val, combination="max", structure_covariance="held-out",
-            **options)
-    ensemble.distance_ = forces
+    joint = force_combination(ensemble) == "sum"
+    forces = fit_distance_term(ensemble, train, val, energy_distance=None,
+                               **options) if joint else None
+    apart = None  # the term fitted apart from the heads (on the heads alone: no term yet)
+    if ensemble.energy_combination == "max" or not joint:
+        apart = fit_distance_term(ensemble, train, val, combination="max",
+                                  structure_covariance="held-out", **options)
+    ensemble.energy_distance_ = apart if ensemble.energy_combination == "max" else None
+    ensemble.distance_ = forces if joint else apart
+
+
+def force_combination(ensemble) -> str:
+    """The ensemble's ``force_combination`` ("sum" for objects made before it existed)."""
+    return getattr(ensemble, "force_combination", "sum")
 
 
 def with_terms(ensemble, features: torch.Tensor, batch: mdata.Batch, statistics: dict) -> dict:
@@ -81,8 +104,9 @@ def with_terms(ensemble, features: torch.Tensor, batch: mdata.Batch, statistics:
     out = dict(statistics)
     if ensemble.distance_ is not None:
         _, latent = term_variances(ensemble.distance_, features, batch)
-        total = (ensemble.distance_.forces_other_scale_ * out["forces_var"]
-                 + torch.from_numpy(latent)[:, None])
+        total = combine_variances(force_combination(ensemble),
+                                  ensemble.distance_.forces_other_scale_, out["forces_var"],
+                                  torch.from_numpy(latent)[:, None])
         out["forces_members"] = _stretched(out["forces_members"], out["forces"], total,
                                            out["forces_var"])
         out["forces_var"] = total

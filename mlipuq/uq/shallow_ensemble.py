@@ -120,7 +120,8 @@ from mlipuq.uq.base import UQWrapper, _check_model, register
 from mlipuq.uq.deep_ensemble import COMMITTEE_CALIBRATION, member_statistics
 from mlipuq.uq.distance_term import load_distance_term
 from mlipuq.uq.latent_distance import _SCORES
-from mlipuq.uq.shallow_distance import check_energy_combination, fit_terms, with_terms
+from mlipuq.uq.shallow_distance import (check_energy_combination, check_force_combination,
+                                        fit_terms, with_terms)
 from mlipuq.uq.shallow_heads import (  # noqa: F401  (re-exported: their old home)
     _LOG_2PI,
     HeadsNLL,
@@ -250,6 +251,10 @@ class ShallowEnsemble(UQWrapper):
         (:mod:`mlipuq.uq.shallow_distance`; chosen by a round on 25 fits,
         docs/shift.md); None: the heads' variance alone (the default before; files
         saved before load so). Ignored with ``distance=None``.
+    force_combination
+        ``"sum"`` (default): the force term is fitted jointly with the heads' force
+        variance and added; ``"max"``: fitted apart (a and b as latent distance alone,
+        λ_F by the heads' own likelihood) and the larger of the two taken.
 
     Attributes
     ----------
@@ -286,6 +291,7 @@ class ShallowEnsemble(UQWrapper):
         vectorize="auto",
         distance: Optional[str] = "mahalanobis",
         energy_combination: Optional[str] = "max",
+        force_combination: str = "sum",
     ):
         _check_model(model)
         self._check_config(n_heads, init, train_backbone)
@@ -296,6 +302,7 @@ class ShallowEnsemble(UQWrapper):
         self.distance = distance
         check_energy_combination(energy_combination)
         self.energy_combination = None if distance is None else energy_combination
+        self.force_combination = check_force_combination(force_combination)
 
     @staticmethod
     def _check_config(n_heads, init, train_backbone) -> None:
@@ -330,6 +337,7 @@ class ShallowEnsemble(UQWrapper):
         self.distance: Optional[str] = None
         self.distance_ = None
         self.energy_combination: Optional[str] = None
+        self.force_combination = "sum"
         self.energy_distance_ = None
         self.fitted_ = False
 
@@ -354,6 +362,8 @@ class ShallowEnsemble(UQWrapper):
         distance = "" if self.distance == "mahalanobis" else f", distance={self.distance!r}"
         if self.distance is not None and self.energy_combination != "max":
             distance += f", energy_combination={self.energy_combination!r}"
+        if self.force_combination != "sum":
+            distance += f", force_combination={self.force_combination!r}"
         return (f"ShallowEnsemble({type(self.model).__name__}, n_heads={self.n_heads}, "
                 f"init={self.init!r}, train_backbone={self.train_backbone}{distance})")
 
@@ -524,7 +534,9 @@ class ShallowEnsemble(UQWrapper):
                 # absent for the heads alone, as in files saved before the term: equal fingerprints
                 **({} if self.distance is None else {"distance": self.distance}),
                 **({} if self.energy_combination is None
-                   else {"energy_combination": self.energy_combination})}
+                   else {"energy_combination": self.energy_combination}),
+                **({} if self.force_combination == "sum"  # absent: files as before
+                   else {"force_combination": self.force_combination})}
 
     def _set_models(self, models) -> None:
         super()._set_models(models)
@@ -541,6 +553,8 @@ class ShallowEnsemble(UQWrapper):
         wrapper.distance = config.get("distance")  # absent in files saved before the term
         wrapper.energy_combination = check_energy_combination(  # absent before it existed
             config.get("energy_combination"))
+        wrapper.force_combination = check_force_combination(config.get("force_combination",
+                                                                       "sum"))
         return wrapper
 
     def _get_state(self) -> dict:
@@ -573,8 +587,9 @@ class ShallowEnsemble(UQWrapper):
             else torch.as_tensor(state["direct_readout_weight"], dtype=torch.float64))
         term = state.get("distance")  # absent in files saved before the distance term
         self.distance = None if term is None else (self.distance or "mahalanobis")
-        self.distance_ = None if term is None else load_distance_term(self.model, self.distance,
-                                                                      term)
+        self.distance_ = None if term is None else load_distance_term(
+            self.model, self.distance, term, structure_covariance=(
+                "held-out" if self.force_combination == "max" else "ledoit-wolf"))
         term = state.get("energy_distance")  # absent in files saved before the energy term
         self.energy_distance_ = None if term is None else load_distance_term(
             self.model, self.distance or "mahalanobis", term, structure_covariance="held-out")
