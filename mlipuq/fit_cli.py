@@ -10,7 +10,9 @@ calibrates it on ``--val`` when given, and saves it (:meth:`UQWrapper.save`):
 * ``shallow``: :class:`~mlipuq.uq.ShallowEnsemble` (``--heads`` heads trained
   by Gaussian NLL on a frozen backbone, and its latent-distance force and energy
   terms, fitted on ``--val``: ``--score`` picks the distance, ``none`` leaves the
-  heads alone; ``--energy-combination none`` keeps the heads' energy variance);
+  heads alone; ``--energy-combination none`` keeps the heads' energy variance,
+  ``--force-combination max`` takes the larger of the heads' and the term's force
+  variances);
 * ``evidential``: :class:`~mlipuq.uq.EvidentialHead` (fit it on data the base
   model was not trained on: a frozen backbone learns residuals; ``--score``
   picks its latent-distance term, ``none`` leaves the head alone; the term
@@ -173,6 +175,10 @@ def add_parsers(subparsers) -> None:
                           "latent-distance energy term's, each fitted on --val (max, the "
                           "default), or the heads' alone (none, the default before "
                           "2026-12-05; docs/ensembles.md)")
+    fit.add_argument("--force-combination", choices=("sum", "max"), default=None,
+                     help="shallow: the force variance is the heads' plus a latent-distance "
+                          "force term fitted jointly on --val (sum, the default), or the "
+                          "larger of the two, each fitted apart (max; docs/ensembles.md)")
     fit.add_argument("--latent", choices=("forces", "both"), default=None,
                      help="llpr, shallow, deep: add a latent-distance variance to the fitted "
                           "wrapper's (LatentDistance(model, combine=wrapper)), its map fitted "
@@ -265,12 +271,13 @@ def _check_fit_args(args) -> None:
         raise ValueError("--distance-combination is an evidential option (with its "
                          f"latent-distance term), not one of fit {args.method}"
                          + (" --score none" if args.score == "none" else ""))
-    if args.energy_combination is not None and (args.method != "shallow"
+    for flag in ("energy_combination", "force_combination"):
+        if getattr(args, flag) is not None and (args.method != "shallow"
                                                 or args.score == "none" or args.latent):
-        raise ValueError("--energy-combination is a shallow option (with its latent-distance "
-                         f"term, without --latent), not one of fit {args.method}"
-                         + (" --score none" if args.score == "none" else "")
-                         + (" --latent" if args.latent else ""))
+            raise ValueError(f"--{flag.replace('_', '-')} is a shallow option (with its "
+                             f"latent-distance term, without --latent), not one of fit "
+                             f"{args.method}" + (" --score none" if args.score == "none" else "")
+                             + (" --latent" if args.latent else ""))
     if args.reference is not None and args.method != "evidential":
         raise ValueError(f"--reference is an evidential option, not one of fit {args.method}")
     if args.reference is not None and args.score == "none":
@@ -331,6 +338,8 @@ def _method_wrapper(args, models, train, val, progress: bool, reference=None):
     if args.method == "shallow":  # with --latent, the combination supplies the term
         energy = {} if args.energy_combination is None else {
             "energy_combination": {"none": None}.get(args.energy_combination, "max")}
+        if args.force_combination is not None:
+            energy["force_combination"] = args.force_combination
         return ShallowEnsemble(model, n_heads=8 if args.heads is None else args.heads,
                                distance=None if args.latent else distance, **energy).fit(
             train, val, **common, **_trainer_options(args, {}))

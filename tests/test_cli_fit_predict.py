@@ -290,6 +290,14 @@ def test_fit_shallow_energy_combination(files, tmp_path, capsys):
                     *extra) == 2
         assert "--energy-combination is a shallow option" in capsys.readouterr().err
     assert not (tmp_path / "refused.pt").exists()
+    # --force-combination max: the larger of the heads' and the term's force variances
+    out = tmp_path / "forces_max.pt"
+    assert _fit(files, "shallow", out, "--force-combination", "max") == 0, \
+        capsys.readouterr().err
+    assert "(forces max(λσ²_heads, a + b u²), energies max(" in capsys.readouterr().out
+    assert load_wrapper(out).force_combination == "max"
+    assert _fit(files, "llpr", tmp_path / "refused.pt", "--force-combination", "max") == 2
+    assert "--force-combination is a shallow option" in capsys.readouterr().err
 
 
 def test_fit_evidential_reference(files, tmp_path, capsys):

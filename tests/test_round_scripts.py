@@ -148,3 +148,30 @@ def test_shallow_energy_round_verdict_and_baseline_after_adoption(tmp_path, caps
         written = (evidential_cov.TODAY, candidate)
         assert main(files[2:]) is False, round_name  # two fits, every goal tied
         assert f"Verdict: {candidate!r} does not become" in capsys.readouterr().out
+
+
+def test_shallow_forces_round_swaps_the_targets_roles(tmp_path, capsys):
+    """The shallow ensemble's force round: more force goals at equal energy goals and
+    NLL: the default changes; a force NLL 0.2 nats worse in median, or one energy goal
+    lost, and it does not."""
+    (shallow_forces,) = benchmark_modules("shallow_forces")
+    today, new = shallow_forces.TODAY, shallow_forces.CANDIDATE
+
+    def write(new_rows):
+        for k, (f_today, f_new) in enumerate([(0.85, 0.95), (0.95, 0.95), (0.99, 0.99)]):
+            rows = _rows(f"s{k}", today, 0.95, f_cov=f_today) + new_rows(f"s{k}", f_new)
+            for r in rows:
+                r.setdefault("energy_std_per_atom", 1.0)
+            _write(tmp_path / f"shallow_forces_s{k}.json", rows)
+        return sorted(str(p) for p in tmp_path.glob("*.json"))
+
+    files = write(lambda system, f: _rows(system, new, 0.95, f_cov=f))
+    assert shallow_forces.main(files) is True
+    assert "default 2 / 3 / 2; candidate 3 / 3 / 3" in capsys.readouterr().out
+    worse = write(lambda system, f: [dict(r, force_nll=r.get("force_nll", 0) + 0.2)
+                                     for r in _rows(system, new, 0.95, f_cov=f)])
+    assert shallow_forces.main(worse) is False
+    lost = write(lambda system, f: _rows(system, new, 0.80 if system == "s2" else 0.95,
+                                         f_cov=f))
+    assert shallow_forces.main(lost) is False
+    assert "does not become the shallow ensemble's default" in capsys.readouterr().out
