@@ -148,3 +148,5 @@ def test_force_combination_max_is_the_larger_of_the_two_fitted_apart(base_model,
                                ensemble.predict(val, **RAW).forces_var, rtol=1e-12)
     with pytest.raises(ValueError, match="force_combination must be one of"):
         ShallowEnsemble(base_model, force_combination="larger")
+    alone = ShallowEnsemble(base_model, distance=None, force_combination="max")
+    assert alone.force_combination == "sum" and "force_combination" not in alone.config()

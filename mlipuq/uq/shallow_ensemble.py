@@ -254,7 +254,8 @@ class ShallowEnsemble(UQWrapper):
     force_combination
         ``"sum"`` (default): the force term is fitted jointly with the heads' force
         variance and added; ``"max"``: fitted apart (a and b as latent distance alone,
-        λ_F by the heads' own likelihood) and the larger of the two taken.
+        λ_F by the heads' own likelihood) and the larger of the two taken (a round on
+        25 fits found no gain, docs/shift.md). Ignored with ``distance=None``.
 
     Attributes
     ----------
@@ -302,7 +303,8 @@ class ShallowEnsemble(UQWrapper):
         self.distance = distance
         check_energy_combination(energy_combination)
         self.energy_combination = None if distance is None else energy_combination
-        self.force_combination = check_force_combination(force_combination)
+        check_force_combination(force_combination)  # no term: the heads' alone
+        self.force_combination = "sum" if distance is None else force_combination
 
     @staticmethod
     def _check_config(n_heads, init, train_backbone) -> None:
