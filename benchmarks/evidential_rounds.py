@@ -11,9 +11,12 @@ and the verdict.
   which this script reads in today's place.
 * ``map``: the term's a and b fitted on both halves of val ("The evidential head's
   term fitted on both halves of val"; ``evidential_map_*.json``).
+* ``t``: its energies calibrated as the committees' are, a Student-t with ν ≤ 3 ("The
+  evidential head's energies with a Student-t"; ``evidential_t_*.json``).
 
     python benchmarks/evidential_rounds.py range benchmarks/results/evidential_range_*.json
     python benchmarks/evidential_rounds.py map benchmarks/results/evidential_map_*.json
+    python benchmarks/evidential_rounds.py t benchmarks/results/evidential_t_*.json
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ TODAY = "EvidentialHead"
 #: Per round: the candidate's row, and the baseline's name in runs made after the
 #: candidate became the default (None: not adopted).
 ROUNDS = {"range": ("EvidentialHead (term's own range)", "EvidentialHead (totals' range)"),
-          "map": ("EvidentialHead (term fitted on both halves)", None)}
+          "map": ("EvidentialHead (term fitted on both halves)", None),
+          "t": ("EvidentialHead (t energies)", None)}
 
 
 def main(argv=None) -> bool:

@@ -51,6 +51,13 @@ def calibrated_with(wrapper, **fixed):
     return wrapper
 
 
+def t_energies(wrapper):
+    """``wrapper``, its default calibration that of the committees: a Student-t
+    predictive for the energies too (``COMMITTEE_CALIBRATION``)."""
+    wrapper.default_calibration = dict(COMMITTEE_CALIBRATION)
+    return wrapper
+
+
 def selected(wrapper: str, prefixes) -> bool:
     """Whether ``--wrappers`` (name prefixes; None: every wrapper) selects ``wrapper``."""
     return prefixes is None or any(wrapper.startswith(p) for p in prefixes)
@@ -76,9 +83,7 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         calibrated as a committee's (a Student-t, ν ≤ 3) rather than by a scalar factor."""
         if not t_energies:
             return LastLayerLaplace(base, refit_mean=True).fit(train)
-        wrapper = refitted(False).copy()
-        wrapper.default_calibration = dict(COMMITTEE_CALIBRATION)
-        return wrapper
+        return t_energies(refitted(False).copy())
 
     @functools.cache
     def trained_shallow():
@@ -225,6 +230,8 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         "EvidentialHead (term fitted on both halves)": lambda: term_refitted(
             trained(), train, val, "held-out", None, "max", every_half=True,
             map_every_half=True),
+        # its energies calibrated as a committee's, a Student-t (ν ≤ 3) (a round, 2026-12-05)
+        "EvidentialHead (t energies)": lambda: t_energies(evidential()),
         # distances to the head's own fitting half of val (the default before `reference`)
         "EvidentialHead (head-data reference)": refitted_term,
         # and the term's energies as sums of independent atoms (the default before that)
