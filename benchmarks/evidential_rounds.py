@@ -12,7 +12,8 @@ and the verdict.
 * ``map``: the term's a and b fitted on both halves of val ("The evidential head's
   term fitted on both halves of val"; ``evidential_map_*.json``).
 * ``t``: its energies calibrated as the committees' are, a Student-t with ν ≤ 3 ("The
-  evidential head's energies with a Student-t"; ``evidential_t_*.json``).
+  evidential head's energies with a Student-t"; ``evidential_t_*.json``; adopted: a
+  later run names the baseline "EvidentialHead (scalar energies)").
 
     python benchmarks/evidential_rounds.py range benchmarks/results/evidential_range_*.json
     python benchmarks/evidential_rounds.py map benchmarks/results/evidential_map_*.json
@@ -30,7 +31,7 @@ TODAY = "EvidentialHead"
 #: candidate became the default (None: not adopted).
 ROUNDS = {"range": ("EvidentialHead (term's own range)", "EvidentialHead (totals' range)"),
           "map": ("EvidentialHead (term fitted on both halves)", None),
-          "t": ("EvidentialHead (t energies)", None)}
+          "t": ("EvidentialHead (t energies)", "EvidentialHead (scalar energies)")}
 
 
 def main(argv=None) -> bool:

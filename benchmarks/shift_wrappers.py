@@ -10,6 +10,7 @@ import os
 import mlipuq
 from mlipuq.uq import (DeepEnsemble, EvidentialHead, LastLayerLaplace, LatentDistance,
                        ShallowEnsemble)
+from mlipuq.uq.base import UQWrapper
 from mlipuq.uq.deep_ensemble import COMMITTEE_CALIBRATION
 from mlipuq.uq.evidential_shift import fit_distance_term
 from mlipuq.uq.shallow_distance import fit_terms
@@ -55,6 +56,13 @@ def t_energies(wrapper):
     """``wrapper``, its default calibration that of the committees: a Student-t
     predictive for the energies too (``COMMITTEE_CALIBRATION``)."""
     wrapper.default_calibration = dict(COMMITTEE_CALIBRATION)
+    return wrapper
+
+
+def scalar_energies(wrapper):
+    """``wrapper``, its default calibration a scalar energy factor and a Student-t for
+    the forces (``UQWrapper``'s, the evidential head's before 2026-12-05)."""
+    wrapper.default_calibration = dict(UQWrapper.default_calibration)
     return wrapper
 
 
@@ -232,6 +240,8 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
             map_every_half=True),
         # its energies calibrated as a committee's, a Student-t (ν ≤ 3) (a round, 2026-12-05)
         "EvidentialHead (t energies)": lambda: t_energies(evidential()),
+        # and with the scalar energy factor (the default before, to 2026-12-05)
+        "EvidentialHead (scalar energies)": lambda: scalar_energies(evidential()),
         # distances to the head's own fitting half of val (the default before `reference`)
         "EvidentialHead (head-data reference)": refitted_term,
         # and the term's energies as sums of independent atoms (the default before that)
