@@ -217,8 +217,8 @@ def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsy
     assert _fit(files, method, out) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     # every wrapper's default calibration: a Student-t predictive for the forces, and for
-    # the energies of committees
-    committee = method in ("shallow", "deep")
+    # the energies of committees and (since 2026-12-05) the evidential head
+    committee = method in ("shallow", "deep", "evidential")
     energy = "student_t" if committee else "scalar"
     assert f"energy {energy}, forces student_t per species on 5 structures" in printed
     assert "wrapper saved to" in printed
