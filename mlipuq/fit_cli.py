@@ -417,8 +417,8 @@ def _distance_row(wrapper, shallow: bool) -> str:
         form = (f"λ{own} + a + b u²" if wrapper.distance_combination == "sum"
                 else f"max(λ{own}, a + b u²)")
     else:  # a force term, and an energy term when energy_combination is set
-        form = (f"forces λ{own} + a + b u²" if getattr(wrapper, "force_combination", "sum")
-                == "sum" else f"forces max(λ{own}, a + b u²)") + (
+        form = (f"forces λ{own} + a + b u²" if wrapper.force_combination == "sum"
+                else f"forces max(λ{own}, a + b u²)") + (
             "" if energy_term is None else f", energies max(λ{own}, n²(a + b U²))")
     return (f"{wrapper.distance}: λ forces {term.forces_other_scale_:.3g}, {energy} "
             f"({form}), to {term.n_train_} reference structures")

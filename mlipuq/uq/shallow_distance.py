@@ -81,7 +81,7 @@ def fit_terms(ensemble, train, val, *, seed: int, progress: bool, need_forces: b
                          "val or distance=None")
     options = dict(score=ensemble.distance, seed=seed, batch_size=batch_size,
                    progress=progress)
-    joint = force_combination(ensemble) == "sum"
+    joint = ensemble.force_combination == "sum"
     forces = fit_distance_term(ensemble, train, val, energy_distance=None,
                                **options) if joint else None
     apart = None  # the term fitted apart from the heads (on the heads alone: no term yet)
@@ -92,11 +92,6 @@ def fit_terms(ensemble, train, val, *, seed: int, progress: bool, need_forces: b
     ensemble.distance_ = forces if joint else apart
 
 
-def force_combination(ensemble) -> str:
-    """The ensemble's ``force_combination`` ("sum" for objects made before it existed)."""
-    return getattr(ensemble, "force_combination", "sum")
-
-
 def with_terms(ensemble, features: torch.Tensor, batch: mdata.Batch, statistics: dict) -> dict:
     """``statistics`` (the heads' ``energy``, ``energy_var``, ``energy_members``,
     ``forces``, ``forces_var``, ``forces_members`` of one batch) with the ensemble's
@@ -104,7 +99,7 @@ def with_terms(ensemble, features: torch.Tensor, batch: mdata.Batch, statistics:
     out = dict(statistics)
     if ensemble.distance_ is not None:
         _, latent = term_variances(ensemble.distance_, features, batch)
-        total = combine_variances(force_combination(ensemble),
+        total = combine_variances(ensemble.force_combination,
                                   ensemble.distance_.forces_other_scale_, out["forces_var"],
                                   torch.from_numpy(latent)[:, None])
         out["forces_members"] = _stretched(out["forces_members"], out["forces"], total,
