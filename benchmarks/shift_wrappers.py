@@ -52,17 +52,12 @@ def calibrated_with(wrapper, **fixed):
     return wrapper
 
 
-def t_energies(wrapper):
-    """``wrapper``, its default calibration that of the committees: a Student-t
-    predictive for the energies too (``COMMITTEE_CALIBRATION``)."""
-    wrapper.default_calibration = dict(COMMITTEE_CALIBRATION)
-    return wrapper
-
-
-def scalar_energies(wrapper):
-    """``wrapper``, its default calibration a scalar energy factor and a Student-t for
-    the forces (``UQWrapper``'s, the evidential head's before 2026-12-05)."""
-    wrapper.default_calibration = dict(UQWrapper.default_calibration)
+def default_method(wrapper, method: dict):
+    """``wrapper``, its default calibration method ``method`` (per target):
+    ``COMMITTEE_CALIBRATION``, a Student-t for the energies too, or
+    ``UQWrapper.default_calibration``, a scalar energy factor (the evidential head's
+    before 2026-12-05)."""
+    wrapper.default_calibration = dict(method)
     return wrapper
 
 
@@ -91,7 +86,7 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         calibrated as a committee's (a Student-t, ν ≤ 3) rather than by a scalar factor."""
         if not t_energies:
             return LastLayerLaplace(base, refit_mean=True).fit(train)
-        return t_energies(refitted(False).copy())
+        return default_method(refitted(False).copy(), COMMITTEE_CALIBRATION)
 
     @functools.cache
     def trained_shallow():
@@ -239,9 +234,11 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
             trained(), train, val, "held-out", None, "max", every_half=True,
             map_every_half=True),
         # its energies calibrated as a committee's, a Student-t (ν ≤ 3) (a round, 2026-12-05)
-        "EvidentialHead (t energies)": lambda: t_energies(evidential()),
+        "EvidentialHead (t energies)": lambda: default_method(evidential(),
+                                                              COMMITTEE_CALIBRATION),
         # and with the scalar energy factor (the default before, to 2026-12-05)
-        "EvidentialHead (scalar energies)": lambda: scalar_energies(evidential()),
+        "EvidentialHead (scalar energies)": lambda: default_method(
+            evidential(), UQWrapper.default_calibration),
         # distances to the head's own fitting half of val (the default before `reference`)
         "EvidentialHead (head-data reference)": refitted_term,
         # and the term's energies as sums of independent atoms (the default before that)
