@@ -172,6 +172,9 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         "LastLayerLaplace (refit mean)": lambda: refitted(False),
         "LastLayerLaplace (refit mean; t energies)": lambda: refitted(True),
         "LatentDistance": lambda: LatentDistance(base).fit(train, val),
+        # its energies calibrated as a committee's, a Student-t (ν ≤ 3) (a round, 2026-12-05)
+        "LatentDistance (t energies)": lambda: default_method(
+            LatentDistance(base).fit(train, val), COMMITTEE_CALIBRATION),
         "LatentDistance + LLPR": lambda: LatentDistance(base, combine=llpr()).fit(train, val),
         "LatentDistance + LLPR (refit mean)": lambda: LatentDistance(
             base, combine=refitted(False)).fit(train, val),

@@ -134,20 +134,20 @@ def test_shallow_energy_round_verdict_and_baseline_after_adoption(tmp_path, caps
                for r in json.load(open(files[1]))["rows"]]
     _write(files[1], renamed + [dict(r, wrapper=today) for r in renamed if r["wrapper"] == new])
     assert shallow_energy.fits(files[1:2])[0][today]["shifts"]["surface"]["energy_cov95"] == 0.5
-    # the evidential head's rounds apply the same rule to their own rows
-    (evidential_cov, rounds) = benchmark_modules("evidential_cov", "evidential_rounds")
+    # the single models' rounds apply the same rule to their own rows
+    (evidential_cov, rounds) = benchmark_modules("evidential_cov", "rounds")
     written = (today, new)  # the rows' names in the files, default then candidate
-    for round_name, candidate, main in (
-            [("cov", evidential_cov.CANDIDATE, evidential_cov.main)]
-            + [(name, rounds.ROUNDS[name][0],
+    for round_name, names, main in (
+            [("cov", (evidential_cov.TODAY, evidential_cov.CANDIDATE), evidential_cov.main)]
+            + [(name, rounds.ROUNDS[name][:2],
                 lambda files, name=name: rounds.main([name, *files])) for name in rounds.ROUNDS]):
-        rename = dict(zip(written, (evidential_cov.TODAY, candidate)))
+        rename = dict(zip(written, names))
         for path in files[2:]:
             _write(path, [dict(r, wrapper=rename[r["wrapper"]])
                           for r in json.load(open(path))["rows"]])
-        written = (evidential_cov.TODAY, candidate)
+        written = names
         assert main(files[2:]) is False, round_name  # two fits, every goal tied
-        assert f"Verdict: {candidate!r} does not become" in capsys.readouterr().out
+        assert f"Verdict: {names[1]!r} does not become" in capsys.readouterr().out
 
 
 def test_shallow_forces_round_swaps_the_targets_roles(tmp_path, capsys):

@@ -61,7 +61,7 @@ value (``DISTANCE_KEY``), and r is the largest of the three ratios. That is the
 default since 2026-12-05: on the evidential head's 25 fits of the shift
 benchmark it met the energy goal on one more (Ni₃Cu base model 2's vacancies
 0.825 → 1.000), lost none and left the in-distribution NLL alone
-(``benchmarks/evidential_rounds.py range``, docs/shift.md).
+(``benchmarks/rounds.py range``, docs/shift.md).
 
 That bound holds for every calibrated std, widened or not: a plain
 recalibration (a power law, a scalar) maps a raw std far beyond the data to
