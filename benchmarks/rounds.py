@@ -15,7 +15,8 @@ the verdict.
   ("The evidential head's energies with a Student-t"; ``evidential_t_*.json``;
   adopted: a later run names the baseline "EvidentialHead (scalar energies)").
 * ``latent-t``: latent distance's energies with the same Student-t ("Latent
-  distance's energies with a Student-t"; ``latent_t_*.json``).
+  distance's energies with a Student-t"; ``latent_t_*.json``; adopted: a later run
+  names the baseline "LatentDistance (scalar energies)").
 
     python benchmarks/rounds.py range benchmarks/results/evidential_range_*.json
     python benchmarks/rounds.py map benchmarks/results/evidential_map_*.json
@@ -38,7 +39,7 @@ ROUNDS = {"range": (HEAD, "EvidentialHead (term's own range)",
                   "the head's default"),
           "t": (HEAD, "EvidentialHead (t energies)", "EvidentialHead (scalar energies)",
                 "the head's default"),
-          "latent-t": (LATENT, "LatentDistance (t energies)", None,
+          "latent-t": (LATENT, "LatentDistance (t energies)", "LatentDistance (scalar energies)",
                        "latent distance's default")}
 
 

@@ -134,8 +134,9 @@ MODEL = {
 TRAIN = dict(batch_size=8, lr=2e-3, forces_weight=100.0, patience=1000, lr_patience=12,
              progress=False, refit_references=False)
 #: "default": ``calibrate(val)`` with the wrapper's own default (every wrapper: a Student-t
-#: for the forces; for the energies a Student-t for committees, a scalar factor for the
-#: single models; "scalar" was the single models' default before), which scales
+#: for the forces; for the energies a Student-t for committees, the evidential head and
+#: latent distance, a scalar factor for LLPR; "scalar" was the single models' default
+#: before), which scales
 #: stds between structures (``structure_scaling``) and widens them beyond the calibration
 #: range (``default_extrapolation``); "no structure scaling" is that default with
 #: ``structure_scaling=False`` (the default before it existed), "no widening" with

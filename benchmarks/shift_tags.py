@@ -32,10 +32,11 @@ MOLECULES = ("ethanol", "acac")
 #: and a latent-distance term's variance, the evidential head's term chooses its
 #: held-out covariance on both halves of val (two rounds on 25 fits, docs/shift.md);
 #: then the evidential head's widening reads its term's own range and its energies get a
-#: Student-t (two more rounds).
+#: Student-t (two more rounds); then latent distance's energies get the Student-t too.
 #: Their rows tagged before are from the earlier defaults, marked †.
 LATER_DEFAULTS = {"ShallowEnsemble": "2026-12-05, shallow energy term",
-                  "EvidentialHead": "2026-12-05, evidential t energies"}
+                  "EvidentialHead": "2026-12-05, evidential t energies",
+                  "LatentDistance": "2026-12-05, latent distance t energies"}
 
 
 def defaults_of(wrapper: str, system: str | None = None) -> str:

@@ -175,6 +175,9 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         # its energies calibrated as a committee's, a Student-t (ν ≤ 3) (a round, 2026-12-05)
         "LatentDistance (t energies)": lambda: default_method(
             LatentDistance(base).fit(train, val), COMMITTEE_CALIBRATION),
+        # and with the scalar energy factor (the default before, to 2026-12-05)
+        "LatentDistance (scalar energies)": lambda: default_method(
+            LatentDistance(base).fit(train, val), UQWrapper.default_calibration),
         "LatentDistance + LLPR": lambda: LatentDistance(base, combine=llpr()).fit(train, val),
         "LatentDistance + LLPR (refit mean)": lambda: LatentDistance(
             base, combine=refitted(False)).fit(train, val),

@@ -217,13 +217,13 @@ def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsy
     assert _fit(files, method, out) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     # every wrapper's default calibration: a Student-t predictive for the forces, and for
-    # the energies of committees and (since 2026-12-05) the evidential head
-    committee = method in ("shallow", "deep", "evidential")
-    energy = "student_t" if committee else "scalar"
+    # the energies of every wrapper but LLPR (the evidential head's and latent
+    # distance's since 2026-12-05)
+    energy = "scalar" if method == "llpr" else "student_t"
     assert f"energy {energy}, forces student_t per species on 5 structures" in printed
     assert "wrapper saved to" in printed
     assert "forces Student-t ν" in printed
-    assert ("energy Student-t ν" in printed) == committee
+    assert ("energy Student-t ν" in printed) == (energy == "student_t")
     # the widening beyond the calibration range, with the wrapper's default powers
     forces_p = 0.5 if method == "deep" else 0.75
     powers = "p = 1), "

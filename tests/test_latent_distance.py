@@ -231,15 +231,17 @@ def test_a_combination_calibrates_as_the_wrapper_it_extends(base, ethanol, fitte
                                                             tmp_path):
     """With a committee the combined energy variance stays mostly a K-member estimate
     (t-like z-scores): the default calibration is the committee's, a Student-t for
-    both targets; with LLPR, or alone, a scalar energy factor."""
+    both targets; with LLPR its scalar energy factor; alone, since 2026-12-05, the
+    committees' Student-t."""
     from mlipuq.uq import DeepEnsemble
 
     committee = LatentDistance(base, combine=DeepEnsemble(fitted_members))
     assert committee.default_calibration == DeepEnsemble.default_calibration
     assert committee.default_calibration["energy"] == "student_t"
     llpr = LastLayerLaplace(base, n_samples=0).fit(ethanol[:14])
-    for wrapper in (LatentDistance(base, combine=llpr), LatentDistance(base)):
-        assert wrapper.default_calibration == {"energy": "scalar", "forces": "student_t"}
+    assert LatentDistance(base, combine=llpr).default_calibration == {
+        "energy": "scalar", "forces": "student_t"}
+    assert LatentDistance(base).default_calibration == DeepEnsemble.default_calibration
     fitted = committee.fit(ethanol[:10], ethanol[10:14]).calibrate(ethanol[10:14])
     assert fitted.predict(ethanol[14:]).energy_dof is not None  # the t's ν
     fitted.save(tmp_path / "w.pt")

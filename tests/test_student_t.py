@@ -284,11 +284,11 @@ def test_committees_default_to_a_student_t_that_fixes_their_heavy_tails():
     t (ν 3) has a better held-out NLL than their scalar factor (measured −0.19 vs −0.12)."""
     from mlipuq.uq import DeepEnsemble, EvidentialHead, LatentDistance, ShallowEnsemble
 
-    # committees, and the evidential head (since 2026-12-05): a t for both targets
-    for cls in (DeepEnsemble, ShallowEnsemble, EvidentialHead):
+    # committees, the evidential head and latent distance (since 2026-12-05): a t for both
+    for cls in (DeepEnsemble, ShallowEnsemble, EvidentialHead, LatentDistance):
         assert cls.default_calibration == {"energy": "student_t", "forces": "student_t"}, cls
-    for cls in (LastLayerLaplace, LatentDistance):  # energies: one factor
-        assert cls.default_calibration == {"energy": "scalar", "forces": "student_t"}, cls
+    # LLPR's energies: one factor
+    assert LastLayerLaplace.default_calibration == {"energy": "scalar", "forces": "student_t"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         train, val, test = demo.system_data("cu_emt")

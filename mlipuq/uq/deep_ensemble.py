@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 #: the energies as for the forces, ν fitted with the default options' bound
 #: (``ROBUST_MAX_DOF``): their variances are estimates from a few members (the deep
 #: ensemble's energy ν fitted 2–6), and the bound holds up under shift
-#: (docs/shift.md#committee-energies); single models keep a scalar energy factor.
+#: (docs/shift.md#committee-energies). The evidential head and latent distance use it
+#: too since 2026-12-05 (their rounds in docs/shift.md); LLPR keeps a scalar energy factor.
 COMMITTEE_CALIBRATION = {"energy": "student_t", "forces": "student_t"}
 
 DEFAULT_MEMBERS = 5
