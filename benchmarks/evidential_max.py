@@ -23,7 +23,7 @@ import json
 import os
 import statistics
 
-from evidential_share import BOTH, counts, in_distribution_holds
+from evidential_share import BOTH, NLL_SLACK, counts, in_distribution_holds
 from structure_covariance import goals, mean, summary, worst
 
 TODAY = "EvidentialHead"
@@ -78,20 +78,28 @@ def table(entries: list[dict], today: str = TODAY, candidate: str = CANDIDATE,
               f"| {pair(lambda x: x['force_miscal'], 3)} |")
 
 
-def rule_holds(entries: list[dict], today: str, candidate: str, label: str) -> bool:
+def rule_holds(entries: list[dict], today: str, candidate: str, label: str,
+               target: str = "energy") -> bool:
     """Print both wrappers' goal counts (``candidate``'s as ``label``) and
     in-distribution summaries; whether the rounds' rule holds for ``candidate``: (a)
-    more energy goals and at least as many force goals, (b) and (c)
-    (:func:`~evidential_share.in_distribution_holds`)."""
+    more goals of ``target`` and at least as many of the other, (b) and (c)
+    (:func:`~evidential_share.in_distribution_holds`); for ``target="forces"`` (c)
+    also caps the median in-distribution force NLL."""
     old, new = counts(entries, today), counts(entries, candidate)
     print(f"\n{len(entries)} fits. Force goal / energy goal / both met: default "
           f"{old[0]} / {old[1]} / {old[2]}; {label} {new[0]} / {new[1]} / {new[2]}")
+    median = {name: {key: statistics.median(e[name][key] for e in entries)
+                     for key in ("energy_nll", "force_nll")} for name in (today, candidate)}
     for name in (today, candidate):
-        print(f"  {name}: median in-dist E NLL "
-              f"{statistics.median(e[name]['energy_nll'] for e in entries):.3f}, largest "
-              f"in-dist F miscal {max(e[name]['force_miscal'] for e in entries):.3f}")
-    return (new[1] > old[1] and new[0] >= old[0]
-            and in_distribution_holds(entries, candidate, today))
+        force_nll = f", F NLL {median[name]['force_nll']:.3f}" if target == "forces" else ""
+        print(f"  {name}: median in-dist E NLL {median[name]['energy_nll']:.3f}{force_nll}, "
+              f"largest in-dist F miscal {max(e[name]['force_miscal'] for e in entries):.3f}")
+    if target == "energy":
+        more = new[1] > old[1] and new[0] >= old[0]
+    else:
+        more = (new[0] > old[0] and new[1] >= old[1] and median[candidate]["force_nll"]
+                <= median[today]["force_nll"] + NLL_SLACK)
+    return more and in_distribution_holds(entries, candidate, today)
 
 
 def report(counted: list[dict], extra: list[dict]) -> None:

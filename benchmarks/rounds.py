@@ -1,6 +1,7 @@
-"""The single models' rounds of 2026-12-05 after the evidential head's covariance
+"""The rounds of 2026-12-05 after the evidential head's covariance
 (``benchmarks/evidential_cov.py``), each with the rule of
-``benchmarks/shallow_energy.py``, fixed before its runs (``docs/shift.md``): per fit
+``benchmarks/shallow_energy.py`` (the force rounds: of ``benchmarks/shallow_forces.py``),
+fixed before its runs (``docs/shift.md``): per fit
 today's default beside the round's candidate (both rows of one ``shift.py`` run), and
 the verdict.
 
@@ -17,11 +18,19 @@ the verdict.
 * ``latent-t``: latent distance's energies with the same Student-t ("Latent
   distance's energies with a Student-t"; ``latent_t_*.json``; adopted: a later run
   names the baseline "LatentDistance (scalar energies)").
+* ``forces-shallow``, ``forces-head``, ``forces-deep``: the forces widened beyond the
+  calibration range with the energies' power, r ** 1 ("The forces widened as the
+  energies", ``forces_{shallow,head,deep}_*.json``), for the shallow ensemble, the
+  evidential head and the deep ensemble; the rule with the targets' roles swapped
+  (``benchmarks/shallow_forces.py``).
 
     python benchmarks/rounds.py range benchmarks/results/evidential_range_*.json
     python benchmarks/rounds.py map benchmarks/results/evidential_map_*.json
     python benchmarks/rounds.py t benchmarks/results/evidential_t_*.json
     python benchmarks/rounds.py latent-t benchmarks/results/latent_t_*.json
+    python benchmarks/rounds.py forces-shallow benchmarks/results/forces_shallow_*.json
+    python benchmarks/rounds.py forces-head benchmarks/results/forces_head_*.json
+    python benchmarks/rounds.py forces-deep benchmarks/results/forces_deep_*.json
 """
 
 from __future__ import annotations
@@ -29,8 +38,10 @@ from __future__ import annotations
 import argparse
 
 import shallow_energy
+import shallow_forces
 
 HEAD, LATENT = "EvidentialHead", "LatentDistance"
+SHALLOW, DEEP = "ShallowEnsemble", "DeepEnsemble (3)"
 #: Per round: today's default row, the candidate's row, the baseline's name in runs
 #: made after the candidate became the default (None: not adopted), and whose default.
 ROUNDS = {"range": (HEAD, "EvidentialHead (term's own range)",
@@ -41,15 +52,23 @@ ROUNDS = {"range": (HEAD, "EvidentialHead (term's own range)",
                 "the head's default"),
           "latent-t": (LATENT, "LatentDistance (t energies)", "LatentDistance (scalar energies)",
                        "latent distance's default")}
+#: Rounds whose rule has the targets' roles swapped (more force goals): the same fields.
+FORCE_ROUNDS = {
+    "forces-shallow": (SHALLOW, f"{SHALLOW} (forces widened r¹)", None,
+                       "the shallow ensemble's default"),
+    "forces-head": (HEAD, f"{HEAD} (forces widened r¹)", None, "the head's default"),
+    "forces-deep": (DEEP, f"{DEEP} (forces widened r¹)", None, "the deep ensemble's default")}
 
 
 def main(argv=None) -> bool:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("round", choices=sorted(ROUNDS))
+    parser.add_argument("round", choices=sorted({**ROUNDS, **FORCE_ROUNDS}))
     parser.add_argument("files", nargs="+", help="the round's shift.py outputs (*.json)")
     args = parser.parse_args(argv)
-    today, candidate, before, what = ROUNDS[args.round]
-    return shallow_energy.run(args.files, today, candidate, what, before)
+    forces = args.round in FORCE_ROUNDS
+    today, candidate, before, what = (FORCE_ROUNDS if forces else ROUNDS)[args.round]
+    return (shallow_forces if forces else shallow_energy).run(args.files, today, candidate,
+                                                             what, before)
 
 
 if __name__ == "__main__":

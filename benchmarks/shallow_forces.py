@@ -16,44 +16,46 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from evidential_max import table
-from evidential_share import NLL_SLACK, counts, in_distribution_holds
+from evidential_max import rule_holds, table
 from shallow_energy import OUTSIDE, fits
 
 TODAY = "ShallowEnsemble"
 CANDIDATE = "ShallowEnsemble (forces: larger of two variances)"
 
 
-def verdict(entries: list[dict]) -> bool:
-    """Print the counts and in-distribution medians; whether the rule holds."""
-    old, new = counts(entries, TODAY), counts(entries, CANDIDATE)
-    print(f"\n{len(entries)} fits. Force goal / energy goal / both met: default "
-          f"{old[0]} / {old[1]} / {old[2]}; candidate {new[0]} / {new[1]} / {new[2]}")
-    medians = {name: {key: statistics.median(e[name][key] for e in entries)
-                      for key in ("energy_nll", "force_nll")} for name in (TODAY, CANDIDATE)}
-    for name in (TODAY, CANDIDATE):
-        print(f"  {name}: median in-dist E NLL {medians[name]['energy_nll']:.3f}, F NLL "
-              f"{medians[name]['force_nll']:.3f}, largest in-dist F miscal "
-              f"{max(e[name]['force_miscal'] for e in entries):.3f}")
-    forces_ok = medians[CANDIDATE]["force_nll"] <= medians[TODAY]["force_nll"] + NLL_SLACK
-    return (new[0] > old[0] and new[1] >= old[1] and forces_ok
-            and in_distribution_holds(entries, CANDIDATE, TODAY))
+def verdict(entries: list[dict], today: str = TODAY, candidate: str = CANDIDATE) -> bool:
+    """Print the counts, the in-distribution medians and the median change of the mean
+    force std ÷ MAE under shift (sharpness, not in the rule); whether the rule holds."""
+    ok = rule_holds(entries, today, candidate, "candidate", target="forces")
+
+    def sharpness(e, name):
+        shifts = e[name]["shifts"].values()
+        return statistics.mean(x["force_std_over_mae"] for x in shifts)
+    ratios = [sharpness(e, candidate) / sharpness(e, today) for e in entries]
+    print(f"  mean shift force std÷MAE, candidate ÷ default: median "
+          f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}–{max(ratios):.3f})")
+    return ok
+
+
+def run(files, today: str = TODAY, candidate: str = CANDIDATE,
+        what: str = "the shallow ensemble's default", before: str | None = None) -> bool:
+    """The round over ``files``: counted fits, the verdict, then those of ``OUTSIDE``."""
+    entries = fits(files, today, candidate, before)
+    counted = [e for e in entries if e["system"] not in OUTSIDE]
+    table(counted, today, candidate, "default → candidate")
+    ok = verdict(counted, today, candidate)
+    print(f"Verdict: {candidate!r} {'becomes' if ok else 'does not become'} {what}.")
+    extra = [e for e in entries if e["system"] in OUTSIDE]
+    if extra:
+        print("\nOutside the round (not counted):\n")
+        table(extra, today, candidate, "default → candidate")
+    return ok
 
 
 def main(argv=None) -> bool:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", help="shallow_forces_*.json")
-    entries = fits(parser.parse_args(argv).files, TODAY, CANDIDATE, None)
-    counted = [e for e in entries if e["system"] not in OUTSIDE]
-    table(counted, TODAY, CANDIDATE, "default → candidate")
-    ok = verdict(counted)
-    print(f"Verdict: {CANDIDATE!r} {'becomes' if ok else 'does not become'} the shallow "
-          "ensemble's default.")
-    extra = [e for e in entries if e["system"] in OUTSIDE]
-    if extra:
-        print("\nOutside the round (not counted):\n")
-        table(extra, TODAY, CANDIDATE, "default → candidate")
-    return ok
+    return run(parser.parse_args(argv).files)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,10 @@ def term_refitted(head, train, val, covariance="held-out", share=None, combinati
     return head
 
 
+#: The widening's powers of the forces' round (2026-12-05): the forces' as the energies'.
+WIDER_FORCES = {"energy": 1.0, "forces": 1.0}
+
+
 def calibrated_with(wrapper, **fixed):
     """``wrapper``, its ``calibrate`` always given the recalibration options ``fixed``
     (over those of the call; the rest as given)."""
@@ -206,6 +210,9 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         "ShallowEnsemble (larger energy variance)": lambda: shallow("max"),
         # the force term fitted apart, the larger of two force variances (a round, 2026-12-05)
         "ShallowEnsemble (forces: larger of two variances)": forces_apart,
+        # its forces widened with the energies' power, r ** 1 (a round, 2026-12-05)
+        "ShallowEnsemble (forces widened r¹)": lambda: calibrated_with(
+            shallow(), extrapolation=WIDER_FORCES),
         "LatentDistance + ShallowEnsemble": lambda: LatentDistance(
             base, combine=heads_alone()).fit(train, val),
         # the latent term for the forces only, the heads' energy variance alone: what the
@@ -245,6 +252,9 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         # and with the scalar energy factor (the default before, to 2026-12-05)
         "EvidentialHead (scalar energies)": lambda: default_method(
             evidential(), UQWrapper.default_calibration),
+        # its forces widened with the energies' power, r ** 1 (a round, 2026-12-05)
+        "EvidentialHead (forces widened r¹)": lambda: calibrated_with(
+            evidential(), extrapolation=WIDER_FORCES),
         # distances to the head's own fitting half of val (the default before `reference`)
         "EvidentialHead (head-data reference)": refitted_term,
         # and the term's energies as sums of independent atoms (the default before that)
@@ -252,6 +262,9 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         "EvidentialHead (no distance)": lambda: earlier(False),
         "EvidentialHead (unbounded, before)": lambda: earlier(True),
         f"DeepEnsemble ({len(models)})": lambda: DeepEnsemble(models),
+        # its forces widened with the energies' power, r ** 1 (a round, 2026-12-05)
+        f"DeepEnsemble ({len(models)}) (forces widened r¹)": lambda: calibrated_with(
+            DeepEnsemble(models), extrapolation=WIDER_FORCES),
         f"DeepEnsemble ({len(models)}, not recentred, before)": lambda: NotRecentred(models),
     }
     return {name: make() for name, make in factories.items()

@@ -37,7 +37,8 @@ NLL_TOLERANCE = 0.001  # nats (the rule's "no worse")
 
 def summary(rows: list[dict]) -> dict:
     """Per wrapper: in-distribution energy NLL and coverage, per shift the energy and
-    force coverage, the energy NLL and the mean energy std over the MAE."""
+    force coverage, the energy NLL and the mean energy std over the MAE (and the mean
+    force std over the force MAE)."""
     out = {}
     for r in rows:
         entry = out.setdefault(r["wrapper"], {"shifts": {}})
@@ -48,7 +49,8 @@ def summary(rows: list[dict]) -> dict:
             entry["shifts"][r["split"]] = {
                 "energy_cov95": r["energy_cov95"], "force_cov95": r["force_cov95"],
                 "energy_nll": r["energy_nll"],
-                "std_over_mae": r["energy_std_per_atom"] / r["energy_mae_per_atom"]}
+                "std_over_mae": r["energy_std_per_atom"] / r["energy_mae_per_atom"],
+                "force_std_over_mae": r["force_std"] / r["force_mae"]}
     return out
 
 

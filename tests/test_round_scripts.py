@@ -24,7 +24,8 @@ def _rows(system, wrapper, e_cov, f_cov=0.95, nll=-2.0, miscal=0.02, method="def
     rows = [{**common, "split": "in distribution", "energy_nll": nll, "energy_cov95": 0.95,
              "force_nll": -1.0, "force_miscal": miscal, "force_cov95": 0.95},
             {**common, "split": "surface", "energy_cov95": e_cov, "force_cov95": f_cov,
-             "energy_nll": 1.0, "energy_std_per_atom": 2.0, "energy_mae_per_atom": 1.0}]
+             "energy_nll": 1.0, "energy_std_per_atom": 2.0, "energy_mae_per_atom": 1.0,
+             "force_std": 0.2, "force_mae": 0.1}]
     if extra_split:
         rows.append({**rows[1], "split": extra_split, "energy_cov95": 0.1, "force_cov95": 0.1})
     return rows
@@ -134,13 +135,13 @@ def test_shallow_energy_round_verdict_and_baseline_after_adoption(tmp_path, caps
                for r in json.load(open(files[1]))["rows"]]
     _write(files[1], renamed + [dict(r, wrapper=today) for r in renamed if r["wrapper"] == new])
     assert shallow_energy.fits(files[1:2])[0][today]["shifts"]["surface"]["energy_cov95"] == 0.5
-    # the single models' rounds apply the same rule to their own rows
+    # the later rounds apply the same rule (the force rounds: swapped) to their own rows
     (evidential_cov, rounds) = benchmark_modules("evidential_cov", "rounds")
     written = (today, new)  # the rows' names in the files, default then candidate
     for round_name, names, main in (
             [("cov", (evidential_cov.TODAY, evidential_cov.CANDIDATE), evidential_cov.main)]
-            + [(name, rounds.ROUNDS[name][:2],
-                lambda files, name=name: rounds.main([name, *files])) for name in rounds.ROUNDS]):
+            + [(name, names[:2], lambda files, name=name: rounds.main([name, *files]))
+               for name, names in {**rounds.ROUNDS, **rounds.FORCE_ROUNDS}.items()]):
         rename = dict(zip(written, names))
         for path in files[2:]:
             _write(path, [dict(r, wrapper=rename[r["wrapper"]])
@@ -165,9 +166,13 @@ def test_shallow_forces_round_swaps_the_targets_roles(tmp_path, capsys):
             _write(tmp_path / f"shallow_forces_s{k}.json", rows)
         return sorted(str(p) for p in tmp_path.glob("*.json"))
 
-    files = write(lambda system, f: _rows(system, new, 0.95, f_cov=f))
+    files = write(lambda system, f: [dict(r, force_std=0.3 if system == "s0" else 0.2)
+                                     for r in _rows(system, new, 0.95, f_cov=f)])
     assert shallow_forces.main(files) is True
-    assert "default 2 / 3 / 2; candidate 3 / 3 / 3" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "default 2 / 3 / 2; candidate 3 / 3 / 3" in out
+    # sharpness under shift, reported beside the rule: one fit's force stds × 1.5
+    assert "candidate ÷ default: median 1.000 (range 1.000–1.500)" in out
     worse = write(lambda system, f: [dict(r, force_nll=r.get("force_nll", 0) + 0.2)
                                      for r in _rows(system, new, 0.95, f_cov=f)])
     assert shallow_forces.main(worse) is False
