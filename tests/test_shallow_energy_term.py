@@ -118,7 +118,8 @@ def test_force_combination_max_is_the_larger_of_the_two_fitted_apart(base_model,
     """``force_combination="max"``: the force term is the energy term's fit (one object),
     σ²_F = max(λ_F σ²_heads, LatentDistance's force variance) with λ_F the heads' own
     likelihood scale on val (hand-computed); energies as the default's; members stretched;
-    the option survives save and load (and is absent from the default's config)."""
+    the option survives save and load, the one term saved once (and the option is absent
+    from the default's config)."""
     train, val = data
     _, default = pair
     ensemble = ShallowEnsemble(base_model, n_heads=8, force_combination="max").fit(
@@ -143,9 +144,12 @@ def test_force_combination_max_is_the_larger_of_the_two_fitted_apart(base_model,
     ensemble.save(path)
     loaded = load_wrapper(path)
     assert loaded.force_combination == "max" and "force_combination" in loaded.config()
+    assert loaded.distance_ is loaded.energy_distance_
+    assert "energy_distance" not in ensemble._get_state()
     assert "force_combination" not in default.config() and "force_combination" in repr(loaded)
-    np.testing.assert_allclose(loaded.predict(val, **RAW).forces_var,
-                               ensemble.predict(val, **RAW).forces_var, rtol=1e-12)
+    for target in ("forces_var", "energy_var"):
+        np.testing.assert_allclose(getattr(loaded.predict(val, **RAW), target),
+                                   getattr(ensemble.predict(val, **RAW), target), rtol=1e-12)
     with pytest.raises(ValueError, match="force_combination must be one of"):
         ShallowEnsemble(base_model, force_combination="larger")
     alone = ShallowEnsemble(base_model, distance=None, force_combination="max")

@@ -571,7 +571,9 @@ class ShallowEnsemble(UQWrapper):
             state["direct_readout_weight"] = self._direct_readout_weight
         if self.distance_ is not None:
             state["distance"] = self.distance_._get_state()
-        if self.energy_distance_ is not None:
+        if self.energy_distance_ is self.distance_ is not None:  # force_combination="max"
+            state["energy_distance_shared"] = True  # one term, saved once
+        elif self.energy_distance_ is not None:
             state["energy_distance"] = self.energy_distance_._get_state()
         return state
 
@@ -593,5 +595,7 @@ class ShallowEnsemble(UQWrapper):
             self.model, self.distance, term, structure_covariance=(
                 "held-out" if self.force_combination == "max" else "ledoit-wolf"))
         term = state.get("energy_distance")  # absent in files saved before the energy term
-        self.energy_distance_ = None if term is None else load_distance_term(
-            self.model, self.distance or "mahalanobis", term, structure_covariance="held-out")
+        self.energy_distance_ = self.distance_ if state.get("energy_distance_shared") else (
+            None if term is None else load_distance_term(
+                self.model, self.distance or "mahalanobis", term,
+                structure_covariance="held-out"))
