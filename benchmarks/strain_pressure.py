@@ -37,7 +37,10 @@ STRAINED = "strained 300 K"
 
 def strain_from(cell0: np.ndarray, cell: np.ndarray) -> np.ndarray:
     """The small strain ε (symmetric, 3×3) taking the rows of ``cell0`` to ``cell``
-    (ASE's convention, cell = cell0 (I + ε))."""
+    (ASE's convention, cell = cell0 (I + ε)). Not the strain term's measure:
+    ``mlipuq.calibration.strain.green_lagrange`` is the finite (Green–Lagrange) strain,
+    rotation invariant and matched up to a supercell; the two agree to first order in ε,
+    which is all this diagnosis's first-order energy error uses."""
     deformation = np.linalg.solve(cell0, cell)
     return 0.5 * (deformation + deformation.T) - np.eye(3)
 
