@@ -22,7 +22,9 @@ the verdict.
   calibration range with the energies' power, r ** 1 ("The forces widened as the
   energies", ``forces_{shallow,head,deep}_*.json``), for the shallow ensemble, the
   evidential head and the deep ensemble; the rule with the targets' roles swapped
-  (``benchmarks/shallow_forces.py``).
+  (``benchmarks/shallow_forces.py``). ``forces-deep-0.75``: the deep ensemble's
+  forces widened by r ** 0.75, the grid's step between (its addendum,
+  ``forces_deep75_*.json``).
 
     python benchmarks/rounds.py range benchmarks/results/evidential_range_*.json
     python benchmarks/rounds.py map benchmarks/results/evidential_map_*.json
@@ -31,6 +33,7 @@ the verdict.
     python benchmarks/rounds.py forces-shallow benchmarks/results/forces_shallow_*.json
     python benchmarks/rounds.py forces-head benchmarks/results/forces_head_*.json
     python benchmarks/rounds.py forces-deep benchmarks/results/forces_deep_*.json
+    python benchmarks/rounds.py forces-deep-0.75 benchmarks/results/forces_deep75_*.json
 """
 
 from __future__ import annotations
@@ -57,7 +60,9 @@ FORCE_ROUNDS = {
     "forces-shallow": (SHALLOW, f"{SHALLOW} (forces widened r¹)", None,
                        "the shallow ensemble's default"),
     "forces-head": (HEAD, f"{HEAD} (forces widened r¹)", None, "the head's default"),
-    "forces-deep": (DEEP, f"{DEEP} (forces widened r¹)", None, "the deep ensemble's default")}
+    "forces-deep": (DEEP, f"{DEEP} (forces widened r¹)", None, "the deep ensemble's default"),
+    "forces-deep-0.75": (DEEP, f"{DEEP} (forces widened r^0.75)", None,
+                         "the deep ensemble's default")}
 
 
 def main(argv=None) -> bool:

@@ -265,6 +265,9 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         # its forces widened with the energies' power, r ** 1 (a round, 2026-12-05)
         f"DeepEnsemble ({len(models)}) (forces widened r¹)": lambda: calibrated_with(
             DeepEnsemble(models), extrapolation=WIDER_FORCES),
+        # and with the widening grid's next step above its default (the round's addendum)
+        f"DeepEnsemble ({len(models)}) (forces widened r^0.75)": lambda: calibrated_with(
+            DeepEnsemble(models), extrapolation={"energy": 1.0, "forces": 0.75}),
         f"DeepEnsemble ({len(models)}, not recentred, before)": lambda: NotRecentred(models),
     }
     return {name: make() for name, make in factories.items()
