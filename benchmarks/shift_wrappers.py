@@ -45,8 +45,10 @@ WIDER_FORCES = {"energy": 1.0, "forces": 1.0}
 
 
 def calibrated_with(wrapper, **fixed):
-    """``wrapper``, its ``calibrate`` always given the recalibration options ``fixed``
-    (over those of the call; the rest as given)."""
+    """A copy of ``wrapper`` (the factories' cached wrappers are shared between rows),
+    its ``calibrate`` always given the recalibration options ``fixed`` (over those of
+    the call; the rest as given)."""
+    wrapper = wrapper.copy()
     calibrate = wrapper.calibrate
 
     def with_fixed(val, method=None, **options):
@@ -57,10 +59,12 @@ def calibrated_with(wrapper, **fixed):
 
 
 def default_method(wrapper, method: dict):
-    """``wrapper``, its default calibration method ``method`` (per target):
+    """A copy of ``wrapper`` (see :func:`calibrated_with`), its default calibration
+    method ``method`` (per target):
     ``COMMITTEE_CALIBRATION``, a Student-t for the energies too, or
     ``UQWrapper.default_calibration``, a scalar energy factor (the evidential head's
     before 2026-12-05)."""
+    wrapper = wrapper.copy()
     wrapper.default_calibration = dict(method)
     return wrapper
 
@@ -90,7 +94,7 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         calibrated as a committee's (a Student-t, ν ≤ 3) rather than by a scalar factor."""
         if not t_energies:
             return LastLayerLaplace(base, refit_mean=True).fit(train)
-        return default_method(refitted(False).copy(), COMMITTEE_CALIBRATION)
+        return default_method(refitted(False), COMMITTEE_CALIBRATION)
 
     @functools.cache
     def trained_shallow():
