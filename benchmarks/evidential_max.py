@@ -63,10 +63,12 @@ def fits(files, table_path: str = TABLE) -> tuple[list[dict], list[dict]]:
 
 
 def table(entries: list[dict], today: str = TODAY, candidate: str = CANDIDATE,
-          label: str = "default → max") -> None:
-    """Per fit, ``today``'s summary beside ``candidate``'s (a Markdown table)."""
+          label: str = "default → max", target: str = "energy") -> None:
+    """Per fit, ``today``'s summary beside ``candidate``'s (a Markdown table); the
+    sharpness column is ``target``'s (energy or forces)."""
+    sharp, key = ("F", "force_std_over_mae") if target == "forces" else ("E", "std_over_mae")
     print(f"| system | base model | worst shift E cover ({label}) | worst shift F cover "
-          "| in-dist E NLL | mean shift E std÷MAE | in-dist F miscal |")
+          f"| in-dist E NLL | mean shift {sharp} std÷MAE | in-dist F miscal |")
     print("|---|---|---|---|---|---|---|")
     for e in entries:
         def pair(value, digits):
@@ -74,7 +76,7 @@ def table(entries: list[dict], today: str = TODAY, candidate: str = CANDIDATE,
         print(f"| {e['system']} | {e['seed']} | {pair(lambda x: worst(x, 'energy_cov95'), 3)} "
               f"| {pair(lambda x: worst(x, 'force_cov95'), 3)} "
               f"| {pair(lambda x: x['energy_nll'], 2)} "
-              f"| {pair(lambda x: mean(x, 'std_over_mae'), 1)} "
+              f"| {pair(lambda x: mean(x, key), 1)} "
               f"| {pair(lambda x: x['force_miscal'], 3)} |")
 
 

@@ -18,6 +18,7 @@ import statistics
 
 from evidential_max import rule_holds, table
 from shallow_energy import OUTSIDE, fits
+from structure_covariance import mean
 
 TODAY = "ShallowEnsemble"
 CANDIDATE = "ShallowEnsemble (forces: larger of two variances)"
@@ -27,11 +28,8 @@ def verdict(entries: list[dict], today: str = TODAY, candidate: str = CANDIDATE)
     """Print the counts, the in-distribution medians and the median change of the mean
     force std ÷ MAE under shift (sharpness, not in the rule); whether the rule holds."""
     ok = rule_holds(entries, today, candidate, "candidate", target="forces")
-
-    def sharpness(e, name):
-        shifts = e[name]["shifts"].values()
-        return statistics.mean(x["force_std_over_mae"] for x in shifts)
-    ratios = [sharpness(e, candidate) / sharpness(e, today) for e in entries]
+    ratios = [mean(e[candidate], "force_std_over_mae") / mean(e[today], "force_std_over_mae")
+              for e in entries]
     print(f"  mean shift force std÷MAE, candidate ÷ default: median "
           f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}–{max(ratios):.3f})")
     return ok
@@ -42,13 +40,13 @@ def run(files, today: str = TODAY, candidate: str = CANDIDATE,
     """The round over ``files``: counted fits, the verdict, then those of ``OUTSIDE``."""
     entries = fits(files, today, candidate, before)
     counted = [e for e in entries if e["system"] not in OUTSIDE]
-    table(counted, today, candidate, "default → candidate")
+    table(counted, today, candidate, "default → candidate", "forces")
     ok = verdict(counted, today, candidate)
     print(f"Verdict: {candidate!r} {'becomes' if ok else 'does not become'} {what}.")
     extra = [e for e in entries if e["system"] in OUTSIDE]
     if extra:
         print("\nOutside the round (not counted):\n")
-        table(extra, today, candidate, "default → candidate")
+        table(extra, today, candidate, "default → candidate", "forces")
     return ok
 
 

@@ -77,8 +77,8 @@ def selected(wrapper: str, prefixes) -> bool:
 def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> dict:
     """Each wrapper (those ``prefixes`` select; ``only``: these names alone) fitted
     as its docs prescribe (the evidential head on held-out halves of val);
-    calibration happens per method afterwards. The trained heads (shallow ensemble, evidential head) are read
-    from and saved to the folder ``cache`` (None: none)."""
+    calibration happens per method afterwards. The trained heads (shallow ensemble,
+    evidential head) are read from and saved to the folder ``cache`` (None: none)."""
     base = models[0]
 
     def path(name):
