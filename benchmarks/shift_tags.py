@@ -32,10 +32,11 @@ MOLECULES = ("ethanol", "acac")
 #: and a latent-distance term's variance, the evidential head's term chooses its
 #: held-out covariance on both halves of val (two rounds on 25 fits, docs/shift.md);
 #: then the evidential head's widening reads its term's own range and its energies get a
-#: Student-t (two more rounds); then latent distance's energies get the Student-t too.
+#: Student-t (two more rounds); then latent distance's energies get the Student-t too,
+#: and the head's forces are widened by r ** 1.
 #: Their rows tagged before are from the earlier defaults, marked †.
 LATER_DEFAULTS = {"ShallowEnsemble": "2026-12-05, shallow energy term",
-                  "EvidentialHead": "2026-12-05, evidential t energies",
+                  "EvidentialHead": "2026-12-05, evidential forces widened r¹",
                   "LatentDistance": "2026-12-05, latent distance t energies"}
 
 
