@@ -63,7 +63,7 @@ FORCE_ROUNDS = {
     "forces-head": (HEAD, f"{HEAD} (forces widened r¹)", f"{HEAD} (forces widened r^0.75)",
                     "the head's default"),
     "forces-deep": (DEEP, f"{DEEP} (forces widened r¹)", None, "the deep ensemble's default"),
-    "forces-deep-0.75": (DEEP, f"{DEEP} (forces widened r^0.75)", None,
+    "forces-deep-0.75": (DEEP, f"{DEEP} (forces widened r^0.75)", f"{DEEP} (forces widened r^0.5)",
                          "the deep ensemble's default")}
 
 

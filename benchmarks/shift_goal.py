@@ -139,10 +139,16 @@ _SIX = {"force": {**dict.fromkeys(WRAPPERS, 0.75), "DeepEnsemble (3)": 0.5},
 #: The powers chosen on six systems (the defaults from 2026-12-02 to 2026-12-04, Pt and
 #: Ni₃Al run after them): the floors of the rounds on eight and on nine.
 SIX_SYSTEMS = _with_refit(_SIX)
-#: The powers chosen on nine systems (today's defaults, Ni₃Cu run after them): LLPR's
-#: energies raised to 1. The floors of a next round.
+#: The powers chosen on nine systems (the defaults to 2026-12-05, Ni₃Cu run after them):
+#: LLPR's energies raised to 1.
 NINE_SYSTEMS = _with_refit({"force": _SIX["force"],
                             "energy": {**_SIX["energy"], "LastLayerLaplace": 1.0}})
+#: Today's powers: those of nine systems, the evidential head's forces raised to 1 and
+#: the deep ensemble's to 0.75 by the force rounds on 25 fits (2026-12-05,
+#: ``benchmarks/rounds.py forces-head``, ``forces-deep-0.75``). The floors of a next round.
+FORCE_ROUNDS = _with_refit({"force": {**_SIX["force"], "EvidentialHead": 1.0,
+                                      "DeepEnsemble (3)": 0.75},
+                            "energy": NINE_SYSTEMS["energy"]})
 #: The rounds of the choice: the systems whose rows count, the floors, and the
 #: markers of docs/shift.md its table goes between. Four: the default parts of
 #: shift.py (AgPd held out); six: with AgPd and Pt₃Ni (EMT Pt held out); eight: with

@@ -275,6 +275,9 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         # and with the widening grid's next step above its default (the round's addendum)
         f"DeepEnsemble ({len(models)}) (forces widened r^0.75)": lambda: calibrated_with(
             DeepEnsemble(models), extrapolation={"energy": 1.0, "forces": 0.75}),
+        # and by r ** 0.5 (the default before, to 2026-12-05)
+        f"DeepEnsemble ({len(models)}) (forces widened r^0.5)": lambda: calibrated_with(
+            DeepEnsemble(models), extrapolation={"energy": 1.0, "forces": 0.5}),
         f"DeepEnsemble ({len(models)}, not recentred, before)": lambda: NotRecentred(models),
     }
     return {name: make() for name, make in factories.items()

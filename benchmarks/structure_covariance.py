@@ -50,7 +50,8 @@ def summary(rows: list[dict]) -> dict:
                 "energy_cov95": r["energy_cov95"], "force_cov95": r["force_cov95"],
                 "energy_nll": r["energy_nll"],
                 "std_over_mae": r["energy_std_per_atom"] / r["energy_mae_per_atom"],
-                "force_std_over_mae": r["force_std"] / r["force_mae"]}
+                **({"force_std_over_mae": r["force_std"] / r["force_mae"]}
+                   if "force_mae" in r else {})}  # absent in rows of early runs
     return out
 
 
@@ -93,8 +94,8 @@ def refit_round(files, before_path: str) -> bool:
     candidate qualifies."""
     before_rows = [r for r in json.load(open(before_path))["rows"]
                    if r["method"] == "default" and not r.get("refit_references", False)]
-    print("| system | base model | wrapper | in-dist E NLL (before → refit → candidate) | worst shift E "
-          "cover | worst shift F cover | mean shift E std÷MAE | candidate in-dist F miscal |")
+    print("| system | base model | wrapper | in-dist E NLL (before → refit → candidate) "
+          "| worst shift E cover | worst shift F cover | mean shift E std÷MAE | candidate in-dist F miscal |")
     print("|---|---|---|---|---|---|---|---|")
     counts = {name: {"before": [0, 0], "refit": [0, 0], "candidate": [0, 0], "nll": True,
                      "miscal": True, "systems": 0} for name in PAIRS}

@@ -225,7 +225,7 @@ def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsy
     assert "forces Student-t ν" in printed
     assert ("energy Student-t ν" in printed) == (energy == "student_t")
     # the widening beyond the calibration range, with the wrapper's default powers
-    forces_p = {"deep": 0.5, "evidential": 1}.get(method, 0.75)
+    forces_p = 1 if method == "evidential" else 0.75
     powers = "p = 1), "
     assert "beyond calibration" in printed and powers in printed
     assert f"(RMS force, p = {forces_p:g})" in printed

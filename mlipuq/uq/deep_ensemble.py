@@ -366,8 +366,12 @@ class DeepEnsemble(UQWrapper):
     #: models' stds (Cu3Au vacancy clusters: r = 63, theirs 3-24), yet not as fast as
     #: their errors there (force coverage 0.51 unwidened): forces widened by r ** 0.5;
     #: energies by r ** 1 (the EMT Pt₃Ni strained cells: 0.47 with r ** 0.25)
-    #: (chosen on the shift benchmark: mlipuq.calibration.extrapolation, docs/shift.md)
-    default_extrapolation = {"energy": 1.0, "forces": 0.5}
+    #: (chosen on the shift benchmark: mlipuq.calibration.extrapolation, docs/shift.md);
+    #: forces by r ** 0.75 since 2026-12-05 (the widening rule's smallest power that met
+    #: the force goal on its 11 fits: Cu3Au's 900 K bulk 0.898 -> 0.920; the price, the
+    #: mean force std ÷ MAE under shift ×2.1 in median; docs/shift.md, "The forces widened
+    #: as the energies")
+    default_extrapolation = {"energy": 1.0, "forces": 0.75}
 
     def calibrate(self, val, method: Optional[str] = None, *, recentre: bool = True,
                   **options) -> "DeepEnsemble":
