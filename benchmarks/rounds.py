@@ -22,8 +22,8 @@ the verdict.
   calibration range with the energies' power, r ** 1 ("The forces widened as the
   energies", ``forces_{shallow,head,deep}_*.json``), for the shallow ensemble, the
   evidential head and the deep ensemble; the rule with the targets' roles swapped
-  (``benchmarks/shallow_forces.py``); the head's adopted: a later run names the
-  baseline "EvidentialHead (forces widened r^0.75)". ``forces-deep-0.75``: the deep
+  (``benchmarks/shallow_forces.py``); the head's and the shallow ensemble's adopted: a
+  later run names the baseline "W (forces widened r^0.75)". ``forces-deep-0.75``: the deep
   ensemble's forces widened by r ** 0.75, the grid's step between (its addendum,
   ``forces_deep75_*.json``).
 
@@ -58,8 +58,8 @@ ROUNDS = {"range": (HEAD, "EvidentialHead (term's own range)",
                        "latent distance's default")}
 #: Rounds whose rule has the targets' roles swapped (more force goals): the same fields.
 FORCE_ROUNDS = {
-    "forces-shallow": (SHALLOW, f"{SHALLOW} (forces widened r¹)", None,
-                       "the shallow ensemble's default"),
+    "forces-shallow": (SHALLOW, f"{SHALLOW} (forces widened r¹)",
+                       f"{SHALLOW} (forces widened r^0.75)", "the shallow ensemble's default"),
     "forces-head": (HEAD, f"{HEAD} (forces widened r¹)", f"{HEAD} (forces widened r^0.75)",
                     "the head's default"),
     "forces-deep": (DEEP, f"{DEEP} (forces widened r¹)", None, "the deep ensemble's default"),

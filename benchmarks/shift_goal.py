@@ -143,11 +143,11 @@ SIX_SYSTEMS = _with_refit(_SIX)
 #: LLPR's energies raised to 1.
 NINE_SYSTEMS = _with_refit({"force": _SIX["force"],
                             "energy": {**_SIX["energy"], "LastLayerLaplace": 1.0}})
-#: Today's powers: those of nine systems, the evidential head's forces raised to 1 and
-#: the deep ensemble's to 0.75 by the force rounds on 25 fits (2026-12-05,
-#: ``benchmarks/rounds.py forces-head``, ``forces-deep-0.75``). The floors of a next round.
+#: Today's powers: those of nine systems, the evidential head's and the shallow
+#: ensemble's forces raised to 1 and the deep ensemble's to 0.75 by the force rounds on
+#: 25 fits (2026-12-05, ``benchmarks/rounds.py forces-*``). The floors of a next round.
 FORCE_ROUNDS = _with_refit({"force": {**_SIX["force"], "EvidentialHead": 1.0,
-                                      "DeepEnsemble (3)": 0.75},
+                                      "ShallowEnsemble": 1.0, "DeepEnsemble (3)": 0.75},
                             "energy": NINE_SYSTEMS["energy"]})
 #: The rounds of the choice: the systems whose rows count, the floors, and the
 #: markers of docs/shift.md its table goes between. Four: the default parts of

@@ -33,9 +33,10 @@ MOLECULES = ("ethanol", "acac")
 #: held-out covariance on both halves of val (two rounds on 25 fits, docs/shift.md);
 #: then the evidential head's widening reads its term's own range and its energies get a
 #: Student-t (two more rounds); then latent distance's energies get the Student-t too,
-#: and the head's forces are widened by r ** 1, the deep ensemble's by r ** 0.75.
+#: and the head's and the shallow ensemble's forces are widened by r ** 1, the deep
+#: ensemble's by r ** 0.75.
 #: Their rows tagged before are from the earlier defaults, marked †.
-LATER_DEFAULTS = {"ShallowEnsemble": "2026-12-05, shallow energy term",
+LATER_DEFAULTS = {"ShallowEnsemble": "2026-12-05, shallow forces widened r¹",
                   "EvidentialHead": "2026-12-05, evidential forces widened r¹",
                   "LatentDistance": "2026-12-05, latent distance t energies",
                   "DeepEnsemble (3)": "2026-12-05, deep forces widened r^0.75"}

@@ -118,7 +118,7 @@ def add_parsers(subparsers) -> None:
                      help="a structure whose energy or force std exceeds the largest of "
                           "the --val structures by a ratio r gets its calibrated stds "
                           "widened by r to this power (0: do not widen; default: the "
-                          "wrapper's default_extrapolation: forces 0.75 (evidential 1), "
+                          "wrapper's default_extrapolation: forces 0.75 (evidential, shallow 1), "
                           "energies 1; docs/calibration.md)")
     fit.add_argument("--no-structure-scaling", dest="structure_scaling", action="store_false",
                      help="do not fit how stds scale between atoms and structures on --val "

@@ -225,7 +225,7 @@ def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsy
     assert "forces Student-t ν" in printed
     assert ("energy Student-t ν" in printed) == (energy == "student_t")
     # the widening beyond the calibration range, with the wrapper's default powers
-    forces_p = 1 if method == "evidential" else 0.75
+    forces_p = 1 if method in ("evidential", "shallow") else 0.75
     powers = "p = 1), "
     assert "beyond calibration" in printed and powers in printed
     assert f"(RMS force, p = {forces_p:g})" in printed
@@ -560,8 +560,9 @@ def test_torchrun_predict_writes_the_single_process_file(files, tmp_path, capsys
     frames_1, *values_1 = _read(one)
     frames_2, *values_2 = _read(two)
     assert len(frames_2) == len(frames_1) == 5
-    for a, b in zip(values_1, values_2):
-        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
+    for a, b in zip(values_1, values_2):  # float32 models: the ranks' thread counts may
+        # differ from this process's (one energy moved by 9e-10 relative on a loaded machine)
+        np.testing.assert_allclose(b, a, rtol=1e-8, atol=1e-12)
 
     # an existing output is refused on every rank, and left as it is
     before = two.read_bytes()

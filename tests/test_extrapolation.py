@@ -241,14 +241,15 @@ def test_defaults_agree():
     from mlipuq.uq import EvidentialHead, LatentDistance
 
     # the powers chosen on the shift benchmark's nine systems (extrapolation.py), valid;
-    # the evidential head's forces r ** 1 and the deep ensemble's r ** 0.75 since their
-    # rounds (2026-12-05)
-    for cls in (ShallowEnsemble, LastLayerLaplace, LatentDistance, DeepEnsemble):
+    # the evidential head's and the shallow ensemble's forces r ** 1 and the deep
+    # ensemble's r ** 0.75 since their rounds (2026-12-05)
+    for cls in (LastLayerLaplace, LatentDistance, DeepEnsemble):
         assert check_power(cls.default_extrapolation) == {"energy": 1.0, "forces": 0.75}
-    assert check_power(EvidentialHead.default_extrapolation) == {"energy": 1.0, "forces": 1.0}
+    for cls in (EvidentialHead, ShallowEnsemble):
+        assert check_power(cls.default_extrapolation) == {"energy": 1.0, "forces": 1.0}
     # the help of `mlipuq fit --extrapolation` states them (it had gone stale twice)
     help_ = " ".join(next(a.help for a in fit._actions if a.dest == "extrapolation").split())
-    assert "forces 0.75 (evidential 1), energies 1;" in help_
+    assert "forces 0.75 (evidential, shallow 1), energies 1;" in help_
 
 
 def test_soft_cap_saturates_without_overflow_in_float32():

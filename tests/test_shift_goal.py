@@ -136,9 +136,10 @@ def test_the_powers_chosen_last_are_the_wrappers_defaults(shift_goal):
     raised = {("energy", name) for name in nine["energy"] if name.startswith("LastLayerLaplace")}
     assert {(target, name) for target, named in nine.items() for name, p in named.items()
             if shift_goal.SIX_SYSTEMS[target][name] != p} == raised
-    # the force rounds on 25 fits (2026-12-05) raised the head's and the deep ensemble's
+    # the force rounds on 25 fits (2026-12-05) raised the head's and both ensembles'
     assert {(target, name) for target, named in floors.items() for name, p in named.items()
             if nine[target][name] != p} == {("force", "EvidentialHead"),
+                                             ("force", "ShallowEnsemble"),
                                              ("force", "DeepEnsemble (3)")}
     classes = {"LastLayerLaplace": LastLayerLaplace, "LatentDistance": LatentDistance,
                "LatentDistance + LLPR": LatentDistance, "ShallowEnsemble": ShallowEnsemble,
