@@ -26,8 +26,9 @@ all of its force components by the same factor (a vacancy raises the energy
 std of a whole cell, a hot atom the force std of a few; either says the
 structure is new). LLPR's energy-only ``predict_energy`` sees the energy
 ratio alone. ``power`` is one per target, each wrapper's
-``default_extrapolation``: forces 0.75 (the evidential head's 1, since
-2026-12-05; the deep ensemble's 0.5 until then); energies 1 (every wrapper).
+``default_extrapolation``: forces 0.75 (the evidential head's and the shallow
+ensemble's 1 since 2026-12-05, the deep ensemble's 0.5 until then); energies 1
+(every wrapper).
 Each is the smallest power of the grid 0, 0.25,
 ..., 1 (not below the earlier default) at which that wrapper's 95 % intervals
 met the goal (forces ≥ 0.90, energies ≥ 0.85) on every shift that p = 1 mends
@@ -41,7 +42,8 @@ rule was applied to its rows rerun with reproducible heads, 2026-12-03),
 then on nine (with EMT Pt, Ni₃Al and Cu₃Pd; Cu₃Pd's surfaces raised
 LLPR's from 0.75 to 1, 2026-12-04), then for the forces on the 25 fits of the
 rounds of 2026-12-05 (Au₃Pd's and Cu₃Au's 900 K bulk raised the evidential
-head's to 1 and the deep ensemble's to 0.75; ``benchmarks/rounds.py forces-*``).
+head's and the shallow ensemble's to 1 and the deep ensemble's to 0.75;
+``benchmarks/rounds.py forces-*``).
 A stronger power costs sharpness where r is large (Cu at 1500 K).
 :class:`PredictionRecalibrator` used alone widens by ``DEFAULT_POWER``. The
 widened std saturates below ``BOUND_FACTOR``
