@@ -95,7 +95,8 @@ def refit_round(files, before_path: str) -> bool:
     before_rows = [r for r in json.load(open(before_path))["rows"]
                    if r["method"] == "default" and not r.get("refit_references", False)]
     print("| system | base model | wrapper | in-dist E NLL (before → refit → candidate) "
-          "| worst shift E cover | worst shift F cover | mean shift E std÷MAE | candidate in-dist F miscal |")
+          "| worst shift E cover | worst shift F cover | mean shift E std÷MAE "
+          "| candidate in-dist F miscal |")
     print("|---|---|---|---|---|---|---|---|")
     counts = {name: {"before": [0, 0], "refit": [0, 0], "candidate": [0, 0], "nll": True,
                      "miscal": True, "systems": 0} for name in PAIRS}
