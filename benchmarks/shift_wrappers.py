@@ -40,10 +40,6 @@ def term_refitted(head, train, val, covariance="held-out", share=None, combinati
     return head
 
 
-#: The widening's powers of the forces' round (2026-12-05): the forces' as the energies'.
-WIDER_FORCES = {"energy": 1.0, "forces": 1.0}
-
-
 def calibrated_with(wrapper, **fixed):
     """A copy of ``wrapper`` (the factories' cached wrappers are shared between rows),
     its ``calibrate`` always given the recalibration options ``fixed`` (over those of
@@ -56,6 +52,13 @@ def calibrated_with(wrapper, **fixed):
 
     wrapper.calibrate = with_fixed
     return wrapper
+
+
+def forces_widened(wrapper, power: float):
+    """A copy of ``wrapper`` (see :func:`calibrated_with`) whose forces are widened by
+    r ** ``power`` beyond the calibration range, its energies by r ** 1 (the force
+    rounds of 2026-12-05: r ** 1 the candidate, the other powers the baselines)."""
+    return calibrated_with(wrapper, extrapolation={"energy": 1.0, "forces": power})
 
 
 def default_method(wrapper, method: dict):
@@ -215,11 +218,9 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         # the force term fitted apart, the larger of two force variances (a round, 2026-12-05)
         "ShallowEnsemble (forces: larger of two variances)": forces_apart,
         # its forces widened with the energies' power, r ** 1 (a round, 2026-12-05)
-        "ShallowEnsemble (forces widened r¹)": lambda: calibrated_with(
-            shallow(), extrapolation=WIDER_FORCES),
+        "ShallowEnsemble (forces widened r¹)": lambda: forces_widened(shallow(), 1.0),
         # and by r ** 0.75 (the default before, to 2026-12-05)
-        "ShallowEnsemble (forces widened r^0.75)": lambda: calibrated_with(
-            shallow(), extrapolation={"energy": 1.0, "forces": 0.75}),
+        "ShallowEnsemble (forces widened r^0.75)": lambda: forces_widened(shallow(), 0.75),
         "LatentDistance + ShallowEnsemble": lambda: LatentDistance(
             base, combine=heads_alone()).fit(train, val),
         # the latent term for the forces only, the heads' energy variance alone: what the
@@ -260,11 +261,9 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         "EvidentialHead (scalar energies)": lambda: default_method(
             evidential(), UQWrapper.default_calibration),
         # its forces widened with the energies' power, r ** 1 (a round, 2026-12-05)
-        "EvidentialHead (forces widened r¹)": lambda: calibrated_with(
-            evidential(), extrapolation=WIDER_FORCES),
+        "EvidentialHead (forces widened r¹)": lambda: forces_widened(evidential(), 1.0),
         # and by r ** 0.75 (the default before, to 2026-12-05)
-        "EvidentialHead (forces widened r^0.75)": lambda: calibrated_with(
-            evidential(), extrapolation={"energy": 1.0, "forces": 0.75}),
+        "EvidentialHead (forces widened r^0.75)": lambda: forces_widened(evidential(), 0.75),
         # distances to the head's own fitting half of val (the default before `reference`)
         "EvidentialHead (head-data reference)": refitted_term,
         # and the term's energies as sums of independent atoms (the default before that)
@@ -273,14 +272,14 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         "EvidentialHead (unbounded, before)": lambda: earlier(True),
         f"DeepEnsemble ({len(models)})": lambda: DeepEnsemble(models),
         # its forces widened with the energies' power, r ** 1 (a round, 2026-12-05)
-        f"DeepEnsemble ({len(models)}) (forces widened r¹)": lambda: calibrated_with(
-            DeepEnsemble(models), extrapolation=WIDER_FORCES),
+        f"DeepEnsemble ({len(models)}) (forces widened r¹)": lambda: forces_widened(
+            DeepEnsemble(models), 1.0),
         # and with the widening grid's next step above its default (the round's addendum)
-        f"DeepEnsemble ({len(models)}) (forces widened r^0.75)": lambda: calibrated_with(
-            DeepEnsemble(models), extrapolation={"energy": 1.0, "forces": 0.75}),
+        f"DeepEnsemble ({len(models)}) (forces widened r^0.75)": lambda: forces_widened(
+            DeepEnsemble(models), 0.75),
         # and by r ** 0.5 (the default before, to 2026-12-05)
-        f"DeepEnsemble ({len(models)}) (forces widened r^0.5)": lambda: calibrated_with(
-            DeepEnsemble(models), extrapolation={"energy": 1.0, "forces": 0.5}),
+        f"DeepEnsemble ({len(models)}) (forces widened r^0.5)": lambda: forces_widened(
+            DeepEnsemble(models), 0.5),
         f"DeepEnsemble ({len(models)}, not recentred, before)": lambda: NotRecentred(models),
     }
     return {name: make() for name, make in factories.items()

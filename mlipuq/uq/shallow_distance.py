@@ -33,7 +33,8 @@ import torch
 
 from mlipuq import data as mdata
 from mlipuq.calibration.recalibrate import stretch_members
-from mlipuq.uq.distance_term import combine_variances, fit_distance_term, term_variances
+from mlipuq.uq.distance_term import (COMBINATIONS, combine_variances, fit_distance_term,
+                                     term_variances)
 
 __all__ = ["ENERGY_COMBINATIONS", "FORCE_COMBINATIONS", "check_energy_combination",
            "check_force_combination", "fit_terms", "with_terms"]
@@ -42,8 +43,9 @@ __all__ = ["ENERGY_COMBINATIONS", "FORCE_COMBINATIONS", "check_energy_combinatio
 #: larger of the two, fitted apart ("max").
 ENERGY_COMBINATIONS = (None, "max")
 #: How the force term joins the heads' force variance: the joint sum ("sum") or the
-#: larger of the two, fitted apart ("max": the term is then the energy term's fit).
-FORCE_COMBINATIONS = ("sum", "max")
+#: larger of the two, fitted apart ("max": the term is then the energy term's fit); the
+#: forms :func:`~mlipuq.uq.distance_term.combine_variances` implements.
+FORCE_COMBINATIONS = COMBINATIONS
 
 
 def check_energy_combination(value) -> Optional[str]:
