@@ -110,7 +110,7 @@ from mlipuq.data import concatenate
 from mlipuq.models import MiniMLIP
 from mlipuq.uq.base import UQWrapper
 from shift_cache import cache_folder, cached, with_drift, with_refit  # noqa: F401
-from shift_data import HELD_OUT, PART_SETS
+from shift_data import HELD_OUT, PART_SETS, UNSEEN_SEEDS, unseen_shifts
 from shift_goal import goal_table, widening_table
 from shift_tags import (  # noqa: F401 (the tags are read from here)
     DEFAULTS, EARLIER_DEFAULTS, LATER_DEFAULTS, MOLECULES, STRAIN_TERM, WRAPPER_DEFAULTS, current,
@@ -240,6 +240,9 @@ def wants_deep(args) -> bool:
 def run_part(part: str, args) -> list[dict]:
     print(f"{part}:", flush=True)
     train, val, tests = {**PART_SETS, **HELD_OUT}[part](args.quick)
+    if args.unseen:  # the in-distribution split, then the shift kinds no round saw
+        first = next(iter(tests))
+        tests = {first: tests[first], **unseen_shifts(train, UNSEEN_SEEDS[part], args.quick)}
     suffix, calib = "", val
     if args.frontier:
         # labelled structures from one shift (what active learning or MD harvesting
@@ -520,7 +523,14 @@ def main(argv=None) -> None:
     parser.add_argument("--strain-term", action=argparse.BooleanOptionalAction, default=True,
                         help="calibrate with the strain term (the default since 2026-12-05); "
                         "--no-strain-term: without, rows tagged so (to their own --out)")
+    parser.add_argument("--unseen", action="store_true",
+                        help="test on the shift kinds no round saw (EMT systems; "
+                        "docs/shift.md) instead of the system's own shifts (to their own --out)")
     args = parser.parse_args(argv)
+    if args.unseen and (os.path.abspath(args.out) == TABLE_OUT or args.frontier
+                        or set(args.parts) - set(UNSEEN_SEEDS)):
+        parser.error("--unseen: EMT systems only (" + ", ".join(UNSEEN_SEEDS) + "), no "
+                     "--frontier, rows to their own --out")
     if not args.strain_term and os.path.abspath(args.out) == TABLE_OUT:
         parser.error("--no-strain-term rows go to their own --out")
     if args.base_seed < 0:

@@ -248,6 +248,33 @@ def agau_sets(quick: bool) -> tuple[AtomsDataset, AtomsDataset, dict]:
                                ("AgAu", {"Ag": 0.5, "Au": 0.5}), 111, quick)
 
 
+def training_recipe(train: AtomsDataset) -> tuple[dict, tuple]:
+    """The composition ``{element: fraction}`` of ``train``'s first structure (the EMT
+    sets hold one stoichiometry per cell) and the sorted MD temperatures of its
+    structures (their ``info["temperature"]``)."""
+    symbols = train[0].get_chemical_symbols()
+    composition = {s: symbols.count(s) / len(symbols) for s in dict.fromkeys(symbols)}
+    temperatures = tuple(sorted({float(a.info["temperature"]) for a in train}))
+    return composition, temperatures
+
+
+def unseen_shifts(train: AtomsDataset, seed: int, quick: bool) -> dict:
+    """Shift kinds no round saw (docs/shift.md, "Shift kinds no round saw", fixed
+    before their run): for an EMT system trained on ``train``, bulk in 108-atom cells
+    (``size=3``) at its lowest training temperature, and (111) surfaces, vacancy
+    clusters and strained cells at 1.5 times its highest; 40 structures each (30
+    with ``quick``), seeds ``seed`` to ``seed + 3``."""
+    composition, temperatures = training_recipe(train)
+    low, hot = temperatures[0], 1.5 * temperatures[-1]
+    recipes = {f"bulk 108 atoms {low:g} K": ("bulk", low, 3),
+               f"surface {hot:g} K": ("surface", hot, 2),
+               f"vacancy clusters {hot:g} K": ("vacancy_cluster", hot, 2),
+               f"strained {hot:g} K": ("strained", hot, 2)}
+    return {name: datasets.emt(composition, n_structures=30 if quick else 40,
+                               temperatures=(t,), kinds=(kind,), seed=seed + k, size=size)
+            for k, (name, (kind, t, size)) in enumerate(recipes.items())}
+
+
 #: The systems in the order they were added: acac and the alloy after every default
 #: had been chosen on the first two (held out then; the alloy run once).
 PART_SETS = {"copper": copper_sets, "ethanol": ethanol_sets, "acac": acac_sets,
@@ -261,3 +288,6 @@ PART_SETS = {"copper": copper_sets, "ethanol": ethanol_sets, "acac": acac_sets,
 HELD_OUT = {"agpd": agpd_sets, "ptni": ptni_sets, "platinum": platinum_sets,
             "nial": nial_sets, "cupd": cupd_sets, "nicu": nicu_sets, "aupd": aupd_sets,
             "agau": agau_sets}
+#: The EMT systems :func:`unseen_shifts` serves, each with its seed (``shift.py --unseen``).
+UNSEEN_SEEDS = {part: 1000 + 10 * k for k, part in enumerate(
+    ("copper", "alloy", "agpd", "ptni", "platinum", "nial", "cupd", "nicu", "aupd", "agau"))}
