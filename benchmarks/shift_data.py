@@ -258,21 +258,26 @@ def training_recipe(train: AtomsDataset) -> tuple[dict, tuple]:
     return composition, temperatures
 
 
-def unseen_shifts(train: AtomsDataset, seed: int, quick: bool) -> dict:
+def unseen_recipes(temperatures: tuple) -> dict:
     """Shift kinds no round saw (docs/shift.md, "Shift kinds no round saw", fixed
-    before their run): for an EMT system trained on ``train``, bulk in 108-atom cells
-    (``size=3``) at its lowest training temperature, and (111) surfaces, vacancy
-    clusters and strained cells at 1.5 times its highest; 40 structures each (30
-    with ``quick``), seeds ``seed`` to ``seed + 3``."""
-    composition, temperatures = training_recipe(train)
+    before their run), ``name: (kind, temperature, size)`` for an EMT system trained
+    at ``temperatures`` (sorted): bulk in 108-atom cells (``size=3``) at the lowest,
+    and (111) surfaces, vacancy clusters and strained cells at 1.5 times the highest."""
     low, hot = temperatures[0], 1.5 * temperatures[-1]
-    recipes = {f"bulk 108 atoms {low:g} K": ("bulk", low, 3),
-               f"surface {hot:g} K": ("surface", hot, 2),
-               f"vacancy clusters {hot:g} K": ("vacancy_cluster", hot, 2),
-               f"strained {hot:g} K": ("strained", hot, 2)}
+    return {f"bulk 108 atoms {low:g} K": ("bulk", low, 3),
+            f"surface {hot:g} K": ("surface", hot, 2),
+            f"vacancy clusters {hot:g} K": ("vacancy_cluster", hot, 2),
+            f"strained {hot:g} K": ("strained", hot, 2)}
+
+
+def unseen_shifts(train: AtomsDataset, seed: int, quick: bool) -> dict:
+    """The EMT test sets of :func:`unseen_recipes` for the system trained on ``train``
+    (its composition and temperatures), 40 structures each (30 with ``quick``), seeds
+    ``seed`` to ``seed + 3``."""
+    composition, temperatures = training_recipe(train)
     return {name: datasets.emt(composition, n_structures=30 if quick else 40,
                                temperatures=(t,), kinds=(kind,), seed=seed + k, size=size)
-            for k, (name, (kind, t, size)) in enumerate(recipes.items())}
+            for k, (name, (kind, t, size)) in enumerate(unseen_recipes(temperatures).items())}
 
 
 #: The systems in the order they were added: acac and the alloy after every default
