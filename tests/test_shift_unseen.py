@@ -42,3 +42,30 @@ def test_unseen_refuses_what_it_does_not_serve(shift_data):
                  ["--unseen", "--parts", "copper", "--frontier", "5", "--out", "/tmp/x.json"]):
         with pytest.raises(SystemExit):
             shift.main(argv)
+
+
+def _row(system, split, f_cov, e_cov, f_std=2.0, wrapper="LastLayerLaplace", **extra):
+    return {"system": system, "wrapper": wrapper, "method": "default", "split": split,
+            "base_seed": 0, "refit_references": True, "force_cov95": f_cov,
+            "energy_cov95": e_cov, "force_std": f_std, "force_mae": 1.0,
+            "energy_std_per_atom": 3.0, "energy_mae_per_atom": 1.0, "force_nll": 0.0,
+            "energy_nll": 0.0, **extra}
+
+
+def test_the_check_counts_goals_and_names_the_worst_shift():
+    (unseen,) = benchmark_modules("shift_unseen")
+    rows = [_row("copper", "in distribution (300 K)", 0.5, 0.5),  # not a shift
+            _row("copper", "surface 450 K", 0.95, 0.84, f_std=4.0),
+            _row("alloy", "strained 450 K", 0.89, 0.90, f_std=6.0),
+            _row("alloy", "strained 450 K", 0.10, 0.10, method="scalar")]  # not default
+    table = [_row("copper", "bulk 600 K", 0.99, 0.99, f_std=1.0),
+             _row("ethanol", "highest energy", 0.99, 0.99, f_std=100.0)]  # other system
+    line = unseen.summary_table(unseen.default_rows(rows), table).splitlines()[2]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:6] == ["LastLayerLaplace", "2", "1", "1", "0.890 (alloy, strained 450 K)",
+                         "0.840 (copper, surface 450 K)"]
+    assert cells[6] == "5.0 / 1.0"  # median of 4 and 6 against copper's own shift
+    systems = unseen.system_table(unseen.default_rows(rows))
+    assert "| copper | 0.950 / 0.840 ✗ |" in systems and "| alloy | 0.890 ✗ / 0.900 |" in systems
+    gap = unseen.in_distribution_gap(rows, [_row("copper", "in distribution", 0.5, 0.25)])
+    assert gap == 0.25
