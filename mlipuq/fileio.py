@@ -75,7 +75,7 @@ def _feed(h, value: Any) -> None:
 CHECKSUM = "checksum"
 
 #: Current format version of each file kind (``payload["format"]``).
-CURRENT = {"mlipuq.model": 2, "mlipuq.uq": 2}
+CURRENT = {"mlipuq.model": 2, "mlipuq.uq": 3}
 
 CODE_HINT = (
     "mlipuq never unpickles code from a file. A model made by wrap() (or from_mace) is "
@@ -290,11 +290,19 @@ def _uq_1_to_2(payload: dict, path: str) -> dict:
     return payload
 
 
+def _uq_2_to_3(payload: dict, path: str) -> dict:
+    """Format 2 -> 3 of a UQ wrapper: nothing to translate (version 3 only adds the
+    shallow ensemble's shared energy term, which no version-2 file holds)."""
+    payload["format_version"] = 3
+    return payload
+
+
 #: ``(format, version) -> upgrade(payload, path)`` to the next version: the one
 #: place where old formats are translated. ``mlipuq.models.base`` registers the
 #: model upgrade (it dispatches to each model class's ``upgrade_config``).
 UPGRADES = {
     ("mlipuq.uq", 1): _uq_1_to_2,
+    ("mlipuq.uq", 2): _uq_2_to_3,
 }
 
 

@@ -357,9 +357,22 @@ def test_saved_files_get_the_usual_permissions(tmp_path):
 
 # ------------------------------------------------------ versioned formats
 def test_format_versions_and_upgrade_table():
-    assert models_base.FORMAT_VERSION == 2 and uq_base.FORMAT_VERSION == 2
-    assert fileio.CURRENT == {"mlipuq.model": 2, "mlipuq.uq": 2}
-    assert set(UPGRADES) == {("mlipuq.model", 1), ("mlipuq.uq", 1)}
+    assert models_base.FORMAT_VERSION == 2 and uq_base.FORMAT_VERSION == 3
+    assert fileio.CURRENT == {"mlipuq.model": 2, "mlipuq.uq": 3}
+    assert set(UPGRADES) == {("mlipuq.model", 1), ("mlipuq.uq", 1), ("mlipuq.uq", 2)}
+
+
+def test_version_2_wrapper_files_load_through_the_upgrade(tmp_path, data):
+    """A wrapper file at version 2 (what every wrapper but a shallow ensemble with a
+    shared energy term writes) reads back through the 2 -> 3 step unchanged."""
+    train, _, test = data
+    wrapper = LastLayerLaplace(_tiny(0)).fit(train)
+    path = tmp_path / "w.pt"
+    wrapper.save(path)
+    assert torch.load(path, weights_only=True)["format_version"] == 2
+    assert fileio.read_payload(path, format="mlipuq.uq", what="UQ")["format_version"] == 3
+    np.testing.assert_array_equal(mlipuq.uq.load(path).predict(test).energy_var,
+                                  wrapper.predict(test).energy_var)
 
 
 @pytest.mark.parametrize("name", ["llpr", "llpr_calibrated", "shallow", "evidential", "deep"])
@@ -373,7 +386,7 @@ def test_frozen_v1_wrappers_load_with_identical_predictions(tmp_path, data, name
     for key in reference.files:
         np.testing.assert_allclose(getattr(pred, key), reference[key], rtol=1e-12, atol=1e-12,
                                    err_msg=key)
-    # and re-saved at the current format, with a checksum
+    # and re-saved at version 2 (the lowest that holds them), with a checksum
     again = tmp_path / "again.pt"
     loaded.save(again)
     raw = torch.load(again, weights_only=True)

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import mlipuq
+from mlipuq import fileio
+from mlipuq.errors import FileFormatError
 from mlipuq.models import MiniMLIP
 from mlipuq.uq import LatentDistance, ShallowEnsemble
 from mlipuq.uq.base import load as load_wrapper
@@ -114,7 +117,8 @@ def test_energy_combination_is_checked(base_model):
 
 
 def test_force_combination_max_is_the_larger_of_the_two_fitted_apart(base_model, data,
-                                                                     pair, tmp_path):
+                                                                     pair, tmp_path,
+                                                                     monkeypatch):
     """``force_combination="max"``: the force term is the energy term's fit (one object),
     σ²_F = max(λ_F σ²_heads, LatentDistance's force variance) with λ_F the heads' own
     likelihood scale on val (hand-computed); energies as the default's; members stretched;
@@ -150,6 +154,13 @@ def test_force_combination_max_is_the_larger_of_the_two_fitted_apart(base_model,
     for target in ("forces_var", "energy_var"):
         np.testing.assert_allclose(getattr(loaded.predict(val, **RAW), target),
                                    getattr(ensemble.predict(val, **RAW), target), rtol=1e-12)
+    # saved at format 3: a version-2 reader (as mlipuq's before the shared term) refuses
+    # it by name rather than dropping the energy term; the default stays at version 2
+    assert torch.load(path, weights_only=True)["format_version"] == 3
+    assert default.payload()["format_version"] == 2
+    monkeypatch.setitem(fileio.CURRENT, "mlipuq.uq", 2)
+    with pytest.raises(FileFormatError, match="format version 3 is not supported"):
+        load_wrapper(path)
     with pytest.raises(ValueError, match="force_combination must be one of"):
         ShallowEnsemble(base_model, force_combination="larger")
     alone = ShallowEnsemble(base_model, distance=None, force_combination="max")

@@ -51,7 +51,11 @@ from mlipuq.uq.state_codec import (  # noqa: F401  (importable from here as befo
 log = logging.getLogger(__name__)
 
 FORMAT = "mlipuq.uq"
-FORMAT_VERSION = 2  # 2: checksum; base models at model format 2
+#: The newest wrapper format (2: checksum, base models at model format 2; 3: a part
+#: version-2 readers would drop without a word, the shallow ensemble's shared energy
+#: term). Each file is written at the lowest version that holds it
+#: (:meth:`UQWrapper._format_version`), so older readers refuse only what they misread.
+FORMAT_VERSION = 3
 _REGISTRY: dict[str, type] = {}
 
 
@@ -467,7 +471,7 @@ class UQWrapper:
         self._check_fitted()
         return {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": self._format_version(),
             "class": type(self).__name__,
             "config": self.config(),
             "models": [m._payload() for m in self._models()],
@@ -475,6 +479,11 @@ class UQWrapper:
             "recalibrator": _encode_recalibrator(getattr(self, "recalibrator_", None)),
             "strain_term": _encode_strain_term(getattr(self, "strain_term_", None)),
         }
+
+    def _format_version(self) -> int:
+        """The lowest format version whose readers read this wrapper right: 2, unless a
+        subclass holds a part that only later readers know."""
+        return 2
 
     def fingerprint(self) -> str:
         """SHA-256 of the saved payload: the wrapper's identity (e.g. in MD trajectories).

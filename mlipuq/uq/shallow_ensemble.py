@@ -10,33 +10,30 @@ The base model's readout ``eps_i = w·phi_i + b`` is replaced by K heads
           E_k = \\sum_i \\varepsilon_{ik} + \\sum_i e_{Z_i}, \\qquad
           F_k = -\\partial E_k / \\partial r = -\\sum_i J_i^T W_k,
 
-with :math:`J_i = \\partial \\phi_i / \\partial r`. During training the heads are
-parameterised on centred features, :math:`\\varepsilon_{ik} = W_k \\cdot (\\phi_i -
-\\bar\\phi) + o_k` with :math:`\\bar\\phi` the mean training feature (so
-:math:`b_k = o_k - W_k \\cdot \\bar\\phi`): otherwise a weight step that improves
-the forces also shifts every atom's energy by :math:`\\delta W_k \\cdot \\bar\\phi`,
-so the ensemble's mean energy drifts away from the base model while its heads
-spread by a structure-independent offset (measured in ``docs/ensembles.md``).
+with :math:`J_i = \\partial \\phi_i / \\partial r`. During training the heads are parameterised
+on centred features, :math:`\\varepsilon_{ik} = W_k \\cdot (\\phi_i - \\bar\\phi) + o_k` with
+:math:`\\bar\\phi` the mean training feature (so :math:`b_k = o_k - W_k \\cdot \\bar\\phi`):
+otherwise a weight step that improves the forces also shifts every atom's energy by
+:math:`\\delta W_k \\cdot \\bar\\phi`, so the ensemble's mean energy drifts away from the base
+model while its heads spread by a structure-independent offset (``docs/ensembles.md``).
 
-The K force sets are K vector-Jacobian products of one retained feature graph: one batched backward
-pass (``is_grads_batched``) on GPU; on CPU a loop over the retained graph,
-which is faster than vmap there (``vectorize``; see
-:mod:`mlipuq.uq.jacobians` and the README's overhead notes).
-Mean and variance are taken over heads (population variance, ``ddof=0``,
-float64); the variance of the per-atom energies :math:`\\varepsilon_{ik}` is
-reported as the local uncertainty ``atom_energy_var`` (eV²).
+The K force sets are K vector-Jacobian products of one retained feature graph: one batched
+backward pass (``is_grads_batched``) on GPU; on CPU a loop over the retained graph, which is
+faster than vmap there (``vectorize``; see :mod:`mlipuq.uq.jacobians` and the README's
+overhead notes). Mean and variance are taken over heads (population variance, ``ddof=0``,
+float64); the variance of the per-atom energies :math:`\\varepsilon_{ik}` is reported as
+the local uncertainty ``atom_energy_var`` (eV²).
 
-Stresses (``predict(..., stress=True)``, periodic cells): the heads are linear
-in the features (centring only moves the biases, which do not depend on the
-geometry), so head k's stress is
+Stresses (``predict(..., stress=True)``, periodic cells): the heads are linear in the
+features (centring only moves the biases, which do not depend on the geometry), so head
+k's stress is
 :math:`\\sigma_k = V^{-1} \\sum_i W_k \\cdot \\partial\\phi_i / \\partial\\varepsilon`.
-The K vector-Jacobian products that give the head forces are taken with
-respect to the positions and the strain together
-(:func:`~mlipuq.uq.jacobians.feature_vjps_strain`), so the member stresses
-cost no extra backward pass; ``stress`` and ``stress_var`` are their mean and
-population variance (the mean is the stress of the mean head, i.e. of
-``base_model``); the latent-distance terms stretch the energy and force members,
-not these, which stay the heads' own.
+The K vector-Jacobian products that give the head forces are taken with respect to the
+positions and the strain together (:func:`~mlipuq.uq.jacobians.feature_vjps_strain`), so
+the member stresses cost no extra backward pass; ``stress`` and ``stress_var`` are their
+mean and population variance (the mean is the stress of the mean head, i.e. of
+``base_model``); the latent-distance terms stretch the energy and force members, not
+these, which stay the heads' own.
 
 Training minimises the Gaussian negative log-likelihood of the per-atom
 energies and of the force components under the ensemble mean and variance
@@ -555,9 +552,12 @@ class ShallowEnsemble(UQWrapper):
         wrapper.distance = config.get("distance")  # absent in files saved before the term
         wrapper.energy_combination = check_energy_combination(  # absent before it existed
             config.get("energy_combination"))
-        wrapper.force_combination = check_force_combination(config.get("force_combination",
-                                                                       "sum"))
+        wrapper.force_combination = check_force_combination(
+            config.get("force_combination", "sum"))
         return wrapper
+
+    def _format_version(self) -> int:  # 3: version-2 readers would drop a shared term
+        return 3 if self.energy_distance_ is self.distance_ is not None else 2
 
     def _get_state(self) -> dict:
         state = {
