@@ -16,7 +16,7 @@ import pytest
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "benchmarks")
 #: The benchmarks that import torch only to time it (their rows are speed ratios).
-TIMING_ONLY = {"md_speed.py", "uq_overhead.py"}
+TIMING_ONLY = {"md_speed.py", "uq_overhead.py", "calibrate_overhead.py"}
 
 
 def _top_imports(path):

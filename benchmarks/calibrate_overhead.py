@@ -1,0 +1,79 @@
+"""Cost of ``calibrate``'s strain term: ``wrapper.calibrate(val)`` on stress-labelled
+periodic cells (the default, ``strain=True``: one more pass that predicts their stress)
+over ``calibrate(val, strain=False)`` on the same structures.
+
+    python benchmarks/calibrate_overhead.py [--threads 2] [--repeats 3] [--n-val 50]
+
+``val`` holds EMT Cu bulk at 300 K (32-atom cells) labelled with EMT's energy, forces
+and stress, as the shift benchmark's calibration sets. Both calls are timed in one run,
+interleaved, best of ``--repeats``, per wrapper; the ratio is printed with the seconds.
+Timings only: the base model is untrained and the heads trained one epoch (costs do
+not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from mlipuq import datasets
+from mlipuq.models import MiniMLIP
+from mlipuq.uq import (DeepEnsemble, EvidentialHead, LastLayerLaplace, LatentDistance,
+                       ShallowEnsemble)
+from shift_data import with_emt_stress
+
+MODEL = dict(cutoff=5.0, width=64, n_interactions=3, n_rbf=20, n_readout_features=32)
+
+
+def best_times(calls: dict, repeats: int) -> dict:
+    """The best of ``repeats`` timings of each call of ``calls``, interleaved (one
+    warm-up of each first)."""
+    best = dict.fromkeys(calls, float("inf"))
+    for repeat in range(repeats + 1):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            if repeat:  # the first round warms up
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def wrappers(train, val) -> dict:
+    make = lambda seed: MiniMLIP(train.species, seed=seed, avg_num_neighbors=20.0,  # noqa: E731
+                                 **MODEL)
+    model = make(0)
+    quick = dict(epochs=1, batch_size=16, progress=False)
+    return {
+        "LastLayerLaplace": LastLayerLaplace(model).fit(train),
+        "LatentDistance": LatentDistance(model).fit(train, val),
+        "ShallowEnsemble (8 heads)": ShallowEnsemble(model, n_heads=8).fit(train, val, **quick),
+        "EvidentialHead": EvidentialHead(model).fit(train, val, **quick),
+        "DeepEnsemble (3 members)": DeepEnsemble([make(s) for s in range(3)]),
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--n-val", type=int, default=50, help="calibration structures")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    data = datasets.emt("Cu", n_structures=100 + args.n_val, temperatures=(300,),
+                        kinds=("bulk",), seed=21)
+    train, val = data[:100], with_emt_stress(data[100:])
+    print(f"torch {torch.__version__}, {args.threads} threads; {len(val)} stress-labelled "
+          "calibration structures of 32 atoms; best of "
+          f"{args.repeats}")
+    print(f"{'wrapper':<28}{'strain=False (s)':>18}{'default (s)':>14}{'ratio':>8}")
+    for name, wrapper in wrappers(train, val).items():
+        best = best_times({"without": lambda: wrapper.calibrate(val, strain=False),
+                           "with": lambda: wrapper.calibrate(val)}, args.repeats)
+        print(f"{name:<28}{best['without']:>18.2f}{best['with']:>14.2f}"
+              f"{best['with'] / best['without']:>7.2f}x")
+
+
+if __name__ == "__main__":
+    main()
