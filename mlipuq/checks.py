@@ -152,6 +152,16 @@ def _short(value) -> str:
 
 
 # ------------------------------------------------------------ resource guard
+def perpendicular_widths(periodic: np.ndarray) -> np.ndarray:
+    """The perpendicular widths (Å) of a cell whose periodic lattice vectors are the
+    rows of ``periodic`` (k, 3), within their subspace: the distance between the
+    cell's faces along each (non-degenerate vectors)."""
+    periodic = np.asarray(periodic, dtype=np.float64)
+    # rows of ``dual`` are the reciprocal vectors within the periodic subspace
+    dual = np.linalg.solve(periodic @ periodic.T, periodic)
+    return 1.0 / np.linalg.norm(dual, axis=1)
+
+
 def estimate_neighbours(atoms: ase.Atoms, cutoff: float) -> tuple[float, float]:
     """``(neighbours per atom, periodic image cells)`` a neighbour list within
     ``cutoff`` (Å) would need; ``(0, 1)`` for a non-periodic structure.
@@ -178,9 +188,7 @@ def estimate_neighbours(atoms: ase.Atoms, cutoff: float) -> tuple[float, float]:
     measure = math.sqrt(det)  # volume, area or length of the periodic cell
     ball = {1: 2.0 * rc, 2: math.pi * rc**2, 3: 4.0 / 3.0 * math.pi * rc**3}[len(periodic)]
     density = len(atoms) * ball / measure if pbc.all() else 0.0
-    # rows of ``dual`` are the reciprocal vectors within the periodic subspace
-    dual = np.linalg.solve(gram, periodic)
-    widths = 1.0 / np.linalg.norm(dual, axis=1)
+    widths = perpendicular_widths(periodic)
     reach = np.ceil(rc / widths)
     image_cells = float(np.prod(2 * reach + 1))
     if image_cells > MAX_IMAGE_CELLS:

@@ -39,8 +39,7 @@ from mlipuq import data as mdata
 from mlipuq import distributed as mdist
 from mlipuq.models.base import MLIP
 from mlipuq.params import non_negative, positive
-from mlipuq.progress import bar as progress_bar
-from mlipuq.progress import trained_name as _describe
+from mlipuq.progress import bar as progress_bar, trained_name as _describe
 from mlipuq.progress import training_postfix as _postfix
 from mlipuq.training_budget import TimeBudgetWarning as TimeBudgetWarning  # re-exported
 from mlipuq.training_budget import _budget_message, _EpochProgress, _train_epoch
@@ -56,6 +55,7 @@ from mlipuq.training_errors import error_statistics, errors  # noqa: F401  (re-e
 from mlipuq.training_setup import (  # noqa: F401  (re-exported)
     EnergyOffsetWarning,
     SingleCellWarning,
+    SmallCellWarning,
     UndeterminedReferenceWarning,
     check_energy_offset,
     fit_offset_drift,
