@@ -7,8 +7,10 @@ shift table's own shifts (``results/shift.json``).
 Prints, per wrapper, on how many shifts the 95 % intervals meet the goals (forces
 ≥ 0.90, energies ≥ 0.85), the worst coverages and where, and the median over shifts
 of the mean std ÷ MAE on these shifts and on the table's (sharpness); per system,
-each wrapper's worst coverages; and the largest difference between the
-in-distribution rows of both files (the same fits: zero up to the run-to-run noise).
+each wrapper's worst coverages; on the 108-atom bulk the growth of the force error and
+of each wrapper's force std over in distribution (every training temperature; the
+same temperature: ``benchmarks/cell_size.py``); and the largest difference between
+the in-distribution rows of both files (the same fits: zero up to run-to-run noise).
 """
 
 from __future__ import annotations
@@ -44,9 +46,15 @@ def sharpness(rows: list[dict], target: str) -> float:
     return float(np.median([r[std] / r[mae] for r in rows])) if rows else float("nan")
 
 
+def cover_text(value: float, target: str) -> str:
+    """``value`` to 3 decimals, to 4 where a miss would round up to the goal."""
+    text = f"{value:.3f}"
+    return f"{value:.4f}" if value < GOALS[target] <= float(text) else text
+
+
 def _worst(rows: list[dict], target: str) -> str:
     worst = min(rows, key=lambda r: r[COVER[target]])
-    return f"{worst[COVER[target]]:.3f} ({worst['system']}, {worst['split']})"
+    return f"{cover_text(worst[COVER[target]], target)} ({worst['system']}, {worst['split']})"
 
 
 def summary_table(unseen: list[dict], table: list[dict]) -> str:
@@ -86,9 +94,30 @@ def system_table(unseen: list[dict]) -> str:
             parts = []
             for target in ("force", "energy"):
                 worst = min(r[COVER[target]] for r in mine)
-                parts.append(f"{worst:.3f}" + ("" if worst >= GOALS[target] else " ✗"))
+                parts.append(cover_text(worst, target) + ("" if worst >= GOALS[target] else " ✗"))
             cells.append(" / ".join(parts))
         lines.append(f"| {system} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def growth_table(unseen: list[dict], prefix: str = "bulk 108 atoms") -> str:
+    """Per system, on its shift named ``prefix``…: the force MAE over the
+    in-distribution MAE (LLPR's rows: the base model's forces), and each wrapper's
+    mean force std over its in-distribution one."""
+    systems = list(dict.fromkeys(r["system"] for r in unseen))
+    wrappers = [w for w in WRAPPERS if shifts_of(unseen, w)]
+    lines = ["| system | F MAE ÷ in-dist | " + " | ".join(f"{w}: F std ÷ in-dist"
+                                                       for w in wrappers) + " |",
+             "|---|---|" + "---|" * len(wrappers)]
+    for system in systems:
+        def ratio(wrapper, key):
+            rows = [r for r in unseen if (r["system"], r["wrapper"]) == (system, wrapper)]
+            shifted = [r for r in rows if r["split"].startswith(prefix)]
+            base = [r for r in rows if r["split"].startswith("in dist")]
+            return shifted[0][key] / base[0][key] if shifted and base else float("nan")
+        cells = [f"{ratio(w, 'force_std'):.2f}" for w in wrappers]
+        lines.append(f"| {system} | {ratio(WRAPPERS[0], 'force_mae'):.2f} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -113,6 +142,8 @@ def main(argv=None) -> None:
     print(summary_table(unseen, table))
     print()
     print(system_table(unseen))
+    print()
+    print(growth_table(unseen))
     print(f"\nlargest in-distribution difference from {os.path.basename(args.table)}: "
           f"{in_distribution_gap(unseen, table):.2e}")
 

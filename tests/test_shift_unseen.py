@@ -67,5 +67,7 @@ def test_the_check_counts_goals_and_names_the_worst_shift():
     assert cells[6] == "5.0 / 1.0"  # median of 4 and 6 against copper's own shift
     systems = unseen.system_table(unseen.default_rows(rows))
     assert "| copper | 0.950 / 0.840 ✗ |" in systems and "| alloy | 0.890 ✗ / 0.900 |" in systems
+    assert unseen.cover_text(0.8997, "force") == "0.8997"  # a miss never reads as 0.900
+    assert unseen.cover_text(0.9003, "force") == "0.900"
     gap = unseen.in_distribution_gap(rows, [_row("copper", "in distribution", 0.5, 0.25)])
     assert gap == 0.25
