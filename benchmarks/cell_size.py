@@ -33,9 +33,8 @@ SIZES = (2, 3, 4)
 
 def force_errors(model, dataset) -> np.ndarray:
     """Force-component errors (eV/Å) of ``model`` on ``dataset``."""
-    predicted = model.compute(dataset)["forces"]
-    return np.concatenate([np.asarray(f).ravel() - atoms.get_forces().ravel()
-                           for f, atoms in zip(predicted, dataset)])
+    predicted = model.compute(dataset)["forces"]  # (N, 3), the structures in order
+    return predicted.ravel() - np.concatenate([atoms.get_forces().ravel() for atoms in dataset])
 
 
 def by_size(part: str, cache: str, n: int) -> tuple:
