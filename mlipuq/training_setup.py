@@ -114,9 +114,9 @@ def check_cell_widths(train, cutoff: float) -> None:
     at the training temperature were 1.4–2.9 times less accurate, and the single
     models' stds did not rise with the error; trained on as many atoms in 108-atom
     cells, the error was the same in every cell size. Nothing when a training cell is
-    wide enough or none is fully periodic."""
-    widths = [perpendicular_widths(np.asarray(atoms.cell, dtype=float)).min()
-              for atoms in train if np.all(atoms.pbc)]
+    wide enough or none is fully periodic (degenerate cells are validation's to report)."""
+    cells = [np.asarray(atoms.cell, dtype=float) for atoms in train if np.all(atoms.pbc)]
+    widths = [perpendicular_widths(c).min() for c in cells if abs(np.linalg.det(c)) > 0]
     if not widths or max(widths) >= 2.0 * cutoff:
         return
     warnings.warn(
