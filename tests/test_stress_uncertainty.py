@@ -22,7 +22,8 @@ import mlipuq
 from mlipuq import schema
 from mlipuq.errors import InvalidStructureError
 from mlipuq.prediction import Prediction, read_prediction
-from mlipuq.uq import DeepEnsemble, EvidentialHead, LastLayerLaplace, ShallowEnsemble
+from mlipuq.uq import (DeepEnsemble, EvidentialHead, LastLayerLaplace, LatentDistance,
+                       ShallowEnsemble)
 
 from conftest import make_model
 
@@ -196,6 +197,21 @@ def test_llpr_mean_stress_is_the_base_model_stress(wrappers, cu, name):
     reference = llpr.base_model.compute(cu[1], stress=True)["stress"]
     np.testing.assert_allclose(pred.stress, reference, rtol=0, atol=1e-14)
     assert np.abs(reference).max() > 1e-4
+
+
+def test_compute_stress_is_the_predicted_mean_stress_at_the_posterior_mean(cu):
+    """``refit_mean``: the stress the ASE calculator (without a stress uncertainty) and
+    the engines take from ``compute_stress`` is the posterior mean's, the readout of
+    the energies and forces, not the base model's; so is latent distance's with it."""
+    llpr = LastLayerLaplace(make_model(), refit_mean=True).fit(cu[0])
+    combined = LatentDistance(llpr.base_model, combine=llpr).fit(cu[0], cu[0])
+    for wrapper in (llpr, combined):
+        for atoms in cu[1]:
+            predicted = wrapper.predict(atoms, stress=True).stress[0]
+            np.testing.assert_allclose(wrapper.compute_stress(atoms), predicted, rtol=1e-12,
+                                       atol=1e-14)
+    base = llpr.base_model.compute(cu[1][0], stress=True)["stress"][0]
+    assert np.abs(llpr.compute_stress(cu[1][0]) - base).max() > 1e-6  # Δ moves it
 
 
 def test_shallow_mean_stress_is_the_mean_head_model(wrappers, cu):

@@ -73,6 +73,16 @@ class PosteriorMean:
             return None
         return torch.as_tensor(shift, dtype=torch.float64, device=like.device)
 
+    def compute_stress(self, atoms) -> np.ndarray:
+        """(3, 3) stress (eV/Å^3) of the mean readout, as ``predict(..., stress=True)``
+        gives it: θ*'s, the base model's (one backward pass), or with ``refit_mean``
+        the posterior mean's, σ* + s·Δ (one uncalibrated ``predict`` pass; until
+        2026-12-05 the base model's, inconsistent with the energies and forces)."""
+        if getattr(self, "mean_shift_", None) is None:
+            return super().compute_stress(atoms)
+        pred = self.predict(atoms, stress=True, calibrated=False, composition=False)
+        return pred.stress[0]
+
     def _shift_energy(self, result: dict, f: torch.Tensor) -> None:
         """Energies at the posterior mean: E* + f·Δ (in place)."""
         delta = self._shift(f)
