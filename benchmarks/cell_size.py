@@ -4,7 +4,7 @@
 
 The shift benchmark's EMT base models (model 0 of ``--cache``, as ``shift.py`` trains
 and caches them) were trained on 32-atom cells (2 × 2 × 2 conventional fcc cells,
-7.2–8.2 Å wide) with cutoffs of 4.5–5 Å: narrower than twice the cutoff, so an atom
+7.1–8.1 Å wide) with cutoffs of 4.5–5 Å: narrower than twice the cutoff, so an atom
 sees some neighbours through two periodic images. Per system, bulk at its lowest
 training temperature in cells of 2, 3 and 4 conventional cells per side (32, 108 and
 256 atoms; 20 structures each, new seeds) is labelled with EMT and predicted; printed
@@ -53,13 +53,13 @@ def by_size(part: str, cache: str, n: int) -> tuple:
     train, _, _ = {**PART_SETS, **HELD_OUT}[part](False)
     model = mlipuq.models.load(os.path.join(cache, f"{part}-80", "model0.pt"))
     rows = []
-    for atoms, data in test_sets(part, train, n).items():
+    for atoms, data in size_sets(part, train, n).items():
         width = perpendicular_widths(data[0].cell.array).min()
         rows.append((atoms, width, np.abs(force_errors(model, data)).mean()))
     return model.cutoff, training_recipe(train)[1][0], rows
 
 
-def test_sets(part: str, train, n: int) -> dict:
+def size_sets(part: str, train, n: int) -> dict:
     """Bulk at the lowest training temperature of ``part`` per cell size (atoms: set)."""
     composition, temperatures = training_recipe(train)
     return {4 * size ** 3: datasets.emt(composition, n_structures=n,
@@ -78,7 +78,7 @@ def retrain(part: str, epochs: int, n: int) -> None:
     wide = datasets.emt(composition, n_structures=n_wide + 16, temperatures=temperatures,
                         kinds=("bulk",), seed=UNSEEN_SEEDS[part] + 8, size=3)
     wide_train, wide_val = wide.split([n_wide / len(wide), 16 / len(wide)], seed=0)
-    tests = test_sets(part, train, n)
+    tests = size_sets(part, train, n)
     print(f"| {part}, trained on | atoms | " + " | ".join(
         f"{atoms} atoms: F MAE meV/Å" for atoms in tests) + " |")
     print("|---|---|" + "---|" * len(tests))
