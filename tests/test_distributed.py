@@ -133,6 +133,18 @@ def test_latent_distance_bad_structure_in_one_share_fails_every_rank(runs):
     assert "structure 9: no reference forces" in str(double[0]["latent_error"])
 
 
+def test_mean_stress_shards_equal_one_process(runs):
+    """``mean_stress`` (calibrate's strain pass) shards like ``predict``; a structure
+    without a stress in rank 1's share fails every rank, rank 1 naming it."""
+    single, double, _, _ = runs
+    for rank in double:
+        assert close(single["mean_stress"], rank["mean_stress"])
+    assert single["mean_stress"].shape == (5, 3, 3)
+    assert str(single["stress_error"]).startswith("InvalidStructureError: structure 4: ")
+    assert str(double[1]["stress_error"]) == str(single["stress_error"])
+    assert str(double[0]["stress_error"]).startswith("RankFailedError: rank 1 failed: ")
+
+
 @pytest.mark.parametrize("strategy", ["random", "max_energy_std", "max_force_std",
                                       "trust_window", "fps", "fps_labelled", "batch_llpr",
                                       "batch_llpr_fitted"])

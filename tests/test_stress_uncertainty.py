@@ -214,6 +214,69 @@ def test_compute_stress_is_the_predicted_mean_stress_at_the_posterior_mean(cu):
     assert np.abs(llpr.compute_stress(cu[1][0]) - base).max() > 1e-6  # Δ moves it
 
 
+@pytest.fixture(scope="module")
+def means(wrappers, cu):
+    """Every wrapper kind, each with a mean of its own: the base model's, the
+    posterior mean's (refit_mean), the mean head model's, the members' mean."""
+    train = cu[0]
+    refit = LastLayerLaplace(make_model(seed=1), refit_mean=True).fit(train)
+    return {**wrappers, "llpr_refit": refit,
+            "latent_on_refit": LatentDistance(refit.base_model, combine=refit).fit(train, train),
+            "latent_on_deep": LatentDistance(wrappers["deep"].models[0],
+                                             combine=wrappers["deep"]).fit(train, train),
+            "evidential": EvidentialHead(make_model()).fit(train, epochs=1, seed=0,
+                                                           batch_size=4, progress=False)}
+
+
+@pytest.mark.parametrize("name", ["llpr_exact", "llpr_samples", "deep", "shallow", "llpr_refit",
+                                  "latent_on_refit", "latent_on_deep", "evidential"])
+def test_mean_stress_is_the_predicted_stress(means, cu, name):
+    """``mean_stress`` (calibrate's strain pass) and ``compute_stress`` (the calculator
+    and engines) give ``predict(..., stress=True)``'s stress, each wrapper's own mean,
+    in any batching; where that mean is not the base model's, it differs from it, so
+    a mix-up fails."""
+    wrapper = means[name]
+    predicted = wrapper.predict(cu[1], stress=True, calibrated=False).stress
+    for batch_size in (1, 2):
+        np.testing.assert_allclose(wrapper.mean_stress(cu[1], batch_size=batch_size), predicted,
+                                   rtol=1e-10, atol=1e-14)
+    for k, atoms in enumerate(cu[1]):
+        np.testing.assert_allclose(wrapper.compute_stress(atoms), predicted[k], rtol=1e-10,
+                                   atol=1e-14)
+    if name in ("deep", "llpr_refit", "latent_on_refit", "latent_on_deep"):  # not the base's
+        base = wrapper.base_model.compute(cu[1], stress=True)["stress"]
+        assert np.abs(predicted - base).max() > 1e-6
+
+
+def test_mean_stress_needs_3d_periodic_structures(means, cu):
+    slab = fcc111("Cu", size=(2, 2, 2), vacuum=5.0)
+    for name in ("llpr_refit", "deep"):
+        with pytest.raises(InvalidStructureError, match=r"structure 2.*periodic"):
+            means[name].mean_stress([cu[1][0], cu[1][1], slab], batch_size=2)
+
+
+def test_calibrate_measures_the_stress_error_of_each_wrappers_mean(means, cu):
+    """The strain term's mean stress error is the predicted mean stress minus the
+    labels: the posterior mean's for refit_mean, the members' mean for the ensemble."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    labels = np.array([[1e-3, 2e-4, 0], [2e-4, -3e-3, 1e-4], [0, 1e-4, 2e-3]])[None]
+    val = []
+    scales = np.arange(1, len(cu[0]) + 1)[:, None, None]
+    for atoms, label in zip(cu[0], labels * scales):
+        copy = atoms.copy()
+        copy.calc = SinglePointCalculator(copy, energy=atoms.get_potential_energy(),
+                                          forces=atoms.get_forces(), stress=label)
+        val.append(copy)
+    for name in ("llpr_refit", "deep"):
+        wrapper = means[name].copy()
+        predicted = wrapper.predict(val, stress=True, calibrated=False).stress
+        wrapper.calibrate(val)
+        expected = np.mean(predicted - np.array([a.get_stress(voigt=False) for a in val]), axis=0)
+        np.testing.assert_allclose(wrapper.strain_term_.mean_error_[0], expected, rtol=1e-10,
+                                   atol=1e-14)
+
+
 def test_shallow_mean_stress_is_the_mean_head_model(wrappers, cu):
     shallow = wrappers["shallow"]
     pred = shallow.predict(cu[1], stress=True)

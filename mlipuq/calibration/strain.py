@@ -210,7 +210,8 @@ class StrainTerm:
 def measure(wrapper, dataset, species: Sequence[int]) -> Optional[StrainTerm]:
     """The :class:`StrainTerm` of ``wrapper``'s mean model on the labelled structures of
     ``dataset`` (fully periodic with a stress label); None when there are none. The
-    stress is that of ``wrapper.predict(..., stress=True)``, uncalibrated."""
+    stress is ``wrapper.mean_stress``, that of ``wrapper.predict(..., stress=True)``
+    without its variance (:mod:`mlipuq.uq.mean_stress`)."""
     from mlipuq.data import composition_matrix
 
     labels = {i: stress_label(atoms, i) for i, atoms in enumerate(dataset)}
@@ -218,8 +219,7 @@ def measure(wrapper, dataset, species: Sequence[int]) -> Optional[StrainTerm]:
     if not index:
         return None
     subset = dataset.subset(index)
-    pred = wrapper.predict(subset, calibrated=False, composition=False, stress=True)
-    error = pred.stress - np.array([labels[i] for i in index])
+    error = wrapper.mean_stress(subset) - np.array([labels[i] for i in index])
     cells = np.array([atoms.cell.array for atoms in subset])
     fractions = atom_fractions(composition_matrix(subset, species))
     return StrainTerm().fit(cells, fractions, error)

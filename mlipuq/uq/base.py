@@ -9,8 +9,8 @@ A wrapper subclasses :class:`UQWrapper` and implements
   wrappers with a stress uncertainty set ``has_stress_uncertainty = True``
   and take ``_predict_batch(batch, stress=True)`` to add ``stress``,
   ``stress_var`` (and ``stress_members``); for the others ``predict(...,
-  stress=True)`` adds the mean model's stress (:meth:`UQWrapper._mean_stress`)
-  without a variance,
+  stress=True)`` adds the mean model's stress (``_mean_stress``,
+  :mod:`mlipuq.uq.mean_stress`) without a variance,
 * ``config()`` (constructor keyword arguments) and ``_get_state()`` /
   ``_set_state(state)`` (fitted tensors; plain Python, NumPy or torch values),
 * ``_models()`` listing the base models it holds (one for most wrappers,
@@ -38,12 +38,13 @@ from mlipuq import data as mdata
 from mlipuq import distributed as mdist
 from mlipuq.calibration.strain import atom_fractions
 from mlipuq.calibration.strain import measure as measure_strain
-from mlipuq.errors import FileFormatError, InvalidStructureError, MissingReferenceError, NotFittedError
+from mlipuq.errors import FileFormatError, MissingReferenceError, NotFittedError
 from mlipuq.fileio import check_plain, check_weights_only, read_payload, save_payload
 from mlipuq.models.base import MLIP, model_class, model_from_payload
 from mlipuq.prediction import Prediction
 from mlipuq.predictive import ROBUST_MAX_DOF
 from mlipuq.progress import batches_with_progress
+from mlipuq.uq.mean_stress import MeanStress
 from mlipuq.uq.state_codec import (  # noqa: F401  (importable from here as before)
     _decode, _decode_recalibrator, _decode_strain_term, _encode, _encode_recalibrator,
     _encode_strain_term)
@@ -102,7 +103,7 @@ def calibration_data(val) -> mdata.AtomsDataset:
     return dataset
 
 
-class UQWrapper:
+class UQWrapper(MeanStress):
     """Base class of the UQ wrappers (see the module docstring)."""
 
     fitted_: bool = False
@@ -278,17 +279,8 @@ class UQWrapper:
         dataset = mdata.as_dataset(structures)
         if distributed is None:
             distributed = mdist.active() and not isinstance(structures, ase.Atoms)
-        if distributed and mdist.active():
-            if len(dataset) == 0:
-                raise InvalidStructureError("the dataset holds no structures")
-            start, stop = mdist.shard_bounds(len(dataset))
-            local = mdist.run_local(self._predict_raw, dataset[start:stop], batch_size,
-                                    progress and mdist.is_main(), allow_empty=True,
-                                    stress=stress, offset=start)
-            parts = [p for p in mdist.all_gather_objects(local) if p is not None]
-            prediction = Prediction.concatenate(parts)
-        else:
-            prediction = self._predict_raw(dataset, batch_size, progress, stress=stress)
+        prediction = self._run_sharded(self._predict_raw, dataset, batch_size, progress,
+                                       distributed, Prediction.concatenate, stress=stress)
         if calibrated:
             prediction = self._apply_calibration(prediction)
         if composition:
@@ -350,25 +342,6 @@ class UQWrapper:
         """The offset drift of this wrapper's mean energy (None: the base model's)."""
         return None
 
-    @staticmethod
-    def _check_periodic(batch: mdata.Batch, first: int) -> None:
-        """InvalidStructureError naming the first structure (``first`` + its index
-        in the batch) not periodic in all three directions."""
-        periodic = batch.pbc.all(dim=1).cpu()
-        if not bool(periodic.all()):
-            k = int(torch.nonzero(~periodic)[0, 0])
-            raise InvalidStructureError(
-                f"structure {first + k}: predict(..., stress=True) needs a cell periodic in "
-                f"all three directions (pbc={batch.pbc[k].cpu().tolist()}); a stress is "
-                "defined for 3D-periodic structures only"
-            )
-
-    def _mean_stress(self, batch: mdata.Batch) -> torch.Tensor:
-        """(B, 3, 3) stress (eV/Å^3) of the mean model, for wrappers without a stress
-        uncertainty: the base model's (override where the mean is another model's)."""
-        model = self.base_model
-        return model(batch.to(device=model.device), forces=False, stress=True)["stress"].detach()
-
     def _check_finite(self, prediction: Prediction) -> None:
         for name in ("energy", "energy_var", "forces", "forces_var", "stress", "stress_var",
                      "stress_members"):
@@ -378,11 +351,6 @@ class UQWrapper:
                     f"{type(self).__name__} produced non-finite {name}; the model or its "
                     "fitted state is broken"
                 )
-
-    def compute_stress(self, atoms) -> np.ndarray:
-        """(3, 3) stress of the mean model (eV/Å^3), used by the ASE calculator
-        (``predict(atoms, stress=True)`` also gives its uncertainty)."""
-        return self.base_model.compute(atoms, stress=True)["stress"][0]
 
     # -------------------------------------------------------------- calibration
     #: ``calibrate``'s default: forces a Student-t, a scale per element, ν ≤ ROBUST_MAX_DOF

@@ -496,9 +496,12 @@ class DeepEnsemble(UQWrapper):
         table[:, torch.as_tensor(self.species)] = torch.as_tensor(shifts)
         return table[:, batch.numbers.cpu()]
 
-    def compute_stress(self, atoms) -> np.ndarray:
-        """(3, 3) stress of the ensemble mean (eV/Å^3): the mean of the members' stresses."""
-        return np.mean([m.compute(atoms, stress=True)["stress"][0] for m in self.models], axis=0)
+    def _mean_stress(self, batch: mdata.Batch) -> torch.Tensor:
+        """(B, 3, 3) stress of the ensemble mean (eV/Å^3): the mean of the members'."""
+        stresses = [model(batch.to(device=model.device, dtype=model.dtype), forces=False,
+                          stress=True)["stress"].detach().to(torch.float64).cpu()
+                    for model in self.models]
+        return torch.stack(stresses).mean(dim=0)
 
     # ------------------------------------------------------------ persistence
     def _models(self) -> list[MLIP]:

@@ -484,11 +484,11 @@ class LatentDistance(LatentScores, UQWrapper):
             return self.combine._add_composition_variance(prediction)
         return super()._add_composition_variance(prediction)
 
-    def compute_stress(self, atoms) -> np.ndarray:
-        """(3, 3) stress (eV/Å^3) of the mean model: ``combine``'s when combined."""
+    def _mean_stress(self, batch: mdata.Batch) -> torch.Tensor:
+        """(B, 3, 3) stress (eV/Å^3) of the mean model: ``combine``'s when combined."""
         if self.combine is not None:
-            return self.combine.compute_stress(atoms)
-        return super().compute_stress(atoms)
+            return self.combine._mean_stress(batch)
+        return super()._mean_stress(batch)
 
     def predict(self, structures, *, calibrated: bool = True, **options) -> Prediction:
         """Energies (eV), forces (eV/Å) and their variances (see the class notes).

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from mlipuq.uq.llpr_evidence import posterior_mean_step
-from mlipuq.uq.llpr_rows import sampled_forces, sampled_forces_and_stress
+from mlipuq.uq.llpr_rows import sampled_forces, sampled_forces_and_stress, sampled_stress
 
 
 class PosteriorMean:
@@ -73,15 +73,19 @@ class PosteriorMean:
             return None
         return torch.as_tensor(shift, dtype=torch.float64, device=like.device)
 
-    def compute_stress(self, atoms) -> np.ndarray:
-        """(3, 3) stress (eV/Å^3) of the mean readout, as ``predict(..., stress=True)``
+    def _mean_stress(self, batch) -> torch.Tensor:
+        """(B, 3, 3) stress (eV/Å^3) of the mean readout, as ``predict(..., stress=True)``
         gives it: θ*'s, the base model's (one backward pass), or with ``refit_mean``
-        the posterior mean's, σ* + s·Δ (one uncalibrated ``predict`` pass; until
-        2026-12-05 the base model's, inconsistent with the energies and forces)."""
+        the posterior mean's, σ* + s·Δ: the stress of the one "member" θ* + Δ, one
+        vector-Jacobian product more (:func:`~mlipuq.uq.llpr_rows.sampled_stress`;
+        until 2026-12-05 ``compute_stress`` gave the base model's, inconsistent with
+        the energies and forces)."""
         if getattr(self, "mean_shift_", None) is None:
-            return super().compute_stress(atoms)
-        pred = self.predict(atoms, stress=True, calibrated=False, composition=False)
-        return pred.stress[0]
+            return super()._mean_stress(batch)
+        out = self._model_call(batch, stress=True, features=True)
+        phi = out["features"]
+        weights = self._shift(phi)[: phi.shape[1]].to(phi.dtype)[None]
+        return sampled_stress(phi, out, batch, weights, self.vectorize)["stress_members"][0]
 
     def _shift_energy(self, result: dict, f: torch.Tensor) -> None:
         """Energies at the posterior mean: E* + f·Δ (in place)."""

@@ -61,6 +61,7 @@ def main(folder: Path) -> None:
         "forces_t": np.array([pred.forces_dof, *llpr.recalibrator_.forces_.species_t_scale_]),
     }
     out.update(_latent(model, llpr, train, val, test))
+    out.update(_mean_stress(llpr))
     data = {"train": train, "val": val}
     for name, options in STRATEGIES.items():
         options = dict(options)
@@ -132,6 +133,26 @@ def _latent_error(model, train, val) -> str:
     except Exception as exc:  # the bad rank: a ValueError; the others: RankFailedError
         return f"{type(exc).__name__}: {exc}"
     return "no error"
+
+
+
+def _mean_stress(llpr) -> dict:
+    """Mean stresses of five rattled Cu cells (shares of 2 and 3 on two ranks), and
+    the error of a list whose last structure, in rank 1's share, is a slab."""
+    from ase.build import bulk, fcc111
+
+    cells = []
+    for k in range(5):
+        atoms = bulk("Cu", "fcc", a=3.6 + 0.02 * k, cubic=True)
+        atoms.rattle(0.05, seed=k)
+        cells.append(atoms)
+    out = {"mean_stress": llpr.mean_stress(cells, batch_size=2)}
+    try:
+        llpr.mean_stress(cells[:4] + [fcc111("Cu", size=(2, 2, 2), vacuum=5.0)])
+        out["stress_error"] = np.array("none")
+    except Exception as exc:  # compared across ranks by the test
+        out["stress_error"] = np.array(f"{type(exc).__name__}: {exc}")
+    return out
 
 
 if __name__ == "__main__":
