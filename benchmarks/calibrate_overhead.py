@@ -1,6 +1,8 @@
 """Cost of ``calibrate``'s strain term: ``wrapper.calibrate(val)`` on stress-labelled
 periodic cells (the default, ``strain=True``: one more pass that predicts their stress)
-over ``calibrate(val, strain=False)`` on the same structures.
+over ``calibrate(val, strain=False)`` on the same structures; and that pass itself,
+``wrapper.mean_stress(val)`` (since 2026-12-05) over the full ``predict(val,
+stress=True)`` with the stress uncertainty that it replaced.
 
     python benchmarks/calibrate_overhead.py [--threads 2] [--repeats 3] [--n-val 50]
 
@@ -72,12 +74,19 @@ def main(argv=None) -> None:
     print(f"torch {torch.__version__}, {args.threads} threads; {len(val)} stress-labelled "
           "calibration structures of 32 atoms; best of "
           f"{args.repeats}")
-    print(f"{'wrapper':<28}{'strain=False (s)':>18}{'default (s)':>14}{'ratio':>8}")
+    print(f"{'':<28}{'calibrate':^40}{'stress pass':^40}")
+    print(f"{'wrapper':<28}{'strain=False (s)':>18}{'default (s)':>14}{'ratio':>8}"
+          f"{'predict (s)':>14}{'mean_stress (s)':>18}{'ratio':>8}")
     for name, wrapper in wrappers(train, val).items():
-        best = best_times({"without": lambda: wrapper.calibrate(val, strain=False),
-                           "with": lambda: wrapper.calibrate(val)}, args.repeats)
+        best = best_times({
+            "without": lambda: wrapper.calibrate(val, strain=False),
+            "with": lambda: wrapper.calibrate(val),
+            "predict": lambda: wrapper.predict(val, calibrated=False, composition=False,
+                                               stress=True),
+            "mean": lambda: wrapper.mean_stress(val)}, args.repeats)
         print(f"{name:<28}{best['without']:>18.2f}{best['with']:>14.2f}"
-              f"{best['with'] / best['without']:>7.2f}x")
+              f"{best['with'] / best['without']:>7.2f}x{best['predict']:>14.2f}"
+              f"{best['mean']:>18.2f}{best['mean'] / best['predict']:>7.2f}x")
 
 
 if __name__ == "__main__":

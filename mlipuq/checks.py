@@ -162,6 +162,19 @@ def perpendicular_widths(periodic: np.ndarray) -> np.ndarray:
     return 1.0 / np.linalg.norm(dual, axis=1)
 
 
+def narrowest_widths(cells, pbc) -> np.ndarray:
+    """(B,) smallest perpendicular width (Å) of each of ``cells`` (B, 3, 3; rows are
+    the lattice vectors) periodic in all three directions (``pbc`` (B, 3)); NaN for
+    the others and for degenerate cells."""
+    cells = np.asarray(cells, dtype=np.float64).reshape(-1, 3, 3)
+    periodic = np.asarray(pbc, dtype=bool).reshape(-1, 3).all(axis=1)
+    out = np.full(len(cells), np.nan)
+    for b in np.flatnonzero(periodic):
+        if abs(np.linalg.det(cells[b])) > 0:
+            out[b] = perpendicular_widths(cells[b]).min()
+    return out
+
+
 def estimate_neighbours(atoms: ase.Atoms, cutoff: float) -> tuple[float, float]:
     """``(neighbours per atom, periodic image cells)`` a neighbour list within
     ``cutoff`` (Å) would need; ``(0, 1)`` for a non-periodic structure.

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from mlipuq import data as mdata
-from mlipuq.checks import perpendicular_widths
+from mlipuq.checks import narrowest_widths
 from mlipuq.models.base import MLIP
 
 log = logging.getLogger("mlipuq.training")  # the name the training log has always used
@@ -115,9 +115,10 @@ def check_cell_widths(train, cutoff: float) -> None:
     models' stds did not rise with the error; trained on as many atoms in 108-atom
     cells, the error was the same in every cell size. Nothing when a training cell is
     wide enough or none is fully periodic (degenerate cells are validation's to report)."""
-    cells = [np.asarray(atoms.cell, dtype=float) for atoms in train if np.all(atoms.pbc)]
-    widths = [perpendicular_widths(c).min() for c in cells if abs(np.linalg.det(c)) > 0]
-    if not widths or max(widths) >= 2.0 * cutoff:
+    widths = narrowest_widths([np.asarray(atoms.cell) for atoms in train],
+                              [atoms.pbc for atoms in train])
+    widths = widths[np.isfinite(widths)]
+    if not widths.size or widths.max() >= 2.0 * cutoff:
         return
     warnings.warn(
         f"all {len(widths)} periodic training cells are narrower than twice the model's "

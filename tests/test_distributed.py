@@ -2,8 +2,9 @@
 
 One worker script (``tests/helpers/distributed_worker.py``) fits an LLPR,
 calibrates it, predicts and evaluates a pool and runs every selection
-strategy, and fits LatentDistance alone and combined with the LLPR; it is run once as a single process and once under ``torchrun`` with
-two ranks. Everything is compared: the covariance and hyperparameters to
+strategy, fits LatentDistance alone and combined with the LLPR, and takes
+mean stresses; it is run once as a single process and once under
+``torchrun`` with two ranks. Everything is compared: the covariance and hyperparameters to
 1e-10 relative, predictions and metrics likewise, the selected indices
 exactly.
 """

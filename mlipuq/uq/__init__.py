@@ -7,6 +7,7 @@ from mlipuq.uq.latent_distance import LatentDistance
 from mlipuq.uq.llpr import LastLayerLaplace
 from mlipuq.prediction import Prediction
 from mlipuq.uq.shallow_ensemble import ShallowEnsemble
+from mlipuq.uq.wide_cells import WideCellWarning
 
 __all__ = [
     "DeepEnsemble",
@@ -16,5 +17,6 @@ __all__ = [
     "Prediction",
     "ShallowEnsemble",
     "UQWrapper",
+    "WideCellWarning",
     "load",
 ]

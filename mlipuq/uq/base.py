@@ -45,9 +45,10 @@ from mlipuq.prediction import Prediction
 from mlipuq.predictive import ROBUST_MAX_DOF
 from mlipuq.progress import batches_with_progress
 from mlipuq.uq.mean_stress import MeanStress
+from mlipuq.uq.wide_cells import calibration_width, warn_wide, wide_in_batch
 from mlipuq.uq.state_codec import (  # noqa: F401  (importable from here as before)
-    _decode, _decode_recalibrator, _decode_strain_term, _encode, _encode_recalibrator,
-    _encode_strain_term)
+    _decode, _decode_calibration_width, _decode_recalibrator, _decode_strain_term, _encode,
+    _encode_calibration_width, _encode_recalibrator, _encode_strain_term)
 
 log = logging.getLogger(__name__)
 
@@ -279,8 +280,10 @@ class UQWrapper(MeanStress):
         dataset = mdata.as_dataset(structures)
         if distributed is None:
             distributed = mdist.active() and not isinstance(structures, ase.Atoms)
+        widest = self._calibration_width() if calibrated else None
         prediction = self._run_sharded(self._predict_raw, dataset, batch_size, progress,
-                                       distributed, Prediction.concatenate, stress=stress)
+                                       distributed, Prediction.concatenate, stress=stress,
+                                       widest=widest)
         if calibrated:
             prediction = self._apply_calibration(prediction)
         if composition:
@@ -289,11 +292,13 @@ class UQWrapper(MeanStress):
 
     def _predict_raw(self, dataset, batch_size: int, progress: bool,
                      allow_empty: bool = False, *, stress: bool = False,
-                     offset: int = 0) -> Optional[Prediction]:
+                     offset: int = 0, widest: Optional[float] = None) -> Optional[Prediction]:
         """The uncalibrated prediction of ``dataset`` in this process (None: empty shard).
 
         ``offset``: index of ``dataset``'s first structure in the caller's
-        structures (a shard's start), for error messages."""
+        structures (a shard's start), for error messages and warnings; ``widest``:
+        the calibration cells' width, to warn of wider cells (:mod:`~mlipuq.uq.wide_cells`;
+        None: no check)."""
         if allow_empty and len(dataset) == 0:
             return None
         dataset.validate(self.species)
@@ -301,9 +306,10 @@ class UQWrapper(MeanStress):
         batches = batches_with_progress(mdata.iter_batches(
             dataset, self.cutoff, batch_size, species=self.species, dtype=self.dtype
         ), len(dataset), f"predict ({type(self).__name__})", progress)
-        device = self.base_model.device
+        device, wide = self.base_model.device, []
         for start, batch in batches:
             batch = batch.to(device=device)
+            wide.append(wide_in_batch(batch, self.cutoff, widest, offset + start))
             if not stress:
                 raw = self._predict_batch(batch)
             else:
@@ -321,6 +327,7 @@ class UQWrapper(MeanStress):
             prediction = Prediction(**fields)
             self._check_finite(prediction)
             parts.append(prediction)
+        warn_wide(wide, self.cutoff, widest, type(self).__name__)
         return Prediction.concatenate(parts)
 
     def _strain_variance(self, batch: mdata.Batch) -> np.ndarray:
@@ -393,7 +400,19 @@ class UQWrapper(MeanStress):
         recalibrator = PredictionRecalibrator(method, **options).fit(pred, dataset)
         term = measure_strain(self, dataset, self.species) if strain else None
         self.recalibrator_, self.strain_term_ = recalibrator, term  # both or neither
+        self.calibration_width_ = calibration_width(dataset)
         return self
+
+    #: Whether calibrated predictions warn of cells at least twice the cutoff wide when
+    #: every calibration cell was narrower (:mod:`mlipuq.uq.wide_cells`): False where
+    #: the variance was measured to cover them (the deep ensemble's).
+    warns_of_wide_cells: bool = True
+
+    def _calibration_width(self) -> Optional[float]:
+        """The widest calibration cell's width (Å) to warn by; None: no warning."""
+        if not (self.calibrated_ and self.warns_of_wide_cells):
+            return None
+        return getattr(self, "calibration_width_", None)
 
     @property
     def calibrated_(self) -> bool:
@@ -446,6 +465,8 @@ class UQWrapper(MeanStress):
             "state": _encode(self._get_state()),
             "recalibrator": _encode_recalibrator(getattr(self, "recalibrator_", None)),
             "strain_term": _encode_strain_term(getattr(self, "strain_term_", None)),
+            # only where there is one: files and fingerprints as before otherwise
+            **_encode_calibration_width(getattr(self, "calibration_width_", None)),
         }
 
     def _format_version(self) -> int:
@@ -525,6 +546,8 @@ def load(
         raise FileFormatError(f"{path}: cannot rebuild the {name} ({type(exc).__name__}: {exc})") from None
     wrapper.recalibrator_ = _decode_recalibrator(payload.get("recalibrator"), path)
     wrapper.strain_term_ = _decode_strain_term(payload.get("strain_term"), path)
+    wrapper.calibration_width_ = _decode_calibration_width(payload.get("calibration_width"),
+                                                           path)
     wrapper.fitted_ = True
     return wrapper
 

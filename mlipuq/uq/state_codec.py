@@ -98,3 +98,21 @@ def _decode_strain_term(payload, path: str = "<memory>"):
     if not isinstance(state, dict):
         raise FileFormatError(f"{path}: damaged strain term (a {type(state).__name__})")
     return StrainTerm.from_state(state, path)
+
+
+def _encode_calibration_width(width) -> dict:
+    """The payload entry of ``calibration_width_`` (:mod:`mlipuq.uq.wide_cells`): none
+    when there is no width (no periodic calibration cell, uncalibrated, older files)."""
+    return {} if width is None else {"calibration_width": float(width)}
+
+
+def _decode_calibration_width(value, path: str = "<memory>"):
+    """The saved calibration width (Å), None where the file has none; anything but a
+    positive finite number raises :class:`~mlipuq.errors.FileFormatError`."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not np.isfinite(value) or value <= 0:
+        raise FileFormatError(f"{path}: damaged calibration width ({value!r}: expected a "
+                              "positive number of Å)")
+    return float(value)
