@@ -85,7 +85,7 @@ widening; and every explicit ``method=``.
 With ``--frontier N`` the first N structures of one shift join the
 calibration data only (models and wrappers are fitted as without, and with
 ``--cache`` are the same fits); until 2026-12-02 they joined the fitting
-data too.
+data too. With ``--unseen`` they are N 108-atom cells of a run of their own.
 
 The shifts are fixed by these rules before any method is run; methods are
 chosen on them, and judged elsewhere on shifts not seen here.
@@ -110,7 +110,7 @@ from mlipuq.data import concatenate
 from mlipuq.models import MiniMLIP
 from mlipuq.uq.base import UQWrapper
 from shift_cache import cache_folder, cached, with_drift, with_refit  # noqa: F401
-from shift_data import HELD_OUT, PART_SETS, UNSEEN_SEEDS, unseen_shifts
+from shift_data import HELD_OUT, PART_SETS, UNSEEN_SEEDS, unseen_frontier, unseen_shifts
 from shift_goal import goal_table, widening_table
 from shift_tags import (  # noqa: F401 (the tags are read from here)
     DEFAULTS, EARLIER_DEFAULTS, LATER_DEFAULTS, MOLECULES, STRAIN_TERM, WRAPPER_DEFAULTS, current,
@@ -247,9 +247,10 @@ def run_part(part: str, args) -> list[dict]:
     if args.frontier:
         # labelled structures from one shift (what active learning or MD harvesting
         # would flag) join the calibration data, not the fitting data (models and
-        # wrappers are the same as without); that shift leaves the test sets
-        name = FRONTIER[part]
-        frontier = tests.pop(name)
+        # wrappers are the same as without); that shift leaves the test sets; with
+        # --unseen, 108-atom cells from a run of their own join it (every set stays)
+        name, frontier = (unseen_frontier(train, UNSEEN_SEEDS[part], args.frontier)
+                          if args.unseen else (FRONTIER[part], tests.pop(FRONTIER[part])))
         calib = concatenate([val, frontier[: args.frontier]])
         suffix = f" + {args.frontier} frontier ({name})"
     # the deep ensemble needs every member, the other wrappers the first base model
@@ -487,7 +488,8 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="smaller data sets (smoke run)")
     parser.add_argument("--frontier", type=int, default=0,
                         help="calibrate also on this many structures of one shift, which "
-                        "then leaves the tests (default 0: in-distribution calibration only)")
+                        "then leaves the tests (--unseen: 108-atom cells of their own run; "
+                        "default 0: in-distribution calibration only)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", default=None,
                         help="folder for the fitted base models and heads: read when there, "
@@ -527,10 +529,10 @@ def main(argv=None) -> None:
                         help="test on the shift kinds no round saw (EMT systems; "
                         "docs/shift.md) instead of the system's own shifts (to their own --out)")
     args = parser.parse_args(argv)
-    if args.unseen and (os.path.abspath(args.out) == TABLE_OUT or args.frontier
+    if args.unseen and (os.path.abspath(args.out) == TABLE_OUT
                         or set(args.parts) - set(UNSEEN_SEEDS)):
-        parser.error("--unseen: EMT systems only (" + ", ".join(UNSEEN_SEEDS) + "), no "
-                     "--frontier, rows to their own --out")
+        parser.error("--unseen: EMT systems only (" + ", ".join(UNSEEN_SEEDS) + "), rows "
+                     "to their own --out")
     if not args.strain_term and os.path.abspath(args.out) == TABLE_OUT:
         parser.error("--no-strain-term rows go to their own --out")
     if args.base_seed < 0:

@@ -280,6 +280,17 @@ def unseen_shifts(train: AtomsDataset, seed: int, quick: bool) -> dict:
             for k, (name, (kind, t, size)) in enumerate(unseen_recipes(temperatures).items())}
 
 
+def unseen_frontier(train: AtomsDataset, seed: int, n: int) -> tuple[str, AtomsDataset]:
+    """``(name, structures)``: ``n`` labelled cells of the 108-atom bulk kind of
+    :func:`unseen_recipes` (the lowest training temperature), from an MD run of their
+    own (seed ``seed + 4``; the test sets use ``seed`` to ``seed + 3``), to join the
+    calibration data (``shift.py --unseen --frontier n``)."""
+    composition, temperatures = training_recipe(train)
+    name, (kind, t, size) = next(iter(unseen_recipes(temperatures).items()))
+    return name, datasets.emt(composition, n_structures=n, temperatures=(t,), kinds=(kind,),
+                              seed=seed + 4, size=size)
+
+
 #: The systems in the order they were added: acac and the alloy after every default
 #: had been chosen on the first two (held out then; the alloy run once).
 PART_SETS = {"copper": copper_sets, "ethanol": ethanol_sets, "acac": acac_sets,

@@ -28,10 +28,12 @@ TABLE = os.path.join(HERE, "results", "shift.json")
 COVER = {"force": "force_cov95", "energy": "energy_cov95"}
 
 
-def default_rows(rows: list[dict]) -> list[dict]:
+def default_rows(rows: list[dict], frontier: bool = False) -> list[dict]:
     """The default calibration's rows on base model 0 with refitted reference
-    energies (the shift table's fits)."""
-    return [r for r in rows if r["method"] == "default" and not r.get("base_seed", 0)
+    energies (the shift table's fits); ``frontier``: those calibrated with frontier
+    structures too (``shift.py --frontier``), else those without."""
+    return [r for r in rows if r["method"].split(" + ")[0] == "default"
+            and ("frontier" in r["method"]) == frontier and not r.get("base_seed", 0)
             and r.get("refit_references", False)]
 
 
@@ -136,8 +138,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("files", nargs="+", help="result files of shift.py --unseen")
     parser.add_argument("--table", default=TABLE, help="the shift table's result file")
+    parser.add_argument("--frontier", action="store_true",
+                        help="the rows calibrated with frontier structures too "
+                        "(shift.py --unseen --frontier N)")
     args = parser.parse_args(argv)
-    unseen = default_rows([r for path in args.files for r in json.load(open(path))["rows"]])
+    unseen = default_rows([r for path in args.files for r in json.load(open(path))["rows"]],
+                          args.frontier)
     table = default_rows(json.load(open(args.table))["rows"])
     print(summary_table(unseen, table))
     print()

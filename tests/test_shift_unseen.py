@@ -38,8 +38,7 @@ def test_unseen_kinds_are_new_for_every_system(shift_data):
 def test_unseen_refuses_what_it_does_not_serve(shift_data):
     shift = benchmark_modules("shift")[0]
     for argv in (["--unseen", "--parts", "ethanol", "--out", "/tmp/x.json"],
-                 ["--unseen", "--parts", "copper"],  # into the shift table's own file
-                 ["--unseen", "--parts", "copper", "--frontier", "5", "--out", "/tmp/x.json"]):
+                 ["--unseen", "--parts", "copper"]):  # into the shift table's own file
         with pytest.raises(SystemExit):
             shift.main(argv)
 
@@ -71,3 +70,29 @@ def test_the_check_counts_goals_and_names_the_worst_shift():
     assert unseen.cover_text(0.9003, "force") == "0.900"
     gap = unseen.in_distribution_gap(rows, [_row("copper", "in distribution", 0.5, 0.25)])
     assert gap == 0.25
+
+
+def test_unseen_frontier_cells_come_from_a_run_of_their_own(shift_data, tmp_path,
+                                                           monkeypatch):
+    """``--unseen --frontier n``: n 108-atom cells at the lowest training temperature,
+    from their own seed: none is a structure of the 108-atom test set."""
+    monkeypatch.setenv("MLIPUQ_CACHE", str(tmp_path))  # the benchmark caches its sets
+    train = datasets.emt("Cu", n_structures=2, temperatures=(300,), kinds=("bulk",), seed=3,
+                         cache=False)
+    name, frontier = shift_data.unseen_frontier(train, 1000, 2)
+    assert name == "bulk 108 atoms 300 K"
+    assert len(frontier) == 2 and {len(a) for a in frontier} == {108}
+    assert {a.info["temperature"] for a in frontier} == {300.0}
+    test = datasets.emt("Cu", n_structures=2, temperatures=(300,), kinds=("bulk",), seed=1000,
+                        size=3)  # the test set's seed (unseen_shifts: the first kind)
+    assert all(abs(a.positions - b.positions).max() > 1e-3 for a in frontier for b in test)
+
+
+def test_frontier_rows_are_told_apart():
+    (unseen,) = benchmark_modules("shift_unseen")
+    rows = [_row("copper", "surface 450 K", 0.95, 0.9),
+            _row("copper", "surface 450 K", 0.99, 0.9,
+                 method="default + 5 frontier (bulk 108 atoms 300 K)"),
+            _row("copper", "surface 450 K", 0.5, 0.9, method="scalar + 5 frontier (x)")]
+    assert [r["force_cov95"] for r in unseen.default_rows(rows)] == [0.95]
+    assert [r["force_cov95"] for r in unseen.default_rows(rows, frontier=True)] == [0.99]
