@@ -332,3 +332,21 @@ def run_local(fn, *args, **kwargs):
         error = exc
     raise_if_any_failed(error)
     return result
+
+
+def run_sharded(fn, dataset, batch_size: int, progress: bool, distributed: bool, join,
+                **options):
+    """``fn(dataset, batch_size, progress, **options)`` here; or, when ``distributed``
+    and :func:`active`, each rank on its contiguous shard (``allow_empty=True``,
+    ``offset`` its first index; progress on the main rank), the ranks' results (None
+    for an empty shard) ``join``-ed in rank order on every rank. Collective then."""
+    if not (distributed and active()):
+        return fn(dataset, batch_size, progress, **options)
+    if len(dataset) == 0:
+        from mlipuq.errors import InvalidStructureError
+
+        raise InvalidStructureError("the dataset holds no structures")
+    start, stop = shard_bounds(len(dataset))
+    local = run_local(fn, dataset[start:stop], batch_size, progress and is_main(),
+                      allow_empty=True, offset=start, **options)
+    return join([p for p in all_gather_objects(local) if p is not None])

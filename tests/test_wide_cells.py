@@ -14,7 +14,8 @@ from ase.calculators.emt import EMT
 import mlipuq
 from mlipuq.checks import narrowest_widths
 from mlipuq.errors import FileFormatError
-from mlipuq.uq import DeepEnsemble, LastLayerLaplace, load
+from mlipuq.uq import (DeepEnsemble, EvidentialHead, LastLayerLaplace, LatentDistance,
+                       ShallowEnsemble, load)
 from mlipuq.uq.wide_cells import WideCellWarning, calibration_width
 
 from conftest import make_model
@@ -108,6 +109,24 @@ def test_no_warning_when_calibration_saw_wide_cells_or_none(narrow):
     assert _warnings(lambda: with_wide.predict(wide)) == []
     uncalibrated = LastLayerLaplace(make_model()).fit(train)
     assert _warnings(lambda: uncalibrated.predict(wide)) == []
+
+
+def test_every_single_model_wrapper_warns(narrow):
+    """Latent distance (alone and over the LLPR: its own predict), the shallow
+    ensemble and the evidential head warn as the LLPR does."""
+    llpr, train, val = narrow
+    quick = dict(epochs=1, seed=0, batch_size=4, progress=False)
+    wrappers = {
+        "LatentDistance": LatentDistance(make_model()).fit(train, val),
+        "LatentDistance + LLPR": LatentDistance(llpr.base_model, combine=llpr).fit(train, val),
+        "ShallowEnsemble": ShallowEnsemble(make_model(), n_heads=3).fit(train, val, **quick),
+        "EvidentialHead": EvidentialHead(make_model()).fit(train, val, **quick)}
+    wide = _cubic(1, 8, repeat=3)
+    for name, wrapper in wrappers.items():
+        wrapper.calibrate(val)
+        found = _warnings(lambda: wrapper.predict(wide))
+        assert len(found) == 1 and found[0].startswith(
+            f"{name.split(' ')[0]}: structure 0 is at least twice"), name
 
 
 def test_the_deep_ensemble_does_not_warn(narrow):

@@ -45,7 +45,7 @@ from mlipuq.prediction import Prediction
 from mlipuq.predictive import ROBUST_MAX_DOF
 from mlipuq.progress import batches_with_progress
 from mlipuq.uq.mean_stress import MeanStress
-from mlipuq.uq.wide_cells import calibration_width, warn_wide, wide_in_batch
+from mlipuq.uq.wide_cells import calibration_width, warn_wide_cells
 from mlipuq.uq.state_codec import (  # noqa: F401  (importable from here as before)
     _decode, _decode_calibration_width, _decode_recalibrator, _decode_strain_term, _encode,
     _encode_calibration_width, _encode_recalibrator, _encode_strain_term)
@@ -280,25 +280,22 @@ class UQWrapper(MeanStress):
         dataset = mdata.as_dataset(structures)
         if distributed is None:
             distributed = mdist.active() and not isinstance(structures, ase.Atoms)
-        widest = self._calibration_width() if calibrated else None
-        prediction = self._run_sharded(self._predict_raw, dataset, batch_size, progress,
-                                       distributed, Prediction.concatenate, stress=stress,
-                                       widest=widest)
+        prediction = mdist.run_sharded(self._predict_raw, dataset, batch_size, progress,
+                                       distributed, Prediction.concatenate, stress=stress)
         if calibrated:
             prediction = self._apply_calibration(prediction)
+            self._warn_wide_cells(dataset)
         if composition:
             prediction = self._add_composition_variance(prediction)
         return prediction
 
     def _predict_raw(self, dataset, batch_size: int, progress: bool,
                      allow_empty: bool = False, *, stress: bool = False,
-                     offset: int = 0, widest: Optional[float] = None) -> Optional[Prediction]:
+                     offset: int = 0) -> Optional[Prediction]:
         """The uncalibrated prediction of ``dataset`` in this process (None: empty shard).
 
         ``offset``: index of ``dataset``'s first structure in the caller's
-        structures (a shard's start), for error messages and warnings; ``widest``:
-        the calibration cells' width, to warn of wider cells (:mod:`~mlipuq.uq.wide_cells`;
-        None: no check)."""
+        structures (a shard's start), for error messages."""
         if allow_empty and len(dataset) == 0:
             return None
         dataset.validate(self.species)
@@ -306,10 +303,9 @@ class UQWrapper(MeanStress):
         batches = batches_with_progress(mdata.iter_batches(
             dataset, self.cutoff, batch_size, species=self.species, dtype=self.dtype
         ), len(dataset), f"predict ({type(self).__name__})", progress)
-        device, wide = self.base_model.device, []
+        device = self.base_model.device
         for start, batch in batches:
             batch = batch.to(device=device)
-            wide.append(wide_in_batch(batch, self.cutoff, widest, offset + start))
             if not stress:
                 raw = self._predict_batch(batch)
             else:
@@ -327,7 +323,6 @@ class UQWrapper(MeanStress):
             prediction = Prediction(**fields)
             self._check_finite(prediction)
             parts.append(prediction)
-        warn_wide(wide, self.cutoff, widest, type(self).__name__)
         return Prediction.concatenate(parts)
 
     def _strain_variance(self, batch: mdata.Batch) -> np.ndarray:
@@ -408,11 +403,12 @@ class UQWrapper(MeanStress):
     #: the variance was measured to cover them (the deep ensemble's).
     warns_of_wide_cells: bool = True
 
-    def _calibration_width(self) -> Optional[float]:
-        """The widest calibration cell's width (Å) to warn by; None: no warning."""
-        if not (self.calibrated_ and self.warns_of_wide_cells):
-            return None
-        return getattr(self, "calibration_width_", None)
+    def _warn_wide_cells(self, dataset) -> None:
+        """:class:`~mlipuq.uq.wide_cells.WideCellWarning` for the structures of
+        ``dataset`` (calibrated predictions) wider than the calibration cells allow."""
+        widest = getattr(self, "calibration_width_", None)
+        if self.calibrated_ and self.warns_of_wide_cells and widest is not None:
+            warn_wide_cells(dataset, self.cutoff, widest, type(self).__name__)
 
     @property
     def calibrated_(self) -> bool:

@@ -521,4 +521,5 @@ class LatentDistance(LatentScores, UQWrapper):
             self._check_finite(own)
         if calibrated:
             own = self._apply_calibration(own)
+            self._warn_wide_cells(mdata.as_dataset(structures))
         return self._add_composition_variance(own) if composition else own

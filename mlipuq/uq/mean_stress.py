@@ -46,23 +46,8 @@ class MeanStress:
         dataset = mdata.as_dataset(structures)
         if distributed is None:
             distributed = mdist.active() and not isinstance(structures, ase.Atoms)
-        return self._run_sharded(self._mean_stress_raw, dataset, batch_size, progress,
+        return mdist.run_sharded(self._mean_stress_raw, dataset, batch_size, progress,
                                  distributed, np.concatenate)
-
-    def _run_sharded(self, fn, dataset, batch_size: int, progress: bool, distributed: bool,
-                     join, **options):
-        """``fn(dataset, batch_size, progress, **options)`` here, or, when ``distributed``
-        under :mod:`mlipuq.distributed`, each rank on its contiguous shard (``offset``
-        its first index) with the ranks' results ``join``-ed in order on every rank."""
-        if not (distributed and mdist.active()):
-            return fn(dataset, batch_size, progress, **options)
-        if len(dataset) == 0:
-            raise InvalidStructureError("the dataset holds no structures")
-        start, stop = mdist.shard_bounds(len(dataset))
-        local = mdist.run_local(fn, dataset[start:stop], batch_size,
-                                progress and mdist.is_main(), allow_empty=True,
-                                offset=start, **options)
-        return join([p for p in mdist.all_gather_objects(local) if p is not None])
 
     def _mean_stress_raw(self, dataset, batch_size: int, progress: bool,
                          allow_empty: bool = False, *, offset: int = 0) -> Optional[np.ndarray]:

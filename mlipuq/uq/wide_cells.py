@@ -39,11 +39,16 @@ class WideCellWarning(UserWarning):
     calibration cell was narrower: the stds may be several times too small."""
 
 
+def _cells(dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(B, 3, 3) cells and (B, 3) periodic flags of ``dataset``'s structures."""
+    cells = np.array([np.asarray(atoms.cell) for atoms in dataset]).reshape(-1, 3, 3)
+    return cells, np.array([atoms.pbc for atoms in dataset], dtype=bool).reshape(-1, 3)
+
+
 def calibration_width(dataset) -> Optional[float]:
     """The widest of the calibration structures' smallest perpendicular widths (Å),
     over those periodic in all three directions; None when there is none."""
-    widths = narrowest_widths([np.asarray(atoms.cell) for atoms in dataset],
-                              [atoms.pbc for atoms in dataset])
+    widths = narrowest_widths(*_cells(dataset))
     widths = widths[np.isfinite(widths)]
     return float(widths.max()) if widths.size else None
 
@@ -58,25 +63,18 @@ def wide_structures(cells, pbc, cutoff: float, widest: Optional[float]) -> np.nd
     return np.flatnonzero(np.nan_to_num(widths, nan=0.0) >= 2.0 * cutoff)
 
 
-def wide_in_batch(batch, cutoff: float, widest: Optional[float], first: int) -> np.ndarray:
-    """:func:`wide_structures` of a :class:`~mlipuq.data.Batch`, as indices counted
-    from ``first`` (the batch's first structure among those predicted)."""
-    if widest is None:
-        return np.zeros(0, dtype=np.int64)
-    found = wide_structures(batch.cell.detach().cpu().numpy(), batch.pbc.cpu().numpy(),
-                            cutoff, widest)
-    return first + found
-
-
-def warn_wide(indices, cutoff: float, widest: float, wrapper: str) -> None:
-    """:class:`WideCellWarning` for the structures ``indices`` (the first is named;
-    the message does not change with the cell, so MD warns once)."""
-    indices = [int(i) for i in np.concatenate([np.zeros(0, dtype=np.int64), *indices])]
-    if not indices:
+def warn_wide_cells(dataset, cutoff: float, widest: float, wrapper: str) -> None:
+    """:class:`WideCellWarning` naming the first structure of ``dataset`` that
+    :func:`wide_structures` finds, and counting the others (the message does not
+    change with the cell, so an MD run warns once)."""
+    if widest >= 2.0 * cutoff:
+        return
+    indices = wide_structures(*_cells(dataset), cutoff, widest)
+    if not len(indices):
         return
     more = f" and {len(indices) - 1} more" if len(indices) > 1 else ""
     warnings.warn(
-        f"{wrapper}: structure {indices[0]}{more} is at least twice the cutoff "
+        f"{wrapper}: structure {int(indices[0])}{more} is at least twice the cutoff "
         f"({cutoff:g} Å) wide, but every periodic calibration cell was narrower "
         f"(widest {widest:.3g} Å): neighbours entered those environments through two "
         "periodic images that move together, so these environments were never seen, "
