@@ -298,14 +298,8 @@ class UQWrapper(MeanStress):
         structures (a shard's start), for error messages."""
         if allow_empty and len(dataset) == 0:
             return None
-        dataset.validate(self.species)
         parts = []
-        batches = batches_with_progress(mdata.iter_batches(
-            dataset, self.cutoff, batch_size, species=self.species, dtype=self.dtype
-        ), len(dataset), f"predict ({type(self).__name__})", progress)
-        device = self.base_model.device
-        for start, batch in batches:
-            batch = batch.to(device=device)
+        for start, batch in self._batches(dataset, batch_size, progress, "predict"):
             if not stress:
                 raw = self._predict_batch(batch)
             else:
@@ -324,6 +318,16 @@ class UQWrapper(MeanStress):
             self._check_finite(prediction)
             parts.append(prediction)
         return Prediction.concatenate(parts)
+
+    def _batches(self, dataset, batch_size: int, progress: bool, task: str):
+        """``(start, batch)`` pairs of ``dataset``, validated for this wrapper's species
+        now, each batch on the base model's device; a progress bar named ``task``."""
+        dataset.validate(self.species)
+        batches = batches_with_progress(mdata.iter_batches(
+            dataset, self.cutoff, batch_size, species=self.species, dtype=self.dtype
+        ), len(dataset), f"{task} ({type(self).__name__})", progress)
+        device = self.base_model.device
+        return ((start, batch.to(device=device)) for start, batch in batches)
 
     def _strain_variance(self, batch: mdata.Batch) -> np.ndarray:
         """``strain_energy_var`` (B,) of ``batch`` (eV², :mod:`mlipuq.calibration.strain`)."""

@@ -26,12 +26,12 @@ import torch
 from mlipuq import data as mdata
 from mlipuq import distributed as mdist
 from mlipuq.errors import InvalidStructureError
-from mlipuq.progress import batches_with_progress
 
 
 class MeanStress:
-    """Mixin of :class:`~mlipuq.uq.base.UQWrapper`: :meth:`mean_stress`,
-    :meth:`compute_stress` and the per-batch hook :meth:`_mean_stress`."""
+    """Mixin of :class:`~mlipuq.uq.base.UQWrapper` (whose ``_batches`` it uses):
+    :meth:`mean_stress`, :meth:`compute_stress` and the per-batch hook
+    :meth:`_mean_stress`."""
 
     def mean_stress(self, structures, *, batch_size: int = 32, progress: bool = False,
                     distributed: Optional[bool] = None) -> np.ndarray:
@@ -54,13 +54,8 @@ class MeanStress:
         """:meth:`mean_stress` of ``dataset`` in this process (None: an empty shard)."""
         if allow_empty and len(dataset) == 0:
             return None
-        dataset.validate(self.species)
         parts = []
-        batches = batches_with_progress(mdata.iter_batches(
-            dataset, self.cutoff, batch_size, species=self.species, dtype=self.dtype
-        ), len(dataset), f"stress ({type(self).__name__})", progress)
-        for start, batch in batches:
-            batch = batch.to(device=self.base_model.device)
+        for start, batch in self._batches(dataset, batch_size, progress, "stress"):
             self._check_periodic(batch, offset + start)
             parts.append(self._mean_stress(batch).detach().cpu().to(torch.float64).numpy())
         return np.concatenate(parts) if parts else np.zeros((0, 3, 3))
