@@ -4,6 +4,7 @@ added to the training set (and 5 to ``val``), tested on the same in-distribution
 and shift kinds no round saw as ``shift.py --unseen``, beside that run's rows.
 
     python benchmarks/wide_training.py --parts agpd aupd --cache /tmp/fits_wide
+    python benchmarks/wide_training.py --parts agpd --cache /tmp/fits_wide --diagnose-deep
 
 The 25 wide cells are those of ``shift_data.unseen_frontier`` (an MD run of their
 own, seed + 4; the test sets use seed to seed + 3); the recipe (network, epochs,
@@ -22,6 +23,7 @@ import warnings
 
 import reproducible  # noqa: F401  (first: MKL_CBWR=AUTO, reruns reproduce their rows)
 
+import numpy as np
 import torch
 
 from mlipuq.data import concatenate
@@ -65,6 +67,32 @@ def run(part: str, cache: str, epochs: int) -> list[dict]:
     return rows
 
 
+def diagnose_deep(part: str, cache: str) -> None:
+    """The deep ensemble's energies of the 108-atom test cells (cached fits): raw, and
+    calibrated by default, without structure scaling, without recentring and on
+    ``val`` without its wide cells; median per-atom |error| and std (meV)."""
+    train, val, tests = sets(part)
+    folder = os.path.join(cache, part)
+    models = base_models(part, train, val, 80, 3, folder, refit=True)
+    deep = fit_wrappers(models, train, val, None, folder, ["DeepEnsemble (3)"])
+    deep = deep["DeepEnsemble (3)"]
+    test = next(t for name, t in tests.items() if name.startswith("bulk 108"))
+    variants = {"raw": None, "default": dict(), "no structure scaling":
+                dict(structure_scaling=False), "no recentring": dict(recentre=False),
+                "val without its wide cells": dict(val=val[: len(val) - N_VAL])}
+    for name, options in variants.items():
+        if options is not None:
+            options = dict(options)
+            deep.calibrate(options.pop("val", val), **options)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", WideCellWarning)
+            pred = deep.predict(test, calibrated=options is not None)
+        n = pred.n_atoms
+        print(f"{name:<28} E cover 95 % {scores(pred, test)['energy_cov95']:.3f}, per atom "
+              f"|error| {1e3 * np.median(abs(pred.energy - test.energies) / n):.3f} meV, "
+              f"std {1e3 * np.median(pred.energy_std / n):.3f} meV", flush=True)
+
+
 def narrow_rows(part: str) -> dict:
     """``shift.py --unseen``'s default rows of ``part`` (narrow training), by wrapper
     and split."""
@@ -91,8 +119,15 @@ def main(argv=None) -> None:
     parser.add_argument("--cache", required=True, help="folder for base models and heads")
     parser.add_argument("--epochs", type=int, default=80)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--diagnose-deep", action="store_true",
+                        help="the deep ensemble's 108-atom energies under four calibrations "
+                        "(needs the cached fits)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.diagnose_deep:
+        for part in args.parts:
+            diagnose_deep(part, args.cache)
+        return
     for part in args.parts:
         rows = run(part, args.cache, args.epochs)
         out = os.path.join(HERE, "results", f"wide_training_{part}.json")
