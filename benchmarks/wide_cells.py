@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 
 from mlipuq.uq.wide_cells import calibration_width, wide_structures
 from shift import MODEL
@@ -24,9 +23,7 @@ from shift_data import HELD_OUT, PART_SETS, UNSEEN_SEEDS, unseen_shifts
 
 def flagged_fraction(dataset, cutoff: float, widest) -> float:
     """Fraction of ``dataset``'s structures the warning names."""
-    cells = np.array([np.asarray(atoms.cell) for atoms in dataset])
-    pbc = np.array([atoms.pbc for atoms in dataset])
-    return len(wide_structures(cells, pbc, cutoff, widest)) / len(dataset)
+    return len(wide_structures(dataset, cutoff, widest)) / len(dataset)
 
 
 def system_rows(part: str) -> list:

@@ -175,6 +175,12 @@ def narrowest_widths(cells, pbc) -> np.ndarray:
     return out
 
 
+def structure_widths(structures) -> np.ndarray:
+    """:func:`narrowest_widths` of ``structures`` (``ase.Atoms``, or a dataset of them)."""
+    return narrowest_widths([np.asarray(atoms.cell) for atoms in structures],
+                            [atoms.pbc for atoms in structures])
+
+
 def estimate_neighbours(atoms: ase.Atoms, cutoff: float) -> tuple[float, float]:
     """``(neighbours per atom, periodic image cells)`` a neighbour list within
     ``cutoff`` (Å) would need; ``(0, 1)`` for a non-periodic structure.

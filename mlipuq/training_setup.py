@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from mlipuq import data as mdata
-from mlipuq.checks import narrowest_widths
+from mlipuq.checks import structure_widths
 from mlipuq.models.base import MLIP
 
 log = logging.getLogger("mlipuq.training")  # the name the training log has always used
@@ -115,14 +115,13 @@ def check_cell_widths(train, cutoff: float) -> None:
     models' stds did not rise with the error; trained on as many atoms in 108-atom
     cells, the error was the same in every cell size. Nothing when a training cell is
     wide enough or none is fully periodic (degenerate cells are validation's to report)."""
-    widths = narrowest_widths([np.asarray(atoms.cell) for atoms in train],
-                              [atoms.pbc for atoms in train])
+    widths = structure_widths(train)
     widths = widths[np.isfinite(widths)]
     if not widths.size or widths.max() >= 2.0 * cutoff:
         return
     warnings.warn(
         f"all {len(widths)} periodic training cells are narrower than twice the model's "
-        f"cutoff ({cutoff:g} Å; widest {max(widths):.3g} Å): neighbours enter each "
+        f"cutoff ({cutoff:g} Å; widest {widths.max():.3g} Å): neighbours enter each "
         "environment through two periodic images and move together, so the network "
         "never sees the environments of larger cells, whose forces were up to 3 times "
         "less accurate with stds that did not grow (docs/shift.md, 'Shift kinds no round "

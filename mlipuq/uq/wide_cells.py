@@ -32,7 +32,7 @@ from typing import Optional
 
 import numpy as np
 
-from mlipuq.checks import narrowest_widths
+from mlipuq.checks import structure_widths
 from mlipuq.training_setup import user_stacklevel
 
 
@@ -41,37 +41,28 @@ class WideCellWarning(UserWarning):
     calibration cell was narrower: the stds may be several times too small."""
 
 
-def _cells(dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(B, 3, 3) cells and (B, 3) periodic flags of ``dataset``'s structures."""
-    cells = np.array([np.asarray(atoms.cell) for atoms in dataset]).reshape(-1, 3, 3)
-    return cells, np.array([atoms.pbc for atoms in dataset], dtype=bool).reshape(-1, 3)
-
-
 def calibration_width(dataset) -> Optional[float]:
     """The widest of the calibration structures' smallest perpendicular widths (Å),
     over those periodic in all three directions; None when there is none."""
-    widths = narrowest_widths(*_cells(dataset))
+    widths = structure_widths(dataset)
     widths = widths[np.isfinite(widths)]
     return float(widths.max()) if widths.size else None
 
 
-def wide_structures(cells, pbc, cutoff: float, widest: Optional[float]) -> np.ndarray:
-    """Indices of the structures (``cells`` (B, 3, 3), ``pbc`` (B, 3)) at least
-    2 × ``cutoff`` wide, when ``widest`` (the calibration cells') is below that; empty
-    when it is not, or None (no periodic calibration cell: nothing to compare)."""
+def wide_structures(structures, cutoff: float, widest: Optional[float]) -> np.ndarray:
+    """Indices of ``structures`` at least 2 × ``cutoff`` wide, when ``widest`` (the
+    calibration cells') is below that; empty when it is not, or None (no periodic
+    calibration cell: nothing to compare), without reading the cells."""
     if widest is None or widest >= 2.0 * cutoff:
         return np.zeros(0, dtype=np.int64)
-    widths = narrowest_widths(cells, pbc)
-    return np.flatnonzero(np.nan_to_num(widths, nan=0.0) >= 2.0 * cutoff)
+    return np.flatnonzero(np.nan_to_num(structure_widths(structures), nan=0.0) >= 2.0 * cutoff)
 
 
 def warn_wide_cells(dataset, cutoff: float, widest: float, wrapper: str) -> None:
     """:class:`WideCellWarning` naming the first structure of ``dataset`` that
     :func:`wide_structures` finds, and counting the others (the message does not
     change with the cell, so an MD run warns once)."""
-    if widest >= 2.0 * cutoff:
-        return
-    indices = wide_structures(*_cells(dataset), cutoff, widest)
+    indices = wide_structures(dataset, cutoff, widest)
     if not len(indices):
         return
     more = f" and {len(indices) - 1} more" if len(indices) > 1 else ""
