@@ -73,6 +73,12 @@ class PosteriorMean:
             return None
         return torch.as_tensor(shift, dtype=torch.float64, device=like.device)
 
+    @staticmethod
+    def _member_weights(delta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+        """(1, F) feature weights of Δ in ``phi``'s dtype: the one "member" θ* + Δ of
+        :mod:`mlipuq.uq.llpr_rows` (the bias has no force nor stress)."""
+        return delta[: phi.shape[1]].to(phi.dtype)[None]
+
     def _mean_stress(self, batch) -> torch.Tensor:
         """(B, 3, 3) stress (eV/Å^3) of the mean readout, as ``predict(..., stress=True)``
         gives it: θ*'s, the base model's (one backward pass), or with ``refit_mean``
@@ -84,7 +90,7 @@ class PosteriorMean:
             return super()._mean_stress(batch)
         out = self._model_call(batch, stress=True, features=True)
         phi = out["features"]
-        weights = self._shift(phi)[: phi.shape[1]].to(phi.dtype)[None]
+        weights = self._member_weights(self._shift(phi), phi)
         return sampled_stress(phi, out, batch, weights, self.vectorize)["stress_members"][0]
 
     def _shift_energy(self, result: dict, f: torch.Tensor) -> None:
@@ -106,7 +112,7 @@ class PosteriorMean:
         self._shift_energy(result, f)
         stress = "stress" in result
         if g is None:  # the forces (and stresses) of the one "member" θ* + Δ
-            weights = delta[: phi.shape[1]].to(phi.dtype)[None]
+            weights = self._member_weights(delta, phi)
             if stress:
                 moved = sampled_forces_and_stress(phi, out, batch, weights, self.vectorize)
                 result["stress"] = moved["stress_members"][0]
