@@ -52,6 +52,32 @@ COMMITTEE_CALIBRATION = {"energy": "student_t", "forces": "student_t"}
 DEFAULT_MEMBERS = 5
 
 
+def _recentring_weighting(recentre) -> Optional[str]:
+    """``"per_atom"``, ``"total"`` or None (no recentring) from ``calibrate``'s
+    ``recentre`` (True, False, ``"per_atom"`` or ``"total"``)."""
+    if recentre is True or recentre == "per_atom":
+        return "per_atom"
+    if recentre is False or recentre is None:
+        return None
+    if recentre == "total":
+        return "total"
+    raise ValueError(f"recentre must be True, False, 'per_atom' or 'total', got {recentre!r}")
+
+
+def recentring_offsets(counts, residuals, n_atoms, *, per_atom: bool = True) -> np.ndarray:
+    """(K, S) per-species energy offsets (eV/atom) of each member: the least-squares
+    (minimum-norm) fit of ``counts`` (B, S) atoms per species to ``residuals`` (K, B),
+    the reference energies minus each member's (eV). ``per_atom``: every row divided by
+    its structure's atom count ``n_atoms`` (B,) first, so each structure weighs the
+    same; else the fit to the total energies (a structure weighs as n_atoms²)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    residuals = np.asarray(residuals, dtype=np.float64).T  # (B, K)
+    if per_atom:
+        size = np.maximum(np.asarray(n_atoms, dtype=np.float64), 1.0)[:, None]
+        counts, residuals = counts / size, residuals / size
+    return np.linalg.lstsq(counts, residuals, rcond=None)[0].T
+
+
 def member_statistics(members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and population variance (``ddof=0``) over the first axis, in float64.
 
@@ -373,7 +399,7 @@ class DeepEnsemble(UQWrapper):
     #: as the energies")
     default_extrapolation = {"energy": 1.0, "forces": 0.75}
 
-    def calibrate(self, val, method: Optional[str] = None, *, recentre: bool = True,
+    def calibrate(self, val, method: Optional[str] = None, *, recentre=True,
                   **options) -> "DeepEnsemble":
         """Recentre the members on ``val``, then recalibrate (see ``UQWrapper.calibrate``;
         ``method`` None: :attr:`default_calibration`, a fitted Student-t predictive
@@ -387,14 +413,26 @@ class DeepEnsemble(UQWrapper):
         residuals on ``val`` by least squares (minimum norm) and adds them to
         that member's energies (forces are unchanged), so that the spread
         measures how the members differ between structures.
+
+        The offsets are per atom, and so is the fit (``recentre=True`` or
+        ``"per_atom"``): the residuals and composition counts of a structure are
+        divided by its atom count, so that every structure weighs the same,
+        whatever its size, as in the calibration that follows (one energy z-score
+        per structure). ``recentre="total"`` fits them to the residuals of the total
+        energies, the fit before 2026-12-06: a structure then weighs as its atom
+        count squared, and a few large cells in ``val`` set the offsets alone
+        (their own errors then vanish from the calibration data; docs/shift.md,
+        "Recentring per atom"). With cells of one size the two fits agree.
         """
+        weighting = _recentring_weighting(recentre)
         dataset = calibration_data(val)
         self.member_offsets_ = None
-        if recentre:
+        if weighting:
             pred = self.predict(dataset, calibrated=False, composition=False)
             counts = mdata.composition_matrix(dataset, self.species)
             residuals = dataset.energies[None, :] - pred.energy_members  # (K, B)
-            self.member_offsets_ = np.linalg.lstsq(counts, residuals.T, rcond=None)[0].T
+            self.member_offsets_ = recentring_offsets(counts, residuals, dataset.n_atoms,
+                                                      per_atom=weighting == "per_atom")
         return super().calibrate(dataset, method, **options)
 
     def _composition_drift(self) -> Optional[np.ndarray]:

@@ -1,0 +1,89 @@
+"""The deep ensemble's recentring: per-species energy offsets per member, fitted per
+atom so that every calibration structure weighs the same whatever its size."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+from mlipuq import data as mdata
+from mlipuq.models import MiniMLIP
+from mlipuq.uq.deep_ensemble import recentring_offsets
+from mlipuq.uq.ensembles import DeepEnsemble
+
+
+def test_one_species_offsets_by_hand():
+    """One species, cells of 32 and 108 atoms: the per-atom fit is the plain mean of
+    the per-atom residuals; the fit to total energies is sum(N r) / sum(N²), which the
+    large cells dominate."""
+    n = np.array([32, 32, 32, 108])
+    per_atom = np.array([[0.010, 0.012, 0.008, -0.002], [0.0, 0.001, -0.001, 0.004]])
+    residuals = per_atom * n  # (K, B) eV
+    counts = n[:, None].astype(float)
+    np.testing.assert_allclose(recentring_offsets(counts, residuals, n)[:, 0],
+                               per_atom.mean(axis=1), rtol=1e-12)
+    total = recentring_offsets(counts, residuals, n, per_atom=False)[:, 0]
+    np.testing.assert_allclose(total, (residuals * n).sum(axis=1) / (n**2).sum(), rtol=1e-12)
+    assert abs(total[0] - per_atom[0, 3]) < abs(per_atom.mean(axis=1)[0] - per_atom[0, 3])
+
+
+def test_one_size_both_fits_agree():
+    """Cells of one size (two species): dividing every row by the same count changes
+    no least-squares solution."""
+    rng = np.random.default_rng(0)
+    counts = rng.integers(5, 20, size=(8, 2)).astype(float)
+    counts[:, 1] = 24 - counts[:, 0]
+    residuals = rng.normal(size=(3, 8))
+    np.testing.assert_allclose(recentring_offsets(counts, residuals, np.full(8, 24)),
+                               recentring_offsets(counts, residuals, np.full(8, 24),
+                                                  per_atom=False), rtol=1e-10, atol=1e-14)
+
+
+def _cells(repeats, seed=0):
+    rng = np.random.default_rng(seed)
+    frames = []
+    for r in repeats:
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(r)
+        atoms.rattle(0.05, seed=int(rng.integers(1 << 30)))
+        atoms.calc = EMT()
+        atoms.get_potential_energy()
+        atoms.get_forces()
+        frames.append(atoms)
+    return mdata.as_dataset(frames)
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    members = [MiniMLIP(["Cu"], cutoff=4.0, width=8, n_interactions=1, n_rbf=4,
+                        n_readout_features=8, seed=s) for s in (0, 1)]
+    return DeepEnsemble(members), _cells([2, 2, 2, 2, 3, 3])
+
+
+def test_calibrate_recentres_per_atom(mixed):
+    """``calibrate`` on 32- and 108-atom cells: each member's offset is the mean of its
+    per-atom residuals over the cells (by default), sum(N r) / sum(N²) with
+    ``recentre="total"``, and none with ``recentre=False``."""
+    deep, val = mixed
+    raw = deep.predict(val, calibrated=False, composition=False, progress=False)
+    n = np.asarray(val.n_atoms, dtype=np.float64)
+    residuals = val.energies[None, :] - raw.energy_members
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # untrained members: offset warnings
+        deep.calibrate(val)
+        np.testing.assert_allclose(deep.member_offsets_[:, 0],
+                                   (residuals / n).mean(axis=1), rtol=1e-6)
+        deep.calibrate(val, recentre="total")
+        np.testing.assert_allclose(deep.member_offsets_[:, 0],
+                                   (residuals * n).sum(axis=1) / (n**2).sum(), rtol=1e-6)
+        deep.calibrate(val, recentre=False)
+    assert deep.member_offsets_ is None
+
+
+def test_recentre_must_be_known(mixed):
+    deep, val = mixed
+    with pytest.raises(ValueError, match="recentre must be"):
+        deep.calibrate(val, recentre="per_structure")
