@@ -70,7 +70,7 @@ def run(part: str, cache: str, epochs: int) -> list[dict]:
 def diagnose_deep(part: str, cache: str) -> None:
     """The deep ensemble's energies of the 108-atom test cells (cached fits): raw, and
     calibrated by default, without structure scaling, without recentring, recentred on
-    the total energies (the fit before 2026-12-06) and on ``val`` without its wide
+    the total energies (the only fit until the option existed) and on ``val`` without its wide
     cells; median per-atom |error| and std (meV)."""
     train, val, tests = sets(part)
     folder = os.path.join(cache, part)

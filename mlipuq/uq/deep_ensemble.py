@@ -419,7 +419,7 @@ class DeepEnsemble(UQWrapper):
         divided by its atom count, so that every structure weighs the same,
         whatever its size, as in the calibration that follows (one energy z-score
         per structure). ``recentre="total"`` fits them to the residuals of the total
-        energies, the fit before 2026-12-06: a structure then weighs as its atom
+        energies, the only fit until the option existed: a structure then weighs as its atom
         count squared, and a few large cells in ``val`` set the offsets alone
         (their own errors then vanish from the calibration data; docs/shift.md,
         "Recentring per atom"). With cells of one size the two fits agree.
