@@ -4,7 +4,7 @@ added to the training set (and 5 to ``val``), tested on the same in-distribution
 and shift kinds no round saw as ``shift.py --unseen``, beside that run's rows.
 
     python benchmarks/wide_training.py --parts agpd aupd --cache /tmp/fits_wide
-    python benchmarks/wide_training.py --parts agpd --cache /tmp/fits_wide --diagnose-deep
+    python benchmarks/wide_training.py --parts agpd aupd --cache /tmp/fits_wide --diagnose-deep
 
 The 25 wide cells are those of ``shift_data.unseen_frontier`` (an MD run of their
 own, seed + 4; the test sets use seed to seed + 3); the recipe (network, epochs,
@@ -70,18 +70,22 @@ def run(part: str, cache: str, epochs: int) -> list[dict]:
 def diagnose_deep(part: str, cache: str) -> None:
     """The deep ensemble's energies of the 108-atom test cells (cached fits): raw, and
     calibrated by default, without structure scaling, without recentring, recentred on
-    the total energies (the only fit until the option existed) and on ``val`` without its wide
-    cells; median per-atom |error| and std (meV)."""
+    the total energies (the only fit until the option existed) and on ``val`` without
+    its wide cells (recentred either way); median per-atom |error| and std (meV), and
+    the in-distribution split's energy coverage."""
     train, val, tests = sets(part)
     folder = os.path.join(cache, part)
     models = base_models(part, train, val, 80, 3, folder, refit=True)
     deep = fit_wrappers(models, train, val, None, folder, ["DeepEnsemble (3)"])
     deep = deep["DeepEnsemble (3)"]
     test = next(t for name, t in tests.items() if name.startswith("bulk 108"))
+    narrow = val[: len(val) - N_VAL]
+    print(f"# {part}", flush=True)
     variants = {"raw": None, "default": dict(), "no structure scaling":
                 dict(structure_scaling=False), "no recentring": dict(recentre=False),
                 "recentred on total energies": dict(recentre="total"),
-                "val without its wide cells": dict(val=val[: len(val) - N_VAL])}
+                "val without its wide cells": dict(val=narrow),
+                "  the same, total energies": dict(val=narrow, recentre="total")}
     for name, options in variants.items():
         if options is not None:
             options = dict(options)
@@ -89,10 +93,13 @@ def diagnose_deep(part: str, cache: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", WideCellWarning)
             pred = deep.predict(test, calibrated=options is not None)
+        first = next(iter(tests.values()))
+        inside = scores(deep.predict(first, calibrated=options is not None), first)
         n = pred.n_atoms
         print(f"{name:<28} E cover 95 % {scores(pred, test)['energy_cov95']:.3f}, per atom "
               f"|error| {1e3 * np.median(abs(pred.energy - test.energies) / n):.3f} meV, "
-              f"std {1e3 * np.median(pred.energy_std / n):.3f} meV", flush=True)
+              f"std {1e3 * np.median(pred.energy_std / n):.3f} meV; in distribution "
+              f"{inside['energy_cov95']:.3f}", flush=True)
 
 
 def narrow_rows(part: str) -> dict:
