@@ -419,10 +419,11 @@ class DeepEnsemble(UQWrapper):
         divided by its atom count, so that every structure weighs the same,
         whatever its size, as in the calibration that follows (one energy z-score
         per structure). ``recentre="total"`` fits them to the residuals of the total
-        energies, the only fit until the option existed: a structure then weighs as its atom
-        count squared, and a few large cells in ``val`` set the offsets alone
-        (their own errors then vanish from the calibration data; docs/shift.md,
-        "Recentring per atom"). With cells of one size the two fits agree.
+        energies, the only fit until the option existed: a structure then weighs as
+        its atom count squared, and a few large cells in ``val`` can set offsets on
+        which the members agree on every large cell, whatever its error there
+        (docs/shift.md, "Recentring per atom"). With cells of one size the two fits
+        agree.
         """
         weighting = _recentring_weighting(recentre)
         dataset = calibration_data(val)
