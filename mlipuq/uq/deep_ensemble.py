@@ -116,7 +116,8 @@ def _check_members(models: Sequence[MLIP]) -> list[MLIP]:
     try:
         models = list(models)
     except TypeError:
-        raise TypeError(f"DeepEnsemble needs a list of models, got {type(models).__name__}") from None
+        raise TypeError(
+            f"DeepEnsemble needs a list of models, got {type(models).__name__}") from None
     models = [_check_model(m) for m in models]
     if len(models) < 2:
         raise ValueError(f"a deep ensemble needs at least 2 members, got {len(models)}")
