@@ -79,6 +79,7 @@ def diagnose_deep(part: str, cache: str) -> None:
     deep = fit_wrappers(models, train, val, None, folder, ["DeepEnsemble (3)"])
     deep = deep["DeepEnsemble (3)"]
     test = next(t for name, t in tests.items() if name.startswith("bulk 108"))
+    first = next(iter(tests.values()))  # the in-distribution split
     narrow = val[: len(val) - N_VAL]
     print(f"# {part}", flush=True)
     variants = {"raw": None, "default": dict(), "no structure scaling":
@@ -93,7 +94,6 @@ def diagnose_deep(part: str, cache: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", WideCellWarning)
             pred = deep.predict(test, calibrated=options is not None)
-        first = next(iter(tests.values()))
         inside = scores(deep.predict(first, calibrated=options is not None), first)
         n = pred.n_atoms
         print(f"{name:<28} E cover 95 % {scores(pred, test)['energy_cov95']:.3f}, per atom "
