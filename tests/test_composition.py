@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 import mlipuq
 from mlipuq import datasets
@@ -332,3 +333,33 @@ def test_mlipuq_fit_measures_the_drift_an_older_model_file_lacks(ethanol_model, 
                      str(tmp_path / "train.extxyz"), "--out", str(tmp_path / "llpr.pt")]) == 0
     fitted = mlipuq.uq.load(tmp_path / "llpr.pt")
     np.testing.assert_allclose(fitted.base_model.offset_drift, model.offset_drift, rtol=1e-6)
+
+
+def test_deep_ensemble_calibrates_on_what_its_recentred_members_predict(ethanol_model):
+    """``calibrate`` predicts ``val`` once and moves that prediction by the fitted
+    recentring offsets and the alignment they change: the same energies, and the
+    same recalibration, as a second prediction with the offsets. Members that differ
+    in their network and in their share of the undetermined reference energies, ``val``
+    of two stoichiometries (so the offsets reach the undetermined directions)."""
+    from mlipuq.uq.base import UQWrapper
+
+    model, train = ethanol_model
+    other, noise = copy.deepcopy(model), torch.Generator().manual_seed(0)
+    with torch.no_grad():  # another network: weights moved by 1 %-sized noise
+        for p in other.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=noise, dtype=p.dtype))
+    other = _moved_along_the_undetermined_directions(other, train, [1.5, -0.5])
+    deep = DeepEnsemble([model, other])
+    val = datasets.ethanol("val")[:6] + datasets.acac("val")[:6]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a briefly trained model: offset warnings
+        deep.calibrate(val)
+        again = copy.deepcopy(deep)
+        UQWrapper.calibrate(again, val)  # predicts val again, with the offsets
+    assert np.abs(deep.member_offsets_ @ model.offset_basis).max() > 1e-3
+    np.testing.assert_array_equal(again.member_offsets_, deep.member_offsets_)
+    test = datasets.acac("test")[:4] + datasets.ethanol("test")[:4]
+    ours, theirs = deep.predict(test), again.predict(test)
+    for name in ("energy", "energy_var", "forces", "forces_var"):
+        np.testing.assert_allclose(getattr(ours, name), getattr(theirs, name),
+                                   rtol=1e-9, atol=1e-12)

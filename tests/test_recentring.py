@@ -12,7 +12,9 @@ from ase.calculators.emt import EMT
 
 from mlipuq import data as mdata
 from mlipuq.models import MiniMLIP
+from mlipuq.prediction import Prediction
 from mlipuq.uq.deep_ensemble import recentring_offsets
+from mlipuq.uq.recentring import shifted_members
 from mlipuq.uq.ensembles import DeepEnsemble
 
 
@@ -41,6 +43,25 @@ def test_one_size_both_fits_agree():
     np.testing.assert_allclose(recentring_offsets(counts, residuals, np.full(8, 24)),
                                recentring_offsets(counts, residuals, np.full(8, 24),
                                                   per_atom=False), rtol=1e-10, atol=1e-14)
+
+
+def test_shifted_members_by_hand():
+    """Two members, two structures (one Cu atom; one Cu and one Au): member k's energy
+    moves by its per-species shifts times the counts; the mean and the population
+    variance follow, the forces do not, and the local variances are dropped."""
+    members = np.array([[1.0, 2.0], [3.0, 6.0]])
+    prediction = Prediction(energy=members.mean(0), energy_var=members.var(0),
+                            forces=np.ones((3, 3)), forces_var=np.ones((3, 3)),
+                            n_atoms=np.array([1, 2]), batch=np.array([0, 1, 1]),
+                            numbers=np.array([29, 29, 79]), energy_members=members,
+                            atom_energy_var=np.ones(3))
+    counts = np.array([[1.0, 0.0], [1.0, 1.0]])  # Cu, Au
+    moved = shifted_members(prediction, counts, np.array([[0.5, 0.0], [-1.0, 2.0]]))
+    np.testing.assert_allclose(moved.energy_members, [[1.5, 2.5], [2.0, 7.0]])
+    np.testing.assert_allclose(moved.energy, [1.75, 4.75])
+    np.testing.assert_allclose(moved.energy_var, [0.0625, 5.0625])
+    np.testing.assert_array_equal(moved.forces, prediction.forces)
+    assert moved.atom_energy_var is None
 
 
 def _cells(repeats, seed=0):

@@ -387,11 +387,17 @@ class UQWrapper(MeanStress):
         calibrated energy variances of cells strained from theirs gain the first-order
         term ``strain_energy_var`` (:mod:`mlipuq.calibration.strain`; ``strain_term_``,
         None without labels)."""
+        dataset = calibration_data(val)
+        pred = self.predict(dataset, calibrated=False, composition=False)
+        return self._fit_calibration(dataset, pred, method, **options)
+
+    def _fit_calibration(self, dataset, pred: Prediction, method=None,
+                         **options) -> "UQWrapper":
+        """:meth:`calibrate`'s fits on ``dataset`` and ``pred``, its uncalibrated
+        prediction without the composition variance, as :meth:`predict` gives it now."""
         from mlipuq.calibration.recalibrate import PredictionRecalibrator
 
         strain = options.pop("strain", True)
-        dataset = calibration_data(val)
-        pred = self.predict(dataset, calibrated=False, composition=False)
         options.setdefault("extrapolation", copy.deepcopy(self.default_extrapolation))
         if method is None:  # the default method with its options (copies: never the class's)
             method, options = self.default_calibration, {**self.default_calibration_options, **options}

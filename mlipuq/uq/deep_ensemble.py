@@ -38,6 +38,7 @@ from mlipuq.models.base import MLIP
 from mlipuq.training import History
 from mlipuq.training import train as train_model
 from mlipuq.uq.base import UQWrapper, _check_model, calibration_data, register
+from mlipuq.uq.recentring import recentring_offsets, recentring_weighting, shifted_members
 
 log = logging.getLogger(__name__)
 
@@ -50,32 +51,6 @@ log = logging.getLogger(__name__)
 COMMITTEE_CALIBRATION = {"energy": "student_t", "forces": "student_t"}
 
 DEFAULT_MEMBERS = 5
-
-
-def _recentring_weighting(recentre) -> Optional[str]:
-    """``"per_atom"``, ``"total"`` or None (no recentring) from ``calibrate``'s
-    ``recentre`` (True, False, ``"per_atom"`` or ``"total"``)."""
-    if recentre is True or recentre == "per_atom":
-        return "per_atom"
-    if recentre is False or recentre is None:
-        return None
-    if recentre == "total":
-        return "total"
-    raise ValueError(f"recentre must be True, False, 'per_atom' or 'total', got {recentre!r}")
-
-
-def recentring_offsets(counts, residuals, n_atoms, *, per_atom: bool = True) -> np.ndarray:
-    """(K, S) per-species energy offsets (eV/atom) of each member: the least-squares
-    (minimum-norm) fit of ``counts`` (B, S) atoms per species to ``residuals`` (K, B),
-    the reference energies minus each member's (eV). ``per_atom``: every row divided by
-    its structure's atom count ``n_atoms`` (B,) first, so each structure weighs the
-    same; else the fit to the total energies (a structure weighs as n_atoms²)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    residuals = np.asarray(residuals, dtype=np.float64).T  # (B, K)
-    if per_atom:
-        size = np.maximum(np.asarray(n_atoms, dtype=np.float64), 1.0)[:, None]
-        counts, residuals = counts / size, residuals / size
-    return np.linalg.lstsq(counts, residuals, rcond=None)[0].T
 
 
 def member_statistics(members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -426,16 +401,18 @@ class DeepEnsemble(UQWrapper):
         (docs/shift.md, "Recentring per atom"). With cells of one size the two fits
         agree.
         """
-        weighting = _recentring_weighting(recentre)
+        weighting = recentring_weighting(recentre)
         dataset = calibration_data(val)
         self.member_offsets_ = None
-        if weighting:
-            pred = self.predict(dataset, calibrated=False, composition=False)
+        pred = self.predict(dataset, calibrated=False, composition=False)
+        if weighting:  # the offsets, then the same prediction moved by them (one pass)
             counts = mdata.composition_matrix(dataset, self.species)
             residuals = dataset.energies[None, :] - pred.energy_members  # (K, B)
+            before = self._species_shifts()
             self.member_offsets_ = recentring_offsets(counts, residuals, dataset.n_atoms,
                                                       per_atom=weighting == "per_atom")
-        return super().calibrate(dataset, method, **options)
+            pred = shifted_members(pred, counts, self._species_shifts() - before)
+        return self._fit_calibration(dataset, pred, method, **options)
 
     def _composition_drift(self) -> Optional[np.ndarray]:
         """The drift of the ensemble's mean energy: the members' mean drift, recentring
@@ -530,14 +507,17 @@ class DeepEnsemble(UQWrapper):
         return result
 
     def _member_shifts(self, batch: mdata.Batch) -> torch.Tensor:
-        """(K, N) float64 per-atom energy shift of each member: its recentring offsets
-        (0 before recentring) and its alignment along the undetermined directions."""
-        shifts = self._member_alignment()
-        if self.member_offsets_ is not None:
-            shifts = shifts + self.member_offsets_
+        """(K, N) float64 per-atom energy shift of each member (:meth:`_species_shifts`)."""
         table = torch.zeros(self.n_members, 119, dtype=torch.float64)
-        table[:, torch.as_tensor(self.species)] = torch.as_tensor(shifts)
+        table[:, torch.as_tensor(self.species)] = torch.as_tensor(self._species_shifts())
         return table[:, batch.numbers.cpu()]
+
+    def _species_shifts(self) -> np.ndarray:
+        """(K, S) per-atom energy shift of each member per species (eV): its recentring
+        offsets (0 before recentring) and its alignment along the undetermined directions
+        (which depends on the offsets)."""
+        shifts = self._member_alignment()
+        return shifts if self.member_offsets_ is None else shifts + self.member_offsets_
 
     def _mean_stress(self, batch: mdata.Batch) -> torch.Tensor:
         """(B, 3, 3) stress of the ensemble mean (eV/Å^3): the mean of the members'."""

@@ -1,0 +1,65 @@
+"""The deep ensemble's recentring: per-member, per-species energy offsets fitted on
+the calibration data (:meth:`mlipuq.uq.ensembles.DeepEnsemble.calibrate`).
+
+Responsibility: the offsets' least-squares fit, the choice of its weighting, and the
+calibration prediction moved by them without predicting again.
+
+Independently trained members carry their own constant errors per atom of each
+species; left in, they dominate the members' spread. The offsets remove them, so that
+the spread measures how the members differ between structures (docs/shift.md,
+"Deep-ensemble recentring").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+from mlipuq.prediction import Prediction
+
+
+def recentring_weighting(recentre) -> Optional[str]:
+    """``"per_atom"``, ``"total"`` or None (no recentring) from ``calibrate``'s
+    ``recentre`` (True, False, ``"per_atom"`` or ``"total"``)."""
+    if recentre is True or recentre == "per_atom":
+        return "per_atom"
+    if recentre is False or recentre is None:
+        return None
+    if recentre == "total":
+        return "total"
+    raise ValueError(f"recentre must be True, False, 'per_atom' or 'total', got {recentre!r}")
+
+
+def recentring_offsets(counts, residuals, n_atoms, *, per_atom: bool = True) -> np.ndarray:
+    """(K, S) per-species energy offsets (eV/atom) of each member: the least-squares
+    (minimum-norm) fit of ``counts`` (B, S) atoms per species to ``residuals`` (K, B),
+    the reference energies minus each member's (eV). ``per_atom``: every row divided by
+    its structure's atom count ``n_atoms`` (B,) first, so each structure weighs the
+    same; else the fit to the total energies (a structure weighs as n_atoms²)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    residuals = np.asarray(residuals, dtype=np.float64).T  # (B, K)
+    if per_atom:
+        size = np.maximum(np.asarray(n_atoms, dtype=np.float64), 1.0)[:, None]
+        counts, residuals = counts / size, residuals / size
+    return np.linalg.lstsq(counts, residuals, rcond=None)[0].T
+
+
+def shifted_members(prediction: Prediction, counts, shifts) -> Prediction:
+    """``prediction`` (uncalibrated, with ``energy_members``) as the members predict it
+    with each member's per-atom energy of each species moved by ``shifts`` (K, S) eV;
+    ``counts`` (B, S) are the structures' atoms per species.
+
+    The member energies, their mean and their population variance move; forces do not
+    (the shifts are constant per atom). The local energy variances are dropped: the
+    members' local energies are not in a prediction, so theirs cannot be moved, and
+    :meth:`~mlipuq.uq.base.UQWrapper.calibrate` does not read them."""
+    if prediction.energy_members is None:
+        raise ValueError("shifted_members needs a prediction with energy_members")
+    members = prediction.energy_members + np.asarray(shifts, np.float64) @ np.asarray(
+        counts, np.float64).T
+    mean = members.mean(axis=0)
+    return dataclasses.replace(prediction, energy_members=members, energy=mean,
+                               energy_var=((members - mean) ** 2).mean(axis=0),
+                               atom_energy_var=None)
