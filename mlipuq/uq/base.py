@@ -400,7 +400,8 @@ class UQWrapper(MeanStress):
         strain = options.pop("strain", True)
         options.setdefault("extrapolation", copy.deepcopy(self.default_extrapolation))
         if method is None:  # the default method with its options (copies: never the class's)
-            method, options = self.default_calibration, {**self.default_calibration_options, **options}
+            method = self.default_calibration
+            options = {**self.default_calibration_options, **options}
         method = copy.deepcopy(method)
         recalibrator = PredictionRecalibrator(method, **options).fit(pred, dataset)
         term = measure_strain(self, dataset, self.species) if strain else None
