@@ -5,6 +5,7 @@ over ``calibrate(val, strain=False)`` on the same structures; and that pass itse
 stress=True)`` with the stress uncertainty that it replaced.
 
     python benchmarks/calibrate_overhead.py [--threads 2] [--repeats 3] [--n-val 50]
+        [--only "DeepEnsemble (3 members)" ...]
 
 The last two columns: ``predict(val, calibrated=False)`` without stress, and
 ``calibrate(val, strain=False)`` over it, the calibration's cost in prediction passes
@@ -48,21 +49,32 @@ def best_times(calls: dict, repeats: int) -> dict:
     return best
 
 
-def wrappers(train, val) -> dict:
+def wrappers(train, val, only=None):
+    """``(name, wrapper)`` pairs, each fitted when reached; ``only``: these names."""
     def make(seed):
         model = MiniMLIP(train.species, seed=seed, **MODEL)
         mlipuq.train(model, train, val, epochs=5, batch_size=16, seed=seed, progress=False)
         return model
 
-    model = make(0)
     quick = dict(epochs=1, batch_size=16, progress=False)
-    return {
-        "LastLayerLaplace": LastLayerLaplace(model).fit(train),
-        "LatentDistance": LatentDistance(model).fit(train, val),
-        "ShallowEnsemble (8 heads)": ShallowEnsemble(model, n_heads=8).fit(train, val, **quick),
-        "EvidentialHead": EvidentialHead(model).fit(train, val, **quick),
-        "DeepEnsemble (3 members)": DeepEnsemble([make(s) for s in range(3)]),
+    factories = {
+        "LastLayerLaplace": lambda model: LastLayerLaplace(model).fit(train),
+        "LatentDistance": lambda model: LatentDistance(model).fit(train, val),
+        "ShallowEnsemble (8 heads)":
+            lambda model: ShallowEnsemble(model, n_heads=8).fit(train, val, **quick),
+        "EvidentialHead": lambda model: EvidentialHead(model).fit(train, val, **quick),
+        "DeepEnsemble (3 members)": lambda model: DeepEnsemble([make(s) for s in range(3)]),
     }
+    unknown = set(only or ()) - set(factories)
+    if unknown:
+        raise SystemExit(f"--only: unknown {sorted(unknown)}; choose from {list(factories)}")
+    model = None
+    for name, factory in factories.items():
+        if only and name not in only:
+            continue
+        if model is None and not name.startswith("DeepEnsemble"):
+            model = make(0)
+        yield name, factory(model)
 
 
 def main(argv=None) -> None:
@@ -70,6 +82,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n-val", type=int, default=50, help="calibration structures")
+    parser.add_argument("--only", nargs="+", help="these wrappers' rows alone")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = datasets.emt("Cu", n_structures=100 + args.n_val, temperatures=(300,),
@@ -82,7 +95,7 @@ def main(argv=None) -> None:
     print(f"{'wrapper':<28}{'strain=False (s)':>18}{'default (s)':>14}{'ratio':>8}"
           f"{'predict (s)':>14}{'mean_stress (s)':>18}{'ratio':>8}"
           f"{'predict (s)':>14}{'ratio':>8}")
-    for name, wrapper in wrappers(train, val).items():
+    for name, wrapper in wrappers(train, val, args.only):
         best = best_times({
             "without": lambda: wrapper.calibrate(val, strain=False),
             "with": lambda: wrapper.calibrate(val),
