@@ -181,6 +181,13 @@ def structure_widths(structures) -> np.ndarray:
                             [atoms.pbc for atoms in structures])
 
 
+def periodic_widths(structures) -> np.ndarray:
+    """The finite :func:`structure_widths` of ``structures``: those of the cells periodic
+    in all three directions and not degenerate, in order."""
+    widths = structure_widths(structures)
+    return widths[np.isfinite(widths)]
+
+
 def estimate_neighbours(atoms: ase.Atoms, cutoff: float) -> tuple[float, float]:
     """``(neighbours per atom, periodic image cells)`` a neighbour list within
     ``cutoff`` (Å) would need; ``(0, 1)`` for a non-periodic structure.

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from mlipuq import data as mdata
-from mlipuq.checks import structure_widths
+from mlipuq.checks import periodic_widths
 from mlipuq.models.base import MLIP
 
 log = logging.getLogger("mlipuq.training")  # the name the training log has always used
@@ -115,8 +115,7 @@ def check_cell_widths(train, cutoff: float) -> None:
     models' stds did not rise with the error; trained on as many atoms in 108-atom
     cells, the error was the same in every cell size. Nothing when a training cell is
     wide enough or none is fully periodic (degenerate cells are validation's to report)."""
-    widths = structure_widths(train)
-    widths = widths[np.isfinite(widths)]
+    widths = periodic_widths(train)
     if not widths.size or widths.max() >= 2.0 * cutoff:
         return
     warnings.warn(

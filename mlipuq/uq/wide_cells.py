@@ -32,7 +32,7 @@ from typing import Optional
 
 import numpy as np
 
-from mlipuq.checks import structure_widths
+from mlipuq.checks import periodic_widths, structure_widths
 from mlipuq.training_setup import user_stacklevel
 
 
@@ -44,8 +44,7 @@ class WideCellWarning(UserWarning):
 def calibration_width(dataset) -> Optional[float]:
     """The widest of the calibration structures' smallest perpendicular widths (Å),
     over those periodic in all three directions; None when there is none."""
-    widths = structure_widths(dataset)
-    widths = widths[np.isfinite(widths)]
+    widths = periodic_widths(dataset)
     return float(widths.max()) if widths.size else None
 
 
