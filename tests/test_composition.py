@@ -345,7 +345,7 @@ def test_deep_ensemble_calibrates_on_what_its_recentred_members_predict(ethanol_
 
     model, train = ethanol_model
     other, noise = copy.deepcopy(model), torch.Generator().manual_seed(0)
-    with torch.no_grad():  # another network: weights moved by 1 %-sized noise
+    with torch.no_grad():  # another network: every weight moved by noise of std 0.01
         for p in other.parameters():
             p.add_(0.01 * torch.randn(p.shape, generator=noise, dtype=p.dtype))
     other = _moved_along_the_undetermined_directions(other, train, [1.5, -0.5])
