@@ -104,6 +104,26 @@ def test_calibrate_recentres_per_atom(mixed):
     assert deep.member_offsets_ is None
 
 
+def test_members_recentring_keeps_the_mean(mixed):
+    """``recentre="members"``: the per-atom offsets less their mean over the members,
+    so the ensemble's mean energy is the unrecentred one and only the members move
+    onto it (their per-atom mean residuals then agree)."""
+    deep, val = mixed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # untrained members: offset warnings
+        deep.calibrate(val, recentre=False)
+        raw = deep.predict(val, calibrated=False, composition=False, progress=False)
+        deep.calibrate(val, recentre="members")
+        moved = deep.predict(val, calibrated=False, composition=False, progress=False)
+    n = np.asarray(val.n_atoms, dtype=np.float64)
+    per_atom = ((val.energies[None, :] - raw.energy_members) / n).mean(axis=1)
+    np.testing.assert_allclose(deep.member_offsets_[:, 0], per_atom - per_atom.mean(),
+                               rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(moved.energy, raw.energy, rtol=1e-12)
+    drift = ((moved.energy_members - moved.energy) / n).mean(axis=1)
+    np.testing.assert_allclose(drift, 0.0, atol=1e-9)
+
+
 def test_recentre_must_be_known(mixed):
     deep, val = mixed
     with pytest.raises(ValueError, match="recentre must be"):

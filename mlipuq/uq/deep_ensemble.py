@@ -38,7 +38,8 @@ from mlipuq.models.base import MLIP
 from mlipuq.training import History
 from mlipuq.training import train as train_model
 from mlipuq.uq.base import UQWrapper, _check_model, calibration_data, register
-from mlipuq.uq.recentring import recentring_offsets, recentring_weighting, shifted_members
+from mlipuq.uq.recentring import (members_only, recentring_offsets, recentring_weighting,
+                                  shifted_members)
 
 log = logging.getLogger(__name__)
 
@@ -399,7 +400,9 @@ class DeepEnsemble(UQWrapper):
         its atom count squared, and a few large cells in ``val`` can set offsets on
         which the members agree on every large cell, whatever its error there
         (docs/shift.md, "Recentring per atom"). With cells of one size the two fits
-        agree.
+        agree. ``recentre="members"`` moves every member onto the members' mean (the
+        per-atom offsets less their mean over the members) and leaves the mean where
+        training put it, so that the calibration sees the mean's own error on ``val``.
         """
         weighting = recentring_weighting(recentre)
         dataset = calibration_data(val)
@@ -409,8 +412,9 @@ class DeepEnsemble(UQWrapper):
             counts = mdata.composition_matrix(dataset, self.species)
             residuals = dataset.energies[None, :] - pred.energy_members  # (K, B)
             before = self._species_shifts()
-            self.member_offsets_ = recentring_offsets(counts, residuals, dataset.n_atoms,
-                                                      per_atom=weighting == "per_atom")
+            offsets = recentring_offsets(counts, residuals, dataset.n_atoms,
+                                         per_atom=weighting != "total")
+            self.member_offsets_ = members_only(offsets) if weighting == "members" else offsets
             pred = shifted_members(pred, counts, self._species_shifts() - before)
         return self._fit_calibration(dataset, pred, method, **options)
 

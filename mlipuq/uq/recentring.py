@@ -20,16 +20,21 @@ import numpy as np
 from mlipuq.prediction import Prediction
 
 
+#: ``calibrate``'s ``recentre`` values besides True (``"per_atom"``) and False
+RECENTRINGS = ("per_atom", "total", "members")
+
+
 def recentring_weighting(recentre) -> Optional[str]:
-    """``"per_atom"``, ``"total"`` or None (no recentring) from ``calibrate``'s
-    ``recentre`` (True, False, ``"per_atom"`` or ``"total"``)."""
-    if recentre is True or recentre == "per_atom":
+    """``"per_atom"``, ``"total"``, ``"members"`` or None (no recentring) from
+    ``calibrate``'s ``recentre`` (True: ``"per_atom"``; False or None: none)."""
+    if recentre is True:
         return "per_atom"
     if recentre is False or recentre is None:
         return None
-    if recentre == "total":
-        return "total"
-    raise ValueError(f"recentre must be True, False, 'per_atom' or 'total', got {recentre!r}")
+    if isinstance(recentre, str) and recentre in RECENTRINGS:
+        return recentre
+    raise ValueError("recentre must be True, False, 'per_atom', 'total' or 'members', "
+                     f"got {recentre!r}")
 
 
 def recentring_offsets(counts, residuals, n_atoms, *, per_atom: bool = True) -> np.ndarray:
@@ -44,6 +49,15 @@ def recentring_offsets(counts, residuals, n_atoms, *, per_atom: bool = True) -> 
         size = np.maximum(np.asarray(n_atoms, dtype=np.float64), 1.0)[:, None]
         counts, residuals = counts / size, residuals / size
     return np.linalg.lstsq(counts, residuals, rcond=None)[0].T
+
+
+def members_only(offsets) -> np.ndarray:
+    """``offsets`` (K, S) less their mean over the members: each member moved onto the
+    members' mean, which stays where it was (``recentre="members"``). By the linearity
+    of least squares these are the offsets fitted to the mean member's energies minus
+    each member's, so the reference energies do not enter them."""
+    offsets = np.asarray(offsets, dtype=np.float64)
+    return offsets - offsets.mean(axis=0, keepdims=True)
 
 
 def shifted_members(prediction: Prediction, counts, shifts) -> Prediction:
