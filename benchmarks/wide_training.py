@@ -72,8 +72,9 @@ def diagnose_deep(part: str, cache: str) -> None:
     calibrated by default, without structure scaling, without recentring, recentred on
     the total energies (the only fit until the option existed), with the members moved
     onto their mean (``recentre="members"``, the mean kept) and on ``val`` without
-    its wide cells (recentred either way); median per-atom |error| and std (meV), and
-    the in-distribution split's energy coverage."""
+    its wide cells (recentred either way); median per-atom |error| and std (meV) and
+    the energy NLL, and the in-distribution split's energy coverage, mean per-atom
+    |error| and std (meV) and NLL."""
     train, val, tests = sets(part)
     folder = os.path.join(cache, part)
     models = base_models(part, train, val, 80, 3, folder, refit=True)
@@ -97,11 +98,14 @@ def diagnose_deep(part: str, cache: str) -> None:
             warnings.simplefilter("ignore", WideCellWarning)
             pred = deep.predict(test, calibrated=options is not None)
         inside = scores(deep.predict(first, calibrated=options is not None), first)
-        n = pred.n_atoms
-        print(f"{name:<28} E cover 95 % {scores(pred, test)['energy_cov95']:.3f}, per atom "
+        n, shifted = pred.n_atoms, scores(pred, test)
+        print(f"{name:<28} E cover 95 % {shifted['energy_cov95']:.3f}, per atom "
               f"|error| {1e3 * np.median(abs(pred.energy - test.energies) / n):.3f} meV, "
-              f"std {1e3 * np.median(pred.energy_std / n):.3f} meV; in distribution "
-              f"{inside['energy_cov95']:.3f}", flush=True)
+              f"std {1e3 * np.median(pred.energy_std / n):.3f} meV, NLL "
+              f"{shifted['energy_nll']:.2f}; in distribution {inside['energy_cov95']:.3f}, "
+              f"MAE {1e3 * inside['energy_mae_per_atom']:.3f} meV, std "
+              f"{1e3 * inside['energy_std_per_atom']:.3f} meV, NLL {inside['energy_nll']:.2f}",
+              flush=True)
 
 
 def narrow_rows(part: str) -> dict:
