@@ -281,6 +281,9 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         f"DeepEnsemble ({len(models)}) (forces widened r^0.5)": lambda: forces_widened(
             DeepEnsemble(models), 0.5),
         f"DeepEnsemble ({len(models)}, not recentred, before)": lambda: NotRecentred(models),
+        # the members moved onto their mean, the mean kept (an option since 2026-12-05)
+        f"DeepEnsemble ({len(models)}, members recentred)": lambda: calibrated_with(
+            DeepEnsemble(models), recentre="members"),
     }
     return {name: make() for name, make in factories.items()
             if selected(name, prefixes) and (only is None or name in only)}
