@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
 
 from mlipuq import data as mdata
 from mlipuq.models import MiniMLIP
@@ -64,15 +65,16 @@ def test_shifted_members_by_hand():
     assert moved.atom_energy_var is None
 
 
-def _cells(repeats, seed=0):
+def _cells(repeats, seed=0, energy_shift=0.0):
+    """EMT-labelled rattled Cu cells, their energies moved by ``energy_shift`` (eV)."""
     rng = np.random.default_rng(seed)
     frames = []
     for r in repeats:
         atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(r)
         atoms.rattle(0.05, seed=int(rng.integers(1 << 30)))
         atoms.calc = EMT()
-        atoms.get_potential_energy()
-        atoms.get_forces()
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = SinglePointCalculator(atoms, energy=energy + energy_shift, forces=forces)
         frames.append(atoms)
     return mdata.as_dataset(frames)
 
@@ -122,6 +124,20 @@ def test_members_recentring_keeps_the_mean(mixed):
     np.testing.assert_allclose(moved.energy, raw.energy, rtol=1e-12)
     drift = ((moved.energy_members - moved.energy) / n).mean(axis=1)
     np.testing.assert_allclose(drift, 0.0, atol=1e-9)
+
+
+def test_calibrate_warnings_point_at_the_caller(mixed):
+    """The offset warning of a deep ensemble's ``calibrate`` (reference energies 50 eV
+    above EMT's: the errors share an offset) names the user's line, not mlipuq's."""
+    from mlipuq.calibration.bias import MIN_TARGETS, OffsetWarning
+
+    deep, _ = mixed
+    val = _cells([2] * MIN_TARGETS, seed=1, energy_shift=50.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        deep.calibrate(val, recentre=False)
+    offsets = [w for w in caught if issubclass(w.category, OffsetWarning)]
+    assert offsets and {w.filename for w in offsets} == {__file__}
 
 
 def test_recentre_must_be_known(mixed):

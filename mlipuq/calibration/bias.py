@@ -70,8 +70,12 @@ def offsets_of(arrays: dict) -> dict:
     return out
 
 
-def warn_offsets(report: dict, *, where: str, stacklevel: int = 3) -> list:
-    """Warn (:class:`OffsetWarning`) for every target whose offset dominates; the messages."""
+def warn_offsets(report: dict, *, where: str, stacklevel: Optional[int] = None) -> list:
+    """Warn (:class:`OffsetWarning`) for every target whose offset dominates; the messages.
+    ``stacklevel`` None: the warning points at the user's call, however deep in mlipuq."""
+    from mlipuq.training_setup import user_stacklevel
+
+    stacklevel = user_stacklevel() if stacklevel is None else stacklevel
     messages = []
     for target, stats in report.items():
         message = offset_message(target, stats["z_mean"], stats["z_std"], stats["n"])

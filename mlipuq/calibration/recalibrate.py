@@ -427,7 +427,7 @@ class PredictionRecalibrator:
 
         energy, forces = reference_arrays(prediction, reference)
         self.offsets_ = offset_report(prediction, energy, forces)
-        warn_offsets(self.offsets_, where="calibrate", stacklevel=4)
+        warn_offsets(self.offsets_, where="calibrate")
         structures = np.arange(prediction.n_structures)
         self.excluded_, self.structure_scaling_ = {}, {}
         if self._scales_atoms():  # between the atoms of one element, first
