@@ -73,7 +73,6 @@ def shifted_members(prediction: Prediction, counts, shifts) -> Prediction:
         raise ValueError("shifted_members needs a prediction with energy_members")
     members = prediction.energy_members + np.asarray(shifts, np.float64) @ np.asarray(
         counts, np.float64).T
-    mean = members.mean(axis=0)
-    return dataclasses.replace(prediction, energy_members=members, energy=mean,
-                               energy_var=((members - mean) ** 2).mean(axis=0),
-                               atom_energy_var=None)
+    return dataclasses.replace(prediction, energy_members=members,
+                               energy=members.mean(axis=0), energy_var=members.var(axis=0),
+                               atom_energy_var=None)  # population variance, as predict's
