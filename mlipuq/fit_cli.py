@@ -188,6 +188,11 @@ def add_parsers(subparsers) -> None:
     fit.add_argument("--members", type=int, default=None,
                      help=f"deep: number of members trained from --model's architecture "
                           f"(default {DEFAULT_MEMBERS}; with several --model: their number)")
+    fit.add_argument("--recentre", choices=("per_atom", "total", "members", "none"),
+                     default=None,
+                     help="deep: how the members' per-species energy offsets are fitted on "
+                          "--val before calibrating (default per_atom; members: onto their "
+                          "mean, which stays; none: not; docs/ensembles.md)")
     fit.add_argument("--progress", action="store_true", help="show progress bars")
     add_device_option(fit)
     fit.set_defaults(func=run_fit)
@@ -287,6 +292,10 @@ def _check_fit_args(args) -> None:
                                  or args.latent is not None):
         raise ValueError("--score none (no latent-distance term) is an evidential or shallow "
                          "option, without --latent")
+    if args.recentre is not None and args.method != "deep":
+        raise ValueError(f"--recentre is a deep option, not one of fit {args.method}")
+    if args.recentre is not None and args.val is None:
+        raise ValueError("--recentre fits offsets on --val: give --val")
     if args.members is not None and args.method != "deep":
         raise ValueError(f"--members is a deep option, not one of fit {args.method}")
     if args.method in ("llpr", "latent"):
@@ -316,6 +325,8 @@ def build_wrapper(args, models, train, val, progress: bool, reference=None):
     wrapper = _method_wrapper(args, models, train, val, progress, reference)
     if args.latent is None:
         return wrapper
+    if args.recentre is not None:  # before the combination's map
+        wrapper.recentre(val, recentre=_recentring(args.recentre))
     options = {} if args.score is None else {"score": args.score}
     if args.structure_covariance is not None:
         options["structure_covariance"] = args.structure_covariance
@@ -394,7 +405,10 @@ def _method_rows(wrapper, method: str) -> list:
         rows.append(("distance", _distance_row(wrapper, method == "shallow")))
         history = wrapper.history_
         return rows + [("training", f"{len(history)} epochs in {history.wall_time:.1f} s")]
-    rows = [("members", str(wrapper.n_members))]
+    offsets = wrapper.member_offsets_
+    rows = [("members", str(wrapper.n_members)),
+            ("recentring", "none" if offsets is None else "per-species offsets up to "
+             f"{1e3 * float(abs(offsets).max()):.3g} meV/atom")]
     if wrapper.histories_ is None:
         return rows + [("training", "none (trained --model files)")]
     epochs = ", ".join(str(len(h)) for h in wrapper.histories_)
@@ -506,6 +520,8 @@ def run_fit(args: argparse.Namespace) -> int:
             options["per_species"] = args.per_species
         if args.max_dof is not None:
             options["dof_bounds"] = (1.0, args.max_dof)
+        if args.recentre is not None and args.latent is None:  # combined: recentred above
+            options["recentre"] = _recentring(args.recentre)
         wrapper.calibrate(val, method=args.calibration, strain=args.strain, **options)
 
     def save():
@@ -516,6 +532,11 @@ def run_fit(args: argparse.Namespace) -> int:
     print(_summary(wrapper, args, len(train), 0 if val is None else len(val)))
     print(f"wrapper saved to {args.out}")
     return 0
+
+
+def _recentring(choice: str):
+    """``DeepEnsemble.calibrate``'s ``recentre`` from ``--recentre``."""
+    return False if choice == "none" else choice
 
 
 def _multipliers(part) -> str:

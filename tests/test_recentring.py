@@ -144,3 +144,37 @@ def test_recentre_must_be_known(mixed):
     deep, val = mixed
     with pytest.raises(ValueError, match="recentre must be"):
         deep.calibrate(val, recentre="per_structure")
+
+
+def test_recentre_alone_fits_calibrates_offsets(mixed):
+    """``recentre(val)`` fits the offsets ``calibrate(val)`` fits, and drops the
+    calibration (fitted with other offsets)."""
+    deep, val = mixed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # untrained members: offset warnings
+        deep.calibrate(val, recentre="members")
+        calibrated = deep.member_offsets_.copy()
+        deep.recentre(val, recentre=False)
+        assert deep.member_offsets_ is None and not deep.calibrated_
+        deep.recentre(val, recentre="members")
+    np.testing.assert_allclose(deep.member_offsets_, calibrated, rtol=1e-12, atol=1e-15)
+
+
+def test_latent_combination_recentres_a_fresh_ensemble(mixed):
+    """``LatentDistance(combine=deep).fit``: a deep ensemble neither calibrated nor
+    recentred is recentred on the held-out structures (as its calibrate would); one
+    calibrated without recentring keeps that choice."""
+    from mlipuq.uq import LatentDistance
+
+    deep, val = mixed
+    train = _cells([2] * 6, seed=2)
+    expected = DeepEnsemble(deep.models)
+    fresh, chosen = DeepEnsemble(deep.models), DeepEnsemble(deep.models)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # untrained members, few atoms per feature
+        expected.recentre(val)
+        chosen.calibrate(val, recentre=False)
+        LatentDistance(deep.models[0], combine=fresh).fit(train, val)
+        LatentDistance(deep.models[0], combine=chosen).fit(train, val)
+    assert fresh.member_offsets_ is not None and chosen.member_offsets_ is None
+    np.testing.assert_allclose(fresh.member_offsets_, expected.member_offsets_, rtol=1e-12)

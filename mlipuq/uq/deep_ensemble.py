@@ -35,6 +35,7 @@ import torch
 from mlipuq import data as mdata
 from mlipuq import distributed as mdist
 from mlipuq.models.base import MLIP
+from mlipuq.prediction import Prediction
 from mlipuq.training import History
 from mlipuq.training import train as train_model
 from mlipuq.uq.base import UQWrapper, _check_model, calibration_data, register
@@ -178,6 +179,8 @@ class DeepEnsemble(UQWrapper):
         self.bootstrap_indices_: Optional[list[np.ndarray]] = None
         self.histories_: Optional[list[History]] = None
         self.member_offsets_: Optional[np.ndarray] = None
+        #: whether the offsets were fitted on calibration data (or recentre=False chosen)
+        self.recentring_chosen_ = False
         self.fitted_ = True
 
     @classmethod
@@ -325,6 +328,7 @@ class DeepEnsemble(UQWrapper):
         self.bootstrap_indices_ = indices if bootstrap else None
         self.histories_ = histories
         self.member_offsets_ = None  # retrained members: recentre again in calibrate
+        self.recentring_chosen_ = False
         self.fitted_ = True
         return self
 
@@ -406,8 +410,26 @@ class DeepEnsemble(UQWrapper):
         """
         weighting = recentring_weighting(recentre)
         dataset = calibration_data(val)
+        pred = self._recentred_prediction(dataset, weighting)
+        return self._fit_calibration(dataset, pred, method, **options)
+
+    def recentre(self, val, recentre=True) -> "DeepEnsemble":
+        """Fit the members' per-species energy offsets on ``val`` as :meth:`calibrate`
+        does (``recentre``: its option of that name), without recalibrating; returns
+        ``self``. For an ensemble whose spread another wrapper uses uncalibrated
+        (``LatentDistance(combine=...)``, which recentres one that never was). An
+        earlier calibration, fitted with other offsets, is dropped: calibrate again."""
+        weighting = recentring_weighting(recentre)
+        self._recentred_prediction(calibration_data(val), weighting)
+        self.recalibrator_ = self.strain_term_ = None
+        return self
+
+    def _recentred_prediction(self, dataset, weighting: Optional[str]) -> Prediction:
+        """The uncalibrated prediction of ``dataset`` (no composition variance) with the
+        members recentred on it by ``weighting`` (None: not), predicted once."""
         self.member_offsets_ = None
         pred = self.predict(dataset, calibrated=False, composition=False)
+        self.recentring_chosen_ = True
         if weighting:  # the offsets, then the same prediction moved by them (one pass)
             counts = mdata.composition_matrix(dataset, self.species)
             residuals = dataset.energies[None, :] - pred.energy_members  # (K, B)
@@ -416,7 +438,7 @@ class DeepEnsemble(UQWrapper):
                                          per_atom=weighting != "total")
             self.member_offsets_ = members_only(offsets) if weighting == "members" else offsets
             pred = shifted_members(pred, counts, self._species_shifts() - before)
-        return self._fit_calibration(dataset, pred, method, **options)
+        return pred
 
     def _composition_drift(self) -> Optional[np.ndarray]:
         """The drift of the ensemble's mean energy: the members' mean drift, recentring
@@ -560,3 +582,4 @@ class DeepEnsemble(UQWrapper):
         )
         offsets = state.get("member_offsets")  # absent in files saved before recentring
         self.member_offsets_ = None if offsets is None else np.asarray(offsets, np.float64)
+        self.recentring_chosen_ = offsets is not None  # or calibrated (LatentDistance asks)

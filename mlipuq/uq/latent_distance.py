@@ -121,7 +121,9 @@ class LatentDistance(LatentScores, UQWrapper):
         Another fitted wrapper (any class) whose variance the latent variance
         is added to; its mean becomes the mean, and its ``default_calibration``
         this wrapper's (a committee's: a Student-t for the energies too). See
-        the module notes.
+        the module notes. A :class:`~mlipuq.uq.DeepEnsemble` neither calibrated nor
+        recentred (:meth:`~mlipuq.uq.DeepEnsemble.recentre`) is recentred on the
+        held-out structures by ``fit``, as its own ``calibrate`` would.
     energy_distance
         ``"structure"`` (default): the energy variance grows with the latent
         distance of the whole structure, coherently over its atoms (``fit``
@@ -387,6 +389,8 @@ class LatentDistance(LatentScores, UQWrapper):
             held_out = mdata.as_dataset(val)
             latent_features.validate(held_out, self.species)
             reference = dataset
+        if self._combine_needs_recentring():  # the deep ensemble's calibrate would have
+            self.combine.recentre(held_out)   # recentred its members (docs/latent.md)
         self._fit_reference(reference, batch_size, seed, progress, held_out
                             if covariance_data is None else mdata.as_dataset(covariance_data))
         self._fit_map(held_out, batch_size, progress)
@@ -395,6 +399,14 @@ class LatentDistance(LatentScores, UQWrapper):
             self._set_own_state(mdist.broadcast_object(self._own_state()))
         self.fitted_ = True
         return self
+
+    def _combine_needs_recentring(self) -> bool:
+        """Whether ``combine`` is a deep ensemble neither recentred nor calibrated: its
+        members then keep the constant per-species errors that its calibrate removes
+        first, and which would dominate the spread combined here."""
+        combine = self.combine
+        return (hasattr(combine, "recentre") and not combine.recentring_chosen_
+                and not combine.calibrated_)
 
     def _fit_reference(self, reference, batch_size: int, seed: int, progress: bool,
                        held_out=None) -> None:
