@@ -232,9 +232,12 @@ def base_models(part: str, train, val, epochs: int, n: int, cache=None,
 
 
 def wants_deep(args) -> bool:
-    """Whether ``--wrappers`` and ``--only`` select the deep ensemble (all its members)."""
-    return selected("DeepEnsemble", args.wrappers) and (
-        args.only is None or any(name.startswith("DeepEnsemble") for name in args.only))
+    """Whether ``--wrappers`` and ``--only`` select the deep ensemble (all its members),
+    alone or combined with a latent-distance term."""
+    if args.only is not None:
+        return any("DeepEnsemble" in name for name in args.only)
+    return any(selected(name, args.wrappers)
+               for name in ("DeepEnsemble", "LatentDistance + DeepEnsemble"))
 
 
 def run_part(part: str, args) -> list[dict]:

@@ -284,6 +284,13 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         # the members moved onto their mean, the mean kept (an option since 2026-12-05)
         f"DeepEnsemble ({len(models)}, members recentred)": lambda: calibrated_with(
             DeepEnsemble(models), recentre="members"),
+        # a latent-distance term on the deep ensemble, its members recentred on val first
+        # (LatentDistance.fit's since 2026-12-05) and as they were combined before: raw
+        f"LatentDistance + DeepEnsemble ({len(models)})": lambda: LatentDistance(
+            base, combine=DeepEnsemble(models)).fit(train, val),
+        f"LatentDistance + DeepEnsemble ({len(models)}, raw members, before)":
+            lambda: LatentDistance(base, combine=DeepEnsemble(models).recentre(
+                val, recentre=False)).fit(train, val),
     }
     return {name: make() for name, make in factories.items()
             if selected(name, prefixes) and (only is None or name in only)}
