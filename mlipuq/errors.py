@@ -2,10 +2,27 @@
 
 Every error a user can cause by passing bad input is a ``ValueError`` (or
 ``TypeError``) so that ``except ValueError`` keeps working; the subclasses let
-callers tell the cases apart.
+callers tell the cases apart. Warnings point at the user's line
+(:func:`user_stacklevel`), however deep inside mlipuq they are raised.
 """
 
 from __future__ import annotations
+
+import os
+import sys
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a ``warnings.warn`` in the calling function point
+    at the first frame outside mlipuq (the user's call), however deep the call; the
+    outermost frame when every frame is mlipuq's (the command line)."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and os.path.abspath(
+            frame.f_code.co_filename).startswith(_PACKAGE + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class MLIPUQError(Exception):

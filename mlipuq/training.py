@@ -42,7 +42,7 @@ from mlipuq.params import non_negative, positive
 from mlipuq.progress import bar as progress_bar, trained_name as _describe
 from mlipuq.progress import training_postfix as _postfix
 from mlipuq.training_budget import TimeBudgetWarning as TimeBudgetWarning  # re-exported
-from mlipuq.training_budget import _budget_message, _EpochProgress, _train_epoch
+from mlipuq.training_budget import _EpochProgress, _train_epoch, warn_budget
 from mlipuq.training_parallel import (
     _accepts_denominators,
     _batches,
@@ -587,8 +587,7 @@ def train(
     bar.close()
     history.stopped_by_time = budget_hit
     if budget_hit and main:
-        warnings.warn(_budget_message(max_time, history, done, epochs), TimeBudgetWarning,
-                      stacklevel=2)
+        warn_budget(max_time, history, done, epochs)
     trainable.restore(best_state)
     trainable.train_mode(False)
     if isinstance(trainable, EnergyForceMSE):  # the reference energies, as training left them

@@ -6,11 +6,13 @@ Split out of :mod:`mlipuq.training`, which re-exports every name here.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
+from mlipuq.errors import user_stacklevel
 from mlipuq.training_parallel import _batches
 
 
@@ -73,3 +75,9 @@ def _budget_message(max_time: float, history: Any, progress: _EpochProgress,
             f"at {history.epochs[-1]['time']:.1f} s; the best weights (History.best_epoch "
             f"{history.best_epoch}) are kept. The epochs a budget allows depend on the machine "
             "and its load: give epochs alone for reproducible training")
+
+
+def warn_budget(max_time: float, history: Any, progress: _EpochProgress, epochs: int) -> None:
+    """The :class:`TimeBudgetWarning` of a training the budget stopped, at the user's call."""
+    warnings.warn(_budget_message(max_time, history, progress, epochs), TimeBudgetWarning,
+                  stacklevel=user_stacklevel())

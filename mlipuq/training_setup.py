@@ -6,16 +6,15 @@ Split out of :mod:`mlipuq.training`, which re-exports every name here.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import warnings
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from mlipuq import data as mdata
 from mlipuq.checks import periodic_widths
+from mlipuq.errors import user_stacklevel
 from mlipuq.models.base import MLIP
 
 log = logging.getLogger("mlipuq.training")  # the name the training log has always used
@@ -50,18 +49,6 @@ class SingleCellWarning(UserWarning):
 #: Largest strain component between two cells that still counts as one cell: a
 #: strain this small measures no equation of state.
 SAME_CELL_STRAIN = 1e-3
-_PACKAGE = os.path.dirname(os.path.abspath(__file__))
-
-
-def user_stacklevel() -> int:
-    """The ``stacklevel`` that makes a ``warnings.warn`` in the calling function point
-    at the first frame outside mlipuq (the user's call), however deep the call; the
-    outermost frame when every frame is mlipuq's (the command line)."""
-    frame, level = sys._getframe(1), 1
-    while frame.f_back is not None and os.path.abspath(
-            frame.f_code.co_filename).startswith(_PACKAGE + os.sep):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def check_cells(train) -> None:
@@ -261,12 +248,12 @@ def refit_reference_energies(model: MLIP, train: mdata.AtomsDataset, *,
 
 
 def check_energy_offset(model: MLIP, train: mdata.AtomsDataset, *,
-                        stacklevel: int = 2) -> dict[int, float]:
+                        stacklevel: Optional[int] = None) -> dict[int, float]:
     """Warn (:class:`EnergyOffsetWarning`) when the trained model's energy error on
     ``train`` is mostly a constant offset per composition: the RMS per-atom error a
     refit of the reference energies would remove exceeds the one it would leave.
     Returns that refit's shift (eV per atomic number), applied or not; ``stacklevel``
-    as in :func:`warnings.warn`."""
+    as in :func:`warnings.warn` (None: the first frame outside mlipuq)."""
     shift, removed, left = reference_energy_shift(model, train)
     if removed > left:
         warnings.warn(
@@ -274,7 +261,8 @@ def check_energy_offset(model: MLIP, train: mdata.AtomsDataset, *,
             f"would remove {1000 * removed:.3g} meV/atom (RMS) of the energy error on the "
             f"training data and leave {1000 * left:.3g}; pass refit_references=True to "
             "mlipuq.train (or call mlipuq.training.refit_reference_energies(model, train)) "
-            "to remove it", EnergyOffsetWarning, stacklevel=stacklevel)
+            "to remove it", EnergyOffsetWarning,
+            stacklevel=user_stacklevel() if stacklevel is None else stacklevel)
     return {z: float(d) for z, d in zip(model.species, shift)}
 
 
@@ -297,8 +285,8 @@ def settle_references(model: MLIP, train, refit: bool) -> dict[int, float]:
     atomic number), applied or not."""
     if refit:
         shift = refit_reference_energies(model, train)
-    else:  # the warning points at the caller of mlipuq.train
-        shift = check_energy_offset(model, train, stacklevel=4)
+    else:  # the warning points at the user's call (mlipuq.train, or a wrapper's fit)
+        shift = check_energy_offset(model, train)
     fit_offset_drift(model, mdata.as_dataset(train))  # what training left undetermined
     return shift
 

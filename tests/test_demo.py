@@ -230,6 +230,20 @@ def test_time_budget_stops_within_one_batch_and_warns(ethanol):
     assert np.isfinite(row["val_loss"]) and history.best_epoch == 0  # its weights are kept
 
 
+def test_budget_warning_points_at_the_users_call(ethanol):
+    """Through ``DeepEnsemble.train`` (mlipuq calling mlipuq.train) the warning still
+    names this file's line (it named one inside mlipuq until 2026-12-05)."""
+    from mlipuq.uq import DeepEnsemble
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        DeepEnsemble.train(lambda s: _tiny(ethanol.species), ethanol[:8], ethanol[16:],
+                           n_members=2, epochs=5, batch_size=4, max_time=1e-6,
+                           progress=False)
+    budget = [w for w in caught if issubclass(w.category, TimeBudgetWarning)]
+    assert len(budget) == 2 and {w.filename for w in budget} == {__file__}
+
+
 def test_no_budget_warning_when_the_epochs_end_first(ethanol):
     model = _tiny(ethanol.species)
     with warnings.catch_warnings():

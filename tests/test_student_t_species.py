@@ -134,3 +134,31 @@ def test_wrapper_per_species_t_on_dft_round_trips(ethanol_llpr, tmp_path):
     loaded = LastLayerLaplace.load(tmp_path / "d.pt")
     assert tuple(loaded.recalibrator_.options["dof_bounds"]) == (1.0, ROBUST_MAX_DOF)
     assert loaded.predict(test[:3]).forces_dof == pytest.approx(ROBUST_MAX_DOF)
+
+
+def test_zero_error_warning_points_at_the_calibrate_call(ethanol_llpr):
+    """Oxygen's validation force labels set to what the model predicts (its errors
+    zero): ``calibrate`` warns that O gets the largest scale, and the warning names
+    this file's line, not one inside mlipuq (it did until 2026-12-05)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from mlipuq import data as mdata
+
+    val = datasets.ethanol("val")[:60]
+    pred = ethanol_llpr.predict(val, calibrated=False, progress=False)
+    frames, start = [], 0
+    for atoms in val:
+        forces = atoms.get_forces().copy()
+        own = pred.forces[start:start + len(atoms)]
+        oxygen = atoms.numbers == 8
+        forces[oxygen] = own[oxygen]
+        copy = atoms.copy()
+        copy.calc = SinglePointCalculator(copy, energy=atoms.get_potential_energy(),
+                                          forces=forces)
+        frames.append(copy)
+        start += len(atoms)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ethanol_llpr.copy().calibrate(mdata.as_dataset(frames))
+    zero = [w for w in caught if "Z=8: half their validation force errors" in str(w.message)]
+    assert zero and {w.filename for w in zero} == {__file__}

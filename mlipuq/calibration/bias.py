@@ -18,6 +18,8 @@ from typing import Optional
 
 import numpy as np
 
+from mlipuq.errors import user_stacklevel
+
 #: |z-mean| / z-std above which the shared offset dominates the errors
 OFFSET_RATIO = 1.0
 #: fewer scored targets than this: no verdict (the mean itself is too uncertain)
@@ -73,8 +75,6 @@ def offsets_of(arrays: dict) -> dict:
 def warn_offsets(report: dict, *, where: str, stacklevel: Optional[int] = None) -> list:
     """Warn (:class:`OffsetWarning`) for every target whose offset dominates; the messages.
     ``stacklevel`` None: the warning points at the user's call, however deep in mlipuq."""
-    from mlipuq.training_setup import user_stacklevel
-
     stacklevel = user_stacklevel() if stacklevel is None else stacklevel
     messages = []
     for target, stats in report.items():

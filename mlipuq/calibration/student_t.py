@@ -41,6 +41,7 @@ from scipy.optimize import minimize
 
 from mlipuq.calibration.metrics_common import prepare
 from mlipuq.calibration.recalibrate_base import Recalibrator, check_std, target_numbers
+from mlipuq.errors import user_stacklevel
 from mlipuq.predictive import (  # noqa: F401  (re-exported: the t formulas)
     ONE_SIGMA,
     check_dof,
@@ -207,7 +208,8 @@ class StudentTRecalibrator(Recalibrator):
         if np.any(zero[counts >= self.MIN_SPECIES_TARGETS] >= 0.5):
             warnings.warn("elements Z=" + ", ".join(str(int(e)) for e in elements[zero >= 0.5])
                           + ": half their validation force errors or more are zero; they get "
-                          "the largest fitted scale instead of their own", stacklevel=3)
+                          "the largest fitted scale instead of their own",
+                          stacklevel=user_stacklevel())
         if not own.any():
             return np.zeros(0, np.int64), np.zeros(n, np.int64)
         index = np.where(own, np.cumsum(own) - 1, -1)

@@ -27,7 +27,7 @@ import ase.io
 import numpy as np
 
 from mlipuq import schema
-from mlipuq.errors import ResumeError
+from mlipuq.errors import ResumeError, user_stacklevel
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +363,8 @@ def check_previous(path: str, frames: list, atoms, records: dict, allow_unrecord
         )
     if unrecorded:
         warnings.warn(f"{path}: resuming without checking {', '.join(unrecorded)} "
-                      "(not recorded in the file); new frames record them", stacklevel=5)
+                      "(not recorded in the file); new frames record them",
+                      stacklevel=user_stacklevel())
 
 
 def scan_for_resume(path, atoms, records, *, repair: bool, allow_unrecorded: bool):

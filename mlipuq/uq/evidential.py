@@ -35,6 +35,7 @@ import torch
 
 from mlipuq import data as mdata
 from mlipuq import distributed as mdist
+from mlipuq.errors import user_stacklevel
 from mlipuq.models.base import MLIP
 from mlipuq.training import split_fit_options
 from mlipuq.uq.base import UQWrapper, _check_model, register
@@ -391,7 +392,7 @@ class EvidentialHead(UQWrapper):
         if self.distance is not None and not need_forces:
             warnings.warn("EvidentialHead.fit: the latent-distance term is fitted on reference "
                           "forces; with forces_weight=0 the head's variance is used alone "
-                          "(distance=None)", UserWarning, stacklevel=2)
+                          "(distance=None)", UserWarning, stacklevel=user_stacklevel())
             self.distance, self.structure_covariance = None, "ledoit-wolf"
             self.min_distance_share, self.distance_combination = None, "sum"
         elif self.distance is not None:
@@ -513,7 +514,7 @@ class EvidentialHead(UQWrapper):
                 "structures. Fit the head on data the base model was not trained on, e.g. "
                 "head.fit(*val.split([0.5, 0.5]), reference=train)",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
 
     # ----------------------------------------------------------------- predict

@@ -33,6 +33,7 @@ import torch
 
 from mlipuq import data as mdata
 from mlipuq.calibration.recalibrate import stretch_members
+from mlipuq.errors import user_stacklevel
 from mlipuq.uq.distance_term import (COMBINATIONS, combine_variances, fit_distance_term,
                                      term_variances)
 
@@ -74,7 +75,7 @@ def fit_terms(ensemble, train, val, *, seed: int, progress: bool, need_forces: b
     if not need_forces:
         warnings.warn("ShallowEnsemble.fit: the latent-distance term is a force term and "
                       "forces_weight=0 fits no forces; the heads' variance alone is used "
-                      "(distance=None)", UserWarning, stacklevel=4)
+                      "(distance=None)", UserWarning, stacklevel=user_stacklevel())
         ensemble.distance, ensemble.energy_combination = None, None
         return
     if val is None and len(train) < 2:

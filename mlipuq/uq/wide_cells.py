@@ -33,7 +33,7 @@ from typing import Optional
 import numpy as np
 
 from mlipuq.checks import periodic_widths, structure_widths
-from mlipuq.training_setup import user_stacklevel
+from mlipuq.errors import user_stacklevel
 
 
 class WideCellWarning(UserWarning):
