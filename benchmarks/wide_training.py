@@ -90,14 +90,21 @@ def diagnose_deep(part: str, cache: str) -> None:
                 "members onto their mean": dict(recentre="members"),
                 "val without its wide cells": dict(val=narrow),
                 "  the same, total energies": dict(val=narrow, recentre="total")}
+    whole = {"default": True, "members onto their mean": "members"}  # every split
+    rows = {}
     for name, options in variants.items():
         if options is not None:
             options = dict(options)
             deep.calibrate(options.pop("val", val), **options)
+        named = tests if name in whole else {"108": test, "first": first}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", WideCellWarning)
-            pred = deep.predict(test, calibrated=options is not None)
-        inside = scores(deep.predict(first, calibrated=options is not None), first)
+            preds = {split: deep.predict(cells, calibrated=options is not None)
+                     for split, cells in named.items()}
+        if name in whole:
+            rows[whole[name]] = {split: scores(preds[split], tests[split]) for split in tests}
+        pred = next(p for split, p in preds.items() if named[split] is test)
+        inside = scores(next(p for split, p in preds.items() if named[split] is first), first)
         n, shifted = pred.n_atoms, scores(pred, test)
         print(f"{name:<28} E cover 95 % {shifted['energy_cov95']:.3f}, per atom "
               f"|error| {1e3 * np.median(abs(pred.energy - test.energies) / n):.3f} meV, "
@@ -106,19 +113,13 @@ def diagnose_deep(part: str, cache: str) -> None:
               f"MAE {1e3 * inside['energy_mae_per_atom']:.3f} meV, std "
               f"{1e3 * inside['energy_std_per_atom']:.3f} meV, NLL {inside['energy_nll']:.2f}",
               flush=True)
-    every_split(deep, val, tests)
+    every_split(rows, tests)
 
 
-def every_split(deep, val, tests) -> None:
-    """The deep ensemble's energy coverage and NLL on every test split, recentred per
-    atom (the default) beside the members moved onto their mean."""
-    rows = {}
-    for recentre in (True, "members"):
-        deep.calibrate(val, recentre=recentre)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", WideCellWarning)
-            rows[recentre] = {name: scores(deep.predict(test), test)
-                              for name, test in tests.items()}
+def every_split(rows: dict, tests) -> None:
+    """The deep ensemble's energy coverage and NLL on every test split (``rows``, scores
+    by recentring and split), recentred per atom (the default) beside the members moved
+    onto their mean."""
     for name in tests:
         one, two = rows[True][name], rows["members"][name]
         print(f"  {name:<34} E cover 95 % {one['energy_cov95']:.3f} -> "

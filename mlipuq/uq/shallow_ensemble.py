@@ -571,8 +571,8 @@ class ShallowEnsemble(UQWrapper):
             state["direct_readout_weight"] = self._direct_readout_weight
         if self.distance_ is not None:
             state["distance"] = self.distance_._get_state()
-        if self.energy_distance_ is self.distance_ is not None:  # force_combination="max"
-            state["energy_distance_shared"] = True  # one term, saved once
+        if self._format_version() == 3:  # one term for both (force_combination="max")
+            state["energy_distance_shared"] = True  # saved once
         elif self.energy_distance_ is not None:
             state["energy_distance"] = self.energy_distance_._get_state()
         return state
