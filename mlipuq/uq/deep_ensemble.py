@@ -420,7 +420,10 @@ class DeepEnsemble(UQWrapper):
         (``LatentDistance(combine=...)``, which recentres one that never was). An
         earlier calibration, fitted with other offsets, is dropped: calibrate again."""
         weighting = recentring_weighting(recentre)
-        self._recentred_prediction(calibration_data(val), weighting)
+        if weighting is None:  # nothing to fit: no prediction
+            self.member_offsets_, self.recentring_chosen_ = None, True
+        else:
+            self._recentred_prediction(calibration_data(val), weighting)
         self.recalibrator_ = self.strain_term_ = None
         return self
 
