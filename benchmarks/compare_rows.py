@@ -33,10 +33,15 @@ def paired(paths, a: str, b: str, method: str) -> dict:
     return {key: (pair[a], pair[b]) for key, pair in rows.items() if len(pair) == 2}
 
 
+def _cell(row: dict, key: str, scale: float, fmt: str) -> str:
+    """``row[key]`` times ``scale`` formatted, or "n/a" where the row lacks it."""
+    return "n/a" if row.get(key) is None else f"{scale * row[key]:{fmt}}"
+
+
 def lines(pairs: dict) -> list[str]:
     out, nll = [], {}
     for (system, split), (one, two) in pairs.items():
-        cells = [f"{name} {scale * one[key]:{fmt}} → {scale * two[key]:{fmt}}"
+        cells = [f"{name} {_cell(one, key, scale, fmt)} → {_cell(two, key, scale, fmt)}"
                  for name, key, scale, fmt in FIELDS]
         out.append(f"{system:<9} {split:<34} " + "; ".join(cells))
         nll.setdefault(system, []).append(two["energy_nll"] - one["energy_nll"])

@@ -180,3 +180,28 @@ def test_shallow_forces_round_swaps_the_targets_roles(tmp_path, capsys):
                                          f_cov=f))
     assert shallow_forces.main(lost) is False
     assert "does not become the shallow ensemble's default" in capsys.readouterr().out
+
+
+def test_compare_rows_pairs_splits_and_averages_the_nll_change(tmp_path):
+    """``compare_rows.py``: each split where both wrappers have a row, a → b, and the
+    mean energy NLL change per system ((0.5 + 0) / 2 here); a split of one wrapper only
+    is left out."""
+    (compare,) = benchmark_modules("compare_rows")
+    a, b = _rows("cu", "A", 0.9), _rows("cu", "B", 0.8, nll=-1.5, extra_split="bulk")
+    path = tmp_path / "rows.json"
+    _write(path, a + b)
+    text = "\n".join(compare.lines(compare.paired([path], "A", "B", "default")))
+    assert "cu        surface" in text and "E cover 0.900 → 0.800" in text
+    assert "E NLL -2.00 → -1.50" in text and "bulk" not in text
+    assert "cu        mean energy NLL change +0.250 over 2 splits" in text
+
+
+def test_shift_members_for_a_latent_term_on_the_deep_ensemble(scripts):
+    """``shift.py`` trains every deep-ensemble member for the latent combination too."""
+    from argparse import Namespace
+
+    wants = scripts[2].wants_deep
+    assert wants(Namespace(only=["LatentDistance + DeepEnsemble (3)"], wrappers=None))
+    assert not wants(Namespace(only=["LatentDistance + LLPR"], wrappers=None))
+    assert wants(Namespace(only=None, wrappers=["LatentDistance"]))
+    assert not wants(Namespace(only=None, wrappers=["LastLayerLaplace"]))
