@@ -80,8 +80,9 @@ def diagnose_deep(part: str, cache: str) -> None:
     models = base_models(part, train, val, 80, 3, folder, refit=True)
     deep = fit_wrappers(models, train, val, None, folder, ["DeepEnsemble (3)"])
     deep = deep["DeepEnsemble (3)"]
-    test = next(t for name, t in tests.items() if name.startswith("bulk 108"))
-    first = next(iter(tests.values()))  # the in-distribution split
+    large = next(name for name in tests if name.startswith("bulk 108"))
+    first = next(iter(tests))  # the in-distribution split
+    test = tests[large]
     narrow = val[: len(val) - N_VAL]
     print(f"# {part}", flush=True)
     variants = {"raw": None, "default": dict(), "no structure scaling":
@@ -96,16 +97,16 @@ def diagnose_deep(part: str, cache: str) -> None:
         if options is not None:
             options = dict(options)
             deep.calibrate(options.pop("val", val), **options)
-        named = tests if name in whole else {"108": test, "first": first}
+        splits = tests if name in whole else (large, first)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", WideCellWarning)
-            preds = {split: deep.predict(cells, calibrated=options is not None)
-                     for split, cells in named.items()}
+            preds = {split: deep.predict(tests[split], calibrated=options is not None)
+                     for split in splits}
+        scored = {split: scores(preds[split], tests[split]) for split in splits}
         if name in whole:
-            rows[whole[name]] = {split: scores(preds[split], tests[split]) for split in tests}
-        pred = next(p for split, p in preds.items() if named[split] is test)
-        inside = scores(next(p for split, p in preds.items() if named[split] is first), first)
-        n, shifted = pred.n_atoms, scores(pred, test)
+            rows[whole[name]] = scored
+        pred, shifted, inside = preds[large], scored[large], scored[first]
+        n = pred.n_atoms
         print(f"{name:<28} E cover 95 % {shifted['energy_cov95']:.3f}, per atom "
               f"|error| {1e3 * np.median(abs(pred.energy - test.energies) / n):.3f} meV, "
               f"std {1e3 * np.median(pred.energy_std / n):.3f} meV, NLL "
