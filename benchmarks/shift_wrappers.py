@@ -190,6 +190,11 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         "LatentDistance (scalar energies)": lambda: default_method(
             LatentDistance(base).fit(train, val), UQWrapper.default_calibration),
         "LatentDistance + LLPR": lambda: LatentDistance(base, combine=llpr()).fit(train, val),
+        # distances in the features of every message-passing layer (an option, 2026-12-05)
+        "LatentDistance (all layers)": lambda: LatentDistance(
+            base, features="all_layers").fit(train, val),
+        "LatentDistance + LLPR (all layers)": lambda: LatentDistance(
+            base, combine=llpr(), features="all_layers").fit(train, val),
         "LatentDistance + LLPR (refit mean)": lambda: LatentDistance(
             base, combine=refitted(False)).fit(train, val),
         "LatentDistance + LLPR (refit mean; t energies)": lambda: LatentDistance(

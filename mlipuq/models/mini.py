@@ -217,6 +217,12 @@ class MiniMLIP(MLIP):
         super().set_extra_state(state)
         self.avg_num_neighbors = state["avg_num_neighbors"]
 
+    def layer_modules(self) -> list[nn.Module]:
+        """The message-passing layers, in order, each returning ``(s, v)`` whose ``s``
+        (N, width) are the atoms' invariant features after it (optional contract:
+        :class:`~mlipuq.uq.LatentDistance` ``features="all_layers"`` reads them)."""
+        return list(self.updates)
+
     def per_atom_energy(self, batch: Batch) -> torch.Tensor:
         species = self.species_index(batch)
         vectors = batch.edge_vectors()

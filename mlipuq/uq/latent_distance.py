@@ -143,6 +143,14 @@ class LatentDistance(LatentScores, UQWrapper):
         refitted base models (``mlipuq.train``'s default) the held-out covariance
         met the energy goal under shift on 20 of 21 fits against 5 (with LLPR: 11),
         at a price in sharpness beyond the calibration range (``docs/shift.md``).
+    features
+        What the distances are measured in: ``"readout"`` (default), the readout
+        layer's input :math:`\phi_i`; ``"all_layers"``, the invariant features after
+        every message-passing layer the model names (``model.layer_modules()``,
+        MiniMLIP's) followed by :math:`\phi_i`, concatenated. Trained on cells
+        narrower than twice the cutoff, MiniMLIPs moved their first layer's features
+        far more than their readout's in wider cells (``docs/latent.md``, "Features
+        of every layer"); an option, measured there.
 
     Attributes
     ----------
@@ -185,8 +193,10 @@ class LatentDistance(LatentScores, UQWrapper):
         energy_distance: Optional[str] = "structure",
         structure_covariance: Optional[str] = None,
         min_combined_share: Optional[float] = None,
+        features: str = "readout",
     ):
         self.model = _check_model(model)
+        latent_features.check_features(features, self.model)
         if score not in _SCORES:
             raise ValueError(f"score must be one of {_SCORES}, got {score!r}")
         if energy_distance not in _ENERGY_DISTANCES:
@@ -223,6 +233,7 @@ class LatentDistance(LatentScores, UQWrapper):
             self.default_calibration = dict(combine.default_calibration)
         self.energy_distance = energy_distance
         self.structure_covariance = structure_covariance
+        self.features = features
         self.structure_ = None
         self._index: dict = {}
 
@@ -233,6 +244,8 @@ class LatentDistance(LatentScores, UQWrapper):
                   else f", energy_distance={self.energy_distance!r}")
         if self.structure_covariance != "ledoit-wolf":
             energy += f", structure_covariance={self.structure_covariance!r}"
+        if self.features != "readout":
+            energy += f", features={self.features!r}"
         return (f"LatentDistance({type(self.model).__name__}, score={self.score!r}{knn}{energy}"
                 f"{other})")
 
@@ -259,6 +272,8 @@ class LatentDistance(LatentScores, UQWrapper):
             config["structure_covariance"] = self.structure_covariance
         if self.min_combined_share is not None:  # likewise
             config["min_combined_share"] = self.min_combined_share
+        if self.features != "readout":  # likewise
+            config["features"] = self.features
         return config
 
     @classmethod
@@ -482,8 +497,7 @@ class LatentDistance(LatentScores, UQWrapper):
 
     # ---------------------------------------------------------------- predict
     def _predict_batch(self, batch: mdata.Batch) -> dict:
-        out = self.model(batch, forces=True, features=True)
-        phi = out["features"].detach().cpu().to(torch.float64).numpy()
+        out, phi = latent_features.model_pass(self, batch, forces=True)
         energy_var, atom_var, force_var = self.latent_parts(phi, batch)
         return {"energy": out["energy"].detach(), "energy_var": energy_var,
                 "forces": out["forces"].detach(), "atom_energy_var": atom_var,

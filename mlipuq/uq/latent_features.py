@@ -2,9 +2,18 @@
 data set's atoms, batch by batch, and the two passes of its ``fit`` over shares of
 the data (each rank its own after :func:`mlipuq.distributed.init`, gathered on
 every rank in data order): the reference atoms' features and the held-out terms
-the variance maps are fitted on."""
+the variance maps are fitted on.
+
+The features are the readout's input, or (``features="all_layers"``) the invariant
+features after every message-passing layer the model names
+(``model.layer_modules()``, an optional part of the base-MLIP contract) followed by
+the readout's input, concatenated per atom: a model trained on cells narrower than
+twice its cutoff moved its first layer's features far more than its readout's in
+wider cells (docs/latent.md, "Features of every layer")."""
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import torch
@@ -14,7 +23,66 @@ from mlipuq import distributed as mdist
 from mlipuq.progress import batches_with_progress
 
 __all__ = ["validate", "hold_out", "passes", "has_neighbours", "reference_features",
-           "map_terms"]
+           "map_terms", "FEATURES", "check_features", "model_pass"]
+
+#: What :class:`~mlipuq.uq.LatentDistance` measures distances in (``features=``).
+FEATURES = ("readout", "all_layers")
+
+
+def check_features(features: str, model) -> None:
+    """ValueError unless ``features`` is one of :data:`FEATURES` that ``model`` serves
+    (``"all_layers"`` needs a non-empty ``model.layer_modules()``)."""
+    if features not in FEATURES:
+        raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
+    if features == "all_layers" and not _layer_modules(model):
+        raise ValueError(
+            f"features='all_layers' needs a model that names its message-passing layers "
+            f"(layer_modules(), as MiniMLIP does); {type(model).__name__} does not: use "
+            "features='readout' (a MACE model's readout features already hold the scalar "
+            "channels of every layer)")
+
+
+def _layer_modules(model) -> list:
+    modules = getattr(model, "layer_modules", None)
+    return list(modules()) if callable(modules) else []
+
+
+@contextlib.contextmanager
+def _layer_capture(model):
+    """Context in which forward passes append each layer module's invariant output (the
+    first element of a tuple output) to the yielded list."""
+    layers: list = []
+
+    def keep(module, inputs, output):
+        layers.append(output[0] if isinstance(output, (tuple, list)) else output)
+
+    handles = [m.register_forward_hook(keep) for m in _layer_modules(model)]
+    try:
+        yield layers
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def model_pass(wrapper, batch: mdata.Batch, forces: bool) -> tuple[dict, np.ndarray]:
+    """``(out, features)``: ``wrapper.model``'s output on ``batch`` (with forces if
+    ``forces``, else without a graph) and the (N, F) float64 NumPy features
+    ``wrapper.features`` names."""
+    model, every_layer = wrapper.model, getattr(wrapper, "features", "readout") == "all_layers"
+    with (contextlib.nullcontext() if forces else torch.no_grad()), \
+            (_layer_capture(model) if every_layer else contextlib.nullcontext([])) as layers:
+        out = model(batch, forces=forces, features=True)
+    phi = out["features"]
+    if every_layer:
+        n_atoms, n_layers = phi.shape[0], len(_layer_modules(model))
+        if len(layers) != n_layers or any(x.dim() != 2 or x.shape[0] != n_atoms
+                                           for x in layers):
+            raise ValueError(
+                f"{type(model).__name__}.layer_modules(): expected one (N={n_atoms}, F) "
+                f"invariant output per layer and forward pass ({n_layers}), got shapes "
+                f"{[tuple(x.shape) for x in layers]}")
+        phi = torch.cat([*layers, phi], dim=1)
+    return out, phi.detach().cpu().to(torch.float64).numpy()
 
 
 def hold_out(dataset: mdata.AtomsDataset, fraction: float, seed: int) -> tuple:
@@ -55,12 +123,7 @@ def passes(wrapper, dataset, batch_size: int, forces: bool, progress: bool = Fal
     model.eval()
     for _, batch in batches:
         batch = batch.to(device=model.device)
-        if forces:
-            out = model(batch, forces=True, features=True)
-        else:
-            with torch.no_grad():
-                out = model(batch, forces=False, features=True)
-        yield batch, out, out["features"].detach().cpu().to(torch.float64).numpy()
+        yield (batch, *model_pass(wrapper, batch, forces))
 
 
 def has_neighbours(batch: mdata.Batch) -> np.ndarray:
