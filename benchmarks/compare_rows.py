@@ -6,8 +6,10 @@
 Reads the ``rows`` of one or more ``shift.py`` result files (``--out``) and prints,
 per system and split where both wrappers have a row of the same recalibration
 method, the 95 % energy and force coverage, the energy NLL and the energy MAE per
-atom (meV), a → b; then, per system, the mean change of the energy NLL. No run:
-the numbers are the files'.
+atom (meV), a → b; then, per system, the mean change of the energy NLL. With
+``--forces``: the force coverage, miscalibration area, NLL and mean std ÷ MAE
+(sharpness), and the mean change of the force NLL. No run: the numbers are the
+files'.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ import numpy as np
 FIELDS = (("E cover", "energy_cov95", 1.0, ".3f"), ("F cover", "force_cov95", 1.0, ".3f"),
           ("E NLL", "energy_nll", 1.0, ".2f"), ("E MAE meV/atom", "energy_mae_per_atom",
                                                  1e3, ".3f"))
+FORCE_FIELDS = (("F cover", "force_cov95", 1.0, ".3f"), ("F miscal.", "force_miscal", 1.0,
+                                                          ".3f"),
+                ("F NLL", "force_nll", 1.0, ".2f"), ("F std/MAE", "force_std_per_mae", 1.0,
+                                                     ".2f"))
 
 
 def paired(paths, a: str, b: str, method: str) -> dict:
@@ -38,15 +44,27 @@ def _cell(row: dict, key: str, scale: float, fmt: str) -> str:
     return "n/a" if row.get(key) is None else f"{scale * row[key]:{fmt}}"
 
 
-def lines(pairs: dict) -> list[str]:
+def _with_sharpness(row: dict) -> dict:
+    """``row`` with ``force_std_per_mae``, its mean force std over its force MAE."""
+    std, mae = row.get("force_std"), row.get("force_mae")
+    return {**row, "force_std_per_mae": std / mae if std is not None and mae else None}
+
+
+def lines(pairs: dict, forces: bool = False) -> list[str]:
+    """Per split a → b (the energy fields, or with ``forces`` the force fields), then
+    per system the mean change of that target's NLL (over the splits where both rows
+    have it)."""
+    fields, target = (FORCE_FIELDS, "force") if forces else (FIELDS, "energy")
     out, nll = [], {}
     for (system, split), (one, two) in pairs.items():
+        one, two = _with_sharpness(one), _with_sharpness(two)
         cells = [f"{name} {_cell(one, key, scale, fmt)} → {_cell(two, key, scale, fmt)}"
-                 for name, key, scale, fmt in FIELDS]
+                 for name, key, scale, fmt in fields]
         out.append(f"{system:<9} {split:<34} " + "; ".join(cells))
-        nll.setdefault(system, []).append(two["energy_nll"] - one["energy_nll"])
+        if one.get(f"{target}_nll") is not None and two.get(f"{target}_nll") is not None:
+            nll.setdefault(system, []).append(two[f"{target}_nll"] - one[f"{target}_nll"])
     for system, changes in nll.items():
-        out.append(f"{system:<9} mean energy NLL change {np.mean(changes):+.3f} over "
+        out.append(f"{system:<9} mean {target} NLL change {np.mean(changes):+.3f} over "
                    f"{len(changes)} splits")
     return out
 
@@ -57,11 +75,13 @@ def main(argv=None) -> None:
     parser.add_argument("--a", required=True, help="the first wrapper's name")
     parser.add_argument("--b", required=True, help="the second wrapper's name")
     parser.add_argument("--method", default="default", help="recalibration method")
+    parser.add_argument("--forces", action="store_true",
+                        help="the force fields (coverage, miscalibration, NLL, std ÷ MAE)")
     args = parser.parse_args(argv)
     pairs = paired(args.files, args.a, args.b, args.method)
     if not pairs:
         parser.error(f"no split has rows of both {args.a!r} and {args.b!r}")
-    print("\n".join(lines(pairs)))
+    print("\n".join(lines(pairs, args.forces)))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ calibrates it on ``--val`` when given, and saves it (:meth:`UQWrapper.save`):
   those (already trained) models and nothing is retrained;
 * ``latent``: :class:`~mlipuq.uq.LatentDistance` (``--score``, default the
   Mahalanobis distance of each atom's readout features to its element's
-  training mean; ``--energy-distance atoms`` sums independent atoms' energy
+  training mean; ``--features all_layers`` measures it in every message-passing
+  layer's features too; ``--energy-distance atoms`` sums independent atoms' energy
   variances instead of the structure's coherent one; its variance map is fitted
   on ``--val``, which then also calibrates it, or on a fifth of ``--train`` held
   out when there is no ``--val``).
@@ -158,6 +159,10 @@ def add_parsers(subparsers) -> None:
                      help="latent: energy variances from the structure's latent distance, "
                           "coherent over its atoms (default: structure), or summed over "
                           "independent atoms (docs/latent.md)")
+    fit.add_argument("--features", choices=("readout", "all_layers"), default=None,
+                     help="latent, --latent: the features distances are measured in: the "
+                          "readout's input (default) or the invariant features of every "
+                          "message-passing layer too (all_layers, MiniMLIP; docs/latent.md)")
     fit.add_argument("--structure-covariance", choices=("ledoit-wolf", "held-out"),
                      default=None,
                      help="latent, evidential, --latent both: the covariance the "
@@ -265,6 +270,9 @@ def _check_fit_args(args) -> None:
                          f"one of fit {args.method}")
     if args.energy_distance is not None and args.method != "latent":
         raise ValueError(f"--energy-distance is a latent option, not one of fit {args.method}")
+    if args.features is not None and args.method != "latent" and args.latent is None:
+        raise ValueError(f"--features is a latent or --latent option, not one of fit "
+                         f"{args.method}")
     if args.structure_covariance is not None and not (
             args.method == "latent" or args.latent == "both"
             or (args.method == "evidential" and args.score != "none")):
@@ -327,13 +335,19 @@ def build_wrapper(args, models, train, val, progress: bool, reference=None):
         return wrapper
     if args.recentre is not None:  # before the combination's map
         wrapper.recentre(val, recentre=_recentring(args.recentre))
-    options = {} if args.score is None else {"score": args.score}
-    if args.structure_covariance is not None:
-        options["structure_covariance"] = args.structure_covariance
+    options = _latent_options(args)
     return LatentDistance(models[0], combine=wrapper, **options,
                           energy_distance=None if args.latent == "forces" else "structure"
                           ).fit(train, val, batch_size=args.batch_size, seed=args.seed,
                                 progress=progress)
+
+
+def _latent_options(args) -> dict:
+    """:class:`~mlipuq.uq.LatentDistance` options the flags give (score, structure
+    covariance, features), for ``fit latent`` and ``--latent``."""
+    return {key: value for key, value in (
+        ("score", args.score), ("structure_covariance", args.structure_covariance),
+        ("features", args.features)) if value is not None}
 
 
 def _method_wrapper(args, models, train, val, progress: bool, reference=None):
@@ -361,11 +375,9 @@ def _method_wrapper(args, models, train, val, progress: bool, reference=None):
         return EvidentialHead(model, distance=distance, **options).fit(
             train, val, reference=reference, **common, **_trainer_options(args, {}))
     if args.method == "latent":
-        options = {} if args.score is None else {"score": args.score}
+        options = _latent_options(args)
         if args.energy_distance is not None:
             options["energy_distance"] = args.energy_distance
-        if args.structure_covariance is not None:
-            options["structure_covariance"] = args.structure_covariance
         return LatentDistance(model, **options).fit(
             train, val, batch_size=args.batch_size, **common)
     if len(models) > 1:

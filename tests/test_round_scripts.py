@@ -194,6 +194,12 @@ def test_compare_rows_pairs_splits_and_averages_the_nll_change(tmp_path):
     assert "cu        surface" in text and "E cover 0.900 → 0.800" in text
     assert "E NLL -2.00 → -1.50" in text and "bulk" not in text
     assert "cu        mean energy NLL change +0.250 over 2 splits" in text
+    forces = "\n".join(compare.lines(compare.paired([path], "A", "B", "default"), True))
+    assert "F cover 0.950 → 0.950" in forces and "F miscal. 0.020 → 0.020" in forces
+    assert "F std/MAE n/a → n/a" in forces  # in distribution: no std or MAE in the rows
+    assert "F std/MAE 2.00 → 2.00" in forces  # the surface: 0.2 / 0.1
+    # the surface rows have no force NLL: the mean is over the in-distribution split
+    assert "cu        mean force NLL change +0.000 over 1 splits" in forces
 
 
 def test_shift_members_for_a_latent_term_on_the_deep_ensemble(scripts):

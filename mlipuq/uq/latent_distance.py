@@ -145,9 +145,9 @@ class LatentDistance(LatentScores, UQWrapper):
         at a price in sharpness beyond the calibration range (``docs/shift.md``).
     features
         What the distances are measured in: ``"readout"`` (default), the readout
-        layer's input :math:`\phi_i`; ``"all_layers"``, the invariant features after
+        layer's input :math:`\\phi_i`; ``"all_layers"``, the invariant features after
         every message-passing layer the model names (``model.layer_modules()``,
-        MiniMLIP's) followed by :math:`\phi_i`, concatenated. Trained on cells
+        MiniMLIP's) followed by :math:`\\phi_i`, concatenated. Trained on cells
         narrower than twice the cutoff, MiniMLIPs moved their first layer's features
         far more than their readout's in wider cells (``docs/latent.md``, "Features
         of every layer"); an option, measured there.

@@ -1,0 +1,163 @@
+"""``LatentDistance(features="all_layers")``: the features it measures distances in
+(every message-passing layer's invariants, then the readout's, checked against the
+layers run by hand), the models that cannot serve them, and ``fit --features``."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import ETHANOL_SMALL
+from torch import nn
+
+import mlipuq
+from mlipuq import cli
+from mlipuq.models import wrap
+from mlipuq.testing import check_uq_wrapper
+from mlipuq.uq import LatentDistance, latent_features
+from mlipuq.uq import load as load_wrapper
+
+
+@pytest.fixture(scope="module")
+def ethanol():
+    return mlipuq.load(ETHANOL_SMALL)
+
+
+@pytest.fixture(scope="module")
+def base(fitted_members):
+    return fitted_members[0]
+
+
+def _layers_by_hand(model, batch) -> list[torch.Tensor]:
+    """MiniMLIP's invariant features after each message-passing layer, run step by step
+    as ``per_atom_energy`` runs them (no hook)."""
+    vectors = batch.edge_vectors()
+    r = torch.linalg.norm(vectors, dim=-1)
+    rbf, envelope = model.rbf(r), model.rbf.envelope(r)
+    s = model.embedding(model.species_index(batch))
+    v = torch.zeros(s.shape[0], 3, s.shape[1], dtype=s.dtype)
+    layers = []
+    for interaction, update in zip(model.interactions, model.updates):
+        s, v = interaction(s, v, batch.edge_index, rbf, envelope,
+                           vectors / r.unsqueeze(-1), 1.0 / model.avg_num_neighbors)
+        s, v = update(s, v)
+        layers.append(s)
+    return layers
+
+
+def test_features_are_every_layer_then_the_readout(base, ethanol):
+    """The (N, n_layers × width + F) features: each layer's invariants in order, then
+    the readout's input; ``"readout"`` is the readout's input alone."""
+    wrapper = LatentDistance(base, features="all_layers")
+    batch = base.collate(list(ethanol[:3]))
+    _, phi = latent_features.model_pass(wrapper, batch, forces=False)
+    with torch.no_grad():
+        expected = torch.cat([*_layers_by_hand(base, batch), base.per_atom_features(batch)], 1)
+    width = base.width
+    assert phi.shape == (len(batch.numbers), 2 * width + base.n_features)
+    np.testing.assert_allclose(phi, expected.double().numpy(), rtol=1e-6, atol=1e-7)
+    _, readout = latent_features.model_pass(LatentDistance(base), batch, forces=True)
+    np.testing.assert_allclose(readout, phi[:, 2 * width:], rtol=1e-6, atol=1e-7)
+
+
+def test_passes_the_check_suite(base, ethanol):
+    """Rotation invariance, batching, save/load and the rest, as for every wrapper."""
+    check_uq_wrapper(LatentDistance(base, features="all_layers"), ethanol[:14],
+                     fit_kwargs={})
+
+
+def test_saved_and_loaded_with_its_features(base, ethanol, tmp_path):
+    wrapper = LatentDistance(base, features="all_layers").fit(ethanol[:14], ethanol[14:])
+    wrapper.save(tmp_path / "w.pt")
+    loaded = load_wrapper(tmp_path / "w.pt")
+    assert loaded.features == "all_layers" and "features='all_layers'" in repr(loaded)
+    np.testing.assert_array_equal(loaded.predict(ethanol[14:]).forces_std,
+                                  wrapper.predict(ethanol[14:]).forces_std)
+    assert "features" not in LatentDistance(base).config()  # older files' fingerprint
+
+
+class _Layered(nn.Module):
+    """A per-atom energy linear in features, with one named 'layer' whose output is
+    ``shape``-d: (N, 4) invariant, or (N, 3, 4) vector features (not invariant)."""
+
+    def __init__(self, vector: bool):
+        super().__init__()
+        self.embed = nn.Embedding(2, 4)
+        self.vector = vector
+        self.layer = nn.Identity()
+        self.readout = nn.Linear(4, 1)
+
+    def forward(self, batch):
+        s = self.embed((batch.numbers == 8).long())
+        self.layer(s.unsqueeze(1).expand(-1, 3, -1) if self.vector else s)
+        return self.readout(torch.tanh(s)).squeeze(-1)
+
+
+def test_models_that_cannot_serve_it_are_refused(ethanol):
+    """A model naming no layers, an unknown choice and a layer with non-invariant
+    (N, 3, F) output: each a ValueError saying what to do."""
+    plain = wrap(_Layered(False), species=["H", "C", "O"], cutoff=3.0, readout="readout")
+    with pytest.raises(ValueError, match="layer_modules.*features='readout'"):
+        LatentDistance(plain, features="all_layers")
+    with pytest.raises(ValueError, match="features must be one of"):
+        LatentDistance(plain, features="layers")
+    vector = wrap(_Layered(True), species=["H", "C", "O"], cutoff=3.0, readout="readout")
+    vector.layer_modules = lambda: [vector.module.layer]
+    wrapper = LatentDistance(vector, features="all_layers")
+    with pytest.raises(ValueError, match=r"one \(N=9, F\) invariant output per layer"):
+        latent_features.model_pass(wrapper, vector.collate([ethanol[0]]), forces=False)
+
+
+def _fit(files, method, out, *extra) -> int:
+    argv = ["fit", method, "-m", str(files["model"]), "--train", str(files["train"]),
+            "--val", str(files["val"]), "--out", str(out), *extra]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # few structures
+        return cli.main(argv)
+
+
+def test_cli_features_flag(base, ethanol, tmp_path, capsys):
+    """``fit latent --features all_layers`` saves a wrapper measuring in every layer, as
+    ``--latent`` does for the term it adds; elsewhere the flag is a user error."""
+    files = {"model": tmp_path / "m.pt", "train": tmp_path / "train.extxyz",
+             "val": tmp_path / "val.extxyz"}
+    base.save(files["model"])
+    ethanol[:14].write(files["train"])
+    ethanol[14:].write(files["val"])
+    assert _fit(files, "latent", tmp_path / "a.pt", "--features", "all_layers") == 0
+    assert load_wrapper(tmp_path / "a.pt").features == "all_layers"
+    assert _fit(files, "llpr", tmp_path / "b.pt", "--latent", "forces",
+                "--features", "all_layers") == 0
+    assert load_wrapper(tmp_path / "b.pt").features == "all_layers"
+    assert _fit(files, "llpr", tmp_path / "c.pt", "--features", "all_layers") == 2
+    assert "--features is a latent or --latent option" in capsys.readouterr().err
+
+
+def _median_score(wrapper, dataset) -> float:
+    """The median latent score u of ``dataset``'s atoms under ``wrapper``."""
+    batch = wrapper.model.collate(list(dataset))
+    _, phi = latent_features.model_pass(wrapper, batch, forces=False)
+    return float(np.median(wrapper.scores(phi, batch.numbers.numpy())))
+
+
+def test_wider_cells_score_farther_in_every_layer():
+    """Trained on 32-atom Cu cells narrower than twice the cutoff (7.2 Å < 8 Å), the
+    atoms of 108-atom cells at the same temperature lie farther from the training atoms
+    in every layer's features than in the readout's alone (docs/latent.md: the
+    shift the readout features hardly register)."""
+    train = mlipuq.datasets.emt("Cu", 24, (300,), seed=0, kinds="bulk", cache=False)
+    same = mlipuq.datasets.emt("Cu", 4, (300,), seed=1, kinds="bulk", cache=False)
+    wide = mlipuq.datasets.emt("Cu", 2, (300,), seed=2, kinds="bulk", size=3, cache=False)
+    from conftest import tiny_model
+    model = tiny_model(train.species)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # narrow cells (the point), few structures
+        mlipuq.train(model, train[:18], epochs=20, lr=1e-2, seed=0, batch_size=8,
+                     progress=False)
+        growth = {}
+        for features in ("readout", "all_layers"):
+            wrapper = LatentDistance(model, features=features).fit(train[:18], train[18:])
+            growth[features] = _median_score(wrapper, wide) / _median_score(wrapper, same)
+    assert growth["all_layers"] > 1.3 and growth["all_layers"] > 1.2 * growth["readout"], growth
