@@ -9,7 +9,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import ETHANOL_SMALL
 from torch import nn
 
 import mlipuq
@@ -20,13 +19,9 @@ from mlipuq.uq import LatentDistance, latent_features
 from mlipuq.uq import load as load_wrapper
 
 
-@pytest.fixture(scope="module")
-def ethanol():
-    return mlipuq.load(ETHANOL_SMALL)
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture
 def base(fitted_members):
+    """A model trained on the small ethanol set (shared: not modified)."""
     return fitted_members[0]
 
 
