@@ -48,15 +48,15 @@ def _layer_modules(model) -> list:
 
 
 @contextlib.contextmanager
-def _layer_capture(model):
-    """Context in which forward passes append each layer module's invariant output (the
+def _layer_capture(modules):
+    """Context in which forward passes append each of ``modules``' invariant output (the
     first element of a tuple output) to the yielded list."""
     layers: list = []
 
     def keep(module, inputs, output):
         layers.append(output[0] if isinstance(output, (tuple, list)) else output)
 
-    handles = [m.register_forward_hook(keep) for m in _layer_modules(model)]
+    handles = [m.register_forward_hook(keep) for m in modules]
     try:
         yield layers
     finally:
@@ -68,13 +68,14 @@ def model_pass(wrapper, batch: mdata.Batch, forces: bool) -> tuple[dict, np.ndar
     """``(out, features)``: ``wrapper.model``'s output on ``batch`` (with forces if
     ``forces``, else without a graph) and the (N, F) float64 NumPy features
     ``wrapper.features`` names."""
-    model, every_layer = wrapper.model, getattr(wrapper, "features", "readout") == "all_layers"
+    model = wrapper.model
+    modules = _layer_modules(model) if wrapper.features == "all_layers" else []
     with (contextlib.nullcontext() if forces else torch.no_grad()), \
-            (_layer_capture(model) if every_layer else contextlib.nullcontext([])) as layers:
+            (_layer_capture(modules) if modules else contextlib.nullcontext([])) as layers:
         out = model(batch, forces=forces, features=True)
     phi = out["features"]
-    if every_layer:
-        n_atoms, n_layers = phi.shape[0], len(_layer_modules(model))
+    if modules:
+        n_atoms, n_layers = phi.shape[0], len(modules)
         if len(layers) != n_layers or any(x.dim() != 2 or x.shape[0] != n_atoms
                                            for x in layers):
             raise ValueError(
