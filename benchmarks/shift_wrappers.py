@@ -195,6 +195,16 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
             base, features="all_layers").fit(train, val),
         "LatentDistance + LLPR (all layers)": lambda: LatentDistance(
             base, combine=llpr(), features="all_layers").fit(train, val),
+        # the covariance ridge relative to each element's spread (an option, 2026-12-06)
+        "LatentDistance (per-species ridge)": lambda: LatentDistance(
+            base, ridge_scale="per_species").fit(train, val),
+        "LatentDistance (all layers, per-species ridge)": lambda: LatentDistance(
+            base, features="all_layers", ridge_scale="per_species").fit(train, val),
+        "LatentDistance + LLPR (per-species ridge)": lambda: LatentDistance(
+            base, combine=llpr(), ridge_scale="per_species").fit(train, val),
+        "LatentDistance + LLPR (all layers, per-species ridge)": lambda: LatentDistance(
+            base, combine=llpr(), features="all_layers", ridge_scale="per_species").fit(
+                train, val),
         "LatentDistance + LLPR (refit mean)": lambda: LatentDistance(
             base, combine=refitted(False)).fit(train, val),
         "LatentDistance + LLPR (refit mean; t energies)": lambda: LatentDistance(

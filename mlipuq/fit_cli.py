@@ -26,7 +26,8 @@ calibrates it on ``--val`` when given, and saves it (:meth:`UQWrapper.save`):
 * ``latent``: :class:`~mlipuq.uq.LatentDistance` (``--score``, default the
   Mahalanobis distance of each atom's readout features to its element's
   training mean; ``--features all_layers`` measures it in every message-passing
-  layer's features too; ``--energy-distance atoms`` sums independent atoms' energy
+  layer's features too, ``--ridge-scale per_species`` its covariance ridge relative
+  to each element's spread; ``--energy-distance atoms`` sums independent atoms' energy
   variances instead of the structure's coherent one; its variance map is fitted
   on ``--val``, which then also calibrates it, or on a fifth of ``--train`` held
   out when there is no ``--val``).
@@ -163,6 +164,10 @@ def add_parsers(subparsers) -> None:
                      help="latent, --latent: the features distances are measured in: the "
                           "readout's input (default) or the invariant features of every "
                           "message-passing layer too (all_layers, MiniMLIP; docs/latent.md)")
+    fit.add_argument("--ridge-scale", choices=("all_atoms", "per_species"), default=None,
+                     help="latent, --latent: whose spread the distance's covariance ridge is "
+                          "relative to: every training atom's (default) or each element's "
+                          "(per_species; docs/latent.md)")
     fit.add_argument("--structure-covariance", choices=("ledoit-wolf", "held-out"),
                      default=None,
                      help="latent, evidential, --latent both: the covariance the "
@@ -270,9 +275,10 @@ def _check_fit_args(args) -> None:
                          f"one of fit {args.method}")
     if args.energy_distance is not None and args.method != "latent":
         raise ValueError(f"--energy-distance is a latent option, not one of fit {args.method}")
-    if args.features is not None and args.method != "latent" and args.latent is None:
-        raise ValueError(f"--features is a latent or --latent option, not one of fit "
-                         f"{args.method}")
+    for flag, value in (("--features", args.features), ("--ridge-scale", args.ridge_scale)):
+        if value is not None and args.method != "latent" and args.latent is None:
+            raise ValueError(f"{flag} is a latent or --latent option, not one of fit "
+                             f"{args.method}")
     if args.structure_covariance is not None and not (
             args.method == "latent" or args.latent == "both"
             or (args.method == "evidential" and args.score != "none")):
@@ -344,10 +350,11 @@ def build_wrapper(args, models, train, val, progress: bool, reference=None):
 
 def _latent_options(args) -> dict:
     """:class:`~mlipuq.uq.LatentDistance` options the flags give (score, structure
-    covariance, features), for ``fit latent`` and ``--latent``."""
+    covariance, features, ridge scale), for ``fit latent`` and ``--latent``."""
     return {key: value for key, value in (
         ("score", args.score), ("structure_covariance", args.structure_covariance),
-        ("features", args.features)) if value is not None}
+        ("features", args.features), ("ridge_scale", args.ridge_scale))
+        if value is not None}
 
 
 def _method_wrapper(args, models, train, val, progress: bool, reference=None):

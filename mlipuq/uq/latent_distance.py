@@ -77,6 +77,9 @@ log = logging.getLogger(__name__)
 
 _SCORES = ("mahalanobis", "knn", "gmm")
 _ENERGY_DISTANCES = ("structure", "atoms", None)
+#: Whose spread the Gaussian scores' covariance ridge (1e-4) is relative to
+#: (``ridge_scale=``): every training atom's, or each element's own.
+RIDGE_SCALES = ("all_atoms", "per_species")
 
 __all__ = ["LatentDistance", "fit_variance_map", "knn_scores", "STRUCTURE_COVARIANCES"]
 
@@ -151,6 +154,15 @@ class LatentDistance(LatentScores, UQWrapper):
         narrower than twice the cutoff, MiniMLIPs moved their first layer's features
         far more than their readout's in wider cells (``docs/latent.md``, "Features
         of every layer"); an option, measured there.
+    ridge_scale
+        Whose spread the Mahalanobis and mixture scores' covariance ridge (1e-4) is
+        relative to: ``"all_atoms"`` (default), every training atom's per feature, so
+        that with several elements a direction in which one element's atoms barely
+        vary (small beside the spread between elements) falls under the ridge and
+        is not seen; ``"per_species"``, each element's own (the species' Gaussian
+        fitted on its atoms standardised among themselves), nearly the exact
+        Mahalanobis distance. One element: the two agree. Not for ``"knn"``. An
+        option, measured in ``docs/latent.md`` ("The ridge relative to each element").
 
     Attributes
     ----------
@@ -194,11 +206,17 @@ class LatentDistance(LatentScores, UQWrapper):
         structure_covariance: Optional[str] = None,
         min_combined_share: Optional[float] = None,
         features: str = "readout",
+        ridge_scale: str = "all_atoms",
     ):
         self.model = _check_model(model)
         latent_features.check_features(features, self.model)
         if score not in _SCORES:
             raise ValueError(f"score must be one of {_SCORES}, got {score!r}")
+        if ridge_scale not in RIDGE_SCALES:
+            raise ValueError(f"ridge_scale must be one of {RIDGE_SCALES}, got {ridge_scale!r}")
+        if ridge_scale != "all_atoms" and score == "knn":
+            raise ValueError("ridge_scale='per_species' sets the Gaussian scores' covariance "
+                             "ridge; score='knn' has none")
         if energy_distance not in _ENERGY_DISTANCES:
             raise ValueError(f"energy_distance must be one of {_ENERGY_DISTANCES}, "
                              f"got {energy_distance!r}")
@@ -234,6 +252,7 @@ class LatentDistance(LatentScores, UQWrapper):
         self.energy_distance = energy_distance
         self.structure_covariance = structure_covariance
         self.features = features
+        self.ridge_scale = ridge_scale
         self.structure_ = None
         self._index: dict = {}
 
@@ -246,6 +265,8 @@ class LatentDistance(LatentScores, UQWrapper):
             energy += f", structure_covariance={self.structure_covariance!r}"
         if self.features != "readout":
             energy += f", features={self.features!r}"
+        if self.ridge_scale != "all_atoms":
+            energy += f", ridge_scale={self.ridge_scale!r}"
         return (f"LatentDistance({type(self.model).__name__}, score={self.score!r}{knn}{energy}"
                 f"{other})")
 
@@ -274,6 +295,8 @@ class LatentDistance(LatentScores, UQWrapper):
             config["min_combined_share"] = self.min_combined_share
         if self.features != "readout":  # likewise
             config["features"] = self.features
+        if self.ridge_scale != "all_atoms":  # likewise
+            config["ridge_scale"] = self.ridge_scale
         return config
 
     @classmethod

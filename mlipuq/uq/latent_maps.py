@@ -76,21 +76,36 @@ def warn_if_few(shape: tuple, what: str, consequence: str = "") -> None:
                     shape[0], what, shape[1], consequence)
 
 
-def fit_gmm(points: np.ndarray, n_components: int, seed: int) -> dict:
+def fit_gmm(points: np.ndarray, n_components: int, seed: int, *,
+            rescale: bool = False) -> dict:
     """A full-covariance Gaussian mixture of ``n_components`` on ``points`` (n, F)
     (:class:`sklearn.mixture.GaussianMixture`, ``reg_covar`` 1e-4; one point: a unit
-    Gaussian at it) as plain arrays, with the largest log-density over ``points``."""
+    Gaussian at it) as plain arrays, with the largest log-density over ``points``.
+
+    ``rescale``: fitted on ``points`` standardised by their own mean and spread per
+    feature, so that ``reg_covar`` is 1e-4 of each feature's variance within
+    ``points``, and returned in the units of ``points`` (the means shifted and scaled
+    back, each precision Cholesky factor's rows divided by the spreads): the same
+    scores, ``(x - mean) @ L``, of any ``x`` in those units."""
     from sklearn.mixture import GaussianMixture
 
+    points = np.asarray(points, dtype=np.float64)
+    shift, spread = np.zeros(points.shape[1]), np.ones(points.shape[1])
+    if rescale and len(points) > 1:
+        shift, std = points.mean(axis=0), points.std(axis=0)
+        spread = np.where(std > 1e-12 * max(float(std.max()), 1e-300), std, 1.0)
+    local = (points - shift) / spread
     if len(points) > 1:
         gmm = GaussianMixture(n_components=n_components, covariance_type="full",
-                              reg_covar=1e-4, random_state=seed).fit(points)
-        model = {"weights": np.asarray(gmm.weights_, dtype=np.float64),
-                 "means": np.asarray(gmm.means_, dtype=np.float64),
-                 "precisions_cholesky": np.asarray(gmm.precisions_cholesky_, dtype=np.float64)}
+                              reg_covar=1e-4, random_state=seed).fit(local)
+        means, cholesky = gmm.means_, gmm.precisions_cholesky_
+        model = {"weights": np.asarray(gmm.weights_, dtype=np.float64)}
     else:
-        model = {"weights": np.ones(1), "means": points.copy(),
-                 "precisions_cholesky": np.eye(points.shape[1])[None]}
+        means, cholesky = local.copy(), np.eye(points.shape[1])[None]
+        model = {"weights": np.ones(1)}
+    model["means"] = shift + spread * np.asarray(means, dtype=np.float64)
+    model["precisions_cholesky"] = (np.asarray(cholesky, dtype=np.float64)
+                                    / spread[None, :, None])
     log_p = _gmm_log_density(points, model["weights"], model["means"],
                              model["precisions_cholesky"])
     model["max_log_density"] = float(log_p.max())

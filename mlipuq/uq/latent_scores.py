@@ -69,7 +69,7 @@ class LatentScores:
 
     def _fit_gmm(self, points: np.ndarray, seed: int) -> dict:
         k = 1 if self.score == "mahalanobis" else max(1, min(self.n_components, len(points) // 4))
-        return fit_gmm(points, k, seed)
+        return fit_gmm(points, k, seed, rescale=self.ridge_scale == "per_species")
 
     def _score_terms(self, phi: np.ndarray, batch: mdata.Batch):
         """``u²`` per atom of ``batch`` (raw features ``phi``, standardised once) and,

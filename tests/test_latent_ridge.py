@@ -1,0 +1,148 @@
+"""``LatentDistance(ridge_scale="per_species")``: the Gaussian scores' covariance ridge
+relative to each element's own spread (the score by hand, its invariance to a
+feature's units, the one-element case, persistence, refusals and ``fit
+--ridge-scale``)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from mlipuq.testing import check_uq_wrapper
+from mlipuq.uq import LatentDistance, latent_features
+from mlipuq.uq import load as load_wrapper
+from mlipuq.uq.latent_maps import fit_gmm
+import mlipuq
+from conftest import tiny_model
+from test_latent_layers import _fit
+
+
+def _points(seed=0, n=400):
+    """Correlated 3-feature points, spreads 0.5 to 2."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3)) @ np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 0.3],
+                                            [0.0, 0.0, 1.0]])
+    return x * np.array([2.0, 1.0, 0.5]) + np.array([5.0, -1.0, 0.2])
+
+
+def _score(model, x):
+    """The Mahalanobis score of ``x`` under a one-component ``fit_gmm`` model."""
+    y = (x - model["means"][0]) @ model["precisions_cholesky"][0]
+    return np.sqrt(np.sum(y * y, axis=1))
+
+
+def test_rescaled_score_is_the_mahalanobis_distance_by_hand():
+    """d² = zᵀ (C + 1e-4 I)⁻¹ z, z the points' own standardisation, C its biased
+    covariance (a one-component mixture's maximum-likelihood fit)."""
+    points, query = _points(0), _points(1, 50)
+    mean, std = points.mean(axis=0), points.std(axis=0)
+    z, zq = (points - mean) / std, (query - mean) / std
+    precision = np.linalg.inv(np.cov(z, rowvar=False, bias=True) + 1e-4 * np.eye(3))
+    by_hand = np.sqrt(np.einsum("ij,jk,ik->i", zq, precision, zq))
+    model = fit_gmm(points, 1, seed=0, rescale=True)
+    np.testing.assert_allclose(_score(model, query), by_hand, rtol=1e-6)
+
+
+def test_rescaled_score_ignores_a_features_units():
+    """Scaling one feature by 1e-3 leaves the rescaled scores unchanged; without the
+    rescaling the ridge then swamps that feature's direction (the scores change)."""
+    points, query = _points(0), _points(1, 50)
+    query[:, 2] += 2.5  # far along the third feature (5 spreads)
+    scaled = np.array([1.0, 1.0, 1e-3])
+    scores = {rescale: [_score(fit_gmm(p, 1, seed=0, rescale=rescale), q)
+                        for p, q in ((points, query), (points * scaled, query * scaled))]
+              for rescale in (True, False)}
+    np.testing.assert_allclose(scores[True][1], scores[True][0], rtol=1e-6)
+    assert np.median(scores[False][1]) < 0.5 * np.median(scores[False][0])
+
+
+def _atom_scores(wrapper, dataset):
+    batch = wrapper.model.collate(list(dataset))
+    _, phi = latent_features.model_pass(wrapper, batch, forces=False)
+    return wrapper.scores(phi, batch.numbers.numpy())
+
+
+def test_one_element_scores_agree_and_several_differ(fitted_members, ethanol):
+    """One element (EMT Cu cells, an untrained model): both ridges give the same scores
+    (the standardisation over all atoms is already the element's own); with ethanol's
+    three elements they differ."""
+    copper = mlipuq.datasets.emt("Cu", 8, (300,), seed=0, kinds="bulk", cache=False)
+    cases = {"Cu": (tiny_model(copper.species), copper),
+             "ethanol": (fitted_members[0], ethanol)}
+    scores = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # few structures for a covariance
+        for key, (model, data) in cases.items():
+            for ridge in ("all_atoms", "per_species"):
+                wrapper = LatentDistance(model, ridge_scale=ridge, energy_distance="atoms")
+                wrapper.fit(data[:6], data[6:])
+                scores[key, ridge] = _atom_scores(wrapper, data[6:])
+    np.testing.assert_allclose(scores["Cu", "per_species"], scores["Cu", "all_atoms"],
+                               rtol=1e-6)
+    assert not np.allclose(scores["ethanol", "per_species"], scores["ethanol", "all_atoms"],
+                           rtol=1e-2)
+
+
+def test_passes_the_check_suite(fitted_members, ethanol):
+    check_uq_wrapper(LatentDistance(fitted_members[0], ridge_scale="per_species"), ethanol[:14],
+                     fit_kwargs={})
+
+
+def test_saved_loaded_and_refused(fitted_members, ethanol, tmp_path):
+    wrapper = LatentDistance(fitted_members[0], ridge_scale="per_species").fit(
+        ethanol[:14], ethanol[14:])
+    wrapper.save(tmp_path / "w.pt")
+    loaded = load_wrapper(tmp_path / "w.pt")
+    assert loaded.ridge_scale == "per_species" and "ridge_scale='per_species'" in repr(loaded)
+    np.testing.assert_array_equal(loaded.predict(ethanol[14:]).forces_std,
+                                  wrapper.predict(ethanol[14:]).forces_std)
+    # older files keep their fingerprint
+    assert "ridge_scale" not in LatentDistance(fitted_members[0]).config()
+    with pytest.raises(ValueError, match="ridge_scale must be one of"):
+        LatentDistance(fitted_members[0], ridge_scale="species")
+    with pytest.raises(ValueError, match="score='knn' has none"):
+        LatentDistance(fitted_members[0], score="knn", ridge_scale="per_species")
+
+
+def test_cli_ridge_scale_flag(fitted_members, ethanol, tmp_path, capsys):
+    files = {"model": tmp_path / "m.pt", "train": tmp_path / "train.extxyz",
+             "val": tmp_path / "val.extxyz"}
+    fitted_members[0].save(files["model"])
+    ethanol[:14].write(files["train"])
+    ethanol[14:].write(files["val"])
+    assert _fit(files, "latent", tmp_path / "a.pt", "--ridge-scale", "per_species") == 0
+    assert load_wrapper(tmp_path / "a.pt").ridge_scale == "per_species"
+    assert _fit(files, "llpr", tmp_path / "b.pt", "--latent", "forces",
+                "--ridge-scale", "per_species") == 0
+    assert load_wrapper(tmp_path / "b.pt").ridge_scale == "per_species"
+    assert _fit(files, "llpr", tmp_path / "c.pt", "--ridge-scale", "per_species") == 2
+    assert "--ridge-scale is a latent or --latent option" in capsys.readouterr().err
+
+
+def _median_growth(wrapper, same, wide) -> float:
+    """Median score of ``wide``'s atoms over that of ``same``'s."""
+    return float(np.median(_atom_scores(wrapper, wide)) / np.median(_atom_scores(wrapper, same)))
+
+
+def test_wider_alloy_cells_score_farther_with_each_elements_ridge():
+    """Trained on 32-atom Ni₃Cu cells narrower than twice the cutoff (7.1 Å < 8 Å), the
+    atoms of 108-atom cells at the same temperature lie farther from the training atoms
+    of their element when the ridge is relative to each element's spread (docs/latent.md,
+    "The ridge relative to each element")."""
+    composition = {"Ni": 0.75, "Cu": 0.25}
+    train = mlipuq.datasets.emt(composition, 24, (300,), seed=0, kinds="bulk", cache=False)
+    same = mlipuq.datasets.emt(composition, 4, (300,), seed=1, kinds="bulk", cache=False)
+    wide = mlipuq.datasets.emt(composition, 2, (300,), seed=2, kinds="bulk", size=3,
+                               cache=False)
+    model = tiny_model(train.species)
+    growth = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # narrow cells (the point), few structures
+        mlipuq.train(model, train[:18], epochs=20, lr=1e-2, seed=0, batch_size=8,
+                     progress=False)
+        for ridge in ("all_atoms", "per_species"):
+            wrapper = LatentDistance(model, features="all_layers", ridge_scale=ridge)
+            growth[ridge] = _median_growth(wrapper.fit(train[:18], train[18:]), same, wide)
+    assert growth["per_species"] > 1.2 * growth["all_atoms"], growth
