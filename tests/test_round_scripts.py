@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from conftest import benchmark_modules
@@ -211,3 +212,18 @@ def test_shift_members_for_a_latent_term_on_the_deep_ensemble(scripts):
     assert not wants(Namespace(only=["LatentDistance + LLPR"], wrappers=None))
     assert wants(Namespace(only=None, wrappers=["LatentDistance"]))
     assert not wants(Namespace(only=None, wrappers=["LastLayerLaplace"]))
+
+
+def test_wide_cell_distances_scores():
+    """``wide_cell_distances.py``: the reference's own median u² is 1; with the ridge
+    relative to the element's spread, a feature's units do not matter (they do for the
+    ridge relative to all atoms, on a feature 1e-3 as wide)."""
+    (wide,) = benchmark_modules("wide_cell_distances")
+    rng = np.random.default_rng(0)
+    reference, query = rng.normal(size=(300, 3)), rng.normal(size=(40, 3)) + [0, 0, 3]
+    assert np.median(wide.squared_scores(reference, reference, True)) == pytest.approx(1.0)
+    narrow = np.array([1.0, 1.0, 1e-3])
+    for rescale, same in ((True, True), (False, False)):
+        scores = [wide.squared_scores(reference * s, query * s, rescale)
+                  for s in (np.ones(3), narrow)]
+        assert np.allclose(scores[1], scores[0], rtol=1e-6) == same
