@@ -113,21 +113,24 @@ def _fit(files, method, out, *extra) -> int:
         return cli.main(argv)
 
 
-def test_cli_features_flag(base, ethanol, tmp_path, capsys):
-    """``fit latent --features all_layers`` saves a wrapper measuring in every layer, as
+def check_latent_flag(model, ethanol, tmp_path, capsys, flag, value, attribute):
+    """``fit latent FLAG VALUE`` saves a wrapper whose ``attribute`` is ``value``, as
     ``--latent`` does for the term it adds; elsewhere the flag is a user error."""
     files = {"model": tmp_path / "m.pt", "train": tmp_path / "train.extxyz",
              "val": tmp_path / "val.extxyz"}
-    base.save(files["model"])
+    model.save(files["model"])
     ethanol[:14].write(files["train"])
     ethanol[14:].write(files["val"])
-    assert _fit(files, "latent", tmp_path / "a.pt", "--features", "all_layers") == 0
-    assert load_wrapper(tmp_path / "a.pt").features == "all_layers"
-    assert _fit(files, "llpr", tmp_path / "b.pt", "--latent", "forces",
-                "--features", "all_layers") == 0
-    assert load_wrapper(tmp_path / "b.pt").features == "all_layers"
-    assert _fit(files, "llpr", tmp_path / "c.pt", "--features", "all_layers") == 2
-    assert "--features is a latent or --latent option" in capsys.readouterr().err
+    assert _fit(files, "latent", tmp_path / "a.pt", flag, value) == 0
+    assert getattr(load_wrapper(tmp_path / "a.pt"), attribute) == value
+    assert _fit(files, "llpr", tmp_path / "b.pt", "--latent", "forces", flag, value) == 0
+    assert getattr(load_wrapper(tmp_path / "b.pt"), attribute) == value
+    assert _fit(files, "llpr", tmp_path / "c.pt", flag, value) == 2
+    assert f"{flag} is a latent or --latent option" in capsys.readouterr().err
+
+
+def test_cli_features_flag(base, ethanol, tmp_path, capsys):
+    check_latent_flag(base, ethanol, tmp_path, capsys, "--features", "all_layers", "features")
 
 
 def _median_score(wrapper, dataset) -> float:

@@ -16,7 +16,7 @@ from mlipuq.uq import load as load_wrapper
 from mlipuq.uq.latent_maps import fit_gmm
 import mlipuq
 from conftest import tiny_model
-from test_latent_layers import _fit
+from test_latent_layers import check_latent_flag
 
 
 def _points(seed=0, n=400):
@@ -107,18 +107,8 @@ def test_saved_loaded_and_refused(fitted_members, ethanol, tmp_path):
 
 
 def test_cli_ridge_scale_flag(fitted_members, ethanol, tmp_path, capsys):
-    files = {"model": tmp_path / "m.pt", "train": tmp_path / "train.extxyz",
-             "val": tmp_path / "val.extxyz"}
-    fitted_members[0].save(files["model"])
-    ethanol[:14].write(files["train"])
-    ethanol[14:].write(files["val"])
-    assert _fit(files, "latent", tmp_path / "a.pt", "--ridge-scale", "per_species") == 0
-    assert load_wrapper(tmp_path / "a.pt").ridge_scale == "per_species"
-    assert _fit(files, "llpr", tmp_path / "b.pt", "--latent", "forces",
-                "--ridge-scale", "per_species") == 0
-    assert load_wrapper(tmp_path / "b.pt").ridge_scale == "per_species"
-    assert _fit(files, "llpr", tmp_path / "c.pt", "--ridge-scale", "per_species") == 2
-    assert "--ridge-scale is a latent or --latent option" in capsys.readouterr().err
+    check_latent_flag(fitted_members[0], ethanol, tmp_path, capsys, "--ridge-scale",
+                      "per_species", "ridge_scale")
 
 
 def _median_growth(wrapper, same, wide) -> float:
