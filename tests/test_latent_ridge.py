@@ -136,3 +136,16 @@ def test_wider_alloy_cells_score_farther_with_each_elements_ridge():
             wrapper = LatentDistance(model, features="all_layers", ridge_scale=ridge)
             growth[ridge] = _median_growth(wrapper.fit(train[:18], train[18:]), same, wide)
     assert growth["per_species"] > 1.2 * growth["all_atoms"], growth
+
+
+def test_rescaled_spread_has_a_floor():
+    """A feature constant within the points (spread 0) is standardised by the floor
+    (1e-4), not by its rounding: with the ridge (1e-4 of the floor's square) a
+    deviation of 1e-6 adds 1 to the squared score."""
+    points = _points(0)
+    points[:, 2] = 0.7
+    model = fit_gmm(points, 1, seed=0, rescale=True)
+    query = points[:3].copy()
+    query[:, 2] += 1e-6
+    shifted = _score(model, query) ** 2 - _score(model, points[:3]) ** 2
+    np.testing.assert_allclose(shifted, 1.0, rtol=1e-6)

@@ -25,6 +25,9 @@ STRUCTURE_COVARIANCES = ("ledoit-wolf", "held-out")
 #: Fewer points than this many per feature: a poorly determined covariance (a warning).
 POINTS_PER_FEATURE = 5
 
+#: Smallest spread per feature that ``fit_gmm(rescale=True)`` standardises by.
+MIN_SPREAD = 1e-4
+
 
 def check_structure_covariance(value) -> None:
     """Refuse a ``structure_covariance`` that is not one of :data:`STRUCTURE_COVARIANCES`."""
@@ -86,14 +89,17 @@ def fit_gmm(points: np.ndarray, n_components: int, seed: int, *,
     feature, so that ``reg_covar`` is 1e-4 of each feature's variance within
     ``points``, and returned in the units of ``points`` (the means shifted and scaled
     back, each precision Cholesky factor's rows divided by the spreads): the same
-    scores, ``(x - mean) @ L``, of any ``x`` in those units."""
+    scores, ``(x - mean) @ L``, of any ``x`` in those units. Spreads below
+    :data:`MIN_SPREAD` (in those units; :class:`~mlipuq.uq.LatentDistance`'s: the
+    feature's spread over all training atoms) count as that, so that a feature
+    constant within ``points`` up to float rounding does not turn rounding into
+    distance."""
     from sklearn.mixture import GaussianMixture
 
     points = np.asarray(points, dtype=np.float64)
     shift, spread = np.zeros(points.shape[1]), np.ones(points.shape[1])
     if rescale and len(points) > 1:
-        shift, std = points.mean(axis=0), points.std(axis=0)
-        spread = np.where(std > 1e-12 * max(float(std.max()), 1e-300), std, 1.0)
+        shift, spread = points.mean(axis=0), np.maximum(points.std(axis=0), MIN_SPREAD)
     local = (points - shift) / spread
     if len(points) > 1:
         gmm = GaussianMixture(n_components=n_components, covariance_type="full",
