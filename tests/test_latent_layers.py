@@ -133,11 +133,15 @@ def test_cli_features_flag(base, ethanol, tmp_path, capsys):
     check_latent_flag(base, ethanol, tmp_path, capsys, "--features", "all_layers", "features")
 
 
-def _median_score(wrapper, dataset) -> float:
-    """The median latent score u of ``dataset``'s atoms under ``wrapper``."""
+def atom_scores(wrapper, dataset) -> np.ndarray:
+    """The latent scores u of ``dataset``'s atoms under ``wrapper`` (one batch)."""
     batch = wrapper.model.collate(list(dataset))
     _, phi = latent_features.model_pass(wrapper, batch, forces=False)
-    return float(np.median(wrapper.scores(phi, batch.numbers.numpy())))
+    return wrapper.scores(phi, batch.numbers.numpy())
+
+
+def _median_score(wrapper, dataset) -> float:
+    return float(np.median(atom_scores(wrapper, dataset)))
 
 
 def test_wider_cells_score_farther_in_every_layer():

@@ -10,13 +10,13 @@ import warnings
 import numpy as np
 import pytest
 
+import mlipuq
 from mlipuq.testing import check_uq_wrapper
-from mlipuq.uq import LatentDistance, latent_features
+from mlipuq.uq import LatentDistance
 from mlipuq.uq import load as load_wrapper
 from mlipuq.uq.latent_maps import fit_gmm
-import mlipuq
 from conftest import tiny_model
-from test_latent_layers import check_latent_flag
+from test_latent_layers import atom_scores, check_latent_flag
 
 
 def _points(seed=0, n=400):
@@ -58,12 +58,6 @@ def test_rescaled_score_ignores_a_features_units():
     assert np.median(scores[False][1]) < 0.5 * np.median(scores[False][0])
 
 
-def _atom_scores(wrapper, dataset):
-    batch = wrapper.model.collate(list(dataset))
-    _, phi = latent_features.model_pass(wrapper, batch, forces=False)
-    return wrapper.scores(phi, batch.numbers.numpy())
-
-
 def test_one_element_scores_agree_and_several_differ(fitted_members, ethanol):
     """One element (EMT Cu cells, an untrained model): both ridges give the same scores
     (the standardisation over all atoms is already the element's own); with ethanol's
@@ -78,7 +72,7 @@ def test_one_element_scores_agree_and_several_differ(fitted_members, ethanol):
             for ridge in ("all_atoms", "per_species"):
                 wrapper = LatentDistance(model, ridge_scale=ridge, energy_distance="atoms")
                 wrapper.fit(data[:6], data[6:])
-                scores[key, ridge] = _atom_scores(wrapper, data[6:])
+                scores[key, ridge] = atom_scores(wrapper, data[6:])
     np.testing.assert_allclose(scores["Cu", "per_species"], scores["Cu", "all_atoms"],
                                rtol=1e-6)
     assert not np.allclose(scores["ethanol", "per_species"], scores["ethanol", "all_atoms"],
@@ -113,7 +107,7 @@ def test_cli_ridge_scale_flag(fitted_members, ethanol, tmp_path, capsys):
 
 def _median_growth(wrapper, same, wide) -> float:
     """Median score of ``wide``'s atoms over that of ``same``'s."""
-    return float(np.median(_atom_scores(wrapper, wide)) / np.median(_atom_scores(wrapper, same)))
+    return float(np.median(atom_scores(wrapper, wide)) / np.median(atom_scores(wrapper, same)))
 
 
 def test_wider_alloy_cells_score_farther_with_each_elements_ridge():
