@@ -34,7 +34,7 @@ from sklearn.metrics import roc_auc_score
 from mlipuq import data as mdata
 from mlipuq.models import load
 from mlipuq.uq import latent_features
-from mlipuq.uq.latent_maps import fit_gmm
+from mlipuq.uq.latent_maps import fit_gmm, mahalanobis
 from shift_data import HELD_OUT, PART_SETS, UNSEEN_SEEDS, unseen_shifts
 
 
@@ -66,12 +66,7 @@ def squared_scores(reference: np.ndarray, x: np.ndarray, rescale: bool) -> np.nd
     ``rescale`` its ridge relative to ``reference``'s own spread), over the median of
     ``reference``'s own."""
     g = fit_gmm(reference, 1, 0, rescale=rescale)
-
-    def d2(rows):
-        y = (rows - g["means"][0]) @ g["precisions_cholesky"][0]
-        return np.sum(y * y, axis=1)
-
-    return d2(x) / np.median(d2(reference))
+    return mahalanobis(g, x) ** 2 / np.median(mahalanobis(g, reference) ** 2)
 
 
 def standardised(features: dict, train: dict) -> dict:

@@ -14,7 +14,7 @@ import mlipuq
 from mlipuq.testing import check_uq_wrapper
 from mlipuq.uq import LatentDistance
 from mlipuq.uq import load as load_wrapper
-from mlipuq.uq.latent_maps import fit_gmm
+from mlipuq.uq.latent_maps import fit_gmm, mahalanobis
 from conftest import tiny_model
 from test_latent_layers import atom_scores, check_latent_flag
 
@@ -27,12 +27,6 @@ def _points(seed=0, n=400):
     return x * np.array([2.0, 1.0, 0.5]) + np.array([5.0, -1.0, 0.2])
 
 
-def _score(model, x):
-    """The Mahalanobis score of ``x`` under a one-component ``fit_gmm`` model."""
-    y = (x - model["means"][0]) @ model["precisions_cholesky"][0]
-    return np.sqrt(np.sum(y * y, axis=1))
-
-
 def test_rescaled_score_is_the_mahalanobis_distance_by_hand():
     """d² = zᵀ (C + 1e-4 I)⁻¹ z, z the points' own standardisation, C its biased
     covariance (a one-component mixture's maximum-likelihood fit)."""
@@ -42,7 +36,7 @@ def test_rescaled_score_is_the_mahalanobis_distance_by_hand():
     precision = np.linalg.inv(np.cov(z, rowvar=False, bias=True) + 1e-4 * np.eye(3))
     by_hand = np.sqrt(np.einsum("ij,jk,ik->i", zq, precision, zq))
     model = fit_gmm(points, 1, seed=0, rescale=True)
-    np.testing.assert_allclose(_score(model, query), by_hand, rtol=1e-6)
+    np.testing.assert_allclose(mahalanobis(model, query), by_hand, rtol=1e-6)
 
 
 def test_rescaled_score_ignores_a_features_units():
@@ -51,7 +45,7 @@ def test_rescaled_score_ignores_a_features_units():
     points, query = _points(0), _points(1, 50)
     query[:, 2] += 2.5  # far along the third feature (5 spreads)
     scaled = np.array([1.0, 1.0, 1e-3])
-    scores = {rescale: [_score(fit_gmm(p, 1, seed=0, rescale=rescale), q)
+    scores = {rescale: [mahalanobis(fit_gmm(p, 1, seed=0, rescale=rescale), q)
                         for p, q in ((points, query), (points * scaled, query * scaled))]
               for rescale in (True, False)}
     np.testing.assert_allclose(scores[True][1], scores[True][0], rtol=1e-6)
@@ -141,5 +135,5 @@ def test_rescaled_spread_has_a_floor():
     model = fit_gmm(points, 1, seed=0, rescale=True)
     query = points[:3].copy()
     query[:, 2] += 1e-6
-    shifted = _score(model, query) ** 2 - _score(model, points[:3]) ** 2
+    shifted = mahalanobis(model, query) ** 2 - mahalanobis(model, points[:3]) ** 2
     np.testing.assert_allclose(shifted, 1.0, rtol=1e-6)

@@ -16,7 +16,7 @@ _C_MIN = 1e-3  # smallest a/b (at u = 1): keeps variances positive on exact trai
 _LOG_S_BOUNDS = (-80.0, 40.0)
 _LAMBDA_MAX = 1e6
 
-__all__ = ["fit_variance_map", "knn_scores", "fit_gmm", "warn_if_few", "check_share",
+__all__ = ["fit_variance_map", "knn_scores", "fit_gmm", "mahalanobis", "warn_if_few", "check_share",
            "check_structure_covariance", "STRUCTURE_COVARIANCES"]
 
 #: The covariances the structure distance can be measured in (``structure_covariance``).
@@ -116,6 +116,13 @@ def fit_gmm(points: np.ndarray, n_components: int, seed: int, *,
                              model["precisions_cholesky"])
     model["max_log_density"] = float(log_p.max())
     return model
+
+
+def mahalanobis(model: dict, x: np.ndarray) -> np.ndarray:
+    """Distance of each row of ``x`` to the first component of a :func:`fit_gmm`
+    ``model``: ``|(x - mean) @ L|``, ``L`` its precision Cholesky factor."""
+    y = (x - model["means"][0]) @ model["precisions_cholesky"][0]
+    return np.sqrt(np.sum(y * y, axis=1))
 
 
 def _gmm_log_density(x: np.ndarray, weights, means, precisions_cholesky) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 
 from mlipuq import data as mdata
 from mlipuq.uq import latent_features, structure_distance
-from mlipuq.uq.latent_maps import _gmm_log_density, fit_gmm
+from mlipuq.uq.latent_maps import _gmm_log_density, fit_gmm, mahalanobis
 
 __all__ = ["LatentScores"]
 
@@ -40,8 +40,7 @@ class LatentScores:
             return index.kneighbors(x, n_neighbors=k)[0].mean(axis=1)
         g = self.gmm_[z]
         if self.score == "mahalanobis":
-            y = (x - g["means"][0]) @ g["precisions_cholesky"][0]
-            return np.sqrt(np.sum(y * y, axis=1))
+            return mahalanobis(g, x)
         log_p = _gmm_log_density(x, g["weights"], g["means"], g["precisions_cholesky"])
         return np.sqrt(2.0 * np.maximum(g["max_log_density"] - log_p, 0.0))
 
