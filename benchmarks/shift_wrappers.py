@@ -18,15 +18,17 @@ from shift_cache import cached, with_drift
 
 
 def term_refitted(head, train, val, covariance="held-out", share=None, combination="sum",
-                  every_half=False, map_every_half=False):
+                  every_half=False, map_every_half=False, ridge_scale="all_atoms"):
     """A copy of the evidential ``head`` (fitted on one half of ``val``) with its term
     fitted again on the other half, distances measured to ``train``, with the structure
     covariance ``covariance``, the share floor ``share`` and the ``combination`` (the
     head's ``structure_covariance``, ``min_distance_share``, ``distance_combination``);
     ``every_half``: the held-out covariance chosen on both halves (all of ``val``, every
     structure the head's ``fit`` saw, all held out from ``train``), not the term's alone;
-    ``map_every_half``: its a and b fitted on both halves too (λ on the term's half)."""
+    ``map_every_half``: its a and b fitted on both halves too (λ on the term's half);
+    ``ridge_scale``: the head's ``distance_ridge_scale``."""
     head = head.copy()
+    head.distance_ridge_scale = ridge_scale
     head.structure_covariance, head.min_distance_share = covariance, share
     head.distance_combination = combination
     halves = val.split([0.5, 0.5], seed=0)
@@ -36,7 +38,8 @@ def term_refitted(head, train, val, covariance="held-out", share=None, combinati
                                        batch_size=16, structure_covariance=covariance,
                                        min_share=share, combination=combination,
                                        covariance_data=both if every_half else None,
-                                       map_data=both if map_every_half else None)
+                                       map_data=both if map_every_half else None,
+                                       ridge_scale=ridge_scale)
     return head
 
 
@@ -132,6 +135,15 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
                   batch_size=16)
         return ensemble
 
+    def shallow_ridge(ridge_scale):
+        """Today's ensemble, both terms fitted again on the cached heads with their
+        covariance ridge relative to ``ridge_scale`` (an option, 2026-12-06)."""
+        ensemble = shallow().copy()
+        ensemble.distance_ridge_scale = ridge_scale
+        fit_terms(ensemble, train, val, seed=0, progress=False, need_forces=True,
+                  batch_size=16)
+        return ensemble
+
     def heads_alone():
         """The default shallow ensemble without its latent-distance terms (the
         default before them): the same heads, their variance alone."""
@@ -151,10 +163,14 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         """The head with today's defaults, its term fitted again as they say (the head
         itself is the cached one: the covariance's choice on both halves of val, since
         2026-12-05, is not recorded in a saved head)."""
+        return evidential_ridge(EvidentialHead(base).distance_ridge_scale)
+
+    def evidential_ridge(ridge_scale):
+        """Today's head, its term's covariance ridge relative to ``ridge_scale``."""
         today = EvidentialHead(base)
         return term_refitted(trained(), train, val, today.structure_covariance,
                              today.min_distance_share, today.distance_combination,
-                             every_half=True)
+                             every_half=True, ridge_scale=ridge_scale)
 
     def earlier(unbounded: bool):
         head = trained().copy()
@@ -191,11 +207,18 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
             LatentDistance(base).fit(train, val), UQWrapper.default_calibration),
         "LatentDistance + LLPR": lambda: LatentDistance(base, combine=llpr()).fit(train, val),
         # distances in the features of every message-passing layer (an option, 2026-12-05)
+        # (with the all-atoms ridge, the default when these rows were added)
         "LatentDistance (all layers)": lambda: LatentDistance(
-            base, features="all_layers").fit(train, val),
+            base, features="all_layers", ridge_scale="all_atoms").fit(train, val),
         "LatentDistance + LLPR (all layers)": lambda: LatentDistance(
-            base, combine=llpr(), features="all_layers").fit(train, val),
-        # the covariance ridge relative to each element's spread (an option, 2026-12-06)
+            base, combine=llpr(), features="all_layers", ridge_scale="all_atoms").fit(
+                train, val),
+        # the covariance ridge relative to each element's spread (an option on 2026-12-06,
+        # then the default: the plain rows above; before it every atom's, these two)
+        "LatentDistance (all-atoms ridge)": lambda: LatentDistance(
+            base, ridge_scale="all_atoms").fit(train, val),
+        "LatentDistance + LLPR (all-atoms ridge)": lambda: LatentDistance(
+            base, combine=llpr(), ridge_scale="all_atoms").fit(train, val),
         "LatentDistance (per-species ridge)": lambda: LatentDistance(
             base, ridge_scale="per_species").fit(train, val),
         "LatentDistance (all layers, per-species ridge)": lambda: LatentDistance(
@@ -228,6 +251,8 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         # the force term alone, the energies the heads' (the default before 2026-12-05)
         "ShallowEnsemble (heads' energy variance)": lambda: shallow(None),
         "ShallowEnsemble (heads alone)": heads_alone,
+        # the terms' covariance ridge relative to each element's spread (2026-12-06)
+        "ShallowEnsemble (per-species ridge)": lambda: shallow_ridge("per_species"),
         # the larger of the heads' and a latent-distance energy variance (a round, 2026-12-05)
         "ShallowEnsemble (larger energy variance)": lambda: shallow("max"),
         # the force term fitted apart, the larger of two force variances (a round, 2026-12-05)
@@ -245,6 +270,8 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
             base, combine=heads_alone(), energy_distance=None).fit(train, val),
         "EvidentialHead": evidential,
         "EvidentialHead (held-out structure covariance)": held_out_term,
+        # its term's covariance ridge relative to each element's spread (2026-12-06)
+        "EvidentialHead (per-species ridge)": lambda: evidential_ridge("per_species"),
         # the term kept at a tenth of the held-out variance at least (a round, docs/shift.md)
         "EvidentialHead (distance share 0.1)": lambda: held_out_term("ledoit-wolf", 0.1),
         "EvidentialHead (held-out structure covariance, distance share 0.1)":

@@ -26,8 +26,10 @@ calibrates it on ``--val`` when given, and saves it (:meth:`UQWrapper.save`):
 * ``latent``: :class:`~mlipuq.uq.LatentDistance` (``--score``, default the
   Mahalanobis distance of each atom's readout features to its element's
   training mean; ``--features all_layers`` measures it in every message-passing
-  layer's features too, ``--ridge-scale per_species`` its covariance ridge relative
-  to each element's spread; ``--energy-distance atoms`` sums independent atoms' energy
+  layer's features too; its covariance ridge is relative to each element's spread,
+  ``--ridge-scale all_atoms`` to every atom's, the default before 2026-12-06, which
+  ``shallow`` and ``evidential`` terms keep unless given ``--ridge-scale
+  per_species``; ``--energy-distance atoms`` sums independent atoms' energy
   variances instead of the structure's coherent one; its variance map is fitted
   on ``--val``, which then also calibrates it, or on a fifth of ``--train`` held
   out when there is no ``--val``).
@@ -165,9 +167,11 @@ def add_parsers(subparsers) -> None:
                           "readout's input (default) or the invariant features of every "
                           "message-passing layer too (all_layers, MiniMLIP; docs/latent.md)")
     fit.add_argument("--ridge-scale", choices=("all_atoms", "per_species"), default=None,
-                     help="latent, --latent: whose spread the distance's covariance ridge is "
-                          "relative to: every training atom's (default) or each element's "
-                          "(per_species; docs/latent.md)")
+                     help="latent, --latent, shallow, evidential: whose spread the latent "
+                          "distance's covariance ridge is relative to: each element's "
+                          "(per_species, latent's default since 2026-12-06) or every training "
+                          "atom's (all_atoms, shallow's and evidential's default; "
+                          "docs/latent.md)")
     fit.add_argument("--structure-covariance", choices=("ledoit-wolf", "held-out"),
                      default=None,
                      help="latent, evidential, --latent both: the covariance the "
@@ -275,10 +279,14 @@ def _check_fit_args(args) -> None:
                          f"one of fit {args.method}")
     if args.energy_distance is not None and args.method != "latent":
         raise ValueError(f"--energy-distance is a latent option, not one of fit {args.method}")
-    for flag, value in (("--features", args.features), ("--ridge-scale", args.ridge_scale)):
-        if value is not None and args.method != "latent" and args.latent is None:
-            raise ValueError(f"{flag} is a latent or --latent option, not one of fit "
-                             f"{args.method}")
+    if args.features is not None and args.method != "latent" and args.latent is None:
+        raise ValueError(f"--features is a latent or --latent option, not one of fit "
+                         f"{args.method}")
+    if args.ridge_scale is not None and args.method != "latent" and args.latent is None and (
+            args.method not in ("shallow", "evidential") or args.score == "none"):
+        raise ValueError("--ridge-scale is a latent or --latent option, or one of shallow and "
+                         "evidential with their latent-distance term, not one of fit "
+                         f"{args.method}" + (" --score none" if args.score == "none" else ""))
     if args.structure_covariance is not None and not (
             args.method == "latent" or args.latent == "both"
             or (args.method == "evidential" and args.score != "none")):
@@ -372,13 +380,16 @@ def _method_wrapper(args, models, train, val, progress: bool, reference=None):
             "energy_combination": {"none": None}.get(args.energy_combination, "max")}
         if args.force_combination is not None:
             energy["force_combination"] = args.force_combination
+        if args.ridge_scale is not None and not args.latent:
+            energy["distance_ridge_scale"] = args.ridge_scale
         return ShallowEnsemble(model, n_heads=8 if args.heads is None else args.heads,
                                distance=None if args.latent else distance, **energy).fit(
             train, val, **common, **_trainer_options(args, {}))
     if args.method == "evidential":
         options = {key: value for key, value in (
             ("structure_covariance", args.structure_covariance),
-            ("distance_combination", args.distance_combination)) if value is not None}
+            ("distance_combination", args.distance_combination),
+            ("distance_ridge_scale", args.ridge_scale)) if value is not None}
         return EvidentialHead(model, distance=distance, **options).fit(
             train, val, reference=reference, **common, **_trainer_options(args, {}))
     if args.method == "latent":

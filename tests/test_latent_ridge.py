@@ -12,11 +12,11 @@ import pytest
 
 import mlipuq
 from mlipuq.testing import check_uq_wrapper
-from mlipuq.uq import LatentDistance
+from mlipuq.uq import EvidentialHead, LatentDistance, ShallowEnsemble
 from mlipuq.uq import load as load_wrapper
 from mlipuq.uq.latent_maps import fit_gmm, mahalanobis
 from conftest import tiny_model
-from test_latent_layers import atom_scores, check_latent_flag
+from test_latent_layers import _fit, atom_scores, check_latent_flag
 
 
 def _points(seed=0, n=400):
@@ -74,7 +74,7 @@ def test_one_element_scores_agree_and_several_differ(fitted_members, ethanol):
 
 
 def test_passes_the_check_suite(fitted_members, ethanol):
-    check_uq_wrapper(LatentDistance(fitted_members[0], ridge_scale="per_species"), ethanol[:14],
+    check_uq_wrapper(LatentDistance(fitted_members[0], ridge_scale="all_atoms"), ethanol[:14],
                      fit_kwargs={})
 
 
@@ -83,20 +83,68 @@ def test_saved_loaded_and_refused(fitted_members, ethanol, tmp_path):
         ethanol[:14], ethanol[14:])
     wrapper.save(tmp_path / "w.pt")
     loaded = load_wrapper(tmp_path / "w.pt")
-    assert loaded.ridge_scale == "per_species" and "ridge_scale='per_species'" in repr(loaded)
+    assert loaded.ridge_scale == "per_species" and "ridge_scale" not in repr(loaded)
+    assert "ridge_scale='all_atoms'" in repr(LatentDistance(fitted_members[0],
+                                                           ridge_scale="all_atoms"))
     np.testing.assert_array_equal(loaded.predict(ethanol[14:]).forces_std,
                                   wrapper.predict(ethanol[14:]).forces_std)
-    # older files keep their fingerprint
-    assert "ridge_scale" not in LatentDistance(fitted_members[0]).config()
+    # the default since 2026-12-06; files saved before (without the key) load as they were
+    default = LatentDistance(fitted_members[0])
+    assert default.ridge_scale == "per_species" and default.config()["ridge_scale"] == "per_species"
+    older = {k: v for k, v in wrapper.config().items() if k != "ridge_scale"}
+    assert LatentDistance._from_config([fitted_members[0]], older).ridge_scale == "all_atoms"
+    knn = LatentDistance(fitted_members[0], score="knn")  # no ridge: nothing saved
+    assert knn.ridge_scale == "all_atoms" and "ridge_scale" not in knn.config()
     with pytest.raises(ValueError, match="ridge_scale must be one of"):
         LatentDistance(fitted_members[0], ridge_scale="species")
     with pytest.raises(ValueError, match="score='knn' has none"):
         LatentDistance(fitted_members[0], score="knn", ridge_scale="per_species")
 
 
+@pytest.mark.parametrize("cls", [ShallowEnsemble, EvidentialHead])
+def test_wrappers_terms_take_the_option(cls, fitted_members, ethanol, tmp_path):
+    """``distance_ridge_scale=`` reaches the shallow ensemble's and the evidential
+    head's latent terms: their atoms' Gaussians are LatentDistance's with that ridge,
+    fitted on the same atoms; it is saved and loaded; kNN refuses it. Their default
+    stays the all-atoms ridge (not yet measured for them)."""
+    model, train, val = fitted_members[0], ethanol[:14], ethanol[14:]
+    fast = dict(epochs=2, batch_size=8, seed=0, progress=False)
+    wrapper = cls(model, distance_ridge_scale="per_species").fit(train, val, **fast)
+    term = wrapper.distance_
+    assert term.ridge_scale == "per_species" and cls(model).distance_ridge_scale == "all_atoms"
+    gmms = {ridge: LatentDistance(model, ridge_scale=ridge).fit(train, val).gmm_
+            for ridge in ("per_species", "all_atoms")}
+    for z in gmms["per_species"]:
+        for key in ("means", "precisions_cholesky"):
+            np.testing.assert_allclose(term.gmm_[z][key], gmms["per_species"][z][key],
+                                       rtol=1e-12, err_msg=key)
+    assert not all(np.allclose(term.gmm_[z]["precisions_cholesky"],
+                               gmms["all_atoms"][z]["precisions_cholesky"], rtol=1e-3)
+                   for z in gmms["all_atoms"])
+    wrapper.save(tmp_path / "w.pt")
+    loaded = load_wrapper(tmp_path / "w.pt")
+    assert loaded.distance_ridge_scale == "per_species" and "per_species" in repr(loaded)
+    np.testing.assert_array_equal(loaded.predict(val).forces_std, wrapper.predict(val).forces_std)
+    older = {k: v for k, v in wrapper.config().items() if k != "distance_ridge_scale"}
+    assert cls._from_config([model], older).distance_ridge_scale == "all_atoms"
+    with pytest.raises(ValueError, match="score='knn' has none"):
+        cls(model, distance="knn", distance_ridge_scale="per_species")
+    with pytest.raises(ValueError, match="distance_ridge_scale must be one of"):
+        cls(model, distance_ridge_scale="species")
+
+
 def test_cli_ridge_scale_flag(fitted_members, ethanol, tmp_path, capsys):
     check_latent_flag(fitted_members[0], ethanol, tmp_path, capsys, "--ridge-scale",
-                      "per_species", "ridge_scale")
+                      "all_atoms", "ridge_scale")  # the default is per_species
+    files = {"model": tmp_path / "m.pt", "train": tmp_path / "train.extxyz",
+             "val": tmp_path / "val.extxyz"}  # written by check_latent_flag
+    for method in ("shallow", "evidential"):  # their latent terms take it too
+        out = tmp_path / f"{method}.pt"
+        assert _fit(files, method, out, "--ridge-scale", "per_species", "--epochs", "2") == 0
+        assert load_wrapper(out).distance_.ridge_scale == "per_species"
+    assert _fit(files, "shallow", tmp_path / "none.pt", "--score", "none",
+                "--ridge-scale", "per_species") == 2
+    assert "--ridge-scale is a latent or --latent option" in capsys.readouterr().err
 
 
 def _median_growth(wrapper, same, wide) -> float:

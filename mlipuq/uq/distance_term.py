@@ -45,7 +45,8 @@ def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size:
                       progress: bool = False, energy_distance="structure",
                       reference=None, structure_covariance="ledoit-wolf",
                       min_share=None, combination="sum",
-                      covariance_data=None, map_data=None) -> LatentDistance:
+                      covariance_data=None, map_data=None,
+                      ridge_scale="all_atoms") -> LatentDistance:
     """The latent-distance term of a fitted ``wrapper`` (one with a ``distance_``
     attribute): reference atoms and structures from ``reference`` (None: ``train``),
     λ, a and b fitted on ``val`` (None: ``train`` when a ``reference`` is given,
@@ -59,7 +60,8 @@ def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size:
     (None: those λ, a and b are fitted on); ``map_data``: with ``"max"``, the structures
     a and b are fitted on, held out from the reference (None: those λ is fitted on; a
     and b read only the mean model's errors, so data the wrapper itself was fitted on
-    serve as well)."""
+    serve as well); ``ridge_scale``: :class:`~mlipuq.uq.LatentDistance`'s (the wrappers'
+    ``distance_ridge_scale``)."""
     if combination not in COMBINATIONS:
         raise ValueError(f"combination must be one of {COMBINATIONS}, got {combination!r}")
     if map_data is not None and combination != "max":
@@ -74,7 +76,8 @@ def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size:
     term = LatentDistance(wrapper.model, score=score, combine=alone if joint else None,
                           energy_distance=energy_distance,
                           structure_covariance=structure_covariance,
-                          min_combined_share=min_share if joint else None)
+                          min_combined_share=min_share if joint else None,
+                          ridge_scale=ridge_scale)
     points, held_out = ((train, val) if reference is None
                         else (reference, train if val is None else val))
     if held_out is None and not joint:  # the term's own split, to fit λ on the same data
@@ -117,17 +120,19 @@ def combine_variances(combination: str, scale: float, own, term):
 
 
 def load_distance_term(model, score: str, state: dict,
-                       structure_covariance: str = "ledoit-wolf") -> LatentDistance:
+                       structure_covariance: str = "ledoit-wolf",
+                       ridge_scale: str = "all_atoms") -> LatentDistance:
     """A saved distance term (``LatentDistance._get_state()``) around ``model``.
 
     Without a structure reference it sums independent atoms (terms saved before
     the structure distance existed; a term fitted with ``energy_distance=None``
     has a_E = b_E = 0 and λ_E = 1, so that its energies are the wrapper's alone
-    either way)."""
+    either way). ``ridge_scale``: the one it was fitted with (predictions do not
+    depend on it: the fitted Gaussians are saved in the wrapper's units)."""
     mode = "atoms" if state.get("structure_") is None else "structure"
     term = LatentDistance(model, score=score, energy_distance=mode,
                           structure_covariance=structure_covariance if mode == "structure"
-                          else "ledoit-wolf")
+                          else "ledoit-wolf", ridge_scale=ridge_scale)
     term._set_state(state)
     term.fitted_ = True
     return term

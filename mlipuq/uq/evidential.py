@@ -45,7 +45,8 @@ from mlipuq.uq.evidential_head import EvidentialNLL, _NIGHead
 from mlipuq.uq.evidential_shift import (  # noqa: F401  (STD_CAP_FACTOR, soft_cap: public here)
     STD_CAP_FACTOR, cap_variances, distance_variances, fit_distance_term, load_distance_term,
     soft_cap, std_caps)
-from mlipuq.uq.latent_distance import _SCORES, check_share, check_structure_covariance
+from mlipuq.uq.latent_distance import (_SCORES, check_ridge_scale, check_share,
+                                       check_structure_covariance)
 from mlipuq.uq.nig import aggregate_energy_nig, nig_nll, nig_regularizer, nig_variances
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,11 @@ class EvidentialHead(UQWrapper):
         on 20 against 19, in distribution unchanged (``docs/shift.md``). ``"sum"``: the
         variance above, λ, a, b fitted jointly (the default before, and how files saved
         without this key load). Ignored without ``distance``.
+    distance_ridge_scale
+        The term's :class:`~mlipuq.uq.LatentDistance` ``ridge_scale``: ``"all_atoms"``
+        (default here; files saved before load so) or ``"per_species"`` (each
+        element's spread; LatentDistance's default since 2026-12-06, an option here
+        until measured for the head, docs/shift.md). Ignored without ``distance``.
 
     Attributes
     ----------
@@ -194,6 +200,7 @@ class EvidentialHead(UQWrapper):
         structure_covariance: Optional[str] = None,
         min_distance_share: Optional[float] = 0.1,
         distance_combination: str = "max",
+        distance_ridge_scale: str = "all_atoms",
     ):
         model = _check_model(model)
         if isinstance(reg_weight, bool) or not isinstance(reg_weight, (int, float, np.number)):
@@ -230,6 +237,8 @@ class EvidentialHead(UQWrapper):
         self.min_distance_share = (  # the joint fit's
             None if distance is None or min_distance_share is None
             or self.distance_combination == "max" else float(min_distance_share))
+        self.distance_ridge_scale = ("all_atoms" if distance is None else check_ridge_scale(
+            distance_ridge_scale, distance, "distance_ridge_scale"))
         self.distance_ = None
         self.reg_weight = float(reg_weight)
         self.train_backbone = bool(train_backbone)
@@ -249,7 +258,9 @@ class EvidentialHead(UQWrapper):
             + ("" if self.min_distance_share is None
                else f", min_distance_share={self.min_distance_share}")
             + ("" if self.distance_combination == "sum"
-               else f", distance_combination={self.distance_combination!r}") + ")"
+               else f", distance_combination={self.distance_combination!r}")
+            + ("" if self.distance_ridge_scale == "all_atoms"
+               else f", distance_ridge_scale={self.distance_ridge_scale!r}") + ")"
         )
 
     # ------------------------------------------------------------ UQWrapper API
@@ -267,6 +278,8 @@ class EvidentialHead(UQWrapper):
                else {"min_distance_share": self.min_distance_share}),
             **({} if self.distance_combination == "sum"
                else {"distance_combination": self.distance_combination}),
+            **({} if self.distance_ridge_scale == "all_atoms"
+               else {"distance_ridge_scale": self.distance_ridge_scale}),
         }
 
     @classmethod
@@ -302,7 +315,8 @@ class EvidentialHead(UQWrapper):
         term = state.get("distance")  # absent in files saved before the distance term
         self.distance = None if term is None else self.distance
         self.distance_ = None if term is None else load_distance_term(
-            self.model, self.distance, term, self.structure_covariance)
+            self.model, self.distance, term, self.structure_covariance,
+            ridge_scale=self.distance_ridge_scale)
         head = _NIGHead(int(state["n_features"]), self.hidden,
                         shared=self.energy_evidence == "shared")
         head.load_state_dict(state["head"])
@@ -395,6 +409,7 @@ class EvidentialHead(UQWrapper):
                           "(distance=None)", UserWarning, stacklevel=user_stacklevel())
             self.distance, self.structure_covariance = None, "ledoit-wolf"
             self.min_distance_share, self.distance_combination = None, "sum"
+            self.distance_ridge_scale = "all_atoms"
         elif self.distance is not None:
             self.distance_ = fit_distance_term(self, train, val, reference=reference,
                                                score=self.distance, seed=seed,
@@ -403,6 +418,7 @@ class EvidentialHead(UQWrapper):
                                                structure_covariance=self.structure_covariance,
                                                min_share=self.min_distance_share,
                                                combination=self.distance_combination,
+                                               ridge_scale=self.distance_ridge_scale,
                                                covariance_data=self._covariance_data(
                                                    train, val, reference))
         self.fitted_ = True

@@ -81,7 +81,22 @@ _ENERGY_DISTANCES = ("structure", "atoms", None)
 #: (``ridge_scale=``): every training atom's, or each element's own.
 RIDGE_SCALES = ("all_atoms", "per_species")
 
-__all__ = ["LatentDistance", "fit_variance_map", "knn_scores", "STRUCTURE_COVARIANCES"]
+__all__ = ["LatentDistance", "check_ridge_scale", "fit_variance_map", "knn_scores",
+           "STRUCTURE_COVARIANCES"]
+
+
+def check_ridge_scale(ridge_scale: Optional[str], score: str, name: str = "ridge_scale") -> str:
+    """``ridge_scale`` for ``score``, None resolved to the default (``"per_species"``
+    for the Gaussian scores, ``"all_atoms"``, ignored, for kNN); else ``ValueError``
+    (``name``: the argument's name in the message)."""
+    if ridge_scale is None:
+        return "all_atoms" if score == "knn" else "per_species"
+    if ridge_scale not in RIDGE_SCALES:
+        raise ValueError(f"{name} must be one of {RIDGE_SCALES}, got {ridge_scale!r}")
+    if ridge_scale != "all_atoms" and score == "knn":
+        raise ValueError(f"{name}='per_species' sets the Gaussian scores' covariance ridge; "
+                         "score='knn' has none")
+    return ridge_scale
 
 
 # ------------------------------------------------------------------- wrapper
@@ -156,13 +171,16 @@ class LatentDistance(LatentScores, UQWrapper):
         of every layer"); an option, measured there.
     ridge_scale
         Whose spread the Mahalanobis and mixture scores' covariance ridge (1e-4) is
-        relative to: ``"all_atoms"`` (default), every training atom's per feature, so
-        that with several elements a direction in which one element's atoms barely
-        vary (small beside the spread between elements) falls under the ridge and
-        is not seen; ``"per_species"``, each element's own (the species' Gaussian
-        fitted on its atoms standardised among themselves), nearly the exact
-        Mahalanobis distance. One element: the two agree. Not for ``"knn"``. An
-        option, measured in ``docs/latent.md`` ("The ridge relative to each element").
+        relative to: ``"per_species"`` (None, the default for them), each element's
+        own (the species' Gaussian fitted on its atoms standardised among
+        themselves), nearly the exact Mahalanobis distance; ``"all_atoms"`` (the
+        default until 2026-12-06, and what files saved before load with), every
+        training atom's per feature, so that with several elements a direction in
+        which one element's atoms barely vary (small beside the spread between
+        elements) falls under the ridge and is not seen. One element: the two agree.
+        ``"knn"`` has no ridge (None: ``"all_atoms"``, which it ignores; it refuses
+        ``"per_species"``). Measured in ``docs/latent.md`` ("The ridge relative to
+        each element") and ``docs/shift.md``.
 
     Attributes
     ----------
@@ -206,17 +224,13 @@ class LatentDistance(LatentScores, UQWrapper):
         structure_covariance: Optional[str] = None,
         min_combined_share: Optional[float] = None,
         features: str = "readout",
-        ridge_scale: str = "all_atoms",
+        ridge_scale: Optional[str] = None,
     ):
         self.model = _check_model(model)
         latent_features.check_features(features, self.model)
         if score not in _SCORES:
             raise ValueError(f"score must be one of {_SCORES}, got {score!r}")
-        if ridge_scale not in RIDGE_SCALES:
-            raise ValueError(f"ridge_scale must be one of {RIDGE_SCALES}, got {ridge_scale!r}")
-        if ridge_scale != "all_atoms" and score == "knn":
-            raise ValueError("ridge_scale='per_species' sets the Gaussian scores' covariance "
-                             "ridge; score='knn' has none")
+        ridge_scale = check_ridge_scale(ridge_scale, score)
         if energy_distance not in _ENERGY_DISTANCES:
             raise ValueError(f"energy_distance must be one of {_ENERGY_DISTANCES}, "
                              f"got {energy_distance!r}")
@@ -265,7 +279,7 @@ class LatentDistance(LatentScores, UQWrapper):
             energy += f", structure_covariance={self.structure_covariance!r}"
         if self.features != "readout":
             energy += f", features={self.features!r}"
-        if self.ridge_scale != "all_atoms":
+        if self.ridge_scale != ("all_atoms" if self.score == "knn" else "per_species"):
             energy += f", ridge_scale={self.ridge_scale!r}"
         return (f"LatentDistance({type(self.model).__name__}, score={self.score!r}{knn}{energy}"
                 f"{other})")
@@ -295,7 +309,7 @@ class LatentDistance(LatentScores, UQWrapper):
             config["min_combined_share"] = self.min_combined_share
         if self.features != "readout":  # likewise
             config["features"] = self.features
-        if self.ridge_scale != "all_atoms":  # likewise
+        if self.ridge_scale != "all_atoms":  # likewise (saved: the default since 2026-12-06)
             config["ridge_scale"] = self.ridge_scale
         return config
 
@@ -304,6 +318,7 @@ class LatentDistance(LatentScores, UQWrapper):
         config = dict(config)
         config.setdefault("energy_distance", "atoms")  # files saved before it existed
         config.setdefault("structure_covariance", "ledoit-wolf")  # saved without: theirs
+        config.setdefault("ridge_scale", "all_atoms")  # likewise (the default until 2026-12-06)
         spec = config.pop("combine", None)
         other = None
         if spec is not None:

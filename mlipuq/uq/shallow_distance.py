@@ -77,13 +77,14 @@ def fit_terms(ensemble, train, val, *, seed: int, progress: bool, need_forces: b
                       "forces_weight=0 fits no forces; the heads' variance alone is used "
                       "(distance=None)", UserWarning, stacklevel=user_stacklevel())
         ensemble.distance, ensemble.energy_combination = None, None
+        ensemble.distance_ridge_scale = "all_atoms"
         return
     if val is None and len(train) < 2:
         raise ValueError("ShallowEnsemble.fit: the latent-distance term is fitted on val, "
                          "or on a held-out part of train (at least 2 structures); pass "
                          "val or distance=None")
     options = dict(score=ensemble.distance, seed=seed, batch_size=batch_size,
-                   progress=progress)
+                   progress=progress, ridge_scale=ensemble.distance_ridge_scale)
     joint = ensemble.force_combination == "sum"
     forces = fit_distance_term(ensemble, train, val, energy_distance=None,
                                **options) if joint else None

@@ -115,7 +115,7 @@ from mlipuq.training import (History, fit_offset_drift, fit_scales, prepare_grap
 from mlipuq.uq.base import UQWrapper, _check_model, register
 from mlipuq.uq.deep_ensemble import COMMITTEE_CALIBRATION, member_statistics
 from mlipuq.uq.distance_term import load_distance_term
-from mlipuq.uq.latent_distance import _SCORES
+from mlipuq.uq.latent_distance import _SCORES, check_ridge_scale
 from mlipuq.uq.shallow_distance import (check_energy_combination, check_force_combination,
                                         fit_terms, with_terms)
 from mlipuq.uq.shallow_heads import (  # noqa: F401  (re-exported: their old home)
@@ -172,6 +172,11 @@ class ShallowEnsemble(UQWrapper):
         variance and added; ``"max"``: fitted apart (a and b as latent distance alone,
         λ_F by the heads' own likelihood) and the larger of the two taken (a round on
         25 fits found no gain, docs/shift.md). Ignored with ``distance=None``.
+    distance_ridge_scale
+        The terms' :class:`~mlipuq.uq.LatentDistance` ``ridge_scale``: ``"all_atoms"``
+        (default here; files saved before load so) or ``"per_species"`` (each
+        element's spread; LatentDistance's default since 2026-12-06, an option here
+        until measured for the heads, docs/shift.md). Ignored with ``distance=None``.
 
     Attributes
     ----------
@@ -209,6 +214,7 @@ class ShallowEnsemble(UQWrapper):
         distance: Optional[str] = "mahalanobis",
         energy_combination: Optional[str] = "max",
         force_combination: str = "sum",
+        distance_ridge_scale: str = "all_atoms",
     ):
         _check_model(model)
         self._check_config(n_heads, init, train_backbone)
@@ -221,6 +227,8 @@ class ShallowEnsemble(UQWrapper):
         self.energy_combination = None if distance is None else energy_combination
         check_force_combination(force_combination)  # no term: the heads' alone
         self.force_combination = "sum" if distance is None else force_combination
+        self.distance_ridge_scale = ("all_atoms" if distance is None else check_ridge_scale(
+            distance_ridge_scale, distance, "distance_ridge_scale"))
 
     @staticmethod
     def _check_config(n_heads, init, train_backbone) -> None:
@@ -256,6 +264,7 @@ class ShallowEnsemble(UQWrapper):
         self.distance_ = None
         self.energy_combination: Optional[str] = None
         self.force_combination = "sum"
+        self.distance_ridge_scale = "all_atoms"
         self.energy_distance_ = None
         self.fitted_ = False
 
@@ -282,6 +291,8 @@ class ShallowEnsemble(UQWrapper):
             distance += f", energy_combination={self.energy_combination!r}"
         if self.force_combination != "sum":
             distance += f", force_combination={self.force_combination!r}"
+        if self.distance_ridge_scale != "all_atoms":
+            distance += f", distance_ridge_scale={self.distance_ridge_scale!r}"
         return (f"ShallowEnsemble({type(self.model).__name__}, n_heads={self.n_heads}, "
                 f"init={self.init!r}, train_backbone={self.train_backbone}{distance})")
 
@@ -454,7 +465,9 @@ class ShallowEnsemble(UQWrapper):
                 **({} if self.energy_combination is None
                    else {"energy_combination": self.energy_combination}),
                 **({} if self.force_combination == "sum"  # absent: files as before
-                   else {"force_combination": self.force_combination})}
+                   else {"force_combination": self.force_combination}),
+                **({} if self.distance_ridge_scale == "all_atoms"  # likewise
+                   else {"distance_ridge_scale": self.distance_ridge_scale})}
 
     def _set_models(self, models) -> None:
         super()._set_models(models)
@@ -473,6 +486,9 @@ class ShallowEnsemble(UQWrapper):
             config.get("energy_combination"))
         wrapper.force_combination = check_force_combination(
             config.get("force_combination", "sum"))
+        wrapper.distance_ridge_scale = check_ridge_scale(
+            config.get("distance_ridge_scale", "all_atoms"), wrapper.distance or "mahalanobis",
+            "distance_ridge_scale")
         return wrapper
 
     def _format_version(self) -> int:  # 3: version-2 readers would drop a shared term
@@ -512,8 +528,10 @@ class ShallowEnsemble(UQWrapper):
         self.distance = None if term is None else (self.distance or "mahalanobis")
         self.distance_ = None if term is None else load_distance_term(
             self.model, self.distance, term, structure_covariance=(
-                "held-out" if self.force_combination == "max" else "ledoit-wolf"))
+                "held-out" if self.force_combination == "max" else "ledoit-wolf"),
+            ridge_scale=self.distance_ridge_scale)
         term = state.get("energy_distance")  # absent in files saved before the energy term
         self.energy_distance_ = self.distance_ if state.get("energy_distance_shared") else (
-            None if term is None else load_distance_term(self.model, self.distance or "mahalanobis",
-                                                         term, structure_covariance="held-out"))
+            None if term is None else load_distance_term(
+                self.model, self.distance or "mahalanobis", term,
+                structure_covariance="held-out", ridge_scale=self.distance_ridge_scale))
