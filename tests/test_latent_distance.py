@@ -96,13 +96,15 @@ def test_knn_score_by_hand():
 
 
 def test_mahalanobis_score_by_hand(base):
-    """The default score is the distance to the species' training mean in units of its
-    training covariance (+1e-4 on the diagonal): correlated features count as such."""
+    """The Mahalanobis score is the distance to the species' training mean in units of
+    its training covariance (+1e-4 on the diagonal, here with the all-atoms ridge: in
+    the standardised units it is given; each element's: tests/test_latent_ridge.py):
+    correlated features count as such."""
     rng = np.random.default_rng(0)
     # two strongly correlated standardised features: a narrow direction (1, -1)
     t = rng.normal(size=4000)
     points = np.stack([t, t + 0.05 * rng.normal(size=t.size)], axis=1)
-    wrapper = LatentDistance(base)
+    wrapper = LatentDistance(base, ridge_scale="all_atoms")
     assert wrapper.score == "mahalanobis"
     wrapper.gmm_ = {1: wrapper._fit_gmm(points, seed=0)}
     query = np.array([[1.0, 1.0], [0.5, -0.5], [0.0, 0.0]])
