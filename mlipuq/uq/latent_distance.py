@@ -11,7 +11,8 @@ stored training atoms of the same species:
 
 * ``score="mahalanobis"`` (default): the distance to the species' training mean,
   :math:`|L^T(\\phi_i - \\mu)|`, :math:`LL^T` the inverse training covariance (+1e-4
-  on its diagonal; a one-component :class:`sklearn.mixture.GaussianMixture`): an atom
+  of each feature's variance within the species on its diagonal, ``ridge_scale``; a
+  one-component :class:`sklearn.mixture.GaussianMixture`): an atom
   leaving a narrow direction of the correlated training cloud is far;
 * ``score="knn"``: the mean Euclidean distance to the ``n_neighbors``
   nearest training atoms (:class:`sklearn.neighbors.NearestNeighbors`);
