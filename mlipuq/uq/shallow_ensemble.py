@@ -129,7 +129,7 @@ from mlipuq.uq.shallow_heads import (  # noqa: F401  (re-exported: their old hom
     head_members,
     mean_feature,
 )
-from mlipuq.uq.shallow_init import laplace_direct_heads, laplace_heads  # noqa: F401  (their old home)
+from mlipuq.uq.shallow_init import laplace_direct_heads, laplace_heads
 
 log = logging.getLogger(__name__)
 
