@@ -118,28 +118,17 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         ensemble = trained_shallow()
         if ensemble.energy_combination == energy_combination:
             return ensemble
-        ensemble = ensemble.copy()
-        ensemble.energy_combination = energy_combination
-        fit_terms(ensemble, train, val, seed=0, progress=False, need_forces=True,
-                  batch_size=16)
-        return ensemble
+        return terms_refitted(energy_combination=energy_combination)
 
-    def forces_apart():
-        """Today's ensemble with its force term fitted apart and the larger of the two
-        force variances taken (``force_combination="max"``), both terms as ``fit``
-        fits them on the cached heads."""
+    def terms_refitted(**settings):
+        """Today's ensemble (its energy combination) with the attributes ``settings``
+        (``force_combination="max"``: the force term fitted apart and the larger of the
+        two force variances taken; ``distance_ridge_scale``: the terms' covariance
+        ridge), both terms fitted again as ``fit`` fits them on the cached heads."""
         ensemble = trained_shallow().copy()
         ensemble.energy_combination = ShallowEnsemble(base).energy_combination
-        ensemble.force_combination = "max"
-        fit_terms(ensemble, train, val, seed=0, progress=False, need_forces=True,
-                  batch_size=16)
-        return ensemble
-
-    def shallow_ridge(ridge_scale):
-        """Today's ensemble, both terms fitted again on the cached heads with their
-        covariance ridge relative to ``ridge_scale`` (an option, 2026-12-06)."""
-        ensemble = shallow().copy()
-        ensemble.distance_ridge_scale = ridge_scale
+        for name, value in settings.items():
+            setattr(ensemble, name, value)
         fit_terms(ensemble, train, val, seed=0, progress=False, need_forces=True,
                   batch_size=16)
         return ensemble
@@ -252,11 +241,13 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         "ShallowEnsemble (heads' energy variance)": lambda: shallow(None),
         "ShallowEnsemble (heads alone)": heads_alone,
         # the terms' covariance ridge relative to each element's spread (2026-12-06)
-        "ShallowEnsemble (per-species ridge)": lambda: shallow_ridge("per_species"),
+        "ShallowEnsemble (per-species ridge)": lambda: terms_refitted(
+            distance_ridge_scale="per_species"),
         # the larger of the heads' and a latent-distance energy variance (a round, 2026-12-05)
         "ShallowEnsemble (larger energy variance)": lambda: shallow("max"),
         # the force term fitted apart, the larger of two force variances (a round, 2026-12-05)
-        "ShallowEnsemble (forces: larger of two variances)": forces_apart,
+        "ShallowEnsemble (forces: larger of two variances)": lambda: terms_refitted(
+            force_combination="max"),
         # its forces widened with the energies' power, r ** 1 (a round, 2026-12-05)
         "ShallowEnsemble (forces widened r¹)": lambda: forces_widened(shallow(), 1.0),
         # and by r ** 0.75 (the default before, to 2026-12-05)
