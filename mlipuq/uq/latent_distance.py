@@ -280,7 +280,7 @@ class LatentDistance(LatentScores, UQWrapper):
             energy += f", structure_covariance={self.structure_covariance!r}"
         if self.features != "readout":
             energy += f", features={self.features!r}"
-        if self.ridge_scale != ("all_atoms" if self.score == "knn" else "per_species"):
+        if self.ridge_scale != check_ridge_scale(None, self.score):  # not the default
             energy += f", ridge_scale={self.ridge_scale!r}"
         return (f"LatentDistance({type(self.model).__name__}, score={self.score!r}{knn}{energy}"
                 f"{other})")
