@@ -113,9 +113,10 @@ def _fit(files, method, out, *extra) -> int:
         return cli.main(argv)
 
 
-def check_latent_flag(model, ethanol, tmp_path, capsys, flag, value, attribute):
+def check_latent_flag(model, ethanol, tmp_path, capsys, flag, value, attribute) -> dict:
     """``fit latent FLAG VALUE`` saves a wrapper whose ``attribute`` is ``value``, as
-    ``--latent`` does for the term it adds; elsewhere the flag is a user error."""
+    ``--latent`` does for the term it adds; elsewhere the flag is a user error. Returns
+    the files it wrote (model, train, val), for :func:`_fit`."""
     files = {"model": tmp_path / "m.pt", "train": tmp_path / "train.extxyz",
              "val": tmp_path / "val.extxyz"}
     model.save(files["model"])
@@ -127,6 +128,7 @@ def check_latent_flag(model, ethanol, tmp_path, capsys, flag, value, attribute):
     assert getattr(load_wrapper(tmp_path / "b.pt"), attribute) == value
     assert _fit(files, "llpr", tmp_path / "c.pt", flag, value) == 2
     assert f"{flag} is a latent or --latent option" in capsys.readouterr().err
+    return files
 
 
 def test_cli_features_flag(base, ethanol, tmp_path, capsys):

@@ -134,10 +134,8 @@ def test_wrappers_terms_take_the_option(cls, fitted_members, ethanol, tmp_path):
 
 
 def test_cli_ridge_scale_flag(fitted_members, ethanol, tmp_path, capsys):
-    check_latent_flag(fitted_members[0], ethanol, tmp_path, capsys, "--ridge-scale",
-                      "all_atoms", "ridge_scale")  # the default is per_species
-    files = {"model": tmp_path / "m.pt", "train": tmp_path / "train.extxyz",
-             "val": tmp_path / "val.extxyz"}  # written by check_latent_flag
+    files = check_latent_flag(fitted_members[0], ethanol, tmp_path, capsys, "--ridge-scale",
+                              "all_atoms", "ridge_scale")  # the default is per_species
     for method in ("shallow", "evidential"):  # their latent terms take it too
         out = tmp_path / f"{method}.pt"
         assert _fit(files, method, out, "--ridge-scale", "per_species", "--epochs", "2") == 0
