@@ -111,22 +111,27 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
     @functools.cache
     def shallow(energy_combination="today"):
         """The cached heads with the energy term ``energy_combination`` ("today": the
-        default's), both terms fitted as ``fit`` fits them when the cached ensemble's
-        setting differs (the force term the same as the cached one's)."""
+        default's) and today's ridge, both terms fitted as ``fit`` fits them when the
+        cached ensemble's settings differ (heads saved before 2026-12-06 load with the
+        all-atoms ridge)."""
+        today = ShallowEnsemble(base)
         if energy_combination == "today":
-            energy_combination = ShallowEnsemble(base).energy_combination
+            energy_combination = today.energy_combination
         ensemble = trained_shallow()
-        if ensemble.energy_combination == energy_combination:
+        if (ensemble.energy_combination, ensemble.distance_ridge_scale) == (
+                energy_combination, today.distance_ridge_scale):
             return ensemble
         return terms_refitted(energy_combination=energy_combination)
 
     def terms_refitted(**settings):
-        """Today's ensemble (its energy combination) with the attributes ``settings``
-        (``force_combination="max"``: the force term fitted apart and the larger of the
-        two force variances taken; ``distance_ridge_scale``: the terms' covariance
-        ridge), both terms fitted again as ``fit`` fits them on the cached heads."""
-        ensemble = trained_shallow().copy()
-        ensemble.energy_combination = ShallowEnsemble(base).energy_combination
+        """Today's ensemble (its energy combination and ridge) with the attributes
+        ``settings`` (``force_combination="max"``: the force term fitted apart and the
+        larger of the two force variances taken; ``distance_ridge_scale``: the terms'
+        covariance ridge), both terms fitted again as ``fit`` fits them on the cached
+        heads."""
+        ensemble, today = trained_shallow().copy(), ShallowEnsemble(base)
+        ensemble.energy_combination = today.energy_combination
+        ensemble.distance_ridge_scale = today.distance_ridge_scale
         for name, value in settings.items():
             setattr(ensemble, name, value)
         fit_terms(ensemble, train, val, seed=0, progress=False, need_forces=True,
@@ -243,6 +248,8 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         # the terms' covariance ridge relative to each element's spread (2026-12-06)
         "ShallowEnsemble (per-species ridge)": lambda: terms_refitted(
             distance_ridge_scale="per_species"),
+        "ShallowEnsemble (all-atoms ridge)": lambda: terms_refitted(  # the default before
+            distance_ridge_scale="all_atoms"),
         # the larger of the heads' and a latent-distance energy variance (a round, 2026-12-05)
         "ShallowEnsemble (larger energy variance)": lambda: shallow("max"),
         # the force term fitted apart, the larger of two force variances (a round, 2026-12-05)
@@ -263,6 +270,7 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         "EvidentialHead (held-out structure covariance)": held_out_term,
         # its term's covariance ridge relative to each element's spread (2026-12-06)
         "EvidentialHead (per-species ridge)": lambda: evidential_ridge("per_species"),
+        "EvidentialHead (all-atoms ridge)": lambda: evidential_ridge("all_atoms"),
         # the term kept at a tenth of the held-out variance at least (a round, docs/shift.md)
         "EvidentialHead (distance share 0.1)": lambda: held_out_term("ledoit-wolf", 0.1),
         "EvidentialHead (held-out structure covariance, distance share 0.1)":

@@ -27,12 +27,11 @@ calibrates it on ``--val`` when given, and saves it (:meth:`UQWrapper.save`):
   Mahalanobis distance of each atom's readout features to its element's
   training mean; ``--features all_layers`` measures it in every message-passing
   layer's features too; its covariance ridge is relative to each element's spread,
-  ``--ridge-scale all_atoms`` to every atom's, the default before 2026-12-06, which
-  ``shallow`` and ``evidential`` terms keep unless given ``--ridge-scale
-  per_species``; ``--energy-distance atoms`` sums independent atoms' energy
-  variances instead of the structure's coherent one; its variance map is fitted
-  on ``--val``, which then also calibrates it, or on a fifth of ``--train`` held
-  out when there is no ``--val``).
+  as the ``shallow`` and ``evidential`` terms' is, ``--ridge-scale all_atoms`` to
+  every atom's, the default before 2026-12-06; ``--energy-distance atoms`` sums
+  independent atoms' energy variances instead of the structure's coherent one; its
+  variance map is fitted on ``--val``, which then also calibrates it, or on a fifth
+  of ``--train`` held out when there is no ``--val``).
 
 ``--latent forces`` (or ``both``) with ``llpr``, ``shallow`` or ``deep`` wraps the
 fitted wrapper in ``LatentDistance(model, combine=wrapper)``: a latent-distance
@@ -169,9 +168,8 @@ def add_parsers(subparsers) -> None:
     fit.add_argument("--ridge-scale", choices=("all_atoms", "per_species"), default=None,
                      help="latent, --latent, shallow, evidential: whose spread the latent "
                           "distance's covariance ridge is relative to: each element's "
-                          "(per_species, latent's default since 2026-12-06) or every training "
-                          "atom's (all_atoms, shallow's and evidential's default; "
-                          "docs/latent.md)")
+                          "(per_species, the default since 2026-12-06) or every training "
+                          "atom's (all_atoms, the default before; docs/latent.md)")
     fit.add_argument("--structure-covariance", choices=("ledoit-wolf", "held-out"),
                      default=None,
                      help="latent, evidential, --latent both: the covariance the "

@@ -228,23 +228,21 @@ def test_reference_is_what_the_distance_term_measures_to(base_model, data):
     head = EvidentialHead(base_model).fit(head_data, held_out, reference=reference, **options)
     term = head.distance_
     assert term.n_train_ == len(reference)
-    alone = LatentDistance(base_model, ridge_scale="all_atoms").fit(reference, held_out)
+    alone = LatentDistance(base_model).fit(reference, held_out)
     for key in ("location", "precision", "scale"):  # the same reference structures
         np.testing.assert_array_equal(term.structure_[key], alone.structure_[key])
     for z in alone.gmm_:  # and the same atom distances
         np.testing.assert_array_equal(term.gmm_[z]["means"], alone.gmm_[z]["means"])
         np.testing.assert_array_equal(term.score_scale_[z], alone.score_scale_[z])
     # the map is fitted on the held-out structures: the same as fitting the term by hand
-    by_hand = fit_distance_term(head, reference, held_out, score="mahalanobis", seed=0,
-                                batch_size=20, structure_covariance="held-out",
-                                combination="max")  # the head's defaults
+    defaults = dict(score="mahalanobis", seed=0, batch_size=20, structure_covariance="held-out",
+                    combination="max", ridge_scale="per_species")  # the head's
+    by_hand = fit_distance_term(head, reference, held_out, **defaults)
     fitted_map = ("energy_a_", "energy_b_", "forces_a_", "forces_b_", "energy_other_scale_",
                   "forces_other_scale_")
     assert [getattr(term, k) for k in fitted_map] == [getattr(by_hand, k) for k in fitted_map]
     no_val = EvidentialHead(base_model).fit(head_data, reference=reference, **options)
-    on_train = fit_distance_term(no_val, reference, head_data, score="mahalanobis", seed=0,
-                                 batch_size=20, structure_covariance="held-out",
-                                 combination="max")
+    on_train = fit_distance_term(no_val, reference, head_data, **defaults)
     assert no_val.distance_.n_train_ == len(reference)
     assert [getattr(no_val.distance_, k) for k in fitted_map] == [
         getattr(on_train, k) for k in fitted_map]

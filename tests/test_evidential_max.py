@@ -66,8 +66,8 @@ def test_term_is_latent_distance_alone_and_the_larger_is_reported(heads, data):
     variance is max(λσ²_NIG, term) per target, the aleatoric part λσ²_alea."""
     model, fitted = heads
     head = fitted["max"]
-    alone = LatentDistance(model, structure_covariance="held-out",  # the term's ridge
-                           ridge_scale="all_atoms").fit(data["train"], data["held"])
+    alone = LatentDistance(model, structure_covariance="held-out").fit(
+        data["train"], data["held"])
     term = head.distance_
     for key in ("energy_a_", "energy_b_", "forces_a_", "forces_b_"):
         np.testing.assert_allclose(getattr(term, key), getattr(alone, key), rtol=1e-10)

@@ -103,27 +103,32 @@ def test_saved_loaded_and_refused(fitted_members, ethanol, tmp_path):
 
 @pytest.mark.parametrize("cls", [ShallowEnsemble, EvidentialHead])
 def test_wrappers_terms_take_the_option(cls, fitted_members, ethanol, tmp_path):
-    """``distance_ridge_scale=`` reaches the shallow ensemble's and the evidential
-    head's latent terms: their atoms' Gaussians are LatentDistance's with that ridge,
-    fitted on the same atoms; it is saved and loaded; kNN refuses it. Their default
-    stays the all-atoms ridge (not yet measured for them)."""
+    """The shallow ensemble's and the evidential head's latent terms fit each atom's
+    Gaussian as LatentDistance does, with its ridge by default (each element's own
+    spread; ``distance_ridge_scale="all_atoms"`` the ridge before, and how files
+    without the key load); saved and loaded; kNN refuses it."""
     model, train, val = fitted_members[0], ethanol[:14], ethanol[14:]
     fast = dict(epochs=2, batch_size=8, seed=0, progress=False)
-    wrapper = cls(model, distance_ridge_scale="per_species").fit(train, val, **fast)
+    wrapper = cls(model).fit(train, val, **fast)
     term = wrapper.distance_
-    assert term.ridge_scale == "per_species" and cls(model).distance_ridge_scale == "all_atoms"
+    assert wrapper.distance_ridge_scale == term.ridge_scale == "per_species"
+    assert cls(model, distance="knn").distance_ridge_scale == "all_atoms"  # no ridge
     gmms = {ridge: LatentDistance(model, ridge_scale=ridge).fit(train, val).gmm_
             for ridge in ("per_species", "all_atoms")}
     for z in gmms["per_species"]:
         for key in ("means", "precisions_cholesky"):
             np.testing.assert_allclose(term.gmm_[z][key], gmms["per_species"][z][key],
                                        rtol=1e-12, err_msg=key)
+    before = cls(model, distance_ridge_scale="all_atoms").fit(train, val, **fast).distance_
+    for z in gmms["all_atoms"]:
+        np.testing.assert_allclose(before.gmm_[z]["precisions_cholesky"],
+                                   gmms["all_atoms"][z]["precisions_cholesky"], rtol=1e-12)
     assert not all(np.allclose(term.gmm_[z]["precisions_cholesky"],
                                gmms["all_atoms"][z]["precisions_cholesky"], rtol=1e-3)
                    for z in gmms["all_atoms"])
     wrapper.save(tmp_path / "w.pt")
     loaded = load_wrapper(tmp_path / "w.pt")
-    assert loaded.distance_ridge_scale == "per_species" and "per_species" in repr(loaded)
+    assert loaded.distance_ridge_scale == "per_species" and repr(loaded) == repr(wrapper)
     np.testing.assert_array_equal(loaded.predict(val).forces_std, wrapper.predict(val).forces_std)
     older = {k: v for k, v in wrapper.config().items() if k != "distance_ridge_scale"}
     assert cls._from_config([model], older).distance_ridge_scale == "all_atoms"
@@ -138,8 +143,8 @@ def test_cli_ridge_scale_flag(fitted_members, ethanol, tmp_path, capsys):
                               "all_atoms", "ridge_scale")  # the default is per_species
     for method in ("shallow", "evidential"):  # their latent terms take it too
         out = tmp_path / f"{method}.pt"
-        assert _fit(files, method, out, "--ridge-scale", "per_species", "--epochs", "2") == 0
-        assert load_wrapper(out).distance_.ridge_scale == "per_species"
+        assert _fit(files, method, out, "--ridge-scale", "all_atoms", "--epochs", "2") == 0
+        assert load_wrapper(out).distance_.ridge_scale == "all_atoms"
     assert _fit(files, "shallow", tmp_path / "none.pt", "--score", "none",
                 "--ridge-scale", "per_species") == 2
     assert "--ridge-scale is a latent or --latent option" in capsys.readouterr().err

@@ -146,10 +146,10 @@ class EvidentialHead(UQWrapper):
         variance above, λ, a, b fitted jointly (the default before, and how files saved
         without this key load). Ignored without ``distance``.
     distance_ridge_scale
-        The term's :class:`~mlipuq.uq.LatentDistance` ``ridge_scale``: ``"all_atoms"``
-        (default here; files saved before load so) or ``"per_species"`` (each
-        element's spread; LatentDistance's default since 2026-12-06, an option here
-        until measured for the head, docs/shift.md). Ignored without ``distance``.
+        The term's :class:`~mlipuq.uq.LatentDistance` ``ridge_scale``: None (default)
+        as LatentDistance's, ``"per_species"`` (each element's own spread; the default
+        here since 2026-12-06, docs/shift.md) for the Gaussian scores; ``"all_atoms"``
+        the ridge before (files saved before load so). Ignored without ``distance``.
 
     Attributes
     ----------
@@ -200,7 +200,7 @@ class EvidentialHead(UQWrapper):
         structure_covariance: Optional[str] = None,
         min_distance_share: Optional[float] = 0.1,
         distance_combination: str = "max",
-        distance_ridge_scale: str = "all_atoms",
+        distance_ridge_scale: Optional[str] = None,
     ):
         model = _check_model(model)
         if isinstance(reg_weight, bool) or not isinstance(reg_weight, (int, float, np.number)):
@@ -285,10 +285,10 @@ class EvidentialHead(UQWrapper):
     @classmethod
     def _from_config(cls, models, config: dict) -> "EvidentialHead":
         # files saved without them hold the Ledoit-Wolf term without a floor, summed
-        # with the NIG variance (the defaults before 2026-12-04)
+        # with the NIG variance (the defaults before 2026-12-04), its ridge all atoms'
         return cls(models[0], **{"structure_covariance": "ledoit-wolf",
                                  "min_distance_share": None, "distance_combination": "sum",
-                                 **config})
+                                 "distance_ridge_scale": "all_atoms", **config})
 
     def _set_models(self, models) -> None:
         super()._set_models(models)

@@ -173,10 +173,11 @@ class ShallowEnsemble(UQWrapper):
         λ_F by the heads' own likelihood) and the larger of the two taken (a round on
         25 fits found no gain, docs/shift.md). Ignored with ``distance=None``.
     distance_ridge_scale
-        The terms' :class:`~mlipuq.uq.LatentDistance` ``ridge_scale``: ``"all_atoms"``
-        (default here; files saved before load so) or ``"per_species"`` (each
-        element's spread; LatentDistance's default since 2026-12-06, an option here
-        until measured for the heads, docs/shift.md). Ignored with ``distance=None``.
+        The terms' :class:`~mlipuq.uq.LatentDistance` ``ridge_scale``: None (default)
+        as LatentDistance's, ``"per_species"`` (each element's own spread; the default
+        here since 2026-12-06, measured on ten systems in docs/shift.md) for the
+        Gaussian scores; ``"all_atoms"`` the ridge before (files saved before load
+        so). Ignored with ``distance=None``.
 
     Attributes
     ----------
@@ -214,7 +215,7 @@ class ShallowEnsemble(UQWrapper):
         distance: Optional[str] = "mahalanobis",
         energy_combination: Optional[str] = "max",
         force_combination: str = "sum",
-        distance_ridge_scale: str = "all_atoms",
+        distance_ridge_scale: Optional[str] = None,
     ):
         _check_model(model)
         self._check_config(n_heads, init, train_backbone)
@@ -291,7 +292,8 @@ class ShallowEnsemble(UQWrapper):
             distance += f", energy_combination={self.energy_combination!r}"
         if self.force_combination != "sum":
             distance += f", force_combination={self.force_combination!r}"
-        if self.distance_ridge_scale != "all_atoms":
+        if self.distance is not None and (
+                self.distance_ridge_scale != check_ridge_scale(None, self.distance)):
             distance += f", distance_ridge_scale={self.distance_ridge_scale!r}"
         return (f"ShallowEnsemble({type(self.model).__name__}, n_heads={self.n_heads}, "
                 f"init={self.init!r}, train_backbone={self.train_backbone}{distance})")
@@ -466,7 +468,7 @@ class ShallowEnsemble(UQWrapper):
                    else {"energy_combination": self.energy_combination}),
                 **({} if self.force_combination == "sum"  # absent: files as before
                    else {"force_combination": self.force_combination}),
-                **({} if self.distance_ridge_scale == "all_atoms"  # likewise
+                **({} if self.distance_ridge_scale == "all_atoms"  # absent: the ridge before
                    else {"distance_ridge_scale": self.distance_ridge_scale})}
 
     def _set_models(self, models) -> None:
