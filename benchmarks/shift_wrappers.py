@@ -114,7 +114,7 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         default's) and today's ridge, both terms fitted as ``fit`` fits them when the
         cached ensemble's settings differ (heads saved before 2026-12-06 load with the
         all-atoms ridge)."""
-        today = ShallowEnsemble(base)
+        today = shallow_defaults()
         if energy_combination == "today":
             energy_combination = today.energy_combination
         ensemble = trained_shallow()
@@ -123,13 +123,18 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
             return ensemble
         return terms_refitted(energy_combination=energy_combination)
 
+    @functools.cache
+    def shallow_defaults():
+        """An unfitted ShallowEnsemble with today's defaults, read and never fitted."""
+        return ShallowEnsemble(base)
+
     def terms_refitted(**settings):
         """Today's ensemble (its energy combination and ridge) with the attributes
         ``settings`` (``force_combination="max"``: the force term fitted apart and the
         larger of the two force variances taken; ``distance_ridge_scale``: the terms'
         covariance ridge), both terms fitted again as ``fit`` fits them on the cached
         heads."""
-        ensemble, today = trained_shallow().copy(), ShallowEnsemble(base)
+        ensemble, today = trained_shallow().copy(), shallow_defaults()
         ensemble.energy_combination = today.energy_combination
         ensemble.distance_ridge_scale = today.distance_ridge_scale
         for name, value in settings.items():
@@ -157,14 +162,15 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         """The head with today's defaults, its term fitted again as they say (the head
         itself is the cached one: the covariance's choice on both halves of val, since
         2026-12-05, is not recorded in a saved head)."""
-        return evidential_ridge(EvidentialHead(base).distance_ridge_scale)
+        return evidential_ridge(None)
 
     def evidential_ridge(ridge_scale):
-        """Today's head, its term's covariance ridge relative to ``ridge_scale``."""
-        today = EvidentialHead(base)
+        """Today's head, its term's covariance ridge relative to ``ridge_scale`` (None:
+        today's default, resolved by the constructor)."""
+        today = EvidentialHead(base, distance_ridge_scale=ridge_scale)
         return term_refitted(trained(), train, val, today.structure_covariance,
                              today.min_distance_share, today.distance_combination,
-                             every_half=True, ridge_scale=ridge_scale)
+                             every_half=True, ridge_scale=today.distance_ridge_scale)
 
     def earlier(unbounded: bool):
         head = trained().copy()
