@@ -237,8 +237,8 @@ class EvidentialHead(UQWrapper):
         self.min_distance_share = (  # the joint fit's
             None if distance is None or min_distance_share is None
             or self.distance_combination == "max" else float(min_distance_share))
-        self.distance_ridge_scale = ("all_atoms" if distance is None else check_ridge_scale(
-            distance_ridge_scale, distance, "distance_ridge_scale"))
+        self.distance_ridge_scale = check_ridge_scale(distance_ridge_scale, distance,
+                                                      "distance_ridge_scale")
         self.distance_ = None
         self.reg_weight = float(reg_weight)
         self.train_backbone = bool(train_backbone)

@@ -86,10 +86,14 @@ __all__ = ["LatentDistance", "check_ridge_scale", "fit_variance_map", "knn_score
            "STRUCTURE_COVARIANCES"]
 
 
-def check_ridge_scale(ridge_scale: Optional[str], score: str, name: str = "ridge_scale") -> str:
+def check_ridge_scale(ridge_scale: Optional[str], score: Optional[str],
+                      name: str = "ridge_scale") -> str:
     """``ridge_scale`` for ``score``, None resolved to the default (``"per_species"``
-    for the Gaussian scores, ``"all_atoms"``, ignored, for kNN); else ``ValueError``
-    (``name``: the argument's name in the message)."""
+    for the Gaussian scores, ``"all_atoms"``, ignored, for kNN and for a wrapper
+    without a latent term, ``score=None``); else ``ValueError`` (``name``: the
+    argument's name in the message)."""
+    if score is None:
+        return "all_atoms"
     if ridge_scale is None:
         return "all_atoms" if score == "knn" else "per_species"
     if ridge_scale not in RIDGE_SCALES:

@@ -228,8 +228,8 @@ class ShallowEnsemble(UQWrapper):
         self.energy_combination = None if distance is None else energy_combination
         check_force_combination(force_combination)  # no term: the heads' alone
         self.force_combination = "sum" if distance is None else force_combination
-        self.distance_ridge_scale = ("all_atoms" if distance is None else check_ridge_scale(
-            distance_ridge_scale, distance, "distance_ridge_scale"))
+        self.distance_ridge_scale = check_ridge_scale(distance_ridge_scale, distance,
+                                                      "distance_ridge_scale")
 
     @staticmethod
     def _check_config(n_heads, init, train_backbone) -> None:
@@ -292,8 +292,7 @@ class ShallowEnsemble(UQWrapper):
             distance += f", energy_combination={self.energy_combination!r}"
         if self.force_combination != "sum":
             distance += f", force_combination={self.force_combination!r}"
-        if self.distance is not None and (
-                self.distance_ridge_scale != check_ridge_scale(None, self.distance)):
+        if self.distance_ridge_scale != check_ridge_scale(None, self.distance):
             distance += f", distance_ridge_scale={self.distance_ridge_scale!r}"
         return (f"ShallowEnsemble({type(self.model).__name__}, n_heads={self.n_heads}, "
                 f"init={self.init!r}, train_backbone={self.train_backbone}{distance})")
