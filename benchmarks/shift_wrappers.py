@@ -18,7 +18,8 @@ from shift_cache import cached, with_drift
 
 
 def term_refitted(head, train, val, covariance="held-out", share=None, combination="sum",
-                  every_half=False, map_every_half=False, ridge_scale="all_atoms"):
+                  every_half=False, map_every_half=False, ridge_scale="all_atoms",
+                  features="readout"):
     """A copy of the evidential ``head`` (fitted on one half of ``val``) with its term
     fitted again on the other half, distances measured to ``train``, with the structure
     covariance ``covariance``, the share floor ``share`` and the ``combination`` (the
@@ -26,9 +27,10 @@ def term_refitted(head, train, val, covariance="held-out", share=None, combinati
     ``every_half``: the held-out covariance chosen on both halves (all of ``val``, every
     structure the head's ``fit`` saw, all held out from ``train``), not the term's alone;
     ``map_every_half``: its a and b fitted on both halves too (λ on the term's half);
-    ``ridge_scale``: the head's ``distance_ridge_scale``."""
+    ``ridge_scale`` and ``features``: the head's ``distance_ridge_scale`` and
+    ``distance_features``."""
     head = head.copy()
-    head.distance_ridge_scale = ridge_scale
+    head.distance_ridge_scale, head.distance_features = ridge_scale, features
     head.structure_covariance, head.min_distance_share = covariance, share
     head.distance_combination = combination
     halves = val.split([0.5, 0.5], seed=0)
@@ -39,7 +41,7 @@ def term_refitted(head, train, val, covariance="held-out", share=None, combinati
                                        min_share=share, combination=combination,
                                        covariance_data=both if every_half else None,
                                        map_data=both if map_every_half else None,
-                                       ridge_scale=ridge_scale)
+                                       ridge_scale=ridge_scale, features=features)
     return head
 
 
@@ -162,15 +164,18 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         """The head with today's defaults, its term fitted again as they say (the head
         itself is the cached one: the covariance's choice on both halves of val, since
         2026-12-05, is not recorded in a saved head)."""
-        return evidential_ridge(None)
+        return evidential_term()
 
-    def evidential_ridge(ridge_scale):
+    def evidential_term(ridge_scale=None, features="readout"):
         """Today's head, its term's covariance ridge relative to ``ridge_scale`` (None:
-        today's default, resolved by the constructor)."""
-        today = EvidentialHead(base, distance_ridge_scale=ridge_scale)
+        today's default, resolved by the constructor) and its distances measured in
+        ``features``."""
+        today = EvidentialHead(base, distance_ridge_scale=ridge_scale,
+                               distance_features=features)
         return term_refitted(trained(), train, val, today.structure_covariance,
                              today.min_distance_share, today.distance_combination,
-                             every_half=True, ridge_scale=today.distance_ridge_scale)
+                             every_half=True, ridge_scale=today.distance_ridge_scale,
+                             features=today.distance_features)
 
     def earlier(unbounded: bool):
         head = trained().copy()
@@ -256,6 +261,9 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
             distance_ridge_scale="per_species"),
         "ShallowEnsemble (all-atoms ridge)": lambda: terms_refitted(  # the default before
             distance_ridge_scale="all_atoms"),
+        # the terms' distances in every layer's features (an option on 2026-12-06)
+        "ShallowEnsemble (all-layers features)": lambda: terms_refitted(
+            distance_features="all_layers"),
         # the larger of the heads' and a latent-distance energy variance (a round, 2026-12-05)
         "ShallowEnsemble (larger energy variance)": lambda: shallow("max"),
         # the force term fitted apart, the larger of two force variances (a round, 2026-12-05)
@@ -275,8 +283,10 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         "EvidentialHead": evidential,
         "EvidentialHead (held-out structure covariance)": held_out_term,
         # its term's covariance ridge relative to each element's spread (2026-12-06)
-        "EvidentialHead (per-species ridge)": lambda: evidential_ridge("per_species"),
-        "EvidentialHead (all-atoms ridge)": lambda: evidential_ridge("all_atoms"),
+        "EvidentialHead (per-species ridge)": lambda: evidential_term("per_species"),
+        "EvidentialHead (all-atoms ridge)": lambda: evidential_term("all_atoms"),
+        # the term's distances in every layer's features (an option on 2026-12-06)
+        "EvidentialHead (all-layers features)": lambda: evidential_term(features="all_layers"),
         # the term kept at a tenth of the held-out variance at least (a round, docs/shift.md)
         "EvidentialHead (distance share 0.1)": lambda: held_out_term("ledoit-wolf", 0.1),
         "EvidentialHead (held-out structure covariance, distance share 0.1)":

@@ -26,7 +26,8 @@ calibrates it on ``--val`` when given, and saves it (:meth:`UQWrapper.save`):
 * ``latent``: :class:`~mlipuq.uq.LatentDistance` (``--score``, default the
   Mahalanobis distance of each atom's readout features to its element's
   training mean; ``--features all_layers`` measures it in every message-passing
-  layer's features too; its covariance ridge is relative to each element's spread,
+  layer's features too, as it does for the ``shallow`` and ``evidential`` terms;
+  its covariance ridge is relative to each element's spread,
   as the ``shallow`` and ``evidential`` terms' is, ``--ridge-scale all_atoms`` to
   every atom's, the default before 2026-12-06; ``--energy-distance atoms`` sums
   independent atoms' energy variances instead of the structure's coherent one; its
@@ -162,9 +163,10 @@ def add_parsers(subparsers) -> None:
                           "coherent over its atoms (default: structure), or summed over "
                           "independent atoms (docs/latent.md)")
     fit.add_argument("--features", choices=("readout", "all_layers"), default=None,
-                     help="latent, --latent: the features distances are measured in: the "
-                          "readout's input (default) or the invariant features of every "
-                          "message-passing layer too (all_layers, MiniMLIP; docs/latent.md)")
+                     help="latent, --latent, shallow, evidential: the features latent "
+                          "distances are measured in: the readout's input (default) or the "
+                          "invariant features of every message-passing layer too "
+                          "(all_layers, MiniMLIP; docs/latent.md)")
     fit.add_argument("--ridge-scale", choices=("all_atoms", "per_species"), default=None,
                      help="latent, --latent, shallow, evidential: whose spread the latent "
                           "distance's covariance ridge is relative to: each element's "
@@ -277,14 +279,13 @@ def _check_fit_args(args) -> None:
                          f"one of fit {args.method}")
     if args.energy_distance is not None and args.method != "latent":
         raise ValueError(f"--energy-distance is a latent option, not one of fit {args.method}")
-    if args.features is not None and args.method != "latent" and args.latent is None:
-        raise ValueError(f"--features is a latent or --latent option, not one of fit "
-                         f"{args.method}")
-    if args.ridge_scale is not None and args.method != "latent" and args.latent is None and (
-            args.method not in ("shallow", "evidential") or args.score == "none"):
-        raise ValueError("--ridge-scale is a latent or --latent option, or one of shallow and "
-                         "evidential with their latent-distance term, not one of fit "
-                         f"{args.method}" + (" --score none" if args.score == "none" else ""))
+    for flag, value in (("--features", args.features), ("--ridge-scale", args.ridge_scale)):
+        if value is not None and args.method != "latent" and args.latent is None and (
+                args.method not in ("shallow", "evidential") or args.score == "none"):
+            raise ValueError(f"{flag} is a latent or --latent option, or one of shallow and "
+                             "evidential with their latent-distance term, not one of fit "
+                             f"{args.method}" + (" --score none" if args.score == "none"
+                                                 else ""))
     if args.structure_covariance is not None and not (
             args.method == "latent" or args.latent == "both"
             or (args.method == "evidential" and args.score != "none")):
@@ -378,8 +379,10 @@ def _method_wrapper(args, models, train, val, progress: bool, reference=None):
             "energy_combination": {"none": None}.get(args.energy_combination, "max")}
         if args.force_combination is not None:
             energy["force_combination"] = args.force_combination
-        if args.ridge_scale is not None and not args.latent:
-            energy["distance_ridge_scale"] = args.ridge_scale
+        for key, value in (("distance_ridge_scale", args.ridge_scale),
+                           ("distance_features", args.features)):
+            if value is not None and not args.latent:
+                energy[key] = value
         return ShallowEnsemble(model, n_heads=8 if args.heads is None else args.heads,
                                distance=None if args.latent else distance, **energy).fit(
             train, val, **common, **_trainer_options(args, {}))
@@ -387,7 +390,8 @@ def _method_wrapper(args, models, train, val, progress: bool, reference=None):
         options = {key: value for key, value in (
             ("structure_covariance", args.structure_covariance),
             ("distance_combination", args.distance_combination),
-            ("distance_ridge_scale", args.ridge_scale)) if value is not None}
+            ("distance_ridge_scale", args.ridge_scale),
+            ("distance_features", args.features)) if value is not None}
         return EvidentialHead(model, distance=distance, **options).fit(
             train, val, reference=reference, **common, **_trainer_options(args, {}))
     if args.method == "latent":

@@ -1,6 +1,7 @@
 """``LatentDistance(features="all_layers")``: the features it measures distances in
 (every message-passing layer's invariants, then the readout's, checked against the
-layers run by hand), the models that cannot serve them, and ``fit --features``."""
+layers run by hand), the models that cannot serve them, the shallow ensemble's and
+the evidential head's terms with the option, and ``fit --features``."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import mlipuq
 from mlipuq import cli
 from mlipuq.models import wrap
 from mlipuq.testing import check_uq_wrapper
-from mlipuq.uq import LatentDistance, latent_features
+from mlipuq.uq import EvidentialHead, LatentDistance, ShallowEnsemble, latent_features
 from mlipuq.uq import load as load_wrapper
 
 
@@ -132,7 +133,52 @@ def check_latent_flag(model, ethanol, tmp_path, capsys, flag, value, attribute) 
 
 
 def test_cli_features_flag(base, ethanol, tmp_path, capsys):
-    check_latent_flag(base, ethanol, tmp_path, capsys, "--features", "all_layers", "features")
+    files = check_latent_flag(base, ethanol, tmp_path, capsys, "--features", "all_layers",
+                              "features")
+    for method in ("shallow", "evidential"):  # their latent terms take it too
+        out = tmp_path / f"{method}.pt"
+        assert _fit(files, method, out, "--features", "all_layers", "--epochs", "2") == 0
+        assert load_wrapper(out).distance_.features == "all_layers"
+    assert _fit(files, "evidential", tmp_path / "none.pt", "--score", "none",
+                "--features", "all_layers") == 2
+    assert "--features is a latent or --latent option" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cls", [ShallowEnsemble, EvidentialHead])
+def test_wrappers_terms_measure_every_layer(cls, base, ethanol, tmp_path, monkeypatch):
+    """With ``distance_features="all_layers"`` the shallow ensemble's and the evidential
+    head's latent terms are fitted on every layer's features, and at predict the
+    wrapper's own pass feeds them the features LatentDistance's pass reads; saved and
+    loaded; files without the key (and wrappers without a term) keep the readout's."""
+    train, val = ethanol[:14], ethanol[14:]
+    wrapper = cls(base, distance_features="all_layers").fit(
+        train, val, epochs=2, batch_size=8, seed=0, progress=False)
+    terms = [t for t in (wrapper.distance_, getattr(wrapper, "energy_distance_", None)) if t]
+    width = 2 * base.width + base.n_features
+    assert all(t.features == "all_layers" for t in terms)
+    assert all(g["means"].shape[-1] == width for g in wrapper.distance_.gmm_.values())
+    seen, latent_parts = [], LatentDistance.latent_parts
+    monkeypatch.setattr(LatentDistance, "latent_parts",
+                        lambda self, phi, batch: seen.append(phi) or latent_parts(self, phi, batch))
+    wrapper.predict(val[:2], batch_size=2)
+    _, expected = latent_features.model_pass(terms[0], base.collate(list(val[:2])), False)
+    assert len(seen) == len(terms) and expected.shape[1] == width
+    for phi in seen:
+        np.testing.assert_allclose(phi, expected, rtol=1e-6, atol=1e-7)
+    monkeypatch.undo()
+    wrapper.save(tmp_path / "w.pt")
+    loaded = load_wrapper(tmp_path / "w.pt")
+    assert "distance_features='all_layers'" in repr(wrapper) and repr(loaded) == repr(wrapper)
+    np.testing.assert_array_equal(loaded.predict(val).forces_std, wrapper.predict(val).forces_std)
+    older = {k: v for k, v in wrapper.config().items() if k != "distance_features"}
+    assert cls._from_config([base], older).distance_features == "readout"
+    assert "distance_features" not in cls(base).config()
+    assert cls(base, distance=None, distance_features="all_layers").distance_features == "readout"
+    with pytest.raises(ValueError, match="distance_features must be one of"):
+        cls(base, distance_features="layers")
+    plain = wrap(_Layered(False), species=["H", "C", "O"], cutoff=3.0, readout="readout")
+    with pytest.raises(ValueError, match="distance_features='all_layers' needs a model"):
+        cls(plain, distance_features="all_layers")
 
 
 def atom_scores(wrapper, dataset) -> np.ndarray:

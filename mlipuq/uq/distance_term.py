@@ -46,7 +46,7 @@ def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size:
                       reference=None, structure_covariance="ledoit-wolf",
                       min_share=None, combination="sum",
                       covariance_data=None, map_data=None,
-                      ridge_scale="all_atoms") -> LatentDistance:
+                      ridge_scale="all_atoms", features="readout") -> LatentDistance:
     """The latent-distance term of a fitted ``wrapper`` (one with a ``distance_``
     attribute): reference atoms and structures from ``reference`` (None: ``train``),
     λ, a and b fitted on ``val`` (None: ``train`` when a ``reference`` is given,
@@ -60,8 +60,8 @@ def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size:
     (None: those λ, a and b are fitted on); ``map_data``: with ``"max"``, the structures
     a and b are fitted on, held out from the reference (None: those λ is fitted on; a
     and b read only the mean model's errors, so data the wrapper itself was fitted on
-    serve as well); ``ridge_scale``: :class:`~mlipuq.uq.LatentDistance`'s (the wrappers'
-    ``distance_ridge_scale``)."""
+    serve as well); ``ridge_scale`` and ``features``: :class:`~mlipuq.uq.LatentDistance`'s
+    (the wrappers' ``distance_ridge_scale`` and ``distance_features``)."""
     if combination not in COMBINATIONS:
         raise ValueError(f"combination must be one of {COMBINATIONS}, got {combination!r}")
     if map_data is not None and combination != "max":
@@ -77,7 +77,7 @@ def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size:
                           energy_distance=energy_distance,
                           structure_covariance=structure_covariance,
                           min_combined_share=min_share if joint else None,
-                          ridge_scale=ridge_scale)
+                          ridge_scale=ridge_scale, features=features)
     points, held_out = ((train, val) if reference is None
                         else (reference, train if val is None else val))
     if held_out is None and not joint:  # the term's own split, to fit λ on the same data
@@ -121,25 +121,28 @@ def combine_variances(combination: str, scale: float, own, term):
 
 def load_distance_term(model, score: str, state: dict,
                        structure_covariance: str = "ledoit-wolf",
-                       ridge_scale: str = "all_atoms") -> LatentDistance:
+                       ridge_scale: str = "all_atoms",
+                       features: str = "readout") -> LatentDistance:
     """A saved distance term (``LatentDistance._get_state()``) around ``model``.
 
     Without a structure reference it sums independent atoms (terms saved before
     the structure distance existed; a term fitted with ``energy_distance=None``
     has a_E = b_E = 0 and λ_E = 1, so that its energies are the wrapper's alone
     either way). ``ridge_scale``: the one it was fitted with (predictions do not
-    depend on it: the fitted Gaussians are saved in the wrapper's units)."""
+    depend on it: the fitted Gaussians are saved in the wrapper's units); ``features``:
+    those its distances are measured in."""
     mode = "atoms" if state.get("structure_") is None else "structure"
     term = LatentDistance(model, score=score, energy_distance=mode,
                           structure_covariance=structure_covariance if mode == "structure"
-                          else "ledoit-wolf", ridge_scale=ridge_scale)
+                          else "ledoit-wolf", ridge_scale=ridge_scale, features=features)
     term._set_state(state)
     term.fitted_ = True
     return term
 
 
 def term_variances(term: LatentDistance, features: torch.Tensor, batch: mdata.Batch):
-    """The term's variances of one batch from the readout ``features`` (N, F):
+    """The term's variances of one batch from its ``features`` (N, F; the readout's or
+    every layer's, :func:`~mlipuq.uq.latent_features.capture`):
     ``(energy_var (B,), force_var (N,))`` as float64 NumPy, eV² and eV²/Å² per
     component (0 for atoms without neighbours)."""
     phi = features.detach().cpu().to(torch.float64).numpy()

@@ -40,13 +40,11 @@ from mlipuq.models.base import MLIP
 from mlipuq.training import split_fit_options
 from mlipuq.uq.base import UQWrapper, _check_model, register
 from mlipuq.uq.deep_ensemble import COMMITTEE_CALIBRATION
-from mlipuq.uq.distance_term import COMBINATIONS
 from mlipuq.uq.evidential_head import EvidentialNLL, _NIGHead
 from mlipuq.uq.evidential_shift import (  # noqa: F401  (STD_CAP_FACTOR, soft_cap: public here)
-    STD_CAP_FACTOR, cap_variances, distance_variances, fit_distance_term, load_distance_term,
-    soft_cap, std_caps)
-from mlipuq.uq.latent_distance import (_SCORES, check_ridge_scale, check_share,
-                                       check_structure_covariance)
+    NO_TERM, STD_CAP_FACTOR, cap_variances, distance_variances, fit_distance_term,
+    load_distance_term, soft_cap, std_caps, term_settings)
+from mlipuq.uq.latent_features import capture
 from mlipuq.uq.nig import aggregate_energy_nig, nig_nll, nig_regularizer, nig_variances
 
 log = logging.getLogger(__name__)
@@ -150,6 +148,10 @@ class EvidentialHead(UQWrapper):
         as LatentDistance's, ``"per_species"`` (each element's own spread; the default
         here since 2026-12-06, docs/shift.md) for the Gaussian scores; ``"all_atoms"``
         the ridge before (files saved before load so). Ignored without ``distance``.
+    distance_features
+        The term's :class:`~mlipuq.uq.LatentDistance` ``features``: ``"readout"``
+        (default) or ``"all_layers"`` (every message-passing layer's invariant features
+        and the readout's; a model with ``layer_modules()``). Ignored without ``distance``.
 
     Attributes
     ----------
@@ -201,6 +203,7 @@ class EvidentialHead(UQWrapper):
         min_distance_share: Optional[float] = 0.1,
         distance_combination: str = "max",
         distance_ridge_scale: Optional[str] = None,
+        distance_features: str = "readout",
     ):
         model = _check_model(model)
         if isinstance(reg_weight, bool) or not isinstance(reg_weight, (int, float, np.number)):
@@ -217,28 +220,11 @@ class EvidentialHead(UQWrapper):
             raise ValueError(
                 f"energy_evidence must be 'shared' or 'separate', got {energy_evidence!r}"
             )
-        if distance is not None and distance not in _SCORES:
-            raise ValueError(f"distance must be None or one of {_SCORES}, got {distance!r}")
-        if structure_covariance is None:
-            structure_covariance = "ledoit-wolf" if distance is None else "held-out"
-        check_structure_covariance(structure_covariance)
-        if structure_covariance != "ledoit-wolf" and distance is None:
-            raise ValueError(f"structure_covariance={structure_covariance!r} is the latent-"
-                             "distance term's: it needs distance (not None)")
-        check_share(min_distance_share, "min_distance_share", optional=True)
-        if distance_combination not in COMBINATIONS:
-            raise ValueError(f"distance_combination must be one of {COMBINATIONS}, "
-                             f"got {distance_combination!r}")
+        vars(self).update(term_settings(
+            model, distance, structure_covariance, min_distance_share, distance_combination,
+            distance_ridge_scale, distance_features))
         self.model = copy.deepcopy(model)
         self.model.eval()
-        self.distance = distance
-        self.structure_covariance = structure_covariance
-        self.distance_combination = "sum" if distance is None else distance_combination
-        self.min_distance_share = (  # the joint fit's
-            None if distance is None or min_distance_share is None
-            or self.distance_combination == "max" else float(min_distance_share))
-        self.distance_ridge_scale = check_ridge_scale(distance_ridge_scale, distance,
-                                                      "distance_ridge_scale")
         self.distance_ = None
         self.reg_weight = float(reg_weight)
         self.train_backbone = bool(train_backbone)
@@ -260,7 +246,9 @@ class EvidentialHead(UQWrapper):
             + ("" if self.distance_combination == "sum"
                else f", distance_combination={self.distance_combination!r}")
             + ("" if self.distance_ridge_scale == "all_atoms"
-               else f", distance_ridge_scale={self.distance_ridge_scale!r}") + ")"
+               else f", distance_ridge_scale={self.distance_ridge_scale!r}")
+            + ("" if self.distance_features == "readout"
+               else f", distance_features={self.distance_features!r}") + ")"
         )
 
     # ------------------------------------------------------------ UQWrapper API
@@ -280,6 +268,8 @@ class EvidentialHead(UQWrapper):
                else {"distance_combination": self.distance_combination}),
             **({} if self.distance_ridge_scale == "all_atoms"
                else {"distance_ridge_scale": self.distance_ridge_scale}),
+            **({} if self.distance_features == "readout"
+               else {"distance_features": self.distance_features}),
         }
 
     @classmethod
@@ -316,7 +306,7 @@ class EvidentialHead(UQWrapper):
         self.distance = None if term is None else self.distance
         self.distance_ = None if term is None else load_distance_term(
             self.model, self.distance, term, self.structure_covariance,
-            ridge_scale=self.distance_ridge_scale)
+            ridge_scale=self.distance_ridge_scale, features=self.distance_features)
         head = _NIGHead(int(state["n_features"]), self.hidden,
                         shared=self.energy_evidence == "shared")
         head.load_state_dict(state["head"])
@@ -407,9 +397,7 @@ class EvidentialHead(UQWrapper):
             warnings.warn("EvidentialHead.fit: the latent-distance term is fitted on reference "
                           "forces; with forces_weight=0 the head's variance is used alone "
                           "(distance=None)", UserWarning, stacklevel=user_stacklevel())
-            self.distance, self.structure_covariance = None, "ledoit-wolf"
-            self.min_distance_share, self.distance_combination = None, "sum"
-            self.distance_ridge_scale = "all_atoms"
+            vars(self).update(NO_TERM)
         elif self.distance is not None:
             self.distance_ = fit_distance_term(self, train, val, reference=reference,
                                                score=self.distance, seed=seed,
@@ -419,6 +407,7 @@ class EvidentialHead(UQWrapper):
                                                min_share=self.min_distance_share,
                                                combination=self.distance_combination,
                                                ridge_scale=self.distance_ridge_scale,
+                                               features=self.distance_features,
                                                covariance_data=self._covariance_data(
                                                    train, val, reference))
         self.fitted_ = True
@@ -535,7 +524,9 @@ class EvidentialHead(UQWrapper):
 
     # ----------------------------------------------------------------- predict
     def _predict_batch(self, batch: mdata.Batch) -> dict:
-        out = self.model(batch, forces=True, features=True)
+        with capture(self.model, self.distance_features) as term_features:
+            out = self.model(batch, forces=True, features=True)
+            phi = term_features(out["features"])
         with torch.no_grad():
             params = self.head_(out["features"].detach())
             nu, alpha, beta = aggregate_energy_nig(
@@ -550,7 +541,7 @@ class EvidentialHead(UQWrapper):
             term = {}
             if self.distance_ is not None:  # the term's own part: the recalibration's range
                 *parts, term["energy_distance_var"] = distance_variances(
-                    self.distance_, out["features"], batch, e_alea, e_epi, f_var,
+                    self.distance_, phi, batch, e_alea, e_epi, f_var,
                     self.distance_combination, with_term=True)
                 e_alea, e_epi, f_var = cap_variances(caps, batch.n_atoms, *parts)
             forces_var = f_var.unsqueeze(1).expand(-1, 3)

@@ -34,6 +34,7 @@ Two parts of :class:`~mlipuq.uq.EvidentialHead`:
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Optional
 
 import numpy as np
@@ -45,19 +46,58 @@ from mlipuq.calibration.extrapolation import (  # noqa: F401  (soft_cap: public 
     soft_cap,
 )
 from mlipuq.uq.distance_term import (  # noqa: F401  (re-exported: their first home)
+    COMBINATIONS,
     combine_variances,
     fit_distance_term,
     load_distance_term,
     term_variances,
 )
-from mlipuq.uq.latent_distance import LatentDistance
+from mlipuq.uq.latent_distance import (_SCORES, LatentDistance, check_ridge_scale,
+                                       check_share, check_structure_covariance)
+from mlipuq.uq.latent_features import check_term_features
 
 #: The reported std stays below this many times the largest error plausible for
 #: the data the head was fitted on (see :func:`std_caps`).
 STD_CAP_FACTOR = 10.0
 
-__all__ = ["STD_CAP_FACTOR", "cap_variances", "distance_variances", "fit_distance_term",
-           "load_distance_term", "soft_cap", "std_caps"]
+#: The term settings of a head without a latent-distance term (``distance=None``; what
+#: ``fit`` resets them to when it drops the term).
+NO_TERM = MappingProxyType({
+    "distance": None, "structure_covariance": "ledoit-wolf", "min_distance_share": None,
+    "distance_combination": "sum", "distance_ridge_scale": "all_atoms",
+    "distance_features": "readout"})
+
+__all__ = ["NO_TERM", "STD_CAP_FACTOR", "cap_variances", "distance_variances",
+           "fit_distance_term", "load_distance_term", "soft_cap", "std_caps", "term_settings"]
+
+
+def term_settings(model, distance, structure_covariance, min_distance_share,
+                  distance_combination, distance_ridge_scale, distance_features) -> dict:
+    """:class:`~mlipuq.uq.EvidentialHead`'s term arguments checked (``ValueError``
+    naming the argument) and resolved: :data:`NO_TERM` without ``distance``."""
+    if distance is not None and distance not in _SCORES:
+        raise ValueError(f"distance must be None or one of {_SCORES}, got {distance!r}")
+    if structure_covariance is None:
+        structure_covariance = "ledoit-wolf" if distance is None else "held-out"
+    check_structure_covariance(structure_covariance)
+    if structure_covariance != "ledoit-wolf" and distance is None:
+        raise ValueError(f"structure_covariance={structure_covariance!r} is the latent-"
+                         "distance term's: it needs distance (not None)")
+    check_share(min_distance_share, "min_distance_share", optional=True)
+    if distance_combination not in COMBINATIONS:
+        raise ValueError(f"distance_combination must be one of {COMBINATIONS}, "
+                         f"got {distance_combination!r}")
+    check_term_features(distance_features, model, distance)
+    if distance is None:
+        return dict(NO_TERM)
+    return {"distance": distance, "structure_covariance": structure_covariance,
+            "min_distance_share": (None if min_distance_share is None  # the joint fit's
+                                   or distance_combination == "max"
+                                   else float(min_distance_share)),
+            "distance_combination": distance_combination,
+            "distance_ridge_scale": check_ridge_scale(distance_ridge_scale, distance,
+                                                      "distance_ridge_scale"),
+            "distance_features": distance_features}
 
 
 def std_caps(wrapper, dataset: mdata.AtomsDataset) -> dict:

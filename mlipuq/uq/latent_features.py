@@ -23,23 +23,36 @@ from mlipuq import distributed as mdist
 from mlipuq.progress import batches_with_progress
 
 __all__ = ["validate", "hold_out", "passes", "has_neighbours", "reference_features",
-           "map_terms", "FEATURES", "check_features", "model_pass"]
+           "map_terms", "FEATURES", "check_features", "check_term_features", "capture",
+           "model_pass"]
 
 #: What :class:`~mlipuq.uq.LatentDistance` measures distances in (``features=``).
 FEATURES = ("readout", "all_layers")
 
 
-def check_features(features: str, model) -> None:
+def check_features(features: str, model, name: str = "features") -> None:
     """ValueError unless ``features`` is one of :data:`FEATURES` that ``model`` serves
-    (``"all_layers"`` needs a non-empty ``model.layer_modules()``)."""
+    (``"all_layers"`` needs a non-empty ``model.layer_modules()``; ``name``: the
+    argument's name in the message)."""
     if features not in FEATURES:
-        raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
+        raise ValueError(f"{name} must be one of {FEATURES}, got {features!r}")
     if features == "all_layers" and not _layer_modules(model):
         raise ValueError(
-            f"features='all_layers' needs a model that names its message-passing layers "
+            f"{name}='all_layers' needs a model that names its message-passing layers "
             f"(layer_modules(), as MiniMLIP does); {type(model).__name__} does not: use "
-            "features='readout' (a MACE model's readout features already hold the scalar "
+            f"{name}='readout' (a MACE model's readout features already hold the scalar "
             "channels of every layer)")
+
+
+def check_term_features(features: str, model, score) -> str:
+    """A wrapper's ``distance_features`` for its latent term of ``score`` (None: no term,
+    ``"readout"`` once ``features`` is checked to be one of :data:`FEATURES`)."""
+    if score is None:
+        if features not in FEATURES:
+            raise ValueError(f"distance_features must be one of {FEATURES}, got {features!r}")
+        return "readout"
+    check_features(features, model, "distance_features")
+    return features
 
 
 def _layer_modules(model) -> list:
@@ -64,25 +77,38 @@ def _layer_capture(modules):
             handle.remove()
 
 
+@contextlib.contextmanager
+def capture(model, features: str):
+    """Context around one forward pass of ``model`` that yields a function of that
+    pass's (N, F) readout features: the (N, F') features ``features`` names (for
+    ``"readout"``, the readout features themselves; for ``"all_layers"``, every
+    layer's invariant output captured in the pass, then the readout's). The wrappers'
+    latent terms read them from the pass their own predictions make."""
+    modules = _layer_modules(model) if features == "all_layers" else []
+    with (_layer_capture(modules) if modules else contextlib.nullcontext([])) as layers:
+        yield lambda phi: _concatenated(model, modules, layers, phi)
+
+
+def _concatenated(model, modules: list, layers: list, phi: torch.Tensor) -> torch.Tensor:
+    if not modules:
+        return phi
+    n_atoms, n_layers = phi.shape[0], len(modules)
+    if len(layers) != n_layers or any(x.dim() != 2 or x.shape[0] != n_atoms for x in layers):
+        raise ValueError(
+            f"{type(model).__name__}.layer_modules(): expected one (N={n_atoms}, F) "
+            f"invariant output per layer and forward pass ({n_layers}), got shapes "
+            f"{[tuple(x.shape) for x in layers]}")
+    return torch.cat([*layers, phi], dim=1)
+
+
 def model_pass(wrapper, batch: mdata.Batch, forces: bool) -> tuple[dict, np.ndarray]:
     """``(out, features)``: ``wrapper.model``'s output on ``batch`` (with forces if
     ``forces``, else without a graph) and the (N, F) float64 NumPy features
     ``wrapper.features`` names."""
-    model = wrapper.model
-    modules = _layer_modules(model) if wrapper.features == "all_layers" else []
     with (contextlib.nullcontext() if forces else torch.no_grad()), \
-            (_layer_capture(modules) if modules else contextlib.nullcontext([])) as layers:
-        out = model(batch, forces=forces, features=True)
-    phi = out["features"]
-    if modules:
-        n_atoms, n_layers = phi.shape[0], len(modules)
-        if len(layers) != n_layers or any(x.dim() != 2 or x.shape[0] != n_atoms
-                                           for x in layers):
-            raise ValueError(
-                f"{type(model).__name__}.layer_modules(): expected one (N={n_atoms}, F) "
-                f"invariant output per layer and forward pass ({n_layers}), got shapes "
-                f"{[tuple(x.shape) for x in layers]}")
-        phi = torch.cat([*layers, phi], dim=1)
+            capture(wrapper.model, wrapper.features) as features:
+        out = wrapper.model(batch, forces=forces, features=True)
+        phi = features(out["features"])
     return out, phi.detach().cpu().to(torch.float64).numpy()
 
 

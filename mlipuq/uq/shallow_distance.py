@@ -77,14 +77,15 @@ def fit_terms(ensemble, train, val, *, seed: int, progress: bool, need_forces: b
                       "forces_weight=0 fits no forces; the heads' variance alone is used "
                       "(distance=None)", UserWarning, stacklevel=user_stacklevel())
         ensemble.distance, ensemble.energy_combination = None, None
-        ensemble.distance_ridge_scale = "all_atoms"
+        ensemble.distance_ridge_scale, ensemble.distance_features = "all_atoms", "readout"
         return
     if val is None and len(train) < 2:
         raise ValueError("ShallowEnsemble.fit: the latent-distance term is fitted on val, "
                          "or on a held-out part of train (at least 2 structures); pass "
                          "val or distance=None")
     options = dict(score=ensemble.distance, seed=seed, batch_size=batch_size,
-                   progress=progress, ridge_scale=ensemble.distance_ridge_scale)
+                   progress=progress, ridge_scale=ensemble.distance_ridge_scale,
+                   features=ensemble.distance_features)
     joint = ensemble.force_combination == "sum"
     forces = fit_distance_term(ensemble, train, val, energy_distance=None,
                                **options) if joint else None
@@ -99,7 +100,8 @@ def fit_terms(ensemble, train, val, *, seed: int, progress: bool, need_forces: b
 def with_terms(ensemble, features: torch.Tensor, batch: mdata.Batch, statistics: dict) -> dict:
     """``statistics`` (the heads' ``energy``, ``energy_var``, ``energy_members``,
     ``forces``, ``forces_var``, ``forces_members`` of one batch) with the ensemble's
-    terms applied (module notes); the members stretched to the new variances."""
+    terms applied (module notes); the members stretched to the new variances.
+    ``features``: the batch's (N, F) features the terms measure distances in."""
     out = dict(statistics)
     if ensemble.distance_ is not None:
         _, latent = term_variances(ensemble.distance_, features, batch)

@@ -116,6 +116,7 @@ from mlipuq.uq.base import UQWrapper, _check_model, register
 from mlipuq.uq.deep_ensemble import COMMITTEE_CALIBRATION, member_statistics
 from mlipuq.uq.distance_term import load_distance_term
 from mlipuq.uq.latent_distance import _SCORES, check_ridge_scale
+from mlipuq.uq.latent_features import capture, check_term_features
 from mlipuq.uq.shallow_distance import (check_energy_combination, check_force_combination,
                                         fit_terms, with_terms)
 from mlipuq.uq.shallow_heads import (  # noqa: F401  (re-exported: their old home)
@@ -178,6 +179,11 @@ class ShallowEnsemble(UQWrapper):
         here since 2026-12-06, measured on ten systems in docs/shift.md) for the
         Gaussian scores; ``"all_atoms"`` the ridge before (files saved before load
         so). Ignored with ``distance=None``.
+    distance_features
+        The terms' :class:`~mlipuq.uq.LatentDistance` ``features``: ``"readout"``
+        (default) or ``"all_layers"``, every message-passing layer's invariant
+        features and the readout's (a model with ``layer_modules()``, as MiniMLIP;
+        measured as an option in docs/shift.md). Ignored with ``distance=None``.
 
     Attributes
     ----------
@@ -216,6 +222,7 @@ class ShallowEnsemble(UQWrapper):
         energy_combination: Optional[str] = "max",
         force_combination: str = "sum",
         distance_ridge_scale: Optional[str] = None,
+        distance_features: str = "readout",
     ):
         _check_model(model)
         self._check_config(n_heads, init, train_backbone)
@@ -230,6 +237,7 @@ class ShallowEnsemble(UQWrapper):
         self.force_combination = "sum" if distance is None else force_combination
         self.distance_ridge_scale = check_ridge_scale(distance_ridge_scale, distance,
                                                       "distance_ridge_scale")
+        self.distance_features = check_term_features(distance_features, model, distance)
 
     @staticmethod
     def _check_config(n_heads, init, train_backbone) -> None:
@@ -266,6 +274,7 @@ class ShallowEnsemble(UQWrapper):
         self.energy_combination: Optional[str] = None
         self.force_combination = "sum"
         self.distance_ridge_scale = "all_atoms"
+        self.distance_features = "readout"
         self.energy_distance_ = None
         self.fitted_ = False
 
@@ -294,6 +303,8 @@ class ShallowEnsemble(UQWrapper):
             distance += f", force_combination={self.force_combination!r}"
         if self.distance_ridge_scale != check_ridge_scale(None, self.distance):
             distance += f", distance_ridge_scale={self.distance_ridge_scale!r}"
+        if self.distance_features != "readout":
+            distance += f", distance_features={self.distance_features!r}"
         return (f"ShallowEnsemble({type(self.model).__name__}, n_heads={self.n_heads}, "
                 f"init={self.init!r}, train_backbone={self.train_backbone}{distance})")
 
@@ -440,14 +451,16 @@ class ShallowEnsemble(UQWrapper):
     has_stress_uncertainty = True
 
     def _predict_batch(self, batch: mdata.Batch, stress: bool = False) -> dict:
-        out = head_members(self.model, batch, self.head_weight_, self.head_bias_, forces=True,
-                           vectorize=self.vectorize, stress=stress,
-                           direct_weight=self.direct_weight_)
+        with capture(self.model, self.distance_features) as term_features:
+            out = head_members(self.model, batch, self.head_weight_, self.head_bias_,
+                               forces=True, vectorize=self.vectorize, stress=stress,
+                               direct_weight=self.direct_weight_)
+            phi = term_features(out["features"])
         energy_members = out["energy"].detach().cpu()
         forces_members = out["forces"].detach().cpu()
         energy, energy_var = member_statistics(energy_members)
         forces, forces_var = member_statistics(forces_members)
-        result = with_terms(self, out["features"], batch, {
+        result = with_terms(self, phi, batch, {
             "energy": energy, "energy_var": energy_var, "energy_members": energy_members,
             "forces": forces, "forces_var": forces_var, "forces_members": forces_members})
         _, result["atom_energy_var"] = member_statistics(out["atom_energy"].cpu())
@@ -468,7 +481,9 @@ class ShallowEnsemble(UQWrapper):
                 **({} if self.force_combination == "sum"  # absent: files as before
                    else {"force_combination": self.force_combination}),
                 **({} if self.distance_ridge_scale == "all_atoms"  # absent: the ridge before
-                   else {"distance_ridge_scale": self.distance_ridge_scale})}
+                   else {"distance_ridge_scale": self.distance_ridge_scale}),
+                **({} if self.distance_features == "readout"
+                   else {"distance_features": self.distance_features})}
 
     def _set_models(self, models) -> None:
         super()._set_models(models)
@@ -490,6 +505,8 @@ class ShallowEnsemble(UQWrapper):
         wrapper.distance_ridge_scale = check_ridge_scale(
             config.get("distance_ridge_scale", "all_atoms"), wrapper.distance or "mahalanobis",
             "distance_ridge_scale")
+        wrapper.distance_features = check_term_features(
+            config.get("distance_features", "readout"), model, wrapper.distance)
         return wrapper
 
     def _format_version(self) -> int:  # 3: version-2 readers would drop a shared term
@@ -530,9 +547,10 @@ class ShallowEnsemble(UQWrapper):
         self.distance_ = None if term is None else load_distance_term(
             self.model, self.distance, term, structure_covariance=(
                 "held-out" if self.force_combination == "max" else "ledoit-wolf"),
-            ridge_scale=self.distance_ridge_scale)
+            ridge_scale=self.distance_ridge_scale, features=self.distance_features)
         term = state.get("energy_distance")  # absent in files saved before the energy term
         self.energy_distance_ = self.distance_ if state.get("energy_distance_shared") else (
             None if term is None else load_distance_term(
                 self.model, self.distance or "mahalanobis", term,
-                structure_covariance="held-out", ridge_scale=self.distance_ridge_scale))
+                structure_covariance="held-out", ridge_scale=self.distance_ridge_scale,
+                features=self.distance_features))
