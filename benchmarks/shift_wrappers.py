@@ -113,15 +113,16 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
     @functools.cache
     def shallow(energy_combination="today"):
         """The cached heads with the energy term ``energy_combination`` ("today": the
-        default's) and today's ridge, both terms fitted as ``fit`` fits them when the
-        cached ensemble's settings differ (heads saved before 2026-12-06 load with the
-        all-atoms ridge)."""
+        default's) and today's ridge and features, both terms fitted as ``fit`` fits them
+        when the cached ensemble's settings differ (heads saved before 2026-12-06 load
+        with the all-atoms ridge and the readout features)."""
         today = shallow_defaults()
         if energy_combination == "today":
             energy_combination = today.energy_combination
         ensemble = trained_shallow()
-        if (ensemble.energy_combination, ensemble.distance_ridge_scale) == (
-                energy_combination, today.distance_ridge_scale):
+        if (ensemble.energy_combination, ensemble.distance_ridge_scale,
+                ensemble.distance_features) == (energy_combination, today.distance_ridge_scale,
+                                                today.distance_features):
             return ensemble
         return terms_refitted(energy_combination=energy_combination)
 
@@ -131,14 +132,15 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         return ShallowEnsemble(base)
 
     def terms_refitted(**settings):
-        """Today's ensemble (its energy combination and ridge) with the attributes
-        ``settings`` (``force_combination="max"``: the force term fitted apart and the
-        larger of the two force variances taken; ``distance_ridge_scale``: the terms'
-        covariance ridge), both terms fitted again as ``fit`` fits them on the cached
-        heads."""
+        """Today's ensemble (its energy combination, ridge and features) with the
+        attributes ``settings`` (``force_combination="max"``: the force term fitted apart
+        and the larger of the two force variances taken; ``distance_ridge_scale``: the
+        terms' covariance ridge; ``distance_features``), both terms fitted again as
+        ``fit`` fits them on the cached heads."""
         ensemble, today = trained_shallow().copy(), shallow_defaults()
         ensemble.energy_combination = today.energy_combination
         ensemble.distance_ridge_scale = today.distance_ridge_scale
+        ensemble.distance_features = today.distance_features
         for name, value in settings.items():
             setattr(ensemble, name, value)
         fit_terms(ensemble, train, val, seed=0, progress=False, need_forces=True,
@@ -261,9 +263,15 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
             distance_ridge_scale="per_species"),
         "ShallowEnsemble (all-atoms ridge)": lambda: terms_refitted(  # the default before
             distance_ridge_scale="all_atoms"),
-        # the terms' distances in every layer's features (an option on 2026-12-06)
+        # the terms' distances in every layer's features (an option on 2026-12-06, then
+        # with the milder widening the default) and in the readout's (the default before)
         "ShallowEnsemble (all-layers features)": lambda: terms_refitted(
             distance_features="all_layers"),
+        "ShallowEnsemble (all-layers features, widening 1)": lambda: calibrated_with(
+            terms_refitted(distance_features="all_layers"),
+            extrapolation=dict(ShallowEnsemble.default_extrapolation)),
+        "ShallowEnsemble (readout features)": lambda: terms_refitted(
+            distance_features="readout"),
         # the larger of the heads' and a latent-distance energy variance (a round, 2026-12-05)
         "ShallowEnsemble (larger energy variance)": lambda: shallow("max"),
         # the force term fitted apart, the larger of two force variances (a round, 2026-12-05)

@@ -365,6 +365,14 @@ class UQWrapper(MeanStress):
     default_calibration_options = {"per_species": True, "dof_bounds": (1.0, ROBUST_MAX_DOF)}
     default_extrapolation = {"energy": 0.5, "forces": 0.75}  #: widening powers (extrapolation.py)
 
+    def default_widening(self) -> dict:
+        """``calibrate``'s widening powers: :attr:`default_extrapolation`, or a wrapper's
+        ``all_layers_extrapolation`` while its latent terms read every layer's features."""
+        powers = getattr(self, "all_layers_extrapolation", None)
+        if powers is not None and getattr(self, "distance_features", None) == "all_layers":
+            return powers
+        return self.default_extrapolation
+
     def calibrate(self, val, method=None, **options) -> "UQWrapper":
         """Fit recalibrators of the energy and force std on validation data.
 
@@ -379,7 +387,7 @@ class UQWrapper(MeanStress):
         committee members stretched to match; first, how stds scale between atoms and
         structures is fitted (``structure_scaling=True``, :mod:`mlipuq.calibration.
         structure_scaling`). Stds beyond the largest of ``val`` are widened (``extrapolation``,
-        default :attr:`default_extrapolation`, 0: not; :mod:`mlipuq.calibration.extrapolation`);
+        default :meth:`default_widening`, 0: not; :mod:`mlipuq.calibration.extrapolation`);
         stresses are not recalibrated.
 
         Where ``val`` holds structures periodic in all three directions with stress
@@ -398,7 +406,7 @@ class UQWrapper(MeanStress):
         from mlipuq.calibration.recalibrate import PredictionRecalibrator
 
         strain = options.pop("strain", True)
-        options.setdefault("extrapolation", copy.deepcopy(self.default_extrapolation))
+        options.setdefault("extrapolation", copy.deepcopy(self.default_widening()))
         if method is None:  # the default method with its options (copies: never the class's)
             method = self.default_calibration
             options = {**self.default_calibration_options, **options}

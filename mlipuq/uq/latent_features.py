@@ -44,13 +44,17 @@ def check_features(features: str, model, name: str = "features") -> None:
             "channels of every layer)")
 
 
-def check_term_features(features: str, model, score) -> str:
-    """A wrapper's ``distance_features`` for its latent term of ``score`` (None: no term,
-    ``"readout"`` once ``features`` is checked to be one of :data:`FEATURES`)."""
+def check_term_features(features, model, score) -> str:
+    """A wrapper's ``distance_features`` for its latent term of ``score``: None resolved
+    to ``"all_layers"`` where ``model`` names its layers, else ``"readout"``; without a
+    term (``score=None``) ``"readout"``, once ``features`` is checked."""
+    if features is not None and features not in FEATURES:
+        raise ValueError(f"distance_features must be one of {FEATURES} or None, "
+                         f"got {features!r}")
     if score is None:
-        if features not in FEATURES:
-            raise ValueError(f"distance_features must be one of {FEATURES}, got {features!r}")
         return "readout"
+    if features is None:
+        return "all_layers" if _layer_modules(model) else "readout"
     check_features(features, model, "distance_features")
     return features
 

@@ -180,10 +180,14 @@ class ShallowEnsemble(UQWrapper):
         Gaussian scores; ``"all_atoms"`` the ridge before (files saved before load
         so). Ignored with ``distance=None``.
     distance_features
-        The terms' :class:`~mlipuq.uq.LatentDistance` ``features``: ``"readout"``
-        (default) or ``"all_layers"``, every message-passing layer's invariant
-        features and the readout's (a model with ``layer_modules()``, as MiniMLIP;
-        measured as an option in docs/shift.md). Ignored with ``distance=None``.
+        The terms' :class:`~mlipuq.uq.LatentDistance` ``features``: None (default)
+        ``"all_layers"`` where the model names its message-passing layers
+        (``layer_modules()``, as MiniMLIP), else ``"readout"``. ``"all_layers"``:
+        every layer's invariant features and the readout's, the stds widened by
+        ``r ** 0.5`` beyond the calibration range (:attr:`all_layers_extrapolation`;
+        the default since 2026-12-06, a rule on twelve systems, docs/shift.md);
+        ``"readout"``: the readout's input, widened by ``r ** 1`` (the default before;
+        files saved before load so). Ignored with ``distance=None``.
 
     Attributes
     ----------
@@ -222,7 +226,7 @@ class ShallowEnsemble(UQWrapper):
         energy_combination: Optional[str] = "max",
         force_combination: str = "sum",
         distance_ridge_scale: Optional[str] = None,
-        distance_features: str = "readout",
+        distance_features: Optional[str] = None,
     ):
         _check_model(model)
         self._check_config(n_heads, init, train_backbone)
@@ -303,7 +307,7 @@ class ShallowEnsemble(UQWrapper):
             distance += f", force_combination={self.force_combination!r}"
         if self.distance_ridge_scale != check_ridge_scale(None, self.distance):
             distance += f", distance_ridge_scale={self.distance_ridge_scale!r}"
-        if self.distance_features != "readout":
+        if self.distance_features != check_term_features(None, self.model, self.distance):
             distance += f", distance_features={self.distance_features!r}"
         return (f"ShallowEnsemble({type(self.model).__name__}, n_heads={self.n_heads}, "
                 f"init={self.init!r}, train_backbone={self.train_backbone}{distance})")
@@ -358,6 +362,10 @@ class ShallowEnsemble(UQWrapper):
     #: six systems with reproducible heads (2026-12-03), forces (0.75 before) since their
     #: round on 25 fits (2026-12-05: Au3Pd's 900 K bulk 0.871 -> 0.914; docs/shift.md)
     default_extrapolation = {"energy": 1.0, "forces": 1.0}
+    #: ... and by r ** 0.5 while the terms read every layer's features (the default since
+    #: 2026-12-06): they grow faster themselves far out (docs/shift.md, "Every layer's
+    #: features for the wrappers' terms")
+    all_layers_extrapolation = {"energy": 0.5, "forces": 0.5}
 
     #: Defaults of ``fit(**method_options)``; the other :data:`mlipuq.training.TRAINER_OPTIONS`
     #: (``lr_factor``, ``max_time``, ``weight_decay``...) take :func:`mlipuq.train`'s defaults.
