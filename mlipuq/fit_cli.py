@@ -123,7 +123,8 @@ def add_parsers(subparsers) -> None:
                           "the --val structures by a ratio r gets its calibrated stds "
                           "widened by r to this power (0: do not widen; default: the "
                           "wrapper's default_extrapolation: forces 0.75 (evidential, shallow 1), "
-                          "energies 1; docs/calibration.md)")
+                          "energies 1; the shallow ensemble's 0.5 for both with every layer's "
+                          "features, its default; docs/calibration.md)")
     fit.add_argument("--no-structure-scaling", dest="structure_scaling", action="store_false",
                      help="do not fit how stds scale between atoms and structures on --val "
                           "(default: fit one exponent per target and one between the atoms "
@@ -164,9 +165,10 @@ def add_parsers(subparsers) -> None:
                           "independent atoms (docs/latent.md)")
     fit.add_argument("--features", choices=("readout", "all_layers"), default=None,
                      help="latent, --latent, shallow, evidential: the features latent "
-                          "distances are measured in: the readout's input (default) or the "
-                          "invariant features of every message-passing layer too "
-                          "(all_layers, MiniMLIP; docs/latent.md)")
+                          "distances are measured in: the readout's input or the invariant "
+                          "features of every message-passing layer too (all_layers, MiniMLIP; "
+                          "docs/latent.md); default readout, shallow's all_layers where the "
+                          "model names its layers")
     fit.add_argument("--ridge-scale", choices=("all_atoms", "per_species"), default=None,
                      help="latent, --latent, shallow, evidential: whose spread the latent "
                           "distance's covariance ridge is relative to: each element's "

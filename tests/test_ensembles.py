@@ -334,8 +334,8 @@ def test_shallow_distance_term_is_the_latent_distance_combination(shallow, heads
     are no energy gradients and member-wise MD is refused with a pointer to
     distance=None."""
     train, val = data
-    composite = LatentDistance(heads.model, combine=heads, energy_distance=None).fit(
-        train, val, batch_size=8)
+    composite = LatentDistance(heads.model, combine=heads, energy_distance=None,
+                               features=shallow.distance_features).fit(train, val, batch_size=8)
     raw = dict(calibrated=False, composition=False)
     own, other, alone = (w.predict(val, **raw) for w in (shallow, composite, heads))
     for field in ("energy", "forces", "forces_var", "forces_members"):

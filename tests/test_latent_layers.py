@@ -168,11 +168,14 @@ def test_wrappers_terms_measure_every_layer(cls, base, ethanol, tmp_path, monkey
     monkeypatch.undo()
     wrapper.save(tmp_path / "w.pt")
     loaded = load_wrapper(tmp_path / "w.pt")
-    assert "distance_features='all_layers'" in repr(wrapper) and repr(loaded) == repr(wrapper)
+    default = cls(base).distance_features  # the shallow ensemble's since 2026-12-06
+    assert default == ("all_layers" if cls is ShallowEnsemble else "readout")
+    assert ("distance_features=" in repr(wrapper)) == (default == "readout")
+    assert repr(loaded) == repr(wrapper) and loaded.distance_features == "all_layers"
     np.testing.assert_array_equal(loaded.predict(val).forces_std, wrapper.predict(val).forces_std)
     older = {k: v for k, v in wrapper.config().items() if k != "distance_features"}
     assert cls._from_config([base], older).distance_features == "readout"
-    assert "distance_features" not in cls(base).config()
+    assert "distance_features" not in cls(base, distance_features="readout").config()
     assert cls(base, distance=None, distance_features="all_layers").distance_features == "readout"
     with pytest.raises(ValueError, match="distance_features must be one of"):
         cls(base, distance_features="layers")
@@ -211,3 +214,24 @@ def test_wider_cells_score_farther_in_every_layer():
             wrapper = LatentDistance(model, features=features).fit(train[:18], train[18:])
             growth[features] = _median_score(wrapper, wide) / _median_score(wrapper, same)
     assert growth["all_layers"] > 1.3 and growth["all_layers"] > 1.2 * growth["readout"], growth
+
+
+def test_shallow_default_widening_follows_its_features(base, ethanol):
+    """The shallow ensemble's terms read every layer where the model names its layers
+    (readout features otherwise), and ``calibrate`` then widens by r ** 0.5, by r ** 1
+    with readout features (docs/shift.md, "Every layer's features for the wrappers'
+    terms"); the evidential head keeps the readout features and r ** 1."""
+    plain = wrap(_Layered(False), species=["H", "C", "O"], cutoff=3.0, readout="readout")
+    assert ShallowEnsemble(plain).distance_features == "readout"
+    assert ShallowEnsemble(base, distance=None).distance_features == "readout"
+    expected = {"all_layers": {"energy": 0.5, "forces": 0.5},
+                "readout": {"energy": 1.0, "forces": 1.0}}
+    for features, powers in expected.items():
+        wrapper = ShallowEnsemble(base, distance_features=features).fit(
+            ethanol[:14], ethanol[14:], epochs=2, batch_size=8, seed=0, progress=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # few structures
+            wrapper.calibrate(ethanol[14:])
+        assert wrapper.recalibrator_.extrapolation == powers, features
+    assert EvidentialHead(base).default_widening() == {"energy": 1.0, "forces": 1.0}
+    assert ShallowEnsemble(base).default_widening() == expected["all_layers"]

@@ -113,7 +113,8 @@ def test_wrappers_terms_take_the_option(cls, fitted_members, ethanol, tmp_path):
     term = wrapper.distance_
     assert wrapper.distance_ridge_scale == term.ridge_scale == "per_species"
     assert cls(model, distance="knn").distance_ridge_scale == "all_atoms"  # no ridge
-    gmms = {ridge: LatentDistance(model, ridge_scale=ridge).fit(train, val).gmm_
+    gmms = {ridge: LatentDistance(model, ridge_scale=ridge,  # in the wrapper's features
+                                  features=wrapper.distance_features).fit(train, val).gmm_
             for ridge in ("per_species", "all_atoms")}
     for z in gmms["per_species"]:
         for key in ("means", "precisions_cholesky"):

@@ -61,8 +61,8 @@ def test_energy_variance_is_the_larger_of_the_two_fitted_apart(pair, data):
     alone = heads.predict(val, **RAW)
     lam = np.mean((alone.energy - val.energies) ** 2 / alone.energy_var)
     assert energy_term.energy_distance_.energy_other_scale_ == pytest.approx(lam, rel=1e-10)
-    latent = LatentDistance(heads_energies.model).fit(  # the terms'
-        train, val, batch_size=8)
+    latent = LatentDistance(heads_energies.model,  # the terms'
+                            features=energy_term.distance_features).fit(train, val, batch_size=8)
     for structures in (val, scaled_about_centroid(val, 0.85)):
         own, ld = energy_term.predict(structures, **RAW), latent.predict(structures, **RAW)
         heads_var = heads.predict(structures, **RAW).energy_var
@@ -135,8 +135,8 @@ def test_force_combination_max_is_the_larger_of_the_two_fitted_apart(base_model,
     alone = heads.predict(val, **RAW)
     lam = np.mean((alone.forces - val.forces) ** 2 / alone.forces_var)
     assert ensemble.distance_.forces_other_scale_ == pytest.approx(lam, rel=1e-10)
-    latent = LatentDistance(ensemble.model, structure_covariance="held-out").fit(
-        train, val, batch_size=8)
+    latent = LatentDistance(ensemble.model, structure_covariance="held-out",
+                            features=ensemble.distance_features).fit(train, val, batch_size=8)
     for structures in (val, scaled_about_centroid(val, 0.85)):
         own, ld = ensemble.predict(structures, **RAW), latent.predict(structures, **RAW)
         heads_var = heads.predict(structures, **RAW).forces_var
