@@ -234,4 +234,5 @@ def test_shallow_default_widening_follows_its_features(base, ethanol):
             wrapper.calibrate(ethanol[14:])
         assert wrapper.recalibrator_.extrapolation == powers, features
     assert EvidentialHead(base).default_widening() == {"energy": 1.0, "forces": 1.0}
+    assert EvidentialHead(base, distance_features=None).distance_features == "readout"
     assert ShallowEnsemble(base).default_widening() == expected["all_layers"]

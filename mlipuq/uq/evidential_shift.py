@@ -87,7 +87,8 @@ def term_settings(model, distance, structure_covariance, min_distance_share,
     if distance_combination not in COMBINATIONS:
         raise ValueError(f"distance_combination must be one of {COMBINATIONS}, "
                          f"got {distance_combination!r}")
-    check_term_features(distance_features, model, distance)
+    distance_features = check_term_features(  # None: the head's default, the readout's
+        "readout" if distance_features is None else distance_features, model, distance)
     if distance is None:
         return dict(NO_TERM)
     return {"distance": distance, "structure_covariance": structure_covariance,
