@@ -114,10 +114,12 @@ def _fit(files, method, out, *extra) -> int:
         return cli.main(argv)
 
 
-def check_latent_flag(model, ethanol, tmp_path, capsys, flag, value, attribute) -> dict:
+def check_latent_flag(model, ethanol, tmp_path, capsys, flag, value, attribute,
+                      terms: dict) -> None:
     """``fit latent FLAG VALUE`` saves a wrapper whose ``attribute`` is ``value``, as
-    ``--latent`` does for the term it adds; elsewhere the flag is a user error. Returns
-    the files it wrote (model, train, val), for :func:`_fit`."""
+    ``--latent`` does for the term it adds, and ``fit shallow|evidential FLAG V`` for
+    their latent terms (``terms``: V of each, one that is not its default); elsewhere,
+    and with ``--score none``, the flag is a user error."""
     files = {"model": tmp_path / "m.pt", "train": tmp_path / "train.extxyz",
              "val": tmp_path / "val.extxyz"}
     model.save(files["model"])
@@ -129,19 +131,17 @@ def check_latent_flag(model, ethanol, tmp_path, capsys, flag, value, attribute) 
     assert getattr(load_wrapper(tmp_path / "b.pt"), attribute) == value
     assert _fit(files, "llpr", tmp_path / "c.pt", flag, value) == 2
     assert f"{flag} is a latent or --latent option" in capsys.readouterr().err
-    return files
+    for method, term_value in terms.items():
+        out = tmp_path / f"{method}.pt"
+        assert _fit(files, method, out, flag, term_value, "--epochs", "2") == 0
+        assert getattr(load_wrapper(out).distance_, attribute) == term_value
+    assert _fit(files, "evidential", tmp_path / "none.pt", "--score", "none", flag, value) == 2
+    assert f"{flag} is a latent or --latent option" in capsys.readouterr().err
 
 
 def test_cli_features_flag(base, ethanol, tmp_path, capsys):
-    files = check_latent_flag(base, ethanol, tmp_path, capsys, "--features", "all_layers",
-                              "features")
-    for method in ("shallow", "evidential"):  # their latent terms take it too
-        out = tmp_path / f"{method}.pt"
-        assert _fit(files, method, out, "--features", "all_layers", "--epochs", "2") == 0
-        assert load_wrapper(out).distance_.features == "all_layers"
-    assert _fit(files, "evidential", tmp_path / "none.pt", "--score", "none",
-                "--features", "all_layers") == 2
-    assert "--features is a latent or --latent option" in capsys.readouterr().err
+    check_latent_flag(base, ethanol, tmp_path, capsys, "--features", "all_layers", "features",
+                      {"shallow": "readout", "evidential": "all_layers"})  # not their default
 
 
 @pytest.mark.parametrize("cls", [ShallowEnsemble, EvidentialHead])

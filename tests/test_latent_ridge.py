@@ -16,7 +16,7 @@ from mlipuq.uq import EvidentialHead, LatentDistance, ShallowEnsemble
 from mlipuq.uq import load as load_wrapper
 from mlipuq.uq.latent_maps import fit_gmm, mahalanobis
 from conftest import tiny_model
-from test_latent_layers import _fit, atom_scores, check_latent_flag
+from test_latent_layers import atom_scores, check_latent_flag
 
 
 def _points(seed=0, n=400):
@@ -140,15 +140,9 @@ def test_wrappers_terms_take_the_option(cls, fitted_members, ethanol, tmp_path):
 
 
 def test_cli_ridge_scale_flag(fitted_members, ethanol, tmp_path, capsys):
-    files = check_latent_flag(fitted_members[0], ethanol, tmp_path, capsys, "--ridge-scale",
-                              "all_atoms", "ridge_scale")  # the default is per_species
-    for method in ("shallow", "evidential"):  # their latent terms take it too
-        out = tmp_path / f"{method}.pt"
-        assert _fit(files, method, out, "--ridge-scale", "all_atoms", "--epochs", "2") == 0
-        assert load_wrapper(out).distance_.ridge_scale == "all_atoms"
-    assert _fit(files, "shallow", tmp_path / "none.pt", "--score", "none",
-                "--ridge-scale", "per_species") == 2
-    assert "--ridge-scale is a latent or --latent option" in capsys.readouterr().err
+    check_latent_flag(fitted_members[0], ethanol, tmp_path, capsys, "--ridge-scale",
+                      "all_atoms", "ridge_scale",  # the default is per_species
+                      {"shallow": "all_atoms", "evidential": "all_atoms"})
 
 
 def _median_growth(wrapper, same, wide) -> float:
