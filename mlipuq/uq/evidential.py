@@ -275,10 +275,12 @@ class EvidentialHead(UQWrapper):
     @classmethod
     def _from_config(cls, models, config: dict) -> "EvidentialHead":
         # files saved without them hold the Ledoit-Wolf term without a floor, summed
-        # with the NIG variance (the defaults before 2026-12-04), its ridge all atoms'
+        # with the NIG variance (the defaults before 2026-12-04), its ridge all atoms',
+        # its distances in the readout features
         return cls(models[0], **{"structure_covariance": "ledoit-wolf",
                                  "min_distance_share": None, "distance_combination": "sum",
-                                 "distance_ridge_scale": "all_atoms", **config})
+                                 "distance_ridge_scale": "all_atoms",
+                                 "distance_features": "readout", **config})
 
     def _set_models(self, models) -> None:
         super()._set_models(models)
