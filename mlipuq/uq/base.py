@@ -366,11 +366,8 @@ class UQWrapper(MeanStress):
     default_extrapolation = {"energy": 0.5, "forces": 0.75}  #: widening powers (extrapolation.py)
 
     def default_widening(self) -> dict:
-        """``calibrate``'s widening powers: :attr:`default_extrapolation`, or a wrapper's
-        ``all_layers_extrapolation`` while its latent terms read every layer's features."""
-        powers = getattr(self, "all_layers_extrapolation", None)
-        if powers is not None and getattr(self, "distance_features", None) == "all_layers":
-            return powers
+        """``calibrate``'s widening powers: :attr:`default_extrapolation` (a wrapper whose
+        stds grow faster far out in some setting overrides this)."""
         return self.default_extrapolation
 
     def calibrate(self, val, method=None, **options) -> "UQWrapper":

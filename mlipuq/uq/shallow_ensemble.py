@@ -367,6 +367,13 @@ class ShallowEnsemble(UQWrapper):
     #: features for the wrappers' terms")
     all_layers_extrapolation = {"energy": 0.5, "forces": 0.5}
 
+    def default_widening(self) -> dict:
+        """:attr:`all_layers_extrapolation` while the terms read every layer's features,
+        else :attr:`default_extrapolation`."""
+        if self.distance_features == "all_layers":
+            return self.all_layers_extrapolation
+        return self.default_extrapolation
+
     #: Defaults of ``fit(**method_options)``; the other :data:`mlipuq.training.TRAINER_OPTIONS`
     #: (``lr_factor``, ``max_time``, ``weight_decay``...) take :func:`mlipuq.train`'s defaults.
     fit_defaults = MappingProxyType({"epochs": 50, "lr": 1e-3, "batch_size": 16, "patience": 20,
