@@ -17,6 +17,10 @@ from mlipuq.uq.shallow_distance import fit_terms
 from shift_cache import cached, with_drift
 
 
+#: The shallow ensemble's term settings its cached heads' terms are refitted with (today's).
+TERM_SETTINGS = ("energy_combination", "distance_ridge_scale", "distance_features")
+
+
 def term_refitted(head, train, val, covariance="held-out", share=None, combination="sum",
                   every_half=False, map_every_half=False, ridge_scale="all_atoms",
                   features="readout"):
@@ -116,20 +120,20 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         default's) and today's ridge and features, both terms fitted as ``fit`` fits them
         when the cached ensemble's settings differ (heads saved before 2026-12-06 load
         with the all-atoms ridge and the readout features)."""
-        today = shallow_defaults()
-        if energy_combination == "today":
-            energy_combination = today.energy_combination
+        wanted = shallow_defaults()
+        if energy_combination != "today":
+            wanted = {**wanted, "energy_combination": energy_combination}
         ensemble = trained_shallow()
-        if (ensemble.energy_combination, ensemble.distance_ridge_scale,
-                ensemble.distance_features) == (energy_combination, today.distance_ridge_scale,
-                                                today.distance_features):
+        if all(getattr(ensemble, name) == value for name, value in wanted.items()):
             return ensemble
-        return terms_refitted(energy_combination=energy_combination)
+        return terms_refitted(**wanted)
 
     @functools.cache
     def shallow_defaults():
-        """An unfitted ShallowEnsemble with today's defaults, read and never fitted."""
-        return ShallowEnsemble(base)
+        """Today's ShallowEnsemble term settings (``TERM_SETTINGS``), read from an
+        unfitted one."""
+        today = ShallowEnsemble(base)
+        return {name: getattr(today, name) for name in TERM_SETTINGS}
 
     def terms_refitted(**settings):
         """Today's ensemble (its energy combination, ridge and features) with the
@@ -137,11 +141,8 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         and the larger of the two force variances taken; ``distance_ridge_scale``: the
         terms' covariance ridge; ``distance_features``), both terms fitted again as
         ``fit`` fits them on the cached heads."""
-        ensemble, today = trained_shallow().copy(), shallow_defaults()
-        ensemble.energy_combination = today.energy_combination
-        ensemble.distance_ridge_scale = today.distance_ridge_scale
-        ensemble.distance_features = today.distance_features
-        for name, value in settings.items():
+        ensemble = trained_shallow().copy()
+        for name, value in {**shallow_defaults(), **settings}.items():
             setattr(ensemble, name, value)
         fit_terms(ensemble, train, val, seed=0, progress=False, need_forces=True,
                   batch_size=16)
