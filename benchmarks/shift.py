@@ -141,7 +141,8 @@ TRAIN = dict(batch_size=8, lr=2e-3, forces_weight=100.0, patience=1000, lr_patie
 #: range (``default_extrapolation``); "no structure scaling" is that default with
 #: ``structure_scaling=False`` (the default before it existed), "no widening" with
 #: ``extrapolation=0``, "neither" with both (as the issue measured); "widening 0.5" and
-#: "widening 1" use 0.5 and 1 for both targets; "one force scale" with ``per_species=False``
+#: "widening 1" use 0.5 and 1 for both targets ("force widening 0.5": r**1 for the energies,
+#: r**0.5 for the forces); "one force scale" with ``per_species=False``
 #: (one Student-t scale for every element, the default before the scale per element);
 #: "no atom scaling" scales between structures only (the default before the scaling of
 #: force stds between the atoms of one element); "fitted ν" fits the forces' Student-t ν
@@ -153,7 +154,7 @@ METHODS = ("default", "default, scalar energies", "default, fitted ν", "default
            "default, one force scale", "default, no atom scaling",
            "default, no structure scaling",
            "default, no widening", "default, neither",
-           "default, widening 0.5", "default, widening 1",
+           "default, widening 0.5", "default, widening 1", "default, force widening 0.5",
            "scalar", "power", "isotonic", "conformal", "student_t")
 #: Methods given as per-target mappings (their options in METHOD_OPTIONS): the single
 #: models' default calibration, a scalar energy factor, given to every wrapper.
@@ -171,6 +172,8 @@ METHOD_OPTIONS = {"conformal": {"coverage": 0.95}, "default, no widening": {"ext
                   "default, one force scale": {"per_species": False},
                   "default, widening 0.5": {"extrapolation": 0.5},
                   "default, widening 1": {"extrapolation": 1.0},
+                  "default, force widening 0.5": {"extrapolation": {"energy": 1.0,
+                                                                    "forces": 0.5}},
                   "default, fitted ν": {"dof_bounds": (1.0, 1000.0)},
                   "default, scalar energies": UQWrapper.default_calibration_options,
                   "default, ν ≤ 5": {"dof_bounds": (1.0, 5.0)},
