@@ -35,10 +35,11 @@ MOLECULES = ("ethanol", "acac")
 #: Student-t (two more rounds); then latent distance's energies get the Student-t too,
 #: and the head's and the shallow ensemble's forces are widened by r ** 1, the deep
 #: ensemble's by r ** 0.75; then (2026-12-06) the shallow ensemble's terms read every
-#: layer's features, its stds widened by r ** 0.5.
+#: layer's features, its stds widened by r ** 0.5, and the evidential head's term too,
+#: its forces widened by r ** 0.5.
 #: Their rows tagged before are from the earlier defaults, marked †.
 LATER_DEFAULTS = {"ShallowEnsemble": "2026-12-06, shallow all-layers features",
-                  "EvidentialHead": "2026-12-05, evidential forces widened r¹",
+                  "EvidentialHead": "2026-12-06, evidential all-layers features",
                   "LatentDistance": "2026-12-05, latent distance t energies",
                   "DeepEnsemble (3)": "2026-12-05, deep forces widened r^0.75"}
 

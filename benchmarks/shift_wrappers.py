@@ -169,10 +169,10 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         2026-12-05, is not recorded in a saved head)."""
         return evidential_term()
 
-    def evidential_term(ridge_scale=None, features="readout"):
-        """Today's head, its term's covariance ridge relative to ``ridge_scale`` (None:
-        today's default, resolved by the constructor) and its distances measured in
-        ``features``."""
+    def evidential_term(ridge_scale=None, features=None):
+        """Today's head, its term's covariance ridge relative to ``ridge_scale`` and its
+        distances measured in ``features`` (None: today's defaults, resolved by the
+        constructor)."""
         today = EvidentialHead(base, distance_ridge_scale=ridge_scale,
                                distance_features=features)
         return term_refitted(trained(), train, val, today.structure_covariance,
@@ -294,8 +294,13 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         # its term's covariance ridge relative to each element's spread (2026-12-06)
         "EvidentialHead (per-species ridge)": lambda: evidential_term("per_species"),
         "EvidentialHead (all-atoms ridge)": lambda: evidential_term("all_atoms"),
-        # the term's distances in every layer's features (an option on 2026-12-06)
+        # the term's distances in every layer's features (an option on 2026-12-06, then
+        # with the forces widened by r ** 0.5 the default) and in the readout's (before)
         "EvidentialHead (all-layers features)": lambda: evidential_term(features="all_layers"),
+        "EvidentialHead (all-layers features, widening 1)": lambda: calibrated_with(
+            evidential_term(features="all_layers"),
+            extrapolation=dict(EvidentialHead.default_extrapolation)),
+        "EvidentialHead (readout features)": lambda: evidential_term(features="readout"),
         # the term kept at a tenth of the held-out variance at least (a round, docs/shift.md)
         "EvidentialHead (distance share 0.1)": lambda: held_out_term("ledoit-wolf", 0.1),
         "EvidentialHead (held-out structure covariance, distance share 0.1)":

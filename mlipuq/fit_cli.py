@@ -167,8 +167,8 @@ def add_parsers(subparsers) -> None:
                      help="latent, --latent, shallow, evidential: the features latent "
                           "distances are measured in: the readout's input or the invariant "
                           "features of every message-passing layer too (all_layers, MiniMLIP; "
-                          "docs/latent.md); default readout, shallow's all_layers where the "
-                          "model names its layers")
+                          "docs/latent.md); default readout, shallow's and evidential's "
+                          "all_layers where the model names its layers")
     fit.add_argument("--ridge-scale", choices=("all_atoms", "per_species"), default=None,
                      help="latent, --latent, shallow, evidential: whose spread the latent "
                           "distance's covariance ridge is relative to: each element's "

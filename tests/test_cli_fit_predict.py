@@ -224,9 +224,10 @@ def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsy
     assert "wrapper saved to" in printed
     assert "forces Student-t ν" in printed
     assert ("energy Student-t ν" in printed) == (energy == "student_t")
-    # the widening beyond the calibration range, with the wrapper's default powers (the
-    # shallow ensemble's with every layer's features, its default since 2026-12-06: 0.5)
-    forces_p = {"evidential": 1, "shallow": 0.5}.get(method, 0.75)
+    # the widening beyond the calibration range, with the wrapper's default powers (with
+    # every layer's features, the default since 2026-12-06: the shallow ensemble's 0.5,
+    # the evidential head's forces 0.5)
+    forces_p = {"evidential": 0.5, "shallow": 0.5}.get(method, 0.75)
     powers = "p = 0.5), " if method == "shallow" else "p = 1), "
     assert "beyond calibration" in printed and powers in printed
     assert f"(RMS force, p = {forces_p:g})" in printed

@@ -143,7 +143,7 @@ def test_distance_term_adds_the_latent_variance(fitted, data):
     assert fitted.distance == "mahalanobis" and term.score == "mahalanobis"
     scales = (term.energy_other_scale_, term.forces_other_scale_)
     assert min(*scales, term.energy_a_, term.energy_b_, term.forces_a_, term.forces_b_) >= 0
-    latent = LatentDistance(fitted.model)
+    latent = LatentDistance(fitted.model, features=fitted.distance_features)
     latent._set_state(term._get_state())
     latent.fitted_ = True
     options = dict(calibrated=False, composition=False)
@@ -204,7 +204,8 @@ def test_terms_saved_before_the_structure_distance_sum_atoms(fitted, data, tmp_p
     old = uq_base.load(path)
     assert old.distance_.energy_distance == "atoms"
     assert old.fingerprint() == torch.load(path, weights_only=True)["checksum"]
-    latent = LatentDistance(old.model, energy_distance="atoms")
+    latent = LatentDistance(old.model, energy_distance="atoms",
+                            features=old.distance_features)
     latent._set_state(old.distance_._get_state())
     latent.fitted_ = True
     options = dict(calibrated=False, composition=False)
@@ -228,7 +229,8 @@ def test_reference_is_what_the_distance_term_measures_to(base_model, data):
     head = EvidentialHead(base_model).fit(head_data, held_out, reference=reference, **options)
     term = head.distance_
     assert term.n_train_ == len(reference)
-    alone = LatentDistance(base_model).fit(reference, held_out)
+    alone = LatentDistance(base_model, features=head.distance_features).fit(reference,
+                                                                          held_out)
     for key in ("location", "precision", "scale"):  # the same reference structures
         np.testing.assert_array_equal(term.structure_[key], alone.structure_[key])
     for z in alone.gmm_:  # and the same atom distances
@@ -275,8 +277,9 @@ def test_held_out_structure_covariance_reaches_the_term(base_model, data, tmp_pa
     head = EvidentialHead(base_model, structure_covariance="held-out").fit(
         data["val"], data["test"][:2], reference=data["train"], epochs=2, batch_size=20,
         seed=0, progress=False)
-    alone = LatentDistance(base_model, structure_covariance="held-out").fit(
-        data["train"], data["test"][:2])
+    alone = LatentDistance(base_model, structure_covariance="held-out",
+                           features=head.distance_features).fit(data["train"],
+                                                                data["test"][:2])
     assert head.distance_.structure_covariance == "held-out"
     for key in ("location", "precision", "scale", "diagonal"):
         np.testing.assert_array_equal(head.distance_.structure_[key], alone.structure_[key])

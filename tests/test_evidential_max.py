@@ -66,8 +66,8 @@ def test_term_is_latent_distance_alone_and_the_larger_is_reported(heads, data):
     variance is max(λσ²_NIG, term) per target, the aleatoric part λσ²_alea."""
     model, fitted = heads
     head = fitted["max"]
-    alone = LatentDistance(model, structure_covariance="held-out").fit(
-        data["train"], data["held"])
+    alone = LatentDistance(model, structure_covariance="held-out",
+                           features=head.distance_features).fit(data["train"], data["held"])
     term = head.distance_
     for key in ("energy_a_", "energy_b_", "forces_a_", "forces_b_"):
         np.testing.assert_allclose(getattr(term, key), getattr(alone, key), rtol=1e-10)
@@ -103,8 +103,8 @@ def test_map_data_fits_a_and_b_there_and_lambda_on_the_terms_half(heads, data):
                    structure_covariance="held-out", covariance_data=both)
     term = fit_distance_term(head, data["head"], data["held"], combination="max",
                              map_data=both, **options)
-    alone = LatentDistance(model, structure_covariance="held-out",
-                           ridge_scale="all_atoms").fit(data["train"], both)
+    alone = LatentDistance(model, structure_covariance="held-out", ridge_scale="all_atoms",
+                           features=head.distance_features).fit(data["train"], both)
     for key in ("energy_a_", "energy_b_", "forces_a_", "forces_b_"):
         np.testing.assert_allclose(getattr(term, key), getattr(alone, key), rtol=1e-10)
     nig = head.copy()

@@ -141,7 +141,7 @@ def check_latent_flag(model, ethanol, tmp_path, capsys, flag, value, attribute,
 
 def test_cli_features_flag(base, ethanol, tmp_path, capsys):
     check_latent_flag(base, ethanol, tmp_path, capsys, "--features", "all_layers", "features",
-                      {"shallow": "readout", "evidential": "all_layers"})  # not their default
+                      {"shallow": "readout", "evidential": "readout"})  # not their default
 
 
 @pytest.mark.parametrize("cls", [ShallowEnsemble, EvidentialHead])
@@ -168,9 +168,9 @@ def test_wrappers_terms_measure_every_layer(cls, base, ethanol, tmp_path, monkey
     monkeypatch.undo()
     wrapper.save(tmp_path / "w.pt")
     loaded = load_wrapper(tmp_path / "w.pt")
-    default = cls(base).distance_features  # the shallow ensemble's since 2026-12-06
-    assert default == ("all_layers" if cls is ShallowEnsemble else "readout")
-    assert ("distance_features=" in repr(wrapper)) == (default == "readout")
+    assert cls(base).distance_features == "all_layers"  # the default since 2026-12-06
+    # the evidential head's repr lists its term's settings that differ from the head alone's
+    assert ("distance_features=" in repr(wrapper)) == (cls is EvidentialHead)
     assert repr(loaded) == repr(wrapper) and loaded.distance_features == "all_layers"
     np.testing.assert_array_equal(loaded.predict(val).forces_std, wrapper.predict(val).forces_std)
     older = {k: v for k, v in wrapper.config().items() if k != "distance_features"}
@@ -216,23 +216,24 @@ def test_wider_cells_score_farther_in_every_layer():
     assert growth["all_layers"] > 1.3 and growth["all_layers"] > 1.2 * growth["readout"], growth
 
 
-def test_shallow_default_widening_follows_its_features(base, ethanol):
-    """The shallow ensemble's terms read every layer where the model names its layers
-    (readout features otherwise), and ``calibrate`` then widens by r ** 0.5, by r ** 1
-    with readout features (docs/shift.md, "Every layer's features for the wrappers'
-    terms"); the evidential head keeps the readout features and r ** 1."""
+@pytest.mark.parametrize("cls, all_layers", [
+    (ShallowEnsemble, {"energy": 0.5, "forces": 0.5}),
+    (EvidentialHead, {"energy": 1.0, "forces": 0.5})])
+def test_default_widening_follows_the_terms_features(cls, all_layers, base, ethanol):
+    """The wrappers' terms read every layer where the model names its layers (readout
+    features otherwise), and ``calibrate`` then widens by the powers measured for them
+    (the shallow ensemble's r ** 0.5, the evidential head's forces r ** 0.5 and energies
+    r ** 1), by r ** 1 with readout features (docs/shift.md, "Every layer's features
+    for the wrappers' terms")."""
     plain = wrap(_Layered(False), species=["H", "C", "O"], cutoff=3.0, readout="readout")
-    assert ShallowEnsemble(plain).distance_features == "readout"
-    assert ShallowEnsemble(base, distance=None).distance_features == "readout"
-    expected = {"all_layers": {"energy": 0.5, "forces": 0.5},
-                "readout": {"energy": 1.0, "forces": 1.0}}
+    assert cls(plain).distance_features == "readout"
+    assert cls(base, distance=None).distance_features == "readout"
+    assert cls(base).default_widening() == all_layers
+    expected = {"all_layers": all_layers, "readout": {"energy": 1.0, "forces": 1.0}}
     for features, powers in expected.items():
-        wrapper = ShallowEnsemble(base, distance_features=features).fit(
+        wrapper = cls(base, distance_features=features).fit(
             ethanol[:14], ethanol[14:], epochs=2, batch_size=8, seed=0, progress=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # few structures
             wrapper.calibrate(ethanol[14:])
         assert wrapper.recalibrator_.extrapolation == powers, features
-    assert EvidentialHead(base).default_widening() == {"energy": 1.0, "forces": 1.0}
-    assert EvidentialHead(base, distance_features=None).distance_features == "readout"
-    assert ShallowEnsemble(base).default_widening() == expected["all_layers"]

@@ -46,7 +46,7 @@ def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size:
                       reference=None, structure_covariance="ledoit-wolf",
                       min_share=None, combination="sum",
                       covariance_data=None, map_data=None,
-                      ridge_scale="all_atoms", features="readout") -> LatentDistance:
+                      ridge_scale="all_atoms", features=None) -> LatentDistance:
     """The latent-distance term of a fitted ``wrapper`` (one with a ``distance_``
     attribute): reference atoms and structures from ``reference`` (None: ``train``),
     λ, a and b fitted on ``val`` (None: ``train`` when a ``reference`` is given,
@@ -61,7 +61,8 @@ def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size:
     a and b are fitted on, held out from the reference (None: those λ is fitted on; a
     and b read only the mean model's errors, so data the wrapper itself was fitted on
     serve as well); ``ridge_scale`` and ``features``: :class:`~mlipuq.uq.LatentDistance`'s
-    (the wrappers' ``distance_ridge_scale`` and ``distance_features``)."""
+    (the wrappers' ``distance_ridge_scale`` and ``distance_features``; ``features=None``:
+    the wrapper's ``distance_features``, which its predictions feed the term)."""
     if combination not in COMBINATIONS:
         raise ValueError(f"combination must be one of {COMBINATIONS}, got {combination!r}")
     if map_data is not None and combination != "max":
@@ -69,6 +70,8 @@ def fit_distance_term(wrapper, train, val, *, score: str, seed: int, batch_size:
                          "together, on the wrapper's own held-out data)")
     if combination == "max" and energy_distance is None:
         raise ValueError("combination='max' needs the term's energies (energy_distance)")
+    if features is None:
+        features = getattr(wrapper, "distance_features", "readout")
     alone = copy.copy(wrapper)  # shares the model and parameters, predicts without the term
     alone.distance_ = None
     alone.fitted_ = True

@@ -68,7 +68,8 @@ NO_TERM = MappingProxyType({
     "distance_features": "readout"})
 
 __all__ = ["NO_TERM", "STD_CAP_FACTOR", "cap_variances", "distance_variances",
-           "fit_distance_term", "load_distance_term", "soft_cap", "std_caps", "term_settings"]
+           "fit_distance_term", "load_distance_term", "soft_cap", "std_caps", "term_config",
+           "term_settings"]
 
 
 def term_settings(model, distance, structure_covariance, min_distance_share,
@@ -87,8 +88,7 @@ def term_settings(model, distance, structure_covariance, min_distance_share,
     if distance_combination not in COMBINATIONS:
         raise ValueError(f"distance_combination must be one of {COMBINATIONS}, "
                          f"got {distance_combination!r}")
-    distance_features = check_term_features(  # None: the head's default, the readout's
-        "readout" if distance_features is None else distance_features, model, distance)
+    distance_features = check_term_features(distance_features, model, distance)
     if distance is None:
         return dict(NO_TERM)
     return {"distance": distance, "structure_covariance": structure_covariance,
@@ -99,6 +99,13 @@ def term_settings(model, distance, structure_covariance, min_distance_share,
             "distance_ridge_scale": check_ridge_scale(distance_ridge_scale, distance,
                                                       "distance_ridge_scale"),
             "distance_features": distance_features}
+
+
+def term_config(head) -> dict:
+    """``head``'s term settings that differ from :data:`NO_TERM` (what a file saved
+    before the setting existed holds), in :data:`NO_TERM`'s order."""
+    return {name: getattr(head, name) for name, value in NO_TERM.items()
+            if getattr(head, name) != value}
 
 
 def std_caps(wrapper, dataset: mdata.AtomsDataset) -> dict:

@@ -24,7 +24,7 @@ from mlipuq.progress import batches_with_progress
 
 __all__ = ["validate", "hold_out", "passes", "has_neighbours", "reference_features",
            "map_terms", "FEATURES", "check_features", "check_term_features", "capture",
-           "model_pass"]
+           "model_pass", "term_widening"]
 
 #: What :class:`~mlipuq.uq.LatentDistance` measures distances in (``features=``).
 FEATURES = ("readout", "all_layers")
@@ -57,6 +57,16 @@ def check_term_features(features, model, score) -> str:
         return "all_layers" if _layer_modules(model) else "readout"
     check_features(features, model, "distance_features")
     return features
+
+
+def term_widening(wrapper) -> dict:
+    """``calibrate``'s widening powers for a wrapper with latent terms (its
+    ``default_widening``): its ``all_layers_extrapolation`` while the terms read every
+    layer's features (they grow faster far out themselves), else its
+    ``default_extrapolation``."""
+    if wrapper.distance_features == "all_layers":
+        return wrapper.all_layers_extrapolation
+    return wrapper.default_extrapolation
 
 
 def _layer_modules(model) -> list:

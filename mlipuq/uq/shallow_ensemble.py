@@ -116,7 +116,7 @@ from mlipuq.uq.base import UQWrapper, _check_model, register
 from mlipuq.uq.deep_ensemble import COMMITTEE_CALIBRATION, member_statistics
 from mlipuq.uq.distance_term import load_distance_term
 from mlipuq.uq.latent_distance import _SCORES, check_ridge_scale
-from mlipuq.uq.latent_features import capture, check_term_features
+from mlipuq.uq.latent_features import capture, check_term_features, term_widening
 from mlipuq.uq.shallow_distance import (check_energy_combination, check_force_combination,
                                         fit_terms, with_terms)
 from mlipuq.uq.shallow_heads import (  # noqa: F401  (re-exported: their old home)
@@ -370,9 +370,7 @@ class ShallowEnsemble(UQWrapper):
     def default_widening(self) -> dict:
         """:attr:`all_layers_extrapolation` while the terms read every layer's features,
         else :attr:`default_extrapolation`."""
-        if self.distance_features == "all_layers":
-            return self.all_layers_extrapolation
-        return self.default_extrapolation
+        return term_widening(self)
 
     #: Defaults of ``fit(**method_options)``; the other :data:`mlipuq.training.TRAINER_OPTIONS`
     #: (``lr_factor``, ``max_time``, ``weight_decay``...) take :func:`mlipuq.train`'s defaults.
