@@ -122,9 +122,10 @@ def add_parsers(subparsers) -> None:
                      help="a structure whose energy or force std exceeds the largest of "
                           "the --val structures by a ratio r gets its calibrated stds "
                           "widened by r to this power (0: do not widen; default: the "
-                          "wrapper's default_extrapolation: forces 0.75 (evidential, shallow 1), "
-                          "energies 1; the shallow ensemble's 0.5 for both with every layer's "
-                          "features, its default; docs/calibration.md)")
+                          "wrapper's default_widening(): forces 0.75 (evidential, shallow 1), "
+                          "energies 1; with every layer's features, their default, the "
+                          "shallow ensemble's 0.5 for both, the evidential head's forces 0.5; "
+                          "docs/calibration.md)")
     fit.add_argument("--no-structure-scaling", dest="structure_scaling", action="store_false",
                      help="do not fit how stds scale between atoms and structures on --val "
                           "(default: fit one exponent per target and one between the atoms "
