@@ -116,6 +116,7 @@ from shift_tags import (  # noqa: F401 (the tags are read from here)
     DEFAULTS, EARLIER_DEFAULTS, LATER_DEFAULTS, MOLECULES, STRAIN_TERM, WRAPPER_DEFAULTS, current,
     defaults_of)
 from shift_scores import bound_ratios, exponents, scores, validation_slope
+from shift_update import kept_notes, merged, previous_results  # noqa: F401 (re-exported)
 from shift_wrappers import NotRecentred, fit_wrappers, selected  # noqa: F401 (re-exported)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -437,49 +438,6 @@ def write_between_markers(path: str, text: str, name: str = "shift") -> None:
         raise SystemExit(f"{path} has no {start} / {end} markers")
     with open(path, "w") as fh:
         fh.write(pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), content))
-
-
-def previous_results(args) -> dict:
-    """The existing ``--out`` that ``--update`` adds to (empty: none, or not updating)."""
-    if not (args.update and os.path.exists(args.out)):
-        return {}
-    with open(args.out) as fh:
-        return json.load(fh)
-
-
-def merged(args, rows: list[dict], old: dict | None = None) -> tuple[list[dict], dict]:
-    """The rows to save and the settings of each run they come from: with ``--update``,
-    the rows of the existing ``--out`` (``old``; read when not given) that this run does
-    not replace (same system, wrapper, method, split and base model) and their runs'
-    settings are kept (a kept row measured with earlier defaults is marked † in the
-    tables: ``DEFAULTS``). A run of some wrappers is recorded as "PART (PREFIX, ...)"."""
-    def on_base(part: str) -> str:
-        return part + (f" on base model {args.base_seed}" if args.base_seed else "")
-
-    def label(part: str) -> str:
-        chosen = (args.wrappers or []) + (args.only or [])
-        return on_base(part) if not chosen else f"{on_base(part)} ({', '.join(chosen)})"
-
-    runs = {label(part): vars(args) for part in args.parts}
-    old = previous_results(args) if old is None else old
-    if not old:
-        return rows, runs
-    key = lambda r: (r["system"], r["wrapper"], r["method"], r["split"],  # noqa: E731
-                     r.get("base_seed", 0))  # (refitted or not: each its own --out)
-    new = {key(r) for r in rows}
-    kept = [r for r in old["rows"] if key(r) not in new]
-    old_runs = old.get("runs") or {part: old["args"] for part in old["args"]["parts"]}
-
-    # the earlier runs of the parts run now stay recorded while rows of theirs are kept
-    this = {on_base(part) for part in args.parts}
-    earlier = {(k if k.split(" (")[0] not in this or k.endswith("(earlier)")
-                else f"{k} (earlier)"): a for k, a in old_runs.items()}
-    return kept + rows, {**earlier, **runs}
-
-
-def kept_notes(old: dict) -> dict:
-    """The hand-written ``notes`` of the results being updated (how its runs went), kept."""
-    return {"notes": old["notes"]} if "notes" in old else {}
 
 
 def main(argv=None) -> None:

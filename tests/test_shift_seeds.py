@@ -90,6 +90,23 @@ def test_an_update_keeps_the_rows_of_other_base_models(benchmarks, tmp_path):
         argparse.Namespace(update=False, out=str(out)))) == {}
 
 
+def test_an_update_keeps_other_wrappers_run_records(benchmarks):
+    """A run of one wrapper marks only its own earlier run of a part (and a whole-part
+    run) as earlier, numbered past earlier ones; another wrapper's run of that part
+    stays recorded as it was (it was once renamed, overwriting the earlier record)."""
+    import argparse
+
+    shift, _ = benchmarks
+    old_runs = {"ethanol (V)": {"v": 1}, "ethanol (W)": {"w": 2},
+                "ethanol (W) (earlier)": {"w": 1}, "ethanol": {"all": 0}, "acac (W)": {"a": 1}}
+    args = argparse.Namespace(update=True, out="unused.json", parts=["ethanol"], wrappers=None,
+                              only=["W"], base_seed=0)
+    _, runs = shift.merged(args, [], {"rows": [], "runs": old_runs})
+    assert runs == {"ethanol (V)": {"v": 1}, "ethanol (W) (earlier 2)": {"w": 2},
+                    "ethanol (W) (earlier)": {"w": 1}, "ethanol (earlier)": {"all": 0},
+                    "acac (W)": {"a": 1}, "ethanol (W)": vars(args)}
+
+
 @pytest.mark.parametrize("option", [["--base-seed", "1"], ["--no-refit-references"]],
                          ids=["base seed", "unrefitted"])
 def test_other_fits_stay_out_of_the_shift_table(refusal, option):
