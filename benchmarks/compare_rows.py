@@ -28,13 +28,15 @@ FORCE_FIELDS = (("F cover", "force_cov95", 1.0, ".3f"), ("F miscal.", "force_mis
                                                      ".2f"))
 
 
-def paired(paths, a: str, b: str, method: str) -> dict:
-    """``{(system, split): (row of a, row of b)}`` over the files, in their order."""
+def paired(paths, a: str, b: str, method: str, method_b: str | None = None) -> dict:
+    """``{(system, split): (row of a, row of b)}`` over the files, in their order: a's
+    rows of ``method``, b's of ``method_b`` (None: ``method`` too)."""
+    wanted = {(a, method), (b, method if method_b is None else method_b)}
     rows: dict = {}
     for path in paths:
         with open(path) as fh:
             for row in json.load(fh)["rows"]:
-                if row["method"] == method and row["wrapper"] in (a, b):
+                if (row["wrapper"], row["method"]) in wanted:
                     rows.setdefault((row["system"], row["split"]), {})[row["wrapper"]] = row
     return {key: (pair[a], pair[b]) for key, pair in rows.items() if len(pair) == 2}
 
@@ -75,10 +77,12 @@ def main(argv=None) -> None:
     parser.add_argument("--a", required=True, help="the first wrapper's name")
     parser.add_argument("--b", required=True, help="the second wrapper's name")
     parser.add_argument("--method", default="default", help="recalibration method")
+    parser.add_argument("--method-b", default=None,
+                        help="the second wrapper's recalibration method (default: --method)")
     parser.add_argument("--forces", action="store_true",
                         help="the force fields (coverage, miscalibration, NLL, std ÷ MAE)")
     args = parser.parse_args(argv)
-    pairs = paired(args.files, args.a, args.b, args.method)
+    pairs = paired(args.files, args.a, args.b, args.method, args.method_b)
     if not pairs:
         parser.error(f"no split has rows of both {args.a!r} and {args.b!r}")
     print("\n".join(lines(pairs, args.forces)))

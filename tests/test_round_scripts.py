@@ -201,6 +201,11 @@ def test_compare_rows_pairs_splits_and_averages_the_nll_change(tmp_path):
     assert "F std/MAE 2.00 → 2.00" in forces  # the surface: 0.2 / 0.1
     # the surface rows have no force NLL: the mean is over the in-distribution split
     assert "cu        mean force NLL change +0.000 over 1 splits" in forces
+    # b's rows of another method (a candidate calibration) against a's default rows
+    other = _rows("cu", "B", 0.7, method="scalar")
+    _write(path, a + b + other)
+    text = "\n".join(compare.lines(compare.paired([path], "A", "B", "default", "scalar")))
+    assert "E cover 0.900 → 0.700" in text and "E cover 0.900 → 0.800" not in text
 
 
 def test_shift_members_for_a_latent_term_on_the_deep_ensemble(scripts):
