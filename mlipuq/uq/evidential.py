@@ -260,13 +260,12 @@ class EvidentialHead(UQWrapper):
 
     @classmethod
     def _from_config(cls, models, config: dict) -> "EvidentialHead":
-        # files saved without them hold the Ledoit-Wolf term without a floor, summed
-        # with the NIG variance (the defaults before 2026-12-04), its ridge all atoms',
-        # its distances in the readout features
-        return cls(models[0], **{"structure_covariance": "ledoit-wolf",
-                                 "min_distance_share": None, "distance_combination": "sum",
-                                 "distance_ridge_scale": "all_atoms",
-                                 "distance_features": "readout", **config})
+        # config() leaves out the term settings equal to NO_TERM's, the values files
+        # saved before each setting existed hold (the Ledoit-Wolf term without a floor,
+        # summed with the NIG variance, its ridge all atoms', its distances in the
+        # readout features): absent, they are NO_TERM's (``distance``: _set_state's)
+        before = {name: value for name, value in NO_TERM.items() if name != "distance"}
+        return cls(models[0], **{**before, **config})
 
     def default_widening(self) -> dict:
         """:attr:`all_layers_extrapolation` while the term reads every layer's features,
