@@ -379,9 +379,13 @@ def test_shallow_distance_term_needs_forces_and_held_out_data(base_model, data):
     with pytest.raises(ValueError, match="distance must be"):
         ShallowEnsemble(base_model, distance="euclidean")
     with pytest.warns(UserWarning, match="forces_weight=0"):
-        energies_only = ShallowEnsemble(base_model, n_heads=3).fit(
+        energies_only = ShallowEnsemble(base_model, n_heads=3, force_combination="max").fit(
             train, val, epochs=1, seed=0, forces_weight=0.0, **FAST)
     assert energies_only.distance is None and energies_only.distance_ is None
+    # saved, and shown, as the heads alone are: the term's settings all fall back
+    alone = ShallowEnsemble(base_model, n_heads=3, distance=None)
+    assert energies_only.config() == alone.config()
+    assert repr(energies_only) == repr(alone)
     with pytest.raises(ValueError, match="pass val or distance=None"):
         ShallowEnsemble(base_model, n_heads=3).fit(train[:1], epochs=1, seed=0, **FAST)
 

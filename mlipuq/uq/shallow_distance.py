@@ -77,6 +77,7 @@ def fit_terms(ensemble, train, val, *, seed: int, progress: bool, need_forces: b
                       "forces_weight=0 fits no forces; the heads' variance alone is used "
                       "(distance=None)", UserWarning, stacklevel=user_stacklevel())
         ensemble.distance, ensemble.energy_combination = None, None
+        ensemble.force_combination = "sum"  # as ShallowEnsemble(distance=None) sets it
         ensemble.distance_ridge_scale, ensemble.distance_features = "all_atoms", "readout"
         return
     if val is None and len(train) < 2:
