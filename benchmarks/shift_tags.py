@@ -36,11 +36,16 @@ MOLECULES = ("ethanol", "acac")
 #: and the head's and the shallow ensemble's forces are widened by r ** 1, the deep
 #: ensemble's by r ** 0.75; then (2026-12-06) the shallow ensemble's terms read every
 #: layer's features, its stds widened by r ** 0.5, and the evidential head's term too,
-#: its forces widened by r ** 0.5.
+#: its forces widened by r ** 0.5; then latent distance's own distances (alone and
+#: combined with another wrapper), its forces widened by r ** 0.5 there too.
 #: Their rows tagged before are from the earlier defaults, marked †.
+LATENT_LAYERS = "2026-12-06, latent all-layers features"
 LATER_DEFAULTS = {"ShallowEnsemble": "2026-12-06, shallow all-layers features",
                   "EvidentialHead": "2026-12-06, evidential all-layers features",
-                  "LatentDistance": "2026-12-05, latent distance t energies",
+                  "LatentDistance": LATENT_LAYERS, "LatentDistance + LLPR": LATENT_LAYERS,
+                  "LatentDistance + ShallowEnsemble": LATENT_LAYERS,
+                  "LatentDistance + ShallowEnsemble (committee energies)": LATENT_LAYERS,
+                  "LatentDistance + DeepEnsemble (3)": LATENT_LAYERS,
                   "DeepEnsemble (3)": "2026-12-05, deep forces widened r^0.75"}
 
 

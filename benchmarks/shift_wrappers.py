@@ -19,6 +19,9 @@ from shift_cache import cached, with_drift
 
 #: The shallow ensemble's term settings its cached heads' terms are refitted with (today's).
 TERM_SETTINGS = ("energy_combination", "distance_ridge_scale", "distance_features")
+#: Latent distance in the readout's features alone, its default until 2026-12-06: the
+#: rows of the rounds before every layer's features became the default keep them.
+READOUT = {"features": "readout"}
 
 
 def term_refitted(head, train, val, covariance="held-out", share=None, combination="sum",
@@ -201,60 +204,63 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
                                            energy_distance=energy_distance)
         return head
 
+    def latent(**options):
+        return LatentDistance(base, **options).fit(train, val)
+
     factories = {
         "LastLayerLaplace": llpr,
         # the readout moved to the posterior mean first: a candidate against a constant offset
         "LastLayerLaplace (refit mean)": lambda: refitted(False),
         "LastLayerLaplace (refit mean; t energies)": lambda: refitted(True),
-        "LatentDistance": lambda: LatentDistance(base).fit(train, val),
+        "LatentDistance": lambda: latent(),
+        # distances in the readout's features alone (the default before, to 2026-12-06;
+        # every layer's since, a round on twelve systems, docs/shift.md); the rows of the
+        # rounds before it keep them
+        "LatentDistance (readout features)": lambda: latent(**READOUT),
+        "LatentDistance + LLPR (readout features)": lambda: latent(combine=llpr(), **READOUT),
         # its energies calibrated as a committee's, a Student-t (ν ≤ 3) (a round, 2026-12-05)
-        "LatentDistance (t energies)": lambda: default_method(
-            LatentDistance(base).fit(train, val), COMMITTEE_CALIBRATION),
+        "LatentDistance (t energies)": lambda: default_method(latent(**READOUT),
+                                                              COMMITTEE_CALIBRATION),
         # and with the scalar energy factor (the default before, to 2026-12-05)
         "LatentDistance (scalar energies)": lambda: default_method(
-            LatentDistance(base).fit(train, val), UQWrapper.default_calibration),
-        "LatentDistance + LLPR": lambda: LatentDistance(base, combine=llpr()).fit(train, val),
+            latent(**READOUT), UQWrapper.default_calibration),
+        "LatentDistance + LLPR": lambda: latent(combine=llpr()),
         # distances in the features of every message-passing layer (an option, 2026-12-05)
         # (with the all-atoms ridge, the default when these rows were added)
-        "LatentDistance (all layers)": lambda: LatentDistance(
-            base, features="all_layers", ridge_scale="all_atoms").fit(train, val),
-        "LatentDistance + LLPR (all layers)": lambda: LatentDistance(
-            base, combine=llpr(), features="all_layers", ridge_scale="all_atoms").fit(
-                train, val),
+        "LatentDistance (all layers)": lambda: latent(features="all_layers",
+                                                      ridge_scale="all_atoms"),
+        "LatentDistance + LLPR (all layers)": lambda: latent(
+            combine=llpr(), features="all_layers", ridge_scale="all_atoms"),
         # the covariance ridge relative to each element's spread (an option on 2026-12-06,
         # then the default: the plain rows above; before it every atom's, these two)
-        "LatentDistance (all-atoms ridge)": lambda: LatentDistance(
-            base, ridge_scale="all_atoms").fit(train, val),
-        "LatentDistance + LLPR (all-atoms ridge)": lambda: LatentDistance(
-            base, combine=llpr(), ridge_scale="all_atoms").fit(train, val),
-        "LatentDistance (per-species ridge)": lambda: LatentDistance(
-            base, ridge_scale="per_species").fit(train, val),
-        "LatentDistance (all layers, per-species ridge)": lambda: LatentDistance(
-            base, features="all_layers", ridge_scale="per_species").fit(train, val),
-        "LatentDistance + LLPR (per-species ridge)": lambda: LatentDistance(
-            base, combine=llpr(), ridge_scale="per_species").fit(train, val),
-        "LatentDistance + LLPR (all layers, per-species ridge)": lambda: LatentDistance(
-            base, combine=llpr(), features="all_layers", ridge_scale="per_species").fit(
-                train, val),
-        "LatentDistance + LLPR (refit mean)": lambda: LatentDistance(
-            base, combine=refitted(False)).fit(train, val),
-        "LatentDistance + LLPR (refit mean; t energies)": lambda: LatentDistance(
-            base, combine=refitted(True)).fit(train, val),
+        "LatentDistance (all-atoms ridge)": lambda: latent(ridge_scale="all_atoms", **READOUT),
+        "LatentDistance + LLPR (all-atoms ridge)": lambda: latent(
+            combine=llpr(), ridge_scale="all_atoms", **READOUT),
+        "LatentDistance (per-species ridge)": lambda: latent(ridge_scale="per_species",
+                                                             **READOUT),
+        # the candidates of the round that made every layer's features the default
+        "LatentDistance (all layers, per-species ridge)": lambda: latent(
+            features="all_layers", ridge_scale="per_species"),
+        "LatentDistance + LLPR (per-species ridge)": lambda: latent(
+            combine=llpr(), ridge_scale="per_species", **READOUT),
+        "LatentDistance + LLPR (all layers, per-species ridge)": lambda: latent(
+            combine=llpr(), features="all_layers", ridge_scale="per_species"),
+        "LatentDistance + LLPR (refit mean)": lambda: latent(combine=refitted(False), **READOUT),
+        "LatentDistance + LLPR (refit mean; t energies)": lambda: latent(
+            combine=refitted(True), **READOUT),
         # the structure distance's covariance chosen on val (an option; a round on eight)
-        "LatentDistance (held-out structure covariance)": lambda: LatentDistance(
-            base, structure_covariance="held-out").fit(train, val),
-        "LatentDistance + LLPR (held-out structure covariance)": lambda: LatentDistance(
-            base, combine=llpr(), structure_covariance="held-out").fit(train, val),
+        "LatentDistance (held-out structure covariance)": lambda: latent(
+            structure_covariance="held-out", **READOUT),
+        "LatentDistance + LLPR (held-out structure covariance)": lambda: latent(
+            combine=llpr(), structure_covariance="held-out", **READOUT),
         # energies as sums of independent atoms, the default before the structure distance
-        "LatentDistance (atom energies)": lambda: LatentDistance(
-            base, energy_distance="atoms").fit(train, val),
-        "LatentDistance + LLPR (atom energies)": lambda: LatentDistance(
-            base, combine=llpr(), energy_distance="atoms").fit(train, val),
+        "LatentDistance (atom energies)": lambda: latent(energy_distance="atoms", **READOUT),
+        "LatentDistance + LLPR (atom energies)": lambda: latent(
+            combine=llpr(), energy_distance="atoms", **READOUT),
         # the kNN score, LatentDistance's default before the Mahalanobis distance
-        "LatentDistance (kNN)": lambda: LatentDistance(
-            base, score="knn", energy_distance="atoms").fit(train, val),
-        "LatentDistance + LLPR (kNN)": lambda: LatentDistance(
-            base, score="knn", combine=llpr(), energy_distance="atoms").fit(train, val),
+        "LatentDistance (kNN)": lambda: latent(score="knn", energy_distance="atoms", **READOUT),
+        "LatentDistance + LLPR (kNN)": lambda: latent(
+            score="knn", combine=llpr(), energy_distance="atoms", **READOUT),
         "ShallowEnsemble": shallow,  # with its latent-distance force and energy terms
         # the force term alone, the energies the heads' (the default before 2026-12-05)
         "ShallowEnsemble (heads' energy variance)": lambda: shallow(None),
@@ -360,8 +366,8 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         f"LatentDistance + DeepEnsemble ({len(models)})": lambda: LatentDistance(
             base, combine=DeepEnsemble(models)).fit(train, val),
         f"LatentDistance + DeepEnsemble ({len(models)}, raw members, before)":
-            lambda: LatentDistance(base, combine=DeepEnsemble(models).recentre(
-                val, recentre=False)).fit(train, val),
+            lambda: latent(combine=DeepEnsemble(models).recentre(val, recentre=False),
+                           **READOUT),
     }
     return {name: make() for name, make in factories.items()
             if selected(name, prefixes) and (only is None or name in only)}

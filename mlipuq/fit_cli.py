@@ -24,9 +24,11 @@ calibrates it on ``--val`` when given, and saves it (:meth:`UQWrapper.save`):
   does; with ``--model`` given two or more times, the ensemble is made of
   those (already trained) models and nothing is retrained;
 * ``latent``: :class:`~mlipuq.uq.LatentDistance` (``--score``, default the
-  Mahalanobis distance of each atom's readout features to its element's
-  training mean; ``--features all_layers`` measures it in every message-passing
-  layer's features too, as it does for the ``shallow`` and ``evidential`` terms;
+  Mahalanobis distance of each atom's features to its element's training mean,
+  measured, as for the ``shallow`` and ``evidential`` terms, in every
+  message-passing layer's features and the readout's where the model names its
+  layers (MiniMLIP), ``--features readout`` in the readout's alone (the default
+  before 2026-12-06);
   its covariance ridge is relative to each element's spread,
   as the ``shallow`` and ``evidential`` terms' is, ``--ridge-scale all_atoms`` to
   every atom's, the default before 2026-12-06; ``--energy-distance atoms`` sums
@@ -124,8 +126,8 @@ def add_parsers(subparsers) -> None:
                           "widened by r to this power (0: do not widen; default: the "
                           "wrapper's default_widening(): forces 0.75 (evidential, shallow 1), "
                           "energies 1; with every layer's features, their default, the "
-                          "shallow ensemble's 0.5 for both, the evidential head's forces 0.5; "
-                          "docs/calibration.md)")
+                          "shallow ensemble's 0.5 for both, latent's and the evidential "
+                          "head's forces 0.5; docs/calibration.md)")
     fit.add_argument("--no-structure-scaling", dest="structure_scaling", action="store_false",
                      help="do not fit how stds scale between atoms and structures on --val "
                           "(default: fit one exponent per target and one between the atoms "
@@ -155,7 +157,7 @@ def add_parsers(subparsers) -> None:
     fit.add_argument("--heads", type=int, default=None,
                      help="shallow: number of heads (default 8)")
     fit.add_argument("--score", choices=SCORES + ("none",), default=None,
-                     help="latent: the distance of an atom's readout features to its "
+                     help="latent: the distance of an atom's features to its "
                           "element's training atoms (default: mahalanobis; docs/latent.md); "
                           "evidential, shallow: that of its latent-distance term, none for "
                           "the head(s) alone (default: mahalanobis; docs/evidential.md, "
@@ -168,8 +170,8 @@ def add_parsers(subparsers) -> None:
                      help="latent, --latent, shallow, evidential: the features latent "
                           "distances are measured in: the readout's input or the invariant "
                           "features of every message-passing layer too (all_layers, MiniMLIP; "
-                          "docs/latent.md); default readout, shallow's and evidential's "
-                          "all_layers where the model names its layers")
+                          "docs/latent.md); default all_layers where the model names its "
+                          "layers, else readout")
     fit.add_argument("--ridge-scale", choices=("all_atoms", "per_species"), default=None,
                      help="latent, --latent, shallow, evidential: whose spread the latent "
                           "distance's covariance ridge is relative to: each element's "

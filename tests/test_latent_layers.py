@@ -1,4 +1,5 @@
-"""``LatentDistance(features="all_layers")``: the features it measures distances in
+"""``LatentDistance(features="all_layers")``, the default where the model names its
+layers: the features it measures distances in
 (every message-passing layer's invariants, then the readout's, checked against the
 layers run by hand), the models that cannot serve them, the shallow ensemble's and
 the evidential head's terms with the option, and ``fit --features``."""
@@ -54,7 +55,8 @@ def test_features_are_every_layer_then_the_readout(base, ethanol):
     width = base.width
     assert phi.shape == (len(batch.numbers), 2 * width + base.n_features)
     np.testing.assert_allclose(phi, expected.double().numpy(), rtol=1e-6, atol=1e-7)
-    _, readout = latent_features.model_pass(LatentDistance(base), batch, forces=True)
+    _, readout = latent_features.model_pass(LatentDistance(base, features="readout"), batch,
+                                            forces=True)
     np.testing.assert_allclose(readout, phi[:, 2 * width:], rtol=1e-6, atol=1e-7)
 
 
@@ -64,14 +66,22 @@ def test_passes_the_check_suite(base, ethanol):
                      fit_kwargs={})
 
 
-def test_saved_and_loaded_with_its_features(base, ethanol, tmp_path):
-    wrapper = LatentDistance(base, features="all_layers").fit(ethanol[:14], ethanol[14:])
+def test_every_layer_is_the_default_saved_and_loaded(base, ethanol, tmp_path):
+    """``features=None`` (the default since 2026-12-06) measures in every layer's
+    features where the model names its layers; saved and loaded with them, while the
+    readout's are saved without the key, as files saved before, which load with them."""
+    wrapper = LatentDistance(base).fit(ethanol[:14], ethanol[14:])
+    assert wrapper.features == "all_layers" and "features=" not in repr(wrapper)
     wrapper.save(tmp_path / "w.pt")
     loaded = load_wrapper(tmp_path / "w.pt")
-    assert loaded.features == "all_layers" and "features='all_layers'" in repr(loaded)
+    assert loaded.features == "all_layers" and repr(loaded) == repr(wrapper)
     np.testing.assert_array_equal(loaded.predict(ethanol[14:]).forces_std,
                                   wrapper.predict(ethanol[14:]).forces_std)
-    assert "features" not in LatentDistance(base).config()  # older files' fingerprint
+    readout = LatentDistance(base, features="readout")
+    assert "features" not in readout.config()  # older files' fingerprint
+    assert "features='readout'" in repr(readout)
+    older = {k: v for k, v in wrapper.config().items() if k != "features"}
+    assert LatentDistance._from_config([base], older).features == "readout"
 
 
 class _Layered(nn.Module):
@@ -99,6 +109,7 @@ def test_models_that_cannot_serve_it_are_refused(ethanol):
         LatentDistance(plain, features="all_layers")
     with pytest.raises(ValueError, match="features must be one of"):
         LatentDistance(plain, features="layers")
+    assert LatentDistance(plain).features == "readout"  # the default where none are named
     vector = wrap(_Layered(True), species=["H", "C", "O"], cutoff=3.0, readout="readout")
     vector.layer_modules = lambda: [vector.module.layer]
     wrapper = LatentDistance(vector, features="all_layers")
@@ -216,23 +227,27 @@ def test_wider_cells_score_farther_in_every_layer():
     assert growth["all_layers"] > 1.3 and growth["all_layers"] > 1.2 * growth["readout"], growth
 
 
-@pytest.mark.parametrize("cls, all_layers", [
-    (ShallowEnsemble, {"energy": 0.5, "forces": 0.5}),
-    (EvidentialHead, {"energy": 1.0, "forces": 0.5})])
-def test_default_widening_follows_the_terms_features(cls, all_layers, base, ethanol):
-    """The wrappers' terms read every layer where the model names its layers (readout
-    features otherwise), and ``calibrate`` then widens by the powers measured for them
-    (the shallow ensemble's r ** 0.5, the evidential head's forces r ** 0.5 and energies
-    r ** 1), by r ** 1 with readout features (docs/shift.md, "Every layer's features
-    for the wrappers' terms")."""
+@pytest.mark.parametrize("cls, all_layers, readout", [
+    (ShallowEnsemble, {"energy": 0.5, "forces": 0.5}, {"energy": 1.0, "forces": 1.0}),
+    (EvidentialHead, {"energy": 1.0, "forces": 0.5}, {"energy": 1.0, "forces": 1.0}),
+    (LatentDistance, {"energy": 1.0, "forces": 0.5}, {"energy": 1.0, "forces": 0.75})])
+def test_default_widening_follows_the_terms_features(cls, all_layers, readout, base, ethanol):
+    """The wrappers' latent distances read every layer where the model names its layers
+    (readout features otherwise), and ``calibrate`` then widens by the powers measured
+    for them (the shallow ensemble's r ** 0.5, the evidential head's and latent
+    distance's forces r ** 0.5 and energies r ** 1), by their readout powers otherwise
+    (docs/shift.md, "Every layer's features for the wrappers' terms", "Every layer's
+    features as latent distance's default")."""
     plain = wrap(_Layered(False), species=["H", "C", "O"], cutoff=3.0, readout="readout")
-    assert cls(plain).distance_features == "readout"
-    assert cls(base, distance=None).distance_features == "readout"
+    name = "features" if cls is LatentDistance else "distance_features"
+    assert getattr(cls(plain), name) == "readout"
+    if cls is not LatentDistance:
+        assert cls(base, distance=None).distance_features == "readout"
     assert cls(base).default_widening() == all_layers
-    expected = {"all_layers": all_layers, "readout": {"energy": 1.0, "forces": 1.0}}
-    for features, powers in expected.items():
-        wrapper = cls(base, distance_features=features).fit(
-            ethanol[:14], ethanol[14:], epochs=2, batch_size=8, seed=0, progress=False)
+    options = {} if cls is LatentDistance else dict(epochs=2, batch_size=8, progress=False)
+    for features, powers in {"all_layers": all_layers, "readout": readout}.items():
+        wrapper = cls(base, **{name: features}).fit(ethanol[:14], ethanol[14:], seed=0,
+                                                    **options)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # few structures
             wrapper.calibrate(ethanol[14:])

@@ -206,7 +206,7 @@ def test_update_keeps_the_rows_it_does_not_replace(tmp_path, monkeypatch):
                               "method": "default"})
     # since the strain term (2026-12-05) an EMT system's rows are current with its tag
     # alone, for a wrapper without a later default; a molecule's keep the wrapper's tag
-    for wrapper in ("LatentDistance + LLPR", "LastLayerLaplace"):
+    for wrapper in ("LatentDistance + LLPR (refit mean)", "LastLayerLaplace"):
         assert shift.current({"defaults": shift.STRAIN_TERM, "wrapper": wrapper,
                               "system": "cupd"})
         assert not shift.current({"defaults": shift.defaults_of(wrapper), "wrapper": wrapper,

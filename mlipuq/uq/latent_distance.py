@@ -5,9 +5,11 @@ atom of its element is outside the data the model learned from, and its
 prediction deserves less trust (latent-space k-nearest-neighbour and Gaussian
 mixture uncertainties: Hu et al., Mach. Learn.: Sci. Technol. 3, 045028, 2022;
 Zhu et al., J. Chem. Phys. 158, 164111, 2023). One forward pass gives the
-energy, the forces and :math:`\\phi_i`; the features are standardised (float64,
-per feature, with the training atoms' mean and std) and scored against the
-stored training atoms of the same species:
+energy, the forces and :math:`\\phi_i` (by default, for models that name their
+message-passing layers, every layer's invariant features before it too:
+``features``); the features are standardised (float64, per feature, with the
+training atoms' mean and std) and scored against the stored training atoms of the
+same species:
 
 * ``score="mahalanobis"`` (default): the distance to the species' training mean,
   :math:`|L^T(\\phi_i - \\mu)|`, :math:`LL^T` the inverse training covariance (+1e-4
@@ -70,38 +72,18 @@ from mlipuq.uq import latent_features, structure_distance
 from mlipuq.uq.base import UQWrapper, _check_model, register
 from mlipuq.uq.deep_ensemble import COMMITTEE_CALIBRATION
 from mlipuq.uq.latent_scores import LatentScores
-from mlipuq.uq.latent_maps import (_C_MIN, STRUCTURE_COVARIANCES, _gmm_log_density,  # noqa: F401
-                                   check_share, check_structure_covariance, fit_gmm,
-                                   fit_variance_map, knn_scores, warn_if_few)
+from mlipuq.uq.latent_maps import (_C_MIN, RIDGE_SCALES, STRUCTURE_COVARIANCES,  # noqa: F401
+                                   _gmm_log_density, check_ridge_scale, check_share,
+                                   check_structure_covariance, fit_gmm, fit_variance_map,
+                                   knn_scores, warn_if_few)
 
 log = logging.getLogger(__name__)
 
 _SCORES = ("mahalanobis", "knn", "gmm")
 _ENERGY_DISTANCES = ("structure", "atoms", None)
-#: Whose spread the Gaussian scores' covariance ridge (1e-4) is relative to
-#: (``ridge_scale=``): every training atom's, or each element's own.
-RIDGE_SCALES = ("all_atoms", "per_species")
 
 __all__ = ["LatentDistance", "check_ridge_scale", "fit_variance_map", "knn_scores",
            "STRUCTURE_COVARIANCES"]
-
-
-def check_ridge_scale(ridge_scale: Optional[str], score: Optional[str],
-                      name: str = "ridge_scale") -> str:
-    """``ridge_scale`` for ``score``, None resolved to the default (``"per_species"``
-    for the Gaussian scores, ``"all_atoms"``, ignored, for kNN and for a wrapper
-    without a latent term, ``score=None``); else ``ValueError`` (``name``: the
-    argument's name in the message)."""
-    if score is None:
-        return "all_atoms"
-    if ridge_scale is None:
-        return "all_atoms" if score == "knn" else "per_species"
-    if ridge_scale not in RIDGE_SCALES:
-        raise ValueError(f"{name} must be one of {RIDGE_SCALES}, got {ridge_scale!r}")
-    if ridge_scale != "all_atoms" and score == "knn":
-        raise ValueError(f"{name}='per_species' sets the Gaussian scores' covariance ridge; "
-                         "score='knn' has none")
-    return ridge_scale
 
 
 # ------------------------------------------------------------------- wrapper
@@ -167,13 +149,20 @@ class LatentDistance(LatentScores, UQWrapper):
         met the energy goal under shift on 20 of 21 fits against 5 (with LLPR: 11),
         at a price in sharpness beyond the calibration range (``docs/shift.md``).
     features
-        What the distances are measured in: ``"readout"`` (default), the readout
-        layer's input :math:`\\phi_i`; ``"all_layers"``, the invariant features after
-        every message-passing layer the model names (``model.layer_modules()``,
-        MiniMLIP's) followed by :math:`\\phi_i`, concatenated. Trained on cells
-        narrower than twice the cutoff, MiniMLIPs moved their first layer's features
-        far more than their readout's in wider cells (``docs/latent.md``, "Features
-        of every layer"); an option, measured there.
+        What the distances are measured in: ``"all_layers"``, the invariant features
+        after every message-passing layer the model names (``model.layer_modules()``,
+        MiniMLIP's) followed by the readout layer's input :math:`\\phi_i`,
+        concatenated; ``"readout"``, :math:`\\phi_i` alone. None (default):
+        ``"all_layers"`` where the model names its layers, else ``"readout"`` (the
+        default until 2026-12-06, and what files saved without it load with). With
+        every layer's, ``calibrate`` widens the force stds by ``r ** 0.5`` and the
+        energies' by ``r ** 1`` beyond the calibration range
+        (:attr:`all_layers_extrapolation`), with the readout's by ``r ** 0.75`` and
+        ``r ** 1``. Trained on cells narrower than twice the cutoff, MiniMLIPs moved
+        their first layer's features far more than their readout's in wider cells
+        (``docs/latent.md``, "Features of every layer"); chosen in a round on twelve
+        systems (``docs/shift.md``, "Every layer's features as latent distance's
+        default").
     ridge_scale
         Whose spread the Mahalanobis and mixture scores' covariance ridge (1e-4) is
         relative to: ``"per_species"`` (None, the default for them), each element's
@@ -208,6 +197,10 @@ class LatentDistance(LatentScores, UQWrapper):
     #: in-distribution errors, linear in U, grows slower than the errors of surfaces and
     #: strained cells (EMT AgPd, Pt₃Ni): chosen on six systems (extrapolation.py)
     default_extrapolation = {"energy": 1.0, "forces": 0.75}
+    #: ... and the forces by r ** 0.5 while the distances are measured in every layer's
+    #: features (the default since 2026-12-06; docs/shift.md, "Every layer's features as
+    #: latent distance's default": they grow faster far out themselves)
+    all_layers_extrapolation = {"energy": 1.0, "forces": 0.5}
     #: Energies calibrated as the committees' are, a Student-t (ν ≤ 3) as for the forces,
     #: since 2026-12-05: over 25 fits of the shift benchmark the energy goal was met on 25
     #: against 24 with the scalar factor, the median in-distribution energy NLL 0.04 nats
@@ -228,13 +221,14 @@ class LatentDistance(LatentScores, UQWrapper):
         energy_distance: Optional[str] = "structure",
         structure_covariance: Optional[str] = None,
         min_combined_share: Optional[float] = None,
-        features: str = "readout",
+        features: Optional[str] = None,
         ridge_scale: Optional[str] = None,
     ):
         self.model = _check_model(model)
-        latent_features.check_features(features, self.model)
         if score not in _SCORES:
             raise ValueError(f"score must be one of {_SCORES}, got {score!r}")
+        features = latent_features.check_term_features(features, self.model, score,
+                                                       "features")
         ridge_scale = check_ridge_scale(ridge_scale, score)
         if energy_distance not in _ENERGY_DISTANCES:
             raise ValueError(f"energy_distance must be one of {_ENERGY_DISTANCES}, "
@@ -282,12 +276,17 @@ class LatentDistance(LatentScores, UQWrapper):
                   else f", energy_distance={self.energy_distance!r}")
         if self.structure_covariance != "ledoit-wolf":
             energy += f", structure_covariance={self.structure_covariance!r}"
-        if self.features != "readout":
+        if self.features != latent_features.check_term_features(None, self.model, self.score):
             energy += f", features={self.features!r}"
         if self.ridge_scale != check_ridge_scale(None, self.score):  # not the default
             energy += f", ridge_scale={self.ridge_scale!r}"
         return (f"LatentDistance({type(self.model).__name__}, score={self.score!r}{knn}{energy}"
                 f"{other})")
+
+    def default_widening(self) -> dict:
+        """:attr:`all_layers_extrapolation` while the distances are measured in every
+        layer's features, else :attr:`default_extrapolation`."""
+        return latent_features.term_widening(self, self.features)
 
     # ------------------------------------------------------------ UQWrapper API
     def _models(self) -> list[MLIP]:
@@ -324,6 +323,7 @@ class LatentDistance(LatentScores, UQWrapper):
         config.setdefault("energy_distance", "atoms")  # files saved before it existed
         config.setdefault("structure_covariance", "ledoit-wolf")  # saved without: theirs
         config.setdefault("ridge_scale", "all_atoms")  # likewise (the default until 2026-12-06)
+        config.setdefault("features", "readout")  # likewise
         spec = config.pop("combine", None)
         other = None
         if spec is not None:

@@ -14,6 +14,7 @@ wider cells (docs/latent.md, "Features of every layer")."""
 from __future__ import annotations
 
 import contextlib
+from typing import Optional
 
 import numpy as np
 import torch
@@ -44,27 +45,30 @@ def check_features(features: str, model, name: str = "features") -> None:
             "channels of every layer)")
 
 
-def check_term_features(features, model, score) -> str:
-    """A wrapper's ``distance_features`` for its latent term of ``score``: None resolved
-    to ``"all_layers"`` where ``model`` names its layers, else ``"readout"``; without a
-    term (``score=None``) ``"readout"``, once ``features`` is checked."""
+def check_term_features(features, model, score, name: str = "distance_features") -> str:
+    """A wrapper's features for its latent distances of ``score`` (``name``: the
+    argument's name in messages): None resolved to ``"all_layers"`` where ``model``
+    names its layers, else ``"readout"``; without a term (``score=None``)
+    ``"readout"``, once ``features`` is checked."""
     if features is not None and features not in FEATURES:
-        raise ValueError(f"distance_features must be one of {FEATURES} or None, "
-                         f"got {features!r}")
+        raise ValueError(f"{name} must be one of {FEATURES} or None, got {features!r}")
     if score is None:
         return "readout"
     if features is None:
         return "all_layers" if _layer_modules(model) else "readout"
-    check_features(features, model, "distance_features")
+    check_features(features, model, name)
     return features
 
 
-def term_widening(wrapper) -> dict:
-    """``calibrate``'s widening powers for a wrapper with latent terms (its
-    ``default_widening``): its ``all_layers_extrapolation`` while the terms read every
-    layer's features (they grow faster far out themselves), else its
-    ``default_extrapolation``."""
-    if wrapper.distance_features == "all_layers":
+def term_widening(wrapper, features: Optional[str] = None) -> dict:
+    """``calibrate``'s widening powers for a wrapper with latent distances (its
+    ``default_widening``): its ``all_layers_extrapolation`` while they are measured in
+    every layer's features (they grow faster far out themselves), else its
+    ``default_extrapolation``. ``features``: those the distances are measured in
+    (None: the wrapper's ``distance_features``, its terms')."""
+    if features is None:
+        features = wrapper.distance_features
+    if features == "all_layers":
         return wrapper.all_layers_extrapolation
     return wrapper.default_extrapolation
 

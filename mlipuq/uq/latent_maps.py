@@ -17,10 +17,14 @@ _LOG_S_BOUNDS = (-80.0, 40.0)
 _LAMBDA_MAX = 1e6
 
 __all__ = ["fit_variance_map", "knn_scores", "fit_gmm", "mahalanobis", "warn_if_few", "check_share",
-           "check_structure_covariance", "STRUCTURE_COVARIANCES"]
+           "check_structure_covariance", "STRUCTURE_COVARIANCES", "RIDGE_SCALES",
+           "check_ridge_scale"]
 
 #: The covariances the structure distance can be measured in (``structure_covariance``).
 STRUCTURE_COVARIANCES = ("ledoit-wolf", "held-out")
+#: Whose spread the Gaussian scores' covariance ridge (1e-4) is relative to
+#: (``ridge_scale=``): every training atom's, or each element's own.
+RIDGE_SCALES = ("all_atoms", "per_species")
 
 #: Fewer points than this many per feature: a poorly determined covariance (a warning).
 POINTS_PER_FEATURE = 5
@@ -34,6 +38,24 @@ def check_structure_covariance(value) -> None:
     if value not in STRUCTURE_COVARIANCES:
         raise ValueError(f"structure_covariance must be one of {STRUCTURE_COVARIANCES}, "
                          f"got {value!r}")
+
+
+def check_ridge_scale(ridge_scale: Optional[str], score: Optional[str],
+                      name: str = "ridge_scale") -> str:
+    """``ridge_scale`` for ``score``, None resolved to the default (``"per_species"``
+    for the Gaussian scores, ``"all_atoms"``, ignored, for kNN and for a wrapper
+    without a latent term, ``score=None``); else ``ValueError`` (``name``: the
+    argument's name in the message)."""
+    if score is None:
+        return "all_atoms"
+    if ridge_scale is None:
+        return "all_atoms" if score == "knn" else "per_species"
+    if ridge_scale not in RIDGE_SCALES:
+        raise ValueError(f"{name} must be one of {RIDGE_SCALES}, got {ridge_scale!r}")
+    if ridge_scale != "all_atoms" and score == "knn":
+        raise ValueError(f"{name}='per_species' sets the Gaussian scores' covariance ridge; "
+                         "score='knn' has none")
+    return ridge_scale
 
 
 def check_share(value, name: str, optional: bool = False) -> None:
