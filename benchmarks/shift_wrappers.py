@@ -288,13 +288,12 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         "ShallowEnsemble (forces widened r¹)": lambda: forces_widened(shallow(), 1.0),
         # and by r ** 0.75 (the default before, to 2026-12-05)
         "ShallowEnsemble (forces widened r^0.75)": lambda: forces_widened(shallow(), 0.75),
-        "LatentDistance + ShallowEnsemble": lambda: LatentDistance(
-            base, combine=heads_alone()).fit(train, val),
+        "LatentDistance + ShallowEnsemble": lambda: latent(combine=heads_alone()),
         # the latent term for the forces only, the heads' energy variance alone: what the
         # shallow ensemble's own term does (rows equal to the default's, to 2e-6 since
         # both energy widenings are r ** 1; between the two raises only the forces were)
-        "LatentDistance + ShallowEnsemble (committee energies)": lambda: LatentDistance(
-            base, combine=heads_alone(), energy_distance=None).fit(train, val),
+        "LatentDistance + ShallowEnsemble (committee energies)": lambda: latent(
+            combine=heads_alone(), energy_distance=None),
         "EvidentialHead": evidential,
         "EvidentialHead (held-out structure covariance)": held_out_term,
         # its term's covariance ridge relative to each element's spread (2026-12-06)
@@ -363,8 +362,8 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
             DeepEnsemble(models), recentre="members"),
         # a latent-distance term on the deep ensemble, its members recentred on val first
         # (LatentDistance.fit's since 2026-12-05) and as they were combined before: raw
-        f"LatentDistance + DeepEnsemble ({len(models)})": lambda: LatentDistance(
-            base, combine=DeepEnsemble(models)).fit(train, val),
+        f"LatentDistance + DeepEnsemble ({len(models)})": lambda: latent(
+            combine=DeepEnsemble(models)),
         f"LatentDistance + DeepEnsemble ({len(models)}, raw members, before)":
             lambda: latent(combine=DeepEnsemble(models).recentre(val, recentre=False),
                            **READOUT),
