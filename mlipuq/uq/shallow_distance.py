@@ -76,9 +76,7 @@ def fit_terms(ensemble, train, val, *, seed: int, progress: bool, need_forces: b
         warnings.warn("ShallowEnsemble.fit: the latent-distance term is a force term and "
                       "forces_weight=0 fits no forces; the heads' variance alone is used "
                       "(distance=None)", UserWarning, stacklevel=user_stacklevel())
-        ensemble.distance, ensemble.energy_combination = None, None
-        ensemble.force_combination = "sum"  # as ShallowEnsemble(distance=None) sets it
-        ensemble.distance_ridge_scale, ensemble.distance_features = "all_atoms", "readout"
+        ensemble._drop_terms()
         return
     if val is None and len(train) < 2:
         raise ValueError("ShallowEnsemble.fit: the latent-distance term is fitted on val, "

@@ -273,14 +273,17 @@ class ShallowEnsemble(UQWrapper):
         self.head_bias_: Optional[torch.Tensor] = None
         self.history_: Optional[History] = None
         self.vectorize = "auto"
+        self._drop_terms()
+        self.fitted_ = False
+
+    def _drop_terms(self) -> None:
+        """The heads alone: no latent-distance terms, their settings as
+        ``ShallowEnsemble(model, distance=None)`` holds them (saved and shown alike)."""
         self.distance: Optional[str] = None
-        self.distance_ = None
+        self.distance_, self.energy_distance_ = None, None
         self.energy_combination: Optional[str] = None
         self.force_combination = "sum"
-        self.distance_ridge_scale = "all_atoms"
-        self.distance_features = "readout"
-        self.energy_distance_ = None
-        self.fitted_ = False
+        self.distance_ridge_scale, self.distance_features = "all_atoms", "readout"
 
     @property
     def n_members(self) -> int:
