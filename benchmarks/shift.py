@@ -89,7 +89,9 @@ data too. With ``--unseen`` they are N 108-atom cells of a run of their own.
 
 The shifts are fixed by these rules before any method is run; methods are
 chosen on them, and judged elsewhere on shifts not seen here.
-``--readme`` replaces the table between the ``shift`` markers of that file.
+``--readme`` replaces the table against the goal (issue #20) between the
+``shift-goal`` markers of that file; ``--docs`` every row between its ``shift``
+markers, and the tables of the other markers it has.
 """
 
 from __future__ import annotations
@@ -462,8 +464,9 @@ def main(argv=None) -> None:
                         help="fit (and with --cache save) the models, score nothing")
     parser.add_argument("--out", default=TABLE_OUT)
     parser.add_argument("--readme", default=None,
-                        help="write the rows of the wrappers' default calibration between "
-                        "the shift markers of this file")
+                        help="write the table against the goal (the wrappers' default "
+                        "calibration against the scalar factor) between the shift-goal "
+                        "markers of this file")
     parser.add_argument("--docs", default=None,
                         help="write every row between the shift markers of this file")
     parser.add_argument("--from-json", nargs="+", default=None,
@@ -536,7 +539,6 @@ def main(argv=None) -> None:
     print(goal_table(marked(readme_rows(rows)), systems))
     print(f"total {time.perf_counter() - t0:.0f} s")
     if args.readme:
-        write_between_markers(args.readme, table(readme_rows(rows)))
         write_between_markers(args.readme, goal_table(marked(readme_rows(rows)), systems),
                               name="shift-goal")
     if args.docs:
