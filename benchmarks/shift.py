@@ -145,7 +145,8 @@ TRAIN = dict(batch_size=8, lr=2e-3, forces_weight=100.0, patience=1000, lr_patie
 #: ``structure_scaling=False`` (the default before it existed), "no widening" with
 #: ``extrapolation=0``, "neither" with both (as the issue measured); "widening 0.5" and
 #: "widening 1" use 0.5 and 1 for both targets ("force widening 0.5": r**1 for the energies,
-#: r**0.5 for the forces); "one force scale" with ``per_species=False``
+#: r**0.5 for the forces; "energy widening 0.75": r**0.75 and r**0.5, not in the default
+#: list); "one force scale" with ``per_species=False``
 #: (one Student-t scale for every element, the default before the scale per element);
 #: "no atom scaling" scales between structures only (the default before the scaling of
 #: force stds between the atoms of one element); "fitted ν" fits the forces' Student-t ν
@@ -177,6 +178,9 @@ METHOD_OPTIONS = {"conformal": {"coverage": 0.95}, "default, no widening": {"ext
                   "default, widening 1": {"extrapolation": 1.0},
                   "default, force widening 0.5": {"extrapolation": {"energy": 1.0,
                                                                     "forces": 0.5}},
+                  # a milder energy widening for every layer's features (2026-12-06)
+                  "default, energy widening 0.75": {"extrapolation": {"energy": 0.75,
+                                                                      "forces": 0.5}},
                   "default, fitted ν": {"dof_bounds": (1.0, 1000.0)},
                   "default, scalar energies": UQWrapper.default_calibration_options,
                   "default, ν ≤ 5": {"dof_bounds": (1.0, 5.0)},
