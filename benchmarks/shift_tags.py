@@ -37,15 +37,18 @@ MOLECULES = ("ethanol", "acac")
 #: ensemble's by r ** 0.75; then (2026-12-06) the shallow ensemble's terms read every
 #: layer's features, its stds widened by r ** 0.5, and the evidential head's term too,
 #: its forces widened by r ** 0.5; then latent distance's own distances (alone and
-#: combined with another wrapper), its forces widened by r ** 0.5 there too.
+#: combined with another wrapper), its forces widened by r ** 0.5 there too; then the
+#: energies of latent distance and the evidential head widened by r ** 0.75 with every
+#: layer's features (ENERGY_WIDENING).
 #: Their rows tagged before are from the earlier defaults, marked †.
 LATENT_LAYERS = "2026-12-06, latent all-layers features"
+ENERGY_WIDENING = "2026-12-06, all-layers energies widened r^0.75"
 LATER_DEFAULTS = {"ShallowEnsemble": "2026-12-06, shallow all-layers features",
-                  "EvidentialHead": "2026-12-06, evidential all-layers features",
-                  "LatentDistance": LATENT_LAYERS, "LatentDistance + LLPR": LATENT_LAYERS,
-                  "LatentDistance + ShallowEnsemble": LATENT_LAYERS,
-                  "LatentDistance + ShallowEnsemble (committee energies)": LATENT_LAYERS,
-                  "LatentDistance + DeepEnsemble (3)": LATENT_LAYERS,
+                  "EvidentialHead": ENERGY_WIDENING,
+                  "LatentDistance": ENERGY_WIDENING, "LatentDistance + LLPR": ENERGY_WIDENING,
+                  "LatentDistance + ShallowEnsemble": ENERGY_WIDENING,
+                  "LatentDistance + ShallowEnsemble (committee energies)": ENERGY_WIDENING,
+                  "LatentDistance + DeepEnsemble (3)": ENERGY_WIDENING,
                   "DeepEnsemble (3)": "2026-12-05, deep forces widened r^0.75"}
 
 

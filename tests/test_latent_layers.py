@@ -229,15 +229,16 @@ def test_wider_cells_score_farther_in_every_layer():
 
 @pytest.mark.parametrize("cls, all_layers, readout", [
     (ShallowEnsemble, {"energy": 0.5, "forces": 0.5}, {"energy": 1.0, "forces": 1.0}),
-    (EvidentialHead, {"energy": 1.0, "forces": 0.5}, {"energy": 1.0, "forces": 1.0}),
-    (LatentDistance, {"energy": 1.0, "forces": 0.5}, {"energy": 1.0, "forces": 0.75})])
+    (EvidentialHead, {"energy": 0.75, "forces": 0.5}, {"energy": 1.0, "forces": 1.0}),
+    (LatentDistance, {"energy": 0.75, "forces": 0.5}, {"energy": 1.0, "forces": 0.75})])
 def test_default_widening_follows_the_terms_features(cls, all_layers, readout, base, ethanol):
     """The wrappers' latent distances read every layer where the model names its layers
     (readout features otherwise), and ``calibrate`` then widens by the powers measured
     for them (the shallow ensemble's r ** 0.5, the evidential head's and latent
-    distance's forces r ** 0.5 and energies r ** 1), by their readout powers otherwise
-    (docs/shift.md, "Every layer's features for the wrappers' terms", "Every layer's
-    features as latent distance's default")."""
+    distance's forces r ** 0.5 and energies r ** 0.75), by their readout powers
+    otherwise (docs/shift.md, "Every layer's features for the wrappers' terms", "Every
+    layer's features as latent distance's default", "A milder energy widening for
+    every layer's features")."""
     plain = wrap(_Layered(False), species=["H", "C", "O"], cutoff=3.0, readout="readout")
     name = "features" if cls is LatentDistance else "distance_features"
     assert getattr(cls(plain), name) == "readout"
