@@ -226,9 +226,10 @@ def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsy
     assert ("energy Student-t ν" in printed) == (energy == "student_t")
     # the widening beyond the calibration range, with the wrapper's default powers (with
     # every layer's features, the default since 2026-12-06: the shallow ensemble's 0.5,
-    # the evidential head's and latent distance's forces 0.5)
+    # the evidential head's and latent distance's forces 0.5 and energies 0.75)
     forces_p = {"evidential": 0.5, "shallow": 0.5, "latent": 0.5}.get(method, 0.75)
-    powers = "p = 0.5), " if method == "shallow" else "p = 1), "
+    energy_p = {"evidential": 0.75, "shallow": 0.5, "latent": 0.75}.get(method, 1)
+    powers = f"p = {energy_p:g}), "
     assert "beyond calibration" in printed and powers in printed
     assert f"(RMS force, p = {forces_p:g})" in printed
     wrapper = load_wrapper(out)
