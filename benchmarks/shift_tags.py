@@ -40,8 +40,9 @@ MOLECULES = ("ethanol", "acac")
 #: combined with another wrapper), its forces widened by r ** 0.5 there too; then the
 #: energies of latent distance and the evidential head widened by r ** 0.75 with every
 #: layer's features (ENERGY_WIDENING).
-#: Their rows tagged before are from the earlier defaults, marked †.
-LATENT_LAYERS = "2026-12-06, latent all-layers features"
+#: Their rows tagged before are from the earlier defaults, marked † (the latent wrappers'
+#: rows of every layer's features with the energies' r ** 1: "2026-12-06, latent
+#: all-layers features").
 ENERGY_WIDENING = "2026-12-06, all-layers energies widened r^0.75"
 LATER_DEFAULTS = {"ShallowEnsemble": "2026-12-06, shallow all-layers features",
                   "EvidentialHead": ENERGY_WIDENING,
