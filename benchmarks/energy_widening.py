@@ -18,6 +18,7 @@ import os
 import statistics
 
 from shift_goal import GOALS
+from shift_unseen import COVER, sharpness, shifts_of
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OWN = os.path.join(HERE, "results", "shift_energy_widening.json")
@@ -27,12 +28,13 @@ WRAPPERS = ("LatentDistance", "LatentDistance + LLPR", "EvidentialHead")
 
 
 def shifted(rows: list[dict], wrapper: str, method: str, system=None) -> list[dict]:
-    return [r for r in rows if r["wrapper"] == wrapper and r["method"] == method
-            and not r["split"].startswith("in dist") and system in (None, r["system"])]
+    """``shift_unseen.shifts_of`` for the rows of ``method`` (of one ``system``)."""
+    return shifts_of([r for r in rows if r["method"] == method], wrapper,
+                     None if system is None else (system,))
 
 
 def covered(row: dict) -> bool:
-    return (row["force_cov95"] >= GOALS["force"]) and (row["energy_cov95"] >= GOALS["energy"])
+    return all(row[COVER[target]] >= goal for target, goal in GOALS.items())
 
 
 def worst(rows: list[dict]) -> str:
@@ -54,9 +56,7 @@ def verdict(own: list[dict], unseen: list[dict], wrapper: str) -> list[str]:
              if covered(before[r["system"], r["split"]]) and not covered(r)]
     nll = {m: statistics.mean(r["energy_nll"] for r in shifted(own + unseen, wrapper, m))
            for m in (DEFAULT, CANDIDATE)}
-    sharp = {m: statistics.median(r["energy_std_per_atom"] / r["energy_mae_per_atom"]
-                                  for r in shifted(unseen, wrapper, m))
-             for m in (DEFAULT, CANDIDATE)}
+    sharp = {m: sharpness(shifted(unseen, wrapper, m), "energy") for m in (DEFAULT, CANDIDATE)}
     lines += [f"  (1) own shifts missed with C: {misses or 'none'}",
               f"  (2) unseen splits newly missed: {newly or 'none'}",
               f"  (3) mean shifted E NLL {nll[DEFAULT]:.2f} -> {nll[CANDIDATE]:.2f}",
