@@ -213,6 +213,12 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         "LastLayerLaplace (refit mean)": lambda: refitted(False),
         "LastLayerLaplace (refit mean; t energies)": lambda: refitted(True),
         "LatentDistance": lambda: latent(),
+        # LLPR with its own latent-distance term (a round, 2026-12-06): fitted on val as
+        # the docs would prescribe, and on a held-out fifth of train (fit(train) alone)
+        "LastLayerLaplace (latent term)": lambda: LastLayerLaplace(
+            base, distance="mahalanobis").fit(train, val),
+        "LastLayerLaplace (latent term, fit(train))": lambda: LastLayerLaplace(
+            base, distance="mahalanobis").fit(train),
         # distances in the readout's features alone (the default before, to 2026-12-06;
         # every layer's since, a round on twelve systems, docs/shift.md); the rows of the
         # rounds before it keep them

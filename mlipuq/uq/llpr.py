@@ -71,6 +71,7 @@ from mlipuq.params import positive
 from mlipuq.progress import batches_with_progress
 from mlipuq.uq.base import UQWrapper, _check_model, register
 from mlipuq.uq.llpr_direct import _DIRECT_STATE, DirectHeadPosterior
+from mlipuq.uq.llpr_distance import LatentTerm
 from mlipuq.uq.llpr_energy import EnergyQueries
 from mlipuq.uq.llpr_evidence import (  # noqa: F401  (re-exported: the old home of these)
     _pack_stats,
@@ -99,7 +100,8 @@ _ENERGY_POSTERIOR = ("energy", "joint")
 
 
 @register
-class LastLayerLaplace(PosteriorMean, DirectHeadPosterior, EnergyQueries, UQWrapper):
+class LastLayerLaplace(LatentTerm, PosteriorMean, DirectHeadPosterior, EnergyQueries,
+                       UQWrapper):
     """Last-layer Laplace approximation / LLPR for energies and forces.
 
     Parameters
@@ -136,6 +138,11 @@ class LastLayerLaplace(PosteriorMean, DirectHeadPosterior, EnergyQueries, UQWrap
         instead of the trained weights θ* (:mod:`mlipuq.uq.llpr_mean`); the
         hyperparameters then maximise the evidence at that mean. The base
         model is not modified. Conservative force heads only.
+    distance, distance_ridge_scale, distance_features
+        A latent-distance term (:mod:`mlipuq.uq.llpr_distance`): ``distance`` its
+        :class:`~mlipuq.uq.LatentDistance` score (``"mahalanobis"``, ``"knn"``,
+        ``"gmm"``) or None (LLPR's variance alone); the other two are
+        LatentDistance's ``ridge_scale`` and ``features`` (None: its defaults).
 
     The force head is the model's ``force_mode`` at :meth:`fit`: with
     ``"direct"`` (a model with a direct force head) the force uncertainty
@@ -179,8 +186,12 @@ class LastLayerLaplace(PosteriorMean, DirectHeadPosterior, EnergyQueries, UQWrap
         seed: int = 0,
         vectorize="auto",
         refit_mean: bool = False,
+        distance: Optional[str] = None,
+        distance_ridge_scale: Optional[str] = None,
+        distance_features: Optional[str] = None,
     ):
         self.model = _check_model(model)
+        self._set_term(self.model, distance, distance_ridge_scale, distance_features)
         if isinstance(prior_precision, str):
             if prior_precision != "auto":
                 raise ValueError(
@@ -223,6 +234,7 @@ class LastLayerLaplace(PosteriorMean, DirectHeadPosterior, EnergyQueries, UQWrap
             "seed": self.seed,
             "vectorize": self.vectorize,
             "refit_mean": self.refit_mean,
+            **self._term_config(),  # absent without a term: files as before
         }
 
     # ------------------------------------------------------------ parameters
@@ -267,9 +279,11 @@ class LastLayerLaplace(PosteriorMean, DirectHeadPosterior, EnergyQueries, UQWrap
             Data with reference energies (eV), and forces (eV/Å) with
             ``include_forces``.
         val
-            Not used: the prior precision and noise levels come from the
-            marginal likelihood on ``train``. Calibrate on held-out data with
-            :meth:`calibrate` (``fit(train).calibrate(val)``).
+            Held-out data the latent-distance term (``distance``) fits λ, a and
+            b on (None: a held-out fifth of ``train``, left out of its reference;
+            pass ``val``). LLPR's prior precision and noise levels come from the
+            marginal likelihood on ``train`` alone. Calibrate on held-out data
+            with :meth:`calibrate` (``fit(train, val).calibrate(val)``).
         seed
             Seed of the posterior samples. None: the constructor's ``seed``
             (default 0). A given seed takes precedence and replaces the
@@ -315,6 +329,7 @@ class LastLayerLaplace(PosteriorMean, DirectHeadPosterior, EnergyQueries, UQWrap
         self.n_train_ = len(dataset)
         self._fit_hyperparameters(stats)
         self._factorise()
+        self._fit_term(dataset, val, batch_size=batch_size, progress=progress)
         self.fitted_ = True
         return self
 
@@ -403,7 +418,8 @@ class LastLayerLaplace(PosteriorMean, DirectHeadPosterior, EnergyQueries, UQWrap
         relaxations or MD (:mod:`mlipuq.propagation`) refuse them. False on a
         direct force head too (its forces are no gradient of any energy).
         """
-        return not self._separate_energy_posterior and not self._direct
+        return (not self._separate_energy_posterior and not self._direct
+                and self.distance_ is None)  # a term stretches them atom by atom
 
     def _maximise_evidence(self, stats: dict, *,
                            direct: bool = False) -> tuple[float, float, float, float]:
@@ -455,11 +471,11 @@ class LastLayerLaplace(PosteriorMean, DirectHeadPosterior, EnergyQueries, UQWrap
 
     def _predict_batch(self, batch: mdata.Batch, stress: bool = False) -> dict:
         if self._direct:
-            return self._predict_direct(batch, stress)
+            return self._with_term(batch, self._predict_direct(batch, stress))
         if self.model.has_direct_forces:  # the posterior is on -dE/dr, whatever the mode now
             with self.model.using_force_mode("conservative"):
-                return self._predict_conservative(batch, stress)
-        return self._predict_conservative(batch, stress)
+                return self._with_term(batch, self._predict_conservative(batch, stress))
+        return self._with_term(batch, self._predict_conservative(batch, stress))
 
     def _energy_part(self, out: dict, batch: mdata.Batch) -> tuple[dict, torch.Tensor]:
         """Energies, their variance, local variances and members; and the rows ``f``."""
@@ -555,7 +571,7 @@ class LastLayerLaplace(PosteriorMean, DirectHeadPosterior, EnergyQueries, UQWrap
             del state["energy_covariance_"], state["energy_samples_"]
         if self._direct:  # only then: files of conservative posteriors unchanged
             state.update({name: getattr(self, name) for name in _DIRECT_STATE})
-        return state
+        return {**state, **self._term_state()}
 
     def _set_state(self, state: dict) -> None:
         if "energy_posterior_" not in state:  # saved before energy_posterior existed
@@ -574,4 +590,5 @@ class LastLayerLaplace(PosteriorMean, DirectHeadPosterior, EnergyQueries, UQWrap
         if self._direct:
             for name in _DIRECT_STATE:
                 setattr(self, name, state[name])
+        self._load_term(state)
 

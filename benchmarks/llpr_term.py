@@ -1,0 +1,106 @@
+"""The round for LLPR's own latent-distance term (docs/shift.md, "LLPR with a latent
+term of its own"): ``LastLayerLaplace(model, distance="mahalanobis").fit(train, val)``
+against LLPR's default rows of the same runs, by the rule fixed before them.
+
+    python benchmarks/llpr_term.py
+
+The rule: the term becomes LLPR's default if (1) on the own shifts of every system
+it meets both coverage goals; (2) on the unseen kinds no split LLPR's default covered
+is missed, and the force goal is met on more splits; (3) in distribution its force
+miscalibration area stays ≤ 0.05 and its force and energy NLL are no worse than
+LLPR's by more than 0.02 nats on any system. Printed besides: the in-distribution
+mean force std (sharpness) and the rows fitted with ``fit(train)`` alone (the term
+on a held-out fifth of train), for information.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from energy_widening import covered, worst
+from shift_unseen import COVER, shifts_of
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OWN = os.path.join(HERE, "results", "shift_llpr_term.json")
+UNSEEN = os.path.join(HERE, "results", "shift_llpr_term_unseen.json")
+LLPR, CANDIDATE = "LastLayerLaplace", "LastLayerLaplace (latent term)"
+NO_VAL = "LastLayerLaplace (latent term, fit(train))"
+NLL_SLACK = 0.02  # nats
+
+
+def default(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["method"] == "default"]
+
+
+def in_distribution(rows: list[dict], wrapper: str) -> dict:
+    """``{system: row}`` of ``wrapper``'s in-distribution rows."""
+    return {r["system"]: r for r in rows
+            if r["wrapper"] == wrapper and r["split"].startswith("in dist")}
+
+
+def own_part(own: list[dict], wrapper: str) -> tuple[list[str], list[str]]:
+    lines, misses = [], []
+    for system in sorted({r["system"] for r in shifts_of(own, LLPR)}):
+        rows = shifts_of(own, wrapper, (system,))
+        if not rows or not all(covered(r) for r in rows):
+            misses.append(system)
+        lines.append(f"  {system}: worst F / E {worst(shifts_of(own, LLPR, (system,)))} -> "
+                     f"{worst(rows) if rows else 'no rows'}")
+    return lines, misses
+
+
+def unseen_part(unseen: list[dict], wrapper: str) -> tuple[list, int, int]:
+    before = {(r["system"], r["split"]): r for r in shifts_of(unseen, LLPR)}
+    rows = shifts_of(unseen, wrapper)
+    newly = [(r["system"], r["split"]) for r in rows
+             if covered(before[r["system"], r["split"]]) and not covered(r)]
+    met = {w: sum(r[COVER["force"]] >= 0.90 for r in shifts_of(unseen, w))
+           for w in (LLPR, wrapper)}
+    return newly, met[LLPR], met[wrapper]
+
+
+def in_dist_part(own: list[dict], wrapper: str) -> tuple[list[str], list[str]]:
+    lines, misses = [], []
+    llpr, rows = in_distribution(own, LLPR), in_distribution(own, wrapper)
+    for system, row in sorted(rows.items()):
+        ref = llpr[system]
+        worse = max(row["force_nll"] - ref["force_nll"], row["energy_nll"] - ref["energy_nll"])
+        if row["force_miscal"] > 0.05 or worse > NLL_SLACK:
+            misses.append(system)
+        sharper = row["force_std"] / ref["force_std"]
+        lines.append(f"  {system}: F miscal {ref['force_miscal']:.3f} -> "
+                     f"{row['force_miscal']:.3f}, F NLL {ref['force_nll']:.3f} -> "
+                     f"{row['force_nll']:.3f}, E NLL {ref['energy_nll']:.3f} -> "
+                     f"{row['energy_nll']:.3f}, mean F std x{sharper:.3f}")
+    return lines, misses
+
+
+def verdict(own: list[dict], unseen: list[dict], wrapper: str) -> list[str]:
+    lines, own_misses = own_part(own, wrapper)
+    newly, met_before, met = unseen_part(unseen, wrapper)
+    dist_lines, dist_misses = in_dist_part(own, wrapper)
+    passes = not own_misses and not newly and met > met_before and not dist_misses
+    return lines + dist_lines + [
+        f"  (1) own shifts missed: {own_misses or 'none'}",
+        f"  (2) unseen splits newly missed: {newly or 'none'}; force goal met on "
+        f"{met_before} -> {met} of {len(shifts_of(unseen, wrapper))}",
+        f"  (3) in distribution missed: {dist_misses or 'none'}",
+        f"  passes: {passes}"]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--own", default=OWN)
+    parser.add_argument("--unseen", default=UNSEEN)
+    args = parser.parse_args(argv)
+    own = default(json.load(open(args.own))["rows"])
+    unseen = default(json.load(open(args.unseen))["rows"])
+    for wrapper in (CANDIDATE, NO_VAL):
+        print(wrapper + ("" if wrapper == CANDIDATE else " (for information)"))
+        print("\n".join(verdict(own, unseen, wrapper)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""LLPR's latent-distance term (``LastLayerLaplace(distance=...)``).
+
+LLPR's variance is a quadratic form in the readout's features. Where a structure
+leaves the training data without moving them it stays in-distribution sized: trained
+on 32-atom cells narrower than twice the cutoff, the benchmark's EMT base models'
+forces in 108-atom cells were 1.4–2.9 times less accurate and LLPR's 95 % force
+intervals covered 0.705–0.8997 on five of ten systems (docs/llpr.md, "What it cannot
+see"). With ``distance=`` (a :class:`~mlipuq.uq.LatentDistance` score) :meth:`fit`
+adds latent distance's variance to LLPR's, fitted jointly on held-out data as
+``LatentDistance(model, combine=llpr)`` fits it (:mod:`mlipuq.uq.distance_term`):
+
+.. math:: \\sigma^2_F = \\lambda_F\\,\\sigma^2_{F,\\rm LLPR} + a_F + b_F u_i^2, \\qquad
+          \\sigma^2_E = \\lambda_E\\,\\sigma^2_{E,\\rm LLPR} + n^2 (a_E + b_E U^2),
+
+:math:`u_i` each atom's latent distance to the training atoms of its element,
+:math:`U` the structure's to the training structures (in every layer's features
+where the model names its layers), :math:`\\lambda, a, b \\ge 0` by Gaussian NLL on
+``fit``'s ``val`` (None: a held-out fifth of ``train``). The members (posterior
+samples) are stretched to the combined variances; the stress and its variance stay
+LLPR's. Without the term (``distance=None``) LLPR is Bigi et al.'s, unchanged.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import numpy as np
+import torch
+
+from mlipuq import data as mdata
+from mlipuq.calibration.recalibrate import stretch_members
+from mlipuq.errors import user_stacklevel
+from mlipuq.uq import latent_features
+from mlipuq.uq.distance_term import fit_distance_term, load_distance_term
+from mlipuq.uq.latent_distance import _SCORES, LatentDistance, check_ridge_scale
+
+__all__ = ["LatentTerm"]
+
+
+class LatentTerm:
+    """The term's settings, fit, application and persistence, for
+    :class:`~mlipuq.uq.LastLayerLaplace` (module notes)."""
+
+    #: Widening powers while the term reads every layer's features: latent distance's
+    #: (energies ``r ** 0.75``, forces ``r ** 0.5``; docs/shift.md), whose variance the
+    #: term is.
+    all_layers_extrapolation = LatentDistance.all_layers_extrapolation
+    distance_: Optional[LatentDistance] = None
+
+    def _set_term(self, model, distance, distance_ridge_scale, distance_features) -> None:
+        """Check and keep the term's settings (``ValueError`` naming the argument)."""
+        if distance is not None and distance not in _SCORES:
+            raise ValueError(f"distance must be None or one of {_SCORES}, got {distance!r}")
+        self.distance = distance
+        self.distance_ridge_scale = check_ridge_scale(distance_ridge_scale, distance,
+                                                      "distance_ridge_scale")
+        self.distance_features = latent_features.check_term_features(distance_features,
+                                                                     model, distance)
+        self.distance_ = None
+
+    def default_widening(self) -> dict:
+        """:attr:`all_layers_extrapolation` with a term in every layer's features, else
+        :attr:`default_extrapolation` (LLPR's own)."""
+        if self.distance is None:
+            return self.default_extrapolation
+        return latent_features.term_widening(self)
+
+    def _term_config(self) -> dict:
+        """The settings :meth:`config` records: none without a term (files as before)."""
+        if self.distance is None:
+            return {}
+        return {"distance": self.distance, "distance_ridge_scale": self.distance_ridge_scale,
+                "distance_features": self.distance_features}
+
+    def _fit_term(self, train, val, *, batch_size: int, progress: bool) -> None:
+        """Fit ``distance_`` around the fitted posterior (module notes); None without a
+        term, or, with a warning, without forces to fit it on."""
+        self.distance_ = None
+        if self.distance is None:
+            return
+        data = mdata.as_dataset(train if val is None else val)
+        if data.forces is None or not self.include_forces:
+            warnings.warn("LastLayerLaplace.fit: the latent-distance term is fitted on forces "
+                          "and " + ("include_forces=False" if data.forces is not None
+                                    else "the data hold none") + "; LLPR's variance alone is "
+                          "used (distance=None)", UserWarning, stacklevel=user_stacklevel())
+            self._set_term(self.model, None, None, None)
+            return
+        if val is None and len(train) < 2:
+            raise ValueError("LastLayerLaplace.fit: the latent-distance term is fitted on val, "
+                             "or on a held-out part of train (at least 2 structures); pass "
+                             "val or distance=None")
+        self.distance_ = fit_distance_term(
+            self, train, val, score=self.distance, seed=self.seed, batch_size=batch_size,
+            progress=progress, structure_covariance="held-out",
+            ridge_scale=self.distance_ridge_scale, features=self.distance_features)
+
+    def _with_term(self, batch: mdata.Batch, result: dict) -> dict:
+        """``result`` (one batch of LLPR's predictions) with the term's variance added
+        and the members stretched to it; unchanged without a term."""
+        term = self.distance_
+        if term is None:
+            return result
+        with torch.no_grad(), latent_features.capture(self.model,
+                                                      self.distance_features) as features:
+            phi = features(self.model(batch, forces=False, features=True)["features"])
+        energy_var, atom_var, force_var = term.latent_parts(
+            phi.detach().cpu().to(torch.float64).numpy(), batch)
+        out = dict(result)
+        out["energy_var"] = _added(term.energy_other_scale_, result["energy_var"], energy_var)
+        out["forces_var"] = _added(term.forces_other_scale_, result["forces_var"],
+                                   np.asarray(force_var)[:, None])
+        if result.get("atom_energy_var") is not None:
+            out["atom_energy_var"] = _added(term.energy_other_scale_,
+                                            result["atom_energy_var"], atom_var)
+        for name, mean in (("energy_members", "energy"), ("forces_members", "forces")):
+            if result.get(name) is not None:
+                var = name.replace("members", "var")
+                out[name] = torch.as_tensor(stretch_members(
+                    _numpy(result[name]), _numpy(result[mean]), _numpy(out[var]),
+                    _numpy(result[var])))
+        return out
+
+    def _format_version(self) -> int:  # 3: version-2 readers would drop the term
+        return 2 if self.distance_ is None else 3
+
+    def _set_models(self, models) -> None:
+        super()._set_models(models)
+        if self.distance_ is not None:
+            self.distance_.model = self.model
+
+    def _term_state(self) -> dict:
+        return {} if self.distance_ is None else {"distance": self.distance_._get_state()}
+
+    def _load_term(self, state: dict) -> None:
+        """The saved term (absent in files saved without one, or before it existed)."""
+        term = state.get("distance")
+        if term is None:
+            self._set_term(self.model, None, None, None)
+            return
+        self.distance_ = load_distance_term(
+            self.model, self.distance, term, structure_covariance="held-out",
+            ridge_scale=self.distance_ridge_scale, features=self.distance_features)
+
+
+def _added(scale: float, own, latent: np.ndarray) -> torch.Tensor:
+    """``scale × own + latent`` as float64 on ``own``'s device."""
+    own = torch.as_tensor(own, dtype=torch.float64)
+    return scale * own + torch.as_tensor(latent, dtype=torch.float64, device=own.device)
+
+
+def _numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

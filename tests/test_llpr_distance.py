@@ -1,0 +1,92 @@
+"""LastLayerLaplace's latent-distance term (``distance=``): the check suite, the same
+variances as ``LatentDistance(model, combine=llpr)``, members stretched to them,
+save/load, files without a term unchanged, and its settings checked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import ETHANOL_SMALL
+
+import mlipuq
+from mlipuq.testing import check_uq_wrapper
+from mlipuq.uq import LastLayerLaplace, LatentDistance, load
+
+
+@pytest.fixture(scope="module")
+def ethanol():
+    return mlipuq.load(ETHANOL_SMALL)
+
+
+@pytest.fixture(scope="module")
+def base(fitted_members):
+    return fitted_members[0]
+
+
+def test_passes_the_check_suite(base, ethanol):
+    check_uq_wrapper(LastLayerLaplace(base, distance="mahalanobis"), ethanol[:14],
+                     fit_kwargs={})
+
+
+def test_variances_are_latent_distance_combined_with_llpr(base, ethanol):
+    """The term is LatentDistance's joint fit with LLPR: λ σ²_LLPR + a + b u², the same
+    numbers as ``LatentDistance(model, combine=llpr)`` fitted on the same data."""
+    train, val, test = ethanol[:10], ethanol[10:14], ethanol[14:]
+    own = LastLayerLaplace(base, distance="mahalanobis").fit(train, val)
+    llpr = LastLayerLaplace(base).fit(train)
+    combined = LatentDistance(base, combine=llpr).fit(train, val)
+    a, b = own.predict(test), combined.predict(test)
+    np.testing.assert_allclose(a.energy_var, b.energy_var, rtol=1e-9)
+    np.testing.assert_allclose(a.forces_var, b.forces_var, rtol=1e-9)
+    alone = llpr.predict(test, calibrated=False)
+    term = own.distance_
+    assert term.forces_other_scale_ > 0
+    assert np.all(a.forces_var >= term.forces_other_scale_ * alone.forces_var * (1 - 1e-12))
+    np.testing.assert_array_equal(a.energy, alone.energy)
+    assert own.default_widening() == LatentDistance(base).default_widening()
+
+
+def test_members_are_stretched_to_the_combined_variance(base, ethanol):
+    own = LastLayerLaplace(base, distance="mahalanobis", n_samples=32).fit(
+        ethanol[:10], ethanol[10:14])
+    alone = own.copy()
+    alone.distance_ = None
+    pred, before = (w.predict(ethanol[14:], calibrated=False) for w in (own, alone))
+    np.testing.assert_allclose(pred.energy_members - pred.energy,
+                               (before.energy_members - before.energy)
+                               * np.sqrt(pred.energy_var / before.energy_var),
+                               rtol=1e-7, atol=1e-10)
+    scale = own.distance_.energy_other_scale_
+    assert np.all(pred.energy_var > scale * before.energy_var)
+    assert not own.has_consistent_members
+
+
+def test_save_load_keeps_the_term(base, ethanol, tmp_path):
+    own = LastLayerLaplace(base, distance="mahalanobis").fit(ethanol[:10], ethanol[10:14])
+    own.calibrate(ethanol[10:14])
+    own.save(tmp_path / "llpr.pt")
+    loaded = load(tmp_path / "llpr.pt")
+    assert loaded.distance == "mahalanobis" and loaded.distance_ is not None
+    a, b = own.predict(ethanol[14:]), loaded.predict(ethanol[14:])
+    np.testing.assert_allclose(b.energy_var, a.energy_var, rtol=1e-12)
+    np.testing.assert_allclose(b.forces_var, a.forces_var, rtol=1e-12)
+    assert loaded.fingerprint() == own.fingerprint()
+
+
+def test_without_a_term_llpr_and_its_files_are_unchanged(base, ethanol):
+    plain = LastLayerLaplace(base).fit(ethanol[:14])
+    assert plain.distance is None and plain.distance_ is None
+    assert "distance" not in plain.config() and "distance" not in plain._get_state()
+    assert plain._format_version() == 2
+    assert plain.default_widening() == LastLayerLaplace.default_extrapolation
+
+
+def test_bad_settings_and_data_without_forces(base, ethanol):
+    with pytest.raises(ValueError, match="distance must be None or one of"):
+        LastLayerLaplace(base, distance="euclid")
+    with pytest.raises(ValueError, match="distance_features"):
+        LastLayerLaplace(base, distance="mahalanobis", distance_features="first")
+    with pytest.warns(UserWarning, match="include_forces=False"):
+        own = LastLayerLaplace(base, distance="mahalanobis", include_forces=False).fit(
+            ethanol[:10], ethanol[10:14])
+    assert own.distance is None and own.distance_ is None
