@@ -90,3 +90,14 @@ def test_bad_settings_and_data_without_forces(base, ethanol):
         own = LastLayerLaplace(base, distance="mahalanobis", include_forces=False).fit(
             ethanol[:10], ethanol[10:14])
     assert own.distance is None and own.distance_ is None
+
+
+def test_energy_only_queries_add_the_term(base, ethanol):
+    """``predict_energy`` (one pass, no forces) reports what ``predict`` does, the
+    term's energy variance included, calibrated or not."""
+    own = LastLayerLaplace(base, distance="mahalanobis").fit(ethanol[:10], ethanol[10:14])
+    for fitted in (own, own.copy().calibrate(ethanol[10:14])):
+        energy, var = fitted.predict_energy(ethanol[14:])
+        pred = fitted.predict(ethanol[14:])
+        np.testing.assert_allclose(energy, pred.energy, rtol=1e-12)
+        np.testing.assert_allclose(var, pred.energy_var, rtol=1e-9)

@@ -102,11 +102,7 @@ class LatentTerm:
         term = self.distance_
         if term is None:
             return result
-        with torch.no_grad(), latent_features.capture(self.model,
-                                                      self.distance_features) as features:
-            phi = features(self.model(batch, forces=False, features=True)["features"])
-        energy_var, atom_var, force_var = term.latent_parts(
-            phi.detach().cpu().to(torch.float64).numpy(), batch)
+        energy_var, atom_var, force_var = self._term_parts(batch)
         out = dict(result)
         out["energy_var"] = _added(term.energy_other_scale_, result["energy_var"], energy_var)
         out["forces_var"] = _added(term.forces_other_scale_, result["forces_var"],
@@ -129,6 +125,22 @@ class LatentTerm:
         super()._set_models(models)
         if self.distance_ is not None:
             self.distance_.model = self.model
+
+    def _term_parts(self, batch: mdata.Batch) -> tuple:
+        """The term's ``(energy_var (B,), atom_var (N,), force_var (N,))`` of ``batch``
+        (float64 NumPy, eV² and eV²/Å² per component), from a forward pass without
+        forces."""
+        with torch.no_grad(), latent_features.capture(self.model,
+                                                      self.distance_features) as features:
+            phi = features(self.model(batch, forces=False, features=True)["features"])
+        return self.distance_.latent_parts(phi.detach().cpu().to(torch.float64).numpy(), batch)
+
+    def _term_energy_var(self, batch: mdata.Batch, energy_var: np.ndarray) -> np.ndarray:
+        """LLPR's energy variances (B,) of ``batch`` with the term's (module notes);
+        unchanged without a term."""
+        if self.distance_ is None:
+            return energy_var
+        return self.distance_.energy_other_scale_ * energy_var + self._term_parts(batch)[0]
 
     def _term_state(self) -> dict:
         return {} if self.distance_ is None else {"distance": self.distance_._get_state()}

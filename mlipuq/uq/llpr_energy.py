@@ -20,7 +20,7 @@ from mlipuq.progress import batches_with_progress
 class EnergyQueries:
     """Mixin of :class:`~mlipuq.uq.llpr.LastLayerLaplace`: energy-only queries.
 
-    It uses the host's ``model``, ``species``, ``cutoff``, ``dtype``,
+    It uses the host's ``model``, ``species``, ``cutoff``, ``dtype``, ``_term_energy_var``,
     ``_check_fitted``, ``_structure_features``, ``_shift_energy``, its energy posterior
     (``energy_covariance_``, ``energy_posterior_``) and its calibration
     (``calibrated_``, ``recalibrator_``, ``strain_term_`` with ``_strain_variance``).
@@ -63,7 +63,8 @@ class EnergyQueries:
     def predict_energy(self, structures, *, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """Energies (B,) eV and their variance (B,) eV² only: no force pass, no Jacobian.
 
-        The cheapest LLPR query (one forward pass of the base model); the
+        The cheapest LLPR query (one forward pass of the base model, two with a
+        latent-distance term, whose energy variance is added as in :meth:`predict`); the
         energy recalibrator of :meth:`calibrate` is applied, then the strain term
         (stress-labelled calibration data) and the composition variance (as in
         :meth:`predict`).
@@ -77,7 +78,8 @@ class EnergyQueries:
             result = {"energy": energy}
             self._shift_energy(result, f)  # refit_mean: the posterior mean's energies
             energies.append(result["energy"].cpu().numpy())
-            variances.append(torch.einsum("bi,ij,bj->b", f, cov.to(f.device), f).cpu().numpy())
+            own = torch.einsum("bi,ij,bj->b", f, cov.to(f.device), f).cpu().numpy()
+            variances.append(self._term_energy_var(batch, own))  # LLPR's latent term
             if strain:  # as predict adds it, from the same batches
                 strains.append(self._strain_variance(batch))
         energy, var = np.concatenate(energies), np.concatenate(variances)
