@@ -79,12 +79,10 @@ class LatentTerm:
         self.distance_ = None
         if self.distance is None:
             return
-        data = mdata.as_dataset(train if val is None else val)
-        if data.forces is None or not self.include_forces:
+        if not mdata.as_dataset(train if val is None else val).has_forces.any():
             warnings.warn("LastLayerLaplace.fit: the latent-distance term is fitted on forces "
-                          "and " + ("include_forces=False" if data.forces is not None
-                                    else "the data hold none") + "; LLPR's variance alone is "
-                          "used (distance=None)", UserWarning, stacklevel=user_stacklevel())
+                          "and the data hold none; LLPR's variance alone is used "
+                          "(distance=None)", UserWarning, stacklevel=user_stacklevel())
             self._set_term(self.model, None, None, None)
             return
         if val is None and len(train) < 2:
