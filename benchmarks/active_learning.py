@@ -51,7 +51,7 @@ def make_uq_factory(species, model_kwargs, epochs, seed, max_time):
         train(model, labelled, None, epochs=epochs, batch_size=4, lr=3e-3, forces_weight=100.0,
               patience=10**6, seed=seed, max_time=max_time, progress=False)
         model.double().eval()
-        return LastLayerLaplace(model, force_variance="samples", n_samples=8).fit(labelled)
+        return LastLayerLaplace(model, force_variance="samples", n_samples=8, distance=None).fit(labelled)
     return make_uq
 
 

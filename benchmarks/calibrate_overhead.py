@@ -58,7 +58,7 @@ def wrappers(train, val, only=None):
 
     quick = dict(epochs=1, batch_size=16, progress=False)
     factories = {
-        "LastLayerLaplace": lambda model: LastLayerLaplace(model).fit(train),
+        "LastLayerLaplace": lambda model: LastLayerLaplace(model, distance=None).fit(train),
         "LatentDistance": lambda model: LatentDistance(model).fit(train, val),
         "ShallowEnsemble (8 heads)":
             lambda model: ShallowEnsemble(model, n_heads=8).fit(train, val, **quick),

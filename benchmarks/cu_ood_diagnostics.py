@@ -41,7 +41,7 @@ def main(argv=None):
     print(f"{'LLPR':<22}{'set':<10}{'E std/atom':>11}{'|E err|/atom':>13}{'F std':>8}"
           f"{'F MAE':>8}   (meV, meV/Å)")
     for include_forces in (True, False):
-        llpr = LastLayerLaplace(model, include_forces=include_forces).fit(train)
+        llpr = LastLayerLaplace(model, include_forces=include_forces, distance=None).fit(train)
         label = f"include_forces={include_forces}"
         for name, ds in (("300 K", test300), ("1500 K", hot), ("vac. cl.", cluster)):
             p = llpr.predict(ds)

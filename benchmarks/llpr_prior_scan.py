@@ -74,7 +74,7 @@ def scan() -> list:
     sets = {"val": val, "test": test}
     for name, kw in SHIFTS.items():
         sets[name] = datasets.emt(("Cu",), n_structures=20, seed=77, size=2, **kw)
-    wrapper = LastLayerLaplace(demo.load_pretrained("cu_emt_0")).fit(train)
+    wrapper = LastLayerLaplace(demo.load_pretrained("cu_emt_0"), distance=None).fit(train)
     rows = {k: rows_of(wrapper, v) for k, v in sets.items()}
     out = []
     for mult in MULTIPLIERS:

@@ -76,7 +76,7 @@ def engines(steps: int, repeats: int) -> None:
             a.calc = Calculator(model)
             a.get_potential_energy()
         wrapper = LastLayerLaplace(model, include_forces=False, force_variance="samples",
-                                   n_samples=8).fit(fit_set)
+                                   n_samples=8, distance=None).fit(fit_set)
         probe = atoms.copy()
         probe.rattle(0.02, seed=9)
         engine_copy = copy.deepcopy(wrapper).to(torch.float64)  # both engines run float64
@@ -115,9 +115,11 @@ def main() -> None:
     quick = dict(epochs=1, batch_size=8, progress=False)
     cases = {
         "base model": model,
-        "LLPR, exact force variances": LastLayerLaplace(model, include_forces=False).fit(fit_set),
+        "LLPR, exact force variances": LastLayerLaplace(model, include_forces=False,
+                                                        distance=None).fit(fit_set),
         "LLPR, sampled forces (8)": LastLayerLaplace(
-            model, include_forces=False, force_variance="samples", n_samples=8).fit(fit_set),
+            model, include_forces=False, force_variance="samples", n_samples=8,
+            distance=None).fit(fit_set),
         "ShallowEnsemble (8 heads)": ShallowEnsemble(model, n_heads=8, init="random").fit(
             fit_set, **quick),
         "EvidentialHead": EvidentialHead(model).fit(fit_set, **quick),

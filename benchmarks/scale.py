@@ -84,7 +84,7 @@ def worker_ranks(folder: str, task: str, pool: str) -> dict:
         distributed.barrier()
         start = time.perf_counter()
         if task == "fit":
-            LastLayerLaplace(model).fit(data, batch_size=32)
+            LastLayerLaplace(model, distance=None).fit(data, batch_size=32)
         else:  # the frames 4 times as reference (features only), once held out (with forces)
             LatentDistance(model).fit(data + data + data + data, data, batch_size=32)
             data = data + data + data + data + data  # the structures computed
@@ -108,7 +108,8 @@ def make_model(folder: str) -> None:
     model = MiniMLIP(ethanol.species, seed=0)
     model.save(os.path.join(folder, "model.pt"), overwrite=True)
     # four posterior samples give the force std (the exact one costs ~5x more per structure)
-    LastLayerLaplace(model, force_variance="samples", n_samples=4).fit(ethanol[:200]).save(
+    LastLayerLaplace(model, force_variance="samples", n_samples=4, distance=None).fit(
+        ethanol[:200]).save(
         os.path.join(folder, "llpr.pt"), overwrite=True)
     ethanol.write(os.path.join(folder, "train.xyz"), overwrite=True)
 

@@ -83,11 +83,12 @@ def wrappers_for(model, make_model, train, val, member_options, seed=0, only=WRA
     t0 = time.perf_counter()
     out = {}
     if "LastLayerLaplace" in only:
-        out["LastLayerLaplace"] = LastLayerLaplace(model).fit(train)
+        out["LastLayerLaplace"] = LastLayerLaplace(model, distance=None).fit(train)
     if LLPR_JOINT in only:
-        out[LLPR_JOINT] = LastLayerLaplace(model, energy_posterior="joint").fit(train)
+        out[LLPR_JOINT] = LastLayerLaplace(model, energy_posterior="joint", distance=None).fit(
+            train)
     if LLPR_E in only:
-        out[LLPR_E] = LastLayerLaplace(model, include_forces=False).fit(train)
+        out[LLPR_E] = LastLayerLaplace(model, include_forces=False, distance=None).fit(train)
     if "ShallowEnsemble (8 heads)" in only:
         out["ShallowEnsemble (8 heads)"] = ShallowEnsemble(model, n_heads=8).fit(
             train, val, epochs=30, lr=1e-3, batch_size=16, seed=seed, patience=8,

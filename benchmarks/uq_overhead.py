@@ -71,10 +71,12 @@ def run_system(name, species, structures, fit_set, batch_size, repeats,
     quick = dict(epochs=1, batch_size=batch_size, progress=False)
     wrappers = {
         "LLPR, energy uncertainty only (predict_energy)": LastLayerLaplace(
-            model, include_forces=False, n_samples=0).fit(fit_set),
+            model, include_forces=False, n_samples=0, distance=None).fit(fit_set),
         "LLPR, sampled force variances (n_samples=8)": LastLayerLaplace(
-            model, include_forces=False, force_variance="samples", n_samples=8).fit(fit_set),
-        "LLPR, exact force variances": LastLayerLaplace(model, include_forces=False).fit(fit_set),
+            model, include_forces=False, force_variance="samples", n_samples=8,
+            distance=None).fit(fit_set),
+        "LLPR, exact force variances": LastLayerLaplace(model, include_forces=False,
+                                                        distance=None).fit(fit_set),
         "ShallowEnsemble (8 heads)": ShallowEnsemble(model, n_heads=8, init="random").fit(
             fit_set, **quick),
         "ShallowEnsemble, heads alone (distance=None)": ShallowEnsemble(
@@ -87,7 +89,7 @@ def run_system(name, species, structures, fit_set, batch_size, repeats,
     direct_model = MiniMLIP(species, seed=0, avg_num_neighbors=20.0, direct_forces=True,
                              force_mode="direct", **MODEL).to(device)
     direct_model.set_atomic_energies({z: 0.0 for z in direct_model.species})
-    direct_llpr = LastLayerLaplace(direct_model).fit(fit_set)  # force rows: vector features
+    direct_llpr = LastLayerLaplace(direct_model, distance=None).fit(fit_set)  # force rows: vector features
     base = best_time(lambda: model.compute(structures, batch_size=batch_size), repeats)
     rows = [("base model, energies + forces (s)", base)]
     for label, wrapper in wrappers.items():
@@ -108,7 +110,7 @@ def run_system(name, species, structures, fit_set, batch_size, repeats,
     rows.append(("one feature VJP (per member force set) / base", vjp / base))
     inference = best_time(lambda: model.compute(fit_set, batch_size=batch_size), repeats)
     fit = best_time(
-        lambda: LastLayerLaplace(model, include_forces=False, n_samples=0).fit(
+        lambda: LastLayerLaplace(model, include_forces=False, n_samples=0, distance=None).fit(
             fit_set, batch_size=batch_size), repeats)
     rows.append(("LLPR fit (include_forces=False) / inference pass", fit / inference))
     # direct head: both timed against the direct model's own energies + direct forces

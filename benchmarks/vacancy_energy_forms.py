@@ -181,7 +181,7 @@ def end_to_end(part: str, cache: str) -> dict:
     print(f"{part}: recentring offsets (eV/atom) {np.round(offsets, 5).tolist()}", flush=True)
     result = {"offsets": offsets.tolist()}
     for label, base in (("as trained", model), ("recentred on val", moved)):
-        llpr = LastLayerLaplace(base).fit(train)
+        llpr = LastLayerLaplace(base, distance=None).fit(train)
         wrappers = {"LastLayerLaplace": llpr, "LatentDistance": LatentDistance(base),
                     "LatentDistance + LLPR": LatentDistance(base, combine=llpr)}
         for name, wrapper in wrappers.items():

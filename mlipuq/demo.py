@@ -330,7 +330,7 @@ def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     # Fixed epoch counts, no time budgets: the same wrappers on every run, under any load.
     wrappers = {
-        "LastLayerLaplace": LastLayerLaplace(model).fit(train_set, progress=progress),
+        "LastLayerLaplace": LastLayerLaplace(model).fit(train_set, val_set, progress=progress),
         "ShallowEnsemble (8 heads)": ShallowEnsemble(model, n_heads=8).fit(
             train_set, val_set, epochs=SHALLOW_EPOCHS, lr=SHALLOW_LR, seed=seed,
             progress=progress),

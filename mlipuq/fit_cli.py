@@ -6,7 +6,8 @@
 (:func:`mlipuq.models.load`) in a UQ wrapper, fits it on ``--train``,
 calibrates it on ``--val`` when given, and saves it (:meth:`UQWrapper.save`):
 
-* ``llpr``: :class:`~mlipuq.uq.LastLayerLaplace` (one pass over the data);
+* ``llpr``: :class:`~mlipuq.uq.LastLayerLaplace` (one pass over the data; ``--score``
+  adds its latent-distance term, fitted on ``--val``, ``none`` leaves LLPR alone);
 * ``shallow``: :class:`~mlipuq.uq.ShallowEnsemble` (``--heads`` heads trained
   by Gaussian NLL on a frozen backbone, and its latent-distance force and energy
   terms, fitted on ``--val``: ``--score`` picks the distance, ``none`` leaves the
@@ -159,21 +160,22 @@ def add_parsers(subparsers) -> None:
     fit.add_argument("--score", choices=SCORES + ("none",), default=None,
                      help="latent: the distance of an atom's features to its "
                           "element's training atoms (default: mahalanobis; docs/latent.md); "
-                          "evidential, shallow: that of its latent-distance term, none for "
-                          "the head(s) alone (default: mahalanobis; docs/evidential.md, "
-                          "docs/ensembles.md); with --latent: that of the added term")
+                          "evidential, shallow, llpr: that of its latent-distance term, none "
+                          "for the head(s) or LLPR alone (default: mahalanobis, llpr the "
+                          "class's; docs/evidential.md, docs/ensembles.md, docs/llpr.md); "
+                          "with --latent: that of the added term")
     fit.add_argument("--energy-distance", choices=("structure", "atoms"), default=None,
                      help="latent: energy variances from the structure's latent distance, "
                           "coherent over its atoms (default: structure), or summed over "
                           "independent atoms (docs/latent.md)")
     fit.add_argument("--features", choices=("readout", "all_layers"), default=None,
-                     help="latent, --latent, shallow, evidential: the features latent "
+                     help="latent, --latent, shallow, evidential, llpr: the features latent "
                           "distances are measured in: the readout's input or the invariant "
                           "features of every message-passing layer too (all_layers, MiniMLIP; "
                           "docs/latent.md); default all_layers where the model names its "
                           "layers, else readout")
     fit.add_argument("--ridge-scale", choices=("all_atoms", "per_species"), default=None,
-                     help="latent, --latent, shallow, evidential: whose spread the latent "
+                     help="latent, --latent, shallow, evidential, llpr: whose spread the latent "
                           "distance's covariance ridge is relative to: each element's "
                           "(per_species, the default since 2026-12-06) or every training "
                           "atom's (all_atoms, the default before; docs/latent.md)")
@@ -278,17 +280,17 @@ def _check_fit_args(args) -> None:
     if args.latent is not None and args.method not in ("llpr", "shallow", "deep"):
         raise ValueError(f"--latent adds a latent distance to llpr, shallow or deep, "
                          f"not to fit {args.method}")
-    if args.score is not None and args.method not in ("latent", "evidential", "shallow") \
-            and args.latent is None:
-        raise ValueError(f"--score is a latent, evidential, shallow or --latent option, not "
-                         f"one of fit {args.method}")
+    if args.score is not None and args.method not in ("latent", "evidential", "shallow",
+                                                      "llpr") and args.latent is None:
+        raise ValueError(f"--score is a latent, evidential, shallow, llpr or --latent option, "
+                         f"not one of fit {args.method}")
     if args.energy_distance is not None and args.method != "latent":
         raise ValueError(f"--energy-distance is a latent option, not one of fit {args.method}")
     for flag, value in (("--features", args.features), ("--ridge-scale", args.ridge_scale)):
         if value is not None and args.method != "latent" and args.latent is None and (
-                args.method not in ("shallow", "evidential") or args.score == "none"):
-            raise ValueError(f"{flag} is a latent or --latent option, or one of shallow and "
-                             "evidential with their latent-distance term, not one of fit "
+                args.method not in ("shallow", "evidential", "llpr") or args.score == "none"):
+            raise ValueError(f"{flag} is a latent or --latent option, or one of shallow, "
+                             "evidential and llpr with their latent-distance term, not one of fit "
                              f"{args.method}" + (" --score none" if args.score == "none"
                                                  else ""))
     if args.structure_covariance is not None and not (
@@ -314,10 +316,10 @@ def _check_fit_args(args) -> None:
     if args.reference is not None and args.score == "none":
         raise ValueError("--reference is what the latent-distance term measures to; "
                          "--score none has no such term")
-    if args.score == "none" and (args.method not in ("evidential", "shallow")
+    if args.score == "none" and (args.method not in ("evidential", "shallow", "llpr")
                                  or args.latent is not None):
-        raise ValueError("--score none (no latent-distance term) is an evidential or shallow "
-                         "option, without --latent")
+        raise ValueError("--score none (no latent-distance term) is an evidential, shallow or "
+                         "llpr option, without --latent")
     if args.recentre is not None and args.method != "deep":
         raise ValueError(f"--recentre is a deep option, not one of fit {args.method}")
     if args.recentre is not None and args.val is None:
@@ -375,10 +377,15 @@ def _method_wrapper(args, models, train, val, progress: bool, reference=None):
 
     model = models[0]
     common = {"seed": args.seed, "progress": progress}
-    if args.method == "llpr":
-        return LastLayerLaplace(model, refit_mean=args.refit_mean).fit(
-            train, val, batch_size=args.batch_size, **common)
     distance = {None: "mahalanobis", "none": None}.get(args.score, args.score)
+    if args.method == "llpr":  # with --latent, the combination supplies the term
+        options = {} if args.latent else {key: value for key, value in (
+            ("distance_ridge_scale", args.ridge_scale), ("distance_features", args.features))
+            if value is not None}
+        if args.latent or args.score is not None:  # else the class's default term
+            options["distance"] = None if args.latent else distance
+        return LastLayerLaplace(model, refit_mean=args.refit_mean, **options).fit(
+            train, val, batch_size=args.batch_size, **common)
     if args.method == "shallow":  # with --latent, the combination supplies the term
         energy = {} if args.energy_combination is None else {
             "energy_combination": {"none": None}.get(args.energy_combination, "max")}
@@ -428,7 +435,10 @@ def _method_rows(wrapper, method: str) -> list:
                 ("energy noise", f"{wrapper.energy_noise_:.4g} eV")]
         if wrapper.forces_noise_ is not None:
             rows.append(("forces noise", f"{wrapper.forces_noise_:.4g} eV/Å"))
-        return rows
+        term = wrapper.distance_
+        return rows + [("distance", "none (LLPR alone)" if term is None else (
+            f"{wrapper.distance}: λσ²_LLPR + a + b u²; λ forces "
+            f"{term.forces_other_scale_:.3g}, energy {term.energy_other_scale_:.3g}"))]
     if method == "latent":
         n_elements = len(wrapper.species_)
         energy = (f"n² ({wrapper.energy_a_:.3g} + {wrapper.energy_b_:.3g} U²)"

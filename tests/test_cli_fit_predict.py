@@ -405,12 +405,12 @@ def test_fit_deep_from_several_trained_models(files, tmp_path, capsys):
     (["deep", "--members", "1"], "--members must be >= 2"),
     (["llpr", "-m", "{model}"], "fit llpr takes one --model"),
     (["shallow", "--heads", "1"], "--heads must be >= 2"),
-    (["llpr", "--score", "knn"], "--score is a latent, evidential, shallow or --latent option"),
-    (["shallow", "--score", "none", "--latent", "forces"], "is an evidential or shallow option, "
-                                                          "without --latent"),
+    (["deep", "--score", "knn"], "--score is a latent, evidential, shallow, llpr or --latent "),
+    (["shallow", "--score", "none", "--latent", "forces"], "is an evidential, shallow or llpr "
+                                                          "option, without --latent"),
     (["latent", "--latent", "forces"], "--latent adds a latent distance to llpr, shallow or"),
     (["evidential", "--latent", "both"], "not to fit evidential"),
-    (["latent", "--score", "none"], "--score none (no latent-distance term) is an evidential"),
+    (["latent", "--score", "none"], "--score none (no latent-distance term) is an evidential,"),
     (["evidential", "--energy-distance", "atoms"], "--energy-distance is a latent option"),
     (["latent", "--reference", "train.extxyz"], "--reference is an evidential option"),
     (["llpr", "--structure-covariance", "held-out"], "--structure-covariance is a latent"),

@@ -107,3 +107,29 @@ def test_energy_only_queries_add_the_term(base, ethanol):
         pred = fitted.predict(ethanol[14:])
         np.testing.assert_allclose(energy, pred.energy, rtol=1e-12)
         np.testing.assert_allclose(var, pred.energy_var, rtol=1e-9)
+
+
+def test_command_line_fit_adds_the_term_on_val(base, ethanol, tmp_path, capsys):
+    """``mlipuq fit llpr --score mahalanobis`` fits the term on ``--val`` (the summary
+    names it); ``--score none`` and ``--latent`` leave LLPR alone (with ``--latent`` the
+    combination supplies the term)."""
+    from mlipuq import cli
+
+    paths = {name: tmp_path / f"{name}.extxyz" for name in ("train", "val")}
+    ethanol[:10].write(paths["train"])
+    ethanol[10:14].write(paths["val"])
+    base.save(tmp_path / "model.pt")
+    common = ["fit", "llpr", "--model", str(tmp_path / "model.pt"), "--train",
+              str(paths["train"]), "--val", str(paths["val"])]
+    assert cli.main(common + ["--score", "mahalanobis", "--out", str(tmp_path / "t.pt")]) == 0
+    assert "mahalanobis: λσ²_LLPR + a + b u²" in capsys.readouterr().out
+    term = load(tmp_path / "t.pt")
+    direct = LastLayerLaplace(base, distance="mahalanobis").fit(ethanol[:10], ethanol[10:14])
+    np.testing.assert_allclose(term.predict(ethanol[14:], calibrated=False).forces_var,
+                               direct.predict(ethanol[14:], calibrated=False).forces_var,
+                               rtol=1e-9)
+    for extra, name in ((["--score", "none"], "n.pt"), (["--latent", "forces"], "l.pt")):
+        assert cli.main(common + extra + ["--out", str(tmp_path / name)]) == 0
+    assert "none (LLPR alone)" in capsys.readouterr().out
+    assert load(tmp_path / "n.pt").distance_ is None
+    assert load(tmp_path / "l.pt").combine.distance_ is None

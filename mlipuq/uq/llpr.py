@@ -141,8 +141,9 @@ class LastLayerLaplace(LatentTerm, PosteriorMean, DirectHeadPosterior, EnergyQue
     distance, distance_ridge_scale, distance_features
         A latent-distance term (:mod:`mlipuq.uq.llpr_distance`): ``distance`` its
         :class:`~mlipuq.uq.LatentDistance` score (``"mahalanobis"``, ``"knn"``,
-        ``"gmm"``) or None (LLPR's variance alone); the other two are
-        LatentDistance's ``ridge_scale`` and ``features`` (None: its defaults).
+        ``"gmm"``) or None (the default: LLPR's variance alone, Bigi et al.'s; files
+        saved before load so); the other two are LatentDistance's ``ridge_scale`` and
+        ``features`` (None: its defaults).
 
     The force head is the model's ``force_mode`` at :meth:`fit`: with
     ``"direct"`` (a model with a direct force head) the force uncertainty

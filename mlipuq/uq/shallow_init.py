@@ -35,7 +35,7 @@ def laplace_direct_heads(
     :func:`laplace_heads`."""
     from mlipuq.uq.llpr import LastLayerLaplace, cholesky_with_jitter
 
-    llpr = LastLayerLaplace(model, include_forces=True, n_samples=0).fit(train)
+    llpr = LastLayerLaplace(model, include_forces=True, n_samples=0, distance=None).fit(train)
     reference = mdata.as_dataset(calibration if calibration is not None else train)
     pred = llpr.predict(reference, calibrated=False)
     alpha2_e = float(np.mean((pred.energy - reference.energies) ** 2
@@ -80,7 +80,7 @@ def laplace_heads(
 
     # the heads are drawn from the joint posterior, so alpha^2 must scale its energy variances
     llpr = LastLayerLaplace(model, include_forces=include_forces, n_samples=0,
-                            energy_posterior="joint").fit(train)
+                            energy_posterior="joint", distance=None).fit(train)
     reference = mdata.as_dataset(calibration if calibration is not None else train)
     pred = llpr.predict(reference, calibrated=False)
     ratios = (pred.energy - reference.energies) ** 2 / np.maximum(pred.energy_var, 1e-300)
