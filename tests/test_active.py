@@ -26,7 +26,7 @@ def data():
 def llpr(data):
     # fixed small noise so that labelling a structure visibly shrinks its variance
     return LastLayerLaplace(make_model(), prior_precision=1.0, energy_noise=0.01,
-                            forces_noise=0.1, n_samples=4).fit(data[:8])
+                            forces_noise=0.1, n_samples=4, distance=None).fit(data[:8])
 
 
 # ------------------------------------------------------------------ batch_llpr

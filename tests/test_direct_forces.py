@@ -111,7 +111,7 @@ def test_hand_built_llpr_direct_force_variance_is_exact():
     model = wrapped_pair_model()
     lam, s_e, s_f = 0.7, 0.05, 0.3
     llpr = LastLayerLaplace(model, prior_precision=lam, energy_noise=s_e, forces_noise=s_f,
-                            n_samples=0).fit(train)
+                            n_samples=0, distance=None).fit(train)
     assert llpr.force_head_ == "direct"
     module = model.module
     w = module.force_readout.weight.detach().numpy().reshape(-1)
@@ -142,7 +142,7 @@ def test_hand_built_llpr_direct_evidence():
     data = mlipuq.load(ETHANOL_SMALL)
     train, test = data[:12], data[12:14]
     model = wrapped_pair_model()
-    llpr = LastLayerLaplace(model, n_samples=0).fit(train)
+    llpr = LastLayerLaplace(model, n_samples=0, distance=None).fit(train)
     module = model.module
     w = module.force_readout.weight.detach().numpy().reshape(-1)
     v_rows = [numpy_features(a, module)[1].transpose(0, 2, 1).reshape(-1, len(w)) for a in train]
@@ -391,7 +391,7 @@ def test_llpr_direct_stress_uses_the_energy_posterior(cu_cell, force_variance):
         train.append(atoms)
     train = mlipuq.AtomsDataset(train)
     fixed = dict(prior_precision=0.3, energy_noise=0.05, n_samples=4,
-                 force_variance=force_variance)
+                 force_variance=force_variance, distance=None)
     direct = LastLayerLaplace(model, forces_noise=0.1, **fixed).fit(train)
     conservative_model = copy.deepcopy(model)
     conservative_model.force_mode = "conservative"

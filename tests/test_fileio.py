@@ -366,7 +366,7 @@ def test_version_2_wrapper_files_load_through_the_upgrade(tmp_path, data):
     """A wrapper file at version 2 (what every wrapper but a shallow ensemble with a
     shared energy term writes) reads back through the 2 -> 3 step unchanged."""
     train, _, test = data
-    wrapper = LastLayerLaplace(_tiny(0)).fit(train)
+    wrapper = LastLayerLaplace(_tiny(0), distance=None).fit(train)  # a version-2 file
     path = tmp_path / "w.pt"
     wrapper.save(path)
     assert torch.load(path, weights_only=True)["format_version"] == 2

@@ -33,7 +33,7 @@ def test_variances_are_latent_distance_combined_with_llpr(base, ethanol):
     numbers as ``LatentDistance(model, combine=llpr)`` fitted on the same data."""
     train, val, test = ethanol[:10], ethanol[10:14], ethanol[14:]
     own = LastLayerLaplace(base, distance="mahalanobis").fit(train, val)
-    llpr = LastLayerLaplace(base).fit(train)
+    llpr = LastLayerLaplace(base, distance=None).fit(train)
     combined = LatentDistance(base, combine=llpr).fit(train, val)
     a, b = own.predict(test), combined.predict(test)
     np.testing.assert_allclose(a.energy_var, b.energy_var, rtol=1e-9)
@@ -59,6 +59,7 @@ def test_members_are_stretched_to_the_combined_variance(base, ethanol):
     scale = own.distance_.energy_other_scale_
     assert np.all(pred.energy_var > scale * before.energy_var)
     assert not own.has_consistent_members
+    assert own.members_hint(forces=True).endswith("energy_posterior='joint', distance=None)")
 
 
 def test_save_load_keeps_the_term(base, ethanol, tmp_path):
@@ -74,7 +75,7 @@ def test_save_load_keeps_the_term(base, ethanol, tmp_path):
 
 
 def test_without_a_term_llpr_and_its_files_are_unchanged(base, ethanol):
-    plain = LastLayerLaplace(base).fit(ethanol[:14])
+    plain = LastLayerLaplace(base, distance=None).fit(ethanol[:14])
     assert plain.distance is None and plain.distance_ is None
     assert "distance" not in plain.config() and "distance" not in plain._get_state()
     assert plain._format_version() == 2

@@ -158,7 +158,7 @@ def test_member_forces_need_gradient_consistent_members(model64, ethanol):
         member_calculators(split, atoms=cu)
     member_calculators(split, atoms=cu, forces=False)  # energies alone are fine
     joint = LastLayerLaplace(model64, n_samples=3, force_variance="samples",
-                             energy_posterior="joint").fit(ethanol)
+                             energy_posterior="joint", distance=None).fit(ethanol)
     calc = member_calculators(joint, atoms=cu)[1]
     atoms = cu.copy()
     atoms.rattle(0.05, seed=0)

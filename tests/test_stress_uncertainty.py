@@ -92,10 +92,10 @@ def wrappers(cu):
     train, _ = cu
     torch.manual_seed(0)
     return {
-        "llpr_exact": LastLayerLaplace(make_model(), n_samples=6,
-                                       energy_posterior="joint").fit(train),
+        "llpr_exact": LastLayerLaplace(make_model(), n_samples=6, energy_posterior="joint",
+                                       distance=None).fit(train),
         "llpr_samples": LastLayerLaplace(make_model(), n_samples=6, force_variance="samples",
-                                         energy_posterior="joint").fit(train),
+                                         energy_posterior="joint", distance=None).fit(train),
         "deep": DeepEnsemble([make_model(seed=s) for s in range(3)]),
         # the heads' own energy members: the default energy term stretches them per
         # structure, and the member stresses stay the heads' (strain derivatives of them)

@@ -167,7 +167,7 @@ def pretrained_llpr():
 
     train, val, _ = system_data()
     hot = datasets.emt("Cu", n_structures=6, temperatures=(1500,), kinds="bulk", seed=4)
-    return LastLayerLaplace(load_pretrained("cu_emt_0")).fit(train), val, hot
+    return LastLayerLaplace(load_pretrained("cu_emt_0"), distance=None).fit(train), val, hot
 
 
 def test_llpr_on_hot_copper(pretrained_llpr, tmp_path):

@@ -164,7 +164,7 @@ def ethanol_llpr():
     model = demo.load_pretrained("ethanol_0")
     train = datasets.ethanol("train")[:300]
     val = datasets.ethanol("val")[:300]
-    wrapper = LastLayerLaplace(model).fit(train)
+    wrapper = LastLayerLaplace(model, distance=None).fit(train)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an offset note on brief calibration data
         wrapper.calibrate(val, method="student_t")

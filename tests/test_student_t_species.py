@@ -105,7 +105,7 @@ def test_a_file_without_per_species_predicts_as_before():
 @pytest.fixture(scope="module")
 def ethanol_llpr():
     model = demo.load_pretrained("ethanol_0")
-    return LastLayerLaplace(model).fit(datasets.ethanol("train")[:300])
+    return LastLayerLaplace(model, distance=None).fit(datasets.ethanol("train")[:300])
 
 
 def test_wrapper_per_species_t_on_dft_round_trips(ethanol_llpr, tmp_path):

@@ -34,7 +34,7 @@ def model(splits):
 
 @pytest.fixture(scope="module")
 def llpr(model, splits):
-    return LastLayerLaplace(model).fit(splits[0])
+    return LastLayerLaplace(model, distance=None).fit(splits[0])  # raw: to be recalibrated
 
 
 def _nll(pred, ref):

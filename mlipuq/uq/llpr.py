@@ -404,7 +404,8 @@ class LastLayerLaplace(LatentTerm, PosteriorMean, DirectHeadPosterior, EnergyQue
 
     def members_hint(self, *, forces: bool = False) -> str:
         return ("LastLayerLaplace(..., n_samples=16, force_variance='samples'"
-                + (", energy_posterior='joint')" if forces else ")"))
+                + (", energy_posterior='joint'" if forces else "")  # a term stretches them:
+                + (", distance=None)" if forces and self.distance is not None else ")"))
 
     @property
     def has_consistent_members(self) -> bool:

@@ -43,7 +43,7 @@ def main(folder: Path) -> None:
     train = mlipuq.load(folder / "train.xyz")
     val = mlipuq.load(folder / "val.xyz")
     pool = mlipuq.load(folder / "pool.xyz")  # unlabelled
-    llpr = LastLayerLaplace(model, n_samples=4).fit(train, batch_size=4)
+    llpr = LastLayerLaplace(model, n_samples=4, distance=None).fit(train, batch_size=4)
     llpr.calibrate(val)
     test = mlipuq.load(folder / "test.xyz")
     pred = llpr.predict(test, batch_size=5)
