@@ -77,7 +77,7 @@ def test_energy_variance_equals_bayesian_linear_regression(linear_model, ethanol
     train, test = ethanol[:14], ethanol[14:]
     lam, sigma = 0.7, 0.05
     llpr = LastLayerLaplace(linear_model, prior_precision=lam, energy_noise=sigma,
-                            include_forces=False).fit(train)
+                            include_forces=False, distance=None).fit(train)
     X, _ = _design(linear_model, train)
     Xt, _ = _design(linear_model, test)
     cov = np.linalg.inv(X.T @ X / sigma**2 + lam * np.eye(X.shape[1]))
@@ -96,7 +96,7 @@ def test_force_rows_enter_the_posterior_and_exact_force_variance(linear_model, e
     train, test = ethanol[:6], ethanol[18:]
     lam, s_e, s_f = 2.0, 0.1, 0.2
     llpr = LastLayerLaplace(linear_model, prior_precision=lam, energy_noise=s_e,
-                            forces_noise=s_f).fit(train)
+                            forces_noise=s_f, distance=None).fit(train)
     X, G = _design(linear_model, train)
     precision = X.T @ X / s_e**2 + G.T @ G / s_f**2 + lam * np.eye(X.shape[1])
     np.testing.assert_allclose(llpr.precision_, precision, rtol=1e-6)
@@ -109,7 +109,8 @@ def test_force_rows_enter_the_posterior_and_exact_force_variance(linear_model, e
 def test_energy_posterior_from_energy_rows_forces_from_joint(linear_model, ethanol, tmp_path):
     train, test = ethanol[:6], ethanol[18:]
     lam, s_e, s_f = 2.0, 0.1, 0.2
-    kw = dict(prior_precision=lam, energy_noise=s_e, forces_noise=s_f, n_samples=5, seed=2)
+    kw = dict(prior_precision=lam, energy_noise=s_e, forces_noise=s_f, n_samples=5, seed=2,
+              distance=None)
     split = LastLayerLaplace(linear_model, **kw).fit(train)  # energy_posterior="energy"
     joint = LastLayerLaplace(linear_model, energy_posterior="joint", **kw).fit(train)
     X, G = _design(linear_model, train)
@@ -127,9 +128,9 @@ def test_energy_posterior_from_energy_rows_forces_from_joint(linear_model, ethan
     np.testing.assert_allclose(p_split.forces_var, np.einsum("ri,ij,rj->r", Gt, cov, Gt).reshape(-1, 3),
                                rtol=1e-5)
     # with auto hyperparameters the energy posterior is the include_forces=False one
-    auto = LastLayerLaplace(linear_model, n_samples=5, seed=2).fit(train)
+    auto = LastLayerLaplace(linear_model, n_samples=5, seed=2, distance=None).fit(train)
     energy_only = LastLayerLaplace(linear_model, include_forces=False, n_samples=5,
-                                   seed=2).fit(train)
+                                   seed=2, distance=None).fit(train)
     a, e = auto.predict(test), energy_only.predict(test)
     np.testing.assert_allclose(a.energy_var, e.energy_var, rtol=1e-8)
     np.testing.assert_allclose(a.atom_energy_var, e.atom_energy_var, rtol=1e-8)
@@ -160,10 +161,12 @@ def test_energy_posterior_from_energy_rows_forces_from_joint(linear_model, ethan
 
 
 def test_sampled_force_variance_converges_to_exact(linear_model, ethanol):
-    exact = LastLayerLaplace(linear_model).fit(ethanol[:10]).predict(ethanol[10:13]).forces_var
+    exact = LastLayerLaplace(linear_model, distance=None).fit(ethanol[:10]).predict(
+        ethanol[10:13]).forces_var
     errors = []
     for k in (16, 256, 4096):
-        sampled = LastLayerLaplace(linear_model, force_variance="samples", n_samples=k, seed=1)
+        sampled = LastLayerLaplace(linear_model, force_variance="samples", n_samples=k, seed=1,
+                                   distance=None)
         var = sampled.fit(ethanol[:10]).predict(ethanol[10:13]).forces_var
         errors.append(np.mean(np.abs(var / exact - 1)))
     assert errors[0] > errors[2]
