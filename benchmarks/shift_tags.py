@@ -39,12 +39,15 @@ MOLECULES = ("ethanol", "acac")
 #: its forces widened by r ** 0.5; then latent distance's own distances (alone and
 #: combined with another wrapper), its forces widened by r ** 0.5 there too; then the
 #: energies of latent distance and the evidential head widened by r ** 0.75 with every
-#: layer's features (ENERGY_WIDENING).
+#: layer's features (ENERGY_WIDENING); then LLPR got a latent-distance term of its own,
+#: fitted on val (LLPR_TERM; its rows before are LLPR alone, "LastLayerLaplace (alone)"
+#: since).
 #: Their rows tagged before are from the earlier defaults, marked † (the latent wrappers'
 #: rows of every layer's features with the energies' r ** 1: "2026-12-06, latent
 #: all-layers features").
 ENERGY_WIDENING = "2026-12-06, all-layers energies widened r^0.75"
-LATER_DEFAULTS = {"ShallowEnsemble": "2026-12-06, shallow all-layers features",
+LLPR_TERM = "2026-12-06, LLPR latent term"
+LATER_DEFAULTS = {"LastLayerLaplace": LLPR_TERM,"ShallowEnsemble": "2026-12-06, shallow all-layers features",
                   "EvidentialHead": ENERGY_WIDENING,
                   "LatentDistance": ENERGY_WIDENING, "LatentDistance + LLPR": ENERGY_WIDENING,
                   "LatentDistance + ShallowEnsemble": ENERGY_WIDENING,

@@ -8,7 +8,9 @@ run, interleaved with the base model, and reported as a ratio of the best of
 
 * base: ``model.compute`` (energies + forces), the denominator;
 * LLPR, energy uncertainty only: ``predict_energy`` (energies + energy std);
-* LLPR with sampled force uncertainties (8 samples) and with exact ones;
+* LLPR with sampled force uncertainties (8 samples) and with exact ones, the
+  posterior alone (``distance=None``), and exact with its latent-distance term (the
+  default);
 * ShallowEnsemble (8 heads; with its latent-distance force term, the default,
   and the heads alone), EvidentialHead, DeepEnsemble (5 members);
 * one vector-Jacobian product of the features (the cost of one member's force
@@ -77,6 +79,9 @@ def run_system(name, species, structures, fit_set, batch_size, repeats,
             distance=None).fit(fit_set),
         "LLPR, exact force variances": LastLayerLaplace(model, include_forces=False,
                                                         distance=None).fit(fit_set),
+        # its latent-distance term (the default since 2026-12-06): one more forward pass
+        "LLPR, exact, with its latent term (the default)": LastLayerLaplace(
+            model, include_forces=False).fit(fit_set),
         "ShallowEnsemble (8 heads)": ShallowEnsemble(model, n_heads=8, init="random").fit(
             fit_set, **quick),
         "ShallowEnsemble, heads alone (distance=None)": ShallowEnsemble(

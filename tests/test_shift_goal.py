@@ -192,7 +192,7 @@ def test_update_keeps_the_rows_it_does_not_replace(tmp_path, monkeypatch):
     assert marked == {"default", "scalar †", "default †"}
     # the refit (2026-12-04) changed every wrapper's energies: a row of any earlier
     # defaults is stale, whatever its wrapper and method
-    assert shift.current({"defaults": shift.DEFAULTS, "wrapper": "LastLayerLaplace",
+    assert shift.current({"defaults": shift.DEFAULTS, "wrapper": "LastLayerLaplace (alone)",
                           "method": "scalar"})
     # the evidential head's own default changed after (the larger of two variances): its
     # rows of the refit's defaults are stale; those of its own tag were current until
@@ -202,11 +202,11 @@ def test_update_keeps_the_rows_it_does_not_replace(tmp_path, monkeypatch):
                               "method": "scalar"})
     assert not shift.current({"defaults": shift.DEFAULTS, "wrapper": "EvidentialHead",
                               "method": "default"})
-    assert not shift.current({"defaults": tag, "wrapper": "LastLayerLaplace",
+    assert not shift.current({"defaults": tag, "wrapper": "LastLayerLaplace (alone)",
                               "method": "default"})
     # since the strain term (2026-12-05) an EMT system's rows are current with its tag
     # alone, for a wrapper without a later default; a molecule's keep the wrapper's tag
-    for wrapper in ("LatentDistance + LLPR (refit mean)", "LastLayerLaplace"):
+    for wrapper in ("LatentDistance + LLPR (refit mean)", "LastLayerLaplace (alone)"):
         assert shift.current({"defaults": shift.STRAIN_TERM, "wrapper": wrapper,
                               "system": "cupd"})
         assert not shift.current({"defaults": shift.defaults_of(wrapper), "wrapper": wrapper,
@@ -221,14 +221,14 @@ def test_update_keeps_the_rows_it_does_not_replace(tmp_path, monkeypatch):
     for wrapper, tag in shift.LATER_DEFAULTS.items():
         for system in ("cupd", "ethanol"):
             assert shift.current({"defaults": tag, "wrapper": wrapper, "system": system})
-            assert not shift.current({"defaults": tag, "wrapper": "LastLayerLaplace",
+            assert not shift.current({"defaults": tag, "wrapper": "LastLayerLaplace (alone)",
                                       "system": system})
         assert not shift.current({"defaults": shift.STRAIN_TERM, "wrapper": wrapper,
                                   "system": "cupd"})
         assert not shift.current({"defaults": shift.DEFAULTS, "wrapper": wrapper,
                                   "system": "acac"})
     for earlier in shift.EARLIER_DEFAULTS + (None,):
-        for wrapper in ("EvidentialHead", "LastLayerLaplace", "ShallowEnsemble"):
+        for wrapper in ("EvidentialHead", "LastLayerLaplace (alone)", "ShallowEnsemble"):
             for method in ("default", "scalar", "default, no widening"):
                 assert not shift.current({"defaults": earlier, "wrapper": wrapper,
                                           "method": method})

@@ -140,10 +140,12 @@ class LastLayerLaplace(LatentTerm, PosteriorMean, DirectHeadPosterior, EnergyQue
         model is not modified. Conservative force heads only.
     distance, distance_ridge_scale, distance_features
         A latent-distance term (:mod:`mlipuq.uq.llpr_distance`): ``distance`` its
-        :class:`~mlipuq.uq.LatentDistance` score (``"mahalanobis"``, ``"knn"``,
-        ``"gmm"``) or None (the default: LLPR's variance alone, Bigi et al.'s; files
-        saved before load so); the other two are LatentDistance's ``ridge_scale`` and
-        ``features`` (None: its defaults).
+        :class:`~mlipuq.uq.LatentDistance` score (``"mahalanobis"``, the default
+        since 2026-12-06, a round on eleven systems and forty unseen shifts,
+        docs/shift.md; ``"knn"``, ``"gmm"``) or None (LLPR's variance alone, Bigi et
+        al.'s, the default before; files saved before load so); the other two are
+        LatentDistance's ``ridge_scale`` and ``features`` (None: its defaults). Pass
+        ``fit`` the held-out ``val`` the term is fitted on.
 
     The force head is the model's ``force_mode`` at :meth:`fit`: with
     ``"direct"`` (a model with a direct force head) the force uncertainty
@@ -187,7 +189,7 @@ class LastLayerLaplace(LatentTerm, PosteriorMean, DirectHeadPosterior, EnergyQue
         seed: int = 0,
         vectorize="auto",
         refit_mean: bool = False,
-        distance: Optional[str] = None,
+        distance: Optional[str] = "mahalanobis",
         distance_ridge_scale: Optional[str] = None,
         distance_features: Optional[str] = None,
     ):
