@@ -10,7 +10,7 @@ is missed, and the force goal is met on more splits; (3) in distribution its for
 miscalibration area stays ≤ 0.05 and its force and energy NLL are no worse than
 LLPR's by more than 0.02 nats on any system. Printed besides: the in-distribution
 mean force std (sharpness) and the rows fitted with ``fit(train)`` alone (the term
-on a held-out fifth of train), for information.
+on a held-out fifth of train; own shifts only), for information.
 """
 
 from __future__ import annotations
@@ -79,11 +79,14 @@ def in_dist_part(own: list[dict], wrapper: str) -> tuple[list[str], list[str]]:
 
 def verdict(own: list[dict], unseen: list[dict], wrapper: str) -> list[str]:
     lines, own_misses = own_part(own, wrapper)
-    newly, met_before, met = unseen_part(unseen, wrapper)
     dist_lines, dist_misses = in_dist_part(own, wrapper)
+    lines += dist_lines + [f"  (1) own shifts missed: {own_misses or 'none'}"]
+    if not shifts_of(unseen, wrapper):  # (the fit(train) rows: own shifts only)
+        return lines + ["  (2) unseen kinds: no rows",
+                        f"  (3) in distribution missed: {dist_misses or 'none'}"]
+    newly, met_before, met = unseen_part(unseen, wrapper)
     passes = not own_misses and not newly and met > met_before and not dist_misses
-    return lines + dist_lines + [
-        f"  (1) own shifts missed: {own_misses or 'none'}",
+    return lines + [
         f"  (2) unseen splits newly missed: {newly or 'none'}; force goal met on "
         f"{met_before} -> {met} of {len(shifts_of(unseen, wrapper))}",
         f"  (3) in distribution missed: {dist_misses or 'none'}",
