@@ -195,7 +195,7 @@ METHOD_OPTIONS = {"conformal": {"coverage": 0.95}, "default, no widening": {"ext
 #: options LLPR at its posterior mean and the structure covariance chosen on held-out
 #: structures.
 DOCS_ONLY = ("before", "(kNN)", "(no distance)", "(atom energies)", "(head-data reference)",
-             "(heads alone)", "(refit mean", "(held-out structure covariance)")
+             "(heads alone)", "(refit mean", "(held-out structure covariance)", "(alone)")
 DOCS_ONLY_NAMES = ("LatentDistance + ShallowEnsemble",
                    "LatentDistance + ShallowEnsemble (committee energies)")
 

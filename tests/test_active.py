@@ -108,7 +108,7 @@ def emt_pool():
     model = MiniMLIP(["Cu"], seed=0, cutoff=4.5, width=8, n_interactions=1, n_rbf=6,
                      n_readout_features=8)
     mlipuq.train(model, train, None, epochs=3, batch_size=8, lr=3e-3, seed=0, progress=False)
-    llpr = LastLayerLaplace(model.double().eval(), n_samples=4).fit(train)
+    llpr = LastLayerLaplace(model.double().eval(), n_samples=4, distance=None).fit(train)
     pool = unlabelled(datasets.emt("Cu", 40, (300, 900, 1500), seed=6,
                                    kinds=("bulk", "vacancy", "surface")))
     return llpr, pool, int(np.argmax(llpr.predict(pool).energy_std))

@@ -128,9 +128,10 @@ def _fit(files, method, out, *extra) -> int:
 def check_latent_flag(model, ethanol, tmp_path, capsys, flag, value, attribute,
                       terms: dict) -> None:
     """``fit latent FLAG VALUE`` saves a wrapper whose ``attribute`` is ``value``, as
-    ``--latent`` does for the term it adds, and ``fit shallow|evidential FLAG V`` for
-    their latent terms (``terms``: V of each, one that is not its default); elsewhere,
-    and with ``--score none``, the flag is a user error."""
+    ``--latent`` does for the term it adds, ``fit llpr FLAG VALUE`` for LLPR's own term,
+    and ``fit shallow|evidential FLAG V`` for their latent terms (``terms``: V of each,
+    one that is not its default); elsewhere, and with ``--score none``, the flag is a
+    user error."""
     files = {"model": tmp_path / "m.pt", "train": tmp_path / "train.extxyz",
              "val": tmp_path / "val.extxyz"}
     model.save(files["model"])
@@ -140,7 +141,9 @@ def check_latent_flag(model, ethanol, tmp_path, capsys, flag, value, attribute,
     assert getattr(load_wrapper(tmp_path / "a.pt"), attribute) == value
     assert _fit(files, "llpr", tmp_path / "b.pt", "--latent", "forces", flag, value) == 0
     assert getattr(load_wrapper(tmp_path / "b.pt"), attribute) == value
-    assert _fit(files, "llpr", tmp_path / "c.pt", flag, value) == 2
+    assert _fit(files, "llpr", tmp_path / "c.pt", flag, value) == 0
+    assert getattr(load_wrapper(tmp_path / "c.pt").distance_, attribute) == value
+    assert _fit(files, "deep", tmp_path / "d.pt", flag, value) == 2
     assert f"{flag} is a latent or --latent option" in capsys.readouterr().err
     for method, term_value in terms.items():
         out = tmp_path / f"{method}.pt"
