@@ -4,8 +4,9 @@ LLPR's variance is a quadratic form in the readout's features. Where a structure
 leaves the training data without moving them it stays in-distribution sized: trained
 on 32-atom cells narrower than twice the cutoff, the benchmark's EMT base models'
 forces in 108-atom cells were 1.4–2.9 times less accurate and LLPR's 95 % force
-intervals covered 0.705–0.8997 on five of ten systems (docs/llpr.md, "What it cannot
-see"). With ``distance=`` (a :class:`~mlipuq.uq.LatentDistance` score) :meth:`fit`
+intervals covered 0.705–0.8997 on five of ten systems (docs/llpr.md, "Its
+latent-distance term"). With ``distance=`` (a :class:`~mlipuq.uq.LatentDistance` score,
+``"mahalanobis"`` by default since a round of 2026-12-06, docs/shift.md) :meth:`fit`
 adds latent distance's variance to LLPR's, fitted jointly on held-out data as
 ``LatentDistance(model, combine=llpr)`` fits it (:mod:`mlipuq.uq.distance_term`):
 
