@@ -47,7 +47,8 @@ MOLECULES = ("ethanol", "acac")
 #: all-layers features").
 ENERGY_WIDENING = "2026-12-06, all-layers energies widened r^0.75"
 LLPR_TERM = "2026-12-06, LLPR latent term"
-LATER_DEFAULTS = {"LastLayerLaplace": LLPR_TERM,"ShallowEnsemble": "2026-12-06, shallow all-layers features",
+LATER_DEFAULTS = {"LastLayerLaplace": LLPR_TERM,
+                  "ShallowEnsemble": "2026-12-06, shallow all-layers features",
                   "EvidentialHead": ENERGY_WIDENING,
                   "LatentDistance": ENERGY_WIDENING, "LatentDistance + LLPR": ENERGY_WIDENING,
                   "LatentDistance + ShallowEnsemble": ENERGY_WIDENING,
