@@ -247,6 +247,13 @@ def fitted_members():
     return models
 
 
+@pytest.fixture(scope="session")
+def base(fitted_members):
+    """The first of ``fitted_members``: a model trained on the small ethanol set
+    (shared: never modify it)."""
+    return fitted_members[0]
+
+
 # ------------------------------------------------------------------ PostgreSQL
 def _postgres_bin() -> "Path | None":
     """Folder holding ``initdb`` and ``pg_ctl`` (PATH, then /usr/lib/postgresql/*/bin)."""

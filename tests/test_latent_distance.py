@@ -25,12 +25,6 @@ def ethanol():
 
 
 @pytest.fixture(scope="module")
-def base(fitted_members):
-    """Trained well enough that the training structures are fitted (shared, unmodified)."""
-    return fitted_members[0]
-
-
-@pytest.fixture(scope="module")
 def copper():
     """A MiniMLIP trained on 300 K EMT Cu bulk frames, and test frames at 300, 900, 1500 K."""
     train = datasets.emt("Cu", 20, (300,), seed=0, kinds="bulk", cache=False)

@@ -21,12 +21,6 @@ from mlipuq.uq import EvidentialHead, LatentDistance, ShallowEnsemble, latent_fe
 from mlipuq.uq import load as load_wrapper
 
 
-@pytest.fixture
-def base(fitted_members):
-    """A model trained on the small ethanol set (shared: not modified)."""
-    return fitted_members[0]
-
-
 def _layers_by_hand(model, batch) -> list[torch.Tensor]:
     """MiniMLIP's invariant features after each message-passing layer, run step by step
     as ``per_atom_energy`` runs them (no hook)."""

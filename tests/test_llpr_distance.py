@@ -6,21 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import ETHANOL_SMALL
 
 import mlipuq
 from mlipuq.testing import check_uq_wrapper
 from mlipuq.uq import LastLayerLaplace, LatentDistance, load
-
-
-@pytest.fixture(scope="module")
-def ethanol():
-    return mlipuq.load(ETHANOL_SMALL)
-
-
-@pytest.fixture(scope="module")
-def base(fitted_members):
-    return fitted_members[0]
 
 
 def test_passes_the_check_suite(base, ethanol):
