@@ -473,16 +473,17 @@ class LastLayerLaplace(LatentTerm, PosteriorMean, DirectHeadPosterior, EnergyQue
     # --------------------------------------------------------------- predict
     has_stress_uncertainty = True
 
-    def _predict_batch(self, batch: mdata.Batch, stress: bool = False) -> dict:
+    def _posterior_batch(self, batch: mdata.Batch, stress: bool) -> dict:
+        """The posterior's predictions of one batch (the mixin's ``_predict_batch``)."""
         if self._direct:
-            return self._with_term(batch, self._predict_direct(batch, stress))
+            return self._predict_direct(batch, stress)
         if self.model.has_direct_forces:  # the posterior is on -dE/dr, whatever the mode now
             with self.model.using_force_mode("conservative"):
-                return self._with_term(batch, self._predict_conservative(batch, stress))
-        return self._with_term(batch, self._predict_conservative(batch, stress))
+                return self._predict_conservative(batch, stress)
+        return self._predict_conservative(batch, stress)
 
     def _energy_part(self, out: dict, batch: mdata.Batch) -> tuple[dict, torch.Tensor]:
-        """Energies, their variance, local variances and members; and the rows ``f``."""
+        """Energies, variances, members, the pass's ``features`` (the term's); rows ``f``."""
         phi = out["features"].detach()
         cov_e = torch.as_tensor(self.energy_covariance_, dtype=torch.float64, device=phi.device)
         f = self._structure_features(phi, batch)
@@ -491,6 +492,7 @@ class LastLayerLaplace(LatentTerm, PosteriorMean, DirectHeadPosterior, EnergyQue
             "energy": out["energy"].detach(),
             "energy_var": torch.einsum("bi,ij,bj->b", f, cov_e, f),
             "atom_energy_var": torch.einsum("ni,ij,nj->n", atom, cov_e, atom),
+            "features": phi,
         }
         if self.n_samples > 0:
             samples = torch.as_tensor(self.energy_samples_, dtype=torch.float64,

@@ -95,13 +95,22 @@ class LatentTerm:
             progress=progress, structure_covariance="held-out",
             ridge_scale=self.distance_ridge_scale, features=self.distance_features)
 
-    def _with_term(self, batch: mdata.Batch, result: dict) -> dict:
+    def _predict_batch(self, batch: mdata.Batch, stress: bool = False) -> dict:
+        """The host's ``_posterior_batch`` with the term's variance: the term reads the
+        features of the posterior's own forward pass (its result's ``features``)."""
+        with latent_features.capture(self.model, self.distance_features) as term_features:
+            result = self._posterior_batch(batch, stress)
+            phi = term_features(result.pop("features"))
+        return self._with_term(batch, result, phi)
+
+    def _with_term(self, batch: mdata.Batch, result: dict, phi: torch.Tensor) -> dict:
         """``result`` (one batch of LLPR's predictions) with the term's variance added
-        and the members stretched to it; unchanged without a term."""
+        and the members stretched to it; unchanged without a term. ``phi``: the (N, F)
+        features of the batch's forward pass the term reads (``distance_features``)."""
         term = self.distance_
         if term is None:
             return result
-        energy_var, atom_var, force_var = self._term_parts(batch)
+        energy_var, atom_var, force_var = self._term_parts(batch, phi)
         out = dict(result)
         out["energy_var"] = _added(term.energy_other_scale_, result["energy_var"], energy_var)
         out["forces_var"] = _added(term.forces_other_scale_, result["forces_var"],
@@ -125,21 +134,19 @@ class LatentTerm:
         if self.distance_ is not None:
             self.distance_.model = self.model
 
-    def _term_parts(self, batch: mdata.Batch) -> tuple:
+    def _term_parts(self, batch: mdata.Batch, phi: torch.Tensor) -> tuple:
         """The term's ``(energy_var (B,), atom_var (N,), force_var (N,))`` of ``batch``
-        (float64 NumPy, eV² and eV²/Å² per component), from a forward pass without
-        forces."""
-        with torch.no_grad(), latent_features.capture(self.model,
-                                                      self.distance_features) as features:
-            phi = features(self.model(batch, forces=False, features=True)["features"])
+        (float64 NumPy, eV² and eV²/Å² per component) from its features ``phi``."""
         return self.distance_.latent_parts(phi.detach().cpu().to(torch.float64).numpy(), batch)
 
-    def _term_energy_var(self, batch: mdata.Batch, energy_var: np.ndarray) -> np.ndarray:
-        """LLPR's energy variances (B,) of ``batch`` with the term's (module notes);
-        unchanged without a term."""
+    def _term_energy_var(self, batch: mdata.Batch, energy_var: np.ndarray,
+                         phi: torch.Tensor) -> np.ndarray:
+        """LLPR's energy variances (B,) of ``batch`` with the term's (module notes), from
+        the batch's features ``phi``; unchanged without a term."""
         if self.distance_ is None:
             return energy_var
-        return self.distance_.energy_other_scale_ * energy_var + self._term_parts(batch)[0]
+        return (self.distance_.energy_other_scale_ * energy_var
+                + self._term_parts(batch, phi)[0])
 
     def _term_state(self) -> dict:
         return {} if self.distance_ is None else {"distance": self.distance_._get_state()}

@@ -15,14 +15,15 @@ import torch
 
 from mlipuq import data as mdata
 from mlipuq.progress import batches_with_progress
+from mlipuq.uq import latent_features
 
 
 class EnergyQueries:
     """Mixin of :class:`~mlipuq.uq.llpr.LastLayerLaplace`: energy-only queries.
 
-    It uses the host's ``model``, ``species``, ``cutoff``, ``dtype``, ``_term_energy_var``,
-    ``_check_fitted``, ``_structure_features``, ``_shift_energy``, its energy posterior
-    (``energy_covariance_``, ``energy_posterior_``) and its calibration
+    It uses the host's ``model``, ``species``, ``cutoff``, ``dtype``, ``distance_features``,
+    ``_term_energy_var``, ``_check_fitted``, ``_structure_features``, ``_shift_energy``,
+    its energy posterior (``energy_covariance_``, ``energy_posterior_``) and its calibration
     (``calibrated_``, ``recalibrator_``, ``strain_term_`` with ``_strain_variance``).
     """
 
@@ -36,13 +37,14 @@ class EnergyQueries:
         """
         self._check_fitted()
         dataset = mdata.as_dataset(structures)
-        rows = [f.cpu().numpy() for _, f, _ in self._energy_rows(dataset, batch_size, progress)]
+        rows = [f.cpu().numpy()
+                for _, f, _, _ in self._energy_rows(dataset, batch_size, progress)]
         return np.concatenate(rows).astype(np.float64)
 
     @torch.no_grad()
     def _energy_rows(self, dataset: mdata.AtomsDataset, batch_size: int, progress: bool = False):
         """Per batch, without forces: (energies (b,) eV, energy rows f (b, D) float64,
-        the batch)."""
+        the batch on the model's device, the features its latent term reads)."""
         dataset.validate(self.species)
         batches = batches_with_progress(
             mdata.iter_batches(dataset, self.cutoff, batch_size, species=self.species,
@@ -50,8 +52,11 @@ class EnergyQueries:
             len(dataset), f"energy rows ({type(self).__name__})", progress)
         self.model.eval()
         for _, batch in batches:
-            out = self.model(batch.to(device=self.model.device), forces=False, features=True)
-            yield out["energy"], self._structure_features(out["features"], batch), batch
+            batch = batch.to(device=self.model.device)
+            with latent_features.capture(self.model, self.distance_features) as term_features:
+                out = self.model(batch, forces=False, features=True)
+            yield (out["energy"], self._structure_features(out["features"], batch), batch,
+                   term_features(out["features"]))
 
     def energy_posterior_covariance(self) -> tuple[np.ndarray, float]:
         """``(Σ, σ²)``: the (D, D) posterior covariance of the readout weights behind
@@ -63,8 +68,8 @@ class EnergyQueries:
     def predict_energy(self, structures, *, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """Energies (B,) eV and their variance (B,) eV² only: no force pass, no Jacobian.
 
-        The cheapest LLPR query (one forward pass of the base model, two with a
-        latent-distance term, whose energy variance is added as in :meth:`predict`); the
+        The cheapest LLPR query (one forward pass of the base model; a latent-distance
+        term's energy variance is added as in :meth:`predict`, from the same pass); the
         energy recalibrator of :meth:`calibrate` is applied, then the strain term
         (stress-labelled calibration data) and the composition variance (as in
         :meth:`predict`).
@@ -74,12 +79,12 @@ class EnergyQueries:
         energies, variances, strains = [], [], []
         cov = torch.as_tensor(self.energy_covariance_, dtype=torch.float64)
         strain = self.calibrated_ and getattr(self, "strain_term_", None) is not None
-        for energy, f, batch in self._energy_rows(dataset, batch_size):
+        for energy, f, batch, phi in self._energy_rows(dataset, batch_size):
             result = {"energy": energy}
             self._shift_energy(result, f)  # refit_mean: the posterior mean's energies
             energies.append(result["energy"].cpu().numpy())
             own = torch.einsum("bi,ij,bj->b", f, cov.to(f.device), f).cpu().numpy()
-            variances.append(self._term_energy_var(batch, own))  # LLPR's latent term
+            variances.append(self._term_energy_var(batch, own, phi))  # LLPR's latent term
             if strain:  # as predict adds it, from the same batches
                 strains.append(self._strain_variance(batch))
         energy, var = np.concatenate(energies), np.concatenate(variances)
