@@ -79,7 +79,7 @@ def run_system(name, species, structures, fit_set, batch_size, repeats,
             distance=None).fit(fit_set),
         "LLPR, exact force variances": LastLayerLaplace(model, include_forces=False,
                                                         distance=None).fit(fit_set),
-        # its latent-distance term (the default since 2026-12-06): one more forward pass
+        # its latent-distance term (the default since 2026-12-06), read from the same pass
         "LLPR, exact, with its latent term (the default)": LastLayerLaplace(
             model, include_forces=False).fit(fit_set),
         "ShallowEnsemble (8 heads)": ShallowEnsemble(model, n_heads=8, init="random").fit(
