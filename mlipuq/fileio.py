@@ -75,7 +75,7 @@ def _feed(h, value: Any) -> None:
 CHECKSUM = "checksum"
 
 #: Current format version of each file kind (``payload["format"]``).
-CURRENT = {"mlipuq.model": 2, "mlipuq.uq": 3}
+CURRENT = {"mlipuq.model": 2, "mlipuq.uq": 4}
 
 CODE_HINT = (
     "mlipuq never unpickles code from a file. A model made by wrap() (or from_mace) is "
@@ -297,12 +297,19 @@ def _uq_2_to_3(payload: dict, path: str) -> dict:
     return payload
 
 
+def _uq_3_to_4(payload: dict, path: str) -> dict:
+    """Format 3 -> 4 of a UQ wrapper: nothing to translate (version 4 only adds LLPR's
+    energy term fitted apart, which no version-3 file holds)."""
+    return {**_uq_2_to_3(payload, path), "format_version": 4}
+
+
 #: ``(format, version) -> upgrade(payload, path)`` to the next version: the one
 #: place where old formats are translated. ``mlipuq.models.base`` registers the
 #: model upgrade (it dispatches to each model class's ``upgrade_config``).
 UPGRADES = {
     ("mlipuq.uq", 1): _uq_1_to_2,
     ("mlipuq.uq", 2): _uq_2_to_3,
+    ("mlipuq.uq", 3): _uq_3_to_4,
 }
 
 

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 import mlipuq
+from mlipuq import fileio
+from mlipuq.errors import FileFormatError
 from mlipuq.testing import check_uq_wrapper
 from mlipuq.uq import LastLayerLaplace, LatentDistance, load
 
@@ -123,3 +125,47 @@ def test_command_line_fit_adds_the_term_on_val(base, ethanol, tmp_path, capsys):
     assert "none (LLPR alone)" in capsys.readouterr().out
     assert load(tmp_path / "n.pt").distance_ is None
     assert load(tmp_path / "l.pt").combine.distance_ is None
+
+
+def test_energies_fitted_apart_take_the_larger(base, ethanol):
+    """``energy_combination="max"``: the forces as the joint fit's; the energies
+    max(λ_E σ²_LLPR, latent distance's own), λ_E the maximum-likelihood scale of LLPR's
+    energy variance on val (mean r²/σ², by hand) and latent distance's part the same
+    numbers as ``LatentDistance`` alone fitted on the same data."""
+    train, val, test = ethanol[:10], ethanol[10:14], ethanol[14:]
+    apart = LastLayerLaplace(base, energy_combination="max").fit(train, val)
+    joint = LastLayerLaplace(base).fit(train, val)
+    llpr = LastLayerLaplace(base, distance=None).fit(train)
+    a, b = (w.predict(test, calibrated=False) for w in (apart, joint))
+    np.testing.assert_allclose(a.forces_var, b.forces_var, rtol=1e-9)
+    on_val = llpr.predict(val, calibrated=False)
+    scale = np.mean((on_val.energy - val.energies) ** 2 / on_val.energy_var)
+    assert apart.energy_distance_.energy_other_scale_ == pytest.approx(scale, rel=1e-9)
+    latent = LatentDistance(base, structure_covariance="held-out").fit(train, val)
+    term = latent.predict(test, calibrated=False, composition=False).energy_var
+    alone = llpr.predict(test, calibrated=False).energy_var
+    np.testing.assert_allclose(a.energy_var, np.maximum(scale * alone, term), rtol=1e-9)
+    energy, var = apart.predict_energy(test)  # (not calibrated)
+    np.testing.assert_allclose(var, a.energy_var, rtol=1e-9)
+
+
+def test_energies_fitted_apart_survive_save_and_load(base, ethanol, tmp_path, monkeypatch):
+    """The energies' own term is saved (format 4: version-3 readers would drop it) and
+    loaded; files with the joint term alone load as ``"sum"``."""
+    apart = LastLayerLaplace(base, energy_combination="max").fit(ethanol[:10], ethanol[10:14])
+    apart.calibrate(ethanol[10:14])
+    assert apart._format_version() == 4
+    apart.save(tmp_path / "max.pt")
+    loaded = load(tmp_path / "max.pt")
+    assert loaded.energy_combination == "max" and loaded.energy_distance_ is not None
+    a, b = apart.predict(ethanol[14:]), loaded.predict(ethanol[14:])
+    np.testing.assert_allclose(b.energy_var, a.energy_var, rtol=1e-12)
+    assert loaded.fingerprint() == apart.fingerprint()
+    joint = LastLayerLaplace(base).fit(ethanol[:10], ethanol[10:14])
+    state = joint._get_state()
+    assert "energy_distance" not in state and joint._format_version() == 3
+    monkeypatch.setitem(fileio.CURRENT, "mlipuq.uq", 3)  # a reader from before the term
+    with pytest.raises(FileFormatError, match="format version 4 is not supported"):
+        load(tmp_path / "max.pt")
+    with pytest.raises(ValueError, match="energy_combination must be one of"):
+        LastLayerLaplace(base, energy_combination="product")

@@ -55,9 +55,10 @@ log = logging.getLogger(__name__)
 FORMAT = "mlipuq.uq"
 #: The newest wrapper format (2: checksum, base models at model format 2; 3: a part
 #: version-2 readers would drop without a word, the shallow ensemble's shared energy
-#: term). Each file is written at the lowest version that holds it
-#: (:meth:`UQWrapper._format_version`), so older readers refuse only what they misread.
-FORMAT_VERSION = 3
+#: term; 4: one version-3 readers would drop, LLPR's energy term fitted apart). Each
+#: file is written at the lowest version that holds it (:meth:`UQWrapper._format_version`),
+#: so older readers refuse only what they misread.
+FORMAT_VERSION = 4
 _REGISTRY: dict[str, type] = {}
 
 

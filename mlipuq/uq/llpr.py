@@ -146,6 +146,9 @@ class LastLayerLaplace(LatentTerm, PosteriorMean, DirectHeadPosterior, EnergyQue
         al.'s, the default before; files saved before load so); the other two are
         LatentDistance's ``ridge_scale`` and ``features`` (None: its defaults). Pass
         ``fit`` the held-out ``val`` the term is fitted on.
+    energy_combination
+        How the term's energy variance joins LLPR's: ``"sum"`` (fitted jointly, as the
+        forces') or ``"max"`` (fitted apart, the larger taken; module notes).
 
     The force head is the model's ``force_mode`` at :meth:`fit`: with
     ``"direct"`` (a model with a direct force head) the force uncertainty
@@ -192,9 +195,11 @@ class LastLayerLaplace(LatentTerm, PosteriorMean, DirectHeadPosterior, EnergyQue
         distance: Optional[str] = "mahalanobis",
         distance_ridge_scale: Optional[str] = None,
         distance_features: Optional[str] = None,
+        energy_combination: str = "sum",
     ):
         self.model = _check_model(model)
-        self._set_term(self.model, distance, distance_ridge_scale, distance_features)
+        self._set_term(self.model, distance, distance_ridge_scale, distance_features,
+                       energy_combination)
         if isinstance(prior_precision, str):
             if prior_precision != "auto":
                 raise ValueError(

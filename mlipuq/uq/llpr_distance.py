@@ -16,9 +16,17 @@ adds latent distance's variance to LLPR's, fitted jointly on held-out data as
 :math:`u_i` each atom's latent distance to the training atoms of its element,
 :math:`U` the structure's to the training structures (in every layer's features
 where the model names its layers), :math:`\\lambda, a, b \\ge 0` by Gaussian NLL on
-``fit``'s ``val`` (None: a held-out fifth of ``train``). The members (posterior
-samples) are stretched to the combined variances; the stress and its variance stay
-LLPR's. Without the term (``distance=None``) LLPR is Bigi et al.'s, unchanged.
+``fit``'s ``val`` (None: a held-out fifth of ``train``). With
+``energy_combination="max"`` the energies' term is fitted apart instead, as the
+shallow ensemble's energy term is (:mod:`mlipuq.uq.shallow_distance`): :math:`a_E, b_E`
+by latent distance's own NLL on ``val``, :math:`\\lambda_E` by that of LLPR's energy
+variance alone, and the larger of the two taken,
+:math:`\\sigma^2_E = \\max(\\lambda_E\\,\\sigma^2_{E,\\rm LLPR}, n^2 (a_E + b_E U^2))`
+(the forces' term stays the joint fit); three parameters fitted jointly on a few held-out
+energies can drop LLPR's variance altogether (λ_E = 0 on the demo's twenty). The
+members (posterior samples) are stretched to the combined variances; the stress and its
+variance stay LLPR's. Without the term (``distance=None``) LLPR is Bigi et al.'s,
+unchanged.
 """
 
 from __future__ import annotations
@@ -33,7 +41,8 @@ from mlipuq import data as mdata
 from mlipuq.calibration.recalibrate import stretch_members
 from mlipuq.errors import user_stacklevel
 from mlipuq.uq import latent_features
-from mlipuq.uq.distance_term import fit_distance_term, load_distance_term
+from mlipuq.uq.distance_term import (COMBINATIONS, combine_variances, fit_distance_term,
+                                     load_distance_term)
 from mlipuq.uq.latent_distance import _SCORES, LatentDistance, check_ridge_scale
 
 __all__ = ["LatentTerm"]
@@ -48,17 +57,23 @@ class LatentTerm:
     #: term is.
     all_layers_extrapolation = LatentDistance.all_layers_extrapolation
     distance_: Optional[LatentDistance] = None
+    energy_distance_: Optional[LatentDistance] = None  # energy_combination="max"'s
 
-    def _set_term(self, model, distance, distance_ridge_scale, distance_features) -> None:
+    def _set_term(self, model, distance, distance_ridge_scale, distance_features,
+                  energy_combination="sum") -> None:
         """Check and keep the term's settings (``ValueError`` naming the argument)."""
         if distance is not None and distance not in _SCORES:
             raise ValueError(f"distance must be None or one of {_SCORES}, got {distance!r}")
+        if energy_combination not in COMBINATIONS:
+            raise ValueError(f"energy_combination must be one of {COMBINATIONS}, "
+                             f"got {energy_combination!r}")
         self.distance = distance
+        self.energy_combination = energy_combination
         self.distance_ridge_scale = check_ridge_scale(distance_ridge_scale, distance,
                                                       "distance_ridge_scale")
         self.distance_features = latent_features.check_term_features(distance_features,
                                                                      model, distance)
-        self.distance_ = None
+        self.distance_ = self.energy_distance_ = None
 
     def default_widening(self) -> dict:
         """:attr:`all_layers_extrapolation` with a term in every layer's features, else
@@ -72,12 +87,13 @@ class LatentTerm:
         if self.distance is None:
             return {}
         return {"distance": self.distance, "distance_ridge_scale": self.distance_ridge_scale,
-                "distance_features": self.distance_features}
+                "distance_features": self.distance_features,
+                "energy_combination": self.energy_combination}
 
     def _fit_term(self, train, val, *, batch_size: int, progress: bool) -> None:
         """Fit ``distance_`` around the fitted posterior (module notes); None without a
         term, or, with a warning, without forces to fit it on."""
-        self.distance_ = None
+        self.distance_ = self.energy_distance_ = None
         if self.distance is None:
             return
         if not mdata.as_dataset(train if val is None else val).has_forces.any():
@@ -90,10 +106,16 @@ class LatentTerm:
             raise ValueError("LastLayerLaplace.fit: the latent-distance term is fitted on val, "
                              "or on a held-out part of train (at least 2 structures); pass "
                              "val or distance=None")
-        self.distance_ = fit_distance_term(
-            self, train, val, score=self.distance, seed=self.seed, batch_size=batch_size,
-            progress=progress, structure_covariance="held-out",
-            ridge_scale=self.distance_ridge_scale, features=self.distance_features)
+        options = dict(score=self.distance, seed=self.seed, batch_size=batch_size,
+                       progress=progress, ridge_scale=self.distance_ridge_scale,
+                       features=self.distance_features)
+        energies = {"structure_covariance": "held-out"}  # the structure distance's
+        apart = self.energy_combination == "max"  # both fitted around LLPR alone
+        forces = fit_distance_term(self, train, val, **(
+            {"energy_distance": None} if apart else energies), **options)
+        energies = fit_distance_term(self, train, val, combination="max", **energies,
+                                     **options) if apart else None
+        self.distance_, self.energy_distance_ = forces, energies
 
     def _predict_batch(self, batch: mdata.Batch, stress: bool = False) -> dict:
         """The host's ``_posterior_batch`` with the term's variance: the term reads the
@@ -112,11 +134,15 @@ class LatentTerm:
             return result
         energy_var, atom_var, force_var = self._term_parts(batch, phi)
         out = dict(result)
-        out["energy_var"] = _added(term.energy_other_scale_, result["energy_var"], energy_var)
-        out["forces_var"] = _added(term.forces_other_scale_, result["forces_var"],
+        out["forces_var"] = _added("sum", term.forces_other_scale_, result["forces_var"],
                                    np.asarray(force_var)[:, None])
+        if self.energy_distance_ is not None:  # the energies' own term
+            energy_var, atom_var, _ = self._term_parts(batch, phi, self.energy_distance_)
+        scale = self._energy_term().energy_other_scale_
+        out["energy_var"] = _added(self.energy_combination, scale, result["energy_var"],
+                                   energy_var)
         if result.get("atom_energy_var") is not None:
-            out["atom_energy_var"] = _added(term.energy_other_scale_,
+            out["atom_energy_var"] = _added(self.energy_combination, scale,
                                             result["atom_energy_var"], atom_var)
         for name, mean in (("energy_members", "energy"), ("forces_members", "forces")):
             if result.get(name) is not None:
@@ -126,18 +152,28 @@ class LatentTerm:
                     _numpy(result[var])))
         return out
 
-    def _format_version(self) -> int:  # 3: version-2 readers would drop the term
-        return 2 if self.distance_ is None else 3
+    def _format_version(self) -> int:  # 3: version-2 readers would drop the term, 4: ...
+        if self.distance_ is None:  # ... version-3 readers the energies' own term
+            return 2
+        return 3 if self.energy_distance_ is None else 4
 
     def _set_models(self, models) -> None:
         super()._set_models(models)
-        if self.distance_ is not None:
-            self.distance_.model = self.model
+        for term in (self.distance_, self.energy_distance_):
+            if term is not None:
+                term.model = self.model
 
-    def _term_parts(self, batch: mdata.Batch, phi: torch.Tensor) -> tuple:
-        """The term's ``(energy_var (B,), atom_var (N,), force_var (N,))`` of ``batch``
-        (float64 NumPy, eV² and eV²/Å² per component) from its features ``phi``."""
-        return self.distance_.latent_parts(phi.detach().cpu().to(torch.float64).numpy(), batch)
+    def _term_parts(self, batch: mdata.Batch, phi: torch.Tensor, term=None) -> tuple:
+        """The ``term``'s (None: ``distance_``) ``(energy_var (B,), atom_var (N,),
+        force_var (N,))`` of ``batch`` (float64 NumPy, eV² and eV²/Å² per component)
+        from its features ``phi``."""
+        term = self.distance_ if term is None else term
+        return term.latent_parts(phi.detach().cpu().to(torch.float64).numpy(), batch)
+
+    def _energy_term(self) -> LatentDistance:
+        """The term the energies read: the energies' own (``energy_combination="max"``),
+        else the joint one."""
+        return self.distance_ if self.energy_distance_ is None else self.energy_distance_
 
     def _term_energy_var(self, batch: mdata.Batch, energy_var: np.ndarray,
                          phi: torch.Tensor) -> np.ndarray:
@@ -145,11 +181,15 @@ class LatentTerm:
         the batch's features ``phi``; unchanged without a term."""
         if self.distance_ is None:
             return energy_var
-        return (self.distance_.energy_other_scale_ * energy_var
-                + self._term_parts(batch, phi)[0])
+        term = self._energy_term()
+        return combine_variances(self.energy_combination, term.energy_other_scale_,
+                                 energy_var, self._term_parts(batch, phi, term)[0])
 
     def _term_state(self) -> dict:
-        return {} if self.distance_ is None else {"distance": self.distance_._get_state()}
+        state = {} if self.distance_ is None else {"distance": self.distance_._get_state()}
+        if self.energy_distance_ is not None:
+            state["energy_distance"] = self.energy_distance_._get_state()
+        return state
 
     def _load_term(self, state: dict) -> None:
         """The saved term (absent in files saved without one, or before it existed)."""
@@ -157,15 +197,24 @@ class LatentTerm:
         if term is None:
             self._set_term(self.model, None, None, None)
             return
-        self.distance_ = load_distance_term(
-            self.model, self.distance, term, structure_covariance="held-out",
-            ridge_scale=self.distance_ridge_scale, features=self.distance_features)
+
+        def loaded(saved):
+            return load_distance_term(
+                self.model, self.distance, saved, structure_covariance="held-out",
+                ridge_scale=self.distance_ridge_scale, features=self.distance_features)
+
+        self.distance_ = loaded(term)
+        energies = state.get("energy_distance")  # absent: the joint fit (files before it)
+        self.energy_distance_ = None if energies is None else loaded(energies)
+        self.energy_combination = "sum" if energies is None else "max"
 
 
-def _added(scale: float, own, latent: np.ndarray) -> torch.Tensor:
-    """``scale × own + latent`` as float64 on ``own``'s device."""
+def _added(combination: str, scale: float, own, latent: np.ndarray) -> torch.Tensor:
+    """``scale × own + latent`` (``"sum"``) or the larger of the two (``"max"``) as
+    float64 on ``own``'s device."""
     own = torch.as_tensor(own, dtype=torch.float64)
-    return scale * own + torch.as_tensor(latent, dtype=torch.float64, device=own.device)
+    return combine_variances(combination, scale, own,
+                             torch.as_tensor(latent, dtype=torch.float64, device=own.device))
 
 
 def _numpy(x) -> np.ndarray:
