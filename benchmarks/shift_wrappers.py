@@ -239,16 +239,17 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         "LatentDistance": lambda: latent(),
         # LLPR with its own latent-distance term (a round, 2026-12-06, then the default):
         # fitted on val as the docs prescribe, and on a held-out fifth of train
+        # (its energies fitted jointly, as then)
         "LastLayerLaplace (latent term)": lambda: LastLayerLaplace(
-            base, distance="mahalanobis").fit(train, val),
+            base, energy_combination="sum").fit(train, val),
         "LastLayerLaplace (latent term, fit(train))": lambda: LastLayerLaplace(
-            base, distance="mahalanobis").fit(train),
+            base, energy_combination="sum").fit(train),
         # its energy term fitted apart, the larger taken (a round, 2026-12-07,
         # benchmarks/llpr_energy_apart.py), and both with twenty validation structures
         "LastLayerLaplace (energy term apart)": lambda: LastLayerLaplace(
             base, energy_combination="max").fit(train, val),
         f"LastLayerLaplace ({FEW_VAL} val)": lambda: calibrated_on(
-            LastLayerLaplace(base).fit(train, few(val)), few(val)),
+            LastLayerLaplace(base, energy_combination="sum").fit(train, few(val)), few(val)),
         f"LastLayerLaplace (energy term apart; {FEW_VAL} val)": lambda: calibrated_on(
             LastLayerLaplace(base, energy_combination="max").fit(train, few(val)), few(val)),
         # distances in the readout's features alone (the default before, to 2026-12-06;

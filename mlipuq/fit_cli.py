@@ -63,6 +63,7 @@ import inspect
 
 from mlipuq.devices import add_device_option, resolve_device  # noqa: F401  (re-exported)
 from mlipuq.fileio import refuse_existing
+from mlipuq.fit_checks import check_fit_args
 from mlipuq.predict_cli import (  # noqa: F401  (re-exported: their first home)
     LAZY_SUFFIXES,
     _positive_int,
@@ -191,11 +192,13 @@ def add_parsers(subparsers) -> None:
                           "term's variances, each fitted on --val (max, the default), or "
                           "their sum fitted jointly (sum, the default before 2026-12-04; "
                           "docs/evidential.md)")
-    fit.add_argument("--energy-combination", choices=("max", "none"), default=None,
+    fit.add_argument("--energy-combination", choices=("max", "none", "sum"), default=None,
                      help="shallow: the energy variance is the larger of the heads' and a "
                           "latent-distance energy term's, each fitted on --val (max, the "
                           "default), or the heads' alone (none, the default before "
-                          "2026-12-05; docs/ensembles.md)")
+                          "2026-12-05; docs/ensembles.md); llpr: LLPR's and its term's "
+                          "energy variances fitted jointly on --val (sum, the default) or "
+                          "apart, the larger taken (max; docs/llpr.md)")
     fit.add_argument("--force-combination", choices=("sum", "max"), default=None,
                      help="shallow: the force variance is the heads' plus a latent-distance "
                           "force term fitted jointly on --val (sum, the default), or the "
@@ -252,98 +255,6 @@ def _trainer_options(args, defaults: dict) -> dict:
     return options
 
 
-def _check_fit_args(args) -> None:
-    if args.lr is not None and not args.lr > 0:
-        raise ValueError(f"--lr must be > 0, got {args.lr}")
-    if args.max_time is not None and not args.max_time > 0:
-        raise ValueError(f"--max-time must be > 0, got {args.max_time}")
-    if args.extrapolation is not None and not args.extrapolation >= 0:
-        raise ValueError(f"--extrapolation must be >= 0, got {args.extrapolation}")
-    if args.coverage is not None:
-        if args.calibration != "conformal":
-            raise ValueError("--coverage applies to --calibration conformal only")
-        if not 0 < args.coverage < 1:
-            raise ValueError(f"--coverage must be between 0 and 1, got {args.coverage}")
-    if args.per_species is not None and args.calibration not in (None, "student_t", "conformal"):
-        raise ValueError("--per-species applies to --calibration student_t or conformal "
-                         f"(or the default), not {args.calibration}")
-    if args.max_dof is not None:
-        if args.calibration not in (None, "student_t"):
-            raise ValueError("--max-dof applies to --calibration student_t (or the default), "
-                             f"not {args.calibration}")
-        if not args.max_dof > 1:
-            raise ValueError(f"--max-dof must be > 1, got {args.max_dof}")
-    if args.heads is not None and args.method != "shallow":
-        raise ValueError(f"--heads is a shallow option, not one of fit {args.method}")
-    if args.heads is not None and args.heads < 2:
-        raise ValueError(f"--heads must be >= 2, got {args.heads}")
-    if args.latent is not None and args.method not in ("llpr", "shallow", "deep"):
-        raise ValueError(f"--latent adds a latent distance to llpr, shallow or deep, "
-                         f"not to fit {args.method}")
-    if args.score is not None and args.method not in ("latent", "evidential", "shallow",
-                                                      "llpr") and args.latent is None:
-        raise ValueError(f"--score is a latent, evidential, shallow, llpr or --latent option, "
-                         f"not one of fit {args.method}")
-    if args.energy_distance is not None and args.method != "latent":
-        raise ValueError(f"--energy-distance is a latent option, not one of fit {args.method}")
-    for flag, value in (("--features", args.features), ("--ridge-scale", args.ridge_scale)):
-        if value is not None and args.method != "latent" and args.latent is None and (
-                args.method not in ("shallow", "evidential", "llpr") or args.score == "none"):
-            raise ValueError(f"{flag} is a latent or --latent option, or one of shallow, "
-                             "evidential and llpr with their latent-distance term, not one of fit "
-                             f"{args.method}" + (" --score none" if args.score == "none"
-                                                 else ""))
-    if args.structure_covariance is not None and not (
-            args.method == "latent" or args.latent == "both"
-            or (args.method == "evidential" and args.score != "none")):
-        raise ValueError("--structure-covariance is a latent, evidential (with its "
-                         f"latent-distance term) or --latent both option, not one of fit "
-                         f"{args.method}" + (" --score none" if args.score == "none" else ""))
-    if args.distance_combination is not None and (args.method != "evidential"
-                                                  or args.score == "none"):
-        raise ValueError("--distance-combination is an evidential option (with its "
-                         f"latent-distance term), not one of fit {args.method}"
-                         + (" --score none" if args.score == "none" else ""))
-    for flag in ("energy_combination", "force_combination"):
-        if getattr(args, flag) is not None and (args.method != "shallow"
-                                                or args.score == "none" or args.latent):
-            raise ValueError(f"--{flag.replace('_', '-')} is a shallow option (with its "
-                             f"latent-distance term, without --latent), not one of fit "
-                             f"{args.method}" + (" --score none" if args.score == "none" else "")
-                             + (" --latent" if args.latent else ""))
-    if args.reference is not None and args.method != "evidential":
-        raise ValueError(f"--reference is an evidential option, not one of fit {args.method}")
-    if args.reference is not None and args.score == "none":
-        raise ValueError("--reference is what the latent-distance term measures to; "
-                         "--score none has no such term")
-    if args.score == "none" and (args.method not in ("evidential", "shallow", "llpr")
-                                 or args.latent is not None):
-        raise ValueError("--score none (no latent-distance term) is an evidential, shallow or "
-                         "llpr option, without --latent")
-    if args.recentre is not None and args.method != "deep":
-        raise ValueError(f"--recentre is a deep option, not one of fit {args.method}")
-    if args.recentre is not None and args.val is None:
-        raise ValueError("--recentre fits offsets on --val: give --val")
-    if args.members is not None and args.method != "deep":
-        raise ValueError(f"--members is a deep option, not one of fit {args.method}")
-    if args.method in ("llpr", "latent"):
-        given = [name for name in ("epochs", "lr", "patience", "max_time")
-                 if getattr(args, name) is not None]
-        if given:
-            raise ValueError(f"fit {args.method} trains nothing: --" + ", --".join(
-                name.replace("_", "-") for name in given) + " do not apply")
-    if args.refit_mean and args.method != "llpr":
-        raise ValueError(f"--refit-mean is an llpr option, not one of fit {args.method}")
-    if len(args.model) > 1 and args.method != "deep":
-        raise ValueError(f"fit {args.method} takes one --model, got {len(args.model)}")
-    if args.method == "deep":
-        if args.members is not None and args.members < 2:
-            raise ValueError(f"--members must be >= 2, got {args.members}")
-        if len(args.model) > 1 and args.members not in (None, len(args.model)):
-            raise ValueError(f"--members {args.members} but {len(args.model)} --model files; "
-                             "give one or the other")
-
-
 def build_wrapper(args, models, train, val, progress: bool, reference=None):
     """The fitted (not yet calibrated) wrapper of ``args.method`` (``reference``: the
     evidential head's ``--reference`` structures), with ``--latent`` wrapped in a
@@ -384,6 +295,8 @@ def _method_wrapper(args, models, train, val, progress: bool, reference=None):
             if value is not None}
         if args.latent or args.score is not None:  # else the class's default term
             options["distance"] = None if args.latent else distance
+        if args.energy_combination is not None:
+            options["energy_combination"] = args.energy_combination
         return LastLayerLaplace(model, refit_mean=args.refit_mean, **options).fit(
             train, val, batch_size=args.batch_size, **common)
     if args.method == "shallow":  # with --latent, the combination supplies the term
@@ -435,10 +348,11 @@ def _method_rows(wrapper, method: str) -> list:
                 ("energy noise", f"{wrapper.energy_noise_:.4g} eV")]
         if wrapper.forces_noise_ is not None:
             rows.append(("forces noise", f"{wrapper.forces_noise_:.4g} eV/Å"))
-        term = wrapper.distance_
+        term, apart = wrapper.distance_, wrapper.energy_combination == "max"
         return rows + [("distance", "none (LLPR alone)" if term is None else (
-            f"{wrapper.distance}: λσ²_LLPR + a + b u²; λ forces "
-            f"{term.forces_other_scale_:.3g}, energy {term.energy_other_scale_:.3g}"))]
+            f"{wrapper.distance}: λσ²_LLPR + a + b u²{' (energy: the larger)' * apart}; "
+            f"λ forces {term.forces_other_scale_:.3g}, "
+            f"energy {wrapper._energy_term().energy_other_scale_:.3g}"))]
     if method == "latent":
         n_elements = len(wrapper.species_)
         energy = (f"n² ({wrapper.energy_a_:.3g} + {wrapper.energy_b_:.3g} U²)"
@@ -547,7 +461,7 @@ def run_fit(args: argparse.Namespace) -> int:
     from mlipuq.training_setup import measure_missing_drift
 
     refuse_existing(args.out, args.overwrite, "--out")  # before any work
-    _check_fit_args(args)
+    check_fit_args(args)
     device = resolve_device(args.device)
     models = [load_model(path).to(device=device) for path in args.model]
     train = mlipuq.load(args.train)

@@ -292,7 +292,7 @@ def test_fit_shallow_energy_combination(files, tmp_path, capsys):
     for method, extra in (("evidential", ()), ("shallow", ("--score", "none"))):
         assert _fit(files, method, tmp_path / "refused.pt", "--energy-combination", "max",
                     *extra) == 2
-        assert "--energy-combination is a shallow option" in capsys.readouterr().err
+        assert "--energy-combination is a shallow or llpr option" in capsys.readouterr().err
     assert not (tmp_path / "refused.pt").exists()
     # --force-combination max: the larger of the heads' and the term's force variances
     out = tmp_path / "forces_max.pt"

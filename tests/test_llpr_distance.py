@@ -169,3 +169,31 @@ def test_energies_fitted_apart_survive_save_and_load(base, ethanol, tmp_path, mo
         load(tmp_path / "max.pt")
     with pytest.raises(ValueError, match="energy_combination must be one of"):
         LastLayerLaplace(base, energy_combination="product")
+
+
+def test_command_line_fits_the_energies_apart(base, ethanol, tmp_path, capsys):
+    """``mlipuq fit llpr --energy-combination max`` is ``energy_combination="max"`` (the
+    summary says so); a value another method's alone is refused by name."""
+    from mlipuq import cli
+
+    ethanol[:10].write(tmp_path / "train.extxyz")
+    ethanol[10:14].write(tmp_path / "val.extxyz")
+    base.save(tmp_path / "model.pt")
+    common = ["fit", "llpr", "--model", str(tmp_path / "model.pt"), "--train",
+              str(tmp_path / "train.extxyz"), "--val", str(tmp_path / "val.extxyz")]
+    assert cli.main(common + ["--energy-combination", "max", "--out",
+                              str(tmp_path / "m.pt")]) == 0
+    assert "(energy: the larger)" in capsys.readouterr().out
+    loaded = load(tmp_path / "m.pt")
+    direct = LastLayerLaplace(base, energy_combination="max").fit(ethanol[:10], ethanol[10:14])
+    np.testing.assert_allclose(loaded.predict(ethanol[14:], calibrated=False).energy_var,
+                               direct.predict(ethanol[14:], calibrated=False).energy_var,
+                               rtol=1e-9)
+    assert cli.main(common + ["--energy-combination", "none", "--out",
+                              str(tmp_path / "n.pt")]) == 2
+    assert "--energy-combination none is not one of fit llpr's: sum, max" in \
+        capsys.readouterr().err
+    shallow = ["fit", "shallow"] + common[2:] + ["--energy-combination", "sum"]
+    assert cli.main(shallow + ["--out", str(tmp_path / "s.pt")]) == 2
+    assert "not one of fit shallow's: max, none" in capsys.readouterr().err
+    assert not (tmp_path / "n.pt").exists() and not (tmp_path / "s.pt").exists()

@@ -74,13 +74,8 @@ from mlipuq.uq.llpr_direct import _DIRECT_STATE, DirectHeadPosterior
 from mlipuq.uq.llpr_distance import LatentTerm
 from mlipuq.uq.llpr_energy import EnergyQueries
 from mlipuq.uq.llpr_evidence import (  # noqa: F401  (re-exported: the old home of these)
-    _pack_stats,
-    _unpack_stats,
-    cholesky_with_jitter,
-    gaussian_posterior,
-    log_marginal_likelihood,
-    maximise_evidence,
-)
+    _pack_stats, _unpack_stats, cholesky_with_jitter, gaussian_posterior,
+    log_marginal_likelihood, maximise_evidence)
 from mlipuq.uq.llpr_mean import PosteriorMean
 from mlipuq.uq.llpr_rows import (  # noqa: F401  (_sum_per_structure re-exported)
     _sum_per_structure,
@@ -121,10 +116,9 @@ class LastLayerLaplace(LatentTerm, PosteriorMean, DirectHeadPosterior, EnergyQue
     force_variance
         ``"exact"``: diag(J Σ Jᵀ); ``"samples"``: variance over the members.
     energy_posterior
-        Posterior of the energy variances (and energy members): ``"energy"``
-        (default) the energy rows alone, with their own prior precision and
-        noise; ``"joint"`` the energy and force rows (identical without
-        ``include_forces``). See the module notes for why.
+        Posterior of the energy variances (and members): ``"energy"`` (default) the energy
+        rows alone, with their own prior precision and noise; ``"joint"`` the energy and
+        force rows (identical without ``include_forces``). The module notes say why.
     energy_noise, forces_noise
         Fix the noise std (eV per structure, eV/Å per component) instead of
         fitting it by marginal likelihood.
@@ -134,10 +128,9 @@ class LastLayerLaplace(LatentTerm, PosteriorMean, DirectHeadPosterior, EnergyQue
         How feature Jacobians are computed (see :func:`mlipuq.uq.jacobians.feature_vjps`):
         ``"auto"`` batches the backward passes on GPU and loops on CPU.
     refit_mean
-        Predict with the Bayesian posterior mean of the readout, θ* + Δ,
-        instead of the trained weights θ* (:mod:`mlipuq.uq.llpr_mean`); the
-        hyperparameters then maximise the evidence at that mean. The base
-        model is not modified. Conservative force heads only.
+        Predict with the Bayesian posterior mean of the readout, θ* + Δ, instead of the
+        trained weights θ* (:mod:`mlipuq.uq.llpr_mean`); the hyperparameters then maximise
+        the evidence at that mean. The base model is not modified. Conservative heads only.
     distance, distance_ridge_scale, distance_features
         A latent-distance term (:mod:`mlipuq.uq.llpr_distance`): ``distance`` its
         :class:`~mlipuq.uq.LatentDistance` score (``"mahalanobis"``, the default
@@ -148,7 +141,8 @@ class LastLayerLaplace(LatentTerm, PosteriorMean, DirectHeadPosterior, EnergyQue
         ``fit`` the held-out ``val`` the term is fitted on.
     energy_combination
         How the term's energy variance joins LLPR's: ``"sum"`` (fitted jointly, as the
-        forces') or ``"max"`` (fitted apart, the larger taken; module notes).
+        forces'; kept by a round of 2026-12-07, docs/llpr.md) or ``"max"`` (fitted
+        apart, the larger taken; module notes: the better with tens of ``val`` structures).
 
     The force head is the model's ``force_mode`` at :meth:`fit`: with
     ``"direct"`` (a model with a direct force head) the force uncertainty
