@@ -7,7 +7,8 @@
 calibrates it on ``--val`` when given, and saves it (:meth:`UQWrapper.save`):
 
 * ``llpr``: :class:`~mlipuq.uq.LastLayerLaplace` (one pass over the data; ``--score``
-  adds its latent-distance term, fitted on ``--val``, ``none`` leaves LLPR alone);
+  adds its latent-distance term, fitted on ``--val``, ``none`` leaves LLPR alone;
+  ``--energy-combination max`` fits the term's energies apart, the larger taken);
 * ``shallow``: :class:`~mlipuq.uq.ShallowEnsemble` (``--heads`` heads trained
   by Gaussian NLL on a frozen backbone, and its latent-distance force and energy
   terms, fitted on ``--val``: ``--score`` picks the distance, ``none`` leaves the

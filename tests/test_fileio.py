@@ -395,6 +395,25 @@ def test_frozen_v1_wrappers_load_with_identical_predictions(tmp_path, data, name
     np.testing.assert_array_equal(mlipuq.uq.load(again).predict(test).energy, pred.energy)
 
 
+def test_frozen_v3_llpr_with_its_term_loads_unchanged(tmp_path, data):
+    """LLPR with its latent-distance term saved at format 3 (before its energies could
+    be fitted apart) loads with identical predictions and fingerprint, and is saved
+    again at version 3 with the joint fit."""
+    _, _, test = data
+    path = FORMATS / "llpr_term_v3.pt"
+    assert torch.load(path, weights_only=True)["format_version"] == 3
+    loaded = mlipuq.uq.load(path)
+    reference = np.load(FORMATS / "llpr_term_v3.npz")
+    pred = loaded.predict(test)
+    for key in ("energy", "energy_var", "forces", "forces_var"):
+        np.testing.assert_allclose(getattr(pred, key), reference[key], rtol=1e-12,
+                                   atol=1e-12, err_msg=key)
+    assert loaded.fingerprint() == str(reference["fingerprint"])
+    assert loaded.energy_combination == "sum" and loaded.energy_distance_ is None
+    loaded.save(tmp_path / "again.pt")
+    assert torch.load(tmp_path / "again.pt", weights_only=True)["format_version"] == 3
+
+
 def test_frozen_v1_model_loads_with_identical_predictions(data):
     _, _, test = data
     model = mlipuq.models.load(FORMATS / "model_v1.pt")

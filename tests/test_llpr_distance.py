@@ -164,6 +164,8 @@ def test_energies_fitted_apart_survive_save_and_load(base, ethanol, tmp_path, mo
     joint = LastLayerLaplace(base).fit(ethanol[:10], ethanol[10:14])
     state = joint._get_state()
     assert "energy_distance" not in state and joint._format_version() == 3
+    assert "energy_combination" not in joint.config()  # files of the joint fit as before
+    assert apart.config()["energy_combination"] == "max"
     monkeypatch.setitem(fileio.CURRENT, "mlipuq.uq", 3)  # a reader from before the term
     with pytest.raises(FileFormatError, match="format version 4 is not supported"):
         load(tmp_path / "max.pt")

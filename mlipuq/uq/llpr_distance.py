@@ -86,9 +86,10 @@ class LatentTerm:
         """The settings :meth:`config` records: none without a term (files as before)."""
         if self.distance is None:
             return {}
+        apart = {"energy_combination": "max"} if self.energy_combination == "max" else {}
         return {"distance": self.distance, "distance_ridge_scale": self.distance_ridge_scale,
                 "distance_features": self.distance_features,
-                "energy_combination": self.energy_combination}
+                **apart}  # (only then: the configs and fingerprints of files before it)
 
     def _fit_term(self, train, val, *, batch_size: int, progress: bool) -> None:
         """Fit ``distance_`` around the fitted posterior (module notes); None without a
@@ -109,11 +110,11 @@ class LatentTerm:
         options = dict(score=self.distance, seed=self.seed, batch_size=batch_size,
                        progress=progress, ridge_scale=self.distance_ridge_scale,
                        features=self.distance_features)
-        energies = {"structure_covariance": "held-out"}  # the structure distance's
+        structure = {"structure_covariance": "held-out"}  # the energies' distance
         apart = self.energy_combination == "max"  # both fitted around LLPR alone
         forces = fit_distance_term(self, train, val, **(
-            {"energy_distance": None} if apart else energies), **options)
-        energies = fit_distance_term(self, train, val, combination="max", **energies,
+            {"energy_distance": None} if apart else structure), **options)
+        energies = fit_distance_term(self, train, val, combination="max", **structure,
                                      **options) if apart else None
         self.distance_, self.energy_distance_ = forces, energies
 
