@@ -88,6 +88,17 @@ def test_calibrated_predictions_equal_one_process(runs):
             assert close(single[key], rank[key]), key
 
 
+@pytest.mark.parametrize("combination", ["sum", "max"])
+def test_llpr_with_its_term_equals_one_process(runs, combination):
+    """LLPR's latent term fitted on shards (its energies jointly or apart) predicts what
+    one process's does, on both ranks alike."""
+    single, double, _, _ = runs
+    for target in ("energy_var", "forces_var"):
+        key = f"llpr_{combination}_{target}"
+        np.testing.assert_array_equal(double[0][key], double[1][key])
+        assert close(single[key], double[0][key], 1e-9), key
+
+
 def test_evaluate_metrics_equal_one_process(runs):
     _, _, metrics, _ = runs
     one = metrics[1][0]

@@ -62,6 +62,7 @@ def main(folder: Path) -> None:
     }
     out.update(_latent(model, llpr, train, val, test))
     out.update(_mean_stress(llpr))
+    out.update(_llpr_terms(model, train, val, test))
     data = {"train": train, "val": val}
     for name, options in STRATEGIES.items():
         options = dict(options)
@@ -74,6 +75,19 @@ def main(folder: Path) -> None:
     np.savez(folder / f"out_{world}_{rank}.npz", **out)
     (folder / f"metrics_{world}_{rank}.json").write_text(json.dumps(report.to_dict()["metrics"]))
     distributed.finalize()
+
+
+def _llpr_terms(model, train, val, test) -> dict:
+    """LLPR with its latent term, the energies fitted jointly (the default) and apart
+    (two collective term fits, λ_E broadcast): uncalibrated variances of ``test``."""
+    out = {}
+    for combination in ("sum", "max"):
+        fitted = LastLayerLaplace(model, n_samples=4, energy_combination=combination).fit(
+            train, val, batch_size=4)
+        pred = fitted.predict(test, batch_size=5, calibrated=False)
+        out[f"llpr_{combination}_energy_var"] = pred.energy_var
+        out[f"llpr_{combination}_forces_var"] = pred.forces_var
+    return out
 
 
 def _latent(model, llpr, train, val, test) -> dict:
