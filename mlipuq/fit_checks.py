@@ -9,6 +9,13 @@ __all__ = ["check_fit_args"]
 def check_fit_args(args) -> None:
     """``ValueError`` naming the flag for a combination of ``mlipuq fit`` options that
     the method does not take, or a value out of range."""
+    _check_values(args)
+    _check_term_flags(args)
+    _check_method_flags(args)
+
+
+def _check_values(args) -> None:
+    """Values out of range, calibration options without their method, ``--heads``."""
     if args.lr is not None and not args.lr > 0:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
     if args.max_time is not None and not args.max_time > 0:
@@ -33,6 +40,10 @@ def check_fit_args(args) -> None:
         raise ValueError(f"--heads is a shallow option, not one of fit {args.method}")
     if args.heads is not None and args.heads < 2:
         raise ValueError(f"--heads must be >= 2, got {args.heads}")
+
+
+def _check_term_flags(args) -> None:
+    """The latent-distance options: only with a method (or ``--latent``) that has a term."""
     if args.latent is not None and args.method not in ("llpr", "shallow", "deep"):
         raise ValueError(f"--latent adds a latent distance to llpr, shallow or deep, "
                          f"not to fit {args.method}")
@@ -83,6 +94,10 @@ def check_fit_args(args) -> None:
                                  or args.latent is not None):
         raise ValueError("--score none (no latent-distance term) is an evidential, shallow or "
                          "llpr option, without --latent")
+
+
+def _check_method_flags(args) -> None:
+    """Options of one method given to another (deep, llpr, latent)."""
     if args.recentre is not None and args.method != "deep":
         raise ValueError(f"--recentre is a deep option, not one of fit {args.method}")
     if args.recentre is not None and args.val is None:
