@@ -23,13 +23,11 @@ MAE over the unseen splits) and the twenty-structure rows' coverage under shift.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 
 import numpy as np
 
-from llpr_term import default, in_dist_part, in_distribution, own_part, unseen_part
+from llpr_term import in_dist_part, in_distribution, own_part, read_rows, unseen_part
 from shift_unseen import sharpness, shifts_of
 from shift_wrappers import FEW_VAL
 
@@ -78,12 +76,7 @@ def verdict(own: list[dict], unseen: list[dict]) -> list[str]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--own", default=OWN)
-    parser.add_argument("--unseen", default=UNSEEN)
-    args = parser.parse_args(argv)
-    own = default(json.load(open(args.own))["rows"])
-    unseen = default(json.load(open(args.unseen))["rows"])
+    own, unseen = read_rows(argv, __doc__, OWN, UNSEEN)
     print(CANDIDATE)
     print("\n".join(verdict(own, unseen)))
 

@@ -100,13 +100,18 @@ def verdict(own: list[dict], unseen: list[dict], wrapper: str) -> list[str]:
         f"  passes: {passes}"]
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--own", default=OWN)
-    parser.add_argument("--unseen", default=UNSEEN)
+def read_rows(argv, doc: str, own: str, unseen: str) -> tuple[list[dict], list[dict]]:
+    """The default method's rows of a round's ``--own`` and ``--unseen`` results files
+    (defaults ``own`` and ``unseen``); ``doc``: the script's docstring."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--own", default=own)
+    parser.add_argument("--unseen", default=unseen)
     args = parser.parse_args(argv)
-    own = default(json.load(open(args.own))["rows"])
-    unseen = default(json.load(open(args.unseen))["rows"])
+    return tuple(default(json.load(open(path))["rows"]) for path in (args.own, args.unseen))
+
+
+def main(argv=None) -> None:
+    own, unseen = read_rows(argv, __doc__, OWN, UNSEEN)
     for wrapper in (CANDIDATE, NO_VAL):
         print(wrapper + ("" if wrapper == CANDIDATE else " (for information)"))
         print("\n".join(verdict(own, unseen, wrapper)))
