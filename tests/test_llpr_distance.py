@@ -107,12 +107,7 @@ def test_command_line_fit_adds_the_term_on_val(base, ethanol, tmp_path, capsys):
     combination supplies the term)."""
     from mlipuq import cli
 
-    paths = {name: tmp_path / f"{name}.extxyz" for name in ("train", "val")}
-    ethanol[:10].write(paths["train"])
-    ethanol[10:14].write(paths["val"])
-    base.save(tmp_path / "model.pt")
-    common = ["fit", "llpr", "--model", str(tmp_path / "model.pt"), "--train",
-              str(paths["train"]), "--val", str(paths["val"])]
+    common = _fit_llpr_args(base, ethanol, tmp_path)
     assert cli.main(common + ["--score", "mahalanobis", "--out", str(tmp_path / "t.pt")]) == 0
     assert "mahalanobis: λσ²_LLPR + a + b u²" in capsys.readouterr().out
     term = load(tmp_path / "t.pt")
@@ -178,11 +173,7 @@ def test_command_line_fits_the_energies_apart(base, ethanol, tmp_path, capsys):
     summary says so); a value another method's alone is refused by name."""
     from mlipuq import cli
 
-    ethanol[:10].write(tmp_path / "train.extxyz")
-    ethanol[10:14].write(tmp_path / "val.extxyz")
-    base.save(tmp_path / "model.pt")
-    common = ["fit", "llpr", "--model", str(tmp_path / "model.pt"), "--train",
-              str(tmp_path / "train.extxyz"), "--val", str(tmp_path / "val.extxyz")]
+    common = _fit_llpr_args(base, ethanol, tmp_path)
     assert cli.main(common + ["--energy-combination", "max", "--out",
                               str(tmp_path / "m.pt")]) == 0
     assert "(energy: the larger)" in capsys.readouterr().out
@@ -199,3 +190,14 @@ def test_command_line_fits_the_energies_apart(base, ethanol, tmp_path, capsys):
     assert cli.main(shallow + ["--out", str(tmp_path / "s.pt")]) == 2
     assert "not one of fit shallow's: max, none" in capsys.readouterr().err
     assert not (tmp_path / "n.pt").exists() and not (tmp_path / "s.pt").exists()
+
+
+def _fit_llpr_args(base, ethanol, tmp_path) -> list[str]:
+    """``mlipuq fit llpr`` arguments for ``base`` saved in ``tmp_path`` with its first
+    ten structures as ``--train`` and the next four as ``--val`` (the files written)."""
+    ethanol[:10].write(tmp_path / "train.extxyz")
+    ethanol[10:14].write(tmp_path / "val.extxyz")
+    base.save(tmp_path / "model.pt")
+    return ["fit", "llpr", "--model", str(tmp_path / "model.pt"), "--train",
+            str(tmp_path / "train.extxyz"), "--val", str(tmp_path / "val.extxyz")]
+
