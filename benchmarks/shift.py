@@ -270,8 +270,17 @@ def run_part(part: str, args) -> list[dict]:
     deep = wants_deep(args)
     seed = args.base_seed
     n_models = max(args.members if deep else 1, seed + 1)
-    cache = cache_folder(args.cache, part, args.epochs, args.quick)
-    models = base_models(part, train, val, args.epochs, n_models, cache, args.refit_references)
+    mace = args.base_model == "mace"
+    cache = cache_folder(args.cache, part + "-mace" * mace, args.epochs, args.quick)
+    if mace:  # an architecture no default was chosen on (benchmarks/shift_mace.py)
+        from shift_mace import mace_models
+
+        models = mace_models(part, train, val, args.epochs, n_models, MODEL[part]["cutoff"],
+                             TRAIN, cache)
+        models = [with_refit(m, train) for m in models] if args.refit_references else models
+    else:
+        models = base_models(part, train, val, args.epochs, n_models, cache,
+                             args.refit_references)
     heads = cache and (os.path.join(cache, "refit") if args.refit_references else cache)
     if seed:  # the single models on another base model; its heads in their own folder
         models = [models[seed]]
@@ -317,7 +326,7 @@ def run_part(part: str, args) -> list[dict]:
                 row = {"system": part, "wrapper": wrapper_name, "method": method + suffix,
                        "split": split, "defaults": (defaults_of(wrapper_name, part)
                                                     if args.strain_term else "no strain term"),
-                       "base_seed": seed,
+                       "base_seed": seed, **({"base_model": "mace"} if mace else {}),
                        "refit_references": args.refit_references,
                        **scores(full, test),
                        **exponents(wrapper), **slope, **bound_ratios(pred, wrapper.recalibrator_)}
@@ -499,7 +508,14 @@ def main(argv=None) -> None:
     parser.add_argument("--unseen", action="store_true",
                         help="test on the shift kinds no round saw (EMT systems; "
                         "docs/shift.md) instead of the system's own shifts (to their own --out)")
+    parser.add_argument("--base-model", choices=("minimlip", "mace"), default="minimlip",
+                        help="the base models: MiniMLIP (the tables') or a small MACE "
+                        "(benchmarks/shift_mace.py; needs the mace extra; rows to their own "
+                        "--out, fits in CACHE/PART-mace-EPOCHS)")
     args = parser.parse_args(argv)
+    if args.base_model != "minimlip" and os.path.abspath(args.out) == TABLE_OUT:
+        parser.error("--base-model mace rows go to their own --out: the shift table's base "
+                     "models are MiniMLIPs")
     if args.unseen and (os.path.abspath(args.out) == TABLE_OUT
                         or set(args.parts) - set(UNSEEN_SEEDS)):
         parser.error("--unseen: EMT systems only (" + ", ".join(UNSEEN_SEEDS) + "), rows "
