@@ -282,6 +282,7 @@ def run_part(part: str, args) -> list[dict]:
         models = base_models(part, train, val, args.epochs, n_models, cache,
                              args.refit_references)
     heads = cache and (os.path.join(cache, "refit") if args.refit_references else cache)
+    heads = None if mace else heads  # (a MACE wrapper's file reads back with its module only)
     if seed:  # the single models on another base model; its heads in their own folder
         models = [models[seed]]
         heads = heads and os.path.join(heads, f"seed{seed}")

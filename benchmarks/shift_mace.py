@@ -23,6 +23,7 @@ another architecture, and a miss is reported as one.
 
 from __future__ import annotations
 
+import reproducible  # noqa: F401  (first: MKL_CBWR=AUTO, reruns reproduce their rows)
 import os
 import time
 
