@@ -51,11 +51,17 @@ def _neighbours(structures, cutoff: float) -> float:
 
 def build(species, cutoff: float, structures, seed: int):
     """A MACE module (float64) for the elements ``species`` (atomic numbers) with its
-    neighbour normalisation measured on ``structures``."""
+    neighbour normalisation and its reference energies (E0s, least squares; MACE's
+    ``E0s="average"``) from ``structures``. ``mlipuq.train`` keeps a model's own
+    reference energies; Cu's rows of 2026-12-07 came from E0s of 0 (commit 1c6e5c5),
+    which EMT's near-zero energies allowed (its refit moved them by 0.17 eV); on
+    ethanol that left the network to learn an offset of hundreds of eV (460 eV after
+    its first epoch) and its fit had force errors of 0.8 eV/Å."""
     from mace import modules  # before e3nn: mace makes e3nn 0.4.4 importable on torch >= 2.6
     from e3nn import o3
 
     numbers = sorted(int(z) for z in species)
+    e0 = mlipuq.data.fit_atomic_energies(structures, numbers)
     block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
     options = dict(ARCHITECTURE)
     before = torch.get_default_dtype()
@@ -65,7 +71,8 @@ def build(species, cutoff: float, structures, seed: int):
         return modules.MACE(
             r_max=cutoff, interaction_cls=block, interaction_cls_first=block,
             num_elements=len(numbers), atomic_numbers=numbers,
-            atomic_energies=np.zeros(len(numbers)),  # mlipuq.train fits the references
+            # least-squares E0s (mace's "average"): mlipuq.train keeps a model's own
+            atomic_energies=np.array([e0[z] for z in numbers]),
             avg_num_neighbors=_neighbours(structures, cutoff), gate=torch.nn.functional.silu,
             hidden_irreps=o3.Irreps(options.pop("hidden_irreps")),
             MLP_irreps=o3.Irreps(options.pop("MLP_irreps")), **options)
