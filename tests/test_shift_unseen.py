@@ -43,6 +43,14 @@ def test_unseen_refuses_what_it_does_not_serve(shift_data):
             shift.main(argv)
 
 
+def test_mace_rows_go_to_their_own_file(shift_data):
+    """The shift table's rows are MiniMLIP's: --base-model mace into its file is refused
+    before anything is built (mace need not be installed)."""
+    shift = benchmark_modules("shift")[0]
+    with pytest.raises(SystemExit):
+        shift.main(["--base-model", "mace", "--parts", "copper"])
+
+
 def _row(system, split, f_cov, e_cov, f_std=2.0, wrapper="LastLayerLaplace", **extra):
     return {"system": system, "wrapper": wrapper, "method": "default", "split": split,
             "base_seed": 0, "refit_references": True, "force_cov95": f_cov,
