@@ -110,11 +110,8 @@ def test_command_line_fit_adds_the_term_on_val(base, ethanol, tmp_path, capsys):
     common = _fit_llpr_args(base, ethanol, tmp_path)
     assert cli.main(common + ["--score", "mahalanobis", "--out", str(tmp_path / "t.pt")]) == 0
     assert "mahalanobis: λσ²_LLPR + a + b u²" in capsys.readouterr().out
-    term = load(tmp_path / "t.pt")
-    direct = LastLayerLaplace(base, distance="mahalanobis").fit(ethanol[:10], ethanol[10:14])
-    np.testing.assert_allclose(term.predict(ethanol[14:], calibrated=False).forces_var,
-                               direct.predict(ethanol[14:], calibrated=False).forces_var,
-                               rtol=1e-9)
+    _assert_as_python_fit(tmp_path / "t.pt", base, ethanol, "forces_var",
+                          distance="mahalanobis")
     for extra, name in ((["--score", "none"], "n.pt"), (["--latent", "forces"], "l.pt")):
         assert cli.main(common + extra + ["--out", str(tmp_path / name)]) == 0
     assert "none (LLPR alone)" in capsys.readouterr().out
@@ -177,11 +174,8 @@ def test_command_line_fits_the_energies_apart(base, ethanol, tmp_path, capsys):
     assert cli.main(common + ["--energy-combination", "max", "--out",
                               str(tmp_path / "m.pt")]) == 0
     assert "(energy: the larger)" in capsys.readouterr().out
-    loaded = load(tmp_path / "m.pt")
-    direct = LastLayerLaplace(base, energy_combination="max").fit(ethanol[:10], ethanol[10:14])
-    np.testing.assert_allclose(loaded.predict(ethanol[14:], calibrated=False).energy_var,
-                               direct.predict(ethanol[14:], calibrated=False).energy_var,
-                               rtol=1e-9)
+    _assert_as_python_fit(tmp_path / "m.pt", base, ethanol, "energy_var",
+                          energy_combination="max")
     assert cli.main(common + ["--energy-combination", "none", "--out",
                               str(tmp_path / "n.pt")]) == 2
     assert "--energy-combination none is not one of fit llpr's: sum, max" in \
@@ -190,6 +184,17 @@ def test_command_line_fits_the_energies_apart(base, ethanol, tmp_path, capsys):
     assert cli.main(shallow + ["--out", str(tmp_path / "s.pt")]) == 2
     assert "not one of fit shallow's: max, none" in capsys.readouterr().err
     assert not (tmp_path / "n.pt").exists() and not (tmp_path / "s.pt").exists()
+
+
+def _assert_as_python_fit(path, base, ethanol, target: str, **options) -> None:
+    """The wrapper the command line saved at ``path`` predicts the uncalibrated
+    ``target`` variances of ``LastLayerLaplace(base, **options)`` fitted in Python on
+    the arguments' train and val (:func:`_fit_llpr_args`), to 1e-9."""
+    direct = LastLayerLaplace(base, **options).fit(ethanol[:10], ethanol[10:14])
+    np.testing.assert_allclose(getattr(load(path).predict(ethanol[14:], calibrated=False),
+                                       target),
+                               getattr(direct.predict(ethanol[14:], calibrated=False), target),
+                               rtol=1e-9)
 
 
 def _fit_llpr_args(base, ethanol, tmp_path) -> list[str]:
