@@ -101,6 +101,7 @@ import json
 import os
 import re
 import time
+from typing import Optional
 
 import reproducible  # noqa: F401  (first: MKL_CBWR=AUTO, reruns reproduce their rows)
 
@@ -241,6 +242,23 @@ def base_models(part: str, train, val, epochs: int, n: int, cache=None,
     return [with_refit(m, train) if refit else m for m in models]
 
 
+def part_models(part: str, train, val, args, n_models: int) -> tuple[list, Optional[str]]:
+    """The part's base models 0 to ``n_models`` − 1 (MiniMLIP, or with ``--base-model
+    mace`` MACE) and the folder their wrappers' heads are cached in (None: not cached)."""
+    mace = getattr(args, "base_model", "minimlip") == "mace"
+    refit = getattr(args, "refit_references", False)
+    cache = cache_folder(args.cache, part + "-mace" * mace, args.epochs, args.quick)
+    if mace:  # an architecture no default was chosen on (benchmarks/shift_mace.py)
+        from shift_mace import mace_models
+
+        models = mace_models(part, train, val, args.epochs, n_models, MODEL[part]["cutoff"],
+                             TRAIN, cache)
+        # (a MACE wrapper's file reads back with its module only: heads not cached)
+        return [with_refit(m, train) for m in models] if refit else models, None
+    models = base_models(part, train, val, args.epochs, n_models, cache, refit)
+    return models, cache and (os.path.join(cache, "refit") if refit else cache)
+
+
 def wants_deep(args) -> bool:
     """Whether ``--wrappers`` and ``--only`` select the deep ensemble (all its members),
     alone or combined with a latent-distance term."""
@@ -270,19 +288,7 @@ def run_part(part: str, args) -> list[dict]:
     deep = wants_deep(args)
     seed = args.base_seed
     n_models = max(args.members if deep else 1, seed + 1)
-    mace = args.base_model == "mace"
-    cache = cache_folder(args.cache, part + "-mace" * mace, args.epochs, args.quick)
-    if mace:  # an architecture no default was chosen on (benchmarks/shift_mace.py)
-        from shift_mace import mace_models
-
-        models = mace_models(part, train, val, args.epochs, n_models, MODEL[part]["cutoff"],
-                             TRAIN, cache)
-        models = [with_refit(m, train) for m in models] if args.refit_references else models
-    else:
-        models = base_models(part, train, val, args.epochs, n_models, cache,
-                             args.refit_references)
-    heads = cache and (os.path.join(cache, "refit") if args.refit_references else cache)
-    heads = None if mace else heads  # (a MACE wrapper's file reads back with its module only)
+    models, heads = part_models(part, train, val, args, n_models)
     if seed:  # the single models on another base model; its heads in their own folder
         models = [models[seed]]
         heads = heads and os.path.join(heads, f"seed{seed}")
@@ -291,7 +297,7 @@ def run_part(part: str, args) -> list[dict]:
     fitted = fit_wrappers(models, train, val, args.wrappers, heads, args.only)
     if args.fit_only:
         return []
-    rows = []
+    rows, tagged = [], ({"base_model": "mace"} if args.base_model == "mace" else {})
     for wrapper_name, wrapper in fitted.items():
         # what calibrate does besides recalibrating (deep: recentring; the strain term)
         wrapper.calibrate(calib, strain=args.strain_term)
@@ -327,7 +333,7 @@ def run_part(part: str, args) -> list[dict]:
                 row = {"system": part, "wrapper": wrapper_name, "method": method + suffix,
                        "split": split, "defaults": (defaults_of(wrapper_name, part)
                                                     if args.strain_term else "no strain term"),
-                       "base_seed": seed, **({"base_model": "mace"} if mace else {}),
+                       "base_seed": seed, **tagged,
                        "refit_references": args.refit_references,
                        **scores(full, test),
                        **exponents(wrapper), **slope, **bound_ratios(pred, wrapper.recalibrator_)}

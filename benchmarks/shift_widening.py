@@ -57,7 +57,7 @@ import torch
 from mlipuq.calibration.extrapolation import excess, prediction_scales, saturate
 from mlipuq.calibration.structure_scaling import atom_scales
 from mlipuq.uq import DeepEnsemble
-from shift import base_models, cache_folder, fit_wrappers, write_between_markers
+from shift import fit_wrappers, part_models, write_between_markers
 from shift_data import HELD_OUT, PART_SETS
 from shift_goal import POWERS, ROUNDS, SCORED, WRAPPERS, choice_table, scored
 from shift_scores import scores
@@ -97,11 +97,10 @@ def widened(pred, r: dict, rule: str, power: float, limits: dict):
 
 def score_part(part: str, args) -> list[dict]:
     train, val, tests = {**PART_SETS, **HELD_OUT}[part](args.quick)
-    cache = cache_folder(args.cache, part, args.epochs, args.quick)
     n_models = 3 if any(w.startswith("DeepEnsemble") for w in args.wrappers) else 1
-    models = base_models(part, train, val, args.epochs, n_models, cache)
+    models, heads = part_models(part, train, val, args, n_models)
     rows = []
-    for name, wrapper in fit_wrappers(models, train, val, None, cache, args.wrappers).items():
+    for name, wrapper in fit_wrappers(models, train, val, None, heads, args.wrappers).items():
         if isinstance(wrapper, DeepEnsemble):
             wrapper.calibrate(val)  # what its calibrate does besides recalibrating: recentring
         wrapper.calibrate(val, extrapolation=0)
@@ -116,6 +115,7 @@ def score_part(part: str, args) -> list[dict]:
                         widened(pred, r, rule, power, recal.std_range_))
                     s = scores(full, test)
                     rows.append({"system": part, "wrapper": name, "split": split, "rule": rule,
+                                 "base_model": args.base_model,
                                  "power": power, **{k: s[k] for k in KEPT},
                                  "force_ratio": float(np.median(r[rule])),
                                  "energy_ratio": float(np.median(r["energy"]))})
@@ -164,6 +164,13 @@ def main(argv=None) -> None:
                         choices=list(SCORED), help="the wrappers scored "
                         "(default: the six of shift_goal.WRAPPERS)")
     parser.add_argument("--epochs", type=int, default=80)
+    parser.add_argument("--base-model", choices=("minimlip", "mace"), default="minimlip",
+                        help="score the widening on shift.py --base-model mace's fits (rows "
+                        "carry base_model; give them their own --out)")
+    parser.add_argument("--refit-references", action=argparse.BooleanOptionalAction,
+                        default=False, help="the base models' reference energies refitted "
+                        "as shift.py's rows since 2026-12-04 have them (default: not, as "
+                        "the rounds of this script were scored)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="the smoke run's smaller sets")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "shift_widening.json"))
