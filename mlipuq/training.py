@@ -54,10 +54,11 @@ from mlipuq.training_parallel import _shard_schedule, reduce_terms  # noqa: F401
 from mlipuq.training_errors import error_statistics, errors  # noqa: F401  (re-exported)
 from mlipuq.training_setup import (  # noqa: F401  (re-exported)
     EnergyOffsetWarning,
+    ForeignReferenceWarning,
     SingleCellWarning,
     SmallCellWarning,
     UndeterminedReferenceWarning,
-    check_energy_offset,
+    check_energy_offset, check_reference_energies,
     fit_offset_drift,
     fit_reference_energies,
     fit_scales,

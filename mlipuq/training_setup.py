@@ -35,6 +35,8 @@ def fit_scales(model: MLIP, train: mdata.AtomsDataset, graphs: Sequence[mdata.Gr
     check_cell_widths(train, model.cutoff)
     if not model.atomic_energies_set:
         fit_reference_energies(model, train)
+    else:
+        check_reference_energies(model, train)
     if hasattr(model, "avg_num_neighbors") and model.avg_num_neighbors is None:
         edges = sum(g.edge_index.shape[1] for g in graphs)
         atoms = sum(len(g.numbers) for g in graphs)
@@ -115,6 +117,43 @@ def check_cell_widths(train, cutoff: float) -> None:
         "ignore this if you will only simulate cells of the training size",
         SmallCellWarning, stacklevel=user_stacklevel(),
     )
+
+
+class ForeignReferenceWarning(UserWarning):
+    """A model's own reference energies leave its training energies farther from them
+    than any atomization energy: they are not the references of this data's method."""
+
+
+#: RMS per-atom distance (eV/atom) between the training energies and the model's own
+#: reference energies beyond which they cannot be this data's references: cohesive and
+#: atomization energies stay below about 10 eV/atom.
+FOREIGN_REFERENCE = 20.0
+
+
+def check_reference_energies(model: MLIP, train: mdata.AtomsDataset) -> float:
+    """Warn (:class:`ForeignReferenceWarning`) before training when the reference
+    energies a model already has leave the labelled training energies more than
+    :data:`FOREIGN_REFERENCE` eV/atom (RMS) from them: E0s of 0 on DFT total
+    energies, or another code's. ``mlipuq.train`` keeps a model's own references, so
+    the network would have to learn that offset (a small MACE with E0s of 0 ended
+    0.8 eV/Å off on ethanol, docs/shift.md). Returns that RMS distance (eV/atom)."""
+    labelled = train[np.flatnonzero(train.has_reference)]
+    if not len(labelled):
+        return 0.0
+    counts = mdata.composition_matrix(labelled, model.species)
+    own = np.array([model.atomic_energies[z] for z in model.species], dtype=np.float64)
+    distance = float(np.sqrt(np.mean(((labelled.energies - counts @ own)
+                                      / counts.sum(axis=1)) ** 2)))
+    if distance > FOREIGN_REFERENCE:
+        warnings.warn(
+            f"the model's reference energies leave the training energies {distance:.4g} "
+            f"eV/atom (RMS) from them, beyond any atomization energy: they are not the "
+            "references of this data's method (E0s of 0, or another code's), and the "
+            "network would have to learn the difference. Fit them before training "
+            "(mlipuq.training.fit_reference_energies(model, train)) or set this method's "
+            "isolated-atom energies (model.set_atomic_energies(...))",
+            ForeignReferenceWarning, stacklevel=user_stacklevel())
+    return distance
 
 
 class UndeterminedReferenceWarning(UserWarning):

@@ -122,3 +122,34 @@ def test_given_reference_energies_are_refitted_only_when_asked():
     history = mlipuq.train(asked, train, refit_references=True, **FAST)
     assert history.references_refit and set(history.reference_shift) == {1, 6, 8}
     assert asked.atomic_energies != model.atomic_energies
+
+
+def _set_references(model, energies: dict) -> MiniMLIP:
+    model.set_atomic_energies(energies)
+    return model
+
+
+def test_training_warns_of_references_foreign_to_the_data():
+    """A model that brings reference energies of 0 to DFT total energies (ethanol:
+    about −468 eV/atom) is warned before training, with the RMS distance named;
+    references one atomization energy away (least squares minus 5 eV per atom, as
+    isolated-atom E0s would be) are this data's and train silently."""
+    from mlipuq.training import ForeignReferenceWarning, check_reference_energies
+    from mlipuq.training_setup import FOREIGN_REFERENCE
+
+    train = datasets.ethanol("train")[:16]
+    fitted = mlipuq.data.fit_atomic_energies(train, _model().species)
+    per_atom = np.abs(train.energies / train.n_atoms)
+    with pytest.warns(ForeignReferenceWarning, match="eV/atom") as caught:
+        distance = check_reference_energies(_set_references(_model(), dict.fromkeys(fitted, 0.)),
+                                            train)
+    assert distance == pytest.approx(np.sqrt(np.mean(per_atom**2)), rel=1e-12)
+    assert distance > FOREIGN_REFERENCE and f"{distance:.4g}" in str(caught[0].message)
+    isolated = _set_references(_model(), {z: e - 5.0 for z, e in fitted.items()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ForeignReferenceWarning)
+        assert 4.0 < check_reference_energies(isolated, train) < 6.0
+        mlipuq.train(isolated, train, **{**FAST, "epochs": 1})
+    with pytest.warns(ForeignReferenceWarning):
+        mlipuq.train(_set_references(_model(), dict.fromkeys(fitted, 0.)), train,
+                     **{**FAST, "epochs": 1})
