@@ -18,7 +18,10 @@ of powers p, with r measured two ways:
 * ``atom``: for forces, the larger of the structure's ratio and the atom's own
   (the RMS of its raw force-component stds over the largest of its element's
   atoms in the calibration data): an atom the model has never seen the like of
-  is out of range even inside an ordinary structure; energies as ``structure``.
+  is out of range even inside an ordinary structure; energies as ``structure``;
+* ``capped C`` (C = 3, 10, 30): the structure's ratio, each factor r ** p at
+  most C (2026-12-07, after MACE base models' raw stds outgrew their errors far
+  out: ``--base-model mace``, docs/shift.md).
 
 For each system, wrapper, shift, rule and power it records the 95 % coverage,
 NLL and mean std / MAE of forces and energies (composition variance added
@@ -63,7 +66,19 @@ from shift_goal import POWERS, ROUNDS, SCORED, WRAPPERS, choice_table, scored
 from shift_scores import scores
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RULES = ("structure", "atom")
+#: Caps on the widening factor r ** p (rules "capped C": the structure's ratio, the factor
+#: at most C): where the raw std far out already outgrows the error (MACE on EMT Cu's
+#: surfaces: r ≈ 370, 2026-12-07), r ** p multiplies a std that needed no widening.
+CAPS = (3.0, 10.0, 30.0)
+RULES = ("structure", "atom") + tuple(f"capped {cap:g}" for cap in CAPS)
+
+
+def factors(r: dict, rule: str, power: float) -> tuple[np.ndarray, np.ndarray]:
+    """The widening factors of forces (N,) and energies (B,) under ``rule``."""
+    if not rule.startswith("capped"):
+        return r[rule] ** power, r["energy"] ** power
+    cap = float(rule.split()[1])
+    return np.minimum(r[rule] ** power, cap), np.minimum(r["energy"] ** power, cap)
 
 
 def atom_limits(raw_val) -> dict:
@@ -83,14 +98,17 @@ def ratios(raw, recalibrator, limits: dict) -> dict:
     """The structure ratio (B,) and, per rule, the forces' ratio per atom (N,)."""
     joint = np.maximum.reduce(list(excess(prediction_scales(raw),
                                           recalibrator.std_range_).values()))
-    return {"energy": joint, "structure": joint[raw.batch],
-            "atom": np.maximum(joint[raw.batch], atom_ratio(raw, limits))}
+    out = {"energy": joint, "structure": joint[raw.batch],
+           "atom": np.maximum(joint[raw.batch], atom_ratio(raw, limits))}
+    return {**out, **{rule: out["structure"] for rule in RULES if rule.startswith("capped")}}
 
 
 def widened(pred, r: dict, rule: str, power: float, limits: dict):
-    """``pred`` (calibrated, not widened) widened by r ** power per target, under the bound."""
-    f_std = saturate(pred.forces_std * (r[rule] ** power)[:, None], limits["forces_bound"])
-    e_std = saturate(pred.energy_std * r["energy"] ** power,
+    """``pred`` (calibrated, not widened) widened by r ** power per target (capped under
+    a "capped" rule), under the bound."""
+    f_factor, e_factor = factors(r, rule, power)
+    f_std = saturate(pred.forces_std * f_factor[:, None], limits["forces_bound"])
+    e_std = saturate(pred.energy_std * e_factor,
                      limits["energy_bound"] * np.asarray(pred.n_atoms, dtype=np.float64))
     return dataclasses.replace(pred, forces_var=f_std**2, energy_var=e_std**2)
 
