@@ -268,12 +268,19 @@ def wants_deep(args) -> bool:
                for name in ("DeepEnsemble", "LatentDistance + DeepEnsemble"))
 
 
-def run_part(part: str, args) -> list[dict]:
-    print(f"{part}:", flush=True)
+def part_sets(part: str, args) -> tuple:
+    """``(train, val, tests)`` of the part; with ``--unseen`` the tests are the
+    in-distribution split, then the shift kinds no round saw."""
     train, val, tests = {**PART_SETS, **HELD_OUT}[part](args.quick)
-    if args.unseen:  # the in-distribution split, then the shift kinds no round saw
+    if getattr(args, "unseen", False):
         first = next(iter(tests))
         tests = {first: tests[first], **unseen_shifts(train, UNSEEN_SEEDS[part], args.quick)}
+    return train, val, tests
+
+
+def run_part(part: str, args) -> list[dict]:
+    print(f"{part}:", flush=True)
+    train, val, tests = part_sets(part, args)
     suffix, calib = "", val
     if args.frontier:
         # labelled structures from one shift (what active learning or MD harvesting

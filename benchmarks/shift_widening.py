@@ -60,7 +60,7 @@ import torch
 from mlipuq.calibration.extrapolation import excess, prediction_scales, saturate
 from mlipuq.calibration.structure_scaling import atom_scales
 from mlipuq.uq import DeepEnsemble
-from shift import fit_wrappers, part_models, write_between_markers
+from shift import fit_wrappers, part_models, part_sets, write_between_markers
 from shift_data import HELD_OUT, PART_SETS
 from shift_goal import POWERS, ROUNDS, SCORED, WRAPPERS, choice_table, scored
 from shift_scores import scores
@@ -114,7 +114,7 @@ def widened(pred, r: dict, rule: str, power: float, limits: dict):
 
 
 def score_part(part: str, args) -> list[dict]:
-    train, val, tests = {**PART_SETS, **HELD_OUT}[part](args.quick)
+    train, val, tests = part_sets(part, args)
     n_models = 3 if any(w.startswith("DeepEnsemble") for w in args.wrappers) else 1
     models, heads = part_models(part, train, val, args, n_models)
     rows = []
@@ -133,7 +133,7 @@ def score_part(part: str, args) -> list[dict]:
                         widened(pred, r, rule, power, recal.std_range_))
                     s = scores(full, test)
                     rows.append({"system": part, "wrapper": name, "split": split, "rule": rule,
-                                 "base_model": args.base_model,
+                                 "base_model": args.base_model, "unseen": args.unseen,
                                  "power": power, **{k: s[k] for k in KEPT},
                                  "force_ratio": float(np.median(r[rule])),
                                  "energy_ratio": float(np.median(r["energy"]))})
@@ -189,6 +189,9 @@ def main(argv=None) -> None:
                         default=False, help="the base models' reference energies refitted "
                         "as shift.py's rows since 2026-12-04 have them (default: not, as "
                         "the rounds of this script were scored)")
+    parser.add_argument("--unseen", action="store_true",
+                        help="score on the shift kinds no round saw (EMT systems; "
+                        "shift.py --unseen) instead of the system's own shifts")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="the smoke run's smaller sets")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "shift_widening.json"))

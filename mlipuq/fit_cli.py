@@ -131,6 +131,10 @@ def add_parsers(subparsers) -> None:
                           "energies 1; with every layer's features, their default, the "
                           "shallow ensemble's 0.5 for both, latent's and the evidential "
                           "head's forces 0.5; docs/calibration.md)")
+    fit.add_argument("--widening-cap", type=float, default=None,
+                     help="the largest factor of that widening (>= 1; default: none): for "
+                          "base models whose raw stds far out already outgrow their errors "
+                          "(docs/shift.md, 'The widening capped')")
     fit.add_argument("--no-structure-scaling", dest="structure_scaling", action="store_false",
                      help="do not fit how stds scale between atoms and structures on --val "
                           "(default: fit one exponent per target and one between the atoms "
@@ -435,6 +439,8 @@ def _summary(wrapper, args, n_train: int, n_val: int) -> str:
                          f"{limits['energy'] * 1000:.3g} meV/atom (energy, p = "
                          f"{power['energy']:g}), {limits['forces'] * 1000:.3g} meV/Å "
                          f"(RMS force, p = {power['forces']:g})"
+                         + "".join(f", {key} factor at most {cap:g}" for key, cap
+                                   in recalibrator.widening_cap.items() if cap < float("inf"))
                          + (f", {limits['energy_distance'] * 1000:.3g} meV/atom (the "
                             "latent-distance term's own energy std)"
                             if "energy_distance" in limits else "")))
@@ -474,6 +480,7 @@ def run_fit(args: argparse.Namespace) -> int:
     wrapper = build_wrapper(args, models, train, val, progress, reference)
     if val is not None:
         options = {key: value for key, value in (("extrapolation", args.extrapolation),
+                                                 ("widening_cap", args.widening_cap),
                                                  ("coverage", args.coverage))
                    if value is not None}
         options["structure_scaling"] = (args.structure_scaling and

@@ -149,6 +149,12 @@ def test_fit_llpr_summary(files, tmp_path, capsys):
     capsys.readouterr()
     assert _fit(files, "llpr", tmp_path / "x.pt", "--extrapolation", "-1") == 2
     assert "--extrapolation must be >= 0" in capsys.readouterr().err
+    assert _fit(files, "llpr", tmp_path / "x.pt", "--widening-cap", "0.5") == 2
+    assert "--widening-cap must be >= 1" in capsys.readouterr().err
+    cap = tmp_path / "cap.pt"
+    assert _fit(files, "llpr", cap, "--widening-cap", "10") == 0
+    assert "energy factor at most 10, forces factor at most 10" in capsys.readouterr().out
+    assert load_wrapper(cap).recalibrator_.widening_cap == {"energy": 10.0, "forces": 10.0}
     for text in ("LastLayerLaplace (llpr)", "prior precision", "energy noise", "forces noise",
                  "power on 5 structures", "energy std x", f"wrapper saved to {out}"):
         assert text in printed

@@ -154,6 +154,41 @@ def test_bad_power_is_refused(bad):
         PredictionRecalibrator("scalar", extrapolation=bad)
 
 
+def test_widening_cap_by_hand():
+    # the calibration of test_widening_by_hand; the test structure 9x beyond its range:
+    # power 1 widens by 9, a cap of 4 stops that at 4 (for every force of the structure
+    # and its energy); one cap per target; the energy-only path too; inside the range
+    # (ratio 1) nothing changes
+    val = _prediction([1.0, 2.0], [0.1, 0.2], [1, 1], level=50.0)
+    test = _prediction([1.5, 16.0], [0.15, 1.8], [1, 2])
+    capped = PredictionRecalibrator("scalar", extrapolation=1, widening_cap=4).fit(
+        val, _reference(val))
+    assert capped.widening_cap == {"energy": 4.0, "forces": 4.0}
+    out = capped.transform(test)
+    np.testing.assert_allclose(out.calibration_excess, [1.0, 9.0])
+    np.testing.assert_allclose(out.energy_std, [2.0 * 1.5, 2.0 * 16.0 * 4])
+    np.testing.assert_allclose(out.forces_std[0], 2.0 * 0.15)
+    np.testing.assert_allclose(out.forces_std[1:], 2.0 * 1.8 * 4)
+    per = PredictionRecalibrator("scalar", extrapolation=1,
+                                 widening_cap={"energy": None, "forces": 3}).fit(
+        val, _reference(val))
+    assert per.widening_cap == {"energy": np.inf, "forces": 3.0}
+    per_out = per.transform(test)
+    np.testing.assert_allclose(per_out.energy_std[1], 2.0 * 16.0 * 9)
+    np.testing.assert_allclose(per_out.forces_std[1:], 2.0 * 1.8 * 3)
+    np.testing.assert_allclose(capped.transform_energy_std(test.energy_std, test.n_atoms),
+                               [2.0 * 1.5, 2.0 * 16.0 * 4])  # energy ratio 4: at the cap
+    assert PredictionRecalibrator("scalar").widening_cap == {"energy": np.inf,
+                                                            "forces": np.inf}
+
+
+@pytest.mark.parametrize("bad", [0.5, -1.0, float("nan"), float("inf"), "x", {"forces": 2},
+                                 {"energy": 2, "forces": 0.9}])
+def test_bad_widening_cap_is_refused(bad):
+    with pytest.raises(ValueError, match="widening_cap"):
+        PredictionRecalibrator("scalar", widening_cap=bad)
+
+
 def test_damaged_range_is_refused():
     good = {"energy": 1.0, "forces": 1.0, "energy_bound": 10.0, "forces_bound": 10.0}
     assert check_range(good) == good
@@ -228,6 +263,30 @@ def test_beyond_the_range_on_hot_copper(copper_llpr, tmp_path):
     del loaded.recalibrator_.std_range_
     np.testing.assert_allclose(loaded.predict(hot).forces_var, b.forces_var, rtol=1e-12)
     assert loaded.predict(hot).calibration_excess is None
+
+
+def test_widening_cap_on_hot_copper(copper_llpr, tmp_path):
+    """1500 K, far beyond a 300 K calibration: with ``widening_cap`` c (the median of
+    the structures' uncapped factors r ** p, p LLPR's default force power) each
+    structure's force stds are the plain calibration's times min(r ** p, c), under
+    the bound; saved and loaded, the cap stays."""
+    llpr, val, hot = copper_llpr
+    power = llpr.default_widening()["forces"]
+    uncapped = llpr.copy().calibrate(val).predict(hot).calibration_excess ** power
+    cap = float(np.median(uncapped))
+    capped = llpr.copy().calibrate(val, widening_cap=cap)
+    plain = llpr.copy().calibrate(val, extrapolation=0).predict(hot)
+    out = capped.predict(hot)
+    factor = np.minimum(out.calibration_excess ** power, cap)
+    assert np.any(uncapped > cap) and np.any(uncapped < cap) and cap > 1.0
+    inside = out.forces_std < capped.recalibrator_.std_range_["forces_bound"] / 3
+    assert inside.mean() > 0.5
+    expected = plain.forces_std * factor[out.batch][:, None]
+    np.testing.assert_allclose(out.forces_std[inside], expected[inside], rtol=2e-9)
+    capped.save(tmp_path / "capped.pt")
+    loaded = load(tmp_path / "capped.pt")
+    assert loaded.recalibrator_.widening_cap == {"energy": cap, "forces": cap}
+    np.testing.assert_array_equal(loaded.predict(hot).forces_var, out.forces_var)
 
 
 def test_defaults_agree():

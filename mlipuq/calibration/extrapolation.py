@@ -89,9 +89,9 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["DEFAULT_POWER", "BOUND_FACTOR", "DISTANCE_KEY", "check_power", "check_range",
-           "structure_scales", "prediction_scales", "plausible_errors", "calibration_range",
-           "excess", "bounded_factor", "soft_cap", "saturate", "widen"]
+__all__ = ["DEFAULT_POWER", "BOUND_FACTOR", "DISTANCE_KEY", "check_power", "check_cap",
+           "check_range", "structure_scales", "prediction_scales", "plausible_errors",
+           "calibration_range", "excess", "bounded_factor", "soft_cap", "saturate", "widen"]
 
 #: Exponent of the widening beyond the calibration range when a
 #: ``PredictionRecalibrator`` is given none (``calibrate`` passes each wrapper's
@@ -106,23 +106,40 @@ RANGE_KEYS = ("energy", "forces", "energy_bound", "forces_bound")
 DISTANCE_KEY = "energy_distance"
 
 
+def _per_target(value, check, name: str) -> dict:
+    """``value`` (one for both targets, or ``{"energy": ..., "forces": ...}``) as
+    ``{"energy": float, "forces": float}``, each through ``check``."""
+    if isinstance(value, dict):
+        if set(value) != {"energy", "forces"}:
+            raise ValueError(f"{name} per target must have exactly the keys 'energy' "
+                             f"and 'forces', got {value!r}")
+        return {key: check(one) for key, one in value.items()}
+    return dict.fromkeys(("energy", "forces"), check(value))
+
+
+def _number(value, name: str, smallest: float, none: float) -> float:
+    """``value`` as a finite float >= ``smallest`` (None: ``none``), else ``ValueError``."""
+    if value is None:
+        return none
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        out = np.nan
+    if not (np.isfinite(out) and out >= smallest):
+        raise ValueError(f"{name} must be a number >= {smallest:g} or None, got {value!r}")
+    return out
+
+
 def check_power(power) -> dict:
     """``power`` (a number >= 0, None for 0, or one per target ``{"energy": ...,
     "forces": ...}``) as ``{"energy": float, "forces": float}``, else ``ValueError``."""
-    if isinstance(power, dict):
-        if set(power) != {"energy", "forces"}:
-            raise ValueError("extrapolation per target must have exactly the keys 'energy' "
-                             f"and 'forces', got {power!r}")
-        return {key: check_power(value)["energy"] for key, value in power.items()}
-    if power is None:
-        return {"energy": 0.0, "forces": 0.0}
-    try:
-        value = float(power)
-    except (TypeError, ValueError):
-        raise ValueError(f"extrapolation must be a number >= 0 or None, got {power!r}") from None
-    if not np.isfinite(value) or value < 0:
-        raise ValueError(f"extrapolation must be a number >= 0 or None, got {power!r}")
-    return {"energy": value, "forces": value}
+    return _per_target(power, lambda p: _number(p, "extrapolation", 0.0, 0.0), "extrapolation")
+
+
+def check_cap(cap) -> dict:
+    """``widening_cap`` (a number >= 1, None for no cap, or one per target) as
+    ``{"energy": float, "forces": float}`` (inf: no cap), else ``ValueError``."""
+    return _per_target(cap, lambda c: _number(c, "widening_cap", 1.0, np.inf), "widening_cap")
 
 
 def structure_scales(energy_std, n_atoms, forces_std, batch) -> dict:
@@ -249,9 +266,10 @@ def bounded_factor(factor, std, bound) -> np.ndarray:
 
 
 def widen(limits: Optional[dict], power: dict, scales: dict, stds: dict, n_atoms,
-          batch=None) -> Optional[dict]:
+          batch=None, cap: Optional[dict] = None) -> Optional[dict]:
     """Calibrated ``stds`` per target (energies (B,) eV, forces (N, 3) eV/Å with
-    ``batch``) widened by ``r ** power[target]``, r the largest of the targets'
+    ``batch``) widened by ``r ** power[target]`` (at most ``cap[target]``, a
+    :func:`check_cap` result; None: no cap), r the largest of the targets'
     excess ratios of the raw ``scales`` over the recorded ``limits`` (given under
     ``"excess"``, (B,)), then all of them under
     the soft bound (:func:`saturate`); None without recorded limits (older files:
@@ -262,7 +280,7 @@ def widen(limits: Optional[dict], power: dict, scales: dict, stds: dict, n_atoms
     joint = np.maximum.reduce(list(ratios.values()))  # out in one target: out in both
     out = {"excess": joint}
     for key, std in stds.items():
-        factor = joint ** power[key]
+        factor = np.minimum(joint ** power[key], np.inf if cap is None else cap[key])
         if key == "forces":
             factor, bound = factor[batch][:, None], limits["forces_bound"]
         else:

@@ -61,6 +61,7 @@ from mlipuq.calibration.extrapolation import (
     DEFAULT_POWER,
     DISTANCE_KEY,
     calibration_range,
+    check_cap,
     check_power,
     check_range,
     prediction_scales,
@@ -238,7 +239,7 @@ def _accepted(cls) -> set:
 
 
 #: Options of PredictionRecalibrator itself, not of its two recalibrators.
-OUTER_OPTIONS = ("extrapolation", "structure_scaling", "distance_range")
+OUTER_OPTIONS = ("extrapolation", "widening_cap", "structure_scaling", "distance_range")
 
 
 def _rescale_members(members: Optional[np.ndarray], mean: np.ndarray, factor: np.ndarray):
@@ -297,6 +298,10 @@ class PredictionRecalibrator:
         (:mod:`mlipuq.calibration.extrapolation`). Whatever this is, every
         calibrated std saturates below 10 x the largest error plausible for the
         calibration data (``std_range_``'s ``*_bound``; ``saturate`` there).
+    widening_cap
+        Largest factor of that widening (default None: none; a number >= 1, or one
+        per target): for base models whose raw stds far out already outgrow their
+        errors (docs/shift.md, "The widening capped").
     distance_range
         True (default, since 2026-12-05): where the prediction has a latent-distance
         term's part of its energy variance (``energy_distance_var``: the evidential
@@ -351,7 +356,7 @@ class PredictionRecalibrator:
     def __init__(self, method: Union[str, Mapping[str, str]] = "scalar", **options):
         self.method = method
         self.options = options
-        self.extrapolation  # noqa: B018  (validates the powers early)
+        self.extrapolation, self.widening_cap  # noqa: B018  (validates them early)
         if options.get("distance_range", True) not in (True, False):
             raise ValueError(f"distance_range must be True or False, "
                              f"got {options['distance_range']!r}")
@@ -526,6 +531,11 @@ class PredictionRecalibrator:
         """Widening powers ``{"energy": p, "forces": p}`` (option ``extrapolation``)."""
         return check_power(self.options.get("extrapolation", DEFAULT_POWER))
 
+    @property
+    def widening_cap(self) -> dict:
+        """Largest widening factors ``{"energy": c, "forces": c}`` (inf: none)."""
+        return check_cap(self.options.get("widening_cap"))
+
     def transform_energy_std(self, energy_std, n_atoms) -> np.ndarray:
         """Calibrated energy stds (B,) eV from raw ones, without forces (the
         energy-only path of LLPR's ``predict_energy``): the between-structure scaling
@@ -534,7 +544,7 @@ class PredictionRecalibrator:
         scales = {"energy": std / np.maximum(np.asarray(n_atoms), 1)}
         new = self.energy_.transform(self._scaled("energy", std, scales))
         widened = widen(getattr(self, "std_range_", None), self.extrapolation, scales,
-                        {"energy": new}, n_atoms)
+                        {"energy": new}, n_atoms, cap=self.widening_cap)
         return new if widened is None else widened["energy"]
 
     def transform(self, prediction):
@@ -554,7 +564,7 @@ class PredictionRecalibrator:
         new_f_std = self.forces_.transform(scaled_f, **extra)
         widened = widen(getattr(self, "std_range_", None), self.extrapolation,
                         raw_scales, {"energy": new_e_std, "forces": new_f_std},
-                        prediction.n_atoms, prediction.batch)
+                        prediction.n_atoms, prediction.batch, self.widening_cap)
         if widened is not None:  # beyond the calibration range (extrapolation.py)
             new_e_std, new_f_std = widened["energy"], widened["forces"]
         with np.errstate(divide="ignore", invalid="ignore"):
