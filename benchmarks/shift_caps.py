@@ -1,0 +1,111 @@
+"""The widening's factor capped (``widening_cap``): what a cap of 3, 10 or 30 does to
+coverage and sharpness under shift, from the rows of ``shift_widening.py``.
+
+Beyond the calibration range each calibrated std is multiplied by r ** p
+(``mlipuq.calibration.extrapolation``). On MACE base models of EMT Cu the raw
+stds far out already outgrew the errors (surfaces: r ≈ 370, so r ** 0.75 ≈ 85 on
+a std that needed no widening; docs/shift.md), and ``calibrate(...,
+widening_cap=C)`` stops the factor at C. ``shift_widening.py`` scores the rules
+``capped 3``, ``capped 10`` and ``capped 30`` beside the uncapped ``structure``
+rule; this script reads its rows at each wrapper's default powers
+(``default_extrapolation``) and prints, per group of runs and wrapper, the worst
+95 % coverage of forces and energies over the systems' shifts and the largest
+mean std ÷ MAE of a shift.
+
+    python benchmarks/shift_widening.py --refit-references --cache /tmp/fits \
+        --parts copper agpd alloy ptni --wrappers LastLayerLaplace LatentDistance \
+        EvidentialHead ShallowEnsemble --out /tmp/chosen.json --threads 1
+    (the same with --parts platinum nial cupd nicu agau aupd --out /tmp/held.json;
+     with --unseen and the ten EMT parts --out /tmp/unseen.json; with
+     --base-model mace --epochs 40 --parts copper --wrappers LastLayerLaplace
+     LatentDistance --out /tmp/mace.json in the mace environment)
+    python benchmarks/shift_caps.py --group "chosen on" /tmp/chosen.json \
+        --group "held out" /tmp/held.json --group "unseen kinds" /tmp/unseen.json \
+        --group "MACE Cu" /tmp/mace.json --out results/shift_widening_caps.json
+    python benchmarks/shift_caps.py --from-json results/shift_widening_caps.json \
+        --docs ../docs/shift.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from mlipuq.uq import EvidentialHead, LastLayerLaplace, LatentDistance, ShallowEnsemble
+from shift import write_between_markers
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+#: The rules compared, uncapped first.
+RULES = ("structure", "capped 30", "capped 10", "capped 3")
+#: Each wrapper's default widening powers, as ``calibrate`` uses them.
+POWERS = {cls.__name__: cls.default_extrapolation
+          for cls in (LastLayerLaplace, LatentDistance, ShallowEnsemble, EvidentialHead)}
+TARGETS = {"forces": ("force_cov95", "force_std", "force_mae"),
+           "energy": ("energy_cov95", "energy_std_per_atom", "energy_mae_per_atom")}
+
+
+def kept(row: dict) -> bool:
+    """Whether ``row`` is one the table reads (its rules, the wrappers' default powers)."""
+    return row["rule"] in RULES and row["power"] in POWERS.get(row["wrapper"], {}).values()
+
+
+def summary(rows: list[dict], wrapper: str, rule: str) -> dict:
+    """Worst coverage and largest std ÷ MAE over the shifts of ``rows`` (every system)
+    for ``wrapper`` under ``rule`` at its default power per target."""
+    out = {}
+    for target, (cover, std, mae) in TARGETS.items():
+        mine = [r for r in rows if r["wrapper"] == wrapper and r["rule"] == rule
+                and r["power"] == POWERS[wrapper][target]
+                and not r["split"].startswith("in dist")]
+        if not mine:
+            return {}
+        out[target] = (min(r[cover] for r in mine), max(r[std] / r[mae] for r in mine))
+    return out
+
+
+def table(groups: dict) -> str:
+    """One line per group and wrapper: per rule, worst F / E coverage (largest F / E
+    std ÷ MAE)."""
+    lines = ["| runs (systems) | wrapper | " + " | ".join(
+                 "uncapped" if rule == "structure" else rule.replace("capped", "cap")
+                 for rule in RULES) + " |", "|---|---|" + "---|" * len(RULES)]
+    for name, rows in groups.items():
+        systems = len({r["system"] for r in rows})
+        for wrapper in POWERS:
+            cells = [summary(rows, wrapper, rule) for rule in RULES]
+            if not cells[0]:
+                continue
+            lines.append(f"| {name} ({systems}) | {wrapper} | " + " | ".join(
+                f"{c['forces'][0]:.3f} / {c['energy'][0]:.3f} "
+                f"({c['forces'][1]:.0f} / {c['energy'][1]:.0f})" for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--group", nargs=2, action="append", metavar=("NAME", "JSON"),
+                        default=[], help="a group of rows: its name and shift_widening.py's "
+                        "--out (repeatable)")
+    parser.add_argument("--from-json", default=None, help="the groups saved by --out")
+    parser.add_argument("--out", default=None, help="save the groups' rows (rules and "
+                        "powers this table reads only)")
+    parser.add_argument("--docs", default=None, help="write the table between the "
+                        "shift-widening-caps markers of this file")
+    args = parser.parse_args(argv)
+    if args.from_json:
+        groups = json.load(open(args.from_json))["groups"]
+    else:
+        groups = {name: [r for r in json.load(open(path))["rows"] if kept(r)]
+                  for name, path in args.group}
+    text = table(groups)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump({"groups": groups}, fh, indent=1)
+    if args.docs:
+        write_between_markers(args.docs, text, name="shift-widening-caps")
+
+
+if __name__ == "__main__":
+    main()
