@@ -8,7 +8,7 @@ a std that needed no widening; docs/shift.md), and ``calibrate(...,
 widening_cap=C)`` stops the factor at C. ``shift_widening.py`` scores the rules
 ``capped 3``, ``capped 10`` and ``capped 30`` beside the uncapped ``structure``
 rule; this script reads its rows at each wrapper's default powers
-(``default_extrapolation``) and prints, per group of runs and wrapper, the worst
+(:func:`default_powers`) and prints, per group of runs and wrapper, the worst
 95 % coverage of forces and energies over the systems' shifts and the largest
 mean std ÷ MAE of a shift.
 
@@ -29,25 +29,47 @@ mean std ÷ MAE of a shift.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 
+from mlipuq.models import MiniMLIP
 from mlipuq.uq import EvidentialHead, LastLayerLaplace, LatentDistance, ShallowEnsemble
 from shift import write_between_markers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: The rules compared, uncapped first.
 RULES = ("structure", "capped 30", "capped 10", "capped 3")
-#: Each wrapper's default widening powers, as ``calibrate`` uses them.
-POWERS = {cls.__name__: cls.default_extrapolation
-          for cls in (LastLayerLaplace, LatentDistance, ShallowEnsemble, EvidentialHead)}
+WRAPPERS = {cls.__name__: cls for cls in (LastLayerLaplace, LatentDistance, ShallowEnsemble,
+                                          EvidentialHead)}
+
+
+def default_powers(row: dict) -> dict:
+    """The widening powers ``calibrate`` gave the row's wrapper: the row's own record
+    (``default_powers``, shift_widening.py since 2026-12-07), else the wrapper's
+    ``default_widening()`` on a MiniMLIP (every layer's features for the terms) or, for
+    MACE rows (readout features), its ``default_extrapolation``."""
+    if "default_powers" in row:
+        return row["default_powers"]
+    return _class_powers(row["wrapper"], row.get("base_model", "minimlip"))
+
+
+@functools.lru_cache(maxsize=None)
+def _class_powers(wrapper: str, base_model: str) -> dict:
+    cls = WRAPPERS[wrapper]
+    if base_model == "mace":
+        return cls.default_extrapolation
+    return cls(MiniMLIP(["Cu"], cutoff=4.0, seed=0)).default_widening()
+
+
 TARGETS = {"forces": ("force_cov95", "force_std", "force_mae"),
            "energy": ("energy_cov95", "energy_std_per_atom", "energy_mae_per_atom")}
 
 
 def kept(row: dict) -> bool:
     """Whether ``row`` is one the table reads (its rules, the wrappers' default powers)."""
-    return row["rule"] in RULES and row["power"] in POWERS.get(row["wrapper"], {}).values()
+    return (row["rule"] in RULES and row["wrapper"] in WRAPPERS
+            and row["power"] in default_powers(row).values())
 
 
 def summary(rows: list[dict], wrapper: str, rule: str) -> dict:
@@ -56,7 +78,7 @@ def summary(rows: list[dict], wrapper: str, rule: str) -> dict:
     out = {}
     for target, (cover, std, mae) in TARGETS.items():
         mine = [r for r in rows if r["wrapper"] == wrapper and r["rule"] == rule
-                and r["power"] == POWERS[wrapper][target]
+                and r["power"] == default_powers(r)[target]
                 and not r["split"].startswith("in dist")]
         if not mine:
             return {}
@@ -72,7 +94,7 @@ def table(groups: dict) -> str:
                  for rule in RULES) + " |", "|---|---|" + "---|" * len(RULES)]
     for name, rows in groups.items():
         systems = len({r["system"] for r in rows})
-        for wrapper in POWERS:
+        for wrapper in WRAPPERS:
             cells = [summary(rows, wrapper, rule) for rule in RULES]
             if not cells[0]:
                 continue

@@ -134,6 +134,7 @@ def score_part(part: str, args) -> list[dict]:
                     s = scores(full, test)
                     rows.append({"system": part, "wrapper": name, "split": split, "rule": rule,
                                  "base_model": args.base_model, "unseen": args.unseen,
+                                 "default_powers": wrapper.default_widening(),
                                  "power": power, **{k: s[k] for k in KEPT},
                                  "force_ratio": float(np.median(r[rule])),
                                  "energy_ratio": float(np.median(r["energy"]))})
