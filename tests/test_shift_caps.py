@@ -1,0 +1,53 @@
+"""The caps' table of benchmarks/shift_caps.py reads each wrapper at the widening powers
+``calibrate`` gave it, and reports the worst coverage and the largest std ÷ MAE of a shift
+(rows of shift_widening.py, hand-made here)."""
+
+import pathlib
+import sys
+
+import pytest
+
+_BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def shift_caps():
+    sys.path.insert(0, str(_BENCHMARKS))
+    try:
+        import shift_caps
+    finally:
+        sys.path.remove(str(_BENCHMARKS))
+    return shift_caps
+
+
+def _row(split, rule, power, f_cov, e_cov, f_std=1.0, e_std=1.0, wrapper="LatentDistance"):
+    return {"system": "copper", "wrapper": wrapper, "split": split, "rule": rule,
+            "power": power, "base_model": "minimlip", "force_cov95": f_cov,
+            "energy_cov95": e_cov, "force_std": f_std, "force_mae": 0.5,
+            "energy_std_per_atom": e_std, "energy_mae_per_atom": 0.25,
+            "default_powers": {"energy": 0.75, "forces": 0.5}}
+
+
+def test_worst_coverage_and_largest_ratio_at_the_default_powers(shift_caps):
+    rows = [_row("in distribution", "capped 10", 0.5, 0.1, 0.1),  # not a shift
+            _row("surface", "capped 10", 0.5, 0.95, 0.2, f_std=5.0),
+            _row("vacancy", "capped 10", 0.5, 0.91, 0.3, f_std=2.0),
+            _row("surface", "capped 10", 0.75, 0.4, 0.99, e_std=3.0),
+            _row("vacancy", "capped 10", 0.75, 0.5, 0.88, e_std=1.0),
+            _row("surface", "capped 10", 1.0, 0.0, 0.0, 99.0, 99.0)]  # not a default power
+    out = shift_caps.summary(rows, "LatentDistance", "capped 10")
+    assert out["forces"] == pytest.approx((0.91, 10.0))  # std 5 over MAE 0.5
+    assert out["energy"] == pytest.approx((0.88, 12.0))  # std 3 over MAE 0.25
+    assert shift_caps.summary(rows, "LatentDistance", "capped 3") == {}
+    assert [shift_caps.kept(r) for r in rows] == [True] * 5 + [False]
+
+
+def test_rows_without_their_powers_get_the_wrappers(shift_caps):
+    """Rows saved before they recorded their powers: a MiniMLIP's wrapper reads every
+    layer's features (its all-layers powers), a MACE's its readout (the class's)."""
+    from mlipuq.uq import LastLayerLaplace
+
+    row = {"wrapper": "LastLayerLaplace", "base_model": "minimlip"}
+    assert shift_caps.default_powers(row) == LastLayerLaplace.all_layers_extrapolation
+    assert shift_caps.default_powers({**row, "base_model": "mace"}) == \
+        LastLayerLaplace.default_extrapolation
