@@ -16,12 +16,16 @@ mean std ÷ MAE of a shift.
         --parts copper agpd alloy ptni --wrappers LastLayerLaplace LatentDistance \
         EvidentialHead ShallowEnsemble --out /tmp/chosen.json --threads 1
     (the same with --parts platinum nial cupd nicu agau aupd --out /tmp/held.json;
-     with --unseen and the ten EMT parts --out /tmp/unseen.json; with
-     --base-model mace --epochs 40 --parts copper --wrappers LastLayerLaplace
+     with --unseen and the ten EMT parts --out /tmp/unseen.json; with --wrappers
+     "DeepEnsemble (3)" --parts copper alloy ptni, the systems with three cached
+     base models, --out /tmp/deep.json, and with --unseen --out /tmp/deep_unseen.json;
+     with --base-model mace --epochs 40 --parts copper --wrappers LastLayerLaplace
      LatentDistance --out /tmp/mace.json in the mace environment)
     python benchmarks/shift_caps.py --group "chosen on" /tmp/chosen.json \
-        --group "held out" /tmp/held.json --group "unseen kinds" /tmp/unseen.json \
-        --group "MACE Cu" /tmp/mace.json --out results/shift_widening_caps.json
+        --group "chosen on" /tmp/deep.json --group "held out" /tmp/held.json \
+        --group "unseen kinds" /tmp/unseen.json --group "unseen kinds" \
+        /tmp/deep_unseen.json --group "MACE Cu" /tmp/mace.json \
+        --out results/shift_widening_caps.json
     python benchmarks/shift_caps.py --from-json results/shift_widening_caps.json \
         --docs ../docs/shift.md
 """
@@ -34,14 +38,15 @@ import json
 import os
 
 from mlipuq.models import MiniMLIP
-from mlipuq.uq import EvidentialHead, LastLayerLaplace, LatentDistance, ShallowEnsemble
+from mlipuq.uq import (DeepEnsemble, EvidentialHead, LastLayerLaplace, LatentDistance,
+                       ShallowEnsemble)
 from shift import write_between_markers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: The rules compared, uncapped first.
 RULES = ("structure", "capped 30", "capped 10", "capped 3")
-WRAPPERS = {cls.__name__: cls for cls in (LastLayerLaplace, LatentDistance, ShallowEnsemble,
-                                          EvidentialHead)}
+WRAPPERS = {**{cls.__name__: cls for cls in (LastLayerLaplace, LatentDistance, ShallowEnsemble,
+                                             EvidentialHead)}, "DeepEnsemble (3)": DeepEnsemble}
 
 
 def default_powers(row: dict) -> dict:
@@ -57,7 +62,7 @@ def default_powers(row: dict) -> dict:
 @functools.lru_cache(maxsize=None)
 def _class_powers(wrapper: str, base_model: str) -> dict:
     cls = WRAPPERS[wrapper]
-    if base_model == "mace":
+    if base_model == "mace" or cls is DeepEnsemble:  # readout features; no latent term
         return cls.default_extrapolation
     return cls(MiniMLIP(["Cu"], cutoff=4.0, seed=0)).default_widening()
 
@@ -93,11 +98,11 @@ def table(groups: dict) -> str:
                  "uncapped" if rule == "structure" else rule.replace("capped", "cap")
                  for rule in RULES) + " |", "|---|---|" + "---|" * len(RULES)]
     for name, rows in groups.items():
-        systems = len({r["system"] for r in rows})
         for wrapper in WRAPPERS:
             cells = [summary(rows, wrapper, rule) for rule in RULES]
             if not cells[0]:
                 continue
+            systems = len({r["system"] for r in rows if r["wrapper"] == wrapper})
             lines.append(f"| {name} ({systems}) | {wrapper} | " + " | ".join(
                 f"{c['forces'][0]:.3f} / {c['energy'][0]:.3f} "
                 f"({c['forces'][1]:.0f} / {c['energy'][1]:.0f})" for c in cells) + " |")
@@ -108,7 +113,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--group", nargs=2, action="append", metavar=("NAME", "JSON"),
                         default=[], help="a group of rows: its name and shift_widening.py's "
-                        "--out (repeatable)")
+                        "--out (repeatable; a name given twice joins the rows)")
     parser.add_argument("--from-json", default=None, help="the groups saved by --out")
     parser.add_argument("--out", default=None, help="save the groups' rows (rules and "
                         "powers this table reads only)")
@@ -118,8 +123,10 @@ def main(argv=None) -> None:
     if args.from_json:
         groups = json.load(open(args.from_json))["groups"]
     else:
-        groups = {name: [r for r in json.load(open(path))["rows"] if kept(r)]
-                  for name, path in args.group}
+        groups = {}
+        for name, path in args.group:
+            groups.setdefault(name, []).extend(
+                r for r in json.load(open(path))["rows"] if kept(r))
     text = table(groups)
     print(text)
     if args.out:
