@@ -160,7 +160,7 @@ METHODS = ("default", "default, scalar energies", "default, fitted ν", "default
            "default, no structure scaling",
            "default, no widening", "default, neither",
            "default, widening 0.5", "default, widening 1", "default, force widening 0.5",
-           "scalar", "power", "isotonic", "conformal", "student_t")
+           "default, widening cap 10", "scalar", "power", "isotonic", "conformal", "student_t")
 #: Methods given as per-target mappings (their options in METHOD_OPTIONS): the single
 #: models' default calibration, a scalar energy factor, given to every wrapper.
 EXPLICIT = {"default, scalar energies": UQWrapper.default_calibration}
@@ -182,6 +182,8 @@ METHOD_OPTIONS = {"conformal": {"coverage": 0.95}, "default, no widening": {"ext
                   # a milder energy widening for every layer's features (2026-12-06)
                   "default, energy widening 0.75": {"extrapolation": {"energy": 0.75,
                                                                       "forces": 0.5}},
+                  # the widening's factor at most 10 (2026-12-07, shift_caps.py)
+                  "default, widening cap 10": {"widening_cap": 10.0},
                   "default, fitted ν": {"dof_bounds": (1.0, 1000.0)},
                   "default, scalar energies": UQWrapper.default_calibration_options,
                   "default, ν ≤ 5": {"dof_bounds": (1.0, 5.0)},
