@@ -35,14 +35,12 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 
 from mlipuq.models import MiniMLIP
 from mlipuq.uq import (DeepEnsemble, EvidentialHead, LastLayerLaplace, LatentDistance,
                        ShallowEnsemble)
 from shift import write_between_markers
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 #: The rules compared, uncapped first.
 RULES = ("structure", "capped 30", "capped 10", "capped 3")
 WRAPPERS = {**{cls.__name__: cls for cls in (LastLayerLaplace, LatentDistance, ShallowEnsemble,
