@@ -247,8 +247,8 @@ def base_models(part: str, train, val, epochs: int, n: int, cache=None,
 def part_models(part: str, train, val, args, n_models: int) -> tuple[list, Optional[str]]:
     """The part's base models 0 to ``n_models`` − 1 (MiniMLIP, or with ``--base-model
     mace`` MACE) and the folder their wrappers' heads are cached in (None: not cached)."""
-    mace = getattr(args, "base_model", "minimlip") == "mace"
-    refit = getattr(args, "refit_references", False)
+    mace = args.base_model == "mace"
+    refit = args.refit_references
     cache = cache_folder(args.cache, part + "-mace" * mace, args.epochs, args.quick)
     if mace:  # an architecture no default was chosen on (benchmarks/shift_mace.py)
         from shift_mace import mace_models
@@ -274,7 +274,7 @@ def part_sets(part: str, args) -> tuple:
     """``(train, val, tests)`` of the part; with ``--unseen`` the tests are the
     in-distribution split, then the shift kinds no round saw."""
     train, val, tests = {**PART_SETS, **HELD_OUT}[part](args.quick)
-    if getattr(args, "unseen", False):
+    if args.unseen:
         first = next(iter(tests))
         tests = {first: tests[first], **unseen_shifts(train, UNSEEN_SEEDS[part], args.quick)}
     return train, val, tests
