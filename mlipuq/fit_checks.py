@@ -22,7 +22,7 @@ def _check_values(args) -> None:
         raise ValueError(f"--max-time must be > 0, got {args.max_time}")
     if args.extrapolation is not None and not args.extrapolation >= 0:
         raise ValueError(f"--extrapolation must be >= 0, got {args.extrapolation}")
-    if args.widening_cap is not None and not args.widening_cap >= 1:
+    if args.widening_cap not in (None, "none") and not args.widening_cap >= 1:
         raise ValueError(f"--widening-cap must be >= 1, got {args.widening_cap}")
     if args.coverage is not None:
         if args.calibration != "conformal":

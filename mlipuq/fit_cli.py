@@ -131,9 +131,10 @@ def add_parsers(subparsers) -> None:
                           "energies 1; with every layer's features, their default, the "
                           "shallow ensemble's 0.5 for both, latent's and the evidential "
                           "head's forces 0.5; docs/calibration.md)")
-    fit.add_argument("--widening-cap", type=float, default=None,
-                     help="the largest factor of that widening (>= 1; default: none): for "
-                          "base models whose raw stds far out already outgrow their errors "
+    fit.add_argument("--widening-cap", type=widening_cap, default=None,
+                     help="the largest factor of that widening (>= 1, or 'none' for no cap; "
+                          "default: the wrapper's default_widening_cap, 10): far out the raw "
+                          "stds of some base models already outgrow their errors "
                           "(docs/shift.md, 'The widening capped')")
     fit.add_argument("--no-structure-scaling", dest="structure_scaling", action="store_false",
                      help="do not fit how stds scale between atoms and structures on --val "
@@ -460,6 +461,11 @@ def _strain_rows(wrapper) -> list[tuple[str, str]]:
              "V0 (stress error : strain)")]
 
 
+def widening_cap(text: str):
+    """``--widening-cap``'s value: a number, or ``"none"`` (no cap)."""
+    return "none" if text.strip().lower() == "none" else float(text)
+
+
 def run_fit(args: argparse.Namespace) -> int:
     """Run ``mlipuq fit``; returns 0. Bad input raises; :func:`mlipuq.cli.main` reports it."""
     import mlipuq
@@ -483,6 +489,8 @@ def run_fit(args: argparse.Namespace) -> int:
                                                  ("widening_cap", args.widening_cap),
                                                  ("coverage", args.coverage))
                    if value is not None}
+        if args.widening_cap == "none":
+            options["widening_cap"] = None  # no cap
         options["structure_scaling"] = (args.structure_scaling and
                                         (True if args.atom_scaling else "structures"))
         if args.per_species is not None:

@@ -152,9 +152,17 @@ def test_fit_llpr_summary(files, tmp_path, capsys):
     assert _fit(files, "llpr", tmp_path / "x.pt", "--widening-cap", "0.5") == 2
     assert "--widening-cap must be >= 1" in capsys.readouterr().err
     cap = tmp_path / "cap.pt"
-    assert _fit(files, "llpr", cap, "--widening-cap", "10") == 0
-    assert "energy factor at most 10, forces factor at most 10" in capsys.readouterr().out
-    assert load_wrapper(cap).recalibrator_.widening_cap == {"energy": 10.0, "forces": 10.0}
+    assert _fit(files, "llpr", cap, "--widening-cap", "3") == 0
+    assert "energy factor at most 3, forces factor at most 3" in capsys.readouterr().out
+    assert load_wrapper(cap).recalibrator_.widening_cap == {"energy": 3.0, "forces": 3.0}
+    uncapped = tmp_path / "uncapped.pt"
+    assert _fit(files, "llpr", uncapped, "--widening-cap", "None") == 0
+    assert "factor at most" not in capsys.readouterr().out
+    assert load_wrapper(uncapped).recalibrator_.widening_cap == {"energy": np.inf,
+                                                                 "forces": np.inf}
+    # the default: the wrappers' default_widening_cap, 10
+    assert load_wrapper(out).recalibrator_.widening_cap == {"energy": 10.0, "forces": 10.0}
+    assert "energy factor at most 10, forces factor at most 10" in printed
     for text in ("LastLayerLaplace (llpr)", "prior precision", "energy noise", "forces noise",
                  "power on 5 structures", "energy std x", f"wrapper saved to {out}"):
         assert text in printed

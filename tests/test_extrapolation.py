@@ -272,7 +272,8 @@ def test_widening_cap_on_hot_copper(copper_llpr, tmp_path):
     the bound; saved and loaded, the cap stays."""
     llpr, val, hot = copper_llpr
     power = llpr.default_widening()["forces"]
-    uncapped = llpr.copy().calibrate(val).predict(hot).calibration_excess ** power
+    uncapped = llpr.copy().calibrate(val, widening_cap=None).predict(hot).calibration_excess
+    uncapped = uncapped ** power
     cap = float(np.median(uncapped))
     capped = llpr.copy().calibrate(val, widening_cap=cap)
     plain = llpr.copy().calibrate(val, extrapolation=0).predict(hot)
@@ -287,6 +288,32 @@ def test_widening_cap_on_hot_copper(copper_llpr, tmp_path):
     loaded = load(tmp_path / "capped.pt")
     assert loaded.recalibrator_.widening_cap == {"energy": cap, "forces": cap}
     np.testing.assert_array_equal(loaded.predict(hot).forces_var, out.forces_var)
+
+
+def test_default_cap_on_copper_surfaces(copper_llpr):
+    """Surfaces lie ~130-150x beyond a 300 K bulk calibration: by default (the wrappers'
+    ``default_widening_cap``, 10) their force stds are the unwidened calibration's times
+    min(r ** p, 10), at 10 where r ** p is larger; ``widening_cap=None`` lifts the cap."""
+    from mlipuq import datasets
+    from mlipuq.uq.base import UQWrapper
+
+    llpr, val, _ = copper_llpr
+    surfaces = datasets.emt("Cu", n_structures=4, temperatures=(300,), kinds="surface", seed=5)
+    power = llpr.default_widening()["forces"]
+    capped = llpr.copy().calibrate(val)
+    assert capped.recalibrator_.widening_cap == dict.fromkeys(("energy", "forces"),
+                                                              UQWrapper.default_widening_cap)
+    plain = llpr.copy().calibrate(val, extrapolation=0).predict(surfaces)
+    out = capped.predict(surfaces)
+    uncapped = out.calibration_excess ** power
+    assert np.any(uncapped > 10.0)
+    inside = out.forces_std < capped.recalibrator_.std_range_["forces_bound"] / 3
+    assert inside[uncapped[out.batch] > 10.0].any()
+    expected = plain.forces_std * np.minimum(uncapped, 10.0)[out.batch][:, None]
+    np.testing.assert_allclose(out.forces_std[inside], expected[inside], rtol=2e-9)
+    lifted = llpr.copy().calibrate(val, widening_cap=None).predict(surfaces)
+    far = inside & (uncapped[out.batch] > 10.0)[:, None]
+    assert np.all(lifted.forces_std[far] > out.forces_std[far])
 
 
 def test_defaults_agree():

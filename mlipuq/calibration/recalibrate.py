@@ -299,9 +299,9 @@ class PredictionRecalibrator:
         calibrated std saturates below 10 x the largest error plausible for the
         calibration data (``std_range_``'s ``*_bound``; ``saturate`` there).
     widening_cap
-        Largest factor of that widening (default None: none; a number >= 1, or one
-        per target): for base models whose raw stds far out already outgrow their
-        errors (docs/shift.md, "The widening capped").
+        Largest factor of that widening (None: none, this class's default; a number >= 1
+        or one per target; a wrapper's ``calibrate`` passes its ``default_widening_cap``,
+        10): far out some base models' raw stds outgrow their errors (docs/shift.md).
     distance_range
         True (default, since 2026-12-05): where the prediction has a latent-distance
         term's part of its energy variance (``energy_distance_var``: the evidential

@@ -365,6 +365,8 @@ class UQWrapper(MeanStress):
     default_calibration = {"energy": "scalar", "forces": "student_t"}
     default_calibration_options = {"per_species": True, "dof_bounds": (1.0, ROBUST_MAX_DOF)}
     default_extrapolation = {"energy": 0.5, "forces": 0.75}  #: widening powers (extrapolation.py)
+    #: the widening's largest factor (``widening_cap``; docs/shift.md "The widening capped")
+    default_widening_cap = 10.0
 
     def default_widening(self) -> dict:
         """``calibrate``'s widening powers: :attr:`default_extrapolation` (a wrapper whose
@@ -385,8 +387,9 @@ class UQWrapper(MeanStress):
         committee members stretched to match; first, how stds scale between atoms and
         structures is fitted (``structure_scaling=True``, :mod:`mlipuq.calibration.
         structure_scaling`). Stds beyond the largest of ``val`` are widened (``extrapolation``,
-        default :meth:`default_widening`, 0: not; :mod:`mlipuq.calibration.extrapolation`);
-        stresses are not recalibrated.
+        default :meth:`default_widening`, 0: not; :mod:`mlipuq.calibration.extrapolation`) by a
+        factor of at most ``widening_cap`` (default :attr:`default_widening_cap`, 10; None:
+        no cap); stresses are not recalibrated.
 
         Where ``val`` holds structures periodic in all three directions with stress
         labels (``strain=True``), the mean model's stress error on them is measured, and
@@ -405,6 +408,7 @@ class UQWrapper(MeanStress):
 
         strain = options.pop("strain", True)
         options.setdefault("extrapolation", copy.deepcopy(self.default_widening()))
+        options.setdefault("widening_cap", self.default_widening_cap)
         if method is None:  # the default method with its options (copies: never the class's)
             method = self.default_calibration
             options = {**self.default_calibration_options, **options}
