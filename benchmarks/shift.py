@@ -142,7 +142,12 @@ TRAIN = dict(batch_size=8, lr=2e-3, forces_weight=100.0, patience=1000, lr_patie
 #: latent distance, a scalar factor for LLPR; "scalar" was the single models' default
 #: before), which scales
 #: stds between structures (``structure_scaling``) and widens them beyond the calibration
-#: range (``default_extrapolation``); "no structure scaling" is that default with
+#: range (``default_extrapolation``) by a factor of at most 10 (``default_widening_cap``,
+#: since 2026-12-07: the rows measured as "default, widening cap 10" were relabelled
+#: "default", the default rows before them "default, no widening cap"; rows of the other
+#: methods measured before it are uncapped, rows since record ``widening_cap``);
+#: "no widening cap" is the default with ``widening_cap=None``; "no structure scaling" is
+#: that default with
 #: ``structure_scaling=False`` (the default before it existed), "no widening" with
 #: ``extrapolation=0``, "neither" with both (as the issue measured); "widening 0.5" and
 #: "widening 1" use 0.5 and 1 for both targets ("force widening 0.5": r**1 for the energies,
@@ -160,7 +165,7 @@ METHODS = ("default", "default, scalar energies", "default, fitted ν", "default
            "default, no structure scaling",
            "default, no widening", "default, neither",
            "default, widening 0.5", "default, widening 1", "default, force widening 0.5",
-           "default, widening cap 10", "scalar", "power", "isotonic", "conformal", "student_t")
+           "default, no widening cap", "scalar", "power", "isotonic", "conformal", "student_t")
 #: Methods given as per-target mappings (their options in METHOD_OPTIONS): the single
 #: models' default calibration, a scalar energy factor, given to every wrapper.
 EXPLICIT = {"default, scalar energies": UQWrapper.default_calibration}
@@ -182,8 +187,8 @@ METHOD_OPTIONS = {"conformal": {"coverage": 0.95}, "default, no widening": {"ext
                   # a milder energy widening for every layer's features (2026-12-06)
                   "default, energy widening 0.75": {"extrapolation": {"energy": 0.75,
                                                                       "forces": 0.5}},
-                  # the widening's factor at most 10 (2026-12-07, shift_caps.py)
-                  "default, widening cap 10": {"widening_cap": 10.0},
+                  # the default before 2026-12-07 (shift_caps.py chose the cap)
+                  "default, no widening cap": {"widening_cap": None},
                   "default, fitted ν": {"dof_bounds": (1.0, 1000.0)},
                   "default, scalar energies": UQWrapper.default_calibration_options,
                   "default, ν ≤ 5": {"dof_bounds": (1.0, 5.0)},
@@ -344,6 +349,8 @@ def run_part(part: str, args) -> list[dict]:
                                                     if args.strain_term else "no strain term"),
                        "base_seed": seed, **tagged,
                        "refit_references": args.refit_references,
+                       "widening_cap": {key: None if np.isinf(cap) else cap for key, cap
+                                        in wrapper.recalibrator_.widening_cap.items()},
                        **scores(full, test),
                        **exponents(wrapper), **slope, **bound_ratios(pred, wrapper.recalibrator_)}
                 rows.append(row)

@@ -36,8 +36,9 @@ def test_worst_coverage_and_largest_ratio_at_the_default_powers(shift_caps):
             _row("vacancy", "capped 10", 0.75, 0.5, 0.88, e_std=1.0),
             _row("surface", "capped 10", 1.0, 0.0, 0.0, 99.0, 99.0)]  # not a default power
     out = shift_caps.summary(rows, "LatentDistance", "capped 10")
-    assert out["forces"] == pytest.approx((0.91, 10.0))  # std 5 over MAE 0.5
-    assert out["energy"] == pytest.approx((0.88, 12.0))  # std 3 over MAE 0.25
+    # worst coverage, largest and median std ÷ MAE
+    assert out["forces"] == pytest.approx((0.91, 10.0, 7.0))  # std 5, 2 over MAE 0.5
+    assert out["energy"] == pytest.approx((0.88, 12.0, 8.0))  # std 3, 1 over MAE 0.25
     assert shift_caps.summary(rows, "LatentDistance", "capped 3") == {}
     assert [shift_caps.kept(r) for r in rows] == [True] * 5 + [False]
 
