@@ -22,8 +22,9 @@ def _check_values(args) -> None:
         raise ValueError(f"--max-time must be > 0, got {args.max_time}")
     if args.extrapolation is not None and not args.extrapolation >= 0:
         raise ValueError(f"--extrapolation must be >= 0, got {args.extrapolation}")
-    if args.widening_cap not in (None, "none") and not args.widening_cap >= 1:
-        raise ValueError(f"--widening-cap must be >= 1, got {args.widening_cap}")
+    if args.widening_cap not in (None, "none") and not 1 <= args.widening_cap < float("inf"):
+        raise ValueError("--widening-cap must be a number >= 1 or 'none', got "
+                         f"{args.widening_cap}")
     if args.coverage is not None:
         if args.calibration != "conformal":
             raise ValueError("--coverage applies to --calibration conformal only")

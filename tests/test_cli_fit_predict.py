@@ -149,8 +149,9 @@ def test_fit_llpr_summary(files, tmp_path, capsys):
     capsys.readouterr()
     assert _fit(files, "llpr", tmp_path / "x.pt", "--extrapolation", "-1") == 2
     assert "--extrapolation must be >= 0" in capsys.readouterr().err
-    assert _fit(files, "llpr", tmp_path / "x.pt", "--widening-cap", "0.5") == 2
-    assert "--widening-cap must be >= 1" in capsys.readouterr().err
+    for bad in ("0.5", "inf", "nan"):  # refused before any training
+        assert _fit(files, "llpr", tmp_path / "x.pt", "--widening-cap", bad) == 2
+        assert "--widening-cap must be a number >= 1 or 'none'" in capsys.readouterr().err
     cap = tmp_path / "cap.pt"
     assert _fit(files, "llpr", cap, "--widening-cap", "3") == 0
     assert "energy factor at most 3, forces factor at most 3" in capsys.readouterr().out
