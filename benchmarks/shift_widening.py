@@ -57,7 +57,7 @@ import time
 import numpy as np
 import torch
 
-from mlipuq.calibration.extrapolation import excess, prediction_scales, saturate
+from mlipuq.calibration.extrapolation import excess, prediction_scales, saturate, widen
 from mlipuq.calibration.structure_scaling import atom_scales
 from mlipuq.uq import DeepEnsemble
 from shift import fit_wrappers, part_models, part_sets, write_between_markers
@@ -71,14 +71,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #: surfaces: r ≈ 370, 2026-12-07), r ** p multiplies a std that needed no widening.
 CAPS = (3.0, 10.0, 30.0)
 RULES = ("structure", "atom") + tuple(f"capped {cap:g}" for cap in CAPS)
-
-
-def factors(r: dict, rule: str, power: float) -> tuple[np.ndarray, np.ndarray]:
-    """The widening factors of forces (N,) and energies (B,) under ``rule``."""
-    if not rule.startswith("capped"):
-        return r[rule] ** power, r["energy"] ** power
-    cap = float(rule.split()[1])
-    return np.minimum(r[rule] ** power, cap), np.minimum(r["energy"] ** power, cap)
 
 
 def atom_limits(raw_val) -> dict:
@@ -103,13 +95,22 @@ def ratios(raw, recalibrator, limits: dict) -> dict:
     return {**out, **{rule: out["structure"] for rule in RULES if rule.startswith("capped")}}
 
 
-def widened(pred, r: dict, rule: str, power: float, limits: dict):
-    """``pred`` (calibrated, not widened) widened by r ** power per target (capped under
-    a "capped" rule), under the bound."""
-    f_factor, e_factor = factors(r, rule, power)
-    f_std = saturate(pred.forces_std * f_factor[:, None], limits["forces_bound"])
-    e_std = saturate(pred.energy_std * e_factor,
-                     limits["energy_bound"] * np.asarray(pred.n_atoms, dtype=np.float64))
+def widened(pred, raw, r: dict, rule: str, power: float, limits: dict):
+    """``pred`` (calibrated, not widened) widened by r ** power per target, under the
+    bound: the library's widening (``extrapolation.widen``, capped under a "capped"
+    rule) but for the "atom" rule, whose forces take each atom's own ratio."""
+    both = ("energy", "forces")
+    if rule != "atom":
+        cap = None if rule == "structure" else dict.fromkeys(both, float(rule.split()[1]))
+        out = widen(limits, dict.fromkeys(both, power), prediction_scales(raw),
+                    {"energy": pred.energy_std, "forces": pred.forces_std}, pred.n_atoms,
+                    pred.batch, cap)
+        f_std, e_std = out["forces"], out["energy"]
+    else:
+        f_std = saturate(pred.forces_std * (r["atom"] ** power)[:, None],
+                         limits["forces_bound"])
+        e_std = saturate(pred.energy_std * r["energy"] ** power,
+                         limits["energy_bound"] * np.asarray(pred.n_atoms, dtype=np.float64))
     return dataclasses.replace(pred, forces_var=f_std**2, energy_var=e_std**2)
 
 
@@ -130,7 +131,7 @@ def score_part(part: str, args) -> list[dict]:
             for rule in RULES:
                 for power in POWERS:
                     full = wrapper._add_composition_variance(
-                        widened(pred, r, rule, power, recal.std_range_))
+                        widened(pred, raw, r, rule, power, recal.std_range_))
                     s = scores(full, test)
                     rows.append({"system": part, "wrapper": name, "split": split, "rule": rule,
                                  "base_model": args.base_model, "unseen": args.unseen,
