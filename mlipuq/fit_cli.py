@@ -214,7 +214,8 @@ def add_parsers(subparsers) -> None:
                           "wrapper's (LatentDistance(model, combine=wrapper)), its map fitted "
                           "on --val; forces: for the forces only, the wrapper's energies "
                           "kept (the shallow ensemble's option under shift); both: energies "
-                          "too (docs/latent.md)")
+                          "too (docs/latent.md; deep: what met every shift goal, "
+                          "docs/ensembles.md)")
     fit.add_argument("--members", type=int, default=None,
                      help=f"deep: number of members trained from --model's architecture "
                           f"(default {DEFAULT_MEMBERS}; with several --model: their number)")

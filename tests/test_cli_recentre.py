@@ -77,3 +77,26 @@ def test_recentre_user_errors(files, tmp_path, capsys, method, extra, message):
             "--recentre", "members", *[a.format(val=files["val"]) for a in extra]]
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_latent_both_is_the_documented_deep_combination(files, tmp_path):
+    """``fit deep --latent both`` saves what docs/ensembles.md writes in Python,
+    ``LatentDistance(models[0], combine=DeepEnsemble(models)).fit(train, val)
+    .calibrate(val)``: the same energies, forces and variances on the validation
+    structures, the members passed on."""
+    from mlipuq.uq import DeepEnsemble, LatentDistance
+
+    out = tmp_path / "both.pt"
+    assert _fit_deep(files, out, "--latent", "both") == 0
+    from_cli = load_wrapper(out)
+    assert isinstance(from_cli.combine, DeepEnsemble) and from_cli.energy_distance == "structure"
+    models = [mlipuq.models.load(path) for path in files["models"]]
+    train, val = mlipuq.load(files["train"]), mlipuq.load(files["val"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # few calibration structures
+        by_hand = LatentDistance(models[0], combine=DeepEnsemble(models)).fit(
+            train, val).calibrate(val)
+        a, b = from_cli.predict(val), by_hand.predict(val)
+    assert a.energy_members.shape[0] == len(models)
+    for name in ("energy", "energy_var", "forces", "forces_var"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-6, atol=1e-12)
