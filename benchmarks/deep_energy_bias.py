@@ -28,18 +28,12 @@ import types
 import numpy as np
 import torch
 
-from mlipuq.calibration import metrics
 from mlipuq.uq import DeepEnsemble, LatentDistance
 from shift import base_models, part_sets
 from shift_cache import cache_folder
+from shift_scores import scores
 
 EPOCHS = 80  # benchmarks/shift.py's default
-
-
-def energy_cover(pred, test) -> float:
-    """The 95 % coverage of ``test``'s energies by the calibrated prediction."""
-    return float(metrics.coverage(pred.energy, pred.energy_std, test.energies,
-                                  levels=[0.95], dof=pred.energy_dof)[0])
 
 
 def split_row(wrapper, combined, test) -> dict:
@@ -50,13 +44,13 @@ def split_row(wrapper, combined, test) -> dict:
     error = (pred.energy - test.energies) / pred.n_atoms
     excess = pred.calibration_excess
     return {
-        "cover": energy_cover(pred, test),
+        "cover": scores(pred, test)["energy_cov95"],
         "mae": 1e3 * float(np.mean(np.abs(error))),
         "bias": 1e3 * float(np.mean(error)),
         "raw": 1e3 * float(np.median(raw.energy_std / raw.n_atoms)),
         "std": 1e3 * float(np.median(pred.energy_std / pred.n_atoms)),
         "r": float(np.median(excess)) if excess is not None else 1.0,
-        "with_term": energy_cover(combined.predict(test), test),
+        "with_term": scores(combined.predict(test), test)["energy_cov95"],
     }
 
 
