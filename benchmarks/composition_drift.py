@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mlipuq.data import composition_matrix
-from shift import base_models, cache_folder
+from shift import EPOCHS, base_models, cache_folder
 from shift_data import HELD_OUT, PART_SETS
 
 SYSTEMS = {**PART_SETS, **HELD_OUT}
@@ -58,7 +58,7 @@ def rows(part: str, epochs: int, cache_root) -> list[dict]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", nargs="+", default=["alloy"], choices=list(SYSTEMS))
-    parser.add_argument("--epochs", type=int, default=80)
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--cache", default=None, help="shift.py's --cache folder")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)

@@ -30,10 +30,8 @@ import torch
 
 from mlipuq.uq import DeepEnsemble, LatentDistance
 from shift import base_models, part_sets
-from shift_cache import cache_folder
+from shift_cache import EPOCHS, cache_folder
 from shift_scores import scores
-
-EPOCHS = 80  # benchmarks/shift.py's default
 
 
 def split_row(wrapper, combined, test) -> dict:

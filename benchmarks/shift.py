@@ -112,7 +112,7 @@ import mlipuq
 from mlipuq.data import concatenate
 from mlipuq.models import MiniMLIP
 from mlipuq.uq.base import UQWrapper
-from shift_cache import cache_folder, cached, with_drift, with_refit  # noqa: F401
+from shift_cache import EPOCHS, cache_folder, cached, with_drift, with_refit  # noqa: F401
 from shift_data import HELD_OUT, PART_SETS, UNSEEN_SEEDS, unseen_frontier, unseen_shifts
 from shift_goal import goal_table, widening_table
 from shift_tags import (  # noqa: F401 (the tags are read from here)
@@ -485,7 +485,8 @@ def main(argv=None) -> None:
                         help="systems to run (default: all but the held-out " +
                         ", ".join(HELD_OUT) + ")")
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
-    parser.add_argument("--epochs", type=int, default=80, help="base-model epochs (default 80)")
+    parser.add_argument("--epochs", type=int, default=EPOCHS,
+                        help="base-model epochs (default %(default)s)")
     parser.add_argument("--members", type=int, default=3, help="deep-ensemble size (default 3)")
     parser.add_argument("--quick", action="store_true", help="smaller data sets (smoke run)")
     parser.add_argument("--frontier", type=int, default=0,

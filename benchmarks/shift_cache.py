@@ -7,6 +7,9 @@ import os
 
 from mlipuq.training_setup import measure_missing_drift, refit_reference_energies
 
+#: The base models' epochs by default (``--epochs``): the cache folders' ``PART-EPOCHS``.
+EPOCHS = 80
+
 
 def cached(path, make, load):
     """``make()``, saved to ``path`` (None: no cache) the first time and read with

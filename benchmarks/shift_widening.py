@@ -60,7 +60,7 @@ import torch
 from mlipuq.calibration.extrapolation import excess, prediction_scales, saturate, widen
 from mlipuq.calibration.structure_scaling import atom_scales
 from mlipuq.uq import DeepEnsemble
-from shift import fit_wrappers, part_models, part_sets, write_between_markers
+from shift import EPOCHS, fit_wrappers, part_models, part_sets, write_between_markers
 from shift_data import HELD_OUT, PART_SETS
 from shift_goal import POWERS, ROUNDS, SCORED, WRAPPERS, choice_table, scored
 from shift_scores import scores
@@ -183,7 +183,7 @@ def main(argv=None) -> None:
     parser.add_argument("--wrappers", nargs="+", default=list(WRAPPERS),
                         choices=list(SCORED), help="the wrappers scored "
                         "(default: the six of shift_goal.WRAPPERS)")
-    parser.add_argument("--epochs", type=int, default=80)
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--base-model", choices=("minimlip", "mace"), default="minimlip",
                         help="score the widening on shift.py --base-model mace's fits (rows "
                         "carry base_model; give them their own --out)")
