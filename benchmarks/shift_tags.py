@@ -41,12 +41,14 @@ MOLECULES = ("ethanol", "acac")
 #: energies of latent distance and the evidential head widened by r ** 0.75 with every
 #: layer's features (ENERGY_WIDENING); then LLPR got a latent-distance term of its own,
 #: fitted on val (LLPR_TERM; its rows before are LLPR alone, "LastLayerLaplace (alone)"
-#: since).
+#: since); then (2026-12-07) the deep ensemble got its own (DEEP_TERM; its rows before
+#: are the members alone, "DeepEnsemble (3, members alone, before)" since).
 #: Their rows tagged before are from the earlier defaults, marked † (the latent wrappers'
 #: rows of every layer's features with the energies' r ** 1: "2026-12-06, latent
 #: all-layers features").
 ENERGY_WIDENING = "2026-12-06, all-layers energies widened r^0.75"
 LLPR_TERM = "2026-12-06, LLPR latent term"
+DEEP_TERM = "2026-12-07, deep latent term"
 LATER_DEFAULTS = {"LastLayerLaplace": LLPR_TERM,
                   "ShallowEnsemble": "2026-12-06, shallow all-layers features",
                   "EvidentialHead": ENERGY_WIDENING,
@@ -54,7 +56,7 @@ LATER_DEFAULTS = {"LastLayerLaplace": LLPR_TERM,
                   "LatentDistance + ShallowEnsemble": ENERGY_WIDENING,
                   "LatentDistance + ShallowEnsemble (committee energies)": ENERGY_WIDENING,
                   "LatentDistance + DeepEnsemble (3)": ENERGY_WIDENING,
-                  "DeepEnsemble (3)": "2026-12-05, deep forces widened r^0.75"}
+                  "DeepEnsemble (3)": DEEP_TERM}
 
 
 def defaults_of(wrapper: str, system: str | None = None) -> str:

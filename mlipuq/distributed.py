@@ -323,6 +323,41 @@ def raise_if_any_failed(error: Optional[BaseException]) -> None:
             raise RankFailedError(f"rank {r} failed: {message}", rank=r)
 
 
+def share_trained_models(models: Sequence[torch.nn.Module], histories: list, failure,
+                         what: str = "model") -> list:
+    """Collective: give every rank the models trained elsewhere; returns ``histories``
+    completed.
+
+    Model k was trained on rank ``k % world_size``, which passes its history in
+    ``histories[k]`` (the others None) and ``failure`` ``(k, exception)`` if its training
+    failed. That rank broadcasts the weights (the ``state_dict``, fitted reference energies
+    and scales included, as CPU tensors) and history, and every other rank loads them into
+    its own copy: afterwards every rank holds the same models, bit for bit. A model that
+    failed raises on every rank (``what`` names it: "training {what} k failed on rank r").
+    """
+    world, here = world_size(), rank()
+    errors = [e for e in all_gather_objects(
+        None if failure is None else (failure[0], f"{type(failure[1]).__name__}: {failure[1]}"))
+        if e is not None]
+    if errors:
+        if failure is not None:
+            raise failure[1]
+        k, message = min(errors)
+        raise RuntimeError(f"training {what} {k} failed on rank {k % world}: {message}")
+    for k, model in enumerate(models):
+        owner = k % world
+        payload = None
+        if owner == here:
+            payload = {"state": {name: value.detach().cpu() if torch.is_tensor(value)
+                                 else value for name, value in model.state_dict().items()},
+                       "history": histories[k]}
+        payload = broadcast_object(payload, src=owner)
+        if owner != here:
+            model.load_state_dict(payload["state"])
+            histories[k] = payload["history"]
+    return histories
+
+
 def run_local(fn, *args, **kwargs):
     """``fn(*args, **kwargs)`` on this rank, then :func:`raise_if_any_failed`."""
     result, error = None, None

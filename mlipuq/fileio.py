@@ -75,7 +75,7 @@ def _feed(h, value: Any) -> None:
 CHECKSUM = "checksum"
 
 #: Current format version of each file kind (``payload["format"]``).
-CURRENT = {"mlipuq.model": 2, "mlipuq.uq": 4}
+CURRENT = {"mlipuq.model": 2, "mlipuq.uq": 5}
 
 CODE_HINT = (
     "mlipuq never unpickles code from a file. A model made by wrap() (or from_mace) is "
@@ -303,6 +303,12 @@ def _uq_3_to_4(payload: dict, path: str) -> dict:
     return {**_uq_2_to_3(payload, path), "format_version": 4}
 
 
+def _uq_4_to_5(payload: dict, path: str) -> dict:
+    """Format 4 -> 5 of a UQ wrapper: nothing to translate (version 5 only adds the deep
+    ensemble's latent-distance term, which no version-4 file holds)."""
+    return {**_uq_2_to_3(payload, path), "format_version": 5}
+
+
 #: ``(format, version) -> upgrade(payload, path)`` to the next version: the one
 #: place where old formats are translated. ``mlipuq.models.base`` registers the
 #: model upgrade (it dispatches to each model class's ``upgrade_config``).
@@ -310,6 +316,7 @@ UPGRADES = {
     ("mlipuq.uq", 1): _uq_1_to_2,
     ("mlipuq.uq", 2): _uq_2_to_3,
     ("mlipuq.uq", 3): _uq_3_to_4,
+    ("mlipuq.uq", 4): _uq_4_to_5,
 }
 
 

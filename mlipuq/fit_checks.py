@@ -50,10 +50,6 @@ def _check_term_flags(args) -> None:
     if args.latent is not None and args.method not in ("llpr", "shallow", "deep"):
         raise ValueError(f"--latent adds a latent distance to llpr, shallow or deep, "
                          f"not to fit {args.method}")
-    if args.score is not None and args.method not in ("latent", "evidential", "shallow",
-                                                      "llpr") and args.latent is None:
-        raise ValueError(f"--score is a latent, evidential, shallow, llpr or --latent option, "
-                         f"not one of fit {args.method}")
     if args.energy_distance is not None and args.method != "latent":
         raise ValueError(f"--energy-distance is a latent option, not one of fit {args.method}")
     for flag, value in (("--features", args.features), ("--ridge-scale", args.ridge_scale)):
@@ -93,10 +89,10 @@ def _check_term_flags(args) -> None:
     if args.reference is not None and args.score == "none":
         raise ValueError("--reference is what the latent-distance term measures to; "
                          "--score none has no such term")
-    if args.score == "none" and (args.method not in ("evidential", "shallow", "llpr")
+    if args.score == "none" and (args.method not in ("evidential", "shallow", "llpr", "deep")
                                  or args.latent is not None):
-        raise ValueError("--score none (no latent-distance term) is an evidential, shallow or "
-                         "llpr option, without --latent")
+        raise ValueError("--score none (no latent-distance term) is an evidential, shallow, "
+                         "llpr or deep option, without --latent")
 
 
 def _check_method_flags(args) -> None:

@@ -24,7 +24,9 @@ calibrates it on ``--val`` when given, and saves it (:meth:`UQWrapper.save`):
   ``--members`` new models of the same architecture (class and config, each
   initialised from its own seed) are trained on ``--train`` as ``mlipuq train``
   does; with ``--model`` given two or more times, the ensemble is made of
-  those (already trained) models and nothing is retrained;
+  those (already trained) models and nothing is retrained; either way its
+  latent-distance term is fitted to ``--train`` and ``--val`` (``--score``,
+  ``none`` leaves the members' spread alone);
 * ``latent``: :class:`~mlipuq.uq.LatentDistance` (``--score``, default the
   Mahalanobis distance of each atom's features to its element's training mean,
   measured, as for the ``shallow`` and ``evidential`` terms, in every
@@ -167,9 +169,10 @@ def add_parsers(subparsers) -> None:
     fit.add_argument("--score", choices=SCORES + ("none",), default=None,
                      help="latent: the distance of an atom's features to its "
                           "element's training atoms (default: mahalanobis; docs/latent.md); "
-                          "evidential, shallow, llpr: that of its latent-distance term, none "
-                          "for the head(s) or LLPR alone (default: mahalanobis, llpr the "
-                          "class's; docs/evidential.md, docs/ensembles.md, docs/llpr.md); "
+                          "evidential, shallow, llpr, deep: that of its latent-distance term, "
+                          "none for the head(s), LLPR or members alone (default: mahalanobis, "
+                          "llpr the class's; docs/evidential.md, docs/ensembles.md, "
+                          "docs/llpr.md); "
                           "with --latent: that of the added term")
     fit.add_argument("--energy-distance", choices=("structure", "atoms"), default=None,
                      help="latent: energy variances from the structure's latent distance, "
@@ -214,8 +217,8 @@ def add_parsers(subparsers) -> None:
                           "wrapper's (LatentDistance(model, combine=wrapper)), its map fitted "
                           "on --val; forces: for the forces only, the wrapper's energies "
                           "kept (the shallow ensemble's option under shift); both: energies "
-                          "too (docs/latent.md; deep: what met every shift goal, "
-                          "docs/ensembles.md)")
+                          "too (docs/latent.md; deep: the class's own term, its default, "
+                          "is this combination built in, docs/ensembles.md)")
     fit.add_argument("--members", type=int, default=None,
                      help=f"deep: number of members trained from --model's architecture "
                           f"(default {DEFAULT_MEMBERS}; with several --model: their number)")
@@ -332,10 +335,12 @@ def _method_wrapper(args, models, train, val, progress: bool, reference=None):
             options["energy_distance"] = args.energy_distance
         return LatentDistance(model, **options).fit(
             train, val, batch_size=args.batch_size, **common)
-    if len(models) > 1:
-        return DeepEnsemble(models)
+    distance = None if args.latent else distance  # with --latent, the combination's term
+    if len(models) > 1:  # trained members: the term fitted around them as they are
+        ensemble = DeepEnsemble(models, distance=distance)
+        return ensemble if distance is None else ensemble.fit_distance(train, val, **common)
     return DeepEnsemble.train(
-        _member_factory(model), train, val,
+        _member_factory(model), train, val, distance=distance,
         n_members=args.members or DEFAULT_MEMBERS, **common,
         **_trainer_options(args, DEEP_DEFAULTS),
     )
@@ -377,6 +382,10 @@ def _method_rows(wrapper, method: str) -> list:
     rows = [("members", str(wrapper.n_members)),
             ("recentring", "none" if offsets is None else "per-species offsets up to "
              f"{1e3 * float(abs(offsets).max()):.3g} meV/atom")]
+    term = wrapper.distance_
+    rows.append(("distance", "none (the members' spread alone)" if term is None else (
+        f"{wrapper.distance}: λσ²_members + a + b u²; λ forces {term.forces_other_scale_:.3g}, "
+        f"energy {term.energy_other_scale_:.3g}, to {term.n_train_} reference structures")))
     if wrapper.histories_ is None:
         return rows + [("training", "none (trained --model files)")]
     epochs = ", ".join(str(len(h)) for h in wrapper.histories_)

@@ -241,10 +241,10 @@ def test_every_method_gives_a_loadable_calibrated_wrapper(files, tmp_path, capsy
     assert ("energy Student-t ν" in printed) == (energy == "student_t")
     # the widening beyond the calibration range, with the wrapper's default powers (with
     # every layer's features, the default since 2026-12-06: the shallow ensemble's 0.5,
-    # the evidential head's, latent distance's and LLPR's (its term) forces 0.5 and
-    # energies 0.75)
-    forces_p = {"deep": 0.75}.get(method, 0.5)
-    energy_p = {"shallow": 0.5, "deep": 1}.get(method, 0.75)
+    # the evidential head's, latent distance's, LLPR's and the deep ensemble's (their
+    # terms') forces 0.5 and energies 0.75)
+    forces_p = 0.5
+    energy_p = {"shallow": 0.5}.get(method, 0.75)
     powers = f"p = {energy_p:g}), "
     assert "beyond calibration" in printed and powers in printed
     assert f"(RMS force, p = {forces_p:g})" in printed
@@ -421,9 +421,9 @@ def test_fit_deep_from_several_trained_models(files, tmp_path, capsys):
     (["deep", "--members", "1"], "--members must be >= 2"),
     (["llpr", "-m", "{model}"], "fit llpr takes one --model"),
     (["shallow", "--heads", "1"], "--heads must be >= 2"),
-    (["deep", "--score", "knn"], "--score is a latent, evidential, shallow, llpr or --latent "),
-    (["shallow", "--score", "none", "--latent", "forces"], "is an evidential, shallow or llpr "
-                                                          "option, without --latent"),
+    (["shallow", "--score", "none", "--latent", "forces"], "is an evidential, shallow, llpr "
+                                                          "or deep option, without --latent"),
+    (["deep", "--score", "none", "--latent", "both"], "is an evidential, shallow, llpr or deep"),
     (["latent", "--latent", "forces"], "--latent adds a latent distance to llpr, shallow or"),
     (["evidential", "--latent", "both"], "not to fit evidential"),
     (["latent", "--score", "none"], "--score none (no latent-distance term) is an evidential,"),

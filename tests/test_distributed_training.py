@@ -316,7 +316,11 @@ def test_deep_ensemble_members_equal_one_process(runs):
     assert single.keys() == parallel.keys()
     assert parallel["energy_members"].shape[0] == 2
     for key in single:
-        assert _rel(single[key], parallel[key]) <= 1e-10, key
+        # the members' weights and mean predictions bit for bit; the variances (and the
+        # members' predictions, stretched to them) with the latent-distance term fitted
+        # after them (λ, a, b from L-BFGS-B on sums gathered in another order: 7e-8 apart)
+        loose = key.endswith(("_var", "_members"))
+        assert _rel(single[key], parallel[key]) <= (1e-6 if loose else 1e-10), key
 
 
 def test_shard_schedule_covers_each_shard_once():

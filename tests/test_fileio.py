@@ -357,21 +357,21 @@ def test_saved_files_get_the_usual_permissions(tmp_path):
 
 # ------------------------------------------------------ versioned formats
 def test_format_versions_and_upgrade_table():
-    assert models_base.FORMAT_VERSION == 2 and uq_base.FORMAT_VERSION == 4
-    assert fileio.CURRENT == {"mlipuq.model": 2, "mlipuq.uq": 4}
+    assert models_base.FORMAT_VERSION == 2 and uq_base.FORMAT_VERSION == 5
+    assert fileio.CURRENT == {"mlipuq.model": 2, "mlipuq.uq": 5}
     assert set(UPGRADES) == {("mlipuq.model", 1), ("mlipuq.uq", 1), ("mlipuq.uq", 2),
-                             ("mlipuq.uq", 3)}
+                             ("mlipuq.uq", 3), ("mlipuq.uq", 4)}
 
 
 def test_version_2_wrapper_files_load_through_the_upgrade(tmp_path, data):
     """A wrapper file at version 2 (what a wrapper without a latent-distance term writes)
-    reads back through the 2 -> 3 -> 4 steps unchanged."""
+    reads back through the 2 -> 3 -> 4 -> 5 steps unchanged."""
     train, _, test = data
     wrapper = LastLayerLaplace(_tiny(0), distance=None).fit(train)  # a version-2 file
     path = tmp_path / "w.pt"
     wrapper.save(path)
     assert torch.load(path, weights_only=True)["format_version"] == 2
-    assert fileio.read_payload(path, format="mlipuq.uq", what="UQ")["format_version"] == 4
+    assert fileio.read_payload(path, format="mlipuq.uq", what="UQ")["format_version"] == 5
     np.testing.assert_array_equal(mlipuq.uq.load(path).predict(test).energy_var,
                                   wrapper.predict(test).energy_var)
 

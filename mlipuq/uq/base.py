@@ -55,11 +55,19 @@ log = logging.getLogger(__name__)
 FORMAT = "mlipuq.uq"
 #: The newest wrapper format (2: checksum, base models at model format 2; 3: a part
 #: version-2 readers would drop without a word, the shallow ensemble's shared energy
-#: term; 4: one version-3 readers would drop, LLPR's energy term fitted apart). Each
-#: file is written at the lowest version that holds it (:meth:`UQWrapper._format_version`),
-#: so older readers refuse only what they misread.
-FORMAT_VERSION = 4
+#: term; 4: one version-3 readers would drop, LLPR's energy term fitted apart; 5: the deep
+#: ensemble's latent-distance term). Each file is written at the lowest version that holds
+#: it (:meth:`UQWrapper._format_version`), so older readers refuse only what they misread.
+FORMAT_VERSION = 5
 _REGISTRY: dict[str, type] = {}
+
+#: The default calibration of committees (deep and shallow ensembles): a Student-t for
+#: the energies as for the forces, ν fitted with the default options' bound
+#: (``ROBUST_MAX_DOF``): their variances are estimates from a few members (the deep
+#: ensemble's energy ν fitted 2–6), and the bound holds up under shift
+#: (docs/shift.md#committee-energies). The evidential head and latent distance use it
+#: too since 2026-12-05 (their rounds in docs/shift.md); LLPR keeps a scalar energy factor.
+COMMITTEE_CALIBRATION = {"energy": "student_t", "forces": "student_t"}
 
 
 def register(cls: type) -> type:

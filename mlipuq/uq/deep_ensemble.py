@@ -38,19 +38,14 @@ from mlipuq.models.base import MLIP
 from mlipuq.prediction import Prediction
 from mlipuq.training import History
 from mlipuq.training import train as train_model
-from mlipuq.uq.base import UQWrapper, _check_model, calibration_data, register
-from mlipuq.uq.recentring import (members_only, recentring_offsets, recentring_weighting,
-                                  shifted_members)
+from mlipuq.uq import deep_distance
+from mlipuq.uq.latent_distance import _SCORES
+from mlipuq.uq.base import (COMMITTEE_CALIBRATION, UQWrapper, _check_model,  # noqa: F401
+                             calibration_data, register)  # (COMMITTEE_CALIBRATION: its first home)
+from mlipuq.uq.recentring import (member_alignment, member_drifts, members_only,
+                                  recentring_offsets, recentring_weighting, shifted_members)
 
 log = logging.getLogger(__name__)
-
-#: The default calibration of committees (deep and shallow ensembles): a Student-t for
-#: the energies as for the forces, ν fitted with the default options' bound
-#: (``ROBUST_MAX_DOF``): their variances are estimates from a few members (the deep
-#: ensemble's energy ν fitted 2–6), and the bound holds up under shift
-#: (docs/shift.md#committee-energies). The evidential head and latent distance use it
-#: too since 2026-12-05 (their rounds in docs/shift.md); LLPR keeps a scalar energy factor.
-COMMITTEE_CALIBRATION = {"energy": "student_t", "forces": "student_t"}
 
 DEFAULT_MEMBERS = 5
 
@@ -151,6 +146,11 @@ class DeepEnsemble(UQWrapper):
         so later changes to the wrapper never touch the caller's models. An
         ensemble built from models is ready to predict (``fitted_`` is True);
         use :meth:`train` to build and train the members in one call.
+    distance
+        The score of the latent-distance term (:mod:`mlipuq.uq.deep_distance`; default
+        ``"mahalanobis"``, ``"knn"``, None: the members' spread alone) that :meth:`fit`
+        fits after training the members and :meth:`fit_distance` around members as they
+        are; an ensemble built from models has none until one of them is called.
 
     Attributes
     ----------
@@ -162,19 +162,26 @@ class DeepEnsemble(UQWrapper):
         Training-set indices each member saw when trained with ``bootstrap=True``.
     histories_ : list of History or None
         Training histories of the last :meth:`fit` (not saved).
+    distance_ : LatentDistance or None
+        The fitted latent-distance term in member 0's features (None: none fitted).
 
     Notes
     -----
     ``predict`` returns the member mean, the population variance over members
     (``ddof=0``, float64) and the members themselves as ``energy_members``
-    (K, B) in eV and ``forces_members`` (K, N, 3) in eV/Å.
+    (K, B) in eV and ``forces_members`` (K, N, 3) in eV/Å. With a latent-distance
+    term the variances are λσ² + a + b u² and the members are stretched to them.
     """
 
-    def __init__(self, models: Sequence[MLIP]):
-        self._setup([copy.deepcopy(m) for m in _check_members(models)])
+    def __init__(self, models: Sequence[MLIP], *, distance: Optional[str] = "mahalanobis"):
+        self._setup([copy.deepcopy(m) for m in _check_members(models)], distance)
 
-    def _setup(self, models: list[MLIP]) -> None:
+    def _setup(self, models: list[MLIP], distance: Optional[str]) -> None:
+        if distance is not None and distance not in _SCORES:
+            raise ValueError(f"distance must be None or one of {_SCORES}, got {distance!r}")
         self.models = _check_members(models)
+        self.distance = distance
+        self.distance_ = None
         self.seeds_: Optional[list[int]] = None
         self.bootstrap_indices_: Optional[list[np.ndarray]] = None
         self.histories_: Optional[list[History]] = None
@@ -184,10 +191,10 @@ class DeepEnsemble(UQWrapper):
         self.fitted_ = True
 
     @classmethod
-    def _adopt(cls, models: list[MLIP]) -> "DeepEnsemble":
+    def _adopt(cls, models: list[MLIP], distance: Optional[str] = None) -> "DeepEnsemble":
         """An ensemble that takes ownership of ``models`` (no copy)."""
         ensemble = cls.__new__(cls)
-        ensemble._setup(list(models))
+        ensemble._setup(list(models), distance)
         return ensemble
 
     @property
@@ -198,7 +205,8 @@ class DeepEnsemble(UQWrapper):
         return len(self.models)
 
     def __repr__(self) -> str:
-        return f"DeepEnsemble({self.n_members} x {type(self.models[0]).__name__})"
+        distance = "" if self.distance == "mahalanobis" else f", distance={self.distance!r}"
+        return f"DeepEnsemble({self.n_members} x {type(self.models[0]).__name__}{distance})"
 
     # ------------------------------------------------------------------ training
     @classmethod
@@ -211,6 +219,7 @@ class DeepEnsemble(UQWrapper):
         n_members: Optional[int] = None,
         seeds: Optional[Sequence[int]] = None,
         bootstrap: bool = False,
+        distance: Optional[str] = "mahalanobis",
         **train_options,
     ) -> "DeepEnsemble":
         """Build K models with ``make_model(seed)`` and train each with :func:`mlipuq.train`.
@@ -232,6 +241,9 @@ class DeepEnsemble(UQWrapper):
         bootstrap
             Train each member on a bootstrap resample of ``train`` (drawn with
             its seed) instead of the full set.
+        distance
+            The latent-distance term's score (the class's ``distance``), fitted
+            after the members (None: none).
         **train_options
             ``seed``, ``progress`` and the :meth:`fit` options: :func:`mlipuq.train`
             options (``epochs``, ``lr``, ``batch_size``, ``forces_weight``,
@@ -250,12 +262,13 @@ class DeepEnsemble(UQWrapper):
         if not callable(make_model):
             raise TypeError("make_model must be a callable taking a seed and returning a model")
         models = [make_model(s) for s in seeds]
-        ensemble = cls._adopt(models)
+        ensemble = cls._adopt(models, distance)
         return ensemble.fit(train, val, seeds=seeds, bootstrap=bootstrap, **train_options)
 
     def fit(self, train, val=None, *, seed: Optional[int] = None, progress: bool = False,
             **method_options) -> "DeepEnsemble":
-        """(Re)train every member, independently, with :func:`mlipuq.train`.
+        """(Re)train every member, independently, with :func:`mlipuq.train`, then fit the
+        latent-distance term (``distance``; :meth:`fit_distance` with ``train``, ``val``).
 
         Training continues from the members' current weights (the ensemble's
         own copies). Members are trained one after the other; after
@@ -323,46 +336,37 @@ class DeepEnsemble(UQWrapper):
                 failure = (k, exc)
                 histories.append(None)
         if world > 1:
-            histories = self._exchange_members(histories, failure)
+            histories = mdist.share_trained_models(self.models, histories, failure,
+                                                     "deep-ensemble member")
         self.seeds_ = seeds
         self.bootstrap_indices_ = indices if bootstrap else None
         self.histories_ = histories
         self.member_offsets_ = None  # retrained members: recentre again in calibrate
         self.recentring_chosen_ = False
+        self.recalibrator_ = self.strain_term_ = self.distance_ = None
         self.fitted_ = True
+        if self.distance is not None:
+            self.fit_distance(train, val, seed=0 if seed is None else seed, progress=progress)
         return self
 
-    def _exchange_members(self, histories: list, failure) -> list:
-        """Give every rank the members trained elsewhere (collective).
+    def fit_distance(self, train, val=None, *, seed: int = 0, batch_size: int = 16,
+                     progress: bool = False) -> "DeepEnsemble":
+        """Fit the latent-distance term around the members as they are
+        (:mod:`mlipuq.uq.deep_distance`): for members trained elsewhere,
+        ``DeepEnsemble(models).fit_distance(train, val).calibrate(val)``.
 
-        Member k was trained on rank ``k % world``; that rank broadcasts its
-        weights (the ``state_dict``, which holds the fitted reference energies
-        and scales too, as CPU tensors) and history, and every other rank
-        loads them into its own copy: afterwards every rank holds the same
-        ensemble, bit for bit. A member that failed raises on every rank.
-        """
-        world, here = mdist.world_size(), mdist.rank()
-        errors = [e for e in mdist.all_gather_objects(
-            None if failure is None else (failure[0], f"{type(failure[1]).__name__}: {failure[1]}"))
-            if e is not None]
-        if errors:
-            if failure is not None:
-                raise failure[1]
-            member, message = min(errors)
-            raise RuntimeError(f"training deep-ensemble member {member} failed on rank "
-                               f"{member % world}: {message}")
-        for k, model in enumerate(self.models):
-            owner = k % world
-            payload = None
-            if owner == here:
-                payload = {"state": {name: value.detach().cpu() if torch.is_tensor(value)
-                                     else value for name, value in model.state_dict().items()},
-                           "history": histories[k]}
-            payload = mdist.broadcast_object(payload, src=owner)
-            if owner != here:
-                model.load_state_dict(payload["state"])
-                histories[k] = payload["history"]
-        return histories
+        ``train``: the members' training structures (the reference the distances are
+        measured to); ``val``: held-out structures on which λ, a and b are fitted (None:
+        a fifth of ``train`` held out); members neither recentred nor calibrated are
+        recentred on them first. Drops an earlier calibration: calibrate again. Returns
+        ``self``."""
+        if self.distance is None:
+            raise ValueError("this DeepEnsemble has distance=None: build it with "
+                             "distance='mahalanobis' (the default) or 'knn' for a term")
+        self.distance_ = deep_distance.fit_term(self, train, val, seed=seed,
+                                                batch_size=batch_size, progress=progress)
+        self.recalibrator_ = self.strain_term_ = None
+        return self
 
     # ------------------------------------------------------------ calibration
     # K members estimate the variance from K samples: their force z-scores are
@@ -379,6 +383,13 @@ class DeepEnsemble(UQWrapper):
     #: mean force std ÷ MAE under shift ×2.1 in median; docs/shift.md, "The forces widened
     #: as the energies")
     default_extrapolation = {"energy": 1.0, "forces": 0.75}
+
+    def default_widening(self) -> dict:
+        """The term's widening powers (the latent distance's) with a term, else
+        :attr:`default_extrapolation`."""
+        if self.distance_ is not None:
+            return self.distance_.default_widening()
+        return self.default_extrapolation
 
     def calibrate(self, val, method: Optional[str] = None, *, recentre=True,
                   **options) -> "DeepEnsemble":
@@ -429,9 +440,11 @@ class DeepEnsemble(UQWrapper):
 
     def _recentred_prediction(self, dataset, weighting: Optional[str]) -> Prediction:
         """The uncalibrated prediction of ``dataset`` (no composition variance) with the
-        members recentred on it by ``weighting`` (None: not), predicted once."""
+        members recentred on it by ``weighting`` (None: not), predicted once (twice with a
+        term: the offsets are fitted to the members as they are, unstretched)."""
         self.member_offsets_ = None
-        pred = self.predict(dataset, calibrated=False, composition=False)
+        members = self if self.distance_ is None else deep_distance.without_term(self)
+        pred = members.predict(dataset, calibrated=False, composition=False)
         self.recentring_chosen_ = True
         if weighting:  # the offsets, then the same prediction moved by them (one pass)
             counts = mdata.composition_matrix(dataset, self.species)
@@ -441,6 +454,8 @@ class DeepEnsemble(UQWrapper):
                                          per_atom=weighting != "total")
             self.member_offsets_ = members_only(offsets) if weighting == "members" else offsets
             pred = shifted_members(pred, counts, self._species_shifts() - before)
+        if self.distance_ is not None:
+            pred = self.predict(dataset, calibrated=False, composition=False)
         return pred
 
     def _composition_drift(self) -> Optional[np.ndarray]:
@@ -450,39 +465,10 @@ class DeepEnsemble(UQWrapper):
         bases = [m.offset_basis for m in self.models]
         if bases[0] is None:
             return None
-        drifts = self._member_drifts()
+        drifts = member_drifts(self.models, self.member_offsets_)
         if drifts is None:
             return np.zeros(bases[0].shape[1])
         return bases[0].T @ drifts.mean(axis=0)
-
-    def _member_drifts(self) -> Optional[np.ndarray]:
-        """(K, S) each member's energies along its undetermined reference-energy
-        directions, in species space (eV), its recentring offsets included; None
-        unless every member has a basis and a measured drift."""
-        bases = [m.offset_basis for m in self.models]
-        drifts = [m.offset_drift for m in self.models]
-        if not all(b is not None and d is not None for b, d in zip(bases, drifts)):
-            return None
-        offsets = (np.zeros((len(bases), len(self.species))) if self.member_offsets_ is None
-                   else self.member_offsets_)
-        return np.stack([b @ (d + b.T @ o) for b, d, o in zip(bases, drifts, offsets)])
-
-    def _member_alignment(self) -> np.ndarray:
-        """(K, S) per-species energy shifts (eV per atom) that move every member to
-        the members' mean drift along the undetermined directions (0 when none).
-
-        Trained alike, members hold different shares of the reference energies
-        their training compositions left undetermined (three AgPd members: +2.09,
-        +1.65, -1.01 eV along e_Ag - e_Pd); left in, removing one atom spreads
-        their energies by about an eV per cell, a spread the composition variance
-        (prior and mean drift) already accounts for. Aligned, the spread on
-        another stoichiometry measures how the members differ in the structure;
-        the mean and every training composition's member energies are unchanged.
-        """
-        drifts = self._member_drifts()
-        if drifts is None:
-            return np.zeros((self.n_members, len(self.species)))
-        return drifts.mean(axis=0) - drifts
 
     def _fit_seeds(self, seed: Optional[int], seeds: Optional[Sequence[int]]) -> list[int]:
         if seed is not None and seeds is not None:
@@ -498,6 +484,22 @@ class DeepEnsemble(UQWrapper):
     # the members' spread grew with the error in cells wider than the calibration cells
     # (108-atom cells, 32-atom calibration; docs/shift.md): no WideCellWarning
     warns_of_wide_cells = False
+
+    def predict(self, structures, *, batch_size: int = 32, calibrated: bool = True,
+                progress: bool = False, composition: bool = True,
+                distributed: Optional[bool] = None, stress: bool = False) -> Prediction:
+        """:meth:`UQWrapper.predict`; with a latent-distance term, its combination with
+        the members' spread (:mod:`mlipuq.uq.deep_distance`), then the recalibration."""
+        options = dict(batch_size=batch_size, progress=progress, distributed=distributed,
+                       stress=stress)
+        if self.distance_ is None:
+            return super().predict(structures, calibrated=calibrated, composition=composition,
+                                   **options)
+        self._check_fitted()
+        prediction = deep_distance.combined_prediction(self, structures, **options)
+        if calibrated:
+            prediction = self._apply_calibration(prediction)
+        return self._add_composition_variance(prediction) if composition else prediction
 
     def _predict_batch(self, batch: mdata.Batch, stress: bool = False) -> dict:
         energies, forces, atom_energies, stresses = [], [], [], []
@@ -545,7 +547,7 @@ class DeepEnsemble(UQWrapper):
         """(K, S) per-atom energy shift of each member per species (eV): its recentring
         offsets (0 before recentring) and its alignment along the undetermined directions
         (which depends on the offsets)."""
-        shifts = self._member_alignment()
+        shifts = member_alignment(self.models, self.member_offsets_)
         return shifts if self.member_offsets_ is None else shifts + self.member_offsets_
 
     def _mean_stress(self, batch: mdata.Batch) -> torch.Tensor:
@@ -561,20 +563,28 @@ class DeepEnsemble(UQWrapper):
 
     def _set_models(self, models: list[MLIP]) -> None:
         self.models = _check_members(list(models))
+        if self.distance_ is not None:  # the term reads member 0's features
+            self.distance_.model = self.models[0]
 
     def config(self) -> dict:
-        return {}
+        return {} if self.distance is None else {"distance": self.distance}
 
     @classmethod
     def _from_config(cls, models: list[MLIP], config: dict) -> "DeepEnsemble":
-        return cls._adopt(models)
+        return cls._adopt(models, config.get("distance"))  # absent: saved without a term
+
+    def _format_version(self) -> int:  # 5: version-4 readers would drop the term
+        return 2 if self.distance_ is None else 5
 
     def _get_state(self) -> dict:
-        return {
+        state = {
             "seeds": self.seeds_,
             "bootstrap_indices": self.bootstrap_indices_,
             "member_offsets": self.member_offsets_,
         }
+        if self.distance_ is not None:  # absent without one: files and fingerprints as before
+            state["distance"] = deep_distance.save_term(self.distance_)
+        return state
 
     def _set_state(self, state: dict) -> None:
         seeds = state.get("seeds")
@@ -586,3 +596,4 @@ class DeepEnsemble(UQWrapper):
         offsets = state.get("member_offsets")  # absent in files saved before recentring
         self.member_offsets_ = None if offsets is None else np.asarray(offsets, np.float64)
         self.recentring_chosen_ = offsets is not None  # or calibrated (LatentDistance asks)
+        self.distance_ = deep_distance.load_term(self.models[0], state.get("distance"))

@@ -69,8 +69,7 @@ from mlipuq.prediction import Prediction
 from mlipuq.calibration.recalibrate import stretch_members
 from mlipuq.uq import base as uq_base
 from mlipuq.uq import latent_features, structure_distance
-from mlipuq.uq.base import UQWrapper, _check_model, register
-from mlipuq.uq.deep_ensemble import COMMITTEE_CALIBRATION
+from mlipuq.uq.base import COMMITTEE_CALIBRATION, UQWrapper, _check_model, register
 from mlipuq.uq.latent_scores import LatentScores
 from mlipuq.uq.latent_maps import (_C_MIN, RIDGE_SCALES, STRUCTURE_COVARIANCES,  # noqa: F401
                                    _gmm_log_density, check_ridge_scale, check_share,

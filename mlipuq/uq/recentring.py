@@ -1,8 +1,9 @@
 """The deep ensemble's recentring: per-member, per-species energy offsets fitted on
 the calibration data (:meth:`mlipuq.uq.ensembles.DeepEnsemble.calibrate`).
 
-Responsibility: the offsets' least-squares fit, the choice of its weighting, and the
-calibration prediction moved by them without predicting again.
+Responsibility: the offsets' least-squares fit, the choice of its weighting, the
+calibration prediction moved by them without predicting again, and the members'
+alignment along the reference-energy directions their training left undetermined.
 
 Independently trained members carry their own constant errors per atom of each
 species; left in, they dominate the members' spread. The offsets remove them, so that
@@ -76,3 +77,34 @@ def shifted_members(prediction: Prediction, counts, shifts) -> Prediction:
     return dataclasses.replace(prediction, energy_members=members,
                                energy=members.mean(axis=0), energy_var=members.var(axis=0),
                                atom_energy_var=None)  # population variance, as predict's
+
+
+def member_drifts(models, offsets: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """(K, S) each member's energies along its undetermined reference-energy
+    directions, in species space (eV), its recentring ``offsets`` (K, S; None: none)
+    included; None unless every member has a basis and a measured drift."""
+    bases = [m.offset_basis for m in models]
+    drifts = [m.offset_drift for m in models]
+    if not all(b is not None and d is not None for b, d in zip(bases, drifts)):
+        return None
+    if offsets is None:
+        offsets = np.zeros((len(bases), bases[0].shape[0]))
+    return np.stack([b @ (d + b.T @ o) for b, d, o in zip(bases, drifts, offsets)])
+
+
+def member_alignment(models, offsets: Optional[np.ndarray]) -> np.ndarray:
+    """(K, S) per-species energy shifts (eV per atom) that move every member to
+    the members' mean drift along the undetermined directions (0 when none).
+
+    Trained alike, members hold different shares of the reference energies
+    their training compositions left undetermined (three AgPd members: +2.09,
+    +1.65, -1.01 eV along e_Ag - e_Pd); left in, removing one atom spreads
+    their energies by about an eV per cell, a spread the composition variance
+    (prior and mean drift) already accounts for. Aligned, the spread on
+    another stoichiometry measures how the members differ in the structure;
+    the mean and every training composition's member energies are unchanged.
+    """
+    drifts = member_drifts(models, offsets)
+    if drifts is None:
+        return np.zeros((len(models), len(models[0].species)))
+    return drifts.mean(axis=0) - drifts
