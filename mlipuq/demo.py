@@ -337,7 +337,8 @@ def _run(args: argparse.Namespace) -> int:
         "EvidentialHead": fit_evidential(model, train_set, val_set, seed, progress),
     }
     if len(members) > 1:
-        wrappers[f"DeepEnsemble ({len(members)})"] = DeepEnsemble(members)
+        wrappers[f"DeepEnsemble ({len(members)})"] = DeepEnsemble(members).fit_distance(
+            train_set, val_set, progress=progress)
     rows, results = [], {}
     for name, wrapper in wrappers.items():
         wrapper.calibrate(val_set)
@@ -370,7 +371,8 @@ def _run(args: argparse.Namespace) -> int:
                                             f"lr {SHALLOW_LR:g}, seed {seed}",
                          "EvidentialHead": f"{EVIDENTIAL_EPOCHS} epochs, lr 1e-2, seed {seed}, "
                                            "on the two halves of val",
-                         "DeepEnsemble": "the members as they are"},
+                         "DeepEnsemble": "the members as they are, their latent-distance "
+                                         "term fitted on val"},
         "wrappers": {
             name: {"folder": folders[name],
                    "table": {f"{target} {metric}": report.metrics[target].get(metric)

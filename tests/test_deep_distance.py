@@ -70,6 +70,9 @@ def test_the_members_are_stretched_to_the_combined_variance(fitted_members, sets
     assert np.all(pred.energy_var >= term.energy_other_scale_ * spread.energy_var * (1 - 1e-12))
     assert np.all(pred.forces_var >= term.forces_other_scale_ * spread.forces_var * (1 - 1e-12))
     np.testing.assert_allclose(pred.energy, spread.energy, rtol=1e-12)  # the mean unchanged
+    # per atom as per structure: λ times the members' local-energy spread plus the term's
+    assert np.all(pred.atom_energy_var >= term.energy_other_scale_ * spread.atom_energy_var
+                  * (1 - 1e-12))
 
 
 def test_save_load_keeps_the_term(fitted_members, sets, tmp_path):
@@ -133,3 +136,15 @@ def test_cli_fits_the_term_around_trained_members(fitted_members, sets, tmp_path
     assert _quiet(lambda: cli.main(argv)) == 0
     saved = load_wrapper(tmp_path / "deep.pt")
     assert (saved.distance_ is None) == (score == "none") and saved.calibrated_
+
+
+def test_member_wise_forces_need_the_members_alone(fitted_members, sets):
+    """Stretched atom by atom, the members' forces are no gradients of their energies:
+    member-wise MD is refused with the fix named; energies member-wise still work."""
+    train, val, away = sets
+    ensemble = _quiet(lambda: DeepEnsemble(fitted_members).fit_distance(train, val))
+    assert not ensemble.has_consistent_members
+    with pytest.raises(ValueError, match=r"DeepEnsemble\(models, distance=None\)"):
+        ensemble.members(away, forces=True, calibrated=False)
+    assert ensemble.members(away, forces=False, calibrated=False).n_members == 3
+    assert DeepEnsemble(fitted_members, distance=None).has_consistent_members

@@ -42,7 +42,7 @@ from mlipuq.uq import deep_distance
 from mlipuq.uq.latent_distance import _SCORES
 from mlipuq.uq.base import (COMMITTEE_CALIBRATION, UQWrapper, _check_model,  # noqa: F401
                              calibration_data, register)  # (COMMITTEE_CALIBRATION: its first home)
-from mlipuq.uq.recentring import (member_alignment, member_drifts, members_only,
+from mlipuq.uq.recentring import (mean_drift, member_alignment, members_only,
                                   recentring_offsets, recentring_weighting, shifted_members)
 
 log = logging.getLogger(__name__)
@@ -343,7 +343,7 @@ class DeepEnsemble(UQWrapper):
         self.histories_ = histories
         self.member_offsets_ = None  # retrained members: recentre again in calibrate
         self.recentring_chosen_ = False
-        self.recalibrator_ = self.strain_term_ = self.distance_ = None
+        self.distance_ = None  # fitted to the members before: fitted again below
         self.fitted_ = True
         if self.distance is not None:
             self.fit_distance(train, val, seed=0 if seed is None else seed, progress=progress)
@@ -373,19 +373,16 @@ class DeepEnsemble(UQWrapper):
     # Student-t (measured ν ≈ 2 for K = 3; the default t fit of every wrapper)
     # and so are their energy z-scores (ν ≈ 2 on ethanol): committees get a t for both
     default_calibration = dict(COMMITTEE_CALIBRATION)
-    #: Beyond the calibration range the members' spread grows more than the single
-    #: models' stds (Cu3Au vacancy clusters: r = 63, theirs 3-24), yet not as fast as
-    #: their errors there (force coverage 0.51 unwidened): forces widened by r ** 0.5;
-    #: energies by r ** 1 (the EMT Pt₃Ni strained cells: 0.47 with r ** 0.25)
-    #: (chosen on the shift benchmark: mlipuq.calibration.extrapolation, docs/shift.md);
-    #: forces by r ** 0.75 since 2026-12-05 (the widening rule's smallest power that met
-    #: the force goal on its 11 fits: Cu3Au's 900 K bulk 0.898 -> 0.920; the price, the
-    #: mean force std ÷ MAE under shift ×2.1 in median; docs/shift.md, "The forces widened
-    #: as the energies")
+    #: The members alone's widening beyond the calibration range: their spread grows
+    #: more than single models' stds (Cu3Au vacancy clusters: r = 63, theirs 3-24) yet
+    #: not as fast as their errors: energies by r ** 1 (Pt₃Ni strained cells: 0.47 with
+    #: r ** 0.25), forces by r ** 0.75 since 2026-12-05 (the smallest power that met the
+    #: force goal on 11 fits, r ** 0.5 before; docs/shift.md, "The forces widened as the
+    #: energies"; mlipuq.calibration.extrapolation)
     default_extrapolation = {"energy": 1.0, "forces": 0.75}
 
     def default_widening(self) -> dict:
-        """The term's widening powers (the latent distance's) with a term, else
+        """With a term its widening powers (the latent distance's), else
         :attr:`default_extrapolation`."""
         if self.distance_ is not None:
             return self.distance_.default_widening()
@@ -459,16 +456,8 @@ class DeepEnsemble(UQWrapper):
         return pred
 
     def _composition_drift(self) -> Optional[np.ndarray]:
-        """The drift of the ensemble's mean energy: the members' mean drift, recentring
-        offsets included (in species space, then on member 0's undetermined
-        directions); zero (the prior alone) unless every member has a drift."""
-        bases = [m.offset_basis for m in self.models]
-        if bases[0] is None:
-            return None
-        drifts = member_drifts(self.models, self.member_offsets_)
-        if drifts is None:
-            return np.zeros(bases[0].shape[1])
-        return bases[0].T @ drifts.mean(axis=0)
+        """The drift of the ensemble's mean energy (:func:`~mlipuq.uq.recentring.mean_drift`)."""
+        return mean_drift(self.models, self.member_offsets_)
 
     def _fit_seeds(self, seed: Optional[int], seeds: Optional[Sequence[int]]) -> list[int]:
         if seed is not None and seeds is not None:
@@ -480,6 +469,18 @@ class DeepEnsemble(UQWrapper):
         return _resolve_seeds(self.n_members, seeds)
 
     # ---------------------------------------------------------------- predict
+    @property
+    def has_consistent_members(self) -> bool:
+        """False with a latent-distance term: its members, stretched atom by atom to the
+        combined variance, are no longer gradients of their energies."""
+        return self.distance_ is None
+
+    def members_hint(self, *, forces: bool = False) -> str:
+        if forces and self.distance_ is not None:
+            return ("the members alone, DeepEnsemble(models, distance=None): the "
+                    "latent-distance term stretches their forces atom by atom")
+        return super().members_hint(forces=forces)
+
     has_stress_uncertainty = True
     # the members' spread grew with the error in cells wider than the calibration cells
     # (108-atom cells, 32-atom calibration; docs/shift.md): no WideCellWarning

@@ -584,6 +584,9 @@ class LatentDistance(LatentScores, UQWrapper):
                 forces_members=stretch_members(other.forces_members, other.forces, f_var,
                                                other.forces_var),
                 n_atoms=own.n_atoms, batch=own.batch, numbers=own.numbers,
+                atom_energy_var=None if other.atom_energy_var is None or own.atom_energy_var
+                is None else self.energy_other_scale_ * other.atom_energy_var
+                + own.atom_energy_var,  # per atom, as the energies: λσ² + the latent part
                 # the stress and its spread are the combined wrapper's (no latent part)
                 stress=other.stress, stress_var=other.stress_var,
                 stress_members=other.stress_members, strain_energy_var=own.strain_energy_var,

@@ -92,6 +92,18 @@ def member_drifts(models, offsets: Optional[np.ndarray]) -> Optional[np.ndarray]
     return np.stack([b @ (d + b.T @ o) for b, d, o in zip(bases, drifts, offsets)])
 
 
+def mean_drift(models, offsets: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """The drift of the members' mean energy along member 0's undetermined directions:
+    the members' mean drift, recentring ``offsets`` included (in species space, then on
+    member 0's basis); zero (the prior alone) unless every member has a drift; None
+    without a basis (the training compositions determine every reference energy)."""
+    basis = models[0].offset_basis
+    if basis is None:
+        return None
+    drifts = member_drifts(models, offsets)
+    return np.zeros(basis.shape[1]) if drifts is None else basis.T @ drifts.mean(axis=0)
+
+
 def member_alignment(models, offsets: Optional[np.ndarray]) -> np.ndarray:
     """(K, S) per-species energy shifts (eV per atom) that move every member to
     the members' mean drift along the undetermined directions (0 when none).
