@@ -197,13 +197,13 @@ METHOD_OPTIONS = {"conformal": {"coverage": 0.95}, "default, no widening": {"ext
 
 #: Wrappers whose rows only docs/shift.md shows (by a marker in their name, or the
 #: whole name): earlier defaults (latent distance's kNN score, the evidential head
-#: without its distance term or with distances to its fitting data, the shallow
-#: ensemble's heads without theirs, energies as sums of independent atoms) and
-#: latent distance with the shallow ensemble on both targets (not recommended), and the
-#: options LLPR at its posterior mean and the structure covariance chosen on held-out
-#: structures.
+#: without its distance term or with distances to its fitting data, the shallow and deep
+#: ensembles without theirs, energies as sums of independent atoms), latent distance
+#: with the shallow ensemble on both targets (not recommended), and the options LLPR
+#: at its posterior mean and the structure covariance chosen on held-out structures.
 DOCS_ONLY = ("before", "(kNN)", "(no distance)", "(atom energies)", "(head-data reference)",
-             "(heads alone)", "(refit mean", "(held-out structure covariance)", "(alone)")
+             "(heads alone)", "(refit mean", "(held-out structure covariance)", "(alone)",
+             "members alone)")
 DOCS_ONLY_NAMES = ("LatentDistance + ShallowEnsemble",
                    "LatentDistance + ShallowEnsemble (committee energies)")
 

@@ -387,9 +387,10 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         "EvidentialHead (unbounded, before)": lambda: earlier(True),
         # with its latent-distance term fitted on train and val (the default since
         # 2026-12-07: what fit does after training the members), and the members alone
-        # (the default before; the forces-widened rounds below are of the members alone)
+        # with today's calibration (the default before; the forces-widened rounds below
+        # are of the members alone; not "before": shift.py calibrates those as then)
         f"DeepEnsemble ({len(models)})": lambda: DeepEnsemble(models).fit_distance(train, val),
-        f"DeepEnsemble ({len(models)}, members alone, before)": lambda: DeepEnsemble(
+        f"DeepEnsemble ({len(models)}, members alone)": lambda: DeepEnsemble(
             models, distance=None),
         # its forces widened with the energies' power, r ** 1 (a round, 2026-12-05)
         f"DeepEnsemble ({len(models)}) (forces widened r¹)": lambda: forces_widened(

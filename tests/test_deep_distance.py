@@ -120,7 +120,8 @@ def test_bad_settings_are_refused(fitted_members, sets):
 
 
 @pytest.mark.parametrize("score", [None, "none"])
-def test_cli_fits_the_term_around_trained_members(fitted_members, sets, tmp_path, score):
+def test_cli_fits_the_term_around_trained_members(fitted_members, sets, tmp_path, score,
+                                                  capsys):
     """``mlipuq fit deep -m a -m b`` fits the term around the members as they are;
     ``--score none`` leaves their spread alone."""
     train, val, _ = sets
@@ -136,6 +137,9 @@ def test_cli_fits_the_term_around_trained_members(fitted_members, sets, tmp_path
     assert _quiet(lambda: cli.main(argv)) == 0
     saved = load_wrapper(tmp_path / "deep.pt")
     assert (saved.distance_ is None) == (score == "none") and saved.calibrated_
+    printed = capsys.readouterr().out  # the summary names the term, or its absence
+    assert ("none (the members' spread alone)" in printed) == (score == "none")
+    assert ("mahalanobis: λσ²_members + a + b u²" in printed) == (score is None)
 
 
 def test_member_wise_forces_need_the_members_alone(fitted_members, sets):
