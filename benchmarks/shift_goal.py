@@ -84,9 +84,18 @@ def widening_table(rows: list[dict], systems: list[str], wrappers: list[str]) ->
     shifts of the mean force std over the force MAE (docs/shift.md, the alloy)."""
     methods = ("default", "default, widening 1")
 
+    def tags(wrapper, method):
+        return {r.get("defaults") for r in rows if (r["wrapper"], r["method"]) == (wrapper, method)}
+
+    # like with like: each wrapper's rows of the defaults both methods were measured with
+    # (a wrapper whose default changed after its widening rows has none: left out)
+    shared = {w: tags(w, methods[0]) & tags(w, methods[1]) for w in wrappers}
+    wrappers = [w for w in wrappers if shared[w]]
+
     def shifted(system, wrapper, method):
         return [r for r in rows if (r["system"], r["wrapper"], r["method"]) ==
-                (system, wrapper, method) and not r["split"].startswith("in dist")]
+                (system, wrapper, method) and r.get("defaults") in shared[wrapper]
+                and not r["split"].startswith("in dist")]
 
     lines = ["| wrapper | worst F cover, four systems | worst E cover, four systems | "
              "Cu: mean shift F NLL | Cu: mean F std / MAE | alloy: mean shift F NLL | "
