@@ -436,21 +436,21 @@ class DeepEnsemble(UQWrapper):
         return self
 
     def _recentred_prediction(self, dataset, weighting: Optional[str]) -> Prediction:
-        """The uncalibrated prediction of ``dataset`` (no composition variance) with the
-        members recentred on it by ``weighting`` (None: not), predicted once (twice with a
-        term: the offsets are fitted to the members as they are, unstretched)."""
-        self.member_offsets_ = None
+        """The uncalibrated prediction of ``dataset`` (no composition variance), members
+        recentred on it by ``weighting`` (None: not); with a term, offsets fitted unstretched."""
+        self.member_offsets_, self.recentring_chosen_ = None, True
+        if not weighting:
+            return self.predict(dataset, calibrated=False, composition=False)
         members = self if self.distance_ is None else deep_distance.without_term(self)
         pred = members.predict(dataset, calibrated=False, composition=False)
-        self.recentring_chosen_ = True
-        if weighting:  # the offsets, then the same prediction moved by them (one pass)
-            counts = mdata.composition_matrix(dataset, self.species)
-            residuals = dataset.energies[None, :] - pred.energy_members  # (K, B)
-            before = self._species_shifts()
-            offsets = recentring_offsets(counts, residuals, dataset.n_atoms,
-                                         per_atom=weighting != "total")
-            self.member_offsets_ = members_only(offsets) if weighting == "members" else offsets
-            pred = shifted_members(pred, counts, self._species_shifts() - before)
+        # the offsets, then the same prediction moved by them (one pass)
+        counts = mdata.composition_matrix(dataset, self.species)
+        residuals = dataset.energies[None, :] - pred.energy_members  # (K, B)
+        before = self._species_shifts()
+        offsets = recentring_offsets(counts, residuals, dataset.n_atoms,
+                                     per_atom=weighting != "total")
+        self.member_offsets_ = members_only(offsets) if weighting == "members" else offsets
+        pred = shifted_members(pred, counts, self._species_shifts() - before)
         if self.distance_ is not None:
             pred = self.predict(dataset, calibrated=False, composition=False)
         return pred
