@@ -12,9 +12,10 @@ members per atom and the median calibrated std per atom, and the median widening
 ratio r of the split (``calibration_excess``: how far beyond the calibration
 structures its stds are). A split whose error is a shared bias while the members'
 spread stays at its in-distribution value is one no committee statistic can see.
-The last column is the energies' 95 % coverage of the same ensemble with a
-latent-distance term, ``LatentDistance(models[0], combine=ensemble).fit(train,
-val).calibrate(val)`` (``mlipuq fit deep --latent both``). ``--first-member K``:
+The last column is the energies' 95 % coverage of the same ensemble with its
+latent-distance term, ``DeepEnsemble(models).fit_distance(train, val).calibrate(val)``
+(its default since 2026-12-07; the first columns are its members alone,
+``distance=None``). ``--first-member K``:
 members K to K + 2 of the recipe (trained and cached as ``shift.py`` does), another
 fit of the same ensemble.
 """
@@ -28,7 +29,7 @@ import types
 import numpy as np
 import torch
 
-from mlipuq.uq import DeepEnsemble, LatentDistance
+from mlipuq.uq import DeepEnsemble
 from shift import base_models, part_sets
 from shift_cache import EPOCHS, cache_folder
 from shift_scores import scores
@@ -56,9 +57,8 @@ def part_rows(part: str, cache, first: int = 0) -> dict:
     train, val, tests = part_sets(part, types.SimpleNamespace(quick=False, unseen=False))
     models = base_models(part, train, val, EPOCHS, first + 3,
                          cache_folder(cache, part, EPOCHS), refit=True)[first:]
-    wrapper = DeepEnsemble(models).calibrate(val)
-    combined = LatentDistance(models[0], combine=DeepEnsemble(models)).fit(
-        train, val).calibrate(val)
+    wrapper = DeepEnsemble(models, distance=None).calibrate(val)
+    combined = DeepEnsemble(models).fit_distance(train, val).calibrate(val)
     return {split: split_row(wrapper, combined, test) for split, test in tests.items()}
 
 
