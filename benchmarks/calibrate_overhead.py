@@ -63,7 +63,8 @@ def wrappers(train, val, only=None):
         "ShallowEnsemble (8 heads)":
             lambda model: ShallowEnsemble(model, n_heads=8).fit(train, val, **quick),
         "EvidentialHead": lambda model: EvidentialHead(model).fit(train, val, **quick),
-        "DeepEnsemble (3 members)": lambda model: DeepEnsemble([make(s) for s in range(3)]),
+        "DeepEnsemble (3 members)": lambda model: DeepEnsemble([make(s) for s in range(3)],
+                                                               distance=None),
     }
     unknown = set(only or ()) - set(factories)
     if unknown:

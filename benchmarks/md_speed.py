@@ -123,7 +123,7 @@ def main() -> None:
         "ShallowEnsemble (8 heads)": ShallowEnsemble(model, n_heads=8, init="random").fit(
             fit_set, **quick),
         "EvidentialHead": EvidentialHead(model).fit(fit_set, **quick),
-        "DeepEnsemble (5 members)": DeepEnsemble([make(s) for s in range(5)]),
+        "DeepEnsemble (5 members)": DeepEnsemble([make(s) for s in range(5)], distance=None),
     }
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(args.size)
     md = dict(ensemble="nvt", temperature_K=300.0, timestep_fs=2.0, steps=args.steps, seed=0,

@@ -229,6 +229,9 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
     def latent(**options):
         return LatentDistance(base, **options).fit(train, val)
 
+    def alone():  # the deep ensemble's members alone, without its latent-distance term
+        return DeepEnsemble(models, distance=None)
+
     factories = {
         # with its latent-distance term fitted on val (the default since 2026-12-06)
         "LastLayerLaplace": lambda: LastLayerLaplace(base).fit(train, val),
@@ -390,21 +393,21 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         # with today's calibration (the default before; the forces-widened rounds below
         # are of the members alone; not "before": shift.py calibrates those as then)
         f"DeepEnsemble ({len(models)})": lambda: DeepEnsemble(models).fit_distance(train, val),
-        f"DeepEnsemble ({len(models)}, members alone)": lambda: DeepEnsemble(
-            models, distance=None),
+        f"DeepEnsemble ({len(models)}, members alone)": alone,
         # its forces widened with the energies' power, r ** 1 (a round, 2026-12-05)
         f"DeepEnsemble ({len(models)}) (forces widened r¹)": lambda: forces_widened(
-            DeepEnsemble(models), 1.0),
+            alone(), 1.0),
         # and with the widening grid's next step above its default (the round's addendum)
         f"DeepEnsemble ({len(models)}) (forces widened r^0.75)": lambda: forces_widened(
-            DeepEnsemble(models), 0.75),
+            alone(), 0.75),
         # and by r ** 0.5 (the default before, to 2026-12-05)
         f"DeepEnsemble ({len(models)}) (forces widened r^0.5)": lambda: forces_widened(
-            DeepEnsemble(models), 0.5),
-        f"DeepEnsemble ({len(models)}, not recentred, before)": lambda: NotRecentred(models),
+            alone(), 0.5),
+        f"DeepEnsemble ({len(models)}, not recentred, before)": lambda: NotRecentred(
+            models, distance=None),
         # the members moved onto their mean, the mean kept (an option since 2026-12-05)
         f"DeepEnsemble ({len(models)}, members recentred)": lambda: calibrated_with(
-            DeepEnsemble(models), recentre="members"),
+            alone(), recentre="members"),
         # a latent-distance term on the deep ensemble, its members recentred on val first
         # (LatentDistance.fit's since 2026-12-05) and as they were combined before: raw
         f"LatentDistance + DeepEnsemble ({len(models)})": lambda: latent(

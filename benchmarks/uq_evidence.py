@@ -107,7 +107,7 @@ def wrappers_for(model, make_model, train, val, member_options, seed=0, only=WRA
             member = make_model(seed + s)
             mlipuq.train(member, train, val, seed=seed + s, **{**TRAIN, **member_options})
             members.append(member)
-        out["DeepEnsemble (5)"] = DeepEnsemble(members)
+        out["DeepEnsemble (5)"] = DeepEnsemble(members, distance=None)
     for name, wrapper in out.items():
         wrapper.calibrate(val)
     print(f"  wrappers fitted and calibrated in {time.perf_counter() - t0:.0f} s", flush=True)

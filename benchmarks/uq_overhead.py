@@ -89,7 +89,7 @@ def run_system(name, species, structures, fit_set, batch_size, repeats,
         "EvidentialHead": EvidentialHead(model).fit(fit_set, **quick),
         "EvidentialHead, head alone (distance=None)": EvidentialHead(
             model, distance=None).fit(fit_set, **quick),
-        "DeepEnsemble (5 members)": DeepEnsemble([make(s) for s in range(5)]),
+        "DeepEnsemble (5 members)": DeepEnsemble([make(s) for s in range(5)], distance=None),
     }
     direct_model = MiniMLIP(species, seed=0, avg_num_neighbors=20.0, direct_forces=True,
                              force_mode="direct", **MODEL).to(device)

@@ -37,7 +37,7 @@ def members(fitted_members):
     return fitted_members
 
 
-def _mini_cases(members):
+def _mini_cases(members, data):
     base = members[0]
     return {
         "llpr": (LastLayerLaplace(base, n_samples=8), {}),
@@ -48,17 +48,21 @@ def _mini_cases(members):
         "evidential": (EvidentialHead(base), dict(epochs=4, lr=2e-2, seed=0, **FAST)),
         "evidential-separate": (EvidentialHead(base, energy_evidence="separate"),
                                 dict(epochs=4, lr=2e-2, seed=0, **FAST)),
-        "deep": (DeepEnsemble(members), dict(epochs=1, lr=1e-3, **FAST)),
+        "deep": (DeepEnsemble(members, distance=None), dict(epochs=1, lr=1e-3, **FAST)),
+        # the default: its latent-distance term, fitted around the trained members
+        "deep-term": (lambda: DeepEnsemble(members).fit_distance(data[:10], data[10:]), {}),
         "latent": (LatentDistance(base), dict(seed=0)),
     }
 
 
 @pytest.mark.parametrize(
     "name",
-    ["llpr", "llpr-samples", "shallow", "shallow-energy-term", "evidential", "evidential-separate", "deep", "latent"],
+    ["llpr", "llpr-samples", "shallow", "shallow-energy-term", "evidential",
+     "evidential-separate", "deep", "deep-term", "latent"],
 )
 def test_every_wrapper_passes_the_check_suite(name, members, ethanol):
-    wrapper, fit_kwargs = _mini_cases(members)[name]
+    wrapper, fit_kwargs = _mini_cases(members, ethanol[:14])[name]
+    wrapper = wrapper() if callable(wrapper) else wrapper
     check_uq_wrapper(wrapper, ethanol[:14], fit_kwargs=fit_kwargs)
 
 

@@ -146,7 +146,7 @@ def _wrappers(model, train, val):
         "llpr": LastLayerLaplace(model).fit(train),
         "shallow": ShallowEnsemble(model, n_heads=4).fit(train, val, epochs=3, **FAST),
         "evidential": EvidentialHead(model).fit(*val.split([0.5, 0.5]), epochs=5, **FAST),
-        "deep": DeepEnsemble([model, other]),
+        "deep": DeepEnsemble([model, other]).fit_distance(train, val),
         "latent": LatentDistance(model).fit(train, val),
     }
 

@@ -12,7 +12,7 @@ import torch
 
 import mlipuq
 from mlipuq import cli, fileio
-from mlipuq.uq import DeepEnsemble, LatentDistance
+from mlipuq.uq import DeepEnsemble, LatentDistance, NoDistanceTermWarning
 from mlipuq.uq import load as load_wrapper
 
 from conftest import ETHANOL_SMALL, tiny_model
@@ -117,6 +117,22 @@ def test_bad_settings_are_refused(fitted_members, sets):
         DeepEnsemble(fitted_members, distance="euclid")
     with pytest.raises(ValueError, match="distance=None"):
         DeepEnsemble(fitted_members, distance=None).fit_distance(*sets[:2])
+
+
+def test_calibrating_without_the_term_warns(fitted_members, sets):
+    """Members built from trained models have no term until ``fit_distance``:
+    calibrating them then warns, naming the fix, and calibrates the members alone;
+    the members alone by choice (``distance=None``) and a fitted term do not warn."""
+    train, val, away = sets
+    with pytest.warns(NoDistanceTermWarning, match=r"fit_distance\(train, val\)"):
+        unfitted = DeepEnsemble(fitted_members).calibrate(val)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoDistanceTermWarning)
+        alone = DeepEnsemble(fitted_members, distance=None).calibrate(val)
+        fitted = DeepEnsemble(fitted_members).fit_distance(train, val).calibrate(val)
+    assert unfitted.distance_ is None and fitted.distance_ is not None
+    a, b = unfitted.predict(away), alone.predict(away)
+    np.testing.assert_array_equal(a.forces_var, b.forces_var)
 
 
 @pytest.mark.parametrize("score", [None, "none"])

@@ -65,7 +65,7 @@ def _wrappers(train, val, models) -> dict:
         "LastLayerLaplace": LastLayerLaplace(base).fit(train),
         "ShallowEnsemble": ShallowEnsemble(base, n_heads=8).fit(train, val, epochs=20, **FAST),
         "EvidentialHead": EvidentialHead(base).fit(*val.split([0.5, 0.5]), epochs=30, **FAST),
-        "DeepEnsemble": DeepEnsemble(models),
+        "DeepEnsemble": DeepEnsemble(models).fit_distance(train, val),  # its default
         "LatentDistance": LatentDistance(base).fit(train, val),
     }
 
@@ -233,7 +233,7 @@ def test_widening_beyond_the_calibration_range(copper):
                               / plain.n_atoms, limits["energy_bound"])):
         assert np.all(got >= base * (1 - 1e-12))
         assert np.all(got <= bound) and np.all(base <= bound)
-    deep = DeepEnsemble(models)
+    deep = DeepEnsemble(models, distance=None)  # the members alone
     a = deep.copy().calibrate(val).predict(far)
     b = deep.copy().calibrate(val, extrapolation=0).predict(far)
     # forces widened by at most r ** 0.75 (less only where the bound saturates them)

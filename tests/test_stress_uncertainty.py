@@ -96,7 +96,7 @@ def wrappers(cu):
                                        distance=None).fit(train),
         "llpr_samples": LastLayerLaplace(make_model(), n_samples=6, force_variance="samples",
                                          energy_posterior="joint", distance=None).fit(train),
-        "deep": DeepEnsemble([make_model(seed=s) for s in range(3)]),
+        "deep": DeepEnsemble([make_model(seed=s) for s in range(3)], distance=None),
         # the heads' own energy members: the default energy term stretches them per
         # structure, and the member stresses stay the heads' (strain derivatives of them)
         "shallow": ShallowEnsemble(make_model(), n_heads=4, init="random",

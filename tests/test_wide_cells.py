@@ -133,7 +133,7 @@ def test_the_deep_ensemble_does_not_warn(narrow):
     """Its members' spread was measured to grow there (docs/shift.md)."""
     _, train, val = narrow
     torch.manual_seed(0)
-    deep = DeepEnsemble([make_model(seed=s) for s in range(2)]).calibrate(val)
+    deep = DeepEnsemble([make_model(seed=s) for s in range(2)], distance=None).calibrate(val)
     assert deep.calibration_width_ < 2 * CUTOFF
     assert _warnings(lambda: deep.predict(_cubic(1, 6, repeat=3))) == []
 

@@ -2,6 +2,7 @@
 
 from mlipuq.uq.base import UQWrapper, load
 from mlipuq.uq.deep_ensemble import DeepEnsemble
+from mlipuq.uq.deep_distance import NoDistanceTermWarning
 from mlipuq.uq.evidential import EvidentialHead
 from mlipuq.uq.latent_distance import LatentDistance
 from mlipuq.uq.llpr import LastLayerLaplace
@@ -14,6 +15,7 @@ __all__ = [
     "EvidentialHead",
     "LastLayerLaplace",
     "LatentDistance",
+    "NoDistanceTermWarning",
     "Prediction",
     "ShallowEnsemble",
     "UQWrapper",

@@ -23,12 +23,33 @@ The term needs the training structures, which members trained elsewhere do not b
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Optional
 
 from mlipuq.uq.latent_distance import LatentDistance
 from mlipuq.prediction import Prediction
 
-__all__ = ["combined_prediction", "fit_term", "load_term", "save_term", "without_term"]
+__all__ = ["NoDistanceTermWarning", "combined_prediction", "fit_term", "load_term",
+           "save_term", "warn_without_term", "without_term"]
+
+
+class NoDistanceTermWarning(UserWarning):
+    """A deep ensemble with a latent-distance term configured (``distance``, the default)
+    but none fitted is calibrated: the members alone, whose spread can miss an error
+    they share under shift."""
+
+
+def warn_without_term(ensemble) -> None:
+    """Warn when ``ensemble`` configures a term (``distance`` not None) it has not fitted
+    (built from trained members, :meth:`~mlipuq.uq.DeepEnsemble.fit_distance` not called)."""
+    if ensemble.distance is None or ensemble.distance_ is not None:
+        return
+    warnings.warn(
+        "DeepEnsemble.calibrate: no latent-distance term fitted, so the members alone are "
+        "calibrated; under shift their spread can miss an error all members share "
+        "(docs/shift.md). Call fit_distance(train, val) first, or build "
+        "DeepEnsemble(models, distance=None) to calibrate the members alone without this "
+        "warning.", NoDistanceTermWarning, stacklevel=3)
 
 
 def without_term(ensemble):

@@ -19,7 +19,6 @@ stress, the strain derivative of its energy (:meth:`mlipuq.models.MLIP.forward`
 with ``stress=True``, in the same pass as its forces); ``stress`` is their
 mean, ``stress_var`` their population variance and ``stress_members`` (K, B, 3,
 3) the members (recentring offsets are constant per atom and do not move them).
-
 Cost: training and prediction are K times those of one model.
 """
 
@@ -418,8 +417,9 @@ class DeepEnsemble(UQWrapper):
         """
         weighting = recentring_weighting(recentre)
         dataset = calibration_data(val)
-        pred = self._recentred_prediction(dataset, weighting)
-        return self._fit_calibration(dataset, pred, method, **options)
+        deep_distance.warn_without_term(self)
+        return self._fit_calibration(dataset, self._recentred_prediction(dataset, weighting),
+                                     method, **options)
 
     def recentre(self, val, recentre=True) -> "DeepEnsemble":
         """Fit the members' per-species energy offsets on ``val`` as :meth:`calibrate`
