@@ -149,7 +149,7 @@ class DeepEnsemble(UQWrapper):
         The score of the latent-distance term (:mod:`mlipuq.uq.deep_distance`; default
         ``"mahalanobis"``, ``"knn"``, None: the members' spread alone) that :meth:`fit`
         fits after training the members and :meth:`fit_distance` around members as they
-        are; an ensemble built from models has none until one of them is called.
+        are; one built from models has none until then (``calibrate`` warns: NoDistanceTermWarning).
 
     Attributes
     ----------
