@@ -443,17 +443,16 @@ class DeepEnsemble(UQWrapper):
             return self.predict(dataset, calibrated=False, composition=False)
         members = self if self.distance_ is None else deep_distance.without_term(self)
         pred = members.predict(dataset, calibrated=False, composition=False)
-        # the offsets, then the same prediction moved by them (one pass)
+        # the offsets; without a term the same prediction moved by them (one pass)
         counts = mdata.composition_matrix(dataset, self.species)
         residuals = dataset.energies[None, :] - pred.energy_members  # (K, B)
         before = self._species_shifts()
         offsets = recentring_offsets(counts, residuals, dataset.n_atoms,
                                      per_atom=weighting != "total")
         self.member_offsets_ = members_only(offsets) if weighting == "members" else offsets
-        pred = shifted_members(pred, counts, self._species_shifts() - before)
-        if self.distance_ is not None:
-            pred = self.predict(dataset, calibrated=False, composition=False)
-        return pred
+        if self.distance_ is not None:  # the term's prediction with the offsets in
+            return self.predict(dataset, calibrated=False, composition=False)
+        return shifted_members(pred, counts, self._species_shifts() - before)
 
     def _composition_drift(self) -> Optional[np.ndarray]:
         """The drift of the ensemble's mean energy (:func:`~mlipuq.uq.recentring.mean_drift`)."""
