@@ -40,37 +40,39 @@ def in_distribution(rows: list[dict], wrapper: str) -> dict:
             if r["wrapper"] == wrapper and r["split"].startswith("in dist")}
 
 
-def own_part(own: list[dict], wrapper: str) -> tuple[list[str], list[str]]:
-    """Per system, the worst own shift of LLPR's rows and ``wrapper``'s; the systems
-    where ``wrapper`` misses a goal."""
+def own_part(own: list[dict], wrapper: str, baseline: str = LLPR
+             ) -> tuple[list[str], list[str]]:
+    """Per system, the worst own shift of ``baseline``'s rows and ``wrapper``'s; the
+    systems where ``wrapper`` misses a goal."""
     lines, misses = [], []
-    for system in sorted({r["system"] for r in shifts_of(own, LLPR)}):
+    for system in sorted({r["system"] for r in shifts_of(own, baseline)}):
         rows = shifts_of(own, wrapper, (system,))
         if not rows or not all(covered(r) for r in rows):
             misses.append(system)
-        lines.append(f"  {system}: worst F / E {worst(shifts_of(own, LLPR, (system,)))} -> "
+        lines.append(f"  {system}: worst F / E {worst(shifts_of(own, baseline, (system,)))} -> "
                      f"{worst(rows) if rows else 'no rows'}")
     return lines, misses
 
 
-def unseen_part(unseen: list[dict], wrapper: str,
-                target: str = "force") -> tuple[list, int, int]:
-    """The unseen splits LLPR's rows covered and ``wrapper``'s miss, and on how many
-    each meets ``target``'s goal."""
-    before = {(r["system"], r["split"]): r for r in shifts_of(unseen, LLPR)}
+def unseen_part(unseen: list[dict], wrapper: str, target: str = "force",
+                baseline: str = LLPR) -> tuple[list, int, int]:
+    """The unseen splits ``baseline``'s rows covered and ``wrapper``'s miss, and on how
+    many each meets ``target``'s goal."""
+    before = {(r["system"], r["split"]): r for r in shifts_of(unseen, baseline)}
     rows = shifts_of(unseen, wrapper)
     newly = [(r["system"], r["split"]) for r in rows
              if covered(before[r["system"], r["split"]]) and not covered(r)]
     met = {w: sum(r[COVER[target]] >= GOALS[target] for r in shifts_of(unseen, w))
-           for w in (LLPR, wrapper)}
-    return newly, met[LLPR], met[wrapper]
+           for w in (baseline, wrapper)}
+    return newly, met[baseline], met[wrapper]
 
 
-def in_dist_part(own: list[dict], wrapper: str) -> tuple[list[str], list[str]]:
-    """Per system, the in-distribution miscalibration, NLLs and sharpness of LLPR's
-    rows and ``wrapper``'s; the systems where ``wrapper`` breaks rule (3)."""
+def in_dist_part(own: list[dict], wrapper: str, baseline: str = LLPR
+                 ) -> tuple[list[str], list[str]]:
+    """Per system, the in-distribution miscalibration, NLLs and sharpness of
+    ``baseline``'s rows and ``wrapper``'s; the systems where ``wrapper`` breaks rule (3)."""
     lines, misses = [], []
-    llpr, rows = in_distribution(own, LLPR), in_distribution(own, wrapper)
+    llpr, rows = in_distribution(own, baseline), in_distribution(own, wrapper)
     for system, row in sorted(rows.items()):
         ref = llpr[system]
         worse = max(row["force_nll"] - ref["force_nll"], row["energy_nll"] - ref["energy_nll"])
