@@ -251,6 +251,10 @@ def fit_wrappers(models, train, val, prefixes=None, cache=None, only=None) -> di
         # benchmarks/llpr_energy_apart.py), and both with twenty validation structures
         "LastLayerLaplace (energy term apart)": lambda: LastLayerLaplace(
             base, energy_combination="max").fit(train, val),
+        # its force term fitted apart, the larger taken (a round, 2026-12-07,
+        # benchmarks/forces_apart.py)
+        "LastLayerLaplace (force term apart)": lambda: LastLayerLaplace(
+            base, force_combination="max").fit(train, val),
         f"LastLayerLaplace ({FEW_VAL} val)": lambda: calibrated_on(
             LastLayerLaplace(base, energy_combination="sum").fit(train, few(val)), few(val)),
         f"LastLayerLaplace (energy term apart; {FEW_VAL} val)": lambda: calibrated_on(

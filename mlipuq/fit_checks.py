@@ -71,12 +71,10 @@ def _check_term_flags(args) -> None:
                          f"latent-distance term), not one of fit {args.method}"
                          + (" --score none" if args.score == "none" else ""))
     for flag in ("energy_combination", "force_combination"):
-        llpr = flag == "energy_combination" and args.method == "llpr"
-        if getattr(args, flag) is not None and (args.method != "shallow" and not llpr
+        if getattr(args, flag) is not None and (args.method not in ("shallow", "llpr")
                                                 or args.score == "none" or args.latent):
-            raise ValueError(f"--{flag.replace('_', '-')} is a shallow"
-                             + (" or llpr" if flag == "energy_combination" else "")
-                             + " option (with its latent-distance term, without --latent), "
+            raise ValueError(f"--{flag.replace('_', '-')} is a shallow or llpr"
+                             " option (with its latent-distance term, without --latent), "
                              f"not one of fit {args.method}"
                              + (" --score none" if args.score == "none" else "")
                              + (" --latent" if args.latent else ""))

@@ -8,7 +8,8 @@ calibrates it on ``--val`` when given, and saves it (:meth:`UQWrapper.save`):
 
 * ``llpr``: :class:`~mlipuq.uq.LastLayerLaplace` (one pass over the data; ``--score``
   adds its latent-distance term, fitted on ``--val``, ``none`` leaves LLPR alone;
-  ``--energy-combination max`` fits the term's energies apart, the larger taken);
+  ``--energy-combination max`` / ``--force-combination max`` fit the term's energies /
+  forces apart, the larger taken);
 * ``shallow``: :class:`~mlipuq.uq.ShallowEnsemble` (``--heads`` heads trained
   by Gaussian NLL on a frozen backbone, and its latent-distance force and energy
   terms, fitted on ``--val``: ``--score`` picks the distance, ``none`` leaves the
@@ -211,7 +212,8 @@ def add_parsers(subparsers) -> None:
     fit.add_argument("--force-combination", choices=("sum", "max"), default=None,
                      help="shallow: the force variance is the heads' plus a latent-distance "
                           "force term fitted jointly on --val (sum, the default), or the "
-                          "larger of the two, each fitted apart (max; docs/ensembles.md)")
+                          "larger of the two, each fitted apart (max; docs/ensembles.md); "
+                          "llpr: the same with LLPR's force variance (docs/llpr.md)")
     fit.add_argument("--latent", choices=("forces", "both"), default=None,
                      help="llpr, shallow, deep: add a latent-distance variance to the fitted "
                           "wrapper's (LatentDistance(model, combine=wrapper)), its map fitted "
@@ -305,8 +307,9 @@ def _method_wrapper(args, models, train, val, progress: bool, reference=None):
             if value is not None}
         if args.latent or args.score is not None:  # else the class's default term
             options["distance"] = None if args.latent else distance
-        if args.energy_combination is not None:
-            options["energy_combination"] = args.energy_combination
+        for key in ("energy_combination", "force_combination"):
+            if getattr(args, key) is not None:
+                options[key] = getattr(args, key)
         return LastLayerLaplace(model, refit_mean=args.refit_mean, **options).fit(
             train, val, batch_size=args.batch_size, **common)
     if args.method == "shallow":  # with --latent, the combination supplies the term
@@ -360,9 +363,12 @@ def _method_rows(wrapper, method: str) -> list:
                 ("energy noise", f"{wrapper.energy_noise_:.4g} eV")]
         if wrapper.forces_noise_ is not None:
             rows.append(("forces noise", f"{wrapper.forces_noise_:.4g} eV/Å"))
-        term, apart = wrapper.distance_, wrapper.energy_combination == "max"
+        term = wrapper.distance_
+        larger = [t for t in ("energy", "forces")
+                  if getattr(wrapper, f"{t.rstrip('s')}_combination") == "max"]
+        apart = f" ({' and '.join(larger)}: the larger)" if larger else ""
         return rows + [("distance", "none (LLPR alone)" if term is None else (
-            f"{wrapper.distance}: λσ²_LLPR + a + b u²{' (energy: the larger)' * apart}; "
+            f"{wrapper.distance}: λσ²_LLPR + a + b u²{apart}; "
             f"λ forces {term.forces_other_scale_:.3g}, "
             f"energy {wrapper._energy_term().energy_other_scale_:.3g}"))]
     if method == "latent":

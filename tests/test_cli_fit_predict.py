@@ -315,8 +315,10 @@ def test_fit_shallow_energy_combination(files, tmp_path, capsys):
         capsys.readouterr().err
     assert "(forces max(λσ²_heads, a + b u²), energies max(" in capsys.readouterr().out
     assert load_wrapper(out).force_combination == "max"
-    assert _fit(files, "llpr", tmp_path / "refused.pt", "--force-combination", "max") == 2
-    assert "--force-combination is a shallow option" in capsys.readouterr().err
+    assert _fit(files, "evidential", tmp_path / "refused.pt", "--force-combination",
+                "max") == 2
+    assert "--force-combination is a shallow or llpr option" in capsys.readouterr().err
+    assert not (tmp_path / "refused.pt").exists()
 
 
 def test_fit_evidential_reference(files, tmp_path, capsys):

@@ -186,6 +186,74 @@ def test_command_line_fits_the_energies_apart(base, ethanol, tmp_path, capsys):
     assert not (tmp_path / "n.pt").exists() and not (tmp_path / "s.pt").exists()
 
 
+def test_forces_fitted_apart_take_the_larger(base, ethanol):
+    """``force_combination="max"``: the energies as the joint fit's; the forces
+    max(λ_F σ²_F,LLPR, latent distance's own), λ_F the maximum-likelihood scale of LLPR's
+    force variance on val (mean r²/σ², by hand) and latent distance's part the same
+    numbers as ``LatentDistance`` alone fitted on the same data. With both targets
+    apart, one term serves both."""
+    train, val, test = ethanol[:10], ethanol[10:14], ethanol[14:]
+    apart = LastLayerLaplace(base, force_combination="max").fit(train, val)
+    joint = LastLayerLaplace(base).fit(train, val)
+    llpr = LastLayerLaplace(base, distance=None).fit(train)
+    a, b = (w.predict(test, calibrated=False) for w in (apart, joint))
+    np.testing.assert_allclose(a.energy_var, b.energy_var, rtol=1e-9)
+    on_val = llpr.predict(val, calibrated=False)
+    scale = np.mean((on_val.forces - val.forces) ** 2 / on_val.forces_var)
+    assert apart.distance_.forces_other_scale_ == pytest.approx(scale, rel=1e-9)
+    latent = LatentDistance(base, structure_covariance="held-out").fit(train, val)
+    term = latent.predict(test, calibrated=False, composition=False).forces_var
+    alone = llpr.predict(test, calibrated=False).forces_var
+    np.testing.assert_allclose(a.forces_var, np.maximum(scale * alone, term), rtol=1e-9)
+    assert np.any(term > scale * alone) and np.any(term < scale * alone)  # both sides taken
+    both = LastLayerLaplace(base, force_combination="max", energy_combination="max").fit(
+        train, val)
+    assert both.energy_distance_ is None  # the forces' term, fitted apart, serves both
+    c = both.predict(test, calibrated=False)
+    np.testing.assert_allclose(c.forces_var, a.forces_var, rtol=1e-9)
+    energy_apart = LastLayerLaplace(base, energy_combination="max").fit(train, val)
+    np.testing.assert_allclose(c.energy_var, energy_apart.predict(
+        test, calibrated=False).energy_var, rtol=1e-9)
+
+
+def test_forces_fitted_apart_survive_save_and_load(base, ethanol, tmp_path, monkeypatch):
+    """The forces' term fitted apart is saved (format 5: version-4 readers would add it
+    to LLPR's variance) and loaded with the energies' joint term; the combinations are
+    in the config and the fingerprint."""
+    apart = LastLayerLaplace(base, force_combination="max").fit(ethanol[:10], ethanol[10:14])
+    apart.calibrate(ethanol[10:14])
+    assert apart._format_version() == 5
+    assert apart.config()["force_combination"] == "max"
+    apart.save(tmp_path / "max.pt")
+    loaded = load(tmp_path / "max.pt")
+    assert (loaded.force_combination, loaded.energy_combination) == ("max", "sum")
+    assert loaded.energy_distance_ is not None
+    a, b = apart.predict(ethanol[14:]), loaded.predict(ethanol[14:])
+    for target in ("energy_var", "forces_var"):
+        np.testing.assert_allclose(getattr(b, target), getattr(a, target), rtol=1e-12)
+    assert loaded.fingerprint() == apart.fingerprint()
+    assert loaded.fingerprint() != LastLayerLaplace(base).fit(
+        ethanol[:10], ethanol[10:14]).fingerprint()
+    monkeypatch.setitem(fileio.CURRENT, "mlipuq.uq", 4)  # a reader from before it
+    with pytest.raises(FileFormatError, match="format version 5 is not supported"):
+        load(tmp_path / "max.pt")
+    with pytest.raises(ValueError, match="force_combination must be one of"):
+        LastLayerLaplace(base, force_combination="product")
+
+
+def test_command_line_fits_the_forces_apart(base, ethanol, tmp_path, capsys):
+    """``mlipuq fit llpr --force-combination max`` is ``force_combination="max"`` (the
+    summary says so)."""
+    from mlipuq import cli
+
+    common = _fit_llpr_args(base, ethanol, tmp_path)
+    assert cli.main(common + ["--force-combination", "max", "--out",
+                              str(tmp_path / "m.pt")]) == 0
+    assert "(forces: the larger)" in capsys.readouterr().out
+    _assert_as_python_fit(tmp_path / "m.pt", base, ethanol, "forces_var",
+                          force_combination="max")
+
+
 def _assert_as_python_fit(path, base, ethanol, target: str, **options) -> None:
     """The wrapper the command line saved at ``path`` predicts the uncalibrated
     ``target`` variances of ``LastLayerLaplace(base, **options)`` fitted in Python on

@@ -139,10 +139,10 @@ class LastLayerLaplace(LatentTerm, PosteriorMean, DirectHeadPosterior, EnergyQue
         al.'s, the default before; files saved before load so); the other two are
         LatentDistance's ``ridge_scale`` and ``features`` (None: its defaults). Pass
         ``fit`` the held-out ``val`` the term is fitted on.
-    energy_combination
-        How the term's energy variance joins LLPR's: ``"sum"`` (fitted jointly, as the
-        forces'; kept by a round of 2026-12-07, docs/llpr.md) or ``"max"`` (fitted
-        apart, the larger taken; module notes: the better with tens of ``val`` structures).
+    energy_combination, force_combination
+        How the term's energy (force) variance joins LLPR's: ``"sum"`` (fitted jointly;
+        the energies' kept by a round of 2026-12-07, docs/llpr.md) or ``"max"`` (fitted
+        apart, the larger taken; the energies' the better with tens of ``val`` structures).
 
     The force head is the model's ``force_mode`` at :meth:`fit`: with
     ``"direct"`` (a model with a direct force head) the force uncertainty
@@ -190,10 +190,11 @@ class LastLayerLaplace(LatentTerm, PosteriorMean, DirectHeadPosterior, EnergyQue
         distance_ridge_scale: Optional[str] = None,
         distance_features: Optional[str] = None,
         energy_combination: str = "sum",
+        force_combination: str = "sum",
     ):
         self.model = _check_model(model)
         self._set_term(self.model, distance, distance_ridge_scale, distance_features,
-                       energy_combination)
+                       energy_combination, force_combination)
         if isinstance(prior_precision, str):
             if prior_precision != "auto":
                 raise ValueError(

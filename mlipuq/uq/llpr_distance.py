@@ -23,7 +23,12 @@ by latent distance's own NLL on ``val``, :math:`\\lambda_E` by that of LLPR's en
 variance alone, and the larger of the two taken,
 :math:`\\sigma^2_E = \\max(\\lambda_E\\,\\sigma^2_{E,\\rm LLPR}, n^2 (a_E + b_E U^2))`
 (the forces' term stays the joint fit); three parameters fitted jointly on a few held-out
-energies can drop LLPR's variance altogether (λ_E = 0 on the demo's twenty). The
+energies can drop LLPR's variance altogether (λ_E = 0 on the demo's twenty).
+``force_combination="max"`` does the same for the forces,
+:math:`\\sigma^2_F = \\max(\\lambda_F\\,\\sigma^2_{F,\\rm LLPR}, a_F + b_F u_i^2)` (the
+term passes on its whole growth away from the data, not the share a joint fit gives
+it); the energies then keep ``energy_combination``'s: with ``"sum"`` a joint fit of
+their own, with ``"max"`` the forces' term fitted apart. The
 members (posterior samples) are stretched to the combined variances; the stress and its
 variance stay LLPR's. Without the term (``distance=None``) LLPR is Bigi et al.'s,
 unchanged.
@@ -56,19 +61,21 @@ class LatentTerm:
     #: (energies ``r ** 0.75``, forces ``r ** 0.5``; docs/shift.md), whose variance the
     #: term is.
     all_layers_extrapolation = LatentDistance.all_layers_extrapolation
-    distance_: Optional[LatentDistance] = None
-    energy_distance_: Optional[LatentDistance] = None  # energy_combination="max"'s
+    distance_: Optional[LatentDistance] = None  # the term the forces read
+    energy_distance_: Optional[LatentDistance] = None  # the energies' where it differs
 
     def _set_term(self, model, distance, distance_ridge_scale, distance_features,
-                  energy_combination="sum") -> None:
+                  energy_combination="sum", force_combination="sum") -> None:
         """Check and keep the term's settings (``ValueError`` naming the argument)."""
         if distance is not None and distance not in _SCORES:
             raise ValueError(f"distance must be None or one of {_SCORES}, got {distance!r}")
-        if energy_combination not in COMBINATIONS:
-            raise ValueError(f"energy_combination must be one of {COMBINATIONS}, "
-                             f"got {energy_combination!r}")
+        for name, value in (("energy_combination", energy_combination),
+                            ("force_combination", force_combination)):
+            if value not in COMBINATIONS:
+                raise ValueError(f"{name} must be one of {COMBINATIONS}, got {value!r}")
         self.distance = distance
         self.energy_combination = energy_combination
+        self.force_combination = force_combination
         self.distance_ridge_scale = check_ridge_scale(distance_ridge_scale, distance,
                                                       "distance_ridge_scale")
         self.distance_features = latent_features.check_term_features(distance_features,
@@ -86,7 +93,8 @@ class LatentTerm:
         """The settings :meth:`config` records: none without a term (files as before)."""
         if self.distance is None:
             return {}
-        apart = {"energy_combination": "max"} if self.energy_combination == "max" else {}
+        apart = {name: "max" for name in ("energy_combination", "force_combination")
+                 if getattr(self, name) == "max"}
         return {"distance": self.distance, "distance_ridge_scale": self.distance_ridge_scale,
                 "distance_features": self.distance_features,
                 **apart}  # (only then: the configs and fingerprints of files before it)
@@ -111,12 +119,16 @@ class LatentTerm:
                        progress=progress, ridge_scale=self.distance_ridge_scale,
                        features=self.distance_features)
         structure = {"structure_covariance": "held-out"}  # the energies' distance
-        apart = self.energy_combination == "max"  # both fitted around LLPR alone
-        forces = fit_distance_term(self, train, val, **(
-            {"energy_distance": None} if apart else structure), **options)
-        energies = fit_distance_term(self, train, val, combination="max", **structure,
-                                     **options) if apart else None
-        self.distance_, self.energy_distance_ = forces, energies
+        combinations = (self.force_combination, self.energy_combination)
+        joint = None  # both fitted around LLPR alone, the joint one for the target(s) that sum
+        if "sum" in combinations:
+            joint = fit_distance_term(self, train, val, **(
+                {"energy_distance": None} if self.energy_combination == "max" else structure),
+                **options)
+        apart = fit_distance_term(self, train, val, combination="max", **structure,
+                                  **options) if "max" in combinations else None
+        forces, energies = (joint if c == "sum" else apart for c in combinations)
+        self.distance_, self.energy_distance_ = forces, None if energies is forces else energies
 
     def _predict_batch(self, batch: mdata.Batch, stress: bool = False) -> dict:
         """The host's ``_posterior_batch`` with the term's variance: the term reads the
@@ -135,8 +147,8 @@ class LatentTerm:
             return result
         energy_var, atom_var, force_var = self._term_parts(batch, phi)
         out = dict(result)
-        out["forces_var"] = _added("sum", term.forces_other_scale_, result["forces_var"],
-                                   np.asarray(force_var)[:, None])
+        out["forces_var"] = _added(self.force_combination, term.forces_other_scale_,
+                                   result["forces_var"], np.asarray(force_var)[:, None])
         if self.energy_distance_ is not None:  # the energies' own term
             energy_var, atom_var, _ = self._term_parts(batch, phi, self.energy_distance_)
         scale = self._energy_term().energy_other_scale_
@@ -154,8 +166,10 @@ class LatentTerm:
         return out
 
     def _format_version(self) -> int:  # 3: version-2 readers would drop the term, 4: ...
-        if self.distance_ is None:  # ... version-3 readers the energies' own term
-            return 2
+        if self.distance_ is None:  # ... version-3 readers the energies' own term, 5: ...
+            return 2  # ... version-4 readers would add the forces' term fitted apart
+        if self.force_combination == "max":
+            return 5
         return 3 if self.energy_distance_ is None else 4
 
     def _set_models(self, models) -> None:
@@ -205,9 +219,10 @@ class LatentTerm:
                 ridge_scale=self.distance_ridge_scale, features=self.distance_features)
 
         self.distance_ = loaded(term)
-        energies = state.get("energy_distance")  # absent: the joint fit (files before it)
+        energies = state.get("energy_distance")  # absent: the forces' term serves both
         self.energy_distance_ = None if energies is None else loaded(energies)
-        self.energy_combination = "sum" if energies is None else "max"
+        if self.force_combination == "sum":  # the energies' own term is the apart one
+            self.energy_combination = "sum" if energies is None else "max"
 
 
 def _added(combination: str, scale: float, own, latent: np.ndarray) -> torch.Tensor:
