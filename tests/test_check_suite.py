@@ -45,6 +45,8 @@ def _mini_cases(members, data):
         "shallow": (ShallowEnsemble(base, n_heads=8), dict(epochs=20, seed=0, **FAST)),
         "shallow-energy-term": (ShallowEnsemble(base, n_heads=8, energy_combination="max"),
                                 dict(epochs=20, seed=0, **FAST)),
+        "shallow-forces-max": (ShallowEnsemble(base, n_heads=8, force_combination="max"),
+                               dict(epochs=20, seed=0, **FAST)),
         "evidential": (EvidentialHead(base), dict(epochs=4, lr=2e-2, seed=0, **FAST)),
         "evidential-separate": (EvidentialHead(base, energy_evidence="separate"),
                                 dict(epochs=4, lr=2e-2, seed=0, **FAST)),
@@ -57,7 +59,7 @@ def _mini_cases(members, data):
 
 @pytest.mark.parametrize(
     "name",
-    ["llpr", "llpr-samples", "shallow", "shallow-energy-term", "evidential",
+    ["llpr", "llpr-samples", "shallow", "shallow-energy-term", "shallow-forces-max", "evidential",
      "evidential-separate", "deep", "deep-term", "latent"],
 )
 def test_every_wrapper_passes_the_check_suite(name, members, ethanol):

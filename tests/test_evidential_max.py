@@ -12,7 +12,7 @@ from conftest import ETHANOL_SMALL
 from mlipuq.models.mini import MiniMLIP
 from mlipuq.uq import LatentDistance
 from mlipuq.uq import base as uq_base
-from mlipuq.uq.distance_term import combine_variances
+from mlipuq.uq.distance_term import combine_force_variances, combine_variances
 from mlipuq.uq.evidential import EvidentialHead
 
 RAW = dict(calibrated=False, composition=False)
@@ -42,6 +42,27 @@ def test_combine_variances_by_hand():
     np.testing.assert_array_equal(combine_variances("max", 2.0, own, term), [3.0, 8.0])
     tensor = combine_variances("max", 0.5, torch.tensor(own), torch.tensor(term))
     np.testing.assert_array_equal(tensor.numpy(), [3.0, 2.0])
+
+
+def test_combine_force_variances_by_hand_and_under_rotation():
+    """Forces: ``"max"`` per atom on the mean component variance, the own components
+    stretched by one factor (by hand); an atom without own variance gets the term's in
+    every component; the atom's total is the same for a rotated covariance's diagonal."""
+    own = torch.tensor([[1.0, 2.0, 3.0], [4.0, 4.0, 4.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    term = torch.tensor([[6.0], [1.0], [2.0]], dtype=torch.float64)
+    np.testing.assert_allclose(combine_force_variances("sum", 2.0, own, term).numpy(),
+                               [[8, 10, 12], [9, 9, 9], [2, 2, 2]])
+    # atom 0: λ·mean = 4 < 6, stretched by 1.5; atom 1: 8 > 1, kept; atom 2: the term's
+    np.testing.assert_allclose(combine_force_variances("max", 2.0, own, term).numpy(),
+                               [[3, 6, 9], [8, 8, 8], [2, 2, 2]])
+    cov = torch.diag(torch.tensor([1.0, 2.0, 9.0], dtype=torch.float64))
+    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0),
+                                       dtype=torch.float64))
+    diagonals = torch.stack([torch.diagonal(cov), torch.diagonal(q @ cov @ q.T)])
+    totals = combine_force_variances("max", 1.0, diagonals, torch.full((2, 1), 5.0,
+                                                                       dtype=torch.float64))
+    assert totals.sum(dim=1)[0].item() == pytest.approx(totals.sum(dim=1)[1].item(), rel=1e-12)
+    assert totals.sum(dim=1)[0].item() == pytest.approx(15.0)  # the term's 5 > mean 4
 
 
 def test_scales_are_the_nig_variances_own_likelihood(heads, data):

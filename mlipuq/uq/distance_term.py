@@ -33,8 +33,8 @@ from mlipuq import distributed as mdist
 from mlipuq.uq import latent_features
 from mlipuq.uq.latent_distance import LatentDistance
 
-__all__ = ["COMBINATIONS", "combine_variances", "fit_distance_term", "load_distance_term",
-           "own_scale", "term_variances"]
+__all__ = ["COMBINATIONS", "combine_force_variances", "combine_variances", "fit_distance_term",
+           "load_distance_term", "own_scale", "term_variances"]
 
 #: How a term's variance joins the wrapper's: a sum fitted jointly, or the larger of two
 #: fitted apart (module notes).
@@ -120,6 +120,25 @@ def combine_variances(combination: str, scale: float, own, term):
         return scale * own + term
     scaled = scale * own
     return scaled + (term - scaled).clip(min=0)
+
+
+def combine_force_variances(combination: str, scale: float, own: torch.Tensor,
+                            term: torch.Tensor) -> torch.Tensor:
+    """The combined force variances (N, 3) from the wrapper's ``own`` (N, 3, per
+    component) and the term's ``term`` (N, 1, the same for every component).
+
+    ``"sum"``: ``scale × own + term``. ``"max"``: per atom the larger of the two mean
+    component variances, λ·mean_c σ²_own and the term's, with the atom's own components
+    stretched by one factor to reach it (where the own variance is zero, the term's in
+    every component). A componentwise maximum would not do: the atom's total variance
+    would then change when the structure is rotated (the check suite's invariance)."""
+    if combination == "sum":
+        return scale * own + term
+    scaled = scale * own
+    mean = scaled.mean(dim=-1, keepdim=True)
+    larger = torch.maximum(mean, term)
+    return torch.where(mean > 0, scaled * (larger / mean.clamp(min=torch.finfo(mean.dtype).tiny)),
+                       larger.expand_as(scaled))
 
 
 def load_distance_term(model, score: str, state: dict,

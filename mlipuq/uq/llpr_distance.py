@@ -24,11 +24,13 @@ variance alone, and the larger of the two taken,
 :math:`\\sigma^2_E = \\max(\\lambda_E\\,\\sigma^2_{E,\\rm LLPR}, n^2 (a_E + b_E U^2))`
 (the forces' term stays the joint fit); three parameters fitted jointly on a few held-out
 energies can drop LLPR's variance altogether (λ_E = 0 on the demo's twenty).
-``force_combination="max"`` does the same for the forces,
-:math:`\\sigma^2_F = \\max(\\lambda_F\\,\\sigma^2_{F,\\rm LLPR}, a_F + b_F u_i^2)` (the
-term passes on its whole growth away from the data, not the share a joint fit gives
-it); the energies then keep ``energy_combination``'s: with ``"sum"`` a joint fit of
-their own, with ``"max"`` the forces' term fitted apart. The
+``force_combination="max"`` does the same for the forces, per atom: the larger of
+:math:`\\lambda_F` times the mean of LLPR's three component variances and
+:math:`a_F + b_F u_i^2`, LLPR's components stretched by one factor to reach it
+(:func:`~mlipuq.uq.distance_term.combine_force_variances`; the term passes on its whole
+growth away from the data, not the share a joint fit gives it); the energies then keep
+``energy_combination``'s: with ``"sum"`` a joint fit of their own, with ``"max"`` the
+forces' term fitted apart. The
 members (posterior samples) are stretched to the combined variances; the stress and its
 variance stay LLPR's. Without the term (``distance=None``) LLPR is Bigi et al.'s,
 unchanged.
@@ -46,8 +48,8 @@ from mlipuq import data as mdata
 from mlipuq.calibration.recalibrate import stretch_members
 from mlipuq.errors import user_stacklevel
 from mlipuq.uq import latent_features
-from mlipuq.uq.distance_term import (COMBINATIONS, combine_variances, fit_distance_term,
-                                     load_distance_term)
+from mlipuq.uq.distance_term import (COMBINATIONS, combine_force_variances, combine_variances,
+                                     fit_distance_term, load_distance_term)
 from mlipuq.uq.latent_distance import _SCORES, LatentDistance, check_ridge_scale
 
 __all__ = ["LatentTerm"]
@@ -148,7 +150,8 @@ class LatentTerm:
         energy_var, atom_var, force_var = self._term_parts(batch, phi)
         out = dict(result)
         out["forces_var"] = _added(self.force_combination, term.forces_other_scale_,
-                                   result["forces_var"], np.asarray(force_var)[:, None])
+                                   result["forces_var"], np.asarray(force_var)[:, None],
+                                   combine=combine_force_variances)
         if self.energy_distance_ is not None:  # the energies' own term
             energy_var, atom_var, _ = self._term_parts(batch, phi, self.energy_distance_)
         scale = self._energy_term().energy_other_scale_
@@ -225,12 +228,13 @@ class LatentTerm:
             self.energy_combination = "sum" if energies is None else "max"
 
 
-def _added(combination: str, scale: float, own, latent: np.ndarray) -> torch.Tensor:
-    """``scale × own + latent`` (``"sum"``) or the larger of the two (``"max"``) as
-    float64 on ``own``'s device."""
+def _added(combination: str, scale: float, own, latent: np.ndarray,
+           combine=combine_variances) -> torch.Tensor:
+    """``scale × own + latent`` (``"sum"``) or the larger of the two (``"max"``, by
+    ``combine``: the forces' per atom) as float64 on ``own``'s device."""
     own = torch.as_tensor(own, dtype=torch.float64)
-    return combine_variances(combination, scale, own,
-                             torch.as_tensor(latent, dtype=torch.float64, device=own.device))
+    return combine(combination, scale, own,
+                   torch.as_tensor(latent, dtype=torch.float64, device=own.device))
 
 
 def _numpy(x) -> np.ndarray:

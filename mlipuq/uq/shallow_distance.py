@@ -6,8 +6,11 @@ to two :class:`~mlipuq.uq.LatentDistance` terms (:mod:`mlipuq.uq.distance_term`)
 * **the force term** (``distance_``), fitted jointly with the heads' force variance,
   :math:`\\sigma^2_{F,ic} = \\lambda_F\\,\\sigma^2_{{\\rm heads},ic} + a_F + b_F u_i^2`;
   with ``force_combination="max"`` fitted apart instead (the energy term's fit, below)
-  and the larger taken, :math:`\\max(\\lambda_F\\,\\sigma^2_{{\\rm heads},ic},
-  a_F + b_F u_i^2)`;
+  and the larger taken per atom, of :math:`\\lambda_F` times the mean of the atom's
+  three component variances and :math:`a_F + b_F u_i^2`, the heads' components stretched
+  by one factor to reach it
+  (:func:`~mlipuq.uq.distance_term.combine_force_variances`; componentwise, as before
+  2026-12-07, the atom's total variance changed when the structure was rotated);
 * **the energy term** (``energy_distance_``, ``energy_combination="max"``), fitted
   apart from the heads on the same held-out data (:math:`a_E, b_E` as
   :class:`~mlipuq.uq.LatentDistance` alone fits them by default: distances to the
@@ -34,8 +37,8 @@ import torch
 from mlipuq import data as mdata
 from mlipuq.calibration.recalibrate import stretch_members
 from mlipuq.errors import user_stacklevel
-from mlipuq.uq.distance_term import (COMBINATIONS, combine_variances, fit_distance_term,
-                                     term_variances)
+from mlipuq.uq.distance_term import (COMBINATIONS, combine_force_variances, combine_variances,
+                                     fit_distance_term, term_variances)
 
 __all__ = ["ENERGY_COMBINATIONS", "FORCE_COMBINATIONS", "check_energy_combination",
            "check_force_combination", "fit_terms", "with_terms"]
@@ -104,9 +107,9 @@ def with_terms(ensemble, features: torch.Tensor, batch: mdata.Batch, statistics:
     out = dict(statistics)
     if ensemble.distance_ is not None:
         _, latent = term_variances(ensemble.distance_, features, batch)
-        total = combine_variances(ensemble.force_combination,
-                                  ensemble.distance_.forces_other_scale_, out["forces_var"],
-                                  torch.from_numpy(latent)[:, None])
+        total = combine_force_variances(ensemble.force_combination,
+                                        ensemble.distance_.forces_other_scale_,
+                                        out["forces_var"], torch.from_numpy(latent)[:, None])
         out["forces_members"] = _stretched(out["forces_members"], out["forces"], total,
                                            out["forces_var"])
         out["forces_var"] = total
