@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import os
 
-from llpr_term import in_dist_part, own_part, read_rows, unseen_part
+import llpr_term
+from llpr_term import read_rows
 from shift_unseen import sharpness, shifts_of
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,20 +36,13 @@ PAIRS = {"LastLayerLaplace": "LastLayerLaplace (force term apart)",
 
 
 def verdict(own: list[dict], unseen: list[dict], default: str, candidate: str) -> list[str]:
-    """The rule's parts for one wrapper, and whether the candidate passes."""
-    lines, own_misses = own_part(own, candidate, baseline=default)
-    dist_lines, dist_misses = in_dist_part(own, candidate, baseline=default)
-    newly, met_before, met = unseen_part(unseen, candidate, baseline=default)
-    passes = not own_misses and not newly and met > met_before and not dist_misses
+    """The rule's parts for one wrapper (``llpr_term.verdict`` against its default),
+    with the forces' sharpness far out before the verdict."""
+    lines = llpr_term.verdict(own, unseen, candidate, baseline=default)
     far = {w: sharpness(shifts_of(unseen, w), "force") for w in (default, candidate)}
-    return lines + dist_lines + [
-        f"  (1) own shifts missed: {own_misses or 'none'}",
-        f"  (2) unseen splits newly missed: {newly or 'none'}; force goal met on "
-        f"{met_before} -> {met} of {len(shifts_of(unseen, candidate))}",
-        f"  (3) in distribution missed: {dist_misses or 'none'}",
-        f"  far out: median F std / MAE over the unseen splits {far[default]:.2f} -> "
-        f"{far[candidate]:.2f} (for information)",
-        f"  passes: {passes}"]
+    return lines[:-1] + [f"  far out: median F std / MAE over the unseen splits "
+                         f"{far[default]:.2f} -> {far[candidate]:.2f} (for information)",
+                         lines[-1]]
 
 
 def main(argv=None) -> None:

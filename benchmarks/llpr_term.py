@@ -86,14 +86,16 @@ def in_dist_part(own: list[dict], wrapper: str, baseline: str = LLPR
     return lines, misses
 
 
-def verdict(own: list[dict], unseen: list[dict], wrapper: str) -> list[str]:
-    lines, own_misses = own_part(own, wrapper)
-    dist_lines, dist_misses = in_dist_part(own, wrapper)
+def verdict(own: list[dict], unseen: list[dict], wrapper: str,
+            baseline: str = LLPR) -> list[str]:
+    """The rule's parts for ``wrapper`` against ``baseline``, and whether it passes."""
+    lines, own_misses = own_part(own, wrapper, baseline)
+    dist_lines, dist_misses = in_dist_part(own, wrapper, baseline)
     lines += dist_lines + [f"  (1) own shifts missed: {own_misses or 'none'}"]
     if not shifts_of(unseen, wrapper):  # (the fit(train) rows: own shifts only)
         return lines + ["  (2) unseen kinds: no rows",
                         f"  (3) in distribution missed: {dist_misses or 'none'}"]
-    newly, met_before, met = unseen_part(unseen, wrapper)
+    newly, met_before, met = unseen_part(unseen, wrapper, baseline=baseline)
     passes = not own_misses and not newly and met > met_before and not dist_misses
     return lines + [
         f"  (2) unseen splits newly missed: {newly or 'none'}; force goal met on "

@@ -125,20 +125,10 @@ def test_energies_fitted_apart_take_the_larger(base, ethanol):
     max(λ_E σ²_LLPR, latent distance's own), λ_E the maximum-likelihood scale of LLPR's
     energy variance on val (mean r²/σ², by hand) and latent distance's part the same
     numbers as ``LatentDistance`` alone fitted on the same data."""
-    train, val, test = ethanol[:10], ethanol[10:14], ethanol[14:]
-    apart = LastLayerLaplace(base, energy_combination="max").fit(train, val)
-    joint = LastLayerLaplace(base).fit(train, val)
-    llpr = LastLayerLaplace(base, distance=None).fit(train)
-    a, b = (w.predict(test, calibrated=False) for w in (apart, joint))
-    np.testing.assert_allclose(a.forces_var, b.forces_var, rtol=1e-9)
-    on_val = llpr.predict(val, calibrated=False)
-    scale = np.mean((on_val.energy - val.energies) ** 2 / on_val.energy_var)
+    apart, a, scale, term, alone = _fitted_apart(base, ethanol, "energy")
     assert apart.energy_distance_.energy_other_scale_ == pytest.approx(scale, rel=1e-9)
-    latent = LatentDistance(base, structure_covariance="held-out").fit(train, val)
-    term = latent.predict(test, calibrated=False, composition=False).energy_var
-    alone = llpr.predict(test, calibrated=False).energy_var
     np.testing.assert_allclose(a.energy_var, np.maximum(scale * alone, term), rtol=1e-9)
-    energy, var = apart.predict_energy(test)  # (not calibrated)
+    energy, var = apart.predict_energy(ethanol[14:])  # (not calibrated)
     np.testing.assert_allclose(var, a.energy_var, rtol=1e-9)
 
 
@@ -188,23 +178,15 @@ def test_command_line_fits_the_energies_apart(base, ethanol, tmp_path, capsys):
 
 
 def test_forces_fitted_apart_take_the_larger(base, ethanol):
-    """``force_combination="max"``: the energies as the joint fit's; the forces
-    max(λ_F σ²_F,LLPR, latent distance's own), λ_F the maximum-likelihood scale of LLPR's
+    """``force_combination="max"``: the energies as the joint fit's; per atom the larger
+    of λ_F × LLPR's mean component variance and latent distance's own, LLPR's components
+    stretched by one factor to it, λ_F the maximum-likelihood scale of LLPR's
     force variance on val (mean r²/σ², by hand) and latent distance's part the same
     numbers as ``LatentDistance`` alone fitted on the same data. With both targets
     apart, one term serves both."""
     train, val, test = ethanol[:10], ethanol[10:14], ethanol[14:]
-    apart = LastLayerLaplace(base, force_combination="max").fit(train, val)
-    joint = LastLayerLaplace(base).fit(train, val)
-    llpr = LastLayerLaplace(base, distance=None).fit(train)
-    a, b = (w.predict(test, calibrated=False) for w in (apart, joint))
-    np.testing.assert_allclose(a.energy_var, b.energy_var, rtol=1e-9)
-    on_val = llpr.predict(val, calibrated=False)
-    scale = np.mean((on_val.forces - val.forces) ** 2 / on_val.forces_var)
+    apart, a, scale, term, alone = _fitted_apart(base, ethanol, "forces")
     assert apart.distance_.forces_other_scale_ == pytest.approx(scale, rel=1e-9)
-    latent = LatentDistance(base, structure_covariance="held-out").fit(train, val)
-    term = latent.predict(test, calibrated=False, composition=False).forces_var
-    alone = llpr.predict(test, calibrated=False).forces_var
     mean = (scale * alone).mean(axis=1, keepdims=True)  # per atom, by hand
     np.testing.assert_allclose(a.forces_var, scale * alone * np.maximum(mean, term[:, :1]) / mean,
                                rtol=1e-9)
@@ -255,6 +237,30 @@ def test_command_line_fits_the_forces_apart(base, ethanol, tmp_path, capsys):
     assert "(forces: the larger)" in capsys.readouterr().out
     _assert_as_python_fit(tmp_path / "m.pt", base, ethanol, "forces_var",
                           force_combination="max")
+
+
+def _fitted_apart(base, ethanol, target: str):
+    """LLPR with ``target``'s term fitted apart (``"energy"`` or ``"forces"``) on train
+    ethanol[:10] and val ethanol[10:14], after checking that the other target's
+    uncalibrated variances on the test structures ethanol[14:] are the joint fit's.
+    Returns the wrapper, its test prediction, λ by hand (mean r²/σ² of LLPR alone's
+    ``target`` on val), latent distance alone's ``target`` variances fitted on the same
+    data, and LLPR alone's."""
+    train, val, test = ethanol[:10], ethanol[10:14], ethanol[14:]
+    other = {"energy": "forces", "forces": "energy"}[target]
+    apart = LastLayerLaplace(base, **{f"{target.rstrip('s')}_combination": "max"}).fit(
+        train, val)
+    a, b = (w.predict(test, calibrated=False)
+            for w in (apart, LastLayerLaplace(base).fit(train, val)))
+    np.testing.assert_allclose(getattr(a, f"{other}_var"), getattr(b, f"{other}_var"),
+                               rtol=1e-9)
+    llpr = LastLayerLaplace(base, distance=None).fit(train)
+    on_val = llpr.predict(val, calibrated=False)
+    truth = val.energies if target == "energy" else val.forces
+    scale = np.mean((getattr(on_val, target) - truth) ** 2 / getattr(on_val, f"{target}_var"))
+    latent = LatentDistance(base, structure_covariance="held-out").fit(train, val)
+    term = getattr(latent.predict(test, calibrated=False, composition=False), f"{target}_var")
+    return apart, a, scale, term, getattr(llpr.predict(test, calibrated=False), f"{target}_var")
 
 
 def _assert_as_python_fit(path, base, ethanol, target: str, **options) -> None:
