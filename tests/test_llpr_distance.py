@@ -156,17 +156,18 @@ def test_energies_fitted_apart_survive_save_and_load(base, ethanol, tmp_path, mo
         LastLayerLaplace(base, energy_combination="product")
 
 
-def test_command_line_fits_the_energies_apart(base, ethanol, tmp_path, capsys):
-    """``mlipuq fit llpr --energy-combination max`` is ``energy_combination="max"`` (the
-    summary says so); a value another method's alone is refused by name."""
+def test_command_line_fits_the_targets_apart(base, ethanol, tmp_path, capsys):
+    """``mlipuq fit llpr --energy-combination max`` is ``energy_combination="max"`` and
+    ``--force-combination max`` is ``force_combination="max"`` (the summary says so); a
+    value another method's alone is refused by name."""
     from mlipuq import cli
 
     common = _fit_llpr_args(base, ethanol, tmp_path)
-    assert cli.main(common + ["--energy-combination", "max", "--out",
-                              str(tmp_path / "m.pt")]) == 0
-    assert "(energy: the larger)" in capsys.readouterr().out
-    _assert_as_python_fit(tmp_path / "m.pt", base, ethanol, "energy_var",
-                          energy_combination="max")
+    for target, option in (("energy", "energy_combination"), ("forces", "force_combination")):
+        path = str(tmp_path / f"{target}.pt")
+        assert cli.main(common + [f"--{option.replace('_', '-')}", "max", "--out", path]) == 0
+        assert f"({target}: the larger)" in capsys.readouterr().out
+        _assert_as_python_fit(path, base, ethanol, f"{target}_var", **{option: "max"})
     assert cli.main(common + ["--energy-combination", "none", "--out",
                               str(tmp_path / "n.pt")]) == 2
     assert "--energy-combination none is not one of fit llpr's: sum, max" in \
@@ -224,19 +225,6 @@ def test_forces_fitted_apart_survive_save_and_load(base, ethanol, tmp_path, monk
         load(tmp_path / "max.pt")
     with pytest.raises(ValueError, match="force_combination must be one of"):
         LastLayerLaplace(base, force_combination="product")
-
-
-def test_command_line_fits_the_forces_apart(base, ethanol, tmp_path, capsys):
-    """``mlipuq fit llpr --force-combination max`` is ``force_combination="max"`` (the
-    summary says so)."""
-    from mlipuq import cli
-
-    common = _fit_llpr_args(base, ethanol, tmp_path)
-    assert cli.main(common + ["--force-combination", "max", "--out",
-                              str(tmp_path / "m.pt")]) == 0
-    assert "(forces: the larger)" in capsys.readouterr().out
-    _assert_as_python_fit(tmp_path / "m.pt", base, ethanol, "forces_var",
-                          force_combination="max")
 
 
 def _fitted_apart(base, ethanol, target: str):
