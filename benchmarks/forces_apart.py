@@ -6,7 +6,7 @@ of the same runs, by the rule fixed before them.
 
     python benchmarks/forces_apart.py
 
-Why: on AgPd's 108-atom cells (unseen kinds, seen since 2026-12-06) LLPR's and the
+Why: on AgPd's 108-atom cells (unseen kinds, looked at since 2026-12-05) LLPR's and the
 shallow ensemble's forces cover 0.892 and 0.896, latent distance alone's 0.953; a
 joint fit of λ_F σ²_own + a_F + b_F u² passes on only the term's share of its growth.
 
