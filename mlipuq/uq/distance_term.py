@@ -133,7 +133,7 @@ def combine_force_variances(combination: str, scale: float, own: torch.Tensor,
     every component). A componentwise maximum would not do: the atom's total variance
     would then change when the structure is rotated (the check suite's invariance)."""
     if combination == "sum":
-        return scale * own + term
+        return combine_variances("sum", scale, own, term)
     scaled = scale * own
     mean = scaled.mean(dim=-1, keepdim=True)
     larger = torch.maximum(mean, term)
