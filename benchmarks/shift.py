@@ -266,6 +266,19 @@ def part_models(part: str, train, val, args, n_models: int) -> tuple[list, Optio
     return models, cache and (os.path.join(cache, "refit") if refit else cache)
 
 
+def seed_models(part: str, train, val, args, n_models: int) -> tuple[list, Optional[str]]:
+    """:func:`part_models`, or with ``args.base_seed`` K > 0 base model K alone (the single
+    models on another fit) and its heads' own folder."""
+    seed = args.base_seed
+    models, heads = part_models(part, train, val, args, max(n_models, seed + 1))
+    if not seed:
+        return models, heads
+    heads = heads and os.path.join(heads, f"seed{seed}")
+    if heads:
+        os.makedirs(heads, exist_ok=True)
+    return [models[seed]], heads
+
+
 def wants_deep(args) -> bool:
     """Whether ``--wrappers`` and ``--only`` select the deep ensemble (all its members),
     alone or combined with a latent-distance term."""
@@ -299,15 +312,7 @@ def run_part(part: str, args) -> list[dict]:
         calib = concatenate([val, frontier[: args.frontier]])
         suffix = f" + {args.frontier} frontier ({name})"
     # the deep ensemble needs every member, the other wrappers the first base model
-    deep = wants_deep(args)
-    seed = args.base_seed
-    n_models = max(args.members if deep else 1, seed + 1)
-    models, heads = part_models(part, train, val, args, n_models)
-    if seed:  # the single models on another base model; its heads in their own folder
-        models = [models[seed]]
-        heads = heads and os.path.join(heads, f"seed{seed}")
-        if heads:
-            os.makedirs(heads, exist_ok=True)
+    models, heads = seed_models(part, train, val, args, args.members if wants_deep(args) else 1)
     fitted = fit_wrappers(models, train, val, args.wrappers, heads, args.only)
     if args.fit_only:
         return []
@@ -347,7 +352,7 @@ def run_part(part: str, args) -> list[dict]:
                 row = {"system": part, "wrapper": wrapper_name, "method": method + suffix,
                        "split": split, "defaults": (defaults_of(wrapper_name, part)
                                                     if args.strain_term else "no strain term"),
-                       "base_seed": seed, **tagged,
+                       "base_seed": args.base_seed, **tagged,
                        "refit_references": args.refit_references,
                        "widening_cap": {key: None if np.isinf(cap) else cap for key, cap
                                         in wrapper.recalibrator_.widening_cap.items()},

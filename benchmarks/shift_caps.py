@@ -42,9 +42,10 @@ from mlipuq.models import MiniMLIP
 from mlipuq.uq import (DeepEnsemble, EvidentialHead, LastLayerLaplace, LatentDistance,
                        ShallowEnsemble)
 from shift import write_between_markers
+from shift_goal import GOALS
 
 #: The rules compared, uncapped first.
-RULES = ("structure", "capped 30", "capped 10", "capped 3")
+RULES = ("structure", "capped 100", "capped 30", "capped 10", "capped 3")
 WRAPPERS = {**{cls.__name__: cls for cls in (LastLayerLaplace, LatentDistance, ShallowEnsemble,
                                              EvidentialHead)}, "DeepEnsemble (3)": DeepEnsemble}
 
@@ -105,9 +106,44 @@ def table(groups: dict, medians: bool = False) -> str:
                 continue
             systems = len({r["system"] for r in rows if r["wrapper"] == wrapper})
             lines.append(f"| {name} ({systems}) | {wrapper} | " + " | ".join(
-                f"{c['forces'][2]:.1f} / {c['energy'][2]:.1f}" if medians else
-                f"{c['forces'][0]:.3f} / {c['energy'][0]:.3f} "
+                "–" if not c else f"{c['forces'][2]:.1f} / {c['energy'][2]:.1f}" if medians
+                else f"{c['forces'][0]:.3f} / {c['energy'][0]:.3f} "
                 f"({c['forces'][1]:.0f} / {c['energy'][1]:.0f})" for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def worst_cells(groups: dict) -> dict:
+    """Per (group, system, base model, wrapper) and target, the worst coverage over its
+    shifts under each rule at the wrapper's default power (rules not scored: absent)."""
+    cells = {}
+    for name, rows in groups.items():
+        for r in rows:
+            if r["split"].startswith("in dist"):
+                continue
+            for target, (cover, _, _) in TARGETS.items():
+                if r["power"] != default_powers(r)[target]:
+                    continue
+                key = (name, r["system"], r.get("base_seed", 0), r["wrapper"], target)
+                rules = cells.setdefault(key, {})
+                rules[r["rule"]] = min(rules.get(r["rule"], 1.0), r[cover])
+    return cells
+
+
+def verdicts(groups: dict, slack: float = 0.01) -> str:
+    """Per capped rule and target: the cells scored, those the cap takes below the goal
+    that met it uncapped, and the largest fall below the uncapped coverage (a cap passes
+    where it loses no cell and falls at most ``slack``; docs/shift.md's rule)."""
+    cells, lines = worst_cells(groups), []
+    for rule in RULES[1:]:
+        for target in TARGETS:
+            goal = GOALS["force" if target == "forces" else "energy"]
+            mine = [(key, c) for key, c in cells.items() if key[-1] == target and rule in c]
+            lost = [key for key, c in mine if c["structure"] >= goal > c[rule]]
+            drop = max((c["structure"] - c[rule] for _, c in mine), default=0.0)
+            passes = not lost and drop <= slack
+            lines.append(f"{rule} {target}: {len(mine)} cells, {len(lost)} lost, largest "
+                         f"drop {drop:.3f} -> {'passes' if passes else 'fails'}"
+                         + "".join(f"\n    lost: {key[:4]} {cells[key]}" for key in lost))
     return "\n".join(lines)
 
 
@@ -132,6 +168,8 @@ def main(argv=None) -> None:
     text = table(groups)
     print(text)
     print("\nMedian F / E std ÷ MAE of a shift:\n" + table(groups, medians=True))
+    print("\nThe rule's cells (each system, base model, wrapper and group):\n"
+          + verdicts(groups))
     if args.out:
         with open(args.out, "w") as fh:
             json.dump({"groups": groups}, fh, indent=1)
