@@ -149,9 +149,10 @@ def verdicts(groups: dict, slack: float = 0.01) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--group", nargs=2, action="append", metavar=("NAME", "JSON"),
-                        default=[], help="a group of rows: its name and shift_widening.py's "
-                        "--out (repeatable; a name given twice joins the rows)")
+    parser.add_argument("--group", nargs="+", action="append", metavar="NAME JSON",
+                        default=[], help="a group of rows: its name and one or more of "
+                        "shift_widening.py's --out (repeatable; a name given twice joins "
+                        "the rows)")
     parser.add_argument("--from-json", default=None, help="the groups saved by --out")
     parser.add_argument("--out", default=None, help="save the groups' rows (rules and "
                         "powers this table reads only)")
@@ -162,9 +163,11 @@ def main(argv=None) -> None:
         groups = json.load(open(args.from_json))["groups"]
     else:
         groups = {}
-        for name, path in args.group:
+        for name, *paths in args.group:
+            if not paths:
+                parser.error(f"--group {name}: give one or more JSON files")
             groups.setdefault(name, []).extend(
-                r for r in json.load(open(path))["rows"] if kept(r))
+                r for path in paths for r in json.load(open(path))["rows"] if kept(r))
     text = table(groups)
     print(text)
     print("\nMedian F / E std ÷ MAE of a shift:\n" + table(groups, medians=True))
