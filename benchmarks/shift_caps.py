@@ -153,21 +153,19 @@ def main(argv=None) -> None:
                         default=[], help="a group of rows: its name and one or more of "
                         "shift_widening.py's --out (repeatable; a name given twice joins "
                         "the rows)")
-    parser.add_argument("--from-json", default=None, help="the groups saved by --out")
+    parser.add_argument("--from-json", default=None, help="the groups saved by --out "
+                        "(with --group: those groups added)")
     parser.add_argument("--out", default=None, help="save the groups' rows (rules and "
                         "powers this table reads only)")
     parser.add_argument("--docs", default=None, help="write the table between the "
                         "shift-widening-caps markers of this file")
     args = parser.parse_args(argv)
-    if args.from_json:
-        groups = json.load(open(args.from_json))["groups"]
-    else:
-        groups = {}
-        for name, *paths in args.group:
-            if not paths:
-                parser.error(f"--group {name}: give one or more JSON files")
-            groups.setdefault(name, []).extend(
-                r for path in paths for r in json.load(open(path))["rows"] if kept(r))
+    groups = json.load(open(args.from_json))["groups"] if args.from_json else {}
+    for name, *paths in args.group:  # (joined to --from-json's groups)
+        if not paths:
+            parser.error(f"--group {name}: give one or more JSON files")
+        groups.setdefault(name, []).extend(
+            r for path in paths for r in json.load(open(path))["rows"] if kept(r))
     text = table(groups)
     print(text)
     print("\nMedian F / E std ÷ MAE of a shift:\n" + table(groups, medians=True))
