@@ -136,7 +136,8 @@ def add_parsers(subparsers) -> None:
                           "head's forces 0.5; docs/calibration.md)")
     fit.add_argument("--widening-cap", type=widening_cap, default=None,
                      help="the largest factor of that widening (>= 1, or 'none' for no cap; "
-                          "default: the wrapper's default_widening_cap, 10): far out the raw "
+                          "default: the wrapper's default_widening_cap, energies 30 and "
+                          "forces 10): far out the raw "
                           "stds of some base models already outgrow their errors "
                           "(docs/shift.md, 'The widening capped')")
     fit.add_argument("--no-structure-scaling", dest="structure_scaling", action="store_false",

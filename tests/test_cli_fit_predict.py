@@ -161,9 +161,9 @@ def test_fit_llpr_summary(files, tmp_path, capsys):
     assert "factor at most" not in capsys.readouterr().out
     assert load_wrapper(uncapped).recalibrator_.widening_cap == {"energy": np.inf,
                                                                  "forces": np.inf}
-    # the default: the wrappers' default_widening_cap, 10
-    assert load_wrapper(out).recalibrator_.widening_cap == {"energy": 10.0, "forces": 10.0}
-    assert "energy factor at most 10, forces factor at most 10" in printed
+    # the default: the wrappers' default_widening_cap, energies 30, forces 10
+    assert load_wrapper(out).recalibrator_.widening_cap == {"energy": 30.0, "forces": 10.0}
+    assert "energy factor at most 30, forces factor at most 10" in printed
     for text in ("LastLayerLaplace (llpr)", "prior precision", "energy noise", "forces noise",
                  "power on 5 structures", "energy std x", f"wrapper saved to {out}"):
         assert text in printed

@@ -292,8 +292,9 @@ def test_widening_cap_on_hot_copper(copper_llpr, tmp_path):
 
 def test_default_cap_on_copper_surfaces(copper_llpr):
     """Surfaces lie ~130-150x beyond a 300 K bulk calibration: by default (the wrappers'
-    ``default_widening_cap``, 10) their force stds are the unwidened calibration's times
-    min(r ** p, 10), at 10 where r ** p is larger; ``widening_cap=None`` lifts the cap."""
+    ``default_widening_cap``: forces 10, energies 30) their force stds are the unwidened
+    calibration's times min(r ** p, 10), at 10 where r ** p is larger, and their energy
+    stds min(r ** q, 30) times; ``widening_cap=None`` lifts the cap."""
     from mlipuq import datasets
     from mlipuq.uq.base import UQWrapper
 
@@ -301,8 +302,8 @@ def test_default_cap_on_copper_surfaces(copper_llpr):
     surfaces = datasets.emt("Cu", n_structures=4, temperatures=(300,), kinds="surface", seed=5)
     power = llpr.default_widening()["forces"]
     capped = llpr.copy().calibrate(val)
-    assert capped.recalibrator_.widening_cap == dict.fromkeys(("energy", "forces"),
-                                                              UQWrapper.default_widening_cap)
+    assert capped.recalibrator_.widening_cap == UQWrapper.default_widening_cap == {
+        "energy": 30.0, "forces": 10.0}
     plain = llpr.copy().calibrate(val, extrapolation=0).predict(surfaces)
     out = capped.predict(surfaces)
     uncapped = out.calibration_excess ** power
@@ -314,6 +315,16 @@ def test_default_cap_on_copper_surfaces(copper_llpr):
     lifted = llpr.copy().calibrate(val, widening_cap=None).predict(surfaces)
     far = inside & (uncapped[out.batch] > 10.0)[:, None]
     assert np.all(lifted.forces_std[far] > out.forces_std[far])
+    # the energies' own cap, 30 (before the composition variance: compare without it)
+    plain, out = (w.predict(surfaces, composition=False) for w in (
+        llpr.copy().calibrate(val, extrapolation=0), capped))
+    energy = out.calibration_excess ** llpr.default_widening()["energy"]
+    assert np.any(energy > 30.0)  # (at 30, not at the forces' 10)
+    bound = capped.recalibrator_.std_range_["energy_bound"] * np.asarray(out.n_atoms)
+    inside = out.energy_std < bound / 3
+    assert inside[energy > 30.0].any()
+    np.testing.assert_allclose(out.energy_std[inside],
+                               (plain.energy_std * np.minimum(energy, 30.0))[inside], rtol=2e-9)
 
 
 def test_defaults_agree():

@@ -373,8 +373,9 @@ class UQWrapper(MeanStress):
     default_calibration = {"energy": "scalar", "forces": "student_t"}
     default_calibration_options = {"per_species": True, "dof_bounds": (1.0, ROBUST_MAX_DOF)}
     default_extrapolation = {"energy": 0.5, "forces": 0.75}  #: widening powers (extrapolation.py)
-    #: the widening's largest factor (``widening_cap``; docs/shift.md "The widening capped")
-    default_widening_cap = 10.0
+    #: the widening's largest factor per target (``widening_cap``; docs/shift.md "The
+    #: widening capped": 10 for both on one fit, energies 30 since a round on three)
+    default_widening_cap = {"energy": 30.0, "forces": 10.0}
 
     def default_widening(self) -> dict:
         """``calibrate``'s widening powers: :attr:`default_extrapolation` (a wrapper whose
@@ -396,8 +397,8 @@ class UQWrapper(MeanStress):
         structures is fitted (``structure_scaling=True``, :mod:`mlipuq.calibration.
         structure_scaling`). Stds beyond the largest of ``val`` are widened (``extrapolation``,
         default :meth:`default_widening`, 0: not; :mod:`mlipuq.calibration.extrapolation`) by a
-        factor of at most ``widening_cap`` (default :attr:`default_widening_cap`, 10; None:
-        no cap); stresses are not recalibrated.
+        factor of at most ``widening_cap`` (default :attr:`default_widening_cap`: energies
+        30, forces 10; None: no cap); stresses are not recalibrated.
 
         Where ``val`` holds structures periodic in all three directions with stress
         labels (``strain=True``), the mean model's stress error on them is measured, and
@@ -416,7 +417,7 @@ class UQWrapper(MeanStress):
 
         strain = options.pop("strain", True)
         options.setdefault("extrapolation", copy.deepcopy(self.default_widening()))
-        options.setdefault("widening_cap", self.default_widening_cap)
+        options.setdefault("widening_cap", copy.deepcopy(self.default_widening_cap))
         if method is None:  # the default method with its options (copies: never the class's)
             method = self.default_calibration
             options = {**self.default_calibration_options, **options}
