@@ -153,14 +153,17 @@ def main(argv=None) -> None:
                         default=[], help="a group of rows: its name and one or more of "
                         "shift_widening.py's --out (repeatable; a name given twice joins "
                         "the rows)")
-    parser.add_argument("--from-json", default=None, help="the groups saved by --out "
-                        "(with --group: those groups added)")
+    parser.add_argument("--from-json", nargs="+", default=[], help="the groups saved by "
+                        "--out (several: joined; with --group: those groups added)")
     parser.add_argument("--out", default=None, help="save the groups' rows (rules and "
                         "powers this table reads only)")
     parser.add_argument("--docs", default=None, help="write the table between the "
                         "shift-widening-caps markers of this file")
     args = parser.parse_args(argv)
-    groups = json.load(open(args.from_json))["groups"] if args.from_json else {}
+    groups = {}
+    for path in args.from_json:
+        for name, rows in json.load(open(path))["groups"].items():
+            groups.setdefault(name, []).extend(rows)
     for name, *paths in args.group:  # (joined to --from-json's groups)
         if not paths:
             parser.error(f"--group {name}: give one or more JSON files")
