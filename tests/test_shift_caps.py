@@ -52,3 +52,24 @@ def test_rows_without_their_powers_get_the_wrappers(shift_caps):
     assert shift_caps.default_powers(row) == LastLayerLaplace.all_layers_extrapolation
     assert shift_caps.default_powers({**row, "base_model": "mace"}) == \
         LastLayerLaplace.default_extrapolation
+
+
+def test_verdicts_by_cell(shift_caps):
+    """A cap fails where it takes a cell that met the goal below it, or lowers a cell's
+    worst coverage by more than the slack even below the goal (Cu's base model 1: 0.675
+    uncapped, 0.000 at 10); it passes where neither happens."""
+    def cell(system, seed, e_cov):  # worst energy coverage per rule, forces all 0.95
+        return [{**_row(split, rule, power, 0.95, cov), "system": system, "base_seed": seed}
+                for rule, cov in e_cov.items() for split, power in
+                (("surface", 0.75), ("surface", 0.5), ("bulk", 0.75), ("bulk", 0.5))]
+    rows = (cell("copper", 1, {"structure": 0.675, "capped 30": 0.675, "capped 10": 0.0,
+                               "capped 3": 0.0})
+            + cell("agpd", 0, {"structure": 0.95, "capped 30": 0.95, "capped 10": 0.945,
+                               "capped 3": 0.80}))
+    lines = shift_caps.verdicts({"unseen": rows}).splitlines()
+    assert "capped 30 energy: 2 cells, 0 lost, largest drop 0.000 -> passes" in lines
+    assert "capped 10 energy: 2 cells, 0 lost, largest drop 0.675 -> fails" in lines
+    assert "capped 3 energy: 2 cells, 1 lost, largest drop 0.675 -> fails" in lines
+    assert "capped 10 forces: 2 cells, 0 lost, largest drop 0.000 -> passes" in lines
+    assert "capped 100 energy: 0 cells, 0 lost, largest drop 0.000 -> passes" in lines
+    assert any("lost: ('unseen', 'agpd', 0, 'LatentDistance')" in line for line in lines)
