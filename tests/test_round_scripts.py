@@ -232,3 +232,31 @@ def test_wide_cell_distances_scores():
         scores = [wide.squared_scores(reference * s, query * s, rescale)
                   for s in (np.ones(3), narrow)]
         assert np.allclose(scores[1], scores[0], rtol=1e-6) == same
+
+
+def test_energy_apart_on_three_fits_verdict():
+    """LLPR's energy term apart on three fits: a cell the default missed and the candidate
+    covers counts for it; a system's NLL is the mean over its fits (0.03 worse on one fit
+    passes, on all three it does not); a system without all three fits is left out."""
+    seeds, = benchmark_modules("llpr_energy_apart_seeds")
+    llpr, apart = seeds.LLPR, seeds.CANDIDATE
+
+    def fits(system, default_e, apart_e, apart_nll=(-2.0, -2.0, -2.0)):
+        rows = []
+        for k in range(3):
+            for wrapper, e_cov, nll in ((llpr, default_e[k], -2.0),
+                                        (apart, apart_e[k], apart_nll[k])):
+                rows += [{**r, "base_seed": k} for r in _rows(system, wrapper, e_cov, nll=nll)]
+        return rows
+
+    own = (fits("cu", (0.95, 0.0, 0.95), (0.95, 1.0, 0.95), apart_nll=(-1.97, -2.0, -2.0))
+           + [r for r in fits("pt", (0.95,) * 3, (0.10,) * 3) if r["base_seed"] < 2])
+    assert seeds.complete(own) == {"cu"}  # pt: two fits only
+    out = seeds.verdict(own, own)
+    assert "  (1) own-shift cells lost: none; energy goal met on 2 -> 3 cells" in out
+    assert "  (3) in distribution missed: none" in out and out[-1] == "  passes: True"
+    worse = fits("cu", (0.95,) * 3, (0.95,) * 3, apart_nll=(-1.97,) * 3)
+    assert seeds.verdict(worse, worse)[-2] == "  (3) in distribution missed: ['cu']"
+    lost = fits("cu", (0.95,) * 3, (0.95, 0.80, 0.95))
+    assert "(1) own-shift cells lost: [(('cu', 1), 'energy')]" in seeds.verdict(lost, lost)[-4]
+    assert seeds.verdict(lost, lost)[-1] == "  passes: False"
