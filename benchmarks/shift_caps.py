@@ -27,7 +27,13 @@ mean std ÷ MAE of a shift.
         /tmp/deep_unseen.json --group "MACE Cu" /tmp/mace.json \
         --out results/shift_widening_caps.json
     python benchmarks/shift_caps.py --from-json results/shift_widening_caps.json \
-        --docs ../docs/shift.md
+        results/shift_widening_caps_seeds.json --docs ../docs/shift.md
+
+The round on three fits (2026-12-07) added base models 1 and 2: shift_widening.py
+--base-seed K (K = 1, 2) with --wrappers LastLayerLaplace LatentDistance on the ten EMT
+parts, own shifts and --unseen, each to its own --out, grouped as "base models 1-2,
+own" and "base models 1-2, unseen" into results/shift_widening_caps_seeds.json. Below
+its tables the script prints each cap's verdict by the round's rule (:func:`verdicts`).
 """
 
 from __future__ import annotations
