@@ -30,6 +30,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 OWN = os.path.join(HERE, "results", "shift_llpr_energy_apart_seeds.json")
 UNSEEN = os.path.join(HERE, "results", "shift_llpr_energy_apart_unseen_seeds.json")
 FITS = (0, 1, 2)
+#: The first round's eleven systems, whose own shifts the rule counts (Ag₃Au's own rows,
+#: if run, are for information).
+OWN_SYSTEMS = ("ethanol", "acac", "copper", "alloy", "agpd", "ptni", "platinum", "nial",
+               "nicu", "aupd", "cupd")
 
 
 def complete(rows: list[dict]) -> set:
@@ -105,6 +109,7 @@ def verdict(own: list[dict], unseen: list[dict]) -> list[str]:
 
 def main(argv=None) -> None:
     own, unseen = read_rows(argv, __doc__, OWN, UNSEEN)
+    own = [r for r in own if r["system"] in OWN_SYSTEMS]
     print(CANDIDATE + " on three fits")
     print("\n".join(verdict(own, unseen)))
 
