@@ -300,9 +300,8 @@ class PredictionRecalibrator:
         calibration data (``std_range_``'s ``*_bound``; ``saturate`` there).
     widening_cap
         Largest factor of that widening (None: none, this class's default; a number >= 1
-        or one per target; a wrapper's ``calibrate`` passes its ``default_widening_cap``,
-        energies 30, forces 10): far out some base models' raw stds outgrow their errors
-        (docs/shift.md).
+        or one per target; a wrapper's ``calibrate`` passes its ``default_widening_cap``):
+        far out some base models' raw stds outgrow their errors (docs/shift.md).
     distance_range
         True (default, since 2026-12-05): where the prediction has a latent-distance
         term's part of its energy variance (``energy_distance_var``: the evidential

@@ -373,8 +373,7 @@ class UQWrapper(MeanStress):
     default_calibration = {"energy": "scalar", "forces": "student_t"}
     default_calibration_options = {"per_species": True, "dof_bounds": (1.0, ROBUST_MAX_DOF)}
     default_extrapolation = {"energy": 0.5, "forces": 0.75}  #: widening powers (extrapolation.py)
-    #: the widening's largest factor per target (``widening_cap``; docs/shift.md "The
-    #: widening capped": 10 for both on one fit, energies 30 since a round on three)
+    #: the widening's largest factor per target (``widening_cap``; docs/shift.md, 2 rounds)
     default_widening_cap = {"energy": 30.0, "forces": 10.0}
 
     def default_widening(self) -> dict:
