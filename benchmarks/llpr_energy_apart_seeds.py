@@ -24,7 +24,7 @@ import numpy as np
 from llpr_energy_apart import CANDIDATE, LLPR
 from llpr_term import NLL_SLACK, read_rows
 from shift_goal import GOALS
-from shift_unseen import COVER
+from shift_unseen import COVER, sharpness, shifts_of
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OWN = os.path.join(HERE, "results", "shift_llpr_energy_apart_seeds.json")
@@ -97,6 +97,8 @@ def verdict(own: list[dict], unseen: list[dict]) -> list[str]:
     passes = (not own_lost and own_after >= own_before and not new_lost
               and new_after >= new_before and not dist_misses)
     return lines + [
+        *(f"  far out, {name}: median E std / MAE over the shifts {far(rows)} "
+          "(for information)" for name, rows in (("own", own), ("unseen", unseen))),
         f"  systems with all three fits: own {len(complete(own))}, unseen "
         f"{len(complete(unseen))}",
         f"  (1) own-shift cells lost: {own_lost or 'none'}; energy goal met on "
@@ -105,6 +107,13 @@ def verdict(own: list[dict], unseen: list[dict]) -> list[str]:
         f"{new_before} -> {new_after} cells",
         f"  (3) in distribution missed: {dist_misses or 'none'}",
         f"  passes: {passes}"]
+
+
+def far(rows: list[dict]) -> str:
+    """The energies' sharpness over the shifts of ``rows``, the default's -> the
+    candidate's."""
+    return " -> ".join(f"{sharpness(shifts_of(rows, w), 'energy'):.2f}"
+                       for w in (LLPR, CANDIDATE))
 
 
 def main(argv=None) -> None:
