@@ -97,8 +97,8 @@ def verdict(own: list[dict], unseen: list[dict]) -> list[str]:
     passes = (not own_lost and own_after >= own_before and not new_lost
               and new_after >= new_before and not dist_misses)
     return lines + [
-        *(f"  far out, {name}: median E std / MAE over the shifts {far(rows)} "
-          "(for information)" for name, rows in (("own", own), ("unseen", unseen))),
+        *(f"  far out, {name} (for information): {far(rows)}"
+          for name, rows in (("own", own), ("unseen", unseen))),
         f"  systems with all three fits: own {len(complete(own))}, unseen "
         f"{len(complete(unseen))}",
         f"  (1) own-shift cells lost: {own_lost or 'none'}; energy goal met on "
@@ -110,10 +110,12 @@ def verdict(own: list[dict], unseen: list[dict]) -> list[str]:
 
 
 def far(rows: list[dict]) -> str:
-    """The energies' sharpness over the shifts of ``rows``, the default's -> the
-    candidate's."""
-    return " -> ".join(f"{sharpness(shifts_of(rows, w), 'energy'):.2f}"
-                       for w in (LLPR, CANDIDATE))
+    """The energies' sharpness and mean NLL over the shifts of ``rows``, the default's ->
+    the candidate's."""
+    shifts = [shifts_of(rows, w) for w in (LLPR, CANDIDATE)]
+    ratio = " -> ".join(f"{sharpness(s, 'energy'):.2f}" for s in shifts)
+    nll = " -> ".join(f"{np.mean([r['energy_nll'] for r in s]):.2f}" for s in shifts)
+    return f"median E std / MAE {ratio}, mean E NLL {nll} over the shifts"
 
 
 def main(argv=None) -> None:
