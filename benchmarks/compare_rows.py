@@ -3,13 +3,16 @@
     python benchmarks/compare_rows.py benchmarks/results/shift_members_recentring.json \
         --a "DeepEnsemble (3)" --b "DeepEnsemble (3, members recentred)"
 
+(one wrapper under two recalibration methods: the same name for --a and --b, and
+--method-b.)
+
 Reads the ``rows`` of one or more ``shift.py`` result files (``--out``) and prints,
 per system and split where both wrappers have a row of the same recalibration
-method, the 95 % energy and force coverage, the energy NLL and the energy MAE per
-atom (meV), a → b; then, per system, the mean change of the energy NLL. With
-``--forces``: the force coverage, miscalibration area, NLL and mean std ÷ MAE
-(sharpness), and the mean change of the force NLL. No run: the numbers are the
-files'.
+method, the 95 % energy and force coverage, the energy NLL, the energy MAE per
+atom (meV) and the mean energy std ÷ MAE, a → b; then, per system, the mean
+change of the energy NLL. With ``--forces``: the force coverage, miscalibration
+area, NLL and mean std ÷ MAE (sharpness), and the mean change of the force
+NLL. No run: the numbers are the files'.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import numpy as np
 
 FIELDS = (("E cover", "energy_cov95", 1.0, ".3f"), ("F cover", "force_cov95", 1.0, ".3f"),
           ("E NLL", "energy_nll", 1.0, ".2f"), ("E MAE meV/atom", "energy_mae_per_atom",
-                                                 1e3, ".3f"))
+                                                 1e3, ".3f"),
+          ("E std/MAE", "energy_std_per_mae", 1.0, ".2f"))
 FORCE_FIELDS = (("F cover", "force_cov95", 1.0, ".3f"), ("F miscal.", "force_miscal", 1.0,
                                                           ".3f"),
                 ("F NLL", "force_nll", 1.0, ".2f"), ("F std/MAE", "force_std_per_mae", 1.0,
@@ -30,15 +34,17 @@ FORCE_FIELDS = (("F cover", "force_cov95", 1.0, ".3f"), ("F miscal.", "force_mis
 
 def paired(paths, a: str, b: str, method: str, method_b: str | None = None) -> dict:
     """``{(system, split): (row of a, row of b)}`` over the files, in their order: a's
-    rows of ``method``, b's of ``method_b`` (None: ``method`` too)."""
-    wanted = {(a, method), (b, method if method_b is None else method_b)}
+    rows of ``method``, b's of ``method_b`` (None: ``method`` too; a and b may be one
+    wrapper under two methods)."""
+    wanted = {(a, method): "a", (b, method if method_b is None else method_b): "b"}
     rows: dict = {}
     for path in paths:
         with open(path) as fh:
             for row in json.load(fh)["rows"]:
-                if (row["wrapper"], row["method"]) in wanted:
-                    rows.setdefault((row["system"], row["split"]), {})[row["wrapper"]] = row
-    return {key: (pair[a], pair[b]) for key, pair in rows.items() if len(pair) == 2}
+                role = wanted.get((row["wrapper"], row["method"]))
+                if role is not None:
+                    rows.setdefault((row["system"], row["split"]), {})[role] = row
+    return {key: (pair["a"], pair["b"]) for key, pair in rows.items() if len(pair) == 2}
 
 
 def _cell(row: dict, key: str, scale: float, fmt: str) -> str:
@@ -47,9 +53,14 @@ def _cell(row: dict, key: str, scale: float, fmt: str) -> str:
 
 
 def _with_sharpness(row: dict) -> dict:
-    """``row`` with ``force_std_per_mae``, its mean force std over its force MAE."""
-    std, mae = row.get("force_std"), row.get("force_mae")
-    return {**row, "force_std_per_mae": std / mae if std is not None and mae else None}
+    """``row`` with ``force_std_per_mae`` and ``energy_std_per_mae``, each target's mean
+    std over its MAE (None where the row lacks either)."""
+    def ratio(std, mae):
+        return std / mae if std is not None and mae else None
+
+    return {**row, "force_std_per_mae": ratio(row.get("force_std"), row.get("force_mae")),
+            "energy_std_per_mae": ratio(row.get("energy_std_per_atom"),
+                                        row.get("energy_mae_per_atom"))}
 
 
 def lines(pairs: dict, forces: bool = False) -> list[str]:

@@ -206,6 +206,12 @@ def test_compare_rows_pairs_splits_and_averages_the_nll_change(tmp_path):
     _write(path, a + b + other)
     text = "\n".join(compare.lines(compare.paired([path], "A", "B", "default", "scalar")))
     assert "E cover 0.900 → 0.700" in text and "E cover 0.900 → 0.800" not in text
+    assert "E std/MAE 2.00 → 2.00" in text  # the surface: 2.0 / 1.0
+    # one wrapper under two methods (a cap against another): its own rows, paired
+    capped = _rows("cu", "A", 0.6, method="capped")
+    _write(path, a + capped)
+    text = "\n".join(compare.lines(compare.paired([path], "A", "A", "default", "capped")))
+    assert "E cover 0.900 → 0.600" in text and "over 2 splits" in text
 
 
 def test_shift_members_for_a_latent_term_on_the_deep_ensemble(scripts):
