@@ -21,7 +21,9 @@ another architecture, and a miss is reported as one.
 
 (the shallow ensemble and the evidential head too with their names after --only; on
 Cu the shallow ensemble's heads alone were still training after 36 minutes,
-docs/shift.md).
+docs/shift.md). Every wrapper's rows at the caps of 30 (energies) and 10 (forces), the
+default since, are in results/shift_mace_caps.json (2026-12-08; docs/shift.md, "MACE's
+rows at the caps of 30 and 10").
 """
 
 from __future__ import annotations
