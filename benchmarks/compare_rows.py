@@ -11,8 +11,8 @@ per system and split where both wrappers have a row of the same recalibration
 method, the 95 % energy and force coverage, the energy NLL, the energy MAE per
 atom (meV) and the mean energy std ÷ MAE, a → b; then, per system, the mean
 change of the energy NLL. With ``--forces``: the force coverage, miscalibration
-area, NLL and mean std ÷ MAE (sharpness), and the mean change of the force
-NLL. No run: the numbers are the files'.
+area, NLL, MAE (meV/Å) and mean std ÷ MAE (sharpness), and the mean change of
+the force NLL. No run: the numbers are the files'.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ FIELDS = (("E cover", "energy_cov95", 1.0, ".3f"), ("F cover", "force_cov95", 1.
           ("E std/MAE", "energy_std_per_mae", 1.0, ".2f"))
 FORCE_FIELDS = (("F cover", "force_cov95", 1.0, ".3f"), ("F miscal.", "force_miscal", 1.0,
                                                           ".3f"),
-                ("F NLL", "force_nll", 1.0, ".2f"), ("F std/MAE", "force_std_per_mae", 1.0,
-                                                     ".2f"))
+                ("F NLL", "force_nll", 1.0, ".2f"), ("F MAE meV/Å", "force_mae", 1e3, ".2f"),
+                ("F std/MAE", "force_std_per_mae", 1.0, ".2f"))
 
 
 def paired(paths, a: str, b: str, method: str, method_b: str | None = None) -> dict:

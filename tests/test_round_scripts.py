@@ -199,6 +199,7 @@ def test_compare_rows_pairs_splits_and_averages_the_nll_change(tmp_path):
     assert "F cover 0.950 → 0.950" in forces and "F miscal. 0.020 → 0.020" in forces
     assert "F std/MAE n/a → n/a" in forces  # in distribution: no std or MAE in the rows
     assert "F std/MAE 2.00 → 2.00" in forces  # the surface: 0.2 / 0.1
+    assert "F MAE meV/Å 100.00 → 100.00" in forces  # the surface: 0.1 eV/Å
     # the surface rows have no force NLL: the mean is over the in-distribution split
     assert "cu        mean force NLL change +0.000 over 1 splits" in forces
     # b's rows of another method (a candidate calibration) against a's default rows
